@@ -1,0 +1,469 @@
+//! From a parsed command line to a result: resolve the config, the chain and RUN_ROOT
+//! once (flag, then environment, then file, then default), then run a command.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::chain::{Chain, Mode};
+use crate::cli::{Cli, Command, Common, RunArgs};
+use crate::config::{self, Config, Program};
+use crate::driver::{self, Driver};
+use crate::error::{exit, Error, Result};
+use crate::guardian::Guardian;
+use crate::pidfile::{self, next, PidFile};
+use crate::signals::{Sig, Signals};
+use crate::state;
+use crate::sys;
+
+/// How long past the old instance's graces the new one waits before SIGKILL.
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(5);
+
+/// The config file: `-c`, then `RUN_CHAIN_CONFIG`, then `./tasks.toml`.
+pub fn config_path(common: &Common) -> PathBuf {
+    common
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("RUN_CHAIN_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("tasks.toml"))
+}
+
+/// RUN_ROOT: `--run-root`, then `RUN_ROOT`, then the config's `run_root`, then
+/// `var/run` beside the config file. The config is loaded only when needed.
+pub fn run_root(common: &Common, config: Option<&Config>) -> Result<PathBuf> {
+    if let Some(r) = common.run_root.clone().or_else(|| {
+        std::env::var_os("RUN_ROOT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }) {
+        return Ok(r);
+    }
+    let loaded;
+    let config = match config {
+        Some(c) => c,
+        None => {
+            loaded = Config::load(&config_path(common))?;
+            &loaded
+        }
+    };
+    Ok(config.run_root.clone().unwrap_or_else(|| {
+        config
+            .file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("var/run")
+    }))
+}
+
+/// Create RUN_ROOT if needed (mode 0700) and refuse one that others could tamper with.
+pub fn prepare_run_root(dir: &Path) -> Result<()> {
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        return Err(Error::Config(format!(
+            "{}: cannot create RUN_ROOT: {e}",
+            dir.display()
+        )));
+    }
+    check_run_root(dir)
+}
+
+/// Refuse a RUN_ROOT that is not a directory, is owned by another user, or is
+/// writable by others without the sticky bit.
+pub fn check_run_root(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::Config(format!("{}: cannot use as RUN_ROOT: {e}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(Error::Config(format!(
+            "{}: RUN_ROOT is not a directory",
+            dir.display()
+        )));
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(Error::Config(format!(
+            "{}: RUN_ROOT is owned by uid {}, not by this user (uid {me}); refusing to use it",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::Config(format!(
+            "{}: RUN_ROOT is writable by others (mode {:o}) without the sticky bit; refusing to use it (chmod o-w)",
+            dir.display(),
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Run the command line; returns the exit status.
+pub fn main(cli: Cli) -> Result<u8> {
+    match cli.command {
+        None => run(&cli.common, &cli.run),
+        Some(Command::Check) => check(&cli.common),
+        Some(Command::Stop { chain, now }) => stop(&cli.common, &chain, now),
+        Some(Command::Kick { chain }) => kick(&cli.common, &chain),
+        Some(Command::Status { .. }) => not_yet("status"),
+        Some(Command::History { .. }) => not_yet("history"),
+        Some(Command::Log { .. }) => not_yet("log"),
+        Some(Command::Metrics) => not_yet("metrics"),
+        Some(Command::Exporter { .. }) => not_yet("exporter"),
+        Some(Command::MailTest) => not_yet("mail-test"),
+    }
+}
+
+fn not_yet(what: &str) -> Result<u8> {
+    Err(Error::Internal(format!(
+        "`{what}` is not available yet in this version of run-chain"
+    )))
+}
+
+fn check(common: &Common) -> Result<u8> {
+    let path = config_path(common);
+    let config = Config::load(&path)?;
+    let root = run_root(common, Some(&config))?;
+    println!("config: {} (digest {})", config.file.display(), config.digest);
+    println!("run_root: {}", root.display());
+    for t in config.tasks.values() {
+        println!();
+        println!("[tasks.{}]", t.name);
+        match &t.program {
+            Program::Shell(c) => println!("  command          = {c:?}  (run by /bin/sh -c)"),
+            Program::Argv(v) => println!("  argv             = {v:?}"),
+        }
+        println!("  cwd              = {}", t.cwd.display());
+        for (k, v) in &t.env {
+            println!("  env.{k} = {v:?}");
+        }
+        let d = driver::fmt_dur;
+        println!("  success_cooldown = {}", d(t.timing.success_cooldown));
+        println!("  fail_cooldown    = {}", d(t.timing.fail_cooldown));
+        println!(
+            "  timeout          = {}",
+            t.timing.timeout.map_or("none".to_string(), d)
+        );
+        println!("  stop_grace       = {}", d(t.timing.stop_grace));
+        println!("  kill_grace       = {}", d(t.timing.kill_grace));
+        println!("  non_recoverable_downtime = {}", d(t.non_recoverable_downtime));
+        println!("  keep_runs_for    = {}", d(t.keep_runs_for));
+        println!("  keep_runs_max    = {}", t.keep_runs_max);
+        println!("  keep_output      = {} bytes", t.keep_output);
+        if let Some(n) = t.nice {
+            println!("  nice             = {n}");
+        }
+        if let Some(g) = &t.group {
+            println!("  group            = {g}");
+        }
+    }
+    for (name, g) in &config.groups {
+        println!();
+        println!("[groups.{name}]\n  max_running = {}", g.max_running);
+    }
+    if let Some(e) = &config.email {
+        println!();
+        println!("[email]\n  to = {:?}", e.to);
+        let transport = match (&e.smtp, &e.sendmail) {
+            (Some(u), _) => format!("smtp {u} (tls {:?})", e.tls),
+            (_, Some(s)) => format!("sendmail {}", s.display()),
+            _ => format!("files in {}", root.join("mail").display()),
+        };
+        println!("  transport = {transport}");
+        println!("  max_alerts_per_hour = {}", e.max_alerts_per_hour);
+    }
+    Ok(exit::OK)
+}
+
+fn run(common: &Common, args: &RunArgs) -> Result<u8> {
+    if args.tasks.is_empty() {
+        return Err(Error::Usage(
+            "no task given: run-chain [OPTIONS] TASK... (see run-chain --help)".into(),
+        ));
+    }
+    for (i, t) in args.tasks.iter().enumerate() {
+        if args.tasks[..i].contains(t) {
+            return Err(Error::Usage(format!(
+                "task {t:?} appears twice in the chain; a chain runs each task once per round"
+            )));
+        }
+    }
+    let path = config_path(common);
+    let config = Config::load(&path)?;
+    let tasks = config.chain_tasks(&args.tasks)?;
+    let chain_name = match &args.name {
+        Some(n) => {
+            config::check_name(n).map_err(|m| Error::Config(format!("--name: {m}")))?;
+            n.clone()
+        }
+        None => {
+            let n = args.tasks.join("_");
+            config::check_name(&n).map_err(|m| {
+                Error::Config(format!(
+                    "the chain name made from the task names is not valid ({m}); give one with --name"
+                ))
+            })?;
+            n
+        }
+    };
+    let root = run_root(common, Some(&config))?;
+    prepare_run_root(&root)?;
+
+    // The guardian first: the process has one thread and no descriptor of its own yet.
+    let guardian = Guardian::spawn()?;
+    let signals = Signals::install()?;
+    let mode = if args.once { Mode::Once } else { Mode::Forever };
+    let takeover_limit = tasks
+        .iter()
+        .map(|t| t.timing.stop_grace + t.timing.kill_grace)
+        .max()
+        .unwrap_or_default()
+        + TAKEOVER_MARGIN;
+    let Some(pidfile) = acquire(
+        &root,
+        &chain_name,
+        mode == Mode::Once || args.no_kill_concurrent,
+        takeover_limit,
+        &signals,
+    )?
+    else {
+        log::info!("{chain_name}: stopped while waiting for the running instance to hand over");
+        return Ok(exit::OK);
+    };
+    crate::process::become_subreaper();
+
+    let state_path = state::path(&root, &chain_name);
+    let base_state = match state::load(&state_path) {
+        Ok(s) => s,
+        Err(msg) => {
+            log::warn!("{chain_name}: {msg}");
+            state::State::default()
+        }
+    };
+    let chain_view = driver::chain_tasks(&tasks);
+    let clocks = state::Clocks {
+        mono: sys::mono_now(),
+        wall_ms: sys::wall_ms(),
+        boot_id: sys::boot_id(),
+    };
+    let (resume, warning) = state::resume(&base_state, &chain_view, &clocks);
+    if let Some(w) = warning {
+        log::warn!("{chain_name}: {w}");
+    }
+    log::info!(
+        "{chain_name}: running as pid {} (run-chain {}, config {} digest {}){}",
+        std::process::id(),
+        env!("CARGO_PKG_VERSION"),
+        config.file.display(),
+        config.digest,
+        if mode == Mode::Once { ", once" } else { "" }
+    );
+    let chain = Chain::new(chain_view, mode, resume);
+    let driver = Driver::new(
+        chain_name,
+        args.tasks.clone(),
+        config,
+        tasks,
+        root,
+        mode,
+        chain,
+        signals,
+        guardian,
+        pidfile,
+        base_state,
+    );
+    driver.run()
+}
+
+/// Take the chain's lock, taking over from a running instance unless `no_takeover`.
+/// Ok(None): stopped by SIGTERM/SIGINT while waiting.
+fn acquire(
+    root: &Path,
+    chain: &str,
+    no_takeover: bool,
+    limit: Duration,
+    signals: &Signals,
+) -> Result<Option<PidFile>> {
+    let mut pf = PidFile::open(root, chain)?;
+    if no_takeover {
+        if !pf.try_lock()? {
+            let who = pf
+                .holder()
+                .map_or_else(|| "another process".to_string(), |p| format!("PID {p}"));
+            return Err(Error::Busy(format!(
+                "chain {chain} is already running ({who} holds {}); not taking over",
+                pf.path().display()
+            )));
+        }
+        if let Some(n) = next::newer_than_me(root, chain) {
+            pf.unlock();
+            return Err(Error::Busy(format!(
+                "chain {chain} is being taken over by a newer launch (PID {n}); not starting"
+            )));
+        }
+        pf.write_pid()?;
+        return Ok(Some(pf));
+    }
+
+    next::claim(root, chain)?;
+    let inotify = nix::sys::inotify::Inotify::init(
+        nix::sys::inotify::InitFlags::IN_CLOEXEC | nix::sys::inotify::InitFlags::IN_NONBLOCK,
+    )
+    .map_err(|e| Error::os("create an inotify instance", std::io::Error::from(e)))?;
+    use nix::sys::inotify::AddWatchFlags as W;
+    inotify
+        .add_watch(
+            root,
+            W::IN_CLOSE_WRITE | W::IN_CLOSE_NOWRITE | W::IN_MOVED_TO | W::IN_MODIFY,
+        )
+        .map_err(|e| Error::os(format!("watch {}", root.display()), std::io::Error::from(e)))?;
+
+    struct Asked {
+        pid: i32,
+        pidfd: std::os::fd::OwnedFd,
+        kill_at: Duration,
+        killed: bool,
+    }
+    let mut asked: Option<Asked> = None;
+    let mut warned = false;
+    loop {
+        if let Some(n) = next::newer_than_me(root, chain) {
+            return Err(Error::Busy(format!(
+                "superseded by a newer launch of chain {chain} (PID {n}); giving up"
+            )));
+        }
+        if pf.try_lock()? {
+            if let Some(n) = next::newer_than_me(root, chain) {
+                pf.unlock();
+                return Err(Error::Busy(format!(
+                    "superseded by a newer launch of chain {chain} (PID {n}); giving up"
+                )));
+            }
+            pf.write_pid()?;
+            return Ok(Some(pf));
+        }
+        let now = sys::mono_now();
+        if asked.is_none() {
+            if let Some((pid, pidfd)) = pf.holder_pidfd() {
+                log::info!(
+                    "{chain}: running as PID {pid}; asking it to hand over (SIGTERM) and waiting"
+                );
+                if let Err(e) = sys::pidfd_signal(&pidfd, libc::SIGTERM) {
+                    log::warn!("{chain}: failed to signal PID {pid}: {e}");
+                }
+                asked = Some(Asked {
+                    pid,
+                    pidfd,
+                    kill_at: now + limit,
+                    killed: false,
+                });
+            } else if !warned {
+                log::warn!(
+                    "{chain}: {} is locked by a process that cannot be confirmed as its holder (PID in the file: {}); waiting for the lock",
+                    pf.path().display(),
+                    pf.text_pid().map_or("none".into(), |p| p.to_string())
+                );
+                warned = true;
+            }
+        }
+        let mut fds = vec![
+            sys::pollfd(signals.fd(), libc::POLLIN),
+            sys::pollfd(inotify.as_fd_raw(), libc::POLLIN),
+        ];
+        if let Some(a) = &asked {
+            fds.push(sys::pollfd(a.pidfd.as_raw_fd(), libc::POLLIN));
+        }
+        let timeout = match &asked {
+            Some(a) if !a.killed => Some(a.kill_at.saturating_sub(now)),
+            Some(_) => None,
+            // An unconfirmed holder may be one that has just locked and not yet written
+            // its PID (the write wakes us), or a stranger: look again now and then.
+            None => Some(Duration::from_secs(1)),
+        };
+        sys::ppoll(&mut fds, timeout).map_err(|e| Error::os("wait in ppoll", e))?;
+        // Empty the inotify queue; its content does not matter, only that something changed.
+        while let Ok(ev) = inotify.read_events() {
+            if ev.is_empty() {
+                break;
+            }
+        }
+        for sig in signals.drain() {
+            if matches!(sig, Sig::Term | Sig::Int | Sig::Quit) {
+                return Ok(None);
+            }
+        }
+        let now = sys::mono_now();
+        if let Some(a) = &mut asked {
+            if fds.len() > 2 && fds[2].revents != 0 {
+                // The old instance has exited; try the lock again (and confirm any new holder).
+                asked = None;
+            } else if !a.killed && now >= a.kill_at {
+                log::warn!(
+                    "{chain}: PID {} did not hand over within {}; killing it",
+                    a.pid,
+                    driver::fmt_dur(limit)
+                );
+                let _ = sys::pidfd_signal(&a.pidfd, libc::SIGKILL);
+                a.killed = true;
+            }
+        }
+    }
+}
+
+trait RawInotify {
+    fn as_fd_raw(&self) -> i32;
+}
+
+impl RawInotify for nix::sys::inotify::Inotify {
+    fn as_fd_raw(&self) -> i32 {
+        use std::os::fd::AsFd;
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// Open the chain's pidfile for a command that only looks, and find its verified holder.
+fn holder_of(common: &Common, chain: &str) -> Result<Option<(i32, std::os::fd::OwnedFd)>> {
+    config::check_name(chain).map_err(|m| Error::Usage(format!("chain {chain:?}: {m}")))?;
+    let root = run_root(common, None)?;
+    let Some(pf) = PidFile::open_existing(&root, chain)? else {
+        return Err(Error::Usage(format!(
+            "no chain named {chain:?} in {} (no {} found)",
+            root.display(),
+            pidfile::path(&root, chain).display()
+        )));
+    };
+    Ok(pf.holder_pidfd())
+}
+
+fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
+    let Some((pid, pidfd)) = holder_of(common, chain)? else {
+        println!("chain {chain} is not running");
+        return Ok(exit::OK);
+    };
+    let sig = if now { libc::SIGQUIT } else { libc::SIGTERM };
+    sys::pidfd_signal(&pidfd, sig).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    eprintln!(
+        "run-chain: asked chain {chain} (PID {pid}) to stop{}; waiting for it to exit",
+        if now { " now" } else { "" }
+    );
+    let mut fds = [sys::pollfd(pidfd.as_raw_fd(), libc::POLLIN)];
+    loop {
+        sys::ppoll(&mut fds, None).map_err(|e| Error::os("wait in ppoll", e))?;
+        if fds[0].revents != 0 {
+            break;
+        }
+    }
+    println!("chain {chain} (PID {pid}) stopped");
+    Ok(exit::OK)
+}
+
+fn kick(common: &Common, chain: &str) -> Result<u8> {
+    let Some((pid, pidfd)) = holder_of(common, chain)? else {
+        println!("chain {chain} is not running; nothing to kick");
+        return Ok(exit::OK);
+    };
+    sys::pidfd_signal(&pidfd, libc::SIGUSR1).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    println!("kicked chain {chain} (PID {pid})");
+    Ok(exit::OK)
+}

@@ -1,0 +1,216 @@
+//! Thin, safe wrappers around the Linux calls that std and nix do not cover the way
+//! run-chain needs them: the monotonic clock as a plain number, `ppoll` with a
+//! nanosecond timeout, pidfds, `/proc` look-ups (a process's start time, our own
+//! children), and `waitid` with `WNOWAIT`.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::chain::Mono;
+use crate::outcome::Exit;
+
+/// CLOCK_MONOTONIC now, as time since its origin (comparable across processes on one boot).
+pub fn mono_now() -> Mono {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall-clock time now, in Unix milliseconds.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The kernel's boot id (changes at every boot).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A process's start time (clock ticks since boot, field 22 of /proc/PID/stat): with
+/// the PID, it names one process for good, even after its PID is reused.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    // Fields after the comm start at field 3 (state); start time is field 22.
+    after.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// A process's state letter and process group (fields 3 and 5 of /proc/PID/stat).
+pub fn state_and_pgid(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut it = after.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let _ppid = it.next()?;
+    let pgid = it.next()?.parse().ok()?;
+    Some((state, pgid))
+}
+
+/// Our own children, from /proc/self/task/*/children (every thread's).
+pub fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `pidfd_open(2)`: a descriptor that names this process for good (close-on-exec).
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(2)`: signal exactly the process the pidfd names.
+pub fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
+    // SAFETY: a plain syscall; a null siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Has our child `pid` exited? Looks without reaping it (`WNOWAIT`), so that its PID,
+/// and the process group it leads, stay ours until we reap it with [`reap`].
+pub fn exited_nowait(pid: i32) -> Option<Exit> {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to our siginfo; P_PID with our own child's pid.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: reading the union fields that waitid set for a CLD_* code.
+    unsafe {
+        if r != 0 || info.si_pid() == 0 {
+            return None;
+        }
+        match info.si_code {
+            libc::CLD_EXITED => Some(Exit::Code(info.si_status())),
+            libc::CLD_KILLED | libc::CLD_DUMPED => Some(Exit::Signal(info.si_status())),
+            _ => None,
+        }
+    }
+}
+
+/// Reap our child `pid` if it has exited. True if it was reaped (or is not ours).
+pub fn reap(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid on a specific pid with a valid status pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    r == pid || (r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
+}
+
+/// `kill(2)`; ESRCH (nobody there) is not an error.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// One entry for [`ppoll`].
+pub fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// `ppoll(2)` with a nanosecond timeout (None: wait for ever). EINTR is a normal
+/// return (a signal handler ran; its byte is in the self-pipe).
+pub fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> std::io::Result<usize> {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: fds is a valid slice of pollfd; tsp is null or points to a live timespec.
+    let r = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tsp, std::ptr::null()) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(r as usize)
+}
+
+/// Make a descriptor non-blocking.
+pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `read(2)` into `buf`: Ok(0) at end of file, Err(WouldBlock) when nothing is there.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `write(2)` of `buf` (may write less).
+pub fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
