@@ -25,7 +25,11 @@ pub fn config_path(common: &Common) -> PathBuf {
     common
         .config
         .clone()
-        .or_else(|| std::env::var_os("RUN_CHAIN_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("RUN_CHAIN_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from("tasks.toml"))
 }
 
@@ -59,7 +63,11 @@ pub fn run_root(common: &Common, config: Option<&Config>) -> Result<PathBuf> {
 
 /// Create RUN_ROOT if needed (mode 0700) and refuse one that others could tamper with.
 pub fn prepare_run_root(dir: &Path) -> Result<()> {
-    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         return Err(Error::Config(format!(
             "{}: cannot create RUN_ROOT: {e}",
             dir.display()
@@ -125,7 +133,11 @@ fn check(common: &Common) -> Result<u8> {
     let path = config_path(common);
     let config = Config::load(&path)?;
     let root = run_root(common, Some(&config))?;
-    println!("config: {} (digest {})", config.file.display(), config.digest);
+    println!(
+        "config: {} (digest {})",
+        config.file.display(),
+        config.digest
+    );
     println!("run_root: {}", root.display());
     for t in config.tasks.values() {
         println!();
@@ -147,7 +159,10 @@ fn check(common: &Common) -> Result<u8> {
         );
         println!("  stop_grace       = {}", d(t.timing.stop_grace));
         println!("  kill_grace       = {}", d(t.timing.kill_grace));
-        println!("  non_recoverable_downtime = {}", d(t.non_recoverable_downtime));
+        println!(
+            "  non_recoverable_downtime = {}",
+            d(t.non_recoverable_downtime)
+        );
         println!("  keep_runs_for    = {}", d(t.keep_runs_for));
         println!("  keep_runs_max    = {}", t.keep_runs_max);
         println!("  keep_output      = {} bytes", t.keep_output);
@@ -210,6 +225,8 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     let root = run_root(common, Some(&config))?;
     prepare_run_root(&root)?;
 
+    // Tasks inherit no descriptor: not ours (all close-on-exec), nor those we inherited.
+    sys::cloexec_from_3();
     // The guardian first: the process has one thread and no descriptor of its own yet.
     let guardian = Guardian::spawn()?;
     let signals = Signals::install()?;
@@ -463,7 +480,8 @@ fn kick(common: &Common, chain: &str) -> Result<u8> {
         println!("chain {chain} is not running; nothing to kick");
         return Ok(exit::OK);
     };
-    sys::pidfd_signal(&pidfd, libc::SIGUSR1).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    sys::pidfd_signal(&pidfd, libc::SIGUSR1)
+        .map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
     println!("kicked chain {chain} (PID {pid})");
     Ok(exit::OK)
 }

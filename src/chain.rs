@@ -524,7 +524,14 @@ impl Chain {
         }
     }
 
-    fn finish(&mut self, now: Mono, run: Run, outcome: Outcome, ended: Mono, out: &mut Vec<Action>) {
+    fn finish(
+        &mut self,
+        now: Mono,
+        run: Run,
+        outcome: Outcome,
+        ended: Mono,
+        out: &mut Vec<Action>,
+    ) {
         let task = &self.tasks[run.index];
         let last = run.index + 1 == self.tasks.len();
         let interrupted = outcome == Outcome::Interrupted;

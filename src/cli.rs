@@ -27,7 +27,6 @@ pub const RESERVED_NAMES: &[&str] = &[
     name = "run-chain",
     version,
     about = "Run an ordered chain of commands continuously, with a cooldown after each.",
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {

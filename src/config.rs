@@ -236,7 +236,9 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
         ));
     }
     if name.starts_with('.') {
-        return Err(format!("expected a name not starting with '.', got {name:?}"));
+        return Err(format!(
+            "expected a name not starting with '.', got {name:?}"
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -274,9 +276,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 /// Parse a size: a number of bytes, or a number with a unit (B, KB, KiB, MB, MiB, GB, GiB).
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let expected = || {
         format!("expected a size such as \"64KiB\", \"1MiB\" or a number of bytes, got {text:?}")
@@ -340,8 +340,9 @@ impl Ctx<'_> {
     fn size(&self, key: &str, v: &Option<SizeValue>) -> Result<Option<usize>> {
         let n = match v {
             None => return Ok(None),
-            Some(SizeValue::Int(i)) => u64::try_from(*i)
-                .map_err(|_| self.err(key, format!("expected a size of 0 or more bytes, got {i}")))?,
+            Some(SizeValue::Int(i)) => u64::try_from(*i).map_err(|_| {
+                self.err(key, format!("expected a size of 0 or more bytes, got {i}"))
+            })?,
             Some(SizeValue::Text(s)) => parse_size(s).map_err(|m| self.err(key, m))?,
         };
         if n > builtin::KEEP_OUTPUT_MAX as u64 {
@@ -359,7 +360,10 @@ impl Ctx<'_> {
         match v {
             None => Ok(None),
             Some(i) if i >= 1 => Ok(Some(i as u64)),
-            Some(i) => Err(self.err(key, format!("expected a whole number of 1 or more, got {i}"))),
+            Some(i) => Err(self.err(
+                key,
+                format!("expected a whole number of 1 or more, got {i}"),
+            )),
         }
     }
 }
@@ -417,11 +421,16 @@ fn check_address(ctx: &Ctx, key: &str, a: &str) -> Result<()> {
         && a.split('@').count() == 2
         && !a.starts_with('@')
         && !a.ends_with('@')
-        && !a.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c));
+        && !a
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(ctx.err(key, format!("expected an email address like \"admin@example.com\", got {a:?}")))
+        Err(ctx.err(
+            key,
+            format!("expected an email address like \"admin@example.com\", got {a:?}"),
+        ))
     }
 }
 
@@ -504,7 +513,10 @@ impl Config {
                 .ok_or_else(|| {
                     ctx.err(
                         &format!("groups.{name}.max_running"),
-                        format!("expected a whole number of 1 or more, got {}", g.max_running),
+                        format!(
+                            "expected a whole number of 1 or more, got {}",
+                            g.max_running
+                        ),
                     )
                 })?;
             groups.insert(name.clone(), Group { max_running: max });
@@ -551,7 +563,10 @@ impl Config {
             };
             let cwd = match &t.cwd {
                 Some(c) if c.is_empty() => {
-                    return Err(ctx.err(&format!("{key}.cwd"), "expected a directory path, got an empty string"))
+                    return Err(ctx.err(
+                        &format!("{key}.cwd"),
+                        "expected a directory path, got an empty string",
+                    ))
                 }
                 Some(c) => resolve(c),
                 None => dir.clone(),
@@ -710,7 +725,9 @@ impl Config {
         let path = |key: &str, v: &Option<String>| -> Result<Option<PathBuf>> {
             match v {
                 None => Ok(None),
-                Some(s) if s.is_empty() => Err(ctx.err(key, "expected a path, got an empty string")),
+                Some(s) if s.is_empty() => {
+                    Err(ctx.err(key, "expected a path, got an empty string"))
+                }
                 Some(s) => Ok(Some(resolve(s))),
             }
         };
@@ -735,9 +752,8 @@ impl Config {
                 path.display()
             ))
         })?;
-        let text = String::from_utf8(text).map_err(|_| {
-            Error::Config(format!("{}: expected UTF-8 TOML text", path.display()))
-        })?;
+        let text = String::from_utf8(text)
+            .map_err(|_| Error::Config(format!("{}: expected UTF-8 TOML text", path.display())))?;
         Config::parse(&text, path)
     }
 
@@ -753,7 +769,11 @@ impl Config {
                         &format!("tasks.{n}"),
                         format!(
                             "task {n:?} is named on the command line but not defined (defined: {})",
-                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     )
                 })
@@ -821,7 +841,10 @@ max_running = 1
         let c = parse(SPEC_EXAMPLE).expect("spec example");
         assert_eq!(c.run_root, Some(PathBuf::from("/etc/rc/var/run")));
         let t = &c.tasks["send_mail"];
-        assert_eq!(t.program, Program::Shell("python manage.py send_mail".into()));
+        assert_eq!(
+            t.program,
+            Program::Shell("python manage.py send_mail".into())
+        );
         assert_eq!(t.cwd, PathBuf::from("/srv/example/main"));
         assert_eq!(t.timing.timeout, Some(Duration::from_secs(3600)));
         assert_eq!(t.timing.kill_grace, Duration::from_secs(5));
@@ -851,9 +874,15 @@ max_running = 1
     #[test]
     fn errors_name_file_and_key() {
         let e = err("[tasks.a]\ncommand = \"x\"\nsucess_cooldown = \"1s\"\n");
-        assert!(e.contains("/etc/rc/tasks.toml") && e.contains("sucess_cooldown"), "{e}");
+        assert!(
+            e.contains("/etc/rc/tasks.toml") && e.contains("sucess_cooldown"),
+            "{e}"
+        );
         let e = err("[tasks.a]\ncommand = \"x\"\nfail_cooldown = \"soon\"\n");
-        assert!(e.contains("tasks.a.fail_cooldown") && e.contains("duration"), "{e}");
+        assert!(
+            e.contains("tasks.a.fail_cooldown") && e.contains("duration"),
+            "{e}"
+        );
         let e = err("[tasks.a]\ncommand = \"x\"\nargv = [\"x\"]\n");
         assert!(e.contains("tasks.a") && e.contains("not both"), "{e}");
         let e = err("[tasks.a]\ncwd = \"/\"\n");
@@ -861,9 +890,15 @@ max_running = 1
         let e = err("[tasks.status]\ncommand = \"x\"\n");
         assert!(e.contains("tasks.status") && e.contains("reserved"), "{e}");
         let e = err("[tasks.a]\ncommand = \"x\"\ngroup = \"db\"\n");
-        assert!(e.contains("tasks.a.group") && e.contains("not defined"), "{e}");
+        assert!(
+            e.contains("tasks.a.group") && e.contains("not defined"),
+            "{e}"
+        );
         let e = err("[defaults]\nkeep_output = \"lots\"\n");
-        assert!(e.contains("defaults.keep_output") && e.contains("size"), "{e}");
+        assert!(
+            e.contains("defaults.keep_output") && e.contains("size"),
+            "{e}"
+        );
         let e = err("[tasks.a]\ncommand = \"x\"\nnice = 40\n");
         assert!(e.contains("tasks.a.nice"), "{e}");
         let e = err("[email]\nto = [\"a@b\"]\nsmtp = \"http://x\"\n");
@@ -908,8 +943,13 @@ max_running = 1
     #[test]
     fn undefined_task_on_command_line() {
         let c = parse("[tasks.a]\ncommand = \"x\"\n").expect("valid");
-        let e = c.chain_tasks(&["a".into(), "b".into()]).expect_err("b undefined");
+        let e = c
+            .chain_tasks(&["a".into(), "b".into()])
+            .expect_err("b undefined");
         let m = e.to_string();
-        assert!(m.contains("tasks.b") && m.contains("not defined") && m.contains("tasks.toml"), "{m}");
+        assert!(
+            m.contains("tasks.b") && m.contains("not defined") && m.contains("tasks.toml"),
+            "{m}"
+        );
     }
 }

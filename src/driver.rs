@@ -219,12 +219,18 @@ impl Driver {
                     );
                     Event::Control(Control::Stop)
                 } else {
-                    log::info!("{}: SIGINT again: stopping the running task now", self.chain_name);
+                    log::info!(
+                        "{}: SIGINT again: stopping the running task now",
+                        self.chain_name
+                    );
                     Event::Control(Control::StopNow)
                 }
             }
             Sig::Quit => {
-                log::info!("{}: SIGQUIT: stopping the running task now", self.chain_name);
+                log::info!(
+                    "{}: SIGQUIT: stopping the running task now",
+                    self.chain_name
+                );
                 Event::Control(Control::StopNow)
             }
             Sig::Usr1 => {
@@ -277,13 +283,21 @@ impl Driver {
             let actions = self.chain.on_event(now, ev);
             for a in actions {
                 match a {
-                    Action::Spawn { index, task, run_id } => {
+                    Action::Spawn {
+                        index,
+                        task,
+                        run_id,
+                    } => {
                         self.save_state(now, Some((&task, run_id)));
                         events.push_back(self.spawn(index, run_id));
                     }
                     Action::Signal(sig) => {
                         if let Some(run) = &self.run {
-                            log::debug!("{}: {sig:?} to process group {}", self.chain_name, run.pid);
+                            log::debug!(
+                                "{}: {sig:?} to process group {}",
+                                self.chain_name,
+                                run.pid
+                            );
                             run.signal(sig, &self.ignore);
                         }
                     }
@@ -321,7 +335,11 @@ impl Driver {
                 Event::Spawned
             }
             Err(msg) => {
-                log::info!("{}: {} run {run_id} could not start: {msg}", self.chain_name, task.name);
+                log::info!(
+                    "{}: {} run {run_id} could not start: {msg}",
+                    self.chain_name,
+                    task.name
+                );
                 Event::SpawnFailed(msg)
             }
         }
@@ -359,7 +377,11 @@ impl Driver {
             ),
             _ => format!("next: {} at once", self.tasks[next_index].name),
         };
-        let cut = if self.tail.cut() { ", output tail cut" } else { "" };
+        let cut = if self.tail.cut() {
+            ", output tail cut"
+        } else {
+            ""
+        };
         let msg = format!(
             "{}: {} run {} {} after {}{cut}; {next}",
             self.chain_name,
@@ -413,7 +435,11 @@ impl Driver {
         match state::save(&path, &st) {
             Ok(()) => {
                 if self.state_error_logged {
-                    log::info!("{}: state saved again to {}", self.chain_name, path.display());
+                    log::info!(
+                        "{}: state saved again to {}",
+                        self.chain_name,
+                        path.display()
+                    );
                     self.state_error_logged = false;
                 }
             }

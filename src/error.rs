@@ -96,4 +96,3 @@ impl<T> Context<T> for std::result::Result<T, nix::Error> {
 
 /// Shorthand used across the crate.
 pub type Result<T> = std::result::Result<T, Error>;
-

@@ -97,6 +97,8 @@ fn guardian_main(rx: OwnedFd) -> ! {
             }
         }
     }
+    // Hold nothing run-chain inherited either (a pipe kept open would keep a reader waiting).
+    sys::close_from(3, rx.as_raw_fd());
     let mut groups: BTreeMap<i32, u64> = BTreeMap::new();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];

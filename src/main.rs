@@ -9,6 +9,7 @@ use run_chain::cli::Cli;
 use run_chain::error::exit;
 
 fn main() -> ExitCode {
+    run_chain::sys::ensure_std_fds();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

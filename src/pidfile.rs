@@ -190,7 +190,8 @@ impl PidFile {
     pub fn text_pid(&self) -> Option<i32> {
         let mut buf = [0u8; 32];
         // SAFETY: pread into our buffer.
-        let n = unsafe { libc::pread(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n =
+            unsafe { libc::pread(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n <= 0 {
             return None;
         }
@@ -309,7 +310,9 @@ mod tests {
         let mut a = PidFile::open(dir.path(), "c").expect("open");
         assert!(a.try_lock().expect("lock"));
         a.write_pid().expect("write");
-        let b = PidFile::open_existing(dir.path(), "c").expect("open").expect("exists");
+        let b = PidFile::open_existing(dir.path(), "c")
+            .expect("open")
+            .expect("exists");
         assert_eq!(b.text_pid(), Some(std::process::id() as i32));
         assert_eq!(b.holder(), Some(std::process::id() as i32));
         let mut c = PidFile::open(dir.path(), "c").expect("open");

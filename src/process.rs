@@ -81,6 +81,11 @@ pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
         }
     }
     let mut child = cmd.spawn().map_err(|e| {
+        if let (Some(n), Some(libc::EPERM | libc::EACCES)) = (task.nice, e.raw_os_error()) {
+            if n < 0 {
+                return format!("cannot set nice {n} (raising priority needs privilege): {e}");
+            }
+        }
         if !task.cwd.is_dir() {
             format!("cannot change into cwd {}: {e}", task.cwd.display())
         } else {

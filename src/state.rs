@@ -219,7 +219,11 @@ mod tests {
     fn same_boot_trusts_monotonic_time() {
         // The wall clock jumped a day forward: the monotonic due time still holds.
         let s = saved("b", 100, 1000);
-        let (r, _) = resume(&s, &tasks(&["a", "b", "c"]), &clocks(50, 1000 + 86400, "boot1"));
+        let (r, _) = resume(
+            &s,
+            &tasks(&["a", "b", "c"]),
+            &clocks(50, 1000 + 86400, "boot1"),
+        );
         assert_eq!(r.index, 1);
         assert_eq!(r.due, Some(Duration::from_secs(100)));
     }
@@ -261,6 +265,9 @@ mod tests {
         s.run_ids.insert("a".into(), 7);
         save(&p, &s).expect("save");
         assert_eq!(load(&p).expect("load"), s);
-        assert_eq!(load(&dir.path().join("none.state")).expect("empty"), State::default());
+        assert_eq!(
+            load(&dir.path().join("none.state")).expect("empty"),
+            State::default()
+        );
     }
 }

@@ -63,7 +63,10 @@ pub fn children() -> Vec<i32> {
     };
     for t in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
         }
     }
     out.sort_unstable();
@@ -162,7 +165,14 @@ pub fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> std::io::Re
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: fds is a valid slice of pollfd; tsp is null or points to a live timespec.
-    let r = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tsp, std::ptr::null()) };
+    let r = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            tsp,
+            std::ptr::null(),
+        )
+    };
     if r < 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EINTR) {
@@ -212,5 +222,72 @@ pub fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
         if e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
         }
+    }
+}
+
+/// Make sure descriptors 0, 1 and 2 are open (on /dev/null if not), so that nothing
+/// run-chain opens later can land on them and receive a task's output.
+pub fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: fcntl/open with valid arguments.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if n >= 0 && n != fd {
+                    libc::dup2(n, fd);
+                    libc::close(n);
+                }
+            }
+        }
+    }
+}
+
+/// Mark every descriptor from 3 up close-on-exec, so that tasks inherit none of the
+/// descriptors run-chain itself inherited (a wrapper's lock, a socket).
+pub fn cloexec_from_3() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Older kernels: one by one.
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<i32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .filter(|fd| *fd >= 3)
+            .collect();
+        for fd in fds {
+            // SAFETY: fcntl on a descriptor number; a closed one just fails.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+}
+
+/// Close every descriptor from `from` up, except `keep` (in the guardian).
+pub fn close_from(from: i32, keep: i32) {
+    // SAFETY: close_range with plain integer arguments.
+    unsafe {
+        if keep > from {
+            libc::syscall(libc::SYS_close_range, from as u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            (keep.max(from - 1) + 1) as u32,
+            u32::MAX,
+            0u32,
+        );
     }
 }
