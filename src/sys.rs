@@ -61,17 +61,40 @@ pub fn children() -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
+    let mut readable = false;
     for t in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            readable = true;
             out.extend(
                 text.split_whitespace()
                     .filter_map(|p| p.parse::<i32>().ok()),
             );
         }
     }
+    if !readable {
+        // A kernel without CONFIG_PROC_CHILDREN: scan every process's parent.
+        let me = std::process::id() as i32;
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if parent_of(pid) == Some(me) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// A process's parent (field 4 of /proc/PID/stat).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `pidfd_open(2)`: a descriptor that names this process for good (close-on-exec).
