@@ -363,6 +363,14 @@ fn acquire(
         let now = sys::mono_now();
         if asked.is_none() {
             if let Some((pid, pidfd)) = pf.holder_pidfd() {
+                // Every launch records itself in CHAIN.next before it takes the lock, so a
+                // holder that is newer than us is visible there by now: a newer launch may
+                // have locked between our check above and this look-up. Never signal it.
+                if let Some(n) = next::newer_than_me(root, chain) {
+                    return Err(Error::Busy(format!(
+                        "superseded by a newer launch of chain {chain} (PID {n}); giving up"
+                    )));
+                }
                 log::info!(
                     "{chain}: running as PID {pid}; asking it to hand over (SIGTERM) and waiting"
                 );

@@ -1,0 +1,556 @@
+//! RUN_ROOT/CHAIN.pid and the upgrade, against the real binary: the pidfile holds the PID and
+//! the flock; a stale pidfile is taken over and the PID in it never signalled; a planted symlink
+//! is refused; relaunching upgrades (in a cooldown, in a task, past stop_grace) with no task
+//! skipped or doubled and run ids that keep increasing; --no-kill-concurrent; twenty launches at
+//! once leave exactly one running.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::process::Command;
+
+const ONE_TASK: &str = r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#;
+
+fn flock_n_succeeds(path: &std::path::Path) -> bool {
+    Command::new("flock")
+        .arg("-n")
+        .arg(path)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn make_run_root(env: &TestEnv) {
+    fs::create_dir(&env.run_root).unwrap();
+    fs::set_permissions(&env.run_root, fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn pidfile_holds_the_pid_and_the_lock_for_the_whole_life() {
+    let env = TestEnv::new(ONE_TASK);
+    let mut runner = env.spawn(&["a"]);
+    env.wait_running(&mut runner, "a");
+    let pidfile = env.pidfile("a");
+    assert_eq!(
+        fs::read_to_string(&pidfile).unwrap(),
+        format!("{}\n", runner.pid)
+    );
+    let meta = fs::symlink_metadata(&pidfile).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert!(
+        !flock_n_succeeds(&pidfile),
+        "`flock -n {} true` succeeded while the chain runs",
+        pidfile.display()
+    );
+    env.wait_lines_while(&mut runner, "out", 1);
+    env.assert_running(&mut runner, "a");
+
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+    assert!(pidfile.exists(), "the pidfile was removed");
+    assert!(lock_holders(&pidfile).is_empty());
+    assert!(flock_n_succeeds(&pidfile));
+}
+
+/// A pidfile naming an unrelated live process (no lock holder) is taken over; that process is
+/// never signalled, not by the launch, not by `stop`, not by `kick`.
+#[test]
+fn stale_pidfile_naming_an_unrelated_live_process_is_taken_over_without_signalling_it() {
+    let env = TestEnv::new(ONE_TASK);
+    make_run_root(&env);
+    let mut bystander = env.spawn_command({
+        let mut c = env.command_for("sleep");
+        c.arg("1000");
+        c
+    });
+    fs::write(env.pidfile("a"), format!("{}\n", bystander.pid)).unwrap();
+
+    // Looking commands find no running instance and signal nobody.
+    let stop = env.sub(&["stop", "a"]);
+    stop.assert_code(0);
+    let _ = env.sub(&["kick", "a"]);
+    assert!(
+        bystander.try_status().is_none(),
+        "the unrelated process named in a stale pidfile was signalled by stop/kick: {:?}",
+        bystander.try_status()
+    );
+
+    let mut runner = env.spawn(&["a"]);
+    env.wait_running(&mut runner, "a");
+    env.wait_lines_while(&mut runner, "out", 1);
+    assert!(
+        bystander.try_status().is_none(),
+        "the unrelated process named in a stale pidfile was signalled: {:?}",
+        bystander.try_status()
+    );
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+    assert!(bystander.try_status().is_none());
+    assert!(is_running(bystander.pid));
+}
+
+#[test]
+fn stale_pidfile_with_a_dead_pid_or_garbage_is_taken_over_silently() {
+    for stale in ["999999999\n", "not a pid", "", "\n\n"] {
+        let env = TestEnv::new(ONE_TASK);
+        make_run_root(&env);
+        fs::write(env.pidfile("a"), stale).unwrap();
+        // Even --no-kill-concurrent starts: the lock, not the text, decides.
+        let mut runner = env.spawn(&["--no-kill-concurrent", "a"]);
+        env.wait_running(&mut runner, "a");
+        env.wait_lines_while(&mut runner, "out", 1);
+        runner.signal(libc::SIGTERM);
+        runner.assert_exit(0);
+        assert_eq!(env.lines("out"), vec!["a 1"], "stale pidfile {stale:?}");
+    }
+}
+
+#[test]
+fn pidfile_planted_as_a_symlink_is_refused_and_its_target_untouched() {
+    let env = TestEnv::new(ONE_TASK);
+    make_run_root(&env);
+    let victim = env.path("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    symlink(&victim, env.pidfile("a")).unwrap();
+
+    for args in [&["a"][..], &["--once", "a"][..]] {
+        let done = env.run(args);
+        assert!(
+            matches!(done.code(), Some(c) if c != 0),
+            "{args:?}: a symlinked pidfile was not refused: {:?}\nstderr:\n{}",
+            done.status,
+            done.stderr
+        );
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert_eq!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(fs::symlink_metadata(env.pidfile("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            env.read("out"),
+            "",
+            "a task ran despite the planted symlink"
+        );
+    }
+
+    // A dangling symlink: its target is not created.
+    let missing = env.path("created-through-symlink");
+    symlink(&missing, env.pidfile("b")).unwrap();
+    env.write_config("[tasks.b]\ncommand = 'echo b >> \"$T/out\"'\n");
+    let done = env.run(&["--once", "b"]);
+    assert!(matches!(done.code(), Some(c) if c != 0));
+    assert!(
+        !missing.exists(),
+        "the pidfile was created through a symlink"
+    );
+    assert_eq!(env.read("out"), "");
+}
+
+/// Every line is "a N" / "b N" alternating a, b, a, b with N = 1, 1, 2, 2, 3, ...
+fn assert_alternating(lines: &[String]) {
+    for (i, line) in lines.iter().enumerate() {
+        let mut it = line.split_whitespace();
+        let expected = format!("{} {}", ["a", "b"][i % 2], i / 2 + 1);
+        let got = format!("{} {}", it.next().unwrap(), it.next().unwrap());
+        assert_eq!(
+            got, expected,
+            "line {i}: a task was skipped or run twice: {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn relaunch_during_a_cooldown_upgrades_and_keeps_the_due_time() {
+    let env = TestEnv::new(&format!(
+        r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID {STAMP}" >> "$T/out"'
+success_cooldown = "2s"
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID {STAMP}" >> "$T/out"'
+success_cooldown = "100ms"
+"#
+    ));
+    let mut old = env.spawn(&["a", "b"]);
+    env.wait_running(&mut old, "a_b");
+    env.wait_lines_while(&mut old, "out", 1);
+
+    let mut new = env.spawn(&["a", "b"]);
+    old.assert_exit(0);
+    env.wait_running(&mut new, "a_b");
+    let lines = env.wait_lines_while(&mut new, "out", 3);
+    let stamps = stamped(&lines);
+    let gap = stamps[1].1 - stamps[0].1;
+    assert!(
+        gap >= 1.9,
+        "b ran {gap:.2}s after a, before a's 2s cooldown was due: {lines:#?}"
+    );
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+    assert_alternating(&env.lines("out"));
+}
+
+#[test]
+fn relaunch_during_a_task_lets_it_finish_and_continues_with_the_next() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+stop_grace = "1h"
+success_cooldown = "0s"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID start" >> "$T/out"; while [ ! -e "$T/go" ]; do sleep 0.02; done; rm -f "$T/go"; echo "a $RUN_CHAIN_RUN_ID end" >> "$T/out"'
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID" >> "$T/out"'
+"#,
+    );
+    let mut old = env.spawn(&["a", "b"]);
+    env.wait_running(&mut old, "a_b");
+    env.wait_lines_while(&mut old, "out", 1);
+    // The new instance records itself as the newest launch (CHAIN.next), then asks the old
+    // one to hand over while a runs.
+    let mut new = launch_and_wait_recorded(&env, "a_b", &["a", "b"]);
+    assert!(
+        old.try_status().is_none(),
+        "the old instance exited while its task was running within stop_grace: {:?}\nstderr:\n{}",
+        old.try_status(),
+        old.stderr()
+    );
+    assert_eq!(env.lines("out"), vec!["a 1 start"]);
+
+    fs::write(env.path("go"), "").unwrap();
+    old.assert_exit(0);
+    env.wait_running(&mut new, "a_b");
+    env.wait_lines_while(&mut new, "out", 4);
+    new.signal(libc::SIGQUIT);
+    new.assert_exit(0);
+    let lines = env.lines("out");
+    assert_eq!(
+        lines[..4],
+        ["a 1 start", "a 1 end", "b 1", "a 2 start"],
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn relaunch_during_a_task_past_stop_grace_stops_it_and_runs_it_again_first() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+success_cooldown = "0s"
+fail_cooldown = "1h"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"; echo $$ > "$T/a$RUN_CHAIN_RUN_ID.pid"; exec sleep 1000'
+stop_grace = "500ms"
+kill_grace = "200ms"
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID" >> "$T/out"'
+"#,
+    );
+    let mut old = env.spawn(&["a", "b"]);
+    env.wait_running(&mut old, "a_b");
+    let first_task = wait_pid_file(&env.path("a1.pid"));
+    let mut new = env.spawn(&["a", "b"]);
+    old.assert_exit(0);
+    assert!(
+        !is_running(first_task),
+        "the old instance exited but left its task running"
+    );
+    env.wait_running(&mut new, "a_b");
+    let second_task = wait_pid_file(&env.path("a2.pid"));
+    assert_eq!(
+        env.lines("out"),
+        vec!["a 1", "a 2"],
+        "the interrupted task must run again first"
+    );
+    new.signal(libc::SIGQUIT);
+    new.assert_exit(0);
+    wait_until("the second run is gone", || !is_running(second_task));
+}
+
+#[test]
+fn run_ids_keep_increasing_across_relaunches() {
+    let env = TestEnv::new(
+        r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "100ms"
+"#,
+    );
+    let mut runner = env.spawn(&["a"]);
+    env.wait_lines_while(&mut runner, "out", 2);
+    for _ in 0..3 {
+        let mut next = env.spawn(&["a"]);
+        runner.assert_exit(0);
+        env.wait_running(&mut next, "a");
+        let have = env.lines("out").len();
+        env.wait_lines_while(&mut next, "out", have + 2);
+        runner = next;
+    }
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+    let lines = env.lines("out");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line, &format!("a {}", i + 1), "run ids: {lines:#?}");
+    }
+}
+
+#[test]
+fn no_kill_concurrent_exits_75_and_leaves_the_running_instance_alone() {
+    let env = TestEnv::new(ONE_TASK);
+    let mut runner = env.spawn(&["--no-kill-concurrent", "a"]);
+    env.wait_running(&mut runner, "a");
+    env.wait_lines_while(&mut runner, "out", 1);
+    let done = env.run(&["--no-kill-concurrent", "a"]);
+    done.assert_code(75);
+    env.assert_running(&mut runner, "a");
+    assert_eq!(env.lines("out"), vec!["a 1"]);
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+}
+
+/// Twenty launches of one chain at the same instant, ten rounds (each round also racing the
+/// survivor of the last): exactly one ends up running, every other exits 75 (superseded or
+/// refused) or 0 (handed over), and the task, in its 1h cooldown, never runs twice.
+#[test]
+fn twenty_launches_at_once_leave_exactly_one_running() {
+    let env = TestEnv::new(
+        r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "1h"
+stop_grace = "10s"
+"#,
+    );
+    // RUN_CHAIN_TEST_ROUNDS=200 makes it a stress test.
+    let rounds = std::env::var("RUN_CHAIN_TEST_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut all: Vec<Runner> = Vec::new();
+    for round in 0..rounds {
+        let go = env.path(&format!("go{round}"));
+        for _ in 0..20 {
+            // Each launch waits for the go file, then execs run-chain (same PID).
+            let mut cmd = env.command_for("sh");
+            cmd.arg("-c")
+                .arg("while [ ! -e \"$0\" ]; do sleep 0.01; done; exec \"$@\"")
+                .arg(&go)
+                .arg(bin())
+                .arg("-c")
+                .arg(&env.config)
+                .arg("--run-root")
+                .arg(&env.run_root)
+                .arg("a");
+            all.push(env.spawn_command(cmd));
+        }
+        fs::write(&go, "").unwrap();
+        wait_until_explained(
+            DEADLINE,
+            &format!("round {round}: exactly one instance left, holding the lock"),
+            || {
+                let alive: Vec<i32> = all
+                    .iter_mut()
+                    .filter_map(|r| r.try_status().is_none().then_some(r.pid))
+                    .collect();
+                let holders = lock_holders(&env.pidfile("a"));
+                let text = fs::read_to_string(env.pidfile("a")).unwrap_or_default();
+                if alive.len() == 1 && holders == alive && text == format!("{}\n", alive[0]) {
+                    return Ok(());
+                }
+                let mut why = format!(
+                    "alive {alive:?}, lock holders {holders:?}, pidfile {text:?}, next {:?}\n",
+                    fs::read_to_string(env.run_root.join("a.next")).unwrap_or_default()
+                );
+                let named = text.trim().parse::<i32>().ok();
+                for r in all.iter_mut() {
+                    let status = r.try_status();
+                    why += &format!("{} {status:?}\n", r.pid);
+                    let mentions_named = named.is_some_and(|n| r.stderr().contains(&n.to_string()));
+                    if alive.contains(&r.pid) || Some(r.pid) == named || mentions_named {
+                        why += &format!("--- {} stderr:\n{}\n", r.pid, r.stderr());
+                    }
+                }
+                Err(why)
+            },
+        );
+        for r in all.iter_mut() {
+            if let Some(status) = r.try_status() {
+                assert!(
+                    matches!(status.code(), Some(0) | Some(75)),
+                    "round {round}: launch {} exited with {status:?}; stderr:\n{}",
+                    r.pid,
+                    r.stderr()
+                );
+            }
+        }
+    }
+    let survivor = all
+        .iter_mut()
+        .find_map(|r| r.try_status().is_none().then_some(r))
+        .unwrap();
+    let survivor_pid = survivor.pid;
+    // Nothing else of this chain runs: only the survivor and its own children (its guardian).
+    wait_until("only the survivor and its children remain", || {
+        env.marked_processes()
+            .iter()
+            .all(|&p| p == survivor_pid || proc_ppid(p) == Some(survivor_pid))
+    });
+    assert_eq!(
+        env.lines("out"),
+        vec!["a 1"],
+        "a task in its cooldown was run again by a handover"
+    );
+    survivor.signal(libc::SIGTERM);
+    survivor.assert_exit(0);
+}
+
+const GATED_AB: &str = r#"
+[defaults]
+stop_grace = "1h"
+success_cooldown = "0s"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID start" >> "$T/out"; while [ ! -e "$T/go" ]; do sleep 0.02; done; rm -f "$T/go"; echo "a $RUN_CHAIN_RUN_ID end" >> "$T/out"'
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "1h"
+"#;
+
+/// Launches the chain again and waits until the new launch has recorded itself as the newest
+/// (RUN_ROOT/CHAIN.next changed), i.e. it is waiting for the running instance to hand over.
+fn launch_and_wait_recorded(env: &TestEnv, chain: &str, args: &[&str]) -> Runner {
+    let next = env.run_root.join(format!("{chain}.next"));
+    let before = fs::read(&next).ok();
+    let mut runner = env.spawn(args);
+    runner.wait_for("the new launch records itself in CHAIN.next", || {
+        fs::read(&next).ok() != before
+    });
+    runner
+}
+
+#[test]
+fn an_older_waiting_launch_is_superseded_by_a_newer_one_and_exits_75() {
+    let env = TestEnv::new(GATED_AB);
+    let mut old = env.spawn(&["a", "b"]);
+    env.wait_running(&mut old, "a_b");
+    env.wait_lines_while(&mut old, "out", 1);
+    let mut waiting = launch_and_wait_recorded(&env, "a_b", &["a", "b"]);
+    let mut newest = launch_and_wait_recorded(&env, "a_b", &["a", "b"]);
+
+    waiting.assert_exit(75);
+    assert!(
+        waiting.stderr().contains(&newest.pid.to_string()),
+        "the superseded launch must say which newer PID superseded it:\n{}",
+        waiting.stderr()
+    );
+    // The old instance still runs its task, undisturbed, within its 1h stop_grace.
+    env.assert_running(&mut old, "a_b");
+
+    fs::write(env.path("go"), "").unwrap();
+    old.assert_exit(0);
+    env.wait_running(&mut newest, "a_b");
+    env.wait_lines_while(&mut newest, "out", 3);
+    assert_eq!(env.lines("out"), vec!["a 1 start", "a 1 end", "b 1"]);
+    newest.signal(libc::SIGTERM);
+    newest.assert_exit(0);
+}
+
+#[test]
+fn a_waiting_launch_stops_at_once_on_sigterm_or_sigint() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let env = TestEnv::new(GATED_AB);
+        let mut old = env.spawn(&["a", "b"]);
+        env.wait_running(&mut old, "a_b");
+        env.wait_lines_while(&mut old, "out", 1);
+        let mut waiting = launch_and_wait_recorded(&env, "a_b", &["a", "b"]);
+        waiting.signal(sig);
+        // Far within the old task's 1h stop_grace.
+        waiting.wait_exit();
+        env.assert_running(&mut old, "a_b");
+        assert_eq!(env.lines("out"), vec!["a 1 start"]);
+        old.signal(libc::SIGTERM);
+        fs::write(env.path("go"), "").unwrap();
+        old.assert_exit(0);
+        assert_eq!(env.lines("out"), vec!["a 1 start", "a 1 end"]);
+    }
+}
+
+/// A holder that does not hand over (here: stopped with SIGSTOP) is killed once the new
+/// instance's stop_grace + kill_grace and a margin have passed; the new one then takes over.
+#[test]
+fn a_holder_that_does_not_hand_over_is_killed_after_the_grace() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+stop_grace = "500ms"
+kill_grace = "200ms"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "1h"
+"#,
+    );
+    let mut old = env.spawn(&["a"]);
+    env.wait_running(&mut old, "a");
+    env.wait_lines_while(&mut old, "out", 1);
+    old.signal(libc::SIGSTOP);
+    let mut new = env.spawn(&["a"]);
+    let status = old.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the stuck holder should have been SIGKILLed: {status:?}"
+    );
+    env.wait_running(&mut new, "a");
+    // The old instance may have been stopped before it recorded the end of run 1 (the task's
+    // line is written before run-chain sees the task exit); then the new one runs a again, once.
+    // Otherwise it carries on with a's 1h cooldown.
+    let lines = env.lines("out");
+    assert!(
+        lines == ["a 1"] || lines == ["a 1", "a 2"],
+        "run ids must continue, and a may run again at most once: {lines:?}"
+    );
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+}
+
+/// Relaunching under the same --name with a changed task list continues with the next task
+/// that is still in the list.
+#[test]
+fn relaunch_with_a_changed_task_list_continues_with_the_next_task_still_listed() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+success_cooldown = "1h"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "1s"
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID" >> "$T/out"'
+[tasks.c]
+command = 'echo "c $RUN_CHAIN_RUN_ID" >> "$T/out"'
+"#,
+    );
+    let mut old = env.spawn(&["--name", "ch", "a", "b", "c"]);
+    env.wait_running(&mut old, "ch");
+    env.wait_lines_while(&mut old, "out", 1);
+    let mut new = env.spawn(&["--name", "ch", "a", "c"]);
+    old.assert_exit(0);
+    env.wait_running(&mut new, "ch");
+    env.wait_lines_while(&mut new, "out", 2);
+    assert_eq!(env.lines("out"), vec!["a 1", "c 1"]);
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+}
