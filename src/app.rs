@@ -114,9 +114,42 @@ pub fn main(cli: Cli) -> Result<u8> {
         Some(Command::Check) => check(&cli.common),
         Some(Command::Stop { chain, now }) => stop(&cli.common, &chain, now),
         Some(Command::Kick { chain }) => kick(&cli.common, &chain),
-        Some(Command::Status { .. }) => not_yet("status"),
-        Some(Command::History { .. }) => not_yet("history"),
-        Some(Command::Log { .. }) => not_yet("log"),
+        Some(Command::Status { json }) => {
+            crate::report::status(&run_root(&cli.common, None)?, json)
+        }
+        Some(Command::History {
+            task,
+            chain,
+            limit,
+            json,
+        }) => {
+            let known = Config::load(&config_path(&cli.common))
+                .ok()
+                .map(|c| c.tasks.contains_key(&task));
+            let limit = match limit {
+                Some(0) => return Err(Error::Usage("--limit: expected 1 or more".into())),
+                Some(n) => n as usize,
+                None => 20,
+            };
+            crate::report::history(
+                &run_root(&cli.common, None)?,
+                &task,
+                chain.as_deref(),
+                limit,
+                json,
+                known,
+            )
+        }
+        Some(Command::Log {
+            task,
+            run_id,
+            chain,
+        }) => crate::report::log(
+            &run_root(&cli.common, None)?,
+            &task,
+            run_id,
+            chain.as_deref(),
+        ),
         Some(Command::Metrics) => not_yet("metrics"),
         Some(Command::Exporter { .. }) => not_yet("exporter"),
         Some(Command::MailTest) => not_yet("mail-test"),

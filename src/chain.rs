@@ -77,6 +77,10 @@ pub enum Event {
     Spawned,
     /// The run asked for by `Action::Spawn` could not be started.
     SpawnFailed(String),
+    /// The task's concurrency group has no free slot: wait (the driver watches the slots).
+    SlotBusy,
+    /// A slot of the group may have come free: try again.
+    SlotFree,
     /// The run's first process exited (it is not reaped yet).
     LeaderExited(Exit),
     /// Nothing of the run is left (its group and any escaped descendants are gone).
@@ -158,6 +162,13 @@ enum Phase {
         run_id: u64,
         scheduled: Mono,
     },
+    /// Waiting for a slot of the task's concurrency group since `since`.
+    Waiting {
+        index: usize,
+        run_id: u64,
+        scheduled: Mono,
+        since: Mono,
+    },
     Running(Run),
     Reaping {
         run: Run,
@@ -234,6 +245,9 @@ impl Chain {
         match &self.phase {
             Phase::Idle { index, due, .. } => (*index, Some(*due)),
             Phase::Starting { index, .. } => (*index, None),
+            Phase::Waiting {
+                index, scheduled, ..
+            } => (*index, Some(*scheduled)),
             Phase::Running(r) | Phase::Reaping { run: r, .. } => (r.index, None),
             Phase::Done => self.exit_position,
         }
@@ -244,6 +258,25 @@ impl Chain {
         match &self.phase {
             Phase::Starting { index, run_id, .. } => Some((*index, *run_id)),
             Phase::Running(r) | Phase::Reaping { run: r, .. } => Some((r.index, r.run_id)),
+            _ => None,
+        }
+    }
+
+    /// When the run being started (or waited for) was due.
+    pub fn scheduled(&self) -> Option<Mono> {
+        match &self.phase {
+            Phase::Starting { scheduled, .. } | Phase::Waiting { scheduled, .. } => {
+                Some(*scheduled)
+            }
+            Phase::Running(r) | Phase::Reaping { run: r, .. } => Some(r.scheduled),
+            _ => None,
+        }
+    }
+
+    /// Waiting for a group slot: (task index, since).
+    pub fn waiting(&self) -> Option<(usize, Mono)> {
+        match &self.phase {
+            Phase::Waiting { index, since, .. } => Some((*index, *since)),
             _ => None,
         }
     }
@@ -267,7 +300,7 @@ impl Chain {
     pub fn next_deadline(&self) -> Option<Mono> {
         match &self.phase {
             Phase::Idle { due, .. } => Some(*due),
-            Phase::Starting { .. } | Phase::Done => None,
+            Phase::Starting { .. } | Phase::Waiting { .. } | Phase::Done => None,
             Phase::Running(r) => [r.timeout_at, r.stop_at, r.kill_at]
                 .into_iter()
                 .flatten()
@@ -282,7 +315,17 @@ impl Chain {
     pub fn on_event(&mut self, now: Mono, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Start | Event::Tick => self.tick(now, &mut out),
+            Event::Start => {
+                // This instance cannot have been late before it existed: a due time in
+                // the past (the chain was down, or is new) counts from now.
+                if let Phase::Idle { due, .. } = &mut self.phase {
+                    if *due < now {
+                        *due = now;
+                    }
+                }
+                self.tick(now, &mut out)
+            }
+            Event::Tick => self.tick(now, &mut out),
             Event::Spawned => {
                 if let Phase::Starting {
                     index,
@@ -308,6 +351,41 @@ impl Chain {
                     }
                     self.phase = Phase::Running(run);
                     self.tick(now, &mut out);
+                }
+            }
+            Event::SlotBusy => {
+                if let Phase::Starting {
+                    index,
+                    run_id,
+                    scheduled,
+                } = self.phase
+                {
+                    self.phase = Phase::Waiting {
+                        index,
+                        run_id,
+                        scheduled,
+                        since: now,
+                    };
+                }
+            }
+            Event::SlotFree => {
+                if let Phase::Waiting {
+                    index,
+                    run_id,
+                    scheduled,
+                    ..
+                } = self.phase
+                {
+                    self.phase = Phase::Starting {
+                        index,
+                        run_id,
+                        scheduled,
+                    };
+                    out.push(Action::Spawn {
+                        index,
+                        task: self.tasks[index].name.clone(),
+                        run_id,
+                    });
                 }
             }
             Event::SpawnFailed(msg) => {
@@ -384,7 +462,7 @@ impl Chain {
                 let at_once = c == Control::StopNow;
                 self.stopping = true;
                 match &mut self.phase {
-                    Phase::Idle { .. } => {
+                    Phase::Idle { .. } | Phase::Waiting { .. } => {
                         if self.mode == Mode::Once {
                             self.once_failed = true;
                         }
@@ -520,7 +598,7 @@ impl Chain {
                     }
                 }
             }
-            Phase::Starting { .. } | Phase::Done => {}
+            Phase::Starting { .. } | Phase::Waiting { .. } | Phase::Done => {}
         }
     }
 
@@ -881,6 +959,37 @@ mod tests {
         assert_eq!(c.next_deadline(), Some(s(100)));
         let a = c.on_event(s(100), Event::Tick);
         assert_eq!(spawn_of(&a), Some(("b".into(), 42)));
+    }
+
+    #[test]
+    fn waits_for_a_group_slot_and_stops_while_waiting() {
+        let mut c = chain(&["a"], Mode::Forever);
+        let a = c.on_event(s(0), Event::Start);
+        assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+        assert!(c.on_event(s(0), Event::SlotBusy).is_empty());
+        assert_eq!(c.waiting(), Some((0, s(0))));
+        assert_eq!(c.next_deadline(), None);
+        // A kick does nothing while waiting; a free slot spawns the same run.
+        assert!(c.on_event(s(1), Event::Control(Control::Kick)).is_empty());
+        let a = c.on_event(s(2), Event::SlotFree);
+        assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+        let _ = c.on_event(s(2), Event::Spawned);
+        let a = complete(&mut c, s(3), Exit::Code(0));
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(
+            (f.scheduled, f.started),
+            (s(0), s(2)),
+            "the wait is start latency"
+        );
+
+        let mut c = chain(&["a"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::SlotBusy);
+        assert_eq!(
+            c.on_event(s(1), Event::Control(Control::Stop)),
+            vec![Action::Exit(0)]
+        );
+        assert_eq!(c.position(), (0, Some(s(0))));
     }
 
     #[test]

@@ -11,15 +11,29 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::chain::{Action, Chain, ChainTask, Control, Event, Finished, Mode, Mono};
-use crate::config::{Config, Task};
+use crate::config::{self, Config, Task};
 use crate::error::Result;
+use crate::groups::{self, Slot, Slots};
 use crate::guardian::Guardian;
+use crate::outcome::Outcome;
 use crate::output::{Sink, Tail};
 use crate::pidfile::PidFile;
 use crate::process::{self, RunEnv};
 use crate::signals::{Sig, Signals};
-use crate::state::{self, State};
+use crate::state::{self, State, TaskFailures};
+use crate::store::{self, Op, RunEnd, RunStart, Store};
 use crate::sys;
+
+/// While a task runs, its output is written to the store at least this often.
+const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
+
+/// What the driver knows of the run in progress, beyond the state machine.
+struct Current {
+    task: String,
+    run_id: u64,
+    scheduled_ms: u64,
+    start_ms: u64,
+}
 
 /// Everything the loop owns.
 pub struct Driver {
@@ -43,6 +57,17 @@ pub struct Driver {
     ignore: BTreeSet<i32>,
     sigints: u32,
     state_error_logged: bool,
+    store: Store,
+    failures: std::collections::BTreeMap<String, TaskFailures>,
+    current: Option<Current>,
+    /// When the running task's output is next written to the store (None: unchanged).
+    output_flush_at: Option<Mono>,
+    output_flushed: u64,
+    /// A group slot held by the run in progress (or about to start).
+    slot: Option<Slot>,
+    /// While waiting for a slot: the group's slot files and the watch on them.
+    waiting: Option<(Slots, groups::Watch)>,
+    waiting_since_ms: Option<u64>,
 }
 
 /// A duration for people: "350ms", "2.5s", "15m".
@@ -84,6 +109,17 @@ impl Driver {
     ) -> Driver {
         let mut ignore = BTreeSet::new();
         ignore.insert(guardian.pid());
+        let store = Store::new(
+            &run_root,
+            store::Instance {
+                host: sys::hostname(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                config_digest: config.digest.clone(),
+                started_ms: sys::wall_ms(),
+            },
+        );
+        let failures = base_state.failures.clone();
         Driver {
             chain_name,
             names,
@@ -103,11 +139,37 @@ impl Driver {
             ignore,
             sigints: 0,
             state_error_logged: false,
+            store,
+            failures,
+            current: None,
+            output_flush_at: None,
+            output_flushed: 0,
+            slot: None,
+            waiting: None,
+            waiting_since_ms: None,
+        }
+    }
+
+    /// Wall time (Unix ms) of the monotonic instant `at`, seen from `now`.
+    fn wall_of(now: Mono, at: Mono) -> u64 {
+        let wall = sys::wall_ms();
+        if at <= now {
+            wall.saturating_sub((now - at).as_millis() as u64)
+        } else {
+            wall + (at - now).as_millis() as u64
         }
     }
 
     /// Run until the chain exits; returns the exit status.
     pub fn run(mut self) -> Result<u8> {
+        // Runs of this chain left open by an instance that died are interrupted.
+        self.store.push(
+            sys::mono_now(),
+            Op::CloseOpen {
+                chain: self.chain_name.clone(),
+                stop_ms: sys::wall_ms(),
+            },
+        );
         if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
             return Ok(self.finish(code));
         }
@@ -135,8 +197,24 @@ impl Driver {
                     continue;
                 }
             }
+            if self.output_flush_at.is_some_and(|t| t <= now) {
+                self.flush_output(now);
+            }
+            if self.store.retry_at().is_some_and(|t| t <= now) {
+                self.store.flush(now);
+            }
+            let deadline = [deadline, self.output_flush_at, self.store.retry_at()]
+                .into_iter()
+                .flatten()
+                .min();
             // What to wait for.
             let mut fds = vec![sys::pollfd(self.signals.fd(), libc::POLLIN)];
+            let watch_at = if let Some((_, w)) = &self.waiting {
+                fds.push(sys::pollfd(w.fd(), libc::POLLIN));
+                Some(fds.len() - 1)
+            } else {
+                None
+            };
             let mut src_idx = Vec::new();
             if let Some(run) = &self.run {
                 for (i, s) in run.sources.iter().enumerate() {
@@ -165,9 +243,23 @@ impl Driver {
                 }
             }
             if let Some(run) = &mut self.run {
+                let before = self.tail.total();
                 for (fi, si) in src_idx {
                     if fds[fi].revents != 0 {
                         run.sources[si].pump(&mut self.sinks, &mut self.tail, false);
+                    }
+                }
+                if self.tail.total() != before && self.output_flush_at.is_none() {
+                    self.output_flush_at = Some(sys::mono_now() + OUTPUT_FLUSH);
+                }
+            }
+            if let Some(i) = watch_at {
+                if fds[i].revents != 0 {
+                    if let Some((_, w)) = &self.waiting {
+                        w.drain();
+                    }
+                    if let Some(code) = self.try_slot(sys::mono_now()) {
+                        return Ok(self.finish(code));
                     }
                 }
             }
@@ -186,7 +278,61 @@ impl Driver {
         for s in &mut self.sinks {
             s.flush();
         }
+        // One last try; what cannot be written now is lost with this process (the
+        // chain's position and failure state are in CHAIN.state regardless).
+        if self.store.pending() > 0 {
+            self.store.flush(sys::mono_now());
+            if self.store.pending() > 0 {
+                log::error!(
+                    "{}: exiting with {} records not written to the store",
+                    self.chain_name,
+                    self.store.pending()
+                );
+            }
+        }
         code
+    }
+
+    /// Write the running task's output so far to the store.
+    fn flush_output(&mut self, now: Mono) {
+        self.output_flush_at = None;
+        let Some(cur) = &self.current else { return };
+        if self.tail.total() == self.output_flushed {
+            return;
+        }
+        self.output_flushed = self.tail.total();
+        let op = Op::Output {
+            chain: self.chain_name.clone(),
+            task: cur.task.clone(),
+            run_id: cur.run_id,
+            output: self.tail.bytes(),
+            output_bytes: self.tail.total(),
+            output_cut: self.tail.cut(),
+        };
+        self.store.push(now, op);
+    }
+
+    /// Try to take a slot of the waiting task's group; on success the chain goes on.
+    fn try_slot(&mut self, now: Mono) -> Option<u8> {
+        let (slots, _) = self.waiting.as_mut()?;
+        match slots.try_take() {
+            Ok(Some(slot)) => {
+                self.slot = Some(slot);
+                self.waiting = None;
+                self.waiting_since_ms = None;
+                self.feed(now, Event::SlotFree)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log::error!(
+                    "{}: failed to take a group slot: {e}; running without it",
+                    self.chain_name
+                );
+                self.waiting = None;
+                self.waiting_since_ms = None;
+                self.feed(now, Event::SlotFree)
+            }
+        }
     }
 
     fn drain_sources(&mut self) {
@@ -279,6 +425,7 @@ impl Driver {
     /// Feed one event and carry out the actions, including the events they cause.
     fn feed(&mut self, now: Mono, first: Event) -> Option<u8> {
         let mut events = VecDeque::from([first]);
+        let mut save_waiting = false;
         while let Some(ev) = events.pop_front() {
             let actions = self.chain.on_event(now, ev);
             for a in actions {
@@ -288,8 +435,13 @@ impl Driver {
                         task,
                         run_id,
                     } => {
+                        if let Some(ev) = self.need_slot(index) {
+                            events.push_back(ev);
+                            save_waiting = true;
+                            continue;
+                        }
                         self.save_state(now, Some((&task, run_id)));
-                        events.push_back(self.spawn(index, run_id));
+                        events.push_back(self.spawn(now, index, run_id));
                     }
                     Action::Signal(sig) => {
                         if let Some(run) = &self.run {
@@ -306,12 +458,76 @@ impl Driver {
                 }
             }
         }
+        if save_waiting && self.chain.waiting().is_some() {
+            // So that `status` shows the wait.
+            self.save_state(now, None);
+        }
         None
     }
 
-    fn spawn(&mut self, index: usize, run_id: u64) -> Event {
+    /// Before a task of a concurrency group starts: take a slot, or start waiting for
+    /// one (returns SlotBusy). None: go ahead.
+    fn need_slot(&mut self, index: usize) -> Option<Event> {
+        let task = &self.tasks[index];
+        let group = task.group.as_ref()?;
+        if self.slot.as_ref().is_some_and(|s| &s.group == group) {
+            return None;
+        }
+        self.slot = None;
+        let max = self.config.groups.get(group).map_or(1, |g| g.max_running);
+        // Watch first, then try: a slot freed in between still wakes us.
+        let setup = groups::Watch::new(&self.run_root)
+            .and_then(|w| Ok((Slots::open(&self.run_root, group, max)?, w)));
+        let (mut slots, watch) = match setup {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!(
+                    "{}: failed to use the slots of group {group} in {}: {e}; running without a slot",
+                    self.chain_name,
+                    groups::dir(&self.run_root).display()
+                );
+                return None;
+            }
+        };
+        match slots.try_take() {
+            Ok(Some(slot)) => {
+                self.slot = Some(slot);
+                None
+            }
+            Ok(None) => {
+                log::info!(
+                    "{}: {} waits for a slot of group {group} (max_running {max})",
+                    self.chain_name,
+                    task.name
+                );
+                self.waiting = Some((slots, watch));
+                self.waiting_since_ms = Some(sys::wall_ms());
+                Some(Event::SlotBusy)
+            }
+            Err(e) => {
+                log::error!(
+                    "{}: failed to take a slot of group {group}: {e}; running without it",
+                    self.chain_name
+                );
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self, now: Mono, index: usize, run_id: u64) -> Event {
         let task = &self.tasks[index];
         self.tail = Tail::new(task.keep_output);
+        self.output_flushed = 0;
+        self.output_flush_at = None;
+        let scheduled = self.chain.scheduled().unwrap_or(now);
+        let scheduled_ms = Self::wall_of(now, scheduled);
+        let start_ms = sys::wall_ms();
+        self.current = Some(Current {
+            task: task.name.clone(),
+            run_id,
+            scheduled_ms,
+            start_ms,
+        });
         let env = RunEnv {
             chain: &self.chain_name,
             run_id,
@@ -331,7 +547,16 @@ impl Driver {
                     task.program.short()
                 );
                 self.guardian.watch(run.pid, task.timing.kill_grace);
+                let op = Op::Start(RunStart {
+                    chain: self.chain_name.clone(),
+                    task: task.name.clone(),
+                    run_id,
+                    scheduled_ms,
+                    start_ms,
+                    task_pid: Some(run.pid),
+                });
                 self.run = Some(run);
+                self.store.push(now, op);
                 Event::Spawned
             }
             Err(msg) => {
@@ -360,7 +585,56 @@ impl Driver {
             }
             self.guardian.unwatch(run.pid);
         }
+        // The slot is held until the run's group is empty; the next task takes its own.
+        self.slot = None;
         let duration = f.ended.saturating_sub(f.started);
+        let stop_ms = Self::wall_of(now, f.ended);
+        let fails = self.failures.entry(f.task.clone()).or_default();
+        fails.record(&f.outcome, stop_ms);
+        let streak = fails.streak();
+        let (keep_max, keep_for) = self.tasks.iter().find(|t| t.name == f.task).map_or(
+            (
+                config::builtin::KEEP_RUNS_MAX,
+                config::builtin::KEEP_RUNS_FOR,
+            ),
+            |t| (t.keep_runs_max, t.keep_runs_for),
+        );
+        let (scheduled_ms, start_ms) = match self.current.take() {
+            Some(c) if c.task == f.task && c.run_id == f.run_id => (c.scheduled_ms, c.start_ms),
+            _ => (
+                Self::wall_of(now, f.scheduled),
+                Self::wall_of(now, f.started),
+            ),
+        };
+        let (exit_code, signal) = match &f.outcome {
+            Outcome::Success => (Some(0), None),
+            Outcome::Failed(c) => (Some(*c), None),
+            Outcome::Signal(s) => (None, Some(*s)),
+            _ => (None, None),
+        };
+        let end = RunEnd {
+            chain: self.chain_name.clone(),
+            task: f.task.clone(),
+            run_id: f.run_id,
+            scheduled_ms,
+            start_ms,
+            stop_ms,
+            outcome: f.outcome.label(),
+            exit_code,
+            signal,
+            error: match &f.outcome {
+                Outcome::SpawnError(m) => Some(m.clone()),
+                _ => None,
+            },
+            output: self.tail.bytes(),
+            output_bytes: self.tail.total(),
+            output_cut: self.tail.cut(),
+            streak,
+            keep_runs_max: keep_max,
+            keep_after_ms: stop_ms.saturating_sub(keep_for.as_millis() as u64),
+        };
+        self.output_flush_at = None;
+        self.store.push(now, Op::End(Box::new(end)));
         let (next_index, due) = self.chain.position();
         let next = match (due, f.cooldown) {
             _ if self.chain.done() => "exiting".to_string(),
@@ -414,7 +688,13 @@ impl Driver {
             boot_id: self.boot_id.clone(),
             running_task: running.map(|(t, _)| t.to_string()),
             running_run_id: running.map(|(_, id)| id),
+            running_since_ms: running.map(|_| sys::wall_ms()),
+            waiting_group: self
+                .waiting_since_ms
+                .and_then(|_| self.tasks[index].group.clone()),
+            waiting_since_ms: self.waiting_since_ms,
             run_ids: self.chain.run_ids().clone(),
+            failures: self.failures.clone(),
         };
         if self.mode == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.

@@ -38,9 +38,49 @@ pub struct State {
     /// A run that was in progress when the state was written: (task, run id).
     pub running_task: Option<String>,
     pub running_run_id: Option<u64>,
+    /// When that run started (Unix ms).
+    pub running_since_ms: Option<u64>,
+    /// Waiting for a slot of this concurrency group since `waiting_since_ms`.
+    pub waiting_group: Option<String>,
+    pub waiting_since_ms: Option<u64>,
     /// The last run id used per task.
     #[serde(default)]
     pub run_ids: BTreeMap<String, u64>,
+    /// The failure state per task (streaks), carried over by a relaunch.
+    #[serde(default)]
+    pub failures: BTreeMap<String, TaskFailures>,
+}
+
+/// The failure state of one chain and task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskFailures {
+    /// When the current failure streak began (Unix ms); None when the last run succeeded.
+    pub streak_start_ms: Option<u64>,
+    /// Failures in the current streak.
+    pub failures: u64,
+    pub last_success_ms: Option<u64>,
+}
+
+impl TaskFailures {
+    /// Account for a run that ended at `at_ms`. Interrupted runs change nothing.
+    pub fn record(&mut self, outcome: &crate::outcome::Outcome, at_ms: u64) {
+        if outcome.is_success() {
+            self.streak_start_ms = None;
+            self.failures = 0;
+            self.last_success_ms = Some(at_ms);
+        } else if outcome.is_failure() {
+            if self.streak_start_ms.is_none() {
+                self.streak_start_ms = Some(at_ms);
+                self.failures = 0;
+            }
+            self.failures += 1;
+        }
+    }
+
+    /// The current streak: (start, failures).
+    pub fn streak(&self) -> Option<(u64, u64)> {
+        self.streak_start_ms.map(|s| (s, self.failures))
+    }
 }
 
 pub const STATE_VERSION: u32 = 1;
@@ -258,11 +298,35 @@ mod tests {
     }
 
     #[test]
+    fn streaks() {
+        use crate::outcome::Outcome;
+        let mut f = TaskFailures::default();
+        f.record(&Outcome::Failed(1), 10);
+        f.record(&Outcome::Timeout, 20);
+        f.record(&Outcome::Interrupted, 25);
+        assert_eq!(f.streak(), Some((10, 2)));
+        f.record(&Outcome::Success, 30);
+        assert_eq!(f.streak(), None);
+        assert_eq!(f.last_success_ms, Some(30));
+        f.record(&Outcome::Signal(9), 40);
+        assert_eq!(f.streak(), Some((40, 1)));
+    }
+
+    #[test]
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = path(dir.path(), "c");
         let mut s = saved("b", 1, 2);
         s.run_ids.insert("a".into(), 7);
+        s.failures.insert(
+            "a".into(),
+            TaskFailures {
+                streak_start_ms: Some(5),
+                failures: 2,
+                last_success_ms: None,
+            },
+        );
+        s.waiting_group = Some("db".into());
         save(&p, &s).expect("save");
         assert_eq!(load(&p).expect("load"), s);
         assert_eq!(

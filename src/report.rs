@@ -1,0 +1,373 @@
+//! The commands that only look: `status`, `history`, `log`.
+//!
+//! They read RUN_ROOT (pidfiles, `CHAIN.state`) and the record store, for every chain
+//! at once, while chains write. They never take a chain's lock: whether a chain is up
+//! is decided by `/proc/locks`. Readers cost a few queries on the aggregates and on
+//! indexed runs, never a scan of the history.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::config::check_name;
+use crate::error::{exit, Error, Result};
+use crate::pidfile::PidFile;
+use crate::state;
+use crate::store::{self, RunRow, SeriesRow};
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn opt_time(ms: Option<u64>) -> Value {
+    ms.map_or(Value::Null, |m| Value::String(rfc3339(m)))
+}
+
+fn secs(ms: Option<u64>) -> Value {
+    ms.map_or(Value::Null, |m| json!(m as f64 / 1000.0))
+}
+
+/// A short local-free time for tables: "2026-11-24 02:58:01".
+fn short_time(ms: u64) -> String {
+    let s = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+    s.replace('T', " ").trim_end_matches('Z').to_string()
+}
+
+fn ago(now_ms: u64, ms: u64) -> String {
+    crate::driver::fmt_dur(Duration::from_millis(now_ms.saturating_sub(ms)))
+}
+
+/// Chains in RUN_ROOT: every valid `CHAIN.pid`.
+pub fn chains(run_root: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(run_root).map_err(|e| {
+        Error::Usage(format!(
+            "cannot read RUN_ROOT {}: {e} (set it with --run-root, RUN_ROOT or run_root in the config)",
+            run_root.display()
+        ))
+    })?;
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let chain = name.strip_suffix(".pid")?;
+            check_name(chain).ok()?;
+            Some(chain.to_string())
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn store_error(run_root: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!(
+        "failed to read the store {}: {e}",
+        store::path(run_root).display()
+    ))
+}
+
+/// `status [--json]`.
+pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
+    let names = chains(run_root)?;
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    let series = match &conn {
+        Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
+        None => Vec::new(),
+    };
+    let mut by_chain: BTreeMap<&str, Vec<&SeriesRow>> = BTreeMap::new();
+    for s in &series {
+        by_chain.entry(s.chain.as_str()).or_default().push(s);
+    }
+    let now_ms = crate::sys::wall_ms();
+    let mut out = Vec::new();
+    for chain in &names {
+        let holder = PidFile::open_existing(run_root, chain)
+            .ok()
+            .flatten()
+            .and_then(|pf| pf.holder());
+        let st = state::load(&state::path(run_root, chain)).unwrap_or_default();
+        let now = match holder {
+            None => json!({"state": "down"}),
+            Some(_) => {
+                if let Some(t) = &st.running_task {
+                    json!({"state": "running", "task": t, "run_id": st.running_run_id,
+                           "since": opt_time(st.running_since_ms)})
+                } else if let Some(g) = &st.waiting_group {
+                    json!({"state": "waiting", "task": st.next_task, "group": g,
+                           "since": opt_time(st.waiting_since_ms)})
+                } else {
+                    json!({"state": "cooldown", "task": st.next_task,
+                           "until": opt_time(st.due_wall_ms)})
+                }
+            }
+        };
+        let rows = by_chain.get(chain.as_str()).cloned().unwrap_or_default();
+        let mut task_names: Vec<String> = st.tasks.clone();
+        for r in &rows {
+            if !task_names.contains(&r.task) {
+                task_names.push(r.task.clone());
+            }
+        }
+        let tasks: Vec<Value> = task_names
+            .iter()
+            .map(|t| {
+                let r = rows.iter().find(|r| &r.task == t);
+                let fails = st.failures.get(t);
+                let streak = match fails {
+                    Some(f) => f.streak(),
+                    None => r.and_then(|r| r.streak_start_ms.map(|s| (s, r.streak_failures))),
+                };
+                let last = r.and_then(|r| {
+                    r.last_run_id.map(|id| {
+                        json!({"run_id": id, "outcome": r.last_outcome, "exit_code": r.last_exit_code,
+                               "start": opt_time(r.last_start_ms), "stop": opt_time(r.last_stop_ms),
+                               "duration_seconds": secs(r.last_duration_ms)})
+                    })
+                });
+                let last_success = fails
+                    .and_then(|f| f.last_success_ms)
+                    .or(r.and_then(|r| r.last_success_ms));
+                json!({
+                    "task": t,
+                    "runs": r.map_or(0, |r| r.runs),
+                    "ok": r.map_or(0, |r| r.ok),
+                    "failures": r.map_or(0, |r| r.failed + r.timeout + r.signal + r.spawn_error),
+                    "interrupted": r.map_or(0, |r| r.interrupted),
+                    "last": last.unwrap_or(Value::Null),
+                    "last_success": opt_time(last_success),
+                    "streak": streak.map_or(Value::Null, |(s, n)| json!({"since": rfc3339(s), "failures": n})),
+                })
+            })
+            .collect();
+        out.push(json!({
+            "chain": chain,
+            "up": holder.is_some(),
+            "pid": holder,
+            "now": now,
+            "tasks": tasks,
+        }));
+    }
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if as_json {
+        let doc = json!({"run_root": run_root.display().to_string(), "chains": out});
+        let _ = writeln!(
+            w,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
+        return Ok(exit::OK);
+    }
+    if out.is_empty() {
+        let _ = writeln!(w, "no chains in {}", run_root.display());
+        return Ok(exit::OK);
+    }
+    for c in &out {
+        let chain = c["chain"].as_str().unwrap_or_default();
+        let now = &c["now"];
+        let when = |k: &str| {
+            now[k]
+                .as_str()
+                .and_then(|s| humantime::parse_rfc3339(s).ok())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+        };
+        let doing = match now["state"].as_str() {
+            Some("running") => format!(
+                "running {} (run {}) for {}",
+                now["task"].as_str().unwrap_or("?"),
+                now["run_id"],
+                when("since").map_or("?".into(), |s| ago(now_ms, s))
+            ),
+            Some("waiting") => format!(
+                "{} waiting for group {} for {}",
+                now["task"].as_str().unwrap_or("?"),
+                now["group"].as_str().unwrap_or("?"),
+                when("since").map_or("?".into(), |s| ago(now_ms, s))
+            ),
+            Some("cooldown") => match when("until") {
+                Some(u) if u > now_ms => format!(
+                    "cooling down; {} in {}",
+                    now["task"].as_str().unwrap_or("?"),
+                    crate::driver::fmt_dur(Duration::from_millis(u - now_ms))
+                ),
+                _ => format!("{} due now", now["task"].as_str().unwrap_or("?")),
+            },
+            _ => "down".to_string(),
+        };
+        let pid = c["pid"]
+            .as_i64()
+            .map_or(String::new(), |p| format!(" pid {p}"));
+        let _ = writeln!(w, "{chain}:{pid} {doing}");
+        let _ = writeln!(
+            w,
+            "  {:<24} {:>7} {:>7}  {:<28} {:<20} STREAK",
+            "TASK", "RUNS", "FAILS", "LAST", "LAST SUCCESS"
+        );
+        for t in c["tasks"].as_array().into_iter().flatten() {
+            let last = &t["last"];
+            let last_s = if last.is_null() {
+                "-".to_string()
+            } else {
+                let code = last["exit_code"]
+                    .as_i64()
+                    .map_or(String::new(), |c| format!(" ({c})"));
+                format!(
+                    "{}{} {}",
+                    last["outcome"].as_str().unwrap_or("?"),
+                    code,
+                    last["stop"].as_str().map_or("", |s| &s[11..19])
+                )
+            };
+            let success = t["last_success"]
+                .as_str()
+                .and_then(|s| humantime::parse_rfc3339(s).ok())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or("-".to_string(), |d| short_time(d.as_millis() as u64));
+            let streak = if t["streak"].is_null() {
+                "-".to_string()
+            } else {
+                let since = t["streak"]["since"]
+                    .as_str()
+                    .and_then(|s| humantime::parse_rfc3339(s).ok())
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or("?".to_string(), |d| short_time(d.as_millis() as u64));
+                let n = t["streak"]["failures"].as_u64().unwrap_or(0);
+                format!("{n} failure{} since {since}", if n == 1 { "" } else { "s" })
+            };
+            let _ = writeln!(
+                w,
+                "  {:<24} {:>7} {:>7}  {:<28} {:<20} {}",
+                t["task"].as_str().unwrap_or("?"),
+                t["runs"].to_string(),
+                t["failures"].to_string(),
+                last_s,
+                success,
+                streak
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn run_json(r: &RunRow) -> Value {
+    json!({
+        "chain": r.chain,
+        "task": r.task,
+        "run_id": r.run_id,
+        "host": r.host,
+        "scheduled": opt_time(r.scheduled_ms),
+        "start": rfc3339(r.start_ms),
+        "stop": opt_time(r.stop_ms),
+        "outcome": r.outcome.as_deref().unwrap_or("running"),
+        "exit_code": r.exit_code,
+        "signal": r.signal,
+        "duration_seconds": secs(r.duration_ms),
+        "latency_seconds": secs(r.latency_ms),
+        "output_bytes": r.output_bytes,
+        "output_cut": r.output_cut,
+        "error": r.error,
+        "instance": {"pid": r.instance_pid, "version": r.version, "config_digest": r.config_digest},
+    })
+}
+
+/// Whether `task` is known at all: recorded, or defined in the config (if it loads).
+fn unknown_task(task: &str, known_in_config: Option<bool>) -> Error {
+    let hint = match known_in_config {
+        Some(false) => " and it is not defined in the config",
+        _ => "",
+    };
+    Error::Usage(format!("no runs recorded for task {task:?}{hint}"))
+}
+
+/// `history TASK [--chain C] [--limit N] [--json]`.
+pub fn history(
+    run_root: &Path,
+    task: &str,
+    chain: Option<&str>,
+    limit: usize,
+    as_json: bool,
+    known_in_config: Option<bool>,
+) -> Result<u8> {
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    let rows = match &conn {
+        Some(c) => store::history(c, task, chain, limit).map_err(|e| store_error(run_root, e))?,
+        None => Vec::new(),
+    };
+    if rows.is_empty() && known_in_config != Some(true) {
+        return Err(unknown_task(task, known_in_config));
+    }
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if as_json {
+        let doc: Vec<Value> = rows.iter().map(run_json).collect();
+        let _ = writeln!(
+            w,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
+        return Ok(exit::OK);
+    }
+    let _ = writeln!(
+        w,
+        "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
+        "CHAIN", "RUN", "START (UTC)", "DURATION", "OUTCOME", "LATENCY"
+    );
+    for r in &rows {
+        let outcome = match (&r.outcome, r.exit_code, r.signal) {
+            (None, _, _) => "running".to_string(),
+            (Some(o), Some(c), _) if o != "ok" => format!("{o} (exit {c})"),
+            (Some(o), _, Some(s)) => format!("{o} ({})", crate::outcome::signal_name(s)),
+            (Some(o), _, _) => o.clone(),
+        };
+        let dur = r.duration_ms.map_or("-".into(), |d| {
+            crate::driver::fmt_dur(Duration::from_millis(d))
+        });
+        let lat = r.latency_ms.map_or("-".into(), |d| {
+            crate::driver::fmt_dur(Duration::from_millis(d))
+        });
+        let _ = writeln!(
+            w,
+            "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
+            r.chain,
+            r.run_id,
+            short_time(r.start_ms),
+            dur,
+            outcome,
+            lat
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `log TASK [RUN_ID] [--chain C]`: the kept output, raw.
+pub fn log(run_root: &Path, task: &str, run_id: Option<u64>, chain: Option<&str>) -> Result<u8> {
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    let found = match &conn {
+        Some(c) => store::output(c, task, chain, run_id).map_err(|e| store_error(run_root, e))?,
+        None => None,
+    };
+    let Some((row, bytes)) = found else {
+        return Err(Error::Usage(match run_id {
+            Some(id) => format!("no run {id} of task {task:?} is recorded"),
+            None => format!("no runs recorded for task {task:?}"),
+        }));
+    };
+    if row.output_cut {
+        eprintln!(
+            "run-chain: showing the last {} of {} bytes of {} run {} (chain {})",
+            bytes.len(),
+            row.output_bytes,
+            row.task,
+            row.run_id,
+            row.chain
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&bytes);
+    let _ = out.flush();
+    Ok(exit::OK)
+}

@@ -1,0 +1,866 @@
+//! The record store: `RUN_ROOT/runs.db` (SQLite, WAL), shared by every chain of a
+//! RUN_ROOT and read by `status`, `history`, `log` (and later `metrics`).
+//!
+//! Layout (schema version 1, `PRAGMA user_version`):
+//! - `series`: one row per chain and task, with the aggregates that only ever grow
+//!   (runs by outcome, duration and latency sums) and the "last" values (times, exit
+//!   code, success, streak). They are updated in the same transaction as the run, so
+//!   counters never fall when runs are pruned and a reader never scans the history.
+//! - `instances`: one row per run-chain process (host, PID, version, config digest),
+//!   so a failure can be tied to a deploy without repeating those strings per run.
+//! - `runs`: one row per run, written when it starts and completed when it ends.
+//!
+//! Writes never stall or stop the chain. Every write is an [`Op`] in a bounded queue;
+//! the queue is written in one short `BEGIN IMMEDIATE` transaction with a small busy
+//! timeout. When SQLite fails (disk full, read-only, locked by another process) the
+//! ops stay queued, one error is logged, and the driver retries at a backoff deadline
+//! (and at every new op); the recovery is logged too. A file SQLite reports corrupt is
+//! confirmed with `PRAGMA quick_check` under `runs.db.lock` (so that one process acts),
+//! renamed `runs.db.corrupt-TIMESTAMP`, and a fresh store is started.
+//!
+//! The store sits behind this small interface (ops in, rows out) so that a shared
+//! PostgreSQL store can replace it later without reshaping the driver.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use crate::chain::Mono;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// At most this many ops wait in memory while the store cannot be written.
+pub const QUEUE_MAX: usize = 10_000;
+
+const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        chain TEXT NOT NULL,
+        task TEXT NOT NULL,
+        runs INTEGER NOT NULL DEFAULT 0,
+        ok INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        timeout INTEGER NOT NULL DEFAULT 0,
+        signal INTEGER NOT NULL DEFAULT 0,
+        spawn_error INTEGER NOT NULL DEFAULT 0,
+        interrupted INTEGER NOT NULL DEFAULT 0,
+        duration_sum_ms INTEGER NOT NULL DEFAULT 0,
+        latency_sum_ms INTEGER NOT NULL DEFAULT 0,
+        last_run_id INTEGER,
+        last_outcome TEXT,
+        last_exit_code INTEGER,
+        last_scheduled_ms INTEGER,
+        last_start_ms INTEGER,
+        last_stop_ms INTEGER,
+        last_duration_ms INTEGER,
+        last_success_ms INTEGER,
+        running_run_id INTEGER,
+        running_since_ms INTEGER,
+        streak_start_ms INTEGER,
+        streak_failures INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (chain, task)
+    );
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        config_digest TEXT NOT NULL,
+        started_ms INTEGER NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        series INTEGER NOT NULL,
+        run_id INTEGER NOT NULL,
+        instance INTEGER NOT NULL,
+        scheduled_ms INTEGER,
+        start_ms INTEGER NOT NULL,
+        stop_ms INTEGER,
+        outcome TEXT,
+        exit_code INTEGER,
+        signal INTEGER,
+        duration_ms INTEGER,
+        latency_ms INTEGER,
+        task_pid INTEGER,
+        output BLOB,
+        output_bytes INTEGER NOT NULL DEFAULT 0,
+        output_cut INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    );
+    CREATE UNIQUE INDEX runs_series_run ON runs (series, run_id);",
+];
+
+/// Who writes: one row in `instances`.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    pub config_digest: String,
+    pub started_ms: u64,
+}
+
+/// A run has started.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    pub chain: String,
+    pub task: String,
+    pub run_id: u64,
+    pub scheduled_ms: u64,
+    pub start_ms: u64,
+    pub task_pid: Option<i32>,
+}
+
+/// A run has ended.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub chain: String,
+    pub task: String,
+    pub run_id: u64,
+    pub scheduled_ms: u64,
+    pub start_ms: u64,
+    pub stop_ms: u64,
+    /// ok, failed, timeout, signal, spawn-error, interrupted.
+    pub outcome: &'static str,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+    pub output: Vec<u8>,
+    pub output_bytes: u64,
+    pub output_cut: bool,
+    /// The streak after this run: (start, failures), None after a success.
+    pub streak: Option<(u64, u64)>,
+    /// Prune: keep at most this many runs of the series...
+    pub keep_runs_max: u64,
+    /// ...and none that started before this.
+    pub keep_after_ms: u64,
+}
+
+/// One write.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Start(RunStart),
+    Output {
+        chain: String,
+        task: String,
+        run_id: u64,
+        output: Vec<u8>,
+        output_bytes: u64,
+        output_cut: bool,
+    },
+    End(Box<RunEnd>),
+    /// Runs of `chain` left open by a dead instance are `interrupted`.
+    CloseOpen {
+        chain: String,
+        stop_ms: u64,
+    },
+}
+
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+/// The path of the store in `run_root`.
+pub fn path(run_root: &Path) -> PathBuf {
+    run_root.join("runs.db")
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::debug!("store journal mode is {mode}, not WAL");
+    }
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= MIGRATIONS.len() as i64 {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Look again under the write lock: another process may have migrated meanwhile.
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    }
+    tx.commit()
+}
+
+/// Open (creating, mode 0600) and migrate the store at `path`.
+fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
+    if !path.exists() {
+        // Create it with our mode; SQLite gives the -wal and -shm files the same.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+    }
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Open the store for reading (status, history, log). None: there is no store yet.
+pub fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
+    let p = path(run_root);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        &p,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if version == 0 {
+        return Ok(None);
+    }
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "{} has schema version {version}, newer than this run-chain knows ({SCHEMA_VERSION}); use a newer run-chain",
+            p.display()
+        ));
+    }
+    Ok(Some(conn))
+}
+
+/// Move a store that SQLite reports corrupt aside and start a fresh one, under
+/// `runs.db.lock` so that only one process acts. Returns the new name, if renamed.
+fn set_aside_if_corrupt(path: &Path) -> std::io::Result<Option<PathBuf>> {
+    let lock_path = path.with_extension("db.lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Another process is dealing with it right now.
+        return Ok(None);
+    }
+    // Confirm under the lock: another process may have replaced it already.
+    let confirmed = match Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Err(e) => is_corrupt(&e),
+        Ok(c) => {
+            let _ = c.busy_timeout(BUSY_TIMEOUT);
+            match c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+                Ok(s) => s != "ok",
+                Err(e) => is_corrupt(&e),
+            }
+        }
+    };
+    if !confirmed {
+        return Ok(None);
+    }
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let aside = path.with_extension(format!("db.corrupt-{stamp}"));
+    std::fs::rename(path, &aside)?;
+    for ext in ["wal", "shm"] {
+        let side = PathBuf::from(format!("{}-{ext}", path.display()));
+        if side.exists() {
+            let _ = std::fs::rename(&side, PathBuf::from(format!("{}-{ext}", aside.display())));
+        }
+    }
+    Ok(Some(aside))
+}
+
+/// The chain's writer: a connection (when it has one) and the queue of pending ops.
+pub struct Store {
+    path: PathBuf,
+    instance: Instance,
+    conn: Option<Connection>,
+    instance_id: Option<i64>,
+    series_ids: HashMap<(String, String), i64>,
+    queue: VecDeque<Op>,
+    /// The error being reported, while the store cannot be written.
+    failing: Option<String>,
+    retry_at: Option<Mono>,
+    backoff: Duration,
+    dropped: u64,
+}
+
+impl Store {
+    /// A writer for the store in `run_root`. Opening is tried at once and again at
+    /// every retry: a store that cannot be opened does not stop the chain.
+    pub fn new(run_root: &Path, instance: Instance) -> Store {
+        Store {
+            path: path(run_root),
+            instance,
+            conn: None,
+            instance_id: None,
+            series_ids: HashMap::new(),
+            queue: VecDeque::new(),
+            failing: None,
+            retry_at: None,
+            backoff: RETRY_FIRST,
+            dropped: 0,
+        }
+    }
+
+    /// Queue `op` and try to write everything queued.
+    pub fn push(&mut self, now: Mono, op: Op) {
+        if self.queue.len() >= QUEUE_MAX {
+            // Drop an output refresh first (a later one or the end replaces it).
+            let pos = self
+                .queue
+                .iter()
+                .position(|o| matches!(o, Op::Output { .. }))
+                .unwrap_or(0);
+            self.queue.remove(pos);
+            self.dropped += 1;
+        }
+        if let Op::Output {
+            chain,
+            task,
+            run_id,
+            ..
+        } = &op
+        {
+            // Only the newest output refresh of a run matters.
+            self.queue.retain(|o| {
+                !matches!(o, Op::Output { chain: c, task: t, run_id: r, .. }
+                    if c == chain && t == task && r == run_id)
+            });
+        }
+        self.queue.push_back(op);
+        if self.failing.is_none() || self.retry_at.is_some_and(|r| r <= now) {
+            self.flush(now);
+        }
+    }
+
+    /// When the driver should call [`Store::flush`] again, if writes are pending.
+    pub fn retry_at(&self) -> Option<Mono> {
+        if self.queue.is_empty() {
+            None
+        } else {
+            self.retry_at
+        }
+    }
+
+    /// Ops waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Write everything queued, in one transaction. On failure keep it all queued.
+    pub fn flush(&mut self, now: Mono) {
+        if self.queue.is_empty() {
+            return;
+        }
+        match self.try_flush() {
+            Ok(n) => {
+                if let Some(err) = self.failing.take() {
+                    log::info!(
+                        "store {} is writable again ({n} pending records written; the error was: {err})",
+                        self.path.display()
+                    );
+                }
+                if self.dropped > 0 {
+                    log::warn!(
+                        "store {}: {} records were dropped while it could not be written (queue full)",
+                        self.path.display(),
+                        self.dropped
+                    );
+                    self.dropped = 0;
+                }
+                self.retry_at = None;
+                self.backoff = RETRY_FIRST;
+            }
+            Err(e) => {
+                let corrupt = is_corrupt(&e);
+                if corrupt {
+                    self.conn = None;
+                    match set_aside_if_corrupt(&self.path) {
+                        Ok(Some(aside)) => {
+                            log::warn!(
+                                "store {} is corrupt (confirmed by a check); moved it to {} and starting a fresh one",
+                                self.path.display(),
+                                aside.display()
+                            );
+                            self.instance_id = None;
+                            self.series_ids.clear();
+                            if self.try_flush().is_ok() {
+                                self.failing = None;
+                                self.retry_at = None;
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(io) => log::error!(
+                            "store {} looks corrupt and cannot be moved aside: {io}",
+                            self.path.display()
+                        ),
+                    }
+                }
+                let msg = e.to_string();
+                if self.failing.is_none() {
+                    log::error!(
+                        "failed to write the store {}: {msg} (the chain keeps its schedule; {} records held in memory and retried)",
+                        self.path.display(),
+                        self.queue.len()
+                    );
+                    self.failing = Some(msg);
+                }
+                if !matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy)) {
+                    // Reopen next time: the file may have been replaced or fixed.
+                    self.conn = None;
+                    self.instance_id = None;
+                    self.series_ids.clear();
+                }
+                self.retry_at = Some(now + self.backoff);
+                self.backoff = (self.backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+
+    fn try_flush(&mut self) -> rusqlite::Result<usize> {
+        if self.conn.is_none() {
+            let conn = open_rw(&self.path)?;
+            self.conn = Some(conn);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(rusqlite::Error::InvalidQuery);
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let instance_id = match self.instance_id {
+            Some(id) => id,
+            None => {
+                let i = &self.instance;
+                tx.execute(
+                    "INSERT INTO instances (host, pid, version, config_digest, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![i.host, i.pid, i.version, i.config_digest, i.started_ms as i64],
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        let mut series_ids = self.series_ids.clone();
+        let n = self.queue.len();
+        for op in &self.queue {
+            apply(&tx, op, instance_id, &mut series_ids)?;
+        }
+        tx.commit()?;
+        self.instance_id = Some(instance_id);
+        self.series_ids = series_ids;
+        self.queue.clear();
+        Ok(n)
+    }
+}
+
+fn series_id(
+    tx: &rusqlite::Transaction,
+    cache: &mut HashMap<(String, String), i64>,
+    chain: &str,
+    task: &str,
+) -> rusqlite::Result<i64> {
+    if let Some(id) = cache.get(&(chain.to_string(), task.to_string())) {
+        return Ok(*id);
+    }
+    let found: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM series WHERE chain = ?1 AND task = ?2",
+            params![chain, task],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let id = match found {
+        Some(id) => id,
+        None => {
+            tx.execute(
+                "INSERT INTO series (chain, task) VALUES (?1, ?2)",
+                params![chain, task],
+            )?;
+            tx.last_insert_rowid()
+        }
+    };
+    cache.insert((chain.to_string(), task.to_string()), id);
+    Ok(id)
+}
+
+fn apply(
+    tx: &rusqlite::Transaction,
+    op: &Op,
+    instance: i64,
+    cache: &mut HashMap<(String, String), i64>,
+) -> rusqlite::Result<()> {
+    match op {
+        Op::Start(s) => {
+            let sid = series_id(tx, cache, &s.chain, &s.task)?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO runs (series, run_id, instance, scheduled_ms, start_ms, task_pid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                sid,
+                s.run_id as i64,
+                instance,
+                s.scheduled_ms as i64,
+                s.start_ms as i64,
+                s.task_pid
+            ])?;
+            tx.prepare_cached(
+                "UPDATE series SET running_run_id = ?2, running_since_ms = ?3 WHERE id = ?1",
+            )?
+            .execute(params![sid, s.run_id as i64, s.start_ms as i64])?;
+        }
+        Op::Output {
+            chain,
+            task,
+            run_id,
+            output,
+            output_bytes,
+            output_cut,
+        } => {
+            let sid = series_id(tx, cache, chain, task)?;
+            tx.prepare_cached(
+                "UPDATE runs SET output = ?3, output_bytes = ?4, output_cut = ?5 WHERE series = ?1 AND run_id = ?2",
+            )?
+            .execute(params![
+                sid,
+                *run_id as i64,
+                output,
+                *output_bytes as i64,
+                *output_cut
+            ])?;
+        }
+        Op::End(e) => {
+            let sid = series_id(tx, cache, &e.chain, &e.task)?;
+            let duration = e.stop_ms.saturating_sub(e.start_ms) as i64;
+            let latency = e.start_ms.saturating_sub(e.scheduled_ms) as i64;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE runs SET stop_ms = ?3, outcome = ?4, exit_code = ?5, signal = ?6, duration_ms = ?7,
+                     latency_ms = ?8, output = ?9, output_bytes = ?10, output_cut = ?11, error = ?12
+                     WHERE series = ?1 AND run_id = ?2",
+                )?
+                .execute(params![
+                    sid,
+                    e.run_id as i64,
+                    e.stop_ms as i64,
+                    e.outcome,
+                    e.exit_code,
+                    e.signal,
+                    duration,
+                    latency,
+                    e.output,
+                    e.output_bytes as i64,
+                    e.output_cut,
+                    e.error
+                ])?;
+            if changed == 0 {
+                // The start was never written (dropped, or a spawn error): write it whole.
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome,
+                     exit_code, signal, duration_ms, latency_ms, output, output_bytes, output_cut, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )?
+                .execute(params![
+                    sid,
+                    e.run_id as i64,
+                    instance,
+                    e.scheduled_ms as i64,
+                    e.start_ms as i64,
+                    e.stop_ms as i64,
+                    e.outcome,
+                    e.exit_code,
+                    e.signal,
+                    duration,
+                    latency,
+                    e.output,
+                    e.output_bytes as i64,
+                    e.output_cut,
+                    e.error
+                ])?;
+            }
+            let column = match e.outcome {
+                "ok" => "ok",
+                "failed" => "failed",
+                "timeout" => "timeout",
+                "signal" => "signal",
+                "spawn-error" => "spawn_error",
+                _ => "interrupted",
+            };
+            let success = e.outcome == "ok";
+            tx.prepare_cached(&format!(
+                "UPDATE series SET runs = runs + 1, {column} = {column} + 1,
+                 duration_sum_ms = duration_sum_ms + ?3, latency_sum_ms = latency_sum_ms + ?4,
+                 last_run_id = ?2, last_outcome = ?5, last_exit_code = ?6, last_scheduled_ms = ?7,
+                 last_start_ms = ?8, last_stop_ms = ?9, last_duration_ms = ?3,
+                 last_success_ms = CASE WHEN ?10 THEN ?9 ELSE last_success_ms END,
+                 running_run_id = NULL, running_since_ms = NULL,
+                 streak_start_ms = ?11, streak_failures = ?12
+                 WHERE id = ?1"
+            ))?
+            .execute(params![
+                sid,
+                e.run_id as i64,
+                duration,
+                latency,
+                e.outcome,
+                e.exit_code.or(e.signal.map(|s| 128 + s)),
+                e.scheduled_ms as i64,
+                e.start_ms as i64,
+                e.stop_ms as i64,
+                success,
+                e.streak.map(|s| s.0 as i64),
+                e.streak.map_or(0, |s| s.1 as i64)
+            ])?;
+            // Prune: by count (run ids increase by one per run), then by age, in small steps.
+            if e.run_id > e.keep_runs_max {
+                tx.prepare_cached("DELETE FROM runs WHERE series = ?1 AND run_id <= ?2")?
+                    .execute(params![sid, (e.run_id - e.keep_runs_max) as i64])?;
+            }
+            tx.prepare_cached(
+                "DELETE FROM runs WHERE id IN
+                 (SELECT id FROM runs WHERE series = ?1 AND start_ms < ?2 AND stop_ms IS NOT NULL ORDER BY run_id LIMIT 100)",
+            )?
+            .execute(params![sid, e.keep_after_ms as i64])?;
+        }
+        Op::CloseOpen { chain, stop_ms } => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT r.id, r.series, r.start_ms FROM runs r JOIN series s ON s.id = r.series
+                 WHERE s.chain = ?1 AND r.outcome IS NULL",
+            )?;
+            let open: Vec<(i64, i64, i64)> = stmt
+                .query_map(params![chain], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, sid, start) in open {
+                let duration = (*stop_ms as i64 - start).max(0);
+                tx.execute(
+                    "UPDATE runs SET outcome = 'interrupted', stop_ms = ?2, duration_ms = ?3 WHERE id = ?1",
+                    params![id, *stop_ms as i64, duration],
+                )?;
+                tx.execute(
+                    "UPDATE series SET runs = runs + 1, interrupted = interrupted + 1,
+                     duration_sum_ms = duration_sum_ms + ?2, running_run_id = NULL, running_since_ms = NULL
+                     WHERE id = ?1",
+                    params![sid, duration],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Reading.
+
+/// One recorded run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRow {
+    pub chain: String,
+    pub task: String,
+    pub run_id: u64,
+    pub host: String,
+    pub scheduled_ms: Option<u64>,
+    pub start_ms: u64,
+    pub stop_ms: Option<u64>,
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub latency_ms: Option<u64>,
+    pub output_bytes: u64,
+    pub output_cut: bool,
+    pub error: Option<String>,
+    pub instance_pid: u32,
+    pub version: String,
+    pub config_digest: String,
+}
+
+/// The aggregates of one chain and task.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesRow {
+    pub chain: String,
+    pub task: String,
+    pub runs: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub timeout: u64,
+    pub signal: u64,
+    pub spawn_error: u64,
+    pub interrupted: u64,
+    pub duration_sum_ms: u64,
+    pub latency_sum_ms: u64,
+    pub last_run_id: Option<u64>,
+    pub last_outcome: Option<String>,
+    pub last_exit_code: Option<i32>,
+    pub last_scheduled_ms: Option<u64>,
+    pub last_start_ms: Option<u64>,
+    pub last_stop_ms: Option<u64>,
+    pub last_duration_ms: Option<u64>,
+    pub last_success_ms: Option<u64>,
+    pub running_run_id: Option<u64>,
+    pub running_since_ms: Option<u64>,
+    pub streak_start_ms: Option<u64>,
+    pub streak_failures: u64,
+}
+
+const RUN_COLUMNS: &str = "s.chain, s.task, r.run_id, i.host, r.scheduled_ms, r.start_ms, r.stop_ms, r.outcome,
+    r.exit_code, r.signal, r.duration_ms, r.latency_ms, r.output_bytes, r.output_cut, r.error, i.pid, i.version,
+    i.config_digest";
+
+fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        chain: r.get(0)?,
+        task: r.get(1)?,
+        run_id: r.get::<_, i64>(2)? as u64,
+        host: r.get(3)?,
+        scheduled_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        start_ms: r.get::<_, i64>(5)? as u64,
+        stop_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        outcome: r.get(7)?,
+        exit_code: r.get(8)?,
+        signal: r.get(9)?,
+        duration_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        latency_ms: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+        output_bytes: r.get::<_, i64>(12)? as u64,
+        output_cut: r.get(13)?,
+        error: r.get(14)?,
+        instance_pid: r.get::<_, i64>(15)? as u32,
+        version: r.get(16)?,
+        config_digest: r.get(17)?,
+    })
+}
+
+/// Series ids of `task`, in `chain` if given.
+fn series_of(conn: &Connection, task: &str, chain: Option<&str>) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM series WHERE task = ?1 AND (?2 IS NULL OR chain = ?2) ORDER BY chain",
+    )?;
+    let ids = stmt
+        .query_map(params![task, chain], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+/// The newest `limit` runs of `task` (in `chain`, or in every chain), newest first.
+pub fn history(
+    conn: &Connection,
+    task: &str,
+    chain: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<RunRow>> {
+    let mut out = Vec::new();
+    for sid in series_of(conn, task, chain)? {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
+             WHERE r.series = ?1 ORDER BY r.run_id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(params![sid, limit as i64], run_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        out.extend(rows);
+    }
+    out.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then(b.run_id.cmp(&a.run_id)));
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// The kept output of a run: `run_id`, or the newest (by start) of `task`.
+pub fn output(
+    conn: &Connection,
+    task: &str,
+    chain: Option<&str>,
+    run_id: Option<u64>,
+) -> rusqlite::Result<Option<(RunRow, Vec<u8>)>> {
+    let mut best: Option<(RunRow, Vec<u8>)> = None;
+    for sid in series_of(conn, task, chain)? {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS}, r.output FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
+             WHERE r.series = ?1 AND (?2 IS NULL OR r.run_id = ?2) ORDER BY r.run_id DESC LIMIT 1"
+        ))?;
+        let found = stmt
+            .query_row(params![sid, run_id.map(|r| r as i64)], |r| {
+                Ok((
+                    run_row(r)?,
+                    r.get::<_, Option<Vec<u8>>>(18)?.unwrap_or_default(),
+                ))
+            })
+            .optional()?;
+        if let Some(f) = found {
+            if best.as_ref().is_none_or(|b| f.0.start_ms > b.0.start_ms) {
+                best = Some(f);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Every series (chain and task) with its aggregates.
+pub fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT chain, task, runs, ok, failed, timeout, signal, spawn_error, interrupted, duration_sum_ms,
+         latency_sum_ms, last_run_id, last_outcome, last_exit_code, last_scheduled_ms, last_start_ms, last_stop_ms,
+         last_duration_ms, last_success_ms, running_run_id, running_since_ms, streak_start_ms, streak_failures
+         FROM series ORDER BY chain, task",
+    )?;
+    let u = |v: i64| v as u64;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(SeriesRow {
+                chain: r.get(0)?,
+                task: r.get(1)?,
+                runs: u(r.get(2)?),
+                ok: u(r.get(3)?),
+                failed: u(r.get(4)?),
+                timeout: u(r.get(5)?),
+                signal: u(r.get(6)?),
+                spawn_error: u(r.get(7)?),
+                interrupted: u(r.get(8)?),
+                duration_sum_ms: u(r.get(9)?),
+                latency_sum_ms: u(r.get(10)?),
+                last_run_id: r.get::<_, Option<i64>>(11)?.map(u),
+                last_outcome: r.get(12)?,
+                last_exit_code: r.get(13)?,
+                last_scheduled_ms: r.get::<_, Option<i64>>(14)?.map(u),
+                last_start_ms: r.get::<_, Option<i64>>(15)?.map(u),
+                last_stop_ms: r.get::<_, Option<i64>>(16)?.map(u),
+                last_duration_ms: r.get::<_, Option<i64>>(17)?.map(u),
+                last_success_ms: r.get::<_, Option<i64>>(18)?.map(u),
+                running_run_id: r.get::<_, Option<i64>>(19)?.map(u),
+                running_since_ms: r.get::<_, Option<i64>>(20)?.map(u),
+                streak_start_ms: r.get::<_, Option<i64>>(21)?.map(u),
+                streak_failures: u(r.get(22)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
