@@ -642,14 +642,20 @@ fn apply(
                 e.streak.map(|s| s.0 as i64),
                 e.streak.map_or(0, |s| s.1 as i64)
             ])?;
-            // Prune: by count (run ids increase by one per run), then by age, in small steps.
+            // Prune, a bounded number of rows per run so that a lowered limit never
+            // stalls the chain: by count (run ids increase by one per run), then by age
+            // (looking only at the oldest rows, where old runs are).
             if e.run_id > e.keep_runs_max {
-                tx.prepare_cached("DELETE FROM runs WHERE series = ?1 AND run_id <= ?2")?
-                    .execute(params![sid, (e.run_id - e.keep_runs_max) as i64])?;
+                tx.prepare_cached(
+                    "DELETE FROM runs WHERE id IN
+                     (SELECT id FROM runs WHERE series = ?1 AND run_id <= ?2 ORDER BY run_id LIMIT 1000)",
+                )?
+                .execute(params![sid, (e.run_id - e.keep_runs_max) as i64])?;
             }
             tx.prepare_cached(
                 "DELETE FROM runs WHERE id IN
-                 (SELECT id FROM runs WHERE series = ?1 AND start_ms < ?2 AND stop_ms IS NOT NULL ORDER BY run_id LIMIT 100)",
+                 (SELECT id FROM runs WHERE series = ?1 ORDER BY run_id LIMIT 100)
+                 AND start_ms < ?2 AND stop_ms IS NOT NULL",
             )?
             .execute(params![sid, e.keep_after_ms as i64])?;
         }
