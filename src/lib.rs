@@ -6,6 +6,7 @@
 //! `process`, `pidfile`, `guardian`, `signals`, `sys`) touch the OS and stay thin.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod alert;
 pub mod app;
 pub mod chain;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod pidfile;
 pub mod process;
 pub mod report;
 pub mod signals;
+pub mod signature;
 pub mod state;
 pub mod store;
 pub mod sys;
