@@ -10,11 +10,13 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::alert::{self, AlertState, Decision};
 use crate::chain::{Action, Chain, ChainTask, Control, Event, Finished, Mode, Mono};
 use crate::config::{self, Config, Task};
 use crate::error::Result;
 use crate::groups::{self, Slot, Slots};
 use crate::guardian::Guardian;
+use crate::mailer::{self, AlertMail, Children, ToMailer};
 use crate::outcome::Outcome;
 use crate::output::{Sink, Tail};
 use crate::pidfile::PidFile;
@@ -68,6 +70,11 @@ pub struct Driver {
     /// While waiting for a slot: the group's slot files and the watch on them.
     waiting: Option<(Slots, groups::Watch)>,
     waiting_since_ms: Option<u64>,
+    alerts: std::collections::BTreeMap<String, AlertState>,
+    mailer: std::sync::mpsc::Sender<ToMailer>,
+    /// The mailer's own children (sendmail): never a run's leftovers.
+    children: Children,
+    host: String,
 }
 
 /// A duration for people: "350ms", "2.5s", "15m".
@@ -120,6 +127,15 @@ impl Driver {
             },
         );
         let failures = base_state.failures.clone();
+        let alerts = base_state.alerts.clone();
+        let children: Children = Default::default();
+        let mailer = mailer::start(
+            run_root.clone(),
+            Some(email_or_default(&config)),
+            children.clone(),
+        );
+        // Deliver what an earlier instance left in the outbox.
+        let _ = mailer.send(ToMailer::Wake);
         Driver {
             chain_name,
             names,
@@ -147,6 +163,148 @@ impl Driver {
             slot: None,
             waiting: None,
             waiting_since_ms: None,
+            alerts,
+            mailer,
+            children,
+            host: sys::hostname(),
+        }
+    }
+
+    /// The PIDs that are not a run's: the guardian's, and the mailer's children. The
+    /// lock on the latter is held while the caller looks at our children.
+    fn with_ignored<T>(
+        &mut self,
+        f: impl FnOnce(&mut Option<process::Run>, &BTreeSet<i32>) -> T,
+    ) -> T {
+        let kids = self.children.clone();
+        let guard = kids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ignore = self.ignore.clone();
+        ignore.extend(guard.iter().copied());
+        f(&mut self.run, &ignore)
+    }
+
+    /// The alert policy of `task`.
+    fn policy(&self, task: &str) -> alert::Policy {
+        let window = self
+            .tasks
+            .iter()
+            .find(|t| t.name == task)
+            .map_or(config::builtin::NON_RECOVERABLE_DOWNTIME, |t| {
+                t.non_recoverable_downtime
+            });
+        alert::Policy {
+            window_ms: (window.as_millis() as u64).max(1),
+            max_per_hour: self
+                .config
+                .email
+                .as_ref()
+                .map_or(config::builtin::MAX_ALERTS_PER_HOUR, |e| {
+                    e.max_alerts_per_hour
+                }),
+        }
+    }
+
+    /// The earliest downtime deadline of any task, as a monotonic instant.
+    fn alert_deadline(&self, now: Mono) -> Option<Mono> {
+        let wall = sys::wall_ms();
+        self.alerts
+            .iter()
+            .filter_map(|(task, st)| st.next_deadline(self.policy(task)))
+            .min()
+            .map(|d| now + Duration::from_millis(d.saturating_sub(wall)))
+    }
+
+    /// Send the downtime alerts that are due.
+    fn alert_ticks(&mut self, now: Mono) {
+        let wall = sys::wall_ms();
+        let tasks: Vec<String> = self.alerts.keys().cloned().collect();
+        let mut changed = false;
+        for task in tasks {
+            let p = self.policy(&task);
+            let Some(st) = self.alerts.get_mut(&task) else {
+                continue;
+            };
+            if st.next_deadline(p).is_some_and(|d| d <= wall) {
+                changed = true;
+                if let Some(d) = st.on_tick(wall, p) {
+                    self.send_alert(now, &task, &d, None);
+                }
+            }
+        }
+        if changed {
+            self.save_state(now, None);
+        }
+    }
+
+    /// Build an alert, store it in the outbox, and wake the mailer.
+    fn send_alert(&mut self, now: Mono, task: &str, d: &Decision, f: Option<&Finished>) {
+        let wall = sys::wall_ms();
+        let t = self.tasks.iter().find(|t| t.name == task);
+        let command = t.map_or(String::new(), |t| t.program.display());
+        let (outcome, duration) = match f {
+            Some(f) => (
+                f.outcome.to_string(),
+                fmt_dur(f.ended.saturating_sub(f.started)),
+            ),
+            None => (
+                format!("still failing ({} failures)", d.failures),
+                "-".to_string(),
+            ),
+        };
+        let (next_index, due) = self.chain.position();
+        let next_attempt = match due {
+            Some(due) if self.tasks.get(next_index).is_some_and(|t| t.name == task) => format!(
+                "{} (in {})",
+                crate::report::rfc3339(wall + due.saturating_sub(now).as_millis() as u64),
+                fmt_dur(due.saturating_sub(now))
+            ),
+            _ => "when its turn in the chain comes".to_string(),
+        };
+        let a = AlertMail {
+            kind: d.kind.as_str().to_string(),
+            chain: self.chain_name.clone(),
+            task: task.to_string(),
+            host: self.host.clone(),
+            command,
+            outcome,
+            duration,
+            streak_start: crate::report::rfc3339(d.streak_start_ms),
+            failures: d.failures,
+            next_attempt,
+            held_back: d.held_back,
+            output: if f.is_some() {
+                self.tail.bytes()
+            } else {
+                Vec::new()
+            },
+            output_bytes: if f.is_some() { self.tail.total() } else { 0 },
+            at_ms: wall,
+        };
+        let email = email_or_default(&self.config);
+        let id = mailer::message_id(&a);
+        let built = mailer::build(&email, &a, &id);
+        match built.and_then(|bytes| {
+            mailer::enqueue(&self.run_root, &a, &bytes).map_err(|e| {
+                format!(
+                    "cannot store it in {}: {e}",
+                    mailer::outbox(&self.run_root).display()
+                )
+            })
+        }) {
+            Ok(path) => {
+                log::info!(
+                    "{}: {task}: {} alert queued ({})",
+                    self.chain_name,
+                    d.kind.as_str(),
+                    path.display()
+                );
+                let _ = self.mailer.send(ToMailer::Wake);
+            }
+            Err(e) => log::error!(
+                "{}: {task}: failed to queue a {} alert: {e}",
+                self.chain_name,
+                d.kind.as_str()
+            ),
         }
     }
 
@@ -176,10 +334,10 @@ impl Driver {
         loop {
             let now = sys::mono_now();
             if self.chain.reaping() {
-                let empty = match &mut self.run {
-                    Some(run) => run.sweep(&self.ignore),
+                let empty = self.with_ignored(|run, ignore| match run {
+                    Some(run) => run.sweep(ignore),
                     None => true,
-                };
+                });
                 if empty {
                     self.drain_sources();
                     if let Some(code) = self.feed(now, Event::GroupEmpty) {
@@ -203,10 +361,20 @@ impl Driver {
             if self.store.retry_at().is_some_and(|t| t <= now) {
                 self.store.flush(now);
             }
-            let deadline = [deadline, self.output_flush_at, self.store.retry_at()]
-                .into_iter()
-                .flatten()
-                .min();
+            let alert_at = self.alert_deadline(now);
+            if alert_at.is_some_and(|t| t <= now) {
+                self.alert_ticks(now);
+                continue;
+            }
+            let deadline = [
+                deadline,
+                self.output_flush_at,
+                self.store.retry_at(),
+                alert_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             // What to wait for.
             let mut fds = vec![sys::pollfd(self.signals.fd(), libc::POLLIN)];
             let watch_at = if let Some((_, w)) = &self.waiting {
@@ -413,6 +581,9 @@ impl Driver {
                 );
                 self.config = config;
                 self.tasks = tasks;
+                let _ = self
+                    .mailer
+                    .send(ToMailer::Config(Some(email_or_default(&self.config))));
                 Some(chain_tasks(&self.tasks))
             }
             Err(e) => {
@@ -450,8 +621,12 @@ impl Driver {
                                 self.chain_name,
                                 run.pid
                             );
-                            run.signal(sig, &self.ignore);
                         }
+                        self.with_ignored(|run, ignore| {
+                            if let Some(run) = run {
+                                run.signal(sig, ignore);
+                            }
+                        });
                     }
                     Action::Finished(f) => self.finished(now, &f),
                     Action::Exit(code) => return Some(code),
@@ -571,8 +746,9 @@ impl Driver {
     }
 
     fn finished(&mut self, now: Mono, f: &Finished) {
+        let left = self
+            .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
         if let Some(run) = self.run.take() {
-            let left = run.leftovers(&self.ignore);
             if !left.is_empty() {
                 log::warn!(
                     "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
@@ -635,6 +811,30 @@ impl Driver {
         };
         self.output_flush_at = None;
         self.store.push(now, Op::End(Box::new(end)));
+        if f.outcome != Outcome::Interrupted {
+            let sig = f.outcome.is_failure().then(|| {
+                let key = match &f.outcome {
+                    Outcome::Failed(c) => format!("exit code {c}"),
+                    Outcome::Signal(s) => format!("killed by {}", crate::outcome::signal_name(*s)),
+                    Outcome::SpawnError(_) => "could not start".to_string(),
+                    other => other.label().to_string(),
+                };
+                let line = match &f.outcome {
+                    Outcome::SpawnError(m) => Some(m.clone()),
+                    _ => self.tail.last_line(),
+                };
+                crate::signature::signature(&key, line.as_deref())
+            });
+            let p = self.policy(&f.task);
+            let d =
+                self.alerts
+                    .entry(f.task.clone())
+                    .or_default()
+                    .on_run(stop_ms, sig.as_deref(), p);
+            if let Some(d) = d {
+                self.send_alert(now, &f.task.clone(), &d, Some(f));
+            }
+        }
         let (next_index, due) = self.chain.position();
         let next = match (due, f.cooldown) {
             _ if self.chain.done() => "exiting".to_string(),
@@ -695,6 +895,7 @@ impl Driver {
             waiting_since_ms: self.waiting_since_ms,
             run_ids: self.chain.run_ids().clone(),
             failures: self.failures.clone(),
+            alerts: self.alerts.clone(),
         };
         if self.mode == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.
@@ -735,4 +936,20 @@ impl Driver {
             }
         }
     }
+}
+
+/// The `[email]` section, or, without one, alerts as files to root@localhost in
+/// RUN_ROOT/mail/.
+pub fn email_or_default(config: &Config) -> config::Email {
+    config.email.clone().unwrap_or(config::Email {
+        to: vec!["root@localhost".to_string()],
+        from: None,
+        smtp: None,
+        tls: config::TlsMode::Opportunistic,
+        ca_file: None,
+        password_file: None,
+        password_env: None,
+        sendmail: None,
+        max_alerts_per_hour: config::builtin::MAX_ALERTS_PER_HOUR,
+    })
 }

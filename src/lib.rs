@@ -15,6 +15,7 @@ pub mod driver;
 pub mod error;
 pub mod groups;
 pub mod guardian;
+pub mod mailer;
 pub mod outcome;
 pub mod output;
 pub mod pidfile;

@@ -49,6 +49,9 @@ pub struct State {
     /// The failure state per task (streaks), carried over by a relaunch.
     #[serde(default)]
     pub failures: BTreeMap<String, TaskFailures>,
+    /// The alert state per task, carried over by a relaunch.
+    #[serde(default)]
+    pub alerts: BTreeMap<String, crate::alert::AlertState>,
 }
 
 /// The failure state of one chain and task.
