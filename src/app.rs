@@ -152,7 +152,7 @@ pub fn main(cli: Cli) -> Result<u8> {
         ),
         Some(Command::Metrics) => not_yet("metrics"),
         Some(Command::Exporter { .. }) => not_yet("exporter"),
-        Some(Command::MailTest) => not_yet("mail-test"),
+        Some(Command::MailTest) => mail_test(&cli.common),
     }
 }
 
@@ -525,4 +525,57 @@ fn kick(common: &Common, chain: &str) -> Result<u8> {
         .map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
     println!("kicked chain {chain} (PID {pid})");
     Ok(exit::OK)
+}
+
+/// `mail-test`: send one test alert through the configured transport, now, and say
+/// what the server (or sendmail, or the file system) answered.
+fn mail_test(common: &Common) -> Result<u8> {
+    let config = Config::load(&config_path(common))?;
+    let Some(email) = config.email.clone() else {
+        return Err(Error::Config(format!(
+            "{}: email: no [email] section; add one with at least `to = [\"you@example.com\"]`",
+            config.file.display()
+        )));
+    };
+    let root = run_root(common, Some(&config))?;
+    prepare_run_root(&root)?;
+    let now = sys::wall_ms();
+    let a = crate::mailer::AlertMail {
+        kind: "test".into(),
+        chain: "mail-test".into(),
+        task: "mail-test".into(),
+        host: sys::hostname(),
+        command: "run-chain mail-test".into(),
+        outcome: "none: this is a test of the alert transport".into(),
+        duration: "-".into(),
+        streak_start: "-".into(),
+        failures: 0,
+        next_attempt: "-".into(),
+        held_back: 0,
+        output: b"If you can read this, run-chain's alerts reach you.\n".to_vec(),
+        output_bytes: 52,
+        at_ms: now,
+    };
+    let id = crate::mailer::message_id(&a);
+    let bytes = crate::mailer::build(&email, &a, &id).map_err(Error::Config)?;
+    let transport = match (&email.smtp, &email.sendmail) {
+        (Some(u), _) => format!("SMTP {u}"),
+        (_, Some(s)) => format!("sendmail {}", s.display()),
+        _ => format!("files in {}", root.join("mail").display()),
+    };
+    let file = PathBuf::from(format!("{now:013}-mail-test.eml"));
+    let children = crate::mailer::Children::default();
+    match crate::mailer::deliver(&email, &root, &file, &bytes, &children) {
+        Ok(said) => {
+            println!("sent a test alert to {} through {transport}: {said}", email.to.join(", "));
+            println!("Message-ID: {id}");
+            Ok(exit::OK)
+        }
+        Err(crate::mailer::SendError::Transient(m)) => Err(Error::Busy(format!(
+            "the test alert was not delivered through {transport}: {m} (a temporary failure; alerts would be retried)"
+        ))),
+        Err(crate::mailer::SendError::Permanent(m)) => Err(Error::Internal(format!(
+            "the test alert was not delivered through {transport}: {m}"
+        ))),
+    }
 }
