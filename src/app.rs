@@ -150,16 +150,21 @@ pub fn main(cli: Cli) -> Result<u8> {
             run_id,
             chain.as_deref(),
         ),
-        Some(Command::Metrics) => not_yet("metrics"),
-        Some(Command::Exporter { .. }) => not_yet("exporter"),
+        Some(Command::Metrics) => {
+            let root = run_root(&cli.common, None)?;
+            let t0 = std::time::Instant::now();
+            let snap = crate::metrics::collect(&root).map_err(Error::Internal)?;
+            let text = crate::metrics::render(&snap, Some(t0.elapsed().as_secs_f64()));
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            Ok(exit::OK)
+        }
+        Some(Command::Exporter { listen }) => crate::exporter::serve(
+            run_root(&cli.common, None)?,
+            listen.as_deref().unwrap_or("127.0.0.1:9464"),
+        ),
         Some(Command::MailTest) => mail_test(&cli.common),
     }
-}
-
-fn not_yet(what: &str) -> Result<u8> {
-    Err(Error::Internal(format!(
-        "`{what}` is not available yet in this version of run-chain"
-    )))
 }
 
 fn check(common: &Common) -> Result<u8> {

@@ -280,6 +280,14 @@ impl Driver {
             output_bytes: if f.is_some() { self.tail.total() } else { 0 },
             at_ms: wall,
         };
+        self.store.push(
+            now,
+            Op::Alert {
+                chain: self.chain_name.clone(),
+                task: task.to_string(),
+                kind: d.kind.as_str(),
+            },
+        );
         let email = email_or_default(&self.config);
         let id = mailer::message_id(&a);
         let built = mailer::build(&email, &a, &id);

@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use crate::chain::Mono;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// At most this many ops wait in memory while the store cannot be written.
 pub const QUEUE_MAX: usize = 10_000;
@@ -98,6 +98,13 @@ const MIGRATIONS: &[&str] = &[
         error TEXT
     );
     CREATE UNIQUE INDEX runs_series_run ON runs (series, run_id);",
+    // 2: alerts decided, by kind (for metrics).
+    "CREATE TABLE alerts (
+        series INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        count INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (series, kind)
+    ) WITHOUT ROWID;",
 ];
 
 /// Who writes: one row in `instances`.
@@ -163,6 +170,12 @@ pub enum Op {
     CloseOpen {
         chain: String,
         stop_ms: u64,
+    },
+    /// An alert of `kind` was decided for this chain and task.
+    Alert {
+        chain: String,
+        task: String,
+        kind: &'static str,
     },
 }
 
@@ -659,6 +672,14 @@ fn apply(
             )?
             .execute(params![sid, e.keep_after_ms as i64])?;
         }
+        Op::Alert { chain, task, kind } => {
+            let sid = series_id(tx, cache, chain, task)?;
+            tx.prepare_cached(
+                "INSERT INTO alerts (series, kind, count) VALUES (?1, ?2, 1)
+                 ON CONFLICT (series, kind) DO UPDATE SET count = count + 1",
+            )?
+            .execute(params![sid, kind])?;
+        }
         Op::CloseOpen { chain, stop_ms } => {
             let mut stmt = tx.prepare_cached(
                 "SELECT r.id, r.series, r.start_ms FROM runs r JOIN series s ON s.id = r.series
@@ -869,4 +890,52 @@ pub fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// Alerts decided, per (chain, task, kind).
+pub fn alert_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.chain, s.task, a.kind, a.count FROM alerts a JOIN series s ON s.id = a.series",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Durations and latencies (ms) of the newest `n` finished runs of every series: a
+/// bounded window, read through the (series, run_id) index.
+pub fn recent(
+    conn: &Connection,
+    n: usize,
+) -> rusqlite::Result<HashMap<(String, String), (Vec<u64>, Vec<u64>)>> {
+    let mut out = HashMap::new();
+    let mut ids = conn.prepare_cached("SELECT id, chain, task FROM series")?;
+    let series: Vec<(i64, String, String)> = ids
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT duration_ms, latency_ms FROM runs WHERE series = ?1 AND outcome IS NOT NULL
+         ORDER BY run_id DESC LIMIT ?2",
+    )?;
+    for (id, chain, task) in series {
+        let mut d = Vec::new();
+        let mut l = Vec::new();
+        let rows = stmt.query_map(params![id, n as i64], |r| {
+            Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?;
+        for row in rows {
+            let (dd, ll) = row?;
+            if let Some(x) = dd {
+                d.push(x.max(0) as u64);
+            }
+            if let Some(x) = ll {
+                l.push(x.max(0) as u64);
+            }
+        }
+        out.insert((chain, task), (d, l));
+    }
+    Ok(out)
 }
