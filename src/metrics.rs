@@ -26,7 +26,7 @@ pub struct Snapshot {
     pub chains: BTreeMap<String, bool>,
     pub series: Vec<SeriesRow>,
     /// (chain, task) -> (durations ms, latencies ms) of recent runs
-    pub recent: HashMap<(String, String), (Vec<u64>, Vec<u64>)>,
+    pub recent: HashMap<(String, String), store::Recent>,
     /// (chain, task, kind) -> count
     pub alerts: Vec<(String, String, String, u64)>,
 }

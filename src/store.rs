@@ -905,12 +905,12 @@ pub fn alert_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, 
     Ok(rows)
 }
 
+/// Durations and latencies (ms) of recent runs.
+pub type Recent = (Vec<u64>, Vec<u64>);
+
 /// Durations and latencies (ms) of the newest `n` finished runs of every series: a
 /// bounded window, read through the (series, run_id) index.
-pub fn recent(
-    conn: &Connection,
-    n: usize,
-) -> rusqlite::Result<HashMap<(String, String), (Vec<u64>, Vec<u64>)>> {
+pub fn recent(conn: &Connection, n: usize) -> rusqlite::Result<HashMap<(String, String), Recent>> {
     let mut out = HashMap::new();
     let mut ids = conn.prepare_cached("SELECT id, chain, task FROM series")?;
     let series: Vec<(i64, String, String)> = ids
