@@ -75,6 +75,9 @@ pub struct Driver {
     /// The mailer's own children (sendmail): never a run's leftovers.
     children: Children,
     host: String,
+    /// Per task, its last failure (outcome, duration, output tail, output bytes), for
+    /// the downtime reminders.
+    last_failure: std::collections::BTreeMap<String, (String, String, Vec<u8>, u64)>,
 }
 
 /// A duration for people: "350ms", "2.5s", "15m".
@@ -167,6 +170,7 @@ impl Driver {
             mailer,
             children,
             host: sys::hostname(),
+            last_failure: Default::default(),
         }
     }
 
@@ -246,10 +250,20 @@ impl Driver {
                 f.outcome.to_string(),
                 fmt_dur(f.ended.saturating_sub(f.started)),
             ),
-            None => (
-                format!("still failing ({} failures)", d.failures),
-                "-".to_string(),
-            ),
+            None => match self.last_failure.get(task) {
+                Some((o, dur, _, _)) => (format!("{o} (still failing)"), dur.clone()),
+                None => (
+                    format!("still failing ({} failures)", d.failures),
+                    "-".to_string(),
+                ),
+            },
+        };
+        let (output, output_bytes) = match f {
+            Some(_) => (self.tail.bytes(), self.tail.total()),
+            None => self
+                .last_failure
+                .get(task)
+                .map_or((Vec::new(), 0), |(_, _, o, n)| (o.clone(), *n)),
         };
         let (next_index, due) = self.chain.position();
         let next_attempt = match due {
@@ -272,12 +286,8 @@ impl Driver {
             failures: d.failures,
             next_attempt,
             held_back: d.held_back,
-            output: if f.is_some() {
-                self.tail.bytes()
-            } else {
-                Vec::new()
-            },
-            output_bytes: if f.is_some() { self.tail.total() } else { 0 },
+            output,
+            output_bytes,
             at_ms: wall,
         };
         self.store.push(
@@ -819,6 +829,19 @@ impl Driver {
         };
         self.output_flush_at = None;
         self.store.push(now, Op::End(Box::new(end)));
+        if f.outcome.is_failure() {
+            self.last_failure.insert(
+                f.task.clone(),
+                (
+                    f.outcome.to_string(),
+                    fmt_dur(duration),
+                    self.tail.bytes(),
+                    self.tail.total(),
+                ),
+            );
+        } else if f.outcome.is_success() {
+            self.last_failure.remove(&f.task);
+        }
         if f.outcome != Outcome::Interrupted {
             let sig = f.outcome.is_failure().then(|| {
                 let key = match &f.outcome {

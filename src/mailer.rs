@@ -478,7 +478,8 @@ fn mailer_loop(
         retry.retain(|n, _| names.contains(n));
         for name in &names {
             if retry.get(name).is_some_and(|(at, _)| *at > now) {
-                continue;
+                // Keep the order: nothing later goes out before this one.
+                break;
             }
             let path = dir.join(name);
             let Ok(f) = std::fs::OpenOptions::new()
@@ -546,7 +547,15 @@ fn mailer_loop(
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match msg {
-            Ok(ToMailer::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(ToMailer::Wake) => {
+                // A new alert: try the waiting ones again now (they go first), keeping
+                // their backoff for the next failure.
+                let now = Instant::now();
+                for (at, _) in retry.values_mut() {
+                    *at = now;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
             Ok(ToMailer::Config(c)) => {
                 email = c;
                 retry.clear();

@@ -1,0 +1,1159 @@
+//! Email alerts end to end, against a real SMTP server on 127.0.0.1 that is not ours: Python's
+//! aiosmtpd, driven by `tests/smtp_peer.py` (it prints its port, logs every event as a JSON
+//! line, and can refuse, delay, blackhole, require STARTTLS and AUTH).
+//!
+//! What is checked: the reference example with real time (first-failure, then downtime at each
+//! window); the server down for a while and back (every queued mail arrives once, in order);
+//! the outbox surviving a restart; STARTTLS + AUTH; a blackholed server that never stalls the
+//! chain nor its hand-over; 5xx (dropped to outbox/failed/) and 4xx (retried); task output that
+//! tries to forge a header; and the SMTP password never leaking anywhere.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_peer.py");
+
+/// Well under lettre's 30 s SMTP timeout: what "promptly" means with a blackholed server.
+const PROMPTLY: Duration = Duration::from_secs(15);
+
+/// A `tests/smtp_peer.py` server. Dropping it SIGKILLs and reaps it.
+struct Peer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Peer {
+    /// Starts the peer on 127.0.0.1:`port` (0: any free port) with `extra` options; returns once
+    /// it listens. Its log is `DIR/NAME.log`, its mails `DIR/NAME.mails/N.eml`.
+    fn start(env: &TestEnv, name: &str, port: u16, extra: &[&str]) -> Peer {
+        let log = env.path(&format!("{name}.log"));
+        let stderr = env.path(&format!("{name}.stderr"));
+        let mut cmd = env.command_for("python3");
+        cmd.arg(PEER_SCRIPT)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--log")
+            .arg(&log)
+            .arg("--maildir")
+            .arg(env.path(&format!("{name}.mails")))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr).unwrap());
+        let mut child = cmd.spawn().expect("spawn python3 tests/smtp_peer.py");
+        let stdout = child.stdout.take().unwrap();
+        let mut peer = Peer {
+            child,
+            port: 0,
+            log,
+            stderr,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(DEADLINE).unwrap_or_default();
+        peer.port = line.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "smtp_peer.py {extra:?} did not print its port (got {line:?}); stderr:\n{}",
+                fs::read_to_string(&peer.stderr).unwrap_or_default()
+            )
+        });
+        if port != 0 {
+            assert_eq!(peer.port, port);
+        }
+        peer
+    }
+
+    /// Every event logged so far (complete lines only).
+    fn events(&self) -> Vec<Value> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        complete
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad peer log line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect()
+    }
+
+    /// The accepted mails, in the order they arrived.
+    fn messages(&self) -> Vec<Value> {
+        self.events_of("message")
+    }
+
+    /// Waits until at least `n` mails arrived (failing at once if `runner` exits).
+    fn wait_messages(&self, runner: &mut Runner, n: usize) -> Vec<Value> {
+        let mut msgs = Vec::new();
+        runner.wait_for(&format!("the SMTP server received {n} mails"), || {
+            msgs = self.messages();
+            msgs.len() >= n
+        });
+        msgs
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (connections are refused) until `release`: a
+/// socket bound to it without SO_REUSEADDR and never listening, so that no other bind (another
+/// test's server on "any free port") can take it meanwhile.
+struct ReservedPort {
+    fd: i32,
+    port: u16,
+}
+
+impl ReservedPort {
+    fn new() -> ReservedPort {
+        // SAFETY: plain socket calls on a descriptor we own; closed in `release`/drop.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            addr.sin_port = 0;
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut len = len;
+            let rc = libc::getsockname(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len);
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ReservedPort {
+                fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+
+    /// Frees the port for a server that binds it right now.
+    fn release(&mut self) -> u16 {
+        if self.fd >= 0 {
+            unsafe { libc::close(self.fd) };
+            self.fd = -1;
+        }
+        self.port
+    }
+}
+
+impl Drop for ReservedPort {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The `[email]` section for an SMTP server on 127.0.0.1:`port`, plus `extra` keys.
+fn email_section(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[email]
+to = ["admin@example.com"]
+from = "run-chain@example.com"
+smtp = "{url}"
+{extra}
+"#
+    )
+}
+
+fn smtp_url(port: u16) -> String {
+    format!("smtp://127.0.0.1:{port}")
+}
+
+/// The queued alerts (`*.eml`, not temp files) in `dir`, sorted by name (the order queued).
+fn emls(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    name.ends_with(".eml") && !name.starts_with('.')
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn outbox(env: &TestEnv) -> Vec<PathBuf> {
+    emls(&env.run_root.join("outbox"))
+}
+
+fn failed(env: &TestEnv) -> Vec<PathBuf> {
+    emls(&env.run_root.join("outbox").join("failed"))
+}
+
+/// The value of header `name` in the head of a stored mail.
+fn header_of(path: &Path, name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(&fs::read(path).ok()?).into_owned();
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    head.split("\r\n")
+        .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+        .map(|l| l[prefix.len()..].trim().to_owned())
+}
+
+fn message_id_of(path: &Path) -> String {
+    header_of(path, "Message-ID").unwrap_or_else(|| panic!("no Message-ID in {}", path.display()))
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string {key} in {v}"))
+}
+
+fn kinds(msgs: &[Value]) -> Vec<String> {
+    msgs.iter().map(|m| str_of(m, "alert").to_owned()).collect()
+}
+
+fn ids(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| str_of(m, "message_id").to_owned())
+        .collect()
+}
+
+fn assert_distinct(ids: &[String]) {
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "duplicate Message-IDs: {ids:?}");
+}
+
+/// The value of header `name` of a received mail (as the server parsed it).
+fn header<'a>(msg: &'a Value, name: &str) -> Vec<&'a str> {
+    msg["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+        .map(|h| h[1].as_str().unwrap())
+        .collect()
+}
+
+fn the_header<'a>(msg: &'a Value, name: &str) -> &'a str {
+    let v = header(msg, name);
+    assert_eq!(v.len(), 1, "header {name} once in {msg:#}");
+    v[0]
+}
+
+/// Lines of run-chain's log saying that a delivery attempt of an alert of `kind` failed
+/// temporarily.
+fn not_delivered(stderr: &Path, kind: &str) -> usize {
+    fs::read_to_string(stderr)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("not delivered yet") && l.contains(&format!("-{kind}-")))
+        .count()
+}
+
+/// A private CA and a certificate for IP 127.0.0.1 signed by it, made with openssl in DIR:
+/// (ca.pem, server.pem, server.key).
+fn make_certs(env: &TestEnv) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = env.path("tls");
+    fs::create_dir(&dir).unwrap();
+    let p = |n: &str| dir.join(n);
+    fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<String>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=run-chain test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ][..],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        [
+            &["req", "-new"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ][..],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        [
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The reference example, in real time: a task that divides by zero, `fail_cooldown` 1s,
+/// `non_recoverable_downtime` 3s: one first-failure mail, then one downtime mail per window
+/// (3s, 6s, 9s), and nothing else although the task fails every second.
+#[test]
+fn reference_example_first_failure_then_a_downtime_mail_per_window() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "smtp", 0, &[]);
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1s"
+non_recoverable_downtime = "3s"
+
+[tasks.divide]
+command = "python3 -c 'print(1/0)'"
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+    let mut runner = env.spawn(&["divide"]);
+    peer.wait_messages(&mut runner, 4);
+    env.assert_running(&mut runner, "divide");
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    let msgs = peer.messages();
+    let k = kinds(&msgs);
+    assert!(k.len() >= 4, "{k:?}");
+    assert_eq!(k[0], "first-failure", "the mails received: {k:?}");
+    assert!(
+        k[1..].iter().all(|k| k == "downtime"),
+        "expected first-failure then only downtime mails, got {k:?}"
+    );
+    // One downtime mail per window of 3s, not one per failure (one a second).
+    let times: Vec<f64> = msgs.iter().map(|m| m["t"].as_f64().unwrap()).collect();
+    for (i, w) in times.windows(2).enumerate() {
+        assert!(
+            w[1] - w[0] >= 2.5,
+            "mails {i} and {} ({:?}) only {:.2}s apart; all times: {times:?}",
+            i + 1,
+            &k[i..=i + 1],
+            w[1] - w[0]
+        );
+    }
+    let runs = env.history("divide", &["--limit", "100"]);
+    assert!(
+        runs.len() > msgs.len(),
+        "the task failed about every second ({} runs) while {} mails were sent",
+        runs.len(),
+        msgs.len()
+    );
+    assert_distinct(&ids(&msgs));
+
+    for m in &msgs {
+        assert_eq!(str_of(m, "mail_from"), "run-chain@example.com");
+        assert_eq!(m["rcpt_tos"], serde_json::json!(["admin@example.com"]));
+        assert_eq!(the_header(m, "X-Run-Chain-Task"), "divide");
+        assert_eq!(the_header(m, "X-Run-Chain-Chain"), "divide");
+        let kind = str_of(m, "alert");
+        let subject = the_header(m, "Subject");
+        assert!(
+            subject.starts_with("[run-chain] ") && subject.contains(&format!("divide {kind}")),
+            "subject {subject:?} names host, task and kind"
+        );
+        let id = the_header(m, "Message-ID");
+        assert!(
+            id.starts_with('<') && id.ends_with('>') && id.contains('@'),
+            "{id}"
+        );
+    }
+    let first = &msgs[0];
+    let body = str_of(first, "body");
+    for want in [
+        "print(1/0)",
+        "ZeroDivisionError: division by zero",
+        "Failures:",
+        "Streak start:",
+        "Next attempt:",
+        "Duration:",
+    ] {
+        assert!(
+            body.contains(want),
+            "first-failure body lacks {want:?}:\n{body}"
+        );
+    }
+    let downtime = str_of(&msgs[1], "body");
+    assert!(downtime.contains("print(1/0)"), "{downtime}");
+    assert!(downtime.contains("Streak start:"), "{downtime}");
+}
+
+/// The server is down when the first alerts are decided (connections refused), and back a
+/// while later: every queued mail arrives exactly once, in the order decided, with distinct
+/// Message-IDs (those of the queued files), and the outbox ends empty.
+///
+/// The task fails (error A), fails 6s later with another error (B), then succeeds: alerts
+/// first-failure, new-failure, recovered. The server comes back after the new-failure's first
+/// attempt failed, i.e. while both earlier alerts wait for their retry.
+#[test]
+fn server_down_and_back_every_queued_mail_arrives_once_in_order() {
+    let mut reserved = ReservedPort::new();
+    let port = reserved.port;
+    let env = TestEnv::new(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "6s"
+
+[tasks.flaky]
+command = '''
+n=$(( $(cat "$T/count" 2>/dev/null || echo 0) + 1 )); echo $n > "$T/count"
+case $n in
+1) echo "error: the disk is full" >&2; exit 1;;
+2) echo "error: permission denied" >&2; exit 2;;
+esac
+echo fine
+'''
+{}"#,
+        email_section(&smtp_url(port), "")
+    ));
+    let mut runner = env.spawn(&["flaky"]);
+    let stderr = runner.stderr.clone();
+    // Delivery keeps the order: the new-failure alert waits behind the first-failure one.
+    runner.wait_for("the new-failure alert is queued (server down)", || {
+        outbox(&env)
+            .iter()
+            .any(|p| p.to_string_lossy().contains("new-failure"))
+    });
+    let queued: Vec<String> = outbox(&env).iter().map(|p| message_id_of(p)).collect();
+    assert!(
+        queued.len() >= 2,
+        "first-failure and new-failure wait in the outbox: {:?}",
+        outbox(&env)
+    );
+    assert!(
+        not_delivered(&stderr, "first-failure") > 0,
+        "the first-failure alert was tried while the server was down:\n{}",
+        runner.stderr()
+    );
+
+    let peer = Peer::start(&env, "smtp", reserved.release(), &[]);
+    peer.wait_messages(&mut runner, 3);
+    runner.wait_for("the outbox is empty", || outbox(&env).is_empty());
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    let msgs = peer.messages();
+    let got = ids(&msgs);
+    assert_distinct(&got);
+    for id in &queued {
+        assert!(got.contains(id), "queued alert {id} never arrived: {got:?}");
+    }
+    assert_eq!(
+        kinds(&msgs),
+        ["first-failure", "new-failure", "recovered"],
+        "the mails did not arrive once each in the order decided (arrival times {:?})",
+        msgs.iter()
+            .map(|m| m["t"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert!(failed(&env).is_empty(), "{:?}", failed(&env));
+    assert!(
+        str_of(&msgs[0], "body").contains("error: the disk is full"),
+        "{}",
+        str_of(&msgs[0], "body")
+    );
+    assert!(str_of(&msgs[1], "body").contains("error: permission denied"));
+}
+
+/// Alerts queued while the server is down survive a stop: the next instance delivers them,
+/// each once, with the Message-IDs of the files the old instance left in the outbox. The
+/// relaunch does not restart the streak (no second first-failure).
+#[test]
+fn queued_alerts_survive_a_restart_and_keep_their_message_ids() {
+    let mut reserved = ReservedPort::new();
+    let port = reserved.port;
+    let env = TestEnv::new(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1h"
+non_recoverable_downtime = "2s"
+
+[tasks.down]
+command = 'echo "error: cannot reach the database" >&2; exit 1'
+{}"#,
+        email_section(&smtp_url(port), "")
+    ));
+    let mut first = env.spawn(&["down"]);
+    let stderr = first.stderr.clone();
+    first.wait_for(
+        "first-failure and downtime are queued, and tried (in order: the first-failure first, again when the downtime is queued)",
+        || outbox(&env).len() >= 2 && not_delivered(&stderr, "first-failure") >= 2,
+    );
+    first.signal(libc::SIGTERM);
+    first.assert_exit(0);
+    let left: Vec<(PathBuf, String)> = outbox(&env)
+        .into_iter()
+        .map(|p| {
+            let id = message_id_of(&p);
+            (p, id)
+        })
+        .collect();
+    assert!(left.len() >= 2, "{left:?}");
+
+    let peer = Peer::start(&env, "smtp", reserved.release(), &[]);
+    let mut second = env.spawn(&["down"]);
+    second.wait_for("the alerts left by the stopped instance arrived", || {
+        let got = ids(&peer.messages());
+        left.iter().all(|(_, id)| got.contains(id))
+    });
+    second.wait_for("the old alerts left the outbox", || {
+        left.iter().all(|(p, _)| !p.exists())
+    });
+    second.signal(libc::SIGTERM);
+    second.assert_exit(0);
+
+    let msgs = peer.messages();
+    let got = ids(&msgs);
+    for (p, id) in &left {
+        assert_eq!(
+            got.iter().filter(|g| *g == id).count(),
+            1,
+            "{} ({id}) arrived once: {got:?}",
+            p.display()
+        );
+    }
+    assert_distinct(&got);
+    let k = kinds(&msgs);
+    assert_eq!(
+        k.iter().filter(|k| *k == "first-failure").count(),
+        1,
+        "the relaunch restarted the streak: {k:?}"
+    );
+    assert!(k.iter().any(|k| k == "downtime"), "{k:?}");
+}
+
+/// STARTTLS and AUTH against a server that requires both (its certificate is for IP 127.0.0.1,
+/// signed by a private CA given as `ca_file`): `mail-test` delivers, over TLS, as alice. With a
+/// wrong password nothing is accepted and `mail-test` fails.
+#[test]
+fn starttls_and_auth_against_a_server_that_requires_them() {
+    let env = TestEnv::new("");
+    let (ca, cert, key) = make_certs(&env);
+    let server_pw = env.path("server-password");
+    fs::write(&server_pw, "correct horse battery staple\n").unwrap();
+    let peer = Peer::start(
+        &env,
+        "smtp",
+        0,
+        &[
+            "--tls-cert",
+            s(&cert),
+            "--tls-key",
+            s(&key),
+            "--require-starttls",
+            "--auth-user",
+            "alice",
+            "--auth-password-file",
+            s(&server_pw),
+        ],
+    );
+    let client_pw = env.path("smtp-password");
+    fs::write(&client_pw, "correct horse battery staple\n").unwrap();
+    let config = |pw: &Path| {
+        format!(
+            r#"
+[tasks.t]
+command = "true"
+{}"#,
+            email_section(
+                &format!("smtp://alice@127.0.0.1:{}", peer.port),
+                &format!(
+                    "tls = \"required\"\nca_file = \"{}\"\npassword_file = \"{}\"",
+                    s(&ca),
+                    s(pw)
+                )
+            )
+        )
+    };
+    env.write_config(&config(&client_pw));
+    let done = env.run(&["mail-test"]);
+    done.assert_code(0);
+    assert!(done.stdout.contains("250"), "{}", done.stdout);
+    let msgs = peer.messages();
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    assert_eq!(
+        msgs[0]["tls"], true,
+        "delivered over STARTTLS: {:#}",
+        msgs[0]
+    );
+    assert_eq!(
+        msgs[0]["auth"], "alice",
+        "authenticated as alice: {:#}",
+        msgs[0]
+    );
+    assert!(
+        done.stdout.contains(str_of(&msgs[0], "message_id")),
+        "mail-test names the Message-ID it sent:\n{}",
+        done.stdout
+    );
+
+    let wrong_pw = env.path("wrong-password");
+    fs::write(&wrong_pw, "not the password\n").unwrap();
+    env.write_config(&config(&wrong_pw));
+    let bad = env.run(&["mail-test"]);
+    bad.assert_code(70);
+    assert!(
+        bad.stderr.contains("535"),
+        "the server's answer is reported: {bad:?}"
+    );
+    assert_eq!(peer.messages().len(), 1, "a mail was accepted without AUTH");
+    assert!(
+        peer.events_of("auth").iter().any(|e| e["ok"] == false),
+        "the server saw a failed AUTH: {:#?}; peer stderr:\n{}",
+        peer.events(),
+        peer.stderr()
+    );
+}
+
+/// `tls = "required"` never sends in clear text to a server that does not offer STARTTLS.
+#[test]
+fn tls_required_refuses_a_server_without_starttls() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "smtp", 0, &[]);
+    env.write_config(&format!(
+        "[tasks.t]\ncommand = \"true\"\n{}",
+        email_section(&smtp_url(peer.port), "tls = \"required\"")
+    ));
+    let done = env.run(&["mail-test"]);
+    assert!(
+        matches!(done.code(), Some(c) if c != 0),
+        "mail-test with tls = required against a plain server: {done:?}"
+    );
+    assert!(peer.messages().is_empty(), "{:#?}", peer.messages());
+}
+
+/// A server that accepts the connection and never answers: the mailer hangs in it, but the
+/// chain keeps its schedule, hands over promptly to a new instance (well under the 30 s SMTP
+/// timeout), and stops promptly; the unsent alert stays in the outbox.
+#[test]
+fn a_blackholed_server_never_stalls_the_chain_nor_its_hand_over() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "blackhole", 0, &["--blackhole"]);
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "300ms"
+
+[tasks.tick]
+command = 'echo tick >> "$T/ticks"; exit 1'
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+    let mut old = env.spawn(&["tick"]);
+    old.wait_for("the mailer connected to the blackhole", || {
+        !peer.events_of("connect").is_empty()
+    });
+    let n0 = env.lines("ticks").len();
+    wait_until_for(PROMPTLY, "the chain keeps its schedule", || {
+        env.lines("ticks").len() >= n0 + 5
+    });
+    assert!(
+        peer.events_of("close").is_empty(),
+        "the mailer was still stuck in the blackhole meanwhile: {:?}",
+        peer.events()
+    );
+    env.assert_running(&mut old, "tick");
+
+    let started = Instant::now();
+    let mut new = env.spawn(&["tick"]);
+    let pidfile = env.pidfile("tick");
+    let new_pid = new.pid;
+    wait_until_for(PROMPTLY, "the new instance holds the lock", || {
+        fs::read_to_string(&pidfile).ok() == Some(format!("{new_pid}\n"))
+            && lock_holders(&pidfile) == vec![new_pid]
+    });
+    let took = started.elapsed();
+    old.assert_exit(0);
+    assert!(
+        old.stderr()
+            .lines()
+            .all(|l| !l.contains("alert") || !l.contains(" sent")),
+        "nothing can have been sent to a blackhole:\n{}",
+        old.stderr()
+    );
+    let n1 = env.lines("ticks").len();
+    wait_until_for(PROMPTLY, "the new instance runs the chain", || {
+        env.lines("ticks").len() >= n1 + 2
+    });
+    env.assert_running(&mut new, "tick");
+
+    new.signal(libc::SIGTERM);
+    let stop = Instant::now();
+    wait_until_for(PROMPTLY, "the new instance exits on SIGTERM", || {
+        new.try_status().is_some()
+    });
+    new.assert_exit(0);
+    assert!(
+        !outbox(&env).is_empty(),
+        "the unsent alert stays in the outbox"
+    );
+    eprintln!("hand-over took {took:?}, stop took {:?}", stop.elapsed());
+}
+
+/// A permanent rejection (550 to DATA): the alert is moved to outbox/failed/, the error is
+/// logged, and the chain goes on.
+#[test]
+fn a_permanent_rejection_moves_the_alert_to_failed_and_the_chain_goes_on() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(
+        &env,
+        "smtp",
+        0,
+        &["--data-always", "550 5.7.1 Rejected by policy"],
+    );
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "300ms"
+
+[tasks.bad]
+command = 'echo tick >> "$T/ticks"; echo "error: no such table" >&2; exit 1'
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+    let mut runner = env.spawn(&["bad"]);
+    runner.wait_for("the rejected alert is in outbox/failed/", || {
+        failed(&env).len() == 1
+    });
+    assert!(outbox(&env).is_empty(), "{:?}", outbox(&env));
+    let n0 = env.lines("ticks").len();
+    env.wait_lines_while(&mut runner, "ticks", n0 + 3);
+    env.assert_running(&mut runner, "bad");
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    assert!(peer.messages().is_empty());
+    let rejected = peer.events_of("rejected");
+    assert_eq!(rejected.len(), 1, "a 5xx is not retried: {rejected:#?}");
+    assert_eq!(
+        str_of(&rejected[0], "message_id"),
+        message_id_of(&failed(&env)[0])
+    );
+    let logged = TestEnv::logged_problems(&runner.stderr());
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("could not be delivered") && l.contains("550")),
+        "the 550 is logged as an error: {logged:#?}"
+    );
+}
+
+/// A temporary rejection (451 to the first DATA) is retried: the mail arrives, once, with the
+/// same Message-ID as the rejected attempt, and the outbox ends empty.
+#[test]
+fn a_temporary_rejection_is_retried_and_delivered() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(
+        &env,
+        "smtp",
+        0,
+        &["--data-reply", "451 4.3.0 Try again later"],
+    );
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1h"
+
+[tasks.once]
+command = 'echo "error: timeout talking to the API" >&2; exit 1'
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+    let mut runner = env.spawn(&["once"]);
+    let msgs = peer.wait_messages(&mut runner, 1);
+    runner.wait_for("the outbox is empty", || outbox(&env).is_empty());
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    assert_eq!(peer.messages().len(), 1);
+    let rejected = peer.events_of("rejected");
+    assert_eq!(rejected.len(), 1, "{rejected:#?}");
+    assert_eq!(rejected[0]["message_id"], msgs[0]["message_id"]);
+    assert_eq!(str_of(&msgs[0], "alert"), "first-failure");
+    assert!(rejected[0]["t"].as_f64() < msgs[0]["t"].as_f64());
+    assert!(failed(&env).is_empty());
+    assert!(
+        runner
+            .stderr()
+            .lines()
+            .any(|l| l.contains("not delivered yet") && l.contains("451")),
+        "the 451 is logged:\n{}",
+        runner.stderr()
+    );
+}
+
+/// `mail-test` says what the server answered, and exits 70 for a permanent failure (550 to
+/// RCPT), 75 for a temporary one (451 to DATA).
+#[test]
+fn mail_test_exit_status_follows_the_servers_answer() {
+    let env = TestEnv::new("");
+    let reject = Peer::start(
+        &env,
+        "reject",
+        0,
+        &["--rcpt-always", "550 5.1.1 No such user here"],
+    );
+    let later = Peer::start(
+        &env,
+        "later",
+        0,
+        &["--data-always", "451 4.3.0 Try again later"],
+    );
+    let config = |port| {
+        format!(
+            "[tasks.t]\ncommand = \"true\"\n{}",
+            email_section(&smtp_url(port), "")
+        )
+    };
+    env.write_config(&config(reject.port));
+    let done = env.run(&["mail-test"]);
+    done.assert_code(70);
+    assert!(done.stderr.contains("550"), "{done:?}");
+    assert_eq!(reject.events_of("rcpt").len(), 1);
+
+    env.write_config(&config(later.port));
+    let done = env.run(&["mail-test"]);
+    done.assert_code(75);
+    assert!(done.stderr.contains("451"), "{done:?}");
+    assert!(later.messages().is_empty() && reject.messages().is_empty());
+}
+
+/// Task output that tries to forge a header (`\r\nBcc: x@y`) and carries invalid UTF-8 only
+/// ever reaches the body: no Bcc header, no extra recipient, a body that decodes cleanly.
+#[test]
+fn task_output_never_reaches_a_header_and_invalid_utf8_is_encoded_safely() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "smtp", 0, &[]);
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1h"
+
+[tasks.evil]
+command = '''printf 'oops\r\nBcc: x@y.example\r\nSubject: forged\r\n\r\nbad \377\376 bytes\n'; exit 1'''
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+    let mut runner = env.spawn(&["evil"]);
+    let msgs = peer.wait_messages(&mut runner, 1);
+    runner.wait_for("the outbox is empty", || outbox(&env).is_empty());
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    let m = &msgs[0];
+    assert_eq!(peer.messages().len(), 1);
+    assert_eq!(
+        m["rcpt_tos"],
+        serde_json::json!(["admin@example.com"]),
+        "{m:#}"
+    );
+    assert!(header(m, "Bcc").is_empty(), "a Bcc header: {m:#}");
+    assert!(header(m, "Cc").is_empty(), "{m:#}");
+    assert_eq!(header(m, "Subject").len(), 1, "{m:#}");
+    assert!(!the_header(m, "Subject").contains("forged"), "{m:#}");
+    assert_eq!(the_header(m, "To").trim(), "admin@example.com", "{m:#}");
+    let raw = fs::read(str_of(m, "file")).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(
+        !head.contains("x@y.example") && !head.contains("\nbcc:"),
+        "{head}"
+    );
+    assert_eq!(
+        m["body_utf8"], true,
+        "the body decodes as its charset: {m:#}"
+    );
+    let body = str_of(m, "body").replace("\r\n", "\n");
+    assert!(
+        body.contains("Bcc: x@y.example"),
+        "the output is in the body:\n{body}"
+    );
+    assert!(body.contains("bad ") && body.contains(" bytes"), "{body}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SMTP password never leaks.
+// ---------------------------------------------------------------------------------------------
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A secret no file could contain by chance.
+fn unique_secret() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("Pw-{}-{nanos}-qXz7", std::process::id())
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+fn files_under(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            files_under(&p, out);
+        } else if meta.is_file() {
+            if let Ok(bytes) = fs::read(&p) {
+                out.push((p.display().to_string(), bytes));
+            }
+        }
+    }
+}
+
+/// Runs a chain whose task fails (one alert, through STARTTLS + AUTH as alice) and dumps its
+/// environment, then `mail-test`, `status`, `history`, `log` and `metrics`; asserts that the
+/// secret (nor its base64 forms in an AUTH exchange) appears in none of their outputs, in no
+/// file of RUN_ROOT, in no received mail, and not in the task's environment.
+fn assert_password_never_leaks(password_key: &str, env_var: Option<(&str, &str)>, secret: &str) {
+    let env = TestEnv::new("");
+    let (ca, cert, key) = make_certs(&env);
+    let server_pw = env.path("server-password");
+    fs::write(&server_pw, format!("{secret}\n")).unwrap();
+    let peer = Peer::start(
+        &env,
+        "smtp",
+        0,
+        &[
+            "--tls-cert",
+            s(&cert),
+            "--tls-key",
+            s(&key),
+            "--require-starttls",
+            "--auth-user",
+            "alice",
+            "--auth-password-file",
+            s(&server_pw),
+        ],
+    );
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1h"
+
+[tasks.leak]
+command = 'env > "$T/task-env"; echo "the task ran"; exit 1'
+{}"#,
+        email_section(
+            &format!("smtp://alice@127.0.0.1:{}", peer.port),
+            &format!(
+                "tls = \"required\"\nca_file = \"{}\"\n{password_key}",
+                s(&ca)
+            )
+        )
+    ));
+    let with_secret = |mut cmd: std::process::Command| {
+        if let Some((var, value)) = env_var {
+            cmd.env(var, value);
+        }
+        cmd.env("RUST_LOG", "trace");
+        cmd
+    };
+    let mut runner = env.spawn_command(with_secret(env.run_command(&["leak"])));
+    let msgs = peer.wait_messages(&mut runner, 1);
+    assert_eq!(
+        msgs[0]["auth"], "alice",
+        "the alert was sent with AUTH: {:#}",
+        msgs[0]
+    );
+    assert_eq!(msgs[0]["tls"], true);
+    runner.wait_for("the outbox is empty", || outbox(&env).is_empty());
+    let test = env.finish_command(with_secret(env.run_command(&["mail-test"])));
+    test.assert_code(0);
+    assert!(
+        test.stdout.contains("250"),
+        "mail-test prints the server's answer: {test:?}"
+    );
+    assert_eq!(peer.messages().len(), 2);
+    let argv = fs::read(format!("/proc/{}/cmdline", runner.pid)).unwrap();
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    let task_env = env.read("task-env");
+    assert!(task_env.contains("RUN_CHAIN_TASK=leak"), "{task_env}");
+    if let Some((var, _)) = env_var {
+        assert!(
+            !task_env.lines().any(|l| l.starts_with(&format!("{var}="))),
+            "{var} reached the task's environment:\n{task_env}"
+        );
+    }
+
+    let mut haystacks: Vec<(String, Vec<u8>)> = vec![
+        ("run-chain stdout".into(), runner.stdout().into_bytes()),
+        ("run-chain stderr".into(), runner.stderr().into_bytes()),
+        ("mail-test stdout".into(), test.stdout.clone().into_bytes()),
+        ("mail-test stderr".into(), test.stderr.clone().into_bytes()),
+        ("the task's environment".into(), task_env.into_bytes()),
+        ("run-chain's argv".into(), argv),
+    ];
+    for args in [
+        &["status", "--json"][..],
+        &["history", "leak", "--json"],
+        &["log", "leak"],
+        &["metrics"],
+    ] {
+        let done = env.sub(args);
+        haystacks.push((format!("{args:?} stdout"), done.stdout.into_bytes()));
+        haystacks.push((format!("{args:?} stderr"), done.stderr.into_bytes()));
+    }
+    files_under(&env.run_root, &mut haystacks);
+    files_under(&env.path("smtp.mails"), &mut haystacks);
+    haystacks.push(("the server's log".into(), fs::read(&peer.log).unwrap()));
+    assert!(
+        haystacks.len() > 12,
+        "{:?}",
+        haystacks.iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+
+    let needles = [
+        secret.to_owned(),
+        base64(secret.as_bytes()).trim_end_matches('=').to_owned(),
+        base64(format!("\0alice\0{secret}").as_bytes())
+            .trim_end_matches('=')
+            .to_owned(),
+    ];
+    for (what, bytes) in &haystacks {
+        for needle in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "the SMTP password ({needle:?}) appears in {what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_password_from_password_env_never_leaks() {
+    let secret = unique_secret();
+    assert_password_never_leaks(
+        "password_env = \"RUN_CHAIN_TEST_SMTP_PASSWORD\"",
+        Some(("RUN_CHAIN_TEST_SMTP_PASSWORD", &secret)),
+        &secret,
+    );
+}
+
+#[test]
+fn the_password_from_password_file_never_leaks() {
+    let secret = unique_secret();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("smtp-password");
+    fs::write(&file, format!("{secret}\n")).unwrap();
+    assert_password_never_leaks(&format!("password_file = \"{}\"", s(&file)), None, &secret);
+}
