@@ -327,13 +327,16 @@ impl Driver {
     }
 
     /// Wall time (Unix ms) of the monotonic instant `at`, seen from `now`.
-    fn wall_of(now: Mono, at: Mono) -> u64 {
-        let wall = sys::wall_ms();
-        if at <= now {
-            wall.saturating_sub((now - at).as_millis() as u64)
+    /// Both clocks are read afresh, as a pair, so that the loop's own delay does not
+    /// shift the result (and start, stop and duration stay consistent).
+    fn wall_of(_now: Mono, at: Mono) -> u64 {
+        let (mono, wall) = (sys::mono_now(), sys::wall_ms_precise());
+        let ms = if at <= mono {
+            wall - (mono - at).as_secs_f64() * 1000.0
         } else {
-            wall + (at - now).as_millis() as u64
-        }
+            wall + (at - mono).as_secs_f64() * 1000.0
+        };
+        ms.max(0.0).round() as u64
     }
 
     /// Run until the chain exits; returns the exit status.
@@ -714,7 +717,7 @@ impl Driver {
         self.output_flush_at = None;
         let scheduled = self.chain.scheduled().unwrap_or(now);
         let scheduled_ms = Self::wall_of(now, scheduled);
-        let start_ms = sys::wall_ms();
+        let start_ms = Self::wall_of(now, now);
         self.current = Some(Current {
             task: task.name.clone(),
             run_id,

@@ -204,7 +204,7 @@ impl PidFile {
     pub fn holder(&self) -> Option<i32> {
         let meta = self.file.metadata().ok()?;
         let text_pid = self.text_pid()?;
-        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        let locks = sys::read_proc_once("/proc/locks")?;
         let holders = lock_holders(&locks, meta.dev(), meta.ino());
         holders.contains(&text_pid).then_some(text_pid)
     }

@@ -37,7 +37,11 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// At most this many ops wait in memory while the store cannot be written.
 pub const QUEUE_MAX: usize = 10_000;
 
-const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a write waits for another process's transaction (chains of one RUN_ROOT
+/// share the file; theirs are short). Past it the records are queued, not waited for.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+/// A store that is merely busy is reported only when it stays so this long.
+const BUSY_REPORT_AFTER: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -325,6 +329,8 @@ pub struct Store {
     queue: VecDeque<Op>,
     /// The error being reported, while the store cannot be written.
     failing: Option<String>,
+    /// Since when writes fail (reported at once, or after BUSY_REPORT_AFTER if busy).
+    failing_since: Option<Mono>,
     retry_at: Option<Mono>,
     backoff: Duration,
     dropped: u64,
@@ -342,6 +348,7 @@ impl Store {
             series_ids: HashMap::new(),
             queue: VecDeque::new(),
             failing: None,
+            failing_since: None,
             retry_at: None,
             backoff: RETRY_FIRST,
             dropped: 0,
@@ -400,6 +407,7 @@ impl Store {
         }
         match self.try_flush() {
             Ok(n) => {
+                self.failing_since = None;
                 if let Some(err) = self.failing.take() {
                     log::info!(
                         "store {} is writable again ({n} pending records written; the error was: {err})",
@@ -444,7 +452,11 @@ impl Store {
                     }
                 }
                 let msg = e.to_string();
-                if self.failing.is_none() {
+                let since = *self.failing_since.get_or_insert(now);
+                let busy = matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
+                if self.failing.is_none()
+                    && (!busy || now.saturating_sub(since) >= BUSY_REPORT_AFTER)
+                {
                     log::error!(
                         "failed to write the store {}: {msg} (the chain keeps its schedule; {} records held in memory and retried)",
                         self.path.display(),

@@ -28,6 +28,14 @@ pub fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock time now, in Unix milliseconds with a fraction.
+pub fn wall_ms_precise() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
 /// The kernel's boot id (changes at every boot).
 pub fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -325,4 +333,21 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Read a /proc file in one `read` (so that a table that changes while it is read is
+/// seen at one instant, not as pieces of two), growing the buffer if it was full.
+pub fn read_proc_once(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut size = 256 * 1024;
+    loop {
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut buf = vec![0u8; size];
+        let n = f.read(&mut buf).ok()?;
+        if n < size || size >= 64 * 1024 * 1024 {
+            buf.truncate(n);
+            return String::from_utf8(buf).ok();
+        }
+        size *= 4;
+    }
 }

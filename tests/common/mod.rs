@@ -574,3 +574,407 @@ pub fn stamped(lines: &[String]) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The record store and the commands that read it (`status`, `history`, `log`): JSON helpers,
+// direct reads of `runs.db` through python3's sqlite3, RFC 3339 times, root-only checks.
+// ---------------------------------------------------------------------------------------------
+
+impl Finished {
+    /// Parses stdout as JSON; panics showing the whole invocation if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}); exit {:?}\nstdout:\n{}\nstderr:\n{}",
+                self.status, self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// `Ok(json)` if it exited 0 with JSON on stdout, else `Err(explanation)`.
+    pub fn try_json(&self) -> Result<serde_json::Value, String> {
+        if self.status.code() != Some(0) {
+            return Err(format!(
+                "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+                self.status, self.stdout, self.stderr
+            ));
+        }
+        serde_json::from_str(&self.stdout).map_err(|e| {
+            format!(
+                "stdout is not JSON ({e})\nstdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl TestEnv {
+    /// `RUN_ROOT/runs.db`.
+    pub fn db_path(&self) -> PathBuf {
+        self.run_root.join("runs.db")
+    }
+
+    /// Creates RUN_ROOT (mode 0700) before run-chain does.
+    pub fn make_run_root(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(&self.run_root).unwrap();
+        fs::set_permissions(&self.run_root, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    /// `history TASK --json EXTRA...`: the runs, or why not (exit status, output).
+    pub fn try_history(
+        &self,
+        task: &str,
+        extra: &[&str],
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let mut args = vec!["history", task, "--json"];
+        args.extend_from_slice(extra);
+        let done = self.sub(&args);
+        match done.try_json()? {
+            serde_json::Value::Array(runs) => Ok(runs),
+            other => Err(format!("history --json printed a non-array: {other}")),
+        }
+    }
+
+    /// `history TASK --json EXTRA...`; panics unless it exits 0 with a JSON array.
+    pub fn history(&self, task: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+        self.try_history(task, extra)
+            .unwrap_or_else(|e| panic!("history {task} {extra:?}: {e}"))
+    }
+
+    /// Waits until `history TASK --json EXTRA...` satisfies `check`; returns that history.
+    pub fn wait_history(
+        &self,
+        task: &str,
+        extra: &[&str],
+        what: &str,
+        mut check: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut last = Vec::new();
+        wait_until_explained(DEADLINE, what, || {
+            let runs = self.try_history(task, extra)?;
+            let ok = check(&runs);
+            last = runs;
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "last history of {task}: {}",
+                    serde_json::to_string_pretty(&last).unwrap()
+                ))
+            }
+        });
+        last
+    }
+
+    /// `status --json`: the document, or why not.
+    pub fn try_status_json(&self) -> Result<serde_json::Value, String> {
+        self.sub(&["status", "--json"]).try_json()
+    }
+
+    /// `status --json`; panics unless it exits 0 with JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        self.try_status_json()
+            .unwrap_or_else(|e| panic!("status --json: {e}"))
+    }
+
+    /// Waits until `status --json` shows `chain` and `check` holds for its entry; returns it.
+    pub fn wait_chain_status(
+        &self,
+        chain: &str,
+        what: &str,
+        mut check: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut found = serde_json::Value::Null;
+        wait_until_explained(DEADLINE, what, || {
+            let doc = self.try_status_json()?;
+            let Some(entry) = chain_entry(&doc, chain) else {
+                return Err(format!("no chain {chain} in status: {doc:#}"));
+            };
+            if check(entry) {
+                found = entry.clone();
+                Ok(())
+            } else {
+                Err(format!("last status of {chain}: {entry:#}"))
+            }
+        });
+        found
+    }
+
+    /// Runs `query` on RUN_ROOT/runs.db with python3's sqlite3 (read-only, URI mode); returns
+    /// the rows as JSON arrays (BLOBs as their length).
+    pub fn sql(&self, query: &str) -> Vec<Vec<serde_json::Value>> {
+        const SCRIPT: &str = r#"
+import json, sqlite3, sys
+con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=30)
+rows = con.execute(sys.argv[2]).fetchall()
+out = [[len(v) if isinstance(v, (bytes, memoryview)) else v for v in r] for r in rows]
+print(json.dumps(out))
+"#;
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(self.db_path())
+            .arg(query)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "python3 sqlite3 query {query:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Lines of `runner`'s stderr logged at level error or warn (run-chain's log format is
+    /// `TIME run-chain[PID] LEVEL: message`).
+    pub fn logged_problems(text: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("] error:") || l.contains("] warn:"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The entry of `chain` in a `status --json` document.
+pub fn chain_entry<'a>(doc: &'a serde_json::Value, chain: &str) -> Option<&'a serde_json::Value> {
+    doc["chains"]
+        .as_array()?
+        .iter()
+        .find(|c| c["chain"].as_str() == Some(chain))
+}
+
+/// The entry of `task` in a chain's `status --json` entry.
+pub fn task_entry<'a>(chain: &'a serde_json::Value, task: &str) -> Option<&'a serde_json::Value> {
+    chain["tasks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["task"].as_str() == Some(task))
+}
+
+/// The `run_id` of a history entry.
+pub fn run_id(run: &serde_json::Value) -> u64 {
+    run["run_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no integer run_id in {run}"))
+}
+
+/// The `outcome` of a history entry ("running" while it runs).
+pub fn outcome(run: &serde_json::Value) -> &str {
+    run["outcome"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no outcome string in {run}"))
+}
+
+/// Seconds since the Unix epoch of the RFC 3339 time in `v[key]`; panics if it is not one.
+pub fn time_of(v: &serde_json::Value, key: &str) -> f64 {
+    let s = v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not an RFC 3339 string in {v}"));
+    rfc3339(s).unwrap_or_else(|| panic!("{key} = {s:?} is not RFC 3339 (UTC) in {v}"))
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|+00:00|-00:00|±HH:MM)` into seconds since the epoch.
+pub fn rfc3339(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    let mut frac = 0.0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        frac = format!("0.{}", &r[..digits]).parse().ok()?;
+        rest = &r[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let oh: i64 = rest[1..3].parse().ok()?;
+            let om: i64 = rest[4..6].parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if rest.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some((days * 86400 + h * 3600 + mi * 60 + sec - offset) as f64 + frac)
+}
+
+/// Wall-clock seconds since the epoch.
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Fails (never skips) a test that needs root when it does not run as root.
+pub fn require_root(what: &str) {
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root ({what}); it runs as uid {euid}: run the suite as root"
+    );
+}
+
+/// A tmpfs mounted on a directory for one test; lazily unmounted when dropped (processes
+/// still using it are killed by the TestEnv's guard afterwards).
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// `mount -t tmpfs -o size=SIZE,mode=0700 tmpfs PATH` (PATH must exist).
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        require_root("mount -t tmpfs");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0700"))
+            .arg("tmpfs")
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs on {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Fills the file system holding `path` with a file at `path` until it reports no space.
+/// Returns the bytes written.
+pub fn fill_file_system(path: &Path) -> u64 {
+    let mut f = fs::File::create(path).unwrap();
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // Whatever a smaller write can still take.
+    for size in [4096usize, 512, 1] {
+        while let Ok(n) = f.write(&chunk[..size]) {
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+        }
+    }
+    let _ = f.flush();
+    written
+}
+
+/// /proc/locks in one read(2) with a large buffer: a seq_file read in small pieces while other
+/// processes take and drop locks (SQLite does, all the time) can skip or repeat a line.
+pub fn read_proc_locks() -> String {
+    use std::io::Read;
+    let Ok(mut f) = fs::File::open("/proc/locks") else {
+        return String::new();
+    };
+    let mut buf = vec![0u8; 4 << 20];
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+/// PIDs holding a flock(2) on `path`, read from /proc/locks, matching the device as well as the
+/// inode (on a small tmpfs, inode numbers are small and repeat across file systems).
+pub fn lock_holders_on_device(path: &Path) -> Vec<i32> {
+    let Ok(meta) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let want = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = read_proc_locks();
+    let mut out = Vec::new();
+    for line in locks.lines() {
+        if line.contains("->") {
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 6 && f[1] == "FLOCK" && f[5] == want {
+            if let Ok(pid) = f[4].parse() {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+impl TestEnv {
+    /// Like `assert_running`, with the lock holder matched by device and inode.
+    pub fn assert_running_on_device(&self, runner: &mut Runner, chain: &str) {
+        let status = runner.try_status();
+        assert!(
+            status.is_none(),
+            "run-chain {} exited: {status:?}; stderr:\n{}",
+            runner.pid,
+            runner.stderr()
+        );
+        let pidfile = self.pidfile(chain);
+        assert_eq!(
+            fs::read_to_string(&pidfile).unwrap(),
+            format!("{}\n", runner.pid),
+            "pidfile {} no longer names the running instance",
+            pidfile.display()
+        );
+        // A holder cannot change while the instance runs: a few reads rule out a torn one.
+        let pid = runner.pid;
+        wait_until_explained(
+            Duration::from_secs(2),
+            &format!("pid {pid} holds the lock on {}", pidfile.display()),
+            || {
+                let holders = lock_holders_on_device(&pidfile);
+                if holders == vec![pid] {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "holders: {holders:?}\n/proc/locks:\n{}",
+                        read_proc_locks()
+                    ))
+                }
+            },
+        );
+    }
+}
