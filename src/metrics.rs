@@ -243,6 +243,11 @@ pub fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
     ] {
         f.head(name, "gauge", help);
         for s in &snap.series {
+            // A run left "in progress" by a chain that is down (it crashed) is not running.
+            let up = snap.chains.get(&s.chain).copied().unwrap_or(false);
+            if name == "run_chain_running_start_time_seconds" && !up {
+                continue;
+            }
             if let Some(ms) = get(s) {
                 f.line(name, &labels(&s.chain, &s.task), secs(ms));
             }
@@ -279,7 +284,7 @@ pub fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
     f.head(
         "run_chain_alerts_total",
         "counter",
-        "Alerts decided, by kind (first-failure, new-failure, downtime, recovered).",
+        "Alerts decided and queued for delivery, by kind (first-failure, new-failure, downtime, recovered).",
     );
     let mut counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     for s in &snap.series {
