@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -42,7 +42,10 @@ pub struct Slots {
 impl Slots {
     pub fn open(run_root: &Path, group: &str, max: u32) -> std::io::Result<Slots> {
         let d = dir(run_root);
-        std::fs::create_dir_all(&d)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)?;
         let files = (0..max)
             .map(|i| {
                 std::fs::OpenOptions::new()
@@ -94,7 +97,10 @@ impl Watch {
     /// that a slot freed in between still wakes us.
     pub fn new(run_root: &Path) -> std::io::Result<Watch> {
         let d = dir(run_root);
-        std::fs::create_dir_all(&d)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)?;
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(std::io::Error::from)?;
         inotify
