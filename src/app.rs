@@ -46,19 +46,60 @@ pub fn run_root(common: &Common, config: Option<&Config>) -> Result<PathBuf> {
     let loaded;
     let config = match config {
         Some(c) => c,
-        None => {
-            loaded = Config::load(&config_path(common))?;
-            &loaded
-        }
+        None => match Config::load(&config_path(common)) {
+            Ok(c) => {
+                loaded = c;
+                &loaded
+            }
+            // A command that only looks (status, stop, kick, ...) must still work when
+            // a bad config was just deployed: take run_root from the file as it stands.
+            Err(e) => return lenient_run_root(&config_path(common), e),
+        },
     };
-    Ok(config.run_root.clone().unwrap_or_else(|| {
-        config
-            .file
-            .parent()
+    Ok(default_run_root(&config.file, config.run_root.clone()))
+}
+
+fn default_run_root(file: &Path, from_file: Option<PathBuf>) -> PathBuf {
+    from_file.unwrap_or_else(|| {
+        file.parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .join("var/run")
-    }))
+    })
+}
+
+/// RUN_ROOT from a config file that does not validate: its `run_root` key if the TOML
+/// parses at all, else the default beside it. Errors only if the file cannot be read.
+fn lenient_run_root(file: &Path, err: Error) -> Result<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Err(err);
+    };
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let from_file = text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| {
+            t.get("run_root")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .map(|r| {
+            let p = Path::new(&r);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        });
+    let root = default_run_root(file, from_file);
+    eprintln!(
+        "run-chain: warning: the config has errors ({err}); using RUN_ROOT {} anyway",
+        root.display()
+    );
+    Ok(root)
 }
 
 /// Create RUN_ROOT if needed (mode 0700) and refuse one that others could tamper with.
@@ -283,7 +324,9 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         &signals,
     )?
     else {
-        log::info!("{chain_name}: stopped while waiting for the running instance to hand over");
+        log::warn!(
+            "{chain_name}: stopped while waiting for the running instance to hand over; if it was already asked to hand over, it stops too: launch the chain again to start it"
+        );
         return Ok(exit::OK);
     };
     crate::process::become_subreaper();
@@ -536,12 +579,13 @@ fn kick(common: &Common, chain: &str) -> Result<u8> {
 /// what the server (or sendmail, or the file system) answered.
 fn mail_test(common: &Common) -> Result<u8> {
     let config = Config::load(&config_path(common))?;
-    let Some(email) = config.email.clone() else {
-        return Err(Error::Config(format!(
-            "{}: email: no [email] section; add one with at least `to = [\"you@example.com\"]`",
+    if config.email.is_none() {
+        eprintln!(
+            "run-chain: {} has no [email] section: alerts are written as files to root@localhost in RUN_ROOT/mail/",
             config.file.display()
-        )));
-    };
+        );
+    }
+    let email = crate::driver::email_or_default(&config);
     let root = run_root(common, Some(&config))?;
     prepare_run_root(&root)?;
     let now = sys::wall_ms();
@@ -554,6 +598,7 @@ fn mail_test(common: &Common) -> Result<u8> {
         outcome: "none: this is a test of the alert transport".into(),
         duration: "-".into(),
         streak_start: "-".into(),
+        streak_length: "-".into(),
         failures: 0,
         next_attempt: "-".into(),
         held_back: 0,

@@ -283,6 +283,7 @@ impl Driver {
             outcome,
             duration,
             streak_start: crate::report::rfc3339(d.streak_start_ms),
+            streak_length: fmt_dur(Duration::from_millis(wall.saturating_sub(d.streak_start_ms))),
             failures: d.failures,
             next_attempt,
             held_back: d.held_back,

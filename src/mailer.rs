@@ -50,6 +50,8 @@ pub struct AlertMail {
     pub outcome: String,
     pub duration: String,
     pub streak_start: String,
+    /// How long the streak has lasted (for `recovered`: its whole length).
+    pub streak_length: String,
     pub failures: u64,
     pub next_attempt: String,
     pub held_back: u64,
@@ -132,6 +134,7 @@ pub fn build(email: &Email, a: &AlertMail, message_id: &str) -> Result<Vec<u8>, 
     body.push_str(&format!("Outcome:       {}\n", a.outcome));
     body.push_str(&format!("Duration:      {}\n", a.duration));
     body.push_str(&format!("Streak start:  {}\n", a.streak_start));
+    body.push_str(&format!("Streak length: {}\n", a.streak_length));
     body.push_str(&format!("Failures:      {}\n", a.failures));
     body.push_str(&format!("Next attempt:  {}\n", a.next_attempt));
     if a.held_back > 0 {
@@ -593,6 +596,7 @@ mod tests {
             outcome: "failed (exit code 1)".into(),
             duration: "1.0s".into(),
             streak_start: "2026-11-24T00:00:00Z".into(),
+            streak_length: "1m".into(),
             failures: 1,
             next_attempt: "in 30m".into(),
             held_back: 0,

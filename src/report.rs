@@ -71,7 +71,12 @@ fn store_error(run_root: &Path, e: impl std::fmt::Display) -> Error {
 
 /// `status [--json]`.
 pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
-    let names = chains(run_root)?;
+    // A RUN_ROOT that does not exist yet simply has no chains.
+    let names = if run_root.exists() {
+        chains(run_root)?
+    } else {
+        Vec::new()
+    };
     let conn = store::open_read(run_root).map_err(Error::Internal)?;
     let series = match &conn {
         Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
@@ -89,18 +94,46 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
             .flatten()
             .and_then(|pf| pf.holder());
         let st = state::load(&state::path(run_root, chain)).unwrap_or_default();
+        // Every key is always there (null when it does not apply): a stable shape.
+        let now = |state: &str,
+                   task: Option<&String>,
+                   run_id: Option<u64>,
+                   since: Option<u64>,
+                   until: Option<u64>,
+                   group: Option<&String>| {
+            json!({"state": state, "task": task, "run_id": run_id, "since": opt_time(since),
+                   "until": opt_time(until), "group": group})
+        };
         let now = match holder {
-            None => json!({"state": "down"}),
+            None => now("down", None, None, None, None, None),
             Some(_) => {
                 if let Some(t) = &st.running_task {
-                    json!({"state": "running", "task": t, "run_id": st.running_run_id,
-                           "since": opt_time(st.running_since_ms)})
+                    now(
+                        "running",
+                        Some(t),
+                        st.running_run_id,
+                        st.running_since_ms,
+                        None,
+                        None,
+                    )
                 } else if let Some(g) = &st.waiting_group {
-                    json!({"state": "waiting", "task": st.next_task, "group": g,
-                           "since": opt_time(st.waiting_since_ms)})
+                    now(
+                        "waiting",
+                        st.next_task.as_ref(),
+                        None,
+                        st.waiting_since_ms,
+                        None,
+                        Some(g),
+                    )
                 } else {
-                    json!({"state": "cooldown", "task": st.next_task,
-                           "until": opt_time(st.due_wall_ms)})
+                    now(
+                        "cooldown",
+                        st.next_task.as_ref(),
+                        None,
+                        None,
+                        st.due_wall_ms,
+                        None,
+                    )
                 }
             }
         };
@@ -350,6 +383,15 @@ pub fn log(run_root: &Path, task: &str, run_id: Option<u64>, chain: Option<&str>
         Some(c) => store::output(c, task, chain, run_id).map_err(|e| store_error(run_root, e))?,
         None => None,
     };
+    if let (Some(c), Some(id), None) = (&conn, run_id, chain) {
+        let chains = store::chains_with_run(c, task, id).map_err(|e| store_error(run_root, e))?;
+        if chains.len() > 1 {
+            return Err(Error::Usage(format!(
+                "run {id} of task {task:?} exists in several chains ({}): pick one with --chain",
+                chains.join(", ")
+            )));
+        }
+    }
     let Some((row, bytes)) = found else {
         return Err(Error::Usage(match run_id {
             Some(id) => format!("no run {id} of task {task:?} is recorded"),

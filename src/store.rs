@@ -951,3 +951,19 @@ pub fn recent(conn: &Connection, n: usize) -> rusqlite::Result<HashMap<(String, 
     }
     Ok(out)
 }
+
+/// The chains in which `task` has a run `run_id`.
+pub fn chains_with_run(
+    conn: &Connection,
+    task: &str,
+    run_id: u64,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.chain FROM series s JOIN runs r ON r.series = s.id
+         WHERE s.task = ?1 AND r.run_id = ?2 ORDER BY s.chain",
+    )?;
+    let rows = stmt
+        .query_map(params![task, run_id as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}
