@@ -283,7 +283,9 @@ impl Driver {
             outcome,
             duration,
             streak_start: crate::report::rfc3339(d.streak_start_ms),
-            streak_length: fmt_dur(Duration::from_millis(wall.saturating_sub(d.streak_start_ms))),
+            streak_length: fmt_dur(Duration::from_millis(
+                wall.saturating_sub(d.streak_start_ms),
+            )),
             failures: d.failures,
             next_attempt,
             held_back: d.held_back,
@@ -350,6 +352,10 @@ impl Driver {
                 stop_ms: sys::wall_ms(),
             },
         );
+        // So that `status` shows what this instance does from its first moment.
+        if self.mode == Mode::Forever {
+            self.save_state(sys::mono_now(), None);
+        }
         if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
             return Ok(self.finish(code));
         }
@@ -833,6 +839,10 @@ impl Driver {
         };
         self.output_flush_at = None;
         self.store.push(now, Op::End(Box::new(end)));
+        if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
+            // A cooldown lies ahead: the store's housekeeping costs the chain nothing now.
+            self.store.checkpoint_if_idle();
+        }
         if f.outcome.is_failure() {
             self.last_failure.insert(
                 f.task.clone(),

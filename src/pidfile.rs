@@ -202,10 +202,15 @@ impl PidFile {
     /// The process that holds the lock, as the kernel confirms it, and only if the file
     /// names the same PID. None: nobody holds it, or the holder cannot be confirmed.
     pub fn holder(&self) -> Option<i32> {
+        let locks = sys::read_proc_once("/proc/locks")?;
+        self.holder_in(&locks)
+    }
+
+    /// [`PidFile::holder`], given the text of /proc/locks (read once for many chains).
+    pub fn holder_in(&self, locks: &str) -> Option<i32> {
         let meta = self.file.metadata().ok()?;
         let text_pid = self.text_pid()?;
-        let locks = sys::read_proc_once("/proc/locks")?;
-        let holders = lock_holders(&locks, meta.dev(), meta.ino());
+        let holders = lock_holders(locks, meta.dev(), meta.ino());
         holders.contains(&text_pid).then_some(text_pid)
     }
 

@@ -335,19 +335,17 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Read a /proc file in one `read` (so that a table that changes while it is read is
-/// seen at one instant, not as pieces of two), growing the buffer if it was full.
+/// Read a /proc file whole. A table that changes while it is read (seq_file hands it
+/// out a page per `read`) may come as pieces of two instants, so read it until two
+/// readings agree (a few tries at most).
 pub fn read_proc_once(path: &str) -> Option<String> {
-    use std::io::Read;
-    let mut size = 256 * 1024;
-    loop {
-        let mut f = std::fs::File::open(path).ok()?;
-        let mut buf = vec![0u8; size];
-        let n = f.read(&mut buf).ok()?;
-        if n < size || size >= 64 * 1024 * 1024 {
-            buf.truncate(n);
-            return String::from_utf8(buf).ok();
+    let mut last = std::fs::read_to_string(path).ok()?;
+    for _ in 0..4 {
+        let again = std::fs::read_to_string(path).ok()?;
+        if again == last {
+            return Some(again);
         }
-        size *= 4;
+        last = again;
     }
+    Some(last)
 }
