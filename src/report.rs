@@ -108,7 +108,10 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
         let now = match holder {
             None => now("down", None, None, None, None, None),
             Some(_) => {
-                if let Some(t) = &st.running_task {
+                if st.next_task.is_none() && st.running_task.is_none() {
+                    // The instance holds the lock but has not written its state yet.
+                    now("starting", None, None, None, None, None)
+                } else if let Some(t) = &st.running_task {
                     now(
                         "running",
                         Some(t),
@@ -222,6 +225,7 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
                 now["group"].as_str().unwrap_or("?"),
                 when("since").map_or("?".into(), |s| ago(now_ms, s))
             ),
+            Some("starting") => "starting".to_string(),
             Some("cooldown") => match when("until") {
                 Some(u) if u > now_ms => format!(
                     "cooling down; {} in {}",
