@@ -43,6 +43,8 @@ const SPAN_MS: u64 = 20 * 86_400_000;
 const BAR_RECORD: Duration = Duration::from_micros(100);
 const BAR_STATUS: Duration = Duration::from_millis(100);
 const BAR_HISTORY: Duration = Duration::from_millis(50);
+/// Issue 6: a metrics scrape with 1,000,000 runs recorded.
+const BAR_METRICS: Duration = Duration::from_millis(50);
 
 type BoxError = Box<dyn std::error::Error>;
 /// Checks the output of a command before it is timed.
@@ -414,6 +416,12 @@ fn fill(s: &Settings) -> Result<Filled, BoxError> {
                 ])?;
             }
         }
+        // A full recent-runs window per series, as a chain that ran this long has.
+        let mut blob = Vec::new();
+        for i in 0..run_chain::store::RECENT_WINDOW as u64 {
+            blob = run_chain::store::push_recent(&blob, 100 + i * 7 % 900, i % 13);
+        }
+        tx.execute("UPDATE series SET recent = ?1", params![blob])?;
     }
     tx.commit()?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -928,6 +936,24 @@ fn real_main() -> Result<bool, BoxError> {
                 vec!["history", "shared", "--limit", "50"],
                 BAR_HISTORY,
                 Box::new(hist_check),
+            ),
+            (
+                "metrics (a scrape, every series with a full window)".into(),
+                vec!["metrics"],
+                BAR_METRICS,
+                Box::new(move |out: &str| {
+                    let up = out
+                        .lines()
+                        .filter(|l| l.starts_with("run_chain_up{") && l.ends_with(" 1"))
+                        .count();
+                    if up == chains && out.contains("run_chain_runs_total{") {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "expected {chains} chains up in the metrics, saw {up}"
+                        ))
+                    }
+                }),
             ),
         ];
         for (what, args, bar, check) in &cases {

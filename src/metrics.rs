@@ -2,10 +2,10 @@
 //!
 //! [`render`] is pure: it formats a [`Snapshot`] (aggregates, a bounded window of
 //! recent runs per task, alert counts, which chains are up). [`collect`] reads the
-//! snapshot: pidfiles and `/proc/locks` for `up`, the `series` aggregates (kept up to
-//! date as runs are recorded, so counters never fall when runs are pruned) and, per
-//! task, the newest [`RECENT`] runs through an index for the quantiles. So the cost of a
-//! scrape depends on the number of tasks, never on the length of the history.
+//! snapshot: pidfiles and `/proc/locks` for `up`, and the `series` aggregates, kept up
+//! to date as runs are recorded (so counters never fall when runs are pruned), with the
+//! durations and latencies of the newest [`RECENT`] runs packed in the same row for the
+//! quantiles. A scrape reads one row per task: its cost never grows with the history.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -15,7 +15,7 @@ use crate::alert::Kind;
 use crate::store::{self, SeriesRow};
 
 /// Quantiles are taken over at most this many recent runs of each task.
-pub const RECENT: usize = 200;
+pub const RECENT: usize = store::RECENT_WINDOW;
 
 const QUANTILES: [f64; 5] = [0.01, 0.1, 0.5, 0.9, 0.99];
 
@@ -51,12 +51,14 @@ pub fn collect(run_root: &Path) -> Result<Snapshot, String> {
     let err =
         |e: rusqlite::Error| format!("failed to read {}: {e}", store::path(run_root).display());
     snap.series = store::series(&conn).map_err(err)?;
-    snap.recent = store::recent(&conn, RECENT).map_err(err)?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(err)?;
     if version >= 2 {
         snap.alerts = store::alert_counts(&conn).map_err(err)?;
+    }
+    if version >= 3 {
+        snap.recent = store::recent(&conn).map_err(err)?;
     }
     for s in &snap.series {
         snap.chains.entry(s.chain.clone()).or_insert(false);

@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use crate::chain::Mono;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// At most this many ops wait in memory while the store cannot be written.
 pub const QUEUE_MAX: usize = 10_000;
@@ -109,7 +109,37 @@ const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (series, kind)
     ) WITHOUT ROWID;",
+    // 3: the durations and latencies of the newest runs, kept with the aggregates, so
+    // that a scrape reads one row per task.
+    "ALTER TABLE series ADD COLUMN recent BLOB;",
 ];
+
+/// How many recent runs the `recent` window of a series keeps (for quantiles).
+pub const RECENT_WINDOW: usize = 100;
+
+/// Append (duration, latency) in ms to a packed window of little-endian u32 pairs,
+/// keeping the newest RECENT_WINDOW.
+pub fn push_recent(blob: &[u8], duration_ms: u64, latency_ms: u64) -> Vec<u8> {
+    let keep = (RECENT_WINDOW - 1) * 8;
+    let blob = &blob[..blob.len() - blob.len() % 8];
+    let start = blob.len().saturating_sub(keep);
+    let mut out = Vec::with_capacity(RECENT_WINDOW * 8);
+    out.extend_from_slice(&blob[start..]);
+    out.extend_from_slice(&(duration_ms.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+    out.extend_from_slice(&(latency_ms.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+    out
+}
+
+/// Unpack a window: (durations, latencies) in ms.
+pub fn unpack_recent(blob: &[u8]) -> Recent {
+    let mut d = Vec::with_capacity(blob.len() / 8);
+    let mut l = Vec::with_capacity(blob.len() / 8);
+    for c in blob.chunks_exact(8) {
+        d.push(u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        l.push(u64::from(u32::from_le_bytes([c[4], c[5], c[6], c[7]])));
+    }
+    (d, l)
+}
 
 /// Who writes: one row in `instances`.
 #[derive(Debug, Clone)]
@@ -682,6 +712,16 @@ fn apply(
                 _ => "interrupted",
             };
             let success = e.outcome == "ok";
+            let old: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT recent FROM series WHERE id = ?1")?
+                .query_row(params![sid], |r| r.get(0))?;
+            let recent = push_recent(
+                old.as_deref().unwrap_or_default(),
+                duration.max(0) as u64,
+                latency.max(0) as u64,
+            );
+            tx.prepare_cached("UPDATE series SET recent = ?2 WHERE id = ?1")?
+                .execute(params![sid, recent])?;
             tx.prepare_cached(&format!(
                 "UPDATE series SET runs = runs + 1, {column} = {column} + 1,
                  duration_sum_ms = duration_sum_ms + ?3, latency_sum_ms = latency_sum_ms + ?4,
@@ -968,34 +1008,23 @@ pub fn alert_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, 
 /// Durations and latencies (ms) of recent runs.
 pub type Recent = (Vec<u64>, Vec<u64>);
 
-/// Durations and latencies (ms) of the newest `n` finished runs of every series: a
-/// bounded window, read through the (series, run_id) index.
-pub fn recent(conn: &Connection, n: usize) -> rusqlite::Result<HashMap<(String, String), Recent>> {
+/// The recent-runs window of every series (one row each; nothing scans the runs).
+pub fn recent(conn: &Connection) -> rusqlite::Result<HashMap<(String, String), Recent>> {
+    let mut stmt = conn.prepare_cached("SELECT chain, task, recent FROM series")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<Vec<u8>>>(2)?,
+        ))
+    })?;
     let mut out = HashMap::new();
-    let mut ids = conn.prepare_cached("SELECT id, chain, task FROM series")?;
-    let series: Vec<(i64, String, String)> = ids
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT duration_ms, latency_ms FROM runs WHERE series = ?1 AND outcome IS NOT NULL
-         ORDER BY run_id DESC LIMIT ?2",
-    )?;
-    for (id, chain, task) in series {
-        let mut d = Vec::new();
-        let mut l = Vec::new();
-        let rows = stmt.query_map(params![id, n as i64], |r| {
-            Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
-        })?;
-        for row in rows {
-            let (dd, ll) = row?;
-            if let Some(x) = dd {
-                d.push(x.max(0) as u64);
-            }
-            if let Some(x) = ll {
-                l.push(x.max(0) as u64);
-            }
-        }
-        out.insert((chain, task), (d, l));
+    for row in rows {
+        let (chain, task, blob) = row?;
+        out.insert(
+            (chain, task),
+            unpack_recent(blob.as_deref().unwrap_or_default()),
+        );
     }
     Ok(out)
 }
@@ -1014,4 +1043,22 @@ pub fn chains_with_run(
         .query_map(params![task, run_id as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_window_keeps_the_newest() {
+        let mut blob = Vec::new();
+        for i in 0..250u64 {
+            blob = push_recent(&blob, i, 1000 + i);
+        }
+        let (d, l) = unpack_recent(&blob);
+        assert_eq!(d.len(), RECENT_WINDOW);
+        assert_eq!(d[0], 150);
+        assert_eq!(*d.last().expect("last"), 249);
+        assert_eq!(*l.last().expect("last"), 1249);
+    }
 }
