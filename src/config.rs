@@ -221,6 +221,8 @@ pub mod builtin {
     /// The largest `keep_output` accepted: the tail is held in memory.
     pub const KEEP_OUTPUT_MAX: usize = 64 * 1024 * 1024;
     pub const MAX_ALERTS_PER_HOUR: u32 = 10;
+    /// The largest `max_running` of a group (each slot is a file kept open while waiting).
+    pub const MAX_RUNNING_MAX: u32 = 256;
 }
 
 /// Check a chain or task name: 1-100 of letters, digits, `_`, `-`, `.`, not starting
@@ -321,6 +323,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration that must not be zero.
+    fn positive(&self, key: &str, v: &Option<String>) -> Result<Option<Duration>> {
+        match self.duration(key, v)? {
+            Some(d) if d.is_zero() => Err(self.err(
+                key,
+                "expected a positive duration such as \"6h\" (it is the alert window), got zero",
+            )),
+            other => Ok(other),
+        }
+    }
+
     /// A duration that may be "none" (no limit).
     fn opt_duration(&self, key: &str, v: &Option<String>) -> Result<Option<Option<Duration>>> {
         match v {
@@ -389,7 +402,7 @@ impl Layer {
             success_cooldown: ctx.duration(&k("success_cooldown"), &d.success_cooldown)?,
             fail_cooldown: ctx.duration(&k("fail_cooldown"), &d.fail_cooldown)?,
             non_recoverable_downtime: ctx
-                .duration(&k("non_recoverable_downtime"), &d.non_recoverable_downtime)?,
+                .positive(&k("non_recoverable_downtime"), &d.non_recoverable_downtime)?,
             timeout: ctx.opt_duration(&k("timeout"), &d.timeout)?,
             stop_grace: ctx.duration(&k("stop_grace"), &d.stop_grace)?,
             kill_grace: ctx.duration(&k("kill_grace"), &d.kill_grace)?,
@@ -509,12 +522,13 @@ impl Config {
             check_name(name).map_err(|m| ctx.err(&format!("groups.{name}"), m))?;
             let max = u32::try_from(g.max_running)
                 .ok()
-                .filter(|n| *n >= 1)
+                .filter(|n| (1..=builtin::MAX_RUNNING_MAX).contains(n))
                 .ok_or_else(|| {
                     ctx.err(
                         &format!("groups.{name}.max_running"),
                         format!(
-                            "expected a whole number of 1 or more, got {}",
+                            "expected a whole number from 1 to {} (one slot file each), got {}",
+                            builtin::MAX_RUNNING_MAX,
                             g.max_running
                         ),
                     )
@@ -909,6 +923,10 @@ max_running = 1
         assert!(e.contains("not both"), "{e}");
         let e = err("[tasks.\"a/b\"]\ncommand = \"x\"\n");
         assert!(e.contains("tasks.a/b"), "{e}");
+        let e = err("[defaults]\nnon_recoverable_downtime = \"0s\"\n");
+        assert!(e.contains("defaults.non_recoverable_downtime"), "{e}");
+        let e = err("[groups.g]\nmax_running = 100000\n");
+        assert!(e.contains("groups.g.max_running"), "{e}");
         let e = err("[tasks.a]\ncommand = \"x\"\ntimeout = \"0s\"\n");
         assert!(e.contains("tasks.a.timeout"), "{e}");
     }
