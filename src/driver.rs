@@ -78,6 +78,8 @@ pub struct Driver {
     /// Per task, its last failure (outcome, duration, output tail, output bytes), for
     /// the downtime reminders.
     last_failure: std::collections::BTreeMap<String, (String, String, Vec<u8>, u64)>,
+    /// SIGKILL was sent to the run in progress.
+    kill_sent: bool,
 }
 
 /// A duration for people: "350ms", "2.5s", "15m".
@@ -171,6 +173,7 @@ impl Driver {
             children,
             host: sys::hostname(),
             last_failure: Default::default(),
+            kill_sent: false,
         }
     }
 
@@ -362,8 +365,16 @@ impl Driver {
         loop {
             let now = sys::mono_now();
             if self.chain.reaping() {
+                let killed = self.kill_sent;
                 let empty = self.with_ignored(|run, ignore| match run {
-                    Some(run) => run.sweep(ignore),
+                    Some(run) => {
+                        if killed {
+                            // Children reparented to us since the SIGKILL (their parent
+                            // died of it) get it too, until nothing is left.
+                            run.signal(crate::chain::GroupSignal::Kill, ignore);
+                        }
+                        run.sweep(ignore)
+                    }
                     None => true,
                 });
                 if empty {
@@ -643,6 +654,9 @@ impl Driver {
                         events.push_back(self.spawn(now, index, run_id));
                     }
                     Action::Signal(sig) => {
+                        if sig == crate::chain::GroupSignal::Kill {
+                            self.kill_sent = true;
+                        }
                         if let Some(run) = &self.run {
                             log::debug!(
                                 "{}: {sig:?} to process group {}",
@@ -791,6 +805,7 @@ impl Driver {
         }
         // The slot is held until the run's group is empty; the next task takes its own.
         self.slot = None;
+        self.kill_sent = false;
         let duration = f.ended.saturating_sub(f.started);
         let stop_ms = Self::wall_of(now, f.ended);
         let fails = self.failures.entry(f.task.clone()).or_default();

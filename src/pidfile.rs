@@ -207,11 +207,18 @@ impl PidFile {
     }
 
     /// [`PidFile::holder`], given the text of /proc/locks (read once for many chains).
+    ///
+    /// Candidates are the PID in the file and the holders /proc/locks lists; each is
+    /// confirmed in its own `/proc/PID/fdinfo` (the kernel's per-process view, small and
+    /// read at one instant, unlike /proc/locks, which other processes' locking can tear).
+    /// So an edited pidfile neither hides the real holder nor gets a bystander signalled.
     pub fn holder_in(&self, locks: &str) -> Option<i32> {
         let meta = self.file.metadata().ok()?;
-        let text_pid = self.text_pid()?;
-        let holders = lock_holders(locks, meta.dev(), meta.ino());
-        holders.contains(&text_pid).then_some(text_pid)
+        let (dev, ino) = (meta.dev(), meta.ino());
+        let mut candidates: Vec<i32> = self.text_pid().into_iter().collect();
+        candidates.extend(lock_holders(locks, dev, ino));
+        candidates.dedup();
+        candidates.into_iter().find(|p| holds_lock(*p, dev, ino))
     }
 
     /// The holder, with a pidfd that names it for good. The holder is looked up again
@@ -221,6 +228,35 @@ impl PidFile {
         let fd = sys::pidfd_open(pid).ok()?;
         (self.holder() == Some(pid)).then_some((pid, fd))
     }
+}
+
+/// Does process `pid` hold a flock WRITE lock on the file (dev, ino)? From the `lock:`
+/// lines of its `/proc/PID/fdinfo/*`.
+pub fn holds_lock(pid: i32, dev: u64, ino: u64) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    for e in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("lock:") {
+                // The same form as /proc/locks; its PID field is the lock's first owner,
+                // which need not be `pid` (a lock passed on by fork): what counts is that
+                // `pid` has it open.
+                let fake = format!("{} 0", rest.trim());
+                let fields: Vec<&str> = fake.split_whitespace().collect();
+                if fields.len() >= 6 && fields[1] == "FLOCK" && fields[3] == "WRITE" {
+                    let probe = format!("1: FLOCK ADVISORY WRITE 1 {} 0 EOF", fields[5]);
+                    if lock_holders(&probe, dev, ino) == vec![1] {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
 }
 
 /// PIDs holding a flock WRITE lock on the file (dev, ino), from /proc/locks text.

@@ -978,3 +978,124 @@ impl TestEnv {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Load and fault tests (tests/load.rs, tests/faults.rs): the long mode, /proc samples of a
+// process (memory, descriptors, threads, zombie children), a small deterministic RNG.
+// ---------------------------------------------------------------------------------------------
+
+/// True when `RUN_CHAIN_LONG=1`: the load and fault tests then run their long variants.
+pub fn long_mode() -> bool {
+    std::env::var("RUN_CHAIN_LONG").is_ok_and(|v| v == "1")
+}
+
+/// `default` normally, `long` with `RUN_CHAIN_LONG=1`.
+pub fn scaled<T>(default: T, long: T) -> T {
+    if long_mode() {
+        long
+    } else {
+        default
+    }
+}
+
+/// A field of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`, ...), or a plain number
+/// (`Threads`); None if the process or the field is gone.
+pub fn proc_status_number(pid: i32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// How many descriptors `pid` has open (`/proc/PID/fd`), or None if it is gone.
+pub fn fd_count(pid: i32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Start time (clock ticks since boot, field 22 of `/proc/PID/stat`): with the PID, it names
+/// a process for good (a PID alone may be reused).
+pub fn proc_start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Zombie children of `ppid` right now, as (PID, start time).
+pub fn zombie_children(ppid: i32) -> Vec<(i32, u64)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in rd.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if proc_state(pid) == Some('Z') && proc_ppid(pid) == Some(ppid) {
+            if let Some(start) = proc_start_ticks(pid) {
+                out.push((pid, start));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until none of `zombies` (seen as zombie children of `ppid`) still is one: a zombie
+/// that a busy supervisor has not reaped *yet* passes, one it never reaps fails.
+pub fn wait_zombies_reaped(ppid: i32, zombies: &[(i32, u64)]) {
+    wait_until_explained(
+        DEADLINE,
+        "the zombie children seen earlier are reaped",
+        || {
+            let left: Vec<(i32, u64)> = zombies
+                .iter()
+                .copied()
+                .filter(|&(pid, start)| {
+                    proc_state(pid) == Some('Z')
+                        && proc_ppid(pid) == Some(ppid)
+                        && proc_start_ticks(pid) == Some(start)
+                })
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still zombie children of {ppid}: {left:?}"))
+            }
+        },
+    );
+}
+
+/// A small deterministic generator (xorshift64*), seeded from the clock unless
+/// `RUN_CHAIN_SEED` is set; tests print the seed so that a failing sequence can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(what: &str) -> Rng {
+        let seed = std::env::var("RUN_CHAIN_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{what}: RUN_CHAIN_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
