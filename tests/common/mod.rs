@@ -349,28 +349,10 @@ impl TestEnv {
         });
     }
 
-    /// Asserts that `runner` is (still) the running instance of `chain`.
+    /// Asserts that `runner` is (still) the running instance of `chain`: alive, named by the
+    /// pidfile, and the lock holder (matched by device and inode).
     pub fn assert_running(&self, runner: &mut Runner, chain: &str) {
-        let status = runner.try_status();
-        assert!(
-            status.is_none(),
-            "run-chain {} exited: {status:?}; stderr:\n{}",
-            runner.pid,
-            runner.stderr()
-        );
-        let pidfile = self.pidfile(chain);
-        assert_eq!(
-            fs::read_to_string(&pidfile).unwrap(),
-            format!("{}\n", runner.pid),
-            "pidfile {} no longer names the running instance",
-            pidfile.display()
-        );
-        assert_eq!(
-            lock_holders(&pidfile),
-            vec![runner.pid],
-            "lock holder of {}",
-            pidfile.display()
-        );
+        self.assert_running_on_device(runner, chain);
     }
 
     /// PIDs of live processes (not this one) that carry this test's marker.
