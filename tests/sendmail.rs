@@ -1,7 +1,8 @@
 //! The `sendmail` transport, against a stand-in sendmail (a shell script that keeps what
 //! it is given): the arguments are `-i -f FROM -- TO...`, the mail comes whole on stdin
 //! with its headers, an exit 75 is retried, and the sendmail process is the mailer's own
-//! (never taken for a run's leftover).
+//! (never taken for a run's leftover). The stand-in writes each file under a dot name and
+//! renames it into place, so a test never reads a mail that is still being written.
 
 mod common;
 
@@ -19,8 +20,8 @@ d="{dir}"
 n=$(ls "$d" 2>/dev/null | grep -c '^try-' )
 touch "$d/try-$n"
 if [ "$n" -lt {fail_first} ]; then echo "try later" >&2; exit 75; fi
-echo "$@" > "$d/args-$n"
-cat > "$d/mail-$n"
+echo "$@" > "$d/.args-$n" && mv "$d/.args-$n" "$d/args-$n"
+cat > "$d/.mail-$n" && mv "$d/.mail-$n" "$d/mail-$n"
 "#,
             dir = env.path("sent").display()
         ),
