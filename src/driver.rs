@@ -59,6 +59,10 @@ pub struct Driver {
     ignore: BTreeSet<i32>,
     sigints: u32,
     state_error_logged: bool,
+    /// CHAIN.state needs writing (at the end of the current [`Driver::feed`]).
+    state_dirty: bool,
+    /// A cooldown lies ahead: checkpoint the store after this feed's writes.
+    checkpoint_due: bool,
     store: Store,
     failures: std::collections::BTreeMap<String, TaskFailures>,
     current: Option<Current>,
@@ -160,6 +164,8 @@ impl Driver {
             ignore,
             sigints: 0,
             state_error_logged: false,
+            state_dirty: false,
+            checkpoint_due: false,
             store,
             failures,
             current: None,
@@ -239,7 +245,7 @@ impl Driver {
             }
         }
         if changed {
-            self.save_state(now, None);
+            self.save_state(now);
         }
     }
 
@@ -357,7 +363,7 @@ impl Driver {
         );
         // So that `status` shows what this instance does from its first moment.
         if self.mode == Mode::Forever {
-            self.save_state(sys::mono_now(), None);
+            self.save_state(sys::mono_now());
         }
         if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
             return Ok(self.finish(code));
@@ -633,9 +639,28 @@ impl Driver {
     }
 
     /// Feed one event and carry out the actions, including the events they cause.
+    ///
+    /// What the actions change is written once, at the end: CHAIN.state and the store
+    /// (one transaction), after the next task (if any) has been spawned, so that the
+    /// writes overlap with its run instead of delaying its start. A crash in between
+    /// loses at most the record of a run that the guardian then ends at once.
     fn feed(&mut self, now: Mono, first: Event) -> Option<u8> {
+        self.store.begin_batch();
+        let code = self.feed_events(now, first);
+        if self.state_dirty {
+            self.save_state(now);
+        }
+        self.store.end_batch(now);
+        if self.checkpoint_due {
+            self.checkpoint_due = false;
+            // A cooldown lies ahead: the store's housekeeping costs the chain nothing now.
+            self.store.checkpoint_if_idle();
+        }
+        code
+    }
+
+    fn feed_events(&mut self, now: Mono, first: Event) -> Option<u8> {
         let mut events = VecDeque::from([first]);
-        let mut save_waiting = false;
         while let Some(ev) = events.pop_front() {
             let actions = self.chain.on_event(now, ev);
             for a in actions {
@@ -645,12 +670,12 @@ impl Driver {
                         task,
                         run_id,
                     } => {
+                        debug_assert_eq!(self.tasks[index].name, task);
+                        self.state_dirty = true;
                         if let Some(ev) = self.need_slot(index) {
                             events.push_back(ev);
-                            save_waiting = true;
                             continue;
                         }
-                        self.save_state(now, Some((&task, run_id)));
                         events.push_back(self.spawn(now, index, run_id));
                     }
                     Action::Signal(sig) => {
@@ -674,10 +699,6 @@ impl Driver {
                     Action::Exit(code) => return Some(code),
                 }
             }
-        }
-        if save_waiting && self.chain.waiting().is_some() {
-            // So that `status` shows the wait.
-            self.save_state(now, None);
         }
         None
     }
@@ -855,8 +876,7 @@ impl Driver {
         self.output_flush_at = None;
         self.store.push(now, Op::End(Box::new(end)));
         if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
-            // A cooldown lies ahead: the store's housekeeping costs the chain nothing now.
-            self.store.checkpoint_if_idle();
+            self.checkpoint_due = true;
         }
         if f.outcome.is_failure() {
             self.last_failure.insert(
@@ -934,10 +954,18 @@ impl Driver {
         } else {
             log::info!("{msg}");
         }
-        self.save_state(now, None);
+        self.state_dirty = true;
     }
 
-    fn save_state(&mut self, now: Mono, running: Option<(&str, u64)>) {
+    /// Write CHAIN.state: the position, the run in progress (if any), the counters
+    /// and the failure and alert state.
+    fn save_state(&mut self, now: Mono) {
+        self.state_dirty = false;
+        let running = self
+            .current
+            .as_ref()
+            .filter(|_| self.run.is_some())
+            .map(|c| (c.task.as_str(), c.run_id, c.start_ms));
         let (index, due) = self.chain.position();
         let mut st = State {
             version: state::STATE_VERSION,
@@ -946,9 +974,9 @@ impl Driver {
             due_mono_ns: due.map(|d| d.as_nanos() as u64),
             due_wall_ms: due.map(|d| sys::wall_ms() + d.saturating_sub(now).as_millis() as u64),
             boot_id: self.boot_id.clone(),
-            running_task: running.map(|(t, _)| t.to_string()),
-            running_run_id: running.map(|(_, id)| id),
-            running_since_ms: running.map(|_| sys::wall_ms()),
+            running_task: running.map(|(t, _, _)| t.to_string()),
+            running_run_id: running.map(|(_, id, _)| id),
+            running_since_ms: running.map(|(_, _, since)| since),
             waiting_group: self
                 .waiting_since_ms
                 .and_then(|_| self.tasks[index].group.clone()),

@@ -378,6 +378,8 @@ pub struct Store {
     dropped: u64,
     /// Commits since the last checkpoint.
     commits: u32,
+    /// Inside [`Store::batch`]: queue only; the batch ends with one transaction.
+    batching: bool,
 }
 
 impl Store {
@@ -397,6 +399,26 @@ impl Store {
             backoff: RETRY_FIRST,
             dropped: 0,
             commits: 0,
+            batching: false,
+        }
+    }
+
+    /// Queue the ops pushed until [`Store::end_batch`] and write them then, in one
+    /// transaction. The driver batches what one event causes (a run's end and the next
+    /// run's start), so that the write happens after the next task has been spawned,
+    /// while it runs, and costs one commit instead of two.
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Write what was queued since [`Store::begin_batch`] (or keep it queued for the
+    /// retry, while the store cannot be written).
+    pub fn end_batch(&mut self, now: Mono) {
+        self.batching = false;
+        if !self.queue.is_empty()
+            && (self.failing.is_none() || self.retry_at.is_some_and(|r| r <= now))
+        {
+            self.flush(now);
         }
     }
 
@@ -446,6 +468,9 @@ impl Store {
             });
         }
         self.queue.push_back(op);
+        if self.batching {
+            return;
+        }
         if self.failing.is_none() || self.retry_at.is_some_and(|r| r <= now) {
             self.flush(now);
         }

@@ -63,8 +63,49 @@ pub fn state_and_pgid(pid: i32) -> Option<(char, i32)> {
     Some((state, pgid))
 }
 
-/// Our own children, from /proc/self/task/*/children (every thread's).
+/// Our own children: the main thread's /proc/self/task/PID/children.
 pub fn children() -> Vec<i32> {
+    // Every process of a run is a child of the main thread: it spawns the runs, and the
+    // kernel gives orphans to a subreaper's first live thread, which is the main thread
+    // (it never exits before the process does). Other threads' children (the mailer's
+    // sendmail) are not runs. So the main thread's list is read, through a descriptor
+    // kept open (one pread per look, on the path between two runs).
+    static MAIN: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let main = MAIN.get_or_init(|| {
+        std::fs::File::open(format!("/proc/self/task/{}/children", std::process::id())).ok()
+    });
+    if let Some(f) = main {
+        if let Some(list) = read_list(f) {
+            return list;
+        }
+    }
+    children_scan()
+}
+
+/// Read a `children` file from its start: the PIDs it lists, sorted.
+fn read_list(f: &std::fs::File) -> Option<Vec<i32>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    let mut text = Vec::new();
+    loop {
+        let n = f.read_at(&mut buf, text.len() as u64).ok()?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    let mut out: Vec<i32> = text
+        .split(|b| b.is_ascii_whitespace())
+        .filter_map(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// Every thread's children (or, without /proc/PID/task/TID/children, every process
+/// whose parent is us).
+fn children_scan() -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
