@@ -59,6 +59,8 @@ pub struct Driver {
     ignore: BTreeSet<i32>,
     sigints: u32,
     state_error_logged: bool,
+    /// CHAIN.state, kept open.
+    state_file: state::Writer,
     /// CHAIN.state needs writing (at the end of the current [`Driver::feed`]).
     state_dirty: bool,
     /// A cooldown lies ahead: checkpoint the store after this feed's writes.
@@ -137,6 +139,7 @@ impl Driver {
         );
         let failures = base_state.failures.clone();
         let alerts = base_state.alerts.clone();
+        let state_file = state::Writer::new(state::path(&run_root, &chain_name));
         let children: Children = Default::default();
         let mailer = mailer::start(
             run_root.clone(),
@@ -164,6 +167,7 @@ impl Driver {
             ignore,
             sigints: 0,
             state_error_logged: false,
+            state_file,
             state_dirty: false,
             checkpoint_due: false,
             store,
@@ -1000,8 +1004,8 @@ impl Driver {
             ids.extend(self.chain.run_ids().clone());
             st.run_ids = ids;
         }
-        let path = state::path(&self.run_root, &self.chain_name);
-        match state::save(&path, &st) {
+        let path = self.state_file.path().to_path_buf();
+        match self.state_file.save(&st) {
             Ok(()) => {
                 if self.state_error_logged {
                     log::info!(

@@ -4,33 +4,66 @@
 //! `PR_SET_PDEATHSIG` reaches only a task's direct child (often `sh`), not the rest
 //! of its group, and fires on a *thread's* death. Instead the guardian holds the read
 //! end of a pipe whose only write end is run-chain's (close-on-exec, so no task holds
-//! it). run-chain writes `S pgid grace_ms` when a run starts and `E pgid` when its group
-//! is gone. When the pipe reads end-of-file, run-chain is gone: the guardian sends
-//! SIGTERM to every group still listed, waits their kill grace, sends SIGKILL, and
-//! exits. It is forked while run-chain is still single-threaded and before the pidfile
+//! it), and shares one page of memory with run-chain, in which run-chain keeps the
+//! process group of the run in progress and its kill grace (0: none). Keeping it there
+//! costs no system call and wakes nobody, however short the runs. When the pipe reads
+//! end-of-file, run-chain is gone: the guardian sends SIGTERM to the group named in the
+//! page, if any, waits its kill grace, sends SIGKILL, and exits. It is forked while run-chain is still single-threaded and before the pidfile
 //! or any other descriptor is opened, so it holds nothing (a guardian that held the
 //! lock would keep a dead chain locked). It ignores the signals a terminal or a
 //! `kill` of the process group sends, so it only ever acts on run-chain's death.
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::sys;
 
+/// The page shared with the guardian.
+#[derive(Debug)]
+#[repr(C)]
+struct Shared {
+    /// The process group of the run in progress; 0 when none.
+    pgid: AtomicI32,
+    /// Its kill grace, in ms (written before `pgid`).
+    grace_ms: AtomicU64,
+}
+
 /// run-chain's side of the guardian.
 #[derive(Debug)]
 pub struct Guardian {
     pid: i32,
-    tx: File,
+    /// The write end of the pipe: never written, its closing (our death) is the message.
+    _tx: File,
+    shared: &'static Shared,
+}
+
+/// Map one page shared with the processes forked after it (never unmapped).
+fn map_shared() -> Result<&'static Shared> {
+    // SAFETY: a new anonymous mapping; it is zero-filled, and all-zero bytes are a valid
+    // `Shared` (two atomics). It is never unmapped, so the reference stays valid.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(Error::last_os("map the guardian's shared page"));
+        }
+        Ok(&*(p as *const Shared))
+    }
 }
 
 impl Guardian {
     /// Fork the guardian. Must be called while the process has one thread.
     pub fn spawn() -> Result<Guardian> {
+        let shared = map_shared()?;
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills two descriptors.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -46,12 +79,13 @@ impl Guardian {
         }
         if pid == 0 {
             drop(tx);
-            guardian_main(rx);
+            guardian_main(rx, shared);
         }
         drop(rx);
         Ok(Guardian {
             pid,
-            tx: File::from(tx),
+            _tx: File::from(tx),
+            shared,
         })
     }
 
@@ -61,16 +95,21 @@ impl Guardian {
 
     /// A run started: its group is `pgid`.
     pub fn watch(&mut self, pgid: i32, kill_grace: Duration) {
-        let _ = writeln!(self.tx, "S {pgid} {}", kill_grace.as_millis());
+        let ms = u64::try_from(kill_grace.as_millis()).unwrap_or(u64::MAX);
+        self.shared.grace_ms.store(ms, Ordering::Relaxed);
+        self.shared.pgid.store(pgid, Ordering::Release);
     }
 
     /// A run's group is gone.
     pub fn unwatch(&mut self, pgid: i32) {
-        let _ = writeln!(self.tx, "E {pgid}");
+        let _ = self
+            .shared
+            .pgid
+            .compare_exchange(pgid, 0, Ordering::Release, Ordering::Relaxed);
     }
 }
 
-fn guardian_main(rx: OwnedFd) -> ! {
+fn guardian_main(rx: OwnedFd, shared: &'static Shared) -> ! {
     // SAFETY: plain libc calls in the single-threaded child.
     unsafe {
         for sig in [
@@ -99,52 +138,22 @@ fn guardian_main(rx: OwnedFd) -> ! {
     }
     // Hold nothing run-chain inherited either (a pipe kept open would keep a reader waiting).
     sys::close_from(3, rx.as_raw_fd());
-    let mut groups: BTreeMap<i32, u64> = BTreeMap::new();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        match sys::read(rx.as_raw_fd(), &mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    let text = String::from_utf8_lossy(&line);
-                    let f: Vec<&str> = text.split_whitespace().collect();
-                    match f.as_slice() {
-                        ["S", pg, ms] => {
-                            if let (Ok(pg), Ok(ms)) = (pg.parse(), ms.parse()) {
-                                groups.insert(pg, ms);
-                            }
-                        }
-                        ["E", pg] => {
-                            if let Ok(pg) = pg.parse::<i32>() {
-                                groups.remove(&pg);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Err(_) => break,
+    let mut chunk = [0u8; 64];
+    // Nothing is ever written: wait for end-of-file (or an error), which is run-chain's end.
+    while let Ok(n) = sys::read(rx.as_raw_fd(), &mut chunk) {
+        if n == 0 {
+            break;
         }
     }
     // run-chain is gone: end what it left running.
-    if !groups.is_empty() {
-        let grace = groups.values().copied().max().unwrap_or(0);
-        for pg in groups.keys() {
-            if *pg > 1 {
-                eprintln!("run-chain-guard: run-chain died; stopping process group {pg}");
-                sys::kill(-pg, libc::SIGTERM);
-                sys::kill(-pg, libc::SIGCONT);
-            }
-        }
+    let pg = shared.pgid.load(Ordering::Acquire);
+    if pg > 1 {
+        let grace = shared.grace_ms.load(Ordering::Relaxed);
+        eprintln!("run-chain-guard: run-chain died; stopping process group {pg}");
+        sys::kill(-pg, libc::SIGTERM);
+        sys::kill(-pg, libc::SIGCONT);
         std::thread::sleep(Duration::from_millis(grace.min(600_000)));
-        for pg in groups.keys() {
-            if *pg > 1 {
-                sys::kill(-pg, libc::SIGKILL);
-            }
-        }
+        sys::kill(-pg, libc::SIGKILL);
     }
     // SAFETY: leave without running any of the parent's atexit handlers.
     unsafe { libc::_exit(0) }
