@@ -2039,9 +2039,9 @@ fn the_binary_exits_0_1_64_or_78_with_a_message_never_a_panic_or_a_signal() {
         assert!(code != Some(101), "panicked: {}", shown());
         assert!(allowed, "an undocumented exit status: {}", shown());
         // Trivial tasks, cooldowns of at most 10 ms, kill_grace at most 1 s: a few seconds is
-        // plenty, even on a loaded machine.
+        // plenty; the bound is loose so that a loaded machine never reaches it.
         assert!(
-            took < Duration::from_secs(10),
+            took < Duration::from_secs(20),
             "took {took:?}, for trivial work: {}",
             shown()
         );

@@ -161,9 +161,10 @@ group = "G"
         "waiting since {}: {entry:#}",
         entry["now"]["since"]
     );
-    let doc = env.status_json();
-    let hold = chain_entry(&doc, "hold").unwrap_or_else(|| panic!("{doc:#}"));
-    assert_eq!(hold["now"]["state"], "running", "{hold:#}");
+    // hold's task runs (it wrote its PID); its state may be saved a moment after the spawn.
+    env.wait_chain_status("hold", "hold shows its task running", |c| {
+        c["now"]["state"] == "running"
+    });
 
     // It keeps waiting while the holder holds (a second, checked all along).
     let seen = Instant::now();
@@ -180,8 +181,10 @@ group = "G"
     let killed = Instant::now();
     env.wait_lines_while(&mut waiter, "waiter", 1);
     let took = killed.elapsed();
+    // "At once" is milliseconds; the bound is loose on purpose (a loaded machine), far below
+    // the holder's task's lifetime (1000 s), which a slot that outlives its holder would take.
     assert!(
-        took < Duration::from_secs(10),
+        took < Duration::from_secs(20),
         "the waiter started {took:?} after the holder died: a crashed holder must free its slot at once"
     );
 
@@ -276,8 +279,11 @@ max_running = 2
         events[..third_start].iter().any(|e| e.starts_with("end")),
         "{third} started before any run of the group ended: {events:#?}"
     );
-    let runs: Vec<Value> = env.history(third, &[]);
-    assert_eq!(runs.len(), 1);
+    // The third task may have written both its lines before run-chain recorded its start.
+    let runs: Vec<Value> = env.wait_history(third, &[], "the third chain's run is recorded", |r| {
+        !r.is_empty()
+    });
+    assert_eq!(runs.len(), 1, "{runs:#?}");
     for (runner, name) in runners.iter_mut().zip(names) {
         env.assert_running_on_device(runner, name);
     }

@@ -366,11 +366,15 @@ success_cooldown = "1h"
     env.assert_running_on_device(&mut runner, "spawner_census");
     runner.signal(libc::SIGTERM);
     runner.assert_exit(0);
-    assert!(
-        env.marked_processes().is_empty(),
-        "processes of the chain survive it: {:?}",
-        env.marked_processes()
-    );
+    // run-chain's guardian leaves a moment after run-chain itself: wait, rather than look once.
+    wait_until_explained(DEADLINE, "no process of the chain survives it", || {
+        let left = env.marked_processes();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running: {left:?}"))
+        }
+    });
 }
 
 /// The alert mails written as files (`*.eml`, not temp files) in `dir`.
@@ -486,11 +490,15 @@ command = '[ "$RUN_CHAIN_RUN_ID" -gt {FAILURES} ] && exec sleep 1000; echo "star
         );
     }
 
-    // The one mail, as a file in RUN_ROOT/mail.
+    // The one mail, as a file in RUN_ROOT/mail. The mailer writes it there in place (not by a
+    // rename), then removes it from the outbox: a mail in mail/ and none left in the outbox
+    // means the file is complete.
     let mail = env.run_root.join("mail");
-    runner.wait_for("the first-failure mail is written", || {
-        !eml_files(&mail).is_empty()
-    });
+    let outbox = env.run_root.join("outbox");
+    runner.wait_for(
+        "the first-failure mail is written and left the outbox",
+        || !eml_files(&mail).is_empty() && eml_files(&outbox).is_empty(),
+    );
     runner.signal(libc::SIGQUIT);
     runner.assert_exit(0);
     let mails = eml_files(&mail);
@@ -505,7 +513,7 @@ command = '[ "$RUN_CHAIN_RUN_ID" -gt {FAILURES} ] && exec sleep 1000; echo "star
         "the one mail is not the first-failure alert:\n{text}"
     );
     assert!(
-        eml_files(&env.run_root.join("outbox")).is_empty(),
+        eml_files(&outbox).is_empty(),
         "alerts are still queued in the outbox"
     );
     // The run interrupted by SIGQUIT is not a failure.

@@ -900,7 +900,9 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<Response, String> {
     })
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1. Another test's server, or a connection's
+/// ephemeral port, may take it before whoever it is meant for binds it: see `start_exporter`
+/// and `start_prometheus`, which try another port then.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -909,14 +911,78 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `run-chain exporter --listen 127.0.0.1:PORT` and waits until it answers.
+/// How many ports a server is tried on before a test gives up.
+const PORT_TRIES: usize = 5;
+
+/// Starts `run-chain exporter --listen 127.0.0.1:PORT` and waits until it answers. It counts as
+/// answering only once it has logged that it serves (after its bind) and still runs, so that
+/// whatever else may have taken the port meanwhile is never taken for it; if it could not
+/// listen there, another port is tried.
 fn start_exporter(env: &TestEnv) -> (Runner, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut exporter = env.spawn(&["exporter", "--listen", &addr.to_string()]);
-    exporter.wait_for(&format!("the exporter answers at {addr}"), || {
-        http_get(addr, "/metrics").is_ok()
-    });
-    (exporter, addr)
+    let mut failures = Vec::new();
+    for _ in 0..PORT_TRIES {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut exporter = env.spawn(&["exporter", "--listen", &addr.to_string()]);
+        let mut serving = false;
+        wait_until(&format!("the exporter answers at {addr}, or exits"), || {
+            if exporter.try_status().is_some() {
+                return true;
+            }
+            serving = exporter.stderr().contains("exporter: serving")
+                && http_get(addr, "/metrics").is_ok();
+            serving
+        });
+        if serving && exporter.try_status().is_none() {
+            return (exporter, addr);
+        }
+        let stderr = exporter.stderr();
+        assert!(
+            stderr.contains("failed to listen"),
+            "the exporter at {addr} exited ({:?}) for another reason than its port; stderr:\n{stderr}",
+            exporter.try_status()
+        );
+        failures.push(format!("{addr}: {stderr}"));
+    }
+    panic!("the exporter could not listen on {PORT_TRIES} free ports: {failures:#?}");
+}
+
+/// Starts Prometheus (with `config`) on a free port of 127.0.0.1 and waits until it is ready
+/// (`/-/ready` answers 200 while it runs); another port is tried if that one was taken.
+fn start_prometheus(env: &TestEnv, config: &Path) -> (Runner, SocketAddr) {
+    let mut failures = Vec::new();
+    for attempt in 0..PORT_TRIES {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let storage = env.path(&format!("prometheus-data-{attempt}"));
+        let mut cmd = env.command_for(PROMETHEUS);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", storage.display()))
+            .arg(format!("--web.listen-address={addr}"));
+        let mut prometheus = env.spawn_command(cmd);
+        let mut ready = false;
+        // Prometheus is a large program to start on a loaded machine: twice the deadline.
+        wait_until_for(
+            2 * DEADLINE,
+            &format!("Prometheus at {addr} is ready, or exits"),
+            || {
+                if prometheus.try_status().is_some() {
+                    return true;
+                }
+                ready = http_get(addr, "/-/ready").is_ok_and(|r| r.status == 200);
+                ready
+            },
+        );
+        if ready && prometheus.try_status().is_none() {
+            return (prometheus, addr);
+        }
+        let stderr = prometheus.stderr();
+        assert!(
+            stderr.contains("address already in use"),
+            "prometheus at {addr} exited ({:?}) for another reason than its port; stderr:\n{stderr}",
+            prometheus.try_status()
+        );
+        failures.push(format!("{addr}: {stderr}"));
+    }
+    panic!("Prometheus could not listen on {PORT_TRIES} free ports: {failures:#?}");
 }
 
 /// The lines of an exposition without the scrape duration (which differs between scrapes).
@@ -926,9 +992,9 @@ fn without_scrape_duration(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Waits for `runner` to exit within `limit`; returns the exit code.
-fn exit_within(runner: &mut Runner, limit: Duration, what: &str) -> Option<i32> {
-    wait_until_for(limit, what, || runner.try_status().is_some());
+/// Waits (within the deadline) for `runner` to exit; returns the exit code.
+fn exit_code(runner: &mut Runner, what: &str) -> Option<i32> {
+    wait_until(what, || runner.try_status().is_some());
     runner.code()
 }
 
@@ -985,11 +1051,7 @@ fn exporter_serves_metrics_404s_elsewhere_and_stops_on_sigterm() {
     assert_eq!(http_get(addr, "/metrics").unwrap().status, 200);
 
     exporter.signal(libc::SIGTERM);
-    let code = exit_within(
-        &mut exporter,
-        Duration::from_secs(5),
-        "the exporter exits on SIGTERM",
-    );
+    let code = exit_code(&mut exporter, "the exporter exits on SIGTERM");
     assert_eq!(
         code,
         Some(0),
@@ -1017,11 +1079,7 @@ fn exporter_of_an_empty_run_root_stops_on_sigint_and_rejects_a_bad_listen() {
         resp.body
     );
     exporter.signal(libc::SIGINT);
-    let code = exit_within(
-        &mut exporter,
-        Duration::from_secs(5),
-        "the exporter exits on SIGINT",
-    );
+    let code = exit_code(&mut exporter, "the exporter exits on SIGINT");
     assert_eq!(
         code,
         Some(0),
@@ -1071,7 +1129,6 @@ fn prometheus_scrapes_the_exporter_and_answers_a_query() {
         .assert_code(1);
     let (mut exporter, exporter_addr) = start_exporter(&env);
 
-    let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = env.path("prometheus.yml");
     fs::write(
         &config,
@@ -1081,12 +1138,7 @@ fn prometheus_scrapes_the_exporter_and_answers_a_query() {
         ),
     )
     .unwrap();
-    let storage = env.path("prometheus-data");
-    let mut cmd = env.command_for(PROMETHEUS);
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", storage.display()))
-        .arg(format!("--web.listen-address={prom_addr}"));
-    let mut prometheus = env.spawn_command(cmd);
+    let (mut prometheus, prom_addr) = start_prometheus(&env, &config);
 
     let query = url_encode(r#"run_chain_runs_total{chain="pair",task="good",result="ok"}"#);
     let path = format!("/api/v1/query?query={query}");

@@ -106,11 +106,14 @@ success_cooldown = "1h"
 }
 
 fn timeout_kills_the_tree(mode: &str) {
+    // The timeout leaves tree.sh time to start its child and grandchild and write their PIDs
+    // (which the test waits for), even on a loaded machine.
+    let (timeout, fail_cooldown) = (2.0, 1.0);
     let env = with_scripts(&format!(
         r#"
 [tasks.tree]
 command = 'echo "tree {STAMP}" >> "$T/out"; exec sh "$T/tree.sh" tree {mode}'
-timeout = "500ms"
+timeout = "2s"
 kill_grace = "300ms"
 success_cooldown = "0s"
 fail_cooldown = "1s"
@@ -133,10 +136,17 @@ success_cooldown = "1h"
     let stamps = stamped(&lines[..2]);
     assert_eq!(stamps[0].0, "tree");
     assert_eq!(stamps[1].0, "next");
-    let gap = stamps[1].1 - stamps[0].1;
+    // The starts run-chain recorded (the tasks' own stamps come a moment after each start,
+    // which a loaded machine may stretch).
+    let tree = env.history("tree", &[]);
+    assert_eq!(tree.len(), 1, "{tree:#?}");
+    assert_eq!(outcome(&tree[0]), "timeout", "{tree:#?}");
+    let next = env.wait_history("next", &[], "next's run is recorded", |r| !r.is_empty());
+    let gap = time_of(&next[0], "start") - time_of(&tree[0], "start");
     assert!(
-        gap >= 1.4,
-        "next started {gap:.2}s after tree; expected timeout 0.5s + fail_cooldown 1s"
+        gap >= timeout + fail_cooldown - 0.05,
+        "next started {gap:.3}s after tree; expected timeout {timeout}s + fail_cooldown \
+         {fail_cooldown}s"
     );
     for (pid, what) in pids.iter().zip(["task", "child", "grandchild"]) {
         wait_gone_and_reaped(*pid, runner.pid, what);
@@ -171,7 +181,7 @@ command = 'sleep 1; echo patient >> "$T/out"'
 timeout = "none"
 
 [tasks.hasty]
-command = 'sleep 1; echo hasty >> "$T/out"'
+command = 'sleep 10; echo hasty >> "$T/out"'
 "#,
     );
     env.run(&["--once", "patient"]).assert_code(0);

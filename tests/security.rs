@@ -859,8 +859,7 @@ kill_grace = "300ms"
         "the chain has stopped but its pidfile is still locked (by {:?})",
         lock_holders(&pidfile)
     );
-    wait_until_for(
-        std::time::Duration::from_secs(2),
+    wait_until(
         &format!("the daemon (pid {daemon}) is gone once the chain has stopped"),
         || !is_running(daemon),
     );
