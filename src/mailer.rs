@@ -371,12 +371,26 @@ pub fn deliver(
         .file_name()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("alert.eml"));
-    let dest = dir.join(name);
-    std::fs::write(&dest, bytes)
-        .and_then(|()| {
-            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        })
-        .map_err(|e| SendError::Transient(format!("cannot write {}: {e}", dest.display())))?;
+    let dest = dir.join(&name);
+    // Written under a dot name with mode 0600 from the start, then renamed into place: a
+    // reader of mail/ never sees a half-written mail, nor one readable by others.
+    let tmp = dir.join(format!(".{}.tmp", name.display()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, &dest));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(SendError::Transient(format!(
+            "cannot write {}: {e}",
+            dest.display()
+        )));
+    }
     Ok(format!("written to {}", dest.display()))
 }
 
