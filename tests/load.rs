@@ -161,9 +161,13 @@ argv = ["/bin/true"]
         "run-chain's RSS grew by {growth_kb} kB between run {warm_up} and run {at_late}: \
          early {early:?}, late {late:?}"
     );
-    assert_eq!(
-        late.fds_min, early.fds_min,
-        "run-chain's open descriptors (the floor between runs) changed: early {early:?}, late {late:?}"
+    // The floor is the fewest seen in 60 samples; with zero cooldowns the moments between
+    // two runs are short and a stretch of samples may not catch one (its floor then counts
+    // a task's pipe or /dev/null). So one descriptor either way is sampling, not a leak: a
+    // leak of even one per thousand runs shows as ten or more here.
+    assert!(
+        late.fds_min <= early.fds_min + 1,
+        "run-chain's open descriptors (the floor between runs) grew: early {early:?}, late {late:?}"
     );
     assert!(
         late.fds_max <= early.fds_max.max(early.fds_min + 4),
