@@ -236,9 +236,12 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// A chain's writer checkpoints the WAL itself, when it is idle (see
-/// [`Store::checkpoint_if_idle`]), not inside a commit on the loop's path.
+/// [`Store::checkpoint_if_idle`]), not inside a commit on the loop's path. Its page
+/// cache is kept small (256 KiB): a writer touches the tail of the runs table, its
+/// index and a few series rows, and a larger cache only grows the chain's memory over
+/// its life (at 4 MiB it added 4 MB by 100,000 runs, for no fewer reads).
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-4096;")
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-256;")
 }
 
 /// Commits after which a checkpoint is made even when the chain is never idle.
