@@ -35,12 +35,12 @@ pub struct Snapshot {
 pub fn collect(run_root: &Path) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
     if let Ok(names) = crate::report::chains(run_root) {
-        let locks = crate::sys::read_proc_once("/proc/locks").unwrap_or_default();
+        let mut locks = crate::pidfile::Locks::default();
         for c in names {
             let up = crate::pidfile::PidFile::open_existing(run_root, &c)
                 .ok()
                 .flatten()
-                .and_then(|pf| pf.holder_in(&locks))
+                .and_then(|pf| pf.holder_in(&mut locks))
                 .is_some();
             snap.chains.insert(c, up);
         }

@@ -202,23 +202,30 @@ impl PidFile {
     /// The process that holds the lock, as the kernel confirms it, and only if the file
     /// names the same PID. None: nobody holds it, or the holder cannot be confirmed.
     pub fn holder(&self) -> Option<i32> {
-        let locks = sys::read_proc_once("/proc/locks")?;
-        self.holder_in(&locks)
+        self.holder_in(&mut Locks::default())
     }
 
-    /// [`PidFile::holder`], given the text of /proc/locks (read once for many chains).
+    /// [`PidFile::holder`], with /proc/locks read at most once for many chains.
     ///
-    /// Candidates are the PID in the file and the holders /proc/locks lists; each is
-    /// confirmed in its own `/proc/PID/fdinfo` (the kernel's per-process view, small and
-    /// read at one instant, unlike /proc/locks, which other processes' locking can tear).
-    /// So an edited pidfile neither hides the real holder nor gets a bystander signalled.
-    pub fn holder_in(&self, locks: &str) -> Option<i32> {
+    /// Candidates are the PID in the file and, only if that one is not confirmed, the
+    /// holders /proc/locks lists; each is confirmed in its own `/proc/PID/fdinfo` (the
+    /// kernel's per-process view, small and read at one instant, unlike /proc/locks,
+    /// which other processes' locking can tear). So an edited pidfile neither hides the
+    /// real holder nor gets a bystander signalled. /proc/locks is the fallback because
+    /// the first read of it in a process can take 5 to 15 ms.
+    pub fn holder_in(&self, locks: &mut Locks) -> Option<i32> {
         let meta = self.file.metadata().ok()?;
         let (dev, ino) = (meta.dev(), meta.ino());
-        let mut candidates: Vec<i32> = self.text_pid().into_iter().collect();
-        candidates.extend(lock_holders(locks, dev, ino));
-        candidates.dedup();
-        candidates.into_iter().find(|p| holds_lock(*p, dev, ino))
+        let text = self.text_pid();
+        if let Some(p) = text {
+            if holds_lock(p, dev, ino) {
+                return Some(p);
+            }
+        }
+        lock_holders(locks.text(), dev, ino)
+            .into_iter()
+            .filter(|p| Some(*p) != text)
+            .find(|p| holds_lock(*p, dev, ino))
     }
 
     /// The holder, with a pidfd that names it for good. The holder is looked up again
@@ -227,6 +234,17 @@ impl PidFile {
         let pid = self.holder()?;
         let fd = sys::pidfd_open(pid).ok()?;
         (self.holder() == Some(pid)).then_some((pid, fd))
+    }
+}
+
+/// The text of /proc/locks, read when first needed and then kept.
+#[derive(Debug, Default)]
+pub struct Locks(Option<String>);
+
+impl Locks {
+    pub fn text(&mut self) -> &str {
+        self.0
+            .get_or_insert_with(|| sys::read_proc_once("/proc/locks").unwrap_or_default())
     }
 }
 

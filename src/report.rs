@@ -87,13 +87,13 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
         by_chain.entry(s.chain.as_str()).or_default().push(s);
     }
     let now_ms = crate::sys::wall_ms();
-    let locks = crate::sys::read_proc_once("/proc/locks").unwrap_or_default();
+    let mut locks = crate::pidfile::Locks::default();
     let mut out = Vec::new();
     for chain in &names {
         let holder = PidFile::open_existing(run_root, chain)
             .ok()
             .flatten()
-            .and_then(|pf| pf.holder_in(&locks));
+            .and_then(|pf| pf.holder_in(&mut locks));
         let st = state::load(&state::path(run_root, chain)).unwrap_or_default();
         // Every key is always there (null when it does not apply): a stable shape.
         let now = |state: &str,

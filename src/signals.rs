@@ -7,7 +7,7 @@
 //! sleep still wakes it: the byte is already in the pipe. No signal is blocked, so
 //! tasks inherit no signal mask.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -38,10 +38,13 @@ impl Sig {
 }
 
 /// The read end of the self-pipe.
+///
+/// Both ends stay open until the process ends, even after `Signals` is dropped: a
+/// handler may run at any moment until then (a SIGCHLD from the guardian as run-chain
+/// exits), and a closed descriptor's number could by then belong to another file.
 #[derive(Debug)]
 pub struct Signals {
-    rx: OwnedFd,
-    _tx: OwnedFd,
+    rx: RawFd,
 }
 
 impl Signals {
@@ -52,9 +55,8 @@ impl Signals {
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
             return Err(Error::last_os("create the signal pipe"));
         }
-        // SAFETY: both descriptors are new and ours.
-        let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let wfd = tx.as_raw_fd();
+        // Never closed (see `Signals`).
+        let (rx, wfd) = (fds[0], fds[1]);
         for sig in [
             libc::SIGTERM,
             libc::SIGINT,
@@ -65,8 +67,8 @@ impl Signals {
         ] {
             let byte = sig as u8;
             // SAFETY: the action only calls write(2) on a descriptor that lives as long
-            // as the process (we never drop `Signals` before exit); write is
-            // async-signal-safe, and signal-hook preserves errno around the action.
+            // as the process (it is never closed); write is async-signal-safe, and
+            // signal-hook preserves errno around the action.
             unsafe {
                 signal_hook::low_level::register(sig, move || {
                     libc::write(wfd, (&byte as *const u8).cast(), 1);
@@ -74,18 +76,18 @@ impl Signals {
             }
             .map_err(|e| Error::os(format!("install the handler for signal {sig}"), e))?;
         }
-        Ok(Signals { rx, _tx: tx })
+        Ok(Signals { rx })
     }
 
     pub fn fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
+        self.rx
     }
 
     /// Every signal received since the last call, in order.
     pub fn drain(&self) -> Vec<Sig> {
         let mut out = Vec::new();
         let mut buf = [0u8; 64];
-        while let Ok(n) = sys::read(self.rx.as_raw_fd(), &mut buf) {
+        while let Ok(n) = sys::read(self.rx, &mut buf) {
             if n == 0 {
                 break;
             }
