@@ -11,8 +11,15 @@
 //! The first process is not reaped until the sweep finds nothing left (we only look
 //! at its status with `WNOWAIT`): as long as it is an unreaped zombie its PID, which is
 //! the group's id, cannot be reused, so the group we signal is always ours.
+//!
+//! run-chain keeps a copy of the write end of the run's stdout and stderr pipes until
+//! the run is over. So the pipes never report end-of-file (the run's end is its first
+//! process's exit, not the closing of its output), and a run's end wakes the loop once
+//! (SIGCHLD), not once per pipe as well: with short tasks each extra wake-up showed in
+//! the loop rate. What is left in the pipes is read when the group is empty.
 
 use std::collections::BTreeSet;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -30,6 +37,20 @@ pub struct Run {
     pub sources: Vec<Source>,
     /// Leftover processes that survived SIGKILL past the give-up time: not waited for again.
     reaped_leader: bool,
+    /// Our copies of the write ends of the output pipes (see the module's text).
+    _writers: Vec<OwnedFd>,
+}
+
+/// A pipe (read end, write end), both close-on-exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors, which are new and ours.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
 }
 
 /// What identifies the run to the task.
@@ -60,9 +81,15 @@ pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
         .env("RUN_CHAIN_TASK", &task.name)
         .env("RUN_CHAIN_RUN_ID", env.run_id.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0);
+    let pipes = pipe()
+        .and_then(|(r1, w1)| Ok((r1, w1, pipe()?)))
+        .and_then(|(r1, w1, (r2, w2))| {
+            cmd.stdout(Stdio::from(w1.try_clone()?))
+                .stderr(Stdio::from(w2.try_clone()?));
+            Ok(([r1, r2], vec![w1, w2]))
+        });
+    let (readers, writers) = pipes.map_err(|e| format!("cannot create the output pipes: {e}"))?;
     if let Some(var) = env.remove {
         cmd.env_remove(var);
     }
@@ -80,7 +107,7 @@ pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    let child = cmd.spawn().map_err(|e| {
         if let (Some(n), Some(libc::EPERM | libc::EACCES)) = (task.nice, e.raw_os_error()) {
             if n < 0 {
                 return format!("cannot set nice {n} (raising priority needs privilege): {e}");
@@ -96,18 +123,16 @@ pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
         }
     })?;
     let pid = child.id() as i32;
-    let mut sources = Vec::with_capacity(2);
-    if let Some(out) = child.stdout.take() {
-        sources.push(Source::new(out.into(), 0));
-    }
-    if let Some(err) = child.stderr.take() {
-        sources.push(Source::new(err.into(), 1));
-    }
+    // The Command's copies of the write ends go with it, now.
+    drop(cmd);
+    let [out, err] = readers;
+    let sources = vec![Source::new(out, 0), Source::new(err, 1)];
     // `child` is dropped without waiting: we reap by PID ourselves.
     Ok(Run {
         pid,
         sources,
         reaped_leader: false,
+        _writers: writers,
     })
 }
 
