@@ -21,6 +21,7 @@ use crate::outcome::Outcome;
 use crate::output::{Sink, Tail};
 use crate::pidfile::PidFile;
 use crate::process::{self, RunEnv};
+use crate::recorder::Recorder;
 use crate::signals::{Sig, Signals};
 use crate::state::{self, State, TaskFailures};
 use crate::store::{self, Op, RunEnd, RunStart, Store};
@@ -65,7 +66,7 @@ pub struct Driver {
     state_dirty: bool,
     /// A cooldown lies ahead: checkpoint the store after this feed's writes.
     checkpoint_due: bool,
-    store: Store,
+    store: Recorder,
     failures: std::collections::BTreeMap<String, TaskFailures>,
     current: Option<Current>,
     /// When the running task's output is next written to the store (None: unchanged).
@@ -137,6 +138,7 @@ impl Driver {
                 started_ms: sys::wall_ms(),
             },
         );
+        let store = Recorder::start(&chain_name, store);
         let failures = base_state.failures.clone();
         let alerts = base_state.alerts.clone();
         let state_file = state::Writer::new(state::path(&run_root, &chain_name));
@@ -306,14 +308,11 @@ impl Driver {
             output_bytes,
             at_ms: wall,
         };
-        self.store.push(
-            now,
-            Op::Alert {
-                chain: self.chain_name.clone(),
-                task: task.to_string(),
-                kind: d.kind.as_str(),
-            },
-        );
+        self.store.push(Op::Alert {
+            chain: self.chain_name.clone(),
+            task: task.to_string(),
+            kind: d.kind.as_str(),
+        });
         let email = email_or_default(&self.config);
         let id = mailer::message_id(&a);
         let built = mailer::build(&email, &a, &id);
@@ -358,13 +357,10 @@ impl Driver {
     /// Run until the chain exits; returns the exit status.
     pub fn run(mut self) -> Result<u8> {
         // Runs of this chain left open by an instance that died are interrupted.
-        self.store.push(
-            sys::mono_now(),
-            Op::CloseOpen {
-                chain: self.chain_name.clone(),
-                stop_ms: sys::wall_ms(),
-            },
-        );
+        self.store.push(Op::CloseOpen {
+            chain: self.chain_name.clone(),
+            stop_ms: sys::wall_ms(),
+        });
         // So that `status` shows what this instance does from its first moment.
         if self.mode == Mode::Forever {
             self.save_state(sys::mono_now());
@@ -405,25 +401,17 @@ impl Driver {
                 }
             }
             if self.output_flush_at.is_some_and(|t| t <= now) {
-                self.flush_output(now);
-            }
-            if self.store.retry_at().is_some_and(|t| t <= now) {
-                self.store.flush(now);
+                self.flush_output();
             }
             let alert_at = self.alert_deadline(now);
             if alert_at.is_some_and(|t| t <= now) {
                 self.alert_ticks(now);
                 continue;
             }
-            let deadline = [
-                deadline,
-                self.output_flush_at,
-                self.store.retry_at(),
-                alert_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = [deadline, self.output_flush_at, alert_at]
+                .into_iter()
+                .flatten()
+                .min();
             // What to wait for.
             let mut fds = vec![sys::pollfd(self.signals.fd(), libc::POLLIN)];
             let watch_at = if let Some((_, w)) = &self.waiting {
@@ -495,23 +483,13 @@ impl Driver {
         for s in &mut self.sinks {
             s.flush();
         }
-        // One last try; what cannot be written now is lost with this process (the
-        // chain's position and failure state are in CHAIN.state regardless).
-        if self.store.pending() > 0 {
-            self.store.flush(sys::mono_now());
-            if self.store.pending() > 0 {
-                log::error!(
-                    "{}: exiting with {} records not written to the store",
-                    self.chain_name,
-                    self.store.pending()
-                );
-            }
-        }
+        // What is left goes to the store now (the writer thread makes one last try).
+        self.store.finish();
         code
     }
 
     /// Write the running task's output so far to the store.
-    fn flush_output(&mut self, now: Mono) {
+    fn flush_output(&mut self) {
         self.output_flush_at = None;
         let Some(cur) = &self.current else { return };
         if self.tail.total() == self.output_flushed {
@@ -526,7 +504,7 @@ impl Driver {
             output_bytes: self.tail.total(),
             output_cut: self.tail.cut(),
         };
-        self.store.push(now, op);
+        self.store.push(op);
     }
 
     /// Try to take a slot of the waiting task's group; on success the chain goes on.
@@ -654,11 +632,11 @@ impl Driver {
         if self.state_dirty {
             self.save_state(now);
         }
-        self.store.end_batch(now);
+        self.store.end_batch();
         if self.checkpoint_due {
             self.checkpoint_due = false;
             // A cooldown lies ahead: the store's housekeeping costs the chain nothing now.
-            self.store.checkpoint_if_idle();
+            self.store.idle();
         }
         code
     }
@@ -798,7 +776,7 @@ impl Driver {
                     task_pid: Some(run.pid),
                 });
                 self.run = Some(run);
-                self.store.push(now, op);
+                self.store.push(op);
                 Event::Spawned
             }
             Err(msg) => {
@@ -878,7 +856,7 @@ impl Driver {
             keep_after_ms: stop_ms.saturating_sub(keep_for.as_millis() as u64),
         };
         self.output_flush_at = None;
-        self.store.push(now, Op::End(Box::new(end)));
+        self.store.push(Op::End(Box::new(end)));
         if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
             self.checkpoint_due = true;
         }

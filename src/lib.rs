@@ -22,6 +22,7 @@ pub mod outcome;
 pub mod output;
 pub mod pidfile;
 pub mod process;
+pub mod recorder;
 pub mod report;
 pub mod signals;
 pub mod signature;
