@@ -310,6 +310,15 @@ pub fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
     .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
+    // A reader never writes the database: when it happens to be the last connection it
+    // neither checkpoints on close (a WAL a writer left holds up to thousands of commits:
+    // copying them, with two fsyncs, made a `status` or a scrape slow) nor removes the
+    // WAL (which the next reader, or scrape, would make again).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
@@ -935,27 +944,74 @@ fn series_of(conn: &Connection, task: &str, chain: Option<&str>) -> rusqlite::Re
     Ok(ids)
 }
 
-/// The newest `limit` runs of `task` (in `chain`, or in every chain), newest first.
+/// The newest `limit` runs of `task` (in `chain`, or in every chain), newest first: by
+/// start time, then run id, then chain name.
+///
+/// A series' runs are read newest first (by run id, along the index) and, as run ids
+/// and start times grow together in a series, only as far as they can still be among
+/// the newest `limit`: series are visited in the order of their newest run's start, and
+/// the walk stops at the first run older than all of the `limit` kept so far. With 100
+/// chains sharing a task that reads about 150 runs instead of 100 x `limit`.
 pub fn history(
     conn: &Connection,
     task: &str,
     chain: Option<&str>,
     limit: usize,
 ) -> rusqlite::Result<Vec<RunRow>> {
-    let mut out = Vec::new();
-    for sid in series_of(conn, task, chain)? {
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
-             WHERE r.series = ?1 ORDER BY r.run_id DESC LIMIT ?2"
-        ))?;
-        let rows = stmt
-            .query_map(params![sid, limit as i64], run_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        out.extend(rows);
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    /// Newer ranks higher: start, then run id, then the chain named first.
+    type Key = (u64, u64, Reverse<usize>);
+    // Series of `task` with their newest run's start (None: no runs), in chain order.
+    let mut heads: Vec<(usize, i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT s.id, (SELECT r.start_ms FROM runs r WHERE r.series = s.id ORDER BY r.run_id DESC LIMIT 1)
+             FROM series s WHERE s.task = ?1 AND (?2 IS NULL OR s.chain = ?2) ORDER BY s.chain",
+        )?
+        .query_map(params![task, chain], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .enumerate()
+        .map(|(rank, r)| r.map(|(id, head)| (rank, id, head)))
+        .collect::<rusqlite::Result<_>>()?;
+    heads.sort_by_key(|&(rank, _, head)| Reverse((head, Reverse(rank))));
+
+    // The newest `limit` so far, the oldest of them on top.
+    let mut kept: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
+    let mut rows: Vec<RunRow> = Vec::new();
+    let full = |kept: &BinaryHeap<Reverse<(Key, usize)>>, key: &Key| {
+        kept.len() >= limit && kept.peek().is_some_and(|Reverse((min, _))| key < min)
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
+         WHERE r.series = ?1 ORDER BY r.run_id DESC LIMIT ?2"
+    ))?;
+    for (rank, sid, head) in heads {
+        let Some(head) = head else { break };
+        if full(&kept, &(head as u64, u64::MAX, Reverse(rank))) {
+            // This series' newest run, and so every later series, is too old.
+            break;
+        }
+        let mut found = stmt.query(params![sid, limit as i64])?;
+        while let Some(r) = found.next()? {
+            let row = run_row(r)?;
+            let key = (row.start_ms, row.run_id, Reverse(rank));
+            if full(&kept, &key) {
+                break;
+            }
+            kept.push(Reverse((key, rows.len())));
+            rows.push(row);
+            if kept.len() > limit {
+                kept.pop();
+            }
+        }
     }
-    out.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then(b.run_id.cmp(&a.run_id)));
-    out.truncate(limit);
-    Ok(out)
+    let mut newest: Vec<(Key, usize)> = kept.into_iter().map(|Reverse(k)| k).collect();
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    let mut rows: Vec<Option<RunRow>> = rows.into_iter().map(Some).collect();
+    Ok(newest
+        .into_iter()
+        .filter_map(|(_, i)| rows[i].take())
+        .collect())
 }
 
 /// The kept output of a run: `run_id`, or the newest (by start) of `task`.
@@ -988,42 +1044,62 @@ pub fn output(
     Ok(best)
 }
 
+const SERIES_COLUMNS: &str = "chain, task, runs, ok, failed, timeout, signal, spawn_error, interrupted,
+    duration_sum_ms, latency_sum_ms, last_run_id, last_outcome, last_exit_code, last_scheduled_ms, last_start_ms,
+    last_stop_ms, last_duration_ms, last_success_ms, running_run_id, running_since_ms, streak_start_ms,
+    streak_failures";
+
+fn series_row(r: &rusqlite::Row) -> rusqlite::Result<SeriesRow> {
+    let u = |v: i64| v as u64;
+    Ok(SeriesRow {
+        chain: r.get(0)?,
+        task: r.get(1)?,
+        runs: u(r.get(2)?),
+        ok: u(r.get(3)?),
+        failed: u(r.get(4)?),
+        timeout: u(r.get(5)?),
+        signal: u(r.get(6)?),
+        spawn_error: u(r.get(7)?),
+        interrupted: u(r.get(8)?),
+        duration_sum_ms: u(r.get(9)?),
+        latency_sum_ms: u(r.get(10)?),
+        last_run_id: r.get::<_, Option<i64>>(11)?.map(u),
+        last_outcome: r.get(12)?,
+        last_exit_code: r.get(13)?,
+        last_scheduled_ms: r.get::<_, Option<i64>>(14)?.map(u),
+        last_start_ms: r.get::<_, Option<i64>>(15)?.map(u),
+        last_stop_ms: r.get::<_, Option<i64>>(16)?.map(u),
+        last_duration_ms: r.get::<_, Option<i64>>(17)?.map(u),
+        last_success_ms: r.get::<_, Option<i64>>(18)?.map(u),
+        running_run_id: r.get::<_, Option<i64>>(19)?.map(u),
+        running_since_ms: r.get::<_, Option<i64>>(20)?.map(u),
+        streak_start_ms: r.get::<_, Option<i64>>(21)?.map(u),
+        streak_failures: u(r.get(22)?),
+    })
+}
+
 /// Every series (chain and task) with its aggregates.
 pub fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT chain, task, runs, ok, failed, timeout, signal, spawn_error, interrupted, duration_sum_ms,
-         latency_sum_ms, last_run_id, last_outcome, last_exit_code, last_scheduled_ms, last_start_ms, last_stop_ms,
-         last_duration_ms, last_success_ms, running_run_id, running_since_ms, streak_start_ms, streak_failures
-         FROM series ORDER BY chain, task",
-    )?;
-    let u = |v: i64| v as u64;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SERIES_COLUMNS} FROM series ORDER BY chain, task"
+    ))?;
+    let rows = stmt
+        .query_map([], series_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Every series with its aggregates and its recent-runs window, in one pass over the
+/// `series` table (schema version 3 or later).
+pub fn series_with_recent(conn: &Connection) -> rusqlite::Result<Vec<(SeriesRow, Recent)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SERIES_COLUMNS}, recent FROM series ORDER BY chain, task"
+    ))?;
     let rows = stmt
         .query_map([], |r| {
-            Ok(SeriesRow {
-                chain: r.get(0)?,
-                task: r.get(1)?,
-                runs: u(r.get(2)?),
-                ok: u(r.get(3)?),
-                failed: u(r.get(4)?),
-                timeout: u(r.get(5)?),
-                signal: u(r.get(6)?),
-                spawn_error: u(r.get(7)?),
-                interrupted: u(r.get(8)?),
-                duration_sum_ms: u(r.get(9)?),
-                latency_sum_ms: u(r.get(10)?),
-                last_run_id: r.get::<_, Option<i64>>(11)?.map(u),
-                last_outcome: r.get(12)?,
-                last_exit_code: r.get(13)?,
-                last_scheduled_ms: r.get::<_, Option<i64>>(14)?.map(u),
-                last_start_ms: r.get::<_, Option<i64>>(15)?.map(u),
-                last_stop_ms: r.get::<_, Option<i64>>(16)?.map(u),
-                last_duration_ms: r.get::<_, Option<i64>>(17)?.map(u),
-                last_success_ms: r.get::<_, Option<i64>>(18)?.map(u),
-                running_run_id: r.get::<_, Option<i64>>(19)?.map(u),
-                running_since_ms: r.get::<_, Option<i64>>(20)?.map(u),
-                streak_start_ms: r.get::<_, Option<i64>>(21)?.map(u),
-                streak_failures: u(r.get(22)?),
-            })
+            let blob = r.get_ref(23)?;
+            let recent = unpack_recent(blob.as_blob_or_null()?.unwrap_or_default());
+            Ok((series_row(r)?, recent))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
