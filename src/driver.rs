@@ -627,10 +627,10 @@ impl Driver {
 
     /// Feed one event and carry out the actions, including the events they cause.
     ///
-    /// What the actions change is written once, at the end: CHAIN.state and the store
-    /// (one transaction), after the next task (if any) has been spawned, so that the
-    /// writes overlap with its run instead of delaying its start. A crash in between
-    /// loses at most the record of a run that the guardian then ends at once.
+    /// CHAIN.state is written once per feed: just before a spawn (naming the run, so
+    /// that its id is never given again whatever happens next), else at the end. The
+    /// store's records of the feed (a run's end, the next run's start) go to the writer
+    /// thread as one transaction at the end, after the spawn.
     fn feed(&mut self, now: Mono, first: Event) -> Option<u8> {
         self.store.begin_batch();
         let code = self.feed_events(now, first);
@@ -663,6 +663,12 @@ impl Driver {
                             events.push_back(ev);
                             continue;
                         }
+                        // The run id is used once it is in CHAIN.state, before the run
+                        // starts: an instance stopped or killed at any moment after the
+                        // spawn leaves a state that names this run, so the next one never
+                        // gives its id to another run. (With the state written in place,
+                        // this costs a few microseconds.)
+                        self.save_state_with(now, Some((&task, run_id, sys::wall_ms())));
                         events.push_back(self.spawn(now, index, run_id));
                     }
                     Action::Signal(sig) => {
@@ -955,12 +961,20 @@ impl Driver {
     /// Write CHAIN.state: the position, the run in progress (if any), the counters
     /// and the failure and alert state.
     fn save_state(&mut self, now: Mono) {
-        self.state_dirty = false;
-        let running = self
+        let current = self
             .current
             .as_ref()
             .filter(|_| self.run.is_some())
-            .map(|c| (c.task.as_str(), c.run_id, c.start_ms));
+            .map(|c| (c.task.clone(), c.run_id, c.start_ms));
+        self.save_state_with(
+            now,
+            current.as_ref().map(|(t, id, ms)| (t.as_str(), *id, *ms)),
+        );
+    }
+
+    /// [`Driver::save_state`], with the run in progress given: (task, run id, since).
+    fn save_state_with(&mut self, now: Mono, running: Option<(&str, u64, u64)>) {
+        self.state_dirty = false;
         let (index, due) = self.chain.position();
         let mut st = State {
             version: state::STATE_VERSION,
