@@ -211,6 +211,9 @@ fn writer(chain: &str, mut store: Store, rx: mpsc::Receiver<Msg>) {
 /// One last try; what cannot be written now is lost with this process (the chain's
 /// position and failure state are in CHAIN.state regardless).
 fn last_try(chain: &str, store: &mut Store) {
+    if store.pending() == 0 {
+        store.checkpoint_if_large();
+    }
     if store.pending() > 0 {
         store.flush(sys::mono_now());
         if store.pending() > 0 {

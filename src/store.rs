@@ -241,14 +241,15 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// index and a few series rows, and a larger cache only grows the chain's memory over
 /// its life (at 4 MiB it added 4 MB by 100,000 runs, for no fewer reads).
 ///
-/// Nor does it checkpoint when it closes (SQLite's default for the last connection):
-/// that copy and its two fsyncs made a chain's exit, and so every stop and upgrade,
-/// several milliseconds slower. The WAL stays, whole and bounded, for the next writer.
+/// It does checkpoint when it closes, if it is the last connection (SQLite's default):
+/// that makes an exit a few milliseconds slower, but skipping it let the WAL grow
+/// without bound across many short instances (`--once` from cron), whose commits never
+/// reach CHECKPOINT_IDLE_AFTER (tests/store.rs, the_wal_stays_bounded...).
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-256;")?;
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
+    // journal_size_limit: once checkpointed and restarted, the WAL file is cut back to
+    // 1 MiB (WAL_IDLE_MAX), so its size says how much it holds.
+    conn.execute_batch(
+        "PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-256; PRAGMA journal_size_limit=1048576;",
     )?;
     Ok(())
 }
@@ -257,6 +258,13 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
 const CHECKPOINT_FORCE_AFTER: u32 = 4000;
 /// Commits after which an idle chain checkpoints.
 const CHECKPOINT_IDLE_AFTER: u32 = 100;
+/// A WAL larger than this is checkpointed at the next idle moment, whoever wrote it:
+/// no connection checkpoints on close, and instances that live for fewer than
+/// CHECKPOINT_IDLE_AFTER commits (`--once` from cron, frequent relaunches) would
+/// otherwise never do it.
+const WAL_IDLE_MAX: u64 = 1 << 20;
+/// A WAL larger than this is checkpointed when a chain exits.
+const WAL_EXIT_MAX: u64 = 4 << 20;
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -448,10 +456,26 @@ impl Store {
     /// cooldown lies ahead), so the work stays off the path between runs; a chain that is
     /// never idle checkpoints every CHECKPOINT_FORCE_AFTER commits regardless.
     pub fn checkpoint_if_idle(&mut self) {
-        if self.commits < CHECKPOINT_IDLE_AFTER || !self.queue.is_empty() {
+        if !self.queue.is_empty() {
             return;
         }
-        self.checkpoint();
+        if self.commits >= CHECKPOINT_IDLE_AFTER || self.wal_bytes() > WAL_IDLE_MAX {
+            self.checkpoint();
+        }
+    }
+
+    /// At exit: checkpoint only if the WAL has grown large (see WAL_EXIT_MAX), so that
+    /// an exit stays quick but the WAL stays bounded across any number of instances.
+    pub fn checkpoint_if_large(&mut self) {
+        if self.queue.is_empty() && self.wal_bytes() > WAL_EXIT_MAX {
+            self.checkpoint();
+        }
+    }
+
+    fn wal_bytes(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        std::fs::metadata(wal).map_or(0, |m| m.len())
     }
 
     fn checkpoint(&mut self) {

@@ -728,3 +728,40 @@ keep_output = "16KiB"
     );
     env.assert_running_on_device(&mut runner, "a");
 }
+
+/// No connection checkpoints the WAL when it closes (that made every exit slow), so the
+/// WAL must stay bounded by other means: many short instances (`--once` from cron), each
+/// far from the commit count that triggers a checkpoint, must not let it grow for ever.
+/// 300 instances of two runs each write about 10 MB of WAL frames (600 with
+/// RUN_CHAIN_LONG, 20 MB); the store keeps the
+/// WAL under 1 MiB at idle and 4 MiB at exit, so it must end well under that total.
+#[test]
+fn the_wal_stays_bounded_across_many_short_instances() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+success_cooldown = "0s"
+[tasks.a]
+command = 'printf "%0200d\n" 0'
+[tasks.b]
+command = 'printf "%0200d\n" 0'
+"#,
+    );
+    let instances = scaled(300, 600);
+    for _ in 0..instances {
+        env.run(&["--once", "a", "b"]).assert_code(0);
+    }
+    let wal = env.run_root.join("runs.db-wal");
+    let wal_bytes = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let runs = env.sub(&["history", "a", "--json", "--limit", "100000"]);
+    runs.assert_code(0);
+    assert_eq!(
+        runs.json().as_array().map(|a| a.len()),
+        Some(instances),
+        "every run recorded"
+    );
+    assert!(
+        wal_bytes <= 5 << 20,
+        "the WAL grew to {wal_bytes} bytes over {instances} short instances"
+    );
+}
