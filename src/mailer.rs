@@ -194,19 +194,34 @@ pub fn enqueue(run_root: &Path, a: &AlertMail, bytes: &[u8]) -> std::io::Result<
         std::process::id()
     );
     let path = dir.join(&name);
+    write_into_place(&dir, &name, bytes, true)?;
+    Ok(path)
+}
+
+/// Write `bytes` to `dir/name` under a dot name with mode 0600 from the start (synced
+/// first if `sync`), then rename it into place: a reader of the folder never sees a
+/// half-written mail, nor one readable by others. The temporary file is removed on error.
+fn write_into_place(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            if sync {
+                f.sync_all()?;
+            }
+            Ok(())
+        })
+        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 use std::os::unix::fs::DirBuilderExt;
@@ -372,25 +387,8 @@ pub fn deliver(
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("alert.eml"));
     let dest = dir.join(&name);
-    // Written under a dot name with mode 0600 from the start, then renamed into place: a
-    // reader of mail/ never sees a half-written mail, nor one readable by others.
-    let tmp = dir.join(format!(".{}.tmp", name.display()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|()| std::fs::rename(&tmp, &dest));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(SendError::Transient(format!(
-            "cannot write {}: {e}",
-            dest.display()
-        )));
-    }
+    write_into_place(&dir, &name.to_string_lossy(), bytes, false)
+        .map_err(|e| SendError::Transient(format!("cannot write {}: {e}", dest.display())))?;
     Ok(format!("written to {}", dest.display()))
 }
 
