@@ -413,7 +413,12 @@ impl Driver {
                 self.alert_ticks(now);
                 continue;
             }
-            let deadline = [deadline, self.output_flush_at, alert_at]
+            let records_at = self.store.due();
+            if records_at.is_some_and(|t| t <= now) {
+                self.store.tick(now);
+                continue;
+            }
+            let deadline = [deadline, self.output_flush_at, alert_at, records_at]
                 .into_iter()
                 .flatten()
                 .min();
@@ -546,7 +551,7 @@ impl Driver {
     fn on_signal(&mut self, now: Mono, sig: Sig) -> Option<u8> {
         let ev = match sig {
             Sig::Child => {
-                let exit = self.run.as_ref().and_then(|r| r.leader_exit());
+                let exit = self.run.as_mut().and_then(|r| r.leader_exit());
                 match exit {
                     Some(e) if !self.chain.reaping() => Event::LeaderExited(e),
                     _ => return None,
@@ -637,7 +642,7 @@ impl Driver {
         if self.state_dirty {
             self.save_state(now);
         }
-        self.store.end_batch();
+        self.store.end_batch(now);
         if self.checkpoint_due {
             self.checkpoint_due = false;
             // A cooldown lies ahead: the store's housekeeping costs the chain nothing now.
@@ -916,6 +921,19 @@ impl Driver {
                 self.send_alert(now, &f.task.clone(), &d, Some(f));
             }
         }
+        let level = if f.outcome.is_failure() {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        if log::log_enabled!(level) {
+            self.log_finished(now, f, duration);
+        }
+        self.state_dirty = true;
+    }
+
+    /// The log line of a run's end (built only when it is logged).
+    fn log_finished(&self, now: Mono, f: &Finished, duration: Duration) {
         let (next_index, due) = self.chain.position();
         let next = match (due, f.cooldown) {
             _ if self.chain.done() => "exiting".to_string(),
@@ -955,7 +973,6 @@ impl Driver {
         } else {
             log::info!("{msg}");
         }
-        self.state_dirty = true;
     }
 
     /// Write CHAIN.state: the position, the run in progress (if any), the counters

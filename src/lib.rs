@@ -26,6 +26,7 @@ pub mod recorder;
 pub mod report;
 pub mod signals;
 pub mod signature;
+pub mod spawn;
 pub mod state;
 pub mod store;
 pub mod sys;

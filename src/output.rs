@@ -202,6 +202,11 @@ impl Source {
         Source { fd: Some(fd), sink }
     }
 
+    /// A source whose descriptor is already non-blocking.
+    pub fn nonblocking(fd: OwnedFd, sink: usize) -> Source {
+        Source { fd: Some(fd), sink }
+    }
+
     pub fn fd(&self) -> Option<RawFd> {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
@@ -215,12 +220,33 @@ impl Source {
     pub fn pump(&mut self, sinks: &mut [Sink; 2], tail: &mut Tail, all: bool) {
         let Some(fd) = self.fd() else { return };
         let sink = &mut sinks[self.sink];
-        let mut buf = vec![0u8; sink.chunk()];
+        thread_local! {
+            // One read buffer, kept: allocating (and zeroing) 64 KiB per read showed in
+            // the loop rate of a chain of short tasks.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < BIG_CHUNK {
+                b.resize(BIG_CHUNK, 0);
+            }
+            self.pump_with(fd, sink, tail, all, &mut b[..sink.chunk()]);
+        });
+    }
+
+    fn pump_with(
+        &mut self,
+        fd: RawFd,
+        sink: &mut Sink,
+        tail: &mut Tail,
+        all: bool,
+        buf: &mut [u8],
+    ) {
         loop {
             if !all && !sink.ready() {
                 return;
             }
-            match sys::read(fd, &mut buf) {
+            match sys::read(fd, buf) {
                 Ok(0) => {
                     self.fd = None;
                     return;

@@ -18,15 +18,17 @@
 //! (SIGCHLD), not once per pipe as well: with short tasks each extra wake-up showed in
 //! the loop rate. What is left in the pipes is read when the group is empty.
 
-use std::collections::BTreeSet;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{c_char, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::OnceLock;
 
 use crate::chain::GroupSignal;
 use crate::config::{Program, Task};
 use crate::outcome::Exit;
 use crate::output::Source;
+use crate::spawn::{self, Step};
 use crate::sys;
 
 /// A run in progress.
@@ -37,20 +39,75 @@ pub struct Run {
     pub sources: Vec<Source>,
     /// Leftover processes that survived SIGKILL past the give-up time: not waited for again.
     reaped_leader: bool,
+    /// The first process has exited (seen by [`Run::leader_exit`]).
+    leader_exited: bool,
     /// Our copies of the write ends of the output pipes (see the module's text).
     _writers: Vec<OwnedFd>,
 }
 
-/// A pipe (read end, write end), both close-on-exec.
+/// A pipe for a task's output: (read end, non-blocking; write end, blocking), both
+/// close-on-exec, the write end numbered 3 or more (it is dup'ed onto 1 or 2).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors, which are new and ours.
+    // SAFETY: pipe2 fills two descriptors, which are new and ours; fcntl on them.
     unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+        let (r, w) = (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]));
+        // The two ends are two open files: the task's end blocks, as a pipe should.
+        if libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((r, above_stdio(w)?))
     }
+}
+
+/// `fd` itself if it is 3 or more, else a close-on-exec copy that is (only when
+/// run-chain was started with stdin, stdout or stderr closed).
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on a descriptor we own; the copy is new and ours.
+    unsafe {
+        let n = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(n))
+    }
+}
+
+/// /dev/null for the tasks' stdin, opened once.
+fn dev_null() -> std::io::Result<RawFd> {
+    static NULL: OnceLock<Result<OwnedFd, i32>> = OnceLock::new();
+    let r = NULL.get_or_init(|| {
+        std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .and_then(above_stdio)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    });
+    match r {
+        Ok(fd) => Ok(fd.as_raw_fd()),
+        Err(e) => Err(std::io::Error::from_raw_os_error(*e)),
+    }
+}
+
+/// run-chain's own environment, as the tasks inherit it: (name, "NAME=value"),
+/// read once (run-chain never changes its environment).
+fn base_env() -> &'static [(Vec<u8>, CString)] {
+    static BASE: OnceLock<Vec<(Vec<u8>, CString)>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                Some((k.into_vec(), CString::new(kv).ok()?))
+            })
+            .collect()
+    })
 }
 
 /// What identifies the run to the task.
@@ -61,88 +118,137 @@ pub struct RunEnv<'a> {
     pub remove: Option<&'a str>,
 }
 
+fn cstr(what: &str, s: impl Into<Vec<u8>>) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("cannot start the task: {what} contains a NUL byte"))
+}
+
+/// The paths `execve` tries for `program`, as `execvp` would: the program itself if
+/// it has a slash, else each directory of PATH (the task's own if its env sets one).
+fn candidates(
+    program: &str,
+    task_env: &BTreeMap<String, String>,
+    remove: Option<&str>,
+) -> Result<Vec<CString>, String> {
+    if program.contains('/') {
+        return Ok(vec![cstr("the program", program)?]);
+    }
+    let ours = std::env::var_os("PATH");
+    let path: Vec<u8> = match task_env.get("PATH") {
+        Some(p) if remove != Some("PATH") => p.as_bytes().to_vec(),
+        _ if remove == Some("PATH") => b"/bin:/usr/bin".to_vec(),
+        _ => ours.map_or_else(|| b"/bin:/usr/bin".to_vec(), |p| p.into_vec()),
+    };
+    let mut out = Vec::new();
+    for dir in path.split(|b| *b == b':') {
+        let mut full = dir.to_vec();
+        if !full.is_empty() {
+            full.push(b'/');
+        }
+        full.extend_from_slice(program.as_bytes());
+        out.push(cstr("PATH", full)?);
+    }
+    Ok(out)
+}
+
 /// Start `task`. The error is a message for the run record (spawn-error).
 pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
-    let mut cmd = match &task.program {
-        Program::Shell(c) => {
-            let mut cmd = Command::new("/bin/sh");
-            cmd.arg("-c").arg(c);
-            cmd
-        }
-        Program::Argv(v) => {
-            let mut cmd = Command::new(&v[0]);
-            cmd.args(&v[1..]);
-            cmd
-        }
+    let (program, argv): (&str, Vec<CString>) = match &task.program {
+        Program::Shell(c) => (
+            "/bin/sh",
+            vec![
+                cstr("the command", "/bin/sh")?,
+                cstr("the command", "-c")?,
+                cstr("the command", c.as_str())?,
+            ],
+        ),
+        Program::Argv(v) => (
+            v.first().map_or("", String::as_str),
+            v.iter()
+                .map(|a| cstr("argv", a.as_str()))
+                .collect::<Result<_, _>>()?,
+        ),
     };
-    cmd.current_dir(&task.cwd)
-        .envs(&task.env)
-        .env("RUN_CHAIN_NAME", env.chain)
-        .env("RUN_CHAIN_TASK", &task.name)
-        .env("RUN_CHAIN_RUN_ID", env.run_id.to_string())
-        .stdin(Stdio::null())
-        .process_group(0);
-    let pipes = pipe()
-        .and_then(|(r1, w1)| Ok((r1, w1, pipe()?)))
-        .and_then(|(r1, w1, (r2, w2))| {
-            cmd.stdout(Stdio::from(w1.try_clone()?))
-                .stderr(Stdio::from(w2.try_clone()?));
-            Ok(([r1, r2], vec![w1, w2]))
-        });
-    let (readers, writers) = pipes.map_err(|e| format!("cannot create the output pipes: {e}"))?;
-    if let Some(var) = env.remove {
-        cmd.env_remove(var);
+    let candidates = candidates(program, &task.env, env.remove)?;
+    let cwd = cstr("cwd", task.cwd.as_os_str().as_bytes())?;
+    // The environment: ours, then the task's env, then the run's identity; the
+    // password's variable is removed from all of them.
+    let set = |k: &[u8]| {
+        env.remove.is_some_and(|r| r.as_bytes() == k)
+            || k == b"RUN_CHAIN_NAME"
+            || k == b"RUN_CHAIN_TASK"
+            || k == b"RUN_CHAIN_RUN_ID"
+            || std::str::from_utf8(k).is_ok_and(|k| task.env.contains_key(k))
+    };
+    let mut own = Vec::with_capacity(task.env.len() + 3);
+    for (k, v) in &task.env {
+        if env.remove != Some(k.as_str()) {
+            own.push(cstr("env", format!("{k}={v}"))?);
+        }
     }
-    if let Some(n) = task.nice {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // nice(2) returns the new niceness, which may be -1: check errno.
-                *libc::__errno_location() = 0;
-                let r = libc::nice(n);
-                if r == -1 && *libc::__errno_location() != 0 {
-                    return Err(std::io::Error::last_os_error());
+    own.push(cstr(
+        "the chain's name",
+        format!("RUN_CHAIN_NAME={}", env.chain),
+    )?);
+    own.push(cstr(
+        "the task's name",
+        format!("RUN_CHAIN_TASK={}", task.name),
+    )?);
+    own.push(cstr(
+        "the run id",
+        format!("RUN_CHAIN_RUN_ID={}", env.run_id),
+    )?);
+    let envp: Vec<*const c_char> = base_env()
+        .iter()
+        .filter(|(k, _)| !set(k))
+        .map(|(_, kv)| kv.as_ptr())
+        .chain(own.iter().map(|kv| kv.as_ptr()))
+        .collect();
+    let null = dev_null().map_err(|e| format!("cannot open /dev/null for stdin: {e}"))?;
+    let (out_r, out_w) = pipe().map_err(|e| format!("cannot create the output pipes: {e}"))?;
+    let (err_r, err_w) = pipe().map_err(|e| format!("cannot create the output pipes: {e}"))?;
+    let spec = spawn::Spec {
+        candidates: &candidates,
+        argv: &argv,
+        envp: &envp,
+        cwd: &cwd,
+        nice: task.nice,
+        stdio: [null, out_w.as_raw_fd(), err_w.as_raw_fd()],
+    };
+    let pid = spawn::spawn(&spec).map_err(|e| {
+        let err = e.err;
+        match e.step {
+            Step::Nice => match (task.nice, err.raw_os_error()) {
+                (Some(n), Some(libc::EPERM | libc::EACCES)) if n < 0 => {
+                    format!("cannot set nice {n} (raising priority needs privilege): {err}")
                 }
-                Ok(())
-            });
-        }
-    }
-    let child = cmd.spawn().map_err(|e| {
-        if let (Some(n), Some(libc::EPERM | libc::EACCES)) = (task.nice, e.raw_os_error()) {
-            if n < 0 {
-                return format!("cannot set nice {n} (raising priority needs privilege): {e}");
-            }
-        }
-        if !task.cwd.is_dir() {
-            format!("cannot change into cwd {}: {e}", task.cwd.display())
-        } else {
-            match &task.program {
-                Program::Argv(v) => format!("cannot run {}: {e}", v[0]),
-                Program::Shell(_) => format!("cannot run /bin/sh: {e}"),
-            }
+                (n, _) => format!("cannot set nice {}: {err}", n.unwrap_or(0)),
+            },
+            Step::Cwd => format!("cannot change into cwd {}: {err}", task.cwd.display()),
+            Step::Exec => format!("cannot run {program}: {err}"),
+            Step::Setup => format!("cannot start {program}: {err}"),
         }
     })?;
-    let pid = child.id() as i32;
-    // The Command's copies of the write ends go with it, now.
-    drop(cmd);
-    let [out, err] = readers;
-    let sources = vec![Source::new(out, 0), Source::new(err, 1)];
-    // `child` is dropped without waiting: we reap by PID ourselves.
+    let sources = vec![Source::nonblocking(out_r, 0), Source::nonblocking(err_r, 1)];
     Ok(Run {
         pid,
         sources,
         reaped_leader: false,
-        _writers: writers,
+        leader_exited: false,
+        _writers: vec![out_w, err_w],
     })
 }
 
 impl Run {
     /// Has the first process exited? (Looks without reaping.)
-    pub fn leader_exit(&self) -> Option<Exit> {
+    pub fn leader_exit(&mut self) -> Option<Exit> {
         if self.reaped_leader {
             return None;
         }
-        sys::exited_nowait(self.pid)
+        let exit = sys::exited_nowait(self.pid);
+        if exit.is_some() {
+            self.leader_exited = true;
+        }
+        exit
     }
 
     /// Signal the run's group, and every child of ours that is not the guardian or
@@ -152,14 +258,19 @@ impl Run {
             GroupSignal::Term => libc::SIGTERM,
             GroupSignal::Kill => libc::SIGKILL,
         };
-        if !self.reaped_leader {
+        let kids = sys::children();
+        // Once the first process has exited, every process left of the run is a child
+        // of ours or below one (we are the subreaper): with no such child, the group
+        // holds only the unreaped first process, and signalling it is skipped.
+        let others = kids.iter().any(|k| *k != self.pid && !ignore.contains(k));
+        if !self.reaped_leader && (others || !self.leader_exited) {
             sys::kill(-self.pid, sig);
             if sig == libc::SIGTERM {
                 // A stopped process cannot act on SIGTERM.
                 sys::kill(-self.pid, libc::SIGCONT);
             }
         }
-        for kid in sys::children() {
+        for kid in kids {
             if kid == self.pid || ignore.contains(&kid) {
                 continue;
             }

@@ -42,6 +42,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{ChainTask, Mono, Resume};
+use crate::sys;
 
 /// The saved state of one chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -269,7 +270,13 @@ struct Open {
     seq: u64,
     /// The slot written next (the older one).
     next: usize,
+    /// When the path was last looked up (see [`Writer::save`]).
+    looked: std::time::Instant,
 }
+
+/// How often a save looks the path up again; between, the open file's link count
+/// tells whether it was removed or replaced by a rename.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
     pub fn new(path: PathBuf) -> Writer {
@@ -283,11 +290,23 @@ impl Writer {
     /// Save `state`: in place when the file is ours and the state fits its slots, else as
     /// a new file.
     pub fn save(&mut self, state: &State) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::{FileExt, MetadataExt};
         let text = serde_json::to_string(state).map_err(std::io::Error::other)?;
         if let Some(o) = &mut self.open {
-            let still_ours = std::fs::symlink_metadata(&self.path)
-                .is_ok_and(|m| (m.dev(), m.ino()) == o.id && m.file_type().is_file());
+            // The path is looked up at most once a second (a lookup is the dearest part
+            // of a save in a chain without cooldowns); a file removed or replaced by a
+            // rename shows at once as a link count of 0.
+            let still_ours = if o.looked.elapsed() >= LOOK_EVERY {
+                o.looked = std::time::Instant::now();
+                std::fs::symlink_metadata(&self.path)
+                    .is_ok_and(|m| (m.dev(), m.ino()) == o.id && m.file_type().is_file())
+            } else {
+                // Asked without the times: on a file system with fine-grained timestamps
+                // a stat that reads them makes the next write update them at once (an
+                // inode write to the journal per save).
+                sys::link_count(o.file.as_raw_fd()).is_some_and(|n| n > 0)
+            };
             let slot = slot_bytes(o.seq + 1, &text);
             if still_ours && slot.len() <= o.slot {
                 let at = HEADER_LEN + o.next * o.slot;
@@ -308,6 +327,7 @@ impl Writer {
             seq,
             // `create` wrote slot 0.
             next: 1,
+            looked: std::time::Instant::now(),
         });
         Ok(())
     }

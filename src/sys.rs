@@ -93,6 +93,12 @@ fn read_list(f: &std::fs::File) -> Option<Vec<i32>> {
             break;
         }
         text.extend_from_slice(&buf[..n]);
+        // The kernel fills a read of this file up to a page at a time: a read that came
+        // back well short of the buffer got everything (this saves a second read, which
+        // would find the end, on the path between two runs).
+        if n + 64 < buf.len() {
+            break;
+        }
     }
     let mut out: Vec<i32> = text
         .split(|b| b.is_ascii_whitespace())
@@ -389,4 +395,39 @@ pub fn read_proc_once(path: &str) -> Option<String> {
         last = again;
     }
     Some(last)
+}
+
+/// The link count of an open file, asked for alone (see `state::Writer::save`).
+pub fn link_count(fd: RawFd) -> Option<u32> {
+    // SAFETY: statx on a descriptor with an empty path, into a zeroed struct.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_NLINK,
+            &mut st,
+        )
+    };
+    (r == 0 && st.stx_mask & libc::STATX_NLINK != 0).then_some(st.stx_nlink)
+}
+
+/// The descriptors open in this thread's table (/proc/thread-self/fd), without the one
+/// used to list them.
+pub fn open_fds() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/thread-self/fd") else {
+        return Vec::new();
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    // The directory's own descriptor was closed when `dir` was dropped.
+    fds.into_iter()
+        .filter(|fd| {
+            // SAFETY: fcntl F_GETFD on a descriptor number only reads its flags.
+            unsafe { libc::fcntl(*fd, libc::F_GETFD) >= 0 }
+        })
+        .collect()
 }
