@@ -88,6 +88,14 @@ fn list_fds(pid: &str, file: &str) -> String {
     )
 }
 
+/// Like `list_fds`, over the descriptor tables of all of `pid`'s threads (run-chain's store
+/// writer thread has a table of its own, holding the store's files).
+fn list_thread_fds(pid: &str, file: &str) -> String {
+    format!(
+        r#"( for f in /proc/{pid}/task/*/fd/*; do printf "%s -> " "$f"; readlink "$f" || echo; done ) > "$T/{file}""#
+    )
+}
+
 /// Parses `list_fds` output into (fd, target), leaving out any descriptor gone by the time
 /// readlink looked (an empty target).
 fn parse_fds(text: &str) -> Vec<(u32, String)> {
@@ -785,7 +793,7 @@ command = '''
 group = "g"
 "#,
         list_fds("$$", "task-fds"),
-        list_fds("$PPID", "parent-fds")
+        list_thread_fds("$PPID", "parent-fds")
     ));
     let done = env.run(&["--once", "fail", "list"]);
     done.assert_code(1);
