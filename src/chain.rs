@@ -16,7 +16,8 @@
 //! | Idle     | Kick                         | due = now                                              |
 //! | Idle     | Stop / StopNow               | Exit(0)                                                |
 //! | Starting | Spawned                      | -> Running                                             |
-//! | Starting | SpawnFailed                  | Finished(spawn-error) -> Idle (fail cooldown)          |
+//! | Starting | SpawnFailed                  | Finished(spawn-error) -> Idle (fail cooldown; no start |
+//! |          |                              | before the next Tick, even when due at once)           |
 //! | Running  | Tick at timeout              | TERM group, kill at +kill_grace (outcome: timeout)     |
 //! | Running  | Stop                         | stop at +stop_grace                                    |
 //! | Running  | Tick at stop / StopNow       | TERM group, kill at +kill_grace (outcome: interrupted) |
@@ -624,6 +625,7 @@ impl Chain {
             Some(task.timing.fail_cooldown)
         };
         let ok = outcome.is_success();
+        let spawn_error = matches!(outcome, Outcome::SpawnError(_));
         out.push(Action::Finished(Finished {
             task: task.name.clone(),
             run_id: run.run_id,
@@ -656,9 +658,13 @@ impl Chain {
         }
         if self.stopping {
             self.exit(out);
-        } else {
+        } else if !spawn_error {
             self.tick(now, out);
         }
+        // After a start that failed, the next one waits for a Tick even when it is due
+        // at once (fail_cooldown 0): a program that cannot start would otherwise be
+        // retried within this one event for ever, and the driver would never get back to
+        // its signals, its clock or its store.
     }
 }
 
@@ -749,6 +755,23 @@ mod tests {
         let f = finished_of(&a).expect("finished");
         assert_eq!(f.outcome, Outcome::SpawnError("no such file".into()));
         assert_eq!(c.next_deadline(), Some(s(30)));
+    }
+
+    #[test]
+    fn a_failed_start_is_retried_at_the_next_tick_not_within_the_same_event() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        c.tasks[0].timing.fail_cooldown = Duration::ZERO;
+        let a = c.on_event(s(0), Event::Start);
+        assert!(matches!(a.as_slice(), [Action::Spawn { index: 0, .. }]));
+        let a = c.on_event(s(0), Event::SpawnFailed("no such file".into()));
+        assert_eq!(a.len(), 1, "only the run's end, no new start: {a:?}");
+        assert!(finished_of(&a).is_some());
+        assert_eq!(c.next_deadline(), Some(s(0)));
+        let a = c.on_event(ms(1), Event::Tick);
+        assert!(
+            matches!(a.as_slice(), [Action::Spawn { index: 1, .. }]),
+            "{a:?}"
+        );
     }
 
     #[test]

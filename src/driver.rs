@@ -402,6 +402,13 @@ impl Driver {
                     if let Some(code) = self.feed(now, Event::Tick) {
                         return Ok(self.finish(code));
                     }
+                    // Due at once again and again (a program that cannot start, with no
+                    // fail_cooldown) never reaches ppoll: look at the signals here too.
+                    for sig in self.signals.drain() {
+                        if let Some(code) = self.on_signal(sys::mono_now(), sig) {
+                            return Ok(self.finish(code));
+                        }
+                    }
                     continue;
                 }
             }
