@@ -649,12 +649,9 @@ impl Driver {
         if self.state_dirty {
             self.save_state(now);
         }
-        self.store.end_batch(now);
-        if self.checkpoint_due {
-            self.checkpoint_due = false;
-            // A cooldown lies ahead: the store's housekeeping costs the chain nothing now.
-            self.store.idle();
-        }
+        // A cooldown ahead: the store's housekeeping costs the chain nothing now.
+        self.store
+            .end_batch(now, std::mem::take(&mut self.checkpoint_due));
         code
     }
 
@@ -1000,47 +997,66 @@ impl Driver {
     fn save_state_with(&mut self, now: Mono, running: Option<(&str, u64, u64)>) {
         self.state_dirty = false;
         let (index, due) = self.chain.position();
-        let mut st = State {
-            version: state::STATE_VERSION,
-            tasks: self.names.clone(),
-            next_task: Some(self.names[index].clone()),
-            due_mono_ns: due.map(|d| d.as_nanos() as u64),
-            due_wall_ms: due.map(|d| sys::wall_ms() + d.saturating_sub(now).as_millis() as u64),
-            boot_id: self.boot_id.clone(),
-            running_task: running.map(|(t, _, _)| t.to_string()),
-            running_run_id: running.map(|(_, id, _)| id),
-            running_since_ms: running.map(|(_, _, since)| since),
-            waiting_group: self
-                .waiting_since_ms
-                .and_then(|_| self.tasks[index].group.clone()),
-            waiting_since_ms: self.waiting_since_ms,
-            run_ids: self.chain.run_ids().clone(),
-            failures: self.failures.clone(),
-            alerts: self.alerts.clone(),
-        };
-        if self.mode == Mode::Once {
+        let due_wall_ms = due.map(|d| sys::wall_ms() + d.saturating_sub(now).as_millis() as u64);
+        let saved = if self.mode == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.
-            st.tasks = self.base_state.tasks.clone();
-            st.next_task = self.base_state.next_task.clone();
-            st.due_mono_ns = self.base_state.due_mono_ns;
-            st.due_wall_ms = self.base_state.due_wall_ms;
-            st.boot_id = self.base_state.boot_id.clone();
-            if st.running_task.is_none() {
-                st.running_task = self.base_state.running_task.clone();
-                st.running_run_id = self.base_state.running_run_id;
-            }
-            let mut ids = self.base_state.run_ids.clone();
+            let b = &self.base_state;
+            let mut ids = b.run_ids.clone();
             ids.extend(self.chain.run_ids().clone());
-            st.run_ids = ids;
-        }
-        let path = self.state_file.path().to_path_buf();
-        match self.state_file.save(&st) {
+            let st = State {
+                version: state::STATE_VERSION,
+                tasks: b.tasks.clone(),
+                next_task: b.next_task.clone(),
+                due_mono_ns: b.due_mono_ns,
+                due_wall_ms: b.due_wall_ms,
+                boot_id: b.boot_id.clone(),
+                running_task: running
+                    .map(|(t, _, _)| t.to_string())
+                    .or_else(|| b.running_task.clone()),
+                running_run_id: running.map(|(_, id, _)| id).or(if running.is_none() {
+                    b.running_run_id
+                } else {
+                    None
+                }),
+                running_since_ms: running.map(|(_, _, since)| since),
+                waiting_group: self
+                    .waiting_since_ms
+                    .and_then(|_| self.tasks[index].group.clone()),
+                waiting_since_ms: self.waiting_since_ms,
+                run_ids: ids,
+                failures: self.failures.clone(),
+                alerts: self.alerts.clone(),
+            };
+            self.state_file.save(&st)
+        } else {
+            // Borrowed, not copied: this runs before and after every run.
+            let view = state::StateView {
+                version: state::STATE_VERSION,
+                tasks: &self.names,
+                next_task: Some(self.names[index].as_str()),
+                due_mono_ns: due.map(|d| d.as_nanos() as u64),
+                due_wall_ms,
+                boot_id: self.boot_id.as_deref(),
+                running_task: running.map(|(t, _, _)| t),
+                running_run_id: running.map(|(_, id, _)| id),
+                running_since_ms: running.map(|(_, _, since)| since),
+                waiting_group: self
+                    .waiting_since_ms
+                    .and_then(|_| self.tasks[index].group.as_deref()),
+                waiting_since_ms: self.waiting_since_ms,
+                run_ids: self.chain.run_ids(),
+                failures: &self.failures,
+                alerts: &self.alerts,
+            };
+            self.state_file.save(&view)
+        };
+        match saved {
             Ok(()) => {
                 if self.state_error_logged {
                     log::info!(
                         "{}: state saved again to {}",
                         self.chain_name,
-                        path.display()
+                        self.state_file.path().display()
                     );
                     self.state_error_logged = false;
                 }
@@ -1050,7 +1066,7 @@ impl Driver {
                     log::error!(
                         "{}: failed to save state to {}: {e} (the chain keeps its schedule; retrying at every run)",
                         self.chain_name,
-                        path.display()
+                        self.state_file.path().display()
                     );
                     self.state_error_logged = true;
                 }

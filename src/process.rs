@@ -41,6 +41,8 @@ pub struct Run {
     reaped_leader: bool,
     /// The first process has exited (seen by [`Run::leader_exit`]).
     leader_exited: bool,
+    /// The last sweep found nothing of the run left.
+    swept_empty: bool,
     /// Our copies of the write ends of the output pipes (see the module's text).
     _writers: Vec<OwnedFd>,
 }
@@ -234,6 +236,7 @@ pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
         sources,
         reaped_leader: false,
         leader_exited: false,
+        swept_empty: false,
         _writers: vec![out_w, err_w],
     })
 }
@@ -301,12 +304,18 @@ impl Run {
             sys::reap(self.pid);
             self.reaped_leader = true;
         }
+        self.swept_empty = !left;
         !left
     }
 
     /// Children of ours that are still alive besides the ignored ones (for a warning
     /// when they survive SIGKILL).
     pub fn leftovers(&self, ignore: &BTreeSet<i32>) -> Vec<i32> {
+        // A sweep that found nothing left is final: a process that could still turn up
+        // would be below one of our children, and there was none.
+        if self.swept_empty {
+            return Vec::new();
+        }
         sys::children()
             .into_iter()
             .filter(|k| *k != self.pid && !ignore.contains(k))

@@ -36,10 +36,9 @@ pub const HOLD: std::time::Duration = std::time::Duration::from_millis(10);
 pub const START_HOLD: std::time::Duration = std::time::Duration::from_millis(25);
 
 enum Msg {
-    /// Write these, in one transaction.
-    Ops(Vec<Op>),
-    /// A cooldown lies ahead: a good moment to checkpoint the WAL.
-    Idle,
+    /// Write these, in one transaction; then, if true, a cooldown lies ahead (a good
+    /// moment to checkpoint the WAL).
+    Ops(Vec<Op>, bool),
 }
 
 /// The driver's side of the writer thread.
@@ -61,8 +60,7 @@ pub struct Recorder {
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Msg::Ops(v) => write!(f, "Ops({})", v.len()),
-            Msg::Idle => write!(f, "Idle"),
+            Msg::Ops(v, idle) => write!(f, "Ops({}, idle {idle})", v.len()),
         }
     }
 }
@@ -126,18 +124,24 @@ impl Recorder {
 
     /// End the batch: hand it over now, or hold it if the last hand-over was less
     /// than [`HOLD`] before `now`.
-    pub fn end_batch(&mut self, now: Mono) {
+    /// With `idle` (a cooldown lies ahead), everything goes now, with word that the writer
+    /// may checkpoint: one hand-over, one wake-up of the writer.
+    pub fn end_batch(&mut self, now: Mono, idle: bool) {
         self.batching = false;
-        if self.batch.is_empty() {
+        let ops = std::mem::take(&mut self.batch);
+        if idle {
+            self.send_ops(now, ops, true);
             return;
         }
-        let ops = std::mem::take(&mut self.batch);
+        if ops.is_empty() {
+            return;
+        }
         if ops.iter().all(|op| matches!(op, Op::Start(_))) {
             self.hold(ops, now + START_HOLD);
         } else if let Some(t) = self.sent_at.filter(|t| now < *t + HOLD) {
             self.hold(ops, t + HOLD);
         } else {
-            self.send_ops(now, ops);
+            self.send_ops(now, ops, false);
         }
     }
 
@@ -154,7 +158,7 @@ impl Recorder {
     /// Hand over what is held, if it is due.
     pub fn tick(&mut self, now: Mono) {
         if self.due().is_some_and(|d| d <= now) {
-            self.send_ops(now, Vec::new());
+            self.send_ops(now, Vec::new(), false);
         }
     }
 
@@ -162,26 +166,18 @@ impl Recorder {
         if self.batching {
             self.batch.push(op);
         } else {
-            self.send_ops(sys::mono_now(), vec![op]);
+            self.send_ops(sys::mono_now(), vec![op], false);
         }
     }
 
-    /// A cooldown lies ahead: what is held goes now, and the writer may checkpoint.
-    pub fn idle(&mut self) {
-        if !self.held.is_empty() {
-            self.send_ops(sys::mono_now(), Vec::new());
-        }
-        self.send(Msg::Idle);
-    }
-
-    /// Hand over what is held, then `ops`, as one.
-    fn send_ops(&mut self, now: Mono, ops: Vec<Op>) {
+    /// Hand over what is held, then `ops`, as one (and `idle`, see `end_batch`).
+    fn send_ops(&mut self, now: Mono, ops: Vec<Op>, idle: bool) {
         let mut all = std::mem::take(&mut self.held);
         all.extend(ops);
         self.held_due = None;
         self.sent_at = Some(now);
-        if !all.is_empty() {
-            self.send(Msg::Ops(all));
+        if !all.is_empty() || idle {
+            self.send(Msg::Ops(all, idle));
         }
     }
 
@@ -201,15 +197,16 @@ impl Recorder {
         }
         if let Some(store) = &mut self.inline {
             let now = sys::mono_now();
-            match msg {
-                Msg::Ops(ops) => {
-                    store.begin_batch();
-                    for op in ops {
-                        store.push(now, op);
-                    }
-                    store.end_batch(now);
+            let Msg::Ops(ops, idle) = msg;
+            if !ops.is_empty() {
+                store.begin_batch();
+                for op in ops {
+                    store.push(now, op);
                 }
-                Msg::Idle => store.checkpoint_if_idle(),
+                store.end_batch(now);
+            }
+            if idle {
+                store.checkpoint_if_idle();
             }
         }
     }
@@ -219,7 +216,7 @@ impl Recorder {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if !ops.is_empty() || !self.held.is_empty() {
-            self.send_ops(sys::mono_now(), ops);
+            self.send_ops(sys::mono_now(), ops, false);
         }
         self.tx = None;
         if let Some(t) = self.thread.take() {
@@ -292,25 +289,21 @@ fn writer(chain: &str, mut store: Store, rx: mpsc::Receiver<Msg>) {
         };
         let now = sys::mono_now();
         match msg {
-            Ok(Msg::Ops(ops)) => {
+            Ok(Msg::Ops(ops, mut idle)) => {
                 store.begin_batch();
                 for op in ops {
                     store.push(now, op);
                 }
                 // Whatever else has come meanwhile goes into the same transaction.
-                let mut idle = false;
-                while let Ok(more) = rx.try_recv() {
-                    match more {
-                        Msg::Ops(ops) => ops.into_iter().for_each(|op| store.push(now, op)),
-                        Msg::Idle => idle = true,
-                    }
+                while let Ok(Msg::Ops(ops, more_idle)) = rx.try_recv() {
+                    ops.into_iter().for_each(|op| store.push(now, op));
+                    idle |= more_idle;
                 }
                 store.end_batch(now);
                 if idle {
                     store.checkpoint_if_idle();
                 }
             }
-            Ok(Msg::Idle) => store.checkpoint_if_idle(),
             Err(mpsc::RecvTimeoutError::Timeout) => store.flush(now),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }

@@ -76,6 +76,47 @@ pub struct State {
     pub alerts: BTreeMap<String, crate::alert::AlertState>,
 }
 
+/// [`State`] as borrowed fields, for writing: it serializes to the same JSON, without
+/// copying the maps (the driver writes the state before and after every run).
+#[derive(Debug, Serialize)]
+pub struct StateView<'a> {
+    pub version: u32,
+    pub tasks: &'a [String],
+    pub next_task: Option<&'a str>,
+    pub due_mono_ns: Option<u64>,
+    pub due_wall_ms: Option<u64>,
+    pub boot_id: Option<&'a str>,
+    pub running_task: Option<&'a str>,
+    pub running_run_id: Option<u64>,
+    pub running_since_ms: Option<u64>,
+    pub waiting_group: Option<&'a str>,
+    pub waiting_since_ms: Option<u64>,
+    pub run_ids: &'a BTreeMap<String, u64>,
+    pub failures: &'a BTreeMap<String, TaskFailures>,
+    pub alerts: &'a BTreeMap<String, crate::alert::AlertState>,
+}
+
+impl State {
+    pub fn view(&self) -> StateView<'_> {
+        StateView {
+            version: self.version,
+            tasks: &self.tasks,
+            next_task: self.next_task.as_deref(),
+            due_mono_ns: self.due_mono_ns,
+            due_wall_ms: self.due_wall_ms,
+            boot_id: self.boot_id.as_deref(),
+            running_task: self.running_task.as_deref(),
+            running_run_id: self.running_run_id,
+            running_since_ms: self.running_since_ms,
+            waiting_group: self.waiting_group.as_deref(),
+            waiting_since_ms: self.waiting_since_ms,
+            run_ids: &self.run_ids,
+            failures: &self.failures,
+            alerts: &self.alerts,
+        }
+    }
+}
+
 /// The failure state of one chain and task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TaskFailures {
@@ -289,7 +330,7 @@ impl Writer {
 
     /// Save `state`: in place when the file is ours and the state fits its slots, else as
     /// a new file.
-    pub fn save(&mut self, state: &State) -> std::io::Result<()> {
+    pub fn save(&mut self, state: &impl Serialize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::{FileExt, MetadataExt};
         let text = serde_json::to_string(state).map_err(std::io::Error::other)?;
@@ -299,8 +340,8 @@ impl Writer {
             // rename shows at once as a link count of 0.
             let still_ours = if o.looked.elapsed() >= LOOK_EVERY {
                 o.looked = std::time::Instant::now();
-                std::fs::symlink_metadata(&self.path)
-                    .is_ok_and(|m| (m.dev(), m.ino()) == o.id && m.file_type().is_file())
+                sys::path_identity(&self.path)
+                    .is_some_and(|(dev, ino, file)| (dev, ino) == o.id && file)
             } else {
                 // Asked without the times: on a file system with fine-grained timestamps
                 // a stat that reads them makes the next write update them at once (an
@@ -590,6 +631,20 @@ mod tests {
             .expect("read")
             .starts_with(MAGIC.as_bytes()));
         assert_eq!(load(&p).expect("load"), numbered(8));
+    }
+
+    #[test]
+    fn the_borrowed_view_writes_the_same_json_as_the_state() {
+        let mut st = numbered(3);
+        st.running_task = Some("t".into());
+        st.waiting_group = Some("g".into());
+        st.failures.insert("t".into(), TaskFailures::default());
+        st.alerts
+            .insert("t".into(), crate::alert::AlertState::default());
+        assert_eq!(
+            serde_json::to_string(&st.view()).expect("view"),
+            serde_json::to_string(&st).expect("state")
+        );
     }
 
     #[test]

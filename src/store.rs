@@ -649,24 +649,48 @@ impl Store {
         let Some(conn) = self.conn.as_mut() else {
             return Err(rusqlite::Error::InvalidQuery);
         };
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let instance_id = match self.instance_id {
-            Some(id) => id,
-            None => {
-                let i = &self.instance;
-                tx.execute(
-                    "INSERT INTO instances (host, pid, version, config_digest, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![i.host, i.pid, i.version, i.config_digest, i.started_ms as i64],
-                )?;
-                tx.last_insert_rowid()
+        // BEGIN and COMMIT as cached statements: rusqlite's Transaction parses them
+        // again for every transaction.
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let mut series_ids = self.series_ids.clone();
+        let written = (|| {
+            let instance_id = match self.instance_id {
+                Some(id) => id,
+                None => {
+                    let i = &self.instance;
+                    conn.execute(
+                        "INSERT INTO instances (host, pid, version, config_digest, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![i.host, i.pid, i.version, i.config_digest, i.started_ms as i64],
+                    )?;
+                    conn.last_insert_rowid()
+                }
+            };
+            let mut ops = self.queue.iter().peekable();
+            while let Some(op) = ops.next() {
+                // A short run's start and end come together (the recorder holds the
+                // start for them): one row insert, one series update.
+                if let (Op::Start(st), Some(Op::End(e))) = (op, ops.peek()) {
+                    if (&st.chain, &st.task, st.run_id) == (&e.chain, &e.task, e.run_id) {
+                        apply_end(conn, e, instance_id, &mut series_ids, Some(st.task_pid))?;
+                        ops.next();
+                        continue;
+                    }
+                }
+                apply(conn, op, instance_id, &mut series_ids)?;
+            }
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(instance_id)
+        })();
+        let instance_id = match written {
+            Ok(id) => id,
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                return Err(e);
             }
         };
-        let mut series_ids = self.series_ids.clone();
         let n = self.queue.len();
-        for op in &self.queue {
-            apply(&tx, op, instance_id, &mut series_ids)?;
-        }
-        tx.commit()?;
         self.commits += 1;
         if self.commits >= CHECKPOINT_FORCE_AFTER {
             self.checkpoint();
@@ -678,8 +702,141 @@ impl Store {
     }
 }
 
+/// A run's end. `merged_pid`: its start is in the same transaction and was not written
+/// (Some(the task's PID, if known)).
+fn apply_end(
+    tx: &Connection,
+    e: &RunEnd,
+    instance: i64,
+    cache: &mut HashMap<(String, String), i64>,
+    merged_pid: Option<Option<i32>>,
+) -> rusqlite::Result<()> {
+    let sid = series_id(tx, cache, &e.chain, &e.task)?;
+    let duration = e.stop_ms.saturating_sub(e.start_ms) as i64;
+    let latency = e.start_ms.saturating_sub(e.scheduled_ms) as i64;
+    // With the run's start in the same transaction (merged_pid), the row is new: one
+    // INSERT, no UPDATE that finds nothing first.
+    let changed = if merged_pid.is_some() {
+        0
+    } else {
+        tx.prepare_cached(
+            "UPDATE runs SET stop_ms = ?3, outcome = ?4, exit_code = ?5, signal = ?6, duration_ms = ?7,
+             latency_ms = ?8, output = ?9, output_bytes = ?10, output_cut = ?11, error = ?12
+             WHERE series = ?1 AND run_id = ?2",
+        )?
+        .execute(params![
+            sid,
+            e.run_id as i64,
+            e.stop_ms as i64,
+            e.outcome,
+            e.exit_code,
+            e.signal,
+            duration,
+            latency,
+            e.output,
+            e.output_bytes as i64,
+            e.output_cut,
+            e.error
+        ])?
+    };
+    if changed == 0 {
+        // The start is in this transaction, or was never written (dropped, or a spawn
+        // error): write the row whole.
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome,
+             exit_code, signal, duration_ms, latency_ms, output, output_bytes, output_cut, error, task_pid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?
+        .execute(params![
+            sid,
+            e.run_id as i64,
+            instance,
+            e.scheduled_ms as i64,
+            e.start_ms as i64,
+            e.stop_ms as i64,
+            e.outcome,
+            e.exit_code,
+            e.signal,
+            duration,
+            latency,
+            e.output,
+            e.output_bytes as i64,
+            e.output_cut,
+            e.error,
+            merged_pid.flatten()
+        ])?;
+    }
+    let column = match e.outcome {
+        "ok" => "ok",
+        "failed" => "failed",
+        "timeout" => "timeout",
+        "signal" => "signal",
+        "spawn-error" => "spawn_error",
+        _ => "interrupted",
+    };
+    let success = e.outcome == "ok";
+    let old: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT recent FROM series WHERE id = ?1")?
+        .query_row(params![sid], |r| r.get(0))?;
+    let recent = push_recent(
+        old.as_deref().unwrap_or_default(),
+        duration.max(0) as u64,
+        latency.max(0) as u64,
+    );
+    tx.prepare_cached(&format!(
+        "UPDATE series SET recent = ?13, runs = runs + 1, {column} = {column} + 1,
+         duration_sum_ms = duration_sum_ms + ?3, latency_sum_ms = latency_sum_ms + ?4,
+         last_run_id = ?2, last_outcome = ?5, last_exit_code = ?6, last_scheduled_ms = ?7,
+         last_start_ms = ?8, last_stop_ms = ?9, last_duration_ms = ?3,
+         last_success_ms = CASE WHEN ?10 THEN ?9 ELSE last_success_ms END,
+         running_run_id = NULL, running_since_ms = NULL,
+         streak_start_ms = ?11, streak_failures = ?12
+         WHERE id = ?1"
+    ))?
+    .execute(params![
+        sid,
+        e.run_id as i64,
+        duration,
+        latency,
+        e.outcome,
+        e.exit_code.or(e.signal.map(|s| 128 + s)),
+        e.scheduled_ms as i64,
+        e.start_ms as i64,
+        e.stop_ms as i64,
+        success,
+        e.streak.map(|s| s.0 as i64),
+        e.streak.map_or(0, |s| s.1 as i64),
+        recent
+    ])?;
+    // Prune, a bounded number of rows per run so that a lowered limit never
+    // stalls the chain: by count (run ids increase by one per run), then by age
+    // (looking only at the oldest rows, where old runs are).
+    if e.run_id > e.keep_runs_max {
+        tx.prepare_cached(
+            "DELETE FROM runs WHERE id IN
+             (SELECT id FROM runs WHERE series = ?1 AND run_id <= ?2 ORDER BY run_id LIMIT 1000)",
+        )?
+        .execute(params![sid, (e.run_id - e.keep_runs_max) as i64])?;
+    }
+    // One index look-up tells whether anything is old enough to go.
+    let oldest: Option<i64> = tx
+        .prepare_cached("SELECT start_ms FROM runs WHERE series = ?1 ORDER BY run_id LIMIT 1")?
+        .query_row(params![sid], |r| r.get(0))
+        .optional()?;
+    if oldest.is_some_and(|o| o < e.keep_after_ms as i64) {
+        tx.prepare_cached(
+            "DELETE FROM runs WHERE id IN
+             (SELECT id FROM runs WHERE series = ?1 ORDER BY run_id LIMIT 100)
+             AND start_ms < ?2 AND stop_ms IS NOT NULL",
+        )?
+        .execute(params![sid, e.keep_after_ms as i64])?;
+    }
+
+    Ok(())
+}
+
 fn series_id(
-    tx: &rusqlite::Transaction,
+    tx: &Connection,
     cache: &mut HashMap<(String, String), i64>,
     chain: &str,
     task: &str,
@@ -709,7 +866,7 @@ fn series_id(
 }
 
 fn apply(
-    tx: &rusqlite::Transaction,
+    tx: &Connection,
     op: &Op,
     instance: i64,
     cache: &mut HashMap<(String, String), i64>,
@@ -754,124 +911,7 @@ fn apply(
                 *output_cut
             ])?;
         }
-        Op::End(e) => {
-            let sid = series_id(tx, cache, &e.chain, &e.task)?;
-            let duration = e.stop_ms.saturating_sub(e.start_ms) as i64;
-            let latency = e.start_ms.saturating_sub(e.scheduled_ms) as i64;
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE runs SET stop_ms = ?3, outcome = ?4, exit_code = ?5, signal = ?6, duration_ms = ?7,
-                     latency_ms = ?8, output = ?9, output_bytes = ?10, output_cut = ?11, error = ?12
-                     WHERE series = ?1 AND run_id = ?2",
-                )?
-                .execute(params![
-                    sid,
-                    e.run_id as i64,
-                    e.stop_ms as i64,
-                    e.outcome,
-                    e.exit_code,
-                    e.signal,
-                    duration,
-                    latency,
-                    e.output,
-                    e.output_bytes as i64,
-                    e.output_cut,
-                    e.error
-                ])?;
-            if changed == 0 {
-                // The start was never written (dropped, or a spawn error): write it whole.
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome,
-                     exit_code, signal, duration_ms, latency_ms, output, output_bytes, output_cut, error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                )?
-                .execute(params![
-                    sid,
-                    e.run_id as i64,
-                    instance,
-                    e.scheduled_ms as i64,
-                    e.start_ms as i64,
-                    e.stop_ms as i64,
-                    e.outcome,
-                    e.exit_code,
-                    e.signal,
-                    duration,
-                    latency,
-                    e.output,
-                    e.output_bytes as i64,
-                    e.output_cut,
-                    e.error
-                ])?;
-            }
-            let column = match e.outcome {
-                "ok" => "ok",
-                "failed" => "failed",
-                "timeout" => "timeout",
-                "signal" => "signal",
-                "spawn-error" => "spawn_error",
-                _ => "interrupted",
-            };
-            let success = e.outcome == "ok";
-            let old: Option<Vec<u8>> = tx
-                .prepare_cached("SELECT recent FROM series WHERE id = ?1")?
-                .query_row(params![sid], |r| r.get(0))?;
-            let recent = push_recent(
-                old.as_deref().unwrap_or_default(),
-                duration.max(0) as u64,
-                latency.max(0) as u64,
-            );
-            tx.prepare_cached("UPDATE series SET recent = ?2 WHERE id = ?1")?
-                .execute(params![sid, recent])?;
-            tx.prepare_cached(&format!(
-                "UPDATE series SET runs = runs + 1, {column} = {column} + 1,
-                 duration_sum_ms = duration_sum_ms + ?3, latency_sum_ms = latency_sum_ms + ?4,
-                 last_run_id = ?2, last_outcome = ?5, last_exit_code = ?6, last_scheduled_ms = ?7,
-                 last_start_ms = ?8, last_stop_ms = ?9, last_duration_ms = ?3,
-                 last_success_ms = CASE WHEN ?10 THEN ?9 ELSE last_success_ms END,
-                 running_run_id = NULL, running_since_ms = NULL,
-                 streak_start_ms = ?11, streak_failures = ?12
-                 WHERE id = ?1"
-            ))?
-            .execute(params![
-                sid,
-                e.run_id as i64,
-                duration,
-                latency,
-                e.outcome,
-                e.exit_code.or(e.signal.map(|s| 128 + s)),
-                e.scheduled_ms as i64,
-                e.start_ms as i64,
-                e.stop_ms as i64,
-                success,
-                e.streak.map(|s| s.0 as i64),
-                e.streak.map_or(0, |s| s.1 as i64)
-            ])?;
-            // Prune, a bounded number of rows per run so that a lowered limit never
-            // stalls the chain: by count (run ids increase by one per run), then by age
-            // (looking only at the oldest rows, where old runs are).
-            if e.run_id > e.keep_runs_max {
-                tx.prepare_cached(
-                    "DELETE FROM runs WHERE id IN
-                     (SELECT id FROM runs WHERE series = ?1 AND run_id <= ?2 ORDER BY run_id LIMIT 1000)",
-                )?
-                .execute(params![sid, (e.run_id - e.keep_runs_max) as i64])?;
-            }
-            // One index look-up tells whether anything is old enough to go.
-            let oldest: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT start_ms FROM runs WHERE series = ?1 ORDER BY run_id LIMIT 1",
-                )?
-                .query_row(params![sid], |r| r.get(0))
-                .optional()?;
-            if oldest.is_some_and(|o| o < e.keep_after_ms as i64) {
-                tx.prepare_cached(
-                    "DELETE FROM runs WHERE id IN
-                     (SELECT id FROM runs WHERE series = ?1 ORDER BY run_id LIMIT 100)
-                     AND start_ms < ?2 AND stop_ms IS NOT NULL",
-                )?
-                .execute(params![sid, e.keep_after_ms as i64])?;
-            }
-        }
+        Op::End(e) => apply_end(tx, e, instance, cache, None)?,
         Op::Alert { chain, task, kind } => {
             let sid = series_id(tx, cache, chain, task)?;
             tx.prepare_cached(

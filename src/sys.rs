@@ -431,3 +431,27 @@ pub fn open_fds() -> Vec<i32> {
         })
         .collect()
 }
+
+/// (device, inode, is a regular file) of `path`, not following a symlink, asked for
+/// without the times (see `link_count`).
+pub fn path_identity(path: &std::path::Path) -> Option<(u64, u64, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statx on a NUL-terminated path, into a zeroed struct.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_TYPE | libc::STATX_INO,
+            &mut st,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
+    let is_file = u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG;
+    Some((dev, st.stx_ino, is_file))
+}
