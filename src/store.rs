@@ -469,11 +469,26 @@ impl Store {
     /// enough commits have piled up. The driver calls this when the chain is idle (a
     /// cooldown lies ahead), so the work stays off the path between runs; a chain that is
     /// never idle checkpoints every CHECKPOINT_FORCE_AFTER commits regardless.
+    ///
+    /// A WAL file over WAL_IDLE_MAX is also truncated, if no other connection is using
+    /// it at that moment (no waiting: otherwise the copy is the same as PASSIVE, and a
+    /// later commit starts the WAL over). Done here, in a cooldown, it spares the exit
+    /// (a SIGTERM, an upgrade) from doing it.
     pub fn checkpoint_if_idle(&mut self) {
         if !self.queue.is_empty() {
             return;
         }
-        if self.commits >= CHECKPOINT_IDLE_AFTER || self.wal_bytes() > WAL_IDLE_MAX {
+        if self.wal_bytes() > WAL_IDLE_MAX {
+            if let Some(conn) = &self.conn {
+                let _ = conn.busy_timeout(Duration::ZERO);
+                let r = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                let _ = conn.busy_timeout(BUSY_TIMEOUT);
+                match r {
+                    Ok(()) => self.commits = 0,
+                    Err(e) => log::debug!("store checkpoint: {e}"),
+                }
+            }
+        } else if self.commits >= CHECKPOINT_IDLE_AFTER {
             self.checkpoint();
         }
     }
