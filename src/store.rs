@@ -271,6 +271,10 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Commits after which a checkpoint is made even when the chain is never idle.
 const CHECKPOINT_FORCE_AFTER: u32 = 4000;
+/// A chain that is never idle checkpoints a WAL larger than this...
+const WAL_BUSY_MAX: u64 = 4 << 20;
+/// ...looked at every this many commits.
+const WAL_LOOK_EVERY: u32 = 50;
 /// Commits after which an idle chain checkpoints.
 const CHECKPOINT_IDLE_AFTER: u32 = 100;
 /// A WAL larger than this is checkpointed at the next idle moment, whoever wrote it.
@@ -707,7 +711,13 @@ impl Store {
         };
         let n = self.queue.len();
         self.commits += 1;
-        if self.commits >= CHECKPOINT_FORCE_AFTER {
+        // A chain that is never idle (runs back to back) checkpoints by count, and by
+        // the WAL's size, looked at every WAL_LOOK_EVERY commits: batched commits carry
+        // several runs, and the WAL (and the WAL index this process maps) grew to 70 MB
+        // between two checkpoints by count.
+        if self.commits >= CHECKPOINT_FORCE_AFTER
+            || (self.commits % WAL_LOOK_EVERY == 0 && self.wal_bytes() > WAL_BUSY_MAX)
+        {
             self.checkpoint();
         }
         self.instance_id = Some(instance_id);
