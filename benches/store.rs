@@ -234,6 +234,7 @@ fn fill(s: &Settings) -> Result<Filled, BoxError> {
         Op::CloseOpen {
             chain: "bench-setup".into(),
             stop_ms: now,
+            running: None,
         },
     );
     if st.pending() != 0 {

@@ -362,9 +362,15 @@ impl Driver {
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
         // Runs of this chain left open by an instance that died are interrupted.
+        let b = &self.base_state;
+        let running = match (&b.running_task, b.running_run_id, b.running_since_ms) {
+            (Some(t), Some(id), Some(since)) => Some((t.clone(), id, since)),
+            _ => None,
+        };
         self.store.push(Op::CloseOpen {
             chain: self.chain_name.clone(),
             stop_ms: sys::wall_ms(),
+            running,
         });
         // So that `status` shows what this instance does from its first moment.
         if self.mode == Mode::Forever {
@@ -778,8 +784,10 @@ impl Driver {
                 .and_then(|e| e.password_env.as_deref()),
         };
         let spawn_at = sys::mono_now();
-        match process::spawn(task, &env) {
+        let announce = self.guardian.prepare(task.timing.kill_grace);
+        match process::spawn(task, &env, Some(announce)) {
             Ok(run) => {
+                self.guardian.watch(run.pid, task.timing.kill_grace);
                 // The start latency at the resolution of the clock (the store keeps ms).
                 log::debug!(
                     "{}: {} run {run_id} spawned {} µs after it was due",
@@ -794,7 +802,6 @@ impl Driver {
                     run.pid,
                     task.program.short()
                 );
-                self.guardian.watch(run.pid, task.timing.kill_grace);
                 let op = Op::Start(RunStart {
                     chain: self.chain_name.clone(),
                     task: task.name.clone(),

@@ -93,6 +93,15 @@ impl Guardian {
         self.pid
     }
 
+    /// A run is about to start, with this kill grace: where its first process writes its
+    /// PID (= its group) itself, before it execs (see `spawn`), so that the guardian knows
+    /// the group even if run-chain dies at the very moment the task starts.
+    pub fn prepare(&mut self, kill_grace: Duration) -> &'static AtomicI32 {
+        let ms = u64::try_from(kill_grace.as_millis()).unwrap_or(u64::MAX);
+        self.shared.grace_ms.store(ms, Ordering::Relaxed);
+        &self.shared.pgid
+    }
+
     /// A run started: its group is `pgid`.
     pub fn watch(&mut self, pgid: i32, kill_grace: Duration) {
         let ms = u64::try_from(kill_grace.as_millis()).unwrap_or(u64::MAX);

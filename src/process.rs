@@ -153,7 +153,11 @@ fn candidates(
 }
 
 /// Start `task`. The error is a message for the run record (spawn-error).
-pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
+pub fn spawn(
+    task: &Task,
+    env: &RunEnv,
+    announce: Option<&'static std::sync::atomic::AtomicI32>,
+) -> Result<Run, String> {
     let (program, argv): (&str, Vec<CString>) = match &task.program {
         Program::Shell(c) => (
             "/bin/sh",
@@ -215,6 +219,7 @@ pub fn spawn(task: &Task, env: &RunEnv) -> Result<Run, String> {
         cwd: &cwd,
         nice: task.nice,
         stdio: [null, out_w.as_raw_fd(), err_w.as_raw_fd()],
+        announce,
     };
     let pid = spawn::spawn(&spec).map_err(|e| {
         let err = e.err;

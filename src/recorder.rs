@@ -31,9 +31,9 @@ use crate::store::{Op, Store};
 use crate::sys;
 
 /// How long records may be held when runs come fast (see the module's text).
-pub const HOLD: std::time::Duration = std::time::Duration::from_millis(10);
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a run's start may wait for the run's end (see the module's text).
-pub const START_HOLD: std::time::Duration = std::time::Duration::from_millis(25);
+pub const START_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
 enum Msg {
     /// Write these, in one transaction; then, if true, a cooldown lies ahead (a good

@@ -11,9 +11,10 @@
 //! What the child does, in order: the signals that have a handler in this process
 //! (found once, at the first spawn) and SIGPIPE (which the Rust runtime ignores) go
 //! back to their default action while every signal is still blocked; it makes itself
-//! the leader of a new process group; stdin, stdout and stderr are put in place; it
+//! the leader of a new process group and writes its PID to the guardian's page; stdin, stdout and stderr are put in place; it
 //! changes into the working directory; it sets the nice value; it unblocks every
-//! signal; it execs, trying each candidate path in turn as `execvp` does. Which step
+//! signal; it execs, trying each candidate path in turn as `execvp` does (a file the
+//! kernel cannot exec, a script without `#!`, is run by /bin/sh). Which step
 //! failed, and the errno, come back through the shared memory, and the child exits.
 //!
 //! Compared with `std::process::Command` (which calls glibc's `posix_spawn`): no copy
@@ -24,6 +25,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// The step of the child's set-up that failed.
@@ -53,6 +55,9 @@ pub struct Spec<'a> {
     pub nice: Option<i32>,
     /// The descriptors to become stdin, stdout and stderr; each must be 3 or more.
     pub stdio: [RawFd; 3],
+    /// Where the child writes its PID once it leads its process group (the guardian's
+    /// page); cleared again if the start fails.
+    pub announce: Option<&'static AtomicI32>,
 }
 
 /// What the child reads and writes: it lives in our memory (CLONE_VM).
@@ -67,6 +72,10 @@ struct Child {
     stdio: [c_int; 3],
     handled: *const c_int,
     n_handled: usize,
+    announce: *const AtomicI32,
+    /// For a script without `#!`: ["/bin/sh", the candidate, argv[1..]], slot 1 filled
+    /// by the child (as execvp does on ENOEXEC).
+    sh_argv: *mut *const c_char,
     /// Set by the child on failure: the step (0: none) and errno.
     step: c_int,
     errno: c_int,
@@ -134,6 +143,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(c, Step::Setup);
         }
+        if !c.announce.is_null() {
+            (*c.announce).store(libc::getpid(), Ordering::Release);
+        }
         for (target, fd) in c.stdio.into_iter().enumerate() {
             if libc::dup2(fd, target as c_int) < 0 {
                 fail(c, Step::Setup);
@@ -159,7 +171,13 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         let mut p = c.candidates;
         while !(*p).is_null() {
             libc::execve(*p, c.argv, c.envp);
-            let e = errno();
+            let mut e = errno();
+            if e == libc::ENOEXEC {
+                // A script without `#!`: the shell runs it, as execvp would have it.
+                *c.sh_argv.add(1) = *p;
+                libc::execve(c"/bin/sh".as_ptr(), c.sh_argv, c.envp);
+                e = errno();
+            }
             match e {
                 libc::EACCES => eacces = true,
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
@@ -192,6 +210,9 @@ pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const c_char> = spec.envp.to_vec();
     envp.push(std::ptr::null());
+    let mut sh_argv: Vec<*const c_char> = vec![c"/bin/sh".as_ptr(), std::ptr::null()];
+    sh_argv.extend(spec.argv.iter().skip(1).map(|c| c.as_ptr()));
+    sh_argv.push(std::ptr::null());
     let mut child = Child {
         candidates: candidates.as_ptr(),
         argv: argv.as_ptr(),
@@ -202,6 +223,10 @@ pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
         stdio: spec.stdio,
         handled: handled.as_ptr(),
         n_handled: handled.len(),
+        announce: spec
+            .announce
+            .map_or(std::ptr::null(), |a| a as *const AtomicI32),
+        sh_argv: sh_argv.as_mut_ptr(),
         step: 0,
         errno: 0,
     };
@@ -233,6 +258,9 @@ pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
         return Err(setup(std::io::Error::from_raw_os_error(clone_errno)));
     }
     if child.step != 0 {
+        if let Some(a) = spec.announce {
+            let _ = a.compare_exchange(pid, 0, Ordering::Release, Ordering::Relaxed);
+        }
         // It has exited (127): reap it here, it never ran.
         loop {
             // SAFETY: waiting for our own child by PID.

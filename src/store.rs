@@ -200,10 +200,13 @@ pub enum Op {
         output_cut: bool,
     },
     End(Box<RunEnd>),
-    /// Runs of `chain` left open by a dead instance are `interrupted`.
+    /// Runs of `chain` left open by a dead instance are `interrupted`; so is the run
+    /// CHAIN.state says was in progress, (task, run id, start ms), if the dead instance
+    /// had not written it yet (it was killed in the run's first moments).
     CloseOpen {
         chain: String,
         stop_ms: u64,
+        running: Option<(String, u64, u64)>,
     },
     /// An alert of `kind` was decided for this chain and task.
     Alert {
@@ -945,7 +948,11 @@ fn apply(
             )?
             .execute(params![sid, kind])?;
         }
-        Op::CloseOpen { chain, stop_ms } => {
+        Op::CloseOpen {
+            chain,
+            stop_ms,
+            running,
+        } => {
             let mut stmt = tx.prepare_cached(
                 "SELECT r.id, r.series, r.start_ms FROM runs r JOIN series s ON s.id = r.series
                  WHERE s.chain = ?1 AND r.outcome IS NULL",
@@ -965,6 +972,27 @@ fn apply(
                      WHERE id = ?1",
                     params![sid, duration],
                 )?;
+            }
+            if let Some((task, run_id, since)) = running {
+                let sid = series_id(tx, cache, chain, task)?;
+                let known: Option<i64> = tx
+                    .prepare_cached("SELECT id FROM runs WHERE series = ?1 AND run_id = ?2")?
+                    .query_row(params![sid, *run_id as i64], |r| r.get(0))
+                    .optional()?;
+                if known.is_none() {
+                    let duration = stop_ms.saturating_sub(*since) as i64;
+                    tx.execute(
+                        "INSERT INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome, duration_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'interrupted', ?6)",
+                        params![sid, *run_id as i64, instance, *since as i64, *stop_ms as i64, duration],
+                    )?;
+                    tx.execute(
+                        "UPDATE series SET runs = runs + 1, interrupted = interrupted + 1,
+                         duration_sum_ms = duration_sum_ms + ?2, running_run_id = NULL, running_since_ms = NULL
+                         WHERE id = ?1",
+                        params![sid, duration],
+                    )?;
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -224,6 +225,45 @@ env = {{ PATH = "{}" }}
     let run = only_run(&env, "t");
     assert_eq!(outcome(&run), "ok", "{run:#}");
     assert_eq!(run["exit_code"].as_i64(), Some(0), "{run:#}");
+}
+
+/// As execvp: a file the kernel cannot exec (a script without `#!`) is run by /bin/sh,
+/// whether it was found through PATH or given by path.
+#[test]
+fn a_script_without_a_shebang_is_run_by_the_shell() {
+    let env = TestEnv::new("");
+    let bin = env.path("bin");
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "0s"
+
+[tasks.by_path]
+argv = ["noshebang", "one", "two words"]
+env = {{ PATH = "{}" }}
+
+[tasks.by_name]
+argv = ["{}/noshebang", "three"]
+"#,
+        bin.display(),
+        bin.display()
+    ));
+    write_file(
+        &bin.join("noshebang"),
+        "echo \"ran $# $*\" >> \"$T/ran\"\n",
+        0o755,
+    );
+    env.finish_command(command(&env, &["--once", "by_path", "by_name"]))
+        .assert_code(0);
+    assert_eq!(
+        env.lines("ran"),
+        vec!["ran 2 one two words".to_string(), "ran 1 three".to_string()],
+        "the script's arguments, as the shell saw them"
+    );
+    for task in ["by_path", "by_name"] {
+        let run = only_run(&env, task);
+        assert_eq!(outcome(&run), "ok", "{run:#}");
+    }
 }
 
 #[test]
@@ -438,6 +478,37 @@ fail_cooldown = "20ms"
     }
     runner.signal(libc::SIGTERM);
     runner.assert_exit(0);
+}
+
+/// run-chain killed (SIGKILL) in the first moments of a run, before its writer thread
+/// wrote the run's start: the next instance still records that run, as `interrupted`
+/// (CHAIN.state names it; it was written before the spawn).
+#[test]
+fn a_run_whose_instance_was_killed_at_once_is_recorded_interrupted_by_the_next() {
+    let env = TestEnv::new(
+        r#"
+[tasks.killer]
+command = 'if [ "$RUN_CHAIN_RUN_ID" = 1 ]; then kill -KILL $PPID; sleep 5; fi; echo "run $RUN_CHAIN_RUN_ID" >> "$T/ran"'
+"#,
+    );
+    let first = env.run(&["--once", "killer"]);
+    assert_eq!(
+        first.status.signal(),
+        Some(libc::SIGKILL),
+        "the first instance was to be killed by its task: {:?}",
+        first.status
+    );
+    env.run(&["--once", "killer"]).assert_code(0);
+    let runs = env.history("killer", &[]);
+    let by_id: Vec<(u64, String)> = runs
+        .iter()
+        .map(|r| (run_id(r), outcome(r).to_string()))
+        .collect();
+    assert_eq!(
+        by_id,
+        vec![(2, "ok".to_string()), (1, "interrupted".to_string())],
+        "{runs:#?}"
+    );
 }
 
 /// A program that cannot start, with no fail_cooldown: the chain retries it as fast as it
