@@ -511,6 +511,57 @@ command = 'if [ "$RUN_CHAIN_RUN_ID" = 1 ]; then kill -KILL $PPID; sleep 5; fi; e
     );
 }
 
+/// A task that kills run-chain the moment it starts still dies with it: the task's first
+/// process tells the guardian its group itself, before it execs, so there is no moment
+/// when run-chain is gone and the guardian does not know the group (4 of 8 such tasks
+/// survived before).
+#[test]
+fn a_task_that_kills_run_chain_at_once_does_not_outlive_it() {
+    let env = TestEnv::new(
+        r#"
+[tasks.assassin]
+command = 'echo $$ > "$T/task.pid"; kill -KILL $PPID; exec sleep 60'
+kill_grace = "200ms"
+"#,
+    );
+    for round in 0..3 {
+        let _ = fs::remove_file(env.path("task.pid"));
+        let done = env.run(&["--once", "assassin"]);
+        assert_eq!(
+            done.status.signal(),
+            Some(libc::SIGKILL),
+            "round {round}: {:?}",
+            done.status
+        );
+        let pid: i32 = fs::read_to_string(env.path("task.pid"))
+            .expect("the task wrote its pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Gone, or a zombie whose parent (init) has not reaped it yet.
+        let alive = || {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        };
+        while alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if alive() {
+            // SAFETY: kill with a PID we read; the test cleans up what it asserts about.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("round {round}: the task (pid {pid}) outlived run-chain by 30 s");
+        }
+    }
+}
+
 /// A program that cannot start, with no fail_cooldown: the chain retries it as fast as it
 /// can, but each retry is its own turn of the loop. Before, the retries ran inside one event
 /// for ever: SIGTERM went unheard, nothing reached the store, and the clock stood still.
