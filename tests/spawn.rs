@@ -538,7 +538,6 @@ kill_grace = "200ms"
             .trim()
             .parse()
             .expect("a pid");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         // Gone, or a zombie whose parent (init) has not reaped it yet.
         let alive = || {
             fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -551,10 +550,7 @@ kill_grace = "200ms"
                 })
                 .unwrap_or(false)
         };
-        while alive() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        if alive() {
+        if !poll_until(std::time::Duration::from_secs(30), || !alive()) {
             // SAFETY: kill with a PID we read; the test cleans up what it asserts about.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             panic!("round {round}: the task (pid {pid}) outlived run-chain by 30 s");
