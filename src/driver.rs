@@ -20,7 +20,7 @@ use crate::mailer::{self, AlertMail, Children, ToMailer};
 use crate::outcome::Outcome;
 use crate::output::{Sink, Tail};
 use crate::pidfile::PidFile;
-use crate::process::{self, RunEnv};
+use crate::process;
 use crate::recorder::Recorder;
 use crate::signals::{Sig, Signals};
 use crate::state::{self, State, TaskFailures};
@@ -64,9 +64,14 @@ pub struct Driver {
     state_file: state::Writer,
     /// CHAIN.state needs writing (at the end of the current [`Driver::feed`]).
     state_dirty: bool,
-    /// A cooldown lies ahead: checkpoint the store after this feed's writes.
-    checkpoint_due: bool,
+    /// A cooldown lies ahead: hand this feed's records to the writer now (nothing held).
+    cooldown_ahead: bool,
     store: Recorder,
+    /// The last run's output pipes, for the next run (see [`process::Pipes`]).
+    spare_pipes: Option<process::Pipes>,
+    /// Per task (by index), what starting it needs, made at its first run and kept until
+    /// the config is reloaded.
+    prepared: Vec<Option<std::result::Result<process::Prepared, String>>>,
     failures: std::collections::BTreeMap<String, TaskFailures>,
     current: Option<Current>,
     /// When the running task's output is next written to the store (None: unchanged).
@@ -171,8 +176,10 @@ impl Driver {
             state_error_logged: false,
             state_file,
             state_dirty: false,
-            checkpoint_due: false,
+            cooldown_ahead: false,
             store,
+            spare_pipes: None,
+            prepared: Vec::new(),
             failures,
             current: None,
             output_flush_at: None,
@@ -631,6 +638,7 @@ impl Driver {
                 );
                 self.config = config;
                 self.tasks = tasks;
+                self.prepared.clear();
                 let _ = self
                     .mailer
                     .send(ToMailer::Config(Some(email_or_default(&self.config))));
@@ -655,9 +663,9 @@ impl Driver {
         if self.state_dirty {
             self.save_state(now);
         }
-        // A cooldown ahead: the store's housekeeping costs the chain nothing now.
+        // A cooldown ahead: what is held goes to the writer now, with this feed.
         self.store
-            .end_batch(now, std::mem::take(&mut self.checkpoint_due));
+            .end_batch(now, std::mem::take(&mut self.cooldown_ahead));
         code
     }
 
@@ -762,7 +770,7 @@ impl Driver {
 
     fn spawn(&mut self, now: Mono, index: usize, run_id: u64) -> Event {
         let task = &self.tasks[index];
-        self.tail = Tail::new(task.keep_output);
+        self.tail.reset(task.keep_output);
         self.output_flushed = 0;
         self.output_flush_at = None;
         let scheduled = self.chain.scheduled().unwrap_or(now);
@@ -774,18 +782,24 @@ impl Driver {
             scheduled_ms,
             start_ms,
         });
-        let env = RunEnv {
-            chain: &self.chain_name,
-            run_id,
-            remove: self
-                .config
-                .email
-                .as_ref()
-                .and_then(|e| e.password_env.as_deref()),
-        };
+        if self.prepared.len() != self.tasks.len() {
+            self.prepared.clear();
+            self.prepared.resize_with(self.tasks.len(), || None);
+        }
+        let remove = self
+            .config
+            .email
+            .as_ref()
+            .and_then(|e| e.password_env.as_deref());
+        let prepared = self.prepared[index]
+            .get_or_insert_with(|| process::Prepared::new(task, &self.chain_name, remove));
         let spawn_at = sys::mono_now();
         let announce = self.guardian.prepare(task.timing.kill_grace);
-        match process::spawn(task, &env, Some(announce)) {
+        let started = match prepared {
+            Ok(p) => process::spawn(p, run_id, Some(announce), self.spare_pipes.take()),
+            Err(msg) => Err(msg.clone()),
+        };
+        match started {
             Ok(run) => {
                 self.guardian.watch(run.pid, task.timing.kill_grace);
                 // The start latency at the resolution of the clock (the store keeps ms).
@@ -840,6 +854,7 @@ impl Driver {
                 self.ignore.extend(left);
             }
             self.guardian.unwatch(run.pid);
+            self.spare_pipes = run.into_pipes();
         }
         // The slot is held until the run's group is empty; the next task takes its own.
         self.slot = None;
@@ -893,7 +908,7 @@ impl Driver {
         self.output_flush_at = None;
         self.store.push(Op::End(Box::new(end)));
         if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
-            self.checkpoint_due = true;
+            self.cooldown_ahead = true;
         }
         if f.outcome.is_failure() {
             self.last_failure.insert(

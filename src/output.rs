@@ -31,6 +31,17 @@ impl Tail {
         }
     }
 
+    /// Empty, for a new run that keeps `cap` bytes (the buffer is kept: a new one per
+    /// run was a large allocation and free per run).
+    pub fn reset(&mut self, cap: usize) {
+        self.buf.clear();
+        if self.buf.capacity() > cap.min(64 * 1024) * 2 {
+            self.buf.shrink_to(cap.min(64 * 1024));
+        }
+        self.cap = cap;
+        self.total = 0;
+    }
+
     pub fn push(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         if self.cap == 0 {
@@ -209,6 +220,11 @@ impl Source {
 
     pub fn fd(&self) -> Option<RawFd> {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// The descriptor, if still open (the source is closed then).
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
     }
 
     pub fn open(&self) -> bool {

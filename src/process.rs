@@ -19,7 +19,7 @@
 //! the loop rate. What is left in the pipes is read when the group is empty.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::OnceLock;
@@ -43,8 +43,38 @@ pub struct Run {
     leader_exited: bool,
     /// The last sweep found nothing of the run left.
     swept_empty: bool,
+    /// A look at our children after the first process had exited found none of the
+    /// run's: nothing of it is left, and nothing can turn up (see [`Run::signal`]).
+    seen_empty: bool,
     /// Our copies of the write ends of the output pipes (see the module's text).
-    _writers: Vec<OwnedFd>,
+    writers: Vec<OwnedFd>,
+}
+
+/// The output pipes of a run of which nothing is left, kept for the chain's next run:
+/// creating two pipes and closing them again (eight system calls, the closes freeing
+/// the pipes) was a tenth of a chain's own CPU per run with 200 chains on a host.
+/// Only run-chain holds them then, both ends: every process of the run is gone (a
+/// run that leaves a process behind, or whose output ended early, gets new ones), and
+/// what was in them has been read.
+#[derive(Debug)]
+pub struct Pipes {
+    out: (OwnedFd, OwnedFd),
+    err: (OwnedFd, OwnedFd),
+}
+
+impl Pipes {
+    /// Ready for a new run: the write ends back to plain blocking pipes. A task shares
+    /// its stdout's open file with us and may have changed its flags (`O_NONBLOCK`, as
+    /// some runtimes leave it); the next task must not inherit that.
+    fn reset(self) -> Option<Pipes> {
+        for w in [&self.out.1, &self.err.1] {
+            // SAFETY: fcntl on a descriptor we own.
+            if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+                return None;
+            }
+        }
+        Some(self)
+    }
 }
 
 /// A pipe for a task's output: (read end, non-blocking; write end, blocking), both
@@ -112,14 +142,6 @@ fn base_env() -> &'static [(Vec<u8>, CString)] {
     })
 }
 
-/// What identifies the run to the task.
-pub struct RunEnv<'a> {
-    pub chain: &'a str,
-    pub run_id: u64,
-    /// A variable to remove from the task's environment (the SMTP password's).
-    pub remove: Option<&'a str>,
-}
-
 fn cstr(what: &str, s: impl Into<Vec<u8>>) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("cannot start the task: {what} contains a NUL byte"))
 }
@@ -152,75 +174,115 @@ fn candidates(
     Ok(out)
 }
 
-/// Start `task`. The error is a message for the run record (spawn-error).
-pub fn spawn(
-    task: &Task,
-    env: &RunEnv,
-    announce: Option<&'static std::sync::atomic::AtomicI32>,
-) -> Result<Run, String> {
-    let (program, argv): (&str, Vec<CString>) = match &task.program {
-        Program::Shell(c) => (
-            "/bin/sh",
-            vec![
-                cstr("the command", "/bin/sh")?,
-                cstr("the command", "-c")?,
-                cstr("the command", c.as_str())?,
-            ],
-        ),
-        Program::Argv(v) => (
-            v.first().map_or("", String::as_str),
-            v.iter()
-                .map(|a| cstr("argv", a.as_str()))
-                .collect::<Result<_, _>>()?,
-        ),
-    };
-    let candidates = candidates(program, &task.env, env.remove)?;
-    let cwd = cstr("cwd", task.cwd.as_os_str().as_bytes())?;
-    // The environment: ours, then the task's env, then the run's identity; the
-    // password's variable is removed from all of them.
-    let set = |k: &[u8]| {
-        env.remove.is_some_and(|r| r.as_bytes() == k)
-            || k == b"RUN_CHAIN_NAME"
-            || k == b"RUN_CHAIN_TASK"
-            || k == b"RUN_CHAIN_RUN_ID"
-            || std::str::from_utf8(k).is_ok_and(|k| task.env.contains_key(k))
-    };
-    let mut own = Vec::with_capacity(task.env.len() + 3);
-    for (k, v) in &task.env {
-        if env.remove != Some(k.as_str()) {
-            own.push(cstr("env", format!("{k}={v}"))?);
+/// What starting a task needs that stays the same from run to run: its program, argv,
+/// the paths to try, cwd and environment as C strings, made once per task (the driver
+/// keeps them until the config is reloaded) instead of at every spawn.
+#[derive(Debug)]
+pub struct Prepared {
+    program: String,
+    argv: Vec<CString>,
+    candidates: Vec<CString>,
+    cwd: CString,
+    cwd_shown: String,
+    nice: Option<i32>,
+    /// The variables of ours the task inherits (those it does not set itself).
+    inherited: Vec<&'static CStr>,
+    /// The task's own variables, its chain's and its name ("NAME=value").
+    own: Vec<CString>,
+}
+
+impl Prepared {
+    /// Prepare `task` of `chain`; `remove`: a variable to leave out of its environment
+    /// (the SMTP password's). The error is a message for the run record (spawn-error).
+    pub fn new(task: &Task, chain: &str, remove: Option<&str>) -> Result<Prepared, String> {
+        let (program, argv): (&str, Vec<CString>) = match &task.program {
+            Program::Shell(c) => (
+                "/bin/sh",
+                vec![
+                    cstr("the command", "/bin/sh")?,
+                    cstr("the command", "-c")?,
+                    cstr("the command", c.as_str())?,
+                ],
+            ),
+            Program::Argv(v) => (
+                v.first().map_or("", String::as_str),
+                v.iter()
+                    .map(|a| cstr("argv", a.as_str()))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let candidates = candidates(program, &task.env, remove)?;
+        let cwd = cstr("cwd", task.cwd.as_os_str().as_bytes())?;
+        // The environment: ours, then the task's env, then the run's identity; the
+        // password's variable is removed from all of them.
+        let set = |k: &[u8]| {
+            remove.is_some_and(|r| r.as_bytes() == k)
+                || k == b"RUN_CHAIN_NAME"
+                || k == b"RUN_CHAIN_TASK"
+                || k == b"RUN_CHAIN_RUN_ID"
+                || std::str::from_utf8(k).is_ok_and(|k| task.env.contains_key(k))
+        };
+        let inherited = base_env()
+            .iter()
+            .filter(|(k, _)| !set(k))
+            .map(|(_, kv)| kv.as_c_str())
+            .collect();
+        let mut own = Vec::with_capacity(task.env.len() + 2);
+        for (k, v) in &task.env {
+            if remove != Some(k.as_str()) {
+                own.push(cstr("env", format!("{k}={v}"))?);
+            }
         }
+        own.push(cstr("the chain's name", format!("RUN_CHAIN_NAME={chain}"))?);
+        own.push(cstr(
+            "the task's name",
+            format!("RUN_CHAIN_TASK={}", task.name),
+        )?);
+        Ok(Prepared {
+            program: program.to_string(),
+            argv,
+            candidates,
+            cwd,
+            cwd_shown: task.cwd.display().to_string(),
+            nice: task.nice,
+            inherited,
+            own,
+        })
     }
-    own.push(cstr(
-        "the chain's name",
-        format!("RUN_CHAIN_NAME={}", env.chain),
-    )?);
-    own.push(cstr(
-        "the task's name",
-        format!("RUN_CHAIN_TASK={}", task.name),
-    )?);
-    own.push(cstr(
-        "the run id",
-        format!("RUN_CHAIN_RUN_ID={}", env.run_id),
-    )?);
-    let envp: Vec<*const c_char> = base_env()
-        .iter()
-        .filter(|(k, _)| !set(k))
-        .map(|(_, kv)| kv.as_ptr())
-        .chain(own.iter().map(|kv| kv.as_ptr()))
-        .collect();
+}
+
+/// Start run `run_id` of a prepared task, on `pipes` if the last run left them (see
+/// [`Pipes`]). The error is a message for the run record (spawn-error).
+pub fn spawn(
+    task: &Prepared,
+    run_id: u64,
+    announce: Option<&'static std::sync::atomic::AtomicI32>,
+    pipes: Option<Pipes>,
+) -> Result<Run, String> {
+    let id = cstr("the run id", format!("RUN_CHAIN_RUN_ID={run_id}"))?;
+    let mut envp: Vec<*const c_char> =
+        Vec::with_capacity(task.inherited.len() + task.own.len() + 2);
+    envp.extend(task.inherited.iter().map(|kv| kv.as_ptr()));
+    envp.extend(task.own.iter().map(|kv| kv.as_ptr()));
+    envp.push(id.as_ptr());
     let null = dev_null().map_err(|e| format!("cannot open /dev/null for stdin: {e}"))?;
-    let (out_r, out_w) = pipe().map_err(|e| format!("cannot create the output pipes: {e}"))?;
-    let (err_r, err_w) = pipe().map_err(|e| format!("cannot create the output pipes: {e}"))?;
+    let ((out_r, out_w), (err_r, err_w)) = match pipes.and_then(Pipes::reset) {
+        Some(p) => (p.out, p.err),
+        None => {
+            let new = |_| pipe().map_err(|e| format!("cannot create the output pipes: {e}"));
+            (new(0)?, new(1)?)
+        }
+    };
     let spec = spawn::Spec {
-        candidates: &candidates,
-        argv: &argv,
+        candidates: &task.candidates,
+        argv: &task.argv,
         envp: &envp,
-        cwd: &cwd,
+        cwd: &task.cwd,
         nice: task.nice,
         stdio: [null, out_w.as_raw_fd(), err_w.as_raw_fd()],
         announce,
     };
+    let program = &task.program;
     let pid = spawn::spawn(&spec).map_err(|e| {
         let err = e.err;
         match e.step {
@@ -230,7 +292,7 @@ pub fn spawn(
                 }
                 (n, _) => format!("cannot set nice {}: {err}", n.unwrap_or(0)),
             },
-            Step::Cwd => format!("cannot change into cwd {}: {err}", task.cwd.display()),
+            Step::Cwd => format!("cannot change into cwd {}: {err}", task.cwd_shown),
             Step::Exec => format!("cannot run {program}: {err}"),
             Step::Setup => format!("cannot start {program}: {err}"),
         }
@@ -242,7 +304,8 @@ pub fn spawn(
         reaped_leader: false,
         leader_exited: false,
         swept_empty: false,
-        _writers: vec![out_w, err_w],
+        seen_empty: false,
+        writers: vec![out_w, err_w],
     })
 }
 
@@ -261,7 +324,7 @@ impl Run {
 
     /// Signal the run's group, and every child of ours that is not the guardian or
     /// ignored (escaped descendants: their own group if they lead one).
-    pub fn signal(&self, sig: GroupSignal, ignore: &BTreeSet<i32>) {
+    pub fn signal(&mut self, sig: GroupSignal, ignore: &BTreeSet<i32>) {
         let sig = match sig {
             GroupSignal::Term => libc::SIGTERM,
             GroupSignal::Kill => libc::SIGKILL,
@@ -271,6 +334,10 @@ impl Run {
         // of ours or below one (we are the subreaper): with no such child, the group
         // holds only the unreaped first process, and signalling it is skipped.
         let others = kids.iter().any(|k| *k != self.pid && !ignore.contains(k));
+        // The kernel hands a dying process's children to us before its exit can be
+        // seen, and an exited first process starts nothing: with none left now, none
+        // can come, and the sweep that follows need not look again.
+        self.seen_empty = self.leader_exited && !others;
         if !self.reaped_leader && (others || !self.leader_exited) {
             sys::kill(-self.pid, sig);
             if sig == libc::SIGTERM {
@@ -297,7 +364,12 @@ impl Run {
     /// is then reaped too).
     pub fn sweep(&mut self, ignore: &BTreeSet<i32>) -> bool {
         let mut left = false;
-        for kid in sys::children() {
+        let kids = if self.seen_empty {
+            Vec::new()
+        } else {
+            sys::children()
+        };
+        for kid in kids {
             if kid == self.pid || ignore.contains(&kid) {
                 continue;
             }
@@ -311,6 +383,23 @@ impl Run {
         }
         self.swept_empty = !left;
         !left
+    }
+
+    /// The run's output pipes, for the next run, if nothing of this one is left and
+    /// both are still open (read to the end by the driver, which it does when the run's
+    /// group is empty).
+    pub fn into_pipes(mut self) -> Option<Pipes> {
+        if !(self.swept_empty && self.reaped_leader) || self.writers.len() != 2 {
+            return None;
+        }
+        let err_r = self.sources.get_mut(1)?.take_fd()?;
+        let out_r = self.sources.get_mut(0)?.take_fd()?;
+        let err_w = self.writers.pop()?;
+        let out_w = self.writers.pop()?;
+        Some(Pipes {
+            out: (out_r, out_w),
+            err: (err_r, err_w),
+        })
     }
 
     /// Children of ours that are still alive besides the ignored ones (for a warning

@@ -36,9 +36,8 @@ pub const HOLD: std::time::Duration = std::time::Duration::from_millis(2);
 pub const START_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
 enum Msg {
-    /// Write these, in one transaction; then, if true, a cooldown lies ahead (a good
-    /// moment to checkpoint the WAL).
-    Ops(Vec<Op>, bool),
+    /// Write these, in one transaction.
+    Ops(Vec<Op>),
 }
 
 /// The driver's side of the writer thread.
@@ -60,7 +59,7 @@ pub struct Recorder {
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Msg::Ops(v, idle) => write!(f, "Ops({}, idle {idle})", v.len()),
+            Msg::Ops(v) => write!(f, "Ops({})", v.len()),
         }
     }
 }
@@ -124,13 +123,13 @@ impl Recorder {
 
     /// End the batch: hand it over now, or hold it if the last hand-over was less
     /// than [`HOLD`] before `now`.
-    /// With `idle` (a cooldown lies ahead), everything goes now, with word that the writer
-    /// may checkpoint: one hand-over, one wake-up of the writer.
+    /// With `idle` (a cooldown lies ahead), everything held goes now with it: one
+    /// hand-over, one wake-up of the writer.
     pub fn end_batch(&mut self, now: Mono, idle: bool) {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if idle {
-            self.send_ops(now, ops, true);
+            self.send_ops(now, ops);
             return;
         }
         if ops.is_empty() {
@@ -141,7 +140,7 @@ impl Recorder {
         } else if let Some(t) = self.sent_at.filter(|t| now < *t + HOLD) {
             self.hold(ops, t + HOLD);
         } else {
-            self.send_ops(now, ops, false);
+            self.send_ops(now, ops);
         }
     }
 
@@ -158,7 +157,7 @@ impl Recorder {
     /// Hand over what is held, if it is due.
     pub fn tick(&mut self, now: Mono) {
         if self.due().is_some_and(|d| d <= now) {
-            self.send_ops(now, Vec::new(), false);
+            self.send_ops(now, Vec::new());
         }
     }
 
@@ -166,18 +165,18 @@ impl Recorder {
         if self.batching {
             self.batch.push(op);
         } else {
-            self.send_ops(sys::mono_now(), vec![op], false);
+            self.send_ops(sys::mono_now(), vec![op]);
         }
     }
 
-    /// Hand over what is held, then `ops`, as one (and `idle`, see `end_batch`).
-    fn send_ops(&mut self, now: Mono, ops: Vec<Op>, idle: bool) {
+    /// Hand over what is held, then `ops`, as one.
+    fn send_ops(&mut self, now: Mono, ops: Vec<Op>) {
         let mut all = std::mem::take(&mut self.held);
         all.extend(ops);
         self.held_due = None;
         self.sent_at = Some(now);
-        if !all.is_empty() || idle {
-            self.send(Msg::Ops(all, idle));
+        if !all.is_empty() {
+            self.send(Msg::Ops(all));
         }
     }
 
@@ -197,16 +196,13 @@ impl Recorder {
         }
         if let Some(store) = &mut self.inline {
             let now = sys::mono_now();
-            let Msg::Ops(ops, idle) = msg;
+            let Msg::Ops(ops) = msg;
             if !ops.is_empty() {
                 store.begin_batch();
                 for op in ops {
                     store.push(now, op);
                 }
                 store.end_batch(now);
-            }
-            if idle {
-                store.checkpoint_if_idle();
             }
         }
     }
@@ -216,7 +212,7 @@ impl Recorder {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if !ops.is_empty() || !self.held.is_empty() {
-            self.send_ops(sys::mono_now(), ops, false);
+            self.send_ops(sys::mono_now(), ops);
         }
         self.tx = None;
         if let Some(t) = self.thread.take() {
@@ -289,20 +285,16 @@ fn writer(chain: &str, mut store: Store, rx: mpsc::Receiver<Msg>) {
         };
         let now = sys::mono_now();
         match msg {
-            Ok(Msg::Ops(ops, mut idle)) => {
+            Ok(Msg::Ops(ops)) => {
                 store.begin_batch();
                 for op in ops {
                     store.push(now, op);
                 }
                 // Whatever else has come meanwhile goes into the same transaction.
-                while let Ok(Msg::Ops(ops, more_idle)) = rx.try_recv() {
+                while let Ok(Msg::Ops(ops)) = rx.try_recv() {
                     ops.into_iter().for_each(|op| store.push(now, op));
-                    idle |= more_idle;
                 }
                 store.end_batch(now);
-                if idle {
-                    store.checkpoint_if_idle();
-                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => store.flush(now),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -238,33 +238,35 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// A chain's writer checkpoints the WAL itself, when it is idle (see
-/// [`Store::checkpoint_if_idle`]), not inside a commit on the loop's path. Its page
-/// cache is kept small (256 KiB): a writer touches the tail of the runs table, its
-/// index and a few series rows, and a larger cache only grows the chain's memory over
+/// A chain's writer leaves checkpoints to SQLite's own rule, counted on the WAL that all
+/// chains of a RUN_ROOT share: the commit that takes the WAL past WAL_CHECKPOINT_FRAMES
+/// pages copies it back (PASSIVE: it never waits for readers), in the writer thread, off
+/// the loop's path. Counting per connection instead (each chain every 100 of its own
+/// commits, and a truncation in every cooldown once the WAL passed 1 MiB) made 200
+/// chains on one RUN_ROOT checkpoint several times a second, each with two fsyncs: a
+/// fifth of the writers' CPU. Once copied, the next commit starts the WAL over, and
+/// journal_size_limit keeps the file at about the size the rule lets it reach, so that
+/// it is overwritten in place rather than cut back and grown again.
+///
+/// Its page cache is kept small (256 KiB): a writer touches the tail of the runs table,
+/// its index and a few series rows, and a larger cache only grows the chain's memory over
 /// its life (at 4 MiB it added 4 MB by 100,000 runs, for no fewer reads).
 ///
 /// It does not checkpoint when it closes (SQLite's default for the last connection):
 /// that copy and its two fsyncs were most of the time a SIGTERM takes to end a chain in
 /// its cooldown (a median of 2.5 ms against 1.2 ms without). A commit in WAL mode with
 /// synchronous=NORMAL is as safe in the WAL as in the database, so nothing is risked;
-/// what must be kept is a bound on the WAL's size. Three things keep it: an idle chain
-/// checkpoints after CHECKPOINT_IDLE_AFTER commits or when the WAL is over WAL_IDLE_MAX,
-/// whoever wrote it; a chain that is never idle checkpoints every
-/// CHECKPOINT_FORCE_AFTER commits; and an exiting chain truncates a WAL over
-/// WAL_EXIT_MAX (checkpoint TRUNCATE, when no other connection is busy), which bounds it
-/// across any number of short instances (`--once` from cron, which never idle:
-/// tests/store.rs, the_wal_stays_bounded...). A plain checkpoint would not do there:
-/// when the last connection closes, the next one to open rebuilds the WAL index from
-/// the WAL file and counts none of it as copied, so the WAL is never started over.
-/// While connections stay open, a checkpoint lets the next commit start the WAL over
-/// and journal_size_limit cuts the file back.
+/// what must be kept is a bound on the WAL's size. When the last connection closes, the
+/// next one to open rebuilds the WAL index from the WAL file and counts none of it as
+/// copied, so the WAL is never started over: many short instances (`--once` from cron)
+/// would let it grow for ever. So an exiting chain truncates a WAL over WAL_EXIT_MAX
+/// (more than the rule lets it reach while connections stay open) with a checkpoint
+/// TRUNCATE, when no other connection is busy (tests/store.rs,
+/// the_wal_stays_bounded...).
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
-    // journal_size_limit: once checkpointed and restarted, the WAL file is cut back to
-    // 1 MiB (WAL_IDLE_MAX), so its size says how much it holds.
-    conn.execute_batch(
-        "PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-256; PRAGMA journal_size_limit=1048576;",
-    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_FRAMES}; PRAGMA cache_size=-256; PRAGMA journal_size_limit={WAL_EXIT_MAX};"
+    ))?;
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
@@ -272,18 +274,11 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Commits after which a checkpoint is made even when the chain is never idle.
-const CHECKPOINT_FORCE_AFTER: u32 = 4000;
-/// A chain that is never idle checkpoints a WAL larger than this...
-const WAL_BUSY_MAX: u64 = 4 << 20;
-/// ...looked at every this many commits.
-const WAL_LOOK_EVERY: u32 = 50;
-/// Commits after which an idle chain checkpoints.
-const CHECKPOINT_IDLE_AFTER: u32 = 100;
-/// A WAL larger than this is checkpointed at the next idle moment, whoever wrote it.
-const WAL_IDLE_MAX: u64 = 1 << 20;
+/// WAL pages after which the commit that added them checkpoints (SQLite's default):
+/// about 4 MB of WAL, once every 330 runs or so of all chains together.
+const WAL_CHECKPOINT_FRAMES: u32 = 1000;
 /// A WAL larger than this is checkpointed (and truncated) when a chain exits.
-const WAL_EXIT_MAX: u64 = 1 << 20;
+const WAL_EXIT_MAX: u64 = 4 << 20;
 /// How long that checkpoint waits for other connections.
 const EXIT_CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
 
@@ -418,6 +413,8 @@ pub struct Store {
     conn: Option<Connection>,
     instance_id: Option<i64>,
     series_ids: HashMap<(String, String), i64>,
+    /// Per series, the start of its oldest run as last looked up (see [`apply_end`]).
+    oldest_start: HashMap<i64, i64>,
     queue: VecDeque<Op>,
     /// The error being reported, while the store cannot be written.
     failing: Option<String>,
@@ -426,8 +423,6 @@ pub struct Store {
     retry_at: Option<Mono>,
     backoff: Duration,
     dropped: u64,
-    /// Commits since the last checkpoint.
-    commits: u32,
     /// Inside [`Store::batch`]: queue only; the batch ends with one transaction.
     batching: bool,
 }
@@ -442,13 +437,13 @@ impl Store {
             conn: None,
             instance_id: None,
             series_ids: HashMap::new(),
+            oldest_start: HashMap::new(),
             queue: VecDeque::new(),
             failing: None,
             failing_since: None,
             retry_at: None,
             backoff: RETRY_FIRST,
             dropped: 0,
-            commits: 0,
             batching: false,
         }
     }
@@ -472,34 +467,6 @@ impl Store {
         }
     }
 
-    /// Copy the WAL back into the database (PASSIVE: never waits for readers) when
-    /// enough commits have piled up. The driver calls this when the chain is idle (a
-    /// cooldown lies ahead), so the work stays off the path between runs; a chain that is
-    /// never idle checkpoints every CHECKPOINT_FORCE_AFTER commits regardless.
-    ///
-    /// A WAL file over WAL_IDLE_MAX is also truncated, if no other connection is using
-    /// it at that moment (no waiting: otherwise the copy is the same as PASSIVE, and a
-    /// later commit starts the WAL over). Done here, in a cooldown, it spares the exit
-    /// (a SIGTERM, an upgrade) from doing it.
-    pub fn checkpoint_if_idle(&mut self) {
-        if !self.queue.is_empty() {
-            return;
-        }
-        if self.wal_bytes() > WAL_IDLE_MAX {
-            if let Some(conn) = &self.conn {
-                let _ = conn.busy_timeout(Duration::ZERO);
-                let r = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-                let _ = conn.busy_timeout(BUSY_TIMEOUT);
-                match r {
-                    Ok(()) => self.commits = 0,
-                    Err(e) => log::debug!("store checkpoint: {e}"),
-                }
-            }
-        } else if self.commits >= CHECKPOINT_IDLE_AFTER {
-            self.checkpoint();
-        }
-    }
-
     /// At exit: checkpoint only if the WAL has grown large (see WAL_EXIT_MAX), so that
     /// an exit stays quick but the WAL stays bounded across any number of instances.
     pub fn checkpoint_if_large(&mut self) {
@@ -515,7 +482,7 @@ impl Store {
         });
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
         match r {
-            Ok(0) => self.commits = 0,
+            Ok(0) => {}
             Ok(_) => {
                 log::debug!("store checkpoint at exit: busy; a plain one instead");
                 self.checkpoint();
@@ -532,9 +499,8 @@ impl Store {
 
     fn checkpoint(&mut self) {
         if let Some(conn) = &self.conn {
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                Ok(()) => self.commits = 0,
-                Err(e) => log::debug!("store checkpoint: {e}"),
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                log::debug!("store checkpoint: {e}");
             }
         }
     }
@@ -625,6 +591,7 @@ impl Store {
                             );
                             self.instance_id = None;
                             self.series_ids.clear();
+                            self.oldest_start.clear();
                             if self.try_flush().is_ok() {
                                 self.failing = None;
                                 self.retry_at = None;
@@ -656,6 +623,7 @@ impl Store {
                     self.conn = None;
                     self.instance_id = None;
                     self.series_ids.clear();
+                    self.oldest_start.clear();
                 }
                 self.retry_at = Some(now + self.backoff);
                 self.backoff = (self.backoff * 2).min(RETRY_MAX);
@@ -693,12 +661,25 @@ impl Store {
                 // start for them): one row insert, one series update.
                 if let (Op::Start(st), Some(Op::End(e))) = (op, ops.peek()) {
                     if (&st.chain, &st.task, st.run_id) == (&e.chain, &e.task, e.run_id) {
-                        apply_end(conn, e, instance_id, &mut series_ids, Some(st.task_pid))?;
+                        apply_end(
+                            conn,
+                            e,
+                            instance_id,
+                            &mut series_ids,
+                            &mut self.oldest_start,
+                            Some(st.task_pid),
+                        )?;
                         ops.next();
                         continue;
                     }
                 }
-                apply(conn, op, instance_id, &mut series_ids)?;
+                apply(
+                    conn,
+                    op,
+                    instance_id,
+                    &mut series_ids,
+                    &mut self.oldest_start,
+                )?;
             }
             conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(instance_id)
@@ -709,20 +690,12 @@ impl Store {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
+                // What was looked up inside the transaction may not hold without it.
+                self.oldest_start.clear();
                 return Err(e);
             }
         };
         let n = self.queue.len();
-        self.commits += 1;
-        // A chain that is never idle (runs back to back) checkpoints by count, and by
-        // the WAL's size, looked at every WAL_LOOK_EVERY commits: batched commits carry
-        // several runs, and the WAL (and the WAL index this process maps) grew to 70 MB
-        // between two checkpoints by count.
-        if self.commits >= CHECKPOINT_FORCE_AFTER
-            || (self.commits % WAL_LOOK_EVERY == 0 && self.wal_bytes() > WAL_BUSY_MAX)
-        {
-            self.checkpoint();
-        }
         self.instance_id = Some(instance_id);
         self.series_ids = series_ids;
         self.queue.clear();
@@ -731,12 +704,16 @@ impl Store {
 }
 
 /// A run's end. `merged_pid`: its start is in the same transaction and was not written
-/// (Some(the task's PID, if known)).
+/// (Some(the task's PID, if known)). `oldest`: per series, the start of its oldest run
+/// when last looked up; runs are only added after it or pruned, so it stays a lower
+/// bound, and while it is within `keep_runs_for` nothing can be old enough to prune:
+/// the look-up (an index descent and a row, every run) is made only once it is not.
 fn apply_end(
     tx: &Connection,
     e: &RunEnd,
     instance: i64,
     cache: &mut HashMap<(String, String), i64>,
+    oldest: &mut HashMap<i64, i64>,
     merged_pid: Option<Option<i32>>,
 ) -> rusqlite::Result<()> {
     let sid = series_id(tx, cache, &e.chain, &e.task)?;
@@ -847,11 +824,23 @@ fn apply_end(
         .execute(params![sid, (e.run_id - e.keep_runs_max) as i64])?;
     }
     // One index look-up tells whether anything is old enough to go.
-    let oldest: Option<i64> = tx
+    let keep_after = e.keep_after_ms as i64;
+    if oldest.get(&sid).is_some_and(|o| *o >= keep_after) {
+        return Ok(());
+    }
+    let first: Option<i64> = tx
         .prepare_cached("SELECT start_ms FROM runs WHERE series = ?1 ORDER BY run_id LIMIT 1")?
         .query_row(params![sid], |r| r.get(0))
         .optional()?;
-    if oldest.is_some_and(|o| o < e.keep_after_ms as i64) {
+    match first {
+        Some(o) if o >= keep_after => {
+            oldest.insert(sid, o);
+        }
+        _ => {
+            oldest.remove(&sid);
+        }
+    }
+    if first.is_some_and(|o| o < keep_after) {
         tx.prepare_cached(
             "DELETE FROM runs WHERE id IN
              (SELECT id FROM runs WHERE series = ?1 ORDER BY run_id LIMIT 100)
@@ -898,6 +887,7 @@ fn apply(
     op: &Op,
     instance: i64,
     cache: &mut HashMap<(String, String), i64>,
+    oldest: &mut HashMap<i64, i64>,
 ) -> rusqlite::Result<()> {
     match op {
         Op::Start(s) => {
@@ -939,7 +929,7 @@ fn apply(
                 *output_cut
             ])?;
         }
-        Op::End(e) => apply_end(tx, e, instance, cache, None)?,
+        Op::End(e) => apply_end(tx, e, instance, cache, oldest, None)?,
         Op::Alert { chain, task, kind } => {
             let sid = series_id(tx, cache, chain, task)?;
             tx.prepare_cached(
@@ -1308,6 +1298,78 @@ pub fn chains_with_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn end(run_id: u64, start_ms: u64, keep_after_ms: u64) -> Op {
+        Op::End(Box::new(RunEnd {
+            chain: "c".into(),
+            task: "t".into(),
+            run_id,
+            scheduled_ms: start_ms,
+            start_ms,
+            stop_ms: start_ms + 10,
+            outcome: "ok",
+            exit_code: Some(0),
+            signal: None,
+            error: None,
+            output: Vec::new(),
+            output_bytes: 0,
+            output_cut: false,
+            streak: None,
+            keep_runs_max: 1_000_000,
+            keep_after_ms,
+        }))
+    }
+
+    fn kept(root: &Path) -> Vec<u64> {
+        let conn = open_read(root).expect("open").expect("a store");
+        let mut st = conn
+            .prepare("SELECT run_id FROM runs ORDER BY run_id")
+            .expect("prepare");
+        let ids = st
+            .query_map([], |r| r.get::<_, i64>(0))
+            .expect("query")
+            .map(|r| r.expect("row") as u64)
+            .collect();
+        ids
+    }
+
+    /// Runs older than keep_runs_for go as soon as they are, though the oldest run's
+    /// start is looked up only when it may be old enough (the writer keeps a lower
+    /// bound of it per series).
+    #[test]
+    fn runs_past_keep_runs_for_are_pruned_as_they_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = Instance {
+            host: "h".into(),
+            pid: 1,
+            version: "v".into(),
+            config_digest: "d".into(),
+            started_ms: 0,
+        };
+        let mut store = Store::new(dir.path(), instance);
+        // Runs 1 to 10 start a second apart; nothing is old yet.
+        for id in 1..=10 {
+            store.push(Mono::ZERO, end(id, id * 1000, 0));
+        }
+        assert_eq!(kept(dir.path()), (1..=10).collect::<Vec<_>>());
+        // Then runs must be younger than 4.5 s: runs 1 to 4 go with run 11.
+        store.push(Mono::ZERO, end(11, 11_000, 4500));
+        assert_eq!(kept(dir.path()), (5..=11).collect::<Vec<_>>());
+        // Time passes a little at each run: one more goes at each second boundary.
+        for id in 12..=20 {
+            store.push(Mono::ZERO, end(id, id * 1000, id * 1000 - 6500));
+            let oldest = kept(dir.path())[0];
+            assert_eq!(
+                oldest * 1000,
+                (id * 1000 - 6500).div_ceil(1000) * 1000,
+                "after run {id}"
+            );
+        }
+        // A long quiet spell: everything but the newest goes at the next run.
+        store.push(Mono::ZERO, end(21, 100_000, 99_000));
+        assert_eq!(kept(dir.path()), vec![21]);
+        assert_eq!(store.pending(), 0);
+    }
 
     #[test]
     fn recent_window_keeps_the_newest() {

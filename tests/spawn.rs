@@ -1000,3 +1000,52 @@ fail_cooldown = "1h"
         "a run that started has no spawn error: {run:#}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Output pipes kept from one run to the next.
+// ---------------------------------------------------------------------------------------------
+
+/// A run whose processes are all gone leaves its output pipes to the next run. The next
+/// task must see plain pipes all the same (a task that made its stdout non-blocking, as
+/// some runtimes leave it, shares that open file with run-chain), and each run's record
+/// holds its own output only.
+#[test]
+fn output_pipes_kept_for_the_next_run_are_plain_and_hold_only_its_output() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+success_cooldown = "0s"
+[tasks.spoil]
+argv = ["python3", "-c", """
+import fcntl, os
+os.write(1, os.readlink("/proc/self/fd/1").encode() + b"\\n")
+for fd in (1, 2):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK | os.O_APPEND)
+os.write(1, b"spoil-out " * 2000)
+os.write(2, b"spoil-err\\n")
+"""]
+[tasks.look]
+argv = ["python3", "-c", """
+import fcntl, os
+print(os.readlink("/proc/self/fd/1"), "flags", [fcntl.fcntl(fd, fcntl.F_GETFL) & (os.O_NONBLOCK | os.O_APPEND) for fd in (1, 2)])
+"""]
+"#,
+    );
+    env.run(&["--once", "spoil", "look"]).assert_code(0);
+    let spoil = env.sub(&["log", "spoil", "1"]);
+    spoil.assert_code(0);
+    let pipe = spoil.stdout.lines().next().unwrap_or_default().to_string();
+    assert!(pipe.starts_with("pipe:["), "spoil's stdout: {pipe:?}");
+    assert!(
+        spoil.stdout.ends_with("spoil-out spoil-err\n") || spoil.stdout.contains("spoil-err"),
+        "spoil's output: {:?}",
+        &spoil.stdout[spoil.stdout.len().saturating_sub(100)..]
+    );
+    let look = env.sub(&["log", "look", "1"]);
+    look.assert_code(0);
+    assert_eq!(
+        look.stdout,
+        format!("{pipe} flags [0, 0]\n"),
+        "look must be given spoil's pipe (what this test is about), as a plain pipe, and keep only its own output"
+    );
+}
