@@ -444,6 +444,10 @@ impl Driver {
                 .min();
             // What to wait for.
             let mut fds = vec![sys::pollfd(self.signals.fd(), libc::POLLIN)];
+            if let Some(fd) = self.signals.child_fd() {
+                fds.push(sys::pollfd(fd, libc::POLLIN));
+            }
+            let signal_fds = fds.len();
             let watch_at = if let Some((_, w)) = &self.waiting {
                 fds.push(sys::pollfd(w.fd(), libc::POLLIN));
                 Some(fds.len() - 1)
@@ -498,7 +502,7 @@ impl Driver {
                     }
                 }
             }
-            if fds[0].revents != 0 {
+            if fds[..signal_fds].iter().any(|f| f.revents != 0) {
                 for sig in self.signals.drain() {
                     let now = sys::mono_now();
                     if let Some(code) = self.on_signal(now, sig) {

@@ -316,8 +316,10 @@ struct Open {
 }
 
 /// How often a save looks the path up again; between, the open file's link count
-/// tells whether it was removed or replaced by a rename.
-const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// tells whether it was removed or replaced by a rename (what the look-up adds: a file
+/// moved away whole, or a new one linked in its place, is seen within this time). A
+/// look-up walks the path: with 200 chains of 1 s cooldowns, once a second was once a run.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Writer {
     pub fn new(path: PathBuf) -> Writer {
@@ -335,7 +337,7 @@ impl Writer {
         use std::os::unix::fs::{FileExt, MetadataExt};
         let text = serde_json::to_string(state).map_err(std::io::Error::other)?;
         if let Some(o) = &mut self.open {
-            // The path is looked up at most once a second (a lookup is the dearest part
+            // The path is looked up at most every LOOK_EVERY (a lookup is the dearest part
             // of a save in a chain without cooldowns); a file removed or replaced by a
             // rename shows at once as a link count of 0.
             let still_ours = if o.looked.elapsed() >= LOOK_EVERY {

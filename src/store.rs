@@ -278,7 +278,7 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
 /// about 4 MB of WAL, once every 330 runs or so of all chains together.
 const WAL_CHECKPOINT_FRAMES: u32 = 1000;
 /// A WAL larger than this is checkpointed (and truncated) when a chain exits.
-const WAL_EXIT_MAX: u64 = 4 << 20;
+const WAL_EXIT_MAX: u64 = 5 << 20;
 /// How long that checkpoint waits for other connections.
 const EXIT_CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
 
@@ -413,8 +413,8 @@ pub struct Store {
     conn: Option<Connection>,
     instance_id: Option<i64>,
     series_ids: HashMap<(String, String), i64>,
-    /// Per series, the start of its oldest run as last looked up (see [`apply_end`]).
-    oldest_start: HashMap<i64, i64>,
+    /// What the writer knows of its series without reading them (see [`Known`]).
+    known: Known,
     queue: VecDeque<Op>,
     /// The error being reported, while the store cannot be written.
     failing: Option<String>,
@@ -437,7 +437,7 @@ impl Store {
             conn: None,
             instance_id: None,
             series_ids: HashMap::new(),
-            oldest_start: HashMap::new(),
+            known: Known::default(),
             queue: VecDeque::new(),
             failing: None,
             failing_since: None,
@@ -591,7 +591,7 @@ impl Store {
                             );
                             self.instance_id = None;
                             self.series_ids.clear();
-                            self.oldest_start.clear();
+                            self.known = Known::default();
                             if self.try_flush().is_ok() {
                                 self.failing = None;
                                 self.retry_at = None;
@@ -623,7 +623,7 @@ impl Store {
                     self.conn = None;
                     self.instance_id = None;
                     self.series_ids.clear();
-                    self.oldest_start.clear();
+                    self.known = Known::default();
                 }
                 self.retry_at = Some(now + self.backoff);
                 self.backoff = (self.backoff * 2).min(RETRY_MAX);
@@ -666,20 +666,14 @@ impl Store {
                             e,
                             instance_id,
                             &mut series_ids,
-                            &mut self.oldest_start,
+                            &mut self.known,
                             Some(st.task_pid),
                         )?;
                         ops.next();
                         continue;
                     }
                 }
-                apply(
-                    conn,
-                    op,
-                    instance_id,
-                    &mut series_ids,
-                    &mut self.oldest_start,
-                )?;
+                apply(conn, op, instance_id, &mut series_ids, &mut self.known)?;
             }
             conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(instance_id)
@@ -691,7 +685,7 @@ impl Store {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
                 // What was looked up inside the transaction may not hold without it.
-                self.oldest_start.clear();
+                self.known = Known::default();
                 return Err(e);
             }
         };
@@ -703,17 +697,30 @@ impl Store {
     }
 }
 
+/// What a chain's writer knows of its own series without reading them again. A series
+/// is written by its chain's one instance (the chain's lock), in this writer's
+/// transactions only, so what it wrote last is what is there. Forgotten when a
+/// transaction fails or the store is opened again.
+#[derive(Debug, Default)]
+struct Known {
+    /// Per series, the start of its oldest run when last looked up. Runs are only added
+    /// after it or pruned, so it stays a lower bound, and while it is within
+    /// `keep_runs_for` nothing can be old enough to prune: the look-up (an index descent
+    /// and a row, every run) is made only once it is not.
+    oldest: HashMap<i64, i64>,
+    /// Per series, the window of recent durations it last wrote (read, pushed to and
+    /// written back at every run's end otherwise).
+    recent: HashMap<i64, Vec<u8>>,
+}
+
 /// A run's end. `merged_pid`: its start is in the same transaction and was not written
-/// (Some(the task's PID, if known)). `oldest`: per series, the start of its oldest run
-/// when last looked up; runs are only added after it or pruned, so it stays a lower
-/// bound, and while it is within `keep_runs_for` nothing can be old enough to prune:
-/// the look-up (an index descent and a row, every run) is made only once it is not.
+/// (Some(the task's PID, if known)).
 fn apply_end(
     tx: &Connection,
     e: &RunEnd,
     instance: i64,
     cache: &mut HashMap<(String, String), i64>,
-    oldest: &mut HashMap<i64, i64>,
+    known: &mut Known,
     merged_pid: Option<Option<i32>>,
 ) -> rusqlite::Result<()> {
     let sid = series_id(tx, cache, &e.chain, &e.task)?;
@@ -780,14 +787,14 @@ fn apply_end(
         _ => "interrupted",
     };
     let success = e.outcome == "ok";
-    let old: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT recent FROM series WHERE id = ?1")?
-        .query_row(params![sid], |r| r.get(0))?;
-    let recent = push_recent(
-        old.as_deref().unwrap_or_default(),
-        duration.max(0) as u64,
-        latency.max(0) as u64,
-    );
+    let old = match known.recent.remove(&sid) {
+        Some(blob) => blob,
+        None => tx
+            .prepare_cached("SELECT recent FROM series WHERE id = ?1")?
+            .query_row(params![sid], |r| r.get::<_, Option<Vec<u8>>>(0))?
+            .unwrap_or_default(),
+    };
+    let recent = push_recent(&old, duration.max(0) as u64, latency.max(0) as u64);
     tx.prepare_cached(&format!(
         "UPDATE series SET recent = ?13, runs = runs + 1, {column} = {column} + 1,
          duration_sum_ms = duration_sum_ms + ?3, latency_sum_ms = latency_sum_ms + ?4,
@@ -811,8 +818,9 @@ fn apply_end(
         success,
         e.streak.map(|s| s.0 as i64),
         e.streak.map_or(0, |s| s.1 as i64),
-        recent
+        &recent
     ])?;
+    known.recent.insert(sid, recent);
     // Prune, a bounded number of rows per run so that a lowered limit never
     // stalls the chain: by count (run ids increase by one per run), then by age
     // (looking only at the oldest rows, where old runs are).
@@ -825,7 +833,7 @@ fn apply_end(
     }
     // One index look-up tells whether anything is old enough to go.
     let keep_after = e.keep_after_ms as i64;
-    if oldest.get(&sid).is_some_and(|o| *o >= keep_after) {
+    if known.oldest.get(&sid).is_some_and(|o| *o >= keep_after) {
         return Ok(());
     }
     let first: Option<i64> = tx
@@ -834,10 +842,10 @@ fn apply_end(
         .optional()?;
     match first {
         Some(o) if o >= keep_after => {
-            oldest.insert(sid, o);
+            known.oldest.insert(sid, o);
         }
         _ => {
-            oldest.remove(&sid);
+            known.oldest.remove(&sid);
         }
     }
     if first.is_some_and(|o| o < keep_after) {
@@ -887,7 +895,7 @@ fn apply(
     op: &Op,
     instance: i64,
     cache: &mut HashMap<(String, String), i64>,
-    oldest: &mut HashMap<i64, i64>,
+    known: &mut Known,
 ) -> rusqlite::Result<()> {
     match op {
         Op::Start(s) => {
@@ -929,7 +937,7 @@ fn apply(
                 *output_cut
             ])?;
         }
-        Op::End(e) => apply_end(tx, e, instance, cache, oldest, None)?,
+        Op::End(e) => apply_end(tx, e, instance, cache, known, None)?,
         Op::Alert { chain, task, kind } => {
             let sid = series_id(tx, cache, chain, task)?;
             tx.prepare_cached(
