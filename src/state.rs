@@ -299,6 +299,10 @@ pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
 pub struct Writer {
     path: PathBuf,
     open: Option<Open>,
+    /// The JSON text and the slot made of it, kept from save to save (serializing into
+    /// new strings, grown a doubling at a time, was most of a save's own time).
+    text: Vec<u8>,
+    slot: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -323,7 +327,12 @@ const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Writer {
     pub fn new(path: PathBuf) -> Writer {
-        Writer { path, open: None }
+        Writer {
+            path,
+            open: None,
+            text: Vec::new(),
+            slot: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -333,9 +342,11 @@ impl Writer {
     /// Save `state`: in place when the file is ours and the state fits its slots, else as
     /// a new file.
     pub fn save(&mut self, state: &impl Serialize) -> std::io::Result<()> {
+        use std::io::Write;
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::{FileExt, MetadataExt};
-        let text = serde_json::to_string(state).map_err(std::io::Error::other)?;
+        self.text.clear();
+        serde_json::to_writer(&mut self.text, state).map_err(std::io::Error::other)?;
         if let Some(o) = &mut self.open {
             // The path is looked up at most every LOOK_EVERY (a lookup is the dearest part
             // of a save in a chain without cooldowns); a file removed or replaced by a
@@ -350,10 +361,18 @@ impl Writer {
                 // inode write to the journal per save).
                 sys::link_count(o.file.as_raw_fd()).is_some_and(|n| n > 0)
             };
-            let slot = slot_bytes(o.seq + 1, &text);
-            if still_ours && slot.len() <= o.slot {
+            self.slot.clear();
+            writeln!(
+                self.slot,
+                "seq {} len {} fnv {:016x}",
+                o.seq + 1,
+                self.text.len(),
+                fnv(&self.text)
+            )?;
+            self.slot.extend_from_slice(&self.text);
+            if still_ours && self.slot.len() <= o.slot {
                 let at = HEADER_LEN + o.next * o.slot;
-                o.file.write_all_at(&slot, at as u64)?;
+                o.file.write_all_at(&self.slot, at as u64)?;
                 o.seq += 1;
                 o.next = 1 - o.next;
                 return Ok(());
@@ -361,7 +380,8 @@ impl Writer {
         }
         let seq = self.open.as_ref().map_or(1, |o| o.seq + 1);
         self.open = None;
-        let (file, slot) = create(&self.path, &text, seq)?;
+        let text = std::str::from_utf8(&self.text).map_err(std::io::Error::other)?;
+        let (file, slot) = create(&self.path, text, seq)?;
         let m = file.metadata()?;
         self.open = Some(Open {
             id: (m.dev(), m.ino()),
