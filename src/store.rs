@@ -259,10 +259,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// what must be kept is a bound on the WAL's size. When the last connection closes, the
 /// next one to open rebuilds the WAL index from the WAL file and counts none of it as
 /// copied, so the WAL is never started over: many short instances (`--once` from cron)
-/// would let it grow for ever. So an exiting chain truncates a WAL over WAL_EXIT_MAX
-/// (more than the rule lets it reach while connections stay open) with a checkpoint
-/// TRUNCATE, when no other connection is busy (tests/store.rs,
-/// the_wal_stays_bounded...).
+/// would let it grow for ever, and once past the rule's size every commit would copy it
+/// all again. So a chain's first write truncates a WAL over WAL_OPEN_MAX, and an exiting
+/// chain one over WAL_EXIT_MAX (more than the rule lets it reach while connections stay
+/// open), each with a checkpoint TRUNCATE, when no other connection is busy
+/// (tests/store.rs, the_wal_stays_bounded...).
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_FRAMES}; PRAGMA cache_size=-256; PRAGMA journal_size_limit={WAL_EXIT_MAX};"
@@ -277,6 +278,8 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
 /// WAL pages after which the commit that added them checkpoints (SQLite's default):
 /// about 4 MB of WAL, once every 330 runs or so of all chains together.
 const WAL_CHECKPOINT_FRAMES: u32 = 1000;
+/// A WAL larger than this is checkpointed (and truncated) when a chain first writes.
+const WAL_OPEN_MAX: u64 = 2 << 20;
 /// A WAL larger than this is checkpointed (and truncated) when a chain exits.
 const WAL_EXIT_MAX: u64 = 5 << 20;
 /// How long that checkpoint waits for other connections.
@@ -634,6 +637,17 @@ impl Store {
     fn try_flush(&mut self) -> rusqlite::Result<usize> {
         if self.conn.is_none() {
             let conn = open_rw(&self.path)?;
+            // A WAL that no connection had open counts as not copied at all (see
+            // configure_writer): past WAL_OPEN_MAX, every commit of this instance would
+            // copy it again, so it is copied and cut now, once (if no other connection
+            // is busy with it), at the instance's first write, not at its exit.
+            if self.wal_bytes() > WAL_OPEN_MAX {
+                let _ = conn.busy_timeout(Duration::ZERO);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                    log::debug!("store checkpoint at open: {e}");
+                }
+                let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            }
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
