@@ -46,16 +46,21 @@ pub struct Run {
     /// A look at our children after the first process had exited found none of the
     /// run's: nothing of it is left, and nothing can turn up (see [`Run::signal`]).
     seen_empty: bool,
+    /// A signal was sent to the run (a timeout, a stop, leftovers ended).
+    signalled: bool,
     /// Our copies of the write ends of the output pipes (see the module's text).
     writers: Vec<OwnedFd>,
 }
 
-/// The output pipes of a run of which nothing is left, kept for the chain's next run:
-/// creating two pipes and closing them again (eight system calls, the closes freeing
-/// the pipes) was a tenth of a chain's own CPU per run with 200 chains on a host.
-/// Only run-chain holds them then, both ends: every process of the run is gone (a
-/// run that leaves a process behind, or whose output ended early, gets new ones), and
-/// what was in them has been read.
+/// The output pipes of a run that ended by itself, of which nothing is left, kept for
+/// the chain's next run: creating two pipes and closing them again (eight system calls,
+/// the closes freeing the pipes) was a tenth of a chain's own CPU per run with 200
+/// chains on a host. Every process of the run is gone then, and what was in the pipes
+/// has been read. A run that was sent a signal (a timeout, a stop, leftovers ended) or
+/// whose output ended early gets new pipes: a process outside the run's tree may have
+/// been handed its output (an ssh client passes it to a shared ControlMaster connection)
+/// and, the client killed, go on writing; into the old pipe, closed, that fails (EPIPE)
+/// instead of landing in the next run's record.
 #[derive(Debug)]
 pub struct Pipes {
     out: (OwnedFd, OwnedFd),
@@ -305,6 +310,7 @@ pub fn spawn(
         leader_exited: false,
         swept_empty: false,
         seen_empty: false,
+        signalled: false,
         writers: vec![out_w, err_w],
     })
 }
@@ -339,6 +345,7 @@ impl Run {
         // can come, and the sweep that follows need not look again.
         self.seen_empty = self.leader_exited && !others;
         if !self.reaped_leader && (others || !self.leader_exited) {
+            self.signalled = true;
             sys::kill(-self.pid, sig);
             if sig == libc::SIGTERM {
                 // A stopped process cannot act on SIGTERM.
@@ -352,10 +359,14 @@ impl Run {
             match sys::state_and_pgid(kid) {
                 Some(('Z', _)) | None => {}
                 Some((_, pg)) if pg == kid && pg != self.pid => {
+                    self.signalled = true;
                     sys::kill(-kid, sig);
                     sys::kill(kid, sig);
                 }
-                Some(_) => sys::kill(kid, sig),
+                Some(_) => {
+                    self.signalled = true;
+                    sys::kill(kid, sig);
+                }
             }
         }
     }
@@ -389,7 +400,7 @@ impl Run {
     /// both are still open (read to the end by the driver, which it does when the run's
     /// group is empty).
     pub fn into_pipes(mut self) -> Option<Pipes> {
-        if !(self.swept_empty && self.reaped_leader) || self.writers.len() != 2 {
+        if !(self.swept_empty && self.reaped_leader) || self.signalled || self.writers.len() != 2 {
             return None;
         }
         let err_r = self.sources.get_mut(1)?.take_fd()?;

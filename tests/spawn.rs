@@ -1049,3 +1049,87 @@ print(os.readlink("/proc/self/fd/1"), "flags", [fcntl.fcntl(fd, fcntl.F_GETFL) &
         "look must be given spoil's pipe (what this test is about), as a plain pipe, and keep only its own output"
     );
 }
+
+/// A process outside the run's tree that was handed the run's output (as an ssh client
+/// hands it to a shared ControlMaster connection) may go on writing after the run was
+/// killed. That output must not land in the next run's record: a run that was sent a
+/// signal never passes its pipes on (its writer finds them closed instead).
+#[test]
+fn output_a_killed_run_handed_out_never_reaches_the_next_run() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+success_cooldown = "0s"
+fail_cooldown = "0s"
+[tasks.handout]
+timeout = "300ms"
+argv = ["python3", "-c", """
+import array, os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(os.environ["T"] + "/sock")
+s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [1]))])
+s.close()
+time.sleep(60)
+"""]
+[tasks.next]
+argv = ["python3", "-c", """
+import os, time
+t = os.environ["T"]
+open(t + "/go", "w").close()
+for _ in range(1000):
+    if os.path.exists(t + "/late"):
+        break
+    time.sleep(0.01)
+print("next's own line", flush=True)
+"""]
+"#,
+    );
+    // The holder: outside run-chain's tree, it takes the descriptor and writes to it once
+    // the next run has started, then says how that went.
+    let holder_src = r#"
+import array, os, socket, time
+t = os.environ["T"]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(t + "/sock.tmp"); s.listen(1); os.rename(t + "/sock.tmp", t + "/sock")
+c, _ = s.accept()
+_, anc, _, _ = c.recvmsg(1, socket.CMSG_LEN(4))
+fds = array.array("i"); fds.frombytes(anc[0][2])
+for _ in range(3000):
+    if os.path.exists(t + "/go"):
+        break
+    time.sleep(0.01)
+try:
+    os.write(fds[0], b"LATE: the killed run's output\n")
+    what = "written"
+except OSError as e:
+    what = "refused: %s" % e
+with open(t + "/late.tmp", "w") as f:
+    f.write(what)
+os.rename(t + "/late.tmp", t + "/late")
+"#;
+    let mut holder = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(holder_src)
+        .env("T", env.root())
+        .spawn()
+        .expect("start the holder");
+    wait_until("the holder listens", || env.path("sock").exists());
+    env.run(&["--once", "handout", "next"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let handout = only_run(&env, "handout");
+    assert_eq!(outcome(&handout), "timeout", "{handout:#}");
+    let next = env.sub(&["log", "next", "1"]);
+    next.assert_code(0);
+    assert_eq!(
+        next.stdout,
+        "next's own line\n",
+        "the next run's record holds only its own output (the holder: {:?})",
+        env.read("late")
+    );
+    assert!(
+        env.read("late").starts_with("refused"),
+        "the holder's late write should find the old pipe closed: {:?}",
+        env.read("late")
+    );
+}
