@@ -904,6 +904,17 @@ fn series_id(
     Ok(id)
 }
 
+/// Count an interrupted run of `sid` in its series (which then has none running).
+fn count_interrupted(tx: &Connection, sid: i64, duration: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE series SET runs = runs + 1, interrupted = interrupted + 1,
+         duration_sum_ms = duration_sum_ms + ?2, running_run_id = NULL, running_since_ms = NULL
+         WHERE id = ?1",
+        params![sid, duration],
+    )?;
+    Ok(())
+}
+
 fn apply(
     tx: &Connection,
     op: &Op,
@@ -978,12 +989,7 @@ fn apply(
                     "UPDATE runs SET outcome = 'interrupted', stop_ms = ?2, duration_ms = ?3 WHERE id = ?1",
                     params![id, *stop_ms as i64, duration],
                 )?;
-                tx.execute(
-                    "UPDATE series SET runs = runs + 1, interrupted = interrupted + 1,
-                     duration_sum_ms = duration_sum_ms + ?2, running_run_id = NULL, running_since_ms = NULL
-                     WHERE id = ?1",
-                    params![sid, duration],
-                )?;
+                count_interrupted(tx, sid, duration)?;
             }
             if let Some((task, run_id, since)) = running {
                 let sid = series_id(tx, cache, chain, task)?;
@@ -998,12 +1004,7 @@ fn apply(
                          VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'interrupted', ?6)",
                         params![sid, *run_id as i64, instance, *since as i64, *stop_ms as i64, duration],
                     )?;
-                    tx.execute(
-                        "UPDATE series SET runs = runs + 1, interrupted = interrupted + 1,
-                         duration_sum_ms = duration_sum_ms + ?2, running_run_id = NULL, running_since_ms = NULL
-                         WHERE id = ?1",
-                        params![sid, duration],
-                    )?;
+                    count_interrupted(tx, sid, duration)?;
                 }
             }
         }
