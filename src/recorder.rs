@@ -7,8 +7,14 @@
 //! just been spawned does not have to wait for its supervisor's bookkeeping to get a
 //! CPU: on a machine with a second core, the writing happens there.
 //!
-//! The order of the records is kept (one channel, one writer). [`Recorder::finish`]
-//! writes what is left and says what could not be written, as the driver did before.
+//! In a cooldown the driver's thread has nothing else to do, and waking the writer
+//! costs more than a fifth of what the write does: there the driver writes in line,
+//! when the write need not wait for anything (see [`Recorder::send_ops`]); anything
+//! that would wait still goes to the thread.
+//!
+//! The order of the records is kept (one channel, one writer; a write in line only
+//! when nothing handed over is left). [`Recorder::finish`] writes what is left and
+//! says what could not be written, as the driver did before.
 //!
 //! Waking the writer costs the loop a few microseconds, and the writer a transaction.
 //! When runs follow each other faster than [`HOLD`] (a chain of short tasks without
@@ -23,7 +29,8 @@
 //! store costs per run of a short task. A run that lasts longer shows in `history`
 //! [`START_HOLD`] after it started.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crate::chain::Mono;
@@ -38,13 +45,21 @@ pub const START_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 enum Msg {
     /// Write these, in one transaction.
     Ops(Vec<Op>),
+    /// Write what the driver's thread left queued in the store, and checkpoint if due.
+    Wake,
 }
 
 /// The driver's side of the writer thread.
 pub struct Recorder {
     chain: String,
+    /// The store, written by the writer thread, or in line by the driver's thread in a
+    /// cooldown when nothing is handed over and the write need not wait.
+    store: Arc<Mutex<Store>>,
     tx: Option<mpsc::Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
+    /// Messages handed to the thread and not yet written: records are written in line
+    /// only when there are none, so that they stay in order.
+    queued: Arc<AtomicUsize>,
     batch: Vec<Op>,
     batching: bool,
     /// Records of earlier batches not yet handed over, and when the last hand-over was.
@@ -52,16 +67,21 @@ pub struct Recorder {
     /// When what is held must go.
     held_due: Option<Mono>,
     sent_at: Option<Mono>,
-    /// The store itself, if the thread could not be started (written in line then).
-    inline: Option<Store>,
 }
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Ops(v) => write!(f, "Ops({})", v.len()),
+            Msg::Wake => write!(f, "Wake"),
         }
     }
+}
+
+/// The store, whichever thread panicked while holding it (its state is a queue and a
+/// connection, each consistent between calls).
+fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Recorder {
@@ -70,49 +90,36 @@ impl Recorder {
     pub fn start(chain: &str, store: Store) -> Recorder {
         let name = chain.to_string();
         let (tx, rx) = mpsc::channel::<Msg>();
-        // The store goes to the thread through a slot, so that it can come back if the
-        // thread cannot be started.
-        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(store)));
-        let theirs = slot.clone();
+        let store = Arc::new(Mutex::new(store));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (theirs, their_count) = (store.clone(), queued.clone());
         let spawned = std::thread::Builder::new()
             .name("run-chain-store".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                own_descriptor_table();
-                let store = theirs.lock().ok().and_then(|mut s| s.take());
-                if let Some(store) = store {
-                    writer(&name, store, rx);
-                }
+                block_signals();
+                writer(&name, &theirs, rx, &their_count);
             });
-        match spawned {
-            Ok(thread) => Recorder {
-                chain: chain.to_string(),
-                tx: Some(tx),
-                thread: Some(thread),
-                batch: Vec::new(),
-                batching: false,
-                held: Vec::new(),
-                held_due: None,
-                sent_at: None,
-                inline: None,
-            },
+        let (tx, thread) = match spawned {
+            Ok(thread) => (Some(tx), Some(thread)),
             Err(e) => {
                 log::warn!(
                     "{chain}: cannot start the store's writer thread ({e}); writing in line"
                 );
-                let store = slot.lock().ok().and_then(|mut s| s.take());
-                Recorder {
-                    chain: chain.to_string(),
-                    tx: None,
-                    thread: None,
-                    batch: Vec::new(),
-                    batching: false,
-                    held: Vec::new(),
-                    held_due: None,
-                    sent_at: None,
-                    inline: store,
-                }
+                (None, None)
             }
+        };
+        Recorder {
+            chain: chain.to_string(),
+            store,
+            tx,
+            thread,
+            queued,
+            batch: Vec::new(),
+            batching: false,
+            held: Vec::new(),
+            held_due: None,
+            sent_at: None,
         }
     }
 
@@ -123,13 +130,13 @@ impl Recorder {
 
     /// End the batch: hand it over now, or hold it if the last hand-over was less
     /// than [`HOLD`] before `now`.
-    /// With `idle` (a cooldown lies ahead), everything held goes now with it: one
-    /// hand-over, one wake-up of the writer.
+    /// With `idle` (a cooldown lies ahead), everything held goes now with it, written
+    /// in line if that need not wait (see [`Recorder::send_ops`]).
     pub fn end_batch(&mut self, now: Mono, idle: bool) {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if idle {
-            self.send_ops(now, ops);
+            self.send_ops(now, ops, true);
             return;
         }
         if ops.is_empty() {
@@ -140,7 +147,7 @@ impl Recorder {
         } else if let Some(t) = self.sent_at.filter(|t| now < *t + HOLD) {
             self.hold(ops, t + HOLD);
         } else {
-            self.send_ops(now, ops);
+            self.send_ops(now, ops, false);
         }
     }
 
@@ -157,7 +164,7 @@ impl Recorder {
     /// Hand over what is held, if it is due.
     pub fn tick(&mut self, now: Mono) {
         if self.due().is_some_and(|d| d <= now) {
-            self.send_ops(now, Vec::new());
+            self.send_ops(now, Vec::new(), false);
         }
     }
 
@@ -165,46 +172,69 @@ impl Recorder {
         if self.batching {
             self.batch.push(op);
         } else {
-            self.send_ops(sys::mono_now(), vec![op]);
+            self.send_ops(sys::mono_now(), vec![op], false);
         }
     }
 
     /// Hand over what is held, then `ops`, as one.
-    fn send_ops(&mut self, now: Mono, ops: Vec<Op>) {
+    ///
+    /// With `in_line` (a cooldown lies ahead, the driver has nothing else to do), they
+    /// are written here, on the driver's thread, if nothing handed over is still
+    /// waiting, the writer thread is not busy with the store, and the transaction need
+    /// not wait: no other process holds the store's write lock. Waking the writer thread
+    /// for them cost as much as a fifth of the transaction itself (200 chains on one
+    /// RUN_ROOT, a run a second each). Whatever could not be written at once (another
+    /// chain's transaction, a store that fails) and any checkpoint due go to the writer
+    /// thread, which waits, retries and reports; so the loop never waits on the disk
+    /// or on another process here.
+    fn send_ops(&mut self, now: Mono, ops: Vec<Op>, in_line: bool) {
         let mut all = std::mem::take(&mut self.held);
         all.extend(ops);
         self.held_due = None;
         self.sent_at = Some(now);
-        if !all.is_empty() {
-            self.send(Msg::Ops(all));
+        if all.is_empty() {
+            return;
         }
+        if in_line && self.tx.is_some() && self.queued.load(Ordering::Acquire) == 0 {
+            let tried = match self.store.try_lock() {
+                Ok(mut store) => {
+                    let written = store.write_now(now, std::mem::take(&mut all));
+                    Some(written && !store.checkpoint_due())
+                }
+                Err(_) => None,
+            };
+            match tried {
+                Some(true) => return,
+                Some(false) => return self.send(Msg::Wake),
+                None => {}
+            }
+        }
+        self.send(Msg::Ops(all));
     }
 
     fn send(&mut self, msg: Msg) {
         if let Some(tx) = &self.tx {
-            match tx.send(msg) {
-                Ok(()) => return,
-                // The thread is gone (it cannot be, short of a bug): write in line.
-                Err(mpsc::SendError(msg)) => {
-                    log::error!(
-                        "{}: the store's writer thread is gone; records are lost: {msg:?}",
-                        self.chain
-                    );
-                    return;
-                }
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            if let Err(mpsc::SendError(msg)) = tx.send(msg) {
+                // The thread is gone (it cannot be, short of a bug).
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                log::error!(
+                    "{}: the store's writer thread is gone; records are lost: {msg:?}",
+                    self.chain
+                );
+            }
+            return;
+        }
+        let now = sys::mono_now();
+        let mut store = lock(&self.store);
+        store.begin_batch();
+        if let Msg::Ops(ops) = msg {
+            for op in ops {
+                store.push(now, op);
             }
         }
-        if let Some(store) = &mut self.inline {
-            let now = sys::mono_now();
-            let Msg::Ops(ops) = msg;
-            if !ops.is_empty() {
-                store.begin_batch();
-                for op in ops {
-                    store.push(now, op);
-                }
-                store.end_batch(now);
-            }
-        }
+        store.end_batch(now);
+        store.checkpoint_if_due();
     }
 
     /// Write what is left (one last try) and stop the thread.
@@ -212,14 +242,14 @@ impl Recorder {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if !ops.is_empty() || !self.held.is_empty() {
-            self.send_ops(sys::mono_now(), ops);
+            self.send_ops(sys::mono_now(), ops, false);
         }
-        self.tx = None;
+        let threaded = self.tx.take().is_some();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Some(store) = &mut self.inline {
-            last_try(&self.chain, store);
+        if !threaded {
+            last_try(&self.chain, &mut lock(&self.store));
         }
     }
 }
@@ -229,6 +259,7 @@ impl std::fmt::Debug for Recorder {
         f.debug_struct("Recorder")
             .field("chain", &self.chain)
             .field("threaded", &self.thread.is_some())
+            .field("queued", &self.queued.load(Ordering::Relaxed))
             .field("batch", &self.batch.len())
             .field("held", &self.held.len())
             .finish()
@@ -241,66 +272,53 @@ impl Drop for Recorder {
     }
 }
 
-/// Give this thread a descriptor table of its own, with only stdin, stdout and stderr
-/// in it, so that the store's files (runs.db, its WAL and shm) are open here only.
-///
-/// Why: every process that uses the store holds POSIX locks on runs.db and runs.db-shm,
-/// and the kernel keeps one list of them per file. A task started by the main thread
-/// inherits the main thread's descriptors, and when it execs, closing each inherited
-/// (close-on-exec) descriptor of a locked file walks that whole list: with 200 chains on
-/// one RUN_ROOT that was a sixth of a chain's CPU. With the store's descriptors in this
-/// thread's table only, no task (and no sendmail) ever sees them.
-///
-/// All signals are blocked here first: the handlers write to the signal pipe by its
-/// number, which is not open in this table (they run on the other threads instead).
-/// The POSIX locks SQLite takes are owned by this table; no other thread of the process
-/// uses the store, so SQLite's view of "this process's locks" stays true.
-fn own_descriptor_table() {
-    // SAFETY: changes this thread's signal mask and descriptor table only.
+/// Block every signal on the writer thread: the handlers (and the signalfd) belong to
+/// the driver's thread.
+fn block_signals() {
+    // SAFETY: changes this thread's signal mask only.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-        if libc::unshare(libc::CLONE_FILES) != 0 {
-            return;
-        }
-        // The copies of the main thread's descriptors go (the files stay open there).
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
-            for fd in sys::open_fds() {
-                if fd >= 3 {
-                    libc::close(fd);
-                }
-            }
-        }
     }
 }
 
-/// The writer thread: write what comes, retry what could not be written when the
-/// store says, and write what is left when the driver hangs up.
-fn writer(chain: &str, mut store: Store, rx: mpsc::Receiver<Msg>) {
+/// The writer thread: write what comes (with what the driver's thread left queued),
+/// checkpoint when due, retry what could not be written when the store says, and write
+/// what is left when the driver hangs up.
+fn writer(chain: &str, store: &Mutex<Store>, rx: mpsc::Receiver<Msg>, queued: &AtomicUsize) {
     loop {
-        let msg = match store.retry_at() {
+        let retry_at = lock(store).retry_at();
+        let msg = match retry_at {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             Some(at) => rx.recv_timeout(at.saturating_sub(sys::mono_now())),
         };
         let now = sys::mono_now();
+        let mut st = lock(store);
         match msg {
-            Ok(Msg::Ops(ops)) => {
-                store.begin_batch();
-                for op in ops {
-                    store.push(now, op);
-                }
+            Ok(first) => {
+                st.begin_batch();
+                let mut taken = 1;
+                let take = |m: Msg, st: &mut Store| {
+                    if let Msg::Ops(ops) = m {
+                        ops.into_iter().for_each(|op| st.push(now, op));
+                    }
+                };
+                take(first, &mut st);
                 // Whatever else has come meanwhile goes into the same transaction.
-                while let Ok(Msg::Ops(ops)) = rx.try_recv() {
-                    ops.into_iter().for_each(|op| store.push(now, op));
+                while let Ok(m) = rx.try_recv() {
+                    take(m, &mut st);
+                    taken += 1;
                 }
-                store.end_batch(now);
+                st.end_batch(now);
+                st.checkpoint_if_due();
+                queued.fetch_sub(taken, Ordering::AcqRel);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => store.flush(now),
+            Err(mpsc::RecvTimeoutError::Timeout) => st.flush(now),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    last_try(chain, &mut store);
+    last_try(chain, &mut lock(store));
 }
 
 /// One last try; what cannot be written now is lost with this process (the chain's

@@ -25,6 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -238,15 +239,17 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// A chain's writer leaves checkpoints to SQLite's own rule, counted on the WAL that all
-/// chains of a RUN_ROOT share: the commit that takes the WAL past WAL_CHECKPOINT_FRAMES
-/// pages copies it back (PASSIVE: it never waits for readers), in the writer thread, off
-/// the loop's path. Counting per connection instead (each chain every 100 of its own
-/// commits, and a truncation in every cooldown once the WAL passed 1 MiB) made 200
-/// chains on one RUN_ROOT checkpoint several times a second, each with two fsyncs: a
-/// fifth of the writers' CPU. Once copied, the next commit starts the WAL over, and
-/// journal_size_limit keeps the file at about the size the rule lets it reach, so that
-/// it is overwritten in place rather than cut back and grown again.
+/// A chain's writer checkpoints by the length of the WAL that all chains of a RUN_ROOT
+/// share, as SQLite's own rule does, but on the writer thread only: the WAL hook notes
+/// the length at every commit, and once it is past WAL_CHECKPOINT_FRAMES pages the
+/// writer thread copies it back (PASSIVE: it never waits for readers), off the loop's
+/// path, also when the commit was made in line by the driver's thread in a cooldown.
+/// Counting per connection instead (each chain every 100 of its own commits, and a
+/// truncation in every cooldown once the WAL passed 1 MiB) made 200 chains on one
+/// RUN_ROOT checkpoint several times a second, each with two fsyncs. Once copied, the
+/// next commit starts the WAL over, and journal_size_limit keeps the file at about the
+/// size the rule lets it reach, so that it is overwritten in place rather than cut back
+/// and grown again.
 ///
 /// Its page cache is kept small (256 KiB): a writer touches the tail of the runs table,
 /// its index and a few series rows, and a larger cache only grows the chain's memory over
@@ -266,7 +269,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// (tests/store.rs, the_wal_stays_bounded...).
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
-        "PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_FRAMES}; PRAGMA cache_size=-256; PRAGMA journal_size_limit={WAL_EXIT_MAX};"
+        "PRAGMA cache_size=-256; PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
     ))?;
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
@@ -275,13 +278,18 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// WAL pages after which the commit that added them checkpoints (SQLite's default):
-/// about 4 MB of WAL, once every 330 runs or so of all chains together.
-const WAL_CHECKPOINT_FRAMES: u32 = 1000;
+/// WAL pages after which the writer that committed checkpoints: about 16 MB of WAL,
+/// once every 1,300 runs or so of all chains together. (At SQLite's default of 1,000,
+/// 200 chains on one RUN_ROOT checkpointed twice a second, two fsyncs each, and the
+/// writers spent a tenth of their time on it.)
+pub const WAL_CHECKPOINT_FRAMES: i32 = 4000;
+/// The size the WAL file is cut back to when it is started over: what the rule above
+/// lets it reach, so that it is overwritten in place rather than cut and grown again.
+const WAL_SIZE_LIMIT: u64 = 17 << 20;
 /// A WAL larger than this is checkpointed (and truncated) when a chain first writes.
 const WAL_OPEN_MAX: u64 = 2 << 20;
 /// A WAL larger than this is checkpointed (and truncated) when a chain exits.
-const WAL_EXIT_MAX: u64 = 5 << 20;
+const WAL_EXIT_MAX: u64 = 20 << 20;
 /// How long that checkpoint waits for other connections.
 const EXIT_CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
 
@@ -428,6 +436,24 @@ pub struct Store {
     dropped: u64,
     /// Inside [`Store::batch`]: queue only; the batch ends with one transaction.
     batching: bool,
+    /// The WAL's length in pages after this connection's last commit (SQLite's WAL hook
+    /// sets it; boxed, so that its address stays put for the hook).
+    wal_frames: Box<AtomicI32>,
+}
+
+/// SQLite's WAL hook (called after each commit): note how long the WAL is. Setting it
+/// replaces SQLite's own checkpoint rule, so the writer decides where checkpoints run.
+extern "C" fn note_wal_frames(
+    ctx: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _name: *const std::ffi::c_char,
+    frames: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: ctx is the AtomicI32 in the Store's box, registered with this connection
+    // and outliving it (the connection is dropped or replaced before the box).
+    let frames_seen = unsafe { &*(ctx as *const AtomicI32) };
+    frames_seen.store(frames, Ordering::Relaxed);
+    rusqlite::ffi::SQLITE_OK
 }
 
 impl Store {
@@ -448,6 +474,46 @@ impl Store {
             backoff: RETRY_FIRST,
             dropped: 0,
             batching: false,
+            wal_frames: Box::new(AtomicI32::new(0)),
+        }
+    }
+
+    /// Write `ops` now, without waiting for another process's transaction: for the
+    /// driver's own thread, in a cooldown. True if they are written; false if they (and
+    /// what was pending) wait in the queue for [`Store::flush`], which waits, retries
+    /// and reports (the store not yet open, a write already pending, the store busy or
+    /// failing).
+    pub fn write_now(&mut self, now: Mono, ops: Vec<Op>) -> bool {
+        let ready = self.conn.is_some() && self.queue.is_empty() && self.failing.is_none();
+        self.batching = true;
+        for op in ops {
+            self.push(now, op);
+        }
+        self.batching = false;
+        if !ready {
+            return false;
+        }
+        if let Some(conn) = &self.conn {
+            let _ = conn.busy_timeout(Duration::ZERO);
+        }
+        let written = self.try_flush().is_ok();
+        if let Some(conn) = &self.conn {
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        }
+        written
+    }
+
+    /// Whether the WAL has passed WAL_CHECKPOINT_FRAMES pages at this connection's last
+    /// commit: [`Store::checkpoint_if_due`] is to run (where waiting on the disk is fine).
+    pub fn checkpoint_due(&self) -> bool {
+        self.wal_frames.load(Ordering::Relaxed) >= WAL_CHECKPOINT_FRAMES
+    }
+
+    /// Copy the WAL back (PASSIVE: it never waits for readers) if it is due.
+    pub fn checkpoint_if_due(&mut self) {
+        if self.checkpoint_due() {
+            self.wal_frames.store(0, Ordering::Relaxed);
+            self.checkpoint();
         }
     }
 
@@ -580,6 +646,7 @@ impl Store {
                 }
                 self.retry_at = None;
                 self.backoff = RETRY_FIRST;
+                self.checkpoint_if_due();
             }
             Err(e) => {
                 let corrupt = is_corrupt(&e);
@@ -647,6 +714,17 @@ impl Store {
                     log::debug!("store checkpoint at open: {e}");
                 }
                 let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            }
+            let ctx: *const AtomicI32 = &*self.wal_frames;
+            // SAFETY: the hook and its context (the box, which outlives the connection:
+            // the connection is always dropped or replaced first) are valid for as long
+            // as the connection is open.
+            unsafe {
+                rusqlite::ffi::sqlite3_wal_hook(
+                    conn.handle(),
+                    Some(note_wal_frames),
+                    ctx as *mut std::ffi::c_void,
+                );
             }
             self.conn = Some(conn);
         }
@@ -1362,14 +1440,7 @@ mod tests {
     #[test]
     fn runs_past_keep_runs_for_are_pruned_as_they_age() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let instance = Instance {
-            host: "h".into(),
-            pid: 1,
-            version: "v".into(),
-            config_digest: "d".into(),
-            started_ms: 0,
-        };
-        let mut store = Store::new(dir.path(), instance);
+        let mut store = Store::new(dir.path(), instance());
         // Runs 1 to 10 start a second apart; nothing is old yet.
         for id in 1..=10 {
             store.push(Mono::ZERO, end(id, id * 1000, 0));
@@ -1392,6 +1463,82 @@ mod tests {
         store.push(Mono::ZERO, end(21, 100_000, 99_000));
         assert_eq!(kept(dir.path()), vec![21]);
         assert_eq!(store.pending(), 0);
+    }
+
+    fn instance() -> Instance {
+        Instance {
+            host: "h".into(),
+            pid: 1,
+            version: "v".into(),
+            config_digest: "d".into(),
+            started_ms: 0,
+        }
+    }
+
+    /// The driver's write in line never waits: with another process's transaction
+    /// holding the write lock it returns at once, the records kept in order for the
+    /// writer thread's flush (which waits), and nothing is lost or written twice.
+    #[test]
+    fn a_write_in_line_does_not_wait_for_another_writer_and_keeps_its_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::new(dir.path(), instance());
+        // Not open yet: nothing is written in line (opening is the thread's work).
+        assert!(!store.write_now(Mono::ZERO, vec![end(1, 1000, 0)]));
+        assert_eq!(store.pending(), 1);
+        store.flush(Mono::ZERO);
+        assert_eq!(store.pending(), 0);
+        assert!(store.write_now(Mono::ZERO, vec![end(2, 2000, 0)]));
+        assert_eq!(kept(dir.path()), vec![1, 2]);
+
+        let other = Connection::open(path(dir.path())).expect("second connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let t = std::time::Instant::now();
+        assert!(!store.write_now(Mono::ZERO, vec![end(3, 3000, 0)]));
+        let waited = t.elapsed();
+        // Behind a pending record, a later one is queued without a try.
+        assert!(!store.write_now(Mono::ZERO, vec![end(4, 4000, 0)]));
+        assert_eq!(store.pending(), 2);
+        assert!(
+            waited < BUSY_TIMEOUT,
+            "the write in line waited {waited:?} for the lock"
+        );
+        other.execute_batch("COMMIT").expect("unlock");
+        store.flush(Mono::ZERO);
+        assert_eq!(store.pending(), 0);
+        assert_eq!(kept(dir.path()), vec![1, 2, 3, 4]);
+        // And it is written in line again.
+        assert!(store.write_now(Mono::ZERO, vec![end(5, 5000, 0)]));
+        assert_eq!(kept(dir.path()), vec![1, 2, 3, 4, 5]);
+    }
+
+    /// SQLite's own checkpoint rule is replaced by the WAL hook: past
+    /// WAL_CHECKPOINT_FRAMES pages a checkpoint is due (the writer thread runs it), after
+    /// it the WAL is written over from its start, so the file stays within
+    /// WAL_SIZE_LIMIT however many runs are written.
+    #[test]
+    fn the_wal_is_checkpointed_past_its_limit_and_stays_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::new(dir.path(), instance());
+        let wal = dir.path().join("runs.db-wal");
+        let (mut due, mut largest) = (0, 0);
+        for id in 1..=4000 {
+            if !store.write_now(Mono::ZERO, vec![end(id, id * 1000, 0)]) {
+                store.flush(Mono::ZERO);
+            }
+            if store.checkpoint_due() {
+                due += 1;
+                store.checkpoint_if_due();
+                assert!(!store.checkpoint_due());
+            }
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        assert_eq!(store.pending(), 0);
+        assert_eq!(kept(dir.path()).len(), 4000);
+        assert!(due >= 2, "a checkpoint was due {due} times over 4000 runs");
+        assert!(
+            largest <= WAL_SIZE_LIMIT,
+            "the WAL grew to {largest} bytes (limit {WAL_SIZE_LIMIT})"
+        );
     }
 
     #[test]

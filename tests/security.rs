@@ -88,8 +88,8 @@ fn list_fds(pid: &str, file: &str) -> String {
     )
 }
 
-/// Like `list_fds`, over the descriptor tables of all of `pid`'s threads (run-chain's store
-/// writer thread has a table of its own, holding the store's files).
+/// Like `list_fds`, over the descriptor tables of all of `pid`'s threads (in case a thread
+/// has a table of its own).
 fn list_thread_fds(pid: &str, file: &str) -> String {
     format!(
         r#"( for f in /proc/{pid}/task/*/fd/*; do printf "%s -> " "$f"; readlink "$f" || echo; done ) > "$T/{file}""#
