@@ -181,7 +181,7 @@ impl Recorder {
     /// With `in_line` (a cooldown lies ahead, the driver has nothing else to do), they
     /// are written here, on the driver's thread, if nothing handed over is still
     /// waiting, the writer thread is not busy with the store, and the transaction need
-    /// not wait: no other process holds the store's write lock. Waking the writer thread
+    /// not wait more than about 1 ms for another process's. Waking the writer thread
     /// for them cost as much as a fifth of the transaction itself (200 chains on one
     /// RUN_ROOT, a run a second each). Whatever could not be written at once (another
     /// chain's transaction, a store that fails) and any checkpoint due go to the writer

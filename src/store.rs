@@ -441,6 +441,21 @@ pub struct Store {
     wal_frames: Box<AtomicI32>,
 }
 
+/// The busy handler of a write in line: another chain's transaction (a fraction of a
+/// millisecond, unless its process is preempted) is waited for up to
+/// IN_LINE_WAIT_TRIES times IN_LINE_WAIT_STEP, then the write goes to the writer thread.
+fn brief_wait(tries: i32) -> bool {
+    if tries >= IN_LINE_WAIT_TRIES {
+        return false;
+    }
+    std::thread::sleep(IN_LINE_WAIT_STEP);
+    true
+}
+
+/// See [`brief_wait`]: at most about 1 ms.
+const IN_LINE_WAIT_TRIES: i32 = 6;
+const IN_LINE_WAIT_STEP: Duration = Duration::from_micros(125);
+
 /// SQLite's WAL hook (called after each commit): note how long the WAL is. Setting it
 /// replaces SQLite's own checkpoint rule, so the writer decides where checkpoints run.
 extern "C" fn note_wal_frames(
@@ -478,8 +493,8 @@ impl Store {
         }
     }
 
-    /// Write `ops` now, without waiting for another process's transaction: for the
-    /// driver's own thread, in a cooldown. True if they are written; false if they (and
+    /// Write `ops` now, waiting for another process's transaction about 1 ms at most
+    /// ([`brief_wait`]): for the driver's own thread, in a cooldown. True if they are written; false if they (and
     /// what was pending) wait in the queue for [`Store::flush`], which waits, retries
     /// and reports (the store not yet open, a write already pending, the store busy or
     /// failing).
@@ -494,7 +509,7 @@ impl Store {
             return false;
         }
         if let Some(conn) = &self.conn {
-            let _ = conn.busy_timeout(Duration::ZERO);
+            let _ = conn.busy_handler(Some(brief_wait));
         }
         let written = self.try_flush().is_ok();
         if let Some(conn) = &self.conn {
