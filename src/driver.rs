@@ -386,6 +386,8 @@ impl Driver {
         if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
             return Ok(self.finish(code));
         }
+        // Ticks handled since the last ppoll (see below).
+        let mut ticks_in_a_row = 0u32;
         loop {
             let now = sys::mono_now();
             if self.chain.reaping() {
@@ -416,7 +418,12 @@ impl Driver {
                         return Ok(self.finish(code));
                     }
                     // Due at once again and again (a program that cannot start, with no
-                    // fail_cooldown) never reaches ppoll: look at the signals here too.
+                    // fail_cooldown) never reaches ppoll: look at the signals here too,
+                    // from the second tick in a row (after one, ppoll comes next).
+                    ticks_in_a_row += 1;
+                    if ticks_in_a_row < 2 {
+                        continue;
+                    }
                     for sig in self.signals.drain() {
                         if let Some(code) = self.on_signal(sys::mono_now(), sig) {
                             return Ok(self.finish(code));
@@ -476,6 +483,7 @@ impl Driver {
             if let Err(e) = sys::ppoll(&mut fds, timeout) {
                 return Err(crate::error::Error::os("wait in ppoll", e));
             }
+            ticks_in_a_row = 0;
             for (fi, si) in sink_idx {
                 if fds[fi].revents != 0 {
                     self.sinks[si].flush();
@@ -503,7 +511,8 @@ impl Driver {
                 }
             }
             if fds[..signal_fds].iter().any(|f| f.revents != 0) {
-                for sig in self.signals.drain() {
+                let child = signal_fds > 1 && fds[1].revents != 0;
+                for sig in self.signals.drain_ready(fds[0].revents != 0, child) {
                     let now = sys::mono_now();
                     if let Some(code) = self.on_signal(now, sig) {
                         return Ok(self.finish(code));

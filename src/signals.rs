@@ -103,18 +103,25 @@ impl Signals {
 
     /// Every signal received since the last call, in order.
     pub fn drain(&self) -> Vec<Sig> {
+        self.drain_ready(true, true)
+    }
+
+    /// Like [`Signals::drain`], reading only the descriptors named: those ppoll found
+    /// readable (`pipe`: [`Signals::fd`], `child`: [`Signals::child_fd`]). What the
+    /// other one holds stays there for the next ppoll; a read that finds nothing is a
+    /// system call for nothing, at every run.
+    pub fn drain_ready(&self, pipe: bool, child: bool) -> Vec<Sig> {
         let mut out = Vec::new();
         let mut buf = [0u8; 64];
-        while let Ok(n) = sys::read(self.rx, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend(buf[..n].iter().filter_map(|b| Sig::from_raw(i32::from(*b))));
-            if n < buf.len() {
-                break;
+        if pipe {
+            while let Ok(n) = sys::read(self.rx, &mut buf) {
+                out.extend(buf[..n].iter().filter_map(|b| Sig::from_raw(i32::from(*b))));
+                if n < buf.len() {
+                    break;
+                }
             }
         }
-        if let Some(fd) = self.child {
+        if let Some(fd) = self.child.filter(|_| child) {
             // SAFETY: signalfd_siginfo is plain data; read fills whole records.
             let mut info: [libc::signalfd_siginfo; 8] = unsafe { std::mem::zeroed() };
             let size = std::mem::size_of_val(&info);
