@@ -765,3 +765,117 @@ command = 'printf "%0200d\n" 0'
         "the WAL grew to {wal_bytes} bytes over {instances} short instances"
     );
 }
+
+/// In a cooldown a chain writes its run's records on its own thread when the write can be
+/// made at once, and hands them to its writer thread when another process holds the store
+/// (which waits and retries): either way every run is recorded once, in order, nothing
+/// lost. Six chains with 100 ms cooldowns share one RUN_ROOT while a python3 process takes
+/// the store's write lock for spells of a few ms (so that both ways are taken), until each
+/// has run 30 times; after a stop, each chain's history is its run ids 1..=N, all ok, where
+/// N is how many times its task ran, and `status` counts N runs.
+#[test]
+fn chains_sharing_a_store_record_every_run_once_while_another_process_takes_its_lock() {
+    let env = TestEnv::new(
+        r#"
+[tasks.t]
+command = 'echo "$RUN_CHAIN_NAME $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "100ms"
+fail_cooldown = "100ms"
+"#,
+    );
+    const CHAINS: usize = 6;
+    const RUNS: usize = 30;
+    let names: Vec<String> = (1..=CHAINS).map(|i| format!("c{i}")).collect();
+    let mut runners: Vec<Runner> = names
+        .iter()
+        .map(|n| env.spawn(&["--name", n, "t"]))
+        .collect();
+    // The store exists once the first run of each chain is in it.
+    for n in &names {
+        env.wait_history("t", &["--chain", n], &format!("{n} recorded a run"), |r| {
+            !r.is_empty()
+        });
+    }
+    const LOCKER: &str = r#"
+import os, random, sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+spells = 0
+while not os.path.exists(sys.argv[2]):
+    con.execute("BEGIN IMMEDIATE")
+    time.sleep(random.uniform(0.001, 0.008))
+    con.execute("COMMIT")
+    spells += 1
+    time.sleep(random.uniform(0.001, 0.008))
+with open(sys.argv[3], "w") as f:
+    f.write(f"{spells}\n")
+"#;
+    let mut locker = env.spawn_command({
+        let mut c = env.command_for("python3");
+        c.arg("-c")
+            .arg(LOCKER)
+            .arg(env.db_path())
+            .arg(env.path("stop-locking"))
+            .arg(env.path("spells"));
+        c
+    });
+    let per_chain = |lines: &[String]| -> Vec<Vec<u64>> {
+        names
+            .iter()
+            .map(|n| {
+                lines
+                    .iter()
+                    .filter_map(|l| l.split_once(' '))
+                    .filter(|(c, _)| c == n)
+                    .map(|(_, id)| id.trim().parse::<u64>().expect("a run id"))
+                    .collect()
+            })
+            .collect()
+    };
+    wait_until_for(
+        Duration::from_secs(120),
+        &format!("each of {CHAINS} chains ran {RUNS} times"),
+        || {
+            per_chain(&env.lines("out"))
+                .iter()
+                .all(|ids| ids.len() >= RUNS)
+        },
+    );
+    fs::write(env.path("stop-locking"), "").unwrap();
+    locker.wait_for("python3 stops taking the lock", || {
+        env.path("spells").exists()
+    });
+    locker.assert_exit(0);
+    let spells: u64 = env.read("spells").trim().parse().expect("a count");
+    assert!(spells >= 20, "the lock was taken only {spells} times");
+    for r in &runners {
+        r.signal(libc::SIGTERM);
+    }
+    for r in &mut runners {
+        r.assert_exit(0);
+    }
+    let ran = per_chain(&env.lines("out"));
+    let status = env.sub(&["status", "--json"]);
+    status.assert_code(0);
+    let status = status.json();
+    for (n, ids_ran) in names.iter().zip(&ran) {
+        let want: Vec<u64> = (1..=ids_ran.len() as u64).collect();
+        let mut sorted = ids_ran.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, want, "{n}: the task's own record of its run ids");
+        let runs = env.history("t", &["--chain", n, "--limit", "100000"]);
+        let mut recorded = ids(&runs);
+        recorded.reverse();
+        assert_eq!(recorded, want, "{n}: run ids in history (oldest first)");
+        assert!(
+            runs.iter().all(|r| outcome(r) == "ok"),
+            "{n}: a run not ok: {runs:#?}"
+        );
+        let counted = status["chains"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["chain"] == n.as_str()))
+            .and_then(|c| c["tasks"].as_array())
+            .and_then(|ts| ts.iter().find(|t| t["task"] == "t"))
+            .and_then(|t| t["runs"].as_u64());
+        assert_eq!(counted, Some(want.len() as u64), "{n}: runs in status");
+    }
+}
