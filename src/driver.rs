@@ -420,7 +420,7 @@ impl Driver {
                     // Due at once again and again (a program that cannot start, with no
                     // fail_cooldown) never reaches ppoll: look at the signals here too,
                     // from the second tick in a row (after one, ppoll comes next).
-                    ticks_in_a_row += 1;
+                    ticks_in_a_row = ticks_in_a_row.saturating_add(1);
                     if ticks_in_a_row < 2 {
                         continue;
                     }

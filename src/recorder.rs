@@ -30,7 +30,7 @@
 //! [`START_HOLD`] after it started.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
 use crate::chain::Mono;
@@ -67,6 +67,8 @@ pub struct Recorder {
     /// When what is held must go.
     held_due: Option<Mono>,
     sent_at: Option<Mono>,
+    /// [`Recorder::finish`] has run (it runs once: the driver calls it, then drop).
+    finished: bool,
 }
 
 impl std::fmt::Debug for Msg {
@@ -78,10 +80,19 @@ impl std::fmt::Debug for Msg {
     }
 }
 
-/// The store, whichever thread panicked while holding it (its state is a queue and a
-/// connection, each consistent between calls).
+/// The store, whichever thread panicked while holding it: a transaction it left open is
+/// rolled back (it would hold the write lock of every chain of the RUN_ROOT), and the
+/// records it was writing stay queued.
 fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|e| e.into_inner())
+    store
+        .lock()
+        .unwrap_or_else(|e| recovered(store, e.into_inner()))
+}
+
+fn recovered<'a>(store: &Mutex<Store>, mut guard: MutexGuard<'a, Store>) -> MutexGuard<'a, Store> {
+    guard.recover();
+    store.clear_poison();
+    guard
 }
 
 impl Recorder {
@@ -120,6 +131,7 @@ impl Recorder {
             held: Vec::new(),
             held_due: None,
             sent_at: None,
+            finished: false,
         }
     }
 
@@ -196,13 +208,15 @@ impl Recorder {
             return;
         }
         if in_line && self.tx.is_some() && self.queued.load(Ordering::Acquire) == 0 {
-            let tried = match self.store.try_lock() {
-                Ok(mut store) => {
-                    let written = store.write_now(now, std::mem::take(&mut all));
-                    Some(written && !store.checkpoint_due())
-                }
-                Err(_) => None,
+            let guard = match self.store.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(TryLockError::Poisoned(e)) => Some(recovered(&self.store, e.into_inner())),
+                Err(TryLockError::WouldBlock) => None,
             };
+            let tried = guard.map(|mut store| {
+                let written = store.write_now(now, std::mem::take(&mut all));
+                written && !store.thread_work_due()
+            });
             match tried {
                 Some(true) => return,
                 Some(false) => return self.send(Msg::Wake),
@@ -212,18 +226,24 @@ impl Recorder {
         self.send(Msg::Ops(all));
     }
 
-    fn send(&mut self, msg: Msg) {
+    fn send(&mut self, mut msg: Msg) {
         if let Some(tx) = &self.tx {
             self.queued.fetch_add(1, Ordering::AcqRel);
-            if let Err(mpsc::SendError(msg)) = tx.send(msg) {
-                // The thread is gone (it cannot be, short of a bug).
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                log::error!(
-                    "{}: the store's writer thread is gone; records are lost: {msg:?}",
-                    self.chain
-                );
+            match tx.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::SendError(m)) => {
+                    // The thread is gone (a panic; it cannot be, short of a bug): what it
+                    // had not written stays queued in the store, and from now on the
+                    // records are written here.
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    log::error!(
+                        "{}: the store's writer thread is gone; writing the store in line",
+                        self.chain
+                    );
+                    self.tx = None;
+                    msg = m;
+                }
             }
-            return;
         }
         let now = sys::mono_now();
         let mut store = lock(&self.store);
@@ -234,21 +254,24 @@ impl Recorder {
             }
         }
         store.end_batch(now);
-        store.checkpoint_if_due();
+        store.thread_work();
     }
 
     /// Write what is left (one last try) and stop the thread.
     pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if !ops.is_empty() || !self.held.is_empty() {
             self.send_ops(sys::mono_now(), ops, false);
         }
-        let threaded = self.tx.take().is_some();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if !threaded {
+        self.tx = None;
+        // The thread makes the last try; if there is none (or it died), it is made here.
+        let thread_did = self.thread.take().is_some_and(|t| t.join().is_ok());
+        if !thread_did {
             last_try(&self.chain, &mut lock(&self.store));
         }
     }
@@ -311,7 +334,7 @@ fn writer(chain: &str, store: &Mutex<Store>, rx: mpsc::Receiver<Msg>, queued: &A
                     taken += 1;
                 }
                 st.end_batch(now);
-                st.checkpoint_if_due();
+                st.thread_work();
                 queued.fetch_sub(taken, Ordering::AcqRel);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => st.flush(now),

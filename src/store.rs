@@ -441,6 +441,27 @@ pub struct Store {
     wal_frames: Box<AtomicI32>,
 }
 
+/// Whether no other process has the store at `path` open: none holds the lock SQLite's
+/// connections hold on the "deadman switch" byte of `runs.db-shm` for as long as they
+/// are open. Asked before this process opens the store: closing a descriptor of a file
+/// drops every lock the process holds on it, SQLite's included.
+fn no_other_connection(path: &Path) -> bool {
+    /// UNIX_SHM_DMS in SQLite's os_unix.c: (22 + 8) * 4 + 8.
+    const SHM_DMS_BYTE: libc::off_t = 128;
+    let Ok(shm) = std::fs::File::open(format!("{}-shm", path.display())) else {
+        return true;
+    };
+    // SAFETY: flock is plain data; F_GETLK fills it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = SHM_DMS_BYTE;
+    fl.l_len = 1;
+    // SAFETY: F_GETLK on a descriptor we own, into a flock we own.
+    let asked = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    asked == 0 && fl.l_type == libc::F_UNLCK as libc::c_short
+}
+
 /// The busy handler of a write in line: another chain's transaction (a fraction of a
 /// millisecond, unless its process is preempted) is waited for up to
 /// IN_LINE_WAIT_TRIES times IN_LINE_WAIT_STEP, then the write goes to the writer thread.
@@ -494,12 +515,26 @@ impl Store {
     }
 
     /// Write `ops` now, waiting for another process's transaction about 1 ms at most
-    /// ([`brief_wait`]): for the driver's own thread, in a cooldown. True if they are written; false if they (and
-    /// what was pending) wait in the queue for [`Store::flush`], which waits, retries
-    /// and reports (the store not yet open, a write already pending, the store busy or
-    /// failing).
+    /// ([`brief_wait`]): for the driver's own thread, in a cooldown. True if they are
+    /// written; false if they (and what was pending) wait in the queue for
+    /// [`Store::flush`], which waits, retries and reports: the store not yet open, a
+    /// write already pending, the store busy or failing, or a run's end that prunes old
+    /// runs (their pages may have to be read from the disk, and a lowered
+    /// `keep_runs_max` deletes up to a thousand rows a run).
     pub fn write_now(&mut self, now: Mono, ops: Vec<Op>) -> bool {
-        let ready = self.conn.is_some() && self.queue.is_empty() && self.failing.is_none();
+        let prunes = ops.iter().any(|op| match op {
+            Op::End(e) => {
+                e.run_id > e.keep_runs_max
+                    || self
+                        .series_ids
+                        .get(&(e.chain.clone(), e.task.clone()))
+                        .and_then(|sid| self.known.oldest.get(sid))
+                        .is_none_or(|oldest| *oldest < e.keep_after_ms as i64)
+            }
+            _ => false,
+        });
+        let ready =
+            self.conn.is_some() && self.queue.is_empty() && self.failing.is_none() && !prunes;
         self.batching = true;
         for op in ops {
             self.push(now, op);
@@ -516,6 +551,29 @@ impl Store {
             let _ = conn.busy_timeout(BUSY_TIMEOUT);
         }
         written
+    }
+
+    /// Whether the writer thread has work that may wait on the disk: a checkpoint.
+    pub fn thread_work_due(&self) -> bool {
+        self.checkpoint_due()
+    }
+
+    /// The writer thread's work after its writes ([`Store::thread_work_due`]).
+    pub fn thread_work(&mut self) {
+        self.checkpoint_if_due();
+    }
+
+    /// After a panic on a thread that held the store: roll back a transaction left open
+    /// (it would hold the write lock of every chain of the RUN_ROOT) and forget what was
+    /// looked up in it; the records stay queued.
+    pub fn recover(&mut self) {
+        if let Some(conn) = &self.conn {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        }
+        self.known = Known::default();
+        self.series_ids.clear();
     }
 
     /// Whether the WAL has passed WAL_CHECKPOINT_FRAMES pages at this connection's last
@@ -718,12 +776,15 @@ impl Store {
 
     fn try_flush(&mut self) -> rusqlite::Result<usize> {
         if self.conn.is_none() {
+            let alone = no_other_connection(&self.path);
             let conn = open_rw(&self.path)?;
             // A WAL that no connection had open counts as not copied at all (see
             // configure_writer): past WAL_OPEN_MAX, every commit of this instance would
-            // copy it again, so it is copied and cut now, once (if no other connection
-            // is busy with it), at the instance's first write, not at its exit.
-            if self.wal_bytes() > WAL_OPEN_MAX {
+            // copy it again, so it is copied and cut now, once, at the instance's first
+            // write, not at its exit. Only then: while other chains have the store open
+            // the WAL is theirs too, and usually larger (WAL_CHECKPOINT_FRAMES), and a
+            // TRUNCATE would hold every chain's writes while it copies.
+            if alone && self.wal_bytes() > WAL_OPEN_MAX {
                 let _ = conn.busy_timeout(Duration::ZERO);
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
                     log::debug!("store checkpoint at open: {e}");
@@ -1524,6 +1585,50 @@ mod tests {
         // And it is written in line again.
         assert!(store.write_now(Mono::ZERO, vec![end(5, 5000, 0)]));
         assert_eq!(kept(dir.path()), vec![1, 2, 3, 4, 5]);
+        // A run's end that prunes (here past keep_runs_max) is left to the flush.
+        let mut pruning = end(6, 6000, 0);
+        if let Op::End(e) = &mut pruning {
+            e.keep_runs_max = 3;
+        }
+        assert!(!store.write_now(Mono::ZERO, vec![pruning]));
+        assert_eq!(store.pending(), 1);
+        store.flush(Mono::ZERO);
+        assert_eq!(kept(dir.path()), vec![4, 5, 6]);
+    }
+
+    /// Another process with the store open holds SQLite's lock on the shm file's
+    /// deadman-switch byte; with none, nobody does.
+    #[test]
+    fn another_connection_to_the_store_is_seen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = path(dir.path());
+        assert!(no_other_connection(&db), "no store yet");
+        let mut store = Store::new(dir.path(), instance());
+        store.push(Mono::ZERO, end(1, 1000, 0));
+        assert_eq!(store.pending(), 0);
+        drop(store);
+        assert!(no_other_connection(&db), "the store closed");
+        // A python3 process (not this one: a process's own locks never conflict with
+        // its own asking) opens it and reads, holding it open until told.
+        let mut py = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('select count(*) from runs').fetchall(); print('open', flush=True); sys.stdin.read()")
+            .arg(&db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(py.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read");
+        assert_eq!(line.trim(), "open");
+        assert!(!no_other_connection(&db), "python3 has the store open");
+        drop(py.stdin.take());
+        assert!(py.wait().expect("wait").success());
+        assert!(no_other_connection(&db), "python3 closed it");
     }
 
     /// SQLite's own checkpoint rule is replaced by the WAL hook: past

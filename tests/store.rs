@@ -733,8 +733,8 @@ keep_output = "16KiB"
 /// WAL must stay bounded by other means: many short instances (`--once` from cron), each
 /// far from the commit count that triggers a checkpoint, must not let it grow for ever.
 /// 300 instances of two runs each write about 10 MB of WAL frames (600 with
-/// RUN_CHAIN_LONG, 20 MB); an exiting chain cuts a WAL over 5 MiB back to nothing, so
-/// it must end at 5 MiB or less.
+/// RUN_CHAIN_LONG, 20 MB); a chain that opens the store when no other process has it
+/// open cuts a WAL over 2 MiB back to nothing, so it must end at 5 MiB or less.
 #[test]
 fn the_wal_stays_bounded_across_many_short_instances() {
     let env = TestEnv::new(
