@@ -879,3 +879,59 @@ with open(sys.argv[3], "w") as f:
         assert_eq!(counted, Some(want.len() as u64), "{n}: runs in status");
     }
 }
+
+/// A chain stopped while another process holds the store's write lock says once, at its
+/// exit, how many records it could not write: the last try is made once, on the writer
+/// thread, before the chain releases its lock (it was made a second time, on the main
+/// thread, as the chain's state was dropped).
+#[test]
+fn a_chain_stopped_while_the_store_is_locked_reports_its_unwritten_records_once() {
+    let env = TestEnv::new(
+        r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "100ms"
+fail_cooldown = "100ms"
+"#,
+    );
+    let mut runner = env.spawn(&["a"]);
+    env.wait_lines_while(&mut runner, "out", 2);
+    env.wait_history("a", &[], "a run recorded", |r| !r.is_empty());
+    const LOCKER: &str = r#"
+import os, sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+con.execute("BEGIN EXCLUSIVE")
+with open(sys.argv[2], "w") as f:
+    f.write("locked\n")
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.02)
+con.execute("ROLLBACK")
+"#;
+    let mut locker = env.spawn_command({
+        let mut c = env.command_for("python3");
+        c.arg("-c")
+            .arg(LOCKER)
+            .arg(env.db_path())
+            .arg(env.path("locked"))
+            .arg(env.path("release"));
+        c
+    });
+    locker.wait_for("python3 holds BEGIN EXCLUSIVE on runs.db", || {
+        env.path("locked").exists()
+    });
+    let n0 = env.lines("out").len();
+    env.wait_lines_while(&mut runner, "out", n0 + 3);
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+    fs::write(env.path("release"), "").unwrap();
+    locker.assert_exit(0);
+    let stderr = runner.stderr();
+    let reports = stderr
+        .lines()
+        .filter(|l| l.contains("not written to the store"))
+        .count();
+    assert_eq!(
+        reports, 1,
+        "the unwritten records were to be reported once:\n{stderr}"
+    );
+}
