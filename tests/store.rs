@@ -492,6 +492,38 @@ fn ticking() -> String {
 /// takes milliseconds, and a write the store refuses costs at most its busy timeout (250 ms);
 /// the bound leaves room for a loaded machine, and stays below the 5 s that a write waiting out
 /// SQLite's (rusqlite's) default busy timeout would take.
+/// Starts a python3 process that holds BEGIN EXCLUSIVE on the store until `$T/release`
+/// exists (then it rolls back, closes and writes `$T/released`); returns once it holds it.
+fn lock_the_store(env: &TestEnv) -> Runner {
+    const LOCKER: &str = r#"
+import os, sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+con.execute("BEGIN EXCLUSIVE")
+with open(sys.argv[2], "w") as f:
+    f.write("locked\n")
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.02)
+con.execute("ROLLBACK")
+con.close()
+with open(sys.argv[4], "w") as f:
+    f.write("released\n")
+"#;
+    let mut locker = env.spawn_command({
+        let mut c = env.command_for("python3");
+        c.arg("-c")
+            .arg(LOCKER)
+            .arg(env.db_path())
+            .arg(env.path("locked"))
+            .arg(env.path("release"))
+            .arg(env.path("released"));
+        c
+    });
+    locker.wait_for("python3 holds BEGIN EXCLUSIVE on runs.db", || {
+        env.path("locked").exists()
+    });
+    locker
+}
+
 const MAX_GAP: f64 = 4.0;
 
 /// The run ids a task wrote to `out` ("a ID ..." lines).
@@ -590,32 +622,7 @@ fn a_store_locked_by_another_process_never_stalls_the_chain() {
     env.wait_lines_while(&mut runner, "out", 2);
     wait_store_caught_up(&env, 2);
 
-    const LOCKER: &str = r#"
-import os, sqlite3, sys, time
-con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-con.execute("BEGIN EXCLUSIVE")
-with open(sys.argv[2], "w") as f:
-    f.write("locked\n")
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.02)
-con.execute("ROLLBACK")
-con.close()
-with open(sys.argv[4], "w") as f:
-    f.write("released\n")
-"#;
-    let mut locker = env.spawn_command({
-        let mut c = env.command_for("python3");
-        c.arg("-c")
-            .arg(LOCKER)
-            .arg(env.db_path())
-            .arg(env.path("locked"))
-            .arg(env.path("release"))
-            .arg(env.path("released"));
-        c
-    });
-    locker.wait_for("python3 holds BEGIN EXCLUSIVE on runs.db", || {
-        env.path("locked").exists()
-    });
+    let mut locker = lock_the_store(&env);
     let stderr_from = runner.stderr().len();
     let locked_at = Instant::now();
     let n0 = env.lines("out").len();
@@ -897,28 +904,7 @@ fail_cooldown = "100ms"
     let mut runner = env.spawn(&["a"]);
     env.wait_lines_while(&mut runner, "out", 2);
     env.wait_history("a", &[], "a run recorded", |r| !r.is_empty());
-    const LOCKER: &str = r#"
-import os, sqlite3, sys, time
-con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-con.execute("BEGIN EXCLUSIVE")
-with open(sys.argv[2], "w") as f:
-    f.write("locked\n")
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.02)
-con.execute("ROLLBACK")
-"#;
-    let mut locker = env.spawn_command({
-        let mut c = env.command_for("python3");
-        c.arg("-c")
-            .arg(LOCKER)
-            .arg(env.db_path())
-            .arg(env.path("locked"))
-            .arg(env.path("release"));
-        c
-    });
-    locker.wait_for("python3 holds BEGIN EXCLUSIVE on runs.db", || {
-        env.path("locked").exists()
-    });
+    let mut locker = lock_the_store(&env);
     let n0 = env.lines("out").len();
     env.wait_lines_while(&mut runner, "out", n0 + 3);
     runner.signal(libc::SIGTERM);
