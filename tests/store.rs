@@ -494,6 +494,19 @@ fn ticking() -> String {
 /// SQLite's (rusqlite's) default busy timeout would take.
 /// Starts a python3 process that holds BEGIN EXCLUSIVE on the store until `$T/release`
 /// exists (then it rolls back, closes and writes `$T/released`); returns once it holds it.
+/// Runs a Python script as another process on the store: `argv[1]` is runs.db, then each of
+/// `files` as a path in the test's directory.
+fn python_on_the_store(env: &TestEnv, script: &str, files: &[&str]) -> Runner {
+    env.spawn_command({
+        let mut c = env.command_for("python3");
+        c.arg("-c").arg(script).arg(env.db_path());
+        for f in files {
+            c.arg(env.path(f));
+        }
+        c
+    })
+}
+
 fn lock_the_store(env: &TestEnv) -> Runner {
     const LOCKER: &str = r#"
 import os, sqlite3, sys, time
@@ -508,16 +521,7 @@ con.close()
 with open(sys.argv[4], "w") as f:
     f.write("released\n")
 "#;
-    let mut locker = env.spawn_command({
-        let mut c = env.command_for("python3");
-        c.arg("-c")
-            .arg(LOCKER)
-            .arg(env.db_path())
-            .arg(env.path("locked"))
-            .arg(env.path("release"))
-            .arg(env.path("released"));
-        c
-    });
+    let mut locker = python_on_the_store(env, LOCKER, &["locked", "release", "released"]);
     locker.wait_for("python3 holds BEGIN EXCLUSIVE on runs.db", || {
         env.path("locked").exists()
     });
@@ -816,15 +820,7 @@ while not os.path.exists(sys.argv[2]):
 with open(sys.argv[3], "w") as f:
     f.write(f"{spells}\n")
 "#;
-    let mut locker = env.spawn_command({
-        let mut c = env.command_for("python3");
-        c.arg("-c")
-            .arg(LOCKER)
-            .arg(env.db_path())
-            .arg(env.path("stop-locking"))
-            .arg(env.path("spells"));
-        c
-    });
+    let mut locker = python_on_the_store(&env, LOCKER, &["stop-locking", "spells"]);
     let per_chain = |lines: &[String]| -> Vec<Vec<u64>> {
         names
             .iter()
