@@ -102,6 +102,18 @@ fn lenient_run_root(file: &Path, err: Error) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// RUN_ROOT for a command that only looks or signals (status, history, log, metrics,
+/// exporter, stop, kick): refused on the same terms as for a chain, when it exists, since
+/// what such a command reads there (the store, the pidfiles) decides what it reports and
+/// whom it signals. One that does not exist yet is left to the command (no chain there).
+fn looked_run_root(common: &Common) -> Result<PathBuf> {
+    let root = run_root(common, None)?;
+    match std::fs::symlink_metadata(&root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(root),
+        _ => check_run_root(&root).map(|()| root),
+    }
+}
+
 /// Create RUN_ROOT if needed (mode 0700) and refuse one that others could tamper with.
 pub fn prepare_run_root(dir: &Path) -> Result<()> {
     if let Err(e) = std::fs::DirBuilder::new()
@@ -156,7 +168,7 @@ pub fn main(cli: Cli) -> Result<u8> {
         Some(Command::Stop { chain, now }) => stop(&cli.common, &chain, now),
         Some(Command::Kick { chain }) => kick(&cli.common, &chain),
         Some(Command::Status { json }) => {
-            crate::report::status(&run_root(&cli.common, None)?, json)
+            crate::report::status(&looked_run_root(&cli.common)?, json)
         }
         Some(Command::History {
             task,
@@ -173,7 +185,7 @@ pub fn main(cli: Cli) -> Result<u8> {
                 None => 20,
             };
             crate::report::history(
-                &run_root(&cli.common, None)?,
+                &looked_run_root(&cli.common)?,
                 &task,
                 chain.as_deref(),
                 limit,
@@ -186,13 +198,13 @@ pub fn main(cli: Cli) -> Result<u8> {
             run_id,
             chain,
         }) => crate::report::log(
-            &run_root(&cli.common, None)?,
+            &looked_run_root(&cli.common)?,
             &task,
             run_id,
             chain.as_deref(),
         ),
         Some(Command::Metrics) => {
-            let root = run_root(&cli.common, None)?;
+            let root = looked_run_root(&cli.common)?;
             let t0 = std::time::Instant::now();
             let snap = crate::metrics::collect(&root).map_err(Error::Internal)?;
             let text = crate::metrics::render(&snap, Some(t0.elapsed().as_secs_f64()));
@@ -201,7 +213,7 @@ pub fn main(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Some(Command::Exporter { listen }) => crate::exporter::serve(
-            run_root(&cli.common, None)?,
+            looked_run_root(&cli.common)?,
             listen.as_deref().unwrap_or("127.0.0.1:9464"),
         ),
         Some(Command::MailTest) => mail_test(&cli.common),
@@ -345,10 +357,11 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         wall_ms: sys::wall_ms(),
         boot_id: sys::boot_id(),
     };
-    let (resume, warning) = state::resume(&base_state, &chain_view, &clocks);
+    let (mut resume, warning) = state::resume(&base_state, &chain_view, &clocks);
     if let Some(w) = warning {
         log::warn!("{chain_name}: {w}");
     }
+    seed_run_ids(&root, &chain_name, &chain_view, &mut resume);
     log::info!(
         "{chain_name}: running as pid {} (run-chain {}, config {} digest {}){}",
         std::process::id(),
@@ -372,6 +385,39 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         base_state,
     );
     driver.run()
+}
+
+/// Run ids for the tasks CHAIN.state has none for (a lost or unreadable state file, or a
+/// task new to the chain), from the record store: ids keep increasing across restarts
+/// even then. Without a store (or when it cannot be read: a warning) they start at 1.
+fn seed_run_ids(
+    root: &Path,
+    chain: &str,
+    view: &[crate::chain::ChainTask],
+    resume: &mut crate::chain::Resume,
+) {
+    let tasks: Vec<String> = view
+        .iter()
+        .map(|t| t.name.clone())
+        .filter(|n| !resume.run_ids.contains_key(n))
+        .collect();
+    if tasks.is_empty() {
+        return;
+    }
+    match crate::store::last_run_ids(root, chain) {
+        Ok(ids) => {
+            for (task, id) in ids {
+                if id > 0 && tasks.contains(&task) {
+                    log::info!("{chain}: task {task} continues from run id {id}, as recorded in the store (CHAIN.state had none)");
+                    resume.run_ids.insert(task, id);
+                }
+            }
+        }
+        Err(e) => log::warn!(
+            "{chain}: CHAIN.state holds no run id for {}, and the store cannot tell the last one ({e}); starting from 1",
+            tasks.join(", ")
+        ),
+    }
 }
 
 /// Take the chain's lock, taking over from a running instance unless `no_takeover`.
@@ -531,7 +577,7 @@ impl RawInotify for nix::sys::inotify::Inotify {
 /// Open the chain's pidfile for a command that only looks, and find its verified holder.
 fn holder_of(common: &Common, chain: &str) -> Result<Option<(i32, std::os::fd::OwnedFd)>> {
     config::check_name(chain).map_err(|m| Error::Usage(format!("chain {chain:?}: {m}")))?;
-    let root = run_root(common, None)?;
+    let root = looked_run_root(common)?;
     let Some(pf) = PidFile::open_existing(&root, chain)? else {
         return Err(Error::Usage(format!(
             "no chain named {chain:?} in {} (no {} found)",

@@ -129,8 +129,10 @@ impl PidFile {
                 }
             })
             .map_err(|e| Error::os(format!("create {}", tmp.display()), e))?;
+        // 0644 whatever the umask: the PID is for other users (and their tools) to read.
         let res = f
-            .write_all(format!("{}\n", std::process::id()).as_bytes())
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()))
             .and_then(|()| match std::fs::hard_link(&tmp, path) {
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
                 _ => Ok(()),

@@ -21,7 +21,7 @@
 //! The store sits behind this small interface (ops in, rows out) so that a shared
 //! PostgreSQL store can replace it later without reshaping the driver.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -367,6 +367,29 @@ pub fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
         ));
     }
     Ok(Some(conn))
+}
+
+/// The highest run id the store knows for each task of `chain` (its series' last and
+/// running run, and its newest kept run). A chain whose CHAIN.state was lost starts its
+/// counters from these, so that a run id is never given twice (an id given again would
+/// replace the stored run that had it).
+pub fn last_run_ids(run_root: &Path, chain: &str) -> Result<BTreeMap<String, u64>, String> {
+    let Some(conn) = open_read(run_root)? else {
+        return Ok(BTreeMap::new());
+    };
+    let p = path(run_root);
+    let read = || -> rusqlite::Result<BTreeMap<String, u64>> {
+        let mut stmt = conn.prepare(
+            "SELECT s.task, MAX(COALESCE(s.last_run_id, 0), COALESCE(s.running_run_id, 0),
+                    COALESCE((SELECT MAX(r.run_id) FROM runs r WHERE r.series = s.id), 0))
+             FROM series s WHERE s.chain = ?1",
+        )?;
+        let rows = stmt.query_map([chain], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        rows.collect()
+    };
+    read().map_err(|e| format!("cannot read {}: {e}", p.display()))
 }
 
 /// Move a store that SQLite reports corrupt aside and start a fresh one, under

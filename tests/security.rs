@@ -6,9 +6,11 @@
 //! - files planted as symlinks in RUN_ROOT (beyond the pidfile, which tests/pidfile.rs covers):
 //!   never written through;
 //! - RUN_ROOT owned by another user, or writable by others without the sticky bit: refused 78,
-//!   in every mode that creates files; with the sticky bit: accepted;
+//!   in every mode that creates files and by every command that reads or signals (status,
+//!   history, log, metrics, exporter, stop, kick), touching nothing; with the sticky bit:
+//!   accepted;
 //! - every file and folder run-chain creates in RUN_ROOT (even under umask 000) is 0644 or
-//!   stricter: pidfiles 0644, the rest 0600, folders 0700;
+//!   stricter: pidfiles 0644 (exactly, under any umask), the rest 0600, folders 0700;
 //! - the SMTP password (password_env) appears in no process's command line (`ps`), in no task's
 //!   environment (nor a grandchild's), in no log, store, metrics, outbox or mail;
 //! - a task holds none of run-chain's descriptors while the store, a group slot and alerts are
@@ -56,11 +58,16 @@ fn tree(dir: &Path) -> BTreeSet<String> {
 }
 
 /// Runs `cmd` with umask 000, so that every mode seen is the one run-chain asked for.
-fn umask_0(mut cmd: Command) -> Command {
+fn umask_0(cmd: Command) -> Command {
+    with_umask(cmd, 0)
+}
+
+/// Runs `cmd` with umask `mask`.
+fn with_umask(mut cmd: Command, mask: libc::mode_t) -> Command {
     // SAFETY: umask is async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0);
+        cmd.pre_exec(move || {
+            libc::umask(mask);
             Ok(())
         });
     }
@@ -433,6 +440,26 @@ fn creating_commands(env: &TestEnv) -> Vec<(String, Finished)> {
     out
 }
 
+/// Every command that only looks at RUN_ROOT or signals what it finds there: what it reads
+/// (the store, the pidfiles) decides what it reports and whom it signals, so it refuses an
+/// unsafe RUN_ROOT as a chain does. The exporter is refused at once, so it ends by itself.
+fn looking_commands(env: &TestEnv) -> Vec<(String, Finished)> {
+    let mut out = Vec::new();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["history", "a"],
+        &["log", "a", "1"],
+        &["metrics"],
+        &["stop", "a"],
+        &["kick", "a"],
+        &["exporter", "--listen", "127.0.0.1:0"],
+    ] {
+        out.push((format!("{args:?}"), env.sub(args)));
+    }
+    out
+}
+
 #[test]
 fn run_root_owned_by_another_user_is_refused() {
     require_root("chown RUN_ROOT to nobody");
@@ -441,7 +468,10 @@ fn run_root_owned_by_another_user_is_refused() {
     std::os::unix::fs::chown(&env.run_root, Some(65534), Some(65534)).unwrap();
     for mode in [0o700, 0o755, 0o1777] {
         fs::set_permissions(&env.run_root, fs::Permissions::from_mode(mode)).unwrap();
-        for (what, done) in creating_commands(&env) {
+        let commands = creating_commands(&env)
+            .into_iter()
+            .chain(looking_commands(&env));
+        for (what, done) in commands {
             let what = format!("{what} with RUN_ROOT owned by nobody, mode {mode:o}");
             done.assert_code(78);
             assert!(
@@ -483,6 +513,69 @@ fn run_root_writable_by_others_without_the_sticky_bit_is_refused_in_every_mode()
         env.run(&["--once", "a"]).assert_code(0);
     }
     assert_eq!(env.lines("out"), vec!["a", "a", "a"]);
+}
+
+#[test]
+fn the_looking_commands_refuse_a_run_root_writable_by_others_and_touch_nothing() {
+    let env = TestEnv::new(GOOD);
+    // A chain ran there: a store, a pidfile and a state for the commands to read.
+    env.run(&["--once", "a"]).assert_code(0);
+    let before = tree(&env.run_root);
+    assert!(
+        before.contains("runs.db") && before.contains("a.pid"),
+        "{before:?}"
+    );
+    for mode in [0o777, 0o722, 0o2777] {
+        fs::set_permissions(&env.run_root, fs::Permissions::from_mode(mode)).unwrap();
+        for (what, done) in looking_commands(&env) {
+            let what = format!("{what} with RUN_ROOT mode {mode:o}");
+            assert_eq!(done.status.code(), Some(78), "{what}: {}", done.stderr);
+            assert!(
+                done.stderr.contains(&env.run_root.display().to_string())
+                    && done.stderr.contains("writable"),
+                "{what}: the error must name RUN_ROOT and say why:\n{}",
+                done.stderr
+            );
+            assert_eq!(done.stdout, "", "{what}: reported from an unsafe RUN_ROOT");
+        }
+        assert_eq!(
+            tree(&env.run_root),
+            before,
+            "mode {mode:o}: RUN_ROOT changed"
+        );
+    }
+    // Private again: the same commands read it (the exporter aside, which would serve).
+    fs::set_permissions(&env.run_root, fs::Permissions::from_mode(0o700)).unwrap();
+    for args in [
+        &["status"][..],
+        &["history", "a"],
+        &["log", "a", "1"],
+        &["metrics"],
+        &["stop", "a"],
+        &["kick", "a"],
+    ] {
+        env.sub(args).assert_code(0);
+    }
+    assert_eq!(env.history("a", &[]).len(), 1);
+}
+
+/// The pidfile is 0644 whatever the umask (SPEC: "pidfiles 0644"): its PID is for other users
+/// to read. The other files stay 0600 or stricter.
+#[test]
+fn a_pidfile_is_0644_under_any_umask() {
+    let env = TestEnv::new(GOOD);
+    for (i, mask) in [0o077, 0o027, 0o022, 0o000].into_iter().enumerate() {
+        let chain = format!("c{i}");
+        env.finish_command(with_umask(
+            env.run_command(&["--name", &chain, "--once", "a"]),
+            mask,
+        ))
+        .assert_code(0);
+        let mode = fs::metadata(env.pidfile(&chain)).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o644, "pidfile of {chain} under umask {mask:03o}");
+    }
+    let bad = loose_modes(&env.run_root);
+    assert!(bad.is_empty(), "{bad:?}");
 }
 
 /// Modes of everything in RUN_ROOT that break the rule: folders 0700 or stricter, pidfiles 0644

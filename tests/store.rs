@@ -475,6 +475,51 @@ command = '[ "$(wc -l < "$T/out")" -lt 12 ] || exec sleep 1000'
     env.assert_running_on_device(&mut runner, "a_gate");
 }
 
+/// CHAIN.state lost (removed, or unreadable): the run ids go on from what the store knows, so
+/// that no id is given twice and no stored run is replaced by a new one of the same id; with
+/// the older runs pruned, from the series' counter.
+#[test]
+fn run_ids_go_on_from_the_store_when_the_chain_state_is_lost() {
+    let env = TestEnv::new(
+        r#"
+[defaults]
+success_cooldown = "0s"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID" >> "$T/out"'
+keep_runs_max = 2
+"#,
+    );
+    let once = |env: &TestEnv| {
+        env.run(&["--name", "c", "--once", "a", "b"]).assert_code(0);
+    };
+    for _ in 0..3 {
+        once(&env);
+    }
+    let state = env.run_root.join("c.state");
+    assert!(state.exists());
+    fs::remove_file(&state).unwrap();
+    once(&env);
+    fs::write(&state, "not a state file\n").unwrap();
+    once(&env);
+    let want: Vec<String> = (1..=5)
+        .flat_map(|i| [format!("a {i}"), format!("b {i}")])
+        .collect();
+    assert_eq!(env.lines("out"), want, "the ids each run was given");
+    let a = env.history("a", &["--chain", "c"]);
+    assert_eq!(ids(&a), [5, 4, 3, 2, 1], "{a:#?}");
+    assert!(a.iter().all(|r| outcome(r) == "ok"), "{a:#?}");
+    let b = env.history("b", &["--chain", "c"]);
+    assert_eq!(ids(&b), [5, 4], "{b:#?}");
+    let chain = env.wait_chain_status("c", "status counts 5 runs of each task", |c| {
+        ["a", "b"]
+            .iter()
+            .all(|t| task_entry(c, t).is_some_and(|t| t["runs"].as_u64() == Some(5)))
+    });
+    assert_eq!(run_id(&task_entry(&chain, "b").unwrap()["last"]), 5);
+}
+
 // ---- store faults: the chain keeps its schedule ----
 
 const TICKING: &str = r#"
