@@ -1,5 +1,5 @@
 //! RUN_ROOT/CHAIN.pid and the upgrade, against the real binary: the pidfile holds the PID and
-//! the flock; a stale pidfile is taken over and the PID in it never signalled; a planted symlink
+//! the flock (as `flock -n` and `lslocks` see it); a stale pidfile is taken over and the PID in it never signalled; a planted symlink
 //! is refused; relaunching upgrades (in a cooldown, in a task, past stop_grace) with no task
 //! skipped or doubled and run ids that keep increasing; --no-kill-concurrent; twenty launches at
 //! once leave exactly one running.
@@ -50,6 +50,22 @@ fn pidfile_holds_the_pid_and_the_lock_for_the_whole_life() {
         !flock_n_succeeds(&pidfile),
         "`flock -n {} true` succeeded while the chain runs",
         pidfile.display()
+    );
+    // lslocks(8) names the holder: a FLOCK WRITE lock held by the chain's PID on the pidfile.
+    let out = Command::new("lslocks")
+        .args(["--noheadings", "--raw", "--output", "PID,TYPE,MODE,PATH"])
+        .output()
+        .expect("lslocks (util-linux) is needed");
+    assert!(out.status.success(), "lslocks: {out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let want = format!(
+        "{} FLOCK WRITE {}",
+        runner.pid,
+        fs::canonicalize(&pidfile).unwrap().display()
+    );
+    assert!(
+        listed.lines().any(|l| l.trim() == want),
+        "lslocks does not show `{want}`:\n{listed}"
     );
     env.wait_lines_while(&mut runner, "out", 1);
     env.assert_running(&mut runner, "a");
