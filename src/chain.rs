@@ -282,6 +282,11 @@ impl Chain {
         }
     }
 
+    /// True between runs: waiting for the next task's due time (what a kick ends).
+    pub fn in_cooldown(&self) -> bool {
+        matches!(self.phase, Phase::Idle { .. })
+    }
+
     /// True while the run's first process has exited and its leftovers are being ended.
     pub fn reaping(&self) -> bool {
         matches!(self.phase, Phase::Reaping { .. })

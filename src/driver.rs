@@ -618,11 +618,24 @@ impl Driver {
                 Event::Control(Control::StopNow)
             }
             Sig::Usr1 => {
-                log::info!("{}: SIGUSR1: ending the cooldown", self.chain_name);
+                if self.chain.in_cooldown() {
+                    log::info!("{}: SIGUSR1: ending the cooldown", self.chain_name);
+                } else {
+                    log::info!(
+                        "{}: SIGUSR1: not in a cooldown; nothing to end",
+                        self.chain_name
+                    );
+                }
                 Event::Control(Control::Kick)
             }
             Sig::Hup => match self.reload() {
-                Some(tasks) => Event::Control(Control::Reconfigure(tasks)),
+                Some(tasks) => {
+                    // The reload may move the due time (a changed cooldown applies to the
+                    // one in progress) and the task list: CHAIN.state says so at once, for
+                    // `status` and for the next instance.
+                    self.state_dirty = true;
+                    Event::Control(Control::Reconfigure(tasks))
+                }
                 None => return None,
             },
         };

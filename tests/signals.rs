@@ -316,6 +316,44 @@ fn sighup_reloads_at_once_even_mid_cooldown() {
     runner.assert_exit(0);
 }
 
+/// Seconds from now until the chain's cooldown ends, as `status --json` says.
+fn cooldown_left(chain: &serde_json::Value) -> f64 {
+    time_of(&chain["now"], "until") - epoch_now()
+}
+
+/// A reload that shortens the cooldown in progress moves its end in CHAIN.state at once: `status`
+/// shows the new end, and a relaunch keeps it (it came back to the old end of the cooldown).
+#[test]
+fn sighup_moves_the_end_of_the_cooldown_in_status_and_across_a_relaunch() {
+    let env = TestEnv::new(&versioned("v1", "2h"));
+    let mut runner = env.spawn(&["a"]);
+    env.wait_running(&mut runner, "a");
+    env.wait_lines_while(&mut runner, "out", 1);
+    let c = env.wait_chain_status("a", "a 2 h cooldown in status", |c| {
+        c["now"]["until"].is_string() && cooldown_left(c) > 6000.0
+    });
+    assert!(cooldown_left(&c) <= 7200.0, "{c:#}");
+    env.write_config(&versioned("v1", "1h"));
+    runner.signal(libc::SIGHUP);
+    let c = env.wait_chain_status("a", "the cooldown ends 1 h after the run", |c| {
+        c["now"]["until"].is_string() && cooldown_left(c) < 3700.0
+    });
+    assert!(cooldown_left(&c) > 3000.0, "{c:#}");
+
+    // A relaunch carries on with the reloaded end of the cooldown, not the old one.
+    let mut second = env.spawn(&["a"]);
+    runner.assert_exit(0);
+    env.wait_running(&mut second, "a");
+    let c = env.wait_chain_status("a", "the new instance in its cooldown", |c| {
+        c["pid"].as_i64() == Some(second.pid as i64) && c["now"]["until"].is_string()
+    });
+    let left = cooldown_left(&c);
+    assert!((3000.0..3700.0).contains(&left), "{left:.0}s left: {c:#}");
+    assert_eq!(env.lines("out"), ["v1"]);
+    second.signal(libc::SIGTERM);
+    second.assert_exit(0);
+}
+
 #[test]
 fn sighup_with_a_bad_config_logs_it_and_keeps_the_old_one() {
     let env = TestEnv::new(&versioned("v1", "200ms"));
