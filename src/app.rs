@@ -17,6 +17,18 @@ use crate::signals::{Sig, Signals};
 use crate::state;
 use crate::sys;
 
+/// A line on stdout. A reader that went away (`run-chain check | head -1`) is no error:
+/// what it did not read is simply not printed (println! panics there).
+macro_rules! say {
+    () => {
+        say!("")
+    };
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// How long past the old instance's graces the new one waits before SIGKILL.
 const TAKEOVER_MARGIN: Duration = Duration::from_secs(5);
 
@@ -224,60 +236,60 @@ fn check(common: &Common) -> Result<u8> {
     let path = config_path(common);
     let config = Config::load(&path)?;
     let root = run_root(common, Some(&config))?;
-    println!(
+    say!(
         "config: {} (digest {})",
         config.file.display(),
         config.digest
     );
-    println!("run_root: {}", root.display());
+    say!("run_root: {}", root.display());
     for t in config.tasks.values() {
-        println!();
-        println!("[tasks.{}]", t.name);
+        say!();
+        say!("[tasks.{}]", t.name);
         match &t.program {
-            Program::Shell(c) => println!("  command          = {c:?}  (run by /bin/sh -c)"),
-            Program::Argv(v) => println!("  argv             = {v:?}"),
+            Program::Shell(c) => say!("  command          = {c:?}  (run by /bin/sh -c)"),
+            Program::Argv(v) => say!("  argv             = {v:?}"),
         }
-        println!("  cwd              = {}", t.cwd.display());
+        say!("  cwd              = {}", t.cwd.display());
         for (k, v) in &t.env {
-            println!("  env.{k} = {v:?}");
+            say!("  env.{k} = {v:?}");
         }
         let d = driver::fmt_dur;
-        println!("  success_cooldown = {}", d(t.timing.success_cooldown));
-        println!("  fail_cooldown    = {}", d(t.timing.fail_cooldown));
-        println!(
+        say!("  success_cooldown = {}", d(t.timing.success_cooldown));
+        say!("  fail_cooldown    = {}", d(t.timing.fail_cooldown));
+        say!(
             "  timeout          = {}",
             t.timing.timeout.map_or("none".to_string(), d)
         );
-        println!("  stop_grace       = {}", d(t.timing.stop_grace));
-        println!("  kill_grace       = {}", d(t.timing.kill_grace));
-        println!(
+        say!("  stop_grace       = {}", d(t.timing.stop_grace));
+        say!("  kill_grace       = {}", d(t.timing.kill_grace));
+        say!(
             "  non_recoverable_downtime = {}",
             d(t.non_recoverable_downtime)
         );
-        println!("  keep_runs_for    = {}", d(t.keep_runs_for));
-        println!("  keep_runs_max    = {}", t.keep_runs_max);
-        println!("  keep_output      = {} bytes", t.keep_output);
+        say!("  keep_runs_for    = {}", d(t.keep_runs_for));
+        say!("  keep_runs_max    = {}", t.keep_runs_max);
+        say!("  keep_output      = {} bytes", t.keep_output);
         if let Some(n) = t.nice {
-            println!("  nice             = {n}");
+            say!("  nice             = {n}");
         }
         if let Some(g) = &t.group {
-            println!("  group            = {g}");
+            say!("  group            = {g}");
         }
     }
     for (name, g) in &config.groups {
-        println!();
-        println!("[groups.{name}]\n  max_running = {}", g.max_running);
+        say!();
+        say!("[groups.{name}]\n  max_running = {}", g.max_running);
     }
     if let Some(e) = &config.email {
-        println!();
-        println!("[email]\n  to = {:?}", e.to);
+        say!();
+        say!("[email]\n  to = {:?}", e.to);
         let transport = match (&e.smtp, &e.sendmail) {
             (Some(u), _) => format!("smtp {u} (tls {:?})", e.tls),
             (_, Some(s)) => format!("sendmail {}", s.display()),
             _ => format!("files in {}", root.join("mail").display()),
         };
-        println!("  transport = {transport}");
-        println!("  max_alerts_per_hour = {}", e.max_alerts_per_hour);
+        say!("  transport = {transport}");
+        say!("  max_alerts_per_hour = {}", e.max_alerts_per_hour);
     }
     Ok(exit::OK)
 }
@@ -590,7 +602,7 @@ fn holder_of(common: &Common, chain: &str) -> Result<Option<(i32, std::os::fd::O
 
 fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
     let Some((pid, pidfd)) = holder_of(common, chain)? else {
-        println!("chain {chain} is not running");
+        say!("chain {chain} is not running");
         return Ok(exit::OK);
     };
     let sig = if now { libc::SIGQUIT } else { libc::SIGTERM };
@@ -606,18 +618,18 @@ fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
             break;
         }
     }
-    println!("chain {chain} (PID {pid}) stopped");
+    say!("chain {chain} (PID {pid}) stopped");
     Ok(exit::OK)
 }
 
 fn kick(common: &Common, chain: &str) -> Result<u8> {
     let Some((pid, pidfd)) = holder_of(common, chain)? else {
-        println!("chain {chain} is not running; nothing to kick");
+        say!("chain {chain} is not running; nothing to kick");
         return Ok(exit::OK);
     };
     sys::pidfd_signal(&pidfd, libc::SIGUSR1)
         .map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
-    println!("kicked chain {chain} (PID {pid})");
+    say!("kicked chain {chain} (PID {pid})");
     Ok(exit::OK)
 }
 
@@ -663,8 +675,8 @@ fn mail_test(common: &Common) -> Result<u8> {
     let children = crate::mailer::Children::default();
     match crate::mailer::deliver(&email, &root, &file, &bytes, &children) {
         Ok(said) => {
-            println!("sent a test alert to {} through {transport}: {said}", email.to.join(", "));
-            println!("Message-ID: {id}");
+            say!("sent a test alert to {} through {transport}: {said}", email.to.join(", "));
+            say!("Message-ID: {id}");
             Ok(exit::OK)
         }
         Err(crate::mailer::SendError::Transient(m)) => Err(Error::Busy(format!(

@@ -619,3 +619,48 @@ fn run_root_is_created_with_mode_0700() {
         & 0o777;
     assert_eq!(pid_mode, 0o644, "pidfile mode is {pid_mode:o}");
 }
+
+/// Every command that prints, with its stdout a pipe whose reader has gone (`| head -1`): exit
+/// as usual, no panic (`check` panicked on the broken pipe, exit 134).
+#[test]
+fn a_reader_that_goes_away_is_no_error() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let env = TestEnv::new(GOOD);
+    env.run(&["--once", "a"]).assert_code(0);
+    for args in [
+        &["check"][..],
+        &["status"],
+        &["status", "--json"],
+        &["history", "a"],
+        &["history", "a", "--json"],
+        &["log", "a", "1"],
+        &["metrics"],
+        &["stop", "a"],
+        &["kick", "a"],
+        &["--help"],
+        &["--version"],
+    ] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills fds with two new descriptors, owned below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors were just made and are owned once each.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        let err_path = env.path("stderr");
+        let mut child = env
+            .sub_command(args)
+            .stdout(std::process::Stdio::from(write))
+            .stderr(fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut status = None;
+        wait_until(&format!("{args:?} exits"), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let status = status.unwrap();
+        let err = fs::read_to_string(&err_path).unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}: {status:?}\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}:\n{err}");
+    }
+}
