@@ -84,21 +84,41 @@ fn default_run_root(file: &Path, from_file: Option<PathBuf>) -> PathBuf {
 /// parses at all, else the default beside it. Errors only if the file cannot be read.
 fn lenient_run_root(file: &Path, err: Error) -> Result<PathBuf> {
     let Ok(text) = std::fs::read_to_string(file) else {
-        return Err(err);
+        return Err(Error::Config(format!(
+            "{}; or name RUN_ROOT itself with --run-root DIR or RUN_ROOT",
+            err
+        )));
     };
     let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let from_file = text
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|t| {
-            t.get("run_root")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
-        .map(|r| {
+    let from_file = match text.parse::<toml::Table>() {
+        Ok(t) => t
+            .get("run_root")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        // Not TOML at all (a syntax error): the top-level `run_root = "..."` line, if the
+        // file has one, read on its own; a line that cannot be read so is an error, never
+        // a silent fall back to the default RUN_ROOT (where no chain would be found).
+        Err(_) => match top_level_line(&text, "run_root") {
+            None => None,
+            Some(line) => match line
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|t| t.get("run_root").and_then(|v| v.as_str()).map(str::to_string))
+            {
+                Some(r) => Some(r),
+                None => {
+                    return Err(Error::Config(format!(
+                        "{}; its run_root cannot be read either: name RUN_ROOT with --run-root DIR or RUN_ROOT",
+                        err
+                    )))
+                }
+            },
+        },
+    }
+    .map(|r| {
             let p = Path::new(&r);
             if p.is_absolute() {
                 p.to_path_buf()
@@ -124,6 +144,17 @@ fn looked_run_root(common: &Common) -> Result<PathBuf> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(root),
         _ => check_run_root(&root).map(|()| root),
     }
+}
+
+/// The line that sets `key` at the top level of a TOML text (before any `[table]`), if any.
+fn top_level_line<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with('['))
+        .find(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
 }
 
 /// Create RUN_ROOT if needed (mode 0700) and refuse one that others could tamper with.

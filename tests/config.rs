@@ -664,3 +664,68 @@ fn a_reader_that_goes_away_is_no_error() {
         assert!(!err.contains("panicked"), "{args:?}:\n{err}");
     }
 }
+
+/// A deploy that breaks the config (here, not TOML at all) does not hide the running chain: the
+/// looking commands take run_root from the file as it stands, with a warning, and `stop` stops
+/// it. They fell back to the default RUN_ROOT, reported "no chains" and `stop` exited 64.
+#[test]
+fn looking_commands_find_the_chain_after_a_deploy_breaks_the_config() {
+    let good = "run_root = \"fileroot\"\n[tasks.a]\ncommand = 'echo a >> \"$T/out\"'\nsuccess_cooldown = \"1h\"\n";
+    let env = TestEnv::new(good);
+    let launch = |env: &TestEnv| {
+        let mut cmd = env.bare_command();
+        cmd.arg("-c").arg(&env.config).arg("a");
+        env.spawn_command(cmd)
+    };
+    // As the other commands below: config given, RUN_ROOT not.
+    let looking = |env: &TestEnv, args: &[&str]| {
+        let mut cmd = env.bare_command();
+        cmd.arg("-c").arg(&env.config).args(args);
+        env.finish_command(cmd)
+    };
+    let mut runner = launch(&env);
+    let pidfile = env.path("fileroot/a.pid");
+    runner.wait_for("the chain holds fileroot/a.pid", || {
+        fs::read_to_string(&pidfile).ok() == Some(format!("{}\n", runner_pid(&pidfile)))
+            && lock_holders(&pidfile) == vec![runner_pid(&pidfile)]
+    });
+    env.wait_lines_while(&mut runner, "out", 1);
+    for broken in [
+        format!("{good}[[[\n"),
+        format!("{good}[tasks.b]\ncommand = 'unterminated\n"),
+    ] {
+        env.write_config(&broken);
+        let status = looking(&env, &["status"]);
+        status.assert_code(0);
+        assert!(
+            status.stdout.contains(&format!("a: pid {}", runner.pid)),
+            "{}\n{}",
+            status.stdout,
+            status.stderr
+        );
+        assert!(status.stderr.contains("fileroot"), "{}", status.stderr);
+    }
+    // kick reaches it too (again until it lands in the cooldown, not in the run's last moments).
+    runner.wait_for("a kick runs the task again", || {
+        looking(&env, &["kick", "a"]).assert_code(0);
+        env.lines("out").len() >= 2
+    });
+    // A run_root line that cannot be read on its own: an error that says what to do.
+    env.write_config("run_root = \n[[[\n");
+    let done = looking(&env, &["status"]);
+    done.assert_code(78);
+    assert!(done.stderr.contains("--run-root"), "{}", done.stderr);
+
+    env.write_config(&format!("{good}[[[\n"));
+    let stop = looking(&env, &["stop", "a"]);
+    stop.assert_code(0);
+    runner.assert_exit(0);
+}
+
+/// The PID in a pidfile (0 if none).
+fn runner_pid(pidfile: &std::path::Path) -> i32 {
+    fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
