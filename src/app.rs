@@ -159,6 +159,12 @@ fn top_level_line<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Create RUN_ROOT if needed (mode 0700) and refuse one that others could tamper with.
 pub fn prepare_run_root(dir: &Path) -> Result<()> {
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::Config(format!(
+            "{}: RUN_ROOT is not a directory",
+            dir.display()
+        )));
+    }
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

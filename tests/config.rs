@@ -102,6 +102,42 @@ command = 'echo a >> "$T/out"'
     assert_bad_config(config, &["a"], &["kill_grace"]);
 }
 
+/// A value of the wrong type says what to write instead, beside the line that holds it.
+#[test]
+fn a_value_of_the_wrong_type_says_what_is_expected() {
+    for (line, needles) in [
+        (
+            "timeout = 5",
+            &["timeout = 5", "a duration in quotes", "\"15m\""][..],
+        ),
+        (
+            "success_cooldown = 1.5",
+            &["success_cooldown", "a duration in quotes"],
+        ),
+        (
+            "nice = \"high\"",
+            &["nice", "a whole number, without quotes"],
+        ),
+        (
+            "keep_runs_max = \"5\"",
+            &["keep_runs_max", "a whole number"],
+        ),
+    ] {
+        let config = format!("[tasks.a]\ncommand = 'echo a >> \"$T/out\"'\n{line}\n");
+        assert_bad_config(&config, &["a"], needles);
+        let config = format!("[defaults]\n{line}\n[tasks.a]\ncommand = 'true'\n")
+            .replace("nice = \"high\"", "keep_runs_max = -1.5");
+        let needles: Vec<&str> = if line.starts_with("nice") {
+            vec!["keep_runs_max", "a whole number"]
+        } else {
+            needles.to_vec()
+        };
+        assert_bad_config(&config, &["a"], &needles);
+    }
+    let config = "[groups.g]\nmax_running = \"2\"\n[tasks.a]\ncommand = 'true'\ngroup = \"g\"\n";
+    assert_bad_config(config, &["a"], &["max_running", "a whole number"]);
+}
+
 #[test]
 fn bad_size_exits_78() {
     let config = r#"
@@ -728,4 +764,23 @@ fn runner_pid(pidfile: &std::path::Path) -> i32 {
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// RUN_ROOT that is a file: refused (78) as "not a directory", by a chain and by `status`, and
+/// the file is left as it was.
+#[test]
+fn a_run_root_that_is_a_file_is_refused() {
+    let env = TestEnv::new(GOOD);
+    fs::write(&env.run_root, "not a folder\n").unwrap();
+    for done in [env.run(&["--once", "a"]), env.sub(&["status"])] {
+        done.assert_code(78);
+        assert!(
+            done.stderr.contains(&env.run_root.display().to_string())
+                && done.stderr.contains("not a directory"),
+            "{}",
+            done.stderr
+        );
+    }
+    assert_eq!(fs::read_to_string(&env.run_root).unwrap(), "not a folder\n");
+    assert_eq!(env.read("out"), "");
 }
