@@ -418,6 +418,35 @@ fn unknown_task(task: &str, known_in_config: Option<bool>) -> Error {
     Error::Usage(format!("no runs recorded for task {task:?}{hint}"))
 }
 
+/// Nothing recorded for `task` (run `run_id`, if given) in `chain`: say so, and name the
+/// chains where the task has runs, if any (a mistyped chain showed as an empty history).
+fn not_in_chain(
+    run_root: &Path,
+    conn: Option<&rusqlite::Connection>,
+    task: &str,
+    chain: &str,
+    run_id: Option<u64>,
+) -> Error {
+    let what = match run_id {
+        Some(id) => format!("no run {id} of task {task:?} is recorded in chain {chain:?}"),
+        None => format!("no runs of task {task:?} are recorded in chain {chain:?}"),
+    };
+    let chains = match conn.map(|c| store::chains_of_task(c, task)) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => return store_error(run_root, e),
+        None => Vec::new(),
+    };
+    if chains.is_empty() {
+        Error::Usage(what)
+    } else {
+        Error::Usage(format!(
+            "{what}; it has runs in chain{} {}",
+            if chains.len() > 1 { "s" } else { "" },
+            chains.join(", ")
+        ))
+    }
+}
+
 /// `history TASK [--chain C] [--limit N] [--json]`.
 pub fn history(
     run_root: &Path,
@@ -432,6 +461,9 @@ pub fn history(
         Some(c) => store::history(c, task, chain, limit).map_err(|e| store_error(run_root, e))?,
         None => Vec::new(),
     };
+    if let (true, Some(chain)) = (rows.is_empty(), chain) {
+        return Err(not_in_chain(run_root, conn.as_ref(), task, chain, None));
+    }
     if rows.is_empty() && known_in_config != Some(true) {
         return Err(unknown_task(task, known_in_config));
     }
@@ -495,6 +527,9 @@ pub fn log(run_root: &Path, task: &str, run_id: Option<u64>, chain: Option<&str>
         }
     }
     let Some((row, bytes)) = found else {
+        if let Some(chain) = chain {
+            return Err(not_in_chain(run_root, conn.as_ref(), task, chain, run_id));
+        }
         return Err(Error::Usage(match run_id {
             Some(id) => format!("no run {id} of task {task:?} is recorded"),
             None => format!("no runs recorded for task {task:?}"),

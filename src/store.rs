@@ -1479,6 +1479,17 @@ pub fn recent(conn: &Connection) -> rusqlite::Result<HashMap<(String, String), R
     Ok(out)
 }
 
+/// The chains in which `task` has recorded runs.
+pub fn chains_of_task(conn: &Connection, task: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.chain FROM series s WHERE s.task = ?1 AND s.runs > 0 ORDER BY s.chain",
+    )?;
+    let rows = stmt
+        .query_map(params![task], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}
+
 /// The chains in which `task` has a run `run_id`.
 pub fn chains_with_run(
     conn: &Connection,

@@ -324,6 +324,25 @@ command = 'echo "$RUN_CHAIN_NAME $RUN_CHAIN_RUN_ID"'
     assert_eq!(log(&["log", "a", "--chain", "one"]), "one 1\n");
     assert_eq!(log(&["log", "a", "--chain", "two"]), "two 2\n");
     assert_eq!(log(&["log", "a", "1", "--chain", "two"]), "two 1\n");
+
+    // A chain with no run of the task (mistyped): 64, naming it and the chains that have runs.
+    for args in [
+        &["history", "a", "--chain", "tow"][..],
+        &["history", "a", "--chain", "tow", "--json"],
+        &["log", "a", "--chain", "tow"],
+        &["log", "a", "1", "--chain", "tow"],
+        &["log", "a", "2", "--chain", "one"],
+    ] {
+        let done = env.sub(args);
+        done.assert_code(64);
+        assert_eq!(done.stdout, "", "{args:?}");
+        let chain = args[args.iter().position(|a| *a == "--chain").unwrap() + 1];
+        assert!(
+            done.stderr.contains(&format!("{chain:?}")) && done.stderr.contains("one, two"),
+            "{args:?}: {}",
+            done.stderr
+        );
+    }
 }
 
 #[test]
