@@ -338,6 +338,11 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         ));
     }
     for (i, t) in args.tasks.iter().enumerate() {
+        if crate::cli::RESERVED_NAMES.contains(&t.as_str()) {
+            return Err(Error::Usage(format!(
+                "{t:?} is a subcommand, not a task (no task may be named so): give it alone, as `run-chain {t} ...`, not after task names"
+            )));
+        }
         if args.tasks[..i].contains(t) {
             return Err(Error::Usage(format!(
                 "task {t:?} appears twice in the chain; a chain runs each task once per round"

@@ -613,6 +613,23 @@ fn same_task_twice_exits_64() {
     assert!(!env.run_root.exists());
 }
 
+/// A subcommand after task names is no task: 64, saying how to give it.
+#[test]
+fn a_subcommand_after_task_names_exits_64_saying_so() {
+    let env = TestEnv::new(GOOD);
+    for args in [&["a", "status"][..], &["--once", "a", "stop", "a"]] {
+        let done = env.run(args);
+        done.assert_code(64);
+        assert!(
+            done.stderr.contains("is a subcommand, not a task"),
+            "{args:?}: {}",
+            done.stderr
+        );
+    }
+    assert_eq!(env.read("out"), "");
+    assert!(!env.run_root.exists());
+}
+
 #[test]
 fn unsafe_run_root_is_refused_with_78() {
     let env = TestEnv::new(GOOD);
