@@ -20,7 +20,17 @@ pub fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
         ))
     })?;
     let signals = Signals::install()?;
-    let server = tiny_http::Server::http(addr)
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+        // Most likely another exporter: as a chain that is already running, exit 75.
+        std::io::ErrorKind::AddrInUse => Error::Busy(format!(
+            "--listen {addr}: the address is already in use (another exporter?): {e}"
+        )),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::PermissionDenied => {
+            Error::Usage(format!("--listen {addr}: cannot listen there: {e}"))
+        }
+        _ => Error::Internal(format!("failed to listen on {addr}: {e}")),
+    })?;
+    let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| Error::Internal(format!("failed to listen on {addr}: {e}")))?;
     log::info!(
         "exporter: serving the metrics of {} at http://{addr}/metrics",

@@ -347,14 +347,21 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
             let last_s = if last.is_null() {
                 "-".to_string()
             } else {
-                let code = last["exit_code"]
-                    .as_i64()
-                    .map_or(String::new(), |c| format!(" ({c})"));
+                let outcome = last["outcome"].as_str().unwrap_or("?");
+                // As `history` shows it: a signal by its name (the code is 128 + its number).
+                let code = match last["exit_code"].as_i64() {
+                    Some(c) if outcome == "signal" && c > 128 => {
+                        format!(" ({})", crate::outcome::signal_name((c - 128) as i32))
+                    }
+                    Some(c) => format!(" ({c})"),
+                    None => String::new(),
+                };
                 format!(
-                    "{}{} {}",
-                    last["outcome"].as_str().unwrap_or("?"),
-                    code,
-                    last["stop"].as_str().map_or("", |s| &s[11..19])
+                    "{outcome}{code} {}",
+                    last["stop"]
+                        .as_str()
+                        .and_then(|s| s.get(11..19))
+                        .unwrap_or("")
                 )
             };
             let success = t["last_success"]

@@ -937,7 +937,7 @@ fn start_exporter(env: &TestEnv) -> (Runner, SocketAddr) {
         }
         let stderr = exporter.stderr();
         assert!(
-            stderr.contains("failed to listen"),
+            stderr.contains("already in use"),
             "the exporter at {addr} exited ({:?}) for another reason than its port; stderr:\n{stderr}",
             exporter.try_status()
         );
@@ -1077,6 +1077,14 @@ fn exporter_of_an_empty_run_root_stops_on_sigint_and_rejects_a_bad_listen() {
                 || s.name == "run_chain_scrape_duration_seconds"),
         "an empty RUN_ROOT shows only the exporter's own series:\n{}",
         resp.body
+    );
+    // A second exporter on the same address: 75 (as a chain already running), saying why.
+    let second = env.run(&["exporter", "--listen", &addr.to_string()]);
+    second.assert_code(75);
+    assert!(
+        second.stderr.contains(&addr.to_string()) && second.stderr.contains("already in use"),
+        "{}",
+        second.stderr
     );
     exporter.signal(libc::SIGINT);
     let code = exit_code(&mut exporter, "the exporter exits on SIGINT");

@@ -329,3 +329,19 @@ command = 'head -c 20000 /dev/zero | tr "\0" v; echo'
         );
     }
 }
+
+/// A run killed by a signal reads the same in `status` and `history`: by the signal's name.
+#[test]
+fn a_signal_outcome_is_named_alike_in_status_and_history() {
+    let env = TestEnv::new("[tasks.k]\ncommand = 'kill -KILL $$'\n");
+    env.run(&["--once", "k"]).assert_code(1);
+    for args in [&["status"][..], &["history", "k"]] {
+        let done = env.sub(args);
+        done.assert_code(0);
+        assert!(
+            done.stdout.contains("signal (SIGKILL)"),
+            "{args:?}:\n{}",
+            done.stdout
+        );
+    }
+}
