@@ -528,6 +528,7 @@ impl Driver {
         }
         // What is left goes to the store now (the writer thread makes one last try).
         self.store.finish();
+        log::info!("{}: exiting with status {code}", self.chain_name);
         code
     }
 
