@@ -211,6 +211,19 @@ pub fn check_run_root(dir: &Path) -> Result<()> {
 
 /// Run the command line; returns the exit status.
 pub fn main(cli: Cli) -> Result<u8> {
+    if cli.command.is_some() {
+        let r = &cli.run;
+        let given = [
+            ("--once", r.once),
+            ("--no-kill-concurrent", r.no_kill_concurrent),
+            ("--name", r.name.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(Error::Usage(format!(
+                "{flag} is for running a chain (run-chain [OPTIONS] TASK...), not for a subcommand"
+            )));
+        }
+    }
     match cli.command {
         None => run(&cli.common, &cli.run),
         Some(Command::Check) => check(&cli.common),

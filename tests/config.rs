@@ -626,6 +626,20 @@ fn a_subcommand_after_task_names_exits_64_saying_so() {
             done.stderr
         );
     }
+    // A chain's flags given to a subcommand: 64 (they were silently ignored).
+    for args in [
+        &["--once", "check"][..],
+        &["--no-kill-concurrent", "status"],
+        &["--name", "x", "kick", "a"],
+    ] {
+        let done = env.run(args);
+        done.assert_code(64);
+        assert!(
+            done.stderr.contains("not for a subcommand") && done.stderr.contains(args[0]),
+            "{args:?}: {}",
+            done.stderr
+        );
+    }
     assert_eq!(env.read("out"), "");
     assert!(!env.run_root.exists());
 }
