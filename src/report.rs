@@ -287,7 +287,9 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
     if as_json {
-        let doc = json!({"run_root": run_root.display().to_string(), "chains": out});
+        // Absolute, as a reader of the JSON may run elsewhere than this command did.
+        let root = std::path::absolute(run_root).unwrap_or_else(|_| run_root.to_path_buf());
+        let doc = json!({"run_root": root.display().to_string(), "chains": out});
         let _ = writeln!(
             w,
             "{}",
