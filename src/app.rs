@@ -81,51 +81,54 @@ fn default_run_root(file: &Path, from_file: Option<PathBuf>) -> PathBuf {
 }
 
 /// RUN_ROOT from a config file that does not validate: its `run_root` key if the TOML
-/// parses at all, else the default beside it. Errors only if the file cannot be read.
+/// parses at all (else its top-level `run_root` line), else the default beside it. Errors
+/// if the file cannot be read, or has a run_root that cannot be read as a path.
 fn lenient_run_root(file: &Path, err: Error) -> Result<PathBuf> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return Err(Error::Config(format!(
-            "{}; or name RUN_ROOT itself with --run-root DIR or RUN_ROOT",
-            err
+            "{err}; or name RUN_ROOT itself with --run-root DIR or RUN_ROOT"
         )));
     };
     let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let unreadable = || {
+        Error::Config(format!(
+            "{err}; its run_root cannot be read either: name RUN_ROOT with --run-root DIR or RUN_ROOT"
+        ))
+    };
+    // A run_root that is there but not a path is an error, never a silent fall back to the
+    // default RUN_ROOT (where no chain would be found).
+    let as_path = |v: Option<&toml::Value>| -> Result<Option<String>> {
+        match v {
+            None => Ok(None),
+            Some(v) => match v.as_str() {
+                Some(r) if !r.is_empty() => Ok(Some(r.to_string())),
+                _ => Err(unreadable()),
+            },
+        }
+    };
     let from_file = match text.parse::<toml::Table>() {
-        Ok(t) => t
-            .get("run_root")
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
+        Ok(t) => as_path(t.get("run_root"))?,
         // Not TOML at all (a syntax error): the top-level `run_root = "..."` line, if the
-        // file has one, read on its own; a line that cannot be read so is an error, never
-        // a silent fall back to the default RUN_ROOT (where no chain would be found).
+        // file has one, read on its own.
         Err(_) => match top_level_line(&text, "run_root") {
             None => None,
-            Some(line) => match line
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|t| t.get("run_root").and_then(|v| v.as_str()).map(str::to_string))
-            {
-                Some(r) => Some(r),
-                None => {
-                    return Err(Error::Config(format!(
-                        "{}; its run_root cannot be read either: name RUN_ROOT with --run-root DIR or RUN_ROOT",
-                        err
-                    )))
-                }
+            Some(line) => match line.parse::<toml::Table>() {
+                Ok(t) => as_path(t.get("run_root"))?,
+                Err(_) => return Err(unreadable()),
             },
         },
     }
     .map(|r| {
-            let p = Path::new(&r);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                dir.join(p)
-            }
-        });
+        let p = Path::new(&r);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    });
     let root = default_run_root(file, from_file);
     eprintln!(
         "run-chain: warning: the config has errors ({err}); using RUN_ROOT {} anyway",
@@ -406,6 +409,7 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         log::warn!(
             "{chain_name}: stopped while waiting for the running instance to hand over; if it was already asked to hand over, it stops too: launch the chain again to start it"
         );
+        log::info!("{chain_name}: exiting with status {}", exit::OK);
         return Ok(exit::OK);
     };
     crate::process::become_subreaper();

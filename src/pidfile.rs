@@ -83,6 +83,15 @@ impl PidFile {
                 path.display()
             )));
         }
+        // One made by an older version under a strict umask: 0644, as a new one is. (A file
+        // of another user's cannot be changed; RUN_ROOT's own check has refused that case.)
+        if meta.mode() & 0o7777 != 0o644 {
+            if let Err(e) =
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            {
+                log::warn!("{}: cannot make it mode 0644: {e}", path.display());
+            }
+        }
         Ok(PidFile {
             file,
             path,

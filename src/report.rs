@@ -427,33 +427,48 @@ fn unknown_task(task: &str, known_in_config: Option<bool>) -> Error {
     Error::Usage(format!("no runs recorded for task {task:?}{hint}"))
 }
 
-/// Nothing recorded for `task` (run `run_id`, if given) in `chain`: say so, and name the
-/// chains where the task has runs, if any (a mistyped chain showed as an empty history).
-fn not_in_chain(
+/// The chains other than `chain` with a recorded run of `task` (run `run_id`, if given).
+fn other_chains(
     run_root: &Path,
     conn: Option<&rusqlite::Connection>,
     task: &str,
     chain: &str,
     run_id: Option<u64>,
-) -> Error {
+) -> Result<Vec<String>> {
+    let Some(c) = conn else {
+        return Ok(Vec::new());
+    };
+    let found = match run_id {
+        Some(id) => store::chains_with_run(c, task, id),
+        None => store::chains_of_task(c, task),
+    };
+    let mut chains = found.map_err(|e| store_error(run_root, e))?;
+    chains.retain(|c| c != chain);
+    Ok(chains)
+}
+
+/// Nothing recorded for `task` (run `run_id`, if given) in `chain`: say so, and name the
+/// chains where it is (a mistyped chain showed as an empty history).
+fn not_in_chain(task: &str, chain: &str, run_id: Option<u64>, elsewhere: &[String]) -> Error {
     let what = match run_id {
-        Some(id) => format!("no run {id} of task {task:?} is recorded in chain {chain:?}"),
+        Some(id) => format!(
+            "no run {id} of task {task:?} is kept in chain {chain:?} (never recorded, or pruned)"
+        ),
         None => format!("no runs of task {task:?} are recorded in chain {chain:?}"),
     };
-    let chains = match conn.map(|c| store::chains_of_task(c, task)) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => return store_error(run_root, e),
-        None => Vec::new(),
-    };
-    if chains.is_empty() {
-        Error::Usage(what)
-    } else {
-        Error::Usage(format!(
-            "{what}; it has runs in chain{} {}",
-            if chains.len() > 1 { "s" } else { "" },
-            chains.join(", ")
-        ))
+    if elsewhere.is_empty() {
+        return Error::Usage(what);
     }
+    Error::Usage(format!(
+        "{what}; {} in chain{} {}",
+        if run_id.is_some() {
+            "it is recorded"
+        } else {
+            "it has runs"
+        },
+        if elsewhere.len() > 1 { "s" } else { "" },
+        elsewhere.join(", ")
+    ))
 }
 
 /// `history TASK [--chain C] [--limit N] [--json]`.
@@ -471,7 +486,12 @@ pub fn history(
         None => Vec::new(),
     };
     if let (true, Some(chain)) = (rows.is_empty(), chain) {
-        return Err(not_in_chain(run_root, conn.as_ref(), task, chain, None));
+        // A task of the config that has not run anywhere yet: an empty history, as without
+        // --chain. Runs elsewhere only: the chain is likely mistyped, so say where they are.
+        let elsewhere = other_chains(run_root, conn.as_ref(), task, chain, None)?;
+        if known_in_config != Some(true) || !elsewhere.is_empty() {
+            return Err(not_in_chain(task, chain, None, &elsewhere));
+        }
     }
     if rows.is_empty() && known_in_config != Some(true) {
         return Err(unknown_task(task, known_in_config));
@@ -537,7 +557,8 @@ pub fn log(run_root: &Path, task: &str, run_id: Option<u64>, chain: Option<&str>
     }
     let Some((row, bytes)) = found else {
         if let Some(chain) = chain {
-            return Err(not_in_chain(run_root, conn.as_ref(), task, chain, run_id));
+            let elsewhere = other_chains(run_root, conn.as_ref(), task, chain, run_id)?;
+            return Err(not_in_chain(task, chain, run_id, &elsewhere));
         }
         return Err(Error::Usage(match run_id {
             Some(id) => format!("no run {id} of task {task:?} is recorded"),

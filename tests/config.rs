@@ -777,11 +777,24 @@ fn looking_commands_find_the_chain_after_a_deploy_breaks_the_config() {
         looking(&env, &["kick", "a"]).assert_code(0);
         env.lines("out").len() >= 2
     });
-    // A run_root line that cannot be read on its own: an error that says what to do.
-    env.write_config("run_root = \n[[[\n");
-    let done = looking(&env, &["status"]);
-    done.assert_code(78);
-    assert!(done.stderr.contains("--run-root"), "{}", done.stderr);
+    // A run_root that cannot be read as a path (in a file that is TOML or not): an error that
+    // says what to do, never the default RUN_ROOT.
+    for broken in [
+        "run_root = \n[[[\n",
+        "run_root = 5\n[[[\n",
+        "run_root = 5\n[tasks.a]\ncommand = 'true'\n",
+        "run_root = \"\"\n[tasks.a]\ncommand = 'true'\n",
+    ] {
+        env.write_config(broken);
+        let done = looking(&env, &["status"]);
+        done.assert_code(78);
+        assert!(
+            done.stderr.contains("--run-root"),
+            "{broken:?}: {}",
+            done.stderr
+        );
+        assert_eq!(done.stdout, "", "{broken:?}");
+    }
 
     env.write_config(&format!("{good}[[[\n"));
     let stop = looking(&env, &["stop", "a"]);

@@ -574,6 +574,15 @@ fn a_pidfile_is_0644_under_any_umask() {
         let mode = fs::metadata(env.pidfile(&chain)).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o644, "pidfile of {chain} under umask {mask:03o}");
     }
+    // One left 0600 (by an older version under umask 077) is made 0644 at the next launch.
+    let pidfile = env.pidfile("c0");
+    fs::set_permissions(&pidfile, fs::Permissions::from_mode(0o600)).unwrap();
+    env.finish_command(with_umask(
+        env.run_command(&["--name", "c0", "--once", "a"]),
+        0o077,
+    ))
+    .assert_code(0);
+    assert_eq!(fs::metadata(&pidfile).unwrap().mode() & 0o7777, 0o644);
     let bad = loose_modes(&env.run_root);
     assert!(bad.is_empty(), "{bad:?}");
 }

@@ -292,6 +292,8 @@ fn history_and_log_take_a_chain() {
         r#"
 [tasks.a]
 command = 'echo "$RUN_CHAIN_NAME $RUN_CHAIN_RUN_ID"'
+[tasks.b]
+command = 'true'
 "#,
     );
     env.run(&["--once", "--name", "one", "a"]).assert_code(0);
@@ -325,23 +327,49 @@ command = 'echo "$RUN_CHAIN_NAME $RUN_CHAIN_RUN_ID"'
     assert_eq!(log(&["log", "a", "--chain", "two"]), "two 2\n");
     assert_eq!(log(&["log", "a", "1", "--chain", "two"]), "two 1\n");
 
-    // A chain with no run of the task (mistyped): 64, naming it and the chains that have runs.
-    for args in [
-        &["history", "a", "--chain", "tow"][..],
-        &["history", "a", "--chain", "tow", "--json"],
-        &["log", "a", "--chain", "tow"],
-        &["log", "a", "1", "--chain", "tow"],
-        &["log", "a", "2", "--chain", "one"],
+    // A chain with no run of the task (mistyped): 64, naming it and the chains that have it.
+    for (args, elsewhere) in [
+        (
+            &["history", "a", "--chain", "tow"][..],
+            "it has runs in chains one, two",
+        ),
+        (
+            &["history", "a", "--chain", "tow", "--json"],
+            "it has runs in chains one, two",
+        ),
+        (
+            &["log", "a", "--chain", "tow"],
+            "it has runs in chains one, two",
+        ),
+        (
+            &["log", "a", "1", "--chain", "tow"],
+            "it is recorded in chains one, two",
+        ),
+        (
+            &["log", "a", "2", "--chain", "one"],
+            "it is recorded in chain two",
+        ),
+        (&["log", "a", "3", "--chain", "two"], ""),
     ] {
         let done = env.sub(args);
         done.assert_code(64);
         assert_eq!(done.stdout, "", "{args:?}");
         let chain = args[args.iter().position(|a| *a == "--chain").unwrap() + 1];
         assert!(
-            done.stderr.contains(&format!("{chain:?}")) && done.stderr.contains("one, two"),
+            done.stderr.contains(&format!("chain {chain:?}")) && done.stderr.contains(elsewhere),
             "{args:?}: {}",
             done.stderr
         );
+        assert_eq!(
+            done.stderr.contains("; it "),
+            !elsewhere.is_empty(),
+            "{}",
+            done.stderr
+        );
+    }
+    // A task of the config that has run nowhere yet: an empty history, with --chain or not.
+    for extra in [&[][..], &["--chain", "two"]] {
+        assert_eq!(env.history("b", extra), Vec::<Value>::new(), "{extra:?}");
     }
 }
 
