@@ -355,6 +355,11 @@ pub mod next {
         if pid == me || pid <= 0 {
             return None;
         }
+        // A launch that has exited (a zombie its parent has not reaped yet: an instance
+        // just stopped) is no newer launch.
+        if matches!(sys::state_and_pgid(pid), Some(('Z' | 'X', _)) | None) {
+            return None;
+        }
         (sys::start_time(pid) == Some(st)).then_some(pid)
     }
 }

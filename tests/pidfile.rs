@@ -578,3 +578,23 @@ command = 'echo "c $RUN_CHAIN_RUN_ID" >> "$T/out"'
     new.signal(libc::SIGTERM);
     new.assert_exit(0);
 }
+
+/// An instance just stopped is no "newer launch": while its parent has not reaped it yet (a
+/// zombie, still named in CHAIN.next), `--once` and `--no-kill-concurrent` start the chain.
+/// They exited 75 ("being taken over by a newer launch") until the zombie was reaped.
+#[test]
+fn a_stopped_instance_not_yet_reaped_does_not_block_once() {
+    let env = TestEnv::new(ONE_TASK);
+    let mut runner = env.spawn(&["a"]);
+    env.wait_running(&mut runner, "a");
+    env.wait_lines_while(&mut runner, "out", 1);
+    env.sub(&["stop", "a"]).assert_code(0);
+    // Not reaped yet: the test, its parent, has not waited for it.
+    let state = fs::read_to_string(format!("/proc/{}/stat", runner.pid)).unwrap();
+    assert!(state.contains(") Z "), "expected a zombie: {state}");
+    env.run(&["--once", "a"]).assert_code(0);
+    env.run(&["--once", "--no-kill-concurrent", "a"])
+        .assert_code(0);
+    assert_eq!(env.lines("out"), ["a 1", "a 2", "a 3"]);
+    runner.assert_exit(0);
+}
