@@ -534,6 +534,9 @@ fn acquire(
         )
         .map_err(|e| Error::os(format!("watch {}", root.display()), std::io::Error::from(e)))?;
 
+    let pid_name = std::ffi::OsString::from(format!("{chain}.pid"));
+    let next_name = std::ffi::OsString::from(format!("{chain}.next"));
+
     struct Asked {
         pid: i32,
         pidfd: std::os::fd::OwnedFd,
@@ -597,17 +600,34 @@ fn acquire(
         if let Some(a) = &asked {
             fds.push(sys::pollfd(a.pidfd.as_raw_fd(), libc::POLLIN));
         }
-        let timeout = match &asked {
-            Some(a) if !a.killed => Some(a.kill_at.saturating_sub(now)),
+        let deadline = match &asked {
+            Some(a) if !a.killed => Some(a.kill_at),
             Some(_) => None,
             // An unconfirmed holder may be one that has just locked and not yet written
             // its PID (the write wakes us), or a stranger: look again now and then.
-            None => Some(Duration::from_secs(1)),
+            None => Some(now + Duration::from_secs(1)),
         };
-        sys::ppoll(&mut fds, timeout).map_err(|e| Error::os("wait in ppoll", e))?;
-        // Empty the inotify queue; its content does not matter, only that something changed.
-        while let Ok(ev) = inotify.read_events() {
-            if ev.is_empty() {
+        // Wait for a signal, the old instance's exit, the deadline, or a change to this
+        // chain's pidfile or CHAIN.next. Other files of RUN_ROOT (other chains' state) and
+        // our own reads of CHAIN.next (a close without writing) are no reason to look again:
+        // woken by those, the wait went on spinning for the whole hand-over.
+        loop {
+            for f in &mut fds {
+                f.revents = 0;
+            }
+            let timeout = deadline.map(|d| d.saturating_sub(sys::mono_now()));
+            sys::ppoll(&mut fds, timeout).map_err(|e| Error::os("wait in ppoll", e))?;
+            let mut relevant = false;
+            while let Ok(events) = inotify.read_events() {
+                if events.is_empty() {
+                    break;
+                }
+                relevant |= events
+                    .iter()
+                    .any(|ev| watched_change(ev, &pid_name, &next_name));
+            }
+            let woke = fds[0].revents != 0 || fds.get(2).is_some_and(|f| f.revents != 0);
+            if woke || relevant || deadline.is_some_and(|d| sys::mono_now() >= d) {
                 break;
             }
         }
@@ -631,6 +651,30 @@ fn acquire(
                 a.killed = true;
             }
         }
+    }
+}
+
+/// Whether an inotify event on RUN_ROOT may mean the chain's lock changed hands: the
+/// pidfile closed (a holder's last descriptor: its lock is gone) or written (a new holder's
+/// PID), or CHAIN.next replaced or written (a newer launch).
+fn watched_change(
+    ev: &nix::sys::inotify::InotifyEvent,
+    pid_name: &std::ffi::OsStr,
+    next_name: &std::ffi::OsStr,
+) -> bool {
+    use nix::sys::inotify::AddWatchFlags as W;
+    let Some(name) = ev.name.as_deref() else {
+        // The queue overflowed (or an event on the folder itself): look again.
+        return true;
+    };
+    if name == pid_name {
+        ev.mask
+            .intersects(W::IN_CLOSE_WRITE | W::IN_CLOSE_NOWRITE | W::IN_MODIFY | W::IN_MOVED_TO)
+    } else if name == next_name {
+        ev.mask
+            .intersects(W::IN_CLOSE_WRITE | W::IN_MODIFY | W::IN_MOVED_TO)
+    } else {
+        false
     }
 }
 

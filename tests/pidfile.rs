@@ -598,3 +598,52 @@ fn a_stopped_instance_not_yet_reaped_does_not_block_once() {
     assert_eq!(env.lines("out"), ["a 1", "a 2", "a 3"]);
     runner.assert_exit(0);
 }
+
+/// CPU seconds (user + system) a live process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime), counted from 3 after the comm, in clock ticks.
+    let ticks: u64 = f[14 - 3].parse::<u64>().unwrap() + f[15 - 3].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// A launch waiting for the running instance to hand over sleeps until something happens: it
+/// read CHAIN.next, which woke its own watch of RUN_ROOT, and so spun at full CPU for the whole
+/// stop_grace of the old instance's task.
+#[test]
+fn a_launch_waiting_for_the_hand_over_does_not_spin() {
+    let env = TestEnv::new(
+        r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"; exec sleep 1000'
+stop_grace = "3s"
+kill_grace = "1s"
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#,
+    );
+    let mut old = env.spawn(&["a"]);
+    env.wait_running(&mut old, "a");
+    env.wait_lines_while(&mut old, "out", 1);
+    let started = std::time::Instant::now();
+    let mut new = env.spawn(&["a"]);
+    old.assert_exit(0);
+    env.wait_running(&mut new, "a");
+    let waited = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(new.pid);
+    assert!(
+        waited >= 2.9,
+        "the hand-over took {waited:.2}s, less than the 3s stop_grace"
+    );
+    assert!(
+        cpu < 0.5,
+        "the waiting launch used {cpu:.2}s of CPU over a {waited:.2}s wait"
+    );
+    env.wait_lines_while(&mut new, "out", 2);
+    new.signal(libc::SIGQUIT);
+    new.assert_exit(0);
+}
