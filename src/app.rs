@@ -422,6 +422,11 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
             state::State::default()
         }
     };
+    if !wait_for_the_old_run(&chain_name, &base_state, &signals)? {
+        log::warn!("{chain_name}: stopped while waiting for the previous run's processes to end");
+        log::info!("{chain_name}: exiting with status {}", exit::OK);
+        return Ok(exit::OK);
+    }
     let chain_view = driver::chain_tasks(&tasks);
     let clocks = state::Clocks {
         mono: sys::mono_now(),
@@ -488,6 +493,51 @@ fn seed_run_ids(
             "{chain}: CHAIN.state holds no run id for {}, and the store cannot tell the last one ({e}); starting from 1",
             tasks.join(", ")
         ),
+    }
+}
+
+/// The previous instance ended during a run (it was killed, or crashed: CHAIN.state still
+/// names the run): wait until its guardian, which sends that run's process group SIGTERM
+/// and SIGKILL after its kill grace, has exited, so that no task of the chain starts while
+/// the old run is still alive. Ok(false): stopped by a signal while waiting.
+fn wait_for_the_old_run(chain: &str, st: &state::State, signals: &Signals) -> Result<bool> {
+    let (Some(task), Some(pid), Some(start)) =
+        (&st.running_task, st.guardian_pid, st.guardian_start)
+    else {
+        return Ok(true);
+    };
+    let same_boot = st.boot_id.is_some() && st.boot_id == sys::boot_id();
+    if !same_boot || pid <= 1 || sys::start_time(pid) != Some(start) {
+        return Ok(true);
+    }
+    let Ok(pidfd) = sys::pidfd_open(pid) else {
+        return Ok(true);
+    };
+    // Still that process (not a PID reused between the two looks)?
+    if sys::start_time(pid) != Some(start) {
+        return Ok(true);
+    }
+    log::warn!(
+        "{chain}: the previous instance ended during task {task} run {}; waiting for its guardian (PID {pid}) to end what that run left",
+        st.running_run_id.unwrap_or(0)
+    );
+    loop {
+        let mut fds = [
+            sys::pollfd(pidfd.as_raw_fd(), libc::POLLIN),
+            sys::pollfd(signals.fd(), libc::POLLIN),
+        ];
+        sys::ppoll(&mut fds, None).map_err(|e| Error::os("wait in ppoll", e))?;
+        if fds[0].revents != 0 {
+            log::info!("{chain}: the previous run's processes have ended");
+            return Ok(true);
+        }
+        if signals
+            .drain()
+            .iter()
+            .any(|s| matches!(s, Sig::Term | Sig::Int | Sig::Quit))
+        {
+            return Ok(false);
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Driver {
     pub chain: Chain,
     pub signals: Signals,
     pub guardian: Guardian,
+    /// The guardian's start time (clock ticks), saved with its PID in CHAIN.state.
+    guardian_start: Option<u64>,
     /// Held for the life of the process: the lock.
     pub pidfile: PidFile,
     /// The state as loaded (for `--once`, which keeps the chain's position as it was).
@@ -133,6 +135,7 @@ impl Driver {
     ) -> Driver {
         let mut ignore = BTreeSet::new();
         ignore.insert(guardian.pid());
+        let guardian_start = sys::start_time(guardian.pid());
         let store = Store::new(
             &run_root,
             store::Instance {
@@ -165,6 +168,7 @@ impl Driver {
             chain,
             signals,
             guardian,
+            guardian_start,
             pidfile,
             base_state,
             boot_id: sys::boot_id(),
@@ -1075,6 +1079,8 @@ impl Driver {
                 run_ids: ids,
                 failures: self.failures.clone(),
                 alerts: self.alerts.clone(),
+                guardian_pid: Some(self.guardian.pid()),
+                guardian_start: self.guardian_start,
             };
             self.state_file.save(&st)
         } else {
@@ -1096,6 +1102,8 @@ impl Driver {
                 run_ids: self.chain.run_ids(),
                 failures: &self.failures,
                 alerts: &self.alerts,
+                guardian_pid: Some(self.guardian.pid()),
+                guardian_start: self.guardian_start,
             };
             self.state_file.save(&view)
         };

@@ -161,7 +161,14 @@ fn guardian_main(rx: OwnedFd, shared: &'static Shared) -> ! {
         eprintln!("run-chain-guard: run-chain died; stopping process group {pg}");
         sys::kill(-pg, libc::SIGTERM);
         sys::kill(-pg, libc::SIGCONT);
-        std::thread::sleep(Duration::from_millis(grace.min(600_000)));
+        // Up to the kill grace, but no longer than the group lives: the next instance of
+        // the chain waits for this process before it starts a task. (A short poll, only
+        // here, after run-chain's death.)
+        let until = std::time::Instant::now() + Duration::from_millis(grace.min(600_000));
+        // SAFETY: kill with signal 0 only checks that the group still has a process.
+        while std::time::Instant::now() < until && unsafe { libc::kill(-pg, 0) } == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         sys::kill(-pg, libc::SIGKILL);
     }
     // SAFETY: leave without running any of the parent's atexit handlers.

@@ -74,6 +74,13 @@ pub struct State {
     /// The alert state per task, carried over by a relaunch.
     #[serde(default)]
     pub alerts: BTreeMap<String, crate::alert::AlertState>,
+    /// The writing instance's guardian (PID, start time in clock ticks): if the instance
+    /// dies during a run, the next one waits for this process, which ends what that run
+    /// left, before it starts a task (else the same task could run twice at once).
+    #[serde(default)]
+    pub guardian_pid: Option<i32>,
+    #[serde(default)]
+    pub guardian_start: Option<u64>,
 }
 
 /// [`State`] as borrowed fields, for writing: it serializes to the same JSON, without
@@ -94,6 +101,8 @@ pub struct StateView<'a> {
     pub run_ids: &'a BTreeMap<String, u64>,
     pub failures: &'a BTreeMap<String, TaskFailures>,
     pub alerts: &'a BTreeMap<String, crate::alert::AlertState>,
+    pub guardian_pid: Option<i32>,
+    pub guardian_start: Option<u64>,
 }
 
 impl State {
@@ -113,6 +122,8 @@ impl State {
             run_ids: &self.run_ids,
             failures: &self.failures,
             alerts: &self.alerts,
+            guardian_pid: self.guardian_pid,
+            guardian_start: self.guardian_start,
         }
     }
 }

@@ -647,3 +647,47 @@ fail_cooldown = "1h"
     new.signal(libc::SIGQUIT);
     new.assert_exit(0);
 }
+
+/// An instance killed during a run (SIGKILL: no hand-over) leaves the run to its guardian,
+/// which sends it SIGTERM and waits up to its kill_grace. A relaunch at once must not start the
+/// task again while that run still lives: it waits for the guardian. It started run 2 at once,
+/// beside run 1 (which was still shutting down, as its TERM handler takes 2 s). (The task
+/// writes nothing to its output: the pipes' reader died with run-chain, and a write there
+/// would end it at once by SIGPIPE.)
+#[test]
+fn a_relaunch_after_a_kill_waits_for_the_old_run_to_end() {
+    let env = TestEnv::new(
+        r#"
+[tasks.a]
+command = '''
+exec 9>"$T/lock" >/dev/null 2>&1
+if ! flock -n 9; then echo "OVERLAP $RUN_CHAIN_RUN_ID" >> "$T/events"; exit 3; fi
+trap 'sleep 2; echo "END $RUN_CHAIN_RUN_ID" >> "$T/events"; exit 0' TERM
+echo "START $RUN_CHAIN_RUN_ID" >> "$T/events"
+while :; do sleep 0.1; done
+'''
+stop_grace = "1h"
+kill_grace = "30s"
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#,
+    );
+    let mut old = env.spawn(&["a"]);
+    env.wait_running(&mut old, "a");
+    env.wait_lines_while(&mut old, "events", 1);
+    old.signal(libc::SIGKILL);
+    old.wait_exit();
+    let mut new = env.spawn(&["a"]);
+    env.wait_lines_while(&mut new, "events", 3);
+    assert_eq!(env.lines("events"), ["START 1", "END 1", "START 2"]);
+    let runs = env.wait_history("a", &[], "run 1 interrupted, run 2 running", |r| {
+        r.len() == 2 && r[1]["outcome"] == "interrupted"
+    });
+    assert!(
+        runs[1]["duration_seconds"].as_f64().unwrap_or(0.0) >= 1.9,
+        "run 1 lasted until its TERM handler ended: {:#}",
+        runs[1]
+    );
+    new.signal(libc::SIGQUIT);
+    new.assert_exit(0);
+}
