@@ -758,6 +758,18 @@ fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
         say!("chain {chain} is not running");
         return Ok(exit::OK);
     };
+    // A launch waiting for this instance to hand over (an upgrade under way) would take the
+    // lock as soon as it exits, and the chain would go on: it is asked to give up first (a
+    // waiting launch stops at once on SIGTERM).
+    if let Ok(root) = looked_run_root(common) {
+        if let Some((w, wfd)) = next::waiting_launch(&root, chain, pid) {
+            if sys::pidfd_signal(&wfd, libc::SIGTERM).is_ok() {
+                eprintln!(
+                    "run-chain: asked the launch of chain {chain} waiting to take over (PID {w}) to give up"
+                );
+            }
+        }
+    }
     let sig = if now { libc::SIGQUIT } else { libc::SIGTERM };
     sys::pidfd_signal(&pidfd, sig).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
     eprintln!(

@@ -344,6 +344,27 @@ pub mod next {
         res.map_err(|e| Error::os(format!("write {}", p.display()), e))
     }
 
+    /// The launch recorded as newest, if it is alive and is not `holder`: one waiting for
+    /// the holder to hand over. With a pidfd that names it for good (its start time is
+    /// checked again once the pidfd is open, so a reused PID is never signalled).
+    pub fn waiting_launch(run_root: &Path, chain: &str, holder: i32) -> Option<(i32, OwnedFd)> {
+        let text = std::fs::read_to_string(path(run_root, chain)).ok()?;
+        let mut it = text.split_whitespace();
+        let pid: i32 = it.next()?.parse().ok()?;
+        let st: u64 = it.next()?.parse().ok()?;
+        if pid <= 1 || pid == holder || pid == std::process::id() as i32 {
+            return None;
+        }
+        if matches!(sys::state_and_pgid(pid), Some(('Z' | 'X', _)) | None) {
+            return None;
+        }
+        if sys::start_time(pid) != Some(st) {
+            return None;
+        }
+        let fd = sys::pidfd_open(pid).ok()?;
+        (sys::start_time(pid) == Some(st)).then_some((pid, fd))
+    }
+
     /// A launch other than us, recorded as newest and still alive (same PID and start
     /// time), if there is one.
     pub fn newer_than_me(run_root: &Path, chain: &str) -> Option<i32> {

@@ -691,3 +691,47 @@ fail_cooldown = "1h"
     new.signal(libc::SIGQUIT);
     new.assert_exit(0);
 }
+
+/// `stop` during an upgrade (a launch waiting for the old instance to hand over) stops the
+/// chain: the waiting launch is asked to give up too. It took the lock as the old instance
+/// exited, and the chain went on although `stop` had said "stopped".
+#[test]
+fn stop_during_a_hand_over_stops_the_waiting_launch_too() {
+    let env = TestEnv::new(
+        r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"; exec sleep 1000'
+stop_grace = "2s"
+kill_grace = "1s"
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#,
+    );
+    let mut old = env.spawn(&["a"]);
+    env.wait_running(&mut old, "a");
+    env.wait_lines_while(&mut old, "out", 1);
+    let mut new = env.spawn(&["a"]);
+    let new_err = new.stderr.clone();
+    new.wait_for("the new launch has asked the old one to hand over", || {
+        fs::read_to_string(&new_err)
+            .unwrap_or_default()
+            .contains("asking it to hand over")
+    });
+    let stop = env.sub(&["stop", "a"]);
+    stop.assert_code(0);
+    assert!(
+        stop.stderr
+            .contains(&format!("(PID {}) to give up", new.pid)),
+        "{}",
+        stop.stderr
+    );
+    old.assert_exit(0);
+    new.assert_exit(0);
+    assert!(
+        flock_n_succeeds(&env.pidfile("a")),
+        "the chain is still running"
+    );
+    assert_eq!(env.lines("out"), ["a 1"], "the task ran again");
+    let status = env.sub(&["status"]);
+    assert!(status.stdout.contains("a: down"), "{}", status.stdout);
+}
