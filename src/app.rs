@@ -506,7 +506,8 @@ fn wait_for_the_old_run(chain: &str, st: &state::State, signals: &Signals) -> Re
     else {
         return Ok(true);
     };
-    let same_boot = st.boot_id.is_some() && st.boot_id == sys::boot_id();
+    // The guardian's own boot (a --once instance keeps the chain's older `boot_id`).
+    let same_boot = st.guardian_boot.is_some() && st.guardian_boot == sys::boot_id();
     if !same_boot || pid <= 1 || sys::start_time(pid) != Some(start) {
         return Ok(true);
     }
@@ -761,12 +762,14 @@ fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
     // A launch waiting for this instance to hand over (an upgrade under way) would take the
     // lock as soon as it exits, and the chain would go on: it is asked to give up first (a
     // waiting launch stops at once on SIGTERM).
+    let mut waiting = None;
     if let Ok(root) = looked_run_root(common) {
         if let Some((w, wfd)) = next::waiting_launch(&root, chain, pid) {
             if sys::pidfd_signal(&wfd, libc::SIGTERM).is_ok() {
                 eprintln!(
                     "run-chain: asked the launch of chain {chain} waiting to take over (PID {w}) to give up"
                 );
+                waiting = Some(wfd);
             }
         }
     }
@@ -776,11 +779,15 @@ fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
         "run-chain: asked chain {chain} (PID {pid}) to stop{}; waiting for it to exit",
         if now { " now" } else { "" }
     );
-    let mut fds = [sys::pollfd(pidfd.as_raw_fd(), libc::POLLIN)];
-    loop {
-        sys::ppoll(&mut fds, None).map_err(|e| Error::os("wait in ppoll", e))?;
-        if fds[0].revents != 0 {
-            break;
+    // Until the holder has exited, and the waiting launch too (it may have taken the lock
+    // in the meantime: then it stops on the SIGTERM it has, after its running task's grace).
+    for fd in std::iter::once(&pidfd).chain(waiting.as_ref()) {
+        let mut fds = [sys::pollfd(fd.as_raw_fd(), libc::POLLIN)];
+        loop {
+            sys::ppoll(&mut fds, None).map_err(|e| Error::os("wait in ppoll", e))?;
+            if fds[0].revents != 0 {
+                break;
+            }
         }
     }
     say!("chain {chain} (PID {pid}) stopped");

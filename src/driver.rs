@@ -1081,6 +1081,7 @@ impl Driver {
                 alerts: self.alerts.clone(),
                 guardian_pid: Some(self.guardian.pid()),
                 guardian_start: self.guardian_start,
+                guardian_boot: self.boot_id.clone(),
             };
             self.state_file.save(&st)
         } else {
@@ -1104,6 +1105,7 @@ impl Driver {
                 alerts: &self.alerts,
                 guardian_pid: Some(self.guardian.pid()),
                 guardian_start: self.guardian_start,
+                guardian_boot: self.boot_id.as_deref(),
             };
             self.state_file.save(&view)
         };

@@ -81,6 +81,9 @@ pub struct State {
     pub guardian_pid: Option<i32>,
     #[serde(default)]
     pub guardian_start: Option<u64>,
+    /// The boot it ran in (a PID and start time mean nothing in another).
+    #[serde(default)]
+    pub guardian_boot: Option<String>,
 }
 
 /// [`State`] as borrowed fields, for writing: it serializes to the same JSON, without
@@ -103,6 +106,7 @@ pub struct StateView<'a> {
     pub alerts: &'a BTreeMap<String, crate::alert::AlertState>,
     pub guardian_pid: Option<i32>,
     pub guardian_start: Option<u64>,
+    pub guardian_boot: Option<&'a str>,
 }
 
 impl State {
@@ -124,6 +128,7 @@ impl State {
             alerts: &self.alerts,
             guardian_pid: self.guardian_pid,
             guardian_start: self.guardian_start,
+            guardian_boot: self.guardian_boot.as_deref(),
         }
     }
 }

@@ -656,6 +656,17 @@ fail_cooldown = "1h"
 /// would end it at once by SIGPIPE.)
 #[test]
 fn a_relaunch_after_a_kill_waits_for_the_old_run_to_end() {
+    relaunch_after_a_kill(&["a"]);
+}
+
+/// The same after a killed `--once` instance of a chain that had never run (its CHAIN.state has
+/// no boot id of the chain's own: the guardian's is recorded apart).
+#[test]
+fn a_relaunch_after_a_killed_once_waits_for_the_old_run_to_end() {
+    relaunch_after_a_kill(&["--once", "a"]);
+}
+
+fn relaunch_after_a_kill(first: &[&str]) {
     let env = TestEnv::new(
         r#"
 [tasks.a]
@@ -672,7 +683,7 @@ success_cooldown = "1h"
 fail_cooldown = "1h"
 "#,
     );
-    let mut old = env.spawn(&["a"]);
+    let mut old = env.spawn(first);
     env.wait_running(&mut old, "a");
     env.wait_lines_while(&mut old, "events", 1);
     old.signal(libc::SIGKILL);
