@@ -427,6 +427,13 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         log::info!("{chain_name}: exiting with status {}", exit::OK);
         return Ok(exit::OK);
     }
+    // A SIGHUP that came while the launch waited: the config is read again now, before
+    // the first run, as a running chain would on SIGHUP.
+    let (config, tasks) = if signals.take_held_hup() {
+        reload_before_running(&chain_name, &args.tasks, config, tasks)
+    } else {
+        (config, tasks)
+    };
     let chain_view = driver::chain_tasks(&tasks);
     let clocks = state::Clocks {
         mono: sys::mono_now(),
@@ -461,6 +468,41 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         base_state,
     );
     driver.run()
+}
+
+/// The config read again for a SIGHUP received while the launch waited to run (see
+/// [`Signals::drain_waiting`]); on an error, the one validated at launch is kept, as a
+/// running chain keeps its config when a reload fails.
+fn reload_before_running(
+    chain: &str,
+    names: &[String],
+    config: Config,
+    tasks: Vec<crate::config::Task>,
+) -> (Config, Vec<crate::config::Task>) {
+    let loaded = Config::load(&config.file).and_then(|c| {
+        let t = c.chain_tasks(names)?;
+        Ok((c, t))
+    });
+    match loaded {
+        Ok((c, t)) => {
+            if c.run_root != config.run_root {
+                log::warn!(
+                    "{chain}: SIGHUP: run_root changed in {}; it takes effect at the next launch",
+                    c.file.display()
+                );
+            }
+            log::info!(
+                "{chain}: SIGHUP: reloaded {} (digest {})",
+                c.file.display(),
+                c.digest
+            );
+            (c, t)
+        }
+        Err(e) => {
+            log::error!("{chain}: SIGHUP: keeping the config validated at launch: {e}");
+            (config, tasks)
+        }
+    }
 }
 
 /// Run ids for the tasks CHAIN.state has none for (a lost or unreadable state file, or a
@@ -533,7 +575,7 @@ fn wait_for_the_old_run(chain: &str, st: &state::State, signals: &Signals) -> Re
             return Ok(true);
         }
         if signals
-            .drain()
+            .drain_waiting(chain)
             .iter()
             .any(|s| matches!(s, Sig::Term | Sig::Int | Sig::Quit))
         {
@@ -682,7 +724,7 @@ fn acquire(
                 break;
             }
         }
-        for sig in signals.drain() {
+        for sig in signals.drain_waiting(chain) {
             if matches!(sig, Sig::Term | Sig::Int | Sig::Quit) {
                 return Ok(None);
             }

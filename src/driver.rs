@@ -390,6 +390,12 @@ impl Driver {
         if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
             return Ok(self.finish(code));
         }
+        // A SIGUSR1 that came while the launch waited to run (for the lock or the old run).
+        if self.signals.take_held_usr1() {
+            if let Some(code) = self.on_signal(sys::mono_now(), Sig::Usr1) {
+                return Ok(self.finish(code));
+            }
+        }
         // Ticks handled since the last ppoll (see below).
         let mut ticks_in_a_row = 0u32;
         loop {

@@ -746,3 +746,68 @@ fail_cooldown = "1h"
     let status = env.sub(&["status"]);
     assert!(status.stdout.contains("a: down"), "{}", status.stdout);
 }
+
+/// SIGHUP and SIGUSR1 sent to a launch while it waits for the old instance to hand over are
+/// not lost: the new instance reads the config again before its first run (as a running chain
+/// does on SIGHUP), and acts on the SIGUSR1 once it runs. Both were dropped, and the new
+/// instance ran the config it had validated at launch.
+#[test]
+fn signals_to_a_launch_waiting_to_take_over_are_acted_on_once_it_runs() {
+    let config = |version: &str| {
+        format!(
+            r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID {version}" >> "$T/out"; exec sleep 1000'
+stop_grace = "5s"
+kill_grace = "1s"
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#
+        )
+    };
+    let env = TestEnv::new(&config("v1"));
+    let mut old = env.spawn(&["a"]);
+    env.wait_running(&mut old, "a");
+    env.wait_lines_while(&mut old, "out", 1);
+    let mut new = env.spawn(&["a"]);
+    let new_err = new.stderr.clone();
+    let logged = |what: &str| {
+        fs::read_to_string(&new_err)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    new.wait_for("the new launch has asked the old one to hand over", || {
+        logged("asking it to hand over")
+    });
+    env.write_config(&config("v2"));
+    new.signal(libc::SIGHUP);
+    new.signal(libc::SIGUSR1);
+    // The new launch cannot run before the old instance has exited (5 s of stop_grace):
+    // with the old one still there, both signals came while it waited.
+    assert!(
+        is_running(old.pid),
+        "the old instance had already exited: the signals did not come during the wait"
+    );
+    old.assert_exit(0);
+    env.wait_lines_while(&mut new, "out", 2);
+    assert_eq!(
+        env.lines("out"),
+        ["a 1 v1", "a 2 v2"],
+        "the interrupted task ran again with the config as it was when SIGHUP came"
+    );
+    assert!(
+        logged("SIGHUP while waiting to run") && logged("SIGUSR1 while waiting to run"),
+        "{}",
+        fs::read_to_string(&new_err).unwrap_or_default()
+    );
+    new.wait_for("the SIGUSR1 acted on", || {
+        logged("SIGUSR1: not in a cooldown; nothing to end")
+    });
+    assert!(
+        logged("SIGHUP: reloaded"),
+        "{}",
+        fs::read_to_string(&new_err).unwrap_or_default()
+    );
+    new.signal(libc::SIGQUIT);
+    new.assert_exit(0);
+}
