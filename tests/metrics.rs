@@ -4,7 +4,8 @@
 //! (which must be installed: a missing promtool fails the test); a chain killed mid-run shows
 //! no run in progress; counters that never fall when runs are pruned; the `exporter` over plain
 //! HTTP (200 with the text format at `/metrics`, 404 elsewhere, a clean stop on SIGTERM and
-//! SIGINT, exit 64 on a bad `--listen`); and a real Prometheus server (same Debian package as
+//! SIGINT, exit 64 on a bad `--listen`; the default address 127.0.0.1:9464, in a network
+//! namespace of the test's own); and a real Prometheus server (same Debian package as
 //! promtool) scraping the exporter and answering a query.
 
 mod common;
@@ -1104,6 +1105,76 @@ fn exporter_of_an_empty_run_root_stops_on_sigint_and_rejects_a_bad_listen() {
             done.stderr
         );
     }
+}
+
+/// Without `--listen`, the exporter serves at SPEC's default address, 127.0.0.1:9464. The test
+/// runs it in a network namespace of its own (`unshare --net`, as root; its loopback brought
+/// up with `ip`), so the fixed port cannot clash with another test's server or with whatever
+/// else the machine runs; a thread of the test joins that namespace (setns) to scrape it.
+#[test]
+fn exporter_listens_on_127_0_0_1_9464_by_default() {
+    require_root("unshare --net: a network namespace of the test's own for the fixed port");
+    let env = TestEnv::new(MANY);
+    env.run(&["--once", "--name", "pair", "good", "bad"])
+        .assert_code(1);
+    let mut cmd = env.command_for("unshare");
+    cmd.args([
+        "--net",
+        "--",
+        "sh",
+        "-c",
+        r#"ip link set lo up && exec "$@""#,
+        "sh",
+    ])
+    .arg(bin())
+    .arg("-c")
+    .arg(&env.config)
+    .arg("--run-root")
+    .arg(&env.run_root)
+    .arg("exporter");
+    let mut exporter = env.spawn_command(cmd);
+    let pid = exporter.pid;
+    // The namespace is the exporter's once `sh` has exec'd it (same PID): wait for its log.
+    wait_until("the exporter says it serves, or exits", || {
+        exporter.try_status().is_some() || exporter.stderr().contains("exporter: serving")
+    });
+    assert!(
+        exporter.try_status().is_none(),
+        "the exporter exited: {:?}\n{}",
+        exporter.try_status(),
+        exporter.stderr()
+    );
+    assert!(
+        exporter.stderr().contains("127.0.0.1:9464"),
+        "the exporter does not name the default address:\n{}",
+        exporter.stderr()
+    );
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net")).expect("open the exporter's netns");
+    let scraped = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns with a descriptor we own; it moves only this thread.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let addr: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let mut last = Err(String::new());
+        wait_until("the exporter answers at 127.0.0.1:9464", || {
+            last = http_get(addr, "/metrics");
+            last.is_ok()
+        });
+        last
+    })
+    .join()
+    .expect("the scraping thread panicked")
+    .unwrap();
+    assert_eq!(scraped.status, 200, "{scraped:#?}");
+    let m = parse(&scraped.body).unwrap();
+    assert_eq!(
+        m.value("run_chain_runs_total", &ct3("pair", "good", "result", "ok")),
+        1.0
+    );
+    exporter.signal(libc::SIGTERM);
+    let code = exit_code(&mut exporter, "the exporter exits on SIGTERM");
+    assert_eq!(code, Some(0), "stderr:\n{}", exporter.stderr());
 }
 
 // ---------------------------------------------------------------------------------------------
