@@ -1056,6 +1056,10 @@ impl Driver {
     fn save_state_with(&mut self, now: Mono, running: Option<(&str, u64, u64)>) {
         self.state_dirty = false;
         let (index, due) = self.chain.position();
+        // The group whose slot the running task holds (for `status`).
+        let running_group = running
+            .and_then(|(t, _, _)| self.tasks.iter().find(|x| x.name == t))
+            .and_then(|t| t.group.as_deref());
         let due_wall_ms = due.map(|d| sys::wall_ms() + d.saturating_sub(now).as_millis() as u64);
         let saved = if self.mode == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.
@@ -1078,6 +1082,7 @@ impl Driver {
                     None
                 }),
                 running_since_ms: running.map(|(_, _, since)| since),
+                running_group: running_group.map(str::to_string),
                 waiting_group: self
                     .waiting_since_ms
                     .and_then(|_| self.tasks[index].group.clone()),
@@ -1102,6 +1107,7 @@ impl Driver {
                 running_task: running.map(|(t, _, _)| t),
                 running_run_id: running.map(|(_, id, _)| id),
                 running_since_ms: running.map(|(_, _, since)| since),
+                running_group,
                 waiting_group: self
                     .waiting_since_ms
                     .and_then(|_| self.tasks[index].group.as_deref()),

@@ -215,7 +215,7 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
                         st.running_run_id,
                         st.running_since_ms,
                         None,
-                        None,
+                        st.running_group.as_ref(),
                     )
                 } else if let Some(g) = &st.waiting_group {
                     now(
@@ -313,10 +313,13 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
         };
         let doing = match now["state"].as_str() {
             Some("running") => format!(
-                "running {} (run {}) for {}",
+                "running {} (run {}) for {}{}",
                 now["task"].as_str().unwrap_or("?"),
                 now["run_id"],
-                when("since").map_or("?".into(), |s| ago(now_ms, s))
+                when("since").map_or("?".into(), |s| ago(now_ms, s)),
+                now["group"]
+                    .as_str()
+                    .map_or(String::new(), |g| format!(", holding a slot of group {g}"))
             ),
             Some("waiting") => format!(
                 "{} waiting for group {} for {}",

@@ -62,6 +62,9 @@ pub struct State {
     pub running_run_id: Option<u64>,
     /// When that run started (Unix ms).
     pub running_since_ms: Option<u64>,
+    /// The concurrency group whose slot that run holds, if its task has one.
+    #[serde(default)]
+    pub running_group: Option<String>,
     /// Waiting for a slot of this concurrency group since `waiting_since_ms`.
     pub waiting_group: Option<String>,
     pub waiting_since_ms: Option<u64>,
@@ -99,6 +102,7 @@ pub struct StateView<'a> {
     pub running_task: Option<&'a str>,
     pub running_run_id: Option<u64>,
     pub running_since_ms: Option<u64>,
+    pub running_group: Option<&'a str>,
     pub waiting_group: Option<&'a str>,
     pub waiting_since_ms: Option<u64>,
     pub run_ids: &'a BTreeMap<String, u64>,
@@ -121,6 +125,7 @@ impl State {
             running_task: self.running_task.as_deref(),
             running_run_id: self.running_run_id,
             running_since_ms: self.running_since_ms,
+            running_group: self.running_group.as_deref(),
             waiting_group: self.waiting_group.as_deref(),
             waiting_since_ms: self.waiting_since_ms,
             run_ids: &self.run_ids,

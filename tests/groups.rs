@@ -162,9 +162,20 @@ group = "G"
         entry["now"]["since"]
     );
     // hold's task runs (it wrote its PID); its state may be saved a moment after the spawn.
-    env.wait_chain_status("hold", "hold shows its task running", |c| {
+    let hold = env.wait_chain_status("hold", "hold shows its task running", |c| {
         c["now"]["state"] == "running"
     });
+    assert_eq!(
+        hold["now"]["group"], "G",
+        "the running task holds a slot of G: {hold:#}"
+    );
+    let text = env.sub(&["status"]);
+    assert!(
+        text.stdout.contains("holding a slot of group G")
+            && text.stdout.contains("waiting for group G"),
+        "{}",
+        text.stdout
+    );
 
     // It keeps waiting while the holder holds (a second, checked all along).
     let seen = Instant::now();
