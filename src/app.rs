@@ -48,11 +48,7 @@ pub fn config_path(common: &Common) -> PathBuf {
 /// RUN_ROOT: `--run-root`, then `RUN_ROOT`, then the config's `run_root`, then
 /// `var/run` beside the config file. The config is loaded only when needed.
 pub fn run_root(common: &Common, config: Option<&Config>) -> Result<PathBuf> {
-    if let Some(r) = common.run_root.clone().or_else(|| {
-        std::env::var_os("RUN_ROOT")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    }) {
+    if let Some(r) = run_root_override(common) {
         return Ok(r);
     }
     let loaded;
@@ -69,6 +65,20 @@ pub fn run_root(common: &Common, config: Option<&Config>) -> Result<PathBuf> {
         },
     };
     Ok(default_run_root(&config.file, config.run_root.clone()))
+}
+
+/// `--run-root`, else `RUN_ROOT`: a RUN_ROOT that no config decides.
+fn run_root_override(common: &Common) -> Option<PathBuf> {
+    common.run_root.clone().or_else(|| {
+        std::env::var_os("RUN_ROOT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+/// The RUN_ROOT `config` names (its `run_root`, else `var/run` beside the file).
+pub fn config_run_root(config: &Config) -> PathBuf {
+    default_run_root(&config.file, config.run_root.clone())
 }
 
 fn default_run_root(file: &Path, from_file: Option<PathBuf>) -> PathBuf {
@@ -429,8 +439,9 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     }
     // A SIGHUP that came while the launch waited: the config is read again now, before
     // the first run, as a running chain would on SIGHUP.
+    let root_from_config = run_root_override(common).is_none();
     let (config, tasks) = if signals.take_held_hup() {
-        reload_before_running(&chain_name, &args.tasks, config, tasks)
+        reload_before_running(&chain_name, &args.tasks, root_from_config, config, tasks)
     } else {
         (config, tasks)
     };
@@ -466,31 +477,31 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         guardian,
         pidfile,
         base_state,
-    );
+    )
+    .with_root_from_config(root_from_config);
     driver.run()
 }
 
 /// The config read again for a SIGHUP received while the launch waited to run (see
 /// [`Signals::drain_waiting`]); on an error, the one validated at launch is kept, as a
-/// running chain keeps its config when a reload fails.
+/// running chain keeps its config when a reload fails, and so it is when the new config
+/// would move the chain to another RUN_ROOT (see [`moved_run_root`]).
 fn reload_before_running(
     chain: &str,
     names: &[String],
+    root_from_config: bool,
     config: Config,
     tasks: Vec<crate::config::Task>,
 ) -> (Config, Vec<crate::config::Task>) {
     let loaded = Config::load(&config.file).and_then(|c| {
         let t = c.chain_tasks(names)?;
+        if let Some(e) = moved_run_root(root_from_config, &config, &c) {
+            return Err(e);
+        }
         Ok((c, t))
     });
     match loaded {
         Ok((c, t)) => {
-            if c.run_root != config.run_root {
-                log::warn!(
-                    "{chain}: SIGHUP: run_root changed in {}; it takes effect at the next launch",
-                    c.file.display()
-                );
-            }
             log::info!(
                 "{chain}: SIGHUP: reloaded {} (digest {})",
                 c.file.display(),
@@ -503,6 +514,23 @@ fn reload_before_running(
             (config, tasks)
         }
     }
+}
+
+/// An error if reloading `new` in place of `old` would move a chain to another RUN_ROOT
+/// (only when the config decides it: not under `--run-root` or `RUN_ROOT`). A chain cannot
+/// move while it runs: its lock, state and store stay where they are, so `status`, `stop`
+/// and `kick` (which follow the file) would not find it, and a launch would start a second
+/// instance beside it. Such a reload is refused whole.
+pub fn moved_run_root(root_from_config: bool, old: &Config, new: &Config) -> Option<Error> {
+    let (from, to) = (config_run_root(old), config_run_root(new));
+    (root_from_config && from != to).then(|| {
+        Error::Config(format!(
+            "{}: run_root changed from {} to {}; a running chain cannot move, so the config is not reloaded: stop the chain and launch it again to move it",
+            new.file.display(),
+            from.display(),
+            to.display()
+        ))
+    })
 }
 
 /// Run ids for the tasks CHAIN.state has none for (a lost or unreadable state file, or a

@@ -45,6 +45,9 @@ pub struct Driver {
     pub config: Config,
     pub tasks: Vec<Task>,
     pub run_root: PathBuf,
+    /// RUN_ROOT comes from the config (no `--run-root`, no `RUN_ROOT`): a reload that
+    /// changes it is refused (see [`crate::app::moved_run_root`]).
+    root_from_config: bool,
     pub mode: Mode,
     pub chain: Chain,
     pub signals: Signals,
@@ -164,6 +167,7 @@ impl Driver {
             config,
             tasks,
             run_root,
+            root_from_config: true,
             mode,
             chain,
             signals,
@@ -198,6 +202,12 @@ impl Driver {
             last_failure: Default::default(),
             kill_sent: false,
         }
+    }
+
+    /// Whether RUN_ROOT comes from the config (true unless `--run-root` or `RUN_ROOT`).
+    pub fn with_root_from_config(mut self, yes: bool) -> Driver {
+        self.root_from_config = yes;
+        self
     }
 
     /// The PIDs that are not a run's: the guardian's, and the mailer's children. The
@@ -389,12 +399,6 @@ impl Driver {
         }
         if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
             return Ok(self.finish(code));
-        }
-        // A SIGUSR1 that came while the launch waited to run (for the lock or the old run).
-        if self.signals.take_held_usr1() {
-            if let Some(code) = self.on_signal(sys::mono_now(), Sig::Usr1) {
-                return Ok(self.finish(code));
-            }
         }
         // Ticks handled since the last ppoll (see below).
         let mut ticks_in_a_row = 0u32;
@@ -656,17 +660,13 @@ impl Driver {
     fn reload(&mut self) -> Option<Vec<ChainTask>> {
         let loaded = Config::load(&self.config.file).and_then(|c| {
             let tasks = c.chain_tasks(&self.names)?;
+            if let Some(e) = crate::app::moved_run_root(self.root_from_config, &self.config, &c) {
+                return Err(e);
+            }
             Ok((c, tasks))
         });
         match loaded {
             Ok((config, tasks)) => {
-                if config.run_root != self.config.run_root {
-                    log::warn!(
-                        "{}: SIGHUP: run_root changed in {}; it takes effect at the next launch",
-                        self.chain_name,
-                        config.file.display()
-                    );
-                }
                 log::info!(
                     "{}: SIGHUP: reloaded {} (digest {})",
                     self.chain_name,

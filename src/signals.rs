@@ -55,17 +55,9 @@ pub struct Signals {
     rx: RawFd,
     /// The signalfd for SIGCHLD (None if none could be made: the handler serves then).
     child: Option<RawFd>,
-    /// SIGHUP and SIGUSR1 received while the launch waited to run the chain (for the
-    /// lock, or for the old run's guardian), to act on once it runs: see
-    /// [`Signals::drain_waiting`].
-    held: std::cell::Cell<Held>,
-}
-
-/// What [`Signals::drain_waiting`] keeps: at most one of each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Held {
-    hup: bool,
-    usr1: bool,
+    /// A SIGHUP received while the launch waited to run (for the lock, or for the old
+    /// run's guardian), to act on once it runs: see [`Signals::drain_waiting`].
+    held_hup: std::cell::Cell<bool>,
 }
 
 impl Signals {
@@ -100,7 +92,7 @@ impl Signals {
         Ok(Signals {
             rx,
             child: child_signalfd(),
-            held: Default::default(),
+            held_hup: Default::default(),
         })
     }
 
@@ -118,13 +110,12 @@ impl Signals {
         self.drain_ready(true, true)
     }
 
-    /// [`Signals::drain`] for a launch that waits before it runs the chain: SIGHUP
-    /// (reload the config) and SIGUSR1 (end the cooldown) are not for the wait but for
-    /// the chain, so they are kept (see [`Signals::take_held_hup`]) instead of being lost; the
-    /// rest is returned. A signal sent to a launch is not dropped because the launch had
-    /// to wait for the old instance first.
+    /// [`Signals::drain`] for a launch that waits before it runs the chain. SIGHUP
+    /// (reload the config) is not for the wait but for the chain, so it is kept for
+    /// [`Signals::take_held_hup`] instead of being lost. SIGUSR1 (a kick) ends a cooldown,
+    /// and a waiting launch has none: like a kick during a run, it does nothing (it is
+    /// logged, with where a kick goes). The rest is returned.
     pub fn drain_waiting(&self, chain: &str) -> Vec<Sig> {
-        let mut held = self.held.get();
         let mut rest = Vec::new();
         for sig in self.drain() {
             match sig {
@@ -132,35 +123,20 @@ impl Signals {
                     log::info!(
                         "{chain}: SIGHUP while waiting to run: the config is read again once this instance runs"
                     );
-                    held.hup = true;
+                    self.held_hup.set(true);
                 }
-                Sig::Usr1 => {
-                    log::info!(
-                        "{chain}: SIGUSR1 while waiting to run: acted on once this instance runs"
-                    );
-                    held.usr1 = true;
-                }
+                Sig::Usr1 => log::info!(
+                    "{chain}: SIGUSR1 while waiting to run: nothing to end (a kick ends the cooldown of the running instance: `run-chain kick {chain}` sends it there)"
+                ),
                 other => rest.push(other),
             }
         }
-        self.held.set(held);
         rest
     }
 
     /// Whether [`Signals::drain_waiting`] kept a SIGHUP (and forget it).
     pub fn take_held_hup(&self) -> bool {
-        let mut held = self.held.get();
-        let hup = std::mem::take(&mut held.hup);
-        self.held.set(held);
-        hup
-    }
-
-    /// Whether [`Signals::drain_waiting`] kept a SIGUSR1 (and forget it).
-    pub fn take_held_usr1(&self) -> bool {
-        let mut held = self.held.get();
-        let usr1 = std::mem::take(&mut held.usr1);
-        self.held.set(held);
-        usr1
+        self.held_hup.take()
     }
 
     /// Like [`Signals::drain`], reading only the descriptors named: those ppoll found

@@ -747,12 +747,11 @@ fail_cooldown = "1h"
     assert!(status.stdout.contains("a: down"), "{}", status.stdout);
 }
 
-/// SIGHUP and SIGUSR1 sent to a launch while it waits for the old instance to hand over are
-/// not lost: the new instance reads the config again before its first run (as a running chain
-/// does on SIGHUP), and acts on the SIGUSR1 once it runs. Both were dropped, and the new
-/// instance ran the config it had validated at launch.
+/// A SIGHUP sent to a launch while it waits for the old instance to hand over is not lost: the
+/// new instance reads the config again before its first run (as a running chain does on
+/// SIGHUP). It was dropped, and the new instance ran the config it had validated at launch.
 #[test]
-fn signals_to_a_launch_waiting_to_take_over_are_acted_on_once_it_runs() {
+fn a_sighup_to_a_launch_waiting_to_take_over_is_acted_on_once_it_runs() {
     let config = |version: &str| {
         format!(
             r#"
@@ -781,12 +780,11 @@ fail_cooldown = "1h"
     });
     env.write_config(&config("v2"));
     new.signal(libc::SIGHUP);
-    new.signal(libc::SIGUSR1);
     // The new launch cannot run before the old instance has exited (5 s of stop_grace):
-    // with the old one still there, both signals came while it waited.
+    // with the old one still there, the signal came while it waited.
     assert!(
         is_running(old.pid),
-        "the old instance had already exited: the signals did not come during the wait"
+        "the old instance had already exited: the signal did not come during the wait"
     );
     old.assert_exit(0);
     env.wait_lines_while(&mut new, "out", 2);
@@ -796,18 +794,65 @@ fail_cooldown = "1h"
         "the interrupted task ran again with the config as it was when SIGHUP came"
     );
     assert!(
-        logged("SIGHUP while waiting to run") && logged("SIGUSR1 while waiting to run"),
-        "{}",
-        fs::read_to_string(&new_err).unwrap_or_default()
-    );
-    new.wait_for("the SIGUSR1 acted on", || {
-        logged("SIGUSR1: not in a cooldown; nothing to end")
-    });
-    assert!(
-        logged("SIGHUP: reloaded"),
+        logged("SIGHUP while waiting to run") && logged("SIGHUP: reloaded"),
         "{}",
         fs::read_to_string(&new_err).unwrap_or_default()
     );
     new.signal(libc::SIGQUIT);
+    new.assert_exit(0);
+}
+
+/// A SIGUSR1 (kick) sent to a launch while it waits for the old instance's running task does
+/// nothing, as a kick during a run does: the old task ends within its stop_grace, the new
+/// instance carries on with the cooldown after it, and that cooldown is not skipped.
+#[test]
+fn a_kick_to_a_launch_waiting_during_a_run_does_not_skip_the_next_cooldown() {
+    let env = TestEnv::new(
+        r#"
+[tasks.a]
+command = 'echo "start $RUN_CHAIN_RUN_ID" >> "$T/out"; sleep 2; echo "end $RUN_CHAIN_RUN_ID" >> "$T/out"'
+stop_grace = "30s"
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#,
+    );
+    let mut old = env.spawn(&["a"]);
+    env.wait_running(&mut old, "a");
+    env.wait_lines_while(&mut old, "out", 1);
+    let mut new = env.spawn(&["a"]);
+    let new_err = new.stderr.clone();
+    let logged = |what: &str| {
+        fs::read_to_string(&new_err)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    new.wait_for("the new launch has asked the old one to hand over", || {
+        logged("asking it to hand over")
+    });
+    new.signal(libc::SIGUSR1);
+    assert!(
+        is_running(old.pid),
+        "the old instance had already exited: the kick did not come during the wait"
+    );
+    old.assert_exit(0);
+    let entry = env.wait_chain_status("a", "the new instance runs, in the cooldown", |c| {
+        c["pid"] == new.pid && c["now"]["state"] == "cooldown"
+    });
+    assert_eq!(
+        env.lines("out"),
+        ["start 1", "end 1"],
+        "the kick made the new instance skip the cooldown: {entry:#}"
+    );
+    let until = time_of(&entry["now"], "until");
+    assert!(
+        until > epoch_now() + 3000.0,
+        "the cooldown after run 1 (1h) is kept: {entry:#}"
+    );
+    assert!(
+        logged("SIGUSR1 while waiting to run: nothing to end"),
+        "{}",
+        fs::read_to_string(&new_err).unwrap_or_default()
+    );
+    new.signal(libc::SIGTERM);
     new.assert_exit(0);
 }

@@ -1,7 +1,7 @@
 //! Signals and the `stop` / `kick` subcommands, against the real binary with real signals:
 //! SIGTERM (graceful, within stop_grace, then the group is stopped and the next launch reruns
-//! the task), SIGINT (twice: at once), SIGQUIT, SIGHUP (reload; a bad config keeps the old one),
-//! SIGUSR1 (end the cooldown).
+//! the task), SIGINT (twice: at once), SIGQUIT, SIGHUP (reload; a bad config keeps the old one,
+//! and so does one that moves run_root), SIGUSR1 (end the cooldown).
 
 mod common;
 
@@ -449,4 +449,51 @@ fn stop_subcommand_in_a_cooldown_and_when_not_running() {
         said.contains("not running"),
         "`stop` of a chain that does not run must say so:\n{said}"
     );
+}
+
+/// A SIGHUP after an edit that moves `run_root` (the chain's RUN_ROOT coming from the config)
+/// is refused whole: a running chain cannot move (its lock, state and store stay where they
+/// are), and with the edit applied `status`, `stop` and `kick` would look in the new place and
+/// a launch would start a second instance there. The warning said "takes effect at the next
+/// launch" and the rest of the edit was applied.
+#[test]
+fn a_reload_that_would_move_the_chain_to_another_run_root_is_refused() {
+    let env = TestEnv::new("");
+    let config = |root: &std::path::Path, version: &str| {
+        format!(
+            r#"run_root = "{}"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID {version}" >> "$T/out"'
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#,
+            root.display()
+        )
+    };
+    let other = env.path("other-root");
+    env.write_config(&config(&env.run_root, "v1"));
+    // No --run-root, no RUN_ROOT: the config decides.
+    let mut cmd = env.bare_command();
+    cmd.arg("-c").arg(&env.config).arg("a");
+    let mut chain = env.spawn_command(cmd);
+    env.wait_lines_while(&mut chain, "out", 1);
+    env.write_config(&config(&other, "v2"));
+    chain.signal(libc::SIGHUP);
+    let err = chain.stderr.clone();
+    chain.wait_for("the reload refused", || {
+        fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("a running chain cannot move, so the config is not reloaded")
+    });
+    // The rest of the edit is not applied either: the next run is still v1.
+    chain.signal(libc::SIGUSR1);
+    env.wait_lines_while(&mut chain, "out", 2);
+    assert_eq!(env.lines("out"), ["a 1 v1", "a 2 v1"]);
+    assert!(
+        !other.join("a.pid").exists(),
+        "something was written in the new run_root"
+    );
+    assert_eq!(lock_holders(&env.pidfile("a")), [chain.pid]);
+    chain.signal(libc::SIGTERM);
+    chain.assert_exit(0);
 }
