@@ -145,8 +145,18 @@ fn main() {
         if !record {
             continue;
         }
-        if let Err(e) = write() {
-            fail("record a run", e);
+        // A store busy past the 250 ms wait is tried again (as run-chain does), at most
+        // 10 times, before the loop gives up.
+        let mut tries = 0;
+        while let Err(e) = write() {
+            tries += 1;
+            let busy = matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            );
+            if !busy || tries >= 10 {
+                fail("record a run", e);
+            }
         }
     }
     println!("{runs} {}", cpu_ns() - c0);
