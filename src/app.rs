@@ -440,10 +440,10 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     // A SIGHUP that came while the launch waited: the config is read again now, before
     // the first run, as a running chain would on SIGHUP.
     let root_from_config = run_root_override(common).is_none();
-    let (config, tasks) = if signals.take_held_hup() {
+    let (config, tasks, reloaded) = if signals.take_held_hup() {
         reload_before_running(&chain_name, &args.tasks, root_from_config, config, tasks)
     } else {
-        (config, tasks)
+        (config, tasks, false)
     };
     let chain_view = driver::chain_tasks(&tasks);
     let clocks = state::Clocks {
@@ -478,7 +478,9 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         pidfile,
         base_state,
     )
-    .with_root_from_config(root_from_config);
+    .with_root_from_config(root_from_config)
+    // As a running chain on SIGHUP: a changed cooldown applies to the one carried over.
+    .with_reconfigure_at_start(reloaded);
     driver.run()
 }
 
@@ -492,7 +494,7 @@ fn reload_before_running(
     root_from_config: bool,
     config: Config,
     tasks: Vec<crate::config::Task>,
-) -> (Config, Vec<crate::config::Task>) {
+) -> (Config, Vec<crate::config::Task>, bool) {
     let loaded = Config::load(&config.file).and_then(|c| {
         let t = c.chain_tasks(names)?;
         if let Some(e) = moved_run_root(root_from_config, &config, &c) {
@@ -507,11 +509,11 @@ fn reload_before_running(
                 c.file.display(),
                 c.digest
             );
-            (c, t)
+            (c, t, true)
         }
         Err(e) => {
             log::error!("{chain}: SIGHUP: keeping the config validated at launch: {e}");
-            (config, tasks)
+            (config, tasks, false)
         }
     }
 }

@@ -189,6 +189,9 @@ pub struct Resume {
     pub due: Option<Mono>,
     /// Last run id used, per task name.
     pub run_ids: BTreeMap<String, u64>,
+    /// The run whose cooldown `due` ends (task index, end, success), if known: a reload
+    /// recomputes `due` from it.
+    pub cooled: Option<(usize, Mono, bool)>,
 }
 
 /// The state machine of one chain.
@@ -204,6 +207,8 @@ pub struct Chain {
     once_failed: bool,
     /// The position when the chain exited (kept for the saved state).
     exit_position: (usize, Option<Mono>),
+    /// The cooldown's run when the chain exited (see [`Chain::cooled`]).
+    exit_cooled: Option<(usize, Mono, bool)>,
 }
 
 impl Chain {
@@ -218,18 +223,28 @@ impl Chain {
             Mode::Once => Duration::ZERO,
             Mode::Forever => resume.due.unwrap_or(Duration::ZERO),
         };
+        let cooled = resume.cooled.filter(|(ran, _, _)| {
+            mode == Mode::Forever && resume.due.is_some() && *ran < tasks.len()
+        });
         Chain {
             tasks,
             mode,
-            phase: Phase::Idle {
-                index,
-                due,
-                cooled: None,
-            },
+            phase: Phase::Idle { index, due, cooled },
             run_ids: resume.run_ids,
             stopping: false,
             once_failed: false,
             exit_position: (index, Some(due)),
+            exit_cooled: None,
+        }
+    }
+
+    /// The run whose cooldown the chain is in (task index, end, success), if known; at
+    /// the end, the one it was in when it exited.
+    pub fn cooled(&self) -> Option<(usize, Mono, bool)> {
+        match &self.phase {
+            Phase::Idle { cooled, .. } => *cooled,
+            Phase::Done => self.exit_cooled,
+            _ => None,
         }
     }
 
@@ -521,6 +536,7 @@ impl Chain {
     fn exit(&mut self, out: &mut Vec<Action>) {
         if !self.done() {
             self.exit_position = self.position();
+            self.exit_cooled = self.cooled();
         }
         let code = match self.mode {
             Mode::Once if self.once_failed => crate::error::exit::ONCE_FAILED,
@@ -981,12 +997,62 @@ mod tests {
                 index: 1,
                 due: Some(s(100)),
                 run_ids: ids,
+                cooled: None,
             },
         );
         assert!(c.on_event(s(50), Event::Start).is_empty());
         assert_eq!(c.next_deadline(), Some(s(100)));
         let a = c.on_event(s(100), Event::Tick);
         assert_eq!(spawn_of(&a), Some(("b".into(), 42)));
+    }
+
+    /// A cooldown carried over by an upgrade, with the run it follows: a reload recomputes
+    /// it from that run's end, as for a cooldown of the chain's own; without that run, the
+    /// due time carried over stays.
+    #[test]
+    fn reload_recomputes_a_carried_over_cooldown_from_its_run() {
+        let resumed = |cooled| {
+            Chain::new(
+                vec![
+                    ChainTask {
+                        name: "a".into(),
+                        timing: timing(),
+                    },
+                    ChainTask {
+                        name: "b".into(),
+                        timing: timing(),
+                    },
+                ],
+                Mode::Forever,
+                Resume {
+                    index: 1,
+                    due: Some(s(100)),
+                    run_ids: BTreeMap::new(),
+                    cooled,
+                },
+            )
+        };
+        // Run a ended at 90 s, ok: due at 100 s (10 s cooldown).
+        let mut c = resumed(Some((0, s(90), true)));
+        assert_eq!(c.cooled(), Some((0, s(90), true)));
+        assert!(c.on_event(s(92), Event::Start).is_empty());
+        let mut tasks = c.tasks().to_vec();
+        tasks[0].timing.success_cooldown = s(5);
+        assert!(c
+            .on_event(s(93), Event::Control(Control::Reconfigure(tasks.clone())))
+            .is_empty());
+        assert_eq!(c.next_deadline(), Some(s(95)));
+        // It exits in that cooldown: the saved state still names the run.
+        let _ = c.on_event(s(94), Event::Control(Control::Stop));
+        assert!(c.done());
+        assert_eq!(c.cooled(), Some((0, s(90), true)));
+
+        let mut c = resumed(None);
+        let _ = c.on_event(s(92), Event::Start);
+        let _ = c.on_event(s(93), Event::Control(Control::Reconfigure(tasks)));
+        assert_eq!(c.next_deadline(), Some(s(100)));
+        // A run index outside the list is not taken.
+        assert_eq!(resumed(Some((7, s(90), true))).cooled(), None);
     }
 
     #[test]

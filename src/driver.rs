@@ -48,6 +48,10 @@ pub struct Driver {
     /// RUN_ROOT comes from the config (no `--run-root`, no `RUN_ROOT`): a reload that
     /// changes it is refused (see [`crate::app::moved_run_root`]).
     root_from_config: bool,
+    /// A SIGHUP kept by the waiting launch was applied (see `app::run`): after the start,
+    /// the chain is reconfigured, as on SIGHUP, so that a changed cooldown applies to the
+    /// cooldown carried over.
+    reconfigure_at_start: bool,
     pub mode: Mode,
     pub chain: Chain,
     pub signals: Signals,
@@ -168,6 +172,7 @@ impl Driver {
             tasks,
             run_root,
             root_from_config: true,
+            reconfigure_at_start: false,
             mode,
             chain,
             signals,
@@ -207,6 +212,12 @@ impl Driver {
     /// Whether RUN_ROOT comes from the config (true unless `--run-root` or `RUN_ROOT`).
     pub fn with_root_from_config(mut self, yes: bool) -> Driver {
         self.root_from_config = yes;
+        self
+    }
+
+    /// See the field `reconfigure_at_start`.
+    pub fn with_reconfigure_at_start(mut self, yes: bool) -> Driver {
+        self.reconfigure_at_start = yes;
         self
     }
 
@@ -399,6 +410,14 @@ impl Driver {
         }
         if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
             return Ok(self.finish(code));
+        }
+        if std::mem::take(&mut self.reconfigure_at_start) {
+            self.state_dirty = true;
+            let tasks = chain_tasks(&self.tasks);
+            let ev = Event::Control(Control::Reconfigure(tasks));
+            if let Some(code) = self.feed(sys::mono_now(), ev) {
+                return Ok(self.finish(code));
+            }
         }
         // Ticks handled since the last ppoll (see below).
         let mut ticks_in_a_row = 0u32;
@@ -1093,6 +1112,7 @@ impl Driver {
                 guardian_pid: Some(self.guardian.pid()),
                 guardian_start: self.guardian_start,
                 guardian_boot: self.boot_id.clone(),
+                cooled: b.cooled.clone(),
             };
             self.state_file.save(&st)
         } else {
@@ -1118,6 +1138,14 @@ impl Driver {
                 guardian_pid: Some(self.guardian.pid()),
                 guardian_start: self.guardian_start,
                 guardian_boot: self.boot_id.as_deref(),
+                cooled: self
+                    .chain
+                    .cooled()
+                    .map(|(ran, ended, ok)| state::CooledView {
+                        task: self.chain.tasks()[ran].name.as_str(),
+                        ended_mono_ns: ended.as_nanos() as u64,
+                        ok,
+                    }),
             };
             self.state_file.save(&view)
         };

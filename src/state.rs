@@ -87,6 +87,27 @@ pub struct State {
     /// The boot it ran in (a PID and start time mean nothing in another).
     #[serde(default)]
     pub guardian_boot: Option<String>,
+    /// The run whose cooldown the chain is in, when it ended (CLOCK_MONOTONIC ns, valid on
+    /// `boot_id` only) and whether it succeeded: so that a SIGHUP after an upgrade applies
+    /// a changed cooldown to the cooldown carried over, as it does to one of its own.
+    #[serde(default)]
+    pub cooled: Option<Cooled>,
+}
+
+/// See [`State::cooled`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cooled {
+    pub task: String,
+    pub ended_mono_ns: u64,
+    pub ok: bool,
+}
+
+/// [`Cooled`], borrowed, for writing.
+#[derive(Debug, Serialize)]
+pub struct CooledView<'a> {
+    pub task: &'a str,
+    pub ended_mono_ns: u64,
+    pub ok: bool,
 }
 
 /// [`State`] as borrowed fields, for writing: it serializes to the same JSON, without
@@ -111,6 +132,7 @@ pub struct StateView<'a> {
     pub guardian_pid: Option<i32>,
     pub guardian_start: Option<u64>,
     pub guardian_boot: Option<&'a str>,
+    pub cooled: Option<CooledView<'a>>,
 }
 
 impl State {
@@ -134,6 +156,11 @@ impl State {
             guardian_pid: self.guardian_pid,
             guardian_start: self.guardian_start,
             guardian_boot: self.guardian_boot.as_deref(),
+            cooled: self.cooled.as_ref().map(|c| CooledView {
+                task: &c.task,
+                ended_mono_ns: c.ended_mono_ns,
+                ok: c.ok,
+            }),
         }
     }
 }
@@ -442,6 +469,7 @@ pub fn resume(state: &State, tasks: &[ChainTask], now: &Clocks) -> (Resume, Opti
                     index: i,
                     due: None,
                     run_ids: state.run_ids.clone(),
+                    cooled: None,
                 },
                 warning,
             );
@@ -486,11 +514,25 @@ pub fn resume(state: &State, tasks: &[ChainTask], now: &Clocks) -> (Resume, Opti
     if warning.is_none() && state.running_task.is_some() {
         warning = Some("the task that was running is no longer in the chain".to_string());
     }
+    // The run whose cooldown this is, for a reload to recompute it: on the same boot only
+    // (its end is a monotonic time), and for the due time carried over as it was saved.
+    let cooled = state
+        .cooled
+        .as_ref()
+        .filter(|_| same_boot && state.due_mono_ns.is_some() && state.running_task.is_none())
+        .and_then(|c| {
+            Some((
+                index_of(&c.task)?,
+                Duration::from_nanos(c.ended_mono_ns),
+                c.ok,
+            ))
+        });
     (
         Resume {
             index,
             due,
             run_ids: state.run_ids.clone(),
+            cooled,
         },
         warning,
     )
@@ -556,6 +598,29 @@ mod tests {
         );
         assert_eq!(r.index, 1);
         assert_eq!(r.due, Some(Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn the_cooldowns_run_is_carried_on_the_same_boot_only() {
+        let mut s = saved("b", 100, 1000);
+        s.cooled = Some(Cooled {
+            task: "a".into(),
+            ended_mono_ns: 40_000_000_000,
+            ok: false,
+        });
+        let t = tasks(&["a", "b", "c"]);
+        let (r, _) = resume(&s, &t, &clocks(50, 1000, "boot1"));
+        assert_eq!(r.cooled, Some((0, Duration::from_secs(40), false)));
+        // Another boot: the end is a monotonic time of the old boot; not carried.
+        let (r, _) = resume(&s, &t, &clocks(50, 1000, "boot2"));
+        assert_eq!(r.cooled, None);
+        // A task no longer in the chain: not carried.
+        let (r, _) = resume(&s, &tasks(&["b", "c"]), &clocks(50, 1000, "boot1"));
+        assert_eq!(r.cooled, None);
+        // A run left in progress goes first: no cooldown.
+        s.running_task = Some("c".into());
+        let (r, _) = resume(&s, &t, &clocks(50, 1000, "boot1"));
+        assert_eq!(r.cooled, None);
     }
 
     #[test]

@@ -497,3 +497,38 @@ fail_cooldown = "1h"
     chain.signal(libc::SIGTERM);
     chain.assert_exit(0);
 }
+
+/// A SIGHUP after an upgrade applies a changed cooldown to the cooldown carried over from the
+/// old instance, counted from the end of the run, as it does for a cooldown of the chain's own:
+/// the carried-over cooldown kept its old due time (1 h) whatever the reload said.
+#[test]
+fn sighup_after_a_relaunch_applies_a_changed_cooldown_to_the_carried_over_one() {
+    let config = |cooldown: &str| {
+        format!(
+            r#"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"'
+success_cooldown = "{cooldown}"
+fail_cooldown = "1h"
+"#
+        )
+    };
+    let env = TestEnv::new(&config("1h"));
+    let mut old = env.spawn(&["a"]);
+    env.wait_lines_while(&mut old, "out", 1);
+    env.wait_chain_status("a", "the old instance in its cooldown", |c| {
+        c["now"]["state"] == "cooldown"
+    });
+    let mut new = env.spawn(&["a"]);
+    old.assert_exit(0);
+    env.wait_chain_status("a", "the new instance in the carried-over cooldown", |c| {
+        c["pid"] == new.pid && c["now"]["state"] == "cooldown"
+    });
+    env.write_config(&config("1s"));
+    new.signal(libc::SIGHUP);
+    // Due 1 s after run 1 ended, which is already past: run 2 starts at once.
+    env.wait_lines_while(&mut new, "out", 2);
+    assert_eq!(env.lines("out"), ["a 1", "a 2"]);
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+}
