@@ -441,7 +441,14 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     // the first run, as a running chain would on SIGHUP.
     let root_from_config = run_root_override(common).is_none();
     let (config, tasks, reloaded) = if signals.take_held_hup() {
-        reload_before_running(&chain_name, &args.tasks, root_from_config, config, tasks)
+        reload_before_running(
+            &chain_name,
+            &args.tasks,
+            &root,
+            root_from_config,
+            config,
+            tasks,
+        )
     } else {
         (config, tasks, false)
     };
@@ -491,13 +498,14 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
 fn reload_before_running(
     chain: &str,
     names: &[String],
+    root: &Path,
     root_from_config: bool,
     config: Config,
     tasks: Vec<crate::config::Task>,
 ) -> (Config, Vec<crate::config::Task>, bool) {
     let loaded = Config::load(&config.file).and_then(|c| {
         let t = c.chain_tasks(names)?;
-        if let Some(e) = moved_run_root(root_from_config, &config, &c) {
+        if let Some(e) = moved_run_root(chain, root_from_config, root, &c) {
             return Err(e);
         }
         Ok((c, t))
@@ -518,19 +526,34 @@ fn reload_before_running(
     }
 }
 
-/// An error if reloading `new` in place of `old` would move a chain to another RUN_ROOT
-/// (only when the config decides it: not under `--run-root` or `RUN_ROOT`). A chain cannot
-/// move while it runs: its lock, state and store stay where they are, so `status`, `stop`
-/// and `kick` (which follow the file) would not find it, and a launch would start a second
-/// instance beside it. Such a reload is refused whole.
-pub fn moved_run_root(root_from_config: bool, old: &Config, new: &Config) -> Option<Error> {
-    let (from, to) = (config_run_root(old), config_run_root(new));
-    (root_from_config && from != to).then(|| {
+/// An error if reloading `new` would move chain `chain`, which runs in `current`, to another
+/// RUN_ROOT (only when the config decides it: not under `--run-root` or `RUN_ROOT`). The
+/// folders are compared as the file system sees them, so another spelling of the same one
+/// (relative, through a symlink) is no move. A chain cannot move while it runs: its lock,
+/// state and store stay where they are, and with the edit applied `status`, `stop` and
+/// `kick` (which follow the file) would not find it, and a launch would start a second
+/// instance. Such a reload is refused whole, and the error says how to move the chain.
+pub fn moved_run_root(
+    chain: &str,
+    root_from_config: bool,
+    current: &Path,
+    new: &Config,
+) -> Option<Error> {
+    if !root_from_config {
+        return None;
+    }
+    let to = config_run_root(new);
+    let same = match (std::fs::canonicalize(current), std::fs::canonicalize(&to)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => current == to,
+    };
+    (!same).then(|| {
         Error::Config(format!(
-            "{}: run_root changed from {} to {}; a running chain cannot move, so the config is not reloaded: stop the chain and launch it again to move it",
+            "{}: run_root changed from {} to {}; a running chain cannot move, so the config is not reloaded. To move it, stop it where it runs (`run-chain --run-root {} stop {chain}`), then launch it with the new run_root",
             new.file.display(),
-            from.display(),
-            to.display()
+            current.display(),
+            to.display(),
+            current.display(),
         ))
     })
 }

@@ -679,7 +679,12 @@ impl Driver {
     fn reload(&mut self) -> Option<Vec<ChainTask>> {
         let loaded = Config::load(&self.config.file).and_then(|c| {
             let tasks = c.chain_tasks(&self.names)?;
-            if let Some(e) = crate::app::moved_run_root(self.root_from_config, &self.config, &c) {
+            if let Some(e) = crate::app::moved_run_root(
+                &self.chain_name,
+                self.root_from_config,
+                &self.run_root,
+                &c,
+            ) {
                 return Err(e);
             }
             Ok((c, tasks))
@@ -1075,10 +1080,9 @@ impl Driver {
     fn save_state_with(&mut self, now: Mono, running: Option<(&str, u64, u64)>) {
         self.state_dirty = false;
         let (index, due) = self.chain.position();
-        // The group whose slot the running task holds (for `status`).
-        let running_group = running
-            .and_then(|(t, _, _)| self.tasks.iter().find(|x| x.name == t))
-            .and_then(|t| t.group.as_deref());
+        // The group whose slot the running task holds (for `status`): the slot itself, not
+        // the config (a reload may have changed the task's group since).
+        let running_group = running.and(self.slot.as_ref()).map(|s| s.group.as_str());
         let due_wall_ms = due.map(|d| sys::wall_ms() + d.saturating_sub(now).as_millis() as u64);
         let saved = if self.mode == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.

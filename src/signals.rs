@@ -114,7 +114,7 @@ impl Signals {
     /// (reload the config) is not for the wait but for the chain, so it is kept for
     /// [`Signals::take_held_hup`] instead of being lost. SIGUSR1 (a kick) ends a cooldown,
     /// and a waiting launch has none: like a kick during a run, it does nothing (it is
-    /// logged, with where a kick goes). The rest is returned.
+    /// logged). The rest is returned.
     pub fn drain_waiting(&self, chain: &str) -> Vec<Sig> {
         let mut rest = Vec::new();
         for sig in self.drain() {
@@ -126,7 +126,7 @@ impl Signals {
                     self.held_hup.set(true);
                 }
                 Sig::Usr1 => log::info!(
-                    "{chain}: SIGUSR1 while waiting to run: nothing to end (a kick ends the cooldown of the running instance: `run-chain kick {chain}` sends it there)"
+                    "{chain}: SIGUSR1 while waiting to run: nothing to end (a kick ends a cooldown, and this instance has not started the chain yet)"
                 ),
                 other => rest.push(other),
             }

@@ -810,8 +810,8 @@ fn a_kick_to_a_launch_waiting_during_a_run_does_not_skip_the_next_cooldown() {
     let env = TestEnv::new(
         r#"
 [tasks.a]
-command = 'echo "start $RUN_CHAIN_RUN_ID" >> "$T/out"; sleep 2; echo "end $RUN_CHAIN_RUN_ID" >> "$T/out"'
-stop_grace = "30s"
+command = 'echo "start $RUN_CHAIN_RUN_ID" >> "$T/out"; sleep 10; echo "end $RUN_CHAIN_RUN_ID" >> "$T/out"'
+stop_grace = "60s"
 success_cooldown = "1h"
 fail_cooldown = "1h"
 "#,

@@ -489,12 +489,21 @@ fail_cooldown = "1h"
     chain.signal(libc::SIGUSR1);
     env.wait_lines_while(&mut chain, "out", 2);
     assert_eq!(env.lines("out"), ["a 1 v1", "a 2 v1"]);
-    assert!(
-        !other.join("a.pid").exists(),
-        "something was written in the new run_root"
-    );
     assert_eq!(lock_holders(&env.pidfile("a")), [chain.pid]);
-    chain.signal(libc::SIGTERM);
+    // The error says how to move it, and that way works: `stop` given the old RUN_ROOT.
+    let said = fs::read_to_string(&err).unwrap_or_default();
+    let hint = format!("run-chain --run-root {} stop a", env.run_root.display());
+    assert!(said.contains(&hint), "{said}");
+    let stop = env.finish_command({
+        let mut cmd = env.bare_command();
+        cmd.arg("-c")
+            .arg(&env.config)
+            .arg("--run-root")
+            .arg(&env.run_root)
+            .args(["stop", "a"]);
+        cmd
+    });
+    stop.assert_code(0);
     chain.assert_exit(0);
 }
 
@@ -531,4 +540,42 @@ fail_cooldown = "1h"
     assert_eq!(env.lines("out"), ["a 1", "a 2"]);
     new.signal(libc::SIGTERM);
     new.assert_exit(0);
+}
+
+/// The same RUN_ROOT spelled another way (here through a symlink) is no move: the reload is
+/// applied. Compared as strings, it was refused whole, the rest of the edit with it.
+#[test]
+fn a_reload_naming_the_same_run_root_another_way_is_applied() {
+    let env = TestEnv::new("");
+    let config = |root: &std::path::Path, version: &str| {
+        format!(
+            r#"run_root = "{}"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID {version}" >> "$T/out"'
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#,
+            root.display()
+        )
+    };
+    env.write_config(&config(&env.run_root, "v1"));
+    let mut cmd = env.bare_command();
+    cmd.arg("-c").arg(&env.config).arg("a");
+    let mut chain = env.spawn_command(cmd);
+    env.wait_lines_while(&mut chain, "out", 1);
+    let link = env.path("root-link");
+    std::os::unix::fs::symlink(&env.run_root, &link).unwrap();
+    env.write_config(&config(&link, "v2"));
+    chain.signal(libc::SIGHUP);
+    let err = chain.stderr.clone();
+    chain.wait_for("the reload", || {
+        fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("SIGHUP: reloaded")
+    });
+    chain.signal(libc::SIGUSR1);
+    env.wait_lines_while(&mut chain, "out", 2);
+    assert_eq!(env.lines("out"), ["a 1 v1", "a 2 v2"]);
+    chain.signal(libc::SIGTERM);
+    chain.assert_exit(0);
 }
