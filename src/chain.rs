@@ -710,15 +710,18 @@ mod tests {
         }
     }
 
-    fn chain(names: &[&str], mode: Mode) -> Chain {
-        let tasks = names
+    fn chain_tasks(names: &[&str]) -> Vec<ChainTask> {
+        names
             .iter()
             .map(|n| ChainTask {
                 name: n.to_string(),
                 timing: timing(),
             })
-            .collect();
-        Chain::new(tasks, mode, Resume::default())
+            .collect()
+    }
+
+    fn chain(names: &[&str], mode: Mode) -> Chain {
+        Chain::new(chain_tasks(names), mode, Resume::default())
     }
 
     fn spawn_of(actions: &[Action]) -> Option<(String, u64)> {
@@ -978,16 +981,7 @@ mod tests {
 
     #[test]
     fn resume_position_due_and_run_ids() {
-        let tasks = vec![
-            ChainTask {
-                name: "a".into(),
-                timing: timing(),
-            },
-            ChainTask {
-                name: "b".into(),
-                timing: timing(),
-            },
-        ];
+        let tasks = chain_tasks(&["a", "b"]);
         let mut ids = BTreeMap::new();
         ids.insert("b".to_string(), 41);
         let mut c = Chain::new(
@@ -1013,16 +1007,7 @@ mod tests {
     fn reload_recomputes_a_carried_over_cooldown_from_its_run() {
         let resumed = |cooled| {
             Chain::new(
-                vec![
-                    ChainTask {
-                        name: "a".into(),
-                        timing: timing(),
-                    },
-                    ChainTask {
-                        name: "b".into(),
-                        timing: timing(),
-                    },
-                ],
+                chain_tasks(&["a", "b"]),
                 Mode::Forever,
                 Resume {
                     index: 1,

@@ -703,6 +703,28 @@ fail_cooldown = "1h"
     new.assert_exit(0);
 }
 
+/// Whether a runner's stderr (its file) says `what` by now.
+fn said(stderr: &std::path::Path, what: &str) -> bool {
+    fs::read_to_string(stderr)
+        .unwrap_or_default()
+        .contains(what)
+}
+
+/// Starts chain `a` (whose task keeps running), waits for its first line in `out`, launches
+/// it again and waits until the new launch has asked the old instance to hand over: the new
+/// launch is then waiting. Returns (old, new).
+fn old_running_and_new_waiting(env: &TestEnv) -> (Runner, Runner) {
+    let mut old = env.spawn(&["a"]);
+    env.wait_running(&mut old, "a");
+    env.wait_lines_while(&mut old, "out", 1);
+    let mut new = env.spawn(&["a"]);
+    let new_err = new.stderr.clone();
+    new.wait_for("the new launch has asked the old one to hand over", || {
+        said(&new_err, "asking it to hand over")
+    });
+    (old, new)
+}
+
 /// `stop` during an upgrade (a launch waiting for the old instance to hand over) stops the
 /// chain: the waiting launch is asked to give up too. It took the lock as the old instance
 /// exited, and the chain went on although `stop` had said "stopped".
@@ -718,16 +740,7 @@ success_cooldown = "1h"
 fail_cooldown = "1h"
 "#,
     );
-    let mut old = env.spawn(&["a"]);
-    env.wait_running(&mut old, "a");
-    env.wait_lines_while(&mut old, "out", 1);
-    let mut new = env.spawn(&["a"]);
-    let new_err = new.stderr.clone();
-    new.wait_for("the new launch has asked the old one to hand over", || {
-        fs::read_to_string(&new_err)
-            .unwrap_or_default()
-            .contains("asking it to hand over")
-    });
+    let (mut old, mut new) = old_running_and_new_waiting(&env);
     let stop = env.sub(&["stop", "a"]);
     stop.assert_code(0);
     assert!(
@@ -765,19 +778,9 @@ fail_cooldown = "1h"
         )
     };
     let env = TestEnv::new(&config("v1"));
-    let mut old = env.spawn(&["a"]);
-    env.wait_running(&mut old, "a");
-    env.wait_lines_while(&mut old, "out", 1);
-    let mut new = env.spawn(&["a"]);
+    let (mut old, mut new) = old_running_and_new_waiting(&env);
     let new_err = new.stderr.clone();
-    let logged = |what: &str| {
-        fs::read_to_string(&new_err)
-            .unwrap_or_default()
-            .contains(what)
-    };
-    new.wait_for("the new launch has asked the old one to hand over", || {
-        logged("asking it to hand over")
-    });
+    let logged = |what: &str| said(&new_err, what);
     env.write_config(&config("v2"));
     new.signal(libc::SIGHUP);
     // The new launch cannot run before the old instance has exited (5 s of stop_grace):
@@ -816,19 +819,9 @@ success_cooldown = "1h"
 fail_cooldown = "1h"
 "#,
     );
-    let mut old = env.spawn(&["a"]);
-    env.wait_running(&mut old, "a");
-    env.wait_lines_while(&mut old, "out", 1);
-    let mut new = env.spawn(&["a"]);
+    let (mut old, mut new) = old_running_and_new_waiting(&env);
     let new_err = new.stderr.clone();
-    let logged = |what: &str| {
-        fs::read_to_string(&new_err)
-            .unwrap_or_default()
-            .contains(what)
-    };
-    new.wait_for("the new launch has asked the old one to hand over", || {
-        logged("asking it to hand over")
-    });
+    let logged = |what: &str| said(&new_err, what);
     new.signal(libc::SIGUSR1);
     assert!(
         is_running(old.pid),

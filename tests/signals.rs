@@ -451,6 +451,30 @@ fn stop_subcommand_in_a_cooldown_and_when_not_running() {
     );
 }
 
+/// A config whose `run_root` is `root`, with one task `a` that appends "a RUN_ID VERSION" to
+/// `$T/out`, 1 h cooldowns.
+fn config_in(root: &std::path::Path, version: &str) -> String {
+    format!(
+        r#"run_root = "{}"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID {version}" >> "$T/out"'
+success_cooldown = "1h"
+fail_cooldown = "1h"
+"#,
+        root.display()
+    )
+}
+
+/// Launches chain `a` with the config's own run_root (no --run-root, no RUN_ROOT) and waits
+/// for its first run.
+fn launch_with_the_configs_run_root(env: &TestEnv) -> Runner {
+    let mut cmd = env.bare_command();
+    cmd.arg("-c").arg(&env.config).arg("a");
+    let mut chain = env.spawn_command(cmd);
+    env.wait_lines_while(&mut chain, "out", 1);
+    chain
+}
+
 /// A SIGHUP after an edit that moves `run_root` (the chain's RUN_ROOT coming from the config)
 /// is refused whole: a running chain cannot move (its lock, state and store stay where they
 /// are), and with the edit applied `status`, `stop` and `kick` would look in the new place and
@@ -459,25 +483,10 @@ fn stop_subcommand_in_a_cooldown_and_when_not_running() {
 #[test]
 fn a_reload_that_would_move_the_chain_to_another_run_root_is_refused() {
     let env = TestEnv::new("");
-    let config = |root: &std::path::Path, version: &str| {
-        format!(
-            r#"run_root = "{}"
-[tasks.a]
-command = 'echo "a $RUN_CHAIN_RUN_ID {version}" >> "$T/out"'
-success_cooldown = "1h"
-fail_cooldown = "1h"
-"#,
-            root.display()
-        )
-    };
-    let other = env.path("other-root");
-    env.write_config(&config(&env.run_root, "v1"));
+    env.write_config(&config_in(&env.run_root, "v1"));
     // No --run-root, no RUN_ROOT: the config decides.
-    let mut cmd = env.bare_command();
-    cmd.arg("-c").arg(&env.config).arg("a");
-    let mut chain = env.spawn_command(cmd);
-    env.wait_lines_while(&mut chain, "out", 1);
-    env.write_config(&config(&other, "v2"));
+    let mut chain = launch_with_the_configs_run_root(&env);
+    env.write_config(&config_in(&env.path("other-root"), "v2"));
     chain.signal(libc::SIGHUP);
     let err = chain.stderr.clone();
     chain.wait_for("the reload refused", || {
@@ -547,25 +556,11 @@ fail_cooldown = "1h"
 #[test]
 fn a_reload_naming_the_same_run_root_another_way_is_applied() {
     let env = TestEnv::new("");
-    let config = |root: &std::path::Path, version: &str| {
-        format!(
-            r#"run_root = "{}"
-[tasks.a]
-command = 'echo "a $RUN_CHAIN_RUN_ID {version}" >> "$T/out"'
-success_cooldown = "1h"
-fail_cooldown = "1h"
-"#,
-            root.display()
-        )
-    };
-    env.write_config(&config(&env.run_root, "v1"));
-    let mut cmd = env.bare_command();
-    cmd.arg("-c").arg(&env.config).arg("a");
-    let mut chain = env.spawn_command(cmd);
-    env.wait_lines_while(&mut chain, "out", 1);
+    env.write_config(&config_in(&env.run_root, "v1"));
+    let mut chain = launch_with_the_configs_run_root(&env);
     let link = env.path("root-link");
     std::os::unix::fs::symlink(&env.run_root, &link).unwrap();
-    env.write_config(&config(&link, "v2"));
+    env.write_config(&config_in(&link, "v2"));
     chain.signal(libc::SIGHUP);
     let err = chain.stderr.clone();
     chain.wait_for("the reload", || {
