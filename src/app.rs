@@ -440,7 +440,7 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     // A SIGHUP that came while the launch waited: the config is read again now, before
     // the first run, as a running chain would on SIGHUP.
     let root_from_config = run_root_override(common).is_none();
-    let (config, tasks, reloaded) = if signals.take_held_hup() {
+    let (config, tasks, reloaded) = if signals.take_hup_before_running() {
         reload_before_running(
             &chain_name,
             &args.tasks,

@@ -43,6 +43,17 @@ impl Sig {
             _ => return None,
         })
     }
+
+    fn raw(self) -> i32 {
+        match self {
+            Sig::Term => libc::SIGTERM,
+            Sig::Int => libc::SIGINT,
+            Sig::Quit => libc::SIGQUIT,
+            Sig::Hup => libc::SIGHUP,
+            Sig::Usr1 => libc::SIGUSR1,
+            Sig::Child => libc::SIGCHLD,
+        }
+    }
 }
 
 /// The read end of the self-pipe.
@@ -53,6 +64,8 @@ impl Sig {
 #[derive(Debug)]
 pub struct Signals {
     rx: RawFd,
+    /// The write end, for [`Signals::requeue`].
+    tx: RawFd,
     /// The signalfd for SIGCHLD (None if none could be made: the handler serves then).
     child: Option<RawFd>,
     /// A SIGHUP received while the launch waited to run (for the lock, or for the old
@@ -91,6 +104,7 @@ impl Signals {
         }
         Ok(Signals {
             rx,
+            tx: wfd,
             child: child_signalfd(),
             held_hup: Default::default(),
         })
@@ -112,7 +126,7 @@ impl Signals {
 
     /// [`Signals::drain`] for a launch that waits before it runs the chain. SIGHUP
     /// (reload the config) is not for the wait but for the chain, so it is kept for
-    /// [`Signals::take_held_hup`] instead of being lost. SIGUSR1 (a kick) ends a cooldown,
+    /// [`Signals::take_hup_before_running`] instead of being lost. SIGUSR1 (a kick) ends a cooldown,
     /// and a waiting launch has none: like a kick during a run, it does nothing (it is
     /// logged). The rest is returned.
     pub fn drain_waiting(&self, chain: &str) -> Vec<Sig> {
@@ -135,8 +149,28 @@ impl Signals {
     }
 
     /// Whether [`Signals::drain_waiting`] kept a SIGHUP (and forget it).
-    pub fn take_held_hup(&self) -> bool {
+    fn take_held_hup(&self) -> bool {
         self.held_hup.take()
+    }
+
+    /// For a launch about to run the chain: whether a SIGHUP came during the wait or since
+    /// its last look (the wait may end without one more drain: the lock free at once, the
+    /// old run's guardian gone). Every other signal that came since (SIGCHLD aside: no run
+    /// exists yet) is put back, in order, for the chain's loop to act on.
+    pub fn take_hup_before_running(&self) -> bool {
+        let mut hup = self.take_held_hup();
+        for sig in self.drain() {
+            match sig {
+                Sig::Hup => hup = true,
+                Sig::Child => {}
+                other => {
+                    let byte = other.raw() as u8;
+                    // SAFETY: write of one byte we own to the pipe, which is never closed.
+                    unsafe { libc::write(self.tx, (&byte as *const u8).cast(), 1) };
+                }
+            }
+        }
+        hup
     }
 
     /// Like [`Signals::drain`], reading only the descriptors named: those ppoll found
