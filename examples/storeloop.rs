@@ -2,11 +2,13 @@
 //! shared SQLite store costs, with no supervisor around it.
 //!
 //! ```text
-//! storeloop DB RATE SECS OFFSET_MS PROG
+//! storeloop DB RATE SECS OFFSET_MS PROG [lean | run-chain]
 //! ```
 //!
-//! Runs PROG (spawn and wait, `std::process::Command`) RATE times a second for SECS
-//! seconds, the first run OFFSET_MS after the start, and after each run writes one
+//! Runs PROG (spawn and wait, `std::process::Command`; with `lean` or `run-chain`,
+//! run-chain's own spawn, `run_chain::spawn`, and a blocking `waitpid`) RATE times a
+//! second for SECS seconds, the first run OFFSET_MS after the start, and after each run
+//! writes one
 //! transaction to the SQLite database DB, with run-chain's settings (WAL,
 //! synchronous=NORMAL, a checkpoint every 4,000 WAL pages, a 256 KiB page cache,
 //! BEGIN IMMEDIATE):
@@ -16,9 +18,19 @@
 //! is recorded" costs at the least when every chain writes its own runs into one store.
 //! With DB `-`, nothing is written: the loop only spawns and waits (the same 200
 //! processes without a store, to tell the two costs apart).
-//! Prints "RUNS CPU_NS" (CPU time of this process, all threads, from
-//! CLOCK_PROCESS_CPUTIME_ID). Build: `cargo build --release --example storeloop`.
+//!
+//! With `run-chain`, DB is a RUN_ROOT and each run is recorded by run-chain's own store
+//! writer (`run_chain::store::Store`: the run's start and end in one transaction, as a
+//! chain records a short run, into RUN_ROOT/runs.db with its schema and settings), so
+//! the loop is a chain's spawn and record with nothing else of a supervisor: no
+//! CHAIN.state, no signals, no guardian, no output pipes, no poll.
+//! Prints "RUNS CPU_NS": the runs after the first, and the CPU time of this process
+//! (all threads, CLOCK_PROCESS_CPUTIME_ID) from the end of the first run (whose write
+//! reads the schema and makes the series, once in a loop's life) to the end.
+//! Build: `cargo build --release --example storeloop`.
 
+use std::ffi::CString;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,10 +59,19 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    if a.len() != 6 {
-        eprintln!("usage: storeloop DB RATE SECS OFFSET_MS PROG");
+    let usage = || -> ! {
+        eprintln!("usage: storeloop DB RATE SECS OFFSET_MS PROG [lean | run-chain]");
         std::process::exit(64);
+    };
+    if a.len() < 6 || a.len() > 7 {
+        usage();
     }
+    let (lean, own_store) = match a.get(6).map(String::as_str) {
+        None => (false, false),
+        Some("lean") => (true, false),
+        Some("run-chain") => (true, true),
+        _ => usage(),
+    };
     let num = |s: &str| -> f64 {
         s.parse()
             .unwrap_or_else(|_| fail("not a number", format!("{s:?}")))
@@ -62,6 +83,9 @@ fn main() {
         Duration::from_secs_f64(num(&a[4]) / 1000.0),
         &a[5],
     );
+    if own_store {
+        return with_own_store(Path::new(db), rate, secs, offset, lean_runner(prog));
+    }
     let mut conn = if db == "-" {
         Connection::open_in_memory()
     } else {
@@ -103,11 +127,28 @@ fn main() {
         )
         .unwrap_or_else(|e| fail("read the series", e));
     let output = vec![b'x'; 200];
+    let run = if lean {
+        lean_runner(prog)
+    } else {
+        let prog = prog.clone();
+        Box::new(move || {
+            let st = Command::new(&prog)
+                .stdin(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| fail(&prog, e));
+            (st.success(), st.code())
+        }) as Box<dyn Fn() -> (bool, Option<i32>)>
+    };
 
     let start = Instant::now();
-    let c0 = cpu_ns();
+    let mut c0 = cpu_ns();
     let mut runs: u64 = 0;
     loop {
+        if runs == 1 {
+            // From the end of the first run: its write reads the schema and makes the
+            // task's series, once in a loop's life.
+            c0 = cpu_ns();
+        }
         let due = offset + Duration::from_secs_f64(runs as f64 / rate);
         if due.as_secs_f64() >= secs {
             break;
@@ -117,10 +158,7 @@ fn main() {
             std::thread::sleep(due - el);
         }
         let t0 = wall_ms();
-        let st = Command::new(prog)
-            .stdin(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| fail(prog, e));
+        let (success, code) = run();
         let t1 = wall_ms();
         runs += 1;
         let mut write = || -> rusqlite::Result<()> {
@@ -134,12 +172,12 @@ fn main() {
                 runs as i64,
                 t0,
                 t1,
-                if st.success() { "ok" } else { "failed" },
-                st.code(),
+                if success { "ok" } else { "failed" },
+                code,
                 output
             ])?;
             tx.prepare_cached("UPDATE series SET runs = runs + 1, ok = ok + ?2 WHERE id = ?1")?
-                .execute(params![sid, st.success() as i64])?;
+                .execute(params![sid, success as i64])?;
             tx.commit()
         };
         if !record {
@@ -159,5 +197,144 @@ fn main() {
             }
         }
     }
-    println!("{runs} {}", cpu_ns() - c0);
+    println!("{} {}", runs.saturating_sub(1), cpu_ns() - c0);
+}
+
+/// Spawn and wait PROG as run-chain does: `run_chain::spawn` (clone with CLONE_VM and
+/// CLONE_VFORK, a process group of its own, stdin /dev/null, stdout and stderr ours),
+/// then a blocking `waitpid`.
+fn lean_runner(prog: &str) -> Box<dyn Fn() -> (bool, Option<i32>)> {
+    let c = |s: &str| CString::new(s).unwrap_or_else(|e| fail("a NUL in an argument", e));
+    let path = c(prog);
+    let cwd = c("/");
+    let env: Vec<CString> = std::env::vars()
+        .map(|(k, v)| c(&format!("{k}={v}")))
+        .collect();
+    let dup = |fd: i32| {
+        // SAFETY: duplicating a descriptor of ours to one above 2.
+        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if d < 0 {
+            fail("dup", std::io::Error::last_os_error());
+        }
+        d
+    };
+    let null = std::fs::File::open("/dev/null").unwrap_or_else(|e| fail("/dev/null", e));
+    let stdio = [dup(std::os::fd::AsRawFd::as_raw_fd(&null)), dup(1), dup(2)];
+    Box::new(move || {
+        let envp: Vec<*const std::ffi::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        let spec = run_chain::spawn::Spec {
+            candidates: std::slice::from_ref(&path),
+            argv: std::slice::from_ref(&path),
+            envp: &envp,
+            cwd: &cwd,
+            nice: None,
+            stdio,
+            announce: None,
+        };
+        let pid = run_chain::spawn::spawn(&spec).unwrap_or_else(|e| fail("spawn", e.err));
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+            fail("waitpid", std::io::Error::last_os_error());
+        }
+        let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        (code == Some(0), code)
+    })
+}
+
+/// The loop of `run-chain` mode: each run recorded by `run_chain::store::Store` in
+/// RUN_ROOT `root`.
+fn with_own_store(
+    root: &Path,
+    rate: f64,
+    secs: f64,
+    offset: Duration,
+    run: Box<dyn Fn() -> (bool, Option<i32>)>,
+) {
+    use run_chain::store::{Instance, Op, RunEnd, RunStart, Store};
+    if let Err(e) = std::fs::create_dir_all(root) {
+        fail(&root.display().to_string(), e);
+    }
+    let pid = std::process::id();
+    let mut store = Store::new(
+        root,
+        Instance {
+            host: "storeloop".into(),
+            pid,
+            version: "storeloop".into(),
+            config_digest: "-".into(),
+            started_ms: wall_ms() as u64,
+        },
+    );
+    let chain = format!("ref{pid}");
+    let output = vec![b'x'; 200];
+    let keep_for_ms: u64 = 30 * 86_400_000;
+    let start = Instant::now();
+    let mut c0 = cpu_ns();
+    let mut runs: u64 = 0;
+    loop {
+        if runs == 1 {
+            // From the end of the first run: its write reads the schema and makes the
+            // task's series, once in a loop's life.
+            c0 = cpu_ns();
+        }
+        let due = offset + Duration::from_secs_f64(runs as f64 / rate);
+        if due.as_secs_f64() >= secs {
+            break;
+        }
+        let el = start.elapsed();
+        if due > el {
+            std::thread::sleep(due - el);
+        }
+        let t0 = wall_ms() as u64;
+        let (success, code) = run();
+        let t1 = wall_ms() as u64;
+        runs += 1;
+        let now = run_chain::sys::mono_now();
+        store.begin_batch();
+        store.push(
+            now,
+            Op::Start(RunStart {
+                chain: chain.clone(),
+                task: "t".into(),
+                run_id: runs,
+                scheduled_ms: t0,
+                start_ms: t0,
+                task_pid: None,
+            }),
+        );
+        store.push(
+            now,
+            Op::End(Box::new(RunEnd {
+                chain: chain.clone(),
+                task: "t".into(),
+                run_id: runs,
+                scheduled_ms: t0,
+                start_ms: t0,
+                stop_ms: t1,
+                outcome: if success { "ok" } else { "failed" },
+                exit_code: code,
+                signal: None,
+                error: None,
+                output: output.clone(),
+                output_bytes: output.len() as u64,
+                output_cut: false,
+                streak: None,
+                keep_runs_max: 100_000,
+                keep_after_ms: t1.saturating_sub(keep_for_ms),
+            })),
+        );
+        store.end_batch(now);
+        store.checkpoint_if_due();
+    }
+    if store.pending() > 0 {
+        store.flush(run_chain::sys::mono_now());
+    }
+    if store.pending() > 0 {
+        fail(
+            "record the runs",
+            format!("{} not written", store.pending()),
+        );
+    }
+    println!("{} {}", runs.saturating_sub(1), cpu_ns() - c0);
 }
