@@ -76,15 +76,14 @@ fn main() {
         s.parse()
             .unwrap_or_else(|_| fail("not a number", format!("{s:?}")))
     };
-    let (db, rate, secs, offset, prog) = (
-        &a[1],
-        num(&a[2]),
-        num(&a[3]),
-        Duration::from_secs_f64(num(&a[4]) / 1000.0),
-        &a[5],
-    );
+    let (db, prog) = (&a[1], &a[5]);
+    let pace = Pace {
+        rate: num(&a[2]),
+        secs: num(&a[3]),
+        offset: Duration::from_secs_f64(num(&a[4]) / 1000.0),
+    };
     if own_store {
-        return with_own_store(Path::new(db), rate, secs, offset, lean_runner(prog));
+        return with_own_store(Path::new(db), pace, lean_runner(prog));
     }
     let mut conn = if db == "-" {
         Connection::open_in_memory()
@@ -140,27 +139,10 @@ fn main() {
         }) as Box<dyn Fn() -> (bool, Option<i32>)>
     };
 
-    let start = Instant::now();
-    let mut c0 = cpu_ns();
-    let mut runs: u64 = 0;
-    loop {
-        if runs == 1 {
-            // From the end of the first run: its write reads the schema and makes the
-            // task's series, once in a loop's life.
-            c0 = cpu_ns();
+    let (runs, c0) = paced(pace, &*run, |run_id, t0, t1, success, code| {
+        if !record {
+            return;
         }
-        let due = offset + Duration::from_secs_f64(runs as f64 / rate);
-        if due.as_secs_f64() >= secs {
-            break;
-        }
-        let el = start.elapsed();
-        if due > el {
-            std::thread::sleep(due - el);
-        }
-        let t0 = wall_ms();
-        let (success, code) = run();
-        let t1 = wall_ms();
-        runs += 1;
         let mut write = || -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.prepare_cached(
@@ -169,9 +151,9 @@ fn main() {
             )?
             .execute(params![
                 sid,
-                runs as i64,
-                t0,
-                t1,
+                run_id as i64,
+                t0 as i64,
+                t1 as i64,
                 if success { "ok" } else { "failed" },
                 code,
                 output
@@ -180,9 +162,6 @@ fn main() {
                 .execute(params![sid, success as i64])?;
             tx.commit()
         };
-        if !record {
-            continue;
-        }
         // A store busy past the 250 ms wait is tried again (as run-chain does), at most
         // 10 times, before the loop gives up.
         let mut tries = 0;
@@ -196,8 +175,51 @@ fn main() {
                 fail("record a run", e);
             }
         }
+    });
+    println!("{runs} {}", cpu_ns() - c0);
+}
+
+/// RATE runs a second for SECS seconds, the first OFFSET after the start.
+#[derive(Clone, Copy)]
+struct Pace {
+    rate: f64,
+    secs: f64,
+    offset: Duration,
+}
+
+/// Run `run` at `pace`, and after each run call `record` with its run id (from 1), its
+/// start and stop (ms since the epoch), whether it succeeded and its exit code. Returns
+/// the runs after the first and the process's CPU time at the end of the first (see the
+/// module's text).
+fn paced(
+    pace: Pace,
+    run: &dyn Fn() -> (bool, Option<i32>),
+    mut record: impl FnMut(u64, u64, u64, bool, Option<i32>),
+) -> (u64, u64) {
+    let start = Instant::now();
+    let mut c0 = cpu_ns();
+    let mut runs: u64 = 0;
+    loop {
+        if runs == 1 {
+            // From the end of the first run: its write reads the schema and makes the
+            // task's series, once in a loop's life.
+            c0 = cpu_ns();
+        }
+        let due = pace.offset + Duration::from_secs_f64(runs as f64 / pace.rate);
+        if due.as_secs_f64() >= pace.secs {
+            break;
+        }
+        let el = start.elapsed();
+        if due > el {
+            std::thread::sleep(due - el);
+        }
+        let t0 = wall_ms() as u64;
+        let (success, code) = run();
+        let t1 = wall_ms() as u64;
+        runs += 1;
+        record(runs, t0, t1, success, code);
     }
-    println!("{} {}", runs.saturating_sub(1), cpu_ns() - c0);
+    (runs.saturating_sub(1), c0)
 }
 
 /// Spawn and wait PROG as run-chain does: `run_chain::spawn` (clone with CLONE_VM and
@@ -244,13 +266,7 @@ fn lean_runner(prog: &str) -> Box<dyn Fn() -> (bool, Option<i32>)> {
 
 /// The loop of `run-chain` mode: each run recorded by `run_chain::store::Store` in
 /// RUN_ROOT `root`.
-fn with_own_store(
-    root: &Path,
-    rate: f64,
-    secs: f64,
-    offset: Duration,
-    run: Box<dyn Fn() -> (bool, Option<i32>)>,
-) {
+fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i32>)>) {
     use run_chain::store::{Instance, Op, RunEnd, RunStart, Store};
     if let Err(e) = std::fs::create_dir_all(root) {
         fail(&root.display().to_string(), e);
@@ -269,27 +285,7 @@ fn with_own_store(
     let chain = format!("ref{pid}");
     let output = vec![b'x'; 200];
     let keep_for_ms: u64 = 30 * 86_400_000;
-    let start = Instant::now();
-    let mut c0 = cpu_ns();
-    let mut runs: u64 = 0;
-    loop {
-        if runs == 1 {
-            // From the end of the first run: its write reads the schema and makes the
-            // task's series, once in a loop's life.
-            c0 = cpu_ns();
-        }
-        let due = offset + Duration::from_secs_f64(runs as f64 / rate);
-        if due.as_secs_f64() >= secs {
-            break;
-        }
-        let el = start.elapsed();
-        if due > el {
-            std::thread::sleep(due - el);
-        }
-        let t0 = wall_ms() as u64;
-        let (success, code) = run();
-        let t1 = wall_ms() as u64;
-        runs += 1;
+    let (runs, c0) = paced(pace, &*run, |run_id, t0, t1, success, code| {
         let now = run_chain::sys::mono_now();
         store.begin_batch();
         store.push(
@@ -297,7 +293,7 @@ fn with_own_store(
             Op::Start(RunStart {
                 chain: chain.clone(),
                 task: "t".into(),
-                run_id: runs,
+                run_id,
                 scheduled_ms: t0,
                 start_ms: t0,
                 task_pid: None,
@@ -308,7 +304,7 @@ fn with_own_store(
             Op::End(Box::new(RunEnd {
                 chain: chain.clone(),
                 task: "t".into(),
-                run_id: runs,
+                run_id,
                 scheduled_ms: t0,
                 start_ms: t0,
                 stop_ms: t1,
@@ -326,7 +322,7 @@ fn with_own_store(
         );
         store.end_batch(now);
         store.checkpoint_if_due();
-    }
+    });
     if store.pending() > 0 {
         store.flush(run_chain::sys::mono_now());
     }
@@ -336,5 +332,5 @@ fn with_own_store(
             format!("{} not written", store.pending()),
         );
     }
-    println!("{} {}", runs.saturating_sub(1), cpu_ns() - c0);
+    println!("{runs} {}", cpu_ns() - c0);
 }
