@@ -9,6 +9,9 @@
 //!                                      prints "RUNS CPU_NS" (CPU time of this process only,
 //!                                      from /proc/self/schedstat)
 //!   refloop sleep SECS                 print "ready", then sleep (a sleeping std-only binary)
+//!   refloop onsignal STAMP FILE        print "ready", then at each SIGUSR1 (blocked, taken
+//!                                      with sigwait) spawn+wait STAMP FILE; SIGTERM ends it
+//!                                      (the kick reference: asleep, woken by a signal, spawns)
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,9 +22,20 @@ struct Timespec {
     tv_nsec: i64,
 }
 
+/// glibc's sigset_t: 1024 bits.
+#[repr(C)]
+struct SigSet([u64; 16]);
+
 extern "C" {
     fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+    fn sigemptyset(set: *mut SigSet) -> i32;
+    fn sigaddset(set: *mut SigSet, sig: i32) -> i32;
+    fn pthread_sigmask(how: i32, set: *const SigSet, old: *mut SigSet) -> i32;
+    fn sigwait(set: *const SigSet, sig: *mut i32) -> i32;
 }
+
+const SIG_BLOCK: i32 = 0;
+const SIGUSR1: i32 = 10;
 
 fn now_ns() -> u64 {
     let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
@@ -143,6 +157,27 @@ fn main() {
                 runs += 1;
             }
             writeln!(out, "{runs} {}", cpu_ns() - c0).unwrap();
+        }
+        "onsignal" => {
+            let stamp = arg(&a, 2).to_string();
+            let fa = vec![arg(&a, 3).to_string()];
+            let mut set = SigSet([0; 16]);
+            // SAFETY: a sigset of ours; SIGUSR1 blocked on this (only) thread, then taken
+            // synchronously with sigwait, as run-chain takes it from its self-pipe.
+            unsafe {
+                sigemptyset(&mut set);
+                sigaddset(&mut set, SIGUSR1);
+                pthread_sigmask(SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            loop {
+                let mut sig = 0;
+                // SAFETY: waits for a signal of the set, which is blocked.
+                if unsafe { sigwait(&set, &mut sig) } == 0 && sig == SIGUSR1 {
+                    run(&stamp, &fa);
+                }
+            }
         }
         "sleep" => {
             let secs = num(arg(&a, 2));
