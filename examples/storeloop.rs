@@ -321,7 +321,7 @@ fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i3
             })),
         );
         store.end_batch(now);
-        store.checkpoint_if_due();
+        store.thread_work();
     });
     if store.pending() > 0 {
         store.flush(run_chain::sys::mono_now());

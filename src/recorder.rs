@@ -29,7 +29,7 @@
 //! store costs per run of a short task. A run that lasts longer shows in `history`
 //! [`START_HOLD`] after it started.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
@@ -69,6 +69,8 @@ pub struct Recorder {
     sent_at: Option<Mono>,
     /// [`Recorder::finish`] has run (it runs once: the driver calls it, then drop).
     finished: bool,
+    /// The store's [`Store::copying`]: a checkpoint runs with no record waiting.
+    copying: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -101,6 +103,7 @@ impl Recorder {
     pub fn start(chain: &str, store: Store) -> Recorder {
         let name = chain.to_string();
         let (tx, rx) = mpsc::channel::<Msg>();
+        let copying = store.copying();
         let store = Arc::new(Mutex::new(store));
         let queued = Arc::new(AtomicUsize::new(0));
         let (theirs, their_count) = (store.clone(), queued.clone());
@@ -132,6 +135,7 @@ impl Recorder {
             held_due: None,
             sent_at: None,
             finished: false,
+            copying,
         }
     }
 
@@ -282,8 +286,19 @@ impl Recorder {
                 Err(TryLockError::Poisoned(e)) => Some(recovered(&self.store, e.into_inner())),
                 Err(TryLockError::WouldBlock) => None,
             };
-            if let Some(mut store) = guard {
-                last_try(&self.chain, &mut store);
+            let left = match guard {
+                Some(mut store) => {
+                    last_try(&self.chain, &mut store);
+                    true
+                }
+                // The thread holds the store only to copy the WAL back, with every record
+                // written: the exit cuts the copy off, safely (see `Store::copying`),
+                // instead of waiting for it (a chain's first write that found a WAL of
+                // 2 MB left by earlier instances made a SIGTERM just after it wait for the
+                // copy and its two fsyncs).
+                None => self.copying.load(Ordering::Acquire),
+            };
+            if left && self.queued.load(Ordering::Acquire) == 0 {
                 // Kept, so that the thread is not told to end (a dropped sender wakes it).
                 std::mem::forget(self.tx.take());
                 self.thread = None;
@@ -356,10 +371,15 @@ fn writer(chain: &str, store: &Mutex<Store>, rx: mpsc::Receiver<Msg>, queued: &A
                     taken += 1;
                 }
                 st.end_batch(now);
-                st.thread_work();
+                // Written (or queued in the store for a retry): no longer in hand. The
+                // checkpoint that may follow is not waited for at the exit (`finish`).
                 queued.fetch_sub(taken, Ordering::AcqRel);
+                st.thread_work();
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => st.flush(now),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                st.flush(now);
+                st.thread_work();
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }

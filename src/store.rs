@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -462,6 +463,10 @@ pub struct Store {
     /// The WAL's length in pages after this connection's last commit (SQLite's WAL hook
     /// sets it; boxed, so that its address stays put for the hook).
     wal_frames: Box<AtomicI32>,
+    /// The WAL is to be copied back and cut after the first write (see `try_flush`).
+    truncate_after_write: bool,
+    /// Set while a checkpoint runs with no record of ours waiting ([`Store::copying`]).
+    copying: Arc<AtomicBool>,
 }
 
 /// Whether no other process has the store at `path` open: none holds the lock SQLite's
@@ -534,7 +539,27 @@ impl Store {
             dropped: 0,
             batching: false,
             wal_frames: Box::new(AtomicI32::new(0)),
+            truncate_after_write: false,
+            copying: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// True while this store's connection copies the WAL back with no record of ours
+    /// waiting to be written: an exit then need not wait for it (a checkpoint cut off
+    /// leaves the store as it was, the WAL still whole; the next one copies it again).
+    pub fn copying(&self) -> Arc<AtomicBool> {
+        self.copying.clone()
+    }
+
+    /// Run a checkpoint statement, flagged in [`Store::copying`].
+    fn copy_back(&self, sql: &str) -> rusqlite::Result<i64> {
+        let Some(conn) = &self.conn else {
+            return Ok(0);
+        };
+        self.copying.store(self.queue.is_empty(), Ordering::Release);
+        let r = conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+        self.copying.store(false, Ordering::Release);
+        r
     }
 
     /// Write `ops` now, waiting for another process's transaction about 1 ms at most
@@ -578,11 +603,14 @@ impl Store {
 
     /// Whether the writer thread has work that may wait on the disk: a checkpoint.
     pub fn thread_work_due(&self) -> bool {
-        self.checkpoint_due()
+        self.truncate_after_write || self.checkpoint_due()
     }
 
     /// The writer thread's work after its writes ([`Store::thread_work_due`]).
     pub fn thread_work(&mut self) {
+        if self.queue.is_empty() && std::mem::take(&mut self.truncate_after_write) {
+            self.truncate_at_open();
+        }
         self.checkpoint_if_due();
     }
 
@@ -663,10 +691,22 @@ impl Store {
     }
 
     fn checkpoint(&mut self) {
+        if let Err(e) = self.copy_back("PRAGMA wal_checkpoint(PASSIVE)") {
+            log::debug!("store checkpoint: {e}");
+        }
+    }
+
+    /// The WAL copied back and cut after the first write of an instance that opened the
+    /// store alone (see `try_flush`); it never waits for another connection.
+    fn truncate_at_open(&mut self) {
         if let Some(conn) = &self.conn {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                log::debug!("store checkpoint: {e}");
-            }
+            let _ = conn.busy_timeout(Duration::ZERO);
+        }
+        if let Err(e) = self.copy_back("PRAGMA wal_checkpoint(TRUNCATE)") {
+            log::debug!("store checkpoint at open: {e}");
+        }
+        if let Some(conn) = &self.conn {
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
         }
     }
 
@@ -742,7 +782,6 @@ impl Store {
                 }
                 self.retry_at = None;
                 self.backoff = RETRY_FIRST;
-                self.checkpoint_if_due();
             }
             Err(e) => {
                 let corrupt = is_corrupt(&e);
@@ -803,17 +842,13 @@ impl Store {
             let conn = open_rw(&self.path)?;
             // A WAL that no connection had open counts as not copied at all (see
             // configure_writer): past WAL_OPEN_MAX, every commit of this instance would
-            // copy it again, so it is copied and cut now, once, at the instance's first
-            // write, not at its exit. Only then: while other chains have the store open
-            // the WAL is theirs too, and usually larger (WAL_CHECKPOINT_FRAMES), and a
-            // TRUNCATE would hold every chain's writes while it copies.
-            if alone && self.wal_bytes() > WAL_OPEN_MAX {
-                let _ = conn.busy_timeout(Duration::ZERO);
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-                    log::debug!("store checkpoint at open: {e}");
-                }
-                let _ = conn.busy_timeout(BUSY_TIMEOUT);
-            }
+            // copy it again, so it is copied and cut once, right after the instance's
+            // first write (`truncate_at_open`), not at its exit. Only then: while other
+            // chains have the store open the WAL is theirs too, and usually larger
+            // (WAL_CHECKPOINT_FRAMES), and a TRUNCATE would hold every chain's writes
+            // while it copies. After the write, not before it: the records are in, and an
+            // exit in the middle of the copy need not wait for it.
+            self.truncate_after_write = alone && self.wal_bytes() > WAL_OPEN_MAX;
             let ctx: *const AtomicI32 = &*self.wal_frames;
             // SAFETY: the hook and its context (the box, which outlives the connection:
             // the connection is always dropped or replaced first) are valid for as long
