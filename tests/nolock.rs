@@ -6,31 +6,11 @@
 mod common;
 
 use common::*;
-use std::fs;
-use std::process::Command;
 
 const SHIM: &str = r#"
 #include <errno.h>
 int flock(int fd, int op) { (void)fd; (void)op; errno = ENOLCK; return -1; }
 "#;
-
-fn build_shim(env: &TestEnv) -> std::path::PathBuf {
-    let src = env.path("nolock.c");
-    let so = env.path("nolock.so");
-    fs::write(&src, SHIM).unwrap();
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .output()
-        .expect("the system C compiler `cc` (Debian's gcc) is needed to build the ENOLCK shim");
-    assert!(
-        out.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    so
-}
 
 #[test]
 fn a_lock_refused_with_enolck_stops_the_launch_with_a_clear_error() {
@@ -42,7 +22,7 @@ success_cooldown = "1h"
 command = 'echo ran >> "$T/out"'
 "#,
     );
-    let so = build_shim(&env);
+    let so = build_preload_shim(&env, "nolock", SHIM);
     for extra in [&[][..], &["--once"][..], &["--no-kill-concurrent"][..]] {
         let mut cmd = env.run_command(extra);
         cmd.arg("a").env("LD_PRELOAD", &so);

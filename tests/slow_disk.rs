@@ -10,7 +10,6 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::process::Command;
 
 const SHIM: &str = r#"
 #include <fcntl.h>
@@ -27,24 +26,6 @@ static void slow(void) {
 int fsync(int fd) { (void)fd; slow(); return 0; }
 int fdatasync(int fd) { (void)fd; slow(); return 0; }
 "#;
-
-fn build_shim(env: &TestEnv) -> std::path::PathBuf {
-    let src = env.path("slowsync.c");
-    let so = env.path("slowsync.so");
-    fs::write(&src, SHIM).unwrap();
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .output()
-        .expect("the system C compiler `cc` (Debian's gcc) is needed to build the slow-fsync shim");
-    assert!(
-        out.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    so
-}
 
 /// Earlier instances left a WAL of about 3 MB that no connection has open (as many short
 /// `--once` instances, or a crash, leave it): 800 pages of a table of its own.
@@ -92,7 +73,7 @@ command = 'echo ran >> "$T/out"'
 
     // The next instance opens the store alone and, after its first write, copies that
     // WAL back and cuts it; on this disk the copy's first fsync takes a minute.
-    let so = build_shim(&env);
+    let so = build_preload_shim(&env, "slowsync", SHIM);
     let mut cmd = env.run_command(&["a"]);
     cmd.env("LD_PRELOAD", &so)
         .env("SLOW_FSYNC_MARK", env.path("fsync"));

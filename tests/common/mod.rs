@@ -416,6 +416,26 @@ impl Drop for TestEnv {
     }
 }
 
+/// Builds `source` (C) into `DIR/NAME.so` with the system C compiler, for LD_PRELOAD: a
+/// tiny shim that makes a system call answer as a file system or disk would.
+pub fn build_preload_shim(env: &TestEnv, name: &str, source: &str) -> PathBuf {
+    let src = env.path(&format!("{name}.c"));
+    let so = env.path(&format!("{name}.so"));
+    fs::write(&src, source).unwrap();
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .output()
+        .expect("the system C compiler `cc` (Debian's gcc) is needed to build an LD_PRELOAD shim");
+    assert!(
+        out.status.success(),
+        "cc failed on {name}.c: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    so
+}
+
 pub fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension(format!("tmp{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
     let mut f = fs::File::create(&tmp).unwrap();
