@@ -1,12 +1,13 @@
 //! Prometheus metrics against the real binary: `run-chain metrics` over a RUN_ROOT with several
 //! chains (successes, failures, a signal, a spawn error, a timeout, a task running now, a chain
 //! stopped mid-run), checked value by value, against `history`, and by `promtool check metrics`
-//! (which must be installed: a missing promtool fails the test); a chain killed mid-run shows
+//! (a missing promtool fails the test: see `peer_binary`); a chain killed mid-run shows
 //! no run in progress; counters that never fall when runs are pruned; the `exporter` over plain
 //! HTTP (200 with the text format at `/metrics`, 404 elsewhere, a clean stop on SIGTERM and
 //! SIGINT, exit 64 on a bad `--listen`; the default address 127.0.0.1:9464, in a network
 //! namespace of the test's own); and a real Prometheus server (same Debian package as
-//! promtool) scraping the exporter and answering a query.
+//! promtool, which scripts/test unpacks without installing it) scraping the exporter and
+//! answering a query.
 
 mod common;
 
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -199,11 +200,47 @@ fn metrics(env: &TestEnv) -> Exposition {
     try_metrics(env).unwrap_or_else(|e| panic!("run-chain metrics: {e}"))
 }
 
+/// Where `name` (promtool or prometheus, from Debian's package `prometheus`) is: `$var` when it
+/// is set (scripts/test sets it to the copy it unpacked), else that copy in cargo's target
+/// directory (TARGET/peers/prometheus/usr/bin), else `name` in PATH. Found nowhere, the test
+/// fails (the suite requires both programs) and says to run scripts/test.
+fn peer_binary(var: &str, name: &str) -> PathBuf {
+    let how = "run scripts/test, which unpacks Debian's package `prometheus` (without installing \
+               it) into cargo's target directory, TARGET/peers/prometheus";
+    if let Some(path) = std::env::var_os(var) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{var}={} is not a file: {how}",
+            path.display()
+        );
+        return path;
+    }
+    // bin() is TARGET/debug/run-chain, or TARGET/TRIPLE/debug/run-chain.
+    let unpacked = Path::new(bin())
+        .ancestors()
+        .skip(2)
+        .take(2)
+        .map(|dir| dir.join("peers/prometheus/usr/bin").join(name));
+    let in_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(name));
+    unpacked
+        .chain(in_path)
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found ({var} unset, not in TARGET/peers/prometheus, not in PATH): {how}")
+        })
+}
+
 /// Pipes `text` to `promtool check metrics`: Ok only if it exits 0 and prints nothing at all
 /// (lint warnings count as failures). A missing promtool fails the test: it is a requirement of
-/// the suite (Debian package `prometheus`; scripts/test installs it).
+/// the suite.
 fn promtool_check(text: &str) -> Result<(), String> {
-    let mut child = match Command::new("promtool")
+    let promtool = peer_binary("RUN_CHAIN_PROMTOOL", "promtool");
+    let mut child = match Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -212,8 +249,8 @@ fn promtool_check(text: &str) -> Result<(), String> {
     {
         Ok(c) => c,
         Err(e) => panic!(
-            "cannot run promtool ({e}): it is required by this suite; install the Debian \
-             package `prometheus` (scripts/test does)"
+            "cannot run {} ({e}): it is required by this suite; run scripts/test",
+            promtool.display()
         ),
     };
     let mut stdin = child.stdin.take().unwrap();
@@ -232,7 +269,8 @@ fn promtool_check(text: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "promtool check metrics: {:?}, said:\n{said}\non this input:\n{text}",
+            "{} check metrics: {:?}, said:\n{said}\non this input:\n{text}",
+            promtool.display(),
             out.status
         ))
     }
@@ -949,12 +987,15 @@ fn start_exporter(env: &TestEnv) -> (Runner, SocketAddr) {
 
 /// Starts Prometheus (with `config`) on a free port of 127.0.0.1 and waits until it is ready
 /// (`/-/ready` answers 200 while it runs); another port is tried if that one was taken.
-fn start_prometheus(env: &TestEnv, config: &Path) -> (Runner, SocketAddr) {
+fn start_prometheus(env: &TestEnv, program: &Path, config: &Path) -> (Runner, SocketAddr) {
+    let program = program
+        .to_str()
+        .unwrap_or_else(|| panic!("{} is not UTF-8", program.display()));
     let mut failures = Vec::new();
     for attempt in 0..PORT_TRIES {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let storage = env.path(&format!("prometheus-data-{attempt}"));
-        let mut cmd = env.command_for(PROMETHEUS);
+        let mut cmd = env.command_for(program);
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", storage.display()))
             .arg(format!("--web.listen-address={addr}"));
@@ -978,7 +1019,7 @@ fn start_prometheus(env: &TestEnv, config: &Path) -> (Runner, SocketAddr) {
         let stderr = prometheus.stderr();
         assert!(
             stderr.contains("address already in use"),
-            "prometheus at {addr} exited ({:?}) for another reason than its port; stderr:\n{stderr}",
+            "{program} at {addr} exited ({:?}) for another reason than its port; stderr:\n{stderr}",
             prometheus.try_status()
         );
         failures.push(format!("{addr}: {stderr}"));
@@ -1181,8 +1222,6 @@ fn exporter_listens_on_127_0_0_1_9464_by_default() {
 // A real Prometheus server scraping the exporter.
 // ---------------------------------------------------------------------------------------------
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-
 /// Percent-encodes a query parameter.
 fn url_encode(s: &str) -> String {
     s.bytes()
@@ -1198,11 +1237,8 @@ fn url_encode(s: &str) -> String {
 
 #[test]
 fn prometheus_scrapes_the_exporter_and_answers_a_query() {
-    // Installed with promtool (Debian package `prometheus`), which the suite requires.
-    assert!(
-        Path::new(PROMETHEUS).exists(),
-        "{PROMETHEUS} is missing: install the Debian package `prometheus` (scripts/test does)"
-    );
+    // From the same Debian package as promtool; the suite requires it.
+    let program = peer_binary("RUN_CHAIN_PROMETHEUS", "prometheus");
     let env = TestEnv::new(MANY);
     env.run(&["--once", "--name", "pair", "good", "bad"])
         .assert_code(1);
@@ -1217,7 +1253,7 @@ fn prometheus_scrapes_the_exporter_and_answers_a_query() {
         ),
     )
     .unwrap();
-    let (mut prometheus, prom_addr) = start_prometheus(&env, &config);
+    let (mut prometheus, prom_addr) = start_prometheus(&env, &program, &config);
 
     let query = url_encode(r#"run_chain_runs_total{chain="pair",task="good",result="ok"}"#);
     let path = format!("/api/v1/query?query={query}");
@@ -1228,7 +1264,8 @@ fn prometheus_scrapes_the_exporter_and_answers_a_query() {
         || {
             if let Some(status) = prometheus.try_status() {
                 panic!(
-                    "prometheus exited ({status:?}); stderr:\n{}",
+                    "{} exited ({status:?}); stderr:\n{}",
+                    program.display(),
                     prometheus.stderr()
                 );
             }
