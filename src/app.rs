@@ -991,15 +991,20 @@ fn holder_of(common: &Common, chain: &str) -> Result<Option<(i32, std::os::fd::O
 }
 
 /// The chains of RUN_ROOT (a `CHAIN.pid` each, never removed), each with its tasks as its
-/// `CHAIN.state` names them (none if it cannot be read). Empty if RUN_ROOT cannot be read.
+/// `CHAIN.state` knows them: its task list, and the tasks it has run (a `--once` launch
+/// writes no list). None if the state cannot be read; no chain if RUN_ROOT cannot be read.
 fn chains_and_tasks(root: &Path) -> Vec<(String, Vec<String>)> {
     crate::report::chains(root)
         .unwrap_or_default()
         .into_iter()
         .map(|c| {
-            let tasks = state::load(&state::path(root, &c))
-                .map(|s| s.tasks)
-                .unwrap_or_default();
+            let st = state::load(&state::path(root, &c)).unwrap_or_default();
+            let mut tasks = st.tasks;
+            for t in st.run_ids.into_keys() {
+                if !tasks.contains(&t) {
+                    tasks.push(t);
+                }
+            }
             (c, tasks)
         })
         .collect()

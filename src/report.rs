@@ -379,6 +379,8 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
                 let outcome = last["outcome"].as_str().unwrap_or("?");
                 // As `history` shows it: a signal by its name (the code is 128 + its number).
                 let code = match last["exit_code"].as_i64() {
+                    // "ok": exit 0, as `history` shows it.
+                    _ if outcome == "ok" => String::new(),
                     Some(c) if outcome == "signal" && c > 128 => {
                         format!(" ({})", crate::outcome::signal_name((c - 128) as i32))
                     }
