@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::chain::{Chain, Mode};
-use crate::cli::{Cli, Command, Common, RunArgs};
+use crate::cli::{Cli, Command, Common, RunArgs, COMING_COMMANDS, RESERVED_NAMES};
 use crate::config::{self, Config, Program};
 use crate::driver::{self, Driver};
 use crate::error::{exit, Error, Result};
 use crate::guardian::Guardian;
-use crate::pidfile::{self, next, PidFile};
+use crate::pidfile::{next, PidFile};
 use crate::signals::{Sig, Signals};
 use crate::state;
 use crate::sys;
@@ -254,11 +254,10 @@ pub fn main(cli: Cli) -> Result<u8> {
             let known = Config::load(&config_path(&cli.common))
                 .ok()
                 .map(|c| c.tasks.contains_key(&task));
-            let limit = match limit {
-                Some(0) => return Err(Error::Usage("--limit: expected 1 or more".into())),
-                Some(n) => n as usize,
-                None => 20,
-            };
+            if limit == 0 {
+                return Err(Error::Usage("--limit: expected 1 or more".into()));
+            }
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             crate::report::history(
                 &looked_run_root(&cli.common)?,
                 &task,
@@ -287,10 +286,9 @@ pub fn main(cli: Cli) -> Result<u8> {
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             Ok(exit::OK)
         }
-        Some(Command::Exporter { listen }) => crate::exporter::serve(
-            looked_run_root(&cli.common)?,
-            listen.as_deref().unwrap_or("127.0.0.1:9464"),
-        ),
+        Some(Command::Exporter { listen }) => {
+            crate::exporter::serve(looked_run_root(&cli.common)?, &listen)
+        }
         Some(Command::MailTest) => mail_test(&cli.common),
     }
 }
@@ -298,63 +296,193 @@ pub fn main(cli: Cli) -> Result<u8> {
 fn check(common: &Common) -> Result<u8> {
     let path = config_path(common);
     let config = Config::load(&path)?;
+    if config.tasks.is_empty() {
+        return Err(Error::config_key(
+            &config.file,
+            "tasks",
+            "no task is defined: expected at least one [tasks.NAME] section with `command` or `argv`",
+        ));
+    }
     let root = run_root(common, Some(&config))?;
-    say!(
-        "config: {} (digest {})",
-        config.file.display(),
-        config.digest
-    );
-    say!("run_root: {}", root.display());
+    let from = if common.run_root.is_some() {
+        "from --run-root"
+    } else if run_root_override(common).is_some() {
+        "from RUN_ROOT"
+    } else if config.run_root.is_some() {
+        "from the config"
+    } else {
+        "the default: var/run beside the config"
+    };
+    use std::io::Write as _;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(check_text(&config, &root, from).as_bytes());
+    Ok(exit::OK)
+}
+
+/// A key as TOML writes it: bare where it can be, else quoted.
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_string()
+    } else {
+        toml_str(k)
+    }
+}
+
+/// A string value as TOML writes it.
+fn toml_str(v: &str) -> String {
+    toml::Value::String(v.to_string()).to_string()
+}
+
+/// A section of `check`'s report: its header (None: the top level) and its `key = value`
+/// rows; a key that starts with `#` is a comment line of its own.
+type Section = (Option<String>, Vec<(String, String)>);
+
+/// `check`'s report from its sections, every `=` in one column.
+fn render_sections(sections: &[Section]) -> String {
+    use std::fmt::Write as _;
+    let is_comment = |k: &str| k.starts_with('#');
+    let width = sections
+        .iter()
+        .flat_map(|(_, rows)| rows)
+        .filter(|(k, _)| !is_comment(k))
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (header, rows) in sections {
+        if let Some(h) = header {
+            let _ = writeln!(out, "\n[{h}]");
+        }
+        for (k, v) in rows {
+            if is_comment(k) {
+                let _ = writeln!(out, "{k}");
+            } else {
+                let _ = writeln!(out, "{k:<width$} = {v}");
+            }
+        }
+    }
+    out
+}
+
+/// `check`'s report: the config as run-chain reads it, written as TOML, every default
+/// resolved into every task and every value in the config's own form ("15m", "64KiB",
+/// "opportunistic"), so that a line can be copied back into the file. `root_from` says
+/// where RUN_ROOT came from.
+fn check_text(config: &Config, root: &Path, root_from: &str) -> String {
+    let mut sections: Vec<Section> = Vec::new();
+    let path = |p: &Path| toml_str(&p.display().to_string());
+    let dur = |d: Duration| toml_str(&config::fmt_duration(d));
+    let row = |k: &str, v: String| (k.to_string(), v);
+    sections.push((
+        None,
+        vec![
+            row(
+                &format!(
+                    "# {} (digest {}): valid; every default resolved",
+                    config.file.display(),
+                    config.digest
+                ),
+                String::new(),
+            ),
+            row("run_root", format!("{}  # {root_from}", path(root))),
+        ],
+    ));
     for t in config.tasks.values() {
-        say!();
-        say!("[tasks.{}]", t.name);
+        let mut rows = Vec::new();
         match &t.program {
-            Program::Shell(c) => say!("  command          = {c:?}  (run by /bin/sh -c)"),
-            Program::Argv(v) => say!("  argv             = {v:?}"),
+            Program::Shell(c) => rows.push(row(
+                "command",
+                format!("{}  # run by /bin/sh -c", toml_str(c)),
+            )),
+            Program::Argv(v) => rows.push(row(
+                "argv",
+                toml::Value::Array(v.iter().map(|a| toml::Value::String(a.clone())).collect())
+                    .to_string(),
+            )),
         }
-        say!("  cwd              = {}", t.cwd.display());
+        rows.push(row("cwd", path(&t.cwd)));
         for (k, v) in &t.env {
-            say!("  env.{k} = {v:?}");
+            rows.push((format!("env.{}", toml_key(k)), toml_str(v)));
         }
-        let d = driver::fmt_dur;
-        say!("  success_cooldown = {}", d(t.timing.success_cooldown));
-        say!("  fail_cooldown    = {}", d(t.timing.fail_cooldown));
-        say!(
-            "  timeout          = {}",
-            t.timing.timeout.map_or("none".to_string(), d)
-        );
-        say!("  stop_grace       = {}", d(t.timing.stop_grace));
-        say!("  kill_grace       = {}", d(t.timing.kill_grace));
-        say!(
-            "  non_recoverable_downtime = {}",
-            d(t.non_recoverable_downtime)
-        );
-        say!("  keep_runs_for    = {}", d(t.keep_runs_for));
-        say!("  keep_runs_max    = {}", t.keep_runs_max);
-        say!("  keep_output      = {} bytes", t.keep_output);
+        rows.push(row("success_cooldown", dur(t.timing.success_cooldown)));
+        rows.push(row("fail_cooldown", dur(t.timing.fail_cooldown)));
+        rows.push(row(
+            "timeout",
+            t.timing.timeout.map_or_else(|| toml_str("none"), dur),
+        ));
+        rows.push(row("stop_grace", dur(t.timing.stop_grace)));
+        rows.push(row("kill_grace", dur(t.timing.kill_grace)));
+        rows.push(row(
+            "non_recoverable_downtime",
+            dur(t.non_recoverable_downtime),
+        ));
+        rows.push(row("keep_runs_for", dur(t.keep_runs_for)));
+        rows.push(row("keep_runs_max", t.keep_runs_max.to_string()));
+        // A size with a unit is a string in the config, a number of bytes a number.
+        let size = config::fmt_size(t.keep_output as u64);
+        let size = if size.bytes().all(|b| b.is_ascii_digit()) {
+            size
+        } else {
+            toml_str(&size)
+        };
+        rows.push(row("keep_output", size));
         if let Some(n) = t.nice {
-            say!("  nice             = {n}");
+            rows.push(row("nice", n.to_string()));
         }
         if let Some(g) = &t.group {
-            say!("  group            = {g}");
+            rows.push(row("group", toml_str(g)));
         }
+        sections.push((Some(format!("tasks.{}", toml_key(&t.name))), rows));
     }
     for (name, g) in &config.groups {
-        say!();
-        say!("[groups.{name}]\n  max_running = {}", g.max_running);
+        sections.push((
+            Some(format!("groups.{}", toml_key(name))),
+            vec![row("max_running", g.max_running.to_string())],
+        ));
     }
     if let Some(e) = &config.email {
-        say!();
-        say!("[email]\n  to = {:?}", e.to);
-        let transport = match (&e.smtp, &e.sendmail) {
-            (Some(u), _) => format!("smtp {u} (tls {:?})", e.tls),
-            (_, Some(s)) => format!("sendmail {}", s.display()),
-            _ => format!("files in {}", root.join("mail").display()),
+        let strs = |v: &[String]| {
+            toml::Value::Array(v.iter().map(|a| toml::Value::String(a.clone())).collect())
+                .to_string()
         };
-        say!("  transport = {transport}");
-        say!("  max_alerts_per_hour = {}", e.max_alerts_per_hour);
+        let mut rows = vec![row("to", strs(&e.to))];
+        if let Some(f) = &e.from {
+            rows.push(row("from", toml_str(f)));
+        }
+        match (&e.smtp, &e.sendmail) {
+            (Some(u), _) => {
+                rows.push(row("smtp", toml_str(u)));
+                rows.push(row("tls", toml_str(e.tls.as_str())));
+            }
+            (_, Some(s)) => rows.push(row("sendmail", path(s))),
+            _ => rows.push(row(
+                &format!(
+                    "# no smtp and no sendmail: alerts are written as .eml files to {}",
+                    root.join("mail").display()
+                ),
+                String::new(),
+            )),
+        }
+        if let Some(f) = &e.ca_file {
+            rows.push(row("ca_file", path(f)));
+        }
+        if let Some(f) = &e.password_file {
+            rows.push(row("password_file", path(f)));
+        }
+        if let Some(v) = &e.password_env {
+            rows.push(row("password_env", toml_str(v)));
+        }
+        rows.push(row(
+            "max_alerts_per_hour",
+            e.max_alerts_per_hour.to_string(),
+        ));
+        sections.push((Some("email".into()), rows));
     }
-    Ok(exit::OK)
+    render_sections(&sections)
 }
 
 fn run(common: &Common, args: &RunArgs) -> Result<u8> {
@@ -364,7 +492,8 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         ));
     }
     for (i, t) in args.tasks.iter().enumerate() {
-        if crate::cli::RESERVED_NAMES.contains(&t.as_str()) {
+        // A coming command's name (`run-chain serve`) is left to the config below.
+        if RESERVED_NAMES.contains(&t.as_str()) && !COMING_COMMANDS.contains(&t.as_str()) {
             return Err(Error::Usage(format!(
                 "{t:?} is a subcommand, not a task (no task may be named so): give it alone, as `run-chain {t} ...`, not after task names"
             )));
@@ -376,7 +505,19 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         }
     }
     let path = config_path(common);
+    // A config that defines a task named like a coming command (`serve`) is refused here:
+    // exit 78, naming the file and the key, saying to rename the task.
     let config = Config::load(&path)?;
+    if let Some(t) = args
+        .tasks
+        .iter()
+        .find(|t| COMING_COMMANDS.contains(&t.as_str()))
+    {
+        return Err(Error::Usage(format!(
+            "`{t}` is not a command of run-chain {} (it is reserved for a coming version), and no task may be named so",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     let tasks = config.chain_tasks(&args.tasks)?;
     let chain_name = match &args.name {
         Some(n) => {
@@ -840,13 +981,61 @@ fn holder_of(common: &Common, chain: &str) -> Result<Option<(i32, std::os::fd::O
     config::check_name(chain).map_err(|m| Error::Usage(format!("chain {chain:?}: {m}")))?;
     let root = looked_run_root(common)?;
     let Some(pf) = PidFile::open_existing(&root, chain)? else {
-        return Err(Error::Usage(format!(
-            "no chain named {chain:?} in {} (no {} found)",
-            root.display(),
-            pidfile::path(&root, chain).display()
+        return Err(Error::Usage(unknown_chain(
+            chain,
+            &root,
+            &chains_and_tasks(&root),
         )));
     };
     Ok(pf.holder_pidfd())
+}
+
+/// The chains of RUN_ROOT (a `CHAIN.pid` each, never removed), each with its tasks as its
+/// `CHAIN.state` knows them: its task list, and the tasks it has run (a `--once` launch
+/// writes no list). None if the state cannot be read; no chain if RUN_ROOT cannot be read.
+fn chains_and_tasks(root: &Path) -> Vec<(String, Vec<String>)> {
+    crate::report::chains(root)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let st = state::load(&state::path(root, &c)).unwrap_or_default();
+            let mut tasks = st.tasks;
+            for t in st.run_ids.into_keys() {
+                if !tasks.contains(&t) {
+                    tasks.push(t);
+                }
+            }
+            (c, tasks)
+        })
+        .collect()
+}
+
+/// What `stop`/`kick` say of a chain that RUN_ROOT does not hold: the chains it does hold,
+/// or that it holds none, and the chains that have a task so named (a task name given for
+/// a chain's).
+fn unknown_chain(chain: &str, root: &Path, known: &[(String, Vec<String>)]) -> String {
+    let mut msg = format!("no chain named {chain:?} in {}", root.display());
+    let of: Vec<&str> = known
+        .iter()
+        .filter(|(_, tasks)| tasks.iter().any(|t| t == chain))
+        .map(|(c, _)| c.as_str())
+        .collect();
+    if !of.is_empty() {
+        msg.push_str(&format!(
+            "; {chain} is a task of chain{} {}",
+            if of.len() > 1 { "s" } else { "" },
+            of.join(", ")
+        ));
+    }
+    if known.is_empty() {
+        msg.push_str(
+            "; no chain has run there (is RUN_ROOT the right one? --run-root, RUN_ROOT or run_root in the config)",
+        );
+    } else {
+        let names: Vec<&str> = known.iter().map(|(c, _)| c.as_str()).collect();
+        msg.push_str(&format!("; the chains there: {}", names.join(", ")));
+    }
+    msg
 }
 
 fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
@@ -952,5 +1141,89 @@ fn mail_test(common: &Common) -> Result<u8> {
         Err(crate::mailer::SendError::Permanent(m)) => Err(Error::Internal(format!(
             "the test alert was not delivered through {transport}: {m}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[defaults]
+keep_runs_for = "30d"
+timeout = "1h 30m"
+[email]
+to = ["admin@example.com"]
+smtp = "smtp://mx.example.com:587"
+tls = "required"
+password_env = "PW"
+[tasks.a]
+command = 'echo "a" >> out'
+cwd = "/srv"
+env = { A_VERY_LONG_VARIABLE_NAME = "1", "odd name" = "x" }
+keep_output = 1000
+group = "db"
+[tasks."b.x"]
+argv = ["printf", "a 'b' \"c\""]
+keep_output = "1MiB"
+timeout = "none"
+cwd = "/"
+[groups.db]
+max_running = 2
+"#;
+
+    /// `check` writes the config as the file would: read back, it is the same config.
+    #[test]
+    fn check_text_reads_back_as_the_same_config() {
+        let file = Path::new("/etc/rc/tasks.toml");
+        let c = Config::parse(CONFIG, file).expect("valid");
+        let text = check_text(&c, Path::new("/var/run/rc"), "from the config");
+        let back = Config::parse(&text, file).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+        assert_eq!(back.tasks, c.tasks, "{text}");
+        assert_eq!(back.groups, c.groups, "{text}");
+        assert_eq!(back.email, c.email, "{text}");
+        assert_eq!(back.run_root, Some(PathBuf::from("/var/run/rc")), "{text}");
+        for line in [
+            "tls                           = \"required\"",
+            "keep_output                   = 1000",
+            "keep_output                   = \"1MiB\"",
+            "keep_runs_for                 = \"30days\"",
+            "timeout                       = \"1h 30m\"",
+            "timeout                       = \"none\"",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    /// Every `key = value` line has its `=` in the same column.
+    #[test]
+    fn check_text_is_aligned() {
+        let c = Config::parse(CONFIG, Path::new("/etc/rc/tasks.toml")).expect("valid");
+        let text = check_text(&c, Path::new("/var/run/rc"), "from the config");
+        let columns: std::collections::BTreeSet<usize> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with('[') && !l.is_empty())
+            .map(|l| l.find(" = ").unwrap_or_else(|| panic!("{l:?}")))
+            .collect();
+        assert_eq!(columns.len(), 1, "{text}");
+    }
+
+    #[test]
+    fn an_unknown_chain_is_answered_with_the_chains_there() {
+        let root = Path::new("/r");
+        let known = vec![
+            ("a_b".to_string(), vec!["a".to_string(), "b".to_string()]),
+            ("c".to_string(), vec!["c".to_string(), "a".to_string()]),
+            ("old".to_string(), vec![]),
+        ];
+        let m = unknown_chain("a", root, &known);
+        assert_eq!(
+            m,
+            "no chain named \"a\" in /r; a is a task of chains a_b, c; the chains there: a_b, c, old"
+        );
+        let m = unknown_chain("x", root, &known[..1]);
+        assert_eq!(m, "no chain named \"x\" in /r; the chains there: a_b");
+        let m = unknown_chain("x", root, &[]);
+        assert!(m.contains("no chain has run there"), "{m}");
     }
 }

@@ -1,14 +1,17 @@
 //! The command line, as clap sees it: raw values only.
 //!
 //! Nothing here reads a file or checks a name; `app.rs` resolves these raw values,
-//! together with the environment and the config file, into what runs.
+//! together with the environment and the config file, into what runs. The help text is
+//! part of the contract: every option and argument has a line, and the defaults it shows
+//! are the constants below, which the commands use too (so the two cannot drift).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Names that a task or chain may not take, because the command line gives them a
-/// meaning of their own.
+/// Names that a task may not take, because the command line gives them a meaning of
+/// their own: the subcommands of this version, and those of a coming one
+/// ([`COMING_COMMANDS`]). A test checks that every subcommand is listed.
 pub const RESERVED_NAMES: &[&str] = &[
     "check",
     "status",
@@ -20,13 +23,44 @@ pub const RESERVED_NAMES: &[&str] = &[
     "exporter",
     "mail-test",
     "help",
+    "serve",
+    "run-now",
+    "store",
 ];
+
+/// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
+/// launched as `run-chain serve` would otherwise start the web console after an upgrade.
+pub const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
+
+/// `history --limit` when not given.
+pub const DEFAULT_HISTORY_LIMIT: u64 = 20;
+
+/// `exporter --listen` when not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+const USAGE: &str = "run-chain [OPTIONS] TASK...
+       run-chain COMMAND [OPTIONS] [ARGS]";
+
+const EXAMPLES: &str = "\
+Examples:
+  run-chain send_mail retry_deferred &
+      Run the two tasks in turn, for ever, as chain send_mail_retry_deferred
+      (launched again, it takes over from the running instance: the upgrade)
+  run-chain -c /etc/app/tasks.toml --once backup
+      Run task backup once and exit: 0 if it succeeded, 1 if not
+  run-chain status
+      Every chain in RUN_ROOT: up or down, what it does now, its last results
+  run-chain stop send_mail_retry_deferred
+      Stop that chain gracefully; returns when its process has exited";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "run-chain",
     version,
     about = "Run an ordered chain of commands continuously, with a cooldown after each.",
+    override_usage = USAGE,
+    after_help = EXAMPLES,
+    subcommand_value_name = "COMMAND",
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
@@ -42,6 +76,7 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Common options")]
 pub struct Common {
     /// Config file [env: RUN_CHAIN_CONFIG] [default: ./tasks.toml]
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
@@ -54,6 +89,7 @@ pub struct Common {
 
 /// Options of the run mode (`run-chain TASK...`).
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Run options (run-chain [OPTIONS] TASK...)")]
 pub struct RunArgs {
     /// Chain name [default: the task names joined by `_`]
     #[arg(long = "name", value_name = "CHAIN")]
@@ -67,7 +103,7 @@ pub struct RunArgs {
     #[arg(long = "once")]
     pub once: bool,
 
-    /// The tasks of the chain, in order
+    /// The tasks of the chain, in order (each a [tasks.NAME] of the config)
     #[arg(value_name = "TASK")]
     pub tasks: Vec<String>,
 }
@@ -78,43 +114,95 @@ pub enum Command {
     Check,
     /// Every chain in RUN_ROOT: pid, up/down, what it does now, last results
     Status {
+        /// Print JSON (RUN_ROOT and every chain) instead of the table
         #[arg(long)]
         json: bool,
     },
     /// Recorded runs of a task, newest first
     History {
+        /// The task whose runs to list
+        #[arg(value_name = "TASK")]
         task: String,
-        #[arg(long)]
+        /// Only the runs of this chain [default: every chain that ran the task]
+        #[arg(long, value_name = "CHAIN")]
         chain: Option<String>,
-        #[arg(long)]
-        limit: Option<u64>,
+        /// At most this many runs
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTORY_LIMIT)]
+        limit: u64,
+        /// Print the runs as a JSON array instead of the table
         #[arg(long)]
         json: bool,
     },
     /// The kept output of a run
     Log {
+        /// The task whose output to print
+        #[arg(value_name = "TASK")]
         task: String,
+        /// The run's id (RUN_CHAIN_RUN_ID) [default: the latest, even one still running]
+        #[arg(value_name = "RUN_ID")]
         run_id: Option<u64>,
-        #[arg(long)]
+        /// The run of this chain [default: every chain that ran the task]
+        #[arg(long, value_name = "CHAIN")]
         chain: Option<String>,
     },
     /// Graceful stop of a running chain; returns when its process has exited
     Stop {
+        /// The chain to stop (see `run-chain status`)
+        #[arg(value_name = "CHAIN")]
         chain: String,
         /// Stop the running task at once instead of letting it finish
         #[arg(long)]
         now: bool,
     },
     /// End the current cooldown of a chain: its next task starts at once
-    Kick { chain: String },
+    Kick {
+        /// The chain to kick (see `run-chain status`)
+        #[arg(value_name = "CHAIN")]
+        chain: String,
+    },
     /// Print Prometheus text exposition for all chains, once
     Metrics,
     /// Serve the metrics over HTTP at /metrics
     Exporter {
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<String>,
+        /// The address and port to listen on
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+        listen: String,
     },
     /// Send one test alert through the configured transport
     #[command(name = "mail-test")]
     MailTest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_is_a_reserved_name_and_coming_ones_are_not_subcommands() {
+        let cmd = Cli::command();
+        let subs: Vec<&str> = cmd
+            .get_subcommands()
+            .map(clap::Command::get_name)
+            .chain(["help"])
+            .collect();
+        for s in &subs {
+            assert!(RESERVED_NAMES.contains(s), "{s} is not reserved");
+        }
+        for c in COMING_COMMANDS {
+            assert!(RESERVED_NAMES.contains(c), "{c} is not reserved");
+            assert!(!subs.contains(c), "{c} is a subcommand already");
+        }
+        for r in RESERVED_NAMES {
+            assert!(
+                subs.contains(r) || COMING_COMMANDS.contains(r),
+                "{r} is reserved for no reason"
+            );
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::RESERVED_NAMES;
+use crate::cli::{COMING_COMMANDS, RESERVED_NAMES};
 use crate::error::{Error, Result};
 
 // ---------------------------------------------------------------------------------
@@ -239,6 +239,17 @@ pub enum TlsMode {
     None,
 }
 
+impl TlsMode {
+    /// The value as the config writes it (`tls = "opportunistic"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Opportunistic => "opportunistic",
+            TlsMode::Required => "required",
+            TlsMode::None => "none",
+        }
+    }
+}
+
 /// The `[email]` section, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email {
@@ -319,12 +330,18 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Check a task name: a valid name that is not one of the subcommands.
+/// Check a task name: a valid name that is not one of the subcommands, of this version
+/// or of a coming one.
 pub fn check_task_name(name: &str) -> std::result::Result<(), String> {
     check_name(name)?;
+    if COMING_COMMANDS.contains(&name) {
+        return Err(format!(
+            "{name:?} is reserved for the command `run-chain {name}` of a coming version (a chain launched as `run-chain {name}` would run that command after an upgrade): rename the task, here and where its chain is launched"
+        ));
+    }
     if RESERVED_NAMES.contains(&name) {
         return Err(format!(
-            "{name:?} is reserved for the subcommand of that name; choose another task name"
+            "{name:?} is reserved for the command `run-chain {name}`: rename the task, here and where its chain is launched"
         ));
     }
     Ok(())
@@ -361,6 +378,24 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         _ => return Err(expected()),
     };
     n.checked_mul(mult).ok_or_else(expected)
+}
+
+/// A duration as the config writes it, in humantime form ("15m", "1h 30m", "30days"):
+/// [`parse_duration`] reads it back as the same duration.
+pub fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A size as the config writes it: in the largest binary unit that divides it ("64KiB",
+/// "1MiB"), else in bytes (`1000`). [`parse_size`] reads it back as the same size.
+pub fn fmt_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (unit, name) in UNITS {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{name}", bytes / unit);
+        }
+    }
+    bytes.to_string()
 }
 
 /// A stable 64-bit FNV-1a digest, as 16 hex digits.
@@ -1022,6 +1057,52 @@ max_running = 1
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("15 minutes please").is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes_are_written_as_the_config_reads_them() {
+        for (d, text) in [
+            (Duration::from_secs(15 * 60), "15m"),
+            (Duration::from_secs(5400), "1h 30m"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_millis(200), "200ms"),
+            (Duration::ZERO, "0s"),
+            (builtin::KEEP_RUNS_FOR, "30days"),
+        ] {
+            assert_eq!(fmt_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+        for (n, text) in [
+            (65536, "64KiB"),
+            (1 << 20, "1MiB"),
+            (3 << 30, "3GiB"),
+            (1536, "1536"),
+            (1000, "1000"),
+            (0, "0"),
+            (1, "1"),
+        ] {
+            assert_eq!(fmt_size(n), text);
+            assert_eq!(parse_size(text), Ok(n));
+        }
+        for t in [TlsMode::Opportunistic, TlsMode::Required, TlsMode::None] {
+            let text = format!("[email]\nto = [\"a@b\"]\ntls = \"{}\"\n", t.as_str());
+            assert_eq!(parse(&text).expect("valid").email.map(|e| e.tls), Some(t));
+        }
+    }
+
+    #[test]
+    fn coming_commands_are_reserved_with_a_rename_hint() {
+        for name in ["serve", "run-now", "store"] {
+            let e = err(&format!("[tasks.{name}]\ncommand = \"x\"\n"));
+            assert!(
+                e.contains(&format!("tasks.{name}"))
+                    && e.contains("reserved")
+                    && e.contains("rename the task"),
+                "{e}"
+            );
+        }
+        let e = err("[tasks.kick]\ncommand = \"x\"\n");
+        assert!(e.contains("rename the task"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,30 @@ fn ago(now_ms: u64, ms: u64) -> String {
     crate::driver::fmt_dur(Duration::from_millis(now_ms.saturating_sub(ms)))
 }
 
+/// How long ago `ms` was, to the two largest units, for the status table's LAST and LAST
+/// SUCCESS (one form for both): "just now", "42s ago", "3m 12s ago", "2h ago", "3d 4h ago".
+fn time_ago(now_ms: u64, ms: u64) -> String {
+    let s = now_ms.saturating_sub(ms) / 1000;
+    let (big, small) = match s {
+        0 => return "just now".to_string(),
+        1..60 => ((s, "s"), (0, "")),
+        60..3600 => ((s / 60, "m"), (s % 60, "s")),
+        3600..86400 => ((s / 3600, "h"), (s % 3600 / 60, "m")),
+        _ => ((s / 86400, "d"), (s % 86400 / 3600, "h")),
+    };
+    if small.0 == 0 {
+        format!("{}{} ago", big.0, big.1)
+    } else {
+        format!("{}{} {}{} ago", big.0, big.1, small.0, small.1)
+    }
+}
+
+/// An RFC 3339 time of the JSON view, in ms since the epoch.
+fn json_ms(v: &Value) -> Option<u64> {
+    let t = humantime::parse_rfc3339(v.as_str()?).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
 /// Chains in RUN_ROOT: every valid `CHAIN.pid`.
 pub fn chains(run_root: &Path) -> Result<Vec<String>> {
     let rd = std::fs::read_dir(run_root).map_err(|e| {
@@ -355,6 +379,8 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
                 let outcome = last["outcome"].as_str().unwrap_or("?");
                 // As `history` shows it: a signal by its name (the code is 128 + its number).
                 let code = match last["exit_code"].as_i64() {
+                    // "ok": exit 0, as `history` shows it.
+                    _ if outcome == "ok" => String::new(),
                     Some(c) if outcome == "signal" && c > 128 => {
                         format!(" ({})", crate::outcome::signal_name((c - 128) as i32))
                     }
@@ -363,17 +389,11 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
                 };
                 format!(
                     "{outcome}{code} {}",
-                    last["stop"]
-                        .as_str()
-                        .and_then(|s| s.get(11..19))
-                        .unwrap_or("")
+                    json_ms(&last["stop"]).map_or(String::new(), |ms| time_ago(now_ms, ms))
                 )
             };
-            let success = t["last_success"]
-                .as_str()
-                .and_then(|s| humantime::parse_rfc3339(s).ok())
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or("-".to_string(), |d| short_time(d.as_millis() as u64));
+            let success =
+                json_ms(&t["last_success"]).map_or("-".to_string(), |ms| time_ago(now_ms, ms));
             let streak = if t["streak"].is_null() {
                 "-".to_string()
             } else {
@@ -587,6 +607,26 @@ pub fn log(run_root: &Path, task: &str, run_id: Option<u64>, chain: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_ago_to_two_units() {
+        let now = 1_800_000_000_000;
+        for (ago_s, text) in [
+            (0, "just now"),
+            (42, "42s ago"),
+            (60, "1m ago"),
+            (192, "3m 12s ago"),
+            (7200, "2h ago"),
+            (7500, "2h 5m ago"),
+            (86400 * 3 + 3600 * 4 + 59, "3d 4h ago"),
+            (86400 * 400, "400d ago"),
+        ] {
+            assert_eq!(time_ago(now, now - ago_s * 1000), text, "{ago_s}s");
+        }
+        // Under a second, or in the future (clocks of two hosts): just now.
+        assert_eq!(time_ago(now, now - 999), "just now");
+        assert_eq!(time_ago(now, now + 5000), "just now");
+    }
 
     #[test]
     fn holders_of_many_chains_held_by_one_process() {
