@@ -266,8 +266,8 @@ pub fn body(a: &AlertMail) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step<'a> {
     pub name: &'a str,
-    /// How long a run of it is expected to take (its last recorded duration; 0 unknown).
-    pub expected_ms: u64,
+    /// How long a run of it is expected to take (its last recorded duration), if known.
+    pub expected_ms: Option<u64>,
     /// The cooldown expected after it (after its last outcome).
     pub cooldown_ms: u64,
 }
@@ -290,8 +290,14 @@ pub enum NextAttempt {
     At(u64),
     /// It runs now (since this time).
     RunningNow(u64),
-    /// Other tasks come first (these, in order); estimated at this time.
-    After { before: Vec<String>, at_ms: u64 },
+    /// Other tasks come first (`before`, in order); estimated at `at_ms`. The estimate
+    /// counts 0 for the tasks in `unknown`, whose duration is not known: then it is the
+    /// earliest time.
+    After {
+        before: Vec<String>,
+        at_ms: u64,
+        unknown: Vec<String>,
+    },
     /// Not again in this process (`--once` is past it).
     NotAgain,
     /// The task is no longer in the chain (a reload removed it).
@@ -301,7 +307,8 @@ pub enum NextAttempt {
 /// When `task` is tried next, from the chain's position: at once known when it is the
 /// next task, else estimated by walking the chain from the next task to it, adding each
 /// task's expected duration and cooldown (a task that runs now is expected to end at
-/// its start plus its expected duration, and not before `now_ms`).
+/// its start plus its expected duration, and not before `now_ms`; a duration not known
+/// counts as 0, and the task is named in [`NextAttempt::After`]'s `unknown`).
 pub fn next_attempt(
     now_ms: u64,
     steps: &[Step],
@@ -313,6 +320,13 @@ pub fn next_attempt(
     if !steps.iter().any(|s| s.name == task) {
         return NextAttempt::NotInChain;
     }
+    let mut unknown = Vec::new();
+    let mut expected = |s: &Step| {
+        s.expected_ms.unwrap_or_else(|| {
+            unknown.push(s.name.to_string());
+            0
+        })
+    };
     let (mut i, mut at) = match position {
         Position::Done => return NextAttempt::NotAgain,
         Position::Due { index, at_ms } if index < n => {
@@ -320,17 +334,14 @@ pub fn next_attempt(
                 return NextAttempt::At(at_ms);
             }
             let s = steps[index];
-            (index, at_ms.max(now_ms) + s.expected_ms + s.cooldown_ms)
+            (index, at_ms.max(now_ms) + expected(&s) + s.cooldown_ms)
         }
         Position::Running { index, since_ms } if index < n => {
             if steps[index].name == task {
                 return NextAttempt::RunningNow(since_ms);
             }
             let s = steps[index];
-            (
-                index,
-                (since_ms + s.expected_ms).max(now_ms) + s.cooldown_ms,
-            )
+            (index, (since_ms + expected(&s)).max(now_ms) + s.cooldown_ms)
         }
         Position::Due { .. } | Position::Running { .. } => return NextAttempt::NotInChain,
     };
@@ -345,10 +356,14 @@ pub fn next_attempt(
         }
         let s = steps[i];
         if s.name == task {
-            return NextAttempt::After { before, at_ms: at };
+            return NextAttempt::After {
+                before,
+                at_ms: at,
+                unknown,
+            };
         }
         before.push(s.name.to_string());
-        at += s.expected_ms + s.cooldown_ms;
+        at += expected(&s) + s.cooldown_ms;
     }
     // Not reached: the task is in `steps`, so the walk meets it within `n` steps.
     NextAttempt::NotInChain
@@ -390,11 +405,25 @@ pub fn describe(next: &NextAttempt, now_ms: u64, local: &dyn Fn(u64) -> String) 
             crate::report::rfc3339(*at)
         ),
         NextAttempt::RunningNow(since) => format!("now: it is running, since {}", local(*since)),
-        NextAttempt::After { before, at_ms } => format!(
-            "after {}, about {} (in about {}; estimated from their last durations and cooldowns)",
+        NextAttempt::After {
+            before,
+            at_ms,
+            unknown,
+        } if unknown.is_empty() => format!(
+            "after {}, about {} (in about {}, from their last durations and cooldowns)",
             names(before),
             local(*at_ms),
             about(Duration::from_millis(at_ms.saturating_sub(now_ms)))
+        ),
+        NextAttempt::After {
+            before,
+            at_ms,
+            unknown,
+        } => format!(
+            "after {}, at {} at the earliest (the duration of {} is not known yet)",
+            names(before),
+            local(*at_ms),
+            names(unknown)
         ),
         NextAttempt::NotAgain => {
             "none: this run of the chain (--once) does not run it again".to_string()
@@ -444,7 +473,7 @@ mod tests {
         list.iter()
             .map(|&(name, expected_ms, cooldown_ms)| Step {
                 name,
-                expected_ms,
+                expected_ms: Some(expected_ms),
                 cooldown_ms,
             })
             .collect()
@@ -525,12 +554,13 @@ mod tests {
             next,
             NextAttempt::After {
                 before: vec!["b".into()],
-                at_ms: MIN + 20 * S + 2 * MIN
+                at_ms: MIN + 20 * S + 2 * MIN,
+                unknown: vec![],
             }
         );
         assert_eq!(
             describe(&next, 0, &fake_local),
-            "after b, about 10:03 TST (in about 3m; estimated from their last durations and cooldowns)"
+            "after b, about 10:03 TST (in about 3m, from their last durations and cooldowns)"
         );
     }
 
@@ -543,7 +573,8 @@ mod tests {
             next,
             NextAttempt::After {
                 before: vec!["c".into(), "d".into(), "a".into()],
-                at_ms: 31 * S + 10 * S
+                at_ms: 31 * S + 10 * S,
+                unknown: vec![],
             }
         );
         assert!(describe(&next, 0, &fake_local).starts_with("after c, d and a, about 10:00 TST"));
@@ -574,7 +605,8 @@ mod tests {
             next_attempt(MIN, &st, pos, "a", false),
             NextAttempt::After {
                 before: vec!["b".into()],
-                at_ms: 12 * MIN
+                at_ms: 12 * MIN,
+                unknown: vec![],
             }
         );
         // b has run for 15m already (longer than last time): a 2m after now at the earliest.
@@ -582,7 +614,8 @@ mod tests {
             next_attempt(15 * MIN, &st, pos, "a", false),
             NextAttempt::After {
                 before: vec!["b".into()],
-                at_ms: 17 * MIN
+                at_ms: 17 * MIN,
+                unknown: vec![],
             }
         );
         // The failing task itself runs now.
@@ -608,8 +641,33 @@ mod tests {
             ),
             NextAttempt::After {
                 before: vec!["b".into()],
-                at_ms: 11 * MIN
+                at_ms: 11 * MIN,
+                unknown: vec![],
             }
+        );
+    }
+
+    #[test]
+    fn a_task_of_unknown_duration_makes_the_estimate_the_earliest_time() {
+        // b runs now, for the first time (no duration known), with a cooldown of 1m.
+        let mut st = steps(&[("a", 0, MIN), ("b", 0, MIN), ("c", 0, 0)]);
+        st[1].expected_ms = None;
+        let pos = Position::Running {
+            index: 1,
+            since_ms: 0,
+        };
+        let next = next_attempt(10 * S, &st, pos, "a", false);
+        assert_eq!(
+            next,
+            NextAttempt::After {
+                before: vec!["b".into(), "c".into()],
+                at_ms: 10 * S + MIN,
+                unknown: vec!["b".into()],
+            }
+        );
+        assert_eq!(
+            describe(&next, 10 * S, &fake_local),
+            "after b and c, at 10:01 TST at the earliest (the duration of b is not known yet)"
         );
     }
 

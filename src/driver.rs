@@ -542,7 +542,7 @@ impl Driver {
                 };
                 Step {
                     name: &t.name,
-                    expected_ms: self.durations.get(&t.name).copied().unwrap_or(0),
+                    expected_ms: self.durations.get(&t.name).copied(),
                     cooldown_ms: cooldown.as_millis() as u64,
                 }
             })
