@@ -122,7 +122,7 @@ pub struct FailedRun {
 }
 
 impl FailedRun {
-    pub const LAST_LINE_MAX: usize = 300;
+    pub const LAST_LINE_MAX: usize = 200;
 }
 
 impl AlertState {

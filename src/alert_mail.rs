@@ -203,7 +203,10 @@ fn or_dash(s: &str) -> &str {
 pub fn body(a: &AlertMail) -> String {
     use std::fmt::Write;
     let mut b = String::new();
-    let run = a.run_id.map_or(String::new(), |id| format!(" {id}"));
+    let (the_run, the_run_up) = match a.run_id {
+        Some(id) => (format!("run {id}"), format!("Run {id}")),
+        None => ("the run".to_string(), "The run".to_string()),
+    };
     let _ = writeln!(b, "Alert:         {}: {}", a.kind, headline(a));
     let _ = writeln!(b, "Task:          {} (chain {})", a.task, a.chain);
     let _ = writeln!(b, "Host:          {}", a.host);
@@ -213,7 +216,12 @@ pub fn body(a: &AlertMail) -> String {
     }
     b.push('\n');
     if a.kind != "test" {
-        let _ = writeln!(b, "The last failed run of the streak (run{run}):");
+        match a.run_id {
+            Some(id) => {
+                let _ = writeln!(b, "The last failed run of the streak (run {id}):");
+            }
+            None => b.push_str("The last failed run of the streak:\n"),
+        }
     }
     let _ = writeln!(b, "Outcome:       {}", or_dash(&a.outcome));
     let _ = writeln!(b, "Started:       {}", or_dash(&a.started));
@@ -234,7 +242,7 @@ pub fn body(a: &AlertMail) -> String {
     if !a.output.is_empty() {
         let _ = writeln!(
             b,
-            "The last {} of {} bytes of output of run{run}:\n",
+            "The last {} of {} bytes of output of {the_run}:\n",
             a.output.len(),
             a.output_bytes
         );
@@ -250,11 +258,11 @@ pub fn body(a: &AlertMail) -> String {
     } else if a.output_bytes > 0 {
         let _ = writeln!(
             b,
-            "Run{run} printed {} bytes; none were kept.",
+            "{the_run_up} printed {} bytes; none were kept.",
             a.output_bytes
         );
     } else {
-        let _ = writeln!(b, "Run{run} printed nothing.");
+        let _ = writeln!(b, "{the_run_up} printed nothing.");
     }
     b
 }
@@ -828,6 +836,29 @@ mod tests {
         quiet.output.clear();
         quiet.output_bytes = 0;
         assert!(body(&quiet).contains("Run 42 printed nothing."));
+        // Nothing known of the run (a streak carried over from an older version, with no
+        // record store): the fields say so, the mail still goes.
+        let unknown = AlertMail {
+            run_id: None,
+            outcome: String::new(),
+            started: String::new(),
+            duration: String::new(),
+            output: Vec::new(),
+            output_bytes: 0,
+            output_note: Some(
+                "The output of the last failed run is not in the record store.".into(),
+            ),
+            last_line: String::new(),
+            ..mail("downtime")
+        };
+        let b = body(&unknown);
+        for want in [
+            "The last failed run of the streak:\nOutcome:       -\nStarted:       -\nDuration:      -\n",
+            "\nThe output of the last failed run is not in the record store.\n",
+        ] {
+            assert!(b.contains(want), "{want:?} not in:\n{b}");
+        }
+        assert!(!b.contains("last line"), "{b}");
         let mut rec = mail("recovered");
         rec.recovered_by = Some("run 57 succeeded".into());
         let b = body(&rec);
