@@ -92,6 +92,37 @@ pub struct AlertState {
     /// Held back by the cap since the last mail.
     #[serde(default)]
     pub held_back: u64,
+    /// The streak's last failed run, as every mail of the streak shows it (set by the
+    /// driver at each failure, cleared after the success that ends the streak). Carried
+    /// over by a relaunch, so that a mail sent by the next instance still shows it; its
+    /// output is not (too large for a state written at every run): that is read from
+    /// the record store by the run's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed: Option<FailedRun>,
+}
+
+/// A failed run, as an alert shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedRun {
+    pub run_id: u64,
+    /// How it ended, for people: "failed (exit code 1)".
+    pub outcome: String,
+    /// The same, briefly, for a subject: "exit 1", "SIGKILL", "could not start".
+    pub brief: String,
+    /// Unix ms.
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    /// Its last non-empty line of output (or why it could not start), cut to
+    /// [`FailedRun::LAST_LINE_MAX`] characters.
+    #[serde(default)]
+    pub last_line: String,
+    /// How many bytes it printed.
+    #[serde(default)]
+    pub output_bytes: u64,
+}
+
+impl FailedRun {
+    pub const LAST_LINE_MAX: usize = 200;
 }
 
 impl AlertState {
@@ -372,5 +403,24 @@ mod tests {
         let text = toml::to_string(&st).expect("ser");
         let back: AlertState = toml::from_str(&text).expect("de");
         assert_eq!(back, st);
+        st.last_failed = Some(FailedRun {
+            run_id: 3,
+            outcome: "failed (exit code 1)".into(),
+            brief: "exit 1".into(),
+            start_ms: 5,
+            duration_ms: 7,
+            last_line: "ZeroDivisionError: division by zero".into(),
+            output_bytes: 120,
+        });
+        let json = serde_json::to_string(&st).expect("ser");
+        let back: AlertState = serde_json::from_str(&json).expect("de");
+        assert_eq!(back, st);
+        // A state written by an earlier version (no last_failed) still reads.
+        let old = json.replace(
+            &json[json.find(",\"last_failed\"").expect("field")..json.len() - 1],
+            "",
+        );
+        let back: AlertState = serde_json::from_str(&old).expect("de");
+        assert_eq!(back.last_failed, None);
     }
 }

@@ -1119,6 +1119,7 @@ fn mail_test(common: &Common) -> Result<u8> {
         output: b"If you can read this, run-chain's alerts reach you.\n".to_vec(),
         output_bytes: 52,
         at_ms: now,
+        ..Default::default()
     };
     let id = crate::mailer::message_id(&a);
     let bytes = crate::mailer::build(&email, &a, &id).map_err(Error::Config)?;

@@ -96,11 +96,24 @@ pub struct Driver {
     /// The mailer's own children (sendmail): never a run's leftovers.
     children: Children,
     host: String,
-    /// Per task, its last failure (outcome, duration, output tail, output bytes), for
-    /// the downtime reminders.
-    last_failure: std::collections::BTreeMap<String, (String, String, Vec<u8>, u64)>,
+    /// Per task, the output of the streak's last failed run (run id, output tail, bytes
+    /// printed), for the mails of the streak; the rest of that run is in the task's
+    /// [`AlertState::last_failed`]. A relaunched instance reads it from the record store.
+    last_failure: std::collections::BTreeMap<String, (u64, Vec<u8>, u64)>,
+    /// Per task, the duration of its last run (ms), to estimate when a task comes next.
+    durations: std::collections::BTreeMap<String, u64>,
     /// SIGKILL was sent to the run in progress.
     kill_sent: bool,
+}
+
+/// The streak's last failed run as a mail shows it (see [`Driver::last_failed_run`]).
+struct FailedView {
+    run: Option<alert::FailedRun>,
+    output: Vec<u8>,
+    /// Bytes the run printed, when known from its output's source.
+    output_bytes: Option<u64>,
+    /// Why the output is missing.
+    note: Option<String>,
 }
 
 /// A duration for people: "350ms", "2.5s", "15m".
@@ -205,6 +218,7 @@ impl Driver {
             children,
             host: sys::hostname(),
             last_failure: Default::default(),
+            durations: Default::default(),
             kill_sent: false,
         }
     }
@@ -287,57 +301,46 @@ impl Driver {
         }
     }
 
-    /// Build an alert, store it in the outbox, and wake the mailer.
-    fn send_alert(&mut self, now: Mono, task: &str, d: &Decision, f: Option<&Finished>) {
+    /// Build an alert, store it in the outbox, and wake the mailer. Whenever it is sent
+    /// (at a run's end, between runs, by a relaunched instance), it shows the streak's
+    /// last failed run and the real time of the next attempt. `recovered_by`: the run
+    /// that ended the streak, for `recovered`.
+    fn send_alert(&mut self, now: Mono, task: &str, d: &Decision, recovered_by: Option<String>) {
         let wall = sys::wall_ms();
         let t = self.tasks.iter().find(|t| t.name == task);
         let command = t.map_or(String::new(), |t| t.program.display());
-        let (outcome, duration) = match f {
-            Some(f) => (
-                f.outcome.to_string(),
-                fmt_dur(f.ended.saturating_sub(f.started)),
-            ),
-            None => match self.last_failure.get(task) {
-                Some((o, dur, _, _)) => (format!("{o} (still failing)"), dur.clone()),
-                None => (
-                    format!("still failing ({} failures)", d.failures),
-                    "-".to_string(),
-                ),
-            },
-        };
-        let (output, output_bytes) = match f {
-            Some(_) => (self.tail.bytes(), self.tail.total()),
-            None => self
-                .last_failure
-                .get(task)
-                .map_or((Vec::new(), 0), |(_, _, o, n)| (o.clone(), *n)),
-        };
-        let (next_index, due) = self.chain.position();
-        let next_attempt = match due {
-            Some(due) if self.tasks.get(next_index).is_some_and(|t| t.name == task) => format!(
-                "{} (in {})",
-                crate::report::rfc3339(wall + due.saturating_sub(now).as_millis() as u64),
-                fmt_dur(due.saturating_sub(now))
-            ),
-            _ => "when its turn in the chain comes".to_string(),
-        };
+        let failed = self.last_failed_run(task);
+        let next_attempt = self.next_attempt(now, wall, task);
+        let run = failed.run.as_ref();
         let a = AlertMail {
             kind: d.kind.as_str().to_string(),
             chain: self.chain_name.clone(),
             task: task.to_string(),
             host: self.host.clone(),
             command,
-            outcome,
-            duration,
+            run_id: run.map(|r| r.run_id),
+            outcome: run.map_or(String::new(), |r| r.outcome.clone()),
+            brief: run.map_or(String::new(), |r| r.brief.clone()),
+            last_line: run.map_or(String::new(), |r| r.last_line.clone()),
+            started: run.map_or(String::new(), |r| crate::report::rfc3339(r.start_ms)),
+            duration: run.map_or(String::new(), |r| {
+                fmt_dur(Duration::from_millis(r.duration_ms))
+            }),
             streak_start: crate::report::rfc3339(d.streak_start_ms),
             streak_length: fmt_dur(Duration::from_millis(
                 wall.saturating_sub(d.streak_start_ms),
             )),
+            streak_ms: wall.saturating_sub(d.streak_start_ms),
             failures: d.failures,
             next_attempt,
             held_back: d.held_back,
-            output,
-            output_bytes,
+            output_bytes: failed
+                .output_bytes
+                .or(run.map(|r| r.output_bytes))
+                .unwrap_or(0),
+            output: failed.output,
+            output_note: failed.note,
+            recovered_by,
             at_ms: wall,
         };
         self.store.push(Op::Alert {
@@ -371,6 +374,199 @@ impl Driver {
                 d.kind.as_str()
             ),
         }
+    }
+
+    /// The streak's last failed run of `task`, with its output: from memory, or (in an
+    /// instance relaunched since that run) from the record store by its run id. Whatever
+    /// cannot be had is said in a note; the rest of the mail stands.
+    fn last_failed_run(&mut self, task: &str) -> FailedView {
+        let run = self.alerts.get(task).and_then(|st| st.last_failed.clone());
+        if let (Some(r), Some((id, output, bytes))) = (&run, self.last_failure.get(task)) {
+            if *id == r.run_id {
+                return FailedView {
+                    run,
+                    output: output.clone(),
+                    output_bytes: Some(*bytes),
+                    note: None,
+                };
+            }
+        }
+        let want = run.as_ref().map(|r| r.run_id);
+        let what = want.map_or("the last failed run".to_string(), |id| format!("run {id}"));
+        match self.read_failed_run(task, want) {
+            Ok(Some((stored, output, bytes))) => {
+                self.last_failure
+                    .insert(task.to_string(), (stored.run_id, output.clone(), bytes));
+                let run = match run {
+                    Some(r) => r,
+                    None => {
+                        // A state written before the last failed run was kept in it.
+                        if let Some(st) = self.alerts.get_mut(task) {
+                            st.last_failed = Some(stored.clone());
+                            self.state_dirty = true;
+                        }
+                        stored
+                    }
+                };
+                FailedView {
+                    run: Some(run),
+                    output,
+                    output_bytes: Some(bytes),
+                    note: None,
+                }
+            }
+            Ok(None) => FailedView {
+                note: Some(format!(
+                    "The output of {what} is not in the record store {} (pruned, or never written).",
+                    store::path(&self.run_root).display()
+                )),
+                run,
+                output: Vec::new(),
+                output_bytes: None,
+            },
+            Err(e) => {
+                log::warn!(
+                    "{}: {task}: failed to read {what} for an alert: {e}",
+                    self.chain_name
+                );
+                FailedView {
+                    note: Some(format!(
+                        "The output of {what} could not be read from the record store: {e}."
+                    )),
+                    run,
+                    output: Vec::new(),
+                    output_bytes: None,
+                }
+            }
+        }
+    }
+
+    /// Read from the record store the failed run `run_id` of `task` (None: its newest
+    /// failed run) and its output. Ok(None): not there, or not a failure. Also learns the
+    /// chain's last durations, for [`Driver::next_attempt`], if it does not know them.
+    /// Seldom called (a mail in an instance that did not see the run), so the store is
+    /// opened for it and closed after.
+    #[allow(clippy::type_complexity)]
+    fn read_failed_run(
+        &mut self,
+        task: &str,
+        run_id: Option<u64>,
+    ) -> std::result::Result<Option<(alert::FailedRun, Vec<u8>, u64)>, String> {
+        let Some(conn) = store::open_read(&self.run_root)? else {
+            return Ok(None);
+        };
+        // The loop waits for this: a busy store is given up on soon (the mail says so).
+        let _ = conn.busy_timeout(Duration::from_millis(500));
+        if let Ok(series) = store::series(&conn) {
+            for s in series.into_iter().filter(|s| s.chain == self.chain_name) {
+                if let Some(ms) = s.last_duration_ms {
+                    self.durations.entry(s.task).or_insert(ms);
+                }
+            }
+        }
+        let chain = Some(self.chain_name.as_str());
+        let id = match run_id {
+            Some(id) => id,
+            None => {
+                let runs = store::history(&conn, task, chain, 20).map_err(|e| e.to_string())?;
+                let newest_failed = runs.into_iter().find(|r| {
+                    crate::alert_mail::failed_outcome(
+                        r.outcome.as_deref(),
+                        r.exit_code,
+                        r.signal,
+                        r.error.as_deref(),
+                    )
+                    .is_some()
+                });
+                match newest_failed {
+                    Some(r) => r.run_id,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let Some((row, output)) =
+            store::output(&conn, task, chain, Some(id)).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let Some(outcome) = crate::alert_mail::failed_outcome(
+            row.outcome.as_deref(),
+            row.exit_code,
+            row.signal,
+            row.error.as_deref(),
+        ) else {
+            return Ok(None);
+        };
+        let duration = Duration::from_millis(row.duration_ms.unwrap_or(0));
+        let timeout = self
+            .tasks
+            .iter()
+            .find(|t| t.name == task)
+            .and_then(|t| t.timing.timeout);
+        let line = match &outcome {
+            Outcome::SpawnError(m) => Some(m.clone()),
+            _ => crate::alert_mail::last_line(&output),
+        };
+        let run = alert::FailedRun {
+            run_id: row.run_id,
+            outcome: outcome.to_string(),
+            brief: crate::alert_mail::brief(&outcome, timeout, duration),
+            start_ms: row.start_ms,
+            duration_ms: duration.as_millis() as u64,
+            last_line: line
+                .unwrap_or_default()
+                .chars()
+                .take(alert::FailedRun::LAST_LINE_MAX)
+                .collect(),
+            output_bytes: row.output_bytes,
+        };
+        Ok(Some((run, output, row.output_bytes)))
+    }
+
+    /// When `task` is tried next, for people: the real due time when it is the next task,
+    /// else an estimate from the tasks before it (see [`crate::alert_mail::next_attempt`]).
+    fn next_attempt(&self, now: Mono, wall: u64, task: &str) -> String {
+        use crate::alert_mail::{self as wording, Position, Step};
+        let steps: Vec<Step> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                let failing = self
+                    .failures
+                    .get(&t.name)
+                    .is_some_and(|f| f.streak_start_ms.is_some());
+                let cooldown = if failing {
+                    t.timing.fail_cooldown
+                } else {
+                    t.timing.success_cooldown
+                };
+                Step {
+                    name: &t.name,
+                    expected_ms: self.durations.get(&t.name).copied(),
+                    cooldown_ms: cooldown.as_millis() as u64,
+                }
+            })
+            .collect();
+        let position = if self.chain.done() {
+            Position::Done
+        } else {
+            match self.chain.position() {
+                (index, Some(due)) => Position::Due {
+                    index,
+                    at_ms: wall + due.saturating_sub(now).as_millis() as u64,
+                },
+                (index, None) => Position::Running {
+                    index,
+                    since_ms: self
+                        .current
+                        .as_ref()
+                        .filter(|c| self.tasks.get(index).is_some_and(|t| t.name == c.task))
+                        .map_or(wall, |c| c.start_ms),
+                },
+            }
+        };
+        let next = wording::next_attempt(wall, &steps, position, task, self.mode == Mode::Once);
+        wording::describe(&next, wall, &wording::local_hhmm)
     }
 
     /// Wall time (Unix ms) of the monotonic instant `at`, seen from `now`.
@@ -971,30 +1167,49 @@ impl Driver {
         if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
             self.cooldown_ahead = true;
         }
-        if f.outcome.is_failure() {
+        if f.outcome != Outcome::Interrupted {
+            self.durations
+                .insert(f.task.clone(), duration.as_millis() as u64);
+        }
+        let line = f.outcome.is_failure().then(|| match &f.outcome {
+            Outcome::SpawnError(m) => Some(m.clone()),
+            _ => self.tail.last_line(),
+        });
+        if let Some(line) = &line {
+            // The streak's last failed run, for every mail of the streak (and, through
+            // CHAIN.state, for those of the next instance).
+            let timeout = self
+                .tasks
+                .iter()
+                .find(|t| t.name == f.task)
+                .and_then(|t| t.timing.timeout);
+            let run = alert::FailedRun {
+                run_id: f.run_id,
+                outcome: f.outcome.to_string(),
+                brief: crate::alert_mail::brief(&f.outcome, timeout, duration),
+                start_ms,
+                duration_ms: duration.as_millis() as u64,
+                last_line: line
+                    .as_deref()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(alert::FailedRun::LAST_LINE_MAX)
+                    .collect(),
+                output_bytes: self.tail.total(),
+            };
+            self.alerts.entry(f.task.clone()).or_default().last_failed = Some(run);
             self.last_failure.insert(
                 f.task.clone(),
-                (
-                    f.outcome.to_string(),
-                    fmt_dur(duration),
-                    self.tail.bytes(),
-                    self.tail.total(),
-                ),
+                (f.run_id, self.tail.bytes(), self.tail.total()),
             );
-        } else if f.outcome.is_success() {
-            self.last_failure.remove(&f.task);
         }
         if f.outcome != Outcome::Interrupted {
-            let sig = f.outcome.is_failure().then(|| {
+            let sig = line.map(|line| {
                 let key = match &f.outcome {
                     Outcome::Failed(c) => format!("exit code {c}"),
                     Outcome::Signal(s) => format!("killed by {}", crate::outcome::signal_name(*s)),
                     Outcome::SpawnError(_) => "could not start".to_string(),
                     other => other.label().to_string(),
-                };
-                let line = match &f.outcome {
-                    Outcome::SpawnError(m) => Some(m.clone()),
-                    _ => self.tail.last_line(),
                 };
                 crate::signature::signature(&key, line.as_deref())
             });
@@ -1005,7 +1220,21 @@ impl Driver {
                     .or_default()
                     .on_run(stop_ms, sig.as_deref(), p);
             if let Some(d) = d {
-                self.send_alert(now, &f.task.clone(), &d, Some(f));
+                let by = f.outcome.is_success().then(|| {
+                    format!(
+                        "run {} succeeded, started {}, took {}",
+                        f.run_id,
+                        crate::report::rfc3339(start_ms),
+                        fmt_dur(duration)
+                    )
+                });
+                self.send_alert(now, &f.task.clone(), &d, by);
+            }
+        }
+        if f.outcome.is_success() {
+            self.last_failure.remove(&f.task);
+            if let Some(st) = self.alerts.get_mut(&f.task) {
+                st.last_failed = None;
             }
         }
         let level = if f.outcome.is_failure() {

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod alert;
+pub mod alert_mail;
 pub mod app;
 pub mod chain;
 pub mod cli;

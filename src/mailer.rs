@@ -39,24 +39,36 @@ use crate::config::{Email, TlsMode};
 /// mailer holds it from before a spawn until the PID is in the set.
 pub type Children = Arc<Mutex<BTreeSet<i32>>>;
 
-/// What an alert says.
-#[derive(Debug, Clone)]
+/// What an alert says. The wording (subject, body) is [`crate::alert_mail`]'s.
+#[derive(Debug, Clone, Default)]
 pub struct AlertMail {
     pub kind: String,
     pub chain: String,
     pub task: String,
     pub host: String,
     pub command: String,
+    /// The streak's last failed run: its id, outcome ("failed (exit code 1)"), the
+    /// outcome in brief ("exit 1"), its last line of output, its start and duration.
+    pub run_id: Option<u64>,
     pub outcome: String,
+    pub brief: String,
+    pub last_line: String,
+    pub started: String,
     pub duration: String,
     pub streak_start: String,
     /// How long the streak has lasted (for `recovered`: its whole length).
     pub streak_length: String,
+    pub streak_ms: u64,
     pub failures: u64,
     pub next_attempt: String,
     pub held_back: u64,
+    /// The tail of the last failed run's output, and how many bytes it printed.
     pub output: Vec<u8>,
     pub output_bytes: u64,
+    /// Why the output is missing, when it could not be had.
+    pub output_note: Option<String>,
+    /// For `recovered`: the run that succeeded.
+    pub recovered_by: Option<String>,
     /// When the alert was decided (Unix ms).
     pub at_ms: u64,
 }
@@ -115,48 +127,8 @@ fn mailboxes(email: &Email, host: &str) -> Result<(Mailbox, Vec<Mailbox>), Strin
 /// invalid UTF-8 is replaced, never passed on raw.
 pub fn build(email: &Email, a: &AlertMail, message_id: &str) -> Result<Vec<u8>, String> {
     let (from, to) = mailboxes(email, &a.host)?;
-    let subject = clean(&format!(
-        "[run-chain] {}: {} {}{}",
-        a.host,
-        a.task,
-        a.kind,
-        if a.kind == "recovered" {
-            String::new()
-        } else {
-            format!(" ({})", a.outcome)
-        }
-    ));
-    let mut body = String::new();
-    body.push_str(&format!("Alert:         {}\n", a.kind));
-    body.push_str(&format!("Task:          {} (chain {})\n", a.task, a.chain));
-    body.push_str(&format!("Host:          {}\n", a.host));
-    body.push_str(&format!("Command:       {}\n", a.command));
-    body.push_str(&format!("Outcome:       {}\n", a.outcome));
-    body.push_str(&format!("Duration:      {}\n", a.duration));
-    body.push_str(&format!("Streak start:  {}\n", a.streak_start));
-    body.push_str(&format!("Streak length: {}\n", a.streak_length));
-    body.push_str(&format!("Failures:      {}\n", a.failures));
-    body.push_str(&format!("Next attempt:  {}\n", a.next_attempt));
-    if a.held_back > 0 {
-        body.push_str(&format!(
-            "Held back:     {} alert(s) of this task were not mailed in the last hour (max_alerts_per_hour)\n",
-            a.held_back
-        ));
-    }
-    body.push('\n');
-    if a.output.is_empty() {
-        body.push_str("The run printed nothing.\n");
-    } else {
-        body.push_str(&format!(
-            "The last {} of {} bytes of output:\n\n",
-            a.output.len(),
-            a.output_bytes
-        ));
-        body.push_str(&String::from_utf8_lossy(&a.output));
-        if !body.ends_with('\n') {
-            body.push('\n');
-        }
-    }
+    let subject = clean(&crate::alert_mail::subject(a));
+    let body = crate::alert_mail::body(a);
     let mut b = Message::builder()
         .message_id(Some(message_id.to_string()))
         .from(from)
@@ -605,16 +577,22 @@ mod tests {
             task: "t".into(),
             host: "h".into(),
             command: "python x.py".into(),
+            run_id: Some(7),
             outcome: "failed (exit code 1)".into(),
+            brief: "exit 1".into(),
+            // As the driver takes it: the last non-empty line, hostile bytes and all.
+            last_line: "oops\r\nBcc: victim@evil.example\r\n".into(),
+            started: "2026-11-24T00:00:00Z".into(),
             duration: "1.0s".into(),
             streak_start: "2026-11-24T00:00:00Z".into(),
             streak_length: "1m".into(),
+            streak_ms: 60_000,
             failures: 1,
             next_attempt: "in 30m".into(),
-            held_back: 0,
             output: output.to_vec(),
             output_bytes: output.len() as u64,
             at_ms: 1,
+            ..Default::default()
         }
     }
 
@@ -625,13 +603,26 @@ mod tests {
         let bytes = build(&email(), &a, &id).expect("build");
         let text = String::from_utf8(bytes).expect("the mail is ASCII/UTF-8");
         let (head, _body) = text.split_once("\r\n\r\n").expect("head and body");
-        assert!(!head.to_ascii_lowercase().contains("bcc"), "{head}");
+        // Unfolded (RFC 5322 2.2.3): a folded line goes on the same header.
+        let head = head.replace("\r\n ", " ");
+        let names: Vec<String> = head
+            .split("\r\n")
+            .map(|l| l.split(':').next().unwrap_or("").to_ascii_lowercase())
+            .collect();
+        assert!(!names.iter().any(|n| n == "bcc"), "{head}");
+        assert_eq!(
+            names.iter().filter(|n| *n == "subject").count(),
+            1,
+            "{head}"
+        );
         assert!(head.contains("X-Run-Chain-Alert: first-failure"), "{head}");
         assert!(head.contains("X-Run-Chain-Task: t"));
         assert!(head.contains("X-Run-Chain-Chain: c"));
         assert!(head.contains(&format!("Message-ID: {id}")), "{head}");
         assert!(
-            head.contains("Subject: [run-chain] h: t first-failure"),
+            head.contains(
+                "Subject: [run-chain] h: t in chain c failed (exit 1: oops Bcc: victim@evil.example)"
+            ),
             "{head}"
         );
     }

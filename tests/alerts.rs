@@ -447,9 +447,14 @@ command = "python3 -c 'print(1/0)'"
         assert_eq!(the_header(m, "X-Run-Chain-Chain"), "divide");
         let kind = str_of(m, "alert");
         let subject = the_header(m, "Subject");
+        let plainly = match kind {
+            "first-failure" => "divide failed (exit 1: ZeroDivisionError: division by zero)",
+            "downtime" => "divide failing for ",
+            other => panic!("an alert of kind {other}"),
+        };
         assert!(
-            subject.starts_with("[run-chain] ") && subject.contains(&format!("divide {kind}")),
-            "subject {subject:?} names host, task and kind"
+            subject.starts_with("[run-chain] ") && subject.contains(plainly),
+            "subject {subject:?} names host, task and kind ({kind}) plainly"
         );
         let id = the_header(m, "Message-ID");
         assert!(
@@ -1200,4 +1205,354 @@ fn the_password_from_password_file_never_leaks() {
     let file = dir.path().join("smtp-password");
     fs::write(&file, format!("{secret}\n")).unwrap();
     assert_password_never_leaks(&format!("password_file = \"{}\"", s(&file)), None, &secret);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What an alert shows (issue 17): the streak's last failed run in every mail, whenever it is
+// sent, the real time of the next attempt, and a plain subject.
+// ---------------------------------------------------------------------------------------------
+
+/// A failing task's output: a Python traceback, on stderr.
+const TRACEBACK: &str = r#"printf 'Traceback (most recent call last):\n  File "/srv/job.py", line 3, in <module>\n    print(1/0)\nZeroDivisionError: division by zero\n' >&2"#;
+
+/// The body of a received mail, with plain line ends.
+fn body_of(msg: &Value) -> String {
+    str_of(msg, "body").replace("\r\n", "\n")
+}
+
+/// The value of the body's line `label` (e.g. "Started:"), trimmed.
+fn field<'a>(body: &'a str, label: &str) -> &'a str {
+    body.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no line {label:?} in the body:\n{body}"))
+}
+
+/// When the alert was decided (Unix ms): the first part of its Message-ID.
+fn decided_ms(msg: &Value) -> u64 {
+    let id = str_of(msg, "message_id");
+    id.trim_start_matches('<')
+        .split('.')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no decision time in the Message-ID {id}"))
+}
+
+/// How deep parentheses nest in `s`.
+fn paren_depth(s: &str) -> i32 {
+    let (mut depth, mut max) = (0, 0);
+    for c in s.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        max = max.max(depth);
+    }
+    max
+}
+
+/// Seconds of a duration as the mail shows it: "12ms", "1.5s".
+fn mail_secs(d: &str) -> f64 {
+    if let Some(ms) = d.strip_suffix("ms") {
+        ms.parse::<f64>().unwrap() / 1000.0
+    } else if let Some(s) = d.strip_suffix('s') {
+        s.parse().unwrap_or_else(|_| panic!("a duration: {d:?}"))
+    } else {
+        panic!("a duration: {d:?}")
+    }
+}
+
+/// True if `s` holds a time of day "HH:MM".
+fn has_hhmm(s: &str) -> bool {
+    s.as_bytes().windows(5).any(|w| {
+        w[0].is_ascii_digit()
+            && w[1].is_ascii_digit()
+            && w[2] == b':'
+            && w[3].is_ascii_digit()
+            && w[4].is_ascii_digit()
+    })
+}
+
+/// The shown last failed run (outcome, start, duration, output) is the run `run` of history.
+fn assert_shows_run(body: &str, run: &Value) {
+    assert_eq!(field(body, "Outcome:"), "failed (exit code 1)", "{body}");
+    assert_eq!(
+        field(body, "Started:"),
+        str_of(run, "start"),
+        "the failed run's start: {body}\nthe run: {run:#}"
+    );
+    let shown = mail_secs(field(body, "Duration:"));
+    let recorded = run["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (shown - recorded).abs() <= 0.1,
+        "duration {shown}s in the mail, {recorded}s recorded:\n{body}"
+    );
+    for want in [
+        "Traceback (most recent call last):",
+        "    print(1/0)",
+        "ZeroDivisionError: division by zero",
+        &format!("of output of run {}:", run_id(run)),
+    ] {
+        assert!(body.contains(want), "{want:?} is not in the body:\n{body}");
+    }
+    for not in ["still failing", "printed nothing", "when its turn"] {
+        assert!(!body.contains(not), "{not:?} in the body:\n{body}");
+    }
+}
+
+/// A downtime reminder decided between two runs of the failing task, while another task of
+/// the chain runs, shows the last failed run (its traceback, outcome, start and duration) and
+/// when the task is tried next: after the running task, at about a time of day.
+#[test]
+fn a_downtime_mail_between_runs_shows_the_last_failed_run_and_the_next_attempt() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "smtp", 0, &[]);
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1s"
+fail_cooldown = "1s"
+non_recoverable_downtime = "2s"
+stop_grace = "200ms"
+
+[tasks.crunch]
+command = '''{TRACEBACK}; exit 1'''
+
+[tasks.slow]
+command = "sleep 60"
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+    let mut runner = env.spawn(&["crunch", "slow"]);
+    let mut downtime = None;
+    runner.wait_for("a downtime mail arrived", || {
+        downtime = peer
+            .messages()
+            .into_iter()
+            .find(|m| str_of(m, "alert") == "downtime");
+        downtime.is_some()
+    });
+    let m = downtime.unwrap();
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    // Decided between runs of crunch: after its only run ended, while slow ran.
+    let runs = env.history("crunch", &[]);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let at = decided_ms(&m) as f64 / 1000.0;
+    assert!(
+        time_of(&runs[0], "stop") < at,
+        "the downtime mail ({at}) was decided after crunch's run: {runs:#?}"
+    );
+    let slow = env.history("slow", &[]);
+    assert!(
+        time_of(&slow[0], "start") < at,
+        "decided while slow ran: {slow:#?}"
+    );
+
+    let body = body_of(&m);
+    assert_shows_run(&body, &runs[0]);
+    let next = field(&body, "Next attempt:");
+    assert!(
+        next.starts_with("after slow, ") && has_hhmm(next),
+        "the next attempt is after slow, at about a time of day: {next:?}\n{body}"
+    );
+    let subject = the_header(&m, "Subject");
+    assert!(
+        subject.contains(": crunch in chain crunch_slow failing for ")
+            && subject.ends_with(" (exit 1: ZeroDivisionError: division by zero)"),
+        "{subject}"
+    );
+    assert_eq!(paren_depth(subject), 1, "{subject}");
+}
+
+/// Each kind of alert has one plain subject that names host, task and kind, with no
+/// parentheses inside parentheses; a new-failure names the new error.
+#[test]
+fn subjects_of_each_kind_read_plainly_and_name_the_error() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "smtp", 0, &[]);
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1s"
+non_recoverable_downtime = "3s"
+
+[tasks.flaky]
+command = '''
+n=$(( $(cat "$T/count" 2>/dev/null || echo 0) + 1 )); echo $n > "$T/count"
+if [ -e "$T/fixed" ]; then echo fine; exit 0; fi
+if [ $n = 1 ]; then {TRACEBACK}; exit 1; fi
+echo "KeyError: 'x'" >&2; exit 1
+'''
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+    let mut runner = env.spawn(&["flaky"]);
+    runner.wait_for("a downtime mail arrived", || {
+        kinds(&peer.messages()).iter().any(|k| k == "downtime")
+    });
+    fs::write(env.path("fixed"), "").unwrap();
+    runner.wait_for("a recovered mail arrived", || {
+        kinds(&peer.messages()).iter().any(|k| k == "recovered")
+    });
+    runner.signal(libc::SIGTERM);
+    runner.assert_exit(0);
+
+    let msgs = peer.messages();
+    let k = kinds(&msgs);
+    assert_eq!(k[..2], ["first-failure", "new-failure"], "{k:?}");
+    assert_eq!(k.last().unwrap(), "recovered", "{k:?}");
+    for m in &msgs {
+        let kind = str_of(m, "alert");
+        let subject = the_header(m, "Subject");
+        assert!(subject.starts_with("[run-chain] "), "{subject}");
+        assert_eq!(paren_depth(subject), 1, "{kind}: {subject}");
+        if kind.contains('-') {
+            assert!(
+                !subject.contains(kind),
+                "the kind in plain words: {subject}"
+            );
+        }
+        let rest = subject.split_once(": ").map(|x| x.1).unwrap_or_default();
+        match kind {
+            "first-failure" => assert_eq!(
+                rest,
+                "flaky failed (exit 1: ZeroDivisionError: division by zero)"
+            ),
+            "new-failure" => assert_eq!(
+                rest,
+                "flaky failing with a new error (exit 1: KeyError: 'x')"
+            ),
+            "downtime" => assert!(
+                rest.starts_with("flaky failing for ")
+                    && rest.ends_with("s (exit 1: KeyError: 'x')"),
+                "{subject}"
+            ),
+            "recovered" => assert!(
+                rest.starts_with("flaky recovered after ") && rest.ends_with(" failures)"),
+                "{subject}"
+            ),
+            other => panic!("an alert of kind {other}: {subject}"),
+        }
+    }
+    // The recovered mail names the run that succeeded and still shows the last failure.
+    let body = body_of(msgs.last().unwrap());
+    assert!(body.contains("Recovered by:  run "), "{body}");
+    assert_eq!(field(&body, "Outcome:"), "failed (exit code 1)", "{body}");
+    assert!(body.contains("KeyError: 'x'"), "{body}");
+}
+
+/// The failing task of a single-task chain, its first-failure mailed, `fail_cooldown` 1h.
+fn failing_job(env: &TestEnv, peer: &Peer, window: &str) {
+    env.write_config(&format!(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1h"
+non_recoverable_downtime = "{window}"
+
+[tasks.job]
+command = '''{TRACEBACK}; exit 1'''
+{}"#,
+        email_section(&smtp_url(peer.port), "")
+    ));
+}
+
+/// Relaunched (an upgrade) between runs of a failing task, the new instance sends the
+/// downtime reminder: it shows the last failed run, which the old instance ran (its
+/// traceback, outcome, start and duration), and the real time of the next attempt (the due
+/// time carried over, an hour after the failure).
+#[test]
+fn a_downtime_mail_from_a_relaunched_instance_shows_the_last_failed_run() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "smtp", 0, &[]);
+    // The old instance's window is an hour: the downtime mail can only be the new one's.
+    failing_job(&env, &peer, "1h");
+    let mut old = env.spawn(&["job"]);
+    peer.wait_messages(&mut old, 1);
+    failing_job(&env, &peer, "2s");
+    let mut new = env.spawn(&["job"]);
+    old.assert_exit(0);
+    let msgs = peer.wait_messages(&mut new, 2);
+    env.assert_running(&mut new, "job");
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+
+    assert_eq!(kinds(&msgs), ["first-failure", "downtime"]);
+    let runs = env.history("job", &[]);
+    assert_eq!(runs.len(), 1, "no run between: {runs:#?}");
+    assert_eq!(runs[0]["instance"]["pid"], old.pid, "{runs:#?}");
+    let body = body_of(&msgs[1]);
+    assert_shows_run(&body, &runs[0]);
+    // "HH:MM ZONE, in 59m 58s (RFC 3339)": the due time carried over.
+    let next = field(&body, "Next attempt:");
+    let due = next
+        .rsplit_once('(')
+        .and_then(|(_, t)| rfc3339(t.trim_end_matches(')')))
+        .unwrap_or_else(|| panic!("no RFC 3339 time in the next attempt {next:?}"));
+    let expected = time_of(&runs[0], "stop") + 3600.0;
+    assert!(
+        (due - expected).abs() < 5.0 && has_hhmm(next) && next.contains(", in 59m"),
+        "next attempt {next:?}: expected about {expected}"
+    );
+    let subject = the_header(&msgs[1], "Subject");
+    assert!(
+        subject.contains(": job failing for ")
+            && subject.ends_with(" (exit 1: ZeroDivisionError: division by zero)"),
+        "{subject}"
+    );
+}
+
+/// A relaunched instance that cannot find the failed run in the record store (here: the
+/// store was removed between the two instances) still sends a correct downtime mail with what
+/// CHAIN.state carries: the outcome, start and duration, the last line of output, and why the
+/// output is missing.
+#[test]
+fn a_relaunched_instance_without_the_run_in_the_store_still_shows_what_it_knows() {
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env, "smtp", 0, &[]);
+    failing_job(&env, &peer, "1h");
+    let mut old = env.spawn(&["job"]);
+    peer.wait_messages(&mut old, 1);
+    old.signal(libc::SIGTERM);
+    old.assert_exit(0);
+    let runs = env.history("job", &[]);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    for name in ["runs.db", "runs.db-wal", "runs.db-shm"] {
+        let _ = fs::remove_file(env.run_root.join(name));
+    }
+
+    failing_job(&env, &peer, "2s");
+    let mut new = env.spawn(&["job"]);
+    let msgs = peer.wait_messages(&mut new, 2);
+    env.assert_running(&mut new, "job");
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+
+    assert_eq!(kinds(&msgs), ["first-failure", "downtime"]);
+    let body = body_of(&msgs[1]);
+    assert_eq!(field(&body, "Outcome:"), "failed (exit code 1)", "{body}");
+    assert_eq!(
+        field(&body, "Started:"),
+        str_of(&runs[0], "start"),
+        "{body}"
+    );
+    let shown = mail_secs(field(&body, "Duration:"));
+    assert!(
+        (shown - runs[0]["duration_seconds"].as_f64().unwrap()).abs() <= 0.1,
+        "{body}"
+    );
+    assert!(
+        body.contains("The output of run 1 is not in the record store")
+            && body.contains("Its last line of output:\n\nZeroDivisionError: division by zero"),
+        "{body}"
+    );
+    assert!(has_hhmm(field(&body, "Next attempt:")), "{body}");
+    assert!(
+        the_header(&msgs[1], "Subject").ends_with(" (exit 1: ZeroDivisionError: division by zero)"),
+        "{msgs:#?}"
+    );
 }
