@@ -855,7 +855,15 @@ impl Driver {
         let prepared = self.prepared[index]
             .get_or_insert_with(|| process::Prepared::new(task, &self.chain_name, remove));
         let spawn_at = sys::mono_now();
-        let announce = self.guardian.prepare(task.timing.kill_grace);
+        let announce = self.guardian.prepare(
+            task.timing.kill_grace,
+            &crate::guardian::RunIdentity {
+                task: &task.name,
+                run_id,
+                scheduled_ms,
+                start_ms,
+            },
+        );
         let started = match prepared {
             Ok(p) => process::spawn(p, run_id, Some(announce), self.spare_pipes.take()),
             Err(msg) => Err(msg.clone()),
