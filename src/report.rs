@@ -215,6 +215,23 @@ fn settle(run_root: &Path, rows: &mut [RunRow]) {
     });
 }
 
+/// Whether CHAIN.state `st` was written by an instance other than `holder`, the chain's
+/// lock holder now: the state names its writer's guardian (PID and start time), a child of
+/// the writer for as long as the writer lives. A new instance holds the lock before it
+/// writes its first state, and, after an instance died mid-run, waits for the dead one's
+/// guardian to end the run's group first (up to the kill grace): meanwhile the state is the
+/// dead instance's, and its run is not running. A guardian that is gone says nothing (the
+/// state is then taken as the holder's, as before: a writer's guardian lives as long as it).
+fn written_by_another_instance(st: &state::State, holder: i32) -> bool {
+    let (Some(g), Some(start)) = (st.guardian_pid, st.guardian_start) else {
+        return false;
+    };
+    if g <= 1 || crate::sys::start_time(g) != Some(start) {
+        return false;
+    }
+    crate::sys::parent_of(g).is_some_and(|p| p != holder)
+}
+
 fn store_error(run_root: &Path, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!(
         "failed to read the store {}: {e}",
@@ -256,9 +273,13 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
         };
         let now = match holder {
             None => now("down", None, None, None, None, None),
-            Some(_) => {
-                if st.next_task.is_none() && st.running_task.is_none() {
-                    // The instance holds the lock but has not written its state yet.
+            Some(pid) => {
+                if (st.next_task.is_none() && st.running_task.is_none())
+                    || written_by_another_instance(&st, pid)
+                {
+                    // The instance holds the lock but has not written its state yet (the
+                    // state there is its predecessor's: it may name a run of an instance
+                    // that died, which this one waits for the guardian to end).
                     now("starting", None, None, None, None, None)
                 } else if let Some(t) = &st.running_task {
                     now(

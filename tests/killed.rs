@@ -15,7 +15,7 @@ use common::*;
 use serde_json::Value;
 use std::fs;
 
-/// A task that takes a second over SIGTERM (so that the recorded end is measurably not the
+/// A task that takes a second (or what `$T/linger` says) over SIGTERM (so that the recorded end is measurably not the
 /// moment run-chain died), stamping the wall time at which it exits; `stubborn` ignores
 /// SIGTERM, so only the guardian's SIGKILL after the kill grace (600 ms) ends it.
 const CONFIG: &str = r#"
@@ -26,7 +26,7 @@ kill_grace = "20s"
 stop_grace = "1h"
 
 [tasks.slow]
-command = '''trap 'sleep 1; date +%s.%N > "$T/ended$RUN_CHAIN_RUN_ID"; exit 3' TERM; echo $$ > "$T/slow$RUN_CHAIN_RUN_ID.pid"; sleep 1000 & wait'''
+command = '''trap 'sleep $(cat "$T/linger" 2>/dev/null || echo 1); date +%s.%N > "$T/ended$RUN_CHAIN_RUN_ID"; exit 3' TERM; echo $$ > "$T/slow$RUN_CHAIN_RUN_ID.pid"; sleep 1000 & wait'''
 
 [tasks.stubborn]
 command = 'trap "" TERM; echo $$ > "$T/stubborn$RUN_CHAIN_RUN_ID.pid"; while :; do sleep 0.05; done'
@@ -297,4 +297,40 @@ fn a_run_that_needed_sigkill_is_recorded_so() {
         "error {error:?}: {r:#}"
     );
     assert_nothing_running(&env, "stubborn", "stubborn");
+}
+
+/// A relaunch right after the SIGKILL holds the lock while it waits for the dead instance's
+/// guardian to end the run's group (here 5 s: the task takes them over SIGTERM): meanwhile
+/// `status` shows the new instance `starting`, not the dead instance's run `running`, and
+/// `history` does not show that run running either.
+#[test]
+fn a_relaunch_waiting_for_the_old_guardian_shows_starting_not_the_dead_run() {
+    let env = TestEnv::new(CONFIG);
+    fs::write(env.path("linger"), "5\n").unwrap();
+    let (mut old, _) = launch_until_running(&env, "slow", 1);
+    let guardian = guardian_of(old.pid);
+    old.signal(libc::SIGKILL);
+    old.wait_exit();
+    let mut new = env.spawn(&["slow"]);
+    env.wait_running(&mut new, "slow");
+    let doc = env.status_json();
+    let runs = env.history("slow", &[]);
+    assert!(
+        is_running(guardian),
+        "the old guardian ended before status was read: the machine is too slow for this test"
+    );
+    let entry = chain_entry(&doc, "slow").unwrap_or_else(|| panic!("no slow in {doc:#}"));
+    assert_eq!(entry["up"], Value::Bool(true), "{entry:#}");
+    assert_eq!(entry["pid"], Value::from(new.pid), "{entry:#}");
+    assert_eq!(entry["now"]["state"], "starting", "{entry:#}");
+    assert!(
+        runs.iter().all(|r| outcome(r) != "running"),
+        "history shows the dead instance's run running: {runs:#?}"
+    );
+    // Done: the new instance stops while it waits; the old task ends in its 5 s.
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+    wait_until("nothing of the chain runs", || {
+        env.marked_processes().is_empty()
+    });
 }
