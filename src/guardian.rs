@@ -335,7 +335,9 @@ fn wait_gone(pg: i32, until: Instant) -> bool {
 
 /// End group `pg` (TERM, the grace, KILL): how, and when it ended (Unix ms).
 fn end_group(pg: i32, grace_ms: u64) -> (Ended, u64) {
-    if !group_runs(pg, true) {
+    // One system call before the SIGTERM (a group of zombies only gets it, harmlessly,
+    // and reads as ended at the first look after).
+    if !group_runs(pg, false) {
         return (Ended::AlreadyGone, sys::wall_ms());
     }
     eprintln!("run-chain-guard: run-chain died; stopping process group {pg}");

@@ -4,6 +4,11 @@
 //! at once, while chains write. They never take a chain's lock: whether a chain is up
 //! is decided by `/proc/locks`. Readers cost a few queries on the aggregates and on
 //! indexed runs, never a scan of the history.
+//!
+//! A run is shown `running` only while the instance that recorded it holds its chain's
+//! lock: one left open by an instance that died reads `interrupted` with no stop until its
+//! guardian or the next launch records its end (see `settle_open_runs`), and `status`
+//! does not show a dead instance's run as what the chain does now.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -18,6 +18,12 @@
 //! confirmed with `PRAGMA quick_check` under `runs.db.lock` (so that one process acts),
 //! renamed `runs.db.corrupt-TIMESTAMP`, and a fresh store is started.
 //!
+//! One other process writes a chain's runs: the guardian of an instance that died during
+//! a run closes that run, with the time its group ended and what the guardian did
+//! ([`close_killed`], once, in one transaction of its own, retried for a bounded time
+//! while the store is busy). The next launch waits for that guardian, then closes what is
+//! still open ([`Op::CloseOpen`]), leaving the guardian's record as it is.
+//!
 //! The store sits behind this small interface (ops in, rows out) so that a shared
 //! PostgreSQL store can replace it later without reshaping the driver.
 
