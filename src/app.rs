@@ -540,7 +540,20 @@ fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     // Tasks inherit no descriptor: not ours (all close-on-exec), nor those we inherited.
     sys::cloexec_from_3();
     // The guardian first: the process has one thread and no descriptor of its own yet.
-    let guardian = Guardian::spawn()?;
+    // It records a run it has to end in the store, which it opens from `/`.
+    let recording = crate::guardian::Recording {
+        store: std::path::absolute(crate::store::path(&root))
+            .unwrap_or_else(|_| crate::store::path(&root)),
+        chain: chain_name.clone(),
+        instance: crate::store::Instance {
+            host: sys::hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_digest: config.digest.clone(),
+            started_ms: sys::wall_ms(),
+        },
+    };
+    let guardian = Guardian::spawn(Some(recording))?;
     let signals = Signals::install()?;
     let mode = if args.once { Mode::Once } else { Mode::Forever };
     let takeover_limit = tasks

@@ -589,7 +589,10 @@ impl Driver {
         // wakes once per cooldown, so it asks for 1 µs: due times are kept to the clock.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
-        // Runs of this chain left open by an instance that died are interrupted.
+        // Runs of this chain left open by an instance that died are interrupted. The run
+        // its guardian ended is closed already, with its real end (the launch waited for
+        // that guardian: `app::wait_for_the_old_run`); what is still open had its end
+        // recorded by nobody, and is closed with this time (see `store::Op::CloseOpen`).
         let b = &self.base_state;
         let running = match (&b.running_task, b.running_run_id, b.running_since_ms) {
             (Some(t), Some(id), Some(since)) => Some((t.clone(), id, since)),
@@ -1051,7 +1054,15 @@ impl Driver {
         let prepared = self.prepared[index]
             .get_or_insert_with(|| process::Prepared::new(task, &self.chain_name, remove));
         let spawn_at = sys::mono_now();
-        let announce = self.guardian.prepare(task.timing.kill_grace);
+        let announce = self.guardian.prepare(
+            task.timing.kill_grace,
+            &crate::guardian::RunIdentity {
+                task: &task.name,
+                run_id,
+                scheduled_ms,
+                start_ms,
+            },
+        );
         let started = match prepared {
             Ok(p) => process::spawn(p, run_id, Some(announce), self.spare_pipes.take()),
             Err(msg) => Err(msg.clone()),

@@ -4,6 +4,11 @@
 //! at once, while chains write. They never take a chain's lock: whether a chain is up
 //! is decided by `/proc/locks`. Readers cost a few queries on the aggregates and on
 //! indexed runs, never a scan of the history.
+//!
+//! A run is shown `running` only while the instance that recorded it holds its chain's
+//! lock: one left open by an instance that died reads `interrupted` with no stop until its
+//! guardian or the next launch records its end (see `settle_open_runs`), and `status`
+//! does not show a dead instance's run as what the chain does now.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -187,6 +192,75 @@ fn write_flocks_on(pid: i32, want: &std::collections::HashSet<(u64, u64)>) -> Ve
     out
 }
 
+/// The `error` a reader shows for a run left open by an instance that is gone.
+pub const LEFT_OPEN: &str =
+    "no instance of the chain runs: run-chain died during the run, and its end is not recorded (yet)";
+
+/// Runs still open in the store (no outcome) whose instance does not hold its chain's lock
+/// read `interrupted`, with no stop, no duration and [`LEFT_OPEN`] as their error: the
+/// instance that started them died, and neither its guardian nor a later launch has
+/// closed them yet (see `guardian`). `holder` names each chain's lock holder; a run
+/// recorded by another host is left as it is (this host's locks say nothing of it).
+///
+/// A run counts as running only while the very instance that recorded it holds the lock,
+/// not any instance: a newer one may have taken the chain over and not yet closed what the
+/// dead one left. The caller reads the rows first and the lock holders after: an instance
+/// holds its lock from before its first record to its death, so a holder seen after the
+/// rows held it when they were read, and a run read open was then running. (The other
+/// way round, a run started between the two readings by an instance just launched would
+/// read as interrupted.)
+fn settle_open_runs(rows: &mut [RunRow], host: &str, holder: impl Fn(&str) -> Option<i32>) {
+    for r in rows.iter_mut() {
+        if r.outcome.is_some() || r.host != host {
+            continue;
+        }
+        if holder(&r.chain) != Some(r.instance_pid as i32) {
+            r.outcome = Some("interrupted".to_string());
+            r.stop_ms = None;
+            r.duration_ms = None;
+            r.error = Some(LEFT_OPEN.to_string());
+        }
+    }
+}
+
+/// [`settle_open_runs`] with the lock holders of the chains concerned, read now (after
+/// the rows). Nothing is read when no run is open.
+fn settle(run_root: &Path, rows: &mut [RunRow]) {
+    let mut chains: Vec<String> = rows
+        .iter()
+        .filter(|r| r.outcome.is_none())
+        .map(|r| r.chain.clone())
+        .collect();
+    if chains.is_empty() {
+        return;
+    }
+    chains.sort();
+    chains.dedup();
+    let found = holders(run_root, &chains);
+    let by_chain: BTreeMap<&str, Option<i32>> =
+        chains.iter().map(String::as_str).zip(found).collect();
+    settle_open_runs(rows, &crate::sys::hostname(), |c| {
+        by_chain.get(c).copied().flatten()
+    });
+}
+
+/// Whether CHAIN.state `st` was written by an instance other than `holder`, the chain's
+/// lock holder now: the state names its writer's guardian (PID and start time), a child of
+/// the writer for as long as the writer lives. A new instance holds the lock before it
+/// writes its first state, and, after an instance died mid-run, waits for the dead one's
+/// guardian to end the run's group first (up to the kill grace): meanwhile the state is the
+/// dead instance's, and its run is not running. A guardian that is gone says nothing (the
+/// state is then taken as the holder's, as before: a writer's guardian lives as long as it).
+fn written_by_another_instance(st: &state::State, holder: i32) -> bool {
+    let (Some(g), Some(start)) = (st.guardian_pid, st.guardian_start) else {
+        return false;
+    };
+    if g <= 1 || crate::sys::start_time(g) != Some(start) {
+        return false;
+    }
+    crate::sys::parent_of(g).is_some_and(|p| p != holder)
+}
+
 fn store_error(run_root: &Path, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!(
         "failed to read the store {}: {e}",
@@ -228,9 +302,13 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
         };
         let now = match holder {
             None => now("down", None, None, None, None, None),
-            Some(_) => {
-                if st.next_task.is_none() && st.running_task.is_none() {
-                    // The instance holds the lock but has not written its state yet.
+            Some(pid) => {
+                if (st.next_task.is_none() && st.running_task.is_none())
+                    || written_by_another_instance(&st, pid)
+                {
+                    // The instance holds the lock but has not written its state yet (the
+                    // state there is its predecessor's: it may name a run of an instance
+                    // that died, which this one waits for the guardian to end).
                     now("starting", None, None, None, None, None)
                 } else if let Some(t) = &st.running_task {
                     now(
@@ -504,10 +582,11 @@ pub fn history(
     known_in_config: Option<bool>,
 ) -> Result<u8> {
     let conn = store::open_read(run_root).map_err(Error::Internal)?;
-    let rows = match &conn {
+    let mut rows = match &conn {
         Some(c) => store::history(c, task, chain, limit).map_err(|e| store_error(run_root, e))?,
         None => Vec::new(),
     };
+    settle(run_root, &mut rows);
     if let (true, Some(chain)) = (rows.is_empty(), chain) {
         // A task of the config that has not run anywhere yet: an empty history, as without
         // --chain. Runs elsewhere only: the chain is likely mistyped, so say where they are.
@@ -607,6 +686,70 @@ pub fn log(run_root: &Path, task: &str, run_id: Option<u64>, chain: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(chain: &str, run_id: u64, pid: u32, host: &str, outcome: Option<&str>) -> RunRow {
+        RunRow {
+            chain: chain.into(),
+            task: "t".into(),
+            run_id,
+            host: host.into(),
+            scheduled_ms: Some(1_000),
+            start_ms: 1_000,
+            stop_ms: outcome.map(|_| 2_000),
+            outcome: outcome.map(String::from),
+            exit_code: None,
+            signal: None,
+            duration_ms: outcome.map(|_| 1_000),
+            latency_ms: None,
+            output_bytes: 0,
+            output_cut: false,
+            error: None,
+            instance_pid: pid,
+            version: "v".into(),
+            config_digest: "d".into(),
+        }
+    }
+
+    /// An open run reads running only while the instance that recorded it holds its
+    /// chain's lock: not when the chain is down, nor when another instance holds it.
+    #[test]
+    fn an_open_run_of_a_dead_instance_reads_interrupted_with_no_stop() {
+        let mut rows = vec![
+            row("up", 1, 10, "h", None),
+            row("down", 2, 20, "h", None),
+            row("taken_over", 3, 30, "h", None),
+            row("down", 1, 20, "h", Some("ok")),
+            row("down", 3, 21, "other-host", None),
+        ];
+        let holders = |c: &str| match c {
+            "up" => Some(10),
+            "taken_over" => Some(31),
+            _ => None,
+        };
+        settle_open_runs(&mut rows, "h", holders);
+        type Shown<'a> = (Option<&'a str>, Option<u64>, Option<u64>, Option<&'a str>);
+        let shown: Vec<Shown> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.outcome.as_deref(),
+                    r.stop_ms,
+                    r.duration_ms,
+                    r.error.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (None, None, None, None),
+                (Some("interrupted"), None, None, Some(LEFT_OPEN)),
+                (Some("interrupted"), None, None, Some(LEFT_OPEN)),
+                (Some("ok"), Some(2_000), Some(1_000), None),
+                (None, None, None, None),
+            ]
+        );
+    }
 
     #[test]
     fn times_ago_to_two_units() {

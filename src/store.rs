@@ -18,6 +18,12 @@
 //! confirmed with `PRAGMA quick_check` under `runs.db.lock` (so that one process acts),
 //! renamed `runs.db.corrupt-TIMESTAMP`, and a fresh store is started.
 //!
+//! One other process writes a chain's runs: the guardian of an instance that died during
+//! a run closes that run, with the time its group ended and what the guardian did
+//! ([`close_killed`], once, in one transaction of its own, retried for a bounded time
+//! while the store is busy). The next launch waits for that guardian, then closes what is
+//! still open ([`Op::CloseOpen`]), leaving the guardian's record as it is.
+//!
 //! The store sits behind this small interface (ops in, rows out) so that a shared
 //! PostgreSQL store can replace it later without reshaping the driver.
 
@@ -204,7 +210,12 @@ pub enum Op {
     End(Box<RunEnd>),
     /// Runs of `chain` left open by a dead instance are `interrupted`; so is the run
     /// CHAIN.state says was in progress, (task, run id, start ms), if the dead instance
-    /// had not written it yet (it was killed in the run's first moments).
+    /// had not written it yet (it was killed in the run's first moments). Its guardian,
+    /// which the launch waited for, has closed the run it ended with the real end
+    /// ([`close_killed`]); what is still open here is a run whose end nobody recorded (the
+    /// guardian was killed too, a power cut, a store locked past the guardian's patience):
+    /// it is closed with `stop_ms` (the launch's time, so its duration runs to the
+    /// launch) and [`END_NOT_KNOWN`] as its error.
     CloseOpen {
         chain: String,
         stop_ms: u64,
@@ -217,6 +228,9 @@ pub enum Op {
         kind: &'static str,
     },
 }
+
+/// The `error` of a run closed by the next launch because nobody recorded its end.
+pub const END_NOT_KNOWN: &str = "run-chain died during the run and its end was not recorded; stop is when the chain was next launched";
 
 fn is_corrupt(e: &rusqlite::Error) -> bool {
     matches!(
@@ -1198,8 +1212,8 @@ fn apply(
             for (id, sid, start) in open {
                 let duration = (*stop_ms as i64 - start).max(0);
                 tx.execute(
-                    "UPDATE runs SET outcome = 'interrupted', stop_ms = ?2, duration_ms = ?3 WHERE id = ?1",
-                    params![id, *stop_ms as i64, duration],
+                    "UPDATE runs SET outcome = 'interrupted', stop_ms = ?2, duration_ms = ?3, error = ?4 WHERE id = ?1",
+                    params![id, *stop_ms as i64, duration, END_NOT_KNOWN],
                 )?;
                 count_interrupted(tx, sid, duration)?;
             }
@@ -1212,9 +1226,9 @@ fn apply(
                 if known.is_none() {
                     let duration = stop_ms.saturating_sub(*since) as i64;
                     tx.execute(
-                        "INSERT INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome, duration_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'interrupted', ?6)",
-                        params![sid, *run_id as i64, instance, *since as i64, *stop_ms as i64, duration],
+                        "INSERT INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome, duration_ms, error)
+                         VALUES (?1, ?2, ?3, ?4, ?4, ?5, 'interrupted', ?6, ?7)",
+                        params![sid, *run_id as i64, instance, *since as i64, *stop_ms as i64, duration, END_NOT_KNOWN],
                     )?;
                     count_interrupted(tx, sid, duration)?;
                 }
@@ -1222,6 +1236,126 @@ fn apply(
         }
     }
     Ok(())
+}
+
+/// A run that run-chain left open when it died, as its guardian closes it: `stop_ms` is
+/// when the guardian saw its group end, `error` what it did (see `guardian`).
+#[derive(Debug, Clone)]
+pub struct Killed<'a> {
+    pub chain: &'a str,
+    pub task: &'a str,
+    pub run_id: u64,
+    pub scheduled_ms: u64,
+    pub start_ms: u64,
+    pub stop_ms: u64,
+    pub error: &'a str,
+}
+
+/// The guardian's record of a run it ended after run-chain's death: the run is closed as
+/// `interrupted` with the guardian's stop time and error, and counted in its series as the
+/// next launch counts one ([`count_interrupted`]). A run already closed is left alone (the
+/// next launch got there first: it does not wait for a guardian whose run CHAIN.state does
+/// not name). A run whose start was never written is written whole, under the dead
+/// instance's row (`instance`; matched by host, PID and a start no earlier than its own, or
+/// added). A busy or locked store is tried again until `give_up`; any other error ends the
+/// attempt. Ok(true): recorded; Ok(false): it was already closed.
+pub fn close_killed(
+    path: &Path,
+    instance: &Instance,
+    k: &Killed<'_>,
+    give_up: std::time::Instant,
+) -> Result<bool, String> {
+    loop {
+        match try_close_killed(path, instance, k) {
+            Ok(done) => return Ok(done),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn try_close_killed(path: &Path, instance: &Instance, k: &Killed<'_>) -> rusqlite::Result<bool> {
+    let conn = open_rw(path)?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = (|| {
+        let sid = series_id(&conn, &mut HashMap::new(), k.chain, k.task)?;
+        let found: Option<(i64, i64, Option<String>)> = conn
+            .query_row(
+                "SELECT id, start_ms, outcome FROM runs WHERE series = ?1 AND run_id = ?2",
+                params![sid, k.run_id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match found {
+            Some((_, _, Some(_))) => Ok(false),
+            Some((id, start, None)) => {
+                let duration = (k.stop_ms as i64 - start).max(0);
+                conn.execute(
+                    "UPDATE runs SET outcome = 'interrupted', stop_ms = ?2, duration_ms = ?3, error = ?4 WHERE id = ?1",
+                    params![id, k.stop_ms as i64, duration, k.error],
+                )?;
+                count_interrupted(&conn, sid, duration)?;
+                Ok(true)
+            }
+            None => {
+                let i = instance;
+                let known: Option<i64> = conn
+                    .query_row(
+                        "SELECT id FROM instances WHERE host = ?1 AND pid = ?2 AND started_ms >= ?3
+                         ORDER BY id DESC LIMIT 1",
+                        params![i.host, i.pid, i.started_ms as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let iid = match known {
+                    Some(id) => id,
+                    None => {
+                        conn.execute(
+                            "INSERT INTO instances (host, pid, version, config_digest, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![i.host, i.pid, i.version, i.config_digest, i.started_ms as i64],
+                        )?;
+                        conn.last_insert_rowid()
+                    }
+                };
+                let duration = k.stop_ms.saturating_sub(k.start_ms) as i64;
+                conn.execute(
+                    "INSERT INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome, duration_ms, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'interrupted', ?7, ?8)",
+                    params![
+                        sid,
+                        k.run_id as i64,
+                        iid,
+                        k.scheduled_ms as i64,
+                        k.start_ms as i64,
+                        k.stop_ms as i64,
+                        duration,
+                        k.error
+                    ],
+                )?;
+                count_interrupted(&conn, sid, duration)?;
+                Ok(true)
+            }
+        }
+    })();
+    match done {
+        Ok(d) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(d)
+        }
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(e)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1728,6 +1862,180 @@ mod tests {
             largest <= WAL_SIZE_LIMIT,
             "the WAL grew to {largest} bytes (limit {WAL_SIZE_LIMIT})"
         );
+    }
+
+    fn start(run_id: u64, start_ms: u64) -> Op {
+        Op::Start(RunStart {
+            chain: "c".into(),
+            task: "t".into(),
+            run_id,
+            scheduled_ms: start_ms,
+            start_ms,
+            task_pid: Some(1234),
+        })
+    }
+
+    /// (outcome, stop, duration, error) of run `id`, and the series' (runs, interrupted,
+    /// running run).
+    #[allow(clippy::type_complexity)]
+    fn closed(
+        root: &Path,
+        id: u64,
+    ) -> (
+        (Option<String>, Option<i64>, Option<i64>, Option<String>),
+        (i64, i64, Option<i64>),
+    ) {
+        let conn = open_read(root).expect("open").expect("a store");
+        let run = conn
+            .query_row(
+                "SELECT outcome, stop_ms, duration_ms, error FROM runs WHERE run_id = ?1",
+                params![id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("the run");
+        let series = conn
+            .query_row(
+                "SELECT runs, interrupted, running_run_id FROM series WHERE chain = 'c' AND task = 't'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("the series");
+        (run, series)
+    }
+
+    fn killed(run_id: u64, start_ms: u64, stop_ms: u64) -> Killed<'static> {
+        Killed {
+            chain: "c",
+            task: "t",
+            run_id,
+            scheduled_ms: start_ms,
+            start_ms,
+            stop_ms,
+            error: "guardian",
+        }
+    }
+
+    /// The guardian closes the open run with its time and error, once; the next launch's
+    /// CloseOpen keeps that record and closes only what is still open, with its own time
+    /// and END_NOT_KNOWN.
+    #[test]
+    fn the_guardians_record_is_kept_and_the_next_launch_closes_only_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = path(dir.path());
+        let mut store = Store::new(dir.path(), instance());
+        store.push(Mono::ZERO, start(1, 1_000));
+        let never = std::time::Instant::now();
+        assert_eq!(
+            close_killed(&db, &instance(), &killed(1, 1_000, 5_800), never),
+            Ok(true)
+        );
+        let want = (
+            (
+                Some("interrupted".to_string()),
+                Some(5_800),
+                Some(4_800),
+                Some("guardian".to_string()),
+            ),
+            (1, 1, None),
+        );
+        assert_eq!(closed(dir.path(), 1), want);
+        // Again (or after the next launch got there first): left alone.
+        assert_eq!(
+            close_killed(&db, &instance(), &killed(1, 1_000, 9_999), never),
+            Ok(false)
+        );
+        assert_eq!(closed(dir.path(), 1), want);
+        // Run 2 is left open (nobody recorded its end); the next launch closes it, and
+        // only it.
+        store.push(Mono::ZERO, start(2, 6_000));
+        store.push(
+            Mono::ZERO,
+            Op::CloseOpen {
+                chain: "c".into(),
+                stop_ms: 20_000,
+                running: Some(("t".into(), 2, 6_000)),
+            },
+        );
+        assert_eq!(store.pending(), 0);
+        assert_eq!(closed(dir.path(), 1).0, want.0);
+        assert_eq!(
+            closed(dir.path(), 2),
+            (
+                (
+                    Some("interrupted".to_string()),
+                    Some(20_000),
+                    Some(14_000),
+                    Some(END_NOT_KNOWN.to_string())
+                ),
+                (2, 2, None)
+            )
+        );
+    }
+
+    /// A run whose start was never written (run-chain killed in its first moments) is
+    /// written whole by the guardian, under the dead instance's row if it has one.
+    #[test]
+    fn the_guardian_writes_a_run_whose_start_was_never_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = path(dir.path());
+        // No store at all yet: it is made.
+        let never = std::time::Instant::now();
+        assert_eq!(
+            close_killed(&db, &instance(), &killed(7, 1_000, 1_250), never),
+            Ok(true)
+        );
+        let (run, series) = closed(dir.path(), 7);
+        assert_eq!(run.0.as_deref(), Some("interrupted"));
+        assert_eq!((run.1, run.2), (Some(1_250), Some(250)));
+        assert_eq!(series, (1, 1, None));
+        // With the instance's row there, the run is filed under it.
+        let mut store = Store::new(dir.path(), instance());
+        store.push(Mono::ZERO, end(8, 2_000, 0));
+        assert_eq!(
+            close_killed(&db, &instance(), &killed(9, 3_000, 3_100), never),
+            Ok(true)
+        );
+        let conn = open_read(dir.path()).expect("open").expect("a store");
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
+            .expect("count");
+        // One from the guardian's first record (no instance yet), one from the writer;
+        // the second record found the writer's.
+        assert_eq!(n, 2);
+        let of9: i64 = conn
+            .query_row("SELECT instance FROM runs WHERE run_id = 9", [], |r| {
+                r.get(0)
+            })
+            .expect("run 9");
+        let of8: i64 = conn
+            .query_row("SELECT instance FROM runs WHERE run_id = 8", [], |r| {
+                r.get(0)
+            })
+            .expect("run 8");
+        assert_eq!(of9, of8);
+    }
+
+    /// A store locked by another connection is tried again until the deadline, then
+    /// given up: the guardian never waits for ever.
+    #[test]
+    fn the_guardian_gives_up_on_a_store_locked_past_its_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = path(dir.path());
+        let mut store = Store::new(dir.path(), instance());
+        store.push(Mono::ZERO, start(1, 1_000));
+        let other = Connection::open(&db).expect("second connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let t = std::time::Instant::now();
+        let r = close_killed(
+            &db,
+            &instance(),
+            &killed(1, 1_000, 2_000),
+            t + Duration::from_millis(600),
+        );
+        assert!(r.is_err(), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        other.execute_batch("COMMIT").expect("unlock");
+        assert_eq!(closed(dir.path(), 1).0 .0, None, "still open");
     }
 
     #[test]
