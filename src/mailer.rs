@@ -565,6 +565,26 @@ impl Dialogue {
     }
 }
 
+/// The TLS parameters for `host`: the system's roots, plus `ca_file` if given.
+fn tls_parameters(email: &Email, host: &str) -> Result<TlsParameters, SendError> {
+    let mut params = TlsParameters::builder(host.to_string());
+    if let Some(ca) = &email.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| {
+            SendError::Transient(format!("cannot read ca_file {}: {e}", ca.display()))
+        })?;
+        let cert = Certificate::from_pem(&pem).map_err(|e| {
+            SendError::Permanent(format!(
+                "ca_file {}: not a PEM certificate: {e}",
+                ca.display()
+            ))
+        })?;
+        params = params.add_root_certificate(cert);
+    }
+    params
+        .build_rustls()
+        .map_err(|e| SendError::Permanent(format!("TLS setup for {host}: {e}")))
+}
+
 /// Send `bytes` to `url` as lettre's `SmtpTransport::send_raw` would (the same TLS: implicit
 /// for smtps://, STARTTLS as `tls` says; the same AUTH mechanisms, SMTPUTF8 and 8BITMIME
 /// rules), but one step at a time, so that a failure names its step, and within one time
@@ -579,22 +599,7 @@ fn send_smtp(
         SendError::Permanent("email.smtp is not an smtp:// or smtps:// URL".into())
     })?;
     let server = u.to_string();
-    let mut params = TlsParameters::builder(u.host.clone());
-    if let Some(ca) = &email.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| {
-            SendError::Transient(format!("cannot read ca_file {}: {e}", ca.display()))
-        })?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
-            SendError::Permanent(format!(
-                "ca_file {}: not a PEM certificate: {e}",
-                ca.display()
-            ))
-        })?;
-        params = params.add_root_certificate(cert);
-    }
-    let params = params
-        .build_rustls()
-        .map_err(|e| SendError::Permanent(format!("TLS setup for {server}: {e}")))?;
+    let params = tls_parameters(email, &u.host)?;
     let credentials = match &u.user {
         Some(user) => Some(Credentials::new(
             user.clone(),
@@ -626,13 +631,36 @@ fn send_smtp(
         conn,
         deadline: started + SMTP_TIMEOUT,
     };
-    let sent = (|| -> StepResult<String> {
-        if !u.implicit_tls {
-            let offered = d.conn.can_starttls();
-            match email.tls {
-                TlsMode::Opportunistic if offered => {
-                    d.step(Phase::Starttls, 2, |c| c.starttls(&params, &hello))?
-                }
+    let starttls = (!u.implicit_tls).then_some((email.tls, &params));
+    match d.send(starttls, &hello, credentials.as_ref(), envelope, bytes) {
+        Ok(said) => {
+            d.quit();
+            Ok(said)
+        }
+        Err((phase, failure)) => {
+            if failure != Failure::TimedOut {
+                d.quit();
+            }
+            Err(fail(phase, &failure))
+        }
+    }
+}
+
+impl Dialogue {
+    /// The rest of the dialogue after EHLO: STARTTLS as `starttls` says (None: the connection
+    /// is TLS already), AUTH if there are `credentials`, MAIL FROM, RCPT TO, DATA. Ok: the
+    /// server's answer to the mail.
+    fn send(
+        &mut self,
+        starttls: Option<(TlsMode, &TlsParameters)>,
+        hello: &ClientId,
+        credentials: Option<&Credentials>,
+        envelope: &Envelope,
+        bytes: &[u8],
+    ) -> StepResult<String> {
+        if let Some((mode, params)) = starttls {
+            let offered = self.conn.can_starttls();
+            match mode {
                 TlsMode::Required if !offered => {
                     return Err((
                         Phase::Starttls,
@@ -641,12 +669,14 @@ fn send_smtp(
                         ),
                     ))
                 }
-                TlsMode::Required => d.step(Phase::Starttls, 2, |c| c.starttls(&params, &hello))?,
-                TlsMode::Opportunistic | TlsMode::None => {}
+                TlsMode::Required | TlsMode::Opportunistic if offered => {
+                    self.step(Phase::Starttls, 2, |c| c.starttls(params, hello))?
+                }
+                TlsMode::Opportunistic | TlsMode::None | TlsMode::Required => {}
             }
         }
-        if let Some(creds) = &credentials {
-            d.step(Phase::Auth, 2, |c| c.auth(DEFAULT_MECHANISMS, creds))?;
+        if let Some(creds) = credentials {
+            self.step(Phase::Auth, 2, |c| c.auth(DEFAULT_MECHANISMS, creds))?;
         }
         let mut options = Vec::new();
         let non_ascii = envelope
@@ -654,7 +684,7 @@ fn send_smtp(
             .into_iter()
             .chain(envelope.to())
             .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
-        let info = d.conn.server_info();
+        let info = self.conn.server_info();
         if non_ascii {
             if !info.supports_feature(Extension::SmtpUtfEight) {
                 return Err((
@@ -678,33 +708,21 @@ fn send_smtp(
             }
             options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        d.step(Phase::MailFrom, 1, |c| {
+        self.step(Phase::MailFrom, 1, |c| {
             c.command(Mail::new(envelope.from().cloned(), options))
         })?;
         for to in envelope.to() {
-            d.step(Phase::RcptTo, 1, |c| {
+            self.step(Phase::RcptTo, 1, |c| {
                 c.command(Rcpt::new(to.clone(), vec![]))
             })?;
         }
-        d.step(Phase::Data, 1, |c| c.command(Data))?;
-        let resp = d.step(Phase::Data, 1, |c| c.message(bytes))?;
+        self.step(Phase::Data, 1, |c| c.command(Data))?;
+        let resp = self.step(Phase::Data, 1, |c| c.message(bytes))?;
         Ok(format!(
             "{} {}",
             resp.code(),
             resp.message().collect::<Vec<_>>().join(" ")
         ))
-    })();
-    match sent {
-        Ok(said) => {
-            d.quit();
-            Ok(said)
-        }
-        Err((phase, failure)) => {
-            if failure != Failure::TimedOut {
-                d.quit();
-            }
-            Err(fail(phase, &failure))
-        }
     }
 }
 
