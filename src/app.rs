@@ -1149,11 +1149,12 @@ fn mail_test(common: &Common) -> Result<u8> {
             say!("Message-ID: {id}");
             Ok(exit::OK)
         }
+        // The message names the server (or sendmail, or the file) itself, once.
         Err(crate::mailer::SendError::Transient(m)) => Err(Error::Busy(format!(
-            "the test alert was not delivered through {transport}: {m} (a temporary failure; alerts would be retried)"
+            "failed to send the test alert: {m}; a temporary failure: alerts are retried"
         ))),
         Err(crate::mailer::SendError::Permanent(m)) => Err(Error::Internal(format!(
-            "the test alert was not delivered through {transport}: {m}"
+            "failed to send the test alert: {m}; a permanent failure: alerts are not retried (they go to RUN_ROOT/outbox/failed/)"
         ))),
     }
 }
