@@ -1473,6 +1473,12 @@ fn a_downtime_mail_from_a_relaunched_instance_shows_the_last_failed_run() {
     failing_job(&env, &peer, "1h");
     let mut old = env.spawn(&["job"]);
     peer.wait_messages(&mut old, 1);
+    // Delivery is at least once: an instance stopped between the server's acceptance and the
+    // outbox file's removal leaves the mail for the next one, which sends it again (same
+    // Message-ID). Wait until the old instance has recorded it as sent.
+    old.wait_for("the first-failure left the outbox", || {
+        outbox(&env).is_empty()
+    });
     failing_job(&env, &peer, "2s");
     let mut new = env.spawn(&["job"]);
     old.assert_exit(0);
@@ -1517,6 +1523,12 @@ fn a_relaunched_instance_without_the_run_in_the_store_still_shows_what_it_knows(
     failing_job(&env, &peer, "1h");
     let mut old = env.spawn(&["job"]);
     peer.wait_messages(&mut old, 1);
+    // Delivery is at least once: an instance stopped between the server's acceptance and the
+    // outbox file's removal leaves the mail for the next one, which sends it again (same
+    // Message-ID). Wait until the old instance has recorded it as sent.
+    old.wait_for("the first-failure left the outbox", || {
+        outbox(&env).is_empty()
+    });
     old.signal(libc::SIGTERM);
     old.assert_exit(0);
     let runs = env.history("job", &[]);
