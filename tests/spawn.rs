@@ -1062,7 +1062,9 @@ fn output_a_killed_run_handed_out_never_reaches_the_next_run() {
 success_cooldown = "0s"
 fail_cooldown = "0s"
 [tasks.handout]
-timeout = "300ms"
+# Long enough for python3 to start and hand its stdout out on a loaded machine
+# (300 ms was not: the run timed out before the holder got anything).
+timeout = "5s"
 argv = ["python3", "-c", """
 import array, os, socket, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1076,7 +1078,7 @@ argv = ["python3", "-c", """
 import os, time
 t = os.environ["T"]
 open(t + "/go", "w").close()
-for _ in range(1000):
+for _ in range(6000):
     if os.path.exists(t + "/late"):
         break
     time.sleep(0.01)
@@ -1094,7 +1096,7 @@ s.bind(t + "/sock.tmp"); s.listen(1); os.rename(t + "/sock.tmp", t + "/sock")
 c, _ = s.accept()
 _, anc, _, _ = c.recvmsg(1, socket.CMSG_LEN(4))
 fds = array.array("i"); fds.frombytes(anc[0][2])
-for _ in range(3000):
+for _ in range(12000):
     if os.path.exists(t + "/go"):
         break
     time.sleep(0.01)
