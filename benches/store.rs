@@ -170,7 +170,7 @@ fn task_name(c: usize, t: usize) -> String {
 }
 
 fn wall_ms() -> u64 {
-    run_chain::sys::wall_ms()
+    run_chain::time::wall_ms()
 }
 
 /// The aggregates of one series, kept as the runs are generated.

@@ -286,7 +286,7 @@ fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i3
     let output = vec![b'x'; 200];
     let keep_for_ms: u64 = 30 * 86_400_000;
     let (runs, c0) = paced(pace, &*run, |run_id, t0, t1, success, code| {
-        let now = run_chain::sys::mono_now();
+        let now = run_chain::time::mono_now();
         store.begin_batch();
         store.push(
             now,
@@ -324,7 +324,7 @@ fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i3
         store.thread_work();
     });
     if store.pending() > 0 {
-        store.flush(run_chain::sys::mono_now());
+        store.flush(run_chain::time::mono_now());
     }
     if store.pending() > 0 {
         fail(

@@ -1,7 +1,7 @@
 //! The wording of alert mails: the subject, the body, the error in brief, and when the
 //! failing task is tried next.
 //!
-//! Pure: given the facts of an alert (see [`crate::mailer::AlertMail`]), the time and a
+//! Pure: given the facts of an alert (see [`AlertMail`]), the time and a
 //! way to show a time of day, it returns text. The one function that asks the OS
 //! ([`local_hhmm`], the local time zone) is kept apart, at the end, for the driver to
 //! pass in.
@@ -23,8 +23,42 @@
 
 use std::time::Duration;
 
-use crate::mailer::AlertMail;
 use crate::outcome::Outcome;
+
+/// What an alert says: the facts, gathered by the driver; the wording (subject, body) is
+/// made below, the message and its sending are `mailer`'s.
+#[derive(Debug, Clone, Default)]
+pub struct AlertMail {
+    pub kind: String,
+    pub chain: String,
+    pub task: String,
+    pub host: String,
+    pub command: String,
+    /// The streak's last failed run: its id, outcome ("failed (exit code 1)"), the
+    /// outcome in brief ("exit 1"), its last line of output, its start and duration.
+    pub run_id: Option<u64>,
+    pub outcome: String,
+    pub brief: String,
+    pub last_line: String,
+    pub started: String,
+    pub duration: String,
+    pub streak_start: String,
+    /// How long the streak has lasted (for `recovered`: its whole length).
+    pub streak_length: String,
+    pub streak_ms: u64,
+    pub failures: u64,
+    pub next_attempt: String,
+    pub held_back: u64,
+    /// The tail of the last failed run's output, and how many bytes it printed.
+    pub output: Vec<u8>,
+    pub output_bytes: u64,
+    /// Why the output is missing, when it could not be had.
+    pub output_note: Option<String>,
+    /// For `recovered`: the run that succeeded.
+    pub recovered_by: Option<String>,
+    /// When the alert was decided (Unix ms).
+    pub at_ms: u64,
+}
 
 /// The error part of a subject is cut to this many characters.
 pub const SUBJECT_ERROR_MAX: usize = 80;
@@ -396,7 +430,7 @@ fn about(d: Duration) -> String {
     if d < Duration::from_secs(60) {
         format!("{}s", d.as_secs())
     } else {
-        crate::driver::fmt_dur(Duration::from_secs(d.as_secs() / 60 * 60))
+        crate::time::fmt_dur(Duration::from_secs(d.as_secs() / 60 * 60))
     }
 }
 
@@ -404,13 +438,13 @@ fn about(d: Duration) -> String {
 pub fn describe(next: &NextAttempt, now_ms: u64, local: &dyn Fn(u64) -> String) -> String {
     match next {
         NextAttempt::At(at) if *at <= now_ms => {
-            format!("now ({})", crate::report::rfc3339(now_ms))
+            format!("now ({})", crate::time::rfc3339(now_ms))
         }
         NextAttempt::At(at) => format!(
             "{}, in {} ({})",
             local(*at),
-            crate::driver::fmt_dur(Duration::from_millis(at - now_ms)),
-            crate::report::rfc3339(*at)
+            crate::time::fmt_dur(Duration::from_millis(at - now_ms)),
+            crate::time::rfc3339(*at)
         ),
         NextAttempt::RunningNow(since) => format!("now: it is running, since {}", local(*since)),
         NextAttempt::After {
@@ -449,7 +483,7 @@ pub fn local_hhmm(ms: u64) -> String {
     unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
         if libc::localtime_r(&t, &mut tm).is_null() {
-            return crate::report::rfc3339(ms);
+            return crate::time::rfc3339(ms);
         }
         let zone = if tm.tm_zone.is_null() {
             String::new()

@@ -31,9 +31,7 @@ use std::time::Duration;
 
 use crate::config::Timing;
 use crate::outcome::{Exit, Outcome};
-
-/// A monotonic instant: time since an arbitrary, fixed origin (CLOCK_MONOTONIC's).
-pub type Mono = Duration;
+use crate::time::Mono;
 
 /// How long after SIGKILL the chain waits for a group to empty before it moves on
 /// (a process stuck in uninterruptible sleep cannot be killed any faster).

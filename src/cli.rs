@@ -9,28 +9,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Names that a task may not take, because the command line gives them a meaning of
-/// their own: the subcommands of this version, and those of a coming one
-/// ([`COMING_COMMANDS`]). A test checks that every subcommand is listed.
-pub const RESERVED_NAMES: &[&str] = &[
-    "check",
-    "status",
-    "history",
-    "log",
-    "stop",
-    "kick",
-    "metrics",
-    "exporter",
-    "mail-test",
-    "help",
-    "serve",
-    "run-now",
-    "store",
-];
-
-/// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
-/// launched as `run-chain serve` would otherwise start the web console after an upgrade.
-pub const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
+/// The names a task may not take (the subcommands'), defined beside the name checks in
+/// `config` so that it needs nothing of the command line.
+pub use crate::config::{COMING_COMMANDS, RESERVED_NAMES};
 
 /// `history --limit` when not given.
 pub const DEFAULT_HISTORY_LIMIT: u64 = 20;

@@ -14,8 +14,30 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{COMING_COMMANDS, RESERVED_NAMES};
 use crate::error::{Error, Result};
+
+/// Names that a task may not take, because the command line gives them a meaning of
+/// their own: the subcommands of this version, and those of a coming one
+/// ([`COMING_COMMANDS`]). A test in `cli` checks that every subcommand is listed.
+pub const RESERVED_NAMES: &[&str] = &[
+    "check",
+    "status",
+    "history",
+    "log",
+    "stop",
+    "kick",
+    "metrics",
+    "exporter",
+    "mail-test",
+    "help",
+    "serve",
+    "run-now",
+    "store",
+];
+
+/// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
+/// launched as `run-chain serve` would otherwise start the web console after an upgrade.
+pub const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
 
 // ---------------------------------------------------------------------------------
 // Raw shapes, as in the file.

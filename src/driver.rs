@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::alert::{self, AlertState, Decision};
-use crate::chain::{Action, Chain, ChainTask, Control, Event, Finished, Mode, Mono};
+use crate::alert_mail::AlertMail;
+use crate::chain::{Action, Chain, ChainTask, Control, Event, Finished, Mode};
 use crate::config::{self, Config, Task};
 use crate::error::Result;
 use crate::groups::{self, Slot, Slots};
 use crate::guardian::Guardian;
-use crate::mailer::{self, AlertMail, Children, ToMailer};
+use crate::mailer::{self, Children, ToMailer};
 use crate::outcome::Outcome;
 use crate::output::{Sink, Tail};
 use crate::pidfile::PidFile;
@@ -26,6 +27,7 @@ use crate::signals::{Sig, Signals};
 use crate::state::{self, State, TaskFailures};
 use crate::store::{self, Op, RunEnd, RunStart, Store};
 use crate::sys;
+use crate::time::{self, fmt_dur, Mono};
 
 /// While a task runs, its output is written to the store at least this often.
 const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
@@ -46,7 +48,7 @@ pub struct Driver {
     pub tasks: Vec<Task>,
     pub run_root: PathBuf,
     /// RUN_ROOT comes from the config (no `--run-root`, no `RUN_ROOT`): a reload that
-    /// changes it is refused (see [`crate::app::moved_run_root`]).
+    /// changes it is refused (see [`crate::root::moved_run_root`]).
     root_from_config: bool,
     /// A SIGHUP kept by the waiting launch was applied (see `app::run`): after the start,
     /// the chain is reconfigured, as on SIGHUP, so that a changed cooldown applies to the
@@ -116,17 +118,6 @@ struct FailedView {
     note: Option<String>,
 }
 
-/// A duration for people: "350ms", "2.5s", "15m".
-pub fn fmt_dur(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else if d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    }
-}
-
 /// The chain's view of its tasks.
 pub fn chain_tasks(tasks: &[Task]) -> Vec<ChainTask> {
     tasks
@@ -163,7 +154,7 @@ impl Driver {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 config_digest: config.digest.clone(),
-                started_ms: sys::wall_ms(),
+                started_ms: time::wall_ms(),
             },
         );
         let store = Recorder::start(&chain_name, store);
@@ -271,7 +262,7 @@ impl Driver {
 
     /// The earliest downtime deadline of any task, as a monotonic instant.
     fn alert_deadline(&self, now: Mono) -> Option<Mono> {
-        let wall = sys::wall_ms();
+        let wall = time::wall_ms();
         self.alerts
             .iter()
             .filter_map(|(task, st)| st.next_deadline(self.policy(task)))
@@ -281,7 +272,7 @@ impl Driver {
 
     /// Send the downtime alerts that are due.
     fn alert_ticks(&mut self, now: Mono) {
-        let wall = sys::wall_ms();
+        let wall = time::wall_ms();
         let tasks: Vec<String> = self.alerts.keys().cloned().collect();
         let mut changed = false;
         for task in tasks {
@@ -306,7 +297,7 @@ impl Driver {
     /// last failed run and the real time of the next attempt. `recovered_by`: the run
     /// that ended the streak, for `recovered`.
     fn send_alert(&mut self, now: Mono, task: &str, d: &Decision, recovered_by: Option<String>) {
-        let wall = sys::wall_ms();
+        let wall = time::wall_ms();
         let t = self.tasks.iter().find(|t| t.name == task);
         let command = t.map_or(String::new(), |t| t.program.display());
         let failed = self.last_failed_run(task);
@@ -322,11 +313,11 @@ impl Driver {
             outcome: run.map_or(String::new(), |r| r.outcome.clone()),
             brief: run.map_or(String::new(), |r| r.brief.clone()),
             last_line: run.map_or(String::new(), |r| r.last_line.clone()),
-            started: run.map_or(String::new(), |r| crate::report::rfc3339(r.start_ms)),
+            started: run.map_or(String::new(), |r| crate::time::rfc3339(r.start_ms)),
             duration: run.map_or(String::new(), |r| {
                 fmt_dur(Duration::from_millis(r.duration_ms))
             }),
-            streak_start: crate::report::rfc3339(d.streak_start_ms),
+            streak_start: crate::time::rfc3339(d.streak_start_ms),
             streak_length: fmt_dur(Duration::from_millis(
                 wall.saturating_sub(d.streak_start_ms),
             )),
@@ -573,7 +564,7 @@ impl Driver {
     /// Both clocks are read afresh, as a pair, so that the loop's own delay does not
     /// shift the result (and start, stop and duration stay consistent).
     fn wall_of(_now: Mono, at: Mono) -> u64 {
-        let (mono, wall) = (sys::mono_now(), sys::wall_ms_precise());
+        let (mono, wall) = (time::mono_now(), time::wall_ms_precise());
         let ms = if at <= mono {
             wall - (mono - at).as_secs_f64() * 1000.0
         } else {
@@ -600,28 +591,28 @@ impl Driver {
         };
         self.store.push(Op::CloseOpen {
             chain: self.chain_name.clone(),
-            stop_ms: sys::wall_ms(),
+            stop_ms: time::wall_ms(),
             running,
         });
         // So that `status` shows what this instance does from its first moment.
         if self.mode == Mode::Forever {
-            self.save_state(sys::mono_now());
+            self.save_state(time::mono_now());
         }
-        if let Some(code) = self.feed(sys::mono_now(), Event::Start) {
+        if let Some(code) = self.feed(time::mono_now(), Event::Start) {
             return Ok(self.finish(code));
         }
         if std::mem::take(&mut self.reconfigure_at_start) {
             self.state_dirty = true;
             let tasks = chain_tasks(&self.tasks);
             let ev = Event::Control(Control::Reconfigure(tasks));
-            if let Some(code) = self.feed(sys::mono_now(), ev) {
+            if let Some(code) = self.feed(time::mono_now(), ev) {
                 return Ok(self.finish(code));
             }
         }
         // Ticks handled since the last ppoll (see below).
         let mut ticks_in_a_row = 0u32;
         loop {
-            let now = sys::mono_now();
+            let now = time::mono_now();
             if self.chain.reaping() {
                 let killed = self.kill_sent;
                 let empty = self.with_ignored(|run, ignore| match run {
@@ -657,7 +648,7 @@ impl Driver {
                         continue;
                     }
                     for sig in self.signals.drain() {
-                        if let Some(code) = self.on_signal(sys::mono_now(), sig) {
+                        if let Some(code) = self.on_signal(time::mono_now(), sig) {
                             return Ok(self.finish(code));
                         }
                     }
@@ -729,7 +720,7 @@ impl Driver {
                     }
                 }
                 if self.tail.total() != before && self.output_flush_at.is_none() {
-                    self.output_flush_at = Some(sys::mono_now() + OUTPUT_FLUSH);
+                    self.output_flush_at = Some(time::mono_now() + OUTPUT_FLUSH);
                 }
             }
             if let Some(i) = watch_at {
@@ -737,7 +728,7 @@ impl Driver {
                     if let Some((_, w)) = &self.waiting {
                         w.drain();
                     }
-                    if let Some(code) = self.try_slot(sys::mono_now()) {
+                    if let Some(code) = self.try_slot(time::mono_now()) {
                         return Ok(self.finish(code));
                     }
                 }
@@ -745,7 +736,7 @@ impl Driver {
             if fds[..signal_fds].iter().any(|f| f.revents != 0) {
                 let child = signal_fds > 1 && fds[1].revents != 0;
                 for sig in self.signals.drain_ready(fds[0].revents != 0, child) {
-                    let now = sys::mono_now();
+                    let now = time::mono_now();
                     if let Some(code) = self.on_signal(now, sig) {
                         return Ok(self.finish(code));
                     }
@@ -878,7 +869,7 @@ impl Driver {
     fn reload(&mut self) -> Option<Vec<ChainTask>> {
         let loaded = Config::load(&self.config.file).and_then(|c| {
             let tasks = c.chain_tasks(&self.names)?;
-            if let Some(e) = crate::app::moved_run_root(
+            if let Some(e) = crate::root::moved_run_root(
                 &self.chain_name,
                 self.root_from_config,
                 &self.run_root,
@@ -951,7 +942,7 @@ impl Driver {
                         // spawn leaves a state that names this run, so the next one never
                         // gives its id to another run. (With the state written in place,
                         // this costs a few microseconds.)
-                        self.save_state_with(now, Some((&task, run_id, sys::wall_ms())));
+                        self.save_state_with(now, Some((&task, run_id, time::wall_ms())));
                         events.push_back(self.spawn(now, index, run_id));
                     }
                     Action::Signal(sig) => {
@@ -1015,7 +1006,7 @@ impl Driver {
                     task.name
                 );
                 self.waiting = Some((slots, watch));
-                self.waiting_since_ms = Some(sys::wall_ms());
+                self.waiting_since_ms = Some(time::wall_ms());
                 Some(Event::SlotBusy)
             }
             Err(e) => {
@@ -1053,7 +1044,7 @@ impl Driver {
             .and_then(|e| e.password_env.as_deref());
         let prepared = self.prepared[index]
             .get_or_insert_with(|| process::Prepared::new(task, &self.chain_name, remove));
-        let spawn_at = sys::mono_now();
+        let spawn_at = time::mono_now();
         let announce = self.guardian.prepare(
             task.timing.kill_grace,
             &crate::guardian::RunIdentity {
@@ -1235,7 +1226,7 @@ impl Driver {
                     format!(
                         "run {} succeeded, started {}, took {}",
                         f.run_id,
-                        crate::report::rfc3339(start_ms),
+                        crate::time::rfc3339(start_ms),
                         fmt_dur(duration)
                     )
                 });
@@ -1323,7 +1314,7 @@ impl Driver {
         // The group whose slot the running task holds (for `status`): the slot itself, not
         // the config (a reload may have changed the task's group since).
         let running_group = running.and(self.slot.as_ref()).map(|s| s.group.as_str());
-        let due_wall_ms = due.map(|d| sys::wall_ms() + d.saturating_sub(now).as_millis() as u64);
+        let due_wall_ms = due.map(|d| time::wall_ms() + d.saturating_sub(now).as_millis() as u64);
         let saved = if self.mode == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.
             let b = &self.base_state;

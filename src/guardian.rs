@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::store;
 use crate::sys;
+use crate::time;
 
 /// The longest task name the page holds (names are at most 100 bytes, `check_name`).
 const TASK_MAX: usize = 128;
@@ -266,7 +267,7 @@ pub enum Ended {
 /// The `error` recorded for a run the guardian ended.
 pub fn error_text(how: Ended) -> String {
     let died = "run-chain was killed (or crashed) during the run";
-    let grace = |ms: u64| crate::driver::fmt_dur(Duration::from_millis(ms));
+    let grace = |ms: u64| crate::time::fmt_dur(Duration::from_millis(ms));
     match how {
         Ended::AlreadyGone => {
             format!("{died}; its guardian found the run's process group already ended")
@@ -338,7 +339,7 @@ fn end_group(pg: i32, grace_ms: u64) -> (Ended, u64) {
     // One system call before the SIGTERM (a group of zombies only gets it, harmlessly,
     // and reads as ended at the first look after).
     if !group_runs(pg, false) {
-        return (Ended::AlreadyGone, sys::wall_ms());
+        return (Ended::AlreadyGone, time::wall_ms());
     }
     eprintln!("run-chain-guard: run-chain died; stopping process group {pg}");
     sys::kill(-pg, libc::SIGTERM);
@@ -348,12 +349,12 @@ fn end_group(pg: i32, grace_ms: u64) -> (Ended, u64) {
     // here, after run-chain's death.)
     let until = Instant::now() + Duration::from_millis(grace_ms.min(600_000));
     if wait_gone(pg, until) {
-        return (Ended::Term, sys::wall_ms());
+        return (Ended::Term, time::wall_ms());
     }
     sys::kill(-pg, libc::SIGKILL);
-    let killed_at = sys::wall_ms();
+    let killed_at = time::wall_ms();
     if wait_gone(pg, Instant::now() + AFTER_KILL) {
-        (Ended::Kill { grace_ms }, sys::wall_ms())
+        (Ended::Kill { grace_ms }, time::wall_ms())
     } else {
         (Ended::Lingering { grace_ms }, killed_at)
     }

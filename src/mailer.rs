@@ -37,46 +37,13 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::{Address, Message};
 
+use crate::alert_mail::AlertMail;
 use crate::config::{Email, TlsMode};
 
 /// PIDs of the mailer's own children (sendmail), which the chain must not take for a
 /// run's leftovers. The chain holds the lock while it looks at its children; the
 /// mailer holds it from before a spawn until the PID is in the set.
 pub type Children = Arc<Mutex<BTreeSet<i32>>>;
-
-/// What an alert says. The wording (subject, body) is [`crate::alert_mail`]'s.
-#[derive(Debug, Clone, Default)]
-pub struct AlertMail {
-    pub kind: String,
-    pub chain: String,
-    pub task: String,
-    pub host: String,
-    pub command: String,
-    /// The streak's last failed run: its id, outcome ("failed (exit code 1)"), the
-    /// outcome in brief ("exit 1"), its last line of output, its start and duration.
-    pub run_id: Option<u64>,
-    pub outcome: String,
-    pub brief: String,
-    pub last_line: String,
-    pub started: String,
-    pub duration: String,
-    pub streak_start: String,
-    /// How long the streak has lasted (for `recovered`: its whole length).
-    pub streak_length: String,
-    pub streak_ms: u64,
-    pub failures: u64,
-    pub next_attempt: String,
-    pub held_back: u64,
-    /// The tail of the last failed run's output, and how many bytes it printed.
-    pub output: Vec<u8>,
-    pub output_bytes: u64,
-    /// Why the output is missing, when it could not be had.
-    pub output_note: Option<String>,
-    /// For `recovered`: the run that succeeded.
-    pub recovered_by: Option<String>,
-    /// When the alert was decided (Unix ms).
-    pub at_ms: u64,
-}
 
 fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).collect()
@@ -890,7 +857,7 @@ fn mailer_loop(
                         .map_or(BACKOFF_FIRST, |(_, b)| (*b * 2).min(BACKOFF_MAX));
                     log::warn!(
                         "alert {name} not delivered yet: {m}; retrying in {}",
-                        crate::driver::fmt_dur(back)
+                        crate::time::fmt_dur(back)
                     );
                     retry.insert(name.clone(), (Instant::now() + back, back));
                     // Keep the order: later alerts wait behind this one.

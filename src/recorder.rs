@@ -33,9 +33,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
-use crate::chain::Mono;
 use crate::store::{Op, Store};
-use crate::sys;
+use crate::time::Mono;
+
+use crate::time;
 
 /// How long records may be held when runs come fast (see the module's text).
 pub const HOLD: std::time::Duration = std::time::Duration::from_millis(2);
@@ -188,7 +189,7 @@ impl Recorder {
         if self.batching {
             self.batch.push(op);
         } else {
-            self.send_ops(sys::mono_now(), vec![op], false);
+            self.send_ops(time::mono_now(), vec![op], false);
         }
     }
 
@@ -249,7 +250,7 @@ impl Recorder {
                 }
             }
         }
-        let now = sys::mono_now();
+        let now = time::mono_now();
         let mut store = lock(&self.store);
         store.begin_batch();
         if let Msg::Ops(ops) = msg {
@@ -278,7 +279,7 @@ impl Recorder {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if !ops.is_empty() || !self.held.is_empty() {
-            self.send_ops(sys::mono_now(), ops, true);
+            self.send_ops(time::mono_now(), ops, true);
         }
         if self.tx.is_some() && self.queued.load(Ordering::Acquire) == 0 {
             let guard = match self.store.try_lock() {
@@ -351,9 +352,9 @@ fn writer(chain: &str, store: &Mutex<Store>, rx: mpsc::Receiver<Msg>, queued: &A
         let retry_at = lock(store).retry_at();
         let msg = match retry_at {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(at) => rx.recv_timeout(at.saturating_sub(sys::mono_now())),
+            Some(at) => rx.recv_timeout(at.saturating_sub(time::mono_now())),
         };
-        let now = sys::mono_now();
+        let now = time::mono_now();
         let mut st = lock(store);
         match msg {
             Ok(first) => {
@@ -393,7 +394,7 @@ fn last_try(chain: &str, store: &mut Store) {
         store.checkpoint_if_large();
     }
     if store.pending() > 0 {
-        store.flush(sys::mono_now());
+        store.flush(time::mono_now());
         if store.pending() > 0 {
             log::error!(
                 "{chain}: exiting with {} records not written to the store",

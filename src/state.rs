@@ -41,8 +41,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{ChainTask, Mono, Resume};
+use crate::chain::{ChainTask, Resume};
 use crate::sys;
+use crate::time::Mono;
 
 /// The saved state of one chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use crate::chain::Mono;
+use crate::time::Mono;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 3;
