@@ -1,6 +1,6 @@
 //! The command line, as clap sees it: raw values only.
 //!
-//! Nothing here reads a file or checks a name; `app.rs` resolves these raw values,
+//! Nothing here reads a file or checks a name; `app` resolves these raw values,
 //! together with the environment and the config file, into what runs. The help text is
 //! part of the contract: every option and argument has a line, and the defaults it shows
 //! are the constants below, which the commands use too (so the two cannot drift).

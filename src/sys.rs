@@ -6,7 +6,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::outcome::Exit;
+use crate::core::outcome::Exit;
 
 /// The kernel's boot id (changes at every boot).
 pub fn boot_id() -> Option<String> {
@@ -369,7 +369,7 @@ pub fn read_proc_once(path: &str) -> Option<String> {
     Some(last)
 }
 
-/// The link count of an open file, asked for alone (see `state::Writer::save`).
+/// The link count of an open file, asked for alone (see `state_file::Writer::save`).
 pub fn link_count(fd: RawFd) -> Option<u32> {
     // SAFETY: statx on a descriptor with an empty path, into a zeroed struct.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };

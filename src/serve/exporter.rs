@@ -1,7 +1,7 @@
 //! `run-chain exporter`: serve the metrics of a RUN_ROOT over HTTP at `/metrics`.
 //!
 //! A small blocking HTTP server (tiny_http) on its own thread; each scrape collects
-//! a fresh snapshot (bounded cost, see `metrics.rs`). The main thread waits for SIGTERM
+//! a fresh snapshot (bounded cost, see `view::metrics`). The main thread waits for SIGTERM
 //! or SIGINT on the signal self-pipe and then exits cleanly. Any path other than
 //! `/metrics` is a 404.
 
@@ -49,9 +49,10 @@ pub fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
                     continue;
                 }
                 let t0 = Instant::now();
-                let resp = match crate::metrics::collect(&run_root) {
+                let resp = match crate::view::metrics::collect(&run_root) {
                     Ok(snap) => {
-                        let body = crate::metrics::render(&snap, Some(t0.elapsed().as_secs_f64()));
+                        let body =
+                            crate::view::metrics::render(&snap, Some(t0.elapsed().as_secs_f64()));
                         let ct = tiny_http::Header::from_bytes(
                             &b"Content-Type"[..],
                             &b"text/plain; version=0.0.4; charset=utf-8"[..],

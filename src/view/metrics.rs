@@ -2,7 +2,7 @@
 //!
 //! [`render`] is pure: it formats a [`Snapshot`] (aggregates, a bounded window of
 //! recent runs per task, alert counts, which chains are up). [`collect`] reads the
-//! snapshot: the lock holders for `up` ([`crate::holders::holders`]), and, in one query,
+//! snapshot: the lock holders for `up` ([`crate::lock::holders::holders`]), and, in one query,
 //! the `series` aggregates, kept up to date as runs are recorded (so counters never fall
 //! when runs are pruned), with the durations and latencies of the newest [`RECENT`] runs
 //! packed in the same row for the quantiles. A scrape reads one row per task: its cost never grows with the history.
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::alert::Kind;
+use crate::core::alert::Kind;
 use crate::store::{self, SeriesRow};
 
 /// Quantiles are taken over at most this many recent runs of each task.
@@ -41,8 +41,8 @@ pub struct Snapshot {
 /// Read the snapshot of `run_root`.
 pub fn collect(run_root: &Path) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
-    if let Ok(names) = crate::holders::chains(run_root) {
-        let up = crate::holders::holders(run_root, &names);
+    if let Ok(names) = crate::lock::holders::chains(run_root) {
+        let up = crate::lock::holders::holders(run_root, &names);
         for (c, holder) in names.into_iter().zip(up) {
             snap.chains.insert(c, holder.is_some());
         }

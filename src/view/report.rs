@@ -17,9 +17,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::core::resume;
 use crate::error::{exit, Error, Result};
-use crate::holders::{chains, holders};
-use crate::state;
+use crate::lock::holders::{chains, holders};
+use crate::store::state_file;
 use crate::store::{self, RunRow, SeriesRow};
 use crate::time::rfc3339;
 
@@ -124,7 +125,7 @@ fn settle(run_root: &Path, rows: &mut [RunRow]) {
 /// guardian to end the run's group first (up to the kill grace): meanwhile the state is the
 /// dead instance's, and its run is not running. A guardian that is gone says nothing (the
 /// state is then taken as the holder's, as before: a writer's guardian lives as long as it).
-fn written_by_another_instance(st: &state::State, holder: i32) -> bool {
+fn written_by_another_instance(st: &resume::State, holder: i32) -> bool {
     let (Some(g), Some(start)) = (st.guardian_pid, st.guardian_start) else {
         return false;
     };
@@ -162,7 +163,7 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
     let up = holders(run_root, &names);
     let mut out = Vec::new();
     for (chain, &holder) in names.iter().zip(&up) {
-        let st = state::load(&state::path(run_root, chain)).unwrap_or_default();
+        let st = state_file::load(&state_file::path(run_root, chain)).unwrap_or_default();
         // Every key is always there (null when it does not apply): a stable shape.
         let now = |state: &str,
                    task: Option<&String>,
@@ -333,7 +334,7 @@ pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
                     // "ok": exit 0, as `history` shows it.
                     _ if outcome == "ok" => String::new(),
                     Some(c) if outcome == "signal" && c > 128 => {
-                        format!(" ({})", crate::outcome::signal_name((c - 128) as i32))
+                        format!(" ({})", crate::core::outcome::signal_name((c - 128) as i32))
                     }
                     Some(c) => format!(" ({c})"),
                     None => String::new(),
@@ -491,7 +492,7 @@ pub fn history(
         let outcome = match (&r.outcome, r.exit_code, r.signal) {
             (None, _, _) => "running".to_string(),
             (Some(o), Some(c), _) if o != "ok" => format!("{o} (exit {c})"),
-            (Some(o), _, Some(s)) => format!("{o} ({})", crate::outcome::signal_name(s)),
+            (Some(o), _, Some(s)) => format!("{o} ({})", crate::core::outcome::signal_name(s)),
             (Some(o), _, _) => o.clone(),
         };
         let dur = r.duration_ms.map_or("-".into(), |d| {

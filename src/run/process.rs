@@ -24,11 +24,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::OnceLock;
 
-use crate::chain::GroupSignal;
 use crate::config::{Program, Task};
-use crate::outcome::Exit;
-use crate::output::Source;
-use crate::spawn::{self, Step};
+use crate::core::chain::GroupSignal;
+use crate::core::outcome::Exit;
+use crate::run::output::Source;
+use crate::run::spawn::{self, Step};
 use crate::sys;
 
 /// A run in progress.

@@ -10,21 +10,22 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::alert::{self, AlertState, Decision};
-use crate::alert_mail::AlertMail;
-use crate::chain::{Action, Chain, ChainTask, Control, Event, Finished, Mode};
 use crate::config::{self, Config, Task};
+use crate::core::alert::{self, AlertState, Decision};
+use crate::core::alert_mail::AlertMail;
+use crate::core::chain::{Action, Chain, ChainTask, Control, Event, Finished, Mode};
+use crate::core::outcome::Outcome;
+use crate::core::resume::{self, State, TaskFailures};
 use crate::error::Result;
-use crate::groups::{self, Slot, Slots};
-use crate::guardian::Guardian;
-use crate::mailer::{self, Children, ToMailer};
-use crate::outcome::Outcome;
-use crate::output::{Sink, Tail};
-use crate::pidfile::PidFile;
-use crate::process;
-use crate::recorder::Recorder;
+use crate::lock::pidfile::PidFile;
+use crate::mail::{self as mailer, Children, ToMailer};
+use crate::run::guardian::Guardian;
+use crate::run::output::{Sink, Tail};
+use crate::run::process;
+use crate::run::slots::{self, Slot, Slots};
 use crate::signals::{Sig, Signals};
-use crate::state::{self, State, TaskFailures};
+use crate::store::recorder::Recorder;
+use crate::store::state_file;
 use crate::store::{self, Op, RunEnd, RunStart, Store};
 use crate::sys;
 use crate::time::{self, fmt_dur, Mono};
@@ -72,7 +73,7 @@ pub struct Driver {
     sigints: u32,
     state_error_logged: bool,
     /// CHAIN.state, kept open.
-    state_file: state::Writer,
+    state_file: state_file::Writer,
     /// CHAIN.state needs writing (at the end of the current [`Driver::feed`]).
     state_dirty: bool,
     /// A cooldown lies ahead: hand this feed's records to the writer now (nothing held).
@@ -91,7 +92,7 @@ pub struct Driver {
     /// A group slot held by the run in progress (or about to start).
     slot: Option<Slot>,
     /// While waiting for a slot: the group's slot files and the watch on them.
-    waiting: Option<(Slots, groups::Watch)>,
+    waiting: Option<(Slots, slots::Watch)>,
     waiting_since_ms: Option<u64>,
     alerts: std::collections::BTreeMap<String, AlertState>,
     mailer: std::sync::mpsc::Sender<ToMailer>,
@@ -108,16 +109,6 @@ pub struct Driver {
     kill_sent: bool,
 }
 
-/// The streak's last failed run as a mail shows it (see [`Driver::last_failed_run`]).
-struct FailedView {
-    run: Option<alert::FailedRun>,
-    output: Vec<u8>,
-    /// Bytes the run printed, when known from its output's source.
-    output_bytes: Option<u64>,
-    /// Why the output is missing.
-    note: Option<String>,
-}
-
 /// The chain's view of its tasks.
 pub fn chain_tasks(tasks: &[Task]) -> Vec<ChainTask> {
     tasks
@@ -128,6 +119,11 @@ pub fn chain_tasks(tasks: &[Task]) -> Vec<ChainTask> {
         })
         .collect()
 }
+
+mod alerts;
+mod record;
+
+pub use alerts::email_or_default;
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
@@ -160,7 +156,7 @@ impl Driver {
         let store = Recorder::start(&chain_name, store);
         let failures = base_state.failures.clone();
         let alerts = base_state.alerts.clone();
-        let state_file = state::Writer::new(state::path(&run_root, &chain_name));
+        let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
         let children: Children = Default::default();
         let mailer = mailer::start(
             run_root.clone(),
@@ -239,327 +235,6 @@ impl Driver {
         f(&mut self.run, &ignore)
     }
 
-    /// The alert policy of `task`.
-    fn policy(&self, task: &str) -> alert::Policy {
-        let window = self
-            .tasks
-            .iter()
-            .find(|t| t.name == task)
-            .map_or(config::builtin::NON_RECOVERABLE_DOWNTIME, |t| {
-                t.non_recoverable_downtime
-            });
-        alert::Policy {
-            window_ms: (window.as_millis() as u64).max(1),
-            max_per_hour: self
-                .config
-                .email
-                .as_ref()
-                .map_or(config::builtin::MAX_ALERTS_PER_HOUR, |e| {
-                    e.max_alerts_per_hour
-                }),
-        }
-    }
-
-    /// The earliest downtime deadline of any task, as a monotonic instant.
-    fn alert_deadline(&self, now: Mono) -> Option<Mono> {
-        let wall = time::wall_ms();
-        self.alerts
-            .iter()
-            .filter_map(|(task, st)| st.next_deadline(self.policy(task)))
-            .min()
-            .map(|d| now + Duration::from_millis(d.saturating_sub(wall)))
-    }
-
-    /// Send the downtime alerts that are due.
-    fn alert_ticks(&mut self, now: Mono) {
-        let wall = time::wall_ms();
-        let tasks: Vec<String> = self.alerts.keys().cloned().collect();
-        let mut changed = false;
-        for task in tasks {
-            let p = self.policy(&task);
-            let Some(st) = self.alerts.get_mut(&task) else {
-                continue;
-            };
-            if st.next_deadline(p).is_some_and(|d| d <= wall) {
-                changed = true;
-                if let Some(d) = st.on_tick(wall, p) {
-                    self.send_alert(now, &task, &d, None);
-                }
-            }
-        }
-        if changed {
-            self.save_state(now);
-        }
-    }
-
-    /// Build an alert, store it in the outbox, and wake the mailer. Whenever it is sent
-    /// (at a run's end, between runs, by a relaunched instance), it shows the streak's
-    /// last failed run and the real time of the next attempt. `recovered_by`: the run
-    /// that ended the streak, for `recovered`.
-    fn send_alert(&mut self, now: Mono, task: &str, d: &Decision, recovered_by: Option<String>) {
-        let wall = time::wall_ms();
-        let t = self.tasks.iter().find(|t| t.name == task);
-        let command = t.map_or(String::new(), |t| t.program.display());
-        let failed = self.last_failed_run(task);
-        let next_attempt = self.next_attempt(now, wall, task);
-        let run = failed.run.as_ref();
-        let a = AlertMail {
-            kind: d.kind.as_str().to_string(),
-            chain: self.chain_name.clone(),
-            task: task.to_string(),
-            host: self.host.clone(),
-            command,
-            run_id: run.map(|r| r.run_id),
-            outcome: run.map_or(String::new(), |r| r.outcome.clone()),
-            brief: run.map_or(String::new(), |r| r.brief.clone()),
-            last_line: run.map_or(String::new(), |r| r.last_line.clone()),
-            started: run.map_or(String::new(), |r| crate::time::rfc3339(r.start_ms)),
-            duration: run.map_or(String::new(), |r| {
-                fmt_dur(Duration::from_millis(r.duration_ms))
-            }),
-            streak_start: crate::time::rfc3339(d.streak_start_ms),
-            streak_length: fmt_dur(Duration::from_millis(
-                wall.saturating_sub(d.streak_start_ms),
-            )),
-            streak_ms: wall.saturating_sub(d.streak_start_ms),
-            failures: d.failures,
-            next_attempt,
-            held_back: d.held_back,
-            output_bytes: failed
-                .output_bytes
-                .or(run.map(|r| r.output_bytes))
-                .unwrap_or(0),
-            output: failed.output,
-            output_note: failed.note,
-            recovered_by,
-            at_ms: wall,
-        };
-        self.store.push(Op::Alert {
-            chain: self.chain_name.clone(),
-            task: task.to_string(),
-            kind: d.kind.as_str(),
-        });
-        let email = email_or_default(&self.config);
-        let id = mailer::message_id(&a);
-        let built = mailer::build(&email, &a, &id);
-        match built.and_then(|bytes| {
-            mailer::enqueue(&self.run_root, &a, &bytes).map_err(|e| {
-                format!(
-                    "cannot store it in {}: {e}",
-                    mailer::outbox(&self.run_root).display()
-                )
-            })
-        }) {
-            Ok(path) => {
-                log::info!(
-                    "{}: {task}: {} alert queued ({})",
-                    self.chain_name,
-                    d.kind.as_str(),
-                    path.display()
-                );
-                let _ = self.mailer.send(ToMailer::Wake);
-            }
-            Err(e) => log::error!(
-                "{}: {task}: failed to queue a {} alert: {e}",
-                self.chain_name,
-                d.kind.as_str()
-            ),
-        }
-    }
-
-    /// The streak's last failed run of `task`, with its output: from memory, or (in an
-    /// instance relaunched since that run) from the record store by its run id. Whatever
-    /// cannot be had is said in a note; the rest of the mail stands.
-    fn last_failed_run(&mut self, task: &str) -> FailedView {
-        let run = self.alerts.get(task).and_then(|st| st.last_failed.clone());
-        if let (Some(r), Some((id, output, bytes))) = (&run, self.last_failure.get(task)) {
-            if *id == r.run_id {
-                return FailedView {
-                    run,
-                    output: output.clone(),
-                    output_bytes: Some(*bytes),
-                    note: None,
-                };
-            }
-        }
-        let want = run.as_ref().map(|r| r.run_id);
-        let what = want.map_or("the last failed run".to_string(), |id| format!("run {id}"));
-        match self.read_failed_run(task, want) {
-            Ok(Some((stored, output, bytes))) => {
-                self.last_failure
-                    .insert(task.to_string(), (stored.run_id, output.clone(), bytes));
-                let run = match run {
-                    Some(r) => r,
-                    None => {
-                        // A state written before the last failed run was kept in it.
-                        if let Some(st) = self.alerts.get_mut(task) {
-                            st.last_failed = Some(stored.clone());
-                            self.state_dirty = true;
-                        }
-                        stored
-                    }
-                };
-                FailedView {
-                    run: Some(run),
-                    output,
-                    output_bytes: Some(bytes),
-                    note: None,
-                }
-            }
-            Ok(None) => FailedView {
-                note: Some(format!(
-                    "The output of {what} is not in the record store {} (pruned, or never written).",
-                    store::path(&self.run_root).display()
-                )),
-                run,
-                output: Vec::new(),
-                output_bytes: None,
-            },
-            Err(e) => {
-                log::warn!(
-                    "{}: {task}: failed to read {what} for an alert: {e}",
-                    self.chain_name
-                );
-                FailedView {
-                    note: Some(format!(
-                        "The output of {what} could not be read from the record store: {e}."
-                    )),
-                    run,
-                    output: Vec::new(),
-                    output_bytes: None,
-                }
-            }
-        }
-    }
-
-    /// Read from the record store the failed run `run_id` of `task` (None: its newest
-    /// failed run) and its output. Ok(None): not there, or not a failure. Also learns the
-    /// chain's last durations, for [`Driver::next_attempt`], if it does not know them.
-    /// Seldom called (a mail in an instance that did not see the run), so the store is
-    /// opened for it and closed after.
-    #[allow(clippy::type_complexity)]
-    fn read_failed_run(
-        &mut self,
-        task: &str,
-        run_id: Option<u64>,
-    ) -> std::result::Result<Option<(alert::FailedRun, Vec<u8>, u64)>, String> {
-        let Some(conn) = store::open_read(&self.run_root)? else {
-            return Ok(None);
-        };
-        // The loop waits for this: a busy store is given up on soon (the mail says so).
-        let _ = conn.busy_timeout(Duration::from_millis(500));
-        if let Ok(series) = store::series(&conn) {
-            for s in series.into_iter().filter(|s| s.chain == self.chain_name) {
-                if let Some(ms) = s.last_duration_ms {
-                    self.durations.entry(s.task).or_insert(ms);
-                }
-            }
-        }
-        let chain = Some(self.chain_name.as_str());
-        let id = match run_id {
-            Some(id) => id,
-            None => {
-                let runs = store::history(&conn, task, chain, 20).map_err(|e| e.to_string())?;
-                let newest_failed = runs.into_iter().find(|r| {
-                    crate::alert_mail::failed_outcome(
-                        r.outcome.as_deref(),
-                        r.exit_code,
-                        r.signal,
-                        r.error.as_deref(),
-                    )
-                    .is_some()
-                });
-                match newest_failed {
-                    Some(r) => r.run_id,
-                    None => return Ok(None),
-                }
-            }
-        };
-        let Some((row, output)) =
-            store::output(&conn, task, chain, Some(id)).map_err(|e| e.to_string())?
-        else {
-            return Ok(None);
-        };
-        let Some(outcome) = crate::alert_mail::failed_outcome(
-            row.outcome.as_deref(),
-            row.exit_code,
-            row.signal,
-            row.error.as_deref(),
-        ) else {
-            return Ok(None);
-        };
-        let duration = Duration::from_millis(row.duration_ms.unwrap_or(0));
-        let timeout = self
-            .tasks
-            .iter()
-            .find(|t| t.name == task)
-            .and_then(|t| t.timing.timeout);
-        let line = match &outcome {
-            Outcome::SpawnError(m) => Some(m.clone()),
-            _ => crate::alert_mail::last_line(&output),
-        };
-        let run = alert::FailedRun {
-            run_id: row.run_id,
-            outcome: outcome.to_string(),
-            brief: crate::alert_mail::brief(&outcome, timeout, duration),
-            start_ms: row.start_ms,
-            duration_ms: duration.as_millis() as u64,
-            last_line: line
-                .unwrap_or_default()
-                .chars()
-                .take(alert::FailedRun::LAST_LINE_MAX)
-                .collect(),
-            output_bytes: row.output_bytes,
-        };
-        Ok(Some((run, output, row.output_bytes)))
-    }
-
-    /// When `task` is tried next, for people: the real due time when it is the next task,
-    /// else an estimate from the tasks before it (see [`crate::alert_mail::next_attempt`]).
-    fn next_attempt(&self, now: Mono, wall: u64, task: &str) -> String {
-        use crate::alert_mail::{self as wording, Position, Step};
-        let steps: Vec<Step> = self
-            .tasks
-            .iter()
-            .map(|t| {
-                let failing = self
-                    .failures
-                    .get(&t.name)
-                    .is_some_and(|f| f.streak_start_ms.is_some());
-                let cooldown = if failing {
-                    t.timing.fail_cooldown
-                } else {
-                    t.timing.success_cooldown
-                };
-                Step {
-                    name: &t.name,
-                    expected_ms: self.durations.get(&t.name).copied(),
-                    cooldown_ms: cooldown.as_millis() as u64,
-                }
-            })
-            .collect();
-        let position = if self.chain.done() {
-            Position::Done
-        } else {
-            match self.chain.position() {
-                (index, Some(due)) => Position::Due {
-                    index,
-                    at_ms: wall + due.saturating_sub(now).as_millis() as u64,
-                },
-                (index, None) => Position::Running {
-                    index,
-                    since_ms: self
-                        .current
-                        .as_ref()
-                        .filter(|c| self.tasks.get(index).is_some_and(|t| t.name == c.task))
-                        .map_or(wall, |c| c.start_ms),
-                },
-            }
-        };
-        let next = wording::next_attempt(wall, &steps, position, task, self.mode == Mode::Once);
-        wording::describe(&next, wall, &wording::local_hhmm)
-    }
-
     /// Wall time (Unix ms) of the monotonic instant `at`, seen from `now`.
     /// Both clocks are read afresh, as a pair, so that the loop's own delay does not
     /// shift the result (and start, stop and duration stay consistent).
@@ -620,7 +295,7 @@ impl Driver {
                         if killed {
                             // Children reparented to us since the SIGKILL (their parent
                             // died of it) get it too, until nothing is left.
-                            run.signal(crate::chain::GroupSignal::Kill, ignore);
+                            run.signal(crate::core::chain::GroupSignal::Kill, ignore);
                         }
                         run.sweep(ignore)
                     }
@@ -946,7 +621,7 @@ impl Driver {
                         events.push_back(self.spawn(now, index, run_id));
                     }
                     Action::Signal(sig) => {
-                        if sig == crate::chain::GroupSignal::Kill {
+                        if sig == crate::core::chain::GroupSignal::Kill {
                             self.kill_sent = true;
                         }
                         if let Some(run) = &self.run {
@@ -981,7 +656,7 @@ impl Driver {
         self.slot = None;
         let max = self.config.groups.get(group).map_or(1, |g| g.max_running);
         // Watch first, then try: a slot freed in between still wakes us.
-        let setup = groups::Watch::new(&self.run_root)
+        let setup = slots::Watch::new(&self.run_root)
             .and_then(|w| Ok((Slots::open(&self.run_root, group, max)?, w)));
         let (mut slots, watch) = match setup {
             Ok(x) => x,
@@ -989,7 +664,7 @@ impl Driver {
                 log::error!(
                     "{}: failed to use the slots of group {group} in {}: {e}; running without a slot",
                     self.chain_name,
-                    groups::dir(&self.run_root).display()
+                    slots::dir(&self.run_root).display()
                 );
                 return None;
             }
@@ -1047,7 +722,7 @@ impl Driver {
         let spawn_at = time::mono_now();
         let announce = self.guardian.prepare(
             task.timing.kill_grace,
-            &crate::guardian::RunIdentity {
+            &crate::run::guardian::RunIdentity {
                 task: &task.name,
                 run_id,
                 scheduled_ms,
@@ -1097,330 +772,4 @@ impl Driver {
             }
         }
     }
-
-    fn finished(&mut self, now: Mono, f: &Finished) {
-        let left = self
-            .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
-        if let Some(run) = self.run.take() {
-            if !left.is_empty() {
-                log::warn!(
-                    "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
-                    self.chain_name,
-                    f.task,
-                    f.run_id,
-                    left
-                );
-                self.ignore.extend(left);
-            }
-            self.guardian.unwatch(run.pid);
-            self.spare_pipes = run.into_pipes();
-        }
-        // The slot is held until the run's group is empty; the next task takes its own.
-        self.slot = None;
-        self.kill_sent = false;
-        let duration = f.ended.saturating_sub(f.started);
-        let stop_ms = Self::wall_of(now, f.ended);
-        let fails = self.failures.entry(f.task.clone()).or_default();
-        fails.record(&f.outcome, stop_ms);
-        let streak = fails.streak();
-        let (keep_max, keep_for) = self.tasks.iter().find(|t| t.name == f.task).map_or(
-            (
-                config::builtin::KEEP_RUNS_MAX,
-                config::builtin::KEEP_RUNS_FOR,
-            ),
-            |t| (t.keep_runs_max, t.keep_runs_for),
-        );
-        let (scheduled_ms, start_ms) = match self.current.take() {
-            Some(c) if c.task == f.task && c.run_id == f.run_id => (c.scheduled_ms, c.start_ms),
-            _ => (
-                Self::wall_of(now, f.scheduled),
-                Self::wall_of(now, f.started),
-            ),
-        };
-        let (exit_code, signal) = match &f.outcome {
-            Outcome::Success => (Some(0), None),
-            Outcome::Failed(c) => (Some(*c), None),
-            Outcome::Signal(s) => (None, Some(*s)),
-            _ => (None, None),
-        };
-        let end = RunEnd {
-            chain: self.chain_name.clone(),
-            task: f.task.clone(),
-            run_id: f.run_id,
-            scheduled_ms,
-            start_ms,
-            stop_ms,
-            outcome: f.outcome.label(),
-            exit_code,
-            signal,
-            error: match &f.outcome {
-                Outcome::SpawnError(m) => Some(m.clone()),
-                _ => None,
-            },
-            output: self.tail.bytes(),
-            output_bytes: self.tail.total(),
-            output_cut: self.tail.cut(),
-            streak,
-            keep_runs_max: keep_max,
-            keep_after_ms: stop_ms.saturating_sub(keep_for.as_millis() as u64),
-        };
-        self.output_flush_at = None;
-        self.store.push(Op::End(Box::new(end)));
-        if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
-            self.cooldown_ahead = true;
-        }
-        if f.outcome != Outcome::Interrupted {
-            self.durations
-                .insert(f.task.clone(), duration.as_millis() as u64);
-        }
-        let line = f.outcome.is_failure().then(|| match &f.outcome {
-            Outcome::SpawnError(m) => Some(m.clone()),
-            _ => self.tail.last_line(),
-        });
-        if let Some(line) = &line {
-            // The streak's last failed run, for every mail of the streak (and, through
-            // CHAIN.state, for those of the next instance).
-            let timeout = self
-                .tasks
-                .iter()
-                .find(|t| t.name == f.task)
-                .and_then(|t| t.timing.timeout);
-            let run = alert::FailedRun {
-                run_id: f.run_id,
-                outcome: f.outcome.to_string(),
-                brief: crate::alert_mail::brief(&f.outcome, timeout, duration),
-                start_ms,
-                duration_ms: duration.as_millis() as u64,
-                last_line: line
-                    .as_deref()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(alert::FailedRun::LAST_LINE_MAX)
-                    .collect(),
-                output_bytes: self.tail.total(),
-            };
-            self.alerts.entry(f.task.clone()).or_default().last_failed = Some(run);
-            self.last_failure.insert(
-                f.task.clone(),
-                (f.run_id, self.tail.bytes(), self.tail.total()),
-            );
-        }
-        if f.outcome != Outcome::Interrupted {
-            let sig = line.map(|line| {
-                let key = match &f.outcome {
-                    Outcome::Failed(c) => format!("exit code {c}"),
-                    Outcome::Signal(s) => format!("killed by {}", crate::outcome::signal_name(*s)),
-                    Outcome::SpawnError(_) => "could not start".to_string(),
-                    other => other.label().to_string(),
-                };
-                crate::signature::signature(&key, line.as_deref())
-            });
-            let p = self.policy(&f.task);
-            let d =
-                self.alerts
-                    .entry(f.task.clone())
-                    .or_default()
-                    .on_run(stop_ms, sig.as_deref(), p);
-            if let Some(d) = d {
-                let by = f.outcome.is_success().then(|| {
-                    format!(
-                        "run {} succeeded, started {}, took {}",
-                        f.run_id,
-                        crate::time::rfc3339(start_ms),
-                        fmt_dur(duration)
-                    )
-                });
-                self.send_alert(now, &f.task.clone(), &d, by);
-            }
-        }
-        if f.outcome.is_success() {
-            self.last_failure.remove(&f.task);
-            if let Some(st) = self.alerts.get_mut(&f.task) {
-                st.last_failed = None;
-            }
-        }
-        let level = if f.outcome.is_failure() {
-            log::Level::Warn
-        } else {
-            log::Level::Info
-        };
-        if log::log_enabled!(level) {
-            self.log_finished(now, f, duration);
-        }
-        self.state_dirty = true;
-    }
-
-    /// The log line of a run's end (built only when it is logged).
-    fn log_finished(&self, now: Mono, f: &Finished, duration: Duration) {
-        let (next_index, due) = self.chain.position();
-        let next = match (due, f.cooldown) {
-            _ if self.chain.done() => "exiting".to_string(),
-            (Some(d), Some(c)) => format!(
-                "next: {} in {} ({} {})",
-                self.tasks[next_index].name,
-                fmt_dur(d.saturating_sub(now)),
-                if f.outcome.is_success() {
-                    "success_cooldown"
-                } else {
-                    "fail_cooldown"
-                },
-                fmt_dur(c)
-            ),
-            _ => format!("next: {} at once", self.tasks[next_index].name),
-        };
-        let cut = if self.tail.cut() {
-            ", output tail cut"
-        } else {
-            ""
-        };
-        let msg = format!(
-            "{}: {} run {} {} after {}{cut}; {next}",
-            self.chain_name,
-            f.task,
-            f.run_id,
-            f.outcome,
-            fmt_dur(duration)
-        );
-        if f.outcome.is_failure() {
-            let last = self.tail.last_line().unwrap_or_default();
-            if last.is_empty() {
-                log::warn!("{msg}");
-            } else {
-                log::warn!("{msg}; last output: {last}");
-            }
-        } else {
-            log::info!("{msg}");
-        }
-    }
-
-    /// Write CHAIN.state: the position, the run in progress (if any), the counters
-    /// and the failure and alert state.
-    fn save_state(&mut self, now: Mono) {
-        let current = self
-            .current
-            .as_ref()
-            .filter(|_| self.run.is_some())
-            .map(|c| (c.task.clone(), c.run_id, c.start_ms));
-        self.save_state_with(
-            now,
-            current.as_ref().map(|(t, id, ms)| (t.as_str(), *id, *ms)),
-        );
-    }
-
-    /// [`Driver::save_state`], with the run in progress given: (task, run id, since).
-    fn save_state_with(&mut self, now: Mono, running: Option<(&str, u64, u64)>) {
-        self.state_dirty = false;
-        let (index, due) = self.chain.position();
-        // The group whose slot the running task holds (for `status`): the slot itself, not
-        // the config (a reload may have changed the task's group since).
-        let running_group = running.and(self.slot.as_ref()).map(|s| s.group.as_str());
-        let due_wall_ms = due.map(|d| time::wall_ms() + d.saturating_sub(now).as_millis() as u64);
-        let saved = if self.mode == Mode::Once {
-            // --once records its runs but leaves the chain's position as it was.
-            let b = &self.base_state;
-            let mut ids = b.run_ids.clone();
-            ids.extend(self.chain.run_ids().clone());
-            let st = State {
-                version: state::STATE_VERSION,
-                tasks: b.tasks.clone(),
-                next_task: b.next_task.clone(),
-                due_mono_ns: b.due_mono_ns,
-                due_wall_ms: b.due_wall_ms,
-                boot_id: b.boot_id.clone(),
-                running_task: running
-                    .map(|(t, _, _)| t.to_string())
-                    .or_else(|| b.running_task.clone()),
-                running_run_id: running.map(|(_, id, _)| id).or(if running.is_none() {
-                    b.running_run_id
-                } else {
-                    None
-                }),
-                running_since_ms: running.map(|(_, _, since)| since),
-                running_group: running_group.map(str::to_string),
-                waiting_group: self
-                    .waiting_since_ms
-                    .and_then(|_| self.tasks[index].group.clone()),
-                waiting_since_ms: self.waiting_since_ms,
-                run_ids: ids,
-                failures: self.failures.clone(),
-                alerts: self.alerts.clone(),
-                guardian_pid: Some(self.guardian.pid()),
-                guardian_start: self.guardian_start,
-                guardian_boot: self.boot_id.clone(),
-                cooled: b.cooled.clone(),
-            };
-            self.state_file.save(&st)
-        } else {
-            // Borrowed, not copied: this runs before and after every run.
-            let view = state::StateView {
-                version: state::STATE_VERSION,
-                tasks: &self.names,
-                next_task: Some(self.names[index].as_str()),
-                due_mono_ns: due.map(|d| d.as_nanos() as u64),
-                due_wall_ms,
-                boot_id: self.boot_id.as_deref(),
-                running_task: running.map(|(t, _, _)| t),
-                running_run_id: running.map(|(_, id, _)| id),
-                running_since_ms: running.map(|(_, _, since)| since),
-                running_group,
-                waiting_group: self
-                    .waiting_since_ms
-                    .and_then(|_| self.tasks[index].group.as_deref()),
-                waiting_since_ms: self.waiting_since_ms,
-                run_ids: self.chain.run_ids(),
-                failures: &self.failures,
-                alerts: &self.alerts,
-                guardian_pid: Some(self.guardian.pid()),
-                guardian_start: self.guardian_start,
-                guardian_boot: self.boot_id.as_deref(),
-                cooled: self
-                    .chain
-                    .cooled()
-                    .map(|(ran, ended, ok)| state::CooledView {
-                        task: self.chain.tasks()[ran].name.as_str(),
-                        ended_mono_ns: ended.as_nanos() as u64,
-                        ok,
-                    }),
-            };
-            self.state_file.save(&view)
-        };
-        match saved {
-            Ok(()) => {
-                if self.state_error_logged {
-                    log::info!(
-                        "{}: state saved again to {}",
-                        self.chain_name,
-                        self.state_file.path().display()
-                    );
-                    self.state_error_logged = false;
-                }
-            }
-            Err(e) => {
-                if !self.state_error_logged {
-                    log::error!(
-                        "{}: failed to save state to {}: {e} (the chain keeps its schedule; retrying at every run)",
-                        self.chain_name,
-                        self.state_file.path().display()
-                    );
-                    self.state_error_logged = true;
-                }
-            }
-        }
-    }
-}
-
-/// The `[email]` section, or, without one, alerts as files to root@localhost in
-/// RUN_ROOT/mail/.
-pub fn email_or_default(config: &Config) -> config::Email {
-    config.email.clone().unwrap_or(config::Email {
-        to: vec!["root@localhost".to_string()],
-        from: None,
-        smtp: None,
-        tls: config::TlsMode::Opportunistic,
-        ca_file: None,
-        password_file: None,
-        password_env: None,
-        sendmail: None,
-        max_alerts_per_hour: config::builtin::MAX_ALERTS_PER_HOUR,
-    })
 }

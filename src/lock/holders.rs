@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::config::check_name;
 use crate::error::{Error, Result};
-use crate::pidfile::{lock_holders, Locks, PidFile};
+use crate::lock::pidfile::{lock_holders, Locks, PidFile};
 
 /// Chains in RUN_ROOT: every valid `CHAIN.pid`.
 pub fn chains(run_root: &Path) -> Result<Vec<String>> {
@@ -148,7 +148,7 @@ mod tests {
             pf.write_pid().expect("write");
             held.push(pf);
         }
-        std::fs::write(crate::pidfile::path(dir.path(), "c"), "1\n").expect("write");
+        std::fs::write(crate::lock::pidfile::path(dir.path(), "c"), "1\n").expect("write");
         let mut d = PidFile::open(dir.path(), "d").expect("open");
         d.write_pid().expect("write");
         let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::Timing;
-use crate::outcome::{Exit, Outcome};
+use crate::core::outcome::{Exit, Outcome};
 use crate::time::Mono;
 
 /// How long after SIGKILL the chain waits for a group to empty before it moves on

@@ -23,10 +23,10 @@
 
 use std::time::Duration;
 
-use crate::outcome::Outcome;
+use crate::core::outcome::Outcome;
 
 /// What an alert says: the facts, gathered by the driver; the wording (subject, body) is
-/// made below, the message and its sending are `mailer`'s.
+/// made below, the message and its sending are `mail`'s.
 #[derive(Debug, Clone, Default)]
 pub struct AlertMail {
     pub kind: String,
@@ -73,7 +73,7 @@ pub fn brief(outcome: &Outcome, timeout: Option<Duration>, duration: Duration) -
     match outcome {
         Outcome::Success => "ok".to_string(),
         Outcome::Failed(c) => format!("exit {c}"),
-        Outcome::Signal(s) => crate::outcome::signal_name(*s),
+        Outcome::Signal(s) => crate::core::outcome::signal_name(*s),
         Outcome::Timeout => format!("timed out after {}", short_age(timeout.unwrap_or(duration))),
         Outcome::SpawnError(_) => "could not start".to_string(),
         Outcome::Interrupted => "interrupted".to_string(),
