@@ -11,13 +11,14 @@ use clap::{Args, Parser, Subcommand};
 
 /// The names a task may not take (the subcommands'), defined beside the name checks in
 /// `config` so that it needs nothing of the command line.
-pub use crate::config::{COMING_COMMANDS, RESERVED_NAMES};
+pub(crate) use crate::config::COMING_COMMANDS;
+pub use crate::config::RESERVED_NAMES;
 
 /// `history --limit` when not given.
-pub const DEFAULT_HISTORY_LIMIT: u64 = 20;
+pub(crate) const DEFAULT_HISTORY_LIMIT: u64 = 20;
 
 /// `exporter --listen` when not given.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 const USAGE: &str = "run-chain [OPTIONS] TASK...
        run-chain COMMAND [OPTIONS] [ARGS]";

@@ -37,7 +37,7 @@ pub const RESERVED_NAMES: &[&str] = &[
 
 /// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
 /// launched as `run-chain serve` would otherwise start the web console after an upgrade.
-pub const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
+pub(crate) const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
 
 // ---------------------------------------------------------------------------------
 // Raw shapes, as in the file.
@@ -196,7 +196,7 @@ pub enum Program {
 
 impl Program {
     /// The command on one line, for log lines: its first line, with "…" if cut.
-    pub fn short(&self) -> String {
+    pub(crate) fn short(&self) -> String {
         let full = self.display();
         let mut lines = full.lines().map(str::trim).filter(|l| !l.is_empty());
         let first = lines.next().unwrap_or_default();
@@ -208,7 +208,7 @@ impl Program {
     }
 
     /// The command as a user would type it, for logs and messages.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         match self {
             Program::Shell(c) => c.clone(),
             Program::Argv(v) => v
@@ -263,7 +263,7 @@ pub enum TlsMode {
 
 impl TlsMode {
     /// The value as the config writes it (`tls = "opportunistic"`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TlsMode::Opportunistic => "opportunistic",
             TlsMode::Required => "required",
@@ -309,19 +309,19 @@ pub struct Config {
 /// Built-in defaults, used where neither `[defaults]` nor the task sets a key.
 pub mod builtin {
     use std::time::Duration;
-    pub const SUCCESS_COOLDOWN: Duration = Duration::from_secs(15 * 60);
-    pub const FAIL_COOLDOWN: Duration = Duration::from_secs(30 * 60);
-    pub const NON_RECOVERABLE_DOWNTIME: Duration = Duration::from_secs(6 * 3600);
-    pub const STOP_GRACE: Duration = Duration::from_secs(30);
-    pub const KILL_GRACE: Duration = Duration::from_secs(5);
+    pub(crate) const SUCCESS_COOLDOWN: Duration = Duration::from_secs(15 * 60);
+    pub(crate) const FAIL_COOLDOWN: Duration = Duration::from_secs(30 * 60);
+    pub(crate) const NON_RECOVERABLE_DOWNTIME: Duration = Duration::from_secs(6 * 3600);
+    pub(crate) const STOP_GRACE: Duration = Duration::from_secs(30);
+    pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
     pub const KEEP_RUNS_FOR: Duration = Duration::from_secs(30 * 86400);
     pub const KEEP_RUNS_MAX: u64 = 100_000;
-    pub const KEEP_OUTPUT: usize = 64 * 1024;
+    pub(crate) const KEEP_OUTPUT: usize = 64 * 1024;
     /// The largest `keep_output` accepted: the tail is held in memory.
-    pub const KEEP_OUTPUT_MAX: usize = 64 * 1024 * 1024;
-    pub const MAX_ALERTS_PER_HOUR: u32 = 10;
+    pub(crate) const KEEP_OUTPUT_MAX: usize = 64 * 1024 * 1024;
+    pub(crate) const MAX_ALERTS_PER_HOUR: u32 = 10;
     /// The largest `max_running` of a group (each slot is a file kept open while waiting).
-    pub const MAX_RUNNING_MAX: u32 = 256;
+    pub(crate) const MAX_RUNNING_MAX: u32 = 256;
 }
 
 /// Check a chain or task name: 1-100 of letters, digits, `_`, `-`, `.`, not starting
@@ -404,13 +404,13 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 
 /// A duration as the config writes it, in humantime form ("15m", "1h 30m", "30days"):
 /// [`parse_duration`] reads it back as the same duration.
-pub fn fmt_duration(d: Duration) -> String {
+pub(crate) fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
 /// A size as the config writes it: in the largest binary unit that divides it ("64KiB",
 /// "1MiB"), else in bytes (`1000`). [`parse_size`] reads it back as the same size.
-pub fn fmt_size(bytes: u64) -> String {
+pub(crate) fn fmt_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (unit, name) in UNITS {
         if bytes >= unit && bytes % unit == 0 {
@@ -421,7 +421,7 @@ pub fn fmt_size(bytes: u64) -> String {
 }
 
 /// A stable 64-bit FNV-1a digest, as 16 hex digits.
-pub fn digest(bytes: &[u8]) -> String {
+pub(crate) fn digest(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -882,7 +882,7 @@ impl Config {
     }
 
     /// Read and parse the file at `path`.
-    pub fn load(path: &Path) -> Result<Config> {
+    pub(crate) fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read(path).map_err(|e| {
             Error::Config(format!(
                 "{}: cannot read the config file: {e} (expected a readable TOML file; set it with -c FILE or RUN_CHAIN_CONFIG)",
@@ -895,7 +895,7 @@ impl Config {
     }
 
     /// The tasks named, in order, or an error naming the first one not defined.
-    pub fn chain_tasks(&self, names: &[String]) -> Result<Vec<Task>> {
+    pub(crate) fn chain_tasks(&self, names: &[String]) -> Result<Vec<Task>> {
         names
             .iter()
             .map(|n| {

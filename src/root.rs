@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 
 /// The config file: `-c`, then `RUN_CHAIN_CONFIG`, then `./tasks.toml`.
-pub fn config_path(common: &Common) -> PathBuf {
+pub(crate) fn config_path(common: &Common) -> PathBuf {
     common
         .config
         .clone()
@@ -25,7 +25,7 @@ pub fn config_path(common: &Common) -> PathBuf {
 
 /// RUN_ROOT: `--run-root`, then `RUN_ROOT`, then the config's `run_root`, then
 /// `var/run` beside the config file. The config is loaded only when needed.
-pub fn run_root(common: &Common, config: Option<&Config>) -> Result<PathBuf> {
+pub(crate) fn run_root(common: &Common, config: Option<&Config>) -> Result<PathBuf> {
     if let Some(r) = run_root_override(common) {
         return Ok(r);
     }
@@ -55,7 +55,7 @@ pub(crate) fn run_root_override(common: &Common) -> Option<PathBuf> {
 }
 
 /// The RUN_ROOT `config` names (its `run_root`, else `var/run` beside the file).
-pub fn config_run_root(config: &Config) -> PathBuf {
+pub(crate) fn config_run_root(config: &Config) -> PathBuf {
     default_run_root(&config.file, config.run_root.clone())
 }
 
@@ -149,7 +149,7 @@ fn top_level_line<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Create RUN_ROOT if needed (mode 0700) and refuse one that others could tamper with.
-pub fn prepare_run_root(dir: &Path) -> Result<()> {
+pub(crate) fn prepare_run_root(dir: &Path) -> Result<()> {
     if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
         return Err(Error::Config(format!(
             "{}: RUN_ROOT is not a directory",
@@ -171,7 +171,7 @@ pub fn prepare_run_root(dir: &Path) -> Result<()> {
 
 /// Refuse a RUN_ROOT that is not a directory, is owned by another user, or is
 /// writable by others without the sticky bit.
-pub fn check_run_root(dir: &Path) -> Result<()> {
+pub(crate) fn check_run_root(dir: &Path) -> Result<()> {
     let meta = std::fs::metadata(dir)
         .map_err(|e| Error::Config(format!("{}: cannot use as RUN_ROOT: {e}", dir.display())))?;
     if !meta.is_dir() {
@@ -207,7 +207,7 @@ pub fn check_run_root(dir: &Path) -> Result<()> {
 /// state and store stay where they are, and with the edit applied `status`, `stop` and
 /// `kick` (which follow the file) would not find it, and a launch would start a second
 /// instance. Such a reload is refused whole, and the error says how to move the chain.
-pub fn moved_run_root(
+pub(crate) fn moved_run_root(
     chain: &str,
     root_from_config: bool,
     current: &Path,

@@ -30,7 +30,7 @@ pub fn wall_ms() -> u64 {
 }
 
 /// Wall-clock time now, in Unix milliseconds with a fraction.
-pub fn wall_ms_precise() -> f64 {
+pub(crate) fn wall_ms_precise() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64() * 1000.0)
@@ -38,7 +38,7 @@ pub fn wall_ms_precise() -> f64 {
 }
 
 /// A duration for people: "350ms", "2.5s", "15m".
-pub fn fmt_dur(d: Duration) -> String {
+pub(crate) fn fmt_dur(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else if d < Duration::from_secs(60) {
@@ -49,6 +49,6 @@ pub fn fmt_dur(d: Duration) -> String {
 }
 
 /// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }

@@ -22,7 +22,7 @@ const HOUR_MS: u64 = 3_600_000;
 
 /// The kinds of alert (the `X-Run-Chain-Alert` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
+pub(crate) enum Kind {
     FirstFailure,
     NewFailure,
     Downtime,
@@ -30,7 +30,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Kind::FirstFailure => "first-failure",
             Kind::NewFailure => "new-failure",
@@ -39,7 +39,7 @@ impl Kind {
         }
     }
 
-    pub fn all() -> [Kind; 4] {
+    pub(crate) fn all() -> [Kind; 4] {
         [
             Kind::FirstFailure,
             Kind::NewFailure,
@@ -51,84 +51,89 @@ impl Kind {
 
 /// A decided alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub kind: Kind,
+pub(crate) struct Decision {
+    pub(crate) kind: Kind,
     /// When the streak began, and its failures so far (the ended streak for `recovered`).
-    pub streak_start_ms: u64,
-    pub failures: u64,
+    pub(crate) streak_start_ms: u64,
+    pub(crate) failures: u64,
     /// Mails the hourly cap held back since the last one sent.
-    pub held_back: u64,
+    pub(crate) held_back: u64,
 }
 
 /// The policy's parameters for one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// `non_recoverable_downtime`, in ms (at least 1).
-    pub window_ms: u64,
-    pub max_per_hour: u32,
+    pub(crate) window_ms: u64,
+    pub(crate) max_per_hour: u32,
 }
 
 /// The carried-over alert state of one chain and task.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AlertState {
-    pub streak_start_ms: Option<u64>,
+    pub(crate) streak_start_ms: Option<u64>,
     #[serde(default)]
-    pub failures: u64,
+    pub(crate) failures: u64,
     /// A mail was sent in this streak.
     #[serde(default)]
-    pub mailed: bool,
+    pub(crate) mailed: bool,
     /// Signatures alerted (or suppressed as already alerted) in this streak.
     #[serde(default)]
-    pub streak_signatures: Vec<String>,
+    pub(crate) streak_signatures: Vec<String>,
     /// Downtime multiples already alerted in this streak.
     #[serde(default)]
-    pub downtime_sent: u64,
+    pub(crate) downtime_sent: u64,
     /// Signature -> when it was last alerted.
     #[serde(default)]
-    pub alerted_at: BTreeMap<String, u64>,
+    pub(crate) alerted_at: BTreeMap<String, u64>,
     /// When mails went out in the last hour (for the cap).
     #[serde(default)]
-    pub sent: VecDeque<u64>,
+    pub(crate) sent: VecDeque<u64>,
     /// Held back by the cap since the last mail.
     #[serde(default)]
-    pub held_back: u64,
+    pub(crate) held_back: u64,
     /// The streak's last failed run, as every mail of the streak shows it (set by the
     /// driver at each failure, cleared after the success that ends the streak). Carried
     /// over by a relaunch, so that a mail sent by the next instance still shows it; its
     /// output is not (too large for a state written at every run): that is read from
     /// the record store by the run's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failed: Option<FailedRun>,
+    pub(crate) last_failed: Option<FailedRun>,
 }
 
 /// A failed run, as an alert shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedRun {
-    pub run_id: u64,
+pub(crate) struct FailedRun {
+    pub(crate) run_id: u64,
     /// How it ended, for people: "failed (exit code 1)".
-    pub outcome: String,
+    pub(crate) outcome: String,
     /// The same, briefly, for a subject: "exit 1", "SIGKILL", "could not start".
-    pub brief: String,
+    pub(crate) brief: String,
     /// Unix ms.
-    pub start_ms: u64,
-    pub duration_ms: u64,
+    pub(crate) start_ms: u64,
+    pub(crate) duration_ms: u64,
     /// Its last non-empty line of output (or why it could not start), cut to
     /// [`FailedRun::LAST_LINE_MAX`] characters.
     #[serde(default)]
-    pub last_line: String,
+    pub(crate) last_line: String,
     /// How many bytes it printed.
     #[serde(default)]
-    pub output_bytes: u64,
+    pub(crate) output_bytes: u64,
 }
 
 impl FailedRun {
-    pub const LAST_LINE_MAX: usize = 200;
+    pub(crate) const LAST_LINE_MAX: usize = 200;
 }
 
 impl AlertState {
     /// A run ended at `now`: success (`signature` None) or failure with its signature.
     /// Interrupted runs are not fed here.
-    pub fn on_run(&mut self, now: u64, signature: Option<&str>, p: Policy) -> Option<Decision> {
+    pub(crate) fn on_run(
+        &mut self,
+        now: u64,
+        signature: Option<&str>,
+        p: Policy,
+    ) -> Option<Decision> {
         self.forget(now, p);
         match signature {
             None => {
@@ -185,13 +190,13 @@ impl AlertState {
     }
 
     /// The next time [`AlertState::on_tick`] may alert (a downtime multiple), if any.
-    pub fn next_deadline(&self, p: Policy) -> Option<u64> {
+    pub(crate) fn next_deadline(&self, p: Policy) -> Option<u64> {
         let start = self.streak_start_ms?;
         Some(start + (self.downtime_sent + 1) * p.window_ms.max(1))
     }
 
     /// Time has passed: a `downtime` alert if the streak's age passed another multiple.
-    pub fn on_tick(&mut self, now: u64, p: Policy) -> Option<Decision> {
+    pub(crate) fn on_tick(&mut self, now: u64, p: Policy) -> Option<Decision> {
         let start = self.streak_start_ms?;
         let k = now.saturating_sub(start) / p.window_ms.max(1);
         if k <= self.downtime_sent {

@@ -28,40 +28,40 @@ use crate::core::outcome::Outcome;
 /// What an alert says: the facts, gathered by the driver; the wording (subject, body) is
 /// made below, the message and its sending are `mail`'s.
 #[derive(Debug, Clone, Default)]
-pub struct AlertMail {
-    pub kind: String,
-    pub chain: String,
-    pub task: String,
-    pub host: String,
-    pub command: String,
+pub(crate) struct AlertMail {
+    pub(crate) kind: String,
+    pub(crate) chain: String,
+    pub(crate) task: String,
+    pub(crate) host: String,
+    pub(crate) command: String,
     /// The streak's last failed run: its id, outcome ("failed (exit code 1)"), the
     /// outcome in brief ("exit 1"), its last line of output, its start and duration.
-    pub run_id: Option<u64>,
-    pub outcome: String,
-    pub brief: String,
-    pub last_line: String,
-    pub started: String,
-    pub duration: String,
-    pub streak_start: String,
+    pub(crate) run_id: Option<u64>,
+    pub(crate) outcome: String,
+    pub(crate) brief: String,
+    pub(crate) last_line: String,
+    pub(crate) started: String,
+    pub(crate) duration: String,
+    pub(crate) streak_start: String,
     /// How long the streak has lasted (for `recovered`: its whole length).
-    pub streak_length: String,
-    pub streak_ms: u64,
-    pub failures: u64,
-    pub next_attempt: String,
-    pub held_back: u64,
+    pub(crate) streak_length: String,
+    pub(crate) streak_ms: u64,
+    pub(crate) failures: u64,
+    pub(crate) next_attempt: String,
+    pub(crate) held_back: u64,
     /// The tail of the last failed run's output, and how many bytes it printed.
-    pub output: Vec<u8>,
-    pub output_bytes: u64,
+    pub(crate) output: Vec<u8>,
+    pub(crate) output_bytes: u64,
     /// Why the output is missing, when it could not be had.
-    pub output_note: Option<String>,
+    pub(crate) output_note: Option<String>,
     /// For `recovered`: the run that succeeded.
-    pub recovered_by: Option<String>,
+    pub(crate) recovered_by: Option<String>,
     /// When the alert was decided (Unix ms).
-    pub at_ms: u64,
+    pub(crate) at_ms: u64,
 }
 
 /// The error part of a subject is cut to this many characters.
-pub const SUBJECT_ERROR_MAX: usize = 80;
+pub(crate) const SUBJECT_ERROR_MAX: usize = 80;
 
 /// A chain's name in a subject is cut to this many characters.
 const SUBJECT_CHAIN_MAX: usize = 40;
@@ -69,7 +69,7 @@ const SUBJECT_CHAIN_MAX: usize = 40;
 /// How a run ended, briefly, for a subject: `exit 1`, `SIGKILL`, `timed out after 5m`,
 /// `could not start`. `timeout` is the task's configured timeout (else the run's duration
 /// is said).
-pub fn brief(outcome: &Outcome, timeout: Option<Duration>, duration: Duration) -> String {
+pub(crate) fn brief(outcome: &Outcome, timeout: Option<Duration>, duration: Duration) -> String {
     match outcome {
         Outcome::Success => "ok".to_string(),
         Outcome::Failed(c) => format!("exit {c}"),
@@ -82,7 +82,7 @@ pub fn brief(outcome: &Outcome, timeout: Option<Duration>, duration: Duration) -
 
 /// The outcome of a recorded run, from the record store's columns (None: not a failure,
 /// or a label this version does not know).
-pub fn failed_outcome(
+pub(crate) fn failed_outcome(
     label: Option<&str>,
     exit_code: Option<i32>,
     signal: Option<i32>,
@@ -98,7 +98,7 @@ pub fn failed_outcome(
 }
 
 /// The last non-empty line of `output`, lossily decoded and trimmed.
-pub fn last_line(output: &[u8]) -> Option<String> {
+pub(crate) fn last_line(output: &[u8]) -> Option<String> {
     String::from_utf8_lossy(output)
         .lines()
         .rev()
@@ -110,7 +110,7 @@ pub fn last_line(output: &[u8]) -> Option<String> {
 /// One line for a header: control characters (a CR, an LF, an escape sequence) become
 /// spaces, runs of white space one space, and `(os error N)` (the OS's number, noise in
 /// a subject) is dropped.
-pub fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     let spaced: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -126,7 +126,7 @@ pub fn one_line(s: &str) -> String {
 }
 
 /// `s` cut to at most `max` characters, ending in `...` when cut.
-pub fn shorten(s: &str, max: usize) -> String {
+pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }
@@ -140,7 +140,7 @@ pub fn shorten(s: &str, max: usize) -> String {
 /// The error of a failed run for a subject: its outcome in brief and its last line of
 /// output (the line its signature is made of), on one line, at most
 /// [`SUBJECT_ERROR_MAX`] characters: `exit 1: ZeroDivisionError: division by zero`.
-pub fn subject_error(brief: &str, last_line: &str) -> String {
+pub(crate) fn subject_error(brief: &str, last_line: &str) -> String {
     let line = one_line(last_line);
     let brief = one_line(brief);
     let whole = match (brief.is_empty(), line.is_empty()) {
@@ -153,7 +153,7 @@ pub fn subject_error(brief: &str, last_line: &str) -> String {
 
 /// A duration in a subject, rounded down to its largest units: `45s`, `12m`, `6h`,
 /// `6h 30m`, `2d`, `2d 5h`.
-pub fn short_age(d: Duration) -> String {
+pub(crate) fn short_age(d: Duration) -> String {
     let s = d.as_secs();
     let (days, hours, mins) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
     match s {
@@ -184,7 +184,7 @@ fn who(task: &str, chain: &str) -> String {
 }
 
 /// The subject of an alert: host, task (and chain), and the kind in plain words.
-pub fn subject(a: &AlertMail) -> String {
+pub(crate) fn subject(a: &AlertMail) -> String {
     let who = who(&a.task, &a.chain);
     let error = subject_error(&a.brief, &a.last_line);
     let error = if error.is_empty() {
@@ -234,7 +234,7 @@ fn or_dash(s: &str) -> &str {
 
 /// The body of an alert: what failed, the streak's last failed run (outcome, start,
 /// duration), the streak, the next attempt, and the tail of that run's output.
-pub fn body(a: &AlertMail) -> String {
+pub(crate) fn body(a: &AlertMail) -> String {
     use std::fmt::Write;
     let mut b = String::new();
     let (the_run, the_run_up) = match a.run_id {
@@ -306,17 +306,17 @@ pub fn body(a: &AlertMail) -> String {
 
 /// One task of the chain, for the estimate of when a later one starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step<'a> {
-    pub name: &'a str,
+pub(crate) struct Step<'a> {
+    pub(crate) name: &'a str,
     /// How long a run of it is expected to take (its last recorded duration), if known.
-    pub expected_ms: Option<u64>,
+    pub(crate) expected_ms: Option<u64>,
     /// The cooldown expected after it (after its last outcome).
-    pub cooldown_ms: u64,
+    pub(crate) cooldown_ms: u64,
 }
 
 /// Where the chain is, in wall time (Unix ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Position {
+pub(crate) enum Position {
     /// Task `index` is the next to start, at `at_ms`.
     Due { index: usize, at_ms: u64 },
     /// Task `index` runs now, since `since_ms`.
@@ -327,7 +327,7 @@ pub enum Position {
 
 /// When a task is tried next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NextAttempt {
+pub(crate) enum NextAttempt {
     /// It is the next task, due at this time.
     At(u64),
     /// It runs now (since this time).
@@ -351,7 +351,7 @@ pub enum NextAttempt {
 /// task's expected duration and cooldown (a task that runs now is expected to end at
 /// its start plus its expected duration, and not before `now_ms`; a duration not known
 /// counts as 0, and the task is named in [`NextAttempt::After`]'s `unknown`).
-pub fn next_attempt(
+pub(crate) fn next_attempt(
     now_ms: u64,
     steps: &[Step],
     position: Position,
@@ -435,7 +435,7 @@ fn about(d: Duration) -> String {
 }
 
 /// The next attempt for people. `local` shows a time of day (`11:32 CET`).
-pub fn describe(next: &NextAttempt, now_ms: u64, local: &dyn Fn(u64) -> String) -> String {
+pub(crate) fn describe(next: &NextAttempt, now_ms: u64, local: &dyn Fn(u64) -> String) -> String {
     match next {
         NextAttempt::At(at) if *at <= now_ms => {
             format!("now ({})", crate::time::rfc3339(now_ms))
@@ -476,7 +476,7 @@ pub fn describe(next: &NextAttempt, now_ms: u64, local: &dyn Fn(u64) -> String) 
 
 /// The time of day of `ms` (Unix ms) in the local time zone, with the zone's name:
 /// `11:32 CET`. Asks the OS (the time zone), so it is passed to [`describe`] by the driver.
-pub fn local_hhmm(ms: u64) -> String {
+pub(crate) fn local_hhmm(ms: u64) -> String {
     let t = (ms / 1000) as libc::time_t;
     // SAFETY: localtime_r writes into the zeroed `tm` we own; `tm_zone`, when set, points
     // to a NUL-terminated string of the C library's that lives as long as the process.

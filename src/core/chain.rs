@@ -35,25 +35,25 @@ use crate::time::Mono;
 
 /// How long after SIGKILL the chain waits for a group to empty before it moves on
 /// (a process stuck in uninterruptible sleep cannot be killed any faster).
-pub const GIVE_UP_AFTER_KILL: Duration = Duration::from_secs(5);
+pub(crate) const GIVE_UP_AFTER_KILL: Duration = Duration::from_secs(5);
 
 /// A task as the state machine knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainTask {
-    pub name: String,
-    pub timing: Timing,
+pub(crate) struct ChainTask {
+    pub(crate) name: String,
+    pub(crate) timing: Timing,
 }
 
 /// Run for ever, or through once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Forever,
     Once,
 }
 
 /// Requests from outside (signals, subcommands).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
+pub(crate) enum Control {
     /// Graceful stop (SIGTERM, a hand-over, the first SIGINT): let a running task go on
     /// for up to `stop_grace`.
     Stop,
@@ -67,7 +67,7 @@ pub enum Control {
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// The first event: decide whether to start at once or wait.
     Start,
     /// `next_deadline()` has passed.
@@ -89,29 +89,29 @@ pub enum Event {
 
 /// Which signal to send to the running task's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupSignal {
+pub(crate) enum GroupSignal {
     Term,
     Kill,
 }
 
 /// A finished run, for logs, records and the saved state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finished {
-    pub task: String,
-    pub run_id: u64,
-    pub outcome: Outcome,
-    pub scheduled: Mono,
-    pub started: Mono,
-    pub ended: Mono,
+pub(crate) struct Finished {
+    pub(crate) task: String,
+    pub(crate) run_id: u64,
+    pub(crate) outcome: Outcome,
+    pub(crate) scheduled: Mono,
+    pub(crate) started: Mono,
+    pub(crate) ended: Mono,
     /// The cooldown chosen (None: no cooldown follows, e.g. an interrupted run or the
     /// last task of `--once`).
-    pub cooldown: Option<Duration>,
+    pub(crate) cooldown: Option<Duration>,
 }
 
 /// What the driver must do.
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Start task `index` as run `run_id` (persist the run-id counter first), then
     /// report `Spawned` or `SpawnFailed`.
     Spawn {
@@ -180,21 +180,21 @@ enum Phase {
 
 /// Where a chain resumes: computed from the saved state by the driver.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// Index of the next task to run.
-    pub index: usize,
+    pub(crate) index: usize,
     /// When it is due (None: at once).
-    pub due: Option<Mono>,
+    pub(crate) due: Option<Mono>,
     /// Last run id used, per task name.
-    pub run_ids: BTreeMap<String, u64>,
+    pub(crate) run_ids: BTreeMap<String, u64>,
     /// The run whose cooldown `due` ends (task index, end, success), if known: a reload
     /// recomputes `due` from it.
-    pub cooled: Option<(usize, Mono, bool)>,
+    pub(crate) cooled: Option<(usize, Mono, bool)>,
 }
 
 /// The state machine of one chain.
 #[derive(Debug, Clone)]
-pub struct Chain {
+pub(crate) struct Chain {
     tasks: Vec<ChainTask>,
     mode: Mode,
     phase: Phase,
@@ -211,7 +211,7 @@ pub struct Chain {
 
 impl Chain {
     /// A chain of `tasks` (at least one), resuming at `resume`.
-    pub fn new(tasks: Vec<ChainTask>, mode: Mode, resume: Resume) -> Chain {
+    pub(crate) fn new(tasks: Vec<ChainTask>, mode: Mode, resume: Resume) -> Chain {
         let index = if mode == Mode::Once || resume.index >= tasks.len() {
             0
         } else {
@@ -238,7 +238,7 @@ impl Chain {
 
     /// The run whose cooldown the chain is in (task index, end, success), if known; at
     /// the end, the one it was in when it exited.
-    pub fn cooled(&self) -> Option<(usize, Mono, bool)> {
+    pub(crate) fn cooled(&self) -> Option<(usize, Mono, bool)> {
         match &self.phase {
             Phase::Idle { cooled, .. } => *cooled,
             Phase::Done => self.exit_cooled,
@@ -246,16 +246,16 @@ impl Chain {
         }
     }
 
-    pub fn tasks(&self) -> &[ChainTask] {
+    pub(crate) fn tasks(&self) -> &[ChainTask] {
         &self.tasks
     }
 
-    pub fn run_ids(&self) -> &BTreeMap<String, u64> {
+    pub(crate) fn run_ids(&self) -> &BTreeMap<String, u64> {
         &self.run_ids
     }
 
     /// The task that runs next (or runs now), and when it is due if it has not started.
-    pub fn position(&self) -> (usize, Option<Mono>) {
+    pub(crate) fn position(&self) -> (usize, Option<Mono>) {
         match &self.phase {
             Phase::Idle { index, due, .. } => (*index, Some(*due)),
             Phase::Starting { index, .. } => (*index, None),
@@ -267,17 +267,8 @@ impl Chain {
         }
     }
 
-    /// The run in progress, if any: (task index, run id, started).
-    pub fn running(&self) -> Option<(usize, u64)> {
-        match &self.phase {
-            Phase::Starting { index, run_id, .. } => Some((*index, *run_id)),
-            Phase::Running(r) | Phase::Reaping { run: r, .. } => Some((r.index, r.run_id)),
-            _ => None,
-        }
-    }
-
     /// When the run being started (or waited for) was due.
-    pub fn scheduled(&self) -> Option<Mono> {
+    pub(crate) fn scheduled(&self) -> Option<Mono> {
         match &self.phase {
             Phase::Starting { scheduled, .. } | Phase::Waiting { scheduled, .. } => {
                 Some(*scheduled)
@@ -288,7 +279,8 @@ impl Chain {
     }
 
     /// Waiting for a group slot: (task index, since).
-    pub fn waiting(&self) -> Option<(usize, Mono)> {
+    #[cfg(test)]
+    fn waiting(&self) -> Option<(usize, Mono)> {
         match &self.phase {
             Phase::Waiting { index, since, .. } => Some((*index, *since)),
             _ => None,
@@ -296,27 +288,22 @@ impl Chain {
     }
 
     /// True between runs: waiting for the next task's due time (what a kick ends).
-    pub fn in_cooldown(&self) -> bool {
+    pub(crate) fn in_cooldown(&self) -> bool {
         matches!(self.phase, Phase::Idle { .. })
     }
 
     /// True while the run's first process has exited and its leftovers are being ended.
-    pub fn reaping(&self) -> bool {
+    pub(crate) fn reaping(&self) -> bool {
         matches!(self.phase, Phase::Reaping { .. })
     }
 
     /// True once an `Exit` action has been returned.
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }
 
-    /// The kill grace of the task that runs now (for the guardian), if any.
-    pub fn current_timing(&self) -> Option<Timing> {
-        self.running().map(|(i, _)| self.tasks[i].timing)
-    }
-
     /// The instant at which the driver must send `Tick`, if nothing else comes first.
-    pub fn next_deadline(&self) -> Option<Mono> {
+    pub(crate) fn next_deadline(&self) -> Option<Mono> {
         match &self.phase {
             Phase::Idle { due, .. } => Some(*due),
             Phase::Starting { .. } | Phase::Waiting { .. } | Phase::Done => None,
@@ -331,7 +318,7 @@ impl Chain {
     }
 
     /// Feed one event; get the actions to carry out, in order.
-    pub fn on_event(&mut self, now: Mono, event: Event) -> Vec<Action> {
+    pub(crate) fn on_event(&mut self, now: Mono, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
             Event::Start => {

@@ -4,8 +4,8 @@
 //! and `time` (`scripts/module-cycles` checks it).
 
 pub mod alert;
-pub mod alert_mail;
-pub mod chain;
-pub mod outcome;
+pub(crate) mod alert_mail;
+pub(crate) mod chain;
+pub(crate) mod outcome;
 pub mod resume;
-pub mod signature;
+pub(crate) mod signature;

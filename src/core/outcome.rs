@@ -8,7 +8,7 @@ use std::fmt;
 
 /// What the operating system said about the first process of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// It called exit(code).
     Code(i32),
     /// It was killed by this signal.
@@ -17,7 +17,7 @@ pub enum Exit {
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Exit status 0.
     Success,
     /// A non-zero exit status.
@@ -34,7 +34,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Build the outcome of a run that was not stopped by run-chain.
-    pub fn from_exit(exit: Exit) -> Outcome {
+    pub(crate) fn from_exit(exit: Exit) -> Outcome {
         match exit {
             Exit::Code(0) => Outcome::Success,
             Exit::Code(c) => Outcome::Failed(c),
@@ -42,17 +42,17 @@ impl Outcome {
         }
     }
 
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         matches!(self, Outcome::Success)
     }
 
     /// A failure earns the fail cooldown (and, later, alerts). Interrupted is not one.
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         !matches!(self, Outcome::Success | Outcome::Interrupted)
     }
 
     /// The label used in records and logs: ok, failed, signal, timeout, spawn-error, interrupted.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Outcome::Success => "ok",
             Outcome::Failed(_) => "failed",
@@ -65,7 +65,8 @@ impl Outcome {
 
     /// The exit code as shells report it: 128 + signal for a signalled run, 127 for a
     /// spawn error. None where there is no meaningful code (timeout, interrupted).
-    pub fn shell_code(&self) -> Option<i32> {
+    #[cfg(test)]
+    fn shell_code(&self) -> Option<i32> {
         match self {
             Outcome::Success => Some(0),
             Outcome::Failed(c) => Some(*c),
@@ -90,7 +91,7 @@ impl fmt::Display for Outcome {
 }
 
 /// A signal's name for people ("SIGKILL"), or its number.
-pub fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(s) => s.as_str().to_string(),
         Err(_) => format!("signal {sig}"),

@@ -72,46 +72,47 @@ pub struct State {
 /// See [`State::cooled`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cooled {
-    pub task: String,
-    pub ended_mono_ns: u64,
-    pub ok: bool,
+    pub(crate) task: String,
+    pub(crate) ended_mono_ns: u64,
+    pub(crate) ok: bool,
 }
 
 /// [`Cooled`], borrowed, for writing.
 #[derive(Debug, Serialize)]
-pub struct CooledView<'a> {
-    pub task: &'a str,
-    pub ended_mono_ns: u64,
-    pub ok: bool,
+pub(crate) struct CooledView<'a> {
+    pub(crate) task: &'a str,
+    pub(crate) ended_mono_ns: u64,
+    pub(crate) ok: bool,
 }
 
 /// [`State`] as borrowed fields, for writing: it serializes to the same JSON, without
 /// copying the maps (the driver writes the state before and after every run).
 #[derive(Debug, Serialize)]
 pub struct StateView<'a> {
-    pub version: u32,
-    pub tasks: &'a [String],
-    pub next_task: Option<&'a str>,
-    pub due_mono_ns: Option<u64>,
-    pub due_wall_ms: Option<u64>,
-    pub boot_id: Option<&'a str>,
-    pub running_task: Option<&'a str>,
-    pub running_run_id: Option<u64>,
-    pub running_since_ms: Option<u64>,
-    pub running_group: Option<&'a str>,
-    pub waiting_group: Option<&'a str>,
-    pub waiting_since_ms: Option<u64>,
-    pub run_ids: &'a BTreeMap<String, u64>,
-    pub failures: &'a BTreeMap<String, TaskFailures>,
-    pub alerts: &'a BTreeMap<String, crate::core::alert::AlertState>,
-    pub guardian_pid: Option<i32>,
-    pub guardian_start: Option<u64>,
-    pub guardian_boot: Option<&'a str>,
-    pub cooled: Option<CooledView<'a>>,
+    pub(crate) version: u32,
+    pub(crate) tasks: &'a [String],
+    pub(crate) next_task: Option<&'a str>,
+    pub(crate) due_mono_ns: Option<u64>,
+    pub(crate) due_wall_ms: Option<u64>,
+    pub(crate) boot_id: Option<&'a str>,
+    pub(crate) running_task: Option<&'a str>,
+    pub(crate) running_run_id: Option<u64>,
+    pub(crate) running_since_ms: Option<u64>,
+    pub(crate) running_group: Option<&'a str>,
+    pub(crate) waiting_group: Option<&'a str>,
+    pub(crate) waiting_since_ms: Option<u64>,
+    pub(crate) run_ids: &'a BTreeMap<String, u64>,
+    pub(crate) failures: &'a BTreeMap<String, TaskFailures>,
+    pub(crate) alerts: &'a BTreeMap<String, crate::core::alert::AlertState>,
+    pub(crate) guardian_pid: Option<i32>,
+    pub(crate) guardian_start: Option<u64>,
+    pub(crate) guardian_boot: Option<&'a str>,
+    pub(crate) cooled: Option<CooledView<'a>>,
 }
 
 impl State {
-    pub fn view(&self) -> StateView<'_> {
+    #[cfg(test)]
+    fn view(&self) -> StateView<'_> {
         StateView {
             version: self.version,
             tasks: &self.tasks,
@@ -152,7 +153,7 @@ pub struct TaskFailures {
 
 impl TaskFailures {
     /// Account for a run that ended at `at_ms`. Interrupted runs change nothing.
-    pub fn record(&mut self, outcome: &crate::core::outcome::Outcome, at_ms: u64) {
+    pub(crate) fn record(&mut self, outcome: &crate::core::outcome::Outcome, at_ms: u64) {
         if outcome.is_success() {
             self.streak_start_ms = None;
             self.failures = 0;
@@ -167,7 +168,7 @@ impl TaskFailures {
     }
 
     /// The current streak: (start, failures).
-    pub fn streak(&self) -> Option<(u64, u64)> {
+    pub(crate) fn streak(&self) -> Option<(u64, u64)> {
         self.streak_start_ms.map(|s| (s, self.failures))
     }
 }
@@ -176,15 +177,15 @@ pub const STATE_VERSION: u32 = 1;
 
 /// The clocks, as read by the driver when it resumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Clocks {
-    pub mono: Mono,
-    pub wall_ms: u64,
-    pub boot_id: Option<String>,
+pub(crate) struct Clocks {
+    pub(crate) mono: Mono,
+    pub(crate) wall_ms: u64,
+    pub(crate) boot_id: Option<String>,
 }
 
 /// What resuming from `state` means for a chain of `tasks`, given the clocks now.
 /// Also returns a warning to log, if a run was left in progress (a crash).
-pub fn resume(state: &State, tasks: &[ChainTask], now: &Clocks) -> (Resume, Option<String>) {
+pub(crate) fn resume(state: &State, tasks: &[ChainTask], now: &Clocks) -> (Resume, Option<String>) {
     let index_of = |name: &str| tasks.iter().position(|t| t.name == name);
     let mut warning = None;
     // A run left in progress: its instance died (or was killed) mid-run. Run it again first.

@@ -6,7 +6,7 @@
 //! new. Pure string code, tested below.
 
 /// Normalise one line of output.
-pub fn normalise(line: &str) -> String {
+pub(crate) fn normalise(line: &str) -> String {
     let mut words = Vec::new();
     for word in line.split_whitespace() {
         let bare = word.trim_matches(|c: char| "\"'()[]{}<>,;".contains(c));
@@ -70,7 +70,7 @@ fn normalise_word(word: &str) -> String {
 
 /// The signature of a failure: `outcome` (e.g. "failed (exit code 1)") and the last
 /// non-empty line of output.
-pub fn signature(outcome: &str, last_line: Option<&str>) -> String {
+pub(crate) fn signature(outcome: &str, last_line: Option<&str>) -> String {
     let line = last_line.map(normalise).unwrap_or_default();
     let line: String = line.chars().take(300).collect();
     format!("{outcome}: {line}")

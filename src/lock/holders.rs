@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::lock::pidfile::{lock_holders, Locks, PidFile};
 
 /// Chains in RUN_ROOT: every valid `CHAIN.pid`.
-pub fn chains(run_root: &Path) -> Result<Vec<String>> {
+pub(crate) fn chains(run_root: &Path) -> Result<Vec<String>> {
     let rd = std::fs::read_dir(run_root).map_err(|e| {
         Error::Usage(format!(
             "cannot read RUN_ROOT {}: {e} (set it with --run-root, RUN_ROOT or run_root in the config)",
@@ -42,7 +42,7 @@ pub fn chains(run_root: &Path) -> Result<Vec<String>> {
 /// none is missed). A chain not confirmed that way (down, or its pidfile names
 /// another process) is decided by `holder_in` itself, with /proc/locks read at most
 /// once for all of them.
-pub fn holders(run_root: &Path, names: &[String]) -> Vec<Option<i32>> {
+pub(crate) fn holders(run_root: &Path, names: &[String]) -> Vec<Option<i32>> {
     use std::collections::{HashMap, HashSet};
     use std::os::unix::fs::MetadataExt;
 

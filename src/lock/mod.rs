@@ -2,6 +2,6 @@
 //! instance to a new one ([`handover`]), and the lock holders of many chains at once for
 //! the readers ([`holders`]).
 
-pub mod handover;
-pub mod holders;
+pub(crate) mod handover;
+pub(crate) mod holders;
 pub mod pidfile;

@@ -36,7 +36,7 @@ pub struct PidFile {
 }
 
 /// The path of a chain's pidfile.
-pub fn path(run_root: &Path, chain: &str) -> PathBuf {
+pub(crate) fn path(run_root: &Path, chain: &str) -> PathBuf {
     run_root.join(format!("{chain}.pid"))
 }
 
@@ -100,7 +100,7 @@ impl PidFile {
     }
 
     /// Open an existing pidfile read-only (for `stop`, `kick`): None if there is none.
-    pub fn open_existing(run_root: &Path, chain: &str) -> Result<Option<PidFile>> {
+    pub(crate) fn open_existing(run_root: &Path, chain: &str) -> Result<Option<PidFile>> {
         let path = path(run_root, chain);
         match open_nofollow(&path, false) {
             Ok(file) => Ok(Some(PidFile {
@@ -150,7 +150,7 @@ impl PidFile {
         res.map_err(|e| Error::os(format!("create {}", path.display()), e))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -175,7 +175,7 @@ impl PidFile {
     }
 
     /// Release the lock (before exiting 75 after a late supersede).
-    pub fn unlock(&mut self) {
+    pub(crate) fn unlock(&mut self) {
         // SAFETY: flock on a descriptor we own.
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
         self.locked = false;
@@ -198,7 +198,7 @@ impl PidFile {
     }
 
     /// The PID written in the file, if it reads as one.
-    pub fn text_pid(&self) -> Option<i32> {
+    pub(crate) fn text_pid(&self) -> Option<i32> {
         let mut buf = [0u8; 32];
         // SAFETY: pread into our buffer.
         let n =
@@ -212,7 +212,7 @@ impl PidFile {
 
     /// The process that holds the lock, as the kernel confirms it, and only if the file
     /// names the same PID. None: nobody holds it, or the holder cannot be confirmed.
-    pub fn holder(&self) -> Option<i32> {
+    pub(crate) fn holder(&self) -> Option<i32> {
         self.holder_in(&mut Locks::default())
     }
 
@@ -224,7 +224,7 @@ impl PidFile {
     /// which other processes' locking can tear). So an edited pidfile neither hides the
     /// real holder nor gets a bystander signalled. /proc/locks is the fallback because
     /// the first read of it in a process can take 5 to 15 ms.
-    pub fn holder_in(&self, locks: &mut Locks) -> Option<i32> {
+    pub(crate) fn holder_in(&self, locks: &mut Locks) -> Option<i32> {
         let meta = self.file.metadata().ok()?;
         let (dev, ino) = (meta.dev(), meta.ino());
         let text = self.text_pid();
@@ -241,7 +241,7 @@ impl PidFile {
 
     /// The holder, with a pidfd that names it for good. The holder is looked up again
     /// after the pidfd is opened, so a PID reused in between is never signalled.
-    pub fn holder_pidfd(&self) -> Option<(i32, OwnedFd)> {
+    pub(crate) fn holder_pidfd(&self) -> Option<(i32, OwnedFd)> {
         let pid = self.holder()?;
         let fd = sys::pidfd_open(pid).ok()?;
         (self.holder() == Some(pid)).then_some((pid, fd))
@@ -250,10 +250,10 @@ impl PidFile {
 
 /// The text of /proc/locks, read when first needed and then kept.
 #[derive(Debug, Default)]
-pub struct Locks(Option<String>);
+pub(crate) struct Locks(Option<String>);
 
 impl Locks {
-    pub fn text(&mut self) -> &str {
+    pub(crate) fn text(&mut self) -> &str {
         self.0
             .get_or_insert_with(|| sys::read_proc_once("/proc/locks").unwrap_or_default())
     }
@@ -261,7 +261,7 @@ impl Locks {
 
 /// Does process `pid` hold a flock WRITE lock on the file (dev, ino)? From the `lock:`
 /// lines of its `/proc/PID/fdinfo/*`.
-pub fn holds_lock(pid: i32, dev: u64, ino: u64) -> bool {
+pub(crate) fn holds_lock(pid: i32, dev: u64, ino: u64) -> bool {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return false;
     };
@@ -289,7 +289,7 @@ pub fn holds_lock(pid: i32, dev: u64, ino: u64) -> bool {
 }
 
 /// PIDs holding a flock WRITE lock on the file (dev, ino), from /proc/locks text.
-pub fn lock_holders(locks: &str, dev: u64, ino: u64) -> Vec<i32> {
+pub(crate) fn lock_holders(locks: &str, dev: u64, ino: u64) -> Vec<i32> {
     let major = libc::major(dev);
     let minor = libc::minor(dev);
     let mut out = Vec::new();
@@ -316,15 +316,15 @@ pub fn lock_holders(locks: &str, dev: u64, ino: u64) -> Vec<i32> {
 }
 
 /// The `CHAIN.next` record: the newest launch that may take over.
-pub mod next {
+pub(crate) mod next {
     use super::*;
 
-    pub fn path(run_root: &Path, chain: &str) -> PathBuf {
+    pub(crate) fn path(run_root: &Path, chain: &str) -> PathBuf {
         run_root.join(format!("{chain}.next"))
     }
 
     /// Record this process as the newest launch (atomic replace).
-    pub fn claim(run_root: &Path, chain: &str) -> Result<()> {
+    pub(crate) fn claim(run_root: &Path, chain: &str) -> Result<()> {
         let me = std::process::id() as i32;
         let st = sys::start_time(me).unwrap_or(0);
         let p = path(run_root, chain);
@@ -347,7 +347,11 @@ pub mod next {
     /// The launch recorded as newest, if it is alive and is not `holder`: one waiting for
     /// the holder to hand over. With a pidfd that names it for good (its start time is
     /// checked again once the pidfd is open, so a reused PID is never signalled).
-    pub fn waiting_launch(run_root: &Path, chain: &str, holder: i32) -> Option<(i32, OwnedFd)> {
+    pub(crate) fn waiting_launch(
+        run_root: &Path,
+        chain: &str,
+        holder: i32,
+    ) -> Option<(i32, OwnedFd)> {
         let text = std::fs::read_to_string(path(run_root, chain)).ok()?;
         let mut it = text.split_whitespace();
         let pid: i32 = it.next()?.parse().ok()?;
@@ -367,7 +371,7 @@ pub mod next {
 
     /// A launch other than us, recorded as newest and still alive (same PID and start
     /// time), if there is one.
-    pub fn newer_than_me(run_root: &Path, chain: &str) -> Option<i32> {
+    pub(crate) fn newer_than_me(run_root: &Path, chain: &str) -> Option<i32> {
         let me = std::process::id() as i32;
         let text = std::fs::read_to_string(path(run_root, chain)).ok()?;
         let mut it = text.split_whitespace();

@@ -14,7 +14,7 @@ fn clean(s: &str) -> String {
 }
 
 /// A Message-ID for an alert decided now.
-pub fn message_id(a: &AlertMail) -> String {
+pub(crate) fn message_id(a: &AlertMail) -> String {
     let mut rnd = [0u8; 8];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut rnd);
@@ -61,7 +61,7 @@ pub(super) fn mailboxes(email: &Email, host: &str) -> Result<(Mailbox, Vec<Mailb
 /// Build the mail of an alert. Task output only ever reaches the body, and lettre
 /// encodes the body (quoted-printable or base64), so output cannot forge a header;
 /// invalid UTF-8 is replaced, never passed on raw.
-pub fn build(email: &Email, a: &AlertMail, message_id: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn build(email: &Email, a: &AlertMail, message_id: &str) -> Result<Vec<u8>, String> {
     let (from, to) = mailboxes(email, &a.host)?;
     let subject = clean(&crate::core::alert_mail::subject(a));
     let body = crate::core::alert_mail::body(a);

@@ -17,10 +17,10 @@
 //! `sendmail` (spawned by us, so that its PID can be kept out of the run's leftovers),
 //! or, with neither, `.eml` files moved into `RUN_ROOT/mail/`.
 
-pub mod build;
-pub mod outbox;
-pub mod transport;
+pub(crate) mod build;
+pub(crate) mod outbox;
+pub(crate) mod transport;
 
-pub use build::{build, message_id};
-pub use outbox::{enqueue, outbox, start, ToMailer};
-pub use transport::{deliver, Children, SendError};
+pub(crate) use build::{build, message_id};
+pub(crate) use outbox::{enqueue, outbox, start, ToMailer};
+pub(crate) use transport::{deliver, Children, SendError};

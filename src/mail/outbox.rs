@@ -15,12 +15,12 @@ use crate::core::alert_mail::AlertMail;
 use super::transport::{deliver, write_into_place, Children, SendError};
 
 /// The outbox folder.
-pub fn outbox(run_root: &Path) -> PathBuf {
+pub(crate) fn outbox(run_root: &Path) -> PathBuf {
     run_root.join("outbox")
 }
 
 /// Store a built mail in the outbox (atomically, mode 0600). Returns its path.
-pub fn enqueue(run_root: &Path, a: &AlertMail, bytes: &[u8]) -> std::io::Result<PathBuf> {
+pub(crate) fn enqueue(run_root: &Path, a: &AlertMail, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let dir = outbox(run_root);
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -40,15 +40,15 @@ pub fn enqueue(run_root: &Path, a: &AlertMail, bytes: &[u8]) -> std::io::Result<
 }
 
 /// Messages from the chain to its mailer.
-pub enum ToMailer {
+pub(crate) enum ToMailer {
     /// Something new is in the outbox.
     Wake,
     /// The config was reloaded.
-    Config(Option<Email>),
+    Config(Email),
 }
 
 /// Start the mailer thread. It runs until the process exits.
-pub fn start(run_root: PathBuf, email: Option<Email>, children: Children) -> Sender<ToMailer> {
+pub(crate) fn start(run_root: PathBuf, email: Email, children: Children) -> Sender<ToMailer> {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("mailer".into())
@@ -62,12 +62,7 @@ pub fn start(run_root: PathBuf, email: Option<Email>, children: Children) -> Sen
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
 
-fn mailer_loop(
-    run_root: PathBuf,
-    mut email: Option<Email>,
-    children: Children,
-    rx: Receiver<ToMailer>,
-) {
+fn mailer_loop(run_root: PathBuf, mut email: Email, children: Children, rx: Receiver<ToMailer>) {
     // file name -> (next attempt, current backoff)
     let mut retry: BTreeMap<String, (Instant, Duration)> = BTreeMap::new();
     let dir = outbox(&run_root);
@@ -107,11 +102,7 @@ fn mailer_loop(
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            let Some(cfg) = &email else {
-                // No [email] section: nothing is sent; the file stays for inspection.
-                continue;
-            };
-            match deliver(cfg, &run_root, &path, &bytes, &children) {
+            match deliver(&email, &run_root, &path, &bytes, &children) {
                 Ok(said) => {
                     let _ = std::fs::remove_file(&path);
                     retry.remove(name);

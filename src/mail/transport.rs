@@ -24,7 +24,7 @@ use super::build::mailboxes;
 /// PIDs of the mailer's own children (sendmail), which the chain must not take for a
 /// run's leftovers. The chain holds the lock while it looks at its children; the
 /// mailer holds it from before a spawn until the PID is in the set.
-pub type Children = Arc<Mutex<BTreeSet<i32>>>;
+pub(crate) type Children = Arc<Mutex<BTreeSet<i32>>>;
 
 /// Write `bytes` to `dir/name` under a dot name with mode 0600 from the start (synced
 /// first if `sync`), then rename it into place: a reader of the folder never sees a
@@ -62,7 +62,7 @@ pub(super) fn write_into_place(
 /// a user or password; sendmail by its path): `mail-test` prints it, and the mailer thread
 /// logs it, word for word.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// Try again later (4xx, connection refused or timed out, sendmail EX_TEMPFAIL).
     Transient(String),
     /// Never (5xx, a bad address, a bad config).
@@ -80,11 +80,11 @@ impl std::fmt::Display for SendError {
 
 /// A parsed `smtp://[user@]host[:port]` or `smtps://...` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmtpUrl {
-    pub implicit_tls: bool,
-    pub user: Option<String>,
-    pub host: String,
-    pub port: u16,
+pub(crate) struct SmtpUrl {
+    pub(crate) implicit_tls: bool,
+    pub(crate) user: Option<String>,
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 impl std::fmt::Display for SmtpUrl {
@@ -100,7 +100,7 @@ impl std::fmt::Display for SmtpUrl {
     }
 }
 
-pub fn parse_smtp_url(url: &str) -> Option<SmtpUrl> {
+pub(crate) fn parse_smtp_url(url: &str) -> Option<SmtpUrl> {
     let (implicit_tls, rest) = if let Some(r) = url.strip_prefix("smtps://") {
         (true, r)
     } else {
@@ -554,7 +554,7 @@ impl Dialogue {
 
 /// Deliver one built mail through the configured transport. Ok: what the server (or
 /// the file system) said.
-pub fn deliver(
+pub(crate) fn deliver(
     email: &Email,
     run_root: &Path,
     file: &Path,

@@ -42,12 +42,12 @@ struct Current {
 }
 
 /// Everything the loop owns.
-pub struct Driver {
-    pub chain_name: String,
-    pub names: Vec<String>,
-    pub config: Config,
-    pub tasks: Vec<Task>,
-    pub run_root: PathBuf,
+pub(crate) struct Driver {
+    chain_name: String,
+    names: Vec<String>,
+    config: Config,
+    tasks: Vec<Task>,
+    run_root: PathBuf,
     /// RUN_ROOT comes from the config (no `--run-root`, no `RUN_ROOT`): a reload that
     /// changes it is refused (see [`crate::root::moved_run_root`]).
     root_from_config: bool,
@@ -55,17 +55,17 @@ pub struct Driver {
     /// the chain is reconfigured, as on SIGHUP, so that a changed cooldown applies to the
     /// cooldown carried over.
     reconfigure_at_start: bool,
-    pub mode: Mode,
-    pub chain: Chain,
-    pub signals: Signals,
-    pub guardian: Guardian,
+    mode: Mode,
+    chain: Chain,
+    signals: Signals,
+    guardian: Guardian,
     /// The guardian's start time (clock ticks), saved with its PID in CHAIN.state.
     guardian_start: Option<u64>,
     /// Held for the life of the process: the lock.
-    pub pidfile: PidFile,
+    _pidfile: PidFile,
     /// The state as loaded (for `--once`, which keeps the chain's position as it was).
-    pub base_state: State,
-    pub boot_id: Option<String>,
+    base_state: State,
+    boot_id: Option<String>,
     sinks: [Sink; 2],
     run: Option<process::Run>,
     tail: Tail,
@@ -110,7 +110,7 @@ pub struct Driver {
 }
 
 /// The chain's view of its tasks.
-pub fn chain_tasks(tasks: &[Task]) -> Vec<ChainTask> {
+pub(crate) fn chain_tasks(tasks: &[Task]) -> Vec<ChainTask> {
     tasks
         .iter()
         .map(|t| ChainTask {
@@ -123,11 +123,11 @@ pub fn chain_tasks(tasks: &[Task]) -> Vec<ChainTask> {
 mod alerts;
 mod record;
 
-pub use alerts::email_or_default;
+pub(crate) use alerts::email_or_default;
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         chain_name: String,
         names: Vec<String>,
         config: Config,
@@ -160,7 +160,7 @@ impl Driver {
         let children: Children = Default::default();
         let mailer = mailer::start(
             run_root.clone(),
-            Some(email_or_default(&config)),
+            email_or_default(&config),
             children.clone(),
         );
         // Deliver what an earlier instance left in the outbox.
@@ -178,7 +178,7 @@ impl Driver {
             signals,
             guardian,
             guardian_start,
-            pidfile,
+            _pidfile: pidfile,
             base_state,
             boot_id: sys::boot_id(),
             sinks: [Sink::new(1), Sink::new(2)],
@@ -211,13 +211,13 @@ impl Driver {
     }
 
     /// Whether RUN_ROOT comes from the config (true unless `--run-root` or `RUN_ROOT`).
-    pub fn with_root_from_config(mut self, yes: bool) -> Driver {
+    pub(crate) fn with_root_from_config(mut self, yes: bool) -> Driver {
         self.root_from_config = yes;
         self
     }
 
     /// See the field `reconfigure_at_start`.
-    pub fn with_reconfigure_at_start(mut self, yes: bool) -> Driver {
+    pub(crate) fn with_reconfigure_at_start(mut self, yes: bool) -> Driver {
         self.reconfigure_at_start = yes;
         self
     }
@@ -249,7 +249,7 @@ impl Driver {
     }
 
     /// Run until the chain exits; returns the exit status.
-    pub fn run(mut self) -> Result<u8> {
+    pub(crate) fn run(mut self) -> Result<u8> {
         // The loop sleeps in ppoll until the next deadline; the kernel may let such a
         // timer fire up to the thread's "timer slack" late (50 µs by default). The loop
         // wakes once per cooldown, so it asks for 1 µs: due times are kept to the clock.
@@ -567,7 +567,7 @@ impl Driver {
                 self.prepared.clear();
                 let _ = self
                     .mailer
-                    .send(ToMailer::Config(Some(email_or_default(&self.config))));
+                    .send(ToMailer::Config(email_or_default(&self.config)));
                 Some(chain_tasks(&self.tasks))
             }
             Err(e) => {

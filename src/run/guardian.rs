@@ -57,7 +57,7 @@ use crate::time;
 /// The longest task name the page holds (names are at most 100 bytes, `check_name`).
 const TASK_MAX: usize = 128;
 /// How long the guardian tries to write its record while the store is busy.
-pub const RECORD_FOR: Duration = Duration::from_secs(10);
+pub(crate) const RECORD_FOR: Duration = Duration::from_secs(10);
 /// How often the guardian looks whether the group still runs.
 const LOOK_EVERY: Duration = Duration::from_millis(10);
 /// How long the guardian waits for the group after SIGKILL.
@@ -83,11 +83,11 @@ struct Shared {
 
 /// Which run is in progress, as run-chain writes it into the page.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunIdentity<'a> {
-    pub task: &'a str,
-    pub run_id: u64,
-    pub scheduled_ms: u64,
-    pub start_ms: u64,
+pub(crate) struct RunIdentity<'a> {
+    pub(crate) task: &'a str,
+    pub(crate) run_id: u64,
+    pub(crate) scheduled_ms: u64,
+    pub(crate) start_ms: u64,
 }
 
 /// The run read back from the page by the guardian.
@@ -151,16 +151,16 @@ impl Shared {
 /// Where the guardian records a run it ended: the chain's store and name, and the
 /// instance that forked it (for a run whose start that instance had not written yet).
 #[derive(Debug, Clone)]
-pub struct Recording {
+pub(crate) struct Recording {
     /// The store's path, absolute (the guardian works from `/`).
-    pub store: PathBuf,
-    pub chain: String,
-    pub instance: store::Instance,
+    pub(crate) store: PathBuf,
+    pub(crate) chain: String,
+    pub(crate) instance: store::Instance,
 }
 
 /// run-chain's side of the guardian.
 #[derive(Debug)]
-pub struct Guardian {
+pub(crate) struct Guardian {
     pid: i32,
     /// The write end of the pipe: never written, its closing (our death) is the message.
     _tx: File,
@@ -191,7 +191,7 @@ fn map_shared() -> Result<&'static Shared> {
 impl Guardian {
     /// Fork the guardian. Must be called while the process has one thread. With
     /// `recording`, it records in the store a run it had to end (see the module's text).
-    pub fn spawn(recording: Option<Recording>) -> Result<Guardian> {
+    pub(crate) fn spawn(recording: Option<Recording>) -> Result<Guardian> {
         let shared = map_shared()?;
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills two descriptors.
@@ -218,7 +218,7 @@ impl Guardian {
         })
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
@@ -226,7 +226,11 @@ impl Guardian {
     /// PID (= its group) itself, before it execs (see `spawn`), so that the guardian knows
     /// the group even if run-chain dies at the very moment the task starts. The run's
     /// identity is written first, for the guardian's record.
-    pub fn prepare(&mut self, kill_grace: Duration, run: &RunIdentity<'_>) -> &'static AtomicI32 {
+    pub(crate) fn prepare(
+        &mut self,
+        kill_grace: Duration,
+        run: &RunIdentity<'_>,
+    ) -> &'static AtomicI32 {
         // No group until the child writes its own (the last run's is gone by now).
         self.shared.pgid.store(0, Ordering::Relaxed);
         self.shared.write_identity(run);
@@ -236,14 +240,14 @@ impl Guardian {
     }
 
     /// A run started: its group is `pgid`.
-    pub fn watch(&mut self, pgid: i32, kill_grace: Duration) {
+    pub(crate) fn watch(&mut self, pgid: i32, kill_grace: Duration) {
         let ms = u64::try_from(kill_grace.as_millis()).unwrap_or(u64::MAX);
         self.shared.grace_ms.store(ms, Ordering::Relaxed);
         self.shared.pgid.store(pgid, Ordering::Release);
     }
 
     /// A run's group is gone.
-    pub fn unwatch(&mut self, pgid: i32) {
+    pub(crate) fn unwatch(&mut self, pgid: i32) {
         let _ = self
             .shared
             .pgid
@@ -253,7 +257,7 @@ impl Guardian {
 
 /// How the guardian saw the run's group end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub(crate) enum Ended {
     /// Nothing of the group ran any more when the guardian first looked.
     AlreadyGone,
     /// It ended after SIGTERM, within the kill grace.
@@ -265,7 +269,7 @@ pub enum Ended {
 }
 
 /// The `error` recorded for a run the guardian ended.
-pub fn error_text(how: Ended) -> String {
+pub(crate) fn error_text(how: Ended) -> String {
     let died = "run-chain was killed (or crashed) during the run";
     let grace = |ms: u64| crate::time::fmt_dur(Duration::from_millis(ms));
     match how {

@@ -3,9 +3,9 @@
 //! starting it ([`spawn`], [`process`]), its output, the concurrency
 //! slots, and the guardian that ends a run when run-chain dies.
 
-pub mod driver;
-pub mod guardian;
-pub mod output;
-pub mod process;
-pub mod slots;
+pub(crate) mod driver;
+pub(crate) mod guardian;
+pub(crate) mod output;
+pub(crate) mod process;
+pub(crate) mod slots;
 pub mod spawn;

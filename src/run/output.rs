@@ -16,14 +16,14 @@ use crate::sys;
 
 /// The last `cap` bytes of a run's output (both streams, in the order read).
 #[derive(Debug, Clone)]
-pub struct Tail {
+pub(crate) struct Tail {
     buf: VecDeque<u8>,
     cap: usize,
     total: u64,
 }
 
 impl Tail {
-    pub fn new(cap: usize) -> Tail {
+    pub(crate) fn new(cap: usize) -> Tail {
         Tail {
             buf: VecDeque::with_capacity(cap.min(64 * 1024)),
             cap,
@@ -33,7 +33,7 @@ impl Tail {
 
     /// Empty, for a new run that keeps `cap` bytes (the buffer is kept: a new one per
     /// run was a large allocation and free per run).
-    pub fn reset(&mut self, cap: usize) {
+    pub(crate) fn reset(&mut self, cap: usize) {
         self.buf.clear();
         if self.buf.capacity() > cap.min(64 * 1024) * 2 {
             self.buf.shrink_to(cap.min(64 * 1024));
@@ -42,7 +42,7 @@ impl Tail {
         self.total = 0;
     }
 
-    pub fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         if self.cap == 0 {
             return;
@@ -58,22 +58,22 @@ impl Tail {
     }
 
     /// The kept bytes.
-    pub fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         self.buf.iter().copied().collect()
     }
 
     /// All bytes ever pushed.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.total
     }
 
     /// True if older output was dropped.
-    pub fn cut(&self) -> bool {
+    pub(crate) fn cut(&self) -> bool {
         self.total > self.buf.len() as u64
     }
 
     /// The last non-empty line of the kept output, lossily decoded.
-    pub fn last_line(&self) -> Option<String> {
+    pub(crate) fn last_line(&self) -> Option<String> {
         let bytes = self.bytes();
         let text = String::from_utf8_lossy(&bytes);
         text.lines()
@@ -86,7 +86,7 @@ impl Tail {
 
 /// One of run-chain's own output streams (fd 1 or 2).
 #[derive(Debug)]
-pub struct Sink {
+pub(crate) struct Sink {
     fd: RawFd,
     /// Writes to it never block (a regular file, /dev/null).
     never_blocks: bool,
@@ -102,7 +102,7 @@ const SMALL_CHUNK: usize = 4096;
 const BIG_CHUNK: usize = 64 * 1024;
 
 impl Sink {
-    pub fn new(fd: RawFd) -> Sink {
+    pub(crate) fn new(fd: RawFd) -> Sink {
         // SAFETY: fstat into a zeroed struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
@@ -118,7 +118,7 @@ impl Sink {
         }
     }
 
-    pub fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.fd
     }
 
@@ -131,12 +131,12 @@ impl Sink {
     }
 
     /// True if a source may read more for this sink now.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.pending.is_empty()
     }
 
     /// True if the driver must poll this sink for POLLOUT.
-    pub fn wants_pollout(&self) -> bool {
+    pub(crate) fn wants_pollout(&self) -> bool {
         !self.pending.is_empty() && !self.dead
     }
 
@@ -150,7 +150,7 @@ impl Sink {
     }
 
     /// Pass `data` on, or keep it pending if the stream would block.
-    pub fn offer(&mut self, data: &[u8]) {
+    pub(crate) fn offer(&mut self, data: &[u8]) {
         if self.dead {
             return;
         }
@@ -159,7 +159,7 @@ impl Sink {
     }
 
     /// Write what is pending, as far as the stream takes it without blocking.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         while !self.pending.is_empty() && !self.dead {
             if !self.writable_now() {
                 return;
@@ -185,55 +185,34 @@ impl Sink {
             self.pending.clear();
         }
     }
-
-    /// Write everything pending, blocking if need be (used only at exit).
-    pub fn flush_blocking(&mut self) {
-        while !self.pending.is_empty() && !self.dead {
-            match sys::write(self.fd, &self.pending) {
-                Ok(0) | Err(_) => self.dead = true,
-                Ok(w) => {
-                    self.pending.drain(..w);
-                }
-            }
-        }
-    }
 }
 
 /// One of the task's output pipes.
 #[derive(Debug)]
-pub struct Source {
+pub(crate) struct Source {
     fd: Option<OwnedFd>,
     /// 0: stdout, 1: stderr.
-    pub sink: usize,
+    pub(crate) sink: usize,
 }
 
 impl Source {
-    pub fn new(fd: OwnedFd, sink: usize) -> Source {
-        let _ = sys::set_nonblocking(fd.as_raw_fd());
-        Source { fd: Some(fd), sink }
-    }
-
     /// A source whose descriptor is already non-blocking.
-    pub fn nonblocking(fd: OwnedFd, sink: usize) -> Source {
+    pub(crate) fn nonblocking(fd: OwnedFd, sink: usize) -> Source {
         Source { fd: Some(fd), sink }
     }
 
-    pub fn fd(&self) -> Option<RawFd> {
+    pub(crate) fn fd(&self) -> Option<RawFd> {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// The descriptor, if still open (the source is closed then).
-    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
         self.fd.take()
-    }
-
-    pub fn open(&self) -> bool {
-        self.fd.is_some()
     }
 
     /// Read what is there (one chunk, or everything with `all`) into the tail and the
     /// sink. Closes the source at end of file.
-    pub fn pump(&mut self, sinks: &mut [Sink; 2], tail: &mut Tail, all: bool) {
+    pub(crate) fn pump(&mut self, sinks: &mut [Sink; 2], tail: &mut Tail, all: bool) {
         let Some(fd) = self.fd() else { return };
         let sink = &mut sinks[self.sink];
         thread_local! {

@@ -33,10 +33,10 @@ use crate::sys;
 
 /// A run in progress.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     /// The first process; also the process group id.
-    pub pid: i32,
-    pub sources: Vec<Source>,
+    pub(crate) pid: i32,
+    pub(crate) sources: Vec<Source>,
     /// Leftover processes that survived SIGKILL past the give-up time: not waited for again.
     reaped_leader: bool,
     /// The first process has exited (seen by [`Run::leader_exit`]).
@@ -62,7 +62,7 @@ pub struct Run {
 /// and, the client killed, go on writing; into the old pipe, closed, that fails (EPIPE)
 /// instead of landing in the next run's record.
 #[derive(Debug)]
-pub struct Pipes {
+pub(crate) struct Pipes {
     out: (OwnedFd, OwnedFd),
     err: (OwnedFd, OwnedFd),
 }
@@ -183,7 +183,7 @@ fn candidates(
 /// the paths to try, cwd and environment as C strings, made once per task (the driver
 /// keeps them until the config is reloaded) instead of at every spawn.
 #[derive(Debug)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     program: String,
     argv: Vec<CString>,
     candidates: Vec<CString>,
@@ -199,7 +199,7 @@ pub struct Prepared {
 impl Prepared {
     /// Prepare `task` of `chain`; `remove`: a variable to leave out of its environment
     /// (the SMTP password's). The error is a message for the run record (spawn-error).
-    pub fn new(task: &Task, chain: &str, remove: Option<&str>) -> Result<Prepared, String> {
+    pub(crate) fn new(task: &Task, chain: &str, remove: Option<&str>) -> Result<Prepared, String> {
         let (program, argv): (&str, Vec<CString>) = match &task.program {
             Program::Shell(c) => (
                 "/bin/sh",
@@ -258,7 +258,7 @@ impl Prepared {
 
 /// Start run `run_id` of a prepared task, on `pipes` if the last run left them (see
 /// [`Pipes`]). The error is a message for the run record (spawn-error).
-pub fn spawn(
+pub(crate) fn spawn(
     task: &Prepared,
     run_id: u64,
     announce: Option<&'static std::sync::atomic::AtomicI32>,
@@ -317,7 +317,7 @@ pub fn spawn(
 
 impl Run {
     /// Has the first process exited? (Looks without reaping.)
-    pub fn leader_exit(&mut self) -> Option<Exit> {
+    pub(crate) fn leader_exit(&mut self) -> Option<Exit> {
         if self.reaped_leader {
             return None;
         }
@@ -330,7 +330,7 @@ impl Run {
 
     /// Signal the run's group, and every child of ours that is not the guardian or
     /// ignored (escaped descendants: their own group if they lead one).
-    pub fn signal(&mut self, sig: GroupSignal, ignore: &BTreeSet<i32>) {
+    pub(crate) fn signal(&mut self, sig: GroupSignal, ignore: &BTreeSet<i32>) {
         let sig = match sig {
             GroupSignal::Term => libc::SIGTERM,
             GroupSignal::Kill => libc::SIGKILL,
@@ -373,7 +373,7 @@ impl Run {
 
     /// Reap what has exited; true once nothing of the run is left (the first process
     /// is then reaped too).
-    pub fn sweep(&mut self, ignore: &BTreeSet<i32>) -> bool {
+    pub(crate) fn sweep(&mut self, ignore: &BTreeSet<i32>) -> bool {
         let mut left = false;
         let kids = if self.seen_empty {
             Vec::new()
@@ -399,7 +399,7 @@ impl Run {
     /// The run's output pipes, for the next run, if nothing of this one is left and
     /// both are still open (read to the end by the driver, which it does when the run's
     /// group is empty).
-    pub fn into_pipes(mut self) -> Option<Pipes> {
+    pub(crate) fn into_pipes(mut self) -> Option<Pipes> {
         if !(self.swept_empty && self.reaped_leader) || self.signalled || self.writers.len() != 2 {
             return None;
         }
@@ -415,7 +415,7 @@ impl Run {
 
     /// Children of ours that are still alive besides the ignored ones (for a warning
     /// when they survive SIGKILL).
-    pub fn leftovers(&self, ignore: &BTreeSet<i32>) -> Vec<i32> {
+    pub(crate) fn leftovers(&self, ignore: &BTreeSet<i32>) -> Vec<i32> {
         // A sweep that found nothing left is final: a process that could still turn up
         // would be below one of our children, and there was none.
         if self.swept_empty {
@@ -429,7 +429,7 @@ impl Run {
 }
 
 /// Make run-chain a child subreaper, so that orphans of a run come to us.
-pub fn become_subreaper() {
+pub(crate) fn become_subreaper() {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }

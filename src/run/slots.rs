@@ -17,14 +17,13 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 /// A held slot: dropping it frees the slot.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     _file: File,
-    pub group: String,
-    pub index: u32,
+    pub(crate) group: String,
 }
 
 /// The folder of the slot files.
-pub fn dir(run_root: &Path) -> PathBuf {
+pub(crate) fn dir(run_root: &Path) -> PathBuf {
     run_root.join("groups")
 }
 
@@ -34,13 +33,13 @@ pub fn dir(run_root: &Path) -> PathBuf {
 /// inotify event), and a holder closes its descriptor when it is done: so a wake-up
 /// means a slot was freed (or another waiter went away), never that someone merely
 /// looked, and waiters cannot wake each other in a loop.
-pub struct Slots {
+pub(crate) struct Slots {
     group: String,
     files: Vec<File>,
 }
 
 impl Slots {
-    pub fn open(run_root: &Path, group: &str, max: u32) -> std::io::Result<Slots> {
+    pub(crate) fn open(run_root: &Path, group: &str, max: u32) -> std::io::Result<Slots> {
         let d = dir(run_root);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -65,7 +64,7 @@ impl Slots {
     }
 
     /// Take a free slot without waiting. Ok(None): all are busy (keep `self` to retry).
-    pub fn try_take(&mut self) -> std::io::Result<Option<Slot>> {
+    pub(crate) fn try_take(&mut self) -> std::io::Result<Option<Slot>> {
         for i in 0..self.files.len() {
             // SAFETY: flock on a descriptor we own.
             let r =
@@ -75,7 +74,6 @@ impl Slots {
                 return Ok(Some(Slot {
                     _file: file,
                     group: self.group.clone(),
-                    index: i as u32,
                 }));
             }
             let e = std::io::Error::last_os_error();
@@ -88,14 +86,14 @@ impl Slots {
 }
 
 /// Wakes the driver when a slot file is closed somewhere.
-pub struct Watch {
+pub(crate) struct Watch {
     inotify: Inotify,
 }
 
 impl Watch {
     /// Watch the slot folder of `run_root`. Set it up *before* trying the slots, so
     /// that a slot freed in between still wakes us.
-    pub fn new(run_root: &Path) -> std::io::Result<Watch> {
+    pub(crate) fn new(run_root: &Path) -> std::io::Result<Watch> {
         let d = dir(run_root);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -112,12 +110,12 @@ impl Watch {
         Ok(Watch { inotify })
     }
 
-    pub fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.inotify.as_fd().as_raw_fd()
     }
 
     /// Empty the event queue (what closed does not matter: we just try again).
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         while let Ok(ev) = self.inotify.read_events() {
             if ev.is_empty() {
                 break;

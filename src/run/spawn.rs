@@ -30,7 +30,7 @@ use std::sync::{Mutex, OnceLock};
 
 /// The step of the child's set-up that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// `clone` itself, a signal disposition, the process group, or stdio.
     Setup,
     Cwd,
@@ -40,7 +40,7 @@ pub enum Step {
 
 #[derive(Debug)]
 pub struct SpawnError {
-    pub step: Step,
+    pub(crate) step: Step,
     pub err: std::io::Error,
 }
 

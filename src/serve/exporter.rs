@@ -13,7 +13,7 @@ use crate::signals::{Sig, Signals};
 use crate::sys;
 
 /// Serve until SIGTERM/SIGINT.
-pub fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
+pub(crate) fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
     let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
         Error::Usage(format!(
             "--listen {listen:?}: expected an address like 127.0.0.1:9464 ({e})"

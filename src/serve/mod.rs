@@ -1,5 +1,5 @@
 //! The HTTP server: `run-chain exporter`, the metrics at `/metrics`.
 
-pub mod exporter;
+pub(crate) mod exporter;
 
-pub use exporter::serve;
+pub(crate) use exporter::serve;

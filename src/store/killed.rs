@@ -8,19 +8,20 @@ use std::time::Duration;
 use rusqlite::{params, ErrorCode, OptionalExtension};
 
 use super::apply::*;
+use super::schema::*;
 use super::*;
 
 /// A run that run-chain left open when it died, as its guardian closes it: `stop_ms` is
 /// when the guardian saw its group end, `error` what it did (see `guardian`).
 #[derive(Debug, Clone)]
-pub struct Killed<'a> {
-    pub chain: &'a str,
-    pub task: &'a str,
-    pub run_id: u64,
-    pub scheduled_ms: u64,
-    pub start_ms: u64,
-    pub stop_ms: u64,
-    pub error: &'a str,
+pub(crate) struct Killed<'a> {
+    pub(crate) chain: &'a str,
+    pub(crate) task: &'a str,
+    pub(crate) run_id: u64,
+    pub(crate) scheduled_ms: u64,
+    pub(crate) start_ms: u64,
+    pub(crate) stop_ms: u64,
+    pub(crate) error: &'a str,
 }
 
 /// The guardian's record of a run it ended after run-chain's death: the run is closed as
@@ -31,7 +32,7 @@ pub struct Killed<'a> {
 /// instance's row (`instance`; matched by host, PID and a start no earlier than its own, or
 /// added). A busy or locked store is tried again until `give_up`; any other error ends the
 /// attempt. Ok(true): recorded; Ok(false): it was already closed.
-pub fn close_killed(
+pub(crate) fn close_killed(
     path: &Path,
     instance: &Instance,
     k: &Killed<'_>,

@@ -35,17 +35,20 @@
 use std::path::{Path, PathBuf};
 
 mod apply;
-pub mod killed;
-pub mod reader;
-pub mod recorder;
-pub mod schema;
+mod killed;
+mod reader;
+pub(crate) mod recorder;
+mod schema;
 pub mod state_file;
-pub mod writer;
+mod writer;
 
-pub use killed::*;
-pub use reader::*;
-pub use schema::*;
-pub use writer::*;
+pub(crate) use killed::{close_killed, Killed};
+pub(crate) use reader::{
+    alert_counts, chains_of_task, chains_with_run, history, last_run_ids, open_read, output,
+    series, series_with_recent, RunRow, SeriesRow,
+};
+pub use schema::SCHEMA_VERSION;
+pub use writer::Store;
 
 /// The path of the store in `run_root`.
 pub fn path(run_root: &Path) -> PathBuf {
@@ -69,7 +72,7 @@ pub fn push_recent(blob: &[u8], duration_ms: u64, latency_ms: u64) -> Vec<u8> {
 }
 
 /// Unpack a window: (durations, latencies) in ms.
-pub fn unpack_recent(blob: &[u8]) -> Recent {
+pub(crate) fn unpack_recent(blob: &[u8]) -> Recent {
     let mut d = Vec::with_capacity(blob.len() / 8);
     let mut l = Vec::with_capacity(blob.len() / 8);
     for c in blob.chunks_exact(8) {
@@ -160,7 +163,7 @@ pub enum Op {
 }
 
 /// The `error` of a run closed by the next launch because nobody recorded its end.
-pub const END_NOT_KNOWN: &str = "run-chain died during the run and its end was not recorded; stop is when the chain was next launched";
+pub(crate) const END_NOT_KNOWN: &str = "run-chain died during the run and its end was not recorded; stop is when the chain was next launched";
 
 /// Durations and latencies (ms) of recent runs.
-pub type Recent = (Vec<u64>, Vec<u64>);
+pub(crate) type Recent = (Vec<u64>, Vec<u64>);

@@ -2,18 +2,57 @@
 //! ids) query: rows out, by indexed look-ups and the `series` aggregates, never a scan of
 //! the history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::schema::*;
 use super::*;
+
+/// Open the store for reading (status, history, log). None: there is no store yet.
+pub(crate) fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
+    let p = path(run_root);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        &p,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
+    // A reader never writes the database: when it happens to be the last connection it
+    // neither checkpoints on close (a WAL a writer left holds up to thousands of commits:
+    // copying them, with two fsyncs, made a `status` or a scrape slow) nor removes the
+    // WAL (which the next reader, or scrape, would make again).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if version == 0 {
+        return Ok(None);
+    }
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "{} has schema version {version}, newer than this run-chain knows ({SCHEMA_VERSION}); use a newer run-chain",
+            p.display()
+        ));
+    }
+    Ok(Some(conn))
+}
 
 /// The highest run id the store knows for each task of `chain` (its series' last and
 /// running run, and its newest kept run). A chain whose CHAIN.state was lost starts its
 /// counters from these, so that a run id is never given twice (an id given again would
 /// replace the stored run that had it).
-pub fn last_run_ids(run_root: &Path, chain: &str) -> Result<BTreeMap<String, u64>, String> {
+pub(crate) fn last_run_ids(run_root: &Path, chain: &str) -> Result<BTreeMap<String, u64>, String> {
     let Some(conn) = open_read(run_root)? else {
         return Ok(BTreeMap::new());
     };
@@ -34,53 +73,53 @@ pub fn last_run_ids(run_root: &Path, chain: &str) -> Result<BTreeMap<String, u64
 
 /// One recorded run.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct RunRow {
-    pub chain: String,
-    pub task: String,
-    pub run_id: u64,
-    pub host: String,
-    pub scheduled_ms: Option<u64>,
-    pub start_ms: u64,
-    pub stop_ms: Option<u64>,
-    pub outcome: Option<String>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub duration_ms: Option<u64>,
-    pub latency_ms: Option<u64>,
-    pub output_bytes: u64,
-    pub output_cut: bool,
-    pub error: Option<String>,
-    pub instance_pid: u32,
-    pub version: String,
-    pub config_digest: String,
+pub(crate) struct RunRow {
+    pub(crate) chain: String,
+    pub(crate) task: String,
+    pub(crate) run_id: u64,
+    pub(crate) host: String,
+    pub(crate) scheduled_ms: Option<u64>,
+    pub(crate) start_ms: u64,
+    pub(crate) stop_ms: Option<u64>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) duration_ms: Option<u64>,
+    pub(crate) latency_ms: Option<u64>,
+    pub(crate) output_bytes: u64,
+    pub(crate) output_cut: bool,
+    pub(crate) error: Option<String>,
+    pub(crate) instance_pid: u32,
+    pub(crate) version: String,
+    pub(crate) config_digest: String,
 }
 
 /// The aggregates of one chain and task.
 #[derive(Debug, Clone, Default)]
-pub struct SeriesRow {
-    pub chain: String,
-    pub task: String,
-    pub runs: u64,
-    pub ok: u64,
-    pub failed: u64,
-    pub timeout: u64,
-    pub signal: u64,
-    pub spawn_error: u64,
-    pub interrupted: u64,
-    pub duration_sum_ms: u64,
-    pub latency_sum_ms: u64,
-    pub last_run_id: Option<u64>,
-    pub last_outcome: Option<String>,
-    pub last_exit_code: Option<i32>,
-    pub last_scheduled_ms: Option<u64>,
-    pub last_start_ms: Option<u64>,
-    pub last_stop_ms: Option<u64>,
-    pub last_duration_ms: Option<u64>,
-    pub last_success_ms: Option<u64>,
-    pub running_run_id: Option<u64>,
-    pub running_since_ms: Option<u64>,
-    pub streak_start_ms: Option<u64>,
-    pub streak_failures: u64,
+pub(crate) struct SeriesRow {
+    pub(crate) chain: String,
+    pub(crate) task: String,
+    pub(crate) runs: u64,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) timeout: u64,
+    pub(crate) signal: u64,
+    pub(crate) spawn_error: u64,
+    pub(crate) interrupted: u64,
+    pub(crate) duration_sum_ms: u64,
+    pub(crate) latency_sum_ms: u64,
+    pub(crate) last_run_id: Option<u64>,
+    pub(crate) last_outcome: Option<String>,
+    pub(crate) last_exit_code: Option<i32>,
+    pub(crate) last_scheduled_ms: Option<u64>,
+    pub(crate) last_start_ms: Option<u64>,
+    pub(crate) last_stop_ms: Option<u64>,
+    pub(crate) last_duration_ms: Option<u64>,
+    pub(crate) last_success_ms: Option<u64>,
+    pub(crate) running_run_id: Option<u64>,
+    pub(crate) running_since_ms: Option<u64>,
+    pub(crate) streak_start_ms: Option<u64>,
+    pub(crate) streak_failures: u64,
 }
 
 const RUN_COLUMNS: &str = "s.chain, s.task, r.run_id, i.host, r.scheduled_ms, r.start_ms, r.stop_ms, r.outcome,
@@ -129,7 +168,7 @@ fn series_of(conn: &Connection, task: &str, chain: Option<&str>) -> rusqlite::Re
 /// the newest `limit`: series are visited in the order of their newest run's start, and
 /// the walk stops at the first run older than all of the `limit` kept so far. With 100
 /// chains sharing a task that reads about 150 runs instead of 100 x `limit`.
-pub fn history(
+pub(crate) fn history(
     conn: &Connection,
     task: &str,
     chain: Option<&str>,
@@ -192,7 +231,7 @@ pub fn history(
 }
 
 /// The kept output of a run: `run_id`, or the newest (by start) of `task`.
-pub fn output(
+pub(crate) fn output(
     conn: &Connection,
     task: &str,
     chain: Option<&str>,
@@ -256,7 +295,7 @@ fn series_row(r: &rusqlite::Row) -> rusqlite::Result<SeriesRow> {
 }
 
 /// Every series (chain and task) with its aggregates.
-pub fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
+pub(crate) fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SERIES_COLUMNS} FROM series ORDER BY chain, task"
     ))?;
@@ -268,7 +307,7 @@ pub fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
 
 /// Every series with its aggregates and its recent-runs window, in one pass over the
 /// `series` table (schema version 3 or later).
-pub fn series_with_recent(conn: &Connection) -> rusqlite::Result<Vec<(SeriesRow, Recent)>> {
+pub(crate) fn series_with_recent(conn: &Connection) -> rusqlite::Result<Vec<(SeriesRow, Recent)>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SERIES_COLUMNS}, recent FROM series ORDER BY chain, task"
     ))?;
@@ -283,7 +322,9 @@ pub fn series_with_recent(conn: &Connection) -> rusqlite::Result<Vec<(SeriesRow,
 }
 
 /// Alerts decided, per (chain, task, kind).
-pub fn alert_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+pub(crate) fn alert_counts(
+    conn: &Connection,
+) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain, s.task, a.kind, a.count FROM alerts a JOIN series s ON s.id = a.series",
     )?;
@@ -295,29 +336,8 @@ pub fn alert_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, 
     Ok(rows)
 }
 
-/// The recent-runs window of every series (one row each; nothing scans the runs).
-pub fn recent(conn: &Connection) -> rusqlite::Result<HashMap<(String, String), Recent>> {
-    let mut stmt = conn.prepare_cached("SELECT chain, task, recent FROM series")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<Vec<u8>>>(2)?,
-        ))
-    })?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let (chain, task, blob) = row?;
-        out.insert(
-            (chain, task),
-            unpack_recent(blob.as_deref().unwrap_or_default()),
-        );
-    }
-    Ok(out)
-}
-
 /// The chains in which `task` has recorded runs.
-pub fn chains_of_task(conn: &Connection, task: &str) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn chains_of_task(conn: &Connection, task: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain FROM series s WHERE s.task = ?1 AND s.runs > 0 ORDER BY s.chain",
     )?;
@@ -328,7 +348,7 @@ pub fn chains_of_task(conn: &Connection, task: &str) -> rusqlite::Result<Vec<Str
 }
 
 /// The chains in which `task` has a run `run_id`.
-pub fn chains_with_run(
+pub(crate) fn chains_with_run(
     conn: &Connection,
     task: &str,
     run_id: u64,

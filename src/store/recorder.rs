@@ -39,9 +39,9 @@ use crate::time::Mono;
 use crate::time;
 
 /// How long records may be held when runs come fast (see the module's text).
-pub const HOLD: std::time::Duration = std::time::Duration::from_millis(2);
+pub(crate) const HOLD: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a run's start may wait for the run's end (see the module's text).
-pub const START_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
+pub(crate) const START_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
 enum Msg {
     /// Write these, in one transaction.
@@ -51,7 +51,7 @@ enum Msg {
 }
 
 /// The driver's side of the writer thread.
-pub struct Recorder {
+pub(crate) struct Recorder {
     chain: String,
     /// The store, written by the writer thread, or in line by the driver's thread in a
     /// cooldown when nothing is handed over and the write need not wait.
@@ -101,7 +101,7 @@ fn recovered<'a>(store: &Mutex<Store>, mut guard: MutexGuard<'a, Store>) -> Mute
 impl Recorder {
     /// Start the writer thread for `store`. If no thread can be started, the records
     /// are written in line, as they come.
-    pub fn start(chain: &str, store: Store) -> Recorder {
+    pub(crate) fn start(chain: &str, store: Store) -> Recorder {
         let name = chain.to_string();
         let (tx, rx) = mpsc::channel::<Msg>();
         let copying = store.copying();
@@ -141,7 +141,7 @@ impl Recorder {
     }
 
     /// Hold what is pushed until [`Recorder::end_batch`]: then it goes as one.
-    pub fn begin_batch(&mut self) {
+    pub(crate) fn begin_batch(&mut self) {
         self.batching = true;
     }
 
@@ -149,7 +149,7 @@ impl Recorder {
     /// than [`HOLD`] before `now`.
     /// With `idle` (a cooldown lies ahead), everything held goes now with it, written
     /// in line if that need not wait (see [`Recorder::send_ops`]).
-    pub fn end_batch(&mut self, now: Mono, idle: bool) {
+    pub(crate) fn end_batch(&mut self, now: Mono, idle: bool) {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
         if idle {
@@ -174,18 +174,18 @@ impl Recorder {
     }
 
     /// When what is held must be handed over ([`Recorder::tick`]).
-    pub fn due(&self) -> Option<Mono> {
+    pub(crate) fn due(&self) -> Option<Mono> {
         self.held_due
     }
 
     /// Hand over what is held, if it is due.
-    pub fn tick(&mut self, now: Mono) {
+    pub(crate) fn tick(&mut self, now: Mono) {
         if self.due().is_some_and(|d| d <= now) {
             self.send_ops(now, Vec::new(), false);
         }
     }
 
-    pub fn push(&mut self, op: Op) {
+    pub(crate) fn push(&mut self, op: Op) {
         if self.batching {
             self.batch.push(op);
         } else {
@@ -271,7 +271,7 @@ impl Recorder {
     /// to the exit (a median of 1.0 against 0.78 ms). Its connection is not closed
     /// either; closing it would not checkpoint (see `store::configure_writer`), and
     /// what it committed is in the WAL.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if self.finished {
             return;
         }

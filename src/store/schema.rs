@@ -1,5 +1,5 @@
-//! The SQLite file: opening it (for writing: created mode 0600, configured and migrated;
-//! for reading), and setting a corrupt one aside.
+//! The SQLite file: its schema and migrations, opening it for writing (created mode 0600,
+//! configured and migrated), and setting a corrupt one aside.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::*;
-
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 3;
+/// How long a write waits for another process's transaction (chains of one RUN_ROOT
+/// share the file; theirs are short). Past it the records are queued, not waited for.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "CREATE TABLE series (
@@ -141,7 +143,7 @@ pub(super) fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
 /// once every 1,300 runs or so of all chains together. (At SQLite's default of 1,000,
 /// 200 chains on one RUN_ROOT checkpointed twice a second, two fsyncs each, and the
 /// writers spent a tenth of their time on it.)
-pub const WAL_CHECKPOINT_FRAMES: i32 = 4000;
+pub(crate) const WAL_CHECKPOINT_FRAMES: i32 = 4000;
 /// The size the WAL file is cut back to when it is started over: what the rule above
 /// lets it reach, so that it is overwritten in place rather than cut and grown again.
 pub(super) const WAL_SIZE_LIMIT: u64 = 17 << 20;
@@ -189,43 +191,6 @@ pub(super) fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
     configure_writer(&conn)?;
     migrate(&mut conn)?;
     Ok(conn)
-}
-
-/// Open the store for reading (status, history, log). None: there is no store yet.
-pub fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
-    let p = path(run_root);
-    if !p.exists() {
-        return Ok(None);
-    }
-    let conn = Connection::open_with_flags(
-        &p,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
-    // A reader never writes the database: when it happens to be the last connection it
-    // neither checkpoints on close (a WAL a writer left holds up to thousands of commits:
-    // copying them, with two fsyncs, made a `status` or a scrape slow) nor removes the
-    // WAL (which the next reader, or scrape, would make again).
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    if version == 0 {
-        return Ok(None);
-    }
-    if version > SCHEMA_VERSION {
-        return Err(format!(
-            "{} has schema version {version}, newer than this run-chain knows ({SCHEMA_VERSION}); use a newer run-chain",
-            p.display()
-        ));
-    }
-    Ok(Some(conn))
 }
 
 /// Move a store that SQLite reports corrupt aside and start a fresh one, under

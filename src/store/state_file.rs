@@ -41,7 +41,7 @@ pub fn path(run_root: &Path, chain: &str) -> PathBuf {
 
 /// Read the state; a missing file is an empty state. A file that cannot be parsed is
 /// reported (the caller logs it) and treated as empty.
-pub fn load(path: &Path) -> std::result::Result<State, String> {
+pub(crate) fn load(path: &Path) -> std::result::Result<State, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
@@ -179,7 +179,7 @@ pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
 /// The writer of one chain's state file: keeps it open and writes each state into the
 /// older of its two slots.
 #[derive(Debug)]
-pub struct Writer {
+pub(crate) struct Writer {
     path: PathBuf,
     open: Option<Open>,
     /// The JSON text and the slot made of it, kept from save to save (serializing into
@@ -209,7 +209,7 @@ struct Open {
 const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Writer {
-    pub fn new(path: PathBuf) -> Writer {
+    pub(crate) fn new(path: PathBuf) -> Writer {
         Writer {
             path,
             open: None,

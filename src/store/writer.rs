@@ -14,14 +14,12 @@ use rusqlite::{params, Connection, ErrorCode};
 use crate::time::Mono;
 
 use super::apply::*;
+use super::schema::*;
 use super::*;
 
 /// At most this many ops wait in memory while the store cannot be written.
-pub const QUEUE_MAX: usize = 10_000;
+pub(crate) const QUEUE_MAX: usize = 10_000;
 
-/// How long a write waits for another process's transaction (chains of one RUN_ROOT
-/// share the file; theirs are short). Past it the records are queued, not waited for.
-pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 /// A store that is merely busy is reported only when it stays so this long.
 const BUSY_REPORT_AFTER: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -133,7 +131,7 @@ impl Store {
     /// True while this store's connection copies the WAL back with no record of ours
     /// waiting to be written: an exit then need not wait for it (a checkpoint cut off
     /// leaves the store as it was, the WAL still whole; the next one copies it again).
-    pub fn copying(&self) -> Arc<AtomicBool> {
+    pub(crate) fn copying(&self) -> Arc<AtomicBool> {
         self.copying.clone()
     }
 
@@ -155,7 +153,7 @@ impl Store {
     /// write already pending, the store busy or failing, or a run's end that prunes old
     /// runs (their pages may have to be read from the disk, and a lowered
     /// `keep_runs_max` deletes up to a thousand rows a run).
-    pub fn write_now(&mut self, now: Mono, ops: Vec<Op>) -> bool {
+    pub(crate) fn write_now(&mut self, now: Mono, ops: Vec<Op>) -> bool {
         let prunes = ops.iter().any(|op| match op {
             Op::End(e) => {
                 e.run_id > e.keep_runs_max
@@ -188,7 +186,7 @@ impl Store {
     }
 
     /// Whether the writer thread has work that may wait on the disk: a checkpoint.
-    pub fn thread_work_due(&self) -> bool {
+    pub(crate) fn thread_work_due(&self) -> bool {
         self.truncate_after_write || self.checkpoint_due()
     }
 
@@ -203,7 +201,7 @@ impl Store {
     /// After a panic on a thread that held the store: roll back a transaction left open
     /// (it would hold the write lock of every chain of the RUN_ROOT) and forget what was
     /// looked up in it; the records stay queued.
-    pub fn recover(&mut self) {
+    pub(crate) fn recover(&mut self) {
         if let Some(conn) = &self.conn {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -215,12 +213,12 @@ impl Store {
 
     /// Whether the WAL has passed WAL_CHECKPOINT_FRAMES pages at this connection's last
     /// commit: [`Store::checkpoint_if_due`] is to run (where waiting on the disk is fine).
-    pub fn checkpoint_due(&self) -> bool {
+    pub(crate) fn checkpoint_due(&self) -> bool {
         self.wal_frames.load(Ordering::Relaxed) >= WAL_CHECKPOINT_FRAMES
     }
 
     /// Copy the WAL back (PASSIVE: it never waits for readers) if it is due.
-    pub fn checkpoint_if_due(&mut self) {
+    pub(crate) fn checkpoint_if_due(&mut self) {
         if self.checkpoint_due() {
             self.wal_frames.store(0, Ordering::Relaxed);
             self.checkpoint();
@@ -248,7 +246,7 @@ impl Store {
 
     /// At exit: checkpoint only if the WAL has grown large (see WAL_EXIT_MAX), so that
     /// an exit stays quick but the WAL stays bounded across any number of instances.
-    pub fn checkpoint_if_large(&mut self) {
+    pub(crate) fn checkpoint_if_large(&mut self) {
         if !self.queue.is_empty() || self.wal_bytes() <= WAL_EXIT_MAX {
             return;
         }
@@ -331,7 +329,7 @@ impl Store {
     }
 
     /// When the driver should call [`Store::flush`] again, if writes are pending.
-    pub fn retry_at(&self) -> Option<Mono> {
+    pub(crate) fn retry_at(&self) -> Option<Mono> {
         if self.queue.is_empty() {
             None
         } else {

@@ -14,9 +14,6 @@ use std::path::Path;
 use crate::core::alert::Kind;
 use crate::store::{self, SeriesRow};
 
-/// Quantiles are taken over at most this many recent runs of each task.
-pub const RECENT: usize = store::RECENT_WINDOW;
-
 /// The quantiles, with their label as `{}` writes the number.
 const QUANTILES: [(f64, &str); 5] = [
     (0.01, ",quantile=\"0.01\""),
@@ -28,18 +25,18 @@ const QUANTILES: [(f64, &str); 5] = [
 
 /// What one scrape shows.
 #[derive(Debug, Default, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// chain -> up (by its lock)
-    pub chains: BTreeMap<String, bool>,
-    pub series: Vec<SeriesRow>,
+    pub(crate) chains: BTreeMap<String, bool>,
+    pub(crate) series: Vec<SeriesRow>,
     /// (chain, task) -> (durations ms, latencies ms) of recent runs
-    pub recent: HashMap<(String, String), store::Recent>,
+    pub(crate) recent: HashMap<(String, String), store::Recent>,
     /// (chain, task, kind) -> count
-    pub alerts: Vec<(String, String, String, u64)>,
+    pub(crate) alerts: Vec<(String, String, String, u64)>,
 }
 
 /// Read the snapshot of `run_root`.
-pub fn collect(run_root: &Path) -> Result<Snapshot, String> {
+pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
     if let Ok(names) = crate::lock::holders::chains(run_root) {
         let up = crate::lock::holders::holders(run_root, &names);
@@ -90,7 +87,7 @@ fn labels(chain: &str, task: &str) -> String {
 }
 
 /// A quantile of sorted values (nearest rank).
-pub fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+pub(crate) fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -150,7 +147,7 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The text exposition of `snap`; `scrape_seconds` is how long collecting took.
-pub fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
+pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
     // About 2.5 KB per task; written once, without growing.
     let mut out = String::with_capacity(4096 + snap.series.len() * 3072);
     let out = &mut out;

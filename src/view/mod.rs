@@ -2,5 +2,5 @@
 //! `status`, `history` and `log` ([`report`], as text or JSON) and the Prometheus
 //! exposition ([`metrics`]).
 
-pub mod metrics;
-pub mod report;
+pub(crate) mod metrics;
+pub(crate) mod report;

@@ -67,7 +67,7 @@ fn json_ms(v: &Value) -> Option<u64> {
 }
 
 /// The `error` a reader shows for a run left open by an instance that is gone.
-pub const LEFT_OPEN: &str =
+pub(crate) const LEFT_OPEN: &str =
     "no instance of the chain runs: run-chain died during the run, and its end is not recorded (yet)";
 
 /// Runs still open in the store (no outcome) whose instance does not hold its chain's lock
@@ -143,7 +143,7 @@ fn store_error(run_root: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// `status [--json]`.
-pub fn status(run_root: &Path, as_json: bool) -> Result<u8> {
+pub(crate) fn status(run_root: &Path, as_json: bool) -> Result<u8> {
     // A RUN_ROOT that does not exist yet simply has no chains.
     let names = if run_root.exists() {
         chains(run_root)?
@@ -447,7 +447,7 @@ fn not_in_chain(task: &str, chain: &str, run_id: Option<u64>, elsewhere: &[Strin
 }
 
 /// `history TASK [--chain C] [--limit N] [--json]`.
-pub fn history(
+pub(crate) fn history(
     run_root: &Path,
     task: &str,
     chain: Option<&str>,
@@ -516,7 +516,12 @@ pub fn history(
 }
 
 /// `log TASK [RUN_ID] [--chain C]`: the kept output, raw.
-pub fn log(run_root: &Path, task: &str, run_id: Option<u64>, chain: Option<&str>) -> Result<u8> {
+pub(crate) fn log(
+    run_root: &Path,
+    task: &str,
+    run_id: Option<u64>,
+    chain: Option<&str>,
+) -> Result<u8> {
     let conn = store::open_read(run_root).map_err(Error::Internal)?;
     let found = match &conn {
         Some(c) => store::output(c, task, chain, run_id).map_err(|e| store_error(run_root, e))?,

@@ -344,7 +344,7 @@ impl Driver {
 
 /// The `[email]` section, or, without one, alerts as files to root@localhost in
 /// RUN_ROOT/mail/.
-pub fn email_or_default(config: &Config) -> config::Email {
+pub(crate) fn email_or_default(config: &Config) -> config::Email {
     config.email.clone().unwrap_or(config::Email {
         to: vec!["root@localhost".to_string()],
         from: None,
