@@ -1,5 +1,6 @@
 //! Time: the monotonic instant ([`Mono`]) the machines reason in, the clocks that read
-//! it and the wall clock, and the two ways a time is shown ([`fmt_dur`], [`rfc3339`]).
+//! it and the wall clock, and the ways a time is shown ([`fmt_dur`], [`rfc3339`], and
+//! [`local_hhmm`], which asks the OS for the time zone).
 //!
 //! A leaf module: everything may use it and it uses nothing of the crate. `core/` takes
 //! [`Mono`] and the formatters from here but never calls the clock readers; the driver
@@ -51,4 +52,28 @@ pub(crate) fn fmt_dur(d: Duration) -> String {
 /// RFC 3339 UTC with milliseconds.
 pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The time of day of `ms` (Unix ms) in the local time zone, with the zone's name:
+/// `11:32 CET`. Asks the OS (the time zone), so the driver passes it to `core::alert_mail::describe`, which stays pure.
+pub(crate) fn local_hhmm(ms: u64) -> String {
+    let t = (ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r writes into the zeroed `tm` we own; `tm_zone`, when set, points
+    // to a NUL-terminated string of the C library's that lives as long as the process.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return rfc3339(ms);
+        }
+        let zone = if tm.tm_zone.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(tm.tm_zone)
+                .to_string_lossy()
+                .into_owned()
+        };
+        format!("{:02}:{:02} {zone}", tm.tm_hour, tm.tm_min)
+            .trim_end()
+            .to_string()
+    }
 }

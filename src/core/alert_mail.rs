@@ -474,30 +474,6 @@ pub(crate) fn describe(next: &NextAttempt, now_ms: u64, local: &dyn Fn(u64) -> S
     }
 }
 
-/// The time of day of `ms` (Unix ms) in the local time zone, with the zone's name:
-/// `11:32 CET`. Asks the OS (the time zone), so it is passed to [`describe`] by the driver.
-pub(crate) fn local_hhmm(ms: u64) -> String {
-    let t = (ms / 1000) as libc::time_t;
-    // SAFETY: localtime_r writes into the zeroed `tm` we own; `tm_zone`, when set, points
-    // to a NUL-terminated string of the C library's that lives as long as the process.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&t, &mut tm).is_null() {
-            return crate::time::rfc3339(ms);
-        }
-        let zone = if tm.tm_zone.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(tm.tm_zone)
-                .to_string_lossy()
-                .into_owned()
-        };
-        format!("{:02}:{:02} {zone}", tm.tm_hour, tm.tm_min)
-            .trim_end()
-            .to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -338,7 +338,7 @@ impl Driver {
             }
         };
         let next = wording::next_attempt(wall, &steps, position, task, self.mode == Mode::Once);
-        wording::describe(&next, wall, &wording::local_hhmm)
+        wording::describe(&next, wall, &time::local_hhmm)
     }
 }
 
