@@ -5,18 +5,18 @@
 //! one way, down this list (`scripts/module-cycles` checks that there is no cycle):
 //!
 //! - [`app`]: the commands: resolve the config and RUN_ROOT once, run a command.
-//! - [`serve`]: the HTTP server (`exporter`).
-//! - [`control`]: the actions on a running chain (stop, kick), below `app` and `serve`.
-//! - [`view`]: what the readers show (`status`, `history`, `log`, the metrics).
+//! - `serve`: the HTTP server (`exporter`).
+//! - `control`: the actions on a running chain (stop, kick), below `app` and `serve`.
+//! - `view`: what the readers show (`status`, `history`, `log`, the metrics).
 //! - [`run`]: the driver loop and the OS around a run: processes, spawn, the guardian,
 //!   output, concurrency slots.
-//! - [`mail`]: alert mails: building them, the outbox, the transports.
+//! - `mail`: alert mails: building them, the outbox, the transports.
 //! - [`lock`]: who owns a chain: the pidfile, the hand-over, the lock holders.
 //! - [`store`]: the record store (SQLite), its write queue, and `CHAIN.state`'s file.
 //! - [`core`]: the pure machines (the chain, the alert policy and wording, outcomes,
 //!   failure signatures, resuming): every decision made from "what happened" and "what
 //!   time it is"; no OS, no clock.
-//! - at the bottom: [`cli`], [`config`], [`root`] (RUN_ROOT and the config file),
+//! - at the bottom: [`cli`], [`config`], `root` (RUN_ROOT and the config file),
 //!   [`error`], [`signals`] (OS signals as an enum, for every command that waits),
 //!   [`sys`] (the Linux calls), [`time`].
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]

@@ -1,6 +1,6 @@
 //! Time: the monotonic instant ([`Mono`]) the machines reason in, the clocks that read
-//! it and the wall clock, and the ways a time is shown ([`fmt_dur`], [`rfc3339`], and
-//! [`local_hhmm`], which asks the OS for the time zone).
+//! it and the wall clock, and the ways a time is shown (`fmt_dur`, `rfc3339`, and
+//! `local_hhmm`, which asks the OS for the time zone).
 //!
 //! A leaf module: everything may use it and it uses nothing of the crate. `core/` takes
 //! [`Mono`] and the formatters from here but never calls the clock readers; the driver

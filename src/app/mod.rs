@@ -1,7 +1,7 @@
 //! From a parsed command line to a result: resolve the config, the chain and RUN_ROOT
 //! once (flag, then environment, then file, then default), then run a command: `check`
-//! ([`check`]), running a chain ([`run`]), `mail-test` ([`mail_test`]); `stop` and `kick`
-//! are [`crate::control`]'s, the readers [`crate::view`]'s, `exporter` [`crate::serve`]'s.
+//! (`check`), running a chain (`run`), `mail-test` (`mail_test`); `stop` and `kick`
+//! are `crate::control`'s, the readers `crate::view`'s, `exporter` `crate::serve`'s.
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;

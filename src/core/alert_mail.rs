@@ -3,8 +3,8 @@
 //!
 //! Pure: given the facts of an alert (see [`AlertMail`]), the time and a
 //! way to show a time of day, it returns text. The one function that asks the OS
-//! ([`local_hhmm`], the local time zone) is kept apart, at the end, for the driver to
-//! pass in.
+//! (`time::local_hhmm`, the local time zone) lives in [`crate::time`]; the driver passes
+//! it in.
 //!
 //! Every alert, whenever it is sent (at a run's end, between runs, by a relaunched
 //! instance), shows the streak's last failed run: its outcome, start, duration and

@@ -9,7 +9,7 @@
 //! The due time is saved as both monotonic and wall time, with the kernel's boot id:
 //! on the same boot the monotonic time is trusted (a wall-clock step then causes
 //! neither a burst nor a stall); after a reboot the wall time is used, capped at the
-//! longest cooldown of the chain. [`resume`] is pure, tested below.
+//! longest cooldown of the chain. `resume` is pure, tested below.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! place, so no reader ever sees it empty; the PID is then written at offset 0 and the
 //! file cut to its length.
 //!
-//! To learn who holds the lock without taking it, [`PidFile::holder`] reads
+//! To learn who holds the lock without taking it, `PidFile::holder` reads
 //! `/proc/locks` (F_GETLK cannot see flock locks) and requires the holder's PID to match
 //! the file's text: only a process the kernel confirms as the holder is ever signalled,
 //! and it is signalled through a pidfd, so a PID reused in between cannot be hit.

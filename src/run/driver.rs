@@ -18,7 +18,7 @@ use crate::core::outcome::Outcome;
 use crate::core::resume::{self, State, TaskFailures};
 use crate::error::Result;
 use crate::lock::pidfile::PidFile;
-use crate::mail::{self as mailer, Children, ToMailer};
+use crate::mail::{self, Children, ToMailer};
 use crate::run::guardian::Guardian;
 use crate::run::output::{Sink, Tail};
 use crate::run::process;
@@ -158,7 +158,7 @@ impl Driver {
         let alerts = base_state.alerts.clone();
         let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
         let children: Children = Default::default();
-        let mailer = mailer::start(
+        let mailer = mail::start(
             run_root.clone(),
             email_or_default(&config),
             children.clone(),

@@ -1,5 +1,5 @@
 //! The record store: `RUN_ROOT/runs.db` (SQLite, WAL), shared by every chain of a
-//! RUN_ROOT and read by `status`, `history`, `log` (and later `metrics`).
+//! RUN_ROOT and read by `status`, `history`, `log` and the metrics.
 //!
 //! Layout (schema version 1, `PRAGMA user_version`):
 //! - `series`: one row per chain and task, with the aggregates that only ever grow
@@ -20,16 +20,16 @@
 //!
 //! One other process writes a chain's runs: the guardian of an instance that died during
 //! a run closes that run, with the time its group ended and what the guardian did
-//! ([`close_killed`], once, in one transaction of its own, retried for a bounded time
+//! (`close_killed`, once, in one transaction of its own, retried for a bounded time
 //! while the store is busy). The next launch waits for that guardian, then closes what is
 //! still open ([`Op::CloseOpen`]), leaving the guardian's record as it is.
 //!
 //! The store sits behind this small interface (ops in, rows out) so that a shared
 //! PostgreSQL store can replace it later without reshaping the driver. Its files:
-//! [`schema`] (opening, configuring and migrating the SQLite file), [`writer`] (the
+//! `schema` (opening, configuring and migrating the SQLite file), `writer` (the
 //! chain's [`Store`]: the queue of ops and its transactions), `apply` (the SQL of one op),
-//! [`killed`] (the guardian's one write), [`reader`] (what the readers query), and
-//! beside them [`recorder`] (the writer's thread) and [`state_file`] (`CHAIN.state`,
+//! `killed` (the guardian's one write), `reader` (what the readers query), and
+//! beside them `recorder` (the writer's thread) and [`state_file`] (`CHAIN.state`,
 //! which does not depend on the store).
 
 use std::path::{Path, PathBuf};
@@ -145,10 +145,10 @@ pub enum Op {
     /// CHAIN.state says was in progress, (task, run id, start ms), if the dead instance
     /// had not written it yet (it was killed in the run's first moments). Its guardian,
     /// which the launch waited for, has closed the run it ended with the real end
-    /// ([`close_killed`]); what is still open here is a run whose end nobody recorded (the
+    /// (`close_killed`); what is still open here is a run whose end nobody recorded (the
     /// guardian was killed too, a power cut, a store locked past the guardian's patience):
     /// it is closed with `stop_ms` (the launch's time, so its duration runs to the
-    /// launch) and [`END_NOT_KNOWN`] as its error.
+    /// launch) and `END_NOT_KNOWN` as its error.
     CloseOpen {
         chain: String,
         stop_ms: u64,

@@ -190,7 +190,7 @@ impl Store {
         self.truncate_after_write || self.checkpoint_due()
     }
 
-    /// The writer thread's work after its writes ([`Store::thread_work_due`]).
+    /// The writer thread's work after its writes (`Store::thread_work_due`).
     pub fn thread_work(&mut self) {
         if self.queue.is_empty() && std::mem::take(&mut self.truncate_after_write) {
             self.truncate_at_open();

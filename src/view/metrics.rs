@@ -2,10 +2,11 @@
 //!
 //! [`render`] is pure: it formats a [`Snapshot`] (aggregates, a bounded window of
 //! recent runs per task, alert counts, which chains are up). [`collect`] reads the
-//! snapshot: the lock holders for `up` ([`crate::lock::holders::holders`]), and, in one query,
-//! the `series` aggregates, kept up to date as runs are recorded (so counters never fall
-//! when runs are pruned), with the durations and latencies of the newest [`RECENT`] runs
-//! packed in the same row for the quantiles. A scrape reads one row per task: its cost never grows with the history.
+//! snapshot: the lock holders for `up` ([`crate::lock::holders::holders`]), and, in one
+//! query, the `series` aggregates, kept up to date as runs are recorded (so counters never
+//! fall when runs are pruned), with the durations and latencies of the newest
+//! [`store::RECENT_WINDOW`] runs packed in the same row for the quantiles. A scrape reads
+//! one row per task: its cost never grows with the history.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;

@@ -121,13 +121,13 @@ impl Driver {
             kind: d.kind.as_str(),
         });
         let email = email_or_default(&self.config);
-        let id = mailer::message_id(&a);
-        let built = mailer::build(&email, &a, &id);
+        let id = mail::message_id(&a);
+        let built = mail::build(&email, &a, &id);
         match built.and_then(|bytes| {
-            mailer::enqueue(&self.run_root, &a, &bytes).map_err(|e| {
+            mail::enqueue(&self.run_root, &a, &bytes).map_err(|e| {
                 format!(
                     "cannot store it in {}: {e}",
-                    mailer::outbox(&self.run_root).display()
+                    mail::outbox(&self.run_root).display()
                 )
             })
         }) {

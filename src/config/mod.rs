@@ -1,7 +1,7 @@
 //! The config file: TOML text -> a validated [`Config`].
 //!
-//! Parsing is two steps. serde reads the text into `Raw*` structs that reject unknown
-//! keys and wrong types (toml's message then shows the line and the key). Then
+//! Parsing is two steps. serde reads the text into `Raw*` structs (`raw`) that reject
+//! unknown keys and wrong types (toml's message then shows the line and the key). Then
 //! [`Config::parse`] checks meanings (durations, sizes, names, command vs argv,
 //! groups) and resolves `[defaults]` into every task, so that the rest of the program
 //! only ever sees complete, valid values. Both steps are pure: the caller reads the
@@ -12,13 +12,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::error::{Error, Result};
+
+mod raw;
+
+use raw::{RawConfig, RawDefaults, RawEmail, RawTask, SizeValue};
 
 /// Names that a task may not take, because the command line gives them a meaning of
 /// their own: the subcommands of this version, and those of a coming one
-/// ([`COMING_COMMANDS`]). A test in `cli` checks that every subcommand is listed.
+/// (`COMING_COMMANDS`). A test in `cli` checks that every subcommand is listed.
 pub const RESERVED_NAMES: &[&str] = &[
     "check",
     "status",
@@ -38,149 +40,6 @@ pub const RESERVED_NAMES: &[&str] = &[
 /// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
 /// launched as `run-chain serve` would otherwise start the web console after an upgrade.
 pub(crate) const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
-
-// ---------------------------------------------------------------------------------
-// Raw shapes, as in the file.
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    run_root: Option<String>,
-    defaults: Option<RawDefaults>,
-    email: Option<RawEmail>,
-    #[serde(default)]
-    tasks: BTreeMap<String, RawTask>,
-    #[serde(default)]
-    groups: BTreeMap<String, RawGroup>,
-}
-
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-struct RawDefaults {
-    #[serde(default, deserialize_with = "duration_text")]
-    success_cooldown: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    fail_cooldown: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    non_recoverable_downtime: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    timeout: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    stop_grace: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    kill_grace: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    keep_runs_for: Option<String>,
-    #[serde(default, deserialize_with = "whole_number")]
-    keep_runs_max: Option<i64>,
-    keep_output: Option<SizeValue>,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
-enum SizeValue {
-    Int(i64),
-    Text(String),
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTask {
-    command: Option<String>,
-    argv: Option<Vec<String>>,
-    cwd: Option<String>,
-    env: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "whole_number")]
-    nice: Option<i64>,
-    group: Option<String>,
-    // Any [defaults] key may be set per task.
-    #[serde(default, deserialize_with = "duration_text")]
-    success_cooldown: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    fail_cooldown: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    non_recoverable_downtime: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    timeout: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    stop_grace: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    kill_grace: Option<String>,
-    #[serde(default, deserialize_with = "duration_text")]
-    keep_runs_for: Option<String>,
-    #[serde(default, deserialize_with = "whole_number")]
-    keep_runs_max: Option<i64>,
-    keep_output: Option<SizeValue>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGroup {
-    #[serde(deserialize_with = "whole_number_required")]
-    max_running: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEmail {
-    to: Vec<String>,
-    from: Option<String>,
-    smtp: Option<String>,
-    tls: Option<String>,
-    ca_file: Option<String>,
-    password_file: Option<String>,
-    password_env: Option<String>,
-    sendmail: Option<String>,
-    #[serde(default, deserialize_with = "whole_number")]
-    max_alerts_per_hour: Option<i64>,
-}
-
-/// A duration key's value: a string (read by [`parse_duration`] later). A bare number is
-/// refused here with a message that says what to write instead (serde's own said only
-/// "expected a string").
-fn duration_text<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<String>, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = String;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a duration in quotes, such as \"30s\", \"15m\" or \"1h\"")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<String, E> {
-            Ok(v.to_string())
-        }
-    }
-    d.deserialize_str(V).map(Some)
-}
-
-struct WholeNumber;
-
-impl serde::de::Visitor<'_> for WholeNumber {
-    type Value = i64;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a whole number, without quotes")
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<i64, E> {
-        Ok(v)
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<i64, E> {
-        i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
-    }
-}
-
-/// A count or a number key's value (serde's own message said "expected i64").
-fn whole_number<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<i64>, D::Error> {
-    d.deserialize_i64(WholeNumber).map(Some)
-}
-
-fn whole_number_required<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<i64, D::Error> {
-    d.deserialize_i64(WholeNumber)
-}
 
 // ---------------------------------------------------------------------------------
 // Validated shapes.
