@@ -28,8 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use run_chain::config::builtin::{KEEP_RUNS_FOR, KEEP_RUNS_MAX};
-use run_chain::pidfile::PidFile;
-use run_chain::state::{self, State, TaskFailures, STATE_VERSION};
+use run_chain::core::resume::{State, TaskFailures, STATE_VERSION};
+use run_chain::lock::pidfile::PidFile;
+use run_chain::store::state_file as state;
 use run_chain::store::{self, Instance, Op, RunEnd, RunStart, Store};
 use rusqlite::{params, Connection};
 
@@ -170,7 +171,7 @@ fn task_name(c: usize, t: usize) -> String {
 }
 
 fn wall_ms() -> u64 {
-    run_chain::sys::wall_ms()
+    run_chain::time::wall_ms()
 }
 
 /// The aggregates of one series, kept as the runs are generated.

@@ -244,7 +244,7 @@ fn lean_runner(prog: &str) -> Box<dyn Fn() -> (bool, Option<i32>)> {
     let stdio = [dup(std::os::fd::AsRawFd::as_raw_fd(&null)), dup(1), dup(2)];
     Box::new(move || {
         let envp: Vec<*const std::ffi::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-        let spec = run_chain::spawn::Spec {
+        let spec = run_chain::run::spawn::Spec {
             candidates: std::slice::from_ref(&path),
             argv: std::slice::from_ref(&path),
             envp: &envp,
@@ -253,7 +253,7 @@ fn lean_runner(prog: &str) -> Box<dyn Fn() -> (bool, Option<i32>)> {
             stdio,
             announce: None,
         };
-        let pid = run_chain::spawn::spawn(&spec).unwrap_or_else(|e| fail("spawn", e.err));
+        let pid = run_chain::run::spawn::spawn(&spec).unwrap_or_else(|e| fail("spawn", e.err));
         let mut status = 0;
         // SAFETY: waiting for our own child.
         if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
@@ -286,7 +286,7 @@ fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i3
     let output = vec![b'x'; 200];
     let keep_for_ms: u64 = 30 * 86_400_000;
     let (runs, c0) = paced(pace, &*run, |run_id, t0, t1, success, code| {
-        let now = run_chain::sys::mono_now();
+        let now = run_chain::time::mono_now();
         store.begin_batch();
         store.push(
             now,
@@ -324,7 +324,7 @@ fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i3
         store.thread_work();
     });
     if store.pending() > 0 {
-        store.flush(run_chain::sys::mono_now());
+        store.flush(run_chain::time::mono_now());
     }
     if store.pending() > 0 {
         fail(

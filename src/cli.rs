@@ -1,6 +1,6 @@
 //! The command line, as clap sees it: raw values only.
 //!
-//! Nothing here reads a file or checks a name; `app.rs` resolves these raw values,
+//! Nothing here reads a file or checks a name; `app` resolves these raw values,
 //! together with the environment and the config file, into what runs. The help text is
 //! part of the contract: every option and argument has a line, and the defaults it shows
 //! are the constants below, which the commands use too (so the two cannot drift).
@@ -9,34 +9,16 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Names that a task may not take, because the command line gives them a meaning of
-/// their own: the subcommands of this version, and those of a coming one
-/// ([`COMING_COMMANDS`]). A test checks that every subcommand is listed.
-pub const RESERVED_NAMES: &[&str] = &[
-    "check",
-    "status",
-    "history",
-    "log",
-    "stop",
-    "kick",
-    "metrics",
-    "exporter",
-    "mail-test",
-    "help",
-    "serve",
-    "run-now",
-    "store",
-];
-
-/// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
-/// launched as `run-chain serve` would otherwise start the web console after an upgrade.
-pub const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
+/// The names a task may not take (the subcommands'), defined beside the name checks in
+/// `config` so that it needs nothing of the command line.
+pub(crate) use crate::config::COMING_COMMANDS;
+pub use crate::config::RESERVED_NAMES;
 
 /// `history --limit` when not given.
-pub const DEFAULT_HISTORY_LIMIT: u64 = 20;
+pub(crate) const DEFAULT_HISTORY_LIMIT: u64 = 20;
 
 /// `exporter --listen` when not given.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 const USAGE: &str = "run-chain [OPTIONS] TASK...
        run-chain COMMAND [OPTIONS] [ARGS]";

@@ -12,15 +12,15 @@ pub mod exit {
     /// Stopped on request, handed over to a newer instance, or `--once` all succeeded.
     pub const OK: u8 = 0;
     /// `--once` with a failed task.
-    pub const ONCE_FAILED: u8 = 1;
+    pub(crate) const ONCE_FAILED: u8 = 1;
     /// Bad usage (command line).
     pub const USAGE: u8 = 64;
     /// Internal error.
-    pub const SOFTWARE: u8 = 70;
+    pub(crate) const SOFTWARE: u8 = 70;
     /// Already running and not allowed to take over, or superseded by a newer launch.
-    pub const TEMPFAIL: u8 = 75;
+    pub(crate) const TEMPFAIL: u8 = 75;
     /// Bad config or unsafe RUN_ROOT.
-    pub const CONFIG: u8 = 78;
+    pub(crate) const CONFIG: u8 = 78;
 }
 
 /// What went wrong, sorted by the exit status it earns.
@@ -59,7 +59,7 @@ impl Error {
     }
 
     /// An OS error for operation `op` (e.g. "lock /var/run/x.pid").
-    pub fn os(op: impl fmt::Display, source: std::io::Error) -> Error {
+    pub(crate) fn os(op: impl fmt::Display, source: std::io::Error) -> Error {
         Error::Os {
             op: op.to_string(),
             source,
@@ -67,32 +67,15 @@ impl Error {
     }
 
     /// An OS error from `errno`, for operation `op`.
-    pub fn last_os(op: impl fmt::Display) -> Error {
+    pub(crate) fn last_os(op: impl fmt::Display) -> Error {
         Error::os(op, std::io::Error::last_os_error())
     }
 
     /// A config error that names the file and the key.
-    pub fn config_key(file: &Path, key: &str, msg: impl fmt::Display) -> Error {
+    pub(crate) fn config_key(file: &Path, key: &str, msg: impl fmt::Display) -> Error {
         Error::Config(format!("{}: {}: {}", file.display(), key, msg))
     }
 }
 
-/// Attach the operation name to an OS-level result.
-pub trait Context<T> {
-    fn context(self, op: impl FnOnce() -> String) -> Result<T>;
-}
-
-impl<T> Context<T> for std::result::Result<T, std::io::Error> {
-    fn context(self, op: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::os(op(), e))
-    }
-}
-
-impl<T> Context<T> for std::result::Result<T, nix::Error> {
-    fn context(self, op: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::os(op(), std::io::Error::from_raw_os_error(e as i32)))
-    }
-}
-
 /// Shorthand used across the crate.
-pub type Result<T> = std::result::Result<T, Error>;
+pub(crate) type Result<T> = std::result::Result<T, Error>;

@@ -115,7 +115,7 @@ impl Signals {
     }
 
     /// The descriptor SIGCHLD is read from, to wait on beside [`Signals::fd`].
-    pub fn child_fd(&self) -> Option<RawFd> {
+    pub(crate) fn child_fd(&self) -> Option<RawFd> {
         self.child
     }
 
@@ -177,7 +177,7 @@ impl Signals {
     /// readable (`pipe`: [`Signals::fd`], `child`: [`Signals::child_fd`]). What the
     /// other one holds stays there for the next ppoll; a read that finds nothing is a
     /// system call for nothing, at every run.
-    pub fn drain_ready(&self, pipe: bool, child: bool) -> Vec<Sig> {
+    pub(crate) fn drain_ready(&self, pipe: bool, child: bool) -> Vec<Sig> {
         let mut out = Vec::new();
         let mut buf = [0u8; 64];
         if pipe {

@@ -6,38 +6,10 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::chain::Mono;
-use crate::outcome::Exit;
-
-/// CLOCK_MONOTONIC now, as time since its origin (comparable across processes on one boot).
-pub fn mono_now() -> Mono {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Wall-clock time now, in Unix milliseconds.
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Wall-clock time now, in Unix milliseconds with a fraction.
-pub fn wall_ms_precise() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
-}
+use crate::core::outcome::Exit;
 
 /// The kernel's boot id (changes at every boot).
-pub fn boot_id() -> Option<String> {
+pub(crate) fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
         .map(|s| s.trim().to_string())
@@ -45,7 +17,7 @@ pub fn boot_id() -> Option<String> {
 
 /// A process's start time (clock ticks since boot, field 22 of /proc/PID/stat): with
 /// the PID, it names one process for good, even after its PID is reused.
-pub fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     // Fields after the comm start at field 3 (state); start time is field 22.
@@ -53,7 +25,7 @@ pub fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// A process's state letter and process group (fields 3 and 5 of /proc/PID/stat).
-pub fn state_and_pgid(pid: i32) -> Option<(char, i32)> {
+pub(crate) fn state_and_pgid(pid: i32) -> Option<(char, i32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let mut it = after.split_whitespace();
@@ -64,7 +36,7 @@ pub fn state_and_pgid(pid: i32) -> Option<(char, i32)> {
 }
 
 /// Our own children: the main thread's /proc/self/task/PID/children.
-pub fn children() -> Vec<i32> {
+pub(crate) fn children() -> Vec<i32> {
     // Every process of a run is a child of the main thread: it spawns the runs, and the
     // kernel gives orphans to a subreaper's first live thread, which is the main thread
     // (it never exits before the process does). Other threads' children (the mailer's
@@ -146,14 +118,14 @@ fn children_scan() -> Vec<i32> {
 }
 
 /// A process's parent (field 4 of /proc/PID/stat).
-pub fn parent_of(pid: i32) -> Option<i32> {
+pub(crate) fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `pidfd_open(2)`: a descriptor that names this process for good (close-on-exec).
-pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: a plain syscall with integer arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -164,7 +136,7 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 }
 
 /// `pidfd_send_signal(2)`: signal exactly the process the pidfd names.
-pub fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
+pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
     // SAFETY: a plain syscall; a null siginfo is allowed.
     let r = unsafe {
         libc::syscall(
@@ -184,7 +156,7 @@ pub fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
 
 /// Has our child `pid` exited? Looks without reaping it (`WNOWAIT`), so that its PID,
 /// and the process group it leads, stay ours until we reap it with [`reap`].
-pub fn exited_nowait(pid: i32) -> Option<Exit> {
+pub(crate) fn exited_nowait(pid: i32) -> Option<Exit> {
     // SAFETY: siginfo_t is plain data; waitid fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to our siginfo; P_PID with our own child's pid.
@@ -210,7 +182,7 @@ pub fn exited_nowait(pid: i32) -> Option<Exit> {
 }
 
 /// Reap our child `pid` if it has exited. True if it was reaped (or is not ours).
-pub fn reap(pid: i32) -> bool {
+pub(crate) fn reap(pid: i32) -> bool {
     let mut status = 0;
     // SAFETY: waitpid on a specific pid with a valid status pointer.
     let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
@@ -218,13 +190,13 @@ pub fn reap(pid: i32) -> bool {
 }
 
 /// `kill(2)`; ESRCH (nobody there) is not an error.
-pub fn kill(pid: i32, sig: i32) {
+pub(crate) fn kill(pid: i32, sig: i32) {
     // SAFETY: plain syscall.
     unsafe { libc::kill(pid, sig) };
 }
 
 /// One entry for [`ppoll`].
-pub fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+pub(crate) fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
     libc::pollfd {
         fd,
         events,
@@ -234,7 +206,7 @@ pub fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
 
 /// `ppoll(2)` with a nanosecond timeout (None: wait for ever). EINTR is a normal
 /// return (a signal handler ran; its byte is in the self-pipe).
-pub fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> std::io::Result<usize> {
+pub(crate) fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> std::io::Result<usize> {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -261,20 +233,8 @@ pub fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> std::io::Re
     Ok(r as usize)
 }
 
-/// Make a descriptor non-blocking.
-pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// `read(2)` into `buf`: Ok(0) at end of file, Err(WouldBlock) when nothing is there.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         // SAFETY: buf is valid for buf.len() bytes.
         let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -289,7 +249,7 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// `write(2)` of `buf` (may write less).
-pub fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+pub(crate) fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     loop {
         // SAFETY: buf is valid for buf.len() bytes.
         let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
@@ -322,7 +282,7 @@ pub fn ensure_std_fds() {
 
 /// Mark every descriptor from 3 up close-on-exec, so that tasks inherit none of the
 /// descriptors run-chain itself inherited (a wrapper's lock, a socket).
-pub fn cloexec_from_3() {
+pub(crate) fn cloexec_from_3() {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
     let r = unsafe {
         libc::syscall(
@@ -355,7 +315,7 @@ pub fn cloexec_from_3() {
 }
 
 /// Close every descriptor from `from` up, except `keep` (in the guardian).
-pub fn close_from(from: i32, keep: i32) {
+pub(crate) fn close_from(from: i32, keep: i32) {
     // SAFETY: close_range with plain integer arguments.
     unsafe {
         if keep > from {
@@ -385,7 +345,7 @@ pub fn hostname() -> String {
 /// Read a /proc file whole. A table that changes while it is read (seq_file hands it
 /// out a page per `read`) may come as pieces of two instants, so read it until two
 /// readings agree (a few tries at most).
-pub fn read_proc_once(path: &str) -> Option<String> {
+pub(crate) fn read_proc_once(path: &str) -> Option<String> {
     let mut last = std::fs::read_to_string(path).ok()?;
     for _ in 0..4 {
         let again = std::fs::read_to_string(path).ok()?;
@@ -397,8 +357,8 @@ pub fn read_proc_once(path: &str) -> Option<String> {
     Some(last)
 }
 
-/// The link count of an open file, asked for alone (see `state::Writer::save`).
-pub fn link_count(fd: RawFd) -> Option<u32> {
+/// The link count of an open file, asked for alone (see `state_file::Writer::save`).
+pub(crate) fn link_count(fd: RawFd) -> Option<u32> {
     // SAFETY: statx on a descriptor with an empty path, into a zeroed struct.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     let r = unsafe {
@@ -413,28 +373,9 @@ pub fn link_count(fd: RawFd) -> Option<u32> {
     (r == 0 && st.stx_mask & libc::STATX_NLINK != 0).then_some(st.stx_nlink)
 }
 
-/// The descriptors open in this thread's table (/proc/thread-self/fd), without the one
-/// used to list them.
-pub fn open_fds() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc/thread-self/fd") else {
-        return Vec::new();
-    };
-    let fds: Vec<i32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-        .collect();
-    // The directory's own descriptor was closed when `dir` was dropped.
-    fds.into_iter()
-        .filter(|fd| {
-            // SAFETY: fcntl F_GETFD on a descriptor number only reads its flags.
-            unsafe { libc::fcntl(*fd, libc::F_GETFD) >= 0 }
-        })
-        .collect()
-}
-
 /// (device, inode, is a regular file) of `path`, not following a symlink, asked for
 /// without the times (see `link_count`).
-pub fn path_identity(path: &std::path::Path) -> Option<(u64, u64, bool)> {
+pub(crate) fn path_identity(path: &std::path::Path) -> Option<(u64, u64, bool)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statx on a NUL-terminated path, into a zeroed struct.

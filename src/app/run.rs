@@ -1,0 +1,248 @@
+//! Running a chain (`run-chain [OPTIONS] TASK...`): resolve the chain, take its lock
+//! (taking over from a running instance), resume from `CHAIN.state`, and hand over to the
+//! driver.
+
+use std::path::Path;
+
+use crate::cli::{Common, RunArgs, COMING_COMMANDS, RESERVED_NAMES};
+use crate::config::{self, Config};
+use crate::core::chain::{Chain, Mode};
+use crate::core::resume;
+use crate::error::{exit, Error, Result};
+use crate::root::{config_path, moved_run_root, prepare_run_root, run_root, run_root_override};
+use crate::run::driver::{self, Driver};
+use crate::run::guardian::Guardian;
+use crate::signals::Signals;
+use crate::store::state_file;
+use crate::sys;
+use crate::time;
+
+use crate::lock::handover::{acquire, wait_for_the_old_run, TAKEOVER_MARGIN};
+
+pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
+    if args.tasks.is_empty() {
+        return Err(Error::Usage(
+            "no task given: run-chain [OPTIONS] TASK... (see run-chain --help)".into(),
+        ));
+    }
+    for (i, t) in args.tasks.iter().enumerate() {
+        // A coming command's name (`run-chain serve`) is left to the config below.
+        if RESERVED_NAMES.contains(&t.as_str()) && !COMING_COMMANDS.contains(&t.as_str()) {
+            return Err(Error::Usage(format!(
+                "{t:?} is a subcommand, not a task (no task may be named so): give it alone, as `run-chain {t} ...`, not after task names"
+            )));
+        }
+        if args.tasks[..i].contains(t) {
+            return Err(Error::Usage(format!(
+                "task {t:?} appears twice in the chain; a chain runs each task once per round"
+            )));
+        }
+    }
+    let path = config_path(common);
+    // A config that defines a task named like a coming command (`serve`) is refused here:
+    // exit 78, naming the file and the key, saying to rename the task.
+    let config = Config::load(&path)?;
+    if let Some(t) = args
+        .tasks
+        .iter()
+        .find(|t| COMING_COMMANDS.contains(&t.as_str()))
+    {
+        return Err(Error::Usage(format!(
+            "`{t}` is not a command of run-chain {} (it is reserved for a coming version), and no task may be named so",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    let tasks = config.chain_tasks(&args.tasks)?;
+    let chain_name = match &args.name {
+        Some(n) => {
+            config::check_name(n).map_err(|m| Error::Config(format!("--name: {m}")))?;
+            n.clone()
+        }
+        None => {
+            let n = args.tasks.join("_");
+            config::check_name(&n).map_err(|m| {
+                Error::Config(format!(
+                    "the chain name made from the task names is not valid ({m}); give one with --name"
+                ))
+            })?;
+            n
+        }
+    };
+    let root = run_root(common, Some(&config))?;
+    prepare_run_root(&root)?;
+
+    // Tasks inherit no descriptor: not ours (all close-on-exec), nor those we inherited.
+    sys::cloexec_from_3();
+    // The guardian first: the process has one thread and no descriptor of its own yet.
+    // It records a run it has to end in the store, which it opens from `/`.
+    let recording = crate::run::guardian::Recording {
+        store: std::path::absolute(crate::store::path(&root))
+            .unwrap_or_else(|_| crate::store::path(&root)),
+        chain: chain_name.clone(),
+        instance: crate::store::Instance {
+            host: sys::hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_digest: config.digest.clone(),
+            started_ms: time::wall_ms(),
+        },
+    };
+    let guardian = Guardian::spawn(Some(recording))?;
+    let signals = Signals::install()?;
+    let mode = if args.once { Mode::Once } else { Mode::Forever };
+    let takeover_limit = tasks
+        .iter()
+        .map(|t| t.timing.stop_grace + t.timing.kill_grace)
+        .max()
+        .unwrap_or_default()
+        + TAKEOVER_MARGIN;
+    let Some(pidfile) = acquire(
+        &root,
+        &chain_name,
+        mode == Mode::Once || args.no_kill_concurrent,
+        takeover_limit,
+        &signals,
+    )?
+    else {
+        log::warn!(
+            "{chain_name}: stopped while waiting for the running instance to hand over; if it was already asked to hand over, it stops too: launch the chain again to start it"
+        );
+        log::info!("{chain_name}: exiting with status {}", exit::OK);
+        return Ok(exit::OK);
+    };
+    crate::run::process::become_subreaper();
+
+    let state_path = state_file::path(&root, &chain_name);
+    let base_state = match state_file::load(&state_path) {
+        Ok(s) => s,
+        Err(msg) => {
+            log::warn!("{chain_name}: {msg}");
+            resume::State::default()
+        }
+    };
+    if !wait_for_the_old_run(&chain_name, &base_state, &signals)? {
+        log::warn!("{chain_name}: stopped while waiting for the previous run's processes to end");
+        log::info!("{chain_name}: exiting with status {}", exit::OK);
+        return Ok(exit::OK);
+    }
+    // A SIGHUP that came while the launch waited: the config is read again now, before
+    // the first run, as a running chain would on SIGHUP.
+    let root_from_config = run_root_override(common).is_none();
+    let (config, tasks, reloaded) = if signals.take_hup_before_running() {
+        reload_before_running(
+            &chain_name,
+            &args.tasks,
+            &root,
+            root_from_config,
+            config,
+            tasks,
+        )
+    } else {
+        (config, tasks, false)
+    };
+    let chain_view = driver::chain_tasks(&tasks);
+    let clocks = resume::Clocks {
+        mono: time::mono_now(),
+        wall_ms: time::wall_ms(),
+        boot_id: sys::boot_id(),
+    };
+    let (mut resume, warning) = resume::resume(&base_state, &chain_view, &clocks);
+    if let Some(w) = warning {
+        log::warn!("{chain_name}: {w}");
+    }
+    seed_run_ids(&root, &chain_name, &chain_view, &mut resume);
+    log::info!(
+        "{chain_name}: running as pid {} (run-chain {}, config {} digest {}){}",
+        std::process::id(),
+        env!("CARGO_PKG_VERSION"),
+        config.file.display(),
+        config.digest,
+        if mode == Mode::Once { ", once" } else { "" }
+    );
+    let chain = Chain::new(chain_view, mode, resume);
+    let driver = Driver::new(
+        chain_name,
+        args.tasks.clone(),
+        config,
+        tasks,
+        root,
+        mode,
+        chain,
+        signals,
+        guardian,
+        pidfile,
+        base_state,
+    )
+    .with_root_from_config(root_from_config)
+    // As a running chain on SIGHUP: a changed cooldown applies to the one carried over.
+    .with_reconfigure_at_start(reloaded);
+    driver.run()
+}
+
+/// The config read again for a SIGHUP received while the launch waited to run (see
+/// [`Signals::drain_waiting`]); on an error, the one validated at launch is kept, as a
+/// running chain keeps its config when a reload fails, and so it is when the new config
+/// would move the chain to another RUN_ROOT (see [`moved_run_root`]).
+fn reload_before_running(
+    chain: &str,
+    names: &[String],
+    root: &Path,
+    root_from_config: bool,
+    config: Config,
+    tasks: Vec<crate::config::Task>,
+) -> (Config, Vec<crate::config::Task>, bool) {
+    let loaded = Config::load(&config.file).and_then(|c| {
+        let t = c.chain_tasks(names)?;
+        if let Some(e) = moved_run_root(chain, root_from_config, root, &c) {
+            return Err(e);
+        }
+        Ok((c, t))
+    });
+    match loaded {
+        Ok((c, t)) => {
+            log::info!(
+                "{chain}: SIGHUP: reloaded {} (digest {})",
+                c.file.display(),
+                c.digest
+            );
+            (c, t, true)
+        }
+        Err(e) => {
+            log::error!("{chain}: SIGHUP: keeping the config validated at launch: {e}");
+            (config, tasks, false)
+        }
+    }
+}
+
+/// Run ids for the tasks CHAIN.state has none for (a lost or unreadable state file, or a
+/// task new to the chain), from the record store: ids keep increasing across restarts
+/// even then. Without a store (or when it cannot be read: a warning) they start at 1.
+fn seed_run_ids(
+    root: &Path,
+    chain: &str,
+    view: &[crate::core::chain::ChainTask],
+    resume: &mut crate::core::chain::Resume,
+) {
+    let tasks: Vec<String> = view
+        .iter()
+        .map(|t| t.name.clone())
+        .filter(|n| !resume.run_ids.contains_key(n))
+        .collect();
+    if tasks.is_empty() {
+        return;
+    }
+    match crate::store::last_run_ids(root, chain) {
+        Ok(ids) => {
+            for (task, id) in ids {
+                if id > 0 && tasks.contains(&task) {
+                    log::info!("{chain}: task {task} continues from run id {id}, as recorded in the store (CHAIN.state had none)");
+                    resume.run_ids.insert(task, id);
+                }
+            }
+        }
+        Err(e) => log::warn!(
+            "{chain}: CHAIN.state holds no run id for {}, and the store cannot tell the last one ({e}); starting from 1",
+            tasks.join(", ")
+        ),
+    }
+}

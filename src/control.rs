@@ -1,0 +1,151 @@
+//! The actions on a running chain: `stop` (SIGTERM, or SIGQUIT for `--now`, and wait for
+//! it to exit) and `kick` (SIGUSR1: start the next task now). Signals go through a pidfd to
+//! the verified lock holder only. Below both `app` and `serve`, which call it.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::cli::Common;
+use crate::config::{self};
+use crate::error::{exit, Error, Result};
+use crate::lock::pidfile::{next, PidFile};
+use crate::root::looked_run_root;
+use crate::store::state_file;
+use crate::sys;
+
+/// Open the chain's pidfile for a command that only looks, and find its verified holder.
+fn holder_of(common: &Common, chain: &str) -> Result<Option<(i32, std::os::fd::OwnedFd)>> {
+    config::check_name(chain).map_err(|m| Error::Usage(format!("chain {chain:?}: {m}")))?;
+    let root = looked_run_root(common)?;
+    let Some(pf) = PidFile::open_existing(&root, chain)? else {
+        return Err(Error::Usage(unknown_chain(
+            chain,
+            &root,
+            &chains_and_tasks(&root),
+        )));
+    };
+    Ok(pf.holder_pidfd())
+}
+
+/// The chains of RUN_ROOT (a `CHAIN.pid` each, never removed), each with its tasks as its
+/// `CHAIN.state` knows them: its task list, and the tasks it has run (a `--once` launch
+/// writes no list). None if the state cannot be read; no chain if RUN_ROOT cannot be read.
+fn chains_and_tasks(root: &Path) -> Vec<(String, Vec<String>)> {
+    crate::lock::holders::chains(root)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let st = state_file::load(&state_file::path(root, &c)).unwrap_or_default();
+            let mut tasks = st.tasks;
+            for t in st.run_ids.into_keys() {
+                if !tasks.contains(&t) {
+                    tasks.push(t);
+                }
+            }
+            (c, tasks)
+        })
+        .collect()
+}
+
+/// What `stop`/`kick` say of a chain that RUN_ROOT does not hold: the chains it does hold,
+/// or that it holds none, and the chains that have a task so named (a task name given for
+/// a chain's).
+fn unknown_chain(chain: &str, root: &Path, known: &[(String, Vec<String>)]) -> String {
+    let mut msg = format!("no chain named {chain:?} in {}", root.display());
+    let of: Vec<&str> = known
+        .iter()
+        .filter(|(_, tasks)| tasks.iter().any(|t| t == chain))
+        .map(|(c, _)| c.as_str())
+        .collect();
+    if !of.is_empty() {
+        msg.push_str(&format!(
+            "; {chain} is a task of chain{} {}",
+            if of.len() > 1 { "s" } else { "" },
+            of.join(", ")
+        ));
+    }
+    if known.is_empty() {
+        msg.push_str(
+            "; no chain has run there (is RUN_ROOT the right one? --run-root, RUN_ROOT or run_root in the config)",
+        );
+    } else {
+        let names: Vec<&str> = known.iter().map(|(c, _)| c.as_str()).collect();
+        msg.push_str(&format!("; the chains there: {}", names.join(", ")));
+    }
+    msg
+}
+
+pub(crate) fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
+    let Some((pid, pidfd)) = holder_of(common, chain)? else {
+        say!("chain {chain} is not running");
+        return Ok(exit::OK);
+    };
+    // A launch waiting for this instance to hand over (an upgrade under way) would take the
+    // lock as soon as it exits, and the chain would go on: it is asked to give up first (a
+    // waiting launch stops at once on SIGTERM).
+    let mut waiting = None;
+    if let Ok(root) = looked_run_root(common) {
+        if let Some((w, wfd)) = next::waiting_launch(&root, chain, pid) {
+            if sys::pidfd_signal(&wfd, libc::SIGTERM).is_ok() {
+                eprintln!(
+                    "run-chain: asked the launch of chain {chain} waiting to take over (PID {w}) to give up"
+                );
+                waiting = Some(wfd);
+            }
+        }
+    }
+    let sig = if now { libc::SIGQUIT } else { libc::SIGTERM };
+    sys::pidfd_signal(&pidfd, sig).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    eprintln!(
+        "run-chain: asked chain {chain} (PID {pid}) to stop{}; waiting for it to exit",
+        if now { " now" } else { "" }
+    );
+    // Until the holder has exited, and the waiting launch too (it may have taken the lock
+    // in the meantime: then it stops on the SIGTERM it has, after its running task's grace).
+    for fd in std::iter::once(&pidfd).chain(waiting.as_ref()) {
+        let mut fds = [sys::pollfd(fd.as_raw_fd(), libc::POLLIN)];
+        loop {
+            sys::ppoll(&mut fds, None).map_err(|e| Error::os("wait in ppoll", e))?;
+            if fds[0].revents != 0 {
+                break;
+            }
+        }
+    }
+    say!("chain {chain} (PID {pid}) stopped");
+    Ok(exit::OK)
+}
+
+pub(crate) fn kick(common: &Common, chain: &str) -> Result<u8> {
+    let Some((pid, pidfd)) = holder_of(common, chain)? else {
+        say!("chain {chain} is not running; nothing to kick");
+        return Ok(exit::OK);
+    };
+    sys::pidfd_signal(&pidfd, libc::SIGUSR1)
+        .map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    say!("kicked chain {chain} (PID {pid})");
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_chain_is_answered_with_the_chains_there() {
+        let root = Path::new("/r");
+        let known = vec![
+            ("a_b".to_string(), vec!["a".to_string(), "b".to_string()]),
+            ("c".to_string(), vec!["c".to_string(), "a".to_string()]),
+            ("old".to_string(), vec![]),
+        ];
+        let m = unknown_chain("a", root, &known);
+        assert_eq!(
+            m,
+            "no chain named \"a\" in /r; a is a task of chains a_b, c; the chains there: a_b, c, old"
+        );
+        let m = unknown_chain("x", root, &known[..1]);
+        assert_eq!(m, "no chain named \"x\" in /r; the chains there: a_b");
+        let m = unknown_chain("x", root, &[]);
+        assert!(m.contains("no chain has run there"), "{m}");
+    }
+}

@@ -1,0 +1,1073 @@
+//! The chain's state machine: which task runs next, when, and how a run is ended.
+//!
+//! This is the pure core. It never reads a clock, spawns, signals or touches a file:
+//! the driver hands it `now` (a monotonic instant) and an [`Event`], and it answers
+//! with [`Action`]s for the driver to carry out, plus [`Chain::next_deadline`], the
+//! one instant at which the driver must wake it with [`Event::Tick`] if nothing else
+//! happens first. So every timing rule (cooldowns, timeouts, stop and kill graces, a
+//! signal in the middle of any of them) is tested below with a fake clock, in
+//! microseconds.
+//!
+//! The life of one run, as a table:
+//!
+//! | phase    | event                        | actions / next phase                                   |
+//! |----------|------------------------------|--------------------------------------------------------|
+//! | Idle     | Tick at `due`                | Spawn -> Starting                                      |
+//! | Idle     | Kick                         | due = now                                              |
+//! | Idle     | Stop / StopNow               | Exit(0)                                                |
+//! | Starting | Spawned                      | -> Running                                             |
+//! | Starting | SpawnFailed                  | Finished(spawn-error) -> Idle (fail cooldown; no start |
+//! |          |                              | before the next Tick, even when due at once)           |
+//! | Running  | Tick at timeout              | TERM group, kill at +kill_grace (outcome: timeout)     |
+//! | Running  | Stop                         | stop at +stop_grace                                    |
+//! | Running  | Tick at stop / StopNow       | TERM group, kill at +kill_grace (outcome: interrupted) |
+//! | Running  | Tick at kill                 | KILL group                                             |
+//! | Running  | LeaderExited                 | TERM group (leftovers) -> Reaping                      |
+//! | Reaping  | Tick at kill                 | KILL group                                             |
+//! | Reaping  | GroupEmpty / Tick at give-up | Finished -> Idle (cooldown) or Exit                    |
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::Timing;
+use crate::core::outcome::{Exit, Outcome};
+use crate::time::Mono;
+
+/// How long after SIGKILL the chain waits for a group to empty before it moves on
+/// (a process stuck in uninterruptible sleep cannot be killed any faster).
+pub(crate) const GIVE_UP_AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// A task as the state machine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChainTask {
+    pub(crate) name: String,
+    pub(crate) timing: Timing,
+}
+
+/// Run for ever, or through once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Forever,
+    Once,
+}
+
+/// Requests from outside (signals, subcommands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Graceful stop (SIGTERM, a hand-over, the first SIGINT): let a running task go on
+    /// for up to `stop_grace`.
+    Stop,
+    /// Stop the running task at once (second SIGINT, SIGQUIT, `stop --now`).
+    StopNow,
+    /// End the current cooldown (SIGUSR1, `kick`).
+    Kick,
+    /// A new config was loaded (SIGHUP): new timings for the same task names.
+    Reconfigure(Vec<ChainTask>),
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The first event: decide whether to start at once or wait.
+    Start,
+    /// `next_deadline()` has passed.
+    Tick,
+    /// The run asked for by `Action::Spawn` is running.
+    Spawned,
+    /// The run asked for by `Action::Spawn` could not be started.
+    SpawnFailed(String),
+    /// The task's concurrency group has no free slot: wait (the driver watches the slots).
+    SlotBusy,
+    /// A slot of the group may have come free: try again.
+    SlotFree,
+    /// The run's first process exited (it is not reaped yet).
+    LeaderExited(Exit),
+    /// Nothing of the run is left (its group and any escaped descendants are gone).
+    GroupEmpty,
+    Control(Control),
+}
+
+/// Which signal to send to the running task's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupSignal {
+    Term,
+    Kill,
+}
+
+/// A finished run, for logs, records and the saved state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub(crate) task: String,
+    pub(crate) run_id: u64,
+    pub(crate) outcome: Outcome,
+    pub(crate) scheduled: Mono,
+    pub(crate) started: Mono,
+    pub(crate) ended: Mono,
+    /// The cooldown chosen (None: no cooldown follows, e.g. an interrupted run or the
+    /// last task of `--once`).
+    pub(crate) cooldown: Option<Duration>,
+}
+
+/// What the driver must do.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start task `index` as run `run_id` (persist the run-id counter first), then
+    /// report `Spawned` or `SpawnFailed`.
+    Spawn {
+        index: usize,
+        task: String,
+        run_id: u64,
+    },
+    /// Signal the running task's process group (and its escaped descendants).
+    Signal(GroupSignal),
+    /// A run ended: log it, record it, persist the position.
+    Finished(Finished),
+    /// Exit the process with this status.
+    Exit(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Timeout,
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    index: usize,
+    run_id: u64,
+    scheduled: Mono,
+    started: Mono,
+    timeout_at: Option<Mono>,
+    stop_at: Option<Mono>,
+    /// Why run-chain sent TERM, if it did.
+    why: Option<Why>,
+    kill_at: Option<Mono>,
+    killed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Waiting to start task `index` at `due`. `cooled` remembers the run whose
+    /// cooldown this is, so that a reload can recompute `due`.
+    Idle {
+        index: usize,
+        due: Mono,
+        cooled: Option<(usize, Mono, bool)>,
+    },
+    Starting {
+        index: usize,
+        run_id: u64,
+        scheduled: Mono,
+    },
+    /// Waiting for a slot of the task's concurrency group since `since`.
+    Waiting {
+        index: usize,
+        run_id: u64,
+        scheduled: Mono,
+        since: Mono,
+    },
+    Running(Run),
+    Reaping {
+        run: Run,
+        outcome: Outcome,
+        ended: Mono,
+        give_up_at: Option<Mono>,
+    },
+    Done,
+}
+
+/// Where a chain resumes: computed from the saved state by the driver.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Resume {
+    /// Index of the next task to run.
+    pub(crate) index: usize,
+    /// When it is due (None: at once).
+    pub(crate) due: Option<Mono>,
+    /// Last run id used, per task name.
+    pub(crate) run_ids: BTreeMap<String, u64>,
+    /// The run whose cooldown `due` ends (task index, end, success), if known: a reload
+    /// recomputes `due` from it.
+    pub(crate) cooled: Option<(usize, Mono, bool)>,
+}
+
+/// The state machine of one chain.
+#[derive(Debug, Clone)]
+pub(crate) struct Chain {
+    tasks: Vec<ChainTask>,
+    mode: Mode,
+    phase: Phase,
+    run_ids: BTreeMap<String, u64>,
+    /// A stop was asked for: exit once nothing runs.
+    stopping: bool,
+    /// `--once`: did any task fail (or was the pass cut short)?
+    once_failed: bool,
+    /// The position when the chain exited (kept for the saved state).
+    exit_position: (usize, Option<Mono>),
+    /// The cooldown's run when the chain exited (see [`Chain::cooled`]).
+    exit_cooled: Option<(usize, Mono, bool)>,
+}
+
+impl Chain {
+    /// A chain of `tasks` (at least one), resuming at `resume`.
+    pub(crate) fn new(tasks: Vec<ChainTask>, mode: Mode, resume: Resume) -> Chain {
+        let index = if mode == Mode::Once || resume.index >= tasks.len() {
+            0
+        } else {
+            resume.index
+        };
+        let due = match mode {
+            Mode::Once => Duration::ZERO,
+            Mode::Forever => resume.due.unwrap_or(Duration::ZERO),
+        };
+        let cooled = resume.cooled.filter(|(ran, _, _)| {
+            mode == Mode::Forever && resume.due.is_some() && *ran < tasks.len()
+        });
+        Chain {
+            tasks,
+            mode,
+            phase: Phase::Idle { index, due, cooled },
+            run_ids: resume.run_ids,
+            stopping: false,
+            once_failed: false,
+            exit_position: (index, Some(due)),
+            exit_cooled: None,
+        }
+    }
+
+    /// The run whose cooldown the chain is in (task index, end, success), if known; at
+    /// the end, the one it was in when it exited.
+    pub(crate) fn cooled(&self) -> Option<(usize, Mono, bool)> {
+        match &self.phase {
+            Phase::Idle { cooled, .. } => *cooled,
+            Phase::Done => self.exit_cooled,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn tasks(&self) -> &[ChainTask] {
+        &self.tasks
+    }
+
+    pub(crate) fn run_ids(&self) -> &BTreeMap<String, u64> {
+        &self.run_ids
+    }
+
+    /// The task that runs next (or runs now), and when it is due if it has not started.
+    pub(crate) fn position(&self) -> (usize, Option<Mono>) {
+        match &self.phase {
+            Phase::Idle { index, due, .. } => (*index, Some(*due)),
+            Phase::Starting { index, .. } => (*index, None),
+            Phase::Waiting {
+                index, scheduled, ..
+            } => (*index, Some(*scheduled)),
+            Phase::Running(r) | Phase::Reaping { run: r, .. } => (r.index, None),
+            Phase::Done => self.exit_position,
+        }
+    }
+
+    /// When the run being started (or waited for) was due.
+    pub(crate) fn scheduled(&self) -> Option<Mono> {
+        match &self.phase {
+            Phase::Starting { scheduled, .. } | Phase::Waiting { scheduled, .. } => {
+                Some(*scheduled)
+            }
+            Phase::Running(r) | Phase::Reaping { run: r, .. } => Some(r.scheduled),
+            _ => None,
+        }
+    }
+
+    /// Waiting for a group slot: (task index, since).
+    #[cfg(test)]
+    fn waiting(&self) -> Option<(usize, Mono)> {
+        match &self.phase {
+            Phase::Waiting { index, since, .. } => Some((*index, *since)),
+            _ => None,
+        }
+    }
+
+    /// True between runs: waiting for the next task's due time (what a kick ends).
+    pub(crate) fn in_cooldown(&self) -> bool {
+        matches!(self.phase, Phase::Idle { .. })
+    }
+
+    /// True while the run's first process has exited and its leftovers are being ended.
+    pub(crate) fn reaping(&self) -> bool {
+        matches!(self.phase, Phase::Reaping { .. })
+    }
+
+    /// True once an `Exit` action has been returned.
+    pub(crate) fn done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// The instant at which the driver must send `Tick`, if nothing else comes first.
+    pub(crate) fn next_deadline(&self) -> Option<Mono> {
+        match &self.phase {
+            Phase::Idle { due, .. } => Some(*due),
+            Phase::Starting { .. } | Phase::Waiting { .. } | Phase::Done => None,
+            Phase::Running(r) => [r.timeout_at, r.stop_at, r.kill_at]
+                .into_iter()
+                .flatten()
+                .min(),
+            Phase::Reaping {
+                run, give_up_at, ..
+            } => [run.kill_at, *give_up_at].into_iter().flatten().min(),
+        }
+    }
+
+    /// Feed one event; get the actions to carry out, in order.
+    pub(crate) fn on_event(&mut self, now: Mono, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Start => {
+                // This instance cannot have been late before it existed: a due time in
+                // the past (the chain was down, or is new) counts from now.
+                if let Phase::Idle { due, .. } = &mut self.phase {
+                    if *due < now {
+                        *due = now;
+                    }
+                }
+                self.tick(now, &mut out)
+            }
+            Event::Tick => self.tick(now, &mut out),
+            Event::Spawned => {
+                if let Phase::Starting {
+                    index,
+                    run_id,
+                    scheduled,
+                } = self.phase
+                {
+                    let timing = self.tasks[index].timing;
+                    let mut run = Run {
+                        index,
+                        run_id,
+                        scheduled,
+                        started: now,
+                        timeout_at: timing.timeout.map(|t| now + t),
+                        stop_at: None,
+                        why: None,
+                        kill_at: None,
+                        killed: false,
+                    };
+                    if self.stopping {
+                        // A stop arrived while the run was being started.
+                        run.stop_at = Some(now + timing.stop_grace);
+                    }
+                    self.phase = Phase::Running(run);
+                    self.tick(now, &mut out);
+                }
+            }
+            Event::SlotBusy => {
+                if let Phase::Starting {
+                    index,
+                    run_id,
+                    scheduled,
+                } = self.phase
+                {
+                    self.phase = Phase::Waiting {
+                        index,
+                        run_id,
+                        scheduled,
+                        since: now,
+                    };
+                }
+            }
+            Event::SlotFree => {
+                if let Phase::Waiting {
+                    index,
+                    run_id,
+                    scheduled,
+                    ..
+                } = self.phase
+                {
+                    self.phase = Phase::Starting {
+                        index,
+                        run_id,
+                        scheduled,
+                    };
+                    out.push(Action::Spawn {
+                        index,
+                        task: self.tasks[index].name.clone(),
+                        run_id,
+                    });
+                }
+            }
+            Event::SpawnFailed(msg) => {
+                if let Phase::Starting {
+                    index,
+                    run_id,
+                    scheduled,
+                } = self.phase
+                {
+                    let run = Run {
+                        index,
+                        run_id,
+                        scheduled,
+                        started: now,
+                        timeout_at: None,
+                        stop_at: None,
+                        why: None,
+                        kill_at: None,
+                        killed: false,
+                    };
+                    self.finish(now, run, Outcome::SpawnError(msg), now, &mut out);
+                }
+            }
+            Event::LeaderExited(exit) => {
+                if let Phase::Running(run) = &self.phase {
+                    let run = run.clone();
+                    let outcome = match run.why {
+                        Some(Why::Timeout) => Outcome::Timeout,
+                        Some(Why::Stop) => Outcome::Interrupted,
+                        None => Outcome::from_exit(exit),
+                    };
+                    let mut run = run;
+                    let kill_grace = self.tasks[run.index].timing.kill_grace;
+                    if run.kill_at.is_none() && !run.killed {
+                        run.kill_at = Some(now + kill_grace);
+                    }
+                    let give_up_at = if run.killed {
+                        Some(now + GIVE_UP_AFTER_KILL)
+                    } else {
+                        None
+                    };
+                    run.timeout_at = None;
+                    run.stop_at = None;
+                    self.phase = Phase::Reaping {
+                        run,
+                        outcome,
+                        ended: now,
+                        give_up_at,
+                    };
+                    // Whatever is left of the group gets SIGTERM.
+                    out.push(Action::Signal(GroupSignal::Term));
+                }
+            }
+            Event::GroupEmpty => {
+                if let Phase::Reaping {
+                    run,
+                    outcome,
+                    ended,
+                    ..
+                } = &self.phase
+                {
+                    let (run, outcome, ended) = (run.clone(), outcome.clone(), *ended);
+                    self.finish(now, run, outcome, ended, &mut out);
+                }
+            }
+            Event::Control(c) => self.control(now, c, &mut out),
+        }
+        out
+    }
+
+    fn control(&mut self, now: Mono, c: Control, out: &mut Vec<Action>) {
+        match c {
+            Control::Stop | Control::StopNow => {
+                let at_once = c == Control::StopNow;
+                self.stopping = true;
+                match &mut self.phase {
+                    Phase::Idle { .. } | Phase::Waiting { .. } => {
+                        if self.mode == Mode::Once {
+                            self.once_failed = true;
+                        }
+                        self.exit(out);
+                    }
+                    Phase::Running(run) => {
+                        let grace = self.tasks[run.index].timing.stop_grace;
+                        let at = if at_once { now } else { now + grace };
+                        run.stop_at = Some(run.stop_at.map_or(at, |s| s.min(at)));
+                        self.tick(now, out);
+                    }
+                    // The run has ended or not begun; the stop takes effect right after.
+                    Phase::Starting { .. } | Phase::Reaping { .. } | Phase::Done => {}
+                }
+            }
+            Control::Kick => {
+                if let Phase::Idle { due, .. } = &mut self.phase {
+                    if *due > now {
+                        *due = now;
+                    }
+                    self.tick(now, out);
+                }
+            }
+            Control::Reconfigure(tasks) => {
+                let same_names = tasks.len() == self.tasks.len()
+                    && tasks.iter().zip(&self.tasks).all(|(a, b)| a.name == b.name);
+                if !same_names {
+                    return;
+                }
+                self.tasks = tasks;
+                if let Phase::Idle {
+                    due,
+                    cooled: Some((ran, ended, ok)),
+                    ..
+                } = &mut self.phase
+                {
+                    let t = self.tasks[*ran].timing;
+                    *due = *ended
+                        + if *ok {
+                            t.success_cooldown
+                        } else {
+                            t.fail_cooldown
+                        };
+                }
+                self.tick(now, out);
+            }
+        }
+    }
+
+    fn exit(&mut self, out: &mut Vec<Action>) {
+        if !self.done() {
+            self.exit_position = self.position();
+            self.exit_cooled = self.cooled();
+        }
+        let code = match self.mode {
+            Mode::Once if self.once_failed => crate::error::exit::ONCE_FAILED,
+            _ => crate::error::exit::OK,
+        };
+        self.phase = Phase::Done;
+        out.push(Action::Exit(code));
+    }
+
+    /// Act on every deadline that has passed.
+    fn tick(&mut self, now: Mono, out: &mut Vec<Action>) {
+        match &mut self.phase {
+            Phase::Idle { index, due, .. } => {
+                if self.stopping {
+                    self.exit(out);
+                    return;
+                }
+                if *due <= now {
+                    let index = *index;
+                    let scheduled = *due;
+                    let name = self.tasks[index].name.clone();
+                    let id = self.run_ids.entry(name.clone()).or_insert(0);
+                    *id += 1;
+                    let run_id = *id;
+                    self.phase = Phase::Starting {
+                        index,
+                        run_id,
+                        scheduled,
+                    };
+                    out.push(Action::Spawn {
+                        index,
+                        task: name,
+                        run_id,
+                    });
+                }
+            }
+            Phase::Running(run) => {
+                let timing = self.tasks[run.index].timing;
+                if run.why.is_none() {
+                    let timed_out = run.timeout_at.is_some_and(|t| t <= now);
+                    let stopped = run.stop_at.is_some_and(|t| t <= now);
+                    if timed_out || stopped {
+                        // A timeout that falls due with a stop counts as the timeout.
+                        run.why = Some(if timed_out { Why::Timeout } else { Why::Stop });
+                        run.timeout_at = None;
+                        run.stop_at = None;
+                        run.kill_at = Some(now + timing.kill_grace);
+                        out.push(Action::Signal(GroupSignal::Term));
+                    }
+                }
+                if let Some(k) = run.kill_at {
+                    if k <= now && !run.killed {
+                        run.killed = true;
+                        run.kill_at = None;
+                        out.push(Action::Signal(GroupSignal::Kill));
+                    }
+                }
+            }
+            Phase::Reaping {
+                run, give_up_at, ..
+            } => {
+                if let Some(k) = run.kill_at {
+                    if k <= now && !run.killed {
+                        run.killed = true;
+                        run.kill_at = None;
+                        *give_up_at = Some(now + GIVE_UP_AFTER_KILL);
+                        out.push(Action::Signal(GroupSignal::Kill));
+                    }
+                }
+                if give_up_at.is_some_and(|g| g <= now) {
+                    // Processes that survive SIGKILL this long are stuck in the kernel;
+                    // the driver logs them. The chain moves on.
+                    if let Phase::Reaping {
+                        run,
+                        outcome,
+                        ended,
+                        ..
+                    } = std::mem::replace(&mut self.phase, Phase::Done)
+                    {
+                        self.finish(now, run, outcome, ended, out);
+                    }
+                }
+            }
+            Phase::Starting { .. } | Phase::Waiting { .. } | Phase::Done => {}
+        }
+    }
+
+    fn finish(
+        &mut self,
+        now: Mono,
+        run: Run,
+        outcome: Outcome,
+        ended: Mono,
+        out: &mut Vec<Action>,
+    ) {
+        let task = &self.tasks[run.index];
+        let last = run.index + 1 == self.tasks.len();
+        let interrupted = outcome == Outcome::Interrupted;
+        if self.mode == Mode::Once && !outcome.is_success() {
+            self.once_failed = true;
+        }
+        let cooldown = if interrupted || (self.mode == Mode::Once && last) {
+            None
+        } else if outcome.is_success() {
+            Some(task.timing.success_cooldown)
+        } else {
+            Some(task.timing.fail_cooldown)
+        };
+        let ok = outcome.is_success();
+        let spawn_error = matches!(outcome, Outcome::SpawnError(_));
+        out.push(Action::Finished(Finished {
+            task: task.name.clone(),
+            run_id: run.run_id,
+            outcome,
+            scheduled: run.scheduled,
+            started: run.started,
+            ended,
+            cooldown,
+        }));
+        if interrupted {
+            // Run it again first: at once here, or by the instance that takes over.
+            self.phase = Phase::Idle {
+                index: run.index,
+                due: now,
+                cooled: None,
+            };
+        } else if self.mode == Mode::Once && last {
+            self.exit(out);
+            return;
+        } else {
+            let next = (run.index + 1) % self.tasks.len();
+            // The cooldown counts from the end of the run, but the next task never
+            // starts before the last one's leftovers are gone (now).
+            let due = (ended + cooldown.unwrap_or(Duration::ZERO)).max(now);
+            self.phase = Phase::Idle {
+                index: next,
+                due,
+                cooled: Some((run.index, ended, ok)),
+            };
+        }
+        if self.stopping {
+            self.exit(out);
+        } else if !spawn_error {
+            self.tick(now, out);
+        }
+        // After a start that failed, the next one waits for a Tick even when it is due
+        // at once (fail_cooldown 0): a program that cannot start would otherwise be
+        // retried within this one event for ever, and the driver would never get back to
+        // its signals, its clock or its store.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            success_cooldown: s(10),
+            fail_cooldown: s(30),
+            timeout: None,
+            stop_grace: s(5),
+            kill_grace: s(2),
+        }
+    }
+
+    fn chain_tasks(names: &[&str]) -> Vec<ChainTask> {
+        names
+            .iter()
+            .map(|n| ChainTask {
+                name: n.to_string(),
+                timing: timing(),
+            })
+            .collect()
+    }
+
+    fn chain(names: &[&str], mode: Mode) -> Chain {
+        Chain::new(chain_tasks(names), mode, Resume::default())
+    }
+
+    fn spawn_of(actions: &[Action]) -> Option<(String, u64)> {
+        actions.iter().find_map(|a| match a {
+            Action::Spawn { task, run_id, .. } => Some((task.clone(), *run_id)),
+            _ => None,
+        })
+    }
+
+    fn finished_of(actions: &[Action]) -> Option<Finished> {
+        actions.iter().find_map(|a| match a {
+            Action::Finished(f) => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    /// Run the current task to a normal end with `exit`, at `now`.
+    fn complete(c: &mut Chain, now: Mono, exit: Exit) -> Vec<Action> {
+        let a = c.on_event(now, Event::LeaderExited(exit));
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Term)]);
+        c.on_event(now, Event::GroupEmpty)
+    }
+
+    #[test]
+    fn runs_tasks_in_order_with_cooldowns() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        let a = c.on_event(s(0), Event::Start);
+        assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+        assert!(c.on_event(s(0), Event::Spawned).is_empty());
+        assert_eq!(c.next_deadline(), None);
+        let a = complete(&mut c, s(3), Exit::Code(0));
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(f.outcome, Outcome::Success);
+        assert_eq!(f.cooldown, Some(s(10)));
+        assert_eq!(c.next_deadline(), Some(s(13)));
+        // Early tick: nothing.
+        assert!(c.on_event(s(12), Event::Tick).is_empty());
+        let a = c.on_event(s(13), Event::Tick);
+        assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+        let _ = c.on_event(s(13), Event::Spawned);
+        let a = complete(&mut c, s(14), Exit::Code(1));
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(f.outcome, Outcome::Failed(1));
+        assert_eq!(f.cooldown, Some(s(30)));
+        assert_eq!(c.next_deadline(), Some(s(44)));
+        let a = c.on_event(s(44), Event::Tick);
+        assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
+    }
+
+    #[test]
+    fn spawn_error_takes_fail_cooldown() {
+        let mut c = chain(&["a"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let a = c.on_event(s(0), Event::SpawnFailed("no such file".into()));
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(f.outcome, Outcome::SpawnError("no such file".into()));
+        assert_eq!(c.next_deadline(), Some(s(30)));
+    }
+
+    #[test]
+    fn a_failed_start_is_retried_at_the_next_tick_not_within_the_same_event() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        c.tasks[0].timing.fail_cooldown = Duration::ZERO;
+        let a = c.on_event(s(0), Event::Start);
+        assert!(matches!(a.as_slice(), [Action::Spawn { index: 0, .. }]));
+        let a = c.on_event(s(0), Event::SpawnFailed("no such file".into()));
+        assert_eq!(a.len(), 1, "only the run's end, no new start: {a:?}");
+        assert!(finished_of(&a).is_some());
+        assert_eq!(c.next_deadline(), Some(s(0)));
+        let a = c.on_event(ms(1), Event::Tick);
+        assert!(
+            matches!(a.as_slice(), [Action::Spawn { index: 1, .. }]),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn signal_outcome_is_failure() {
+        let mut c = chain(&["a"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let a = complete(&mut c, s(1), Exit::Signal(9));
+        assert_eq!(finished_of(&a).map(|f| f.outcome), Some(Outcome::Signal(9)));
+        assert_eq!(c.next_deadline(), Some(s(31)));
+    }
+
+    #[test]
+    fn timeout_terms_then_kills_the_group() {
+        let mut c = chain(&["a"], Mode::Forever);
+        c.tasks[0].timing.timeout = Some(s(60));
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        assert_eq!(c.next_deadline(), Some(s(60)));
+        let a = c.on_event(s(60), Event::Tick);
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Term)]);
+        assert_eq!(c.next_deadline(), Some(s(62)));
+        let a = c.on_event(s(62), Event::Tick);
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Kill)]);
+        let _ = c.on_event(s(62), Event::LeaderExited(Exit::Signal(9)));
+        let a = c.on_event(s(62), Event::GroupEmpty);
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(f.outcome, Outcome::Timeout);
+        assert_eq!(f.cooldown, Some(s(30)));
+    }
+
+    #[test]
+    fn leftovers_get_term_then_kill_and_next_waits_for_them() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        c.tasks[0].timing.success_cooldown = Duration::ZERO;
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let a = c.on_event(s(1), Event::LeaderExited(Exit::Code(0)));
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Term)]);
+        assert!(c.reaping());
+        assert_eq!(c.next_deadline(), Some(s(3)));
+        let a = c.on_event(s(3), Event::Tick);
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Kill)]);
+        assert_eq!(c.next_deadline(), Some(s(3) + GIVE_UP_AFTER_KILL));
+        let a = c.on_event(ms(3100), Event::GroupEmpty);
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(f.ended, s(1));
+        // The next task starts only now that the group is empty.
+        assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    }
+
+    #[test]
+    fn gives_up_on_unkillable_leftovers() {
+        let mut c = chain(&["a"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = c.on_event(s(1), Event::LeaderExited(Exit::Code(0)));
+        let _ = c.on_event(s(3), Event::Tick);
+        let a = c.on_event(s(3) + GIVE_UP_AFTER_KILL, Event::Tick);
+        assert!(finished_of(&a).is_some());
+        assert_eq!(c.next_deadline(), Some(s(11)));
+    }
+
+    #[test]
+    fn stop_in_cooldown_exits_at_once() {
+        let mut c = chain(&["a"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = complete(&mut c, s(1), Exit::Code(0));
+        let a = c.on_event(s(2), Event::Control(Control::Stop));
+        assert_eq!(a, vec![Action::Exit(0)]);
+        assert!(c.done());
+    }
+
+    #[test]
+    fn stop_mid_task_waits_stop_grace_then_interrupts() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        assert!(c.on_event(s(1), Event::Control(Control::Stop)).is_empty());
+        assert_eq!(c.next_deadline(), Some(s(6)));
+        // Repeating SIGTERM changes nothing.
+        assert!(c.on_event(s(3), Event::Control(Control::Stop)).is_empty());
+        assert_eq!(c.next_deadline(), Some(s(6)));
+        let a = c.on_event(s(6), Event::Tick);
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Term)]);
+        let _ = c.on_event(s(7), Event::LeaderExited(Exit::Signal(15)));
+        let a = c.on_event(s(7), Event::GroupEmpty);
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(f.outcome, Outcome::Interrupted);
+        assert_eq!(f.cooldown, None);
+        assert_eq!(a.last(), Some(&Action::Exit(0)));
+        // The interrupted task is the position: it runs again first.
+        assert_eq!(c.position().0, 0);
+    }
+
+    #[test]
+    fn stop_mid_task_that_finishes_in_time_keeps_its_outcome() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = c.on_event(s(1), Event::Control(Control::Stop));
+        let a = complete(&mut c, s(2), Exit::Code(0));
+        assert_eq!(finished_of(&a).map(|f| f.outcome), Some(Outcome::Success));
+        assert_eq!(a.last(), Some(&Action::Exit(0)));
+        assert_eq!(c.position().0, 1);
+    }
+
+    #[test]
+    fn stop_now_terms_at_once() {
+        let mut c = chain(&["a"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = c.on_event(s(1), Event::Control(Control::Stop));
+        let a = c.on_event(s(2), Event::Control(Control::StopNow));
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Term)]);
+        assert_eq!(c.next_deadline(), Some(s(4)));
+    }
+
+    #[test]
+    fn kick_ends_cooldown() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = complete(&mut c, s(1), Exit::Code(0));
+        let a = c.on_event(s(2), Event::Control(Control::Kick));
+        assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+        // A kick while running does nothing.
+        let _ = c.on_event(s(2), Event::Spawned);
+        assert!(c.on_event(s(2), Event::Control(Control::Kick)).is_empty());
+    }
+
+    #[test]
+    fn reload_recomputes_the_cooldown() {
+        let mut c = chain(&["a", "b"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = complete(&mut c, s(1), Exit::Code(0));
+        assert_eq!(c.next_deadline(), Some(s(11)));
+        let mut tasks = c.tasks().to_vec();
+        tasks[0].timing.success_cooldown = s(2);
+        let a = c.on_event(s(2), Event::Control(Control::Reconfigure(tasks.clone())));
+        assert!(a.is_empty());
+        assert_eq!(c.next_deadline(), Some(s(3)));
+        tasks[0].timing.success_cooldown = s(1);
+        let a = c.on_event(s(2), Event::Control(Control::Reconfigure(tasks)));
+        assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    }
+
+    #[test]
+    fn once_runs_through_and_exits() {
+        let mut c = chain(&["a", "b"], Mode::Once);
+        let a = c.on_event(s(0), Event::Start);
+        assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = complete(&mut c, s(1), Exit::Code(0));
+        assert_eq!(c.next_deadline(), Some(s(11)));
+        let _ = c.on_event(s(11), Event::Tick);
+        let _ = c.on_event(s(11), Event::Spawned);
+        let a = complete(&mut c, s(12), Exit::Code(0));
+        assert_eq!(finished_of(&a).and_then(|f| f.cooldown), None);
+        assert_eq!(a.last(), Some(&Action::Exit(0)));
+
+        let mut c = chain(&["a", "b"], Mode::Once);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = complete(&mut c, s(1), Exit::Code(2));
+        let _ = c.on_event(s(31), Event::Tick);
+        let _ = c.on_event(s(31), Event::Spawned);
+        let a = complete(&mut c, s(32), Exit::Code(0));
+        assert_eq!(a.last(), Some(&Action::Exit(1)));
+    }
+
+    #[test]
+    fn once_cut_short_by_stop_is_not_success() {
+        let mut c = chain(&["a", "b"], Mode::Once);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = complete(&mut c, s(1), Exit::Code(0));
+        let a = c.on_event(s(2), Event::Control(Control::Stop));
+        assert_eq!(a, vec![Action::Exit(1)]);
+    }
+
+    #[test]
+    fn resume_position_due_and_run_ids() {
+        let tasks = chain_tasks(&["a", "b"]);
+        let mut ids = BTreeMap::new();
+        ids.insert("b".to_string(), 41);
+        let mut c = Chain::new(
+            tasks,
+            Mode::Forever,
+            Resume {
+                index: 1,
+                due: Some(s(100)),
+                run_ids: ids,
+                cooled: None,
+            },
+        );
+        assert!(c.on_event(s(50), Event::Start).is_empty());
+        assert_eq!(c.next_deadline(), Some(s(100)));
+        let a = c.on_event(s(100), Event::Tick);
+        assert_eq!(spawn_of(&a), Some(("b".into(), 42)));
+    }
+
+    /// A cooldown carried over by an upgrade, with the run it follows: a reload recomputes
+    /// it from that run's end, as for a cooldown of the chain's own; without that run, the
+    /// due time carried over stays.
+    #[test]
+    fn reload_recomputes_a_carried_over_cooldown_from_its_run() {
+        let resumed = |cooled| {
+            Chain::new(
+                chain_tasks(&["a", "b"]),
+                Mode::Forever,
+                Resume {
+                    index: 1,
+                    due: Some(s(100)),
+                    run_ids: BTreeMap::new(),
+                    cooled,
+                },
+            )
+        };
+        // Run a ended at 90 s, ok: due at 100 s (10 s cooldown).
+        let mut c = resumed(Some((0, s(90), true)));
+        assert_eq!(c.cooled(), Some((0, s(90), true)));
+        assert!(c.on_event(s(92), Event::Start).is_empty());
+        let mut tasks = c.tasks().to_vec();
+        tasks[0].timing.success_cooldown = s(5);
+        assert!(c
+            .on_event(s(93), Event::Control(Control::Reconfigure(tasks.clone())))
+            .is_empty());
+        assert_eq!(c.next_deadline(), Some(s(95)));
+        // It exits in that cooldown: the saved state still names the run.
+        let _ = c.on_event(s(94), Event::Control(Control::Stop));
+        assert!(c.done());
+        assert_eq!(c.cooled(), Some((0, s(90), true)));
+
+        let mut c = resumed(None);
+        let _ = c.on_event(s(92), Event::Start);
+        let _ = c.on_event(s(93), Event::Control(Control::Reconfigure(tasks)));
+        assert_eq!(c.next_deadline(), Some(s(100)));
+        // A run index outside the list is not taken.
+        assert_eq!(resumed(Some((7, s(90), true))).cooled(), None);
+    }
+
+    #[test]
+    fn waits_for_a_group_slot_and_stops_while_waiting() {
+        let mut c = chain(&["a"], Mode::Forever);
+        let a = c.on_event(s(0), Event::Start);
+        assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+        assert!(c.on_event(s(0), Event::SlotBusy).is_empty());
+        assert_eq!(c.waiting(), Some((0, s(0))));
+        assert_eq!(c.next_deadline(), None);
+        // A kick does nothing while waiting; a free slot spawns the same run.
+        assert!(c.on_event(s(1), Event::Control(Control::Kick)).is_empty());
+        let a = c.on_event(s(2), Event::SlotFree);
+        assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+        let _ = c.on_event(s(2), Event::Spawned);
+        let a = complete(&mut c, s(3), Exit::Code(0));
+        let f = finished_of(&a).expect("finished");
+        assert_eq!(
+            (f.scheduled, f.started),
+            (s(0), s(2)),
+            "the wait is start latency"
+        );
+
+        let mut c = chain(&["a"], Mode::Forever);
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::SlotBusy);
+        assert_eq!(
+            c.on_event(s(1), Event::Control(Control::Stop)),
+            vec![Action::Exit(0)]
+        );
+        assert_eq!(c.position(), (0, Some(s(0))));
+    }
+
+    #[test]
+    fn timeout_and_stop_together_count_as_timeout() {
+        let mut c = chain(&["a"], Mode::Forever);
+        c.tasks[0].timing.timeout = Some(s(6));
+        let _ = c.on_event(s(0), Event::Start);
+        let _ = c.on_event(s(0), Event::Spawned);
+        let _ = c.on_event(s(1), Event::Control(Control::Stop));
+        let a = c.on_event(s(6), Event::Tick);
+        assert_eq!(a, vec![Action::Signal(GroupSignal::Term)]);
+        let _ = c.on_event(s(6), Event::LeaderExited(Exit::Signal(15)));
+        let a = c.on_event(s(6), Event::GroupEmpty);
+        assert_eq!(finished_of(&a).map(|f| f.outcome), Some(Outcome::Timeout));
+        assert_eq!(a.last(), Some(&Action::Exit(0)));
+    }
+}

@@ -1,0 +1,26 @@
+//! Alert mails: building them, the durable outbox, and the mailer thread.
+//!
+//! An alert is written, complete (RFC 5322, with its Message-ID fixed when the alert
+//! was decided), to `RUN_ROOT/outbox/` before anything tries to send it: a file, not the
+//! record store, so that a store fault cannot lose it. The mailer thread (the one
+//! helper thread of a chain process) delivers the outbox in order: it claims a file
+//! with `flock` (so the old and the new instance never both send one alert during a
+//! hand-over), sends it, and removes it. A temporary failure (an SMTP 4xx, a connection
+//! that fails or times out) is retried with a backoff; a permanent one (5xx) is logged
+//! and the file moved to `outbox/failed/`. The chain never waits for the mailer, and an
+//! exit never waits for it: whatever is unsent stays in the outbox for the next
+//! instance. A crash between the server's acceptance and the file's removal sends the
+//! mail again, with the same Message-ID.
+//!
+//! Transports: SMTP (lettre; STARTTLS when offered or required, implicit TLS for
+//! `smtps://`, a private CA, AUTH with the password from a file or a variable),
+//! `sendmail` (spawned by us, so that its PID can be kept out of the run's leftovers),
+//! or, with neither, `.eml` files moved into `RUN_ROOT/mail/`.
+
+pub(crate) mod build;
+pub(crate) mod outbox;
+pub(crate) mod transport;
+
+pub(crate) use build::{build, message_id};
+pub(crate) use outbox::{enqueue, outbox, start, ToMailer};
+pub(crate) use transport::{deliver, Children, SendError};

@@ -1,0 +1,125 @@
+//! Concurrency-group slots: at most `max_running` runs of a group at once, across
+//! every chain that shares RUN_ROOT.
+//!
+//! A group G with N slots is N files `RUN_ROOT/groups/G.0` .. `G.{N-1}`; a run holds
+//! one by a `flock(2)` on its (close-on-exec) descriptor from before it starts until
+//! its group is empty. Kernel locks mean a crashed holder frees its slot at once. A
+//! chain that finds every slot busy waits, asleep, for `IN_CLOSE` on the folder
+//! through inotify (a holder that finishes or dies closes its descriptor) and tries
+//! again: no polling timer, no helper thread.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+/// A held slot: dropping it frees the slot.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _file: File,
+    pub(crate) group: String,
+}
+
+/// The folder of the slot files.
+pub(crate) fn dir(run_root: &Path) -> PathBuf {
+    run_root.join("groups")
+}
+
+/// The slot files of one group, held open while a chain waits for one of them.
+///
+/// Waiters keep their descriptors open (a try is just a `flock`, which makes no
+/// inotify event), and a holder closes its descriptor when it is done: so a wake-up
+/// means a slot was freed (or another waiter went away), never that someone merely
+/// looked, and waiters cannot wake each other in a loop.
+pub(crate) struct Slots {
+    group: String,
+    files: Vec<File>,
+}
+
+impl Slots {
+    pub(crate) fn open(run_root: &Path, group: &str, max: u32) -> std::io::Result<Slots> {
+        let d = dir(run_root);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)?;
+        let files = (0..max)
+            .map(|i| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(d.join(format!("{group}.{i}")))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Slots {
+            group: group.to_string(),
+            files,
+        })
+    }
+
+    /// Take a free slot without waiting. Ok(None): all are busy (keep `self` to retry).
+    pub(crate) fn try_take(&mut self) -> std::io::Result<Option<Slot>> {
+        for i in 0..self.files.len() {
+            // SAFETY: flock on a descriptor we own.
+            let r =
+                unsafe { libc::flock(self.files[i].as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                let file = self.files.swap_remove(i);
+                return Ok(Some(Slot {
+                    _file: file,
+                    group: self.group.clone(),
+                }));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Wakes the driver when a slot file is closed somewhere.
+pub(crate) struct Watch {
+    inotify: Inotify,
+}
+
+impl Watch {
+    /// Watch the slot folder of `run_root`. Set it up *before* trying the slots, so
+    /// that a slot freed in between still wakes us.
+    pub(crate) fn new(run_root: &Path) -> std::io::Result<Watch> {
+        let d = dir(run_root);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)?;
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        inotify
+            .add_watch(
+                &d,
+                AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CLOSE_NOWRITE,
+            )
+            .map_err(std::io::Error::from)?;
+        Ok(Watch { inotify })
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.inotify.as_fd().as_raw_fd()
+    }
+
+    /// Empty the event queue (what closed does not matter: we just try again).
+    pub(crate) fn drain(&self) {
+        while let Ok(ev) = self.inotify.read_events() {
+            if ev.is_empty() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Starting a process the way `posix_spawn` does, with the child's work cut to what a
+//! run needs.
+//!
+//! The child is created with `clone(CLONE_VM | CLONE_VFORK)`: it shares our memory
+//! and we are suspended until it has called `execve` (or exited), so nothing is
+//! copied and no second address space is built only to be thrown away. Everything
+//! the child uses is prepared before the clone (paths, argv, envp as C strings and
+//! pointer arrays), so between the clone and the exec it only makes system calls: no
+//! allocation, no lock, no panic.
+//!
+//! What the child does, in order: the signals that have a handler in this process
+//! (found once, at the first spawn) and SIGPIPE (which the Rust runtime ignores) go
+//! back to their default action while every signal is still blocked; it makes itself
+//! the leader of a new process group and writes its PID to the guardian's page; stdin, stdout and stderr are put in place; it
+//! changes into the working directory; it sets the nice value; it unblocks every
+//! signal; it execs, trying each candidate path in turn as `execvp` does (a file the
+//! kernel cannot exec, a script without `#!`, is run by /bin/sh). Which step
+//! failed, and the errno, come back through the shared memory, and the child exits.
+//!
+//! Compared with `std::process::Command` (which calls glibc's `posix_spawn`): no copy
+//! of the environment into a map at every spawn, no stack mapped and unmapped per
+//! spawn (a munmap in a process with two threads sends an interrupt to the other
+//! CPU), no dup of the pipe ends and no open of /dev/null per run, and the child resets
+//! the handful of handled signals instead of asking about all 64.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// The step of the child's set-up that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `clone` itself, a signal disposition, the process group, or stdio.
+    Setup,
+    Cwd,
+    Nice,
+    Exec,
+}
+
+#[derive(Debug)]
+pub struct SpawnError {
+    pub(crate) step: Step,
+    pub err: std::io::Error,
+}
+
+/// What to start.
+pub struct Spec<'a> {
+    /// The paths to try with `execve`, in order (one, unless a PATH search).
+    pub candidates: &'a [CString],
+    pub argv: &'a [CString],
+    /// `KEY=VALUE` entries.
+    pub envp: &'a [*const c_char],
+    pub cwd: &'a CString,
+    pub nice: Option<i32>,
+    /// The descriptors to become stdin, stdout and stderr; each must be 3 or more.
+    pub stdio: [RawFd; 3],
+    /// Where the child writes its PID once it leads its process group (the guardian's
+    /// page); cleared again if the start fails.
+    pub announce: Option<&'static AtomicI32>,
+}
+
+/// What the child reads and writes: it lives in our memory (CLONE_VM).
+#[repr(C)]
+struct Child {
+    candidates: *const *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    cwd: *const c_char,
+    set_nice: bool,
+    nice: c_int,
+    stdio: [c_int; 3],
+    handled: *const c_int,
+    n_handled: usize,
+    announce: *const AtomicI32,
+    /// For a script without `#!`: ["/bin/sh", the candidate, argv[1..]], slot 1 filled
+    /// by the child (as execvp does on ENOEXEC).
+    sh_argv: *mut *const c_char,
+    /// Set by the child on failure: the step (0: none) and errno.
+    step: c_int,
+    errno: c_int,
+}
+
+const STACK_SIZE: usize = 64 * 1024;
+
+/// The child's stack, reused; the lock also makes spawns one at a time (the parent is
+/// suspended while the child runs on it).
+static STACK: Mutex<Option<Box<[u128]>>> = Mutex::new(None);
+
+/// The signals with a handler in this process (not SIG_DFL, not SIG_IGN), found once:
+/// run-chain installs its handlers before it starts anything.
+fn handled_signals() -> &'static [c_int] {
+    static HANDLED: OnceLock<Vec<c_int>> = OnceLock::new();
+    HANDLED.get_or_init(|| {
+        let mut out = Vec::new();
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: querying a disposition into a zeroed struct; signals glibc keeps
+            // for itself return an error and are skipped.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+                continue;
+            }
+            if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+                out.push(sig);
+            }
+        }
+        if !out.contains(&libc::SIGPIPE) {
+            out.push(libc::SIGPIPE);
+        }
+        out
+    })
+}
+
+fn errno() -> c_int {
+    // SAFETY: errno is thread-local (in the child: the suspended parent thread's).
+    unsafe { *libc::__errno_location() }
+}
+
+/// The child, between clone and exec: system calls only.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the parent's `Child`, alive while the parent is suspended; every
+    // pointer in it was prepared by the parent and stays valid until then.
+    unsafe {
+        let c = &mut *(arg as *mut Child);
+        let fail = |c: &mut Child, step: Step| -> ! {
+            c.errno = errno();
+            c.step = match step {
+                Step::Setup => 1,
+                Step::Cwd => 2,
+                Step::Nice => 3,
+                Step::Exec => 4,
+            };
+            libc::_exit(127)
+        };
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for i in 0..c.n_handled {
+            libc::sigaction(*c.handled.add(i), &dfl, std::ptr::null_mut());
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(c, Step::Setup);
+        }
+        if !c.announce.is_null() {
+            (*c.announce).store(libc::getpid(), Ordering::Release);
+        }
+        for (target, fd) in c.stdio.into_iter().enumerate() {
+            if libc::dup2(fd, target as c_int) < 0 {
+                fail(c, Step::Setup);
+            }
+        }
+        if libc::chdir(c.cwd) != 0 {
+            fail(c, Step::Cwd);
+        }
+        if c.set_nice {
+            // nice(2) may return -1 as the new value: errno tells.
+            *libc::__errno_location() = 0;
+            if libc::nice(c.nice) == -1 && errno() != 0 {
+                fail(c, Step::Nice);
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // As execvp: EACCES on one candidate is remembered and the search goes on;
+        // a candidate that does not exist is skipped; any other error ends it.
+        let mut eacces = false;
+        let mut last = libc::ENOENT;
+        let mut p = c.candidates;
+        while !(*p).is_null() {
+            libc::execve(*p, c.argv, c.envp);
+            let mut e = errno();
+            if e == libc::ENOEXEC {
+                // A script without `#!`: the shell runs it, as execvp would have it.
+                *c.sh_argv.add(1) = *p;
+                libc::execve(c"/bin/sh".as_ptr(), c.sh_argv, c.envp);
+                e = errno();
+            }
+            match e {
+                libc::EACCES => eacces = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => {
+                    last = e;
+                    eacces = false;
+                    break;
+                }
+            }
+            p = p.add(1);
+        }
+        *libc::__errno_location() = if eacces { libc::EACCES } else { last };
+        fail(c, Step::Exec)
+    }
+}
+
+/// Start the process; its PID (it leads its own process group).
+pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
+    let setup = |err| SpawnError {
+        step: Step::Setup,
+        err,
+    };
+    if spec.stdio.iter().any(|fd| *fd < 3) {
+        return Err(setup(std::io::Error::from_raw_os_error(libc::EBADF)));
+    }
+    let handled = handled_signals();
+    let mut candidates: Vec<*const c_char> = spec.candidates.iter().map(|c| c.as_ptr()).collect();
+    candidates.push(std::ptr::null());
+    let mut argv: Vec<*const c_char> = spec.argv.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const c_char> = spec.envp.to_vec();
+    envp.push(std::ptr::null());
+    let mut sh_argv: Vec<*const c_char> = vec![c"/bin/sh".as_ptr(), std::ptr::null()];
+    sh_argv.extend(spec.argv.iter().skip(1).map(|c| c.as_ptr()));
+    sh_argv.push(std::ptr::null());
+    let mut child = Child {
+        candidates: candidates.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: spec.cwd.as_ptr(),
+        set_nice: spec.nice.is_some(),
+        nice: spec.nice.unwrap_or(0),
+        stdio: spec.stdio,
+        handled: handled.as_ptr(),
+        n_handled: handled.len(),
+        announce: spec
+            .announce
+            .map_or(std::ptr::null(), |a| a as *const AtomicI32),
+        sh_argv: sh_argv.as_mut_ptr(),
+        step: 0,
+        errno: 0,
+    };
+    let mut guard = STACK.lock().unwrap_or_else(|e| e.into_inner());
+    let stack = guard.get_or_insert_with(|| vec![0u128; STACK_SIZE / 16].into_boxed_slice());
+    // The stack grows down: the child starts at its (16-byte aligned) end.
+    // SAFETY: one past the end of the allocation, as clone expects.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as *mut c_void;
+    // SAFETY: every signal is blocked around the clone, so no handler of ours runs in
+    // the child on shared memory; the child only makes system calls (see child_main)
+    // and we are suspended until it has exec'd or exited (CLONE_VFORK).
+    let (pid, clone_errno) = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut child as *mut Child as *mut c_void,
+        );
+        let e = errno();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        (pid, e)
+    };
+    drop(guard);
+    if pid < 0 {
+        return Err(setup(std::io::Error::from_raw_os_error(clone_errno)));
+    }
+    if child.step != 0 {
+        if let Some(a) = spec.announce {
+            let _ = a.compare_exchange(pid, 0, Ordering::Release, Ordering::Relaxed);
+        }
+        // It has exited (127): reap it here, it never ran.
+        loop {
+            // SAFETY: waiting for our own child by PID.
+            let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            if r >= 0 || errno() != libc::EINTR {
+                break;
+            }
+        }
+        let step = match child.step {
+            2 => Step::Cwd,
+            3 => Step::Nice,
+            4 => Step::Exec,
+            _ => Step::Setup,
+        };
+        return Err(SpawnError {
+            step,
+            err: std::io::Error::from_raw_os_error(child.errno),
+        });
+    }
+    Ok(pid)
+}

@@ -1,0 +1,169 @@
+//! The record store: `RUN_ROOT/runs.db` (SQLite, WAL), shared by every chain of a
+//! RUN_ROOT and read by `status`, `history`, `log` and the metrics.
+//!
+//! Layout (schema version 1, `PRAGMA user_version`):
+//! - `series`: one row per chain and task, with the aggregates that only ever grow
+//!   (runs by outcome, duration and latency sums) and the "last" values (times, exit
+//!   code, success, streak). They are updated in the same transaction as the run, so
+//!   counters never fall when runs are pruned and a reader never scans the history.
+//! - `instances`: one row per run-chain process (host, PID, version, config digest),
+//!   so a failure can be tied to a deploy without repeating those strings per run.
+//! - `runs`: one row per run, written when it starts and completed when it ends.
+//!
+//! Writes never stall or stop the chain. Every write is an [`Op`] in a bounded queue;
+//! the queue is written in one short `BEGIN IMMEDIATE` transaction with a small busy
+//! timeout. When SQLite fails (disk full, read-only, locked by another process) the
+//! ops stay queued, one error is logged, and the driver retries at a backoff deadline
+//! (and at every new op); the recovery is logged too. A file SQLite reports corrupt is
+//! confirmed with `PRAGMA quick_check` under `runs.db.lock` (so that one process acts),
+//! renamed `runs.db.corrupt-TIMESTAMP`, and a fresh store is started.
+//!
+//! One other process writes a chain's runs: the guardian of an instance that died during
+//! a run closes that run, with the time its group ended and what the guardian did
+//! (`close_killed`, once, in one transaction of its own, retried for a bounded time
+//! while the store is busy). The next launch waits for that guardian, then closes what is
+//! still open ([`Op::CloseOpen`]), leaving the guardian's record as it is.
+//!
+//! The store sits behind this small interface (ops in, rows out) so that a shared
+//! PostgreSQL store can replace it later without reshaping the driver. Its files:
+//! `schema` (opening, configuring and migrating the SQLite file), `writer` (the
+//! chain's [`Store`]: the queue of ops and its transactions), `apply` (the SQL of one op),
+//! `killed` (the guardian's one write), `reader` (what the readers query), and
+//! beside them `recorder` (the writer's thread) and [`state_file`] (`CHAIN.state`,
+//! which does not depend on the store).
+
+use std::path::{Path, PathBuf};
+
+mod apply;
+mod killed;
+mod reader;
+pub(crate) mod recorder;
+mod schema;
+pub mod state_file;
+mod writer;
+
+pub(crate) use killed::{close_killed, Killed};
+pub(crate) use reader::{
+    alert_counts, chains_of_task, chains_with_run, history, last_run_ids, open_read, output,
+    series, series_with_recent, RunRow, SeriesRow,
+};
+pub use schema::SCHEMA_VERSION;
+pub use writer::Store;
+
+/// The path of the store in `run_root`.
+pub fn path(run_root: &Path) -> PathBuf {
+    run_root.join("runs.db")
+}
+
+/// How many recent runs the `recent` window of a series keeps (for quantiles).
+pub const RECENT_WINDOW: usize = 100;
+
+/// Append (duration, latency) in ms to a packed window of little-endian u32 pairs,
+/// keeping the newest RECENT_WINDOW.
+pub fn push_recent(blob: &[u8], duration_ms: u64, latency_ms: u64) -> Vec<u8> {
+    let keep = (RECENT_WINDOW - 1) * 8;
+    let blob = &blob[..blob.len() - blob.len() % 8];
+    let start = blob.len().saturating_sub(keep);
+    let mut out = Vec::with_capacity(RECENT_WINDOW * 8);
+    out.extend_from_slice(&blob[start..]);
+    out.extend_from_slice(&(duration_ms.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+    out.extend_from_slice(&(latency_ms.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+    out
+}
+
+/// Unpack a window: (durations, latencies) in ms.
+pub(crate) fn unpack_recent(blob: &[u8]) -> Recent {
+    let mut d = Vec::with_capacity(blob.len() / 8);
+    let mut l = Vec::with_capacity(blob.len() / 8);
+    for c in blob.chunks_exact(8) {
+        d.push(u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        l.push(u64::from(u32::from_le_bytes([c[4], c[5], c[6], c[7]])));
+    }
+    (d, l)
+}
+
+/// Who writes: one row in `instances`.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    pub config_digest: String,
+    pub started_ms: u64,
+}
+
+/// A run has started.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    pub chain: String,
+    pub task: String,
+    pub run_id: u64,
+    pub scheduled_ms: u64,
+    pub start_ms: u64,
+    pub task_pid: Option<i32>,
+}
+
+/// A run has ended.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub chain: String,
+    pub task: String,
+    pub run_id: u64,
+    pub scheduled_ms: u64,
+    pub start_ms: u64,
+    pub stop_ms: u64,
+    /// ok, failed, timeout, signal, spawn-error, interrupted.
+    pub outcome: &'static str,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+    pub output: Vec<u8>,
+    pub output_bytes: u64,
+    pub output_cut: bool,
+    /// The streak after this run: (start, failures), None after a success.
+    pub streak: Option<(u64, u64)>,
+    /// Prune: keep at most this many runs of the series...
+    pub keep_runs_max: u64,
+    /// ...and none that started before this.
+    pub keep_after_ms: u64,
+}
+
+/// One write.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Start(RunStart),
+    Output {
+        chain: String,
+        task: String,
+        run_id: u64,
+        output: Vec<u8>,
+        output_bytes: u64,
+        output_cut: bool,
+    },
+    End(Box<RunEnd>),
+    /// Runs of `chain` left open by a dead instance are `interrupted`; so is the run
+    /// CHAIN.state says was in progress, (task, run id, start ms), if the dead instance
+    /// had not written it yet (it was killed in the run's first moments). Its guardian,
+    /// which the launch waited for, has closed the run it ended with the real end
+    /// (`close_killed`); what is still open here is a run whose end nobody recorded (the
+    /// guardian was killed too, a power cut, a store locked past the guardian's patience):
+    /// it is closed with `stop_ms` (the launch's time, so its duration runs to the
+    /// launch) and `END_NOT_KNOWN` as its error.
+    CloseOpen {
+        chain: String,
+        stop_ms: u64,
+        running: Option<(String, u64, u64)>,
+    },
+    /// An alert of `kind` was decided for this chain and task.
+    Alert {
+        chain: String,
+        task: String,
+        kind: &'static str,
+    },
+}
+
+/// The `error` of a run closed by the next launch because nobody recorded its end.
+pub(crate) const END_NOT_KNOWN: &str = "run-chain died during the run and its end was not recorded; stop is when the chain was next launched";
+
+/// Durations and latencies (ms) of recent runs.
+pub(crate) type Recent = (Vec<u64>, Vec<u64>);

@@ -1,0 +1,364 @@
+//! What the readers (`status`, `history`, `log`, the metrics, a launch seeding its run
+//! ids) query: rows out, by indexed look-ups and the `series` aggregates, never a scan of
+//! the history.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::schema::*;
+use super::*;
+
+/// Open the store for reading (status, history, log). None: there is no store yet.
+pub(crate) fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
+    let p = path(run_root);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        &p,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
+    // A reader never writes the database: when it happens to be the last connection it
+    // neither checkpoints on close (a WAL a writer left holds up to thousands of commits:
+    // copying them, with two fsyncs, made a `status` or a scrape slow) nor removes the
+    // WAL (which the next reader, or scrape, would make again).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if version == 0 {
+        return Ok(None);
+    }
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "{} has schema version {version}, newer than this run-chain knows ({SCHEMA_VERSION}); use a newer run-chain",
+            p.display()
+        ));
+    }
+    Ok(Some(conn))
+}
+
+/// The highest run id the store knows for each task of `chain` (its series' last and
+/// running run, and its newest kept run). A chain whose CHAIN.state was lost starts its
+/// counters from these, so that a run id is never given twice (an id given again would
+/// replace the stored run that had it).
+pub(crate) fn last_run_ids(run_root: &Path, chain: &str) -> Result<BTreeMap<String, u64>, String> {
+    let Some(conn) = open_read(run_root)? else {
+        return Ok(BTreeMap::new());
+    };
+    let p = path(run_root);
+    let read = || -> rusqlite::Result<BTreeMap<String, u64>> {
+        let mut stmt = conn.prepare(
+            "SELECT s.task, MAX(COALESCE(s.last_run_id, 0), COALESCE(s.running_run_id, 0),
+                    COALESCE((SELECT MAX(r.run_id) FROM runs r WHERE r.series = s.id), 0))
+             FROM series s WHERE s.chain = ?1",
+        )?;
+        let rows = stmt.query_map([chain], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        rows.collect()
+    };
+    read().map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+/// One recorded run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RunRow {
+    pub(crate) chain: String,
+    pub(crate) task: String,
+    pub(crate) run_id: u64,
+    pub(crate) host: String,
+    pub(crate) scheduled_ms: Option<u64>,
+    pub(crate) start_ms: u64,
+    pub(crate) stop_ms: Option<u64>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) duration_ms: Option<u64>,
+    pub(crate) latency_ms: Option<u64>,
+    pub(crate) output_bytes: u64,
+    pub(crate) output_cut: bool,
+    pub(crate) error: Option<String>,
+    pub(crate) instance_pid: u32,
+    pub(crate) version: String,
+    pub(crate) config_digest: String,
+}
+
+/// The aggregates of one chain and task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeriesRow {
+    pub(crate) chain: String,
+    pub(crate) task: String,
+    pub(crate) runs: u64,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) timeout: u64,
+    pub(crate) signal: u64,
+    pub(crate) spawn_error: u64,
+    pub(crate) interrupted: u64,
+    pub(crate) duration_sum_ms: u64,
+    pub(crate) latency_sum_ms: u64,
+    pub(crate) last_run_id: Option<u64>,
+    pub(crate) last_outcome: Option<String>,
+    pub(crate) last_exit_code: Option<i32>,
+    pub(crate) last_scheduled_ms: Option<u64>,
+    pub(crate) last_start_ms: Option<u64>,
+    pub(crate) last_stop_ms: Option<u64>,
+    pub(crate) last_duration_ms: Option<u64>,
+    pub(crate) last_success_ms: Option<u64>,
+    pub(crate) running_run_id: Option<u64>,
+    pub(crate) running_since_ms: Option<u64>,
+    pub(crate) streak_start_ms: Option<u64>,
+    pub(crate) streak_failures: u64,
+}
+
+const RUN_COLUMNS: &str = "s.chain, s.task, r.run_id, i.host, r.scheduled_ms, r.start_ms, r.stop_ms, r.outcome,
+    r.exit_code, r.signal, r.duration_ms, r.latency_ms, r.output_bytes, r.output_cut, r.error, i.pid, i.version,
+    i.config_digest";
+
+fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        chain: r.get(0)?,
+        task: r.get(1)?,
+        run_id: r.get::<_, i64>(2)? as u64,
+        host: r.get(3)?,
+        scheduled_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        start_ms: r.get::<_, i64>(5)? as u64,
+        stop_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        outcome: r.get(7)?,
+        exit_code: r.get(8)?,
+        signal: r.get(9)?,
+        duration_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        latency_ms: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+        output_bytes: r.get::<_, i64>(12)? as u64,
+        output_cut: r.get(13)?,
+        error: r.get(14)?,
+        instance_pid: r.get::<_, i64>(15)? as u32,
+        version: r.get(16)?,
+        config_digest: r.get(17)?,
+    })
+}
+
+/// Series ids of `task`, in `chain` if given.
+fn series_of(conn: &Connection, task: &str, chain: Option<&str>) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM series WHERE task = ?1 AND (?2 IS NULL OR chain = ?2) ORDER BY chain",
+    )?;
+    let ids = stmt
+        .query_map(params![task, chain], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+/// The newest `limit` runs of `task` (in `chain`, or in every chain), newest first: by
+/// start time, then run id, then chain name.
+///
+/// A series' runs are read newest first (by run id, along the index) and, as run ids
+/// and start times grow together in a series, only as far as they can still be among
+/// the newest `limit`: series are visited in the order of their newest run's start, and
+/// the walk stops at the first run older than all of the `limit` kept so far. With 100
+/// chains sharing a task that reads about 150 runs instead of 100 x `limit`.
+pub(crate) fn history(
+    conn: &Connection,
+    task: &str,
+    chain: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<RunRow>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    /// Newer ranks higher: start, then run id, then the chain named first.
+    type Key = (u64, u64, Reverse<usize>);
+    // Series of `task` with their newest run's start (None: no runs), in chain order.
+    let mut heads: Vec<(usize, i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT s.id, (SELECT r.start_ms FROM runs r WHERE r.series = s.id ORDER BY r.run_id DESC LIMIT 1)
+             FROM series s WHERE s.task = ?1 AND (?2 IS NULL OR s.chain = ?2) ORDER BY s.chain",
+        )?
+        .query_map(params![task, chain], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .enumerate()
+        .map(|(rank, r)| r.map(|(id, head)| (rank, id, head)))
+        .collect::<rusqlite::Result<_>>()?;
+    heads.sort_by_key(|&(rank, _, head)| Reverse((head, Reverse(rank))));
+
+    // The newest `limit` so far, the oldest of them on top.
+    let mut kept: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
+    let mut rows: Vec<RunRow> = Vec::new();
+    let full = |kept: &BinaryHeap<Reverse<(Key, usize)>>, key: &Key| {
+        kept.len() >= limit && kept.peek().is_some_and(|Reverse((min, _))| key < min)
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
+         WHERE r.series = ?1 ORDER BY r.run_id DESC LIMIT ?2"
+    ))?;
+    for (rank, sid, head) in heads {
+        let Some(head) = head else { break };
+        if full(&kept, &(head as u64, u64::MAX, Reverse(rank))) {
+            // This series' newest run, and so every later series, is too old.
+            break;
+        }
+        let mut found = stmt.query(params![sid, limit as i64])?;
+        while let Some(r) = found.next()? {
+            let row = run_row(r)?;
+            let key = (row.start_ms, row.run_id, Reverse(rank));
+            if full(&kept, &key) {
+                break;
+            }
+            kept.push(Reverse((key, rows.len())));
+            rows.push(row);
+            if kept.len() > limit {
+                kept.pop();
+            }
+        }
+    }
+    let mut newest: Vec<(Key, usize)> = kept.into_iter().map(|Reverse(k)| k).collect();
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    let mut rows: Vec<Option<RunRow>> = rows.into_iter().map(Some).collect();
+    Ok(newest
+        .into_iter()
+        .filter_map(|(_, i)| rows[i].take())
+        .collect())
+}
+
+/// The kept output of a run: `run_id`, or the newest (by start) of `task`.
+pub(crate) fn output(
+    conn: &Connection,
+    task: &str,
+    chain: Option<&str>,
+    run_id: Option<u64>,
+) -> rusqlite::Result<Option<(RunRow, Vec<u8>)>> {
+    let mut best: Option<(RunRow, Vec<u8>)> = None;
+    for sid in series_of(conn, task, chain)? {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS}, r.output FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
+             WHERE r.series = ?1 AND (?2 IS NULL OR r.run_id = ?2) ORDER BY r.run_id DESC LIMIT 1"
+        ))?;
+        let found = stmt
+            .query_row(params![sid, run_id.map(|r| r as i64)], |r| {
+                Ok((
+                    run_row(r)?,
+                    r.get::<_, Option<Vec<u8>>>(18)?.unwrap_or_default(),
+                ))
+            })
+            .optional()?;
+        if let Some(f) = found {
+            if best.as_ref().is_none_or(|b| f.0.start_ms > b.0.start_ms) {
+                best = Some(f);
+            }
+        }
+    }
+    Ok(best)
+}
+
+const SERIES_COLUMNS: &str = "chain, task, runs, ok, failed, timeout, signal, spawn_error, interrupted,
+    duration_sum_ms, latency_sum_ms, last_run_id, last_outcome, last_exit_code, last_scheduled_ms, last_start_ms,
+    last_stop_ms, last_duration_ms, last_success_ms, running_run_id, running_since_ms, streak_start_ms,
+    streak_failures";
+
+fn series_row(r: &rusqlite::Row) -> rusqlite::Result<SeriesRow> {
+    let u = |v: i64| v as u64;
+    Ok(SeriesRow {
+        chain: r.get(0)?,
+        task: r.get(1)?,
+        runs: u(r.get(2)?),
+        ok: u(r.get(3)?),
+        failed: u(r.get(4)?),
+        timeout: u(r.get(5)?),
+        signal: u(r.get(6)?),
+        spawn_error: u(r.get(7)?),
+        interrupted: u(r.get(8)?),
+        duration_sum_ms: u(r.get(9)?),
+        latency_sum_ms: u(r.get(10)?),
+        last_run_id: r.get::<_, Option<i64>>(11)?.map(u),
+        last_outcome: r.get(12)?,
+        last_exit_code: r.get(13)?,
+        last_scheduled_ms: r.get::<_, Option<i64>>(14)?.map(u),
+        last_start_ms: r.get::<_, Option<i64>>(15)?.map(u),
+        last_stop_ms: r.get::<_, Option<i64>>(16)?.map(u),
+        last_duration_ms: r.get::<_, Option<i64>>(17)?.map(u),
+        last_success_ms: r.get::<_, Option<i64>>(18)?.map(u),
+        running_run_id: r.get::<_, Option<i64>>(19)?.map(u),
+        running_since_ms: r.get::<_, Option<i64>>(20)?.map(u),
+        streak_start_ms: r.get::<_, Option<i64>>(21)?.map(u),
+        streak_failures: u(r.get(22)?),
+    })
+}
+
+/// Every series (chain and task) with its aggregates.
+pub(crate) fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SERIES_COLUMNS} FROM series ORDER BY chain, task"
+    ))?;
+    let rows = stmt
+        .query_map([], series_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Every series with its aggregates and its recent-runs window, in one pass over the
+/// `series` table (schema version 3 or later).
+pub(crate) fn series_with_recent(conn: &Connection) -> rusqlite::Result<Vec<(SeriesRow, Recent)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SERIES_COLUMNS}, recent FROM series ORDER BY chain, task"
+    ))?;
+    let rows = stmt
+        .query_map([], |r| {
+            let blob = r.get_ref(23)?;
+            let recent = unpack_recent(blob.as_blob_or_null()?.unwrap_or_default());
+            Ok((series_row(r)?, recent))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Alerts decided, per (chain, task, kind).
+pub(crate) fn alert_counts(
+    conn: &Connection,
+) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.chain, s.task, a.kind, a.count FROM alerts a JOIN series s ON s.id = a.series",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The chains in which `task` has recorded runs.
+pub(crate) fn chains_of_task(conn: &Connection, task: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.chain FROM series s WHERE s.task = ?1 AND s.runs > 0 ORDER BY s.chain",
+    )?;
+    let rows = stmt
+        .query_map(params![task], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}
+
+/// The chains in which `task` has a run `run_id`.
+pub(crate) fn chains_with_run(
+    conn: &Connection,
+    task: &str,
+    run_id: u64,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.chain FROM series s JOIN runs r ON r.series = s.id
+         WHERE s.task = ?1 AND r.run_id = ?2 ORDER BY s.chain",
+    )?;
+    let rows = stmt
+        .query_map(params![task, run_id as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}

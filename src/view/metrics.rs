@@ -1,0 +1,489 @@
+//! Prometheus text exposition of every chain in a RUN_ROOT.
+//!
+//! [`render`] is pure: it formats a [`Snapshot`] (aggregates, a bounded window of
+//! recent runs per task, alert counts, which chains are up). [`collect`] reads the
+//! snapshot: the lock holders for `up` ([`crate::lock::holders::holders`]), and, in one
+//! query, the `series` aggregates, kept up to date as runs are recorded (so counters never
+//! fall when runs are pruned), with the durations and latencies of the newest
+//! [`store::RECENT_WINDOW`] runs packed in the same row for the quantiles. A scrape reads
+//! one row per task: its cost never grows with the history.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::core::alert::Kind;
+use crate::store::{self, SeriesRow};
+
+/// The quantiles, with their label as `{}` writes the number.
+const QUANTILES: [(f64, &str); 5] = [
+    (0.01, ",quantile=\"0.01\""),
+    (0.1, ",quantile=\"0.1\""),
+    (0.5, ",quantile=\"0.5\""),
+    (0.9, ",quantile=\"0.9\""),
+    (0.99, ",quantile=\"0.99\""),
+];
+
+/// What one scrape shows.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Snapshot {
+    /// chain -> up (by its lock)
+    pub(crate) chains: BTreeMap<String, bool>,
+    pub(crate) series: Vec<SeriesRow>,
+    /// (chain, task) -> (durations ms, latencies ms) of recent runs
+    pub(crate) recent: HashMap<(String, String), store::Recent>,
+    /// (chain, task, kind) -> count
+    pub(crate) alerts: Vec<(String, String, String, u64)>,
+}
+
+/// Read the snapshot of `run_root`.
+pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
+    let mut snap = Snapshot::default();
+    if let Ok(names) = crate::lock::holders::chains(run_root) {
+        let up = crate::lock::holders::holders(run_root, &names);
+        for (c, holder) in names.into_iter().zip(up) {
+            snap.chains.insert(c, holder.is_some());
+        }
+    }
+    let Some(conn) = store::open_read(run_root)? else {
+        return Ok(snap);
+    };
+    let err =
+        |e: rusqlite::Error| format!("failed to read {}: {e}", store::path(run_root).display());
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if version >= 3 {
+        for (s, recent) in store::series_with_recent(&conn).map_err(err)? {
+            snap.recent
+                .insert((s.chain.clone(), s.task.clone()), recent);
+            snap.series.push(s);
+        }
+    } else {
+        snap.series = store::series(&conn).map_err(err)?;
+    }
+    if version >= 2 {
+        snap.alerts = store::alert_counts(&conn).map_err(err)?;
+    }
+    for s in &snap.series {
+        snap.chains.entry(s.chain.clone()).or_insert(false);
+    }
+    Ok(snap)
+}
+
+/// Escape a label value.
+fn esc(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
+fn labels(chain: &str, task: &str) -> String {
+    format!("chain=\"{}\",task=\"{}\"", esc(chain), esc(task))
+}
+
+/// A quantile of sorted values (nearest rank).
+pub(crate) fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Append `n` in decimal.
+fn put_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// Append milliseconds as seconds, as `{}` writes `ms as f64 / 1000.0` (the shortest
+/// decimal that reads back as that double), without going through floating point.
+fn put_secs(out: &mut String, ms: u64) {
+    // Below 10^15 (31,000 years) the decimal ms/1000 has at most 15 significant
+    // digits, so it is the shortest decimal of its double: the same text.
+    if ms >= 1_000_000_000_000_000 {
+        let _ = write!(out, "{}", ms as f64 / 1000.0);
+        return;
+    }
+    put_u64(out, ms / 1000);
+    let mut frac = ms % 1000;
+    if frac != 0 {
+        out.push('.');
+        let mut div = 100;
+        while frac != 0 {
+            out.push(char::from(b'0' + (frac / div) as u8));
+            frac %= div;
+            div /= 10;
+        }
+    }
+}
+
+/// Append the start of a sample line: `name{labels extra} `.
+fn put_sample(out: &mut String, name: &str, labels: &str, extra: &str) {
+    out.push_str(name);
+    out.push('{');
+    out.push_str(labels);
+    out.push_str(extra);
+    out.push_str("} ");
+}
+
+/// One family: its HELP and TYPE lines.
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The text exposition of `snap`; `scrape_seconds` is how long collecting took.
+pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
+    // About 2.5 KB per task; written once, without growing.
+    let mut out = String::with_capacity(4096 + snap.series.len() * 3072);
+    let out = &mut out;
+    // The labels of each series, made once.
+    let ls: Vec<String> = snap
+        .series
+        .iter()
+        .map(|s| labels(&s.chain, &s.task))
+        .collect();
+    let up = |s: &SeriesRow| snap.chains.get(&s.chain).copied().unwrap_or(false);
+
+    head(
+        out,
+        "run_chain_build_info",
+        "gauge",
+        "run-chain's version (always 1).",
+    );
+    let _ = writeln!(
+        out,
+        "run_chain_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    head(
+        out,
+        "run_chain_up",
+        "gauge",
+        "Whether the chain's process runs (holds its lock).",
+    );
+    for (c, up) in &snap.chains {
+        let _ = writeln!(
+            out,
+            "run_chain_up{{chain=\"{}\"}} {}",
+            esc(c),
+            u8::from(*up)
+        );
+    }
+
+    head(
+        out,
+        "run_chain_runs_total",
+        "counter",
+        "Runs by result (ok, failed, timeout, signal, spawn-error, interrupted).",
+    );
+    for (s, l) in snap.series.iter().zip(&ls) {
+        for (result, n) in [
+            (",result=\"ok\"", s.ok),
+            (",result=\"failed\"", s.failed),
+            (",result=\"timeout\"", s.timeout),
+            (",result=\"signal\"", s.signal),
+            (",result=\"spawn-error\"", s.spawn_error),
+            (",result=\"interrupted\"", s.interrupted),
+        ] {
+            put_sample(out, "run_chain_runs_total", l, result);
+            put_u64(out, n);
+            out.push('\n');
+        }
+    }
+
+    // The recent windows, sorted once: (durations, latencies) per series.
+    let sorted: Vec<Option<(Vec<u64>, Vec<u64>)>> = snap
+        .series
+        .iter()
+        .map(|s| {
+            let (d, l) = snap.recent.get(&(s.chain.clone(), s.task.clone()))?;
+            let (mut d, mut l) = (d.clone(), l.clone());
+            d.sort_unstable();
+            l.sort_unstable();
+            Some((d, l))
+        })
+        .collect();
+    for (name, help, latency) in [
+        (
+            "run_chain_run_duration_seconds",
+            "Run duration: quantiles over recent runs, sum and count over all runs.",
+            false,
+        ),
+        (
+            "run_chain_run_latency_seconds",
+            "Start latency (actual start minus scheduled start, including any wait for a group): quantiles over recent runs, sum and count over all runs.",
+            true,
+        ),
+    ] {
+        head(out, name, "summary", help);
+        let (sum_name, count_name) = (format!("{name}_sum"), format!("{name}_count"));
+        for ((s, l), w) in snap.series.iter().zip(&ls).zip(&sorted) {
+            if let Some((d, lat)) = w {
+                let v = if latency { lat } else { d };
+                for (q, qlabel) in QUANTILES {
+                    if let Some(x) = quantile(v, q) {
+                        put_sample(out, name, l, qlabel);
+                        put_secs(out, x);
+                        out.push('\n');
+                    }
+                }
+            }
+            let sum = if latency {
+                s.latency_sum_ms
+            } else {
+                s.duration_sum_ms
+            };
+            put_sample(out, &sum_name, l, "");
+            put_secs(out, sum);
+            out.push('\n');
+            put_sample(out, &count_name, l, "");
+            put_u64(out, s.runs);
+            out.push('\n');
+        }
+    }
+
+    head(
+        out,
+        "run_chain_last_exit_code",
+        "gauge",
+        "Exit code of the last run (128 + signal for a signalled run, 127 for a spawn error).",
+    );
+    for (s, l) in snap.series.iter().zip(&ls) {
+        let code = match s.last_outcome.as_deref() {
+            Some("spawn-error") => Some(127),
+            _ => s.last_exit_code,
+        };
+        if let Some(c) = code {
+            let _ = writeln!(out, "run_chain_last_exit_code{{{l}}} {c}");
+        }
+    }
+
+    for (name, help, get) in [
+        (
+            "run_chain_last_scheduled_time_seconds",
+            "When the last run was due (Unix time).",
+            (|s: &SeriesRow| s.last_scheduled_ms) as fn(&SeriesRow) -> Option<u64>,
+        ),
+        (
+            "run_chain_last_start_time_seconds",
+            "When the last run started (Unix time).",
+            |s: &SeriesRow| s.last_start_ms,
+        ),
+        (
+            "run_chain_last_stop_time_seconds",
+            "When the last run ended (Unix time).",
+            |s: &SeriesRow| s.last_stop_ms,
+        ),
+        (
+            "run_chain_last_success_time_seconds",
+            "When the last successful run ended (Unix time).",
+            |s: &SeriesRow| s.last_success_ms,
+        ),
+        (
+            "run_chain_streak_start_time_seconds",
+            "When the current failure streak began (Unix time); absent when the last run succeeded.",
+            |s: &SeriesRow| s.streak_start_ms,
+        ),
+        (
+            "run_chain_running_start_time_seconds",
+            "When the run in progress started (Unix time); absent when none runs.",
+            |s: &SeriesRow| s.running_since_ms,
+        ),
+    ] {
+        head(out, name, "gauge", help);
+        for (s, l) in snap.series.iter().zip(&ls) {
+            // A run left "in progress" by a chain that is down (it crashed) is not running.
+            if name == "run_chain_running_start_time_seconds" && !up(s) {
+                continue;
+            }
+            if let Some(ms) = get(s) {
+                put_sample(out, name, l, "");
+                put_secs(out, ms);
+                out.push('\n');
+            }
+        }
+    }
+
+    head(
+        out,
+        "run_chain_consecutive_failures",
+        "gauge",
+        "Failures since the last success.",
+    );
+    for (s, l) in snap.series.iter().zip(&ls) {
+        put_sample(out, "run_chain_consecutive_failures", l, "");
+        put_u64(out, s.streak_failures);
+        out.push('\n');
+    }
+
+    head(
+        out,
+        "run_chain_running",
+        "gauge",
+        "Whether a run of the task is in progress.",
+    );
+    for (s, l) in snap.series.iter().zip(&ls) {
+        let running = up(s) && s.running_run_id.is_some();
+        put_sample(out, "run_chain_running", l, "");
+        out.push_str(if running { "1\n" } else { "0\n" });
+    }
+
+    head(
+        out,
+        "run_chain_alerts_total",
+        "counter",
+        "Alerts decided and queued for delivery, by kind (first-failure, new-failure, downtime, recovered).",
+    );
+    let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for s in &snap.series {
+        for k in Kind::all() {
+            counts.insert((&s.chain, &s.task, k.as_str()), 0);
+        }
+    }
+    for (c, t, k, n) in &snap.alerts {
+        counts.insert((c, t, k), *n);
+    }
+    let mut l = (("", ""), String::new());
+    for ((c, t, k), n) in counts {
+        if l.0 != (c, t) {
+            l = ((c, t), labels(c, t));
+        }
+        out.push_str("run_chain_alerts_total{");
+        out.push_str(&l.1);
+        out.push_str(",kind=\"");
+        out.push_str(&esc(k));
+        out.push_str("\"} ");
+        put_u64(out, n);
+        out.push('\n');
+    }
+
+    if let Some(sec) = scrape_seconds {
+        head(
+            out,
+            "run_chain_scrape_duration_seconds",
+            "gauge",
+            "How long reading the store for this scrape took.",
+        );
+        let _ = writeln!(out, "run_chain_scrape_duration_seconds {sec}");
+    }
+    std::mem::take(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_labels_read_as_the_numbers() {
+        for (q, label) in QUANTILES {
+            assert_eq!(label, format!(",quantile=\"{q}\""));
+        }
+    }
+
+    #[test]
+    fn quantiles_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50));
+        assert_eq!(quantile(&v, 0.99), Some(99));
+        assert_eq!(quantile(&v, 0.01), Some(1));
+        assert_eq!(quantile(&[7], 0.9), Some(7));
+        assert_eq!(quantile(&[], 0.9), None);
+    }
+
+    #[test]
+    fn seconds_read_as_the_float_would() {
+        for ms in [
+            0u64,
+            1,
+            7,
+            10,
+            99,
+            100,
+            120,
+            1000,
+            1001,
+            1010,
+            1100,
+            1500,
+            59_999,
+            1_764_000_000_123,
+            1_764_000_000_120,
+            1_764_000_000_100,
+            1_764_000_000_000,
+            999_999_999_999_999,
+            1_000_000_000_000_000,
+            u64::MAX,
+        ] {
+            let mut text = String::new();
+            put_secs(&mut text, ms);
+            assert_eq!(text, format!("{}", ms as f64 / 1000.0), "{ms}");
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = (x % 1_000_000_000_000_000) >> (x % 50);
+            let mut text = String::new();
+            put_secs(&mut text, ms);
+            assert_eq!(text, format!("{}", ms as f64 / 1000.0), "{ms}");
+        }
+    }
+
+    #[test]
+    fn renders_families_with_help_and_type() {
+        let mut snap = Snapshot::default();
+        snap.chains.insert("c".into(), true);
+        snap.series.push(SeriesRow {
+            chain: "c".into(),
+            task: "t\"x".into(),
+            runs: 3,
+            ok: 2,
+            failed: 1,
+            duration_sum_ms: 1500,
+            last_exit_code: Some(137),
+            last_outcome: Some("signal".into()),
+            running_run_id: Some(4),
+            running_since_ms: Some(1_000),
+            ..SeriesRow::default()
+        });
+        snap.recent
+            .insert(("c".into(), "t\"x".into()), (vec![500, 1000], vec![1, 2]));
+        snap.alerts
+            .push(("c".into(), "t\"x".into(), "downtime".into(), 2));
+        let text = render(&snap, Some(0.001));
+        assert!(text.contains("run_chain_up{chain=\"c\"} 1"));
+        assert!(text.contains("run_chain_runs_total{chain=\"c\",task=\"t\\\"x\",result=\"ok\"} 2"));
+        assert!(
+            text.contains("run_chain_run_duration_seconds_count{chain=\"c\",task=\"t\\\"x\"} 3")
+        );
+        assert!(text.contains(
+            "run_chain_run_duration_seconds{chain=\"c\",task=\"t\\\"x\",quantile=\"0.5\"} 0.5"
+        ));
+        assert!(text.contains("run_chain_last_exit_code{chain=\"c\",task=\"t\\\"x\"} 137"));
+        assert!(text
+            .contains("run_chain_alerts_total{chain=\"c\",task=\"t\\\"x\",kind=\"downtime\"} 2"));
+        assert!(text.contains("run_chain_running{chain=\"c\",task=\"t\\\"x\"} 1"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).expect("name");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+    }
+}
