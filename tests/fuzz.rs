@@ -196,62 +196,29 @@ fn regex(re: &str) -> impl Strategy<Value = String> {
 // A model of a config file: sections of `key = value` lines, rendered as TOML.
 // ---------------------------------------------------------------------------------------------
 
+#[rustfmt::skip]
 const DURATION_KEYS: &[&str] = &[
-    "success_cooldown",
-    "fail_cooldown",
-    "non_recoverable_downtime",
-    "timeout",
-    "stop_grace",
-    "kill_grace",
-    "keep_runs_for",
+    "success_cooldown", "fail_cooldown", "non_recoverable_downtime", "timeout", "stop_grace",
+    "kill_grace", "keep_runs_for",
 ];
 const TASK_KEYS: &[&str] = &["command", "argv", "cwd", "env", "nice", "group"];
+#[rustfmt::skip]
 const EMAIL_KEYS: &[&str] = &[
-    "to",
-    "from",
-    "smtp",
-    "tls",
-    "ca_file",
-    "password_file",
-    "password_env",
-    "sendmail",
+    "to", "from", "smtp", "tls", "ca_file", "password_file", "password_env", "sendmail",
     "max_alerts_per_hour",
 ];
+#[rustfmt::skip]
 const OTHER_KEYS: &[&str] = &[
-    "keep_runs_max",
-    "keep_output",
-    "max_running",
-    "run_root",
-    "defaults",
-    "email",
-    "tasks",
+    "keep_runs_max", "keep_output", "max_running", "run_root", "defaults", "email", "tasks",
     "groups",
 ];
 
 /// Keys that are not in the key set (typos, case, unicode, injection attempts).
+#[rustfmt::skip]
 const JUNK_KEYS: &[&str] = &[
-    "sucess_cooldown",
-    "Command",
-    "cmd",
-    "tiemout",
-    "succes_cooldown",
-    "commands",
-    "arg",
-    "env_vars",
-    "max-running",
-    "keep_run_max",
-    "password",
-    "smtp_password",
-    "ṫimeout",
-    "time\u{200b}out",
-    "🦀",
-    "x y",
-    "a.b",
-    "",
-    "\u{0}",
-    "\n",
-    "tasks",
-    "[",
+    "sucess_cooldown", "Command", "cmd", "tiemout", "succes_cooldown", "commands", "arg",
+    "env_vars", "max-running", "keep_run_max", "password", "smtp_password", "ṫimeout",
+    "time\u{200b}out", "🦀", "x y", "a.b", "", "\u{0}", "\n", "tasks", "[",
 ];
 
 /// The junk keys that an unknown-key fault may add (each is named in the rejection).
@@ -381,47 +348,22 @@ enum Flavour {
     Wild,
 }
 
+#[rustfmt::skip]
 const VALID_DURATIONS: &[(&str, u64)] = &[
-    ("90s", 90_000),
-    ("15m", 900_000),
-    ("1h 30m", 5_400_000),
-    ("0s", 0),
-    ("0", 0),
-    ("30d", 2_592_000_000),
-    ("500ms", 500),
-    ("2h", 7_200_000),
-    (" 5s ", 5_000),
-    ("1h30m", 5_400_000),
-    ("1day", 86_400_000),
-    ("3 weeks", 1_814_400_000),
+    ("90s", 90_000), ("15m", 900_000), ("1h 30m", 5_400_000), ("0s", 0), ("0", 0),
+    ("30d", 2_592_000_000), ("500ms", 500), ("2h", 7_200_000), (" 5s ", 5_000),
+    ("1h30m", 5_400_000), ("1day", 86_400_000), ("3 weeks", 1_814_400_000),
 ];
 const SAFE_COOLDOWNS: &[(&str, u64)] = &[("0s", 0), ("0", 0), ("1ms", 1), ("10ms", 10)];
 
 /// The units of a duration, each spelling with its length in milliseconds.
+#[rustfmt::skip]
 const DURATION_UNITS: &[(&str, u64)] = &[
-    ("ms", 1),
-    ("msec", 1),
-    ("millis", 1),
-    ("s", 1_000),
-    ("sec", 1_000),
-    ("secs", 1_000),
-    ("second", 1_000),
-    ("seconds", 1_000),
-    ("m", 60_000),
-    ("min", 60_000),
-    ("mins", 60_000),
-    ("minute", 60_000),
-    ("minutes", 60_000),
-    ("h", 3_600_000),
-    ("hr", 3_600_000),
-    ("hrs", 3_600_000),
-    ("hour", 3_600_000),
-    ("hours", 3_600_000),
-    ("d", 86_400_000),
-    ("day", 86_400_000),
-    ("days", 86_400_000),
-    ("w", 604_800_000),
-    ("week", 604_800_000),
+    ("ms", 1), ("msec", 1), ("millis", 1), ("s", 1_000), ("sec", 1_000), ("secs", 1_000),
+    ("second", 1_000), ("seconds", 1_000), ("m", 60_000), ("min", 60_000), ("mins", 60_000),
+    ("minute", 60_000), ("minutes", 60_000), ("h", 3_600_000), ("hr", 3_600_000),
+    ("hrs", 3_600_000), ("hour", 3_600_000), ("hours", 3_600_000), ("d", 86_400_000),
+    ("day", 86_400_000), ("days", 86_400_000), ("w", 604_800_000), ("week", 604_800_000),
     ("weeks", 604_800_000),
 ];
 
@@ -447,32 +389,10 @@ fn valid_name() -> impl Strategy<Value = String> {
     })
 }
 
+#[rustfmt::skip]
 const WILD_PIECES: &[&str] = &[
-    "a",
-    "Z",
-    "0",
-    " ",
-    "é",
-    "日本",
-    "🦀",
-    "\u{202e}",
-    "\u{feff}",
-    "\u{10ffff}",
-    "\0",
-    "\r\n",
-    "\t",
-    "\\",
-    "\"",
-    "'",
-    "$(id)",
-    "`x`",
-    "%s%n",
-    "../",
-    "/",
-    "=",
-    "@",
-    "\u{7f}",
-    "\u{1b}[31m",
+    "a", "Z", "0", " ", "é", "日本", "🦀", "\u{202e}", "\u{feff}", "\u{10ffff}", "\0", "\r\n", "\t",
+    "\\", "\"", "'", "$(id)", "`x`", "%s%n", "../", "/", "=", "@", "\u{7f}", "\u{1b}[31m",
 ];
 
 /// Any string: ASCII, unicode, controls, NUL, any character at all, now and then a long one.
@@ -880,105 +800,52 @@ fn faulty_doc(flavour: Flavour) -> impl Strategy<Value = (Doc, Vec<String>)> {
         ("argv", "\"true\""),
         ("command", "[\"true\"]"),
     ];
+    // (Only in a task?, the keys, bad values for them, as TOML.)
+    type BadValues = (bool, &'static [&'static str], &'static [&'static str]);
+    #[rustfmt::skip]
+    const BAD_VALUES: &[BadValues] = &[
+        (false, DURATION_KEYS, &[
+            "\"soon\"", "\"15\"", "\"-1s\"", "\"\"", "\"1x\"", "\"h\"", "\"1 fortnight\"", "\"\\u0000\"",
+            "\"99999999999999999999999999s\"", "\"1.5.h\"", "\"15 minutes please\"", "\"∞\"",
+            // The wrong type.
+            "5", "1.5", "true", "[\"1s\"]", "{ s = 1 }", "-3",
+        ]),
+        (false, &["timeout"], &["\"0s\"", "\"0\"", "\"0ms\""]),
+        (false, &["keep_runs_max"], &[
+            "0", "-1", "-9223372036854775808", "\"100\"", "1.0", "9223372036854775808",
+        ]),
+        (false, &["keep_output"], &[
+            "\"lots\"", "\"1.5MiB\"", "67108865", "\"65MiB\"", "-1", "\"99999999999999999999\"",
+            "\"18446744073709551615G\"", "\"-5\"", "\"1 TiB\"", "\"\"", "true",
+        ]),
+        (true, &["nice"], &["20", "-21", "9223372036854775807", "\"5\"", "1.5"]),
+        (true, &["env"], &[
+            "{ \"A=B\" = \"1\" }", "{ \"RUN_CHAIN_TASK\" = \"x\" }", "{ \"\" = \"x\" }",
+            "{ A = \"a\\u0000\" }", "{ A = 1 }",
+        ]),
+        (true, &["cwd"], &["\"\""]),
+    ];
+    // One key set to a bad value (in a task, or in a task or [defaults]).
+    let bad_value = (
+        doc(),
+        timing(),
+        task(),
+        pick(BAD_VALUES),
+        any::<Index>(),
+        any::<Index>(),
+    )
+        .prop_map(|(mut doc, at, t, (task_only, keys, values), k, v)| {
+            let sec = if task_only {
+                doc.task(t)
+            } else {
+                doc.timing_section(at)
+            };
+            let key = *k.get(keys);
+            doc.set(&sec, key, v.get(values).to_string());
+            (doc, vec![key.into()])
+        })
+        .boxed();
     let faults: Vec<BoxedStrategy<(Doc, Vec<String>)>> = vec![
-        // A duration that is not one.
-        (
-            doc(),
-            timing(),
-            pick(DURATION_KEYS),
-            pick(&[
-                "soon",
-                "15",
-                "-1s",
-                "",
-                "1x",
-                "h",
-                "1 fortnight",
-                "\0",
-                "99999999999999999999999999s",
-                "1.5.h",
-                "15 minutes please",
-                "∞",
-            ]),
-        )
-            .prop_map(|(mut doc, at, key, bad)| {
-                let sec = doc.timing_section(at);
-                doc.set(&sec, key, toml_str(bad));
-                (doc, vec![key.into()])
-            })
-            .boxed(),
-        // A duration of the wrong type.
-        (
-            doc(),
-            timing(),
-            pick(DURATION_KEYS),
-            pick(&["5", "1.5", "true", "[\"1s\"]", "{ s = 1 }", "-3"]),
-        )
-            .prop_map(|(mut doc, at, key, bad)| {
-                let sec = doc.timing_section(at);
-                doc.set(&sec, key, bad.into());
-                (doc, vec![key.into()])
-            })
-            .boxed(),
-        (doc(), timing(), pick(&["0s", "0", "0ms"]))
-            .prop_map(|(mut doc, at, bad)| {
-                let sec = doc.timing_section(at);
-                doc.set(&sec, "timeout", toml_str(bad));
-                (doc, vec!["timeout".into()])
-            })
-            .boxed(),
-        (
-            doc(),
-            timing(),
-            pick(&[
-                "0",
-                "-1",
-                "-9223372036854775808",
-                "\"100\"",
-                "1.0",
-                "9223372036854775808",
-            ]),
-        )
-            .prop_map(|(mut doc, at, bad)| {
-                let sec = doc.timing_section(at);
-                doc.set(&sec, "keep_runs_max", bad.into());
-                (doc, vec!["keep_runs_max".into()])
-            })
-            .boxed(),
-        (
-            doc(),
-            timing(),
-            pick(&[
-                "\"lots\"",
-                "\"1.5MiB\"",
-                "67108865",
-                "\"65MiB\"",
-                "-1",
-                "\"99999999999999999999\"",
-                "\"18446744073709551615G\"",
-                "\"-5\"",
-                "\"1 TiB\"",
-                "\"\"",
-                "true",
-            ]),
-        )
-            .prop_map(|(mut doc, at, bad)| {
-                let sec = doc.timing_section(at);
-                doc.set(&sec, "keep_output", bad.into());
-                (doc, vec!["keep_output".into()])
-            })
-            .boxed(),
-        (
-            doc(),
-            task(),
-            pick(&["20", "-21", "9223372036854775807", "\"5\"", "1.5"]),
-        )
-            .prop_map(|(mut doc, t, bad)| {
-                let sec = doc.task(t);
-                doc.set(&sec, "nice", bad.into());
-                (doc, vec!["nice".into()])
-            })
-            .boxed(),
         // An unknown key, anywhere.
         (doc(), any::<Index>(), pick(UNKNOWN_KEYS))
             .prop_map(|(mut doc, at, junk)| {
@@ -1044,30 +911,6 @@ fn faulty_doc(flavour: Flavour) -> impl Strategy<Value = (Doc, Vec<String>)> {
                 s.entries.retain(|(k, _)| k != "command" && k != "argv");
                 s.entries.push((key.into(), bad.into()));
                 (doc, vec![key.into()])
-            })
-            .boxed(),
-        (
-            doc(),
-            task(),
-            pick(&[
-                "{ \"A=B\" = \"1\" }",
-                "{ \"RUN_CHAIN_TASK\" = \"x\" }",
-                "{ \"\" = \"x\" }",
-                "{ A = \"a\\u0000\" }",
-                "{ A = 1 }",
-            ]),
-        )
-            .prop_map(|(mut doc, t, bad)| {
-                let sec = doc.task(t);
-                doc.set(&sec, "env", bad.into());
-                (doc, vec!["env".into()])
-            })
-            .boxed(),
-        (doc(), task())
-            .prop_map(|(mut doc, t)| {
-                let sec = doc.task(t);
-                doc.set(&sec, "cwd", "\"\"".into());
-                (doc, vec!["cwd".into()])
             })
             .boxed(),
         (doc(), pick(&["\"\"", "\"   \"", "5"]))
@@ -1185,66 +1028,19 @@ fn faulty_doc(flavour: Flavour) -> impl Strategy<Value = (Doc, Vec<String>)> {
             })
             .boxed(),
     ];
-    proptest::strategy::Union::new(faults)
+    let faults = faults.into_iter().map(|f| (1, f));
+    proptest::strategy::Union::new_weighted(std::iter::once((8, bad_value)).chain(faults).collect())
 }
 
+#[rustfmt::skip]
 const MUTATION_TOKENS: &[&str] = &[
-    "[",
-    "]",
-    "[[",
-    "]]",
-    "=",
-    "\"",
-    "'",
-    "'''",
-    "\"\"\"",
-    "\n",
-    "\r\n",
-    "\\",
-    "\\u0000",
-    "\\U0010FFFF",
-    "\\uD800",
-    "{",
-    "}",
-    ",",
-    "#",
-    ".",
-    " ",
-    "tasks.",
-    "\n[tasks.a]\n",
-    "\n[defaults]\n",
-    "\n[email]\n",
-    "\n[groups.g]\n",
-    "\n[[tasks]]\n",
-    "\ncommand = \"x\"\n",
-    "\nargv = []\n",
-    "1e400",
-    "nan",
-    "-inf",
-    "-0",
-    "0x7f",
-    "0o777",
-    "0b1",
-    "1_000",
-    "9223372036854775808",
-    "-9223372036854775809",
-    "99999999999999999999999999",
-    "1979-05-27T07:32:00Z",
-    "07:32:00",
-    "true",
-    "é",
-    "\u{202e}",
-    "\u{feff}",
-    "\0",
-    "\t",
-    "\u{10FFFF}",
-    "🦀",
-    "\"1h\"",
-    "\"-5s\"",
-    "\"none\"",
-    "\"64KiB\"",
-    "\"..\"",
-    "\"a/b\"",
+    "[", "]", "[[", "]]", "=", "\"", "'", "'''", "\"\"\"", "\n", "\r\n", "\\", "\\u0000",
+    "\\U0010FFFF", "\\uD800", "{", "}", ",", "#", ".", " ", "tasks.", "\n[tasks.a]\n",
+    "\n[defaults]\n", "\n[email]\n", "\n[groups.g]\n", "\n[[tasks]]\n", "\ncommand = \"x\"\n",
+    "\nargv = []\n", "1e400", "nan", "-inf", "-0", "0x7f", "0o777", "0b1", "1_000",
+    "9223372036854775808", "-9223372036854775809", "99999999999999999999999999",
+    "1979-05-27T07:32:00Z", "07:32:00", "true", "é", "\u{202e}", "\u{feff}", "\0", "\t",
+    "\u{10FFFF}", "🦀", "\"1h\"", "\"-5s\"", "\"none\"", "\"64KiB\"", "\"..\"", "\"a/b\"",
 ];
 
 /// One edit of a config's text; `Index`es are positions (in characters, lines or sections).
@@ -1367,12 +1163,10 @@ fn apply_edits(text: &str, edits: &[Edit]) -> String {
 }
 
 /// Files the config claims to come from: their display form must be in every message.
+#[rustfmt::skip]
 const CONFIG_PATHS: &[&str] = &[
-    "/etc/run-chain/tasks.toml",
-    "tasks.toml",
-    "./relative dir/tâsks.toml",
-    "/tmp/with\"quote/and spaces/tasks.toml",
-    "/srv/日本/x.toml",
+    "/etc/run-chain/tasks.toml", "tasks.toml", "./relative dir/tâsks.toml",
+    "/tmp/with\"quote/and spaces/tasks.toml", "/srv/日本/x.toml",
 ];
 
 /// What a case's config text is: a valid model, one fault, edits, or random bytes.
@@ -1578,39 +1372,11 @@ fn the_generator_makes_valid_configs_and_every_kind_of_case() {
     assert!(counts.iter().all(|n| *n > 100), "{counts:?}");
 }
 
+#[rustfmt::skip]
 const TEXT_PIECES: &[&str] = &[
-    "a",
-    "Z",
-    "9",
-    "0",
-    "_",
-    "-",
-    ".",
-    "/",
-    " ",
-    "..",
-    "é",
-    "🦀",
-    "\0",
-    "\n",
-    "s",
-    "m",
-    "h",
-    "ms",
-    "d",
-    "KiB",
-    "MiB",
-    "GiB",
-    "KB",
-    "B",
-    "K",
-    "1",
-    "18446744073709551615",
-    "+",
-    "e",
-    "\t",
-    "\u{a0}",
-    "٣",
+    "a", "Z", "9", "0", "_", "-", ".", "/", " ", "..", "é", "🦀", "\0", "\n", "s", "m", "h", "ms",
+    "d", "KiB", "MiB", "GiB", "KB", "B", "K", "1", "18446744073709551615", "+", "e", "\t",
+    "\u{a0}", "٣",
 ];
 
 /// Text for the small parsers: pieces of names, numbers and units, now and then a long one;
@@ -1625,19 +1391,10 @@ fn small_parser_text() -> impl Strategy<Value = String> {
     ]
 }
 
+#[rustfmt::skip]
 const SIZE_UNITS: &[(&str, u64)] = &[
-    ("", 1),
-    ("B", 1),
-    ("K", 1024),
-    ("KiB", 1024),
-    ("KB", 1000),
-    ("kB", 1000),
-    ("M", 1 << 20),
-    ("MiB", 1 << 20),
-    ("MB", 1_000_000),
-    ("G", 1 << 30),
-    ("GiB", 1 << 30),
-    ("GB", 1_000_000_000),
+    ("", 1), ("B", 1), ("K", 1024), ("KiB", 1024), ("KB", 1000), ("kB", 1000), ("M", 1 << 20),
+    ("MiB", 1 << 20), ("MB", 1_000_000), ("G", 1 << 30), ("GiB", 1 << 30), ("GB", 1_000_000_000),
 ];
 
 #[test]
@@ -1765,68 +1522,22 @@ fn deep_nesting_and_huge_inputs_are_rejected_cleanly() {
 // ---------------------------------------------------------------------------------------------
 
 /// The real flags and subcommands, and junk.
+#[rustfmt::skip]
 const FLAGS: &[&str] = &[
-    "-c",
-    "--config",
-    "--run-root",
-    "--name",
-    "--no-kill-concurrent",
-    "--once",
-    "--json",
-    "--chain",
-    "--limit",
-    "--now",
-    "--listen",
-    "--help",
-    "-h",
-    "--version",
-    "-V",
-    "--",
-    "-",
-    "--config=",
-    "--name=",
-    "--limit=3",
-    "-cX",
-    "--no-such-flag",
-    "-z",
-    "--once=yes",
-    "--json=false",
-    "---",
+    "-c", "--config", "--run-root", "--name", "--no-kill-concurrent", "--once", "--json",
+    "--chain", "--limit", "--now", "--listen", "--help", "-h", "--version", "-V", "--", "-",
+    "--config=", "--name=", "--limit=3", "-cX", "--no-such-flag", "-z", "--once=yes",
+    "--json=false", "---",
 ];
+#[rustfmt::skip]
 const SUBCOMMANDS: &[&str] = &[
-    "check",
-    "status",
-    "history",
-    "log",
-    "stop",
-    "kick",
-    "metrics",
-    "exporter",
-    "mail-test",
-    "help",
-    "CHECK",
-    "mail_test",
+    "check", "status", "history", "log", "stop", "kick", "metrics", "exporter", "mail-test",
+    "help", "CHECK", "mail_test",
 ];
+#[rustfmt::skip]
 const VALUES: &[&str] = &[
-    "a",
-    "b",
-    "send_mail",
-    "0",
-    "1",
-    "-1",
-    "18446744073709551615",
-    "18446744073709551616",
-    "abc",
-    "",
-    " ",
-    "..",
-    "a/b",
-    ".hidden",
-    "é",
-    "🦀",
-    "127.0.0.1:0",
-    "tasks.toml",
-    "-",
+    "a", "b", "send_mail", "0", "1", "-1", "18446744073709551615", "18446744073709551616", "abc",
+    "", " ", "..", "a/b", ".hidden", "é", "🦀", "127.0.0.1:0", "tasks.toml", "-",
 ];
 
 fn random_arg() -> impl Strategy<Value = OsString> {
