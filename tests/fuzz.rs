@@ -923,6 +923,9 @@ fn faulty_doc(flavour: Flavour) -> impl Strategy<Value = (Doc, Vec<String>)> {
             .boxed(),
         (doc(), pick(BAD_GROUPS))
             .prop_map(|(mut doc, (name, max, needle))| {
+                // Replacing a valid group of that name (else the rejection is of a duplicate).
+                let valid = format!("groups.{name}");
+                doc.sections.retain(|s| s.header.as_deref() != Some(&valid));
                 doc.sections.push(Section {
                     header: Some(format!("groups.{}", toml_str(name))),
                     entries: vec![("max_running".into(), max.into())],
