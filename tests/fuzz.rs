@@ -1,19 +1,26 @@
-//! Fuzzing the config parser and the command line (issue 7, point 14): no input makes run-chain
-//! panic, and every rejection is a clean exit 78 (config) or 64 (usage) with a message.
+//! Property tests of the config parser and the command line (issue 7, point 14; proptest since
+//! issue 18): no input makes run-chain panic, and every rejection is a clean exit 78 (config) or
+//! 64 (usage) with a message.
 //!
-//! Deterministic: a small xorshift generator, seeded. Every case has its own seed (derived from
-//! the run's seed and the case number), so a failure names the case and shows its input, and
-//! the same `RUN_CHAIN_FUZZ_SEED` replays it. Settings (environment):
-//! - `RUN_CHAIN_FUZZ_CASES`: in-process cases per fuzz target (default 20,000; `scripts/fuzz`
+//! The inputs come from proptest strategies that know the config's real key set, its near
+//! misses and the text that breaks parsers (see the model below). A failing case is shrunk by
+//! proptest to a minimal input, which the failure prints in full with the run's seed: the same
+//! `RUN_CHAIN_FUZZ_SEED` replays it. Settings (environment):
+//! - `RUN_CHAIN_FUZZ_CASES`: cases per in-process property (default 20,000; `scripts/fuzz`
 //!   runs a million);
 //! - `RUN_CHAIN_FUZZ_BIN_CASES`: cases through the real binary (default 200);
 //! - `RUN_CHAIN_FUZZ_SEED`: the run's seed (default fixed, so CI is reproducible);
-//! - `RUN_CHAIN_FUZZ_SAVE`: a folder where every failing input is written in full.
+//! - `RUN_CHAIN_FUZZ_SAVE`: a folder where the minimal input of every failure is written in
+//!   full (as Rust debug text).
+//!
+//! No `proptest-regressions/` files (failure persistence is off): the seed is fixed, so CI
+//! replays the same cases anyway, and what a property finds is pinned down as a named test at
+//! the end of this file, with why it matters, as proptest's file of seeds would not say.
 //!
 //! What is checked:
 //! - `Config::parse` on configs built from a model of the real key set (valid ones must parse
 //!   and resolve as the model says; a valid one with exactly one fault injected must be
-//!   rejected naming that key), on mutations of them (junk keys and values, unicode, NUL, deep
+//!   rejected naming that key), on edits of them (junk keys and values, unicode, NUL, deep
 //!   nesting, long strings, duplicated tables, truncation, random bytes) and on random bytes:
 //!   never a panic; every `Err` has exit code 78 and a message naming the file;
 //! - `check_name`, `parse_duration`, `parse_size` on random text, against exact oracles;
@@ -27,68 +34,28 @@ mod common;
 
 use clap::{CommandFactory, Parser};
 use common::*;
-use run_chain::cli::{Cli, Command as Sub};
-use run_chain::config::{check_name, parse_duration, parse_size, Config};
+use proptest::collection::vec;
+use proptest::option::weighted;
+use proptest::prelude::*;
+use proptest::sample::{select, Index};
+use proptest::string::string_regex;
+use proptest::test_runner::{RngAlgorithm, RngSeed, TestCaseResult, TestRunner};
+use run_chain::cli::{Cli, Command as Sub, RESERVED_NAMES};
+use run_chain::config::{check_name, check_task_name, parse_duration, parse_size, Config, Program};
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::panic::catch_unwind;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
-// The generator and the harness.
+// The harness: proptest runners, seeded, on every core.
 // ---------------------------------------------------------------------------------------------
-
-/// xorshift64*: small, fast, good enough to explore inputs; deterministic from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // splitmix64 of the seed, so that neighbouring seeds give unrelated streams.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_F491_4F6C_DD1D } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// 0..n (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// True with probability num/den.
-    fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.next() % den < num
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// One of `words`.
-    fn word(&mut self, words: &[&'static str]) -> &'static str {
-        words[self.below(words.len())]
-    }
-
-    /// lo..=hi.
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        let span = (hi as i128 - lo as i128 + 1) as u128;
-        (lo as i128 + (self.next() as u128 % span) as i128) as i64
-    }
-}
 
 fn env_number(var: &str, default: u64) -> u64 {
     match std::env::var(var) {
@@ -104,169 +71,158 @@ fn env_number(var: &str, default: u64) -> u64 {
     }
 }
 
-fn cases() -> u64 {
-    env_number("RUN_CHAIN_FUZZ_CASES", 20_000)
+fn cases() -> u32 {
+    u32::try_from(env_number("RUN_CHAIN_FUZZ_CASES", 20_000)).unwrap_or(u32::MAX)
 }
 
 fn run_seed() -> u64 {
     env_number("RUN_CHAIN_FUZZ_SEED", 0x5EED_C4A1)
 }
 
-/// The seed of one case of one target: replayable on its own.
-fn case_seed(target: &str, case: u64) -> u64 {
-    let mut h = run_seed() ^ 0xcbf2_9ce4_8422_2325;
-    for b in target.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+/// A property's cases are split over this many runners, each seeded from the run's seed, the
+/// property and its number, and run on as many threads as there are cores: the same seed
+/// gives the same cases on any machine.
+const SHARDS: u64 = 8;
+
+/// A runner for `cases` cases of shard `shard` of `target`, shrinking a failure in at most
+/// `max_shrink_iters` steps.
+fn runner(target: &str, shard: u64, cases: u32, max_shrink_iters: u32) -> TestRunner {
+    let mut seed = run_seed() ^ 0xcbf2_9ce4_8422_2325;
+    for b in target.bytes().chain(shard.to_le_bytes()) {
+        seed = (seed ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    h ^ case.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    TestRunner::new(ProptestConfig {
+        cases,
+        max_shrink_iters,
+        failure_persistence: None,
+        rng_algorithm: RngAlgorithm::XorShift,
+        rng_seed: RngSeed::Fixed(seed),
+        ..ProptestConfig::default()
+    })
 }
 
-/// One failing case: what went wrong, and the input.
-struct Failure {
-    case: u64,
-    what: String,
-    input: String,
-}
-
-/// Runs `cases` cases of `target` on every core (threads with the 8 MiB stack of a main
-/// thread, as run-chain parses its config on its main thread); each case returns `Err` with
-/// what went wrong and the input. Panics, listing the first failures, if any case failed.
-fn fuzz(target: &str, cases: u64, check: impl Fn(&mut Rng) -> Result<(), (String, String)> + Sync) {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let failures: Mutex<(u64, Vec<Failure>)> = Mutex::new((0, Vec::new()));
+/// Checks the property `test` on `cases` inputs from `strategy()`, on every core (threads with
+/// the 8 MiB stack of a main thread, as run-chain parses its config on its main thread).
+/// Panics with the minimal failing input of each shard that failed.
+fn check<S: Strategy>(
+    target: &str,
+    cases: u32,
+    strategy: impl Fn() -> S + Sync,
+    test: impl Fn(S::Value) -> TestCaseResult + Sync,
+) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+    let next = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
     let start = Instant::now();
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let (check, failures) = (&check, &failures);
+        for t in 0..threads.min(SHARDS) {
+            let (strategy, test, next, failures) = (&strategy, &test, &next, &failures);
             std::thread::Builder::new()
                 .name(format!("fuzz-{target}-{t}"))
                 .stack_size(8 << 20)
-                .spawn_scoped(s, move || {
-                    let mut case = t;
-                    while case < cases {
-                        let mut rng = Rng::new(case_seed(target, case));
-                        if let Err((what, input)) = check(&mut rng) {
-                            let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
-                            f.0 += 1;
-                            if f.1.len() < 5 {
-                                f.1.push(Failure { case, what, input });
-                            }
-                        }
-                        case += threads;
+                .spawn_scoped(s, move || loop {
+                    let shard = next.fetch_add(1, Ordering::Relaxed);
+                    if shard >= SHARDS {
+                        break;
+                    }
+                    let all = u64::from(cases);
+                    let n = (all * (shard + 1) / SHARDS - all * shard / SHARDS) as u32;
+                    if let Err(e) = runner(target, shard, n, 4096).run(&strategy(), test) {
+                        let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
+                        f.push((shard, e.to_string()));
                     }
                 })
                 .expect("spawn a fuzz thread");
         }
     });
-    let (count, list) = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort();
     eprintln!(
-        "fuzz {target}: {cases} cases, {count} failed, {:.1} s (seed {:#x})",
+        "fuzz {target}: {cases} cases, {} of {SHARDS} shards failed, {:.1} s (seed {:#x})",
+        failures.len(),
         start.elapsed().as_secs_f64(),
         run_seed()
     );
-    if count == 0 {
+    if failures.is_empty() {
         return;
     }
     let mut report = format!(
-        "fuzz {target}: {count} of {cases} cases failed (RUN_CHAIN_FUZZ_SEED={:#x}); the first:\n",
+        "fuzz {target}: failed (RUN_CHAIN_FUZZ_SEED={:#x} replays it):\n",
         run_seed()
     );
-    for f in &list {
-        let shown: String = f.input.chars().take(3000).collect();
-        let cut = if shown.len() < f.input.len() {
+    for (shard, text) in &failures {
+        let shown: String = text.chars().take(20_000).collect();
+        let cut = if shown.len() < text.len() {
             " (cut)"
         } else {
             ""
         };
-        let _ = writeln!(
-            report,
-            "--- case {}: {}\ninput{cut}: {shown:?}",
-            f.case, f.what
-        );
+        let _ = writeln!(report, "--- shard {shard}{cut}: {shown}");
         if let Ok(dir) = std::env::var("RUN_CHAIN_FUZZ_SAVE") {
             let _ = std::fs::create_dir_all(&dir);
-            let file = Path::new(&dir).join(format!("{target}-{}.txt", f.case));
-            let _ = std::fs::write(&file, &f.input);
+            let file = Path::new(&dir).join(format!("{target}-{shard}.txt"));
+            let _ = std::fs::write(&file, text);
             let _ = writeln!(report, "(saved to {})", file.display());
         }
     }
     panic!("{report}");
 }
 
-/// The text of a panic payload.
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
+fn fail<T>(why: impl Into<String>) -> Result<T, TestCaseError> {
+    Err(TestCaseError::fail(why.into()))
+}
+
+/// One of `items`.
+fn pick<T: Clone + std::fmt::Debug + 'static>(
+    items: &'static [T],
+) -> impl Strategy<Value = T> + Clone {
+    select(items)
+}
+
+/// `Some` value of `s` with probability `p` (proptest's `weighted` wants `p` < 1).
+fn maybe<S: Strategy + 'static>(p: f64, s: S) -> BoxedStrategy<Option<S::Value>> {
+    if p >= 1.0 {
+        s.prop_map(Some).boxed()
     } else {
-        "(non-string panic payload)".into()
+        weighted(p, s).boxed()
     }
+}
+
+fn regex(re: &str) -> impl Strategy<Value = String> {
+    string_regex(re).expect("a valid regex")
 }
 
 // ---------------------------------------------------------------------------------------------
 // A model of a config file: sections of `key = value` lines, rendered as TOML.
 // ---------------------------------------------------------------------------------------------
 
+#[rustfmt::skip]
 const DURATION_KEYS: &[&str] = &[
-    "success_cooldown",
-    "fail_cooldown",
-    "non_recoverable_downtime",
-    "timeout",
-    "stop_grace",
-    "kill_grace",
-    "keep_runs_for",
+    "success_cooldown", "fail_cooldown", "non_recoverable_downtime", "timeout", "stop_grace",
+    "kill_grace", "keep_runs_for",
 ];
 const TASK_KEYS: &[&str] = &["command", "argv", "cwd", "env", "nice", "group"];
+#[rustfmt::skip]
 const EMAIL_KEYS: &[&str] = &[
-    "to",
-    "from",
-    "smtp",
-    "tls",
-    "ca_file",
-    "password_file",
-    "password_env",
-    "sendmail",
+    "to", "from", "smtp", "tls", "ca_file", "password_file", "password_env", "sendmail",
     "max_alerts_per_hour",
 ];
-const TOP_KEYS: &[&str] = &["run_root", "defaults", "email", "tasks", "groups"];
-
-/// Every key of the real key set, for junk placement.
-fn all_keys() -> Vec<&'static str> {
-    let mut v: Vec<&str> = Vec::new();
-    v.extend(DURATION_KEYS);
-    v.extend(["keep_runs_max", "keep_output", "max_running"]);
-    v.extend(TASK_KEYS);
-    v.extend(EMAIL_KEYS);
-    v.extend(TOP_KEYS);
-    v
-}
+#[rustfmt::skip]
+const OTHER_KEYS: &[&str] = &[
+    "keep_runs_max", "keep_output", "max_running", "run_root", "defaults", "email", "tasks",
+    "groups",
+];
 
 /// Keys that are not in the key set (typos, case, unicode, injection attempts).
+#[rustfmt::skip]
 const JUNK_KEYS: &[&str] = &[
-    "sucess_cooldown",
-    "Command",
-    "cmd",
-    "tiemout",
-    "succes_cooldown",
-    "commands",
-    "arg",
-    "env_vars",
-    "max-running",
-    "keep_run_max",
-    "password",
-    "smtp_password",
-    "ṫimeout",
-    "time\u{200b}out",
-    "🦀",
-    "a.b",
-    "x y",
-    "",
-    "\u{0}",
-    "\n",
-    "tasks",
-    "[",
+    "sucess_cooldown", "Command", "cmd", "tiemout", "succes_cooldown", "commands", "arg",
+    "env_vars", "max-running", "keep_run_max", "password", "smtp_password", "ṫimeout",
+    "time\u{200b}out", "🦀", "x y", "a.b", "", "\u{0}", "\n", "tasks", "[",
 ];
+
+/// The junk keys that an unknown-key fault may add (each is named in the rejection).
+const UNKNOWN_KEYS: &[&str] = JUNK_KEYS.split_at(16).0;
 
 /// A TOML basic string holding `s` exactly (control characters escaped).
 fn toml_str(s: &str) -> String {
@@ -300,19 +256,19 @@ fn toml_key(k: &str) -> String {
     }
 }
 
-fn toml_array(items: &[String]) -> String {
-    let parts: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+fn toml_array(items: &[impl AsRef<str>]) -> String {
+    let parts: Vec<String> = items.iter().map(|s| toml_str(s.as_ref())).collect();
     format!("[{}]", parts.join(", "))
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Section {
     /// Rendered table header without brackets (`tasks.a`), or None for the top level.
     header: Option<String>,
     entries: Vec<(String, String)>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 struct Doc {
     sections: Vec<Section>,
 }
@@ -375,7 +331,7 @@ fn key_path(header: &str) -> String {
 }
 
 /// What a valid doc should resolve to (checked on `Ok`).
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 struct Expect {
     tasks: Vec<String>,
     groups: Vec<String>,
@@ -386,631 +342,638 @@ struct Expect {
 
 /// Safe: for the real binary (harmless commands, tiny durations, paths inside the test's dir,
 /// SMTP only to a refused local port). Wild: anything valid.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Flavour {
     Safe,
     Wild,
 }
 
+#[rustfmt::skip]
 const VALID_DURATIONS: &[(&str, u64)] = &[
-    ("90s", 90_000),
-    ("15m", 900_000),
-    ("1h 30m", 5_400_000),
-    ("0s", 0),
-    ("0", 0),
-    ("30d", 2_592_000_000),
-    ("500ms", 500),
-    ("2h", 7_200_000),
-    (" 5s ", 5_000),
-    ("1h30m", 5_400_000),
-    ("1day", 86_400_000),
-    ("3 weeks", 1_814_400_000),
+    ("90s", 90_000), ("15m", 900_000), ("1h 30m", 5_400_000), ("0s", 0), ("0", 0),
+    ("30d", 2_592_000_000), ("500ms", 500), ("2h", 7_200_000), (" 5s ", 5_000),
+    ("1h30m", 5_400_000), ("1day", 86_400_000), ("3 weeks", 1_814_400_000),
 ];
 const SAFE_COOLDOWNS: &[(&str, u64)] = &[("0s", 0), ("0", 0), ("1ms", 1), ("10ms", 10)];
 
-fn valid_name(rng: &mut Rng) -> String {
-    const FIRST: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
-    const REST: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.";
-    let len = if rng.chance(1, 50) {
-        100
-    } else {
-        1 + rng.below(12)
-    };
-    let mut s = String::new();
-    s.push(*rng.pick(FIRST) as char);
-    for _ in 1..len {
-        s.push(*rng.pick(REST) as char);
-    }
-    if run_chain::cli::RESERVED_NAMES.contains(&s.as_str()) {
-        s.push('x');
-    }
-    s
+/// The units of a duration, each spelling with its length in milliseconds.
+#[rustfmt::skip]
+const DURATION_UNITS: &[(&str, u64)] = &[
+    ("ms", 1), ("msec", 1), ("millis", 1), ("s", 1_000), ("sec", 1_000), ("secs", 1_000),
+    ("second", 1_000), ("seconds", 1_000), ("m", 60_000), ("min", 60_000), ("mins", 60_000),
+    ("minute", 60_000), ("minutes", 60_000), ("h", 3_600_000), ("hr", 3_600_000),
+    ("hrs", 3_600_000), ("hour", 3_600_000), ("hours", 3_600_000), ("d", 86_400_000),
+    ("day", 86_400_000), ("days", 86_400_000), ("w", 604_800_000), ("week", 604_800_000),
+    ("weeks", 604_800_000),
+];
+
+/// A duration in any unit, with or without a space, and its length in milliseconds.
+fn odd_duration(max: u64) -> impl Strategy<Value = (String, u64)> {
+    (0..=max, pick(DURATION_UNITS), pick(&["", " "]))
+        .prop_map(|(n, (unit, ms), space)| (format!("{n}{space}{unit}"), n * ms))
 }
 
-/// Any string: ASCII, unicode, controls, NUL, long.
-fn wild_string(rng: &mut Rng) -> String {
-    const PIECES: &[&str] = &[
-        "a",
-        "Z",
-        "0",
-        " ",
-        "é",
-        "日本",
-        "🦀",
-        "\u{202e}",
-        "\u{feff}",
-        "\u{10ffff}",
-        "\0",
-        "\r\n",
-        "\t",
-        "\\",
-        "\"",
-        "'",
-        "$(id)",
-        "`x`",
-        "%s%n",
-        "../",
-        "/",
-        "=",
-        "@",
-        "\u{7f}",
-        "\u{1b}[31m",
-    ];
-    let n = if rng.chance(1, 1000) {
-        5_000 + rng.below(20_000)
-    } else {
-        rng.below(12)
-    };
-    let mut s = String::new();
-    for _ in 0..n {
-        s.push_str(rng.word(PIECES));
-    }
-    s
+/// A valid task or group name: 1 to 12 characters, now and then 100 (the longest allowed);
+/// never a reserved one.
+fn valid_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        49 => regex("[a-zA-Z0-9_-][a-zA-Z0-9_.-]{0,11}"),
+        1 => regex("[a-zA-Z0-9_-][a-zA-Z0-9_.-]{99}"),
+    ]
+    .prop_map(|s| {
+        if RESERVED_NAMES.contains(&s.as_str()) {
+            s + "x"
+        } else {
+            s
+        }
+    })
+}
+
+#[rustfmt::skip]
+const WILD_PIECES: &[&str] = &[
+    "a", "Z", "0", " ", "é", "日本", "🦀", "\u{202e}", "\u{feff}", "\u{10ffff}", "\0", "\r\n", "\t",
+    "\\", "\"", "'", "$(id)", "`x`", "%s%n", "../", "/", "=", "@", "\u{7f}", "\u{1b}[31m",
+];
+
+/// Any string: ASCII, unicode, controls, NUL, any character at all, now and then a long one.
+fn wild_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        900 => vec(pick(WILD_PIECES), 0..12).prop_map(|v| v.concat()),
+        100 => vec(any::<char>(), 0..12).prop_map(String::from_iter),
+        1 => vec(pick(WILD_PIECES), 5_000..25_000).prop_map(|v| v.concat()),
+    ]
 }
 
 /// A string with no NUL and not blank (what text values need to be valid).
-fn wild_text(rng: &mut Rng) -> String {
-    let s: String = wild_string(rng).replace('\0', "");
-    if s.trim().is_empty() {
-        format!("x{s}")
-    } else {
-        s
-    }
+fn wild_text() -> impl Strategy<Value = String> {
+    wild_string().prop_map(|s| {
+        let s = s.replace('\0', "");
+        if s.trim().is_empty() {
+            format!("x{s}")
+        } else {
+            s
+        }
+    })
 }
 
-fn duration_value(rng: &mut Rng, flavour: Flavour, key: &str) -> (String, Option<u64>) {
-    let (text, ms) = match (flavour, key) {
-        (_, "timeout") => {
-            if rng.chance(1, 3) {
-                return (toml_str(rng.word(&["none", "NONE", " none "])), None);
-            }
-            *rng.pick(&[("1h", 3_600_000), ("5s", 5_000), ("90s", 90_000)])
-        }
-        (Flavour::Safe, "success_cooldown" | "fail_cooldown") => *rng.pick(SAFE_COOLDOWNS),
+/// A valid value of the duration `key`, rendered, and its length in ms (None: `none`).
+fn duration_value(flavour: Flavour, key: &str) -> BoxedStrategy<(String, Option<u64>)> {
+    let of = |items: &'static [(&'static str, u64)]| {
+        pick(items)
+            .prop_map(|(text, ms)| (toml_str(text), Some(ms)))
+            .boxed()
+    };
+    match (flavour, key) {
+        (_, "timeout") => prop_oneof![
+            1 => pick(&["none", "NONE", " none "]).prop_map(|t| (toml_str(t), None)),
+            2 => of(&[("1h", 3_600_000), ("5s", 5_000), ("90s", 90_000)]),
+        ]
+        .boxed(),
+        (Flavour::Safe, "success_cooldown" | "fail_cooldown") => of(SAFE_COOLDOWNS),
         (Flavour::Safe, "stop_grace" | "kill_grace") => {
-            *rng.pick(&[("1s", 1_000), ("100ms", 100), ("0s", 0)])
+            of(&[("1s", 1_000), ("100ms", 100), ("0s", 0)])
         }
         // Zero makes no sense here (a downtime alert at every instant): no oracle either way.
-        (_, "non_recoverable_downtime") => *rng.pick(&[("6h", 0), ("1s", 0), ("1day", 0)]),
-        _ => *rng.pick(VALID_DURATIONS),
-    };
-    (toml_str(text), Some(ms))
-}
-
-fn size_value(rng: &mut Rng) -> String {
-    match rng.below(3) {
-        0 => rng.range(0, 64 << 20).to_string(),
-        1 => toml_str(rng.word(&["64KiB", "1MiB", "100", "2 KB", "0", "64MiB", "1K", "3M"])),
-        _ => toml_str(&format!("{}", rng.range(0, 65_536))),
+        (_, "non_recoverable_downtime") => of(&[("6h", 0), ("1s", 0), ("1day", 0)]),
+        _ => prop_oneof![
+            2 => of(VALID_DURATIONS),
+            1 => odd_duration(100_000).prop_map(|(text, ms)| (toml_str(&text), Some(ms))),
+        ]
+        .boxed(),
     }
 }
 
-/// The [defaults] keys (or a task's share of them), valid; returns success_cooldown if set.
+fn size_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0..=64i64 << 20).prop_map(|n| n.to_string()),
+        pick(&["64KiB", "1MiB", "100", "2 KB", "0", "64MiB", "1K", "3M"]).prop_map(toml_str),
+        (0..=65_536u32).prop_map(|n| toml_str(&n.to_string())),
+    ]
+}
+
+/// The [defaults] keys (or a task's share of them), valid, and success_cooldown if set.
 fn timing_entries(
-    rng: &mut Rng,
     flavour: Flavour,
-    entries: &mut Vec<(String, String)>,
     force_cooldowns: bool,
-) -> Option<u64> {
-    let mut success = None;
-    for key in DURATION_KEYS {
-        let forced = force_cooldowns && (*key == "success_cooldown" || *key == "fail_cooldown");
-        if forced || rng.chance(1, 3) {
-            let (v, ms) = duration_value(rng, flavour, key);
-            if *key == "success_cooldown" {
-                success = ms;
+) -> impl Strategy<Value = (Vec<(String, String)>, Option<u64>)> {
+    let durations: Vec<_> = DURATION_KEYS
+        .iter()
+        .map(|&key| {
+            let forced = force_cooldowns && matches!(key, "success_cooldown" | "fail_cooldown");
+            let p = if forced { 1.0 } else { 1.0 / 3.0 };
+            maybe(
+                p,
+                duration_value(flavour, key).prop_map(move |(v, ms)| (key, v, ms)),
+            )
+        })
+        .collect();
+    let keep_runs_max = prop_oneof![1..=1_000_000i64, 1..=i64::MAX];
+    (
+        durations,
+        weighted(0.25, keep_runs_max),
+        weighted(0.25, size_value()),
+    )
+        .prop_map(|(durations, keep_runs_max, keep_output)| {
+            let mut entries = Vec::new();
+            let mut success = None;
+            for (key, v, ms) in durations.into_iter().flatten() {
+                if key == "success_cooldown" {
+                    success = ms;
+                }
+                entries.push((key.to_owned(), v));
             }
-            entries.push((key.to_string(), v));
-        }
-    }
-    if rng.chance(1, 4) {
-        let max = if rng.chance(1, 2) {
-            1_000_000
-        } else {
-            i64::MAX
-        };
-        entries.push(("keep_runs_max".into(), rng.range(1, max).to_string()));
-    }
-    if rng.chance(1, 4) {
-        entries.push(("keep_output".into(), size_value(rng)));
-    }
-    success
+            if let Some(n) = keep_runs_max {
+                entries.push(("keep_runs_max".into(), n.to_string()));
+            }
+            if let Some(s) = keep_output {
+                entries.push(("keep_output".into(), s));
+            }
+            (entries, success)
+        })
+}
+
+/// A task before it is placed in a doc: its name, keys, group (an index into the doc's
+/// groups, if it has any) and own success_cooldown.
+#[derive(Clone, Debug)]
+struct TaskDraft {
+    name: String,
+    entries: Vec<(String, String)>,
+    group: Option<Index>,
+    success: Option<u64>,
+}
+
+const SAFE_COMMANDS: &[&str] = &[
+    "true",
+    "exit 3",
+    "echo out; echo err >&2",
+    "printf 'no newline'",
+    "kill -9 $$",
+    "echo \"$RUN_CHAIN_TASK $RUN_CHAIN_RUN_ID\"",
+];
+const SAFE_ARGVS: &[&[&str]] = &[
+    &["true"],
+    &["false"],
+    &["/nonexistent/prog", "x"],
+    &["sh", "-c", "exit 2"],
+];
+
+fn task_draft(flavour: Flavour) -> impl Strategy<Value = TaskDraft> {
+    let (program, cwd, env_key) = match flavour {
+        Flavour::Safe => (
+            prop_oneof![
+                pick(SAFE_COMMANDS).prop_map(|c| ("command", toml_str(c))),
+                pick(SAFE_ARGVS).prop_map(|a| ("argv", toml_array(a))),
+            ]
+            .boxed(),
+            pick(&[".", "/", "/nonexistent-run-chain-dir", "sub"])
+                .prop_map(str::to_owned)
+                .boxed(),
+            Just(None).boxed(),
+        ),
+        Flavour::Wild => (
+            prop_oneof![
+                wild_text().prop_map(|c| ("command", toml_str(&c))),
+                (wild_text(), vec(wild_string(), 0..4)).prop_map(|(first, rest)| {
+                    let mut argv = vec![first];
+                    argv.extend(rest.iter().map(|a| a.replace('\0', "")));
+                    ("argv", toml_array(&argv))
+                }),
+            ]
+            .boxed(),
+            wild_text().boxed(),
+            wild_text().prop_map(|k| Some(k.replace('=', ""))).boxed(),
+        ),
+    };
+    let env = vec((env_key, wild_string()), 0..3).prop_map(|vars| {
+        let parts: Vec<String> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let k = match k {
+                    None => format!("V{i}"),
+                    Some(k) if k.is_empty() || k.starts_with("RUN_CHAIN_") => format!("K{i}"),
+                    Some(k) => format!("{k}{i}"),
+                };
+                format!("{} = {}", toml_str(&k), toml_str(&v.replace('\0', "")))
+            })
+            .collect();
+        format!("{{ {} }}", parts.join(", "))
+    });
+    (
+        valid_name(),
+        program,
+        weighted(1.0 / 3.0, cwd),
+        weighted(1.0 / 3.0, env),
+        weighted(0.25, 0..=19i64),
+        weighted(0.5, any::<Index>()),
+        timing_entries(flavour, flavour == Flavour::Safe),
+    )
+        .prop_map(
+            |(name, (key, program), cwd, env, nice, group, (timing, success))| {
+                let mut entries = vec![(key.to_owned(), program)];
+                if let Some(cwd) = cwd {
+                    entries.push(("cwd".into(), toml_str(&cwd)));
+                }
+                if let Some(env) = env {
+                    entries.push(("env".into(), env));
+                }
+                if let Some(nice) = nice {
+                    entries.push(("nice".into(), nice.to_string()));
+                }
+                entries.extend(timing);
+                TaskDraft {
+                    name,
+                    entries,
+                    group,
+                    success,
+                }
+            },
+        )
+}
+
+/// A valid [email] section.
+fn email(flavour: Flavour) -> impl Strategy<Value = Vec<(String, String)>> {
+    let (url, sendmail) = match flavour {
+        Flavour::Safe => (
+            Just("smtp://127.0.0.1:1").boxed(),
+            pick(&["/bin/true", "/nonexistent/sendmail"]).boxed(),
+        ),
+        Flavour::Wild => (
+            pick(&[
+                "smtp://127.0.0.1:25",
+                "smtps://user@mail.example.com:465",
+                "smtp://[::1]:587/",
+                "smtp://host",
+            ])
+            .boxed(),
+            Just("/usr/sbin/sendmail").boxed(),
+        ),
+    };
+    let transport = prop_oneof![
+        (url, pick(&["opportunistic", "required", "none"]))
+            .prop_map(|(url, tls)| vec![("smtp", toml_str(url)), ("tls", toml_str(tls))]),
+        sendmail.prop_map(|path| vec![("sendmail", toml_str(path))]),
+        Just(vec![]),
+    ];
+    let password = prop_oneof![
+        Just(Some(("password_file", "/nonexistent/smtp-password"))),
+        Just(Some(("password_env", "RUN_CHAIN_FUZZ_PW"))),
+        Just(None),
+    ];
+    (
+        1..=2usize,
+        any::<bool>(),
+        transport,
+        proptest::bool::weighted(0.25),
+        password,
+        weighted(1.0 / 3.0, 1..=i64::from(u32::MAX)),
+    )
+        .prop_map(|(n_to, from, transport, ca_file, password, max_alerts)| {
+            let to: Vec<String> = (0..n_to).map(|i| format!("admin{i}@example.com")).collect();
+            let mut e = vec![("to", toml_array(&to))];
+            if from {
+                e.push(("from", toml_str("run-chain@example.com")));
+            }
+            e.extend(transport);
+            if ca_file {
+                e.push(("ca_file", toml_str("/nonexistent/ca.pem")));
+            }
+            if let Some((key, value)) = password {
+                e.push((key, toml_str(value)));
+            }
+            if let Some(n) = max_alerts {
+                e.push(("max_alerts_per_hour", n.to_string()));
+            }
+            e.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        })
 }
 
 /// A valid document, and what it must resolve to.
-fn gen_valid(rng: &mut Rng, flavour: Flavour) -> (Doc, Expect) {
-    let mut doc = Doc::default();
-    let mut expect = Expect::default();
-    let mut top = Section {
-        header: None,
-        entries: Vec::new(),
+fn valid_doc(flavour: Flavour) -> impl Strategy<Value = (Doc, Expect)> {
+    let root = match flavour {
+        Flavour::Safe => pick(&["var/run", "r", "run-here"])
+            .prop_map(str::to_owned)
+            .boxed(),
+        Flavour::Wild => wild_text().boxed(),
     };
-    if rng.chance(1, 3) {
-        let root = match flavour {
-            Flavour::Safe => rng.pick(&["var/run", "r", "run-here"]).to_string(),
-            Flavour::Wild => wild_text(rng),
-        };
-        top.entries.push(("run_root".into(), toml_str(&root)));
-    }
-    doc.sections.push(top);
-
-    let mut default_success = None;
-    if rng.chance(1, 2) || flavour == Flavour::Safe {
-        let mut s = Section {
-            header: Some("defaults".into()),
-            entries: Vec::new(),
-        };
-        default_success = timing_entries(rng, flavour, &mut s.entries, flavour == Flavour::Safe);
-        doc.sections.push(s);
-    }
-
-    let groups: Vec<String> = (0..rng.below(3)).map(|_| valid_name(rng)).collect();
-    for g in &groups {
-        if expect.groups.contains(g) {
-            continue;
-        }
-        expect.groups.push(g.clone());
-        // Small: whether a huge max_running is refused is for its own test (below).
-        let max = rng.range(1, 4);
-        doc.sections.push(Section {
-            header: Some(format!("groups.{}", toml_key(g))),
-            entries: vec![("max_running".into(), max.to_string())],
-        });
-    }
-
-    let n_tasks = match flavour {
-        Flavour::Safe => 1 + rng.below(3),
-        Flavour::Wild => rng.below(5),
+    let (p_defaults, n_tasks) = match flavour {
+        Flavour::Safe => (1.0, 1..4usize),
+        Flavour::Wild => (0.5, 0..5usize),
     };
-    for _ in 0..n_tasks {
-        let name = valid_name(rng);
-        if expect.tasks.contains(&name) {
-            continue;
-        }
-        let mut entries = Vec::new();
-        if rng.chance(1, 2) {
-            let cmd = match flavour {
-                Flavour::Safe => rng
-                    .pick(&[
-                        "true",
-                        "exit 3",
-                        "echo out; echo err >&2",
-                        "printf 'no newline'",
-                        "kill -9 $$",
-                        "echo \"$RUN_CHAIN_TASK $RUN_CHAIN_RUN_ID\"",
-                    ])
-                    .to_string(),
-                Flavour::Wild => wild_text(rng),
-            };
-            entries.push(("command".into(), toml_str(&cmd)));
-        } else {
-            let argv: Vec<String> = match flavour {
-                Flavour::Safe => rng
-                    .pick(&[
-                        &["true"][..],
-                        &["false"],
-                        &["/nonexistent/prog", "x"],
-                        &["sh", "-c", "exit 2"],
-                    ])
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                Flavour::Wild => {
-                    let mut v = vec![wild_text(rng)];
-                    for _ in 0..rng.below(4) {
-                        v.push(wild_string(rng).replace('\0', ""));
-                    }
-                    v
-                }
-            };
-            entries.push(("argv".into(), toml_array(&argv)));
-        }
-        if rng.chance(1, 3) {
-            let cwd = match flavour {
-                Flavour::Safe => rng
-                    .pick(&[".", "/", "/nonexistent-run-chain-dir", "sub"])
-                    .to_string(),
-                Flavour::Wild => wild_text(rng),
-            };
-            entries.push(("cwd".into(), toml_str(&cwd)));
-        }
-        if rng.chance(1, 3) {
-            let mut parts = Vec::new();
-            for i in 0..rng.below(3) {
-                let k = match flavour {
-                    Flavour::Safe => format!("V{i}"),
-                    Flavour::Wild => {
-                        let k = wild_text(rng).replace('=', "");
-                        if k.is_empty() || k.starts_with("RUN_CHAIN_") {
-                            format!("K{i}")
-                        } else {
-                            format!("{k}{i}")
-                        }
-                    }
-                };
-                let v = wild_string(rng).replace('\0', "");
-                parts.push(format!("{} = {}", toml_str(&k), toml_str(&v)));
+    (
+        weighted(1.0 / 3.0, root),
+        maybe(
+            p_defaults,
+            timing_entries(flavour, flavour == Flavour::Safe),
+        ),
+        // Small max_running: whether a huge one is refused is for its own test (below).
+        vec((valid_name(), 1..=4i64), 0..3),
+        vec(task_draft(flavour), n_tasks),
+        weighted(1.0 / 3.0, email(flavour)),
+        // Sections in any order: TOML does not care, and neither may run-chain.
+        weighted(1.0 / 3.0, (any::<Index>(), any::<Index>())),
+    )
+        .prop_map(|(root, defaults, groups, tasks, email, swap)| {
+            let mut doc = Doc::default();
+            let mut expect = Expect::default();
+            let mut top = Vec::new();
+            if let Some(root) = root {
+                top.push(("run_root".into(), toml_str(&root)));
             }
-            entries.push(("env".into(), format!("{{ {} }}", parts.join(", "))));
-        }
-        if rng.chance(1, 4) {
-            entries.push(("nice".into(), rng.range(0, 19).to_string()));
-        }
-        if !expect.groups.is_empty() && rng.chance(1, 2) {
-            let g = rng.pick(&expect.groups).clone();
-            entries.push(("group".into(), toml_str(&g)));
-        }
-        let own_success = timing_entries(rng, flavour, &mut entries, flavour == Flavour::Safe);
-        let resolved = own_success.or(default_success).unwrap_or(15 * 60 * 1000);
-        expect
-            .success_cooldown
-            .push((name.clone(), Duration::from_millis(resolved)));
-        expect.tasks.push(name.clone());
-        doc.sections.push(Section {
-            header: Some(format!("tasks.{}", toml_key(&name))),
-            entries,
-        });
-    }
-
-    if rng.chance(1, 3) {
-        expect.email = true;
-        let mut e = Vec::new();
-        let n_to = 1 + rng.below(2);
-        let to: Vec<String> = (0..n_to).map(|i| format!("admin{i}@example.com")).collect();
-        e.push(("to".into(), toml_array(&to)));
-        if rng.chance(1, 2) {
-            e.push(("from".into(), toml_str("run-chain@example.com")));
-        }
-        match rng.below(3) {
-            0 => {
-                let url = match flavour {
-                    Flavour::Safe => "smtp://127.0.0.1:1",
-                    Flavour::Wild => *rng.pick(&[
-                        "smtp://127.0.0.1:25",
-                        "smtps://user@mail.example.com:465",
-                        "smtp://[::1]:587/",
-                        "smtp://host",
-                    ]),
-                };
-                e.push(("smtp".into(), toml_str(url)));
-                e.push((
-                    "tls".into(),
-                    toml_str(rng.word(&["opportunistic", "required", "none"])),
-                ));
-            }
-            1 => {
-                let path = match flavour {
-                    Flavour::Safe => *rng.pick(&["/bin/true", "/nonexistent/sendmail"]),
-                    Flavour::Wild => "/usr/sbin/sendmail",
-                };
-                e.push(("sendmail".into(), toml_str(path)));
-            }
-            _ => {}
-        }
-        if rng.chance(1, 4) {
-            e.push(("ca_file".into(), toml_str("/nonexistent/ca.pem")));
-        }
-        match rng.below(3) {
-            0 => e.push((
-                "password_file".into(),
-                toml_str("/nonexistent/smtp-password"),
-            )),
-            1 => e.push(("password_env".into(), toml_str("RUN_CHAIN_FUZZ_PW"))),
-            _ => {}
-        }
-        if rng.chance(1, 3) {
-            e.push((
-                "max_alerts_per_hour".into(),
-                rng.range(1, u32::MAX as i64).to_string(),
-            ));
-        }
-        doc.sections.push(Section {
-            header: Some("email".into()),
-            entries: e,
-        });
-    }
-    // Sections in any order: TOML does not care, and neither may run-chain.
-    if rng.chance(1, 3) && doc.sections.len() > 2 {
-        let i = 1 + rng.below(doc.sections.len() - 1);
-        let j = 1 + rng.below(doc.sections.len() - 1);
-        doc.sections.swap(i, j);
-    }
-    (doc, expect)
-}
-
-/// Injects exactly one fault into a valid doc; returns the strings its rejection must name.
-fn inject_fault(rng: &mut Rng, doc: &mut Doc) -> Vec<String> {
-    let tasks = doc.task_headers();
-    // A section where a timing key may go: [defaults] or a task.
-    let timing_section = |rng: &mut Rng, doc: &mut Doc| -> String {
-        if !tasks.is_empty() && rng.chance(1, 2) {
-            rng.pick(&tasks).clone()
-        } else {
-            if doc.section_mut("defaults").is_none() {
+            doc.sections.push(Section {
+                header: None,
+                entries: top,
+            });
+            let mut default_success = None;
+            if let Some((entries, success)) = defaults {
+                default_success = success;
                 doc.sections.push(Section {
                     header: Some("defaults".into()),
-                    entries: Vec::new(),
+                    entries,
                 });
             }
-            "defaults".into()
-        }
-    };
-    let set = |doc: &mut Doc, section: &str, key: &str, value: String| {
-        let s = doc.section_mut(section).expect("section exists");
-        s.entries.retain(|(k, _)| k != key);
-        s.entries.push((key.to_owned(), value));
-    };
-    loop {
-        match rng.below(20) {
-            0 => {
-                let sec = timing_section(rng, doc);
-                let key = *rng.pick(DURATION_KEYS);
-                let bad = *rng.pick(&[
-                    "soon",
-                    "15",
-                    "-1s",
-                    "",
-                    "1x",
-                    "h",
-                    "1 fortnight",
-                    "\0",
-                    "99999999999999999999999999s",
-                    "1.5.h",
-                    "15 minutes please",
-                    "∞",
-                ]);
-                set(doc, &sec, key, toml_str(bad));
-                return vec![key.into()];
-            }
-            1 => {
-                // A duration of the wrong type.
-                let sec = timing_section(rng, doc);
-                let key = *rng.pick(DURATION_KEYS);
-                let bad = *rng.pick(&["5", "1.5", "true", "[\"1s\"]", "{ s = 1 }", "-3"]);
-                set(doc, &sec, key, bad.into());
-                return vec![key.into()];
-            }
-            2 => {
-                let sec = timing_section(rng, doc);
-                set(
-                    doc,
-                    &sec,
-                    "timeout",
-                    toml_str(rng.word(&["0s", "0", "0ms"])),
-                );
-                return vec!["timeout".into()];
-            }
-            3 => {
-                let sec = timing_section(rng, doc);
-                let bad = *rng.pick(&[
-                    "0",
-                    "-1",
-                    "-9223372036854775808",
-                    "\"100\"",
-                    "1.0",
-                    "9223372036854775808",
-                ]);
-                set(doc, &sec, "keep_runs_max", bad.into());
-                return vec!["keep_runs_max".into()];
-            }
-            4 => {
-                let sec = timing_section(rng, doc);
-                let bad = rng
-                    .pick(&[
-                        "\"lots\"",
-                        "\"1.5MiB\"",
-                        "67108865",
-                        "\"65MiB\"",
-                        "-1",
-                        "\"99999999999999999999\"",
-                        "\"18446744073709551615G\"",
-                        "\"-5\"",
-                        "\"1 TiB\"",
-                        "\"\"",
-                        "true",
-                    ])
-                    .to_string();
-                set(doc, &sec, "keep_output", bad);
-                return vec!["keep_output".into()];
-            }
-            5 if !tasks.is_empty() => {
-                let sec = rng.pick(&tasks).clone();
-                let bad = *rng.pick(&["20", "-21", "9223372036854775807", "\"5\"", "1.5"]);
-                set(doc, &sec, "nice", bad.into());
-                return vec!["nice".into()];
-            }
-            6 => {
-                // An unknown key, anywhere.
-                let junk = *rng.pick(&JUNK_KEYS[..JUNK_KEYS.len() - 3]);
-                if junk.is_empty() || junk == "a.b" || junk == "\u{0}" {
+            for (g, max) in groups {
+                if expect.groups.contains(&g) {
                     continue;
                 }
-                let i = rng.below(doc.sections.len());
-                let header = doc.sections[i].header.clone();
-                if header.as_deref() == Some("email") || header.as_deref() == Some("defaults") {
-                    doc.sections[i].entries.push((junk.into(), "1".into()));
-                } else if let Some(h) = header {
-                    if h.starts_with("groups.") {
-                        doc.sections[i].entries.push((junk.into(), "1".into()));
-                    } else {
-                        doc.sections[i].entries.push((junk.into(), toml_str("x")));
-                    }
-                } else {
-                    doc.sections[i].entries.push((junk.into(), "1".into()));
-                }
-                return vec![junk.into()];
+                doc.sections.push(Section {
+                    header: Some(format!("groups.{}", toml_key(&g))),
+                    entries: vec![("max_running".into(), max.to_string())],
+                });
+                expect.groups.push(g);
             }
-            7 => {
-                // A task with a bad or reserved name.
-                let bad = rng
-                    .pick(&[
-                        "..",
-                        "a/b",
-                        ".hidden",
-                        "check",
-                        "mail-test",
-                        "help",
-                        "a b",
-                        "ä",
-                        "a\0b",
-                        "",
-                    ])
-                    .to_string();
-                let bad = if rng.chance(1, 6) {
-                    "x".repeat(300)
-                } else {
-                    bad
-                };
+            for t in tasks {
+                if expect.tasks.contains(&t.name) {
+                    continue;
+                }
+                let mut entries = t.entries;
+                if let (Some(i), false) = (t.group, expect.groups.is_empty()) {
+                    entries.push(("group".into(), toml_str(i.get::<String>(&expect.groups))));
+                }
+                let resolved = t.success.or(default_success).unwrap_or(15 * 60 * 1000);
+                expect
+                    .success_cooldown
+                    .push((t.name.clone(), Duration::from_millis(resolved)));
+                doc.sections.push(Section {
+                    header: Some(format!("tasks.{}", toml_key(&t.name))),
+                    entries,
+                });
+                expect.tasks.push(t.name);
+            }
+            if let Some(entries) = email {
+                expect.email = true;
+                doc.sections.push(Section {
+                    header: Some("email".into()),
+                    entries,
+                });
+            }
+            if let (Some((i, j)), n @ 3..) = (swap, doc.sections.len()) {
+                doc.sections.swap(1 + i.index(n - 1), 1 + j.index(n - 1));
+            }
+            (doc, expect)
+        })
+}
+
+impl Doc {
+    fn set(&mut self, section: &str, key: &str, value: String) {
+        if let Some(s) = self.section_mut(section) {
+            s.entries.retain(|(k, _)| k != key);
+            s.entries.push((key.to_owned(), value));
+        }
+    }
+
+    /// The header of task `i`; a doc without tasks gets one first (a valid one).
+    fn task(&mut self, i: Index) -> String {
+        let tasks = self.task_headers();
+        if tasks.is_empty() {
+            self.sections.push(Section {
+                header: Some("tasks.fault-target".into()),
+                entries: vec![("command".into(), toml_str("true"))],
+            });
+            return "tasks.fault-target".into();
+        }
+        i.get(&tasks).clone()
+    }
+
+    /// A section where a timing key may go: task `i` if there is one, else [defaults].
+    fn timing_section(&mut self, i: Option<Index>) -> String {
+        let tasks = self.task_headers();
+        match i {
+            Some(i) if !tasks.is_empty() => i.get(&tasks).clone(),
+            _ => {
+                if self.section_mut("defaults").is_none() {
+                    self.sections.push(Section {
+                        header: Some("defaults".into()),
+                        entries: Vec::new(),
+                    });
+                }
+                "defaults".into()
+            }
+        }
+    }
+}
+
+/// A valid doc with exactly one fault, and the strings its rejection must name.
+fn faulty_doc(flavour: Flavour) -> impl Strategy<Value = (Doc, Vec<String>)> {
+    let doc = || valid_doc(flavour).prop_map(|(doc, _)| doc);
+    let timing = || weighted(0.5, any::<Index>());
+    let task = any::<Index>;
+    let to = || toml_array(&["admin@example.com"]);
+    // (name, max_running, what the rejection names: a wrong type is shown by TOML's own
+    // message, which quotes the line, not the table).
+    const BAD_GROUPS: &[(&str, &str, &str)] = &[
+        ("g0", "0", "groups.g0.max_running"),
+        ("g1", "-1", "groups.g1.max_running"),
+        ("g2", "4294967296", "groups.g2.max_running"),
+        ("g3", "\"1\"", "max_running"),
+        ("..", "1", "groups.."),
+        ("a/b", "1", "groups.a/b"),
+        (".g", "1", "groups..g"),
+    ];
+    const BAD_PROGRAMS: &[(&str, &str)] = &[
+        ("command", "\"\""),
+        ("command", "\"   \""),
+        ("command", "\"a\\u0000b\""),
+        ("argv", "[]"),
+        ("argv", "[\"\"]"),
+        ("argv", "[\"sh\", \"a\\u0000\"]"),
+        ("argv", "\"true\""),
+        ("command", "[\"true\"]"),
+    ];
+    // (Only in a task?, the keys, bad values for them, as TOML.)
+    type BadValues = (bool, &'static [&'static str], &'static [&'static str]);
+    #[rustfmt::skip]
+    const BAD_VALUES: &[BadValues] = &[
+        (false, DURATION_KEYS, &[
+            "\"soon\"", "\"15\"", "\"-1s\"", "\"\"", "\"1x\"", "\"h\"", "\"1 fortnight\"", "\"\\u0000\"",
+            "\"99999999999999999999999999s\"", "\"1.5.h\"", "\"15 minutes please\"", "\"∞\"",
+            // The wrong type.
+            "5", "1.5", "true", "[\"1s\"]", "{ s = 1 }", "-3",
+        ]),
+        (false, &["timeout"], &["\"0s\"", "\"0\"", "\"0ms\""]),
+        (false, &["keep_runs_max"], &[
+            "0", "-1", "-9223372036854775808", "\"100\"", "1.0", "9223372036854775808",
+        ]),
+        (false, &["keep_output"], &[
+            "\"lots\"", "\"1.5MiB\"", "67108865", "\"65MiB\"", "-1", "\"99999999999999999999\"",
+            "\"18446744073709551615G\"", "\"-5\"", "\"1 TiB\"", "\"\"", "true",
+        ]),
+        (true, &["nice"], &["20", "-21", "9223372036854775807", "\"5\"", "1.5"]),
+        (true, &["env"], &[
+            "{ \"A=B\" = \"1\" }", "{ \"RUN_CHAIN_TASK\" = \"x\" }", "{ \"\" = \"x\" }",
+            "{ A = \"a\\u0000\" }", "{ A = 1 }",
+        ]),
+        (true, &["cwd"], &["\"\""]),
+    ];
+    // One key set to a bad value (in a task, or in a task or [defaults]).
+    let bad_value = (
+        doc(),
+        timing(),
+        task(),
+        pick(BAD_VALUES),
+        any::<Index>(),
+        any::<Index>(),
+    )
+        .prop_map(|(mut doc, at, t, (task_only, keys, values), k, v)| {
+            let sec = if task_only {
+                doc.task(t)
+            } else {
+                doc.timing_section(at)
+            };
+            let key = *k.get(keys);
+            doc.set(&sec, key, v.get(values).to_string());
+            (doc, vec![key.into()])
+        })
+        .boxed();
+    let faults: Vec<BoxedStrategy<(Doc, Vec<String>)>> = vec![
+        // An unknown key, anywhere.
+        (doc(), any::<Index>(), pick(UNKNOWN_KEYS))
+            .prop_map(|(mut doc, at, junk)| {
+                let i = at.index(doc.sections.len());
+                let s = &mut doc.sections[i];
+                let task = s.header.as_deref().is_some_and(|h| h.starts_with("tasks."));
+                let value = if task { toml_str("x") } else { "1".into() };
+                s.entries.push((junk.into(), value));
+                (doc, vec![junk.into()])
+            })
+            .boxed(),
+        // A task with a bad or reserved name.
+        (
+            doc(),
+            prop_oneof![
+                5 => pick(&[
+                    "..", "a/b", ".hidden", "check", "mail-test", "help", "a b", "ä", "a\0b", "",
+                ]).prop_map(str::to_owned),
+                1 => Just("x".repeat(300)),
+            ],
+        )
+            .prop_map(|(mut doc, bad)| {
                 doc.sections.push(Section {
                     header: Some(format!("tasks.{}", toml_str(&bad))),
                     entries: vec![("command".into(), toml_str("true"))],
                 });
-                return vec![format!("tasks.{bad}")];
-            }
-            8 if !tasks.is_empty() => {
-                let sec = rng.pick(&tasks).clone();
-                set(doc, &sec, "group", toml_str("no-such-group-zz"));
-                return vec!["no-such-group-zz".into(), "group".into()];
-            }
-            9 if !tasks.is_empty() => {
-                let sec = rng.pick(&tasks).clone();
-                let s = doc.section_mut(&sec).unwrap();
-                let has_command = s.entries.iter().any(|(k, _)| k == "command");
-                if has_command {
-                    s.entries
-                        .push(("argv".into(), toml_array(&["true".into()])));
+                (doc, vec![format!("tasks.{bad}")])
+            })
+            .boxed(),
+        (doc(), task())
+            .prop_map(|(mut doc, t)| {
+                let sec = doc.task(t);
+                doc.set(&sec, "group", toml_str("no-such-group-zz"));
+                (doc, vec!["no-such-group-zz".into(), "group".into()])
+            })
+            .boxed(),
+        // Both command and argv.
+        (doc(), task())
+            .prop_map(|(mut doc, t)| {
+                let sec = doc.task(t);
+                let s = doc.section_mut(&sec).expect("the task exists");
+                if s.entries.iter().any(|(k, _)| k == "command") {
+                    s.entries.push(("argv".into(), toml_array(&["true"])));
                 } else {
                     s.entries.push(("command".into(), toml_str("true")));
                 }
-                return vec![key_path(&sec), "not both".into()];
-            }
-            10 if !tasks.is_empty() => {
-                let sec = rng.pick(&tasks).clone();
-                let s = doc.section_mut(&sec).unwrap();
+                (doc, vec![key_path(&sec), "not both".into()])
+            })
+            .boxed(),
+        // Neither.
+        (doc(), task())
+            .prop_map(|(mut doc, t)| {
+                let sec = doc.task(t);
+                let s = doc.section_mut(&sec).expect("the task exists");
                 s.entries.retain(|(k, _)| k != "command" && k != "argv");
-                return vec![key_path(&sec), "neither".into()];
-            }
-            11 if !tasks.is_empty() => {
-                let sec = rng.pick(&tasks).clone();
-                let s = doc.section_mut(&sec).unwrap();
+                (doc, vec![key_path(&sec), "neither".into()])
+            })
+            .boxed(),
+        (doc(), task(), pick(BAD_PROGRAMS))
+            .prop_map(|(mut doc, t, (key, bad))| {
+                let sec = doc.task(t);
+                let s = doc.section_mut(&sec).expect("the task exists");
                 s.entries.retain(|(k, _)| k != "command" && k != "argv");
-                let (key, bad) = *rng.pick(&[
-                    ("command", "\"\""),
-                    ("command", "\"   \""),
-                    ("command", "\"a\\u0000b\""),
-                    ("argv", "[]"),
-                    ("argv", "[\"\"]"),
-                    ("argv", "[\"sh\", \"a\\u0000\"]"),
-                    ("argv", "\"true\""),
-                    ("command", "[\"true\"]"),
-                ]);
                 s.entries.push((key.into(), bad.into()));
-                return vec![key.into()];
-            }
-            12 if !tasks.is_empty() => {
-                let sec = rng.pick(&tasks).clone();
-                let bad = *rng.pick(&[
-                    "{ \"A=B\" = \"1\" }",
-                    "{ \"RUN_CHAIN_TASK\" = \"x\" }",
-                    "{ \"\" = \"x\" }",
-                    "{ A = \"a\\u0000\" }",
-                    "{ A = 1 }",
-                ]);
-                set(doc, &sec, "env", bad.into());
-                return vec!["env".into()];
-            }
-            13 if !tasks.is_empty() => {
-                let sec = rng.pick(&tasks).clone();
-                set(doc, &sec, "cwd", "\"\"".into());
-                return vec!["cwd".into()];
-            }
-            14 => {
-                let bad = *rng.pick(&["\"\"", "\"   \"", "5"]);
-                doc.top_mut().entries.retain(|(k, _)| k != "run_root");
-                doc.top_mut().entries.push(("run_root".into(), bad.into()));
-                return vec!["run_root".into()];
-            }
-            15 => {
-                // A bad group.
-                // (name, max_running, what the rejection names: a wrong type is shown by
-                // TOML's own message, which quotes the line, not the table).
-                let (name, max, needle) = *rng.pick(&[
-                    ("g0", "0", "groups.g0.max_running"),
-                    ("g1", "-1", "groups.g1.max_running"),
-                    ("g2", "4294967296", "groups.g2.max_running"),
-                    ("g3", "\"1\"", "max_running"),
-                    ("..", "1", "groups.."),
-                    ("a/b", "1", "groups.a/b"),
-                    (".g", "1", "groups..g"),
-                ]);
+                (doc, vec![key.into()])
+            })
+            .boxed(),
+        (doc(), pick(&["\"\"", "\"   \"", "5"]))
+            .prop_map(|(mut doc, bad)| {
+                let top = doc.top_mut();
+                top.entries.retain(|(k, _)| k != "run_root");
+                top.entries.push(("run_root".into(), bad.into()));
+                (doc, vec!["run_root".into()])
+            })
+            .boxed(),
+        (doc(), pick(BAD_GROUPS))
+            .prop_map(|(mut doc, (name, max, needle))| {
+                // Replacing a valid group of that name (else the rejection is of a duplicate).
+                let valid = format!("groups.{name}");
+                doc.sections.retain(|s| s.header.as_deref() != Some(&valid));
                 doc.sections.push(Section {
                     header: Some(format!("groups.{}", toml_str(name))),
                     entries: vec![("max_running".into(), max.into())],
                 });
-                return vec![needle.into()];
-            }
-            16 => {
-                // A bad [email] section (replacing any).
+                (doc, vec![needle.into()])
+            })
+            .boxed(),
+        // A bad [email] section (replacing any).
+        (
+            doc(),
+            prop_oneof![
+                Just(("email.to", vec![("to", "[]".into())])),
+                Just(("email.to", vec![("to", toml_array(&["not an address"]))])),
+                Just(("email.from", vec![("to", to()), ("from", toml_str("@x"))])),
+                Just((
+                    "email.smtp",
+                    vec![("to", to()), ("smtp", toml_str("http://x"))]
+                )),
+                Just((
+                    "email.smtp",
+                    vec![("to", to()), ("smtp", toml_str("smtp://u:pw@x"))]
+                )),
+                Just((
+                    "not both",
+                    vec![
+                        ("to", to()),
+                        ("smtp", toml_str("smtp://h")),
+                        ("sendmail", toml_str("/s")),
+                    ]
+                )),
+                Just((
+                    "not both",
+                    vec![
+                        ("to", to()),
+                        ("password_file", toml_str("/p")),
+                        ("password_env", toml_str("P")),
+                    ]
+                )),
+                Just(("email.tls", vec![("to", to()), ("tls", toml_str("maybe"))])),
+                Just((
+                    "email.max_alerts_per_hour",
+                    vec![("to", to()), ("max_alerts_per_hour", "0".into())]
+                )),
+            ],
+        )
+            .prop_map(|(mut doc, (needle, entries))| {
                 doc.sections
                     .retain(|s| s.header.as_deref() != Some("email"));
-                let to = toml_array(&["admin@example.com".into()]);
-                let (needle, entries): (&str, Vec<(&str, String)>) = match rng.below(9) {
-                    0 => ("email.to", vec![("to", "[]".into())]),
-                    1 => (
-                        "email.to",
-                        vec![("to", toml_array(&["not an address".into()]))],
-                    ),
-                    2 => ("email.from", vec![("to", to), ("from", toml_str("@x"))]),
-                    3 => (
-                        "email.smtp",
-                        vec![("to", to), ("smtp", toml_str("http://x"))],
-                    ),
-                    4 => (
-                        "email.smtp",
-                        vec![("to", to), ("smtp", toml_str("smtp://u:pw@x"))],
-                    ),
-                    5 => (
-                        "not both",
-                        vec![
-                            ("to", to),
-                            ("smtp", toml_str("smtp://h")),
-                            ("sendmail", toml_str("/s")),
-                        ],
-                    ),
-                    6 => (
-                        "not both",
-                        vec![
-                            ("to", to),
-                            ("password_file", toml_str("/p")),
-                            ("password_env", toml_str("P")),
-                        ],
-                    ),
-                    7 => ("email.tls", vec![("to", to), ("tls", toml_str("maybe"))]),
-                    _ => (
-                        "email.max_alerts_per_hour",
-                        vec![("to", to), ("max_alerts_per_hour", "0".into())],
-                    ),
-                };
                 doc.sections.push(Section {
                     header: Some("email".into()),
                     entries: entries
@@ -1018,11 +981,13 @@ fn inject_fault(rng: &mut Rng, doc: &mut Doc) -> Vec<String> {
                         .map(|(k, v)| (k.to_owned(), v))
                         .collect(),
                 });
-                return vec![needle.into()];
-            }
-            17 if !tasks.is_empty() => {
-                // The same table twice.
-                let sec = rng.pick(&tasks).clone();
+                (doc, vec![needle.into()])
+            })
+            .boxed(),
+        // The same table twice.
+        (doc(), task())
+            .prop_map(|(mut doc, t)| {
+                let sec = doc.task(t);
                 doc.sections.push(Section {
                     header: Some(sec.clone()),
                     entries: vec![("nice".into(), "1".into())],
@@ -1031,104 +996,81 @@ fn inject_fault(rng: &mut Rng, doc: &mut Doc) -> Vec<String> {
                     .trim_start_matches("tasks.")
                     .trim_matches('"')
                     .to_owned();
-                return vec!["duplicate".into(), name];
-            }
-            18 => {
-                // An unknown section.
-                let (header, needle) = *rng.pick(&[
-                    ("task.a", "task"),
-                    ("default", "default"),
-                    ("mail", "mail"),
-                    ("group.g", "group"),
-                ]);
+                (doc, vec!["duplicate".into(), name])
+            })
+            .boxed(),
+        // An unknown section.
+        (
+            doc(),
+            pick(&[
+                ("task.a", "task"),
+                ("default", "default"),
+                ("mail", "mail"),
+                ("group.g", "group"),
+            ]),
+        )
+            .prop_map(|(mut doc, (header, needle))| {
                 doc.sections.push(Section {
                     header: Some(header.into()),
                     entries: vec![("command".into(), toml_str("true"))],
                 });
-                return vec![needle.into()];
-            }
-            19 => {
-                // A key of the wrong section: a task key in [defaults], an email key in a task.
-                let sec = timing_section(rng, doc);
+                (doc, vec![needle.into()])
+            })
+            .boxed(),
+        // A key of the wrong section: a task key in [defaults], an email key in a task.
+        (doc(), timing(), any::<Index>())
+            .prop_map(|(mut doc, at, k)| {
+                let sec = doc.timing_section(at);
                 let key = if sec == "defaults" {
-                    *rng.pick(TASK_KEYS)
+                    *k.get(TASK_KEYS)
                 } else {
-                    *rng.pick(&["to", "smtp", "max_running", "run_root"])
+                    *k.get(&["to", "smtp", "max_running", "run_root"])
                 };
-                let s = doc.section_mut(&sec).unwrap();
-                if s.entries.iter().any(|(k, _)| k == key) {
-                    continue;
-                }
-                s.entries.push((key.into(), toml_str("x")));
-                return vec![key.into()];
-            }
-            _ => continue,
-        }
-    }
+                doc.set(&sec, key, toml_str("x"));
+                (doc, vec![key.into()])
+            })
+            .boxed(),
+    ];
+    let faults = faults.into_iter().map(|f| (1, f));
+    proptest::strategy::Union::new_weighted(std::iter::once((8, bad_value)).chain(faults).collect())
 }
 
+#[rustfmt::skip]
 const MUTATION_TOKENS: &[&str] = &[
-    "[",
-    "]",
-    "[[",
-    "]]",
-    "=",
-    "\"",
-    "'",
-    "'''",
-    "\"\"\"",
-    "\n",
-    "\r\n",
-    "\\",
-    "\\u0000",
-    "\\U0010FFFF",
-    "\\uD800",
-    "{",
-    "}",
-    ",",
-    "#",
-    ".",
-    " ",
-    "tasks.",
-    "\n[tasks.a]\n",
-    "\n[defaults]\n",
-    "\n[email]\n",
-    "\n[groups.g]\n",
-    "\n[[tasks]]\n",
-    "\ncommand = \"x\"\n",
-    "\nargv = []\n",
-    "1e400",
-    "nan",
-    "-inf",
-    "-0",
-    "0x7f",
-    "0o777",
-    "0b1",
-    "1_000",
-    "9223372036854775808",
-    "-9223372036854775809",
-    "99999999999999999999999999",
-    "1979-05-27T07:32:00Z",
-    "07:32:00",
-    "true",
-    "é",
-    "\u{202e}",
-    "\u{feff}",
-    "\0",
-    "\t",
-    "\u{10FFFF}",
-    "🦀",
-    "\"1h\"",
-    "\"-5s\"",
-    "\"none\"",
-    "\"64KiB\"",
-    "\"..\"",
-    "\"a/b\"",
+    "[", "]", "[[", "]]", "=", "\"", "'", "'''", "\"\"\"", "\n", "\r\n", "\\", "\\u0000",
+    "\\U0010FFFF", "\\uD800", "{", "}", ",", "#", ".", " ", "tasks.", "\n[tasks.a]\n",
+    "\n[defaults]\n", "\n[email]\n", "\n[groups.g]\n", "\n[[tasks]]\n", "\ncommand = \"x\"\n",
+    "\nargv = []\n", "1e400", "nan", "-inf", "-0", "0x7f", "0o777", "0b1", "1_000",
+    "9223372036854775808", "-9223372036854775809", "99999999999999999999999999",
+    "1979-05-27T07:32:00Z", "07:32:00", "true", "é", "\u{202e}", "\u{feff}", "\0", "\t",
+    "\u{10FFFF}", "🦀", "\"1h\"", "\"-5s\"", "\"none\"", "\"64KiB\"", "\"..\"", "\"a/b\"",
 ];
 
-/// Text that nests `depth` levels deep, in one of TOML's ways.
-fn deep(rng: &mut Rng, depth: usize) -> String {
-    match rng.below(4) {
+/// One edit of a config's text; `Index`es are positions (in characters, lines or sections).
+#[derive(Clone, Debug)]
+enum Edit {
+    Delete(Index, usize),
+    Insert(Index, String),
+    DuplicateLine(Index, Index),
+    SwapLines(Index, Index),
+    Truncate(Index),
+    ReplaceValue(Index, String),
+    DuplicateSection(Index),
+    SetChar(Index, char),
+}
+
+/// A junk value: a token, any string, any integer.
+fn junk_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        pick(MUTATION_TOKENS).prop_map(str::to_owned),
+        wild_string().prop_map(|s| toml_str(&s)),
+        any::<i64>().prop_map(|n| n.to_string()),
+    ]
+}
+
+/// Text that nests `depth` levels deep, in each of TOML's ways.
+fn deep(shape: usize, depth: usize) -> String {
+    match shape {
         0 => format!("\nx = {}{}\n", "[".repeat(depth), "]".repeat(depth)),
         1 => format!("\nx = {}1{}\n", "{ a = ".repeat(depth), " }".repeat(depth)),
         2 => format!("\n{} = 1\n", vec!["a"; depth].join(".")),
@@ -1136,161 +1078,143 @@ fn deep(rng: &mut Rng, depth: usize) -> String {
     }
 }
 
-/// A random edit of `text` (1 to 4 operations), always valid UTF-8.
-fn mutate(rng: &mut Rng, text: &str) -> String {
+fn edit() -> impl Strategy<Value = Edit> {
+    let at = any::<Index>;
+    let key = prop_oneof![
+        1 => pick(DURATION_KEYS),
+        1 => pick(TASK_KEYS),
+        1 => pick(EMAIL_KEYS),
+        1 => pick(OTHER_KEYS),
+        2 => pick(JUNK_KEYS),
+    ];
+    let value = prop_oneof![
+        3 => junk_value(),
+        1 => pick(&["1h", "-1s", "0", "none", "64KiB", ""]).prop_map(toml_str),
+    ];
+    let inserted = prop_oneof![
+        80 => pick(MUTATION_TOKENS).prop_map(str::to_owned),
+        // Random bytes.
+        40 => vec(any::<u8>(), 1..=16).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        // A junk or real key with a junk value, on its own line.
+        40 => (key, value).prop_map(|(k, v)| format!("\n{} = {v}\n", toml_key(k))),
+        1 => (0..4usize, pick(&[10, 100, 1_000, 10_000])).prop_map(|(s, d)| deep(s, d)),
+        1 => pick(&[1_000, 100_000]).prop_map(|n| format!("\ncommand = \"{}\"\n", "x".repeat(n))),
+    ];
+    prop_oneof![
+        40 => (at(), 1..=20usize).prop_map(|(a, n)| Edit::Delete(a, n)),
+        162 => (at(), inserted).prop_map(|(a, s)| Edit::Insert(a, s)),
+        40 => (at(), at()).prop_map(|(a, l)| Edit::DuplicateLine(a, l)),
+        40 => (at(), at()).prop_map(|(a, b)| Edit::SwapLines(a, b)),
+        40 => at().prop_map(Edit::Truncate),
+        40 => (at(), junk_value()).prop_map(|(l, v)| Edit::ReplaceValue(l, v)),
+        40 => at().prop_map(Edit::DuplicateSection),
+        118 => (at(), pick(&['[', ']', '"', '=', '\n', '.', '0', 'x', '\0', '\u{85}']))
+            .prop_map(|(a, c)| Edit::SetChar(a, c)),
+    ]
+}
+
+/// `text` with `edits` applied, in order; always valid UTF-8.
+fn apply_edits(text: &str, edits: &[Edit]) -> String {
     let mut s: Vec<char> = text.chars().collect();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(s.len() + 1);
-        match rng.below(13) {
-            0 if !s.is_empty() => {
-                let end = (at + 1 + rng.below(20)).min(s.len());
-                let at = at.min(end);
-                s.drain(at..end);
+    for e in edits {
+        let text: String = s.iter().collect();
+        let mut lines: Vec<&str> = text.lines().collect();
+        match e {
+            Edit::Delete(at, n) => {
+                let at = at.index(s.len() + 1);
+                s.drain(at..(at + n).min(s.len()));
             }
-            1 | 2 => {
-                let tok = rng.pick(MUTATION_TOKENS);
-                s.splice(at..at, tok.chars());
+            Edit::Insert(at, ins) => {
+                let at = at.index(s.len() + 1);
+                s.splice(at..at, ins.chars());
             }
-            3 => {
-                // Duplicate a line.
-                let text: String = s.iter().collect();
-                let lines: Vec<&str> = text.lines().collect();
-                if !lines.is_empty() {
-                    let line = lines[rng.below(lines.len())];
-                    let ins = format!("\n{line}\n");
-                    s.splice(at..at, ins.chars());
+            Edit::DuplicateLine(at, line) if !lines.is_empty() => {
+                let at = at.index(s.len() + 1);
+                let ins = format!("\n{}\n", line.get(&lines));
+                s.splice(at..at, ins.chars());
+            }
+            Edit::SwapLines(i, j) if lines.len() > 1 => {
+                let n = lines.len();
+                lines.swap(i.index(n), j.index(n));
+                s = lines.join("\n").chars().collect();
+            }
+            Edit::Truncate(at) => s.truncate(at.index(s.len() + 1)),
+            Edit::ReplaceValue(line, v) if !lines.is_empty() => {
+                let i = line.index(lines.len());
+                if let Some(eq) = lines[i].find('=') {
+                    let mut owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                    owned[i] = format!("{}= {v}", &lines[i][..eq]);
+                    s = owned.join("\n").chars().collect();
                 }
             }
-            4 => {
-                // Swap two lines.
-                let text: String = s.iter().collect();
-                let mut lines: Vec<&str> = text.lines().collect();
-                if lines.len() > 1 {
-                    let (i, j) = (rng.below(lines.len()), rng.below(lines.len()));
-                    lines.swap(i, j);
-                    s = lines.join("\n").chars().collect();
-                }
-            }
-            5 => s.truncate(at),
-            6 => {
-                // Random bytes.
-                let bytes: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect();
-                let ins = String::from_utf8_lossy(&bytes).into_owned();
-                s.splice(at..at, ins.chars());
-            }
-            7 => {
-                // A junk or real key with a junk value, on its own line.
-                let keys = all_keys();
-                let key = if rng.chance(1, 2) {
-                    rng.pick(&keys).to_string()
-                } else {
-                    rng.pick(JUNK_KEYS).to_string()
-                };
-                let value = match rng.below(4) {
-                    0 => rng.pick(MUTATION_TOKENS).to_string(),
-                    1 => toml_str(&wild_string(rng)),
-                    2 => rng.range(i64::MIN, i64::MAX).to_string(),
-                    _ => toml_str(rng.word(&["1h", "-1s", "0", "none", "64KiB", ""])),
-                };
-                let ins = format!("\n{} = {value}\n", toml_key(&key));
-                s.splice(at..at, ins.chars());
-            }
-            8 if rng.chance(1, 40) => {
-                let depth = *rng.pick(&[10, 100, 1_000, 10_000]);
-                let ins = deep(rng, depth);
-                s.splice(at..at, ins.chars());
-            }
-            9 if rng.chance(1, 40) => {
-                let n = *rng.pick(&[1_000, 100_000]);
-                let ins = format!("\ncommand = \"{}\"\n", "x".repeat(n));
-                s.splice(at..at, ins.chars());
-            }
-            10 => {
-                // Replace the value on a random line.
-                let text: String = s.iter().collect();
-                let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-                if !lines.is_empty() {
-                    let i = rng.below(lines.len());
-                    if let Some(eq) = lines[i].find('=') {
-                        let v = match rng.below(3) {
-                            0 => rng.pick(MUTATION_TOKENS).to_string(),
-                            1 => toml_str(&wild_string(rng)),
-                            _ => rng.range(i64::MIN, i64::MAX).to_string(),
-                        };
-                        lines[i] = format!("{}= {v}", &lines[i][..eq]);
-                        s = lines.join("\n").chars().collect();
-                    }
-                }
-            }
-            11 => {
-                // Duplicate a whole section.
-                let text: String = s.iter().collect();
+            Edit::DuplicateSection(i) => {
                 let starts: Vec<usize> = text.match_indices("\n[").map(|(i, _)| i).collect();
                 if !starts.is_empty() {
-                    let i = rng.below(starts.len());
-                    let from = starts[i];
+                    let i = i.index(starts.len());
                     let to = starts.get(i + 1).copied().unwrap_or(text.len());
-                    let dup = text[from..to].to_owned();
-                    s = format!("{text}{dup}").chars().collect();
+                    s.extend(text[starts[i]..to].chars());
                 }
             }
-            _ => {
-                // Change one character.
-                if at < s.len() {
-                    s[at] = *rng.pick(&['[', ']', '"', '=', '\n', '.', '0', 'x', '\0', '\u{85}']);
-                }
+            Edit::SetChar(at, c) if !s.is_empty() => {
+                let at = at.index(s.len());
+                s[at] = *c;
             }
+            _ => {}
         }
     }
     s.into_iter().collect()
 }
 
 /// Files the config claims to come from: their display form must be in every message.
+#[rustfmt::skip]
 const CONFIG_PATHS: &[&str] = &[
-    "/etc/run-chain/tasks.toml",
-    "tasks.toml",
-    "./relative dir/tâsks.toml",
-    "/tmp/with\"quote/and spaces/tasks.toml",
-    "/srv/日本/x.toml",
+    "/etc/run-chain/tasks.toml", "tasks.toml", "./relative dir/tâsks.toml",
+    "/tmp/with\"quote/and spaces/tasks.toml", "/srv/日本/x.toml",
 ];
 
-/// The config text of a case: a valid model, one fault, mutations, or random bytes.
+/// What a case's config text is: a valid model, one fault, edits, or random bytes.
+#[derive(Clone, Debug)]
 enum Kind {
     Valid(Expect),
     Fault(Vec<String>),
-    Mutated,
+    Edited,
     Random,
 }
 
-fn gen_config(rng: &mut Rng, flavour: Flavour) -> (String, Kind) {
-    match rng.below(10) {
-        0..=2 => {
-            let (doc, expect) = gen_valid(rng, flavour);
-            (doc.render(), Kind::Valid(expect))
-        }
-        3..=5 => {
-            let (mut doc, _) = gen_valid(rng, flavour);
-            let needles = inject_fault(rng, &mut doc);
-            (doc.render(), Kind::Fault(needles))
-        }
-        6..=8 => {
-            let (doc, _) = gen_valid(rng, flavour);
-            (mutate(rng, &doc.render()), Kind::Mutated)
-        }
-        _ => {
-            let n = rng.below(300);
-            let bytes: Vec<u8> = (0..n)
-                .map(|_| {
-                    if rng.chance(1, 2) {
-                        *rng.pick(b"[]=\"'.\n abcdefghijklmnopqrstuvwxyz0123456789{},#")
-                    } else {
-                        rng.next() as u8
-                    }
-                })
-                .collect();
-            (String::from_utf8_lossy(&bytes).into_owned(), Kind::Random)
-        }
-    }
+#[derive(Clone, Debug)]
+struct Case {
+    text: String,
+    kind: Kind,
+}
+
+fn config_case(flavour: Flavour) -> impl Strategy<Value = Case> {
+    let text_bytes = b"[]=\"'.\n abcdefghijklmnopqrstuvwxyz0123456789{},#";
+    prop_oneof![
+        3 => valid_doc(flavour).prop_map(|(doc, expect)| Case {
+            text: doc.render(),
+            kind: Kind::Valid(expect),
+        }),
+        3 => faulty_doc(flavour).prop_map(|(doc, needles)| Case {
+            text: doc.render(),
+            kind: Kind::Fault(needles),
+        }),
+        3 => (valid_doc(flavour), vec(edit(), 1..=4)).prop_map(|((doc, _), edits)| Case {
+            text: apply_edits(&doc.render(), &edits),
+            kind: Kind::Edited,
+        }),
+        1 => vec(prop_oneof![select(&text_bytes[..]), any::<u8>()], 0..300).prop_map(|b| Case {
+            text: String::from_utf8_lossy(&b).into_owned(),
+            kind: Kind::Random,
+        }),
+    ]
+}
+
+/// A config case of either flavour, and the file it claims to come from.
+fn any_config_case() -> impl Strategy<Value = (Case, &'static str)> {
+    (
+        prop_oneof![config_case(Flavour::Safe), config_case(Flavour::Wild)],
+        pick(CONFIG_PATHS),
+    )
 }
 
 /// What must hold of any `Ok` config.
@@ -1302,7 +1226,7 @@ fn check_ok_invariants(c: &Config, file: &Path) -> Result<(), String> {
         if name != &t.name {
             return Err(format!("task {name:?} is named {:?}", t.name));
         }
-        if run_chain::config::check_task_name(name).is_err() {
+        if check_task_name(name).is_err() {
             return Err(format!("accepted a bad task name {name:?}"));
         }
         if let Some(g) = &t.group {
@@ -1323,12 +1247,12 @@ fn check_ok_invariants(c: &Config, file: &Path) -> Result<(), String> {
             return Err(format!("task {name:?}: a zero timeout"));
         }
         match &t.program {
-            run_chain::config::Program::Shell(s) => {
+            Program::Shell(s) => {
                 if s.trim().is_empty() || s.contains('\0') {
                     return Err(format!("task {name:?}: command {s:?}"));
                 }
             }
-            run_chain::config::Program::Argv(v) => {
+            Program::Argv(v) => {
                 if v.is_empty() || v[0].is_empty() || v.iter().any(|a| a.contains('\0')) {
                     return Err(format!("task {name:?}: argv {v:?}"));
                 }
@@ -1356,27 +1280,17 @@ fn check_ok_invariants(c: &Config, file: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn check_config_case(rng: &mut Rng) -> Result<(), (String, String)> {
-    let flavour = if rng.chance(1, 2) {
-        Flavour::Wild
-    } else {
-        Flavour::Safe
-    };
-    let (text, kind) = gen_config(rng, flavour);
-    let file = PathBuf::from(rng.pick(CONFIG_PATHS));
-    let fail = |what: String| Err((what, text.clone()));
-    let result = match catch_unwind(AssertUnwindSafe(|| Config::parse(&text, &file))) {
-        Ok(r) => r,
-        Err(p) => return fail(format!("Config::parse panicked: {}", panic_text(&*p))),
-    };
-    match (&result, &kind) {
-        (Err(e), _) => {
+/// The property of `Config::parse` on one case (a panic fails it too: proptest catches it).
+fn check_config(case: &Case, file: &Path) -> TestCaseResult {
+    let result = Config::parse(&case.text, file);
+    match (&result, &case.kind) {
+        (Err(e), kind) => {
             let msg = e.to_string();
             if e.exit_code() != 78 {
                 return fail(format!("exit code {} for {msg:?}", e.exit_code()));
             }
             if msg.trim().is_empty() {
-                return fail("an empty error message".into());
+                return fail("an empty error message");
             }
             if !msg.contains(&file.display().to_string()) {
                 return fail(format!("the message does not name {file:?}: {msg:?}"));
@@ -1384,13 +1298,11 @@ fn check_config_case(rng: &mut Rng) -> Result<(), (String, String)> {
             if let Kind::Valid(_) = kind {
                 return fail(format!("a valid config was rejected: {msg}"));
             }
-            if let Kind::Fault(needles) = &kind {
-                for n in needles {
-                    if !msg.contains(n.as_str()) {
-                        return fail(format!(
-                            "the rejection does not name {n:?} (the injected fault): {msg}"
-                        ));
-                    }
+            if let Kind::Fault(needles) = kind {
+                if let Some(n) = needles.iter().find(|n| !msg.contains(n.as_str())) {
+                    return fail(format!(
+                        "the rejection does not name {n:?} (the injected fault): {msg}"
+                    ));
                 }
                 if msg.contains("pw@") {
                     return fail(format!(
@@ -1399,11 +1311,11 @@ fn check_config_case(rng: &mut Rng) -> Result<(), (String, String)> {
                 }
             }
         }
-        (Ok(c), _) => {
-            if let Err(why) = check_ok_invariants(c, &file) {
+        (Ok(c), kind) => {
+            if let Err(why) = check_ok_invariants(c, file) {
                 return fail(format!("accepted, but {why}"));
             }
-            match &kind {
+            match kind {
                 Kind::Fault(needles) => {
                     return fail(format!("a config with a fault ({needles:?}) was accepted"))
                 }
@@ -1411,25 +1323,15 @@ fn check_config_case(rng: &mut Rng) -> Result<(), (String, String)> {
                     let mut want = expect.tasks.clone();
                     want.sort();
                     let got: Vec<String> = c.tasks.keys().cloned().collect();
-                    if got != want {
-                        return fail(format!("tasks {got:?}, expected {want:?}"));
-                    }
+                    prop_assert_eq!(got, want, "tasks");
                     let mut want = expect.groups.clone();
                     want.sort();
                     let got: Vec<String> = c.groups.keys().cloned().collect();
-                    if got != want {
-                        return fail(format!("groups {got:?}, expected {want:?}"));
-                    }
-                    if c.email.is_some() != expect.email {
-                        return fail(format!("email {:?}, expected {}", c.email, expect.email));
-                    }
+                    prop_assert_eq!(got, want, "groups");
+                    prop_assert_eq!(c.email.is_some(), expect.email, "email {:?}", c.email);
                     for (name, d) in &expect.success_cooldown {
                         let got = c.tasks[name].timing.success_cooldown;
-                        if got != *d {
-                            return fail(format!(
-                                "task {name}: success_cooldown {got:?}, expected {d:?}"
-                            ));
-                        }
+                        prop_assert_eq!(got, *d, "task {}: success_cooldown", name);
                     }
                 }
                 _ => {}
@@ -1445,145 +1347,127 @@ fn check_config_case(rng: &mut Rng) -> Result<(), (String, String)> {
 
 #[test]
 fn config_parse_never_panics_and_every_rejection_is_exit_78_naming_the_file() {
-    fuzz("config", cases(), check_config_case);
+    check("config", cases(), any_config_case, |(case, file)| {
+        check_config(&case, Path::new(file))
+    });
 }
 
 /// The generator itself: its valid configs are valid, and each kind of case occurs.
 #[test]
 fn the_generator_makes_valid_configs_and_every_kind_of_case() {
-    let mut counts = [0usize; 4];
-    for case in 0..2_000 {
-        let mut rng = Rng::new(case_seed("generator", case));
-        let flavour = if case % 2 == 0 {
-            Flavour::Safe
-        } else {
-            Flavour::Wild
-        };
-        let (text, kind) = gen_config(&mut rng, flavour);
-        counts[match kind {
+    let counts: [AtomicUsize; 4] = Default::default();
+    check("generator", 2_000, any_config_case, |(case, _)| {
+        let kind = match case.kind {
             Kind::Valid(_) => 0,
             Kind::Fault(_) => 1,
-            Kind::Mutated => 2,
+            Kind::Edited => 2,
             Kind::Random => 3,
-        }] += 1;
-        if let Kind::Valid(_) = kind {
-            if let Err(e) = Config::parse(&text, Path::new("/t.toml")) {
-                panic!("generated a config that does not parse: {e}\n{text}");
-            }
-        }
-    }
-    assert!(counts.iter().all(|n| *n > 100), "{counts:?}");
-}
-
-fn random_text(rng: &mut Rng) -> String {
-    const PIECES: &[&str] = &[
-        "a",
-        "Z",
-        "9",
-        "0",
-        "_",
-        "-",
-        ".",
-        "/",
-        " ",
-        "..",
-        "é",
-        "🦀",
-        "\0",
-        "\n",
-        "s",
-        "m",
-        "h",
-        "ms",
-        "d",
-        "KiB",
-        "MiB",
-        "GiB",
-        "KB",
-        "B",
-        "K",
-        "1",
-        "18446744073709551615",
-        "+",
-        "e",
-        "\t",
-        "\u{a0}",
-        "٣",
-    ];
-    let n = if rng.chance(1, 50) {
-        rng.below(400)
-    } else {
-        rng.below(8)
-    };
-    (0..n).map(|_| *rng.pick(PIECES)).collect()
-}
-
-#[test]
-fn names_durations_and_sizes_never_panic_and_match_their_definitions() {
-    fuzz("small-parsers", cases(), |rng| {
-        let text = random_text(rng);
-        let fail = |what: String| Err((what, text.clone()));
-        let r = catch_unwind(|| (check_name(&text), parse_duration(&text), parse_size(&text)));
-        let (name, duration, size) = match r {
-            Ok(r) => r,
-            Err(p) => return fail(format!("panicked: {}", panic_text(&*p))),
         };
-        // SPEC: 1-100 characters of letters, digits, `_`, `-` and `.`, not starting with `.`.
-        let want = !text.is_empty()
-            && text.len() <= 100
-            && !text.starts_with('.')
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if name.is_ok() != want {
-            return fail(format!("check_name said {name:?}"));
-        }
-        if let Err(m) = &name {
-            if m.is_empty() {
-                return fail("check_name: an empty reason".into());
+        counts[kind].fetch_add(1, Ordering::Relaxed);
+        if kind == 0 {
+            if let Err(e) = Config::parse(&case.text, Path::new("/t.toml")) {
+                return fail(format!("generated a config that does not parse: {e}"));
             }
-        }
-        if let Err(m) = &duration {
-            if !m.contains("duration") {
-                return fail(format!(
-                    "parse_duration: {m:?} does not say what was expected"
-                ));
-            }
-        }
-        if let Err(m) = &size {
-            if !m.contains("size") {
-                return fail(format!("parse_size: {m:?} does not say what was expected"));
-            }
-        }
-        // Known shapes, known values.
-        let n = rng.range(0, u32::MAX as i64) as u64;
-        let (unit, mult) = *rng.pick(&[
-            ("", 1u64),
-            ("B", 1),
-            ("K", 1024),
-            ("KiB", 1024),
-            ("KB", 1000),
-            ("kB", 1000),
-            ("MiB", 1 << 20),
-            ("MB", 1_000_000),
-            ("GiB", 1 << 30),
-            ("GB", 1_000_000_000),
-        ]);
-        let sz = format!("{n}{}{unit}", if rng.chance(1, 2) { " " } else { "" });
-        if parse_size(&sz) != Ok(n * mult) {
-            return fail(format!("parse_size({sz:?}) = {:?}", parse_size(&sz)));
-        }
-        let big = format!("{}{unit}", u64::MAX);
-        if !unit.is_empty() && mult > 1 && parse_size(&big).is_ok() {
-            return fail(format!("parse_size({big:?}) overflowed into a value"));
-        }
-        let secs = rng.range(0, u32::MAX as i64) as u64;
-        let d = format!("{secs}s");
-        if parse_duration(&d) != Ok(Duration::from_secs(secs)) {
-            return fail(format!("parse_duration({d:?}) = {:?}", parse_duration(&d)));
         }
         Ok(())
     });
+    let counts = counts.map(|n| n.into_inner());
+    assert!(counts.iter().all(|n| *n > 100), "{counts:?}");
+}
+
+#[rustfmt::skip]
+const TEXT_PIECES: &[&str] = &[
+    "a", "Z", "9", "0", "_", "-", ".", "/", " ", "..", "é", "🦀", "\0", "\n", "s", "m", "h", "ms",
+    "d", "KiB", "MiB", "GiB", "KB", "B", "K", "1", "18446744073709551615", "+", "e", "\t",
+    "\u{a0}", "٣",
+];
+
+/// Text for the small parsers: pieces of names, numbers and units, now and then a long one;
+/// any characters; names of 1 to 101 characters.
+fn small_parser_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        49 => vec(pick(TEXT_PIECES), 0..8).prop_map(|v| v.concat()),
+        1 => vec(pick(TEXT_PIECES), 0..400).prop_map(|v| v.concat()),
+        10 => any::<String>(),
+        10 => regex("[.]?[a-zA-Z0-9_.-]{0,101}"),
+        5 => pick(RESERVED_NAMES).prop_map(str::to_owned),
+    ]
+}
+
+#[rustfmt::skip]
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("", 1), ("B", 1), ("K", 1024), ("KiB", 1024), ("KB", 1000), ("kB", 1000), ("M", 1 << 20),
+    ("MiB", 1 << 20), ("MB", 1_000_000), ("G", 1 << 30), ("GiB", 1 << 30), ("GB", 1_000_000_000),
+];
+
+#[test]
+fn names_durations_and_sizes_never_panic_and_match_their_definitions() {
+    let strategy = || {
+        (
+            small_parser_text(),
+            (0..=u64::from(u32::MAX), pick(SIZE_UNITS), any::<bool>()),
+            odd_duration(u64::from(u32::MAX)),
+        )
+    };
+    check(
+        "small-parsers",
+        cases(),
+        strategy,
+        |(text, (n, (unit, mult), space), (duration, ms))| {
+            let (name, task_name) = (check_name(&text), check_task_name(&text));
+            // SPEC: 1-100 characters of letters, digits, `_`, `-` and `.`, not starting with
+            // `.`; a task's name is not a reserved one either.
+            let want = !text.is_empty()
+                && text.len() <= 100
+                && !text.starts_with('.')
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            prop_assert_eq!(name.is_ok(), want, "check_name said {:?}", name);
+            let reserved = RESERVED_NAMES.contains(&text.as_str());
+            prop_assert_eq!(
+                task_name.is_ok(),
+                want && !reserved,
+                "check_task_name said {:?}",
+                task_name
+            );
+            if let Err(m) = &name {
+                prop_assert!(!m.is_empty(), "check_name: an empty reason");
+            }
+            if let Err(m) = parse_duration(&text) {
+                prop_assert!(
+                    m.contains("duration"),
+                    "parse_duration: {:?} does not say what was expected",
+                    m
+                );
+            }
+            if let Err(m) = parse_size(&text) {
+                prop_assert!(
+                    m.contains("size"),
+                    "parse_size: {:?} does not say what was expected",
+                    m
+                );
+            }
+            // Known shapes, known values.
+            let sz = format!("{n}{}{unit}", if space { " " } else { "" });
+            prop_assert_eq!(parse_size(&sz), Ok(n * mult), "parse_size({:?})", sz);
+            let big = format!("{}{unit}", u64::MAX);
+            if mult > 1 {
+                prop_assert!(
+                    parse_size(&big).is_err(),
+                    "parse_size({:?}) overflowed into a value",
+                    big
+                );
+            }
+            prop_assert_eq!(
+                parse_duration(&duration),
+                Ok(Duration::from_millis(ms)),
+                "parse_duration({:?})",
+                duration
+            );
+            Ok(())
+        },
+    );
 }
 
 /// Deep nesting, huge and long inputs, each shape on its own (the random cases meet them only
@@ -1617,11 +1501,7 @@ fn deep_nesting_and_huge_inputs_are_rejected_cleanly() {
             let mut bad = Vec::new();
             for text in &inputs {
                 match catch_unwind(|| Config::parse(text, file)) {
-                    Err(p) => bad.push(format!(
-                        "panicked ({}) on {:?}…",
-                        panic_text(&*p),
-                        &text[..text.len().min(80)]
-                    )),
+                    Err(_) => bad.push(format!("panicked on {:?}…", &text[..text.len().min(80)])),
                     Ok(Err(e)) => {
                         let m = e.to_string();
                         if e.exit_code() != 78 || !m.contains("/etc/run-chain/tasks.toml") {
@@ -1633,100 +1513,52 @@ fn deep_nesting_and_huge_inputs_are_rejected_cleanly() {
             }
             bad
         })
-        .unwrap()
+        .expect("spawn a thread")
         .join()
-        .unwrap();
+        .expect("the thread ends");
     assert!(outcome.is_empty(), "{outcome:#?}");
 }
 
+// ---------------------------------------------------------------------------------------------
 // ---------------------------------------------------------------------------------------------
 // (b) The command line.
 // ---------------------------------------------------------------------------------------------
 
 /// The real flags and subcommands, and junk.
+#[rustfmt::skip]
 const FLAGS: &[&str] = &[
-    "-c",
-    "--config",
-    "--run-root",
-    "--name",
-    "--no-kill-concurrent",
-    "--once",
-    "--json",
-    "--chain",
-    "--limit",
-    "--now",
-    "--listen",
-    "--help",
-    "-h",
-    "--version",
-    "-V",
-    "--",
-    "-",
-    "--config=",
-    "--name=",
-    "--limit=3",
-    "-cX",
-    "--no-such-flag",
-    "-z",
-    "--once=yes",
-    "--json=false",
-    "---",
+    "-c", "--config", "--run-root", "--name", "--no-kill-concurrent", "--once", "--json",
+    "--chain", "--limit", "--now", "--listen", "--help", "-h", "--version", "-V", "--", "-",
+    "--config=", "--name=", "--limit=3", "-cX", "--no-such-flag", "-z", "--once=yes",
+    "--json=false", "---",
 ];
+#[rustfmt::skip]
 const SUBCOMMANDS: &[&str] = &[
-    "check",
-    "status",
-    "history",
-    "log",
-    "stop",
-    "kick",
-    "metrics",
-    "exporter",
-    "mail-test",
-    "help",
-    "CHECK",
-    "mail_test",
+    "check", "status", "history", "log", "stop", "kick", "metrics", "exporter", "mail-test",
+    "help", "CHECK", "mail_test",
 ];
+#[rustfmt::skip]
 const VALUES: &[&str] = &[
-    "a",
-    "b",
-    "send_mail",
-    "0",
-    "1",
-    "-1",
-    "18446744073709551615",
-    "18446744073709551616",
-    "abc",
-    "",
-    " ",
-    "..",
-    "a/b",
-    ".hidden",
-    "é",
-    "🦀",
-    "127.0.0.1:0",
-    "tasks.toml",
-    "-",
+    "a", "b", "send_mail", "0", "1", "-1", "18446744073709551615", "18446744073709551616", "abc",
+    "", " ", "..", "a/b", ".hidden", "é", "🦀", "127.0.0.1:0", "tasks.toml", "-",
 ];
 
-fn random_arg(rng: &mut Rng) -> OsString {
-    match rng.below(10) {
-        0..=2 => OsString::from(*rng.pick(FLAGS)),
-        3..=4 => OsString::from(*rng.pick(SUBCOMMANDS)),
-        5..=7 => OsString::from(*rng.pick(VALUES)),
-        8 => {
-            // Invalid UTF-8.
-            let mut v = b"x".to_vec();
-            v.extend((0..1 + rng.below(4)).map(|_| 0x80 | rng.next() as u8));
-            OsString::from_vec(v)
-        }
-        _ => {
-            if rng.chance(1, 20) {
-                OsString::from("x".repeat(10_000))
-            } else {
-                OsString::from(wild_string(rng).replace('\0', ""))
-            }
-        }
-    }
+fn random_arg() -> impl Strategy<Value = OsString> {
+    prop_oneof![
+        3 => pick(FLAGS).prop_map(OsString::from),
+        2 => pick(SUBCOMMANDS).prop_map(OsString::from),
+        3 => pick(VALUES).prop_map(OsString::from),
+        // Invalid UTF-8.
+        1 => vec(any::<u8>(), 1..5).prop_map(|v| {
+            let mut bytes = b"x".to_vec();
+            bytes.extend(v.iter().map(|b| 0x80 | b));
+            OsString::from_vec(bytes)
+        }),
+        1 => prop_oneof![
+            19 => wild_string().prop_map(|s| OsString::from(s.replace('\0', ""))),
+            1 => Just(OsString::from("x".repeat(10_000))),
+        ],
+    ]
 }
 
 #[test]
@@ -1736,192 +1568,327 @@ fn the_command_line_definition_is_consistent() {
 
 #[test]
 fn command_line_parsing_never_panics_and_errors_render() {
-    fuzz("cli", cases(), |rng| {
-        let mut argv = vec![OsString::from("run-chain")];
-        for _ in 0..rng.below(9) {
-            argv.push(random_arg(rng));
-        }
-        let shown = format!("{argv:?}");
-        let fail = |what: String| Err((what, shown.clone()));
-        let r = catch_unwind(|| {
-            let r = Cli::try_parse_from(argv.clone());
-            let rendered = r.as_ref().err().map(|e| (e.kind(), e.to_string()));
-            (r.is_ok(), rendered)
-        });
-        match r {
-            Err(p) => fail(format!("Cli::try_parse_from panicked: {}", panic_text(&*p))),
-            Ok((false, Some((kind, text)))) if text.trim().is_empty() => {
-                fail(format!("an empty message for {kind:?}"))
+    check(
+        "cli",
+        cases(),
+        || vec(random_arg(), 0..9),
+        |args| {
+            let argv = std::iter::once(OsString::from("run-chain")).chain(args);
+            if let Err(e) = Cli::try_parse_from(argv) {
+                prop_assert!(
+                    !e.to_string().trim().is_empty(),
+                    "an empty message for {:?}",
+                    e.kind()
+                );
             }
-            Ok(_) => Ok(()),
-        }
-    });
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // (c) The real binary.
 // ---------------------------------------------------------------------------------------------
 
-/// A well-formed command line: the run mode or a subcommand, with sensible arguments.
-fn well_formed_argv(rng: &mut Rng, env: &TestEnv, tasks: &[String]) -> Vec<OsString> {
-    let task = |rng: &mut Rng| -> String {
-        if !tasks.is_empty() && rng.chance(7, 8) {
-            rng.pick(tasks).clone()
-        } else {
-            rng.word(&["a", "undefined_task", "check"]).to_owned()
-        }
-    };
-    let chain = |rng: &mut Rng| -> String {
-        if !tasks.is_empty() && rng.chance(2, 3) {
-            let n = 1 + rng.below(tasks.len());
-            tasks[..n].join("_")
-        } else {
-            rng.word(&["a", "fuzzed", "..", "a/b", ".x"]).to_owned()
-        }
-    };
-    let mut argv: Vec<String> = Vec::new();
-    if rng.chance(1, 3) {
-        argv.push("-c".into());
-        argv.push(env.config.display().to_string());
-    }
-    if rng.chance(1, 3) {
-        argv.push("--run-root".into());
-        argv.push(env.run_root.display().to_string());
-    }
-    match rng.below(14) {
-        0..=4 => {
-            argv.push("--once".into());
-            if rng.chance(1, 3) {
-                argv.push("--name".into());
-                argv.push(chain(rng));
-            }
-            if rng.chance(1, 4) {
-                argv.push("--no-kill-concurrent".into());
-            }
-            argv.push("--".into());
-            let mut names: Vec<String> = tasks.to_vec();
-            if names.is_empty() || rng.chance(1, 8) {
-                names.push(task(rng));
-            }
-            for i in (1..names.len()).rev() {
-                names.swap(i, rng.below(i + 1));
-            }
-            names.truncate(1 + rng.below(names.len()));
-            argv.extend(names);
-        }
-        5 => argv.push("check".into()),
-        6 => {
-            argv.push("status".into());
-            if rng.chance(1, 2) {
-                argv.push("--json".into());
-            }
-        }
-        7 => {
-            argv.push("history".into());
-            argv.push(task(rng));
-            if rng.chance(1, 3) {
-                argv.push("--chain".into());
-                argv.push(chain(rng));
-            }
-            if rng.chance(1, 3) {
-                argv.push("--limit".into());
-                argv.push(rng.word(&["1", "0", "5", "18446744073709551615"]).into());
-            }
-            if rng.chance(1, 2) {
-                argv.push("--json".into());
-            }
-        }
-        8 => {
-            argv.push("log".into());
-            argv.push(task(rng));
-            if rng.chance(1, 2) {
-                argv.push(rng.word(&["1", "2", "0", "99999"]).into());
-            }
-            if rng.chance(1, 3) {
-                argv.push("--chain".into());
-                argv.push(chain(rng));
-            }
-        }
-        9 => {
-            argv.push(rng.word(&["stop", "kick"]).into());
-            argv.push(chain(rng));
-            if rng.chance(1, 3) {
-                argv.push("--now".into());
-            }
-        }
-        10 => argv.push("metrics".into()),
-        11 => argv.push("mail-test".into()),
-        12 => argv.push(rng.word(&["--help", "--version", "-h", "-V"]).into()),
-        _ => {
-            argv.push("help".into());
-            argv.push(rng.word(SUBCOMMANDS).into());
-        }
-    }
-    argv.into_iter().map(OsString::from).collect()
+/// A task named on the command line: one of the config's (7 in 8, if it has any) or another.
+#[derive(Clone, Debug)]
+struct TaskPick(Option<Index>, &'static str);
+
+fn task_pick() -> impl Strategy<Value = TaskPick> {
+    (
+        weighted(7.0 / 8.0, any::<Index>()),
+        pick(&["a", "undefined_task", "check"]),
+    )
+        .prop_map(|(i, other)| TaskPick(i, other))
 }
 
-/// A random command line for the binary that ends on its own: the run mode always with
-/// `--once` (and one task unless every cooldown is tiny), never `exporter`.
-fn binary_argv(rng: &mut Rng, env: &TestEnv, tasks: &[String], multi_ok: bool) -> Vec<OsString> {
-    let config = env.config.clone().into_os_string();
-    let mut argv: Vec<OsString> = if rng.chance(3, 4) {
-        well_formed_argv(rng, env, tasks)
-    } else {
-        Vec::new()
-    };
-    let extra = if argv.is_empty() {
-        1 + rng.below(6)
-    } else if rng.chance(1, 5) {
-        1
-    } else {
-        0
-    };
-    for _ in 0..extra {
-        let a = match rng.below(12) {
-            0 | 1 => {
-                if !tasks.is_empty() && rng.chance(3, 4) {
-                    OsString::from(rng.pick(tasks))
-                } else {
-                    OsString::from(*rng.pick(VALUES))
+/// A chain's name: the names of the config's first tasks, joined (2 in 3), or another.
+#[derive(Clone, Debug)]
+struct ChainPick(Option<Index>, &'static str);
+
+fn chain_pick() -> impl Strategy<Value = ChainPick> {
+    (
+        weighted(2.0 / 3.0, any::<Index>()),
+        pick(&["a", "fuzzed", "..", "a/b", ".x"]),
+    )
+        .prop_map(|(i, other)| ChainPick(i, other))
+}
+
+/// An argument of a well-formed command line, before the config's tasks are known.
+#[derive(Clone, Debug)]
+enum Arg {
+    Lit(&'static str),
+    Task(TaskPick),
+    Chain(ChainPick),
+    Config,
+    RunRoot,
+    /// The tasks of `--once`: the config's, in any order, with another one (1 in 8 or if none),
+    /// cut to at least one.
+    Tasks {
+        other: Option<TaskPick>,
+        order: Vec<Index>,
+        keep: Index,
+    },
+}
+
+/// An argument added anywhere (after the well-formed ones, if any).
+#[derive(Clone, Debug)]
+enum Extra {
+    Arg(OsString),
+    /// One of the config's tasks (3 in 4, if it has any) or a value.
+    TaskOr(Option<Index>, &'static str),
+    /// `-c` (at the end), and a config file (anywhere): the config, a missing one, a folder,
+    /// an empty one.
+    Config(Index),
+    /// `--run-root` (at the end), and a folder (anywhere): RUN_ROOT, another, a file.
+    RunRoot(Index),
+    /// `--name` (at the end), and a value (anywhere).
+    Name(&'static str),
+}
+
+/// A well-formed command line: the run mode or a subcommand, with sensible arguments.
+fn well_formed_argv() -> impl Strategy<Value = Vec<Arg>> {
+    use Arg::Lit;
+    let once = (
+        weighted(1.0 / 3.0, chain_pick()),
+        proptest::bool::weighted(0.25),
+        weighted(1.0 / 8.0, task_pick()),
+        vec(any::<Index>(), 8),
+        any::<Index>(),
+    )
+        .prop_map(|(name, no_kill, other, order, keep)| {
+            let mut v = vec![Lit("--once")];
+            if let Some(c) = name {
+                v.extend([Lit("--name"), Arg::Chain(c)]);
+            }
+            if no_kill {
+                v.push(Lit("--no-kill-concurrent"));
+            }
+            v.extend([Lit("--"), Arg::Tasks { other, order, keep }]);
+            v
+        });
+    let history = (
+        task_pick(),
+        weighted(1.0 / 3.0, chain_pick()),
+        weighted(1.0 / 3.0, pick(&["1", "0", "5", "18446744073709551615"])),
+        any::<bool>(),
+    )
+        .prop_map(|(task, chain, limit, json)| {
+            let mut v = vec![Lit("history"), Arg::Task(task)];
+            if let Some(c) = chain {
+                v.extend([Lit("--chain"), Arg::Chain(c)]);
+            }
+            if let Some(n) = limit {
+                v.extend([Lit("--limit"), Lit(n)]);
+            }
+            if json {
+                v.push(Lit("--json"));
+            }
+            v
+        });
+    let log = (
+        task_pick(),
+        weighted(0.5, pick(&["1", "2", "0", "99999"])),
+        weighted(1.0 / 3.0, chain_pick()),
+    )
+        .prop_map(|(task, n, chain)| {
+            let mut v = vec![Lit("log"), Arg::Task(task)];
+            v.extend(n.map(Lit));
+            if let Some(c) = chain {
+                v.extend([Lit("--chain"), Arg::Chain(c)]);
+            }
+            v
+        });
+    let stop = (
+        pick(&["stop", "kick"]),
+        chain_pick(),
+        proptest::bool::weighted(1.0 / 3.0),
+    )
+        .prop_map(|(verb, chain, now)| {
+            let mut v = vec![Lit(verb), Arg::Chain(chain)];
+            if now {
+                v.push(Lit("--now"));
+            }
+            v
+        });
+    let form = prop_oneof![
+        5 => once,
+        1 => Just(vec![Lit("check")]),
+        1 => any::<bool>().prop_map(|json| {
+            let mut v = vec![Lit("status")];
+            if json {
+                v.push(Lit("--json"));
+            }
+            v
+        }),
+        1 => history,
+        1 => log,
+        1 => stop,
+        1 => Just(vec![Lit("metrics")]),
+        1 => Just(vec![Lit("mail-test")]),
+        1 => pick(&["--help", "--version", "-h", "-V"]).prop_map(|f| vec![Lit(f)]),
+        1 => pick(SUBCOMMANDS).prop_map(|s| vec![Lit("help"), Lit(s)]),
+    ];
+    (
+        proptest::bool::weighted(1.0 / 3.0),
+        proptest::bool::weighted(1.0 / 3.0),
+        form,
+    )
+        .prop_map(|(config, run_root, form)| {
+            let mut v = Vec::new();
+            if config {
+                v.extend([Lit("-c"), Arg::Config]);
+            }
+            if run_root {
+                v.extend([Lit("--run-root"), Arg::RunRoot]);
+            }
+            v.extend(form);
+            v
+        })
+}
+
+fn extra() -> impl Strategy<Value = Extra> {
+    let lit = |items: &'static [&'static str]| pick(items).prop_map(|s| Extra::Arg(s.into()));
+    prop_oneof![
+        2 => (weighted(0.75, any::<Index>()), pick(VALUES)).prop_map(|(i, v)| Extra::TaskOr(i, v)),
+        1 => lit(SUBCOMMANDS),
+        1 => lit(FLAGS),
+        1 => lit(VALUES),
+        1 => random_arg().prop_map(Extra::Arg),
+        1 => any::<Index>().prop_map(Extra::Config),
+        1 => any::<Index>().prop_map(Extra::RunRoot),
+        1 => pick(VALUES).prop_map(Extra::Name),
+        3 => lit(&["--once", "--json", "--no-kill-concurrent"]),
+    ]
+}
+
+/// A case through the binary: a config, a command line, and what goes in the environment.
+#[derive(Clone, Debug)]
+struct BinaryCase {
+    config: Case,
+    /// A well-formed command line (3 in 4) and extra arguments at random places (1 to 6 with
+    /// none well formed, else 1 in 5), then one argument dropped (1 in 10).
+    argv: Option<Vec<Arg>>,
+    extras: Vec<(Index, Extra)>,
+    drop: Option<Index>,
+    run_root_env: bool,
+    config_env: bool,
+}
+
+fn binary_case() -> impl Strategy<Value = BinaryCase> {
+    // Half the configs valid, so that the commands get past the config to their work.
+    let config = prop_oneof![
+        valid_doc(Flavour::Safe).prop_map(|(doc, expect)| Case {
+            text: doc.render(),
+            kind: Kind::Valid(expect),
+        }),
+        config_case(Flavour::Safe),
+    ];
+    let argv = prop_oneof![
+        3 => (well_formed_argv(), weighted(0.2, (any::<Index>(), extra())))
+            .prop_map(|(argv, extra)| (Some(argv), Vec::from_iter(extra))),
+        1 => vec((any::<Index>(), extra()), 1..=6).prop_map(|extras| (None, extras)),
+    ];
+    (
+        config,
+        argv,
+        weighted(0.1, any::<Index>()),
+        any::<bool>(),
+        proptest::bool::weighted(7.0 / 8.0),
+    )
+        .prop_map(
+            |(config, (argv, extras), drop, run_root_env, config_env)| BinaryCase {
+                config,
+                argv,
+                extras,
+                drop,
+                run_root_env,
+                config_env,
+            },
+        )
+}
+
+impl TaskPick {
+    fn get(&self, tasks: &[String]) -> String {
+        match &self.0 {
+            Some(i) if !tasks.is_empty() => i.get(tasks).clone(),
+            _ => self.1.to_owned(),
+        }
+    }
+}
+
+impl ChainPick {
+    fn get(&self, tasks: &[String]) -> String {
+        match &self.0 {
+            Some(i) if !tasks.is_empty() => tasks[..=i.index(tasks.len())].join("_"),
+            _ => self.1.to_owned(),
+        }
+    }
+}
+
+/// The command line of `case` for a config with `tasks`, that ends on its own: the run mode
+/// always with `--once` (and one task unless every cooldown is tiny), never `exporter`.
+fn binary_argv(case: &BinaryCase, env: &TestEnv, tasks: &[String]) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = Vec::new();
+    for arg in case.argv.iter().flatten() {
+        match arg {
+            Arg::Lit(s) => argv.push(s.into()),
+            Arg::Task(t) => argv.push(t.get(tasks).into()),
+            Arg::Chain(c) => argv.push(c.get(tasks).into()),
+            Arg::Config => argv.push(env.config.clone().into()),
+            Arg::RunRoot => argv.push(env.run_root.clone().into()),
+            Arg::Tasks { other, order, keep } => {
+                let mut names = tasks.to_vec();
+                if names.is_empty() || other.is_some() {
+                    let other = other.clone().unwrap_or(TaskPick(None, "a"));
+                    names.push(other.get(tasks));
                 }
+                for i in (1..names.len()).rev() {
+                    names.swap(i, order[i % order.len()].index(i + 1));
+                }
+                names.truncate(1 + keep.index(names.len()));
+                argv.extend(names.into_iter().map(OsString::from));
             }
-            2 => OsString::from(*rng.pick(SUBCOMMANDS)),
-            3 => OsString::from(*rng.pick(FLAGS)),
-            4 => OsString::from(*rng.pick(VALUES)),
-            5 => random_arg(rng),
-            6 => {
+        }
+    }
+    for (at, extra) in &case.extras {
+        let arg = match extra {
+            Extra::Arg(a) => a.clone(),
+            Extra::TaskOr(Some(i), _) if !tasks.is_empty() => i.get(tasks).into(),
+            Extra::TaskOr(_, value) => value.into(),
+            Extra::Config(i) => {
                 argv.push("-c".into());
-                rng.pick(&[
-                    config.clone(),
-                    env.path("missing.toml").into_os_string(),
-                    env.root().as_os_str().to_owned(),
-                    env.path("empty.toml").into_os_string(),
-                ])
-                .clone()
+                let choices = [
+                    env.config.clone(),
+                    env.path("missing.toml"),
+                    env.root().to_owned(),
+                    env.path("empty.toml"),
+                ];
+                i.get(&choices).clone().into()
             }
-            7 => {
+            Extra::RunRoot(i) => {
                 argv.push("--run-root".into());
-                rng.pick(&[
-                    env.run_root.clone().into_os_string(),
-                    env.path("other-root").into_os_string(),
-                    env.config.clone().into_os_string(),
-                ])
-                .clone()
+                let choices = [
+                    env.run_root.clone(),
+                    env.path("other-root"),
+                    env.config.clone(),
+                ];
+                i.get(&choices).clone().into()
             }
-            8 => {
+            Extra::Name(value) => {
                 argv.push("--name".into());
-                OsString::from(*rng.pick(VALUES))
+                value.into()
             }
-            9 => "--once".into(),
-            10 => "--json".into(),
-            _ => "--no-kill-concurrent".into(),
         };
-        let at = rng.below(argv.len() + 1);
-        argv.insert(at, a);
+        let at = at.index(argv.len() + 1);
+        argv.insert(at, arg);
     }
-    if !argv.is_empty() && rng.chance(1, 10) {
-        argv.remove(rng.below(argv.len()));
+    if let (Some(i), false) = (&case.drop, argv.is_empty()) {
+        argv.remove(i.index(argv.len()));
     }
+    // Unedited configs set every cooldown tiny: several tasks may run. An edit may have lost a
+    // cooldown (the default is 15 minutes): then one task, no cooldown after.
+    let multi_ok = matches!(case.config.kind, Kind::Valid(_) | Kind::Fault(_));
     // Classify it as run-chain will, and make the run mode end.
     let mut full = vec![OsString::from("run-chain")];
     full.extend(argv.iter().cloned());
@@ -1969,30 +1936,22 @@ fn binary_argv(rng: &mut Rng, env: &TestEnv, tasks: &[String], multi_ok: bool) -
 
 #[test]
 fn the_binary_exits_0_1_64_or_78_with_a_message_never_a_panic_or_a_signal() {
-    let cases = env_number("RUN_CHAIN_FUZZ_BIN_CASES", 200);
+    let cases = u32::try_from(env_number("RUN_CHAIN_FUZZ_BIN_CASES", 200)).unwrap_or(u32::MAX);
     let env = TestEnv::new("");
-    std::fs::create_dir_all(env.path("sub")).unwrap();
-    std::fs::create_dir_all(env.path("cwd")).unwrap();
-    std::fs::write(env.path("empty.toml"), "").unwrap();
+    std::fs::create_dir_all(env.path("sub")).expect("create sub/");
+    std::fs::create_dir_all(env.path("cwd")).expect("create cwd/");
+    std::fs::write(env.path("empty.toml"), "").expect("write empty.toml");
     let start = Instant::now();
-    let mut codes = std::collections::BTreeMap::<String, usize>::new();
-    for case in 0..cases {
-        let mut rng = Rng::new(case_seed("binary", case));
-        // Half the configs valid, so that the commands get past the config to their work.
-        let (text, kind) = if rng.chance(1, 2) {
-            let (doc, expect) = gen_valid(&mut rng, Flavour::Safe);
-            (doc.render(), Kind::Valid(expect))
-        } else {
-            gen_config(&mut rng, Flavour::Safe)
-        };
-        // Unmutated configs set every cooldown tiny: several tasks may run. A mutation may
-        // have lost a cooldown (the default is 15 minutes): then one task, no cooldown after.
-        let multi_ok = matches!(kind, Kind::Valid(_) | Kind::Fault(_));
-        env.write_config(&text);
-        let tasks: Vec<String> = Config::parse(&text, &env.config)
+    let codes = RefCell::new(std::collections::BTreeMap::<String, usize>::new());
+    // One runner, one case at a time: the cases share the test's folder. A failure is shrunk
+    // in at most 200 steps (each runs the binary).
+    let result = runner("binary", 0, cases, 200).run(&binary_case(), |case| {
+        let text = &case.config.text;
+        env.write_config(text);
+        let tasks: Vec<String> = Config::parse(text, &env.config)
             .map(|c| c.tasks.keys().cloned().collect())
             .unwrap_or_default();
-        let argv = binary_argv(&mut rng, &env, &tasks, multi_ok);
+        let argv = binary_argv(&case, &env, &tasks);
         let mut cmd = env.bare_command();
         // Relative paths on the command line land in the test's folder.
         cmd.current_dir(env.path("cwd"))
@@ -2007,10 +1966,10 @@ fn the_binary_exits_0_1_64_or_78_with_a_message_never_a_panic_or_a_signal() {
         let inside = own_root
             .as_deref()
             .is_some_and(|r| !r.starts_with('/') && !r.contains(".."));
-        if !inside || rng.chance(1, 2) {
+        if !inside || case.run_root_env {
             cmd.env("RUN_ROOT", &env.run_root);
         }
-        if rng.chance(7, 8) {
+        if case.config_env {
             cmd.env("RUN_CHAIN_CONFIG", &env.config);
         }
         let t0 = Instant::now();
@@ -2025,34 +1984,34 @@ fn the_binary_exits_0_1_64_or_78_with_a_message_never_a_panic_or_a_signal() {
             _ => false,
         };
         *codes
+            .borrow_mut()
             .entry(format!("{:?}", code.or(status.signal().map(|s| -s))))
             .or_default() += 1;
         let shown = || {
             format!(
-                "case {case} (RUN_CHAIN_FUZZ_SEED={:#x}): run-chain {argv:?}\nexit {status:?}\nconfig:\n{text}\nstdout:\n{}\nstderr:\n{}",
-                run_seed(),
-                done.stdout,
-                done.stderr
+                "run-chain {argv:?}\nexit {status:?}\nconfig:\n{text}\nstdout:\n{}\nstderr:\n{}",
+                done.stdout, done.stderr
             )
         };
-        assert!(status.signal().is_none(), "killed by a signal: {}", shown());
-        assert!(code != Some(101), "panicked: {}", shown());
-        assert!(allowed, "an undocumented exit status: {}", shown());
+        prop_assert!(status.signal().is_none(), "killed by a signal: {}", shown());
+        prop_assert!(code != Some(101), "panicked: {}", shown());
+        prop_assert!(allowed, "an undocumented exit status: {}", shown());
         // Trivial tasks, cooldowns of at most 10 ms, kill_grace at most 1 s: a few seconds is
         // plenty; the bound is loose so that a loaded machine never reaches it.
-        assert!(
+        prop_assert!(
             took < Duration::from_secs(20),
-            "took {took:?}, for trivial work: {}",
+            "took {:?}, for trivial work: {}",
+            took,
             shown()
         );
         if code != Some(0) {
-            assert!(
+            prop_assert!(
                 !done.stderr.trim().is_empty(),
                 "a non-zero exit with nothing on stderr: {}",
                 shown()
             );
         }
-        assert!(
+        prop_assert!(
             !done.stderr.contains("panicked at"),
             "a panic message on stderr: {}",
             shown()
@@ -2066,11 +2025,19 @@ fn the_binary_exits_0_1_64_or_78_with_a_message_never_a_panic_or_a_signal() {
                 Err(format!("left: {left:?}\n{}", shown()))
             }
         });
-    }
+        Ok(())
+    });
     eprintln!(
-        "fuzz binary: {cases} cases, {:.1} s, exit statuses {codes:?}",
-        start.elapsed().as_secs_f64()
+        "fuzz binary: {cases} cases, {:.1} s, exit statuses {:?}",
+        start.elapsed().as_secs_f64(),
+        codes.borrow()
     );
+    if let Err(e) = result {
+        panic!(
+            "fuzz binary: failed (RUN_CHAIN_FUZZ_SEED={:#x} replays it): {e}",
+            run_seed()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
