@@ -2,7 +2,9 @@
 //!
 //! An alert is written, complete (RFC 5322, with its Message-ID fixed when the alert
 //! was decided), to `RUN_ROOT/outbox/` before anything tries to send it: a file, not the
-//! record store, so that a store fault cannot lose it. The mailer thread (the one
+//! record store, so that a store fault cannot lose it. The chain's loop writes and
+//! renames it; the mailer syncs it to disk before sending it, so that a slow fsync
+//! never holds up the chain (see [the outbox module](mod@outbox) for the order). The mailer thread (the one
 //! helper thread of a chain process) delivers the outbox in order: it claims a file
 //! with `flock` (so the old and the new instance never both send one alert during a
 //! hand-over), sends it, and removes it. A temporary failure (an SMTP 4xx, a connection
