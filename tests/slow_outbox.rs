@@ -38,11 +38,12 @@ static void slow(int fd) {
         int m = open(mark, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (m >= 0) { (void)!write(m, path, (size_t)n); close(m); }
     }
-    /* A minute, whatever signals come meanwhile (sleep(3) would end at the first one, as
-       a disk's fsync does not). */
+    /* A minute (or SLOW_FSYNC_SECONDS), whatever signals come meanwhile (sleep(3) would
+       end at the first one, as a disk's fsync does not). */
+    const char *secs = getenv("SLOW_FSYNC_SECONDS");
     struct timespec end;
     clock_gettime(CLOCK_MONOTONIC, &end);
-    end.tv_sec += 60;
+    end.tv_sec += secs ? atoi(secs) : 60;
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &end, NULL) == EINTR) {}
 }
 int fsync(int fd) { slow(fd); return 0; }
@@ -109,10 +110,16 @@ impl Slow {
 
     /// `run-chain ARGS...` with every fsync of its own taking a minute.
     fn spawn(&self, args: &[&str]) -> Runner {
+        self.spawn_with(args, 60)
+    }
+
+    /// `run-chain ARGS...` with every fsync of its own taking `seconds` (and noted).
+    fn spawn_with(&self, args: &[&str], seconds: u32) -> Runner {
         let so = build_preload_shim(&self.env, "slowsync", SHIM);
         let mut cmd = self.env.run_command(args);
         cmd.env("LD_PRELOAD", &so)
             .env("SLOW_FSYNC_MARK", &self.mark)
+            .env("SLOW_FSYNC_SECONDS", seconds.to_string())
             .env("RUST_LOG", "info");
         self.env.spawn_command(cmd)
     }
@@ -284,4 +291,68 @@ command = 'echo f >> "$T/out"; echo "disk on fire"; exit 1'
     assert_eq!(kinds(&t.outbox()), ["first-failure"], "{:?}", t.synced());
     assert!(emls(&t.mail()).is_empty(), "{:?}", emls(&t.mail()));
     t.assert_only_the_outbox_synced();
+}
+
+/// With the SMTP server down, the first alert waits in backoff, and the alerts after it
+/// wait behind it (the outbox goes out in order); each is synced to disk all the same as
+/// soon as it is stored, not only when its turn to be sent comes. (Here fsync is quick,
+/// and only noted.)
+#[test]
+fn alerts_behind_one_in_backoff_are_synced_before_their_turn() {
+    // A port that refuses connections: bound, never listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = closed.local_addr().expect("its address").port();
+    drop(closed);
+    let t = Slow::new(&format!(
+        r#"
+[email]
+to = ["admin@example.com"]
+smtp = "smtp://127.0.0.1:{port}"
+[defaults]
+fail_cooldown = "100ms"
+[tasks.f]
+command = '''
+echo "run" >> "$T/out"
+n=$(wc -l < "$T/out")
+echo "error $(echo "$n" | tr 0-9 g-p)"
+exit 1
+'''
+"#
+    ));
+    let mut runner = t.spawn_with(&["f"], 0);
+    let outbox = t.outbox();
+    let synced_mails = || -> Vec<PathBuf> {
+        let synced = t.synced();
+        emls(&outbox)
+            .into_iter()
+            .filter(|p| synced.iter().any(|s| Path::new(s) == p))
+            .collect()
+    };
+    runner.wait_for("three alerts are stored and synced", || {
+        synced_mails().len() >= 3
+    });
+    assert!(
+        runner.stderr().contains("not delivered yet"),
+        "the first alert waits in backoff; stderr:\n{}",
+        runner.stderr()
+    );
+    let stored = kinds(&outbox);
+    assert_eq!(
+        stored.first().map(String::as_str),
+        Some("first-failure"),
+        "{stored:?}"
+    );
+    // The folder (the renames) is synced after a file, never only before it.
+    let synced = t.synced();
+    let folder = outbox.to_string_lossy().into_owned();
+    let first_file = synced.iter().position(|s| s != &folder);
+    let first_folder = synced.iter().position(|s| s == &folder);
+    assert!(
+        first_file.is_some() && first_file < first_folder,
+        "{synced:?}"
+    );
+    t.assert_only_the_outbox_synced();
+    runner.signal(libc::SIGTERM);
+    let (code, _) = exit_promptly(&mut runner, "SIGTERM with the server down");
+    assert_eq!(code, Some(0), "stderr:\n{}", runner.stderr());
 }
