@@ -1,12 +1,14 @@
 //! An alert's trip through the outbox on a disk whose fsync takes a minute: neither the
 //! schedule nor a SIGTERM waits for it, and the alert is still stored (written and renamed
-//! into `RUN_ROOT/outbox/`) before the process exits, `--once` included.
+//! into `RUN_ROOT/outbox/`) before the process exits, `--once` included; and with the
+//! SMTP server down, every stored alert is synced before its turn to be sent.
 //!
 //! The slow disk is a tiny LD_PRELOAD shim (built here with the system C compiler, in the
 //! manner of `tests/slow_disk.rs`), set on the chain's process only: its `fsync` and
-//! `fdatasync` note the path they were called on, then take a minute, signals or not. No email transport is
-//! configured, so alerts go the whole outbox path (outbox file, then a `.eml` in
-//! `RUN_ROOT/mail/`): what is in `mail/` was delivered, what is in `outbox/` was stored.
+//! `fdatasync` note the path they were called on, then take a minute, signals or not.
+//! Mostly no email transport is configured, so alerts go the whole outbox path (outbox
+//! file, then a `.eml` in `RUN_ROOT/mail/`): what is in `mail/` was delivered, what is
+//! in `outbox/` was stored.
 //! The record store (WAL, synchronous=NORMAL) syncs only when it is created (made here
 //! beforehand, on the normal disk) and at a checkpoint, which these short tests do not
 //! reach; CHAIN.state is never synced: the fsyncs noted are the outbox's (checked, so
@@ -186,7 +188,7 @@ exit 1
 "#,
     );
     let mut runner = t.spawn(&["f"]);
-    // The first alert's fsync (a minute) is under way before the second run ends.
+    // From when the first alert's fsync (a minute) is under way:
     runner.wait_for("the first alert is being synced", || !t.synced().is_empty());
     let runs = 25;
     let start = Instant::now();
