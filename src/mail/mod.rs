@@ -1,16 +1,18 @@
 //! Alert mails: building them, the durable outbox, and the mailer thread.
 //!
 //! An alert is written, complete (RFC 5322, with its Message-ID fixed when the alert
-//! was decided), to `RUN_ROOT/outbox/` before anything tries to send it: a file, not the
-//! record store, so that a store fault cannot lose it. The mailer thread (the one
-//! helper thread of a chain process) delivers the outbox in order: it claims a file
-//! with `flock` (so the old and the new instance never both send one alert during a
-//! hand-over), sends it, and removes it. A temporary failure (an SMTP 4xx, a connection
-//! that fails or times out) is retried with a backoff; a permanent one (5xx) is logged
-//! and the file moved to `outbox/failed/`. The chain never waits for the mailer, and an
-//! exit never waits for it: whatever is unsent stays in the outbox for the next
-//! instance. A crash between the server's acceptance and the file's removal sends the
-//! mail again, with the same Message-ID.
+//! was decided), to `RUN_ROOT/outbox/` before anything tries to send it: a file, not
+//! the record store, so that a store fault cannot lose it. The chain's loop writes and
+//! renames it; the mailer syncs it to disk before sending it, so that a slow fsync
+//! never holds up the chain (see [the outbox module](mod@outbox) for the order). The
+//! mailer thread (the one helper thread of a chain process) delivers the outbox in
+//! order: it claims a file with `flock` (so the old and the new instance never both
+//! send one alert during a hand-over), sends it, and removes it. A temporary failure
+//! (an SMTP 4xx, a connection that fails or times out) is retried with a backoff; a
+//! permanent one (5xx) is logged and the file moved to `outbox/failed/`. The chain
+//! never waits for the mailer, and an exit never waits for it: whatever is unsent stays
+//! in the outbox for the next instance. A crash between the server's acceptance and the
+//! file's removal sends the mail again, with the same Message-ID.
 //!
 //! Transports: SMTP (lettre; STARTTLS when offered or required, implicit TLS for
 //! `smtps://`, a private CA, AUTH with the password from a file or a variable),

@@ -1,7 +1,36 @@
 //! The durable outbox, `RUN_ROOT/outbox/`, and the mailer thread that delivers it in
 //! order, with a backoff for temporary failures.
+//!
+//! Who does what, and in which order:
+//! 1. The chain's loop ([`enqueue`]) writes the mail under a dot name and renames it into
+//!    place, and only then (later in the same feed) saves CHAIN.state, which records the
+//!    alert as decided. No fsync: both are page-cache writes, as cheap as the CHAIN.state
+//!    write the loop makes at every run. So a crash of run-chain itself (SIGKILL, a panic)
+//!    at any point never leaves a state that says "alerted" without the mail in the
+//!    outbox, and an exit (a stop, `--once` right after its last failure) has nothing to
+//!    wait for: the file is written and renamed before the loop goes on.
+//! 2. The mailer thread, at each pass over the outbox and before it hands any file to a
+//!    transport, fsyncs the files it has not synced yet and then the outbox folder
+//!    (their renames): "stored before it is sent" holds on disk, not only in the page
+//!    cache, so a power cut after a send leaves the mail whole in the outbox at worst
+//!    (sent again, with its Message-ID), never a torn or empty file. An fsync can take
+//!    seconds on a loaded or failing disk (a minute, in `tests/slow_outbox.rs`); on
+//!    this thread it delays only delivery, never the schedule nor a signal, and an exit
+//!    does not wait for it (the process ends; the file is in the outbox for the next
+//!    instance). Once per file and instance (a file in backoff is not synced again); a
+//!    file left by an earlier instance is synced like a new one, as it may never have
+//!    been; a new file behind one in backoff is synced at the next pass all the same (a
+//!    new alert wakes the mailer), not only when its turn to be sent comes. A failed
+//!    fsync is logged and the mail sent anyway: sending is the surest way not to lose
+//!    it.
+//!
+//! What is given up: a power cut (not a crash of run-chain) between the rename and the
+//! mailer's fsync can lose an alert that was never sent: a window as long as what the
+//! mailer is busy with (a delivery: at most the SMTP timeout) plus the sync. Before, the same
+//! power cut during the loop's fsync lost it too (the rename came after the fsync), and
+//! the loop stood still meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,7 +48,9 @@ pub(crate) fn outbox(run_root: &Path) -> PathBuf {
     run_root.join("outbox")
 }
 
-/// Store a built mail in the outbox (atomically, mode 0600). Returns its path.
+/// Store a built mail in the outbox (atomically, mode 0600), on the caller's thread and
+/// without an fsync: the mailer syncs it before it sends it (see the module docs).
+/// Returns its path.
 pub(crate) fn enqueue(run_root: &Path, a: &AlertMail, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let dir = outbox(run_root);
     std::fs::DirBuilder::new()
@@ -35,7 +66,7 @@ pub(crate) fn enqueue(run_root: &Path, a: &AlertMail, bytes: &[u8]) -> std::io::
         std::process::id()
     );
     let path = dir.join(&name);
-    write_into_place(&dir, &name, bytes, true)?;
+    write_into_place(&dir, &name, bytes, false)?;
     Ok(path)
 }
 
@@ -65,6 +96,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(600);
 fn mailer_loop(run_root: PathBuf, mut email: Email, children: Children, rx: Receiver<ToMailer>) {
     // file name -> (next attempt, current backoff)
     let mut retry: BTreeMap<String, (Instant, Duration)> = BTreeMap::new();
+    // Files this thread has synced to disk (with the folder after them).
+    let mut synced: BTreeSet<String> = BTreeSet::new();
     let dir = outbox(&run_root);
     loop {
         let now = Instant::now();
@@ -78,6 +111,10 @@ fn mailer_loop(run_root: PathBuf, mut email: Email, children: Children, rx: Rece
             .unwrap_or_default();
         names.sort();
         retry.retain(|n, _| names.contains(n));
+        synced.retain(|n| names.contains(n));
+        // Stored before it is sent: every new file, before anything is delivered (so that
+        // one behind a mail in backoff is not left unsynced while the server is down).
+        sync_new(&dir, &names, &mut synced);
         for name in &names {
             if retry.get(name).is_some_and(|(at, _)| *at > now) {
                 // Keep the order: nothing later goes out before this one.
@@ -159,6 +196,38 @@ fn mailer_loop(run_root: PathBuf, mut email: Email, children: Children, rx: Rece
                 retry.clear();
             }
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// fsync the outbox files in `names` that this thread has not synced yet, then (once) the
+/// folder that holds their names (their renames into place); note them in `synced`. A
+/// file gone meanwhile was sent by another instance. A failure is logged, and the file
+/// counts as synced all the same (it is sent anyway: see the module docs), so that a
+/// failing disk does not log it again at every pass.
+fn sync_new(dir: &Path, names: &[String], synced: &mut BTreeSet<String>) {
+    let mut any = false;
+    let fresh: Vec<&String> = names.iter().filter(|n| !synced.contains(*n)).collect();
+    for name in fresh {
+        let path = dir.join(name);
+        let done = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .and_then(|f| f.sync_all());
+        match done {
+            Ok(()) => any = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => log::warn!(
+                "failed to sync alert {} to disk: {e}; sending it anyway",
+                path.display()
+            ),
+        }
+        synced.insert(name.clone());
+    }
+    if any {
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            log::warn!("failed to sync the folder {}: {e}", dir.display());
         }
     }
 }
