@@ -8,7 +8,7 @@ use std::path::Path;
 use super::runs::{
     not_in_chain, other_chains, settle, store_error, unknown_task, RunView, RUNNING,
 };
-use super::units::{dur, short_time};
+use super::units::{dur, short_time, Secs};
 use crate::error::{Error, Result};
 use crate::store;
 
@@ -68,8 +68,8 @@ pub(crate) fn text(runs: &[RunView]) -> String {
         "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
         "CHAIN", "RUN", "START (UTC)", "DURATION", "OUTCOME", "LATENCY"
     );
+    let opt_dur = |d: Option<Secs>| d.map_or("-".into(), |d| dur(d.0));
     for r in runs {
-        let opt_dur = |d: Option<super::units::Secs>| d.map_or("-".into(), |d| dur(d.0));
         let _ = writeln!(
             w,
             "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
