@@ -8,6 +8,8 @@ use crate::config::Config;
 use crate::control::{kick, stop};
 use crate::error::{exit, Error, Result};
 use crate::root::{config_path, looked_run_root};
+use crate::view::{self, units::Wall};
+use std::io::Write;
 
 mod check;
 mod mail_test;
@@ -38,7 +40,12 @@ pub fn main(cli: Cli) -> Result<u8> {
         Some(Command::Stop { chain, now }) => stop(&cli.common, &chain, now),
         Some(Command::Kick { chain }) => kick(&cli.common, &chain),
         Some(Command::Status { json }) => {
-            crate::view::report::status(&looked_run_root(&cli.common)?, json)
+            let v = view::status::build(&looked_run_root(&cli.common)?)?;
+            Ok(print(&if json {
+                view::status::json(&v)
+            } else {
+                view::status::text(&v, Wall(crate::time::wall_ms()))
+            }))
         }
         Some(Command::History {
             task,
@@ -53,25 +60,38 @@ pub fn main(cli: Cli) -> Result<u8> {
                 return Err(Error::Usage("--limit: expected 1 or more".into()));
             }
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            crate::view::report::history(
+            let runs = view::history::build(
                 &looked_run_root(&cli.common)?,
                 &task,
                 chain.as_deref(),
                 limit,
-                json,
                 known,
-            )
+            )?;
+            Ok(print(&if json {
+                view::history::json(&runs)
+            } else {
+                view::history::text(&runs)
+            }))
         }
         Some(Command::Log {
             task,
             run_id,
             chain,
-        }) => crate::view::report::log(
-            &looked_run_root(&cli.common)?,
-            &task,
-            run_id,
-            chain.as_deref(),
-        ),
+        }) => {
+            let v = view::log::build(
+                &looked_run_root(&cli.common)?,
+                &task,
+                run_id,
+                chain.as_deref(),
+            )?;
+            if let Some(notice) = v.notice() {
+                eprintln!("run-chain: {notice}");
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&v.output);
+            let _ = out.flush();
+            Ok(exit::OK)
+        }
         Some(Command::Metrics) => {
             let root = looked_run_root(&cli.common)?;
             let t0 = std::time::Instant::now();
@@ -86,4 +106,12 @@ pub fn main(cli: Cli) -> Result<u8> {
         }
         Some(Command::MailTest) => mail_test(&cli.common),
     }
+}
+
+/// Write a reader's text to stdout (a closed stdout is not an error of the command).
+fn print(text: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+    exit::OK
 }

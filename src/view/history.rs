@@ -1,0 +1,138 @@
+//! `history TASK [--chain C] [--limit N] [--json]`: the recorded runs of a task, newest
+//! first, as [`RunView`]s ([`build`], which reads), shown as a table ([`text`]) or as a
+//! JSON array ([`json`]), both pure.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use super::runs::{
+    not_in_chain, other_chains, settle, store_error, unknown_task, RunView, RUNNING,
+};
+use super::units::{dur, short_time, Secs};
+use crate::error::{Error, Result};
+use crate::store;
+
+/// The runs of `task` (in `chain`, if given), newest first, at most `limit`; open runs of
+/// a dead instance settled (see `runs::settle`). `known_in_config`: whether the config, if
+/// it loads, defines the task (a defined task that never ran has an empty history; any
+/// other task with no run is an error, as is a chain where it never ran).
+pub(crate) fn build(
+    run_root: &Path,
+    task: &str,
+    chain: Option<&str>,
+    limit: usize,
+    known_in_config: Option<bool>,
+) -> Result<Vec<RunView>> {
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    let mut rows = match &conn {
+        Some(c) => store::history(c, task, chain, limit).map_err(|e| store_error(run_root, e))?,
+        None => Vec::new(),
+    };
+    settle(run_root, &mut rows);
+    if let (true, Some(chain)) = (rows.is_empty(), chain) {
+        // A task of the config that has not run anywhere yet: an empty history, as without
+        // --chain. Runs elsewhere only: the chain is likely mistyped, so say where they are.
+        let elsewhere = other_chains(run_root, conn.as_ref(), task, chain, None)?;
+        if known_in_config != Some(true) || !elsewhere.is_empty() {
+            return Err(not_in_chain(task, chain, None, &elsewhere));
+        }
+    }
+    if rows.is_empty() && known_in_config != Some(true) {
+        return Err(unknown_task(task, known_in_config));
+    }
+    Ok(rows.into_iter().map(RunView::from).collect())
+}
+
+/// `history --json`: the runs as a JSON array, pretty, with a final newline.
+pub(crate) fn json(runs: &[RunView]) -> String {
+    let mut s = serde_json::to_string_pretty(runs).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// How a run ended, for the table: "ok", "failed (exit 3)", "signal (SIGTERM)", "running".
+fn outcome_text(r: &RunView) -> String {
+    match (r.outcome.as_str(), r.exit_code, r.signal) {
+        (RUNNING, _, _) => RUNNING.to_string(),
+        (o, Some(c), _) if o != "ok" => format!("{o} (exit {c})"),
+        (o, _, Some(s)) => format!("{o} ({})", crate::core::outcome::signal_name(s)),
+        (o, _, _) => o.to_string(),
+    }
+}
+
+/// `history`: the runs as a table, a header line first (even with no run).
+pub(crate) fn text(runs: &[RunView]) -> String {
+    let mut w = String::new();
+    let _ = writeln!(
+        w,
+        "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
+        "CHAIN", "RUN", "START (UTC)", "DURATION", "OUTCOME", "LATENCY"
+    );
+    let opt_dur = |d: Option<Secs>| d.map_or("-".into(), |d| dur(d.0));
+    for r in runs {
+        let _ = writeln!(
+            w,
+            "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
+            r.chain,
+            r.run_id,
+            short_time(r.start),
+            opt_dur(r.duration_seconds),
+            outcome_text(r),
+            opt_dur(r.latency_seconds)
+        );
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::runs::tests::row;
+
+    fn run(outcome: Option<&str>, exit_code: Option<i32>, signal: Option<i32>) -> RunView {
+        let mut r = row("nightly", 12, 1, "h", outcome);
+        r.start_ms = 1_764_039_481_999;
+        r.exit_code = exit_code;
+        r.signal = signal;
+        r.latency_ms = outcome.map(|_| 250);
+        r.duration_ms = outcome.map(|_| 192_500);
+        RunView::from(r)
+    }
+
+    #[test]
+    fn the_table_of_runs() {
+        let runs = [
+            run(None, None, None),
+            run(Some("ok"), Some(0), None),
+            run(Some("failed"), Some(3), None),
+            run(Some("signal"), None, Some(15)),
+            run(Some("timeout"), Some(143), Some(15)),
+            run(Some("spawn-error"), None, None),
+        ];
+        let want = "\
+CHAIN                        RUN  START (UTC)           DURATION  OUTCOME                        LATENCY
+nightly                       12  2025-11-25 02:58:01          -  running                              -
+nightly                       12  2025-11-25 02:58:01     3m 12s  ok                               250ms
+nightly                       12  2025-11-25 02:58:01     3m 12s  failed (exit 3)                  250ms
+nightly                       12  2025-11-25 02:58:01     3m 12s  signal (SIGTERM)                 250ms
+nightly                       12  2025-11-25 02:58:01     3m 12s  timeout (exit 143)               250ms
+nightly                       12  2025-11-25 02:58:01     3m 12s  spawn-error                      250ms
+";
+        assert_eq!(text(&runs), want);
+        assert_eq!(
+            text(&[]),
+            want.lines().next().unwrap_or_default().to_string() + "\n"
+        );
+    }
+
+    #[test]
+    fn the_json_of_no_runs_and_of_some() {
+        assert_eq!(json(&[]), "[]\n");
+        let j = json(&[run(Some("ok"), Some(0), None)]);
+        assert!(
+            j.starts_with("[\n  {\n    \"chain\": \"nightly\",\n"),
+            "{j}"
+        );
+        assert!(j.ends_with("\n  }\n]\n"), "{j}");
+    }
+}

@@ -1,0 +1,365 @@
+//! `status [--json]`: every chain in RUN_ROOT, up or down, what it does now, and per task
+//! its counts, last run, last success and failure streak.
+//!
+//! [`build`] reads (the chains' pidfiles and lock holders, `CHAIN.state`, the store's
+//! aggregates) into a [`StatusView`]; [`json`] and [`text`] render it, purely (the text is
+//! given `now` for its "3m ago"). The views' fields are named and ordered as the JSON's
+//! keys (alphabetical, as it has always been printed), and every key is always there, null
+//! when it does not apply: a stable shape.
+//!
+//! Whether a chain is up is decided by `/proc/locks`, never by taking its lock. A chain
+//! whose lock holder has not yet written its own `CHAIN.state` reads `starting` (see
+//! [`written_by_another_instance`]), so that a dead instance's run does not show as what
+//! the chain does now.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::runs::store_error;
+use super::units::{ago, dur, short_time, time_ago, Secs, Wall};
+use crate::core::resume;
+use crate::error::{Error, Result};
+use crate::lock::holders::{chains, holders};
+use crate::store::state_file;
+use crate::store::{self, SeriesRow};
+
+/// Every chain of a RUN_ROOT.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct StatusView {
+    pub(crate) chains: Vec<ChainView>,
+    /// RUN_ROOT, absolute (a reader of the JSON may run elsewhere than the command did).
+    pub(crate) run_root: String,
+    /// RUN_ROOT as it was given, for the text.
+    #[serde(skip)]
+    pub(crate) run_root_given: String,
+}
+
+/// One chain: its lock holder, what it does now, its tasks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct ChainView {
+    pub(crate) chain: String,
+    pub(crate) now: NowView,
+    /// The lock holder's PID, while the chain is up.
+    pub(crate) pid: Option<i32>,
+    pub(crate) tasks: Vec<TaskView>,
+    pub(crate) up: bool,
+}
+
+/// What a chain does now. Which fields are set depends on `state`:
+/// running: task, run_id, since, group (if the task has one); waiting for a slot of
+/// `group`: task, since; cooldown: task (the next), until (when it is due).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct NowView {
+    pub(crate) group: Option<String>,
+    pub(crate) run_id: Option<u64>,
+    pub(crate) since: Option<Wall>,
+    pub(crate) state: NowState,
+    pub(crate) task: Option<String>,
+    pub(crate) until: Option<Wall>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NowState {
+    /// No instance holds the chain's lock.
+    Down,
+    /// An instance holds the lock but has not written its state yet.
+    Starting,
+    Running,
+    /// Waiting for a slot of a concurrency group.
+    Waiting,
+    /// Between two runs.
+    Cooldown,
+}
+
+impl NowView {
+    fn only(state: NowState) -> Self {
+        NowView {
+            group: None,
+            run_id: None,
+            since: None,
+            state,
+            task: None,
+            until: None,
+        }
+    }
+}
+
+/// One task of a chain: its counts (from the store's aggregates), its last run, its last
+/// success and its failure streak (from `CHAIN.state` when it has them: they are carried
+/// over by a relaunch; else from the store).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct TaskView {
+    /// Runs that failed, timed out, were killed by a signal or could not start.
+    pub(crate) failures: u64,
+    pub(crate) interrupted: u64,
+    pub(crate) last: Option<LastView>,
+    pub(crate) last_success: Option<Wall>,
+    pub(crate) ok: u64,
+    /// Finished runs.
+    pub(crate) runs: u64,
+    pub(crate) streak: Option<StreakView>,
+    pub(crate) task: String,
+}
+
+/// A task's last finished run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct LastView {
+    pub(crate) duration_seconds: Option<Secs>,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) run_id: u64,
+    pub(crate) start: Option<Wall>,
+    pub(crate) stop: Option<Wall>,
+}
+
+/// Failures in a row, since the first of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct StreakView {
+    pub(crate) failures: u64,
+    pub(crate) since: Wall,
+}
+
+/// Whether CHAIN.state `st` was written by an instance other than `holder`, the chain's
+/// lock holder now: the state names its writer's guardian (PID and start time), a child of
+/// the writer for as long as the writer lives. A new instance holds the lock before it
+/// writes its first state, and, after an instance died mid-run, waits for the dead one's
+/// guardian to end the run's group first (up to the kill grace): meanwhile the state is the
+/// dead instance's, and its run is not running. A guardian that is gone says nothing (the
+/// state is then taken as the holder's, as before: a writer's guardian lives as long as it).
+fn written_by_another_instance(st: &resume::State, holder: i32) -> bool {
+    let (Some(g), Some(start)) = (st.guardian_pid, st.guardian_start) else {
+        return false;
+    };
+    if g <= 1 || crate::sys::start_time(g) != Some(start) {
+        return false;
+    }
+    crate::sys::parent_of(g).is_some_and(|p| p != holder)
+}
+
+/// The status of every chain in `run_root` (none when it does not exist yet).
+pub(crate) fn build(run_root: &Path) -> Result<StatusView> {
+    let names = if run_root.exists() {
+        chains(run_root)?
+    } else {
+        Vec::new()
+    };
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    let series = match &conn {
+        Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
+        None => Vec::new(),
+    };
+    let mut by_chain: BTreeMap<&str, Vec<&SeriesRow>> = BTreeMap::new();
+    for s in &series {
+        by_chain.entry(s.chain.as_str()).or_default().push(s);
+    }
+    let up = holders(run_root, &names);
+    let chains = names
+        .iter()
+        .zip(up)
+        .map(|(chain, holder)| {
+            let st = state_file::load(&state_file::path(run_root, chain)).unwrap_or_default();
+            let another = holder.is_some_and(|pid| written_by_another_instance(&st, pid));
+            let rows = by_chain.get(chain.as_str()).map_or(&[][..], Vec::as_slice);
+            chain_view(chain, holder, &st, another, rows)
+        })
+        .collect();
+    let root = std::path::absolute(run_root).unwrap_or_else(|_| run_root.to_path_buf());
+    Ok(StatusView {
+        chains,
+        run_root: root.display().to_string(),
+        run_root_given: run_root.display().to_string(),
+    })
+}
+
+/// One chain's view, from its lock holder, its `CHAIN.state` (`another_writer`: written by
+/// an instance other than the holder), and its aggregates in the store.
+fn chain_view(
+    chain: &str,
+    holder: Option<i32>,
+    st: &resume::State,
+    another_writer: bool,
+    rows: &[&SeriesRow],
+) -> ChainView {
+    let now = match holder {
+        None => NowView::only(NowState::Down),
+        Some(_) if another_writer || (st.next_task.is_none() && st.running_task.is_none()) => {
+            // The instance holds the lock but has not written its state yet (the state
+            // there is its predecessor's: it may name a run of an instance that died,
+            // which this one waits for the guardian to end).
+            NowView::only(NowState::Starting)
+        }
+        Some(_) => match (&st.running_task, &st.waiting_group) {
+            (Some(t), _) => NowView {
+                group: st.running_group.clone(),
+                run_id: st.running_run_id,
+                since: st.running_since_ms.map(Wall),
+                task: Some(t.clone()),
+                ..NowView::only(NowState::Running)
+            },
+            (None, Some(g)) => NowView {
+                group: Some(g.clone()),
+                since: st.waiting_since_ms.map(Wall),
+                task: st.next_task.clone(),
+                ..NowView::only(NowState::Waiting)
+            },
+            (None, None) => NowView {
+                task: st.next_task.clone(),
+                until: st.due_wall_ms.map(Wall),
+                ..NowView::only(NowState::Cooldown)
+            },
+        },
+    };
+    let mut task_names: Vec<&str> = st.tasks.iter().map(String::as_str).collect();
+    for r in rows {
+        if !task_names.contains(&r.task.as_str()) {
+            task_names.push(&r.task);
+        }
+    }
+    let tasks = task_names
+        .into_iter()
+        .map(|t| task_view(t, rows.iter().find(|r| r.task == t).copied(), st))
+        .collect();
+    ChainView {
+        chain: chain.to_string(),
+        now,
+        pid: holder,
+        tasks,
+        up: holder.is_some(),
+    }
+}
+
+fn task_view(task: &str, r: Option<&SeriesRow>, st: &resume::State) -> TaskView {
+    let fails = st.failures.get(task);
+    let streak = match fails {
+        Some(f) => f.streak(),
+        None => r.and_then(|r| r.streak_start_ms.map(|s| (s, r.streak_failures))),
+    };
+    let last = r.and_then(|r| {
+        r.last_run_id.map(|id| LastView {
+            duration_seconds: r.last_duration_ms.map(Secs),
+            exit_code: r.last_exit_code,
+            outcome: r.last_outcome.clone(),
+            run_id: id,
+            start: r.last_start_ms.map(Wall),
+            stop: r.last_stop_ms.map(Wall),
+        })
+    });
+    let last_success = fails
+        .and_then(|f| f.last_success_ms)
+        .or(r.and_then(|r| r.last_success_ms));
+    TaskView {
+        failures: r.map_or(0, |r| r.failed + r.timeout + r.signal + r.spawn_error),
+        interrupted: r.map_or(0, |r| r.interrupted),
+        last,
+        last_success: last_success.map(Wall),
+        ok: r.map_or(0, |r| r.ok),
+        runs: r.map_or(0, |r| r.runs),
+        streak: streak.map(|(s, n)| StreakView {
+            failures: n,
+            since: Wall(s),
+        }),
+        task: task.to_string(),
+    }
+}
+
+/// `status --json`: pretty, with a final newline.
+pub(crate) fn json(v: &StatusView) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// `status`: per chain, a line of what it does now, then a table of its tasks. Times are
+/// shown relative to `now`.
+pub(crate) fn text(v: &StatusView, now: Wall) -> String {
+    let mut w = String::new();
+    if v.chains.is_empty() {
+        let _ = writeln!(w, "no chains in {}", v.run_root_given);
+        return w;
+    }
+    for c in &v.chains {
+        let pid = c.pid.map_or(String::new(), |p| format!(" pid {p}"));
+        let _ = writeln!(w, "{}:{pid} {}", c.chain, doing(&c.now, now));
+        let _ = writeln!(
+            w,
+            "  {:<24} {:>7} {:>7}  {:<28} {:<20} STREAK",
+            "TASK", "RUNS", "FAILS", "LAST", "LAST SUCCESS"
+        );
+        for t in &c.tasks {
+            let _ = writeln!(
+                w,
+                "  {:<24} {:>7} {:>7}  {:<28} {:<20} {}",
+                t.task,
+                t.runs,
+                t.failures,
+                t.last.as_ref().map_or("-".into(), |l| last_text(l, now)),
+                t.last_success.map_or("-".into(), |s| time_ago(now, s)),
+                t.streak.map_or("-".into(), |s| streak_text(&s)),
+            );
+        }
+    }
+    w
+}
+
+/// What a chain does now, in words: "running nightly (run 12) for 3m 12s", "nightly
+/// waiting for group db for 4.0s", "cooling down; nightly in 14m 58s", "down".
+fn doing(n: &NowView, now: Wall) -> String {
+    let task = n.task.as_deref().unwrap_or("?");
+    let for_ = || n.since.map_or("?".into(), |s| ago(now, s));
+    match n.state {
+        NowState::Running => format!(
+            "running {task} (run {}) for {}{}",
+            // As the JSON shows a missing run id.
+            n.run_id.map_or("null".into(), |id| id.to_string()),
+            for_(),
+            n.group
+                .as_ref()
+                .map_or(String::new(), |g| format!(", holding a slot of group {g}"))
+        ),
+        NowState::Waiting => format!(
+            "{task} waiting for group {} for {}",
+            n.group.as_deref().unwrap_or("?"),
+            for_()
+        ),
+        NowState::Starting => "starting".to_string(),
+        NowState::Cooldown => match n.until {
+            Some(u) if u > now => format!("cooling down; {task} in {}", dur(u.0 - now.0)),
+            _ => format!("{task} due now"),
+        },
+        NowState::Down => "down".to_string(),
+    }
+}
+
+/// A task's last run: "ok 3m ago", "failed (3) 2h ago", "signal (SIGTERM) just now".
+fn last_text(l: &LastView, now: Wall) -> String {
+    let outcome = l.outcome.as_deref().unwrap_or("?");
+    // As `history` shows it: a signal by its name (the code is 128 + its number).
+    let code = match l.exit_code {
+        // "ok": exit 0, as `history` shows it.
+        _ if outcome == "ok" => String::new(),
+        Some(c) if outcome == "signal" && c > 128 => {
+            format!(" ({})", crate::core::outcome::signal_name(c - 128))
+        }
+        Some(c) => format!(" ({c})"),
+        None => String::new(),
+    };
+    let when = l.stop.map_or(String::new(), |s| time_ago(now, s));
+    format!("{outcome}{code} {when}")
+}
+
+/// "3 failures since 2026-11-24 02:58:01".
+fn streak_text(s: &StreakView) -> String {
+    let n = s.failures;
+    format!(
+        "{n} failure{} since {}",
+        if n == 1 { "" } else { "s" },
+        short_time(s.since)
+    )
+}
+
+#[cfg(test)]
+mod tests;
