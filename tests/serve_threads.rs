@@ -341,3 +341,27 @@ fn clients_stuck_in_every_way_up_to_the_pool_less_one_do_not_stall_a_scrape() {
     let _stalled = stalled_reader(addr);
     stop(exporter);
 }
+
+/// Connections that come in a burst while the threads reading connections are taken by
+/// clients that never finish their request: each new one still gets a reader. (tiny_http
+/// 0.12.0's thread pool could queue a connection for a thread that was already taken, so that
+/// it waited until a stuck client went: a scrape or two out of twenty, here, before the fix
+/// in vendor/tiny_http.)
+#[test]
+fn a_burst_of_connections_beside_half_requests_is_read_at_once() {
+    let env = TestEnv::new(&config(1));
+    env.run(&["--once", "--name", "c", &task_name(0)])
+        .assert_code(0);
+    let (exporter, addr) = start_exporter(&env);
+    let rounds = scaled(30, 200);
+    for round in 0..rounds {
+        let held: Vec<TcpStream> = (0..2 * POOL).map(|_| half_request_line(addr)).collect();
+        if let Err(e) = scrape(addr) {
+            panic!(
+                "round {round} of {rounds}: a scrape beside {} half requests: {e}",
+                held.len()
+            );
+        }
+    }
+    stop(exporter);
+}
