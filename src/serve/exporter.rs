@@ -1,7 +1,8 @@
 //! `run-chain exporter`: serve the metrics of a RUN_ROOT over HTTP at `/metrics`.
 //!
 //! A small blocking HTTP server (tiny_http). tiny_http accepts on a thread of its own and
-//! reads each connection's requests on a thread of that connection; a fixed pool of
+//! reads each connection's requests on a thread of that connection (from a pool that grows as
+//! needed: see vendor/tiny_http/PATCHED.md for the fix that makes it so); a fixed pool of
 //! [`WORKERS`] threads takes the complete requests (`Server::recv`) and answers them, each
 //! scrape with a fresh snapshot (bounded cost, see `view::metrics`). So a slow or stuck client
 //! holds at most one worker while the others go on serving:
@@ -9,7 +10,8 @@
 //!   reader thread (no worker sees the request until its headers are complete);
 //! - a client that never reads a large answer holds the worker that writes it, until a write
 //!   has made no progress for [`SEND_TIMEOUT`] (a send timeout set on the listening socket,
-//!   which Linux copies to every accepted socket); then that answer is dropped;
+//!   which Linux copies to every accepted socket; tiny_http may try once more to flush what
+//!   it buffered, so twice that at most); then that answer is dropped;
 //! - a client that declares a body (`Content-Length` over 1 KiB) and never sends it all holds
 //!   the worker that answered it until it closes its connection: tiny_http drains a request's
 //!   unread body when it is done with it, and gives no way to put a timeout on that read.
