@@ -12,16 +12,19 @@
 //!   has made no progress for [`SEND_TIMEOUT`] (a send timeout set on the listening socket,
 //!   which Linux copies to every accepted socket; tiny_http may try once more to flush what
 //!   it buffered, so twice that at most); then that answer is dropped;
-//! - a client that declares a body (`Content-Length` over 1 KiB) and never sends it all holds
-//!   the worker that answered it until it closes its connection: tiny_http drains a request's
-//!   unread body when it is done with it, and gives no way to put a timeout on that read.
+//! - a client that declares a body (`Content-Length`) and never sends it all would hold the
+//!   worker that answered it until it closes its connection (tiny_http reads the unread rest
+//!   of a body once the answer is sent, with no timeout); so such a request is answered on a
+//!   thread of its own, up to [`BODY_THREADS`] at once (beyond, by the worker).
 //!
-//! So [`WORKERS`] clients stuck at once, each in the worst case, stall a scrape; fewer do not.
+//! So [`WORKERS`] clients that never read, at once, stall a scrape (for [`SEND_TIMEOUT`]);
+//! fewer do not, nor do any number of clients that send half a request.
 //! The main thread waits for SIGTERM or SIGINT on the signal self-pipe and then returns: the
 //! process exits without waiting for the workers. Any path other than `/metrics` is a 404.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,9 @@ pub(crate) const WORKERS: usize = 4;
 /// How long one write of an answer may wait for a client that takes no data, before the answer
 /// is given up and its worker freed. Prometheus' default scrape timeout is 10 s.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many requests that declare a body may be answered on threads of their own at once.
+pub(crate) const BODY_THREADS: usize = 64;
 
 /// Serve until SIGTERM/SIGINT.
 pub(crate) fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
@@ -61,12 +67,14 @@ pub(crate) fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
         .map_err(|e| Error::Internal(format!("failed to listen on {addr}: {e}")))?;
     let server = Arc::new(server);
     let run_root = Arc::new(run_root);
+    let bodies = Arc::new(AtomicUsize::new(0));
     for i in 0..WORKERS {
         let server = Arc::clone(&server);
         let run_root = Arc::clone(&run_root);
+        let bodies = Arc::clone(&bodies);
         std::thread::Builder::new()
             .name(format!("http-{i}"))
-            .spawn(move || work(&server, &run_root))
+            .spawn(move || work(&server, &run_root, &bodies))
             .map_err(|e| Error::os("start an HTTP thread", e))?;
     }
     log::info!(
@@ -87,8 +95,9 @@ pub(crate) fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
     }
 }
 
-/// One worker: answer requests, one at a time, until the server fails.
-fn work(server: &tiny_http::Server, run_root: &Path) {
+/// One worker: answer requests, one at a time, until the server fails. `bodies` counts the
+/// threads that answer requests with a body (see [`BODY_THREADS`]).
+fn work(server: &tiny_http::Server, run_root: &Path, bodies: &Arc<AtomicUsize>) {
     loop {
         let req = match server.recv() {
             Ok(req) => req,
@@ -98,20 +107,69 @@ fn work(server: &tiny_http::Server, run_root: &Path) {
                 return;
             }
         };
-        let peer = req.remote_addr().copied();
         let resp = if is_metrics(req.url()) {
             metrics(run_root)
         } else {
             tiny_http::Response::from_string("not found; metrics are at /metrics\n")
                 .with_status_code(404)
         };
-        if let Err(e) = req.respond(resp) {
-            // Most often a client that took no data for SEND_TIMEOUT.
-            match peer {
-                Some(peer) => log::warn!("exporter: answer to {peer} not sent: {e}"),
-                None => log::warn!("exporter: answer not sent: {e}"),
-            }
+        if !declares_body(req.body_length()) {
+            respond(req, resp);
+            continue;
         }
+        let Some(slot) = BodySlot::take(bodies, BODY_THREADS) else {
+            respond(req, resp);
+            continue;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("http-body".into())
+            .spawn(move || {
+                let _slot = slot;
+                respond(req, resp);
+            });
+        if let Err(e) = spawned {
+            // The request went with the closure: tiny_http answers it 500.
+            log::warn!("exporter: could not start a thread for a request with a body: {e}");
+        }
+    }
+}
+
+/// Sends an answer; a failure (most often a client that took no data for SEND_TIMEOUT) is
+/// logged. tiny_http then reads what is left of the request's body, if any.
+fn respond(req: tiny_http::Request, resp: tiny_http::Response<std::io::Cursor<Vec<u8>>>) {
+    let peer = req.remote_addr().copied();
+    if let Err(e) = req.respond(resp) {
+        match peer {
+            Some(peer) => log::warn!("exporter: answer to {peer} not sent: {e}"),
+            None => log::warn!("exporter: answer not sent: {e}"),
+        }
+    }
+}
+
+/// Whether a request declares a body that tiny_http may still have to read (`Content-Length`
+/// above zero). A chunked body has no length, and tiny_http does not wait for its rest.
+fn declares_body(body_length: Option<usize>) -> bool {
+    body_length.is_some_and(|n| n > 0)
+}
+
+/// One of the [`BODY_THREADS`], given back when dropped.
+struct BodySlot(Arc<AtomicUsize>);
+
+impl BodySlot {
+    /// A slot if fewer than `max` are taken.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<BodySlot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BodySlot(Arc::clone(count)))
+    }
+}
+
+impl Drop for BodySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -188,6 +246,29 @@ mod tests {
         ] {
             assert!(!is_metrics(url), "{url:?}");
         }
+    }
+
+    #[test]
+    fn only_a_declared_length_is_a_body_to_wait_for() {
+        assert!(!declares_body(None));
+        assert!(!declares_body(Some(0)));
+        assert!(declares_body(Some(1)));
+        assert!(declares_body(Some(100_000)));
+    }
+
+    #[test]
+    fn body_slots_are_bounded_and_given_back() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let a = BodySlot::take(&count, 2);
+        let b = BodySlot::take(&count, 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(BodySlot::take(&count, 2).is_none());
+        drop(a);
+        assert_eq!(count.load(Ordering::Acquire), 1);
+        let c = BodySlot::take(&count, 2);
+        assert!(c.is_some());
+        drop((b, c));
+        assert_eq!(count.load(Ordering::Acquire), 0);
     }
 
     #[test]
