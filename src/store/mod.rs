@@ -45,7 +45,7 @@ mod writer;
 pub(crate) use killed::{close_killed, Killed};
 pub(crate) use reader::{
     alert_counts, chains_of_task, chains_with_run, history, last_run_ids, open_read, output,
-    series, series_with_recent, RunRow, SeriesRow,
+    series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
 pub use writer::Store;

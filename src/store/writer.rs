@@ -533,7 +533,8 @@ mod tests {
     }
 
     fn kept(root: &Path) -> Vec<u64> {
-        let conn = open_read(root).expect("open").expect("a store");
+        let reader = open_read(root).expect("open").expect("a store");
+        let conn = reader.conn();
         let mut st = conn
             .prepare("SELECT run_id FROM runs ORDER BY run_id")
             .expect("prepare");
@@ -717,7 +718,8 @@ mod tests {
         (Option<String>, Option<i64>, Option<i64>, Option<String>),
         (i64, i64, Option<i64>),
     ) {
-        let conn = open_read(root).expect("open").expect("a store");
+        let reader = open_read(root).expect("open").expect("a store");
+        let conn = reader.conn();
         let run = conn
             .query_row(
                 "SELECT outcome, stop_ms, duration_ms, error FROM runs WHERE run_id = ?1",
@@ -827,7 +829,8 @@ mod tests {
             close_killed(&db, &instance(), &killed(9, 3_000, 3_100), never),
             Ok(true)
         );
-        let conn = open_read(dir.path()).expect("open").expect("a store");
+        let reader = open_read(dir.path()).expect("open").expect("a store");
+        let conn = reader.conn();
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
             .expect("count");
