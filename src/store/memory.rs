@@ -13,6 +13,8 @@ pub(crate) struct Memory {
     pub(crate) written: Vec<Op>,
     /// The answers to the next calls to `apply`, first first; then Ok.
     pub(crate) answers: VecDeque<WriteError>,
+    /// The size of each batch applied, in order.
+    pub(crate) batches: Vec<usize>,
     /// Calls to `apply` (answered or not).
     pub(crate) calls: usize,
     /// Calls to `reset`.
@@ -37,6 +39,7 @@ impl StoreWrite for Memory {
         if let Some(e) = self.answers.pop_front() {
             return Err(e);
         }
+        self.batches.push(batch.len());
         self.written.extend(batch.iter().cloned());
         Ok(())
     }

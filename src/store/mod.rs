@@ -32,6 +32,9 @@
 //!   error. The queue and its back-off are written once over it (`writer`'s
 //!   [`Writer`]); [`Store`] is that writer over `sqlite`, with the WAL's checkpoints and
 //!   the driver's write in line; `memory` is the in-memory store its unit tests use.
+//!   How far the store has committed (`Commits`: a count and an eventfd) is what the
+//!   driver can wait for in its `ppoll` before a spawn (`Recorder::commit_soon`; not
+//!   used by the driver yet).
 //! - the read side, `Reader` (`reader`): everything `status`, `history`, `log`, the
 //!   metrics and the alert mails read, as plain rows. Only `store/` names rusqlite.
 //!
@@ -66,6 +69,7 @@ pub(crate) use reader::{
     series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
+pub(crate) use writer::Commits;
 pub use writer::{Store, Writer};
 
 /// The path of the store in `run_root`.
@@ -172,7 +176,11 @@ pub enum Op {
         stop_ms: u64,
         running: Option<(String, u64, u64)>,
     },
-    /// An alert of `kind` was decided for this chain and task.
+    /// An alert of `kind` was decided for this chain and task. The driver pushes it in
+    /// the batch of the run's end that caused it (one feed), and a batch is never split:
+    /// the recorder hands it over whole and the writer applies its whole queue in one
+    /// transaction, so the end and its alert are committed together or not at all (but
+    /// for a queue full past QUEUE_MAX, which drops the oldest record first).
     Alert {
         chain: String,
         task: String,
