@@ -24,31 +24,53 @@
 //! while the store is busy). The next launch waits for that guardian, then closes what is
 //! still open ([`Op::CloseOpen`]), leaving the guardian's record as it is.
 //!
-//! The store sits behind this small interface (ops in, rows out) so that a shared
-//! PostgreSQL store can replace it later without reshaping the driver. Its files:
-//! `schema` (opening, configuring and migrating the SQLite file), `writer` (the
-//! chain's [`Store`]: the queue of ops and its transactions), `apply` (the SQL of one op),
-//! `killed` (the guardian's one write), `reader` (what the readers query), and
-//! beside them `recorder` (the writer's thread) and [`state_file`] (`CHAIN.state`,
-//! which does not depend on the store).
+//! The store sits behind a seam, so that a shared PostgreSQL store can be one more file
+//! here later, not a reshaping of the driver or the readers:
+//! - the write side, [`seam::StoreWrite`]: apply a batch of ops in one transaction, as
+//!   an [`seam::Owner`], answering busy, corrupt, fenced (a shared store's owner has
+//!   changed: counted and dropped, never retried; SQLite never says it) or another
+//!   error. The queue and its back-off are written once over it (`writer`'s
+//!   [`Writer`]); [`Store`] is that writer over `sqlite`, with the WAL's checkpoints and
+//!   the driver's write in line; `memory` is the in-memory store its unit tests use.
+//!   How far the store has committed (`Commits`: a count and an eventfd) is what the
+//!   driver can wait for in its `ppoll` before a spawn (`Recorder::commit_soon`; not
+//!   used by the driver yet).
+//! - the read side, `Reader` (`reader`): everything `status`, `history`, `log`, the
+//!   metrics and the alert mails read, as plain rows. Only `store/` names rusqlite.
+//!
+//! Its files: `seam` (the write side's interface), `writer` (the queue of ops, its
+//! batches and back-off), `sqlite` (the SQLite write side: a batch's transaction,
+//! setting a corrupt file aside, checkpoints), `apply` (the SQL of one op), `schema`
+//! (opening, configuring and migrating the SQLite file), `killed` (the guardian's one
+//! write), `reader` (what the readers query), and beside them `recorder` (the writer's
+//! thread) and [`state_file`] (`CHAIN.state`, which does not depend on the store).
+//!
+//! Not yet behind the seam: the outbox of alert mails (files in RUN_ROOT, `mail/`), and
+//! the guardian's write (`close_killed`, SQLite only); the reader is a concrete SQLite
+//! type (a trait when a second store needs one).
 
 use std::path::{Path, PathBuf};
 
 mod apply;
 mod killed;
+#[cfg(test)]
+mod memory;
 mod reader;
 pub(crate) mod recorder;
 mod schema;
+pub mod seam;
+mod sqlite;
 pub mod state_file;
 mod writer;
 
 pub(crate) use killed::{close_killed, Killed};
 pub(crate) use reader::{
     alert_counts, chains_of_task, chains_with_run, history, last_run_ids, open_read, output,
-    series, series_with_recent, RunRow, SeriesRow,
+    series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
-pub use writer::Store;
+pub(crate) use writer::Commits;
+pub use writer::{Store, Writer};
 
 /// The path of the store in `run_root`.
 pub fn path(run_root: &Path) -> PathBuf {
@@ -154,7 +176,11 @@ pub enum Op {
         stop_ms: u64,
         running: Option<(String, u64, u64)>,
     },
-    /// An alert of `kind` was decided for this chain and task.
+    /// An alert of `kind` was decided for this chain and task. The driver pushes it in
+    /// the batch of the run's end that caused it (one feed), and a batch is never split:
+    /// the recorder hands it over whole and the writer applies its whole queue in one
+    /// transaction, so the end and its alert are committed together or not at all (but
+    /// for a queue full past QUEUE_MAX, which drops the oldest record first).
     Alert {
         chain: String,
         task: String,

@@ -11,8 +11,60 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use super::schema::*;
 use super::*;
 
+/// The read side of the store: what `status`, `history`, `log`, the metrics and the
+/// alert mails read, as plain rows ([`RunRow`], [`SeriesRow`], ...). Only `store/`
+/// knows it is an SQLite connection.
+pub(crate) struct Reader {
+    conn: Connection,
+    /// The schema version the store was found at (`PRAGMA user_version`, at least 1).
+    version: i64,
+}
+
+impl Reader {
+    /// The schema version of the store (1 to [`SCHEMA_VERSION`]): which tables and
+    /// columns it has (the recent-runs window since 3, the alert counts since 2).
+    pub(crate) fn schema_version(&self) -> i64 {
+        self.version
+    }
+
+    /// How long a read waits for a writer's lock before it fails (5 s when opened).
+    pub(crate) fn busy_timeout(&self, wait: Duration) -> Result<(), ReadError> {
+        Ok(self.conn.busy_timeout(wait)?)
+    }
+
+    /// The connection, for the store's own tests.
+    #[cfg(test)]
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// A read that failed (the store's own message, e.g. "database is locked").
+#[derive(Debug)]
+pub(crate) struct ReadError(String);
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(e: rusqlite::Error) -> ReadError {
+        ReadError(e.to_string())
+    }
+}
+
 /// Open the store for reading (status, history, log). None: there is no store yet.
-pub(crate) fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
+pub(crate) fn open_read(run_root: &Path) -> Result<Option<Reader>, String> {
     let p = path(run_root);
     if !p.exists() {
         return Ok(None);
@@ -45,7 +97,7 @@ pub(crate) fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
             p.display()
         ));
     }
-    Ok(Some(conn))
+    Ok(Some(Reader { conn, version }))
 }
 
 /// The highest run id the store knows for each task of `chain` (its series' last and
@@ -53,9 +105,10 @@ pub(crate) fn open_read(run_root: &Path) -> Result<Option<Connection>, String> {
 /// counters from these, so that a run id is never given twice (an id given again would
 /// replace the stored run that had it).
 pub(crate) fn last_run_ids(run_root: &Path, chain: &str) -> Result<BTreeMap<String, u64>, String> {
-    let Some(conn) = open_read(run_root)? else {
+    let Some(reader) = open_read(run_root)? else {
         return Ok(BTreeMap::new());
     };
+    let conn = &reader.conn;
     let p = path(run_root);
     let read = || -> rusqlite::Result<BTreeMap<String, u64>> {
         let mut stmt = conn.prepare(
@@ -169,11 +222,12 @@ fn series_of(conn: &Connection, task: &str, chain: Option<&str>) -> rusqlite::Re
 /// the walk stops at the first run older than all of the `limit` kept so far. With 100
 /// chains sharing a task that reads about 150 runs instead of 100 x `limit`.
 pub(crate) fn history(
-    conn: &Connection,
+    reader: &Reader,
     task: &str,
     chain: Option<&str>,
     limit: usize,
-) -> rusqlite::Result<Vec<RunRow>> {
+) -> Result<Vec<RunRow>, ReadError> {
+    let conn = &reader.conn;
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
 
@@ -232,11 +286,12 @@ pub(crate) fn history(
 
 /// The kept output of a run: `run_id`, or the newest (by start) of `task`.
 pub(crate) fn output(
-    conn: &Connection,
+    reader: &Reader,
     task: &str,
     chain: Option<&str>,
     run_id: Option<u64>,
-) -> rusqlite::Result<Option<(RunRow, Vec<u8>)>> {
+) -> Result<Option<(RunRow, Vec<u8>)>, ReadError> {
+    let conn = &reader.conn;
     let mut best: Option<(RunRow, Vec<u8>)> = None;
     for sid in series_of(conn, task, chain)? {
         let mut stmt = conn.prepare_cached(&format!(
@@ -295,7 +350,8 @@ fn series_row(r: &rusqlite::Row) -> rusqlite::Result<SeriesRow> {
 }
 
 /// Every series (chain and task) with its aggregates.
-pub(crate) fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
+pub(crate) fn series(reader: &Reader) -> Result<Vec<SeriesRow>, ReadError> {
+    let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SERIES_COLUMNS} FROM series ORDER BY chain, task"
     ))?;
@@ -307,7 +363,8 @@ pub(crate) fn series(conn: &Connection) -> rusqlite::Result<Vec<SeriesRow>> {
 
 /// Every series with its aggregates and its recent-runs window, in one pass over the
 /// `series` table (schema version 3 or later).
-pub(crate) fn series_with_recent(conn: &Connection) -> rusqlite::Result<Vec<(SeriesRow, Recent)>> {
+pub(crate) fn series_with_recent(reader: &Reader) -> Result<Vec<(SeriesRow, Recent)>, ReadError> {
+    let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SERIES_COLUMNS}, recent FROM series ORDER BY chain, task"
     ))?;
@@ -323,8 +380,9 @@ pub(crate) fn series_with_recent(conn: &Connection) -> rusqlite::Result<Vec<(Ser
 
 /// Alerts decided, per (chain, task, kind).
 pub(crate) fn alert_counts(
-    conn: &Connection,
-) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+    reader: &Reader,
+) -> Result<Vec<(String, String, String, u64)>, ReadError> {
+    let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain, s.task, a.kind, a.count FROM alerts a JOIN series s ON s.id = a.series",
     )?;
@@ -337,7 +395,8 @@ pub(crate) fn alert_counts(
 }
 
 /// The chains in which `task` has recorded runs.
-pub(crate) fn chains_of_task(conn: &Connection, task: &str) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn chains_of_task(reader: &Reader, task: &str) -> Result<Vec<String>, ReadError> {
+    let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain FROM series s WHERE s.task = ?1 AND s.runs > 0 ORDER BY s.chain",
     )?;
@@ -349,10 +408,11 @@ pub(crate) fn chains_of_task(conn: &Connection, task: &str) -> rusqlite::Result<
 
 /// The chains in which `task` has a run `run_id`.
 pub(crate) fn chains_with_run(
-    conn: &Connection,
+    reader: &Reader,
     task: &str,
     run_id: u64,
-) -> rusqlite::Result<Vec<String>> {
+) -> Result<Vec<String>, ReadError> {
+    let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain FROM series s JOIN runs r ON r.series = s.id
          WHERE s.task = ?1 AND r.run_id = ?2 ORDER BY s.chain",

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
-use crate::store::{Op, Store};
+use crate::store::{Commits, Op, Store};
 use crate::time::Mono;
 
 use crate::time;
@@ -72,6 +72,11 @@ pub(crate) struct Recorder {
     finished: bool,
     /// The store's [`Store::copying`]: a checkpoint runs with no record waiting.
     copying: Arc<AtomicBool>,
+    /// Ops pushed so far: the store has committed them all when its [`Commits`] are
+    /// through this many.
+    pushed: u64,
+    /// How far the store has committed.
+    commits: Arc<Commits>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -105,6 +110,7 @@ impl Recorder {
         let name = chain.to_string();
         let (tx, rx) = mpsc::channel::<Msg>();
         let copying = store.copying();
+        let commits = store.commits();
         let store = Arc::new(Mutex::new(store));
         let queued = Arc::new(AtomicUsize::new(0));
         let (theirs, their_count) = (store.clone(), queued.clone());
@@ -137,7 +143,29 @@ impl Recorder {
             sent_at: None,
             finished: false,
             copying,
+            pushed: 0,
+            commits,
         }
+    }
+
+    /// How far the store has committed what was pushed: with [`Recorder::commit_soon`],
+    /// what the driver can wait for in its `ppoll` before a spawn (a shared store's
+    /// start record committed before the task runs). Not used by the driver yet.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn commits(&self) -> Arc<Commits> {
+        self.commits.clone()
+    }
+
+    /// Hand over everything pushed now (what is batched or held included), and say how
+    /// far [`Recorder::commits`] must be through for all of it to be committed (or
+    /// dropped: see [`Commits`]). The batch, if one is open, stays open.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn commit_soon(&mut self, now: Mono) -> u64 {
+        if !self.batch.is_empty() || !self.held.is_empty() {
+            let ops = std::mem::take(&mut self.batch);
+            self.send_ops(now, ops, false);
+        }
+        self.pushed
     }
 
     /// Hold what is pushed until [`Recorder::end_batch`]: then it goes as one.
@@ -186,6 +214,7 @@ impl Recorder {
     }
 
     pub(crate) fn push(&mut self, op: Op) {
+        self.pushed += 1;
         if self.batching {
             self.batch.push(op);
         } else {
@@ -401,5 +430,67 @@ fn last_try(chain: &str, store: &mut Store) {
                 store.pending()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::store::{open_read, Instance, RunStart};
+
+    fn start(run_id: u64) -> Op {
+        Op::Start(RunStart {
+            chain: "c".into(),
+            task: "t".into(),
+            run_id,
+            scheduled_ms: run_id * 1000,
+            start_ms: run_id * 1000,
+            task_pid: Some(1234),
+        })
+    }
+
+    /// Whether `fd` is readable within `wait`.
+    fn readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
+        let mut fds = [crate::sys::pollfd(fd, libc::POLLIN)];
+        crate::sys::ppoll(&mut fds, Some(wait)).expect("ppoll") == 1
+    }
+
+    /// A run's start, held for its end (START_HOLD), is handed over at once when asked
+    /// for, and the driver can wait for its commit in a ppoll: the commits' eventfd
+    /// becomes readable, and then the run is in the store.
+    #[test]
+    fn a_commit_can_be_waited_for_in_a_ppoll() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = Instance {
+            host: "h".into(),
+            pid: 1,
+            version: "v".into(),
+            config_digest: "d".into(),
+            started_ms: 0,
+        };
+        let mut rec = Recorder::start("c", Store::new(dir.path(), instance));
+        let commits = rec.commits();
+        let fd = commits.fd().expect("an eventfd");
+        assert_eq!(rec.commit_soon(time::mono_now()), 0, "nothing pushed");
+        rec.begin_batch();
+        rec.push(start(1));
+        let now = time::mono_now();
+        rec.end_batch(now, false);
+        assert!(rec.due().is_some(), "the start is held");
+        let want = rec.commit_soon(now);
+        assert_eq!((want, rec.due()), (1, None));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while commits.through() < want {
+            assert!(Instant::now() < deadline, "not committed in 30 s");
+            if readable(fd, Duration::from_secs(1)) {
+                commits.clear();
+            }
+        }
+        let reader = open_read(dir.path()).expect("open").expect("a store");
+        let runs = crate::store::history(&reader, "t", Some("c"), 10).expect("history");
+        assert_eq!(runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), vec![1]);
+        rec.finish();
     }
 }

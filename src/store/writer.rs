@@ -1,20 +1,20 @@
-//! The chain's writer, [`Store`]: a connection (when it has one) and the bounded queue of
-//! pending ops, written in short transactions, retried at a backoff while the store
-//! cannot be written, with the WAL's checkpoints.
+//! The chain's writer, [`Writer`]: the bounded queue of pending ops, written in one
+//! batch at a time to a store ([`StoreWrite`]), retried at a back-off while the store
+//! cannot be written. Written once over the seam: [`Store`] is the writer of the SQLite
+//! store, with the WAL's checkpoints and the driver's write in line; the queue's unit
+//! tests drive it over the in-memory store with a fake clock.
 
-use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-use rusqlite::{params, Connection, ErrorCode};
 
 use crate::time::Mono;
 
-use super::apply::*;
-use super::schema::*;
+use super::seam::{Owner, StoreWrite, WriteError};
+use super::sqlite::Sqlite;
 use super::*;
 
 /// At most this many ops wait in memory while the store cannot be written.
@@ -25,15 +25,13 @@ const BUSY_REPORT_AFTER: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The chain's writer: a connection (when it has one) and the queue of pending ops.
-pub struct Store {
-    path: PathBuf,
-    instance: Instance,
-    conn: Option<Connection>,
-    instance_id: Option<i64>,
-    series_ids: HashMap<(String, String), i64>,
-    /// What the writer knows of its series without reading them (see [`Known`]).
-    known: Known,
+/// The chain's writer of the SQLite store in RUN_ROOT.
+pub type Store = Writer<Sqlite>;
+
+/// The chain's writer: a store and the queue of pending ops.
+pub struct Writer<W> {
+    store: W,
+    owner: Owner,
     queue: VecDeque<Op>,
     /// The error being reported, while the store cannot be written.
     failing: Option<String>,
@@ -42,131 +40,94 @@ pub struct Store {
     retry_at: Option<Mono>,
     backoff: Duration,
     dropped: u64,
-    /// Inside [`Store::batch`]: queue only; the batch ends with one transaction.
+    /// Records dropped because the store answered [`WriteError::Fenced`].
+    fenced: u64,
+    /// Inside [`Writer::begin_batch`]: queue only; the batch ends with one transaction.
     batching: bool,
-    /// The WAL's length in pages after this connection's last commit (SQLite's WAL hook
-    /// sets it; boxed, so that its address stays put for the hook).
-    wal_frames: Box<AtomicI32>,
-    /// The WAL is to be copied back and cut after the first write (see `try_flush`).
-    truncate_after_write: bool,
-    /// Set while a checkpoint runs with no record of ours waiting ([`Store::copying`]).
-    copying: Arc<AtomicBool>,
+    /// Ops pushed so far (committed, queued or dropped).
+    pushed: u64,
+    /// How many of them the store has committed (or dropped), for a waiter.
+    commits: Arc<Commits>,
 }
 
-/// Whether no other process has the store at `path` open: none holds the lock SQLite's
-/// connections hold on the "deadman switch" byte of `runs.db-shm` for as long as they
-/// are open. Asked before this process opens the store: closing a descriptor of a file
-/// drops every lock the process holds on it, SQLite's included.
-fn no_other_connection(path: &Path) -> bool {
-    /// UNIX_SHM_DMS in SQLite's os_unix.c: (22 + 8) * 4 + 8.
-    const SHM_DMS_BYTE: libc::off_t = 128;
-    let Ok(shm) = std::fs::File::open(format!("{}-shm", path.display())) else {
-        return true;
-    };
-    // SAFETY: flock is plain data; F_GETLK fills it.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = SHM_DMS_BYTE;
-    fl.l_len = 1;
-    // SAFETY: F_GETLK on a descriptor we own, into a flock we own.
-    let asked = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    asked == 0 && fl.l_type == libc::F_UNLCK as libc::c_short
+/// How far a writer's store has committed, for a thread that waits for it (the driver,
+/// in its `ppoll`, before a spawn): the number of ops pushed to the writer that the
+/// store has committed (or that were dropped: a full queue, fenced off), and an eventfd
+/// made readable at each commit. The eventfd is made only when it is first asked for,
+/// so a writer nobody waits for costs no descriptor and no syscall.
+#[derive(Debug, Default)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct Commits {
+    through: AtomicU64,
+    fd: OnceLock<Option<OwnedFd>>,
 }
 
-/// The busy handler of a write in line: another chain's transaction (a fraction of a
-/// millisecond, unless its process is preempted) is waited for up to
-/// IN_LINE_WAIT_TRIES times IN_LINE_WAIT_STEP, then the write goes to the writer thread.
-fn brief_wait(tries: i32) -> bool {
-    if tries >= IN_LINE_WAIT_TRIES {
-        return false;
+#[cfg_attr(not(test), allow(dead_code))]
+impl Commits {
+    /// How many ops pushed to the writer are committed (or dropped).
+    pub(crate) fn through(&self) -> u64 {
+        self.through.load(Ordering::SeqCst)
     }
-    std::thread::sleep(IN_LINE_WAIT_STEP);
-    true
-}
 
-/// See [`brief_wait`]: at most about 1 ms.
-const IN_LINE_WAIT_TRIES: i32 = 6;
-const IN_LINE_WAIT_STEP: Duration = Duration::from_micros(125);
+    /// An eventfd that becomes readable at the next commit (read it with
+    /// [`Commits::clear`] before waiting again); None if the system gave none (then
+    /// poll [`Commits::through`]). Ask for it, then compare `through` with what is
+    /// waited for, then wait on it: a commit in between is seen either way.
+    pub(crate) fn fd(&self) -> Option<RawFd> {
+        let fd = self.fd.get_or_init(|| {
+            // SAFETY: eventfd returns a new descriptor we own, or -1.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            // SAFETY: raw is a descriptor nothing else owns.
+            (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+        });
+        fence(Ordering::SeqCst);
+        fd.as_ref().map(|f| f.as_raw_fd())
+    }
 
-/// SQLite's WAL hook (called after each commit): note how long the WAL is. Setting it
-/// replaces SQLite's own checkpoint rule, so the writer decides where checkpoints run.
-extern "C" fn note_wal_frames(
-    ctx: *mut std::ffi::c_void,
-    _db: *mut rusqlite::ffi::sqlite3,
-    _name: *const std::ffi::c_char,
-    frames: std::ffi::c_int,
-) -> std::ffi::c_int {
-    // SAFETY: ctx is the AtomicI32 in the Store's box, registered with this connection
-    // and outliving it (the connection is dropped or replaced before the box).
-    let frames_seen = unsafe { &*(ctx as *const AtomicI32) };
-    frames_seen.store(frames, Ordering::Relaxed);
-    rusqlite::ffi::SQLITE_OK
+    /// Reset the eventfd (after it was found readable).
+    pub(crate) fn clear(&self) {
+        if let Some(Some(fd)) = self.fd.get() {
+            let mut n = 0u64;
+            // SAFETY: reads 8 bytes into n from our non-blocking eventfd.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+        }
+    }
+
+    /// The ops through `n` are committed: tell a waiter, if there is one.
+    fn mark(&self, n: u64) {
+        self.through.store(n, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if let Some(Some(fd)) = self.fd.get() {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from `one` to our eventfd.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
 }
 
 impl Store {
     /// A writer for the store in `run_root`. Opening is tried at once and again at
     /// every retry: a store that cannot be opened does not stop the chain.
     pub fn new(run_root: &Path, instance: Instance) -> Store {
-        Store {
-            path: path(run_root),
-            instance,
-            conn: None,
-            instance_id: None,
-            series_ids: HashMap::new(),
-            known: Known::default(),
-            queue: VecDeque::new(),
-            failing: None,
-            failing_since: None,
-            retry_at: None,
-            backoff: RETRY_FIRST,
-            dropped: 0,
-            batching: false,
-            wal_frames: Box::new(AtomicI32::new(0)),
-            truncate_after_write: false,
-            copying: Arc::new(AtomicBool::new(false)),
-        }
+        Writer::with(Sqlite::new(run_root, instance), Owner::Local)
     }
 
     /// True while this store's connection copies the WAL back with no record of ours
     /// waiting to be written: an exit then need not wait for it (a checkpoint cut off
     /// leaves the store as it was, the WAL still whole; the next one copies it again).
     pub(crate) fn copying(&self) -> Arc<AtomicBool> {
-        self.copying.clone()
+        self.store.copying()
     }
 
-    /// Run a checkpoint statement, flagged in [`Store::copying`].
-    fn copy_back(&self, sql: &str) -> rusqlite::Result<i64> {
-        let Some(conn) = &self.conn else {
-            return Ok(0);
-        };
-        self.copying.store(self.queue.is_empty(), Ordering::Release);
-        let r = conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-        self.copying.store(false, Ordering::Release);
-        r
-    }
-
-    /// Write `ops` now, waiting for another process's transaction about 1 ms at most
-    /// ([`brief_wait`]): for the driver's own thread, in a cooldown. True if they are
-    /// written; false if they (and what was pending) wait in the queue for
-    /// [`Store::flush`], which waits, retries and reports: the store not yet open, a
-    /// write already pending, the store busy or failing, or a run's end that prunes old
-    /// runs (their pages may have to be read from the disk, and a lowered
-    /// `keep_runs_max` deletes up to a thousand rows a run).
+    /// Write `ops` now, waiting for another process's transaction about 1 ms at most: for
+    /// the driver's own thread, in a cooldown. True if they are written; false if they
+    /// (and what was pending) wait in the queue for [`Writer::flush`], which waits,
+    /// retries and reports: the store not yet open, a write already pending, the store
+    /// busy or failing, or a run's end that prunes old runs (see [`Sqlite::prunes`]).
     pub(crate) fn write_now(&mut self, now: Mono, ops: Vec<Op>) -> bool {
-        let prunes = ops.iter().any(|op| match op {
-            Op::End(e) => {
-                e.run_id > e.keep_runs_max
-                    || self
-                        .series_ids
-                        .get(&(e.chain.clone(), e.task.clone()))
-                        .and_then(|sid| self.known.oldest.get(sid))
-                        .is_none_or(|oldest| *oldest < e.keep_after_ms as i64)
-            }
-            _ => false,
-        });
+        let prunes = self.store.prunes(&ops);
         let ready =
-            self.conn.is_some() && self.queue.is_empty() && self.failing.is_none() && !prunes;
+            self.store.is_open() && self.queue.is_empty() && self.failing.is_none() && !prunes;
         self.batching = true;
         for op in ops {
             self.push(now, op);
@@ -175,57 +136,78 @@ impl Store {
         if !ready {
             return false;
         }
-        if let Some(conn) = &self.conn {
-            let _ = conn.busy_handler(Some(brief_wait));
-        }
+        self.store.wait_briefly(true);
         let written = self.try_flush().is_ok();
-        if let Some(conn) = &self.conn {
-            let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        }
+        self.store.wait_briefly(false);
         written
     }
 
     /// Whether the writer thread has work that may wait on the disk: a checkpoint.
     pub(crate) fn thread_work_due(&self) -> bool {
-        self.truncate_after_write || self.checkpoint_due()
+        self.store.truncate_due() || self.store.checkpoint_due()
     }
 
     /// The writer thread's work after its writes (`Store::thread_work_due`).
     pub fn thread_work(&mut self) {
-        if self.queue.is_empty() && std::mem::take(&mut self.truncate_after_write) {
-            self.truncate_at_open();
+        if self.queue.is_empty() {
+            self.store.truncate_if_due();
         }
-        self.checkpoint_if_due();
+        self.store.checkpoint_if_due(self.queue.is_empty());
     }
 
     /// After a panic on a thread that held the store: roll back a transaction left open
     /// (it would hold the write lock of every chain of the RUN_ROOT) and forget what was
     /// looked up in it; the records stay queued.
     pub(crate) fn recover(&mut self) {
-        if let Some(conn) = &self.conn {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-        }
-        self.known = Known::default();
-        self.series_ids.clear();
+        self.store.recover();
     }
 
-    /// Whether the WAL has passed WAL_CHECKPOINT_FRAMES pages at this connection's last
-    /// commit: [`Store::checkpoint_if_due`] is to run (where waiting on the disk is fine).
+    /// Whether a checkpoint is due ([`Sqlite::checkpoint_due`]).
+    #[cfg(test)]
     pub(crate) fn checkpoint_due(&self) -> bool {
-        self.wal_frames.load(Ordering::Relaxed) >= WAL_CHECKPOINT_FRAMES
+        self.store.checkpoint_due()
     }
 
     /// Copy the WAL back (PASSIVE: it never waits for readers) if it is due.
+    #[cfg(test)]
     pub(crate) fn checkpoint_if_due(&mut self) {
-        if self.checkpoint_due() {
-            self.wal_frames.store(0, Ordering::Relaxed);
-            self.checkpoint();
+        self.store.checkpoint_if_due(self.queue.is_empty());
+    }
+
+    /// At exit: checkpoint only if the WAL has grown large (see WAL_EXIT_MAX), so that
+    /// an exit stays quick but the WAL stays bounded across any number of instances.
+    pub(crate) fn checkpoint_if_large(&mut self) {
+        if self.queue.is_empty() {
+            self.store.checkpoint_if_large();
+        }
+    }
+}
+
+impl<W: StoreWrite> Writer<W> {
+    /// A writer of `store`, writing as `owner`.
+    pub(crate) fn with(store: W, owner: Owner) -> Writer<W> {
+        Writer {
+            store,
+            owner,
+            queue: VecDeque::new(),
+            failing: None,
+            failing_since: None,
+            retry_at: None,
+            backoff: RETRY_FIRST,
+            dropped: 0,
+            fenced: 0,
+            batching: false,
+            pushed: 0,
+            commits: Arc::new(Commits::default()),
         }
     }
 
-    /// Queue the ops pushed until [`Store::end_batch`] and write them then, in one
+    /// How far the store has committed (see [`Commits`]), shared with a waiter.
+    pub(crate) fn commits(&self) -> Arc<Commits> {
+        self.commits.clone()
+    }
+
+    /// Queue the ops pushed until [`Writer::end_batch`] and write them then, in one
     /// transaction. The driver batches what one event causes (a run's end and the next
     /// run's start), so that the write happens after the next task has been spawned,
     /// while it runs, and costs one commit instead of two.
@@ -233,7 +215,7 @@ impl Store {
         self.batching = true;
     }
 
-    /// Write what was queued since [`Store::begin_batch`] (or keep it queued for the
+    /// Write what was queued since [`Writer::begin_batch`] (or keep it queued for the
     /// retry, while the store cannot be written).
     pub fn end_batch(&mut self, now: Mono) {
         self.batching = false;
@@ -244,58 +226,9 @@ impl Store {
         }
     }
 
-    /// At exit: checkpoint only if the WAL has grown large (see WAL_EXIT_MAX), so that
-    /// an exit stays quick but the WAL stays bounded across any number of instances.
-    pub(crate) fn checkpoint_if_large(&mut self) {
-        if !self.queue.is_empty() || self.wal_bytes() <= WAL_EXIT_MAX {
-            return;
-        }
-        let Some(conn) = &self.conn else { return };
-        // TRUNCATE waits for the other connections to be done with the WAL: a short
-        // wait only (with other chains busy on the store, one of them starts it over).
-        let _ = conn.busy_timeout(EXIT_CHECKPOINT_WAIT);
-        let r = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            r.get::<_, i64>(0)
-        });
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        match r {
-            Ok(0) => {}
-            Ok(_) => {
-                log::debug!("store checkpoint at exit: busy; a plain one instead");
-                self.checkpoint();
-            }
-            Err(e) => log::debug!("store checkpoint at exit: {e}"),
-        }
-    }
-
-    fn wal_bytes(&self) -> u64 {
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        std::fs::metadata(wal).map_or(0, |m| m.len())
-    }
-
-    fn checkpoint(&mut self) {
-        if let Err(e) = self.copy_back("PRAGMA wal_checkpoint(PASSIVE)") {
-            log::debug!("store checkpoint: {e}");
-        }
-    }
-
-    /// The WAL copied back and cut after the first write of an instance that opened the
-    /// store alone (see `try_flush`); it never waits for another connection.
-    fn truncate_at_open(&mut self) {
-        if let Some(conn) = &self.conn {
-            let _ = conn.busy_timeout(Duration::ZERO);
-        }
-        if let Err(e) = self.copy_back("PRAGMA wal_checkpoint(TRUNCATE)") {
-            log::debug!("store checkpoint at open: {e}");
-        }
-        if let Some(conn) = &self.conn {
-            let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        }
-    }
-
     /// Queue `op` and try to write everything queued.
     pub fn push(&mut self, now: Mono, op: Op) {
+        self.pushed += 1;
         if self.queue.len() >= QUEUE_MAX {
             // Drop an output refresh first (a later one or the end replaces it).
             let pos = self
@@ -328,7 +261,7 @@ impl Store {
         }
     }
 
-    /// When the driver should call [`Store::flush`] again, if writes are pending.
+    /// When the driver should call [`Writer::flush`] again, if writes are pending.
     pub(crate) fn retry_at(&self) -> Option<Mono> {
         if self.queue.is_empty() {
             None
@@ -342,7 +275,14 @@ impl Store {
         self.queue.len()
     }
 
-    /// Write everything queued, in one transaction. On failure keep it all queued.
+    /// Records dropped because the store answered [`WriteError::Fenced`].
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn fenced(&self) -> u64 {
+        self.fenced
+    }
+
+    /// Write everything queued, in one transaction. On failure keep it all queued (but
+    /// what the store fenced off: that is counted and dropped, never retried).
     pub fn flush(&mut self, now: Mono) {
         if self.queue.is_empty() {
             return;
@@ -353,13 +293,13 @@ impl Store {
                 if let Some(err) = self.failing.take() {
                     log::info!(
                         "store {} is writable again ({n} pending records written; the error was: {err})",
-                        self.path.display()
+                        self.store.describe()
                     );
                 }
                 if self.dropped > 0 {
                     log::warn!(
                         "store {}: {} records were dropped while it could not be written (queue full)",
-                        self.path.display(),
+                        self.store.describe(),
                         self.dropped
                     );
                     self.dropped = 0;
@@ -367,52 +307,41 @@ impl Store {
                 self.retry_at = None;
                 self.backoff = RETRY_FIRST;
             }
+            Err(WriteError::Fenced) => {
+                let n = self.queue.len();
+                self.queue.clear();
+                self.commits.mark(self.pushed);
+                self.fenced += n as u64;
+                log::error!(
+                    "store {}: {n} records dropped: the store belongs to another owner now ({} in all)",
+                    self.store.describe(),
+                    self.fenced
+                );
+            }
             Err(e) => {
-                let corrupt = is_corrupt(&e);
-                if corrupt {
-                    self.conn = None;
-                    match set_aside_if_corrupt(&self.path) {
-                        Ok(Some(aside)) => {
-                            log::warn!(
-                                "store {} is corrupt (confirmed by a check); moved it to {} and starting a fresh one",
-                                self.path.display(),
-                                aside.display()
-                            );
-                            self.instance_id = None;
-                            self.series_ids.clear();
-                            self.known = Known::default();
-                            if self.try_flush().is_ok() {
-                                self.failing = None;
-                                self.retry_at = None;
-                                return;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(io) => log::error!(
-                            "store {} looks corrupt and cannot be moved aside: {io}",
-                            self.path.display()
-                        ),
-                    }
+                if matches!(e, WriteError::Corrupt(_))
+                    && self.store.set_aside()
+                    && self.try_flush().is_ok()
+                {
+                    self.failing = None;
+                    self.retry_at = None;
+                    return;
                 }
-                let msg = e.to_string();
                 let since = *self.failing_since.get_or_insert(now);
-                let busy = matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
+                let busy = matches!(e, WriteError::Busy(_));
                 if self.failing.is_none()
                     && (!busy || now.saturating_sub(since) >= BUSY_REPORT_AFTER)
                 {
                     log::error!(
-                        "failed to write the store {}: {msg} (the chain keeps its schedule; {} records held in memory and retried)",
-                        self.path.display(),
+                        "failed to write the store {}: {e} (the chain keeps its schedule; {} records held in memory and retried)",
+                        self.store.describe(),
                         self.queue.len()
                     );
-                    self.failing = Some(msg);
+                    self.failing = Some(e.to_string());
                 }
-                if !matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy)) {
+                if !busy {
                     // Reopen next time: the file may have been replaced or fixed.
-                    self.conn = None;
-                    self.instance_id = None;
-                    self.series_ids.clear();
-                    self.known = Known::default();
+                    self.store.reset();
                 }
                 self.retry_at = Some(now + self.backoff);
                 self.backoff = (self.backoff * 2).min(RETRY_MAX);
@@ -420,466 +349,301 @@ impl Store {
         }
     }
 
-    fn try_flush(&mut self) -> rusqlite::Result<usize> {
-        if self.conn.is_none() {
-            let alone = no_other_connection(&self.path);
-            let conn = open_rw(&self.path)?;
-            // A WAL that no connection had open counts as not copied at all (see
-            // configure_writer): past WAL_OPEN_MAX, every commit of this instance would
-            // copy it again, so it is copied and cut once, right after the instance's
-            // first write (`truncate_at_open`), not at its exit. Only then: while other
-            // chains have the store open the WAL is theirs too, and usually larger
-            // (WAL_CHECKPOINT_FRAMES), and a TRUNCATE would hold every chain's writes
-            // while it copies. After the write, not before it: the records are in, and an
-            // exit in the middle of the copy need not wait for it.
-            self.truncate_after_write = alone && self.wal_bytes() > WAL_OPEN_MAX;
-            let ctx: *const AtomicI32 = &*self.wal_frames;
-            // SAFETY: the hook and its context (the box, which outlives the connection:
-            // the connection is always dropped or replaced first) are valid for as long
-            // as the connection is open.
-            unsafe {
-                rusqlite::ffi::sqlite3_wal_hook(
-                    conn.handle(),
-                    Some(note_wal_frames),
-                    ctx as *mut std::ffi::c_void,
-                );
-            }
-            self.conn = Some(conn);
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(rusqlite::Error::InvalidQuery);
-        };
-        // BEGIN and COMMIT as cached statements: rusqlite's Transaction parses them
-        // again for every transaction.
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let mut series_ids = self.series_ids.clone();
-        let written = (|| {
-            let instance_id = match self.instance_id {
-                Some(id) => id,
-                None => {
-                    let i = &self.instance;
-                    conn.execute(
-                        "INSERT INTO instances (host, pid, version, config_digest, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![i.host, i.pid, i.version, i.config_digest, i.started_ms as i64],
-                    )?;
-                    conn.last_insert_rowid()
-                }
-            };
-            let mut ops = self.queue.iter().peekable();
-            while let Some(op) = ops.next() {
-                // A short run's start and end come together (the recorder holds the
-                // start for them): one row insert, one series update.
-                if let (Op::Start(st), Some(Op::End(e))) = (op, ops.peek()) {
-                    if (&st.chain, &st.task, st.run_id) == (&e.chain, &e.task, e.run_id) {
-                        apply_end(
-                            conn,
-                            e,
-                            instance_id,
-                            &mut series_ids,
-                            &mut self.known,
-                            Some(st.task_pid),
-                        )?;
-                        ops.next();
-                        continue;
-                    }
-                }
-                apply(conn, op, instance_id, &mut series_ids, &mut self.known)?;
-            }
-            conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(instance_id)
-        })();
-        let instance_id = match written {
-            Ok(id) => id,
-            Err(e) => {
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                // What was looked up inside the transaction may not hold without it.
-                self.known = Known::default();
-                return Err(e);
-            }
-        };
+    /// Write everything queued, in one batch: how many were written.
+    fn try_flush(&mut self) -> Result<usize, WriteError> {
         let n = self.queue.len();
-        self.instance_id = Some(instance_id);
-        self.series_ids = series_ids;
+        self.store
+            .apply(self.queue.make_contiguous(), &self.owner)?;
         self.queue.clear();
+        // Every op pushed is now committed, or was dropped.
+        self.commits.mark(self.pushed);
         Ok(n)
     }
 }
 
+/// The queue and its back-off over the in-memory store, with a fake clock: every time
+/// is given (`Mono`), none is read.
 #[cfg(test)]
 mod tests {
+    use super::super::memory::Memory;
     use super::*;
 
-    fn end(run_id: u64, start_ms: u64, keep_after_ms: u64) -> Op {
+    fn writer() -> Writer<Memory> {
+        Writer::with(Memory::default(), Owner::Local)
+    }
+
+    fn at(ms: u64) -> Mono {
+        Mono::from_millis(100_000 + ms)
+    }
+
+    fn start(run_id: u64) -> Op {
+        Op::Start(RunStart {
+            chain: "c".into(),
+            task: "t".into(),
+            run_id,
+            scheduled_ms: run_id * 1000,
+            start_ms: run_id * 1000,
+            task_pid: None,
+        })
+    }
+
+    fn output(run_id: u64) -> Op {
+        Op::Output {
+            chain: "c".into(),
+            task: "t".into(),
+            run_id,
+            output: format!("out {run_id}").into_bytes(),
+            output_bytes: 5,
+            output_cut: false,
+        }
+    }
+
+    /// An op as (kind, run id), to compare what was written.
+    fn key(op: &Op) -> (&'static str, u64) {
+        match op {
+            Op::Start(s) => ("start", s.run_id),
+            Op::Output { run_id, .. } => ("output", *run_id),
+            Op::End(e) => ("end", e.run_id),
+            Op::CloseOpen { .. } => ("close-open", 0),
+            Op::Alert { .. } => ("alert", 0),
+        }
+    }
+
+    fn written(w: &Writer<Memory>) -> Vec<(&'static str, u64)> {
+        w.store.written.iter().map(key).collect()
+    }
+
+    /// A busy store is tried again at every op until the busy spell is reported (2 s),
+    /// then only at the back-off (1 s, 2 s, 4 s, ...); when it frees, everything queued
+    /// goes in one batch, in order, none lost, and the back-off starts over. A busy
+    /// store keeps its connection.
+    #[test]
+    fn busy_three_times_then_ok_keeps_the_records_in_order() {
+        let mut w = writer();
+        w.store
+            .fail(3, WriteError::Busy("database is locked".into()));
+        w.push(at(0), start(1));
+        assert_eq!((w.store.calls, w.pending()), (1, 1));
+        assert_eq!(w.retry_at(), Some(at(1000)));
+        assert_eq!(w.failing, None, "busy: not reported at once");
+        // Not reported yet: the next op tries again at once.
+        w.push(at(500), output(1));
+        assert_eq!((w.store.calls, w.pending()), (2, 2));
+        assert_eq!(w.retry_at(), Some(at(2500)));
+        // Busy for 2.5 s: reported, and from now on tried at the back-off only.
+        w.flush(at(2500));
+        assert_eq!(w.store.calls, 3);
+        assert!(w.failing.is_some());
+        assert_eq!(w.retry_at(), Some(at(6500)));
+        w.push(at(3000), start(2));
+        w.end_batch(at(3000));
+        assert_eq!((w.store.calls, w.pending()), (3, 3));
+        // The retry: written, in order.
+        w.flush(at(6500));
+        assert_eq!(w.store.calls, 4);
+        assert_eq!(written(&w), vec![("start", 1), ("output", 1), ("start", 2)]);
+        assert_eq!(
+            (w.pending(), w.retry_at(), w.failing.clone()),
+            (0, None, None)
+        );
+        assert_eq!(w.backoff, RETRY_FIRST);
+        assert_eq!(w.store.resets, 0, "busy: the connection is kept");
+        // And the next op is written at once.
+        w.push(at(6600), start(3));
+        assert_eq!(w.store.calls, 5);
+        assert_eq!(written(&w).last(), Some(&("start", 3)));
+    }
+
+    /// Any other error is reported at once, drops the connection (reopened at the
+    /// retry), and backs off 1 s, 2 s, 4 s ... up to 30 s.
+    #[test]
+    fn other_errors_back_off_up_to_thirty_seconds() {
+        let mut w = writer();
+        w.store.fail(8, WriteError::Other("disk I/O error".into()));
+        w.push(at(0), start(1));
+        assert!(w.failing.is_some(), "reported at once");
+        let mut now = at(0);
+        let mut waits = Vec::new();
+        while let Some(next) = w.retry_at() {
+            waits.push((next - now).as_secs());
+            // Between retries, an op is only queued.
+            let calls = w.store.calls;
+            w.push(next - Duration::from_millis(1), output(1));
+            assert_eq!(w.store.calls, calls);
+            now = next;
+            w.flush(now);
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(w.store.resets, 8);
+        assert_eq!(written(&w), vec![("start", 1), ("output", 1)]);
+        assert_eq!(w.failing, None);
+    }
+
+    /// A batch the store fences off (it belongs to another owner now) is counted and
+    /// dropped, never retried; later records are tried as they come.
+    #[test]
+    fn fenced_records_are_counted_and_dropped_never_retried() {
+        let mut w = writer();
+        w.store.fail(1, WriteError::Fenced);
+        w.begin_batch();
+        w.push(at(0), start(1));
+        w.push(at(0), output(1));
+        w.push(at(0), start(2));
+        assert_eq!(w.store.calls, 0, "batched");
+        w.end_batch(at(0));
+        assert_eq!(w.store.calls, 1);
+        assert_eq!((w.pending(), w.fenced(), w.retry_at()), (0, 3, None));
+        assert_eq!(w.failing, None);
+        assert_eq!(w.store.resets, 0);
+        w.flush(at(60_000));
+        assert_eq!(w.store.calls, 1, "nothing retried");
+        w.push(at(60_000), start(3));
+        assert_eq!(written(&w), vec![("start", 3)]);
+        assert_eq!(w.fenced(), 3);
+    }
+
+    /// A corrupt store that is set aside is written afresh at once; one that cannot be
+    /// is reported and retried like any other error.
+    #[test]
+    fn a_corrupt_store_is_set_aside_and_written_afresh() {
+        let mut w = writer();
+        w.store.fresh_after_corrupt = true;
+        w.store.fail(
+            1,
+            WriteError::Corrupt("database disk image is malformed".into()),
+        );
+        w.push(at(0), start(1));
+        assert_eq!((w.store.calls, w.store.set_asides), (2, 1));
+        assert_eq!(written(&w), vec![("start", 1)]);
+        assert_eq!(
+            (w.pending(), w.retry_at(), w.failing.clone()),
+            (0, None, None)
+        );
+
+        let mut w = writer();
+        w.store
+            .fail(1, WriteError::Corrupt("file is not a database".into()));
+        w.push(at(0), start(1));
+        assert_eq!(
+            (w.store.calls, w.store.set_asides, w.store.resets),
+            (1, 1, 1)
+        );
+        assert_eq!(w.failing.as_deref(), Some("file is not a database"));
+        assert_eq!(w.retry_at(), Some(at(1000)));
+        w.flush(at(1000));
+        assert_eq!(written(&w), vec![("start", 1)]);
+    }
+
+    /// While the store cannot be written, at most QUEUE_MAX records wait: past that the
+    /// oldest output refresh goes first (a later one or the run's end replaces it), then
+    /// the oldest record; a run's newer output replaces its older one in the queue. What
+    /// is kept is written in order when the store is back.
+    #[test]
+    fn a_full_queue_drops_output_refreshes_first() {
+        let mut w = writer();
+        w.store.fail(1, WriteError::Other("disk full".into()));
+        w.push(at(0), start(1));
+        // Output refreshes of runs 1 to 3, and run 1's again (it replaces the first).
+        for id in [1, 2, 3, 1] {
+            w.push(at(1), output(id));
+        }
+        assert_eq!(w.pending(), 4);
+        let mut id = 100;
+        while w.pending() < QUEUE_MAX {
+            w.push(at(2), start(id));
+            id += 1;
+        }
+        assert_eq!(w.store.calls, 1, "nothing tried before the retry");
+        // Three more: the three output refreshes go, oldest first; then the oldest record.
+        for _ in 0..4 {
+            w.push(at(3), start(id));
+            id += 1;
+        }
+        assert_eq!((w.pending(), w.dropped), (QUEUE_MAX, 4));
+        w.flush(at(1000));
+        let got = written(&w);
+        assert_eq!(got.len(), QUEUE_MAX);
+        assert!(
+            got.iter().all(|(kind, _)| *kind == "start"),
+            "outputs dropped"
+        );
+        assert_eq!(got[0], ("start", 100), "then the oldest record");
+        assert_eq!(got.last(), Some(&("start", id - 1)));
+        assert!(got.windows(2).all(|p| p[0].1 + 1 == p[1].1), "in order");
+        assert_eq!(w.dropped, 0, "reported and reset");
+    }
+
+    fn end(run_id: u64) -> Op {
         Op::End(Box::new(RunEnd {
             chain: "c".into(),
             task: "t".into(),
             run_id,
-            scheduled_ms: start_ms,
-            start_ms,
-            stop_ms: start_ms + 10,
-            outcome: "ok",
-            exit_code: Some(0),
+            scheduled_ms: run_id * 1000,
+            start_ms: run_id * 1000,
+            stop_ms: run_id * 1000 + 10,
+            outcome: "failed",
+            exit_code: Some(1),
             signal: None,
             error: None,
             output: Vec::new(),
             output_bytes: 0,
             output_cut: false,
-            streak: None,
-            keep_runs_max: 1_000_000,
-            keep_after_ms,
+            streak: Some((run_id * 1000, 1)),
+            keep_runs_max: 1000,
+            keep_after_ms: 0,
         }))
     }
 
-    fn kept(root: &Path) -> Vec<u64> {
-        let conn = open_read(root).expect("open").expect("a store");
-        let mut st = conn
-            .prepare("SELECT run_id FROM runs ORDER BY run_id")
-            .expect("prepare");
-        let ids = st
-            .query_map([], |r| r.get::<_, i64>(0))
-            .expect("query")
-            .map(|r| r.expect("row") as u64)
-            .collect();
-        ids
-    }
-
-    /// Runs older than keep_runs_for go as soon as they are, though the oldest run's
-    /// start is looked up only when it may be old enough (the writer keeps a lower
-    /// bound of it per series).
+    /// A run's end and the alert it caused, pushed in one batch (the driver's feed), are
+    /// applied in one call to the store (one transaction), also when the store was busy
+    /// and the next run's start came meanwhile: both are committed, or neither.
     #[test]
-    fn runs_past_keep_runs_for_are_pruned_as_they_age() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::new(dir.path(), instance());
-        // Runs 1 to 10 start a second apart; nothing is old yet.
-        for id in 1..=10 {
-            store.push(Mono::ZERO, end(id, id * 1000, 0));
-        }
-        assert_eq!(kept(dir.path()), (1..=10).collect::<Vec<_>>());
-        // Then runs must be younger than 4.5 s: runs 1 to 4 go with run 11.
-        store.push(Mono::ZERO, end(11, 11_000, 4500));
-        assert_eq!(kept(dir.path()), (5..=11).collect::<Vec<_>>());
-        // Time passes a little at each run: one more goes at each second boundary.
-        for id in 12..=20 {
-            store.push(Mono::ZERO, end(id, id * 1000, id * 1000 - 6500));
-            let oldest = kept(dir.path())[0];
-            assert_eq!(
-                oldest * 1000,
-                (id * 1000 - 6500).div_ceil(1000) * 1000,
-                "after run {id}"
-            );
-        }
-        // A long quiet spell: everything but the newest goes at the next run.
-        store.push(Mono::ZERO, end(21, 100_000, 99_000));
-        assert_eq!(kept(dir.path()), vec![21]);
-        assert_eq!(store.pending(), 0);
-    }
-
-    fn instance() -> Instance {
-        Instance {
-            host: "h".into(),
-            pid: 1,
-            version: "v".into(),
-            config_digest: "d".into(),
-            started_ms: 0,
-        }
-    }
-
-    /// The driver's write in line never waits: with another process's transaction
-    /// holding the write lock it returns at once, the records kept in order for the
-    /// writer thread's flush (which waits), and nothing is lost or written twice.
-    #[test]
-    fn a_write_in_line_does_not_wait_for_another_writer_and_keeps_its_records() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::new(dir.path(), instance());
-        // Not open yet: nothing is written in line (opening is the thread's work).
-        assert!(!store.write_now(Mono::ZERO, vec![end(1, 1000, 0)]));
-        assert_eq!(store.pending(), 1);
-        store.flush(Mono::ZERO);
-        assert_eq!(store.pending(), 0);
-        assert!(store.write_now(Mono::ZERO, vec![end(2, 2000, 0)]));
-        assert_eq!(kept(dir.path()), vec![1, 2]);
-
-        let other = Connection::open(path(dir.path())).expect("second connection");
-        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
-        let t = std::time::Instant::now();
-        assert!(!store.write_now(Mono::ZERO, vec![end(3, 3000, 0)]));
-        let waited = t.elapsed();
-        // Behind a pending record, a later one is queued without a try.
-        assert!(!store.write_now(Mono::ZERO, vec![end(4, 4000, 0)]));
-        assert_eq!(store.pending(), 2);
-        assert!(
-            waited < BUSY_TIMEOUT,
-            "the write in line waited {waited:?} for the lock"
-        );
-        other.execute_batch("COMMIT").expect("unlock");
-        store.flush(Mono::ZERO);
-        assert_eq!(store.pending(), 0);
-        assert_eq!(kept(dir.path()), vec![1, 2, 3, 4]);
-        // And it is written in line again.
-        assert!(store.write_now(Mono::ZERO, vec![end(5, 5000, 0)]));
-        assert_eq!(kept(dir.path()), vec![1, 2, 3, 4, 5]);
-        // A run's end that prunes (here past keep_runs_max) is left to the flush.
-        let mut pruning = end(6, 6000, 0);
-        if let Op::End(e) = &mut pruning {
-            e.keep_runs_max = 3;
-        }
-        assert!(!store.write_now(Mono::ZERO, vec![pruning]));
-        assert_eq!(store.pending(), 1);
-        store.flush(Mono::ZERO);
-        assert_eq!(kept(dir.path()), vec![4, 5, 6]);
-    }
-
-    /// Another process with the store open holds SQLite's lock on the shm file's
-    /// deadman-switch byte; with none, nobody does.
-    #[test]
-    fn another_connection_to_the_store_is_seen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = path(dir.path());
-        assert!(no_other_connection(&db), "no store yet");
-        let mut store = Store::new(dir.path(), instance());
-        store.push(Mono::ZERO, end(1, 1000, 0));
-        assert_eq!(store.pending(), 0);
-        drop(store);
-        assert!(no_other_connection(&db), "the store closed");
-        // A python3 process (not this one: a process's own locks never conflict with
-        // its own asking) opens it and reads, holding it open until told.
-        let mut py = std::process::Command::new("python3")
-            .arg("-c")
-            .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('select count(*) from runs').fetchall(); print('open', flush=True); sys.stdin.read()")
-            .arg(&db)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(py.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("read");
-        assert_eq!(line.trim(), "open");
-        assert!(!no_other_connection(&db), "python3 has the store open");
-        drop(py.stdin.take());
-        assert!(py.wait().expect("wait").success());
-        assert!(no_other_connection(&db), "python3 closed it");
-    }
-
-    /// SQLite's own checkpoint rule is replaced by the WAL hook: past
-    /// WAL_CHECKPOINT_FRAMES pages a checkpoint is due (the writer thread runs it), after
-    /// it the WAL is written over from its start, so the file stays within
-    /// WAL_SIZE_LIMIT however many runs are written.
-    #[test]
-    fn the_wal_is_checkpointed_past_its_limit_and_stays_bounded() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::new(dir.path(), instance());
-        let wal = dir.path().join("runs.db-wal");
-        let (mut due, mut largest) = (0, 0);
-        for id in 1..=4000 {
-            if !store.write_now(Mono::ZERO, vec![end(id, id * 1000, 0)]) {
-                store.flush(Mono::ZERO);
-            }
-            if store.checkpoint_due() {
-                due += 1;
-                store.checkpoint_if_due();
-                assert!(!store.checkpoint_due());
-            }
-            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
-        }
-        assert_eq!(store.pending(), 0);
-        assert_eq!(kept(dir.path()).len(), 4000);
-        assert!(due >= 2, "a checkpoint was due {due} times over 4000 runs");
-        assert!(
-            largest <= WAL_SIZE_LIMIT,
-            "the WAL grew to {largest} bytes (limit {WAL_SIZE_LIMIT})"
-        );
-    }
-
-    fn start(run_id: u64, start_ms: u64) -> Op {
-        Op::Start(RunStart {
-            chain: "c".into(),
-            task: "t".into(),
-            run_id,
-            scheduled_ms: start_ms,
-            start_ms,
-            task_pid: Some(1234),
-        })
-    }
-
-    /// (outcome, stop, duration, error) of run `id`, and the series' (runs, interrupted,
-    /// running run).
-    #[allow(clippy::type_complexity)]
-    fn closed(
-        root: &Path,
-        id: u64,
-    ) -> (
-        (Option<String>, Option<i64>, Option<i64>, Option<String>),
-        (i64, i64, Option<i64>),
-    ) {
-        let conn = open_read(root).expect("open").expect("a store");
-        let run = conn
-            .query_row(
-                "SELECT outcome, stop_ms, duration_ms, error FROM runs WHERE run_id = ?1",
-                params![id as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .expect("the run");
-        let series = conn
-            .query_row(
-                "SELECT runs, interrupted, running_run_id FROM series WHERE chain = 'c' AND task = 't'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .expect("the series");
-        (run, series)
-    }
-
-    fn killed(run_id: u64, start_ms: u64, stop_ms: u64) -> Killed<'static> {
-        Killed {
-            chain: "c",
-            task: "t",
-            run_id,
-            scheduled_ms: start_ms,
-            start_ms,
-            stop_ms,
-            error: "guardian",
-        }
-    }
-
-    /// The guardian closes the open run with its time and error, once; the next launch's
-    /// CloseOpen keeps that record and closes only what is still open, with its own time
-    /// and END_NOT_KNOWN.
-    #[test]
-    fn the_guardians_record_is_kept_and_the_next_launch_closes_only_the_rest() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = path(dir.path());
-        let mut store = Store::new(dir.path(), instance());
-        store.push(Mono::ZERO, start(1, 1_000));
-        let never = std::time::Instant::now();
-        assert_eq!(
-            close_killed(&db, &instance(), &killed(1, 1_000, 5_800), never),
-            Ok(true)
-        );
-        let want = (
-            (
-                Some("interrupted".to_string()),
-                Some(5_800),
-                Some(4_800),
-                Some("guardian".to_string()),
-            ),
-            (1, 1, None),
-        );
-        assert_eq!(closed(dir.path(), 1), want);
-        // Again (or after the next launch got there first): left alone.
-        assert_eq!(
-            close_killed(&db, &instance(), &killed(1, 1_000, 9_999), never),
-            Ok(false)
-        );
-        assert_eq!(closed(dir.path(), 1), want);
-        // Run 2 is left open (nobody recorded its end); the next launch closes it, and
-        // only it.
-        store.push(Mono::ZERO, start(2, 6_000));
-        store.push(
-            Mono::ZERO,
-            Op::CloseOpen {
+    fn a_runs_end_and_its_alert_are_one_batch() {
+        let mut w = writer();
+        w.store
+            .fail(1, WriteError::Busy("database is locked".into()));
+        w.begin_batch();
+        w.push(at(0), end(1));
+        w.push(
+            at(0),
+            Op::Alert {
                 chain: "c".into(),
-                stop_ms: 20_000,
-                running: Some(("t".into(), 2, 6_000)),
+                task: "t".into(),
+                kind: "failure",
             },
         );
-        assert_eq!(store.pending(), 0);
-        assert_eq!(closed(dir.path(), 1).0, want.0);
-        assert_eq!(
-            closed(dir.path(), 2),
-            (
-                (
-                    Some("interrupted".to_string()),
-                    Some(20_000),
-                    Some(14_000),
-                    Some(END_NOT_KNOWN.to_string())
-                ),
-                (2, 2, None)
-            )
-        );
+        w.end_batch(at(0));
+        assert_eq!((w.store.calls, w.store.batches.len()), (1, 0));
+        w.push(at(3000), start(2));
+        assert_eq!(w.store.batches, vec![3]);
+        assert_eq!(written(&w), vec![("end", 1), ("alert", 0), ("start", 2)]);
     }
 
-    /// A run whose start was never written (run-chain killed in its first moments) is
-    /// written whole by the guardian, under the dead instance's row if it has one.
+    /// The commits are through every op pushed once the store has taken them all, and
+    /// their eventfd is readable from then until cleared; a failed write moves neither.
     #[test]
-    fn the_guardian_writes_a_run_whose_start_was_never_written() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = path(dir.path());
-        // No store at all yet: it is made.
-        let never = std::time::Instant::now();
-        assert_eq!(
-            close_killed(&db, &instance(), &killed(7, 1_000, 1_250), never),
-            Ok(true)
-        );
-        let (run, series) = closed(dir.path(), 7);
-        assert_eq!(run.0.as_deref(), Some("interrupted"));
-        assert_eq!((run.1, run.2), (Some(1_250), Some(250)));
-        assert_eq!(series, (1, 1, None));
-        // With the instance's row there, the run is filed under it.
-        let mut store = Store::new(dir.path(), instance());
-        store.push(Mono::ZERO, end(8, 2_000, 0));
-        assert_eq!(
-            close_killed(&db, &instance(), &killed(9, 3_000, 3_100), never),
-            Ok(true)
-        );
-        let conn = open_read(dir.path()).expect("open").expect("a store");
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
-            .expect("count");
-        // One from the guardian's first record (no instance yet), one from the writer;
-        // the second record found the writer's.
-        assert_eq!(n, 2);
-        let of9: i64 = conn
-            .query_row("SELECT instance FROM runs WHERE run_id = 9", [], |r| {
-                r.get(0)
-            })
-            .expect("run 9");
-        let of8: i64 = conn
-            .query_row("SELECT instance FROM runs WHERE run_id = 8", [], |r| {
-                r.get(0)
-            })
-            .expect("run 8");
-        assert_eq!(of9, of8);
-    }
-
-    /// A store locked by another connection is tried again until the deadline, then
-    /// given up: the guardian never waits for ever.
-    #[test]
-    fn the_guardian_gives_up_on_a_store_locked_past_its_deadline() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = path(dir.path());
-        let mut store = Store::new(dir.path(), instance());
-        store.push(Mono::ZERO, start(1, 1_000));
-        let other = Connection::open(&db).expect("second connection");
-        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
-        let t = std::time::Instant::now();
-        let r = close_killed(
-            &db,
-            &instance(),
-            &killed(1, 1_000, 2_000),
-            t + Duration::from_millis(600),
-        );
-        assert!(r.is_err(), "{r:?}");
-        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-        other.execute_batch("COMMIT").expect("unlock");
-        assert_eq!(closed(dir.path(), 1).0 .0, None, "still open");
-    }
-
-    #[test]
-    fn recent_window_keeps_the_newest() {
-        let mut blob = Vec::new();
-        for i in 0..250u64 {
-            blob = push_recent(&blob, i, 1000 + i);
-        }
-        let (d, l) = unpack_recent(&blob);
-        assert_eq!(d.len(), RECENT_WINDOW);
-        assert_eq!(d[0], 150);
-        assert_eq!(*d.last().expect("last"), 249);
-        assert_eq!(*l.last().expect("last"), 1249);
+    fn the_commits_follow_what_the_store_took() {
+        let readable = |fd| {
+            let mut fds = [crate::sys::pollfd(fd, libc::POLLIN)];
+            crate::sys::ppoll(&mut fds, Some(Duration::ZERO)).expect("ppoll") == 1
+        };
+        let mut w = writer();
+        let commits = w.commits();
+        let fd = commits.fd().expect("an eventfd");
+        assert_eq!(commits.fd(), Some(fd), "one eventfd");
+        w.store
+            .fail(2, WriteError::Busy("database is locked".into()));
+        w.push(at(0), start(1));
+        w.push(at(1), output(1));
+        assert_eq!((commits.through(), readable(fd)), (0, false));
+        w.flush(at(3000));
+        assert_eq!((commits.through(), readable(fd)), (2, true));
+        commits.clear();
+        assert!(!readable(fd));
+        // Fenced: dropped, and so not waited for.
+        w.store.fail(1, WriteError::Fenced);
+        w.push(at(4000), start(2));
+        assert_eq!((commits.through(), readable(fd)), (3, true));
+        assert_eq!(w.fenced(), 1);
     }
 }

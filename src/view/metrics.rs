@@ -49,10 +49,8 @@ pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
         return Ok(snap);
     };
     let err =
-        |e: rusqlite::Error| format!("failed to read {}: {e}", store::path(run_root).display());
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(err)?;
+        |e: store::ReadError| format!("failed to read {}: {e}", store::path(run_root).display());
+    let version = conn.schema_version();
     if version >= 3 {
         for (s, recent) in store::series_with_recent(&conn).map_err(err)? {
             snap.recent

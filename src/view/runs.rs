@@ -155,7 +155,7 @@ pub(crate) fn unknown_task(task: &str, known_in_config: Option<bool>) -> Error {
 /// The chains other than `chain` with a recorded run of `task` (run `run_id`, if given).
 pub(crate) fn other_chains(
     run_root: &Path,
-    conn: Option<&rusqlite::Connection>,
+    conn: Option<&store::Reader>,
     task: &str,
     chain: &str,
     run_id: Option<u64>,
