@@ -345,10 +345,10 @@ pub(crate) fn close_from(from: i32, keep: i32) {
 
 /// This host's name.
 pub fn hostname() -> String {
+    // A copy of the exact length: nix's buffer has room for 256 bytes, and the name is
+    // kept for the process's life.
     match nix::unistd::gethostname() {
-        Ok(name) => name
-            .into_string()
-            .unwrap_or_else(|name| name.to_string_lossy().into_owned()),
+        Ok(name) => name.to_string_lossy().into_owned(),
         Err(_) => "localhost".to_string(),
     }
 }
