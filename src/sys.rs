@@ -260,9 +260,9 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 /// `write(2)` of `buf` (may write less).
 pub(crate) fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     loop {
-        // nix 0.29's `write` takes a borrowed descriptor (`AsFd`), and making one of a
-        // raw number needs an unchecked promise itself; the callers hold run-chain's own stdout and
-        // stderr, and the self-pipe, by number.
+        // nix 0.29's `write` takes a borrowed descriptor (`AsFd`), and borrowing a raw
+        // number is itself an unchecked promise (`BorrowedFd::borrow_raw`); the caller,
+        // a run's output sink, holds run-chain's own stdout or stderr by number.
         // SAFETY: buf is valid for buf.len() bytes.
         let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
         if r >= 0 {
@@ -329,7 +329,8 @@ pub(crate) fn cloexec_from_3() {
 pub(crate) fn close_from(from: i32, keep: i32) {
     // SAFETY: close_range(2) with plain integer arguments (neither nix 0.29 nor std
     // wraps it). It closes descriptors that Rust objects may own: it runs only in the
-    // guardian, just after its fork, before it opens or uses anything but `keep`.
+    // guardian, after its fork, which never returns to the code that owns them (it ends
+    // with `_exit`) and opens its own files only after this.
     unsafe {
         if keep > from {
             libc::syscall(libc::SYS_close_range, from as u32, (keep - 1) as u32, 0u32);
