@@ -95,7 +95,8 @@ impl Signals {
         ] {
             let byte = sig as u8;
             // SAFETY: `register` cannot check that the action is async-signal-safe, so
-            // it has no safe form. The action only calls write(2) (nix's `write` is the
+            // it has no safe form (signal-hook's safe `pipe::register` writes the same
+            // byte for every signal; here the byte names the signal). The action only calls write(2) (nix's `write` is the
             // bare call, errno read on failure) on a descriptor that lives as long as the
             // process (it is never closed); write is async-signal-safe, and signal-hook
             // preserves errno around the action.
