@@ -180,8 +180,7 @@ pub(crate) fn check_run_root(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
         return Err(Error::Config(format!(
             "{}: RUN_ROOT is owned by uid {}, not by this user (uid {me}); refusing to use it",

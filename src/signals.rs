@@ -15,7 +15,9 @@
 //! thread that had it unblocked would still pass it on. Tasks get an empty signal mask
 //! (`spawn.rs` sets it in the child), as do the mailer's children (std does).
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::OFlag;
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -64,8 +66,8 @@ impl Sig {
 #[derive(Debug)]
 pub struct Signals {
     rx: RawFd,
-    /// The write end, for [`Signals::requeue`].
-    tx: RawFd,
+    /// The write end, for [`Signals::requeue`] (borrowed for the process's whole life).
+    tx: BorrowedFd<'static>,
     /// The signalfd for SIGCHLD (None if none could be made: the handler serves then).
     child: Option<RawFd>,
     /// A SIGHUP received while the launch waited to run (for the lock, or for the old
@@ -76,13 +78,13 @@ pub struct Signals {
 impl Signals {
     /// Install the handlers.
     pub fn install() -> Result<Signals> {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills two descriptors.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(Error::last_os("create the signal pipe"));
-        }
-        // Never closed (see `Signals`).
-        let (rx, wfd) = (fds[0], fds[1]);
+        let (rx, wfd) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|e| Error::os("create the signal pipe", e.into()))?;
+        // Never closed (see `Signals`): the read end kept by number, the write end leaked
+        // (once per process), so that it can be borrowed for good.
+        let rx = rx.into_raw_fd();
+        let wfd: &'static OwnedFd = Box::leak(Box::new(wfd));
+        let wfd = wfd.as_fd();
         for sig in [
             libc::SIGTERM,
             libc::SIGINT,
@@ -92,12 +94,15 @@ impl Signals {
             libc::SIGCHLD,
         ] {
             let byte = sig as u8;
-            // SAFETY: the action only calls write(2) on a descriptor that lives as long
-            // as the process (it is never closed); write is async-signal-safe, and
-            // signal-hook preserves errno around the action.
+            // SAFETY: `register` cannot check that the action is async-signal-safe, so
+            // it has no safe form (signal-hook's safe `pipe::register` writes the same
+            // byte for every signal; here the byte names the signal). The action only calls write(2) (nix's `write` is the
+            // bare call, errno read on failure) on a descriptor that lives as long as the
+            // process (it is never closed); write is async-signal-safe, and signal-hook
+            // preserves errno around the action.
             unsafe {
                 signal_hook::low_level::register(sig, move || {
-                    libc::write(wfd, (&byte as *const u8).cast(), 1);
+                    let _ = nix::unistd::write(wfd, &[byte]);
                 })
             }
             .map_err(|e| Error::os(format!("install the handler for signal {sig}"), e))?;
@@ -165,8 +170,7 @@ impl Signals {
                 Sig::Child => {}
                 other => {
                     let byte = other.raw() as u8;
-                    // SAFETY: write of one byte we own to the pipe, which is never closed.
-                    unsafe { libc::write(self.tx, (&byte as *const u8).cast(), 1) };
+                    let _ = nix::unistd::write(self.tx, &[byte]);
                 }
             }
         }
@@ -189,18 +193,13 @@ impl Signals {
             }
         }
         if let Some(fd) = self.child.filter(|_| child) {
-            // SAFETY: signalfd_siginfo is plain data; read fills whole records.
-            let mut info: [libc::signalfd_siginfo; 8] = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of_val(&info);
+            // Room for eight records (read fills whole ones); only their number counts.
+            let mut info = [0u8; 8 * std::mem::size_of::<libc::signalfd_siginfo>()];
             let mut any = false;
-            loop {
-                // SAFETY: reading into a buffer of `size` bytes that we own.
-                let n = unsafe { libc::read(fd, info.as_mut_ptr().cast(), size) };
-                if n <= 0 {
-                    break;
-                }
+            // Stops at an error (EAGAIN: empty) as at a short read.
+            while let Ok(n @ 1..) = nix::unistd::read(fd, &mut info) {
                 any = true;
-                if (n as usize) < size {
+                if n < info.len() {
                     break;
                 }
             }
@@ -215,24 +214,24 @@ impl Signals {
 /// Block SIGCHLD in this thread (and so in the threads it starts) and open a signalfd
 /// for it. None (and nothing blocked) if the signalfd cannot be made.
 fn child_signalfd() -> Option<RawFd> {
-    // SAFETY: sigset calls on a set we own; signalfd makes a new descriptor, never
-    // closed (as the pipe, see `Signals`); pthread_sigmask on this thread.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-        if fd < 0 {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    let fd = match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => {
             log::debug!(
                 "no signalfd for SIGCHLD ({}); its handler serves",
-                std::io::Error::last_os_error()
+                std::io::Error::from(e)
             );
             return None;
         }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            libc::close(fd);
-            return None;
-        }
-        Some(fd)
-    }
+    };
+    // On failure the signalfd is dropped, which closes it.
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).ok()?;
+    // Never closed (as the pipe, see `Signals`).
+    let raw = fd.as_raw_fd();
+    std::mem::forget(fd);
+    Some(raw)
 }

@@ -1,5 +1,6 @@
 //! Thin, safe wrappers around the Linux calls that std and nix do not cover the way
-//! run-chain needs them: the monotonic clock as a plain number, `ppoll` with a
+//! run-chain needs them (nix's safe calls are used where they fit; each raw call left
+//! says why there is none): the monotonic clock as a plain number, `ppoll` with a
 //! nanosecond timeout, pidfds, `/proc` look-ups (a process's start time, our own
 //! children), and `waitid` with `WNOWAIT`.
 
@@ -126,18 +127,20 @@ pub(crate) fn parent_of(pid: i32) -> Option<i32> {
 
 /// `pidfd_open(2)`: a descriptor that names this process for good (close-on-exec).
 pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: a plain syscall with integer arguments.
+    // SAFETY: a plain syscall with integer arguments. nix 0.29 has no pidfd_open (and
+    // std's pidfd is only for children it spawns, on nightly).
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: the kernel returned a new descriptor that we now own.
+    // SAFETY: the kernel returned a new descriptor, which nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `pidfd_send_signal(2)`: signal exactly the process the pidfd names.
 pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
-    // SAFETY: a plain syscall; a null siginfo is allowed.
+    // SAFETY: a plain syscall on a descriptor we borrow; a null siginfo is allowed.
+    // nix 0.29 has no pidfd_send_signal.
     let r = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
@@ -157,6 +160,8 @@ pub(crate) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
 /// Has our child `pid` exited? Looks without reaping it (`WNOWAIT`), so that its PID,
 /// and the process group it leads, stay ours until we reap it with [`reap`].
 pub(crate) fn exited_nowait(pid: i32) -> Option<Exit> {
+    // nix's `waitid` cannot serve: its `WaitStatus` holds a `Signal`, which has no
+    // real-time signals, so a task killed by SIGRTMIN+n would be an error, not an exit.
     // SAFETY: siginfo_t is plain data; waitid fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to our siginfo; P_PID with our own child's pid.
@@ -184,15 +189,20 @@ pub(crate) fn exited_nowait(pid: i32) -> Option<Exit> {
 /// Reap our child `pid` if it has exited. True if it was reaped (or is not ours).
 pub(crate) fn reap(pid: i32) -> bool {
     let mut status = 0;
+    // nix's `waitpid` reaps a process killed by a real-time signal and then returns
+    // EINVAL (its `WaitStatus` cannot name the signal): see `exited_nowait`.
     // SAFETY: waitpid on a specific pid with a valid status pointer.
     let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
     r == pid || (r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
 }
 
-/// `kill(2)`; ESRCH (nobody there) is not an error.
+/// `kill(2)`; ESRCH (nobody there) is not an error. `pid` may be negative (a process
+/// group). Callers pass SIGTERM, SIGCONT or SIGKILL; a number nix does not name (none
+/// is passed) would not be sent.
 pub(crate) fn kill(pid: i32, sig: i32) {
-    // SAFETY: plain syscall.
-    unsafe { libc::kill(pid, sig) };
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 /// One entry for [`ppoll`].
@@ -214,6 +224,9 @@ pub(crate) fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> std:
     let tsp = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // nix's `ppoll` takes `PollFd`s, which borrow their descriptors; the callers (the
+    // driver among them) hold raw descriptors in `libc::pollfd`s and read `revents`
+    // there, so the call stays here, as it is.
     // SAFETY: fds is a valid slice of pollfd; tsp is null or points to a live timespec.
     let r = unsafe {
         libc::ppoll(
@@ -236,14 +249,10 @@ pub(crate) fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> std:
 /// `read(2)` into `buf`: Ok(0) at end of file, Err(WouldBlock) when nothing is there.
 pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match nix::unistd::read(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -251,6 +260,9 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 /// `write(2)` of `buf` (may write less).
 pub(crate) fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     loop {
+        // nix 0.29's `write` takes a borrowed descriptor (`AsFd`), and borrowing a raw
+        // number is itself an unchecked promise (`BorrowedFd::borrow_raw`); the caller,
+        // a run's output sink, holds run-chain's own stdout or stderr by number.
         // SAFETY: buf is valid for buf.len() bytes.
         let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
         if r >= 0 {
@@ -266,14 +278,13 @@ pub(crate) fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
 /// Make sure descriptors 0, 1 and 2 are open (on /dev/null if not), so that nothing
 /// run-chain opens later can land on them and receive a task's output.
 pub fn ensure_std_fds() {
+    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
     for fd in 0..3 {
-        // SAFETY: fcntl/open with valid arguments.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) == -1 {
-                let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if n >= 0 && n != fd {
-                    libc::dup2(n, fd);
-                    libc::close(n);
+        if fcntl(fd, FcntlArg::F_GETFD).is_err() {
+            if let Ok(n) = open("/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+                if n != fd {
+                    let _ = nix::unistd::dup2(n, fd);
+                    let _ = nix::unistd::close(n);
                 }
             }
         }
@@ -283,7 +294,9 @@ pub fn ensure_std_fds() {
 /// Mark every descriptor from 3 up close-on-exec, so that tasks inherit none of the
 /// descriptors run-chain itself inherited (a wrapper's lock, a socket).
 pub(crate) fn cloexec_from_3() {
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags, and takes plain
+    // integers; neither nix 0.29 nor std has a wrapper for it.
     let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
@@ -303,12 +316,10 @@ pub(crate) fn cloexec_from_3() {
             .filter(|fd| *fd >= 3)
             .collect();
         for fd in fds {
-            // SAFETY: fcntl on a descriptor number; a closed one just fails.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 {
-                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-                }
+            // A descriptor closed in between just fails.
+            if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+                let flags = FdFlag::from_bits_retain(flags) | FdFlag::FD_CLOEXEC;
+                let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
             }
         }
     }
@@ -316,7 +327,10 @@ pub(crate) fn cloexec_from_3() {
 
 /// Close every descriptor from `from` up, except `keep` (in the guardian).
 pub(crate) fn close_from(from: i32, keep: i32) {
-    // SAFETY: close_range with plain integer arguments.
+    // SAFETY: close_range(2) with plain integer arguments (neither nix 0.29 nor std
+    // wraps it). It closes descriptors that Rust objects may own: it runs only in the
+    // guardian, after its fork, which never returns to the code that owns them (it ends
+    // with `_exit`) and opens its own files only after this.
     unsafe {
         if keep > from {
             libc::syscall(libc::SYS_close_range, from as u32, (keep - 1) as u32, 0u32);
@@ -332,14 +346,12 @@ pub(crate) fn close_from(from: i32, keep: i32) {
 
 /// This host's name.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if r != 0 {
-        return "localhost".to_string();
+    // A copy of the exact length: nix's buffer has room for 256 bytes, and the name is
+    // kept for the process's life.
+    match nix::unistd::gethostname() {
+        Ok(name) => name.to_string_lossy().into_owned(),
+        Err(_) => "localhost".to_string(),
     }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Read a /proc file whole. A table that changes while it is read (seq_file hands it
@@ -359,8 +371,10 @@ pub(crate) fn read_proc_once(path: &str) -> Option<String> {
 
 /// The link count of an open file, asked for alone (see `state_file::Writer::save`).
 pub(crate) fn link_count(fd: RawFd) -> Option<u32> {
-    // SAFETY: statx on a descriptor with an empty path, into a zeroed struct.
+    // nix 0.29 has no statx, and std's metadata asks for every field (the times too).
+    // SAFETY: statx is plain data, valid zeroed.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx on a descriptor with an empty (NUL-terminated) path, into our struct.
     let r = unsafe {
         libc::statx(
             fd,
@@ -378,8 +392,10 @@ pub(crate) fn link_count(fd: RawFd) -> Option<u32> {
 pub(crate) fn path_identity(path: &std::path::Path) -> Option<(u64, u64, bool)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statx on a NUL-terminated path, into a zeroed struct.
+    // No safe statx (see `link_count`).
+    // SAFETY: statx is plain data, valid zeroed.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx on a NUL-terminated path, into our struct.
     let r = unsafe {
         libc::statx(
             libc::AT_FDCWD,

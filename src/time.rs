@@ -13,13 +13,10 @@ pub type Mono = Duration;
 
 /// CLOCK_MONOTONIC now, as time since its origin (comparable across processes on one boot).
 pub fn mono_now() -> Mono {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    // CLOCK_MONOTONIC always exists (a failure would read as the origin, as before).
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(Duration::ZERO, |ts| {
+        Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+    })
 }
 
 /// Wall-clock time now, in Unix milliseconds.

@@ -20,9 +20,12 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -30,9 +33,19 @@ use crate::sys;
 /// An open (maybe locked) pidfile.
 #[derive(Debug)]
 pub struct PidFile {
-    file: File,
+    /// Always `Some`: `None` only for a moment inside [`PidFile::try_lock`] and
+    /// [`PidFile::unlock`], which move the file into or out of its lock.
+    handle: Option<Handle>,
     path: PathBuf,
-    locked: bool,
+}
+
+/// The pidfile's descriptor, locked or not. A locked one is nix's `Flock`: dropping it
+/// (with the `PidFile`, when the process ends or gives the lock up) unlocks it, just
+/// before the descriptor is closed, which would have released the lock anyway.
+#[derive(Debug)]
+enum Handle {
+    Open(File),
+    Locked(Flock<File>),
 }
 
 /// The path of a chain's pidfile.
@@ -93,9 +106,8 @@ impl PidFile {
             }
         }
         Ok(PidFile {
-            file,
+            handle: Some(Handle::Open(file)),
             path,
-            locked: false,
         })
     }
 
@@ -104,9 +116,8 @@ impl PidFile {
         let path = path(run_root, chain);
         match open_nofollow(&path, false) {
             Ok(file) => Ok(Some(PidFile {
-                file,
+                handle: Some(Handle::Open(file)),
                 path,
-                locked: false,
             })),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(symlink_error(&path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -154,20 +165,39 @@ impl PidFile {
         &self.path
     }
 
+    fn file(&self) -> &File {
+        match &self.handle {
+            Some(Handle::Open(f)) => f,
+            Some(Handle::Locked(l)) => l,
+            None => unreachable!("a pidfile's handle is put back before its method returns"),
+        }
+    }
+
     /// Try to take the lock without waiting. Ok(false): another process holds it.
     /// Any other failure (ENOLCK, a file system without locks) is an error: run-chain
     /// never runs unlocked.
     pub fn try_lock(&mut self) -> Result<bool> {
-        // SAFETY: flock on a descriptor we own.
-        let r = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            self.locked = true;
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let e = match self.handle.take() {
+            Some(Handle::Open(file)) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => {
+                    self.handle = Some(Handle::Locked(lock));
+                    return Ok(true);
+                }
+                Err((file, e)) => {
+                    self.handle = Some(Handle::Open(file));
+                    e
+                }
+            },
+            // Held already (flock(2) would say yes again).
+            locked => {
+                self.handle = locked;
+                return Ok(true);
+            }
+        };
+        if e == Errno::EWOULDBLOCK {
             return Ok(false);
         }
+        let e = std::io::Error::from(e);
         Err(Error::Config(format!(
             "failed to lock {}: {e} (run-chain refuses to run a chain without its lock; put RUN_ROOT on a local file system that supports flock)",
             self.path.display()
@@ -176,37 +206,42 @@ impl PidFile {
 
     /// Release the lock (before exiting 75 after a late supersede).
     pub(crate) fn unlock(&mut self) {
-        // SAFETY: flock on a descriptor we own.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
-        self.locked = false;
+        self.handle = match self.handle.take() {
+            Some(Handle::Locked(lock)) => match lock.unlock() {
+                Ok(file) => Some(Handle::Open(file)),
+                // LOCK_UN failed: the kernel still holds the lock, and so do we.
+                Err((lock, _)) => Some(Handle::Locked(lock)),
+            },
+            open => open,
+        };
     }
 
     /// Write our PID at offset 0, then cut the file to its length (the lock is held).
     pub fn write_pid(&mut self) -> Result<()> {
         let text = format!("{}\n", std::process::id());
-        let fd = self.file.as_raw_fd();
-        // SAFETY: pwrite/ftruncate on our descriptor with a valid buffer.
-        let ok = unsafe {
-            libc::pwrite(fd, text.as_ptr().cast(), text.len(), 0) == text.len() as isize
-                && libc::ftruncate(fd, text.len() as libc::off_t) == 0
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::last_os(format!("write {}", self.path.display())))
-        }
+        let file = self.file();
+        // pwrite(2) at offset 0, then ftruncate(2).
+        file.write_at(text.as_bytes(), 0)
+            .and_then(|n| {
+                if n == text.len() {
+                    Ok(())
+                } else {
+                    Err(std::io::ErrorKind::WriteZero.into())
+                }
+            })
+            .and_then(|()| file.set_len(text.len() as u64))
+            .map_err(|e| Error::os(format!("write {}", self.path.display()), e))
     }
 
     /// The PID written in the file, if it reads as one.
     pub(crate) fn text_pid(&self) -> Option<i32> {
         let mut buf = [0u8; 32];
-        // SAFETY: pread into our buffer.
-        let n =
-            unsafe { libc::pread(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n <= 0 {
+        // pread(2) at offset 0.
+        let n = self.file().read_at(&mut buf, 0).ok()?;
+        if n == 0 {
             return None;
         }
-        let text = std::str::from_utf8(&buf[..n as usize]).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
         text.lines().next()?.trim().parse().ok().filter(|p| *p > 0)
     }
 
@@ -225,7 +260,7 @@ impl PidFile {
     /// real holder nor gets a bystander signalled. /proc/locks is the fallback because
     /// the first read of it in a process can take 5 to 15 ms.
     pub(crate) fn holder_in(&self, locks: &mut Locks) -> Option<i32> {
-        let meta = self.file.metadata().ok()?;
+        let meta = self.file().metadata().ok()?;
         let (dev, ino) = (meta.dev(), meta.ino());
         let text = self.text_pid();
         if let Some(p) = text {

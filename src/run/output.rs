@@ -103,12 +103,10 @@ const BIG_CHUNK: usize = 64 * 1024;
 
 impl Sink {
     pub(crate) fn new(fd: RawFd) -> Sink {
-        // SAFETY: fstat into a zeroed struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
-        let kind = st.st_mode & libc::S_IFMT;
-        // SAFETY: isatty on a descriptor.
-        let tty = unsafe { libc::isatty(fd) } == 1;
+        let st = nix::sys::stat::fstat(fd);
+        let ok = st.is_ok();
+        let kind = st.map_or(0, |st| st.st_mode & libc::S_IFMT);
+        let tty = matches!(nix::unistd::isatty(fd), Ok(true));
         let never_blocks = ok && (kind == libc::S_IFREG || (kind == libc::S_IFCHR && !tty));
         Sink {
             fd,

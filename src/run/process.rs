@@ -20,9 +20,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::OnceLock;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use crate::config::{Program, Task};
 use crate::core::chain::GroupSignal;
@@ -73,8 +75,7 @@ impl Pipes {
     /// some runtimes leave it); the next task must not inherit that.
     fn reset(self) -> Option<Pipes> {
         for w in [&self.out.1, &self.err.1] {
-            // SAFETY: fcntl on a descriptor we own.
-            if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+            if fcntl(w.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).is_err() {
                 return None;
             }
         }
@@ -85,19 +86,10 @@ impl Pipes {
 /// A pipe for a task's output: (read end, non-blocking; write end, blocking), both
 /// close-on-exec, the write end numbered 3 or more (it is dup'ed onto 1 or 2).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors, which are new and ours; fcntl on them.
-    unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (r, w) = (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]));
-        // The two ends are two open files: the task's end blocks, as a pipe should.
-        if libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok((r, above_stdio(w)?))
-    }
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    // The two ends are two open files: the task's end blocks, as a pipe should.
+    fcntl(w.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))?;
+    Ok((r, above_stdio(w)?))
 }
 
 /// `fd` itself if it is 3 or more, else a close-on-exec copy that is (only when
@@ -106,14 +98,9 @@ fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     if fd.as_raw_fd() >= 3 {
         return Ok(fd);
     }
-    // SAFETY: fcntl on a descriptor we own; the copy is new and ours.
-    unsafe {
-        let n = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(n))
-    }
+    // std's copy is fcntl(F_DUPFD_CLOEXEC, 3): close-on-exec, numbered 3 or more. The
+    // original is closed when `fd` is dropped.
+    fd.try_clone()
 }
 
 /// /dev/null for the tasks' stdin, opened once.
@@ -430,6 +417,5 @@ impl Run {
 
 /// Make run-chain a child subreaper, so that orphans of a run come to us.
 pub(crate) fn become_subreaper() {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_child_subreaper(true);
 }

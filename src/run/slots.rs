@@ -13,12 +13,15 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-/// A held slot: dropping it frees the slot.
+/// A held slot: dropping it frees the slot (nix's `Flock` unlocks it, then the
+/// descriptor is closed, which wakes the waiters).
 #[derive(Debug)]
 pub(crate) struct Slot {
-    _file: File,
+    _file: Flock<File>,
     pub(crate) group: String,
 }
 
@@ -66,19 +69,24 @@ impl Slots {
     /// Take a free slot without waiting. Ok(None): all are busy (keep `self` to retry).
     pub(crate) fn try_take(&mut self) -> std::io::Result<Option<Slot>> {
         for i in 0..self.files.len() {
-            // SAFETY: flock on a descriptor we own.
-            let r =
-                unsafe { libc::flock(self.files[i].as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                let file = self.files.swap_remove(i);
-                return Ok(Some(Slot {
-                    _file: file,
-                    group: self.group.clone(),
-                }));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(e);
+            // The lock takes the file: it is swapped out to try, and swapped back into
+            // its place if the slot is busy, so the files keep their order.
+            let file = self.files.swap_remove(i);
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => {
+                    return Ok(Some(Slot {
+                        _file: lock,
+                        group: self.group.clone(),
+                    }));
+                }
+                Err((file, e)) => {
+                    self.files.push(file);
+                    let last = self.files.len() - 1;
+                    self.files.swap(i, last);
+                    if e != Errno::EWOULDBLOCK {
+                        return Err(e.into());
+                    }
+                }
             }
         }
         Ok(None)
@@ -121,5 +129,53 @@ impl Watch {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn ino(f: &File) -> u64 {
+        f.metadata().expect("stat").ino()
+    }
+
+    /// Busy slots are skipped and keep their place: the free ones are taken in order.
+    #[test]
+    fn busy_slots_are_skipped_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut slots = Slots::open(dir.path(), "g", 3).expect("open");
+        let other = File::open(super::dir(dir.path()).join("g.0")).expect("open g.0");
+        let _busy = Flock::lock(other, FlockArg::LockExclusiveNonblock).expect("lock g.0");
+        let want = |i: u32| {
+            std::fs::metadata(super::dir(dir.path()).join(format!("g.{i}")))
+                .expect("stat")
+                .ino()
+        };
+        let a = slots.try_take().expect("take").expect("a free slot");
+        assert_eq!(ino(&a._file), want(1));
+        let b = slots.try_take().expect("take").expect("a free slot");
+        assert_eq!(ino(&b._file), want(2));
+        assert!(slots.try_take().expect("take").is_none());
+        // The busy one is still tried (and still busy).
+        drop((a, b));
+        assert!(slots.try_take().expect("take").is_none());
+    }
+
+    /// Every busy slot is tried once and put back: the last free one is found.
+    #[test]
+    fn the_last_free_slot_is_found_behind_busy_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut slots = Slots::open(dir.path(), "g", 3).expect("open");
+        let lock = |i: u32| {
+            let f = File::open(super::dir(dir.path()).join(format!("g.{i}"))).expect("open");
+            Flock::lock(f, FlockArg::LockExclusiveNonblock).expect("lock")
+        };
+        let _busy = (lock(0), lock(1));
+        let s = slots.try_take().expect("take").expect("g.2 is free");
+        let want = std::fs::metadata(super::dir(dir.path()).join("g.2")).expect("stat");
+        assert_eq!(ino(&s._file), want.ino());
+        assert!(slots.try_take().expect("take").is_none());
     }
 }
