@@ -97,7 +97,7 @@ fn time_ago(now: f64, at: &Value) -> String {
     match s {
         0 => "just now".into(),
         1..60 => format!("{s}s ago"),
-        _ if s % 60 == 0 => format!("{}m ago", s / 60),
+        _ if s.is_multiple_of(60) => format!("{}m ago", s / 60),
         _ => format!("{}m {}s ago", s / 60, s % 60),
     }
 }

@@ -24,28 +24,18 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
-
 use crate::error::{Error, Result};
 use crate::sys;
 
 /// An open (maybe locked) pidfile.
 #[derive(Debug)]
 pub struct PidFile {
-    /// Always `Some`: `None` only for a moment inside [`PidFile::try_lock`] and
-    /// [`PidFile::unlock`], which move the file into or out of its lock.
-    handle: Option<Handle>,
+    /// The pidfile's descriptor. Its `flock(2)` lock (std's `File::try_lock`), once taken,
+    /// lasts until [`PidFile::unlock`] or until the descriptor is closed, with the
+    /// `PidFile`, when the process ends: nothing can fail or panic on the way out.
+    file: File,
+    locked: bool,
     path: PathBuf,
-}
-
-/// The pidfile's descriptor, locked or not. A locked one is nix's `Flock`: dropping it
-/// (with the `PidFile`, when the process ends or gives the lock up) unlocks it, just
-/// before the descriptor is closed, which would have released the lock anyway.
-#[derive(Debug)]
-enum Handle {
-    Open(File),
-    Locked(Flock<File>),
 }
 
 /// The path of a chain's pidfile.
@@ -106,7 +96,8 @@ impl PidFile {
             }
         }
         Ok(PidFile {
-            handle: Some(Handle::Open(file)),
+            file,
+            locked: false,
             path,
         })
     }
@@ -116,7 +107,8 @@ impl PidFile {
         let path = path(run_root, chain);
         match open_nofollow(&path, false) {
             Ok(file) => Ok(Some(PidFile {
-                handle: Some(Handle::Open(file)),
+                file,
+                locked: false,
                 path,
             })),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(symlink_error(&path)),
@@ -166,38 +158,25 @@ impl PidFile {
     }
 
     fn file(&self) -> &File {
-        match &self.handle {
-            Some(Handle::Open(f)) => f,
-            Some(Handle::Locked(l)) => l,
-            None => unreachable!("a pidfile's handle is put back before its method returns"),
-        }
+        &self.file
     }
 
     /// Try to take the lock without waiting. Ok(false): another process holds it.
     /// Any other failure (ENOLCK, a file system without locks) is an error: run-chain
     /// never runs unlocked.
     pub fn try_lock(&mut self) -> Result<bool> {
-        let e = match self.handle.take() {
-            Some(Handle::Open(file)) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => {
-                    self.handle = Some(Handle::Locked(lock));
-                    return Ok(true);
-                }
-                Err((file, e)) => {
-                    self.handle = Some(Handle::Open(file));
-                    e
-                }
-            },
+        if self.locked {
             // Held already (flock(2) would say yes again).
-            locked => {
-                self.handle = locked;
+            return Ok(true);
+        }
+        let e = match self.file.try_lock() {
+            Ok(()) => {
+                self.locked = true;
                 return Ok(true);
             }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => e,
         };
-        if e == Errno::EWOULDBLOCK {
-            return Ok(false);
-        }
-        let e = std::io::Error::from(e);
         Err(Error::Config(format!(
             "failed to lock {}: {e} (run-chain refuses to run a chain without its lock; put RUN_ROOT on a local file system that supports flock)",
             self.path.display()
@@ -206,14 +185,10 @@ impl PidFile {
 
     /// Release the lock (before exiting 75 after a late supersede).
     pub(crate) fn unlock(&mut self) {
-        self.handle = match self.handle.take() {
-            Some(Handle::Locked(lock)) => match lock.unlock() {
-                Ok(file) => Some(Handle::Open(file)),
-                // LOCK_UN failed: the kernel still holds the lock, and so do we.
-                Err((lock, _)) => Some(Handle::Locked(lock)),
-            },
-            open => open,
-        };
+        // If LOCK_UN failed, the kernel still holds the lock, and so do we.
+        if self.locked && self.file.unlock().is_ok() {
+            self.locked = false;
+        }
     }
 
     /// Write our PID at offset 0, then cut the file to its length (the lock is held).

@@ -328,7 +328,7 @@ fn wait_gone(pg: i32, until: Instant) -> bool {
     let mut looks = 0u32;
     loop {
         looks = looks.wrapping_add(1);
-        if !group_runs(pg, looks % 10 == 0) {
+        if !group_runs(pg, looks.is_multiple_of(10)) {
             return true;
         }
         if Instant::now() >= until {

@@ -13,15 +13,13 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-/// A held slot: dropping it frees the slot (nix's `Flock` unlocks it, then the
-/// descriptor is closed, which wakes the waiters).
+/// A held slot: its file's `flock(2)` lock (std's `File::try_lock`). Dropping it closes
+/// the descriptor, which frees the slot and wakes the waiters (`IN_CLOSE`).
 #[derive(Debug)]
 pub(crate) struct Slot {
-    _file: Flock<File>,
+    _file: File,
     pub(crate) group: String,
 }
 
@@ -69,24 +67,16 @@ impl Slots {
     /// Take a free slot without waiting. Ok(None): all are busy (keep `self` to retry).
     pub(crate) fn try_take(&mut self) -> std::io::Result<Option<Slot>> {
         for i in 0..self.files.len() {
-            // The lock takes the file: it is swapped out to try, and swapped back into
-            // its place if the slot is busy, so the files keep their order.
-            let file = self.files.swap_remove(i);
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => {
+            match self.files[i].try_lock() {
+                Ok(()) => {
+                    // The locked file leaves the list; the others keep their order.
                     return Ok(Some(Slot {
-                        _file: lock,
+                        _file: self.files.remove(i),
                         group: self.group.clone(),
                     }));
                 }
-                Err((file, e)) => {
-                    self.files.push(file);
-                    let last = self.files.len() - 1;
-                    self.files.swap(i, last);
-                    if e != Errno::EWOULDBLOCK {
-                        return Err(e.into());
-                    }
-                }
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
             }
         }
         Ok(None)
@@ -147,7 +137,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut slots = Slots::open(dir.path(), "g", 3).expect("open");
         let other = File::open(super::dir(dir.path()).join("g.0")).expect("open g.0");
-        let _busy = Flock::lock(other, FlockArg::LockExclusiveNonblock).expect("lock g.0");
+        other.try_lock().expect("lock g.0");
+        let _busy = other;
         let want = |i: u32| {
             std::fs::metadata(super::dir(dir.path()).join(format!("g.{i}")))
                 .expect("stat")
@@ -170,7 +161,8 @@ mod tests {
         let mut slots = Slots::open(dir.path(), "g", 3).expect("open");
         let lock = |i: u32| {
             let f = File::open(super::dir(dir.path()).join(format!("g.{i}"))).expect("open");
-            Flock::lock(f, FlockArg::LockExclusiveNonblock).expect("lock")
+            f.try_lock().expect("lock");
+            f
         };
         let _busy = (lock(0), lock(1));
         let s = slots.try_take().expect("take").expect("g.2 is free");
