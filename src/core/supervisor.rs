@@ -232,12 +232,6 @@ impl Supervisor {
     pub(crate) fn base_state(&self) -> &State {
         &self.base_state
     }
-    pub(crate) fn failures(&self) -> &BTreeMap<String, TaskFailures> {
-        &self.failures
-    }
-    pub(crate) fn alerts(&self) -> &BTreeMap<String, AlertState> {
-        &self.alerts
-    }
     pub(crate) fn current(&self) -> Option<&Current> {
         self.current.as_ref()
     }
@@ -381,20 +375,15 @@ impl Supervisor {
             // The streak's last failed run, for every mail of the streak (and, through
             // CHAIN.state, for those of the next instance).
             let timeout = self.task(&f.task).and_then(|t| t.timing.timeout);
-            let run = FailedRun {
-                run_id: f.run_id,
-                outcome: f.outcome.to_string(),
-                brief: alert_mail::brief(&f.outcome, timeout, duration),
+            let run = FailedRun::of(
+                f.run_id,
+                &f.outcome,
+                timeout,
                 start_ms,
-                duration_ms: duration.as_millis() as u64,
-                last_line: line
-                    .as_deref()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(FailedRun::LAST_LINE_MAX)
-                    .collect(),
-                output_bytes: output.total(),
-            };
+                duration,
+                line.as_deref(),
+                output.total(),
+            );
             self.alerts.entry(f.task.clone()).or_default().last_failed = Some(run);
             self.last_failure
                 .insert(f.task.clone(), (f.run_id, output.bytes(), output.total()));
@@ -616,6 +605,86 @@ impl Supervisor {
         alert_mail::describe(&next, wall, hhmm)
     }
 
+    /// CHAIN.state of a chain run for ever, borrowed (this runs before and after every
+    /// run): `names` are the chain's tasks as the command line gave them.
+    pub(crate) fn state_view<'a>(
+        &'a self,
+        now: Now,
+        names: &'a [String],
+        running: Running<'a>,
+        running_group: Option<&'a str>,
+        x: &Extras<'a>,
+    ) -> resume::StateView<'a> {
+        let chain = &self.chain;
+        let (index, due) = chain.position();
+        resume::StateView {
+            version: resume::STATE_VERSION,
+            tasks: names,
+            next_task: Some(names[index].as_str()),
+            due_mono_ns: due.map(|d| d.as_nanos() as u64),
+            due_wall_ms: due.map(|d| now.wall_ms() + d.saturating_sub(now.mono).as_millis() as u64),
+            boot_id: x.boot_id,
+            running_task: running.map(|(t, _, _)| t),
+            running_run_id: running.map(|(_, id, _)| id),
+            running_since_ms: running.map(|(_, _, since)| since),
+            running_group,
+            waiting_group: x.since_ms.and_then(|_| self.tasks[index].group.as_deref()),
+            waiting_since_ms: x.since_ms,
+            run_ids: chain.run_ids(),
+            failures: &self.failures,
+            alerts: &self.alerts,
+            guardian_pid: x.guardian_pid,
+            guardian_start: x.guardian_start,
+            guardian_boot: x.boot_id,
+            cooled: chain.cooled().map(|(ran, ended, ok)| resume::CooledView {
+                task: chain.tasks()[ran].name.as_str(),
+                ended_mono_ns: ended.as_nanos() as u64,
+                ok,
+            }),
+        }
+    }
+
+    /// The log line of a run's end, with what comes next; `cut`: the output tail was
+    /// cut; `last`: the run's last line of output (shown for a failure).
+    pub(crate) fn run_end_line(
+        &self,
+        now: Now,
+        r: &RunEnded,
+        cut: bool,
+        last: Option<&str>,
+    ) -> String {
+        let f = &r.f;
+        let (next_index, due) = self.chain.position();
+        let next = match (due, f.cooldown) {
+            _ if self.chain.done() => "exiting".to_string(),
+            (Some(d), Some(c)) => format!(
+                "next: {} in {} ({} {})",
+                self.tasks[next_index].name,
+                fmt_dur(d.saturating_sub(now.mono)),
+                if f.outcome.is_success() {
+                    "success_cooldown"
+                } else {
+                    "fail_cooldown"
+                },
+                fmt_dur(c)
+            ),
+            _ => format!("next: {} at once", self.tasks[next_index].name),
+        };
+        let cut = if cut { ", output tail cut" } else { "" };
+        let msg = format!(
+            "{}: {} run {} {} after {}{cut}; {next}",
+            self.chain_name,
+            f.task,
+            f.run_id,
+            f.outcome,
+            fmt_dur(r.duration)
+        );
+        match last.filter(|l| f.outcome.is_failure() && !l.is_empty()) {
+            Some(last) => format!("{msg}; last output: {last}"),
+            None => msg,
+        }
+    }
+
     /// CHAIN.state after a `--once` run: its runs are recorded (the run ids, the failures
     /// and alerts), but the chain's position, due time and cooldown stay as they were.
     pub(crate) fn once_state(
@@ -652,7 +721,7 @@ impl Supervisor {
             alerts: self.alerts.clone(),
             guardian_pid: x.guardian_pid,
             guardian_start: x.guardian_start,
-            guardian_boot: x.boot_id.clone(),
+            guardian_boot: x.boot_id.map(str::to_string),
             cooled: b.cooled.clone(),
         }
     }
@@ -660,12 +729,12 @@ impl Supervisor {
 
 /// What CHAIN.state holds beyond the supervisor's own: since when the task waits for a
 /// slot, and the guardian (its PID, start time and boot).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Extras {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Extras<'a> {
     pub(crate) since_ms: Option<u64>,
     pub(crate) guardian_pid: Option<i32>,
     pub(crate) guardian_start: Option<u64>,
-    pub(crate) boot_id: Option<String>,
+    pub(crate) boot_id: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -928,7 +997,7 @@ mod tests {
             mail.next_attempt
         );
         // And nothing of the streak is kept.
-        assert!(s.alerts()["job"].last_failed.is_none());
+        assert!(s.alerts["job"].last_failed.is_none());
     }
 
     #[test]
@@ -1172,7 +1241,7 @@ mod tests {
             output_bytes: 6,
         };
         s.learn_failed_run(due, &run, b"no db\n");
-        assert_eq!(s.alerts()["job"].last_failed.as_ref(), Some(&run));
+        assert_eq!(s.alerts["job"].last_failed.as_ref(), Some(&run));
         let mail = s.alert_mail(
             later,
             due,
@@ -1213,5 +1282,107 @@ mod tests {
         assert_eq!(now.mono_of(SATURDAY_MS + 3_660_000), HOUR + MIN);
         // A wall deadline in the past is due now.
         assert_eq!(now.mono_of(SATURDAY_MS), HOUR);
+    }
+
+    #[test]
+    fn the_run_end_line_says_what_comes_next() {
+        let tasks = vec![task("a", "./a"), task("b", "./b")];
+        let mut s = supervisor(tasks, Mode::Forever, State::default(), Resume::default());
+        let out = Output {
+            line: Some("no disk".into()),
+            bytes: b"no disk\n".to_vec(),
+        };
+        let mut now = HOUR;
+        let _ = feed(&mut s, at(now), chain_ev(chain::Event::Start), &out);
+        let _ = s.begin_run(at(now), 0, 1);
+        let _ = feed(&mut s, at(now), chain_ev(chain::Event::Spawned), &out);
+        now += Duration::from_millis(2500);
+        let exited = chain_ev(chain::Event::LeaderExited(Exit::Code(3)));
+        let _ = feed(&mut s, at(now), exited, &out);
+        let fx = feed(&mut s, at(now), chain_ev(chain::Event::GroupEmpty), &out);
+        let r = ended(&fx);
+        assert_eq!(
+            s.run_end_line(at(now), r, false, Some("no disk")),
+            "c: a run 1 failed (exit code 3) after 2.5s; next: b in 10m (fail_cooldown 10m); last output: no disk"
+        );
+        // Later (the line is built when logged), with the tail cut and no output.
+        assert_eq!(
+            s.run_end_line(at(now + MIN), r, true, Some("")),
+            "c: a run 1 failed (exit code 3) after 2.5s, output tail cut; next: b in 9m (fail_cooldown 10m)"
+        );
+        // The failed run, as its mails show it.
+        let failed = s.alerts["a"].last_failed.clone().expect("kept");
+        assert_eq!(
+            failed,
+            FailedRun::of(
+                1,
+                &Outcome::Failed(3),
+                None,
+                at(HOUR).wall_ms(),
+                Duration::from_millis(2500),
+                Some("no disk"),
+                8
+            )
+        );
+        assert_eq!(failed.last_line, "no disk");
+        assert_eq!(failed.duration_ms, 2500);
+        // A long last line is cut for the state and the mails.
+        let long = "x".repeat(500);
+        let run = FailedRun::of(
+            1,
+            &Outcome::Failed(3),
+            None,
+            0,
+            Duration::ZERO,
+            Some(&long),
+            500,
+        );
+        assert_eq!(run.last_line.chars().count(), FailedRun::LAST_LINE_MAX);
+    }
+
+    #[test]
+    fn the_state_of_a_chain_for_ever_names_its_position_on_both_clocks() {
+        let tasks = vec![task("a", "./a"), task("b", "./b")];
+        let mut s = supervisor(tasks, Mode::Forever, State::default(), Resume::default());
+        let out = Output::default();
+        let mut now = HOUR;
+        let _ = feed(&mut s, at(now), chain_ev(chain::Event::Start), &out);
+        let _ = s.begin_run(at(now), 0, 1);
+        let _ = feed(&mut s, at(now), chain_ev(chain::Event::Spawned), &out);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let x = Extras {
+            guardian_pid: Some(7),
+            boot_id: Some("boot"),
+            ..Extras::default()
+        };
+        let v = s.state_view(at(now), &names, Some(("a", 1, 5)), Some("g"), &x);
+        assert_eq!(v.next_task, Some("a"));
+        assert_eq!(
+            (v.running_task, v.running_run_id, v.running_since_ms),
+            (Some("a"), Some(1), Some(5))
+        );
+        assert_eq!((v.due_mono_ns, v.due_wall_ms), (None, None));
+        assert_eq!(
+            (v.guardian_pid, v.guardian_boot, v.boot_id),
+            (Some(7), Some("boot"), Some("boot"))
+        );
+        assert_eq!(v.running_group, Some("g"));
+        now += MIN;
+        let _ = feed(
+            &mut s,
+            at(now),
+            chain_ev(chain::Event::LeaderExited(Exit::Code(0))),
+            &out,
+        );
+        let _ = feed(&mut s, at(now), chain_ev(chain::Event::GroupEmpty), &out);
+        // Saved a moment later: the due time is the same instant on both clocks.
+        let later = at(now + Duration::from_millis(3));
+        let v = s.state_view(later, &names, None, None, &x);
+        assert_eq!(v.next_task, Some("b"));
+        let due = now + 10 * MIN;
+        assert_eq!(v.due_mono_ns, Some(due.as_nanos() as u64));
+        assert_eq!(v.due_wall_ms, Some(at(due).wall_ms()));
+        assert_eq!(v.cooled.map(|c| (c.task, c.ok)), Some(("a", true)));
+        assert_eq!(v.run_ids["a"], 1);
     }
 }

@@ -14,7 +14,7 @@ use crate::config::{self, Config, Task};
 use crate::core::alert;
 use crate::core::chain::{self, Chain, GroupSignal, Mode};
 use crate::core::outcome::Outcome;
-use crate::core::resume::{self, State};
+use crate::core::resume::State;
 use crate::core::supervisor::{
     AlertDue, Effect, Event, ExitReason, FailedView, RunEnded, RunOutput, Signal, Supervisor,
 };
@@ -30,7 +30,7 @@ use crate::store::recorder::Recorder;
 use crate::store::state_file;
 use crate::store::{self, Op, RunEnd, RunStart, Store};
 use crate::sys;
-use crate::time::{self, fmt_dur, Mono, Now};
+use crate::time::{self, Mono, Now};
 
 /// While a task runs, its output is written to the store at least this often.
 const OUTPUT_FLUSH: Duration = Duration::from_secs(1);

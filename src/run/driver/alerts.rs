@@ -174,19 +174,15 @@ impl Driver {
             Outcome::SpawnError(m) => Some(m.clone()),
             _ => crate::core::alert_mail::last_line(&output),
         };
-        let run = alert::FailedRun {
-            run_id: row.run_id,
-            outcome: outcome.to_string(),
-            brief: crate::core::alert_mail::brief(&outcome, timeout, duration),
-            start_ms: row.start_ms,
-            duration_ms: duration.as_millis() as u64,
-            last_line: line
-                .unwrap_or_default()
-                .chars()
-                .take(alert::FailedRun::LAST_LINE_MAX)
-                .collect(),
-            output_bytes: row.output_bytes,
-        };
+        let run = alert::FailedRun::of(
+            row.run_id,
+            &outcome,
+            timeout,
+            row.start_ms,
+            duration,
+            line.as_deref(),
+            row.output_bytes,
+        );
         Ok(Some((run, output, row.output_bytes)))
     }
 }

@@ -2,13 +2,13 @@
 //! and the chain's state it saves to CHAIN.state.
 
 use super::*;
-use crate::core::chain::Finished;
 use crate::core::supervisor::Extras;
 
 impl Driver {
     /// A run ended (the supervisor decided its failures and alert): clean up after it,
     /// record it, send its alert, log it.
-    pub(super) fn finished(&mut self, now: Now, r: RunEnded) {
+    pub(super) fn finished(&mut self, now: Now, mut r: RunEnded) {
+        let alert = r.alert.take();
         let f = &r.f;
         let left = self
             .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
@@ -68,7 +68,7 @@ impl Driver {
         if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
             self.cooldown_ahead = true;
         }
-        if let Some(a) = r.alert {
+        if let Some(a) = alert {
             self.send_alert(now, a);
         }
         let level = if f.outcome.is_failure() {
@@ -77,52 +77,17 @@ impl Driver {
             log::Level::Info
         };
         if log::log_enabled!(level) {
-            self.log_finished(now.mono, &r.f, r.duration);
+            let last = if r.f.outcome.is_failure() {
+                self.tail.last_line()
+            } else {
+                None
+            };
+            let line = self
+                .sup
+                .run_end_line(now, &r, self.tail.cut(), last.as_deref());
+            log::log!(level, "{line}");
         }
         self.state_dirty = true;
-    }
-
-    /// The log line of a run's end (built only when it is logged).
-    fn log_finished(&self, now: Mono, f: &Finished, duration: Duration) {
-        let (next_index, due) = self.sup.chain().position();
-        let next = match (due, f.cooldown) {
-            _ if self.sup.chain().done() => "exiting".to_string(),
-            (Some(d), Some(c)) => format!(
-                "next: {} in {} ({} {})",
-                self.sup.tasks()[next_index].name,
-                fmt_dur(d.saturating_sub(now)),
-                if f.outcome.is_success() {
-                    "success_cooldown"
-                } else {
-                    "fail_cooldown"
-                },
-                fmt_dur(c)
-            ),
-            _ => format!("next: {} at once", self.sup.tasks()[next_index].name),
-        };
-        let cut = if self.tail.cut() {
-            ", output tail cut"
-        } else {
-            ""
-        };
-        let msg = format!(
-            "{}: {} run {} {} after {}{cut}; {next}",
-            self.chain_name,
-            f.task,
-            f.run_id,
-            f.outcome,
-            fmt_dur(duration)
-        );
-        if f.outcome.is_failure() {
-            let last = self.tail.last_line().unwrap_or_default();
-            if last.is_empty() {
-                log::warn!("{msg}");
-            } else {
-                log::warn!("{msg}; last output: {last}");
-            }
-        } else {
-            log::info!("{msg}");
-        }
     }
 
     /// Write CHAIN.state: the position, the run in progress (if any), the counters
@@ -142,52 +107,23 @@ impl Driver {
     /// [`Driver::save_state`], with the run in progress given: (task, run id, since).
     pub(super) fn save_state_with(&mut self, now: Now, running: Option<(&str, u64, u64)>) {
         self.state_dirty = false;
-        let chain = self.sup.chain();
-        let (index, due) = chain.position();
         // The group whose slot the running task holds (for `status`): the slot itself, not
         // the config (a reload may have changed the task's group since).
         let running_group = running.and(self.slot.as_ref()).map(|s| s.group.as_str());
+        let extras = Extras {
+            since_ms: self.waiting_since_ms,
+            guardian_pid: Some(self.guardian.pid()),
+            guardian_start: self.guardian_start,
+            boot_id: self.boot_id.as_deref(),
+        };
         let saved = if self.sup.mode() == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.
-            let extras = Extras {
-                since_ms: self.waiting_since_ms,
-                guardian_pid: Some(self.guardian.pid()),
-                guardian_start: self.guardian_start,
-                boot_id: self.boot_id.clone(),
-            };
             let st = self.sup.once_state(running, running_group, &extras);
             self.state_file.save(&st)
         } else {
-            let due_wall_ms =
-                due.map(|d| now.wall_ms() + d.saturating_sub(now.mono).as_millis() as u64);
-            // Borrowed, not copied: this runs before and after every run.
-            let view = resume::StateView {
-                version: resume::STATE_VERSION,
-                tasks: &self.names,
-                next_task: Some(self.names[index].as_str()),
-                due_mono_ns: due.map(|d| d.as_nanos() as u64),
-                due_wall_ms,
-                boot_id: self.boot_id.as_deref(),
-                running_task: running.map(|(t, _, _)| t),
-                running_run_id: running.map(|(_, id, _)| id),
-                running_since_ms: running.map(|(_, _, since)| since),
-                running_group,
-                waiting_group: self
-                    .waiting_since_ms
-                    .and_then(|_| self.sup.tasks()[index].group.as_deref()),
-                waiting_since_ms: self.waiting_since_ms,
-                run_ids: chain.run_ids(),
-                failures: self.sup.failures(),
-                alerts: self.sup.alerts(),
-                guardian_pid: Some(self.guardian.pid()),
-                guardian_start: self.guardian_start,
-                guardian_boot: self.boot_id.as_deref(),
-                cooled: chain.cooled().map(|(ran, ended, ok)| resume::CooledView {
-                    task: chain.tasks()[ran].name.as_str(),
-                    ended_mono_ns: ended.as_nanos() as u64,
-                    ok,
-                }),
-            };
+            let view = self
+                .sup
+                .state_view(now, &self.names, running, running_group, &extras);
             self.state_file.save(&view)
         };
         match saved {
