@@ -1,10 +1,12 @@
 //! The driver: the one loop, the only reader of the clock.
 //!
 //! It waits in `ppoll` on the signal self-pipe, the running task's output pipes (and
-//! run-chain's own stdout/stderr when they would block) and the state machine's next
-//! deadline; it turns what it sees into events for [`Chain`], and carries out the
-//! actions it gets back: spawn, signal the group, log, persist the state, exit. A chain
-//! in cooldown is asleep in the kernel: no timer, no polling.
+//! run-chain's own stdout/stderr when they would block), the slot watch and the next
+//! deadline (the chain's, a downtime alert's, the store's); it reads the clocks once
+//! per wake ([`Now`]), turns what it sees into events for the [`Supervisor`] (which
+//! decides everything), and carries out the effects it gets back: spawn, signal the
+//! group, record, queue a mail, log, persist the state, exit. A chain in cooldown is
+//! asleep in the kernel: no timer, no polling.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
