@@ -19,20 +19,53 @@ pub fn mono_now() -> Mono {
     })
 }
 
+/// The time, read once by the driver per wake and handed to the machines: the monotonic
+/// clock and the wall clock, read as a pair (so converting between them is exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Mono,
+    /// Wall-clock time since the Unix epoch.
+    pub wall: Duration,
+}
+
+impl Now {
+    /// Read both clocks.
+    pub fn read() -> Now {
+        let mono = mono_now();
+        let wall = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Now { mono, wall }
+    }
+
+    /// The wall clock in Unix milliseconds.
+    pub fn wall_ms(&self) -> u64 {
+        self.wall.as_millis() as u64
+    }
+
+    /// Wall time (Unix ms, rounded) of the monotonic instant `at`.
+    pub fn wall_of(&self, at: Mono) -> u64 {
+        let wall = self.wall.as_secs_f64() * 1000.0;
+        let ms = if at <= self.mono {
+            wall - (self.mono - at).as_secs_f64() * 1000.0
+        } else {
+            wall + (at - self.mono).as_secs_f64() * 1000.0
+        };
+        ms.max(0.0).round() as u64
+    }
+
+    /// The monotonic instant of the wall time `wall_ms` (Unix ms); a past one is now.
+    pub fn mono_of(&self, wall_ms: u64) -> Mono {
+        self.mono + Duration::from_millis(wall_ms.saturating_sub(self.wall_ms()))
+    }
+}
+
 /// Wall-clock time now, in Unix milliseconds.
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Wall-clock time now, in Unix milliseconds with a fraction.
-pub(crate) fn wall_ms_precise() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
 }
 
 /// A duration for people: "350ms", "2.5s", "15m".

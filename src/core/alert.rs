@@ -123,6 +123,32 @@ pub(crate) struct FailedRun {
 
 impl FailedRun {
     pub(crate) const LAST_LINE_MAX: usize = 200;
+
+    /// A failed run as the mails show it: `line` is its last line of output (for a
+    /// spawn error, the error), cut to [`FailedRun::LAST_LINE_MAX`] characters.
+    pub(crate) fn of(
+        run_id: u64,
+        outcome: &crate::core::outcome::Outcome,
+        timeout: Option<std::time::Duration>,
+        start_ms: u64,
+        duration: std::time::Duration,
+        line: Option<&str>,
+        output_bytes: u64,
+    ) -> FailedRun {
+        FailedRun {
+            run_id,
+            outcome: outcome.to_string(),
+            brief: crate::core::alert_mail::brief(outcome, timeout, duration),
+            start_ms,
+            duration_ms: duration.as_millis() as u64,
+            last_line: line
+                .unwrap_or_default()
+                .chars()
+                .take(FailedRun::LAST_LINE_MAX)
+                .collect(),
+            output_bytes,
+        }
+    }
 }
 
 impl AlertState {

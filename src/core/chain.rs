@@ -123,8 +123,27 @@ pub(crate) enum Action {
     Signal(GroupSignal),
     /// A run ended: log it, record it, persist the position.
     Finished(Finished),
-    /// Exit the process with this status.
-    Exit(u8),
+    /// Exit the process (for this reason; see [`ExitReason::code`]).
+    Exit(ExitReason),
+}
+
+/// Why the chain ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitReason {
+    /// Stopped, or `--once` went through with every task a success.
+    Done,
+    /// `--once` went through and some task failed.
+    OnceFailed,
+}
+
+impl ExitReason {
+    /// The process's exit status: the one place it is mapped.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            ExitReason::Done => crate::error::exit::OK,
+            ExitReason::OnceFailed => crate::error::exit::ONCE_FAILED,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,12 +542,12 @@ impl Chain {
             self.exit_position = self.position();
             self.exit_cooled = self.cooled();
         }
-        let code = match self.mode {
-            Mode::Once if self.once_failed => crate::error::exit::ONCE_FAILED,
-            _ => crate::error::exit::OK,
+        let reason = match self.mode {
+            Mode::Once if self.once_failed => ExitReason::OnceFailed,
+            _ => ExitReason::Done,
         };
         self.phase = Phase::Done;
-        out.push(Action::Exit(code));
+        out.push(Action::Exit(reason));
     }
 
     /// Act on every deadline that has passed.
@@ -851,7 +870,7 @@ mod tests {
         let _ = c.on_event(s(0), Event::Spawned);
         let _ = complete(&mut c, s(1), Exit::Code(0));
         let a = c.on_event(s(2), Event::Control(Control::Stop));
-        assert_eq!(a, vec![Action::Exit(0)]);
+        assert_eq!(a, vec![Action::Exit(ExitReason::Done)]);
         assert!(c.done());
     }
 
@@ -872,7 +891,7 @@ mod tests {
         let f = finished_of(&a).expect("finished");
         assert_eq!(f.outcome, Outcome::Interrupted);
         assert_eq!(f.cooldown, None);
-        assert_eq!(a.last(), Some(&Action::Exit(0)));
+        assert_eq!(a.last(), Some(&Action::Exit(ExitReason::Done)));
         // The interrupted task is the position: it runs again first.
         assert_eq!(c.position().0, 0);
     }
@@ -885,7 +904,7 @@ mod tests {
         let _ = c.on_event(s(1), Event::Control(Control::Stop));
         let a = complete(&mut c, s(2), Exit::Code(0));
         assert_eq!(finished_of(&a).map(|f| f.outcome), Some(Outcome::Success));
-        assert_eq!(a.last(), Some(&Action::Exit(0)));
+        assert_eq!(a.last(), Some(&Action::Exit(ExitReason::Done)));
         assert_eq!(c.position().0, 1);
     }
 
@@ -942,7 +961,7 @@ mod tests {
         let _ = c.on_event(s(11), Event::Spawned);
         let a = complete(&mut c, s(12), Exit::Code(0));
         assert_eq!(finished_of(&a).and_then(|f| f.cooldown), None);
-        assert_eq!(a.last(), Some(&Action::Exit(0)));
+        assert_eq!(a.last(), Some(&Action::Exit(ExitReason::Done)));
 
         let mut c = chain(&["a", "b"], Mode::Once);
         let _ = c.on_event(s(0), Event::Start);
@@ -951,7 +970,7 @@ mod tests {
         let _ = c.on_event(s(31), Event::Tick);
         let _ = c.on_event(s(31), Event::Spawned);
         let a = complete(&mut c, s(32), Exit::Code(0));
-        assert_eq!(a.last(), Some(&Action::Exit(1)));
+        assert_eq!(a.last(), Some(&Action::Exit(ExitReason::OnceFailed)));
     }
 
     #[test]
@@ -961,7 +980,7 @@ mod tests {
         let _ = c.on_event(s(0), Event::Spawned);
         let _ = complete(&mut c, s(1), Exit::Code(0));
         let a = c.on_event(s(2), Event::Control(Control::Stop));
-        assert_eq!(a, vec![Action::Exit(1)]);
+        assert_eq!(a, vec![Action::Exit(ExitReason::OnceFailed)]);
     }
 
     #[test]
@@ -1051,7 +1070,7 @@ mod tests {
         let _ = c.on_event(s(0), Event::SlotBusy);
         assert_eq!(
             c.on_event(s(1), Event::Control(Control::Stop)),
-            vec![Action::Exit(0)]
+            vec![Action::Exit(ExitReason::Done)]
         );
         assert_eq!(c.position(), (0, Some(s(0))));
     }
@@ -1068,6 +1087,6 @@ mod tests {
         let _ = c.on_event(s(6), Event::LeaderExited(Exit::Signal(15)));
         let a = c.on_event(s(6), Event::GroupEmpty);
         assert_eq!(finished_of(&a).map(|f| f.outcome), Some(Outcome::Timeout));
-        assert_eq!(a.last(), Some(&Action::Exit(0)));
+        assert_eq!(a.last(), Some(&Action::Exit(ExitReason::Done)));
     }
 }

@@ -9,3 +9,4 @@ pub(crate) mod chain;
 pub(crate) mod outcome;
 pub mod resume;
 pub(crate) mod signature;
+pub(crate) mod supervisor;

@@ -76,9 +76,47 @@ pub(crate) fn signature(outcome: &str, last_line: Option<&str>) -> String {
     format!("{outcome}: {line}")
 }
 
+/// The outcome's part of a failure's signature: "exit code 3", "killed by SIGSEGV",
+/// "could not start", else the outcome's label ("timeout", ...).
+pub(crate) fn outcome_key(outcome: &crate::core::outcome::Outcome) -> String {
+    use crate::core::outcome::{signal_name, Outcome};
+    match outcome {
+        Outcome::Failed(c) => format!("exit code {c}"),
+        Outcome::Signal(s) => format!("killed by {}", signal_name(*s)),
+        Outcome::SpawnError(_) => "could not start".to_string(),
+        other => other.label().to_string(),
+    }
+}
+
+/// The signature of a failed run: its outcome and its last line of output.
+pub(crate) fn of_failure(outcome: &crate::core::outcome::Outcome, line: Option<&str>) -> String {
+    signature(&outcome_key(outcome), line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::outcome::Outcome;
+
+    #[test]
+    fn the_outcome_key_names_the_code_the_signal_or_the_label() {
+        assert_eq!(outcome_key(&Outcome::Failed(3)), "exit code 3");
+        assert_eq!(outcome_key(&Outcome::Signal(11)), "killed by SIGSEGV");
+        assert_eq!(
+            outcome_key(&Outcome::SpawnError("no such file".into())),
+            "could not start"
+        );
+        assert_eq!(outcome_key(&Outcome::Timeout), Outcome::Timeout.label());
+    }
+
+    #[test]
+    fn same_outcome_and_line_up_to_numbers_is_the_same_signature() {
+        let a = of_failure(&Outcome::Failed(1), Some("job 17 failed"));
+        let b = of_failure(&Outcome::Failed(1), Some("job 4711 failed"));
+        let c = of_failure(&Outcome::Failed(2), Some("job 17 failed"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
 
     #[test]
     fn varying_parts_do_not_make_a_new_signature() {

@@ -1,21 +1,25 @@
 //! The driver: the one loop, the only reader of the clock.
 //!
 //! It waits in `ppoll` on the signal self-pipe, the running task's output pipes (and
-//! run-chain's own stdout/stderr when they would block) and the state machine's next
-//! deadline; it turns what it sees into events for [`Chain`], and carries out the
-//! actions it gets back: spawn, signal the group, log, persist the state, exit. A chain
-//! in cooldown is asleep in the kernel: no timer, no polling.
+//! run-chain's own stdout/stderr when they would block), the slot watch and the next
+//! deadline (the chain's, a downtime alert's, the store's); it reads the clocks once
+//! per wake ([`Now`]), turns what it sees into events for the [`Supervisor`] (which
+//! decides everything), and carries out the effects it gets back: spawn, signal the
+//! group, record, queue a mail, log, persist the state, exit. A chain in cooldown is
+//! asleep in the kernel: no timer, no polling.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{self, Config, Task};
-use crate::core::alert::{self, AlertState, Decision};
-use crate::core::alert_mail::AlertMail;
-use crate::core::chain::{Action, Chain, ChainTask, Control, Event, Finished, Mode};
+use crate::core::alert;
+use crate::core::chain::{self, Chain, GroupSignal, Mode};
 use crate::core::outcome::Outcome;
-use crate::core::resume::{self, State, TaskFailures};
+use crate::core::resume::State;
+use crate::core::supervisor::{
+    AlertDue, Effect, Event, ExitReason, FailedView, RunEnded, RunOutput, Signal, Supervisor,
+};
 use crate::error::Result;
 use crate::lock::pidfile::PidFile;
 use crate::mail::{self, Children, ToMailer};
@@ -28,25 +32,16 @@ use crate::store::recorder::Recorder;
 use crate::store::state_file;
 use crate::store::{self, Op, RunEnd, RunStart, Store};
 use crate::sys;
-use crate::time::{self, fmt_dur, Mono};
+use crate::time::{self, Mono, Now};
 
 /// While a task runs, its output is written to the store at least this often.
 const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
-
-/// What the driver knows of the run in progress, beyond the state machine.
-struct Current {
-    task: String,
-    run_id: u64,
-    scheduled_ms: u64,
-    start_ms: u64,
-}
 
 /// Everything the loop owns.
 pub(crate) struct Driver {
     chain_name: String,
     names: Vec<String>,
     config: Config,
-    tasks: Vec<Task>,
     run_root: PathBuf,
     /// RUN_ROOT comes from the config (no `--run-root`, no `RUN_ROOT`): a reload that
     /// changes it is refused (see [`crate::root::moved_run_root`]).
@@ -55,22 +50,19 @@ pub(crate) struct Driver {
     /// the chain is reconfigured, as on SIGHUP, so that a changed cooldown applies to the
     /// cooldown carried over.
     reconfigure_at_start: bool,
-    mode: Mode,
-    chain: Chain,
+    /// The decisions: the chain, its failures and alerts.
+    sup: Supervisor,
     signals: Signals,
     guardian: Guardian,
     /// The guardian's start time (clock ticks), saved with its PID in CHAIN.state.
     guardian_start: Option<u64>,
     /// Held for the life of the process: the lock.
     _pidfile: PidFile,
-    /// The state as loaded (for `--once`, which keeps the chain's position as it was).
-    base_state: State,
     boot_id: Option<String>,
     sinks: [Sink; 2],
     run: Option<process::Run>,
     tail: Tail,
     ignore: BTreeSet<i32>,
-    sigints: u32,
     state_error_logged: bool,
     /// CHAIN.state, kept open.
     state_file: state_file::Writer,
@@ -84,8 +76,6 @@ pub(crate) struct Driver {
     /// Per task (by index), what starting it needs, made at its first run and kept until
     /// the config is reloaded.
     prepared: Vec<Option<std::result::Result<process::Prepared, String>>>,
-    failures: std::collections::BTreeMap<String, TaskFailures>,
-    current: Option<Current>,
     /// When the running task's output is next written to the store (None: unchanged).
     output_flush_at: Option<Mono>,
     output_flushed: u64,
@@ -94,30 +84,26 @@ pub(crate) struct Driver {
     /// While waiting for a slot: the group's slot files and the watch on them.
     waiting: Option<(Slots, slots::Watch)>,
     waiting_since_ms: Option<u64>,
-    alerts: std::collections::BTreeMap<String, AlertState>,
     mailer: std::sync::mpsc::Sender<ToMailer>,
     /// The mailer's own children (sendmail): never a run's leftovers.
     children: Children,
-    host: String,
-    /// Per task, the output of the streak's last failed run (run id, output tail, bytes
-    /// printed), for the mails of the streak; the rest of that run is in the task's
-    /// [`AlertState::last_failed`]. A relaunched instance reads it from the record store.
-    last_failure: std::collections::BTreeMap<String, (u64, Vec<u8>, u64)>,
-    /// Per task, the duration of its last run (ms), to estimate when a task comes next.
-    durations: std::collections::BTreeMap<String, u64>,
     /// SIGKILL was sent to the run in progress.
     kill_sent: bool,
 }
 
-/// The chain's view of its tasks.
-pub(crate) fn chain_tasks(tasks: &[Task]) -> Vec<ChainTask> {
-    tasks
-        .iter()
-        .map(|t| ChainTask {
-            name: t.name.clone(),
-            timing: t.timing,
-        })
-        .collect()
+pub(crate) use crate::core::supervisor::chain_tasks;
+
+/// The run's output, as the supervisor reads it when a run fails.
+impl RunOutput for Tail {
+    fn last_line(&self) -> Option<String> {
+        Tail::last_line(self)
+    }
+    fn bytes(&self) -> Vec<u8> {
+        Tail::bytes(self)
+    }
+    fn total(&self) -> u64 {
+        Tail::total(self)
+    }
 }
 
 mod alerts;
@@ -154,8 +140,17 @@ impl Driver {
             },
         );
         let store = Recorder::start(&chain_name, store);
-        let failures = base_state.failures.clone();
-        let alerts = base_state.alerts.clone();
+        let max_per_hour = email_or_default(&config).max_alerts_per_hour;
+        let host = sys::hostname();
+        let sup = Supervisor::new(
+            chain_name.clone(),
+            host,
+            tasks,
+            max_per_hour,
+            mode,
+            chain,
+            base_state,
+        );
         let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
         let children: Children = Default::default();
         let mailer = mail::start(
@@ -169,23 +164,19 @@ impl Driver {
             chain_name,
             names,
             config,
-            tasks,
             run_root,
             root_from_config: true,
             reconfigure_at_start: false,
-            mode,
-            chain,
+            sup,
             signals,
             guardian,
             guardian_start,
             _pidfile: pidfile,
-            base_state,
             boot_id: sys::boot_id(),
             sinks: [Sink::new(1), Sink::new(2)],
             run: None,
             tail: Tail::new(0),
             ignore,
-            sigints: 0,
             state_error_logged: false,
             state_file,
             state_dirty: false,
@@ -193,19 +184,13 @@ impl Driver {
             store,
             spare_pipes: None,
             prepared: Vec::new(),
-            failures,
-            current: None,
             output_flush_at: None,
             output_flushed: 0,
             slot: None,
             waiting: None,
             waiting_since_ms: None,
-            alerts,
             mailer,
             children,
-            host: sys::hostname(),
-            last_failure: Default::default(),
-            durations: Default::default(),
             kill_sent: false,
         }
     }
@@ -235,19 +220,6 @@ impl Driver {
         f(&mut self.run, &ignore)
     }
 
-    /// Wall time (Unix ms) of the monotonic instant `at`, seen from `now`.
-    /// Both clocks are read afresh, as a pair, so that the loop's own delay does not
-    /// shift the result (and start, stop and duration stay consistent).
-    fn wall_of(_now: Mono, at: Mono) -> u64 {
-        let (mono, wall) = (time::mono_now(), time::wall_ms_precise());
-        let ms = if at <= mono {
-            wall - (mono - at).as_secs_f64() * 1000.0
-        } else {
-            wall + (at - mono).as_secs_f64() * 1000.0
-        };
-        ms.max(0.0).round() as u64
-    }
-
     /// Run until the chain exits; returns the exit status.
     pub(crate) fn run(mut self) -> Result<u8> {
         // The loop sleeps in ppoll until the next deadline; the kernel may let such a
@@ -259,43 +231,41 @@ impl Driver {
         // its guardian ended is closed already, with its real end (the launch waited for
         // that guardian: `app::wait_for_the_old_run`); what is still open had its end
         // recorded by nobody, and is closed with this time (see `store::Op::CloseOpen`).
-        let b = &self.base_state;
+        let b = self.sup.base_state();
         let running = match (&b.running_task, b.running_run_id, b.running_since_ms) {
             (Some(t), Some(id), Some(since)) => Some((t.clone(), id, since)),
             _ => None,
         };
+        let now = Now::read();
         self.store.push(Op::CloseOpen {
             chain: self.chain_name.clone(),
-            stop_ms: time::wall_ms(),
+            stop_ms: now.wall_ms(),
             running,
         });
         // So that `status` shows what this instance does from its first moment.
-        if self.mode == Mode::Forever {
-            self.save_state(time::mono_now());
+        if self.sup.mode() == Mode::Forever {
+            self.save_state(now);
         }
-        if let Some(code) = self.feed(time::mono_now(), Event::Start) {
-            return Ok(self.finish(code));
+        if let Some(exit) = self.feed(Now::read(), Event::Chain(chain::Event::Start)) {
+            return Ok(self.finish(exit));
         }
         if std::mem::take(&mut self.reconfigure_at_start) {
-            self.state_dirty = true;
-            let tasks = chain_tasks(&self.tasks);
-            let ev = Event::Control(Control::Reconfigure(tasks));
-            if let Some(code) = self.feed(time::mono_now(), ev) {
-                return Ok(self.finish(code));
+            if let Some(exit) = self.feed(Now::read(), Event::Reconfigure) {
+                return Ok(self.finish(exit));
             }
         }
         // Ticks handled since the last ppoll (see below).
         let mut ticks_in_a_row = 0u32;
         loop {
-            let now = time::mono_now();
-            if self.chain.reaping() {
+            let now = Now::read();
+            if self.sup.chain().reaping() {
                 let killed = self.kill_sent;
                 let empty = self.with_ignored(|run, ignore| match run {
                     Some(run) => {
                         if killed {
                             // Children reparented to us since the SIGKILL (their parent
                             // died of it) get it too, until nothing is left.
-                            run.signal(crate::core::chain::GroupSignal::Kill, ignore);
+                            run.signal(GroupSignal::Kill, ignore);
                         }
                         run.sweep(ignore)
                     }
@@ -303,17 +273,17 @@ impl Driver {
                 });
                 if empty {
                     self.drain_sources();
-                    if let Some(code) = self.feed(now, Event::GroupEmpty) {
-                        return Ok(self.finish(code));
+                    if let Some(exit) = self.feed(now, Event::Chain(chain::Event::GroupEmpty)) {
+                        return Ok(self.finish(exit));
                     }
                     continue;
                 }
             }
-            let deadline = self.chain.next_deadline();
+            let deadline = self.sup.chain().next_deadline();
             if let Some(d) = deadline {
-                if d <= now {
-                    if let Some(code) = self.feed(now, Event::Tick) {
-                        return Ok(self.finish(code));
+                if d <= now.mono {
+                    if let Some(exit) = self.feed(now, Event::Chain(chain::Event::Tick)) {
+                        return Ok(self.finish(exit));
                     }
                     // Due at once again and again (a program that cannot start, with no
                     // fail_cooldown) never reaches ppoll: look at the signals here too,
@@ -323,24 +293,24 @@ impl Driver {
                         continue;
                     }
                     for sig in self.signals.drain() {
-                        if let Some(code) = self.on_signal(time::mono_now(), sig) {
-                            return Ok(self.finish(code));
+                        if let Some(exit) = self.on_signal(Now::read(), sig) {
+                            return Ok(self.finish(exit));
                         }
                     }
                     continue;
                 }
             }
-            if self.output_flush_at.is_some_and(|t| t <= now) {
+            if self.output_flush_at.is_some_and(|t| t <= now.mono) {
                 self.flush_output();
             }
-            let alert_at = self.alert_deadline(now);
-            if alert_at.is_some_and(|t| t <= now) {
+            let alert_at = self.sup.alert_deadline(now);
+            if alert_at.is_some_and(|t| t <= now.mono) {
                 self.alert_ticks(now);
                 continue;
             }
             let records_at = self.store.due();
-            if records_at.is_some_and(|t| t <= now) {
-                self.store.tick(now);
+            if records_at.is_some_and(|t| t <= now.mono) {
+                self.store.tick(now.mono);
                 continue;
             }
             let deadline = [deadline, self.output_flush_at, alert_at, records_at]
@@ -377,10 +347,12 @@ impl Driver {
                     sink_idx.push((fds.len() - 1, i));
                 }
             }
-            let timeout = deadline.map(|d| d.saturating_sub(now));
+            let timeout = deadline.map(|d| d.saturating_sub(now.mono));
             if let Err(e) = sys::ppoll(&mut fds, timeout) {
                 return Err(crate::error::Error::os("wait in ppoll", e));
             }
+            // Awake: what follows happens now.
+            let now = Now::read();
             ticks_in_a_row = 0;
             for (fi, si) in sink_idx {
                 if fds[fi].revents != 0 {
@@ -395,7 +367,7 @@ impl Driver {
                     }
                 }
                 if self.tail.total() != before && self.output_flush_at.is_none() {
-                    self.output_flush_at = Some(time::mono_now() + OUTPUT_FLUSH);
+                    self.output_flush_at = Some(now.mono + OUTPUT_FLUSH);
                 }
             }
             if let Some(i) = watch_at {
@@ -403,24 +375,24 @@ impl Driver {
                     if let Some((_, w)) = &self.waiting {
                         w.drain();
                     }
-                    if let Some(code) = self.try_slot(time::mono_now()) {
-                        return Ok(self.finish(code));
+                    if let Some(exit) = self.try_slot(now) {
+                        return Ok(self.finish(exit));
                     }
                 }
             }
             if fds[..signal_fds].iter().any(|f| f.revents != 0) {
                 let child = signal_fds > 1 && fds[1].revents != 0;
                 for sig in self.signals.drain_ready(fds[0].revents != 0, child) {
-                    let now = time::mono_now();
-                    if let Some(code) = self.on_signal(now, sig) {
-                        return Ok(self.finish(code));
+                    if let Some(exit) = self.on_signal(now, sig) {
+                        return Ok(self.finish(exit));
                     }
                 }
             }
         }
     }
 
-    fn finish(&mut self, code: u8) -> u8 {
+    fn finish(&mut self, exit: ExitReason) -> u8 {
+        let code = exit.code();
         for s in &mut self.sinks {
             s.flush();
         }
@@ -433,7 +405,9 @@ impl Driver {
     /// Write the running task's output so far to the store.
     fn flush_output(&mut self) {
         self.output_flush_at = None;
-        let Some(cur) = &self.current else { return };
+        let Some(cur) = self.sup.current() else {
+            return;
+        };
         if self.tail.total() == self.output_flushed {
             return;
         }
@@ -450,14 +424,14 @@ impl Driver {
     }
 
     /// Try to take a slot of the waiting task's group; on success the chain goes on.
-    fn try_slot(&mut self, now: Mono) -> Option<u8> {
+    fn try_slot(&mut self, now: Now) -> Option<ExitReason> {
         let (slots, _) = self.waiting.as_mut()?;
         match slots.try_take() {
             Ok(Some(slot)) => {
                 self.slot = Some(slot);
                 self.waiting = None;
                 self.waiting_since_ms = None;
-                self.feed(now, Event::SlotFree)
+                self.feed(now, Event::Chain(chain::Event::SlotFree))
             }
             Ok(None) => None,
             Err(e) => {
@@ -467,7 +441,7 @@ impl Driver {
                 );
                 self.waiting = None;
                 self.waiting_since_ms = None;
-                self.feed(now, Event::SlotFree)
+                self.feed(now, Event::Chain(chain::Event::SlotFree))
             }
         }
     }
@@ -480,68 +454,27 @@ impl Driver {
         }
     }
 
-    fn on_signal(&mut self, now: Mono, sig: Sig) -> Option<u8> {
+    /// A signal, from the OS's to the supervisor's: SIGCHLD is the leader's exit, and
+    /// SIGHUP reloads the config here (the supervisor gets the new tasks).
+    fn on_signal(&mut self, now: Now, sig: Sig) -> Option<ExitReason> {
         let ev = match sig {
-            Sig::Child => {
-                let exit = self.run.as_mut().and_then(|r| r.leader_exit());
-                match exit {
-                    Some(e) if !self.chain.reaping() => Event::LeaderExited(e),
-                    _ => return None,
-                }
-            }
-            Sig::Term => {
-                log::info!("{}: SIGTERM: stopping", self.chain_name);
-                Event::Control(Control::Stop)
-            }
-            Sig::Int => {
-                self.sigints += 1;
-                if self.sigints == 1 {
-                    log::info!(
-                        "{}: SIGINT: stopping (a second SIGINT stops the running task at once)",
-                        self.chain_name
-                    );
-                    Event::Control(Control::Stop)
-                } else {
-                    log::info!(
-                        "{}: SIGINT again: stopping the running task now",
-                        self.chain_name
-                    );
-                    Event::Control(Control::StopNow)
-                }
-            }
-            Sig::Quit => {
-                log::info!(
-                    "{}: SIGQUIT: stopping the running task now",
-                    self.chain_name
-                );
-                Event::Control(Control::StopNow)
-            }
-            Sig::Usr1 => {
-                if self.chain.in_cooldown() {
-                    log::info!("{}: SIGUSR1: ending the cooldown", self.chain_name);
-                } else {
-                    log::info!(
-                        "{}: SIGUSR1: not in a cooldown; nothing to end",
-                        self.chain_name
-                    );
-                }
-                Event::Control(Control::Kick)
-            }
-            Sig::Hup => match self.reload() {
-                Some(tasks) => {
-                    // The reload may move the due time (a changed cooldown applies to the
-                    // one in progress) and the task list: CHAIN.state says so at once, for
-                    // `status` and for the next instance.
-                    self.state_dirty = true;
-                    Event::Control(Control::Reconfigure(tasks))
-                }
+            Sig::Child => match self.run.as_mut().and_then(|r| r.leader_exit()) {
+                Some(e) => Event::Chain(chain::Event::LeaderExited(e)),
                 None => return None,
+            },
+            Sig::Term => Event::Signal(Signal::Term),
+            Sig::Int => Event::Signal(Signal::Int),
+            Sig::Quit => Event::Signal(Signal::Quit),
+            Sig::Usr1 => Event::Signal(Signal::Usr1),
+            Sig::Hup => Event::Reloaded {
+                tasks: self.reload()?,
+                max_per_hour: email_or_default(&self.config).max_alerts_per_hour,
             },
         };
         self.feed(now, ev)
     }
 
-    fn reload(&mut self) -> Option<Vec<ChainTask>> {
+    fn reload(&mut self) -> Option<Vec<Task>> {
         let loaded = Config::load(&self.config.file).and_then(|c| {
             let tasks = c.chain_tasks(&self.names)?;
             if let Some(e) = crate::root::moved_run_root(
@@ -563,12 +496,11 @@ impl Driver {
                     config.digest
                 );
                 self.config = config;
-                self.tasks = tasks;
                 self.prepared.clear();
                 let _ = self
                     .mailer
                     .send(ToMailer::Config(email_or_default(&self.config)));
-                Some(chain_tasks(&self.tasks))
+                Some(tasks)
             }
             Err(e) => {
                 log::error!("{}: SIGHUP: keeping the old config: {e}", self.chain_name);
@@ -577,38 +509,39 @@ impl Driver {
         }
     }
 
-    /// Feed one event and carry out the actions, including the events they cause.
+    /// Feed one event and carry out the effects, including the events they cause.
     ///
     /// CHAIN.state is written once per feed: just before a spawn (naming the run, so
     /// that its id is never given again whatever happens next), else at the end. The
     /// store's records of the feed (a run's end, the next run's start) go to the writer
     /// thread as one transaction at the end, after the spawn.
-    fn feed(&mut self, now: Mono, first: Event) -> Option<u8> {
+    fn feed(&mut self, now: Now, first: Event) -> Option<ExitReason> {
         self.store.begin_batch();
-        let code = self.feed_events(now, first);
+        let exit = self.feed_events(now, first);
         if self.state_dirty {
             self.save_state(now);
         }
         // A cooldown ahead: what is held goes to the writer now, with this feed.
         self.store
-            .end_batch(now, std::mem::take(&mut self.cooldown_ahead));
-        code
+            .end_batch(now.mono, std::mem::take(&mut self.cooldown_ahead));
+        exit
     }
 
-    fn feed_events(&mut self, now: Mono, first: Event) -> Option<u8> {
+    fn feed_events(&mut self, now: Now, first: Event) -> Option<ExitReason> {
         let mut events = VecDeque::from([first]);
         while let Some(ev) = events.pop_front() {
-            let actions = self.chain.on_event(now, ev);
-            for a in actions {
-                match a {
-                    Action::Spawn {
+            let mut effects = self.sup.on(now, ev, &self.tail);
+            let mut exit = None;
+            for e in effects.drain(..) {
+                match e {
+                    Effect::Spawn {
                         index,
                         task,
                         run_id,
                     } => {
-                        debug_assert_eq!(self.tasks[index].name, task);
+                        debug_assert_eq!(self.sup.tasks()[index].name, task);
                         self.state_dirty = true;
-                        if let Some(ev) = self.need_slot(index) {
+                        if let Some(ev) = self.need_slot(now, index) {
                             events.push_back(ev);
                             continue;
                         }
@@ -617,38 +550,46 @@ impl Driver {
                         // spawn leaves a state that names this run, so the next one never
                         // gives its id to another run. (With the state written in place,
                         // this costs a few microseconds.)
-                        self.save_state_with(now, Some((&task, run_id, time::wall_ms())));
+                        self.save_state_with(now, Some((&task, run_id, now.wall_ms())));
                         events.push_back(self.spawn(now, index, run_id));
                     }
-                    Action::Signal(sig) => {
-                        if sig == crate::core::chain::GroupSignal::Kill {
-                            self.kill_sent = true;
-                        }
-                        if let Some(run) = &self.run {
-                            log::debug!(
-                                "{}: {sig:?} to process group {}",
-                                self.chain_name,
-                                run.pid
-                            );
-                        }
-                        self.with_ignored(|run, ignore| {
-                            if let Some(run) = run {
-                                run.signal(sig, ignore);
-                            }
-                        });
+                    Effect::Signal(sig) => self.signal_group(sig),
+                    Effect::RunEnded(r) => self.finished(now, *r),
+                    Effect::Alert(a) => self.send_alert(now, *a),
+                    Effect::SaveState => self.state_dirty = true,
+                    Effect::Log(level, msg) => log::log!(level, "{msg}"),
+                    Effect::Exit(reason) => {
+                        exit = Some(reason);
+                        break;
                     }
-                    Action::Finished(f) => self.finished(now, &f),
-                    Action::Exit(code) => return Some(code),
                 }
+            }
+            self.sup.recycle(effects);
+            if exit.is_some() {
+                return exit;
             }
         }
         None
     }
 
+    fn signal_group(&mut self, sig: GroupSignal) {
+        if sig == GroupSignal::Kill {
+            self.kill_sent = true;
+        }
+        if let Some(run) = &self.run {
+            log::debug!("{}: {sig:?} to process group {}", self.chain_name, run.pid);
+        }
+        self.with_ignored(|run, ignore| {
+            if let Some(run) = run {
+                run.signal(sig, ignore);
+            }
+        });
+    }
+
     /// Before a task of a concurrency group starts: take a slot, or start waiting for
     /// one (returns SlotBusy). None: go ahead.
-    fn need_slot(&mut self, index: usize) -> Option<Event> {
-        let task = &self.tasks[index];
+    fn need_slot(&mut self, now: Now, index: usize) -> Option<Event> {
+        let task = &self.sup.tasks()[index];
         let group = task.group.as_ref()?;
         if self.slot.as_ref().is_some_and(|s| &s.group == group) {
             return None;
@@ -681,8 +622,8 @@ impl Driver {
                     task.name
                 );
                 self.waiting = Some((slots, watch));
-                self.waiting_since_ms = Some(time::wall_ms());
-                Some(Event::SlotBusy)
+                self.waiting_since_ms = Some(now.wall_ms());
+                Some(Event::Chain(chain::Event::SlotBusy))
             }
             Err(e) => {
                 log::error!(
@@ -694,23 +635,17 @@ impl Driver {
         }
     }
 
-    fn spawn(&mut self, now: Mono, index: usize, run_id: u64) -> Event {
-        let task = &self.tasks[index];
+    fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Event {
+        let scheduled = self.sup.chain().scheduled().unwrap_or(now.mono);
+        let cur = self.sup.begin_run(now, index, run_id);
+        let (scheduled_ms, start_ms) = (cur.scheduled_ms, cur.start_ms);
+        let task = &self.sup.tasks()[index];
         self.tail.reset(task.keep_output);
         self.output_flushed = 0;
         self.output_flush_at = None;
-        let scheduled = self.chain.scheduled().unwrap_or(now);
-        let scheduled_ms = Self::wall_of(now, scheduled);
-        let start_ms = Self::wall_of(now, now);
-        self.current = Some(Current {
-            task: task.name.clone(),
-            run_id,
-            scheduled_ms,
-            start_ms,
-        });
-        if self.prepared.len() != self.tasks.len() {
+        if self.prepared.len() != self.sup.tasks().len() {
             self.prepared.clear();
-            self.prepared.resize_with(self.tasks.len(), || None);
+            self.prepared.resize_with(self.sup.tasks().len(), || None);
         }
         let remove = self
             .config
@@ -719,6 +654,7 @@ impl Driver {
             .and_then(|e| e.password_env.as_deref());
         let prepared = self.prepared[index]
             .get_or_insert_with(|| process::Prepared::new(task, &self.chain_name, remove));
+        // The start latency at the resolution of the clock (for the debug log only).
         let spawn_at = time::mono_now();
         let announce = self.guardian.prepare(
             task.timing.kill_grace,
@@ -760,7 +696,7 @@ impl Driver {
                 });
                 self.run = Some(run);
                 self.store.push(op);
-                Event::Spawned
+                Event::Chain(chain::Event::Spawned)
             }
             Err(msg) => {
                 log::info!(
@@ -768,7 +704,7 @@ impl Driver {
                     self.chain_name,
                     task.name
                 );
-                Event::SpawnFailed(msg)
+                Event::Chain(chain::Event::SpawnFailed(msg))
             }
         }
     }
