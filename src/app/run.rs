@@ -17,7 +17,8 @@ use crate::store::state_file;
 use crate::sys;
 use crate::time;
 
-use crate::lock::handover::{acquire, wait_for_the_old_run, TAKEOVER_MARGIN};
+use crate::lock::handover::{wait_for_the_old_run, TAKEOVER_MARGIN};
+use crate::lock::Ownership;
 
 pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     if args.tasks.is_empty() {
@@ -96,7 +97,7 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         .max()
         .unwrap_or_default()
         + TAKEOVER_MARGIN;
-    let Some(pidfile) = acquire(
+    let Some(ownership) = Ownership::acquire(
         &root,
         &chain_name,
         mode == Mode::Once || args.no_kill_concurrent,
@@ -170,7 +171,7 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         chain,
         signals,
         guardian,
-        pidfile,
+        ownership,
         base_state,
     )
     .with_root_from_config(root_from_config)

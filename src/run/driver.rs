@@ -2,11 +2,11 @@
 //!
 //! It waits in `ppoll` on the signal self-pipe, the running task's output pipes (and
 //! run-chain's own stdout/stderr when they would block), the slot watch and the next
-//! deadline (the chain's, a downtime alert's, the store's); it reads the clocks once
-//! per wake ([`Now`]), turns what it sees into events for the [`Supervisor`] (which
-//! decides everything), and carries out the effects it gets back: spawn, signal the
-//! group, record, queue a mail, log, persist the state, exit. A chain in cooldown is
-//! asleep in the kernel: no timer, no polling.
+//! deadline (the chain's, a downtime alert's, the store's, the chain ownership's: none
+//! for the local lock); it reads the clocks once per wake ([`Now`]), turns what it sees
+//! into events for the [`Supervisor`] (which decides everything), and carries out the
+//! effects it gets back: spawn, signal the group, record, queue a mail, log, persist the
+//! state, exit. A chain in cooldown is asleep in the kernel: no timer, no polling.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use crate::core::supervisor::{
     AlertDue, Effect, Event, ExitReason, FailedView, RunEnded, RunOutput, Signal, Supervisor,
 };
 use crate::error::Result;
-use crate::lock::pidfile::PidFile;
+use crate::lock::{LockEvent, Ownership};
 use crate::mail::{self, Children, ToMailer};
 use crate::run::guardian::Guardian;
 use crate::run::output::{Sink, Tail};
@@ -56,8 +56,9 @@ pub(crate) struct Driver {
     guardian: Guardian,
     /// The guardian's start time (clock ticks), saved with its PID in CHAIN.state.
     guardian_start: Option<u64>,
-    /// Held for the life of the process: the lock.
-    _pidfile: PidFile,
+    /// Held for the life of the process: the chain's lock (dropped with the driver; its
+    /// deadline, if any, is one of the loop's).
+    ownership: Ownership,
     boot_id: Option<String>,
     sinks: [Sink; 2],
     run: Option<process::Run>,
@@ -123,13 +124,13 @@ impl Driver {
         chain: Chain,
         signals: Signals,
         guardian: Guardian,
-        pidfile: PidFile,
+        ownership: Ownership,
         base_state: State,
     ) -> Driver {
         let mut ignore = BTreeSet::new();
         ignore.insert(guardian.pid());
         let guardian_start = sys::start_time(guardian.pid());
-        let store = Store::new(
+        let store = Store::owned_by(
             &run_root,
             store::Instance {
                 host: sys::hostname(),
@@ -138,6 +139,7 @@ impl Driver {
                 config_digest: config.digest.clone(),
                 started_ms: time::wall_ms(),
             },
+            ownership.token(),
         );
         let store = Recorder::start(&chain_name, store);
         let max_per_hour = email_or_default(&config).max_alerts_per_hour;
@@ -171,7 +173,7 @@ impl Driver {
             signals,
             guardian,
             guardian_start,
-            _pidfile: pidfile,
+            ownership,
             boot_id: sys::boot_id(),
             sinks: [Sink::new(1), Sink::new(2)],
             run: None,
@@ -313,10 +315,27 @@ impl Driver {
                 self.store.tick(now.mono);
                 continue;
             }
-            let deadline = [deadline, self.output_flush_at, alert_at, records_at]
-                .into_iter()
-                .flatten()
-                .min();
+            // None for the local lock: nothing to renew.
+            let lock_at = self.ownership.deadline();
+            if lock_at.is_some_and(|t| t <= now.mono) {
+                let ev = self.ownership.on_deadline(now.mono);
+                if let Some(ev) = self.lock_event(ev) {
+                    if let Some(exit) = self.feed(now, ev) {
+                        return Ok(self.finish(exit));
+                    }
+                }
+                continue;
+            }
+            let deadline = [
+                deadline,
+                self.output_flush_at,
+                alert_at,
+                records_at,
+                lock_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             // What to wait for.
             let mut fds = vec![sys::pollfd(self.signals.fd(), libc::POLLIN)];
             if let Some(fd) = self.signals.child_fd() {
@@ -400,6 +419,19 @@ impl Driver {
         self.store.finish();
         log::info!("{}: exiting with status {code}", self.chain_name);
         code
+    }
+
+    /// What the ownership said at its deadline, for the supervisor: nothing while it is
+    /// held; lost, a graceful stop (nothing new starts, the running task is stopped).
+    /// The local lock is never lost.
+    fn lock_event(&self, ev: LockEvent) -> Option<Event> {
+        if let LockEvent::Lost { reason } = &ev {
+            log::warn!(
+                "{}: the chain is no longer ours ({reason}); stopping",
+                self.chain_name
+            );
+        }
+        lock_event(ev)
     }
 
     /// Write the running task's output so far to the store.
@@ -707,5 +739,30 @@ impl Driver {
                 Event::Chain(chain::Event::SpawnFailed(msg))
             }
         }
+    }
+}
+
+/// See [`Driver::lock_event`] (the decision, without the log).
+fn lock_event(ev: LockEvent) -> Option<Event> {
+    match ev {
+        LockEvent::Held => None,
+        LockEvent::Lost { .. } => Some(Event::Chain(chain::Event::Control(chain::Control::Stop))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lock_is_a_graceful_stop_a_held_one_nothing() {
+        assert_eq!(lock_event(LockEvent::Held), None);
+        let lost = LockEvent::Lost {
+            reason: "lease not renewed".into(),
+        };
+        assert_eq!(
+            lock_event(lost),
+            Some(Event::Chain(chain::Event::Control(chain::Control::Stop)))
+        );
     }
 }

@@ -109,7 +109,12 @@ impl Store {
     /// A writer for the store in `run_root`. Opening is tried at once and again at
     /// every retry: a store that cannot be opened does not stop the chain.
     pub fn new(run_root: &Path, instance: Instance) -> Store {
-        Writer::with(Sqlite::new(run_root, instance), Owner::Local)
+        Store::owned_by(run_root, instance, Owner::Local)
+    }
+
+    /// [`Store::new`], writing as `owner` (the chain's [`crate::lock::Ownership::token`]).
+    pub(crate) fn owned_by(run_root: &Path, instance: Instance, owner: Owner) -> Store {
+        Writer::with(Sqlite::new(run_root, instance), owner)
     }
 
     /// True while this store's connection copies the WAL back with no record of ours
