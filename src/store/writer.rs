@@ -112,7 +112,7 @@ impl Store {
         Store::owned_by(run_root, instance, Owner::Local)
     }
 
-    /// [`Store::new`], writing as `owner` (the chain's [`crate::lock::Ownership::token`]).
+    /// [`Store::new`], writing as `owner` (the token of whoever owns the chain: the caller passes it).
     pub(crate) fn owned_by(run_root: &Path, instance: Instance, owner: Owner) -> Store {
         Writer::with(Sqlite::new(run_root, instance), owner)
     }
