@@ -245,7 +245,7 @@ max_running = 2
             "tls                           = \"required\"",
             "keep_output                   = 1000",
             "keep_output                   = \"1MiB\"",
-            "keep_runs_for                 = \"30days\"",
+            "keep_runs_for                 = \"30d\"",
             "timeout                       = \"1h 30m\"",
             "timeout                       = \"none\"",
         ] {

@@ -261,10 +261,31 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     n.checked_mul(mult).ok_or_else(expected)
 }
 
-/// A duration as the config writes it, in humantime form ("15m", "1h 30m", "30days"):
-/// [`parse_duration`] reads it back as the same duration.
+/// A duration as the config writes it ("15m", "1h 30m", "30d", "2.5s" as "2s 500ms"):
+/// days, hours, minutes, seconds and milliseconds only, so that [`parse_duration`] reads it
+/// back as the same duration (humantime's own form says "1year" for 365.25 days and
+/// "1month" for 30.44, which do not read back as the 365d or 31d the config said), down
+/// to the millisecond (the config's precision).
 pub(crate) fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    const UNITS: [(u128, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut left = d.as_millis();
+    if left == 0 {
+        return "0s".to_string();
+    }
+    let mut parts = Vec::new();
+    for (unit, name) in UNITS {
+        if left >= unit {
+            parts.push(format!("{}{name}", left / unit));
+            left %= unit;
+        }
+    }
+    parts.join(" ")
 }
 
 /// A size as the config writes it: in the largest binary unit that divides it ("64KiB",
@@ -940,6 +961,16 @@ max_running = 1
         assert!(parse_duration("15 minutes please").is_err());
     }
 
+    proptest::proptest! {
+        /// Every duration the config can say (to the millisecond, up to ten years) is
+        /// written in a form that reads back as the same duration.
+        #[test]
+        fn every_duration_reads_back_as_written(ms in 0u64..10 * 366 * 86_400_000) {
+            let d = Duration::from_millis(ms);
+            proptest::prop_assert_eq!(parse_duration(&fmt_duration(d)), Ok(d));
+        }
+    }
+
     #[test]
     fn durations_and_sizes_are_written_as_the_config_reads_them() {
         for (d, text) in [
@@ -948,7 +979,11 @@ max_running = 1
             (Duration::from_secs(30), "30s"),
             (Duration::from_millis(200), "200ms"),
             (Duration::ZERO, "0s"),
-            (builtin::KEEP_RUNS_FOR, "30days"),
+            (builtin::KEEP_RUNS_FOR, "30d"),
+            (Duration::from_secs(365 * 86_400), "365d"),
+            (Duration::from_secs(31 * 86_400 + 1), "31d 1s"),
+            (Duration::from_millis(2_500), "2s 500ms"),
+            (Duration::from_millis(90_061_001), "1d 1h 1m 1s 1ms"),
         ] {
             assert_eq!(fmt_duration(d), text);
             assert_eq!(parse_duration(text), Ok(d));
