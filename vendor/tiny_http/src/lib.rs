@@ -290,11 +290,14 @@ impl Server {
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
+            let mut pause = Duration::ZERO;
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        // run-chain: a failed `dup` of the socket (no descriptor left) is an
+                        // accept error like the others (the connection is closed).
+                        let pair = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -311,7 +314,9 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        pair.map(|(read_closable, write_closable)| {
+                            ClientConnection::new(write_closable, read_closable)
+                        })
                     }
                     Err(e) => Err(e),
                 };
@@ -338,12 +343,26 @@ impl Server {
                         }));
                     }
 
+                    // run-chain: an error that passes (no descriptor left, no memory, a
+                    // connection reset before it was accepted) is logged and the acceptor
+                    // tries again after a pause that doubles up to a second, as Go's
+                    // net/http does; it stopped for good before (see PATCHED.md).
+                    Err(e) if accept_error_passes(&e) => {
+                        if pause.is_zero() {
+                            log::error!("Error accepting new client (will retry): {}", e);
+                        }
+                        pause = (pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                        thread::sleep(pause);
+                        continue;
+                    }
+
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
                         inside_messages.push(e.into());
                         break;
                     }
                 }
+                pause = Duration::ZERO;
             }
             log::debug!("Terminating accept thread");
         });
@@ -442,4 +461,35 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// run-chain: an `accept` error after which the listener still works: the process or the
+/// system is out of descriptors or memory for now, or the connection went away before it
+/// was accepted. Any other error (the listener itself failed) stops the acceptor.
+fn accept_error_passes(e: &IoError) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc_errno::EMFILE
+                | libc_errno::ENFILE
+                | libc_errno::ENOBUFS
+                | libc_errno::ENOMEM
+                | libc_errno::ECONNABORTED
+                | libc_errno::EPROTO
+                | libc_errno::EPERM
+                | libc_errno::EINTR
+        )
+    ) || e.kind() == IoErrorKind::Interrupted
+}
+
+/// The Linux errno values [`accept_error_passes`] names (tiny_http has no libc dependency).
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const EINTR: i32 = 4;
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const EPROTO: i32 = 71;
+    pub const ENOBUFS: i32 = 105;
+    pub const ECONNABORTED: i32 = 103;
 }

@@ -85,7 +85,10 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // run-chain: a thread that cannot be made (a limit on threads or memory) drops the
+        // task (the connection closes) instead of panicking (`thread::spawn`), which
+        // aborted the whole server in a build with `panic = "abort"`.
+        let spawned = thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -129,6 +132,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread for a connection (it is closed): {}", e);
+        }
     }
 }
 
