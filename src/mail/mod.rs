@@ -24,5 +24,23 @@ pub(crate) mod outbox;
 pub(crate) mod transport;
 
 pub(crate) use build::{build, message_id};
-pub(crate) use outbox::{enqueue, outbox, start, ToMailer};
+pub(crate) use outbox::{queue_alert, start, ToMailer};
 pub(crate) use transport::{deliver, Children, SendError};
+
+use crate::config::{self, Config, Email};
+
+/// The `[email]` section, or, without one, alerts as files to root@localhost in
+/// RUN_ROOT/mail/.
+pub(crate) fn email_or_default(config: &Config) -> Email {
+    config.email.clone().unwrap_or(Email {
+        to: vec!["root@localhost".to_string()],
+        from: None,
+        smtp: None,
+        tls: config::TlsMode::Opportunistic,
+        ca_file: None,
+        password_file: None,
+        password_env: None,
+        sendmail: None,
+        max_alerts_per_hour: config::builtin::MAX_ALERTS_PER_HOUR,
+    })
+}

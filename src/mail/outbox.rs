@@ -70,6 +70,19 @@ pub(crate) fn enqueue(run_root: &Path, a: &AlertMail, bytes: &[u8]) -> std::io::
     Ok(path)
 }
 
+/// Build the mail of alert `a` for `email` and store it in the outbox of `run_root`
+/// ([`enqueue`]): where it is, or why it is not there (a fragment that reads after
+/// "failed to queue an alert: "). The mailer is to be woken after it.
+pub(crate) fn queue_alert(
+    run_root: &Path,
+    email: &Email,
+    a: &AlertMail,
+) -> Result<PathBuf, String> {
+    let bytes = super::build(email, a, &super::message_id(a))?;
+    enqueue(run_root, a, &bytes)
+        .map_err(|e| format!("cannot store it in {}: {e}", outbox(run_root).display()))
+}
+
 /// Messages from the chain to its mailer.
 pub(crate) enum ToMailer {
     /// Something new is in the outbox.

@@ -12,16 +12,16 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{self, Config, Task};
-use crate::core::alert;
+use crate::config::{Config, Task};
 use crate::core::chain::{self, Chain, GroupSignal, Mode};
-use crate::core::outcome::Outcome;
 use crate::core::resume::State;
 use crate::core::supervisor::{
-    AlertDue, Effect, Event, ExitReason, FailedView, RunEnded, RunOutput, Signal, Supervisor,
+    AlertDue, Effect, Event, ExitReason, RunEnded, RunOutput, Signal, Supervisor,
 };
 use crate::error::Result;
 use crate::lock::{LockEvent, Ownership};
+/// Where `app` finds it (the driver's own use is the mailer's config).
+pub(crate) use crate::mail::email_or_default;
 use crate::mail::{self, Children, ToMailer};
 use crate::run::guardian::Guardian;
 use crate::run::output::{Sink, Tail};
@@ -30,7 +30,7 @@ use crate::run::slots::{self, Slot, Slots};
 use crate::signals::{Sig, Signals};
 use crate::store::recorder::Recorder;
 use crate::store::state_file;
-use crate::store::{self, Op, RunEnd, RunStart, Store};
+use crate::store::{self, Store};
 use crate::sys;
 use crate::time::{self, Mono, Now};
 
@@ -64,7 +64,6 @@ pub(crate) struct Driver {
     run: Option<process::Run>,
     tail: Tail,
     ignore: BTreeSet<i32>,
-    state_error_logged: bool,
     /// CHAIN.state, kept open.
     state_file: state_file::Writer,
     /// CHAIN.state needs writing (at the end of the current [`Driver::feed`]).
@@ -105,12 +104,13 @@ impl RunOutput for Tail {
     fn total(&self) -> u64 {
         Tail::total(self)
     }
+    fn cut(&self) -> bool {
+        Tail::cut(self)
+    }
 }
 
 mod alerts;
 mod record;
-
-pub(crate) use alerts::email_or_default;
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
@@ -130,17 +130,8 @@ impl Driver {
         let mut ignore = BTreeSet::new();
         ignore.insert(guardian.pid());
         let guardian_start = sys::start_time(guardian.pid());
-        let store = Store::owned_by(
-            &run_root,
-            store::Instance {
-                host: sys::hostname(),
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                config_digest: config.digest.clone(),
-                started_ms: time::wall_ms(),
-            },
-            ownership.token(),
-        );
+        let instance = store::Instance::this_process(&config.digest);
+        let store = Store::owned_by(&run_root, instance, ownership.token());
         let store = Recorder::start(&chain_name, store);
         let max_per_hour = email_or_default(&config).max_alerts_per_hour;
         let host = sys::hostname();
@@ -179,7 +170,6 @@ impl Driver {
             run: None,
             tail: Tail::new(0),
             ignore,
-            state_error_logged: false,
             state_file,
             state_dirty: false,
             cooldown_ahead: false,
@@ -239,11 +229,7 @@ impl Driver {
             _ => None,
         };
         let now = Now::read();
-        self.store.push(Op::CloseOpen {
-            chain: self.chain_name.clone(),
-            stop_ms: now.wall_ms(),
-            running,
-        });
+        self.store.close_open(now.wall_ms(), running);
         // So that `status` shows what this instance does from its first moment.
         if self.sup.mode() == Mode::Forever {
             self.save_state(now);
@@ -307,7 +293,9 @@ impl Driver {
             }
             let alert_at = self.sup.alert_deadline(now);
             if alert_at.is_some_and(|t| t <= now.mono) {
-                self.alert_ticks(now);
+                if let Some(exit) = self.feed(now, Event::AlertTick) {
+                    return Ok(self.finish(exit));
+                }
                 continue;
             }
             let records_at = self.store.due();
@@ -444,15 +432,7 @@ impl Driver {
             return;
         }
         self.output_flushed = self.tail.total();
-        let op = Op::Output {
-            chain: self.chain_name.clone(),
-            task: cur.task.clone(),
-            run_id: cur.run_id,
-            output: self.tail.bytes(),
-            output_bytes: self.tail.total(),
-            output_cut: self.tail.cut(),
-        };
-        self.store.push(op);
+        self.store.output(cur, &self.tail);
     }
 
     /// Try to take a slot of the waiting task's group; on success the chain goes on.
@@ -587,7 +567,10 @@ impl Driver {
                     }
                     Effect::Signal(sig) => self.signal_group(sig),
                     Effect::RunEnded(r) => self.finished(now, *r),
-                    Effect::Alert(a) => self.send_alert(now, *a),
+                    Effect::Alert(a) => {
+                        self.store.alerted(&a.task, a.decision.kind.as_str());
+                        self.send_alert(now, *a);
+                    }
                     Effect::SaveState => self.state_dirty = true,
                     Effect::Log(level, msg) => log::log!(level, "{msg}"),
                     Effect::Exit(reason) => {
@@ -718,16 +701,10 @@ impl Driver {
                     run.pid,
                     task.program.short()
                 );
-                let op = Op::Start(RunStart {
-                    chain: self.chain_name.clone(),
-                    task: task.name.clone(),
-                    run_id,
-                    scheduled_ms,
-                    start_ms,
-                    task_pid: Some(run.pid),
-                });
+                if let Some(cur) = self.sup.current() {
+                    self.store.run_started(cur, run.pid);
+                }
                 self.run = Some(run);
-                self.store.push(op);
                 Event::Chain(chain::Event::Spawned)
             }
             Err(msg) => {

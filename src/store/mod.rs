@@ -65,8 +65,8 @@ mod writer;
 
 pub(crate) use killed::{close_killed, Killed};
 pub(crate) use reader::{
-    alert_counts, chains_of_task, chains_with_run, history, last_run_ids, open_read, output,
-    series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
+    alert_counts, chains_of_task, chains_with_run, failed_run, history, last_run_ids, open_read,
+    output, series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
 pub(crate) use writer::Commits;
@@ -112,6 +112,19 @@ pub struct Instance {
     pub version: String,
     pub config_digest: String,
     pub started_ms: u64,
+}
+
+impl Instance {
+    /// This process, started now, running a config of digest `config_digest`.
+    pub(crate) fn this_process(config_digest: &str) -> Instance {
+        Instance {
+            host: crate::sys::hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_digest: config_digest.to_string(),
+            started_ms: crate::time::wall_ms(),
+        }
+    }
 }
 
 /// A run has started.

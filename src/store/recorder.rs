@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
-use crate::store::{Commits, Op, Store};
+use crate::core::outcome::Outcome;
+use crate::core::supervisor::{Current, RunEnded, RunOutput};
+use crate::store::{Commits, Op, RunEnd, RunStart, Store};
 use crate::time::Mono;
 
 use crate::time;
@@ -168,6 +170,68 @@ impl Recorder {
         self.pushed
     }
 
+    /// Runs of this chain left open by an instance that died are closed now (see
+    /// [`Op::CloseOpen`]); `running` is the run CHAIN.state names: (task, run id, since).
+    pub(crate) fn close_open(&mut self, stop_ms: u64, running: Option<(String, u64, u64)>) {
+        let chain = self.chain.clone();
+        self.push(Op::CloseOpen {
+            chain,
+            stop_ms,
+            running,
+        });
+    }
+
+    /// The run `cur` has started; its group leader is `task_pid`.
+    pub(crate) fn run_started(&mut self, cur: &Current, task_pid: i32) {
+        self.push(Op::Start(RunStart {
+            chain: self.chain.clone(),
+            task: cur.task.clone(),
+            run_id: cur.run_id,
+            scheduled_ms: cur.scheduled_ms,
+            start_ms: cur.start_ms,
+            task_pid: Some(task_pid),
+        }));
+    }
+
+    /// The output so far of the run in progress, `cur`.
+    pub(crate) fn output(&mut self, cur: &Current, out: &dyn RunOutput) {
+        self.push(Op::Output {
+            chain: self.chain.clone(),
+            task: cur.task.clone(),
+            run_id: cur.run_id,
+            output: out.bytes(),
+            output_bytes: out.total(),
+            output_cut: out.cut(),
+        });
+    }
+
+    /// A run has ended (`out`: its output), with the alert it caused, if any: both go in
+    /// one batch, so that they are committed together or not at all (see [`Op::Alert`]).
+    /// `keep`: how many of the task's runs the store keeps, and for how long.
+    pub(crate) fn run_ended(
+        &mut self,
+        r: &RunEnded,
+        out: &dyn RunOutput,
+        keep: (u64, std::time::Duration),
+    ) {
+        let end = Op::End(Box::new(run_end(&self.chain, r, out, keep)));
+        let alert = r.alert.as_ref().map(|a| Op::Alert {
+            chain: self.chain.clone(),
+            task: a.task.clone(),
+            kind: a.decision.kind.as_str(),
+        });
+        self.push_together(std::iter::once(end).chain(alert));
+    }
+
+    /// An alert of `kind` was decided for `task` between runs (a downtime alert).
+    pub(crate) fn alerted(&mut self, task: &str, kind: &'static str) {
+        self.push(Op::Alert {
+            chain: self.chain.clone(),
+            task: task.to_string(),
+            kind,
+        });
+    }
+
     /// Hold what is pushed until [`Recorder::end_batch`]: then it goes as one.
     pub(crate) fn begin_batch(&mut self) {
         self.batching = true;
@@ -214,11 +278,17 @@ impl Recorder {
     }
 
     pub(crate) fn push(&mut self, op: Op) {
-        self.pushed += 1;
-        if self.batching {
-            self.batch.push(op);
-        } else {
-            self.send_ops(time::mono_now(), vec![op], false);
+        self.push_together(std::iter::once(op));
+    }
+
+    /// Push `ops` as one: into the open batch, or handed over together.
+    fn push_together(&mut self, ops: impl IntoIterator<Item = Op>) {
+        let before = self.batch.len();
+        self.batch.extend(ops);
+        self.pushed += (self.batch.len() - before) as u64;
+        if !self.batching {
+            let ops = std::mem::take(&mut self.batch);
+            self.send_ops(time::mono_now(), ops, false);
         }
     }
 
@@ -359,6 +429,44 @@ impl std::fmt::Debug for Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// The record of run `r`'s end in `chain`, with its output.
+fn run_end(
+    chain: &str,
+    r: &RunEnded,
+    out: &dyn RunOutput,
+    keep: (u64, std::time::Duration),
+) -> RunEnd {
+    let f = &r.f;
+    let (keep_runs_max, keep_for) = keep;
+    let (exit_code, signal) = match &f.outcome {
+        Outcome::Success => (Some(0), None),
+        Outcome::Failed(c) => (Some(*c), None),
+        Outcome::Signal(s) => (None, Some(*s)),
+        _ => (None, None),
+    };
+    RunEnd {
+        chain: chain.to_string(),
+        task: f.task.clone(),
+        run_id: f.run_id,
+        scheduled_ms: r.scheduled_ms,
+        start_ms: r.start_ms,
+        stop_ms: r.stop_ms,
+        outcome: f.outcome.label(),
+        exit_code,
+        signal,
+        error: match &f.outcome {
+            Outcome::SpawnError(m) => Some(m.clone()),
+            _ => None,
+        },
+        output: out.bytes(),
+        output_bytes: out.total(),
+        output_cut: out.cut(),
+        streak: r.streak,
+        keep_runs_max,
+        keep_after_ms: r.stop_ms.saturating_sub(keep_for.as_millis() as u64),
     }
 }
 

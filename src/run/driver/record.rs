@@ -1,15 +1,13 @@
-//! What the driver does when a run ends (clean up, record it, queue its alert, log it)
-//! and the chain's state it saves to CHAIN.state.
+//! What the driver does when a run ends (clean up after it, record it, queue its alert,
+//! log it) and the chain's state it saves to CHAIN.state.
 
 use super::*;
 use crate::core::supervisor::Extras;
 
 impl Driver {
     /// A run ended (the supervisor decided its failures and alert): clean up after it,
-    /// record it, send its alert, log it.
+    /// record it with its alert, send the alert, log it.
     pub(super) fn finished(&mut self, now: Now, mut r: RunEnded) {
-        let alert = r.alert.take();
-        let f = &r.f;
         let left = self
             .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
         if let Some(run) = self.run.take() {
@@ -17,8 +15,8 @@ impl Driver {
                 log::warn!(
                     "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
                     self.chain_name,
-                    f.task,
-                    f.run_id,
+                    r.f.task,
+                    r.f.run_id,
                     left
                 );
                 self.ignore.extend(left);
@@ -29,53 +27,14 @@ impl Driver {
         // The slot is held until the run's group is empty; the next task takes its own.
         self.slot = None;
         self.kill_sent = false;
-        let (keep_max, keep_for) = self.sup.task(&f.task).map_or(
-            (
-                config::builtin::KEEP_RUNS_MAX,
-                config::builtin::KEEP_RUNS_FOR,
-            ),
-            |t| (t.keep_runs_max, t.keep_runs_for),
-        );
-        let (exit_code, signal) = match &f.outcome {
-            Outcome::Success => (Some(0), None),
-            Outcome::Failed(c) => (Some(*c), None),
-            Outcome::Signal(s) => (None, Some(*s)),
-            _ => (None, None),
-        };
-        let end = RunEnd {
-            chain: self.chain_name.clone(),
-            task: f.task.clone(),
-            run_id: f.run_id,
-            scheduled_ms: r.scheduled_ms,
-            start_ms: r.start_ms,
-            stop_ms: r.stop_ms,
-            outcome: f.outcome.label(),
-            exit_code,
-            signal,
-            error: match &f.outcome {
-                Outcome::SpawnError(m) => Some(m.clone()),
-                _ => None,
-            },
-            output: self.tail.bytes(),
-            output_bytes: self.tail.total(),
-            output_cut: self.tail.cut(),
-            streak: r.streak,
-            keep_runs_max: keep_max,
-            keep_after_ms: r.stop_ms.saturating_sub(keep_for.as_millis() as u64),
-        };
         self.output_flush_at = None;
-        self.store.push(Op::End(Box::new(end)));
-        if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
-            self.cooldown_ahead = true;
-        }
-        if let Some(a) = alert {
+        self.store
+            .run_ended(&r, &self.tail, self.sup.keep_runs(&r.f.task));
+        self.cooldown_ahead |= r.cooldown_ahead();
+        if let Some(a) = r.alert.take() {
             self.send_alert(now, a);
         }
-        let level = if f.outcome.is_failure() {
-            log::Level::Warn
-        } else {
-            log::Level::Info
-        };
+        let level = r.log_level();
         if log::log_enabled!(level) {
             let last = if r.f.outcome.is_failure() {
                 self.tail.last_line()
@@ -116,37 +75,16 @@ impl Driver {
             guardian_start: self.guardian_start,
             boot_id: self.boot_id.as_deref(),
         };
-        let saved = if self.sup.mode() == Mode::Once {
+        let chain = &self.chain_name;
+        if self.sup.mode() == Mode::Once {
             // --once records its runs but leaves the chain's position as it was.
             let st = self.sup.once_state(running, running_group, &extras);
-            self.state_file.save(&st)
+            self.state_file.save_reported(chain, &st);
         } else {
             let view = self
                 .sup
                 .state_view(now, &self.names, running, running_group, &extras);
-            self.state_file.save(&view)
-        };
-        match saved {
-            Ok(()) => {
-                if self.state_error_logged {
-                    log::info!(
-                        "{}: state saved again to {}",
-                        self.chain_name,
-                        self.state_file.path().display()
-                    );
-                    self.state_error_logged = false;
-                }
-            }
-            Err(e) => {
-                if !self.state_error_logged {
-                    log::error!(
-                        "{}: failed to save state to {}: {e} (the chain keeps its schedule; retrying at every run)",
-                        self.chain_name,
-                        self.state_file.path().display()
-                    );
-                    self.state_error_logged = true;
-                }
-            }
+            self.state_file.save_reported(chain, &view);
         }
     }
 }
