@@ -28,6 +28,7 @@ use crate::run::output::{Sink, Tail};
 use crate::run::process;
 use crate::run::slots::{self, Slot, Slots};
 use crate::signals::{Sig, Signals};
+use crate::store::outbox::Outbox;
 use crate::store::recorder::Recorder;
 use crate::store::state_file;
 use crate::store::{self, Store};
@@ -84,6 +85,8 @@ pub(crate) struct Driver {
     /// While waiting for a slot: the group's slot files and the watch on them.
     waiting: Option<(Slots, slots::Watch)>,
     waiting_since_ms: Option<u64>,
+    /// Where alert mails wait for the mailer (the store's).
+    outbox: Box<dyn Outbox>,
     mailer: std::sync::mpsc::Sender<ToMailer>,
     /// The mailer's own children (sendmail): never a run's leftovers.
     children: Children,
@@ -147,10 +150,12 @@ impl Driver {
         let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
         let children: Children = Default::default();
         let mailer = mail::start(
+            store::open_outbox(&run_root),
             run_root.clone(),
             email_or_default(&config),
             children.clone(),
         );
+        let outbox = store::open_outbox(&run_root);
         // Deliver what an earlier instance left in the outbox.
         let _ = mailer.send(ToMailer::Wake);
         Driver {
@@ -181,6 +186,7 @@ impl Driver {
             slot: None,
             waiting: None,
             waiting_since_ms: None,
+            outbox,
             mailer,
             children,
             kill_sent: false,

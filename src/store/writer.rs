@@ -411,6 +411,7 @@ mod tests {
             Op::End(e) => ("end", e.run_id),
             Op::CloseOpen { .. } => ("close-open", 0),
             Op::Alert { .. } => ("alert", 0),
+            Op::Killed(k) => ("killed", k.run_id),
         }
     }
 
