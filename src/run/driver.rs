@@ -312,11 +312,9 @@ impl Driver {
             // None for the local lock: nothing to renew.
             let lock_at = self.ownership.deadline();
             if lock_at.is_some_and(|t| t <= now.mono) {
-                let ev = self.ownership.on_deadline(now.mono);
-                if let Some(ev) = self.lock_event(ev) {
-                    if let Some(exit) = self.feed(now, ev) {
-                        return Ok(self.finish(exit));
-                    }
+                // Exhaustive: a lease's `Lost` is to be fed as a graceful stop here.
+                match self.ownership.on_deadline(now.mono) {
+                    LockEvent::Held => {}
                 }
                 continue;
             }
@@ -413,19 +411,6 @@ impl Driver {
         self.store.finish();
         log::info!("{}: exiting with status {code}", self.chain_name);
         code
-    }
-
-    /// What the ownership said at its deadline, for the supervisor: nothing while it is
-    /// held; lost, a graceful stop (nothing new starts, the running task is stopped).
-    /// The local lock is never lost.
-    fn lock_event(&self, ev: LockEvent) -> Option<Event> {
-        if let LockEvent::Lost { reason } = &ev {
-            log::warn!(
-                "{}: the chain is no longer ours ({reason}); stopping",
-                self.chain_name
-            );
-        }
-        lock_event(ev)
     }
 
     /// Write the running task's output so far to the store.
@@ -722,30 +707,5 @@ impl Driver {
                 Event::Chain(chain::Event::SpawnFailed(msg))
             }
         }
-    }
-}
-
-/// See [`Driver::lock_event`] (the decision, without the log).
-fn lock_event(ev: LockEvent) -> Option<Event> {
-    match ev {
-        LockEvent::Held => None,
-        LockEvent::Lost { .. } => Some(Event::Chain(chain::Event::Control(chain::Control::Stop))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lost_lock_is_a_graceful_stop_a_held_one_nothing() {
-        assert_eq!(lock_event(LockEvent::Held), None);
-        let lost = LockEvent::Lost {
-            reason: "lease not renewed".into(),
-        };
-        assert_eq!(
-            lock_event(lost),
-            Some(Event::Chain(chain::Event::Control(chain::Control::Stop)))
-        );
     }
 }

@@ -32,9 +32,12 @@
 //!   error. The queue and its back-off are written once over it (`writer`'s
 //!   [`Writer`]); [`Store`] is that writer over `sqlite`, with the WAL's checkpoints and
 //!   the driver's write in line; `memory` is the in-memory store its unit tests use.
-//!   How far the store has committed (`Commits`: a count and an eventfd) is what the
-//!   driver can wait for in its `ppoll` before a spawn (`Recorder::commit_soon`; not
-//!   used by the driver yet).
+//!   What the fleet is to add here, for a start record committed before a spawn: a
+//!   count of the ops the store has committed and an eventfd made readable at each
+//!   commit, which the driver waits on in its `ppoll` (with a recorder call that hands
+//!   over what is batched or held at once); and a count of what was fenced off in the
+//!   state or the exit's log line. Not kept before the fleet uses them: nothing but
+//!   tests would (the writer already logs each batch fenced off, with the count so far).
 //! - the read side, `Reader` (`reader`): everything `status`, `history`, `log`, the
 //!   metrics and the alert mails read, as plain rows. Only `store/` names rusqlite.
 //!
@@ -73,7 +76,6 @@ pub(crate) use reader::{
     output, series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
-pub(crate) use writer::Commits;
 pub use writer::{Store, Writer};
 
 /// The outbox of alert mails of the store in `run_root` (see [`outbox`]): files in
