@@ -24,7 +24,7 @@ pub(crate) mod outbox;
 pub(crate) mod transport;
 
 pub(crate) use build::{build, message_id};
-pub(crate) use outbox::{queue_alert, start, ToMailer};
+pub(crate) use outbox::Mailer;
 pub(crate) use transport::{deliver, Children, SendError};
 
 use crate::config::{self, Config, Email};

@@ -1,5 +1,6 @@
 //! The mailer thread, which delivers the outbox of alert mails in order, with a backoff
-//! for temporary failures, and [`queue_alert`], which puts an alert's mail in it.
+//! for temporary failures, and the chain's side of it, [`Mailer`], which puts an alert's
+//! mail in the outbox and wakes the thread.
 //!
 //! The outbox itself is the store's ([`Outbox`]: files in `RUN_ROOT/outbox/` with the
 //! SQLite store); how a mail is made durable, and by whom, is told there. This thread
@@ -20,44 +21,81 @@ use crate::store::outbox::Outbox;
 
 use super::transport::{deliver, Children, SendError};
 
-/// Build the mail of alert `a` for `email` and put it in `outbox`: where it is, or why
-/// it is not there (a fragment that reads after "failed to queue an alert: "). The
-/// mailer is to be woken after it.
-pub(crate) fn queue_alert(
-    outbox: &mut dyn Outbox,
-    email: &Email,
-    a: &AlertMail,
-) -> Result<String, String> {
-    let bytes = super::build(email, a, &super::message_id(a))?;
-    outbox
-        .put(a, &bytes)
-        .map_err(|e| format!("cannot store it in {}: {e}", outbox.describe()))
+/// The chain's side of its mailer: the outbox it puts alert mails in, the config they
+/// are built with, and the thread that delivers them.
+pub(crate) struct Mailer {
+    outbox: Box<dyn Outbox>,
+    email: Email,
+    tx: Sender<ToMailer>,
+    children: Children,
 }
 
-/// Messages from the chain to its mailer.
-pub(crate) enum ToMailer {
+/// Messages from the chain to its mailer thread.
+enum ToMailer {
     /// Something new is in the outbox.
     Wake,
     /// The config was reloaded.
     Config(Email),
 }
 
-/// Start the mailer thread over `outbox`. It runs until the process exits. `run_root`
-/// holds `mail/`, where alerts go as files when no transport is configured.
-pub(crate) fn start(
-    outbox: Box<dyn Outbox>,
-    run_root: PathBuf,
-    email: Email,
-    children: Children,
-) -> Sender<ToMailer> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("mailer".into())
-        .spawn(move || mailer_loop(outbox, run_root, email, children, rx));
-    if let Err(e) = spawned {
-        log::error!("failed to start the mailer thread: {e}; alerts stay in the outbox");
+impl Mailer {
+    /// Start the mailer thread over `theirs` (the thread's view of the outbox), and wake
+    /// it for what an earlier instance left there; the chain puts mails in `ours`.
+    /// `run_root` holds `mail/`, where alerts go as files when no transport is
+    /// configured. The thread runs until the process exits.
+    pub(crate) fn start(
+        ours: Box<dyn Outbox>,
+        theirs: Box<dyn Outbox>,
+        run_root: PathBuf,
+        email: Email,
+    ) -> Mailer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let children = Children::default();
+        let (config, kids) = (email.clone(), children.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mailer".into())
+            .spawn(move || mailer_loop(theirs, run_root, config, kids, rx));
+        if let Err(e) = spawned {
+            log::error!("failed to start the mailer thread: {e}; alerts stay in the outbox");
+        }
+        let _ = tx.send(ToMailer::Wake);
+        Mailer {
+            outbox: ours,
+            email,
+            tx,
+            children,
+        }
     }
-    tx
+
+    /// Build the mail of alert `a`, put it in the outbox, log where, and wake the mailer;
+    /// or log why it could not be.
+    pub(crate) fn queue(&mut self, a: &AlertMail) {
+        let put = super::build(&self.email, a, &super::message_id(a)).and_then(|bytes| {
+            let outbox = &mut self.outbox;
+            outbox
+                .put(a, &bytes)
+                .map_err(|e| format!("cannot store it in {}: {e}", outbox.describe()))
+        });
+        let (chain, task, kind) = (&a.chain, &a.task, &a.kind);
+        match put {
+            Ok(at) => {
+                log::info!("{chain}: {task}: {kind} alert queued ({at})");
+                let _ = self.tx.send(ToMailer::Wake);
+            }
+            Err(e) => log::error!("{chain}: {task}: failed to queue a {kind} alert: {e}"),
+        }
+    }
+
+    /// The config was reloaded: mails are built and sent with `email` from now on.
+    pub(crate) fn reconfigure(&mut self, email: Email) {
+        self.email = email.clone();
+        let _ = self.tx.send(ToMailer::Config(email));
+    }
+
+    /// The mailer's own children (sendmail), never a run's leftovers.
+    pub(crate) fn children(&self) -> &Children {
+        &self.children
+    }
 }
 
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);

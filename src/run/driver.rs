@@ -22,13 +22,12 @@ use crate::error::Result;
 use crate::lock::{LockEvent, Ownership};
 /// Where `app` finds it (the driver's own use is the mailer's config).
 pub(crate) use crate::mail::email_or_default;
-use crate::mail::{self, Children, ToMailer};
+use crate::mail::Mailer;
 use crate::run::guardian::Guardian;
 use crate::run::output::{Sink, Tail};
 use crate::run::process;
-use crate::run::slots::{self, Slot, Slots};
+use crate::run::slots;
 use crate::signals::{Sig, Signals};
-use crate::store::outbox::Outbox;
 use crate::store::recorder::Recorder;
 use crate::store::state_file;
 use crate::store::{self, Store};
@@ -80,16 +79,10 @@ pub(crate) struct Driver {
     /// When the running task's output is next written to the store (None: unchanged).
     output_flush_at: Option<Mono>,
     output_flushed: u64,
-    /// A group slot held by the run in progress (or about to start).
-    slot: Option<Slot>,
-    /// While waiting for a slot: the group's slot files and the watch on them.
-    waiting: Option<(Slots, slots::Watch)>,
-    waiting_since_ms: Option<u64>,
-    /// Where alert mails wait for the mailer (the store's).
-    outbox: Box<dyn Outbox>,
-    mailer: std::sync::mpsc::Sender<ToMailer>,
-    /// The mailer's own children (sendmail): never a run's leftovers.
-    children: Children,
+    /// The group slot held by the run in progress (or about to start), or the wait for one.
+    slot: slots::Gate,
+    /// Alert mails: the store's outbox and the thread that delivers it.
+    mailer: Mailer,
     /// SIGKILL was sent to the run in progress.
     kill_sent: bool,
 }
@@ -148,16 +141,13 @@ impl Driver {
             base_state,
         );
         let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
-        let children: Children = Default::default();
-        let mailer = mail::start(
+        // The mailer delivers at once what an earlier instance left in the outbox.
+        let mailer = Mailer::start(
+            store::open_outbox(&run_root),
             store::open_outbox(&run_root),
             run_root.clone(),
             email_or_default(&config),
-            children.clone(),
         );
-        let outbox = store::open_outbox(&run_root);
-        // Deliver what an earlier instance left in the outbox.
-        let _ = mailer.send(ToMailer::Wake);
         Driver {
             chain_name,
             names,
@@ -183,12 +173,8 @@ impl Driver {
             prepared: Vec::new(),
             output_flush_at: None,
             output_flushed: 0,
-            slot: None,
-            waiting: None,
-            waiting_since_ms: None,
-            outbox,
+            slot: slots::Gate::default(),
             mailer,
-            children,
             kill_sent: false,
         }
     }
@@ -211,7 +197,7 @@ impl Driver {
         &mut self,
         f: impl FnOnce(&mut Option<process::Run>, &BTreeSet<i32>) -> T,
     ) -> T {
-        let kids = self.children.clone();
+        let kids = self.mailer.children().clone();
         let guard = kids.lock().unwrap_or_else(|p| p.into_inner());
         let mut ignore = self.ignore.clone();
         ignore.extend(guard.iter().copied());
@@ -334,12 +320,10 @@ impl Driver {
                 fds.push(sys::pollfd(fd, libc::POLLIN));
             }
             let signal_fds = fds.len();
-            let watch_at = if let Some((_, w)) = &self.waiting {
-                fds.push(sys::pollfd(w.fd(), libc::POLLIN));
-                Some(fds.len() - 1)
-            } else {
-                None
-            };
+            let watch_at = self.slot.watch_fd().map(|fd| {
+                fds.push(sys::pollfd(fd, libc::POLLIN));
+                fds.len() - 1
+            });
             let mut src_idx = Vec::new();
             if let Some(run) = &self.run {
                 for (i, s) in run.sources.iter().enumerate() {
@@ -381,14 +365,11 @@ impl Driver {
                     self.output_flush_at = Some(now.mono + OUTPUT_FLUSH);
                 }
             }
-            if let Some(i) = watch_at {
-                if fds[i].revents != 0 {
-                    if let Some((_, w)) = &self.waiting {
-                        w.drain();
-                    }
-                    if let Some(exit) = self.try_slot(now) {
-                        return Ok(self.finish(exit));
-                    }
+            if watch_at.is_some_and(|i| fds[i].revents != 0)
+                && self.slot.try_again(&self.chain_name)
+            {
+                if let Some(exit) = self.feed(now, Event::Chain(chain::Event::SlotFree)) {
+                    return Ok(self.finish(exit));
                 }
             }
             if fds[..signal_fds].iter().any(|f| f.revents != 0) {
@@ -424,29 +405,6 @@ impl Driver {
         }
         self.output_flushed = self.tail.total();
         self.store.output(cur, &self.tail);
-    }
-
-    /// Try to take a slot of the waiting task's group; on success the chain goes on.
-    fn try_slot(&mut self, now: Now) -> Option<ExitReason> {
-        let (slots, _) = self.waiting.as_mut()?;
-        match slots.try_take() {
-            Ok(Some(slot)) => {
-                self.slot = Some(slot);
-                self.waiting = None;
-                self.waiting_since_ms = None;
-                self.feed(now, Event::Chain(chain::Event::SlotFree))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                log::error!(
-                    "{}: failed to take a group slot: {e}; running without it",
-                    self.chain_name
-                );
-                self.waiting = None;
-                self.waiting_since_ms = None;
-                self.feed(now, Event::Chain(chain::Event::SlotFree))
-            }
-        }
     }
 
     fn drain_sources(&mut self) {
@@ -500,9 +458,7 @@ impl Driver {
                 );
                 self.config = config;
                 self.prepared.clear();
-                let _ = self
-                    .mailer
-                    .send(ToMailer::Config(email_or_default(&self.config)));
+                self.mailer.reconfigure(email_or_default(&self.config));
                 Some(tasks)
             }
             Err(e) => {
@@ -544,9 +500,18 @@ impl Driver {
                     } => {
                         debug_assert_eq!(self.sup.tasks()[index].name, task);
                         self.state_dirty = true;
-                        if let Some(ev) = self.need_slot(now, index) {
-                            events.push_back(ev);
-                            continue;
+                        // A task of a concurrency group takes a slot first, or waits for one.
+                        let t = &self.sup.tasks()[index];
+                        if let Some(group) = &t.group {
+                            let max = self.config.groups.get(group).map_or(1, |g| g.max_running);
+                            let (chain, root) = (&self.chain_name, &self.run_root);
+                            if !self
+                                .slot
+                                .take(chain, &t.name, root, group, max, now.wall_ms())
+                            {
+                                events.push_back(Event::Chain(chain::Event::SlotBusy));
+                                continue;
+                            }
                         }
                         // The run id is used once it is in CHAIN.state, before the run
                         // starts: an instance stopped or killed at any moment after the
@@ -590,55 +555,6 @@ impl Driver {
                 run.signal(sig, ignore);
             }
         });
-    }
-
-    /// Before a task of a concurrency group starts: take a slot, or start waiting for
-    /// one (returns SlotBusy). None: go ahead.
-    fn need_slot(&mut self, now: Now, index: usize) -> Option<Event> {
-        let task = &self.sup.tasks()[index];
-        let group = task.group.as_ref()?;
-        if self.slot.as_ref().is_some_and(|s| &s.group == group) {
-            return None;
-        }
-        self.slot = None;
-        let max = self.config.groups.get(group).map_or(1, |g| g.max_running);
-        // Watch first, then try: a slot freed in between still wakes us.
-        let setup = slots::Watch::new(&self.run_root)
-            .and_then(|w| Ok((Slots::open(&self.run_root, group, max)?, w)));
-        let (mut slots, watch) = match setup {
-            Ok(x) => x,
-            Err(e) => {
-                log::error!(
-                    "{}: failed to use the slots of group {group} in {}: {e}; running without a slot",
-                    self.chain_name,
-                    slots::dir(&self.run_root).display()
-                );
-                return None;
-            }
-        };
-        match slots.try_take() {
-            Ok(Some(slot)) => {
-                self.slot = Some(slot);
-                None
-            }
-            Ok(None) => {
-                log::info!(
-                    "{}: {} waits for a slot of group {group} (max_running {max})",
-                    self.chain_name,
-                    task.name
-                );
-                self.waiting = Some((slots, watch));
-                self.waiting_since_ms = Some(now.wall_ms());
-                Some(Event::Chain(chain::Event::SlotBusy))
-            }
-            Err(e) => {
-                log::error!(
-                    "{}: failed to take a slot of group {group}: {e}; running without it",
-                    self.chain_name
-                );
-                None
-            }
-        }
     }
 
     fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Event {

@@ -26,17 +26,6 @@ impl Driver {
             }
         };
         let a = self.sup.alert_mail(now, &due, failed, &time::local_hhmm);
-        let (task, kind) = (due.task.as_str(), due.decision.kind.as_str());
-        let email = email_or_default(&self.config);
-        match mail::queue_alert(self.outbox.as_mut(), &email, &a) {
-            Ok(at) => {
-                log::info!("{}: {task}: {kind} alert queued ({at})", self.chain_name);
-                let _ = self.mailer.send(ToMailer::Wake);
-            }
-            Err(e) => log::error!(
-                "{}: {task}: failed to queue a {kind} alert: {e}",
-                self.chain_name,
-            ),
-        }
+        self.mailer.queue(&a);
     }
 }

@@ -25,7 +25,7 @@ impl Driver {
             self.spare_pipes = run.into_pipes();
         }
         // The slot is held until the run's group is empty; the next task takes its own.
-        self.slot = None;
+        self.slot.release();
         self.kill_sent = false;
         self.output_flush_at = None;
         self.store
@@ -68,9 +68,9 @@ impl Driver {
         self.state_dirty = false;
         // The group whose slot the running task holds (for `status`): the slot itself, not
         // the config (a reload may have changed the task's group since).
-        let running_group = running.and(self.slot.as_ref()).map(|s| s.group.as_str());
+        let running_group = running.and(self.slot.held_group());
         let extras = Extras {
-            since_ms: self.waiting_since_ms,
+            since_ms: self.slot.waiting_since_ms(),
             guardian_pid: Some(self.guardian.pid()),
             guardian_start: self.guardian_start,
             boot_id: self.boot_id.as_deref(),
