@@ -122,6 +122,47 @@ impl RunEnded {
     }
 }
 
+/// When the running task's output is next written to the record store (its end carries
+/// it anyway): [`OutputFlush::EVERY`] after it first grew since the last write, and only
+/// if it grew since.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OutputFlush {
+    at: Option<Mono>,
+    /// The bytes printed when it was last written.
+    written: u64,
+}
+
+impl OutputFlush {
+    pub(crate) const EVERY: Duration = Duration::from_secs(1);
+
+    /// A run starts: nothing written, nothing due.
+    pub(crate) fn start(&mut self) {
+        *self = OutputFlush::default();
+    }
+
+    /// The run ended: nothing due.
+    pub(crate) fn stop(&mut self) {
+        self.at = None;
+    }
+
+    /// The output grew, at `now`.
+    pub(crate) fn grew(&mut self, now: Mono) {
+        self.at.get_or_insert(now + Self::EVERY);
+    }
+
+    /// When to write it, if at all.
+    pub(crate) fn due(&self) -> Option<Mono> {
+        self.at
+    }
+
+    /// It is due, with `total` bytes printed: whether to write it (not if that much was
+    /// written already). Nothing is due after it.
+    pub(crate) fn take(&mut self, total: u64) -> bool {
+        self.at = None;
+        std::mem::replace(&mut self.written, total) != total
+    }
+}
+
 /// A task's failed run as the record store has it, read back for an alert mail by an
 /// instance that did not see that run (see [`Supervisor::failed_from_store`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

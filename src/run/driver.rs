@@ -8,15 +8,14 @@
 //! effects it gets back: spawn, signal the group, record, queue a mail, log, persist the
 //! state, exit. A chain in cooldown is asleep in the kernel: no timer, no polling.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::config::{Config, Task};
-use crate::core::chain::{self, Chain, GroupSignal, Mode};
+use crate::core::chain::{self, Chain, Mode};
 use crate::core::resume::State;
 use crate::core::supervisor::{
-    AlertDue, Effect, Event, ExitReason, RunEnded, RunOutput, Signal, Supervisor,
+    AlertDue, Effect, Event, ExitReason, OutputFlush, RunEnded, RunOutput, Signal, Supervisor,
 };
 use crate::error::Result;
 use crate::lock::{LockEvent, Ownership};
@@ -25,17 +24,14 @@ pub(crate) use crate::mail::email_or_default;
 use crate::mail::Mailer;
 use crate::run::guardian::Guardian;
 use crate::run::output::{Sink, Tail};
-use crate::run::process;
+use crate::run::running::Running;
 use crate::run::slots;
 use crate::signals::{Sig, Signals};
 use crate::store::recorder::Recorder;
 use crate::store::state_file;
 use crate::store::{self, Store};
 use crate::sys;
-use crate::time::{self, Mono, Now};
-
-/// While a task runs, its output is written to the store at least this often.
-const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
+use crate::time::{self, Now};
 
 /// Everything the loop owns.
 pub(crate) struct Driver {
@@ -61,9 +57,9 @@ pub(crate) struct Driver {
     ownership: Ownership,
     boot_id: Option<String>,
     sinks: [Sink; 2],
-    run: Option<process::Run>,
+    /// The run in progress: its process group, and what is never a run's.
+    running: Running,
     tail: Tail,
-    ignore: BTreeSet<i32>,
     /// CHAIN.state, kept open.
     state_file: state_file::Writer,
     /// CHAIN.state needs writing (at the end of the current [`Driver::feed`]).
@@ -71,20 +67,12 @@ pub(crate) struct Driver {
     /// A cooldown lies ahead: hand this feed's records to the writer now (nothing held).
     cooldown_ahead: bool,
     store: Recorder,
-    /// The last run's output pipes, for the next run (see [`process::Pipes`]).
-    spare_pipes: Option<process::Pipes>,
-    /// Per task (by index), what starting it needs, made at its first run and kept until
-    /// the config is reloaded.
-    prepared: Vec<Option<std::result::Result<process::Prepared, String>>>,
-    /// When the running task's output is next written to the store (None: unchanged).
-    output_flush_at: Option<Mono>,
-    output_flushed: u64,
+    /// When the running task's output is next written to the store.
+    output_flush: OutputFlush,
     /// The group slot held by the run in progress (or about to start), or the wait for one.
     slot: slots::Gate,
     /// Alert mails: the store's outbox and the thread that delivers it.
     mailer: Mailer,
-    /// SIGKILL was sent to the run in progress.
-    kill_sent: bool,
 }
 
 pub(crate) use crate::core::supervisor::chain_tasks;
@@ -123,8 +111,6 @@ impl Driver {
         ownership: Ownership,
         base_state: State,
     ) -> Driver {
-        let mut ignore = BTreeSet::new();
-        ignore.insert(guardian.pid());
         let guardian_start = sys::start_time(guardian.pid());
         let instance = store::Instance::this_process(&config.digest);
         let store = Store::owned_by(&run_root, instance, ownership.token());
@@ -148,6 +134,7 @@ impl Driver {
             run_root.clone(),
             email_or_default(&config),
         );
+        let running = Running::new(guardian.pid(), mailer.children().clone());
         Driver {
             chain_name,
             names,
@@ -162,20 +149,15 @@ impl Driver {
             ownership,
             boot_id: sys::boot_id(),
             sinks: [Sink::new(1), Sink::new(2)],
-            run: None,
+            running,
             tail: Tail::new(0),
-            ignore,
             state_file,
             state_dirty: false,
             cooldown_ahead: false,
             store,
-            spare_pipes: None,
-            prepared: Vec::new(),
-            output_flush_at: None,
-            output_flushed: 0,
+            output_flush: OutputFlush::default(),
             slot: slots::Gate::default(),
             mailer,
-            kill_sent: false,
         }
     }
 
@@ -189,19 +171,6 @@ impl Driver {
     pub(crate) fn with_reconfigure_at_start(mut self, yes: bool) -> Driver {
         self.reconfigure_at_start = yes;
         self
-    }
-
-    /// The PIDs that are not a run's: the guardian's, and the mailer's children. The
-    /// lock on the latter is held while the caller looks at our children.
-    fn with_ignored<T>(
-        &mut self,
-        f: impl FnOnce(&mut Option<process::Run>, &BTreeSet<i32>) -> T,
-    ) -> T {
-        let kids = self.mailer.children().clone();
-        let guard = kids.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ignore = self.ignore.clone();
-        ignore.extend(guard.iter().copied());
-        f(&mut self.run, &ignore)
     }
 
     /// Run until the chain exits; returns the exit status.
@@ -238,26 +207,12 @@ impl Driver {
         let mut ticks_in_a_row = 0u32;
         loop {
             let now = Now::read();
-            if self.sup.chain().reaping() {
-                let killed = self.kill_sent;
-                let empty = self.with_ignored(|run, ignore| match run {
-                    Some(run) => {
-                        if killed {
-                            // Children reparented to us since the SIGKILL (their parent
-                            // died of it) get it too, until nothing is left.
-                            run.signal(GroupSignal::Kill, ignore);
-                        }
-                        run.sweep(ignore)
-                    }
-                    None => true,
-                });
-                if empty {
-                    self.drain_sources();
-                    if let Some(exit) = self.feed(now, Event::Chain(chain::Event::GroupEmpty)) {
-                        return Ok(self.finish(exit));
-                    }
-                    continue;
+            if self.sup.chain().reaping() && self.running.sweep() {
+                self.drain_sources();
+                if let Some(exit) = self.feed(now, Event::Chain(chain::Event::GroupEmpty)) {
+                    return Ok(self.finish(exit));
                 }
+                continue;
             }
             let deadline = self.sup.chain().next_deadline();
             if let Some(d) = deadline {
@@ -280,7 +235,7 @@ impl Driver {
                     continue;
                 }
             }
-            if self.output_flush_at.is_some_and(|t| t <= now.mono) {
+            if self.output_flush.due().is_some_and(|t| t <= now.mono) {
                 self.flush_output();
             }
             let alert_at = self.sup.alert_deadline(now);
@@ -306,7 +261,7 @@ impl Driver {
             }
             let deadline = [
                 deadline,
-                self.output_flush_at,
+                self.output_flush.due(),
                 alert_at,
                 records_at,
                 lock_at,
@@ -325,7 +280,7 @@ impl Driver {
                 fds.len() - 1
             });
             let mut src_idx = Vec::new();
-            if let Some(run) = &self.run {
+            if let Some(run) = self.running.run() {
                 for (i, s) in run.sources.iter().enumerate() {
                     if let Some(fd) = s.fd() {
                         if self.sinks[s.sink].ready() {
@@ -354,15 +309,15 @@ impl Driver {
                     self.sinks[si].flush();
                 }
             }
-            if let Some(run) = &mut self.run {
+            if let Some(run) = self.running.run_mut() {
                 let before = self.tail.total();
                 for (fi, si) in src_idx {
                     if fds[fi].revents != 0 {
                         run.sources[si].pump(&mut self.sinks, &mut self.tail, false);
                     }
                 }
-                if self.tail.total() != before && self.output_flush_at.is_none() {
-                    self.output_flush_at = Some(now.mono + OUTPUT_FLUSH);
+                if self.tail.total() != before {
+                    self.output_flush.grew(now.mono);
                 }
             }
             if watch_at.is_some_and(|i| fds[i].revents != 0)
@@ -396,19 +351,14 @@ impl Driver {
 
     /// Write the running task's output so far to the store.
     fn flush_output(&mut self) {
-        self.output_flush_at = None;
-        let Some(cur) = self.sup.current() else {
-            return;
-        };
-        if self.tail.total() == self.output_flushed {
-            return;
+        let grew = self.output_flush.take(self.tail.total());
+        if let Some(cur) = self.sup.current().filter(|_| grew) {
+            self.store.output(cur, &self.tail);
         }
-        self.output_flushed = self.tail.total();
-        self.store.output(cur, &self.tail);
     }
 
     fn drain_sources(&mut self) {
-        if let Some(run) = &mut self.run {
+        if let Some(run) = self.running.run_mut() {
             for s in &mut run.sources {
                 s.pump(&mut self.sinks, &mut self.tail, true);
             }
@@ -419,7 +369,7 @@ impl Driver {
     /// SIGHUP reloads the config here (the supervisor gets the new tasks).
     fn on_signal(&mut self, now: Now, sig: Sig) -> Option<ExitReason> {
         let ev = match sig {
-            Sig::Child => match self.run.as_mut().and_then(|r| r.leader_exit()) {
+            Sig::Child => match self.running.leader_exit() {
                 Some(e) => Event::Chain(chain::Event::LeaderExited(e)),
                 None => return None,
             },
@@ -457,7 +407,7 @@ impl Driver {
                     config.digest
                 );
                 self.config = config;
-                self.prepared.clear();
+                self.running.forget_prepared();
                 self.mailer.reconfigure(email_or_default(&self.config));
                 Some(tasks)
             }
@@ -521,7 +471,7 @@ impl Driver {
                         self.save_state_with(now, Some((&task, run_id, now.wall_ms())));
                         events.push_back(self.spawn(now, index, run_id));
                     }
-                    Effect::Signal(sig) => self.signal_group(sig),
+                    Effect::Signal(sig) => self.running.signal(&self.chain_name, sig),
                     Effect::RunEnded(r) => self.finished(now, *r),
                     Effect::Alert(a) => {
                         self.store.alerted(&a.task, a.decision.kind.as_str());
@@ -543,39 +493,20 @@ impl Driver {
         None
     }
 
-    fn signal_group(&mut self, sig: GroupSignal) {
-        if sig == GroupSignal::Kill {
-            self.kill_sent = true;
-        }
-        if let Some(run) = &self.run {
-            log::debug!("{}: {sig:?} to process group {}", self.chain_name, run.pid);
-        }
-        self.with_ignored(|run, ignore| {
-            if let Some(run) = run {
-                run.signal(sig, ignore);
-            }
-        });
-    }
-
     fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Event {
         let scheduled = self.sup.chain().scheduled().unwrap_or(now.mono);
         let cur = self.sup.begin_run(now, index, run_id);
         let (scheduled_ms, start_ms) = (cur.scheduled_ms, cur.start_ms);
         let task = &self.sup.tasks()[index];
         self.tail.reset(task.keep_output);
-        self.output_flushed = 0;
-        self.output_flush_at = None;
-        if self.prepared.len() != self.sup.tasks().len() {
-            self.prepared.clear();
-            self.prepared.resize_with(self.sup.tasks().len(), || None);
-        }
+        self.output_flush.start();
         let remove = self
             .config
             .email
             .as_ref()
             .and_then(|e| e.password_env.as_deref());
-        let prepared = self.prepared[index]
-            .get_or_insert_with(|| process::Prepared::new(task, &self.chain_name, remove));
+        let tasks = self.sup.tasks();
+        self.running.prepare(tasks, index, &self.chain_name, remove);
         // The start latency at the resolution of the clock (for the debug log only).
         let spawn_at = time::mono_now();
         let announce = self.guardian.prepare(
@@ -587,13 +518,9 @@ impl Driver {
                 start_ms,
             },
         );
-        let started = match prepared {
-            Ok(p) => process::spawn(p, run_id, Some(announce), self.spare_pipes.take()),
-            Err(msg) => Err(msg.clone()),
-        };
-        match started {
-            Ok(run) => {
-                self.guardian.watch(run.pid, task.timing.kill_grace);
+        match self.running.spawn(index, run_id, announce) {
+            Ok(pid) => {
+                self.guardian.watch(pid, task.timing.kill_grace);
                 // The start latency at the resolution of the clock (the store keeps ms).
                 log::debug!(
                     "{}: {} run {run_id} spawned {} µs after it was due",
@@ -602,16 +529,14 @@ impl Driver {
                     spawn_at.saturating_sub(scheduled).as_micros()
                 );
                 log::info!(
-                    "{}: {} run {run_id} started (pid {}): {}",
+                    "{}: {} run {run_id} started (pid {pid}): {}",
                     self.chain_name,
                     task.name,
-                    run.pid,
                     task.program.short()
                 );
                 if let Some(cur) = self.sup.current() {
-                    self.store.run_started(cur, run.pid);
+                    self.store.run_started(cur, pid);
                 }
-                self.run = Some(run);
                 Event::Chain(chain::Event::Spawned)
             }
             Err(msg) => {

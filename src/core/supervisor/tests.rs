@@ -827,3 +827,27 @@ fn a_runs_end_says_whether_a_cooldown_follows_and_how_it_is_logged() {
         )
     );
 }
+
+/// The output is written a second after it first grew, not again until it grows again,
+/// and from scratch for the next run.
+#[test]
+fn the_output_is_written_a_second_after_it_grew_and_only_if_it_did() {
+    let mut o = OutputFlush::default();
+    assert_eq!(o.due(), None);
+    o.grew(Duration::from_millis(100));
+    o.grew(Duration::from_millis(900));
+    assert_eq!(o.due(), Some(Duration::from_millis(1100)));
+    assert!(o.take(10));
+    assert_eq!(o.due(), None);
+    // Due again (it grew), but the bytes are those written: nothing to write.
+    o.grew(Duration::from_secs(2));
+    assert!(!o.take(10));
+    o.grew(Duration::from_secs(3));
+    assert!(o.take(20));
+    o.grew(Duration::from_secs(4));
+    o.stop();
+    assert_eq!(o.due(), None);
+    o.start();
+    o.grew(Duration::from_secs(5));
+    assert!(o.take(20), "a new run: nothing of it written yet");
+}

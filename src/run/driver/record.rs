@@ -8,9 +8,7 @@ impl Driver {
     /// A run ended (the supervisor decided its failures and alert): clean up after it,
     /// record it with its alert, send the alert, log it.
     pub(super) fn finished(&mut self, now: Now, mut r: RunEnded) {
-        let left = self
-            .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
-        if let Some(run) = self.run.take() {
+        if let Some((pid, left)) = self.running.ended() {
             if !left.is_empty() {
                 log::warn!(
                     "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
@@ -19,15 +17,12 @@ impl Driver {
                     r.f.run_id,
                     left
                 );
-                self.ignore.extend(left);
             }
-            self.guardian.unwatch(run.pid);
-            self.spare_pipes = run.into_pipes();
+            self.guardian.unwatch(pid);
         }
         // The slot is held until the run's group is empty; the next task takes its own.
         self.slot.release();
-        self.kill_sent = false;
-        self.output_flush_at = None;
+        self.output_flush.stop();
         self.store
             .run_ended(&r, &self.tail, self.sup.keep_runs(&r.f.task));
         self.cooldown_ahead |= r.cooldown_ahead();
@@ -55,7 +50,7 @@ impl Driver {
         let current = self
             .sup
             .current()
-            .filter(|_| self.run.is_some())
+            .filter(|_| self.running.run().is_some())
             .map(|c| (c.task.clone(), c.run_id, c.start_ms));
         self.save_state_with(
             now,

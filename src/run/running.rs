@@ -1,0 +1,156 @@
+//! The run in progress as the OS has it, for the driver: its process group
+//! ([`process::Run`]), the PIDs that are never a run's (the guardian, the mailer's
+//! sendmail children, processes that survived SIGKILL and were given up on), whether
+//! SIGKILL was sent, the output pipes kept for the next run, and what starting each task
+//! needs (made at its first run, kept until the config is reloaded). The driver carries
+//! out the supervisor's spawn and signal effects through it; its loop reads the run's
+//! output pipes through [`Running::run_mut`].
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicI32;
+
+use crate::config::Task;
+use crate::core::chain::GroupSignal;
+use crate::core::outcome::Exit;
+use crate::mail::Children;
+use crate::run::process;
+
+pub(crate) struct Running {
+    run: Option<process::Run>,
+    /// The guardian, and processes given up on (they survived SIGKILL).
+    ignore: BTreeSet<i32>,
+    /// The mailer's own children (sendmail): never a run's leftovers.
+    children: Children,
+    /// SIGKILL was sent to the run in progress.
+    kill_sent: bool,
+    /// The last run's output pipes, for the next run (see [`process::Pipes`]).
+    spare_pipes: Option<process::Pipes>,
+    /// Per task (by index), what starting it needs.
+    prepared: Vec<Option<Result<process::Prepared, String>>>,
+}
+
+impl Running {
+    /// Nothing running; `guardian` and the mailer's `children` are never a run's.
+    pub(crate) fn new(guardian: i32, children: Children) -> Running {
+        Running {
+            run: None,
+            ignore: BTreeSet::from([guardian]),
+            children,
+            kill_sent: false,
+            spare_pipes: None,
+            prepared: Vec::new(),
+        }
+    }
+
+    pub(crate) fn run(&self) -> Option<&process::Run> {
+        self.run.as_ref()
+    }
+
+    pub(crate) fn run_mut(&mut self) -> Option<&mut process::Run> {
+        self.run.as_mut()
+    }
+
+    /// The PIDs that are not a run's: the guardian's, and the mailer's children. The
+    /// lock on the latter is held while the caller looks at our children.
+    fn with_ignored<T>(
+        &mut self,
+        f: impl FnOnce(&mut Option<process::Run>, &BTreeSet<i32>) -> T,
+    ) -> T {
+        let kids = self.children.clone();
+        let guard = kids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ignore = self.ignore.clone();
+        ignore.extend(guard.iter().copied());
+        f(&mut self.run, &ignore)
+    }
+
+    /// The config was reloaded: what starting each task needs is made again.
+    pub(crate) fn forget_prepared(&mut self) {
+        self.prepared.clear();
+    }
+
+    /// Make what starting task `index` of `tasks` (of `chain`) needs, if it is not made
+    /// yet; `remove` is a variable kept from the task's environment (the SMTP password's).
+    pub(crate) fn prepare(
+        &mut self,
+        tasks: &[Task],
+        index: usize,
+        chain: &str,
+        remove: Option<&str>,
+    ) {
+        if self.prepared.len() != tasks.len() {
+            self.prepared.clear();
+            self.prepared.resize_with(tasks.len(), || None);
+        }
+        self.prepared[index]
+            .get_or_insert_with(|| process::Prepared::new(&tasks[index], chain, remove));
+    }
+
+    /// Start task `index` (prepared: [`Running::prepare`]) as run `run_id`, its group
+    /// announced to the guardian through `announce`: the leader's PID, or why it could
+    /// not start.
+    pub(crate) fn spawn(
+        &mut self,
+        index: usize,
+        run_id: u64,
+        announce: &'static AtomicI32,
+    ) -> Result<i32, String> {
+        let run = match self.prepared.get(index).and_then(Option::as_ref) {
+            Some(Ok(p)) => process::spawn(p, run_id, Some(announce), self.spare_pipes.take())?,
+            Some(Err(msg)) => return Err(msg.clone()),
+            None => return Err("the task was not prepared".to_string()),
+        };
+        let pid = run.pid;
+        self.run = Some(run);
+        Ok(pid)
+    }
+
+    /// Signal the run's group (`chain`'s, for the debug log).
+    pub(crate) fn signal(&mut self, chain: &str, sig: GroupSignal) {
+        if sig == GroupSignal::Kill {
+            self.kill_sent = true;
+        }
+        if let Some(run) = &self.run {
+            log::debug!("{chain}: {sig:?} to process group {}", run.pid);
+        }
+        self.with_ignored(|run, ignore| {
+            if let Some(run) = run {
+                run.signal(sig, ignore);
+            }
+        });
+    }
+
+    /// While the group is reaped: whether nothing of it is left. After a SIGKILL,
+    /// children reparented to us since (their parent died of it) get it too, until
+    /// nothing is left.
+    pub(crate) fn sweep(&mut self) -> bool {
+        let killed = self.kill_sent;
+        self.with_ignored(|run, ignore| match run {
+            Some(run) => {
+                if killed {
+                    run.signal(GroupSignal::Kill, ignore);
+                }
+                run.sweep(ignore)
+            }
+            None => true,
+        })
+    }
+
+    /// The leader's exit, on SIGCHLD (None: not yet, or no run).
+    pub(crate) fn leader_exit(&mut self) -> Option<Exit> {
+        self.run.as_mut().and_then(|r| r.leader_exit())
+    }
+
+    /// The run has ended: processes that survived SIGKILL are given up on, the pipes kept
+    /// for the next run. Returns the leader's PID and those processes, if a run was in
+    /// progress.
+    pub(crate) fn ended(&mut self) -> Option<(i32, Vec<i32>)> {
+        let left = self
+            .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
+        self.kill_sent = false;
+        let run = self.run.take()?;
+        self.ignore.extend(left.iter().copied());
+        let pid = run.pid;
+        self.spare_pipes = run.into_pipes();
+        Some((pid, left))
+    }
+}
