@@ -7,6 +7,13 @@
 //! into events for the [`Supervisor`] (which decides everything), and carries out the
 //! effects it gets back: spawn, signal the group, record, queue a mail, log, persist the
 //! state, exit. A chain in cooldown is asleep in the kernel: no timer, no polling.
+//!
+//! Each effect is carried out by what owns it: the run's processes by
+//! [`Running`](crate::run::running::Running), a group slot by [`slots::Gate`], the
+//! records by the store's [`Recorder`] (domain values in, records out), an alert mail by
+//! [`Mailer`] (built, put in the store's outbox, delivered by its thread), CHAIN.state by
+//! its [`state_file::Writer`]; a failed run an alert shows is read by the store's reader
+//! and made into the mail's view by the supervisor.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -15,7 +22,7 @@ use crate::config::{Config, Task};
 use crate::core::chain::{self, Chain, Mode};
 use crate::core::resume::State;
 use crate::core::supervisor::{
-    AlertDue, Effect, Event, ExitReason, OutputFlush, RunEnded, RunOutput, Signal, Supervisor,
+    AlertDue, Effect, Event, ExitReason, OutputFlush, RunEnded, Signal, Supervisor,
 };
 use crate::error::Result;
 use crate::lock::{LockEvent, Ownership};
@@ -76,22 +83,6 @@ pub(crate) struct Driver {
 }
 
 pub(crate) use crate::core::supervisor::chain_tasks;
-
-/// The run's output, as the supervisor reads it when a run fails.
-impl RunOutput for Tail {
-    fn last_line(&self) -> Option<String> {
-        Tail::last_line(self)
-    }
-    fn bytes(&self) -> Vec<u8> {
-        Tail::bytes(self)
-    }
-    fn total(&self) -> u64 {
-        Tail::total(self)
-    }
-    fn cut(&self) -> bool {
-        Tail::cut(self)
-    }
-}
 
 mod alerts;
 mod record;
@@ -184,13 +175,8 @@ impl Driver {
         // its guardian ended is closed already, with its real end (the launch waited for
         // that guardian: `app::wait_for_the_old_run`); what is still open had its end
         // recorded by nobody, and is closed with this time (see `store::Op::CloseOpen`).
-        let b = self.sup.base_state();
-        let running = match (&b.running_task, b.running_run_id, b.running_since_ms) {
-            (Some(t), Some(id), Some(since)) => Some((t.clone(), id, since)),
-            _ => None,
-        };
         let now = Now::read();
-        self.store.close_open(now.wall_ms(), running);
+        self.store.close_open(now.wall_ms(), self.sup.base_state());
         // So that `status` shows what this instance does from its first moment.
         if self.sup.mode() == Mode::Forever {
             self.save_state(now);

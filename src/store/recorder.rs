@@ -34,6 +34,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
 use crate::core::outcome::Outcome;
+use crate::core::resume::State;
 use crate::core::supervisor::{Current, RunEnded, RunOutput};
 use crate::store::{Op, RunEnd, RunStart, Store};
 use crate::time::Mono;
@@ -142,9 +143,18 @@ impl Recorder {
         }
     }
 
-    /// Runs of this chain left open by an instance that died are closed now (see
-    /// [`Op::CloseOpen`]); `running` is the run CHAIN.state names: (task, run id, since).
-    pub(crate) fn close_open(&mut self, stop_ms: u64, running: Option<(String, u64, u64)>) {
+    /// Runs of this chain left open by an instance that died are closed now, at
+    /// `stop_ms`, with the run in progress that the state it left names (see
+    /// [`Op::CloseOpen`]).
+    pub(crate) fn close_open(&mut self, stop_ms: u64, left: &State) {
+        let running = match (
+            &left.running_task,
+            left.running_run_id,
+            left.running_since_ms,
+        ) {
+            (Some(t), Some(id), Some(since)) => Some((t.clone(), id, since)),
+            _ => None,
+        };
         let chain = self.chain.clone();
         self.push(Op::CloseOpen {
             chain,
