@@ -428,14 +428,17 @@ impl Supervisor {
     }
 
     /// The driver is about to spawn task `index` as run `run_id`: the run's wall times.
-    pub(crate) fn begin_run(&mut self, now: Now, index: usize, run_id: u64) -> &Current {
+    /// Returns the run and its task.
+    pub(crate) fn begin_run(&mut self, now: Now, index: usize, run_id: u64) -> (&Current, &Task) {
         let scheduled = self.chain.scheduled().unwrap_or(now.mono);
-        self.current.insert(Current {
-            task: self.tasks[index].name.clone(),
+        let task = &self.tasks[index];
+        let cur = self.current.insert(Current {
+            task: task.name.clone(),
             run_id,
             scheduled_ms: now.wall_of(scheduled),
             start_ms: now.wall_of(now.mono),
-        })
+        });
+        (cur, task)
     }
 
     /// A run ended: its failures, its alert, what the next mails show of it.

@@ -56,9 +56,6 @@ pub(crate) struct Driver {
     /// The decisions: the chain, its failures and alerts.
     sup: Supervisor,
     signals: Signals,
-    guardian: Guardian,
-    /// The guardian's start time (clock ticks), saved with its PID in CHAIN.state.
-    guardian_start: Option<u64>,
     /// Held for the life of the process: the chain's lock (dropped with the driver; its
     /// deadline, if any, is one of the loop's).
     ownership: Ownership,
@@ -102,7 +99,6 @@ impl Driver {
         ownership: Ownership,
         base_state: State,
     ) -> Driver {
-        let guardian_start = sys::start_time(guardian.pid());
         let instance = store::Instance::this_process(&config.digest);
         let store = Store::owned_by(&run_root, instance, ownership.token());
         let store = Recorder::start(&chain_name, store);
@@ -125,7 +121,7 @@ impl Driver {
             run_root.clone(),
             email_or_default(&config),
         );
-        let running = Running::new(guardian.pid(), mailer.children().clone());
+        let running = Running::new(guardian, mailer.children().clone());
         Driver {
             chain_name,
             names,
@@ -135,8 +131,6 @@ impl Driver {
             reconfigure_at_start: false,
             sup,
             signals,
-            guardian,
-            guardian_start,
             ownership,
             boot_id: sys::boot_id(),
             sinks: [Sink::new(1), Sink::new(2)],
@@ -481,11 +475,6 @@ impl Driver {
 
     fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Event {
         let scheduled = self.sup.chain().scheduled().unwrap_or(now.mono);
-        let cur = self.sup.begin_run(now, index, run_id);
-        let (scheduled_ms, start_ms) = (cur.scheduled_ms, cur.start_ms);
-        let task = &self.sup.tasks()[index];
-        self.tail.reset(task.keep_output);
-        self.output_flush.start();
         let remove = self
             .config
             .email
@@ -493,20 +482,13 @@ impl Driver {
             .and_then(|e| e.password_env.as_deref());
         let tasks = self.sup.tasks();
         self.running.prepare(tasks, index, &self.chain_name, remove);
+        let (cur, task) = self.sup.begin_run(now, index, run_id);
+        self.tail.reset(task.keep_output);
+        self.output_flush.start();
         // The start latency at the resolution of the clock (for the debug log only).
         let spawn_at = time::mono_now();
-        let announce = self.guardian.prepare(
-            task.timing.kill_grace,
-            &crate::run::guardian::RunIdentity {
-                task: &task.name,
-                run_id,
-                scheduled_ms,
-                start_ms,
-            },
-        );
-        match self.running.spawn(index, run_id, announce) {
+        match self.running.spawn(index, cur, task.timing.kill_grace) {
             Ok(pid) => {
-                self.guardian.watch(pid, task.timing.kill_grace);
                 // The start latency at the resolution of the clock (the store keeps ms).
                 log::debug!(
                     "{}: {} run {run_id} spawned {} µs after it was due",
@@ -520,9 +502,7 @@ impl Driver {
                     task.name,
                     task.program.short()
                 );
-                if let Some(cur) = self.sup.current() {
-                    self.store.run_started(cur, pid);
-                }
+                self.store.run_started(cur, pid);
                 Event::Chain(chain::Event::Spawned)
             }
             Err(msg) => {

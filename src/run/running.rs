@@ -1,22 +1,29 @@
 //! The run in progress as the OS has it, for the driver: its process group
-//! ([`process::Run`]), the PIDs that are never a run's (the guardian, the mailer's
-//! sendmail children, processes that survived SIGKILL and were given up on), whether
-//! SIGKILL was sent, the output pipes kept for the next run, and what starting each task
-//! needs (made at its first run, kept until the config is reloaded). The driver carries
+//! ([`process::Run`]), the guardian that ends it if run-chain dies (told of each run),
+//! the PIDs that are never a run's (the guardian, the mailer's sendmail children,
+//! processes that survived SIGKILL and were given up on), whether SIGKILL was sent, the
+//! output pipes kept for the next run, and what starting each task needs (made at its
+//! first run, kept until the config is reloaded). The driver carries
 //! out the supervisor's spawn and signal effects through it; its loop reads the run's
 //! output pipes through [`Running::run_mut`].
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicI32;
+use std::time::Duration;
 
 use crate::config::Task;
 use crate::core::chain::GroupSignal;
 use crate::core::outcome::Exit;
+use crate::core::supervisor::Current;
 use crate::mail::Children;
+use crate::run::guardian::{Guardian, RunIdentity};
 use crate::run::process;
+use crate::sys;
 
 pub(crate) struct Running {
     run: Option<process::Run>,
+    guardian: Guardian,
+    /// The guardian's start time (clock ticks), saved with its PID in CHAIN.state.
+    guardian_start: Option<u64>,
     /// The guardian, and processes given up on (they survived SIGKILL).
     ignore: BTreeSet<i32>,
     /// The mailer's own children (sendmail): never a run's leftovers.
@@ -31,15 +38,22 @@ pub(crate) struct Running {
 
 impl Running {
     /// Nothing running; `guardian` and the mailer's `children` are never a run's.
-    pub(crate) fn new(guardian: i32, children: Children) -> Running {
+    pub(crate) fn new(guardian: Guardian, children: Children) -> Running {
         Running {
             run: None,
-            ignore: BTreeSet::from([guardian]),
+            ignore: BTreeSet::from([guardian.pid()]),
+            guardian_start: sys::start_time(guardian.pid()),
+            guardian,
             children,
             kill_sent: false,
             spare_pipes: None,
             prepared: Vec::new(),
         }
+    }
+
+    /// The guardian's PID and start time (clock ticks), for CHAIN.state.
+    pub(crate) fn guardian(&self) -> (i32, Option<u64>) {
+        (self.guardian.pid(), self.guardian_start)
     }
 
     pub(crate) fn run(&self) -> Option<&process::Run> {
@@ -85,21 +99,30 @@ impl Running {
             .get_or_insert_with(|| process::Prepared::new(&tasks[index], chain, remove));
     }
 
-    /// Start task `index` (prepared: [`Running::prepare`]) as run `run_id`, its group
-    /// announced to the guardian through `announce`: the leader's PID, or why it could
-    /// not start.
+    /// Start task `index` (prepared: [`Running::prepare`]) as the run `cur`, watched by
+    /// the guardian (which gives it `kill_grace` if run-chain dies): the leader's PID, or
+    /// why it could not start.
     pub(crate) fn spawn(
         &mut self,
         index: usize,
-        run_id: u64,
-        announce: &'static AtomicI32,
+        cur: &Current,
+        kill_grace: Duration,
     ) -> Result<i32, String> {
+        let run = RunIdentity {
+            task: &cur.task,
+            run_id: cur.run_id,
+            scheduled_ms: cur.scheduled_ms,
+            start_ms: cur.start_ms,
+        };
+        let announce = self.guardian.prepare(kill_grace, &run);
+        let pipes = self.spare_pipes.take();
         let run = match self.prepared.get(index).and_then(Option::as_ref) {
-            Some(Ok(p)) => process::spawn(p, run_id, Some(announce), self.spare_pipes.take())?,
+            Some(Ok(p)) => process::spawn(p, cur.run_id, Some(announce), pipes)?,
             Some(Err(msg)) => return Err(msg.clone()),
             None => return Err("the task was not prepared".to_string()),
         };
         let pid = run.pid;
+        self.guardian.watch(pid, kill_grace);
         self.run = Some(run);
         Ok(pid)
     }
@@ -140,17 +163,18 @@ impl Running {
         self.run.as_mut().and_then(|r| r.leader_exit())
     }
 
-    /// The run has ended: processes that survived SIGKILL are given up on, the pipes kept
-    /// for the next run. Returns the leader's PID and those processes, if a run was in
-    /// progress.
-    pub(crate) fn ended(&mut self) -> Option<(i32, Vec<i32>)> {
+    /// The run has ended: the guardian no longer watches it, processes that survived
+    /// SIGKILL are given up on (returned, for the log), the pipes kept for the next run.
+    pub(crate) fn ended(&mut self) -> Vec<i32> {
         let left = self
             .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
         self.kill_sent = false;
-        let run = self.run.take()?;
+        let Some(run) = self.run.take() else {
+            return left;
+        };
         self.ignore.extend(left.iter().copied());
-        let pid = run.pid;
+        self.guardian.unwatch(run.pid);
         self.spare_pipes = run.into_pipes();
-        Some((pid, left))
+        left
     }
 }

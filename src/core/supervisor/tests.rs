@@ -118,7 +118,9 @@ fn one_run(
     let Some(Effect::Spawn { index, run_id, .. }) = fx.first() else {
         panic!("no spawn: {fx:?}");
     };
-    let cur = s.begin_run(at(*now), *index, *run_id).clone();
+    let (cur, task) = s.begin_run(at(*now), *index, *run_id);
+    assert_eq!(task.name, cur.task);
+    let cur = cur.clone();
     assert_eq!(cur.start_ms, at(*now).wall_ms());
     assert!(feed(s, at(*now), chain_ev(chain::Event::Spawned), out).is_empty());
     *now += took;

@@ -8,17 +8,15 @@ impl Driver {
     /// A run ended (the supervisor decided its failures and alert): clean up after it,
     /// record it with its alert, send the alert, log it.
     pub(super) fn finished(&mut self, now: Now, mut r: RunEnded) {
-        if let Some((pid, left)) = self.running.ended() {
-            if !left.is_empty() {
-                log::warn!(
-                    "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
-                    self.chain_name,
-                    r.f.task,
-                    r.f.run_id,
-                    left
-                );
-            }
-            self.guardian.unwatch(pid);
+        let left = self.running.ended();
+        if !left.is_empty() {
+            log::warn!(
+                "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
+                self.chain_name,
+                r.f.task,
+                r.f.run_id,
+                left
+            );
         }
         // The slot is held until the run's group is empty; the next task takes its own.
         self.slot.release();
@@ -64,10 +62,11 @@ impl Driver {
         // The group whose slot the running task holds (for `status`): the slot itself, not
         // the config (a reload may have changed the task's group since).
         let running_group = running.and(self.slot.held_group());
+        let (guardian_pid, guardian_start) = self.running.guardian();
         let extras = Extras {
             since_ms: self.slot.waiting_since_ms(),
-            guardian_pid: Some(self.guardian.pid()),
-            guardian_start: self.guardian_start,
+            guardian_pid: Some(guardian_pid),
+            guardian_start,
             boot_id: self.boot_id.as_deref(),
         };
         let chain = &self.chain_name;
