@@ -863,6 +863,24 @@ impl Supervisor {
         }
     }
 
+    /// CHAIN.state to save now (see [`StateToSave`]); the arguments are
+    /// [`Supervisor::state_view`]'s.
+    pub(crate) fn state<'a>(
+        &'a self,
+        now: Now,
+        names: &'a [String],
+        running: Running<'a>,
+        running_group: Option<&'a str>,
+        x: &Extras<'a>,
+    ) -> StateToSave<'a> {
+        match self.mode {
+            Mode::Once => StateToSave::Once(self.once_state(running, running_group, x)),
+            Mode::Forever => {
+                StateToSave::Forever(self.state_view(now, names, running, running_group, x))
+            }
+        }
+    }
+
     /// CHAIN.state after a `--once` run: its runs are recorded (the run ids, the failures
     /// and alerts), but the chain's position, due time and cooldown stay as they were.
     pub(crate) fn once_state(
@@ -903,6 +921,16 @@ impl Supervisor {
             cooled: b.cooled.clone(),
         }
     }
+}
+
+/// CHAIN.state to save, serialized as what it holds: a chain run for ever names its
+/// position ([`Supervisor::state_view`]); `--once` records its runs but leaves the
+/// chain's position as it was ([`Supervisor::once_state`]).
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum StateToSave<'a> {
+    Forever(resume::StateView<'a>),
+    Once(State),
 }
 
 /// What CHAIN.state holds beyond the supervisor's own: since when the task waits for a

@@ -81,7 +81,6 @@ pub(crate) struct Driver {
 
 pub(crate) use crate::core::supervisor::chain_tasks;
 
-mod alerts;
 mod record;
 
 impl Driver {
@@ -100,8 +99,10 @@ impl Driver {
         base_state: State,
     ) -> Driver {
         let instance = store::Instance::this_process(&config.digest);
-        let store = Store::owned_by(&run_root, instance, ownership.token());
-        let store = Recorder::start(&chain_name, store);
+        let store = Recorder::start(
+            &chain_name,
+            Store::owned_by(&run_root, instance, ownership.token()),
+        );
         let max_per_hour = email_or_default(&config).max_alerts_per_hour;
         let host = sys::hostname();
         let sup = Supervisor::new(
@@ -475,13 +476,9 @@ impl Driver {
 
     fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Event {
         let scheduled = self.sup.chain().scheduled().unwrap_or(now.mono);
-        let remove = self
-            .config
-            .email
-            .as_ref()
-            .and_then(|e| e.password_env.as_deref());
         let tasks = self.sup.tasks();
-        self.running.prepare(tasks, index, &self.chain_name, remove);
+        self.running
+            .prepare(tasks, index, &self.chain_name, &self.config);
         let (cur, task) = self.sup.begin_run(now, index, run_id);
         self.tail.reset(task.keep_output);
         self.output_flush.start();

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::config::Task;
+use crate::config::{Config, Task};
 use crate::core::chain::GroupSignal;
 use crate::core::outcome::Exit;
 use crate::core::supervisor::Current;
@@ -82,15 +82,14 @@ impl Running {
         self.prepared.clear();
     }
 
-    /// Make what starting task `index` of `tasks` (of `chain`) needs, if it is not made
-    /// yet; `remove` is a variable kept from the task's environment (the SMTP password's).
-    pub(crate) fn prepare(
-        &mut self,
-        tasks: &[Task],
-        index: usize,
-        chain: &str,
-        remove: Option<&str>,
-    ) {
+    /// Make what starting task `index` of `tasks` (of `chain`, configured by `config`)
+    /// needs, if it is not made yet. The variable that holds the SMTP password, if any, is
+    /// kept from the task's environment.
+    pub(crate) fn prepare(&mut self, tasks: &[Task], index: usize, chain: &str, config: &Config) {
+        let remove = config
+            .email
+            .as_ref()
+            .and_then(|e| e.password_env.as_deref());
         if self.prepared.len() != tasks.len() {
             self.prepared.clear();
             self.prepared.resize_with(tasks.len(), || None);

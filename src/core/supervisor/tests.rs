@@ -853,3 +853,25 @@ fn the_output_is_written_a_second_after_it_grew_and_only_if_it_did() {
     o.grew(Duration::from_secs(5));
     assert!(o.take(20), "a new run: nothing of it written yet");
 }
+
+/// The state saved is the chain's position for ever, and the base state's with `--once`.
+#[test]
+fn the_state_to_save_follows_the_mode() {
+    let names = vec!["a".to_string()];
+    let x = Extras::default();
+    for mode in [Mode::Forever, Mode::Once] {
+        let s = supervisor(
+            vec![task("a", "./a")],
+            mode,
+            State::default(),
+            Resume::default(),
+        );
+        let got = serde_json::to_string(&s.state(at(HOUR), &names, None, None, &x)).expect("json");
+        let want = match mode {
+            Mode::Forever => serde_json::to_string(&s.state_view(at(HOUR), &names, None, None, &x)),
+            Mode::Once => serde_json::to_string(&s.once_state(None, None, &x)),
+        }
+        .expect("json");
+        assert_eq!(got, want, "{mode:?}");
+    }
+}

@@ -1,5 +1,5 @@
 //! What the driver does when a run ends (clean up after it, record it, queue its alert,
-//! log it) and the chain's state it saves to CHAIN.state.
+//! log it), how it queues an alert mail, and the chain's state it saves to CHAIN.state.
 
 use super::*;
 use crate::core::supervisor::Extras;
@@ -42,6 +42,31 @@ impl Driver {
         self.state_dirty = true;
     }
 
+    /// Queue the mail of `due` in the outbox and wake the mailer. Whenever it is sent (at
+    /// a run's end, between runs, by a relaunched instance), it shows the streak's last
+    /// failed run and the real time of the next attempt.
+    pub(super) fn send_alert(&mut self, now: Now, due: AlertDue) {
+        let failed = match due.seen() {
+            Some(v) => v,
+            None => {
+                let id = due.last_failed.as_ref().map(|r| r.run_id);
+                let read = store::failed_run(&self.run_root, &self.chain_name, &due.task, id);
+                let name = store::path(&self.run_root).display().to_string();
+                let (view, effects) = self.sup.failed_from_store(&due, read, &name);
+                for e in effects {
+                    match e {
+                        Effect::SaveState => self.state_dirty = true,
+                        Effect::Log(level, msg) => log::log!(level, "{msg}"),
+                        other => debug_assert!(false, "not a stored run's: {other:?}"),
+                    }
+                }
+                view
+            }
+        };
+        let a = self.sup.alert_mail(now, &due, failed, &time::local_hhmm);
+        self.mailer.queue(&a);
+    }
+
     /// Write CHAIN.state: the position, the run in progress (if any), the counters
     /// and the failure and alert state.
     pub(super) fn save_state(&mut self, now: Now) {
@@ -69,16 +94,9 @@ impl Driver {
             guardian_start,
             boot_id: self.boot_id.as_deref(),
         };
-        let chain = &self.chain_name;
-        if self.sup.mode() == Mode::Once {
-            // --once records its runs but leaves the chain's position as it was.
-            let st = self.sup.once_state(running, running_group, &extras);
-            self.state_file.save_reported(chain, &st);
-        } else {
-            let view = self
-                .sup
-                .state_view(now, &self.names, running, running_group, &extras);
-            self.state_file.save_reported(chain, &view);
-        }
+        let st = self
+            .sup
+            .state(now, &self.names, running, running_group, &extras);
+        self.state_file.save_reported(&self.chain_name, &st);
     }
 }
