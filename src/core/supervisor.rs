@@ -59,6 +59,8 @@ pub(crate) trait RunOutput {
     fn bytes(&self) -> Vec<u8>;
     /// Bytes printed in all.
     fn total(&self) -> u64;
+    /// Whether the tail kept is cut (the run printed more than it keeps).
+    fn cut(&self) -> bool;
 }
 
 /// What the driver must do, in order.
@@ -98,6 +100,90 @@ pub(crate) struct RunEnded {
     pub(crate) streak: Option<(u64, u64)>,
     /// The alert this run causes.
     pub(crate) alert: Option<AlertDue>,
+}
+
+impl RunEnded {
+    /// A cooldown of at least this long after a run lets the driver hand its records to
+    /// the store at once (it has nothing else to do until the next run).
+    pub(crate) const IDLE_AHEAD: Duration = Duration::from_millis(100);
+
+    /// Whether a cooldown of at least [`RunEnded::IDLE_AHEAD`] follows this run.
+    pub(crate) fn cooldown_ahead(&self) -> bool {
+        self.f.cooldown.is_some_and(|c| c >= Self::IDLE_AHEAD)
+    }
+
+    /// The level of the run's end in the log: a warning for a failure.
+    pub(crate) fn log_level(&self) -> log::Level {
+        if self.f.outcome.is_failure() {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        }
+    }
+}
+
+/// When the running task's output is next written to the record store (its end carries
+/// it anyway): [`OutputFlush::EVERY`] after it first grew since the last write, and only
+/// if it grew since.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OutputFlush {
+    at: Option<Mono>,
+    /// The bytes printed when it was last written.
+    written: u64,
+}
+
+impl OutputFlush {
+    pub(crate) const EVERY: Duration = Duration::from_secs(1);
+
+    /// A run starts: nothing written, nothing due.
+    pub(crate) fn start(&mut self) {
+        *self = OutputFlush::default();
+    }
+
+    /// The run ended: nothing due.
+    pub(crate) fn stop(&mut self) {
+        self.at = None;
+    }
+
+    /// The output grew, at `now`.
+    pub(crate) fn grew(&mut self, now: Mono) {
+        self.at.get_or_insert(now + Self::EVERY);
+    }
+
+    /// When to write it, if at all.
+    pub(crate) fn due(&self) -> Option<Mono> {
+        self.at
+    }
+
+    /// It is due, with `total` bytes printed: whether to write it (not if that much was
+    /// written already). Nothing is due after it.
+    pub(crate) fn take(&mut self, total: u64) -> bool {
+        self.at = None;
+        std::mem::replace(&mut self.written, total) != total
+    }
+}
+
+/// A task's failed run as the record store has it, read back for an alert mail by an
+/// instance that did not see that run (see [`Supervisor::failed_from_store`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredRun {
+    pub(crate) run_id: u64,
+    pub(crate) outcome: Outcome,
+    pub(crate) start_ms: u64,
+    pub(crate) duration_ms: u64,
+    /// The output tail kept, and the bytes printed in all.
+    pub(crate) output: Vec<u8>,
+    pub(crate) output_bytes: u64,
+}
+
+/// What a read of the record store for an alert mail found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredRead {
+    /// The chain's tasks' last durations (task, ms), for the mail's next attempt.
+    pub(crate) durations: Vec<(String, u64)>,
+    /// The failed run. Ok(None): not in the store (pruned, never written, or not a
+    /// failure); Err: why the store could not be read.
+    pub(crate) failed: Result<Option<StoredRun>, String>,
 }
 
 /// An alert to send, with what the supervisor knows of the streak's last failed run.
@@ -342,14 +428,17 @@ impl Supervisor {
     }
 
     /// The driver is about to spawn task `index` as run `run_id`: the run's wall times.
-    pub(crate) fn begin_run(&mut self, now: Now, index: usize, run_id: u64) -> &Current {
+    /// Returns the run and its task.
+    pub(crate) fn begin_run(&mut self, now: Now, index: usize, run_id: u64) -> (&Current, &Task) {
         let scheduled = self.chain.scheduled().unwrap_or(now.mono);
-        self.current.insert(Current {
-            task: self.tasks[index].name.clone(),
+        let task = &self.tasks[index];
+        let cur = self.current.insert(Current {
+            task: task.name.clone(),
             run_id,
             scheduled_ms: now.wall_of(scheduled),
             start_ms: now.wall_of(now.mono),
-        })
+        });
+        (cur, task)
     }
 
     /// A run ended: its failures, its alert, what the next mails show of it.
@@ -501,6 +590,95 @@ impl Supervisor {
                 st.last_failed = Some(run.clone());
             }
         }
+    }
+
+    /// The streak's last failed run of `due` as its mail shows it, from what the record
+    /// store gave (`read`: the run `due` names, or the task's newest failed run); `store`
+    /// names the store for a note. What the store knew is kept (the durations, and the run
+    /// by [`Supervisor::learn_failed_run`]); whatever could not be had is said in a note,
+    /// and the rest of the mail stands. The effects: [`Effect::SaveState`] when the state
+    /// is to keep the run learnt, a warning when the store could not be read.
+    pub(crate) fn failed_from_store(
+        &mut self,
+        due: &AlertDue,
+        read: StoredRead,
+        store: &str,
+    ) -> (FailedView, Vec<Effect>) {
+        for (task, ms) in read.durations {
+            self.learn_duration(task, ms);
+        }
+        let run = due.last_failed.clone();
+        let what = run.as_ref().map_or("the last failed run".to_string(), |r| {
+            format!("run {}", r.run_id)
+        });
+        let mut fx = Vec::new();
+        let view = match read.failed {
+            Ok(Some(s)) => {
+                let timeout = self.task(&due.task).and_then(|t| t.timing.timeout);
+                let line = match &s.outcome {
+                    Outcome::SpawnError(m) => Some(m.clone()),
+                    _ => alert_mail::last_line(&s.output),
+                };
+                let stored = FailedRun::of(
+                    s.run_id,
+                    &s.outcome,
+                    timeout,
+                    s.start_ms,
+                    Duration::from_millis(s.duration_ms),
+                    line.as_deref(),
+                    s.output_bytes,
+                );
+                if due.between_runs && run.is_none() {
+                    // A state written before the last failed run was kept in it.
+                    fx.push(Effect::SaveState);
+                }
+                self.learn_failed_run(due, &stored, &s.output);
+                FailedView {
+                    run: Some(run.unwrap_or(stored)),
+                    output: s.output,
+                    output_bytes: Some(s.output_bytes),
+                    note: None,
+                }
+            }
+            Ok(None) => FailedView {
+                note: Some(format!(
+                    "The output of {what} is not in the record store {store} (pruned, or never written)."
+                )),
+                run,
+                output: Vec::new(),
+                output_bytes: None,
+            },
+            Err(e) => {
+                fx.push(Effect::Log(
+                    log::Level::Warn,
+                    format!(
+                        "{}: {}: failed to read {what} for an alert: {e}",
+                        self.chain_name, due.task
+                    ),
+                ));
+                FailedView {
+                    note: Some(format!(
+                        "The output of {what} could not be read from the record store: {e}."
+                    )),
+                    run,
+                    output: Vec::new(),
+                    output_bytes: None,
+                }
+            }
+        };
+        (view, fx)
+    }
+
+    /// How many runs of `task` the store keeps, and for how long (the built-in values
+    /// for a task no longer configured).
+    pub(crate) fn keep_runs(&self, task: &str) -> (u64, Duration) {
+        self.task(task).map_or(
+            (
+                config::builtin::KEEP_RUNS_MAX,
+                config::builtin::KEEP_RUNS_FOR,
+            ),
+            |t| (t.keep_runs_max, t.keep_runs_for),
+        )
     }
 
     /// A task's last duration, read from the record store (what this instance saw wins).
@@ -685,6 +863,24 @@ impl Supervisor {
         }
     }
 
+    /// CHAIN.state to save now (see [`StateToSave`]); the arguments are
+    /// [`Supervisor::state_view`]'s.
+    pub(crate) fn state<'a>(
+        &'a self,
+        now: Now,
+        names: &'a [String],
+        running: Running<'a>,
+        running_group: Option<&'a str>,
+        x: &Extras<'a>,
+    ) -> StateToSave<'a> {
+        match self.mode {
+            Mode::Once => StateToSave::Once(self.once_state(running, running_group, x)),
+            Mode::Forever => {
+                StateToSave::Forever(self.state_view(now, names, running, running_group, x))
+            }
+        }
+    }
+
     /// CHAIN.state after a `--once` run: its runs are recorded (the run ids, the failures
     /// and alerts), but the chain's position, due time and cooldown stay as they were.
     pub(crate) fn once_state(
@@ -725,6 +921,16 @@ impl Supervisor {
             cooled: b.cooled.clone(),
         }
     }
+}
+
+/// CHAIN.state to save, serialized as what it holds: a chain run for ever names its
+/// position ([`Supervisor::state_view`]); `--once` records its runs but leaves the
+/// chain's position as it was ([`Supervisor::once_state`]).
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum StateToSave<'a> {
+    Forever(resume::StateView<'a>),
+    Once(State),
 }
 
 /// What CHAIN.state holds beyond the supervisor's own: since when the task waits for a

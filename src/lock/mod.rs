@@ -3,8 +3,8 @@
 //!
 //! - [`ownership`]: the seam. [`Ownership::acquire`] takes the chain; the loop waits in
 //!   `ppoll` until [`Ownership::deadline`] too and, when it comes, gets a [`LockEvent`]
-//!   from [`Ownership::on_deadline`]: `Held`, or `Lost`, on which the chain stops
-//!   gracefully; [`Ownership::token`] is who the store writes as. The one kind today,
+//!   from [`Ownership::on_deadline`]: `Held` (a lease is to add `Lost`, on which the chain
+//!   stops gracefully); [`Ownership::token`] is who the store writes as. The one kind today,
 //!   `Ownership::Local`, has no deadline, is never lost and writes as
 //!   [`crate::store::seam::Owner::Local`]: its lock is a kernel lock that lasts exactly as
 //!   long as its descriptor, so there is nothing to renew and nothing to fence. A lease

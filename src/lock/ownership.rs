@@ -7,15 +7,19 @@
 //! - [`Ownership::deadline`] is when the loop must next call [`Ownership::on_deadline`]
 //!   (None: never). The loop includes it in its `ppoll` timeout; it is a field read, no
 //!   syscall, no allocation.
-//! - [`Ownership::on_deadline`] answers [`LockEvent::Held`] or [`LockEvent::Lost`] (the
-//!   driver then stops the chain gracefully: nothing new starts); either way the deadline
-//!   has then moved past `now`, or is None.
+//! - [`Ownership::on_deadline`] answers a [`LockEvent`]; the deadline has then moved past
+//!   `now`, or is None. Today the one answer is [`LockEvent::Held`]; the lease adds
+//!   `Lost { reason }` (it could not renew, or was taken over), which the driver is to turn
+//!   into a graceful stop (`chain::Control::Stop`: nothing new starts, the running task is
+//!   stopped) after logging the reason. The driver matches the event exhaustively, so a
+//!   new variant does not compile until it is handled there. It is not declared before a
+//!   kind of ownership can send it: a variant nothing builds is dead code.
 //! - [`Ownership::token`] is who the store's write side writes as ([`store::seam::Owner`]).
 //! - The ownership ends with the value: dropping it gives the chain up (the pidfile's
 //!   descriptor closes, and its lock with it, also when the process dies).
 //!
 //! The local lock never needs renewing and cannot be lost while its descriptor is open:
-//! its deadline is None, it never answers Lost, its token is [`store::seam::Owner::Local`].
+//! its deadline is None, it is never lost, its token is [`store::seam::Owner::Local`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,19 +35,17 @@ use crate::time::Mono;
 #[derive(Debug)]
 pub(crate) enum Ownership {
     /// The lock on `RUN_ROOT/CHAIN.pid` (see [`super::pidfile`]), taken by the hand-over
-    /// ([`handover::acquire`]). Held for its lock, which goes with its descriptor.
-    Local(#[allow(dead_code)] PidFile),
+    /// ([`handover::acquire`]). Held for its lock, which goes with its descriptor: never
+    /// read, dropped with the ownership.
+    Local { _held: PidFile },
 }
 
-/// What an ownership says when its deadline comes.
+/// What an ownership says when its deadline comes. The lease is to add `Lost { reason }`
+/// (see the module's text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LockEvent {
     /// Still ours.
     Held,
-    /// No longer ours (a lease that could not be renewed, or was taken over): stop.
-    /// [`Ownership::Local`] never answers it.
-    #[cfg_attr(not(test), allow(dead_code))]
-    Lost { reason: String },
 }
 
 impl Ownership {
@@ -58,7 +60,8 @@ impl Ownership {
         limit: Duration,
         signals: &Signals,
     ) -> Result<Option<Ownership>> {
-        Ok(handover::acquire(root, chain, no_takeover, limit, signals)?.map(Ownership::Local))
+        let held = handover::acquire(root, chain, no_takeover, limit, signals)?;
+        Ok(held.map(|pidfile| Ownership::Local { _held: pidfile }))
     }
 
     /// When [`Ownership::on_deadline`] must next be called. None: never (the local lock
@@ -66,7 +69,7 @@ impl Ownership {
     #[inline]
     pub(crate) fn deadline(&self) -> Option<Mono> {
         match self {
-            Ownership::Local(_) => None,
+            Ownership::Local { .. } => None,
         }
     }
 
@@ -76,14 +79,14 @@ impl Ownership {
     pub(crate) fn on_deadline(&mut self, _now: Mono) -> LockEvent {
         match self {
             // Never called (no deadline); the lock lasts as long as its descriptor.
-            Ownership::Local(_) => LockEvent::Held,
+            Ownership::Local { .. } => LockEvent::Held,
         }
     }
 
     /// Who the store's write side writes as.
     pub(crate) fn token(&self) -> store::seam::Owner {
         match self {
-            Ownership::Local(_) => store::seam::Owner::Local,
+            Ownership::Local { .. } => store::seam::Owner::Local,
         }
     }
 }
@@ -96,7 +99,7 @@ mod tests {
         let mut pf = PidFile::open(dir, "c").expect("open");
         assert!(pf.try_lock().expect("lock"));
         pf.write_pid().expect("write");
-        Ownership::Local(pf)
+        Ownership::Local { _held: pf }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Alert mails: building them, the durable outbox, and the mailer thread.
 //!
-//! An alert is written, complete (RFC 5322, with its Message-ID fixed when the alert
-//! was decided), to `RUN_ROOT/outbox/` before anything tries to send it: a file, not
-//! the record store, so that a store fault cannot lose it. The chain's loop writes and
-//! renames it; the mailer syncs it to disk before sending it, so that a slow fsync
-//! never holds up the chain (see [the outbox module](mod@outbox) for the order). The
-//! mailer thread (the one helper thread of a chain process) delivers the outbox in
+//! An alert is put, complete (RFC 5322, with its Message-ID fixed when the alert was
+//! decided), in the store's outbox (`crate::store::outbox`; with the SQLite store, a
+//! file in `RUN_ROOT/outbox/`, so that a store fault cannot lose it) before anything
+//! tries to send it. The chain's loop puts it there; the mailer makes it durable before
+//! sending it, so that a slow fsync never holds up the chain (the order is told in the
+//! store's outbox module). The mailer thread (the one helper thread of a chain process) delivers the outbox in
 //! order: it claims a file with `flock` (so the old and the new instance never both
 //! send one alert during a hand-over), sends it, and removes it. A temporary failure
 //! (an SMTP 4xx, a connection that fails or times out) is retried with a backoff; a
@@ -24,5 +24,23 @@ pub(crate) mod outbox;
 pub(crate) mod transport;
 
 pub(crate) use build::{build, message_id};
-pub(crate) use outbox::{enqueue, outbox, start, ToMailer};
+pub(crate) use outbox::Mailer;
 pub(crate) use transport::{deliver, Children, SendError};
+
+use crate::config::{self, Config, Email};
+
+/// The `[email]` section, or, without one, alerts as files to root@localhost in
+/// RUN_ROOT/mail/.
+pub(crate) fn email_or_default(config: &Config) -> Email {
+    config.email.clone().unwrap_or(Email {
+        to: vec!["root@localhost".to_string()],
+        from: None,
+        smtp: None,
+        tls: config::TlsMode::Opportunistic,
+        ca_file: None,
+        password_file: None,
+        password_env: None,
+        sendmail: None,
+        max_alerts_per_hour: config::builtin::MAX_ALERTS_PER_HOUR,
+    })
+}

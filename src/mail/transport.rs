@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,42 +19,12 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use crate::config::{Email, TlsMode};
 
 use super::build::mailboxes;
+use crate::store::outbox::write_into_place;
 
 /// PIDs of the mailer's own children (sendmail), which the chain must not take for a
 /// run's leftovers. The chain holds the lock while it looks at its children; the
 /// mailer holds it from before a spawn until the PID is in the set.
 pub(crate) type Children = Arc<Mutex<BTreeSet<i32>>>;
-
-/// Write `bytes` to `dir/name` under a dot name with mode 0600 from the start (synced
-/// first if `sync`), then rename it into place: a reader of the folder never sees a
-/// half-written mail, nor one readable by others. The temporary file is removed on error.
-pub(super) fn write_into_place(
-    dir: &Path,
-    name: &str,
-    bytes: &[u8],
-    sync: bool,
-) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            if sync {
-                f.sync_all()?;
-            }
-            Ok(())
-        })
-        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
 
 /// Why a delivery failed. The message is a lowercase fragment that reads after "failed to
 /// send: " and names the transport once (the SMTP server as `smtp://host:port`, never with

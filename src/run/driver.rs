@@ -7,35 +7,38 @@
 //! into events for the [`Supervisor`] (which decides everything), and carries out the
 //! effects it gets back: spawn, signal the group, record, queue a mail, log, persist the
 //! state, exit. A chain in cooldown is asleep in the kernel: no timer, no polling.
+//!
+//! Each effect is carried out by what owns it: the run's processes by
+//! [`Running`](crate::run::running::Running), a group slot by [`slots::Gate`], the
+//! records by the store's [`Recorder`] (domain values in, records out), an alert mail by
+//! [`Mailer`] (built, put in the store's outbox, delivered by its thread), CHAIN.state by
+//! its [`state_file::Writer`]; a failed run an alert shows is read by the store's reader
+//! and made into the mail's view by the supervisor.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::config::{self, Config, Task};
-use crate::core::alert;
-use crate::core::chain::{self, Chain, GroupSignal, Mode};
-use crate::core::outcome::Outcome;
+use crate::config::{Config, Task};
+use crate::core::chain::{self, Chain, Mode};
 use crate::core::resume::State;
 use crate::core::supervisor::{
-    AlertDue, Effect, Event, ExitReason, FailedView, RunEnded, RunOutput, Signal, Supervisor,
+    AlertDue, Effect, Event, ExitReason, OutputFlush, RunEnded, Signal, Supervisor,
 };
 use crate::error::Result;
 use crate::lock::{LockEvent, Ownership};
-use crate::mail::{self, Children, ToMailer};
+/// Where `app` finds it (the driver's own use is the mailer's config).
+pub(crate) use crate::mail::email_or_default;
+use crate::mail::Mailer;
 use crate::run::guardian::Guardian;
 use crate::run::output::{Sink, Tail};
-use crate::run::process;
-use crate::run::slots::{self, Slot, Slots};
+use crate::run::running::Running;
+use crate::run::slots;
 use crate::signals::{Sig, Signals};
 use crate::store::recorder::Recorder;
 use crate::store::state_file;
-use crate::store::{self, Op, RunEnd, RunStart, Store};
+use crate::store::{self, Store};
 use crate::sys;
-use crate::time::{self, Mono, Now};
-
-/// While a task runs, its output is written to the store at least this often.
-const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
+use crate::time::{self, Now};
 
 /// Everything the loop owns.
 pub(crate) struct Driver {
@@ -53,18 +56,14 @@ pub(crate) struct Driver {
     /// The decisions: the chain, its failures and alerts.
     sup: Supervisor,
     signals: Signals,
-    guardian: Guardian,
-    /// The guardian's start time (clock ticks), saved with its PID in CHAIN.state.
-    guardian_start: Option<u64>,
     /// Held for the life of the process: the chain's lock (dropped with the driver; its
     /// deadline, if any, is one of the loop's).
     ownership: Ownership,
     boot_id: Option<String>,
     sinks: [Sink; 2],
-    run: Option<process::Run>,
+    /// The run in progress: its process group, and what is never a run's.
+    running: Running,
     tail: Tail,
-    ignore: BTreeSet<i32>,
-    state_error_logged: bool,
     /// CHAIN.state, kept open.
     state_file: state_file::Writer,
     /// CHAIN.state needs writing (at the end of the current [`Driver::feed`]).
@@ -72,45 +71,17 @@ pub(crate) struct Driver {
     /// A cooldown lies ahead: hand this feed's records to the writer now (nothing held).
     cooldown_ahead: bool,
     store: Recorder,
-    /// The last run's output pipes, for the next run (see [`process::Pipes`]).
-    spare_pipes: Option<process::Pipes>,
-    /// Per task (by index), what starting it needs, made at its first run and kept until
-    /// the config is reloaded.
-    prepared: Vec<Option<std::result::Result<process::Prepared, String>>>,
-    /// When the running task's output is next written to the store (None: unchanged).
-    output_flush_at: Option<Mono>,
-    output_flushed: u64,
-    /// A group slot held by the run in progress (or about to start).
-    slot: Option<Slot>,
-    /// While waiting for a slot: the group's slot files and the watch on them.
-    waiting: Option<(Slots, slots::Watch)>,
-    waiting_since_ms: Option<u64>,
-    mailer: std::sync::mpsc::Sender<ToMailer>,
-    /// The mailer's own children (sendmail): never a run's leftovers.
-    children: Children,
-    /// SIGKILL was sent to the run in progress.
-    kill_sent: bool,
+    /// When the running task's output is next written to the store.
+    output_flush: OutputFlush,
+    /// The group slot held by the run in progress (or about to start), or the wait for one.
+    slot: slots::Gate,
+    /// Alert mails: the store's outbox and the thread that delivers it.
+    mailer: Mailer,
 }
 
 pub(crate) use crate::core::supervisor::chain_tasks;
 
-/// The run's output, as the supervisor reads it when a run fails.
-impl RunOutput for Tail {
-    fn last_line(&self) -> Option<String> {
-        Tail::last_line(self)
-    }
-    fn bytes(&self) -> Vec<u8> {
-        Tail::bytes(self)
-    }
-    fn total(&self) -> u64 {
-        Tail::total(self)
-    }
-}
-
-mod alerts;
 mod record;
-
-pub(crate) use alerts::email_or_default;
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
@@ -127,21 +98,11 @@ impl Driver {
         ownership: Ownership,
         base_state: State,
     ) -> Driver {
-        let mut ignore = BTreeSet::new();
-        ignore.insert(guardian.pid());
-        let guardian_start = sys::start_time(guardian.pid());
-        let store = Store::owned_by(
-            &run_root,
-            store::Instance {
-                host: sys::hostname(),
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                config_digest: config.digest.clone(),
-                started_ms: time::wall_ms(),
-            },
-            ownership.token(),
+        let instance = store::Instance::this_process(&config.digest);
+        let store = Recorder::start(
+            &chain_name,
+            Store::owned_by(&run_root, instance, ownership.token()),
         );
-        let store = Recorder::start(&chain_name, store);
         let max_per_hour = email_or_default(&config).max_alerts_per_hour;
         let host = sys::hostname();
         let sup = Supervisor::new(
@@ -154,14 +115,14 @@ impl Driver {
             base_state,
         );
         let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
-        let children: Children = Default::default();
-        let mailer = mail::start(
+        // The mailer delivers at once what an earlier instance left in the outbox.
+        let mailer = Mailer::start(
+            store::open_outbox(&run_root),
+            store::open_outbox(&run_root),
             run_root.clone(),
             email_or_default(&config),
-            children.clone(),
         );
-        // Deliver what an earlier instance left in the outbox.
-        let _ = mailer.send(ToMailer::Wake);
+        let running = Running::new(guardian, mailer.children().clone());
         Driver {
             chain_name,
             names,
@@ -171,29 +132,18 @@ impl Driver {
             reconfigure_at_start: false,
             sup,
             signals,
-            guardian,
-            guardian_start,
             ownership,
             boot_id: sys::boot_id(),
             sinks: [Sink::new(1), Sink::new(2)],
-            run: None,
+            running,
             tail: Tail::new(0),
-            ignore,
-            state_error_logged: false,
             state_file,
             state_dirty: false,
             cooldown_ahead: false,
             store,
-            spare_pipes: None,
-            prepared: Vec::new(),
-            output_flush_at: None,
-            output_flushed: 0,
-            slot: None,
-            waiting: None,
-            waiting_since_ms: None,
+            output_flush: OutputFlush::default(),
+            slot: slots::Gate::default(),
             mailer,
-            children,
-            kill_sent: false,
         }
     }
 
@@ -209,19 +159,6 @@ impl Driver {
         self
     }
 
-    /// The PIDs that are not a run's: the guardian's, and the mailer's children. The
-    /// lock on the latter is held while the caller looks at our children.
-    fn with_ignored<T>(
-        &mut self,
-        f: impl FnOnce(&mut Option<process::Run>, &BTreeSet<i32>) -> T,
-    ) -> T {
-        let kids = self.children.clone();
-        let guard = kids.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ignore = self.ignore.clone();
-        ignore.extend(guard.iter().copied());
-        f(&mut self.run, &ignore)
-    }
-
     /// Run until the chain exits; returns the exit status.
     pub(crate) fn run(mut self) -> Result<u8> {
         // The loop sleeps in ppoll until the next deadline; the kernel may let such a
@@ -233,17 +170,8 @@ impl Driver {
         // its guardian ended is closed already, with its real end (the launch waited for
         // that guardian: `app::wait_for_the_old_run`); what is still open had its end
         // recorded by nobody, and is closed with this time (see `store::Op::CloseOpen`).
-        let b = self.sup.base_state();
-        let running = match (&b.running_task, b.running_run_id, b.running_since_ms) {
-            (Some(t), Some(id), Some(since)) => Some((t.clone(), id, since)),
-            _ => None,
-        };
         let now = Now::read();
-        self.store.push(Op::CloseOpen {
-            chain: self.chain_name.clone(),
-            stop_ms: now.wall_ms(),
-            running,
-        });
+        self.store.close_open(now.wall_ms(), self.sup.base_state());
         // So that `status` shows what this instance does from its first moment.
         if self.sup.mode() == Mode::Forever {
             self.save_state(now);
@@ -260,26 +188,12 @@ impl Driver {
         let mut ticks_in_a_row = 0u32;
         loop {
             let now = Now::read();
-            if self.sup.chain().reaping() {
-                let killed = self.kill_sent;
-                let empty = self.with_ignored(|run, ignore| match run {
-                    Some(run) => {
-                        if killed {
-                            // Children reparented to us since the SIGKILL (their parent
-                            // died of it) get it too, until nothing is left.
-                            run.signal(GroupSignal::Kill, ignore);
-                        }
-                        run.sweep(ignore)
-                    }
-                    None => true,
-                });
-                if empty {
-                    self.drain_sources();
-                    if let Some(exit) = self.feed(now, Event::Chain(chain::Event::GroupEmpty)) {
-                        return Ok(self.finish(exit));
-                    }
-                    continue;
+            if self.sup.chain().reaping() && self.running.sweep() {
+                self.drain_sources();
+                if let Some(exit) = self.feed(now, Event::Chain(chain::Event::GroupEmpty)) {
+                    return Ok(self.finish(exit));
                 }
+                continue;
             }
             let deadline = self.sup.chain().next_deadline();
             if let Some(d) = deadline {
@@ -302,12 +216,14 @@ impl Driver {
                     continue;
                 }
             }
-            if self.output_flush_at.is_some_and(|t| t <= now.mono) {
+            if self.output_flush.due().is_some_and(|t| t <= now.mono) {
                 self.flush_output();
             }
             let alert_at = self.sup.alert_deadline(now);
             if alert_at.is_some_and(|t| t <= now.mono) {
-                self.alert_ticks(now);
+                if let Some(exit) = self.feed(now, Event::AlertTick) {
+                    return Ok(self.finish(exit));
+                }
                 continue;
             }
             let records_at = self.store.due();
@@ -318,17 +234,15 @@ impl Driver {
             // None for the local lock: nothing to renew.
             let lock_at = self.ownership.deadline();
             if lock_at.is_some_and(|t| t <= now.mono) {
-                let ev = self.ownership.on_deadline(now.mono);
-                if let Some(ev) = self.lock_event(ev) {
-                    if let Some(exit) = self.feed(now, ev) {
-                        return Ok(self.finish(exit));
-                    }
+                // Exhaustive: a lease's `Lost` is to be fed as a graceful stop here.
+                match self.ownership.on_deadline(now.mono) {
+                    LockEvent::Held => {}
                 }
                 continue;
             }
             let deadline = [
                 deadline,
-                self.output_flush_at,
+                self.output_flush.due(),
                 alert_at,
                 records_at,
                 lock_at,
@@ -342,14 +256,12 @@ impl Driver {
                 fds.push(sys::pollfd(fd, libc::POLLIN));
             }
             let signal_fds = fds.len();
-            let watch_at = if let Some((_, w)) = &self.waiting {
-                fds.push(sys::pollfd(w.fd(), libc::POLLIN));
-                Some(fds.len() - 1)
-            } else {
-                None
-            };
+            let watch_at = self.slot.watch_fd().map(|fd| {
+                fds.push(sys::pollfd(fd, libc::POLLIN));
+                fds.len() - 1
+            });
             let mut src_idx = Vec::new();
-            if let Some(run) = &self.run {
+            if let Some(run) = self.running.run() {
                 for (i, s) in run.sources.iter().enumerate() {
                     if let Some(fd) = s.fd() {
                         if self.sinks[s.sink].ready() {
@@ -378,25 +290,22 @@ impl Driver {
                     self.sinks[si].flush();
                 }
             }
-            if let Some(run) = &mut self.run {
+            if let Some(run) = self.running.run_mut() {
                 let before = self.tail.total();
                 for (fi, si) in src_idx {
                     if fds[fi].revents != 0 {
                         run.sources[si].pump(&mut self.sinks, &mut self.tail, false);
                     }
                 }
-                if self.tail.total() != before && self.output_flush_at.is_none() {
-                    self.output_flush_at = Some(now.mono + OUTPUT_FLUSH);
+                if self.tail.total() != before {
+                    self.output_flush.grew(now.mono);
                 }
             }
-            if let Some(i) = watch_at {
-                if fds[i].revents != 0 {
-                    if let Some((_, w)) = &self.waiting {
-                        w.drain();
-                    }
-                    if let Some(exit) = self.try_slot(now) {
-                        return Ok(self.finish(exit));
-                    }
+            if watch_at.is_some_and(|i| fds[i].revents != 0)
+                && self.slot.try_again(&self.chain_name)
+            {
+                if let Some(exit) = self.feed(now, Event::Chain(chain::Event::SlotFree)) {
+                    return Ok(self.finish(exit));
                 }
             }
             if fds[..signal_fds].iter().any(|f| f.revents != 0) {
@@ -421,65 +330,16 @@ impl Driver {
         code
     }
 
-    /// What the ownership said at its deadline, for the supervisor: nothing while it is
-    /// held; lost, a graceful stop (nothing new starts, the running task is stopped).
-    /// The local lock is never lost.
-    fn lock_event(&self, ev: LockEvent) -> Option<Event> {
-        if let LockEvent::Lost { reason } = &ev {
-            log::warn!(
-                "{}: the chain is no longer ours ({reason}); stopping",
-                self.chain_name
-            );
-        }
-        lock_event(ev)
-    }
-
     /// Write the running task's output so far to the store.
     fn flush_output(&mut self) {
-        self.output_flush_at = None;
-        let Some(cur) = self.sup.current() else {
-            return;
-        };
-        if self.tail.total() == self.output_flushed {
-            return;
-        }
-        self.output_flushed = self.tail.total();
-        let op = Op::Output {
-            chain: self.chain_name.clone(),
-            task: cur.task.clone(),
-            run_id: cur.run_id,
-            output: self.tail.bytes(),
-            output_bytes: self.tail.total(),
-            output_cut: self.tail.cut(),
-        };
-        self.store.push(op);
-    }
-
-    /// Try to take a slot of the waiting task's group; on success the chain goes on.
-    fn try_slot(&mut self, now: Now) -> Option<ExitReason> {
-        let (slots, _) = self.waiting.as_mut()?;
-        match slots.try_take() {
-            Ok(Some(slot)) => {
-                self.slot = Some(slot);
-                self.waiting = None;
-                self.waiting_since_ms = None;
-                self.feed(now, Event::Chain(chain::Event::SlotFree))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                log::error!(
-                    "{}: failed to take a group slot: {e}; running without it",
-                    self.chain_name
-                );
-                self.waiting = None;
-                self.waiting_since_ms = None;
-                self.feed(now, Event::Chain(chain::Event::SlotFree))
-            }
+        let grew = self.output_flush.take(self.tail.total());
+        if let Some(cur) = self.sup.current().filter(|_| grew) {
+            self.store.output(cur, &self.tail);
         }
     }
 
     fn drain_sources(&mut self) {
-        if let Some(run) = &mut self.run {
+        if let Some(run) = self.running.run_mut() {
             for s in &mut run.sources {
                 s.pump(&mut self.sinks, &mut self.tail, true);
             }
@@ -490,7 +350,7 @@ impl Driver {
     /// SIGHUP reloads the config here (the supervisor gets the new tasks).
     fn on_signal(&mut self, now: Now, sig: Sig) -> Option<ExitReason> {
         let ev = match sig {
-            Sig::Child => match self.run.as_mut().and_then(|r| r.leader_exit()) {
+            Sig::Child => match self.running.leader_exit() {
                 Some(e) => Event::Chain(chain::Event::LeaderExited(e)),
                 None => return None,
             },
@@ -528,10 +388,8 @@ impl Driver {
                     config.digest
                 );
                 self.config = config;
-                self.prepared.clear();
-                let _ = self
-                    .mailer
-                    .send(ToMailer::Config(email_or_default(&self.config)));
+                self.running.forget_prepared();
+                self.mailer.reconfigure(email_or_default(&self.config));
                 Some(tasks)
             }
             Err(e) => {
@@ -573,9 +431,18 @@ impl Driver {
                     } => {
                         debug_assert_eq!(self.sup.tasks()[index].name, task);
                         self.state_dirty = true;
-                        if let Some(ev) = self.need_slot(now, index) {
-                            events.push_back(ev);
-                            continue;
+                        // A task of a concurrency group takes a slot first, or waits for one.
+                        let t = &self.sup.tasks()[index];
+                        if let Some(group) = &t.group {
+                            let max = self.config.groups.get(group).map_or(1, |g| g.max_running);
+                            let (chain, root) = (&self.chain_name, &self.run_root);
+                            if !self
+                                .slot
+                                .take(chain, &t.name, root, group, max, now.wall_ms())
+                            {
+                                events.push_back(Event::Chain(chain::Event::SlotBusy));
+                                continue;
+                            }
                         }
                         // The run id is used once it is in CHAIN.state, before the run
                         // starts: an instance stopped or killed at any moment after the
@@ -585,9 +452,12 @@ impl Driver {
                         self.save_state_with(now, Some((&task, run_id, now.wall_ms())));
                         events.push_back(self.spawn(now, index, run_id));
                     }
-                    Effect::Signal(sig) => self.signal_group(sig),
+                    Effect::Signal(sig) => self.running.signal(&self.chain_name, sig),
                     Effect::RunEnded(r) => self.finished(now, *r),
-                    Effect::Alert(a) => self.send_alert(now, *a),
+                    Effect::Alert(a) => {
+                        self.store.alerted(&a.task, a.decision.kind.as_str());
+                        self.send_alert(now, *a);
+                    }
                     Effect::SaveState => self.state_dirty = true,
                     Effect::Log(level, msg) => log::log!(level, "{msg}"),
                     Effect::Exit(reason) => {
@@ -604,106 +474,18 @@ impl Driver {
         None
     }
 
-    fn signal_group(&mut self, sig: GroupSignal) {
-        if sig == GroupSignal::Kill {
-            self.kill_sent = true;
-        }
-        if let Some(run) = &self.run {
-            log::debug!("{}: {sig:?} to process group {}", self.chain_name, run.pid);
-        }
-        self.with_ignored(|run, ignore| {
-            if let Some(run) = run {
-                run.signal(sig, ignore);
-            }
-        });
-    }
-
-    /// Before a task of a concurrency group starts: take a slot, or start waiting for
-    /// one (returns SlotBusy). None: go ahead.
-    fn need_slot(&mut self, now: Now, index: usize) -> Option<Event> {
-        let task = &self.sup.tasks()[index];
-        let group = task.group.as_ref()?;
-        if self.slot.as_ref().is_some_and(|s| &s.group == group) {
-            return None;
-        }
-        self.slot = None;
-        let max = self.config.groups.get(group).map_or(1, |g| g.max_running);
-        // Watch first, then try: a slot freed in between still wakes us.
-        let setup = slots::Watch::new(&self.run_root)
-            .and_then(|w| Ok((Slots::open(&self.run_root, group, max)?, w)));
-        let (mut slots, watch) = match setup {
-            Ok(x) => x,
-            Err(e) => {
-                log::error!(
-                    "{}: failed to use the slots of group {group} in {}: {e}; running without a slot",
-                    self.chain_name,
-                    slots::dir(&self.run_root).display()
-                );
-                return None;
-            }
-        };
-        match slots.try_take() {
-            Ok(Some(slot)) => {
-                self.slot = Some(slot);
-                None
-            }
-            Ok(None) => {
-                log::info!(
-                    "{}: {} waits for a slot of group {group} (max_running {max})",
-                    self.chain_name,
-                    task.name
-                );
-                self.waiting = Some((slots, watch));
-                self.waiting_since_ms = Some(now.wall_ms());
-                Some(Event::Chain(chain::Event::SlotBusy))
-            }
-            Err(e) => {
-                log::error!(
-                    "{}: failed to take a slot of group {group}: {e}; running without it",
-                    self.chain_name
-                );
-                None
-            }
-        }
-    }
-
     fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Event {
         let scheduled = self.sup.chain().scheduled().unwrap_or(now.mono);
-        let cur = self.sup.begin_run(now, index, run_id);
-        let (scheduled_ms, start_ms) = (cur.scheduled_ms, cur.start_ms);
-        let task = &self.sup.tasks()[index];
+        let tasks = self.sup.tasks();
+        self.running
+            .prepare(tasks, index, &self.chain_name, &self.config);
+        let (cur, task) = self.sup.begin_run(now, index, run_id);
         self.tail.reset(task.keep_output);
-        self.output_flushed = 0;
-        self.output_flush_at = None;
-        if self.prepared.len() != self.sup.tasks().len() {
-            self.prepared.clear();
-            self.prepared.resize_with(self.sup.tasks().len(), || None);
-        }
-        let remove = self
-            .config
-            .email
-            .as_ref()
-            .and_then(|e| e.password_env.as_deref());
-        let prepared = self.prepared[index]
-            .get_or_insert_with(|| process::Prepared::new(task, &self.chain_name, remove));
+        self.output_flush.start();
         // The start latency at the resolution of the clock (for the debug log only).
         let spawn_at = time::mono_now();
-        let announce = self.guardian.prepare(
-            task.timing.kill_grace,
-            &crate::run::guardian::RunIdentity {
-                task: &task.name,
-                run_id,
-                scheduled_ms,
-                start_ms,
-            },
-        );
-        let started = match prepared {
-            Ok(p) => process::spawn(p, run_id, Some(announce), self.spare_pipes.take()),
-            Err(msg) => Err(msg.clone()),
-        };
-        match started {
-            Ok(run) => {
-                self.guardian.watch(run.pid, task.timing.kill_grace);
+        match self.running.spawn(index, cur, task.timing.kill_grace) {
+            Ok(pid) => {
                 // The start latency at the resolution of the clock (the store keeps ms).
                 log::debug!(
                     "{}: {} run {run_id} spawned {} µs after it was due",
@@ -712,22 +494,12 @@ impl Driver {
                     spawn_at.saturating_sub(scheduled).as_micros()
                 );
                 log::info!(
-                    "{}: {} run {run_id} started (pid {}): {}",
+                    "{}: {} run {run_id} started (pid {pid}): {}",
                     self.chain_name,
                     task.name,
-                    run.pid,
                     task.program.short()
                 );
-                let op = Op::Start(RunStart {
-                    chain: self.chain_name.clone(),
-                    task: task.name.clone(),
-                    run_id,
-                    scheduled_ms,
-                    start_ms,
-                    task_pid: Some(run.pid),
-                });
-                self.run = Some(run);
-                self.store.push(op);
+                self.store.run_started(cur, pid);
                 Event::Chain(chain::Event::Spawned)
             }
             Err(msg) => {
@@ -739,30 +511,5 @@ impl Driver {
                 Event::Chain(chain::Event::SpawnFailed(msg))
             }
         }
-    }
-}
-
-/// See [`Driver::lock_event`] (the decision, without the log).
-fn lock_event(ev: LockEvent) -> Option<Event> {
-    match ev {
-        LockEvent::Held => None,
-        LockEvent::Lost { .. } => Some(Event::Chain(chain::Event::Control(chain::Control::Stop))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lost_lock_is_a_graceful_stop_a_held_one_nothing() {
-        assert_eq!(lock_event(LockEvent::Held), None);
-        let lost = LockEvent::Lost {
-            reason: "lease not renewed".into(),
-        };
-        assert_eq!(
-            lock_event(lost),
-            Some(Event::Chain(chain::Event::Control(chain::Control::Stop)))
-        );
     }
 }

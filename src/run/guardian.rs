@@ -418,13 +418,13 @@ fn guardian_main(rx: OwnedFd, shared: &'static Shared, recording: Option<Recordi
 fn record(rec: &Recording, run: &OpenRun, how: Ended, stop_ms: u64) {
     let error = error_text(how);
     let killed = store::Killed {
-        chain: &rec.chain,
-        task: &run.task,
+        chain: rec.chain.clone(),
+        task: run.task.clone(),
         run_id: run.run_id,
         scheduled_ms: run.scheduled_ms,
         start_ms: run.start_ms,
         stop_ms,
-        error: &error,
+        error: error.clone(),
     };
     let what = format!("{} run {} of chain {}", run.task, run.run_id, rec.chain);
     match store::close_killed(&rec.store, &rec.instance, &killed, Instant::now() + RECORD_FOR) {

@@ -7,5 +7,6 @@ pub(crate) mod driver;
 pub(crate) mod guardian;
 pub(crate) mod output;
 pub(crate) mod process;
+pub(crate) mod running;
 pub(crate) mod slots;
 pub mod spawn;

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use crate::core::supervisor::RunOutput;
 use crate::sys;
 
 /// The last `cap` bytes of a run's output (both streams, in the order read).
@@ -94,6 +95,23 @@ pub(crate) struct Sink {
     pending: Vec<u8>,
     /// The stream is gone (EPIPE, EBADF): output is only kept, not passed on.
     dead: bool,
+}
+
+/// The run's output, as the supervisor reads it when a run fails (and the store, at
+/// its end).
+impl RunOutput for Tail {
+    fn last_line(&self) -> Option<String> {
+        Tail::last_line(self)
+    }
+    fn bytes(&self) -> Vec<u8> {
+        Tail::bytes(self)
+    }
+    fn total(&self) -> u64 {
+        Tail::total(self)
+    }
+    fn cut(&self) -> bool {
+        Tail::cut(self)
+    }
 }
 
 /// How much to read from a task at a time when the sink may block: what one POLLOUT

@@ -122,6 +122,103 @@ impl Watch {
     }
 }
 
+/// A chain's group slot: the one held by its run in progress (or about to start), or
+/// the wait for one. The driver's one view of the slots.
+#[derive(Default)]
+pub(crate) struct Gate {
+    held: Option<Slot>,
+    /// While waiting: the group's slot files and the watch on them, and since when (ms).
+    waiting: Option<(Slots, Watch, u64)>,
+}
+
+impl Gate {
+    /// Before `chain`'s `task` of `group` (at most `max` running) starts: take a slot of
+    /// the group, unless one is held already, or start waiting for one (false; at
+    /// `now_ms`, wall). A slot that cannot be set up or taken is logged, and the task runs
+    /// without one (true).
+    pub(crate) fn take(
+        &mut self,
+        chain: &str,
+        task: &str,
+        run_root: &Path,
+        group: &str,
+        max: u32,
+        now_ms: u64,
+    ) -> bool {
+        if self.held.as_ref().is_some_and(|s| s.group == group) {
+            return true;
+        }
+        self.held = None;
+        // Watch first, then try: a slot freed in between still wakes us.
+        let setup = Watch::new(run_root).and_then(|w| Ok((Slots::open(run_root, group, max)?, w)));
+        let (mut slots, watch) = match setup {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!(
+                    "{chain}: failed to use the slots of group {group} in {}: {e}; running without a slot",
+                    dir(run_root).display()
+                );
+                return true;
+            }
+        };
+        match slots.try_take() {
+            Ok(Some(slot)) => {
+                self.held = Some(slot);
+                true
+            }
+            Ok(None) => {
+                log::info!("{chain}: {task} waits for a slot of group {group} (max_running {max})");
+                self.waiting = Some((slots, watch, now_ms));
+                false
+            }
+            Err(e) => {
+                log::error!(
+                    "{chain}: failed to take a slot of group {group}: {e}; running without it"
+                );
+                true
+            }
+        }
+    }
+
+    /// While waiting: the watch's descriptor, readable when a slot file was closed.
+    pub(crate) fn watch_fd(&self) -> Option<RawFd> {
+        self.waiting.as_ref().map(|(_, w, _)| w.fd())
+    }
+
+    /// The watch is readable: try again. True when the wait is over: a slot is held, or
+    /// (logged) the task runs without one.
+    pub(crate) fn try_again(&mut self, chain: &str) -> bool {
+        let Some((slots, watch, _)) = self.waiting.as_mut() else {
+            return false;
+        };
+        watch.drain();
+        match slots.try_take() {
+            Ok(None) => return false,
+            Ok(Some(slot)) => self.held = Some(slot),
+            Err(e) => {
+                log::error!("{chain}: failed to take a group slot: {e}; running without it");
+            }
+        }
+        self.waiting = None;
+        true
+    }
+
+    /// The run's group is empty: its slot goes (the next task takes its own).
+    pub(crate) fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// The group whose slot is held.
+    pub(crate) fn held_group(&self) -> Option<&str> {
+        self.held.as_ref().map(|s| s.group.as_str())
+    }
+
+    /// Since when (wall ms) the chain waits for a slot, if it does.
+    pub(crate) fn waiting_since_ms(&self) -> Option<u64> {
+        self.waiting.as_ref().map(|(_, _, since)| *since)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +266,37 @@ mod tests {
         let want = std::fs::metadata(super::dir(dir.path()).join("g.2")).expect("stat");
         assert_eq!(ino(&s._file), want.ino());
         assert!(slots.try_take().expect("take").is_none());
+    }
+
+    /// A task waits while every slot of its group is busy, and goes when one is freed;
+    /// the slot it took is kept for the next task of the group and goes on release.
+    #[test]
+    fn the_gate_waits_for_a_busy_group_and_goes_when_a_slot_is_freed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut gate = Gate::default();
+        assert!(gate.take("c", "a", dir.path(), "g", 1, 5));
+        assert_eq!((gate.held_group(), gate.watch_fd()), (Some("g"), None));
+        // Kept for the next task of the group, without a new try.
+        assert!(gate.take("c", "b", dir.path(), "g", 1, 6));
+        // Another chain's gate waits for it.
+        let mut other = Gate::default();
+        assert!(!other.take("d", "x", dir.path(), "g", 1, 7));
+        assert_eq!(
+            (other.held_group(), other.waiting_since_ms()),
+            (None, Some(7))
+        );
+        let fd = other.watch_fd().expect("a watch");
+        assert!(!other.try_again("d"), "still busy");
+        gate.release();
+        assert_eq!(gate.held_group(), None);
+        let mut fds = [crate::sys::pollfd(fd, libc::POLLIN)];
+        let ready = crate::sys::ppoll(&mut fds, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(ready.expect("ppoll"), 1, "the release wakes the waiter");
+        assert!(other.try_again("d"));
+        assert_eq!(
+            (other.held_group(), other.waiting_since_ms()),
+            (Some("g"), None)
+        );
+        assert_eq!(other.watch_fd(), None);
     }
 }

@@ -259,6 +259,9 @@ pub(super) fn apply(
             ])?;
         }
         Op::End(e) => apply_end(tx, e, instance, cache, known, None)?,
+        // Applied by the SQLite store itself, with the dead instance's identity (see
+        // `killed::apply_killed`).
+        Op::Killed(_) => debug_assert!(false, "Op::Killed goes to apply_killed"),
         Op::Alert { chain, task, kind } => {
             let sid = series_id(tx, cache, chain, task)?;
             tx.prepare_cached(

@@ -20,8 +20,8 @@
 //!
 //! One other process writes a chain's runs: the guardian of an instance that died during
 //! a run closes that run, with the time its group ended and what the guardian did
-//! (`close_killed`, once, in one transaction of its own, retried for a bounded time
-//! while the store is busy). The next launch waits for that guardian, then closes what is
+//! ([`Op::Killed`], through the seam's write side like any batch: `close_killed`, once,
+//! in one transaction of its own, retried for a bounded time while the store is busy). The next launch waits for that guardian, then closes what is
 //! still open ([`Op::CloseOpen`]), leaving the guardian's record as it is.
 //!
 //! The store sits behind a seam, so that a shared PostgreSQL store can be one more file
@@ -32,22 +32,28 @@
 //!   error. The queue and its back-off are written once over it (`writer`'s
 //!   [`Writer`]); [`Store`] is that writer over `sqlite`, with the WAL's checkpoints and
 //!   the driver's write in line; `memory` is the in-memory store its unit tests use.
-//!   How far the store has committed (`Commits`: a count and an eventfd) is what the
-//!   driver can wait for in its `ppoll` before a spawn (`Recorder::commit_soon`; not
-//!   used by the driver yet).
+//!   What the fleet is to add here, for a start record committed before a spawn: a
+//!   count of the ops the store has committed and an eventfd made readable at each
+//!   commit, which the driver waits on in its `ppoll` (with a recorder call that hands
+//!   over what is batched or held at once); and a count of what was fenced off in the
+//!   state or the exit's log line. Not kept before the fleet uses them: nothing but
+//!   tests would (the writer already logs each batch fenced off, with the count so far).
 //! - the read side, `Reader` (`reader`): everything `status`, `history`, `log`, the
 //!   metrics and the alert mails read, as plain rows. Only `store/` names rusqlite.
+//!
+//! - the outbox of alert mails, [`outbox::Outbox`]: where a built mail waits until the
+//!   mailer has sent it. With SQLite it is files in `RUN_ROOT/outbox/` ([`outbox::Files`],
+//!   [`open_outbox`]), not the database, so that a store fault cannot lose an alert.
 //!
 //! Its files: `seam` (the write side's interface), `writer` (the queue of ops, its
 //! batches and back-off), `sqlite` (the SQLite write side: a batch's transaction,
 //! setting a corrupt file aside, checkpoints), `apply` (the SQL of one op), `schema`
 //! (opening, configuring and migrating the SQLite file), `killed` (the guardian's one
-//! write), `reader` (what the readers query), and beside them `recorder` (the writer's
-//! thread) and [`state_file`] (`CHAIN.state`, which does not depend on the store).
-//!
-//! Not yet behind the seam: the outbox of alert mails (files in RUN_ROOT, `mail/`), and
-//! the guardian's write (`close_killed`, SQLite only); the reader is a concrete SQLite
-//! type (a trait when a second store needs one).
+//! write, and its SQL), `reader` (what the readers query), [`outbox`] (the outbox and
+//! its files), and beside them `recorder` (the writer's thread) and [`state_file`]
+//! (`CHAIN.state`, which does not depend on the store). A shared (PostgreSQL) store is to
+//! be one more write side and one more outbox; the reader is a concrete SQLite type (a
+//! trait when a second store needs one).
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +61,7 @@ mod apply;
 mod killed;
 #[cfg(test)]
 mod memory;
+pub(crate) mod outbox;
 mod reader;
 pub(crate) mod recorder;
 mod schema;
@@ -65,12 +72,17 @@ mod writer;
 
 pub(crate) use killed::{close_killed, Killed};
 pub(crate) use reader::{
-    alert_counts, chains_of_task, chains_with_run, history, last_run_ids, open_read, output,
-    series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
+    alert_counts, chains_of_task, chains_with_run, failed_run, history, last_run_ids, open_read,
+    output, series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
-pub(crate) use writer::Commits;
 pub use writer::{Store, Writer};
+
+/// The outbox of alert mails of the store in `run_root` (see [`outbox`]): files in
+/// `RUN_ROOT/outbox/`.
+pub(crate) fn open_outbox(run_root: &Path) -> Box<dyn outbox::Outbox> {
+    Box::new(outbox::Files::new(run_root))
+}
 
 /// The path of the store in `run_root`.
 pub fn path(run_root: &Path) -> PathBuf {
@@ -112,6 +124,19 @@ pub struct Instance {
     pub version: String,
     pub config_digest: String,
     pub started_ms: u64,
+}
+
+impl Instance {
+    /// This process, started now, running a config of digest `config_digest`.
+    pub(crate) fn this_process(config_digest: &str) -> Instance {
+        Instance {
+            host: crate::sys::hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_digest: config_digest.to_string(),
+            started_ms: crate::time::wall_ms(),
+        }
+    }
 }
 
 /// A run has started.
@@ -176,6 +201,12 @@ pub enum Op {
         stop_ms: u64,
         running: Option<(String, u64, u64)>,
     },
+    /// The guardian's record of the run it ended after run-chain's death (see
+    /// `guardian`), in a batch of its own: the run is closed as `interrupted` with the
+    /// guardian's stop time and error, unless it is closed already; a run whose start
+    /// was never written is written whole, under the dead instance's row (added only if
+    /// it is not there).
+    Killed(Box<Killed>),
     /// An alert of `kind` was decided for this chain and task. The driver pushes it in
     /// the batch of the run's end that caused it (one feed), and a batch is never split:
     /// the recorder hands it over whole and the writer applies its whole queue in one

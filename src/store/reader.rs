@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::schema::*;
 use super::*;
+use crate::core::supervisor::{StoredRead, StoredRun};
 
 /// The read side of the store: what `status`, `history`, `log`, the metrics and the
 /// alert mails read, as plain rows ([`RunRow`], [`SeriesRow`], ...). Only `store/`
@@ -347,6 +348,67 @@ fn series_row(r: &rusqlite::Row) -> rusqlite::Result<SeriesRow> {
         streak_start_ms: r.get::<_, Option<i64>>(21)?.map(u),
         streak_failures: u(r.get(22)?),
     })
+}
+
+/// For an alert mail of `chain`'s `task` in an instance that did not see the streak's
+/// last failed run: that run (`run_id`; None: the task's newest failed run among its
+/// last 20) with its output, and the chain's last durations (for the mail's next
+/// attempt). Seldom called, so the store is opened for it and closed after; the loop
+/// waits for it, so a busy store is given up on soon (the mail says so). Durations
+/// read before a failure are kept.
+pub(crate) fn failed_run(
+    run_root: &Path,
+    chain: &str,
+    task: &str,
+    run_id: Option<u64>,
+) -> StoredRead {
+    let mut durations = Vec::new();
+    let failed = (|| {
+        let Some(reader) = open_read(run_root)? else {
+            return Ok(None);
+        };
+        let _ = reader.busy_timeout(Duration::from_millis(500));
+        if let Ok(series) = series(&reader) {
+            durations.extend(
+                series
+                    .into_iter()
+                    .filter(|s| s.chain == chain)
+                    .filter_map(|s| Some((s.task, s.last_duration_ms?))),
+            );
+        }
+        let failed_outcome = |r: &RunRow| {
+            crate::core::alert_mail::failed_outcome(
+                r.outcome.as_deref(),
+                r.exit_code,
+                r.signal,
+                r.error.as_deref(),
+            )
+        };
+        let id = match run_id {
+            Some(id) => id,
+            None => {
+                let runs = history(&reader, task, Some(chain), 20).map_err(|e| e.to_string())?;
+                match runs.into_iter().find(|r| failed_outcome(r).is_some()) {
+                    Some(r) => r.run_id,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let Some((row, output)) =
+            output(&reader, task, Some(chain), Some(id)).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        Ok(failed_outcome(&row).map(|outcome| StoredRun {
+            run_id: row.run_id,
+            outcome,
+            start_ms: row.start_ms,
+            duration_ms: row.duration_ms.unwrap_or(0),
+            output,
+            output_bytes: row.output_bytes,
+        }))
+    })();
+    StoredRead { durations, failed }
 }
 
 /// Every series (chain and task) with its aggregates.

@@ -33,7 +33,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
-use crate::store::{Commits, Op, Store};
+use crate::core::outcome::Outcome;
+use crate::core::resume::State;
+use crate::core::supervisor::{Current, RunEnded, RunOutput};
+use crate::store::{Op, RunEnd, RunStart, Store};
 use crate::time::Mono;
 
 use crate::time;
@@ -72,11 +75,6 @@ pub(crate) struct Recorder {
     finished: bool,
     /// The store's [`Store::copying`]: a checkpoint runs with no record waiting.
     copying: Arc<AtomicBool>,
-    /// Ops pushed so far: the store has committed them all when its [`Commits`] are
-    /// through this many.
-    pushed: u64,
-    /// How far the store has committed.
-    commits: Arc<Commits>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -110,7 +108,6 @@ impl Recorder {
         let name = chain.to_string();
         let (tx, rx) = mpsc::channel::<Msg>();
         let copying = store.copying();
-        let commits = store.commits();
         let store = Arc::new(Mutex::new(store));
         let queued = Arc::new(AtomicUsize::new(0));
         let (theirs, their_count) = (store.clone(), queued.clone());
@@ -143,29 +140,78 @@ impl Recorder {
             sent_at: None,
             finished: false,
             copying,
-            pushed: 0,
-            commits,
         }
     }
 
-    /// How far the store has committed what was pushed: with [`Recorder::commit_soon`],
-    /// what the driver can wait for in its `ppoll` before a spawn (a shared store's
-    /// start record committed before the task runs). Not used by the driver yet.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn commits(&self) -> Arc<Commits> {
-        self.commits.clone()
+    /// Runs of this chain left open by an instance that died are closed now, at
+    /// `stop_ms`, with the run in progress that the state it left names (see
+    /// [`Op::CloseOpen`]).
+    pub(crate) fn close_open(&mut self, stop_ms: u64, left: &State) {
+        let running = match (
+            &left.running_task,
+            left.running_run_id,
+            left.running_since_ms,
+        ) {
+            (Some(t), Some(id), Some(since)) => Some((t.clone(), id, since)),
+            _ => None,
+        };
+        let chain = self.chain.clone();
+        self.push(Op::CloseOpen {
+            chain,
+            stop_ms,
+            running,
+        });
     }
 
-    /// Hand over everything pushed now (what is batched or held included), and say how
-    /// far [`Recorder::commits`] must be through for all of it to be committed (or
-    /// dropped: see [`Commits`]). The batch, if one is open, stays open.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn commit_soon(&mut self, now: Mono) -> u64 {
-        if !self.batch.is_empty() || !self.held.is_empty() {
-            let ops = std::mem::take(&mut self.batch);
-            self.send_ops(now, ops, false);
-        }
-        self.pushed
+    /// The run `cur` has started; its group leader is `task_pid`.
+    pub(crate) fn run_started(&mut self, cur: &Current, task_pid: i32) {
+        self.push(Op::Start(RunStart {
+            chain: self.chain.clone(),
+            task: cur.task.clone(),
+            run_id: cur.run_id,
+            scheduled_ms: cur.scheduled_ms,
+            start_ms: cur.start_ms,
+            task_pid: Some(task_pid),
+        }));
+    }
+
+    /// The output so far of the run in progress, `cur`.
+    pub(crate) fn output(&mut self, cur: &Current, out: &dyn RunOutput) {
+        self.push(Op::Output {
+            chain: self.chain.clone(),
+            task: cur.task.clone(),
+            run_id: cur.run_id,
+            output: out.bytes(),
+            output_bytes: out.total(),
+            output_cut: out.cut(),
+        });
+    }
+
+    /// A run has ended (`out`: its output), with the alert it caused, if any: both go in
+    /// one batch, so that they are committed together or not at all (see [`Op::Alert`]).
+    /// `keep`: how many of the task's runs the store keeps, and for how long.
+    pub(crate) fn run_ended(
+        &mut self,
+        r: &RunEnded,
+        out: &dyn RunOutput,
+        keep: (u64, std::time::Duration),
+    ) {
+        let end = Op::End(Box::new(run_end(&self.chain, r, out, keep)));
+        let alert = r.alert.as_ref().map(|a| Op::Alert {
+            chain: self.chain.clone(),
+            task: a.task.clone(),
+            kind: a.decision.kind.as_str(),
+        });
+        self.push_together(std::iter::once(end).chain(alert));
+    }
+
+    /// An alert of `kind` was decided for `task` between runs (a downtime alert).
+    pub(crate) fn alerted(&mut self, task: &str, kind: &'static str) {
+        self.push(Op::Alert {
+            chain: self.chain.clone(),
+            task: task.to_string(),
+            kind,
+        });
     }
 
     /// Hold what is pushed until [`Recorder::end_batch`]: then it goes as one.
@@ -214,11 +260,15 @@ impl Recorder {
     }
 
     pub(crate) fn push(&mut self, op: Op) {
-        self.pushed += 1;
-        if self.batching {
-            self.batch.push(op);
-        } else {
-            self.send_ops(time::mono_now(), vec![op], false);
+        self.push_together(std::iter::once(op));
+    }
+
+    /// Push `ops` as one: into the open batch, or handed over together.
+    fn push_together(&mut self, ops: impl IntoIterator<Item = Op>) {
+        self.batch.extend(ops);
+        if !self.batching {
+            let ops = std::mem::take(&mut self.batch);
+            self.send_ops(time::mono_now(), ops, false);
         }
     }
 
@@ -362,6 +412,44 @@ impl Drop for Recorder {
     }
 }
 
+/// The record of run `r`'s end in `chain`, with its output.
+fn run_end(
+    chain: &str,
+    r: &RunEnded,
+    out: &dyn RunOutput,
+    keep: (u64, std::time::Duration),
+) -> RunEnd {
+    let f = &r.f;
+    let (keep_runs_max, keep_for) = keep;
+    let (exit_code, signal) = match &f.outcome {
+        Outcome::Success => (Some(0), None),
+        Outcome::Failed(c) => (Some(*c), None),
+        Outcome::Signal(s) => (None, Some(*s)),
+        _ => (None, None),
+    };
+    RunEnd {
+        chain: chain.to_string(),
+        task: f.task.clone(),
+        run_id: f.run_id,
+        scheduled_ms: r.scheduled_ms,
+        start_ms: r.start_ms,
+        stop_ms: r.stop_ms,
+        outcome: f.outcome.label(),
+        exit_code,
+        signal,
+        error: match &f.outcome {
+            Outcome::SpawnError(m) => Some(m.clone()),
+            _ => None,
+        },
+        output: out.bytes(),
+        output_bytes: out.total(),
+        output_cut: out.cut(),
+        streak: r.streak,
+        keep_runs_max,
+        keep_after_ms: r.stop_ms.saturating_sub(keep_for.as_millis() as u64),
+    }
+}
+
 /// Block every signal on the writer thread: the handlers (and the signalfd) belong to
 /// the driver's thread.
 fn block_signals() {
@@ -435,62 +523,101 @@ fn last_try(chain: &str, store: &mut Store) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
-    use crate::store::{open_read, Instance, RunStart};
+    use crate::core::alert::{Decision, Kind};
+    use crate::core::chain::Finished;
+    use crate::core::supervisor::AlertDue;
+    use crate::store::{alert_counts, history, open_read, Instance};
 
-    fn start(run_id: u64) -> Op {
-        Op::Start(RunStart {
-            chain: "c".into(),
-            task: "t".into(),
-            run_id,
-            scheduled_ms: run_id * 1000,
-            start_ms: run_id * 1000,
-            task_pid: Some(1234),
-        })
-    }
-
-    /// Whether `fd` is readable within `wait`.
-    fn readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
-        let mut fds = [crate::sys::pollfd(fd, libc::POLLIN)];
-        crate::sys::ppoll(&mut fds, Some(wait)).expect("ppoll") == 1
-    }
-
-    /// A run's start, held for its end (START_HOLD), is handed over at once when asked
-    /// for, and the driver can wait for its commit in a ppoll: the commits' eventfd
-    /// becomes readable, and then the run is in the store.
-    #[test]
-    fn a_commit_can_be_waited_for_in_a_ppoll() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let instance = Instance {
-            host: "h".into(),
-            pid: 1,
-            version: "v".into(),
-            config_digest: "d".into(),
-            started_ms: 0,
-        };
-        let mut rec = Recorder::start("c", Store::new(dir.path(), instance));
-        let commits = rec.commits();
-        let fd = commits.fd().expect("an eventfd");
-        assert_eq!(rec.commit_soon(time::mono_now()), 0, "nothing pushed");
-        rec.begin_batch();
-        rec.push(start(1));
-        let now = time::mono_now();
-        rec.end_batch(now, false);
-        assert!(rec.due().is_some(), "the start is held");
-        let want = rec.commit_soon(now);
-        assert_eq!((want, rec.due()), (1, None));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while commits.through() < want {
-            assert!(Instant::now() < deadline, "not committed in 30 s");
-            if readable(fd, Duration::from_secs(1)) {
-                commits.clear();
-            }
+    struct Out;
+    impl RunOutput for Out {
+        fn last_line(&self) -> Option<String> {
+            Some("boom".into())
         }
-        let reader = open_read(dir.path()).expect("open").expect("a store");
-        let runs = crate::store::history(&reader, "t", Some("c"), 10).expect("history");
-        assert_eq!(runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), vec![1]);
+        fn bytes(&self) -> Vec<u8> {
+            b"boom\n".to_vec()
+        }
+        fn total(&self) -> u64 {
+            9000
+        }
+        fn cut(&self) -> bool {
+            true
+        }
+    }
+
+    /// What the driver hands over as domain values goes to the store as records: the
+    /// start, the end (its exit code, output, streak) and the alert it caused, both of
+    /// the latter in one batch; a downtime alert alone.
+    #[test]
+    fn a_runs_start_end_and_alert_are_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = Instance::this_process("digest");
+        let mut rec = Recorder::start("c", Store::new(dir.path(), instance));
+        let cur = Current {
+            task: "t".into(),
+            run_id: 7,
+            scheduled_ms: 1_000,
+            start_ms: 1_005,
+        };
+        rec.begin_batch();
+        rec.run_started(&cur, 4321);
+        rec.end_batch(time::mono_now(), false);
+        let ended = RunEnded {
+            f: Finished {
+                task: "t".into(),
+                run_id: 7,
+                outcome: Outcome::Failed(3),
+                scheduled: Mono::ZERO,
+                started: Mono::ZERO,
+                ended: Mono::ZERO,
+                cooldown: Some(Duration::from_secs(60)),
+            },
+            scheduled_ms: 1_000,
+            start_ms: 1_005,
+            stop_ms: 2_005,
+            duration: Duration::from_secs(1),
+            streak: Some((1_005, 1)),
+            alert: Some(AlertDue {
+                task: "t".into(),
+                decision: Decision {
+                    kind: Kind::FirstFailure,
+                    streak_start_ms: 1_005,
+                    failures: 1,
+                    held_back: 0,
+                },
+                recovered_by: None,
+                last_failed: None,
+                output: None,
+                between_runs: false,
+            }),
+        };
+        rec.begin_batch();
+        rec.run_ended(&ended, &Out, (100, Duration::from_secs(3600)));
+        rec.end_batch(time::mono_now(), true);
+        rec.alerted("t", "downtime");
         rec.finish();
+        let reader = open_read(dir.path()).expect("open").expect("a store");
+        let runs = history(&reader, "t", Some("c"), 10).expect("history");
+        let [run] = runs.as_slice() else {
+            panic!("{runs:?}");
+        };
+        assert_eq!(
+            (run.run_id, run.start_ms, run.stop_ms),
+            (7, 1_005, Some(2_005))
+        );
+        assert_eq!(run.outcome.as_deref(), Some("failed"));
+        assert_eq!((run.exit_code, run.signal), (Some(3), None));
+        assert_eq!((run.output_bytes, run.output_cut), (9000, true));
+        let mut alerts = alert_counts(&reader).expect("alerts");
+        alerts.sort();
+        assert_eq!(
+            alerts,
+            vec![
+                ("c".into(), "t".into(), "downtime".into(), 1),
+                ("c".into(), "t".into(), "first-failure".into(), 1)
+            ]
+        );
     }
 }

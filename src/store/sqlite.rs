@@ -12,6 +12,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode};
 
 use super::apply::*;
+use super::killed::apply_killed;
 use super::schema::*;
 use super::seam::{Owner, StoreWrite, WriteError};
 use super::*;
@@ -33,6 +34,9 @@ pub struct Sqlite {
     truncate_after_write: bool,
     /// Set while a checkpoint runs with no record of ours waiting ([`Sqlite::copying`]).
     copying: Arc<AtomicBool>,
+    /// Whether the last batch's [`Op::Killed`] closed its run (false: it was closed
+    /// already); None if it had none.
+    killed: Option<bool>,
 }
 
 /// Whether no other process has the store at `path` open: none holds the lock SQLite's
@@ -91,8 +95,13 @@ impl Sqlite {
     /// write and again at every retry: a store that cannot be opened does not stop the
     /// chain.
     pub(crate) fn new(run_root: &Path, instance: Instance) -> Sqlite {
+        Sqlite::at(&path(run_root), instance)
+    }
+
+    /// [`Sqlite::new`], for the store file at `path` (the guardian's: it works from `/`).
+    pub(crate) fn at(path: &Path, instance: Instance) -> Sqlite {
         Sqlite {
-            path: path(run_root),
+            path: path.to_path_buf(),
             instance,
             conn: None,
             instance_id: None,
@@ -101,7 +110,14 @@ impl Sqlite {
             wal_frames: Box::new(AtomicI32::new(0)),
             truncate_after_write: false,
             copying: Arc::new(AtomicBool::new(false)),
+            killed: None,
         }
+    }
+
+    /// Whether the [`Op::Killed`] of the last batch applied closed its run (false: it
+    /// was closed already, or there was none).
+    pub(crate) fn took_killed(&self) -> bool {
+        self.killed == Some(true)
     }
 
     /// True while this store's connection copies the WAL back with no record of ours
@@ -281,18 +297,24 @@ impl Sqlite {
         // again for every transaction.
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let mut series_ids = self.series_ids.clone();
+        // The guardian's record of a killed run adds the instance's row only if it must.
+        let needs_instance = batch.iter().any(|op| !matches!(op, Op::Killed(_)));
+        self.killed = None;
         let written = (|| {
             let instance_id = match self.instance_id {
-                Some(id) => id,
-                None => {
+                Some(id) => Some(id),
+                None if needs_instance => {
                     let i = &self.instance;
                     conn.execute(
                         "INSERT INTO instances (host, pid, version, config_digest, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![i.host, i.pid, i.version, i.config_digest, i.started_ms as i64],
                     )?;
-                    conn.last_insert_rowid()
+                    Some(conn.last_insert_rowid())
                 }
+                None => None,
             };
+            // Some whenever an op other than Killed is applied.
+            let iid = instance_id.unwrap_or_default();
             let mut ops = batch.iter().peekable();
             while let Some(op) = ops.next() {
                 // A short run's start and end come together (the recorder holds the
@@ -302,7 +324,7 @@ impl Sqlite {
                         apply_end(
                             conn,
                             e,
-                            instance_id,
+                            iid,
                             &mut series_ids,
                             &mut self.known,
                             Some(st.task_pid),
@@ -311,7 +333,13 @@ impl Sqlite {
                         continue;
                     }
                 }
-                apply(conn, op, instance_id, &mut series_ids, &mut self.known)?;
+                match op {
+                    Op::Killed(k) => {
+                        let closed = apply_killed(conn, k, &self.instance, &mut series_ids)?;
+                        self.killed = Some(closed);
+                    }
+                    _ => apply(conn, op, iid, &mut series_ids, &mut self.known)?,
+                }
             }
             conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(instance_id)
@@ -327,7 +355,7 @@ impl Sqlite {
                 return Err(e);
             }
         };
-        self.instance_id = Some(instance_id);
+        self.instance_id = instance_id;
         self.series_ids = series_ids;
         Ok(())
     }
@@ -340,7 +368,12 @@ impl StoreWrite for Sqlite {
             let msg = e.to_string();
             if is_corrupt(&e) {
                 WriteError::Corrupt(msg)
-            } else if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy)) {
+            } else if matches!(
+                // Locked as busy: both are another connection's lock, and the guardian's
+                // record waits for either (`close_killed`).
+                e.sqlite_error_code(),
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            ) {
                 WriteError::Busy(msg)
             } else {
                 WriteError::Other(msg)
@@ -618,15 +651,15 @@ mod tests {
         (run, series)
     }
 
-    fn killed(run_id: u64, start_ms: u64, stop_ms: u64) -> Killed<'static> {
+    fn killed(run_id: u64, start_ms: u64, stop_ms: u64) -> Killed {
         Killed {
-            chain: "c",
-            task: "t",
+            chain: "c".into(),
+            task: "t".into(),
             run_id,
             scheduled_ms: start_ms,
             start_ms,
             stop_ms,
-            error: "guardian",
+            error: "guardian".into(),
         }
     }
 

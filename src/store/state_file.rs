@@ -186,6 +186,8 @@ pub(crate) struct Writer {
     /// new strings, grown a doubling at a time, was most of a save's own time).
     text: Vec<u8>,
     slot: Vec<u8>,
+    /// The last save failed, and was reported ([`Writer::save_reported`]).
+    failing: bool,
 }
 
 #[derive(Debug)]
@@ -215,11 +217,30 @@ impl Writer {
             open: None,
             text: Vec::new(),
             slot: Vec::new(),
+            failing: false,
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// [`Writer::save`], for `chain`'s loop: a failure is logged once (the chain keeps its
+    /// schedule, and the save is tried again at every run), and so is the first save that
+    /// works again.
+    pub(crate) fn save_reported(&mut self, chain: &str, state: &impl Serialize) {
+        match self.save(state) {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    log::info!("{chain}: state saved again to {}", self.path.display());
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    log::error!(
+                        "{chain}: failed to save state to {}: {e} (the chain keeps its schedule; retrying at every run)",
+                        self.path.display()
+                    );
+                    self.failing = true;
+                }
+            }
+        }
     }
 
     /// Save `state`: in place when the file is ours and the state fits its slots, else as

@@ -5,10 +5,9 @@
 //! tests drive it over the in-memory store with a fake clock.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::time::Mono;
@@ -44,65 +43,6 @@ pub struct Writer<W> {
     fenced: u64,
     /// Inside [`Writer::begin_batch`]: queue only; the batch ends with one transaction.
     batching: bool,
-    /// Ops pushed so far (committed, queued or dropped).
-    pushed: u64,
-    /// How many of them the store has committed (or dropped), for a waiter.
-    commits: Arc<Commits>,
-}
-
-/// How far a writer's store has committed, for a thread that waits for it (the driver,
-/// in its `ppoll`, before a spawn): the number of ops pushed to the writer that the
-/// store has committed (or that were dropped: a full queue, fenced off), and an eventfd
-/// made readable at each commit. The eventfd is made only when it is first asked for,
-/// so a writer nobody waits for costs no descriptor and no syscall.
-#[derive(Debug, Default)]
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) struct Commits {
-    through: AtomicU64,
-    fd: OnceLock<Option<OwnedFd>>,
-}
-
-#[cfg_attr(not(test), allow(dead_code))]
-impl Commits {
-    /// How many ops pushed to the writer are committed (or dropped).
-    pub(crate) fn through(&self) -> u64 {
-        self.through.load(Ordering::SeqCst)
-    }
-
-    /// An eventfd that becomes readable at the next commit (read it with
-    /// [`Commits::clear`] before waiting again); None if the system gave none (then
-    /// poll [`Commits::through`]). Ask for it, then compare `through` with what is
-    /// waited for, then wait on it: a commit in between is seen either way.
-    pub(crate) fn fd(&self) -> Option<RawFd> {
-        let fd = self.fd.get_or_init(|| {
-            // SAFETY: eventfd returns a new descriptor we own, or -1.
-            let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            // SAFETY: raw is a descriptor nothing else owns.
-            (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
-        });
-        fence(Ordering::SeqCst);
-        fd.as_ref().map(|f| f.as_raw_fd())
-    }
-
-    /// Reset the eventfd (after it was found readable).
-    pub(crate) fn clear(&self) {
-        if let Some(Some(fd)) = self.fd.get() {
-            let mut n = 0u64;
-            // SAFETY: reads 8 bytes into n from our non-blocking eventfd.
-            unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
-        }
-    }
-
-    /// The ops through `n` are committed: tell a waiter, if there is one.
-    fn mark(&self, n: u64) {
-        self.through.store(n, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if let Some(Some(fd)) = self.fd.get() {
-            let one = 1u64;
-            // SAFETY: writes 8 bytes from `one` to our eventfd.
-            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
-    }
 }
 
 impl Store {
@@ -202,14 +142,7 @@ impl<W: StoreWrite> Writer<W> {
             dropped: 0,
             fenced: 0,
             batching: false,
-            pushed: 0,
-            commits: Arc::new(Commits::default()),
         }
-    }
-
-    /// How far the store has committed (see [`Commits`]), shared with a waiter.
-    pub(crate) fn commits(&self) -> Arc<Commits> {
-        self.commits.clone()
     }
 
     /// Queue the ops pushed until [`Writer::end_batch`] and write them then, in one
@@ -233,7 +166,6 @@ impl<W: StoreWrite> Writer<W> {
 
     /// Queue `op` and try to write everything queued.
     pub fn push(&mut self, now: Mono, op: Op) {
-        self.pushed += 1;
         if self.queue.len() >= QUEUE_MAX {
             // Drop an output refresh first (a later one or the end replaces it).
             let pos = self
@@ -280,12 +212,6 @@ impl<W: StoreWrite> Writer<W> {
         self.queue.len()
     }
 
-    /// Records dropped because the store answered [`WriteError::Fenced`].
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn fenced(&self) -> u64 {
-        self.fenced
-    }
-
     /// Write everything queued, in one transaction. On failure keep it all queued (but
     /// what the store fenced off: that is counted and dropped, never retried).
     pub fn flush(&mut self, now: Mono) {
@@ -315,7 +241,6 @@ impl<W: StoreWrite> Writer<W> {
             Err(WriteError::Fenced) => {
                 let n = self.queue.len();
                 self.queue.clear();
-                self.commits.mark(self.pushed);
                 self.fenced += n as u64;
                 log::error!(
                     "store {}: {n} records dropped: the store belongs to another owner now ({} in all)",
@@ -360,8 +285,6 @@ impl<W: StoreWrite> Writer<W> {
         self.store
             .apply(self.queue.make_contiguous(), &self.owner)?;
         self.queue.clear();
-        // Every op pushed is now committed, or was dropped.
-        self.commits.mark(self.pushed);
         Ok(n)
     }
 }
@@ -411,6 +334,7 @@ mod tests {
             Op::End(e) => ("end", e.run_id),
             Op::CloseOpen { .. } => ("close-open", 0),
             Op::Alert { .. } => ("alert", 0),
+            Op::Killed(k) => ("killed", k.run_id),
         }
     }
 
@@ -497,14 +421,14 @@ mod tests {
         assert_eq!(w.store.calls, 0, "batched");
         w.end_batch(at(0));
         assert_eq!(w.store.calls, 1);
-        assert_eq!((w.pending(), w.fenced(), w.retry_at()), (0, 3, None));
+        assert_eq!((w.pending(), w.fenced, w.retry_at()), (0, 3, None));
         assert_eq!(w.failing, None);
         assert_eq!(w.store.resets, 0);
         w.flush(at(60_000));
         assert_eq!(w.store.calls, 1, "nothing retried");
         w.push(at(60_000), start(3));
         assert_eq!(written(&w), vec![("start", 3)]);
-        assert_eq!(w.fenced(), 3);
+        assert_eq!(w.fenced, 3);
     }
 
     /// A corrupt store that is set aside is written afresh at once; one that cannot be
@@ -622,33 +546,5 @@ mod tests {
         w.push(at(3000), start(2));
         assert_eq!(w.store.batches, vec![3]);
         assert_eq!(written(&w), vec![("end", 1), ("alert", 0), ("start", 2)]);
-    }
-
-    /// The commits are through every op pushed once the store has taken them all, and
-    /// their eventfd is readable from then until cleared; a failed write moves neither.
-    #[test]
-    fn the_commits_follow_what_the_store_took() {
-        let readable = |fd| {
-            let mut fds = [crate::sys::pollfd(fd, libc::POLLIN)];
-            crate::sys::ppoll(&mut fds, Some(Duration::ZERO)).expect("ppoll") == 1
-        };
-        let mut w = writer();
-        let commits = w.commits();
-        let fd = commits.fd().expect("an eventfd");
-        assert_eq!(commits.fd(), Some(fd), "one eventfd");
-        w.store
-            .fail(2, WriteError::Busy("database is locked".into()));
-        w.push(at(0), start(1));
-        w.push(at(1), output(1));
-        assert_eq!((commits.through(), readable(fd)), (0, false));
-        w.flush(at(3000));
-        assert_eq!((commits.through(), readable(fd)), (2, true));
-        commits.clear();
-        assert!(!readable(fd));
-        // Fenced: dropped, and so not waited for.
-        w.store.fail(1, WriteError::Fenced);
-        w.push(at(4000), start(2));
-        assert_eq!((commits.through(), readable(fd)), (3, true));
-        assert_eq!(w.fenced(), 1);
     }
 }

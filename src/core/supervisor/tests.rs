@@ -61,6 +61,9 @@ impl RunOutput for Output {
     fn total(&self) -> u64 {
         self.bytes.len() as u64
     }
+    fn cut(&self) -> bool {
+        false
+    }
 }
 
 fn feed(s: &mut Supervisor, now: Now, ev: Event, out: &Output) -> Vec<Effect> {
@@ -115,7 +118,9 @@ fn one_run(
     let Some(Effect::Spawn { index, run_id, .. }) = fx.first() else {
         panic!("no spawn: {fx:?}");
     };
-    let cur = s.begin_run(at(*now), *index, *run_id).clone();
+    let (cur, task) = s.begin_run(at(*now), *index, *run_id);
+    assert_eq!(task.name, cur.task);
+    let cur = cur.clone();
     assert_eq!(cur.start_ms, at(*now).wall_ms());
     assert!(feed(s, at(*now), chain_ev(chain::Event::Spawned), out).is_empty());
     *now += took;
@@ -644,4 +649,229 @@ fn the_state_of_a_chain_for_ever_names_its_position_on_both_clocks() {
     assert_eq!(v.due_wall_ms, Some(at(due).wall_ms()));
     assert_eq!(v.cooled.map(|c| (c.task, c.ok)), Some(("a", true)));
     assert_eq!(v.run_ids["a"], 1);
+}
+
+/// A downtime alert of `job` whose failed run this instance did not see, as a relaunch
+/// gets it (the state has the streak, not the run).
+fn unseen_downtime_alert() -> (Supervisor, Box<AlertDue>, Now) {
+    let start_ms = SATURDAY_MS;
+    let mut alerts = BTreeMap::new();
+    alerts.insert(
+        "job".to_string(),
+        AlertState {
+            streak_start_ms: Some(start_ms),
+            failures: 2,
+            mailed: true,
+            ..AlertState::default()
+        },
+    );
+    let base = State {
+        alerts,
+        ..State::default()
+    };
+    let mut t = task("job", "./job");
+    t.timing.timeout = Some(MIN);
+    let mut s = supervisor(vec![t], Mode::Forever, base, Resume::default());
+    let now = at(2 * HOUR);
+    let fx = feed(&mut s, now, Event::AlertTick, &Output::default());
+    let Some(Effect::Alert(due)) = fx.into_iter().next() else {
+        panic!("no alert");
+    };
+    assert_eq!(due.seen(), None);
+    (s, due, now)
+}
+
+/// A failed run read back from the store is shown whole (its last line, its brief from
+/// the task's timeout), kept for the streak's next mails and in the state (SaveState),
+/// and the durations read are learnt for the next attempt.
+#[test]
+fn a_failed_run_read_from_the_store_is_shown_and_kept() {
+    let (mut s, due, now) = unseen_downtime_alert();
+    let read = StoredRead {
+        durations: vec![("job".into(), 1500)],
+        failed: Ok(Some(StoredRun {
+            run_id: 9,
+            outcome: Outcome::Timeout,
+            start_ms: SATURDAY_MS + 1000,
+            duration_ms: 60_000,
+            output: b"waiting\nstill waiting\n".to_vec(),
+            output_bytes: 4000,
+        })),
+    };
+    let (view, fx) = s.failed_from_store(&due, read, "/r/runs.db");
+    assert_eq!(fx, vec![Effect::SaveState]);
+    let run = view.run.clone().expect("the run");
+    assert_eq!((run.run_id, run.last_line.as_str()), (9, "still waiting"));
+    assert_eq!(
+        (run.start_ms, run.duration_ms),
+        (SATURDAY_MS + 1000, 60_000)
+    );
+    assert_eq!(
+        run.brief,
+        alert_mail::brief(&Outcome::Timeout, Some(MIN), MIN)
+    );
+    assert_eq!(
+        (view.output_bytes, view.note.as_deref()),
+        (Some(4000), None)
+    );
+    assert_eq!(s.alerts["job"].last_failed.as_ref(), Some(&run));
+    assert_eq!(s.durations.get("job"), Some(&1500));
+    // The next mail of the streak finds it in memory.
+    let later = Now {
+        mono: now.mono + HOUR,
+        wall: now.wall + HOUR,
+    };
+    let fx = feed(&mut s, later, Event::AlertTick, &Output::default());
+    let Some(Effect::Alert(next)) = fx.first() else {
+        panic!("{fx:?}");
+    };
+    assert_eq!(next.seen().and_then(|v| v.run), Some(run));
+}
+
+/// A spawn error's message is its last line.
+#[test]
+fn a_stored_spawn_error_shows_its_message() {
+    let (mut s, due, _) = unseen_downtime_alert();
+    let read = StoredRead {
+        durations: Vec::new(),
+        failed: Ok(Some(StoredRun {
+            run_id: 3,
+            outcome: Outcome::SpawnError("no such file".into()),
+            start_ms: SATURDAY_MS,
+            duration_ms: 0,
+            output: Vec::new(),
+            output_bytes: 0,
+        })),
+    };
+    let (view, _) = s.failed_from_store(&due, read, "/r/runs.db");
+    assert_eq!(view.run.expect("run").last_line, "no such file");
+}
+
+/// A run the store does not have, or a store that cannot be read, leaves a note in the
+/// mail (the latter logged too), and nothing is learnt.
+#[test]
+fn a_failed_run_the_store_cannot_give_is_a_note() {
+    let (mut s, due, _) = unseen_downtime_alert();
+    let read = StoredRead {
+        durations: Vec::new(),
+        failed: Ok(None),
+    };
+    let (view, fx) = s.failed_from_store(&due, read, "/r/runs.db");
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(
+        view.note.as_deref(),
+        Some("The output of the last failed run is not in the record store /r/runs.db (pruned, or never written).")
+    );
+    assert_eq!((view.run, view.output_bytes), (None, None));
+    let read = StoredRead {
+        durations: Vec::new(),
+        failed: Err("database is locked".into()),
+    };
+    let (view, fx) = s.failed_from_store(&due, read, "/r/runs.db");
+    assert_eq!(
+        fx,
+        vec![Effect::Log(
+            log::Level::Warn,
+            "c: job: failed to read the last failed run for an alert: database is locked".into()
+        )]
+    );
+    assert_eq!(
+        view.note.as_deref(),
+        Some("The output of the last failed run could not be read from the record store: database is locked.")
+    );
+    assert_eq!(s.alerts["job"].last_failed, None);
+}
+
+/// A cooldown of 100 ms or more after a run lets the records go at once; a failure is
+/// logged as a warning.
+#[test]
+fn a_runs_end_says_whether_a_cooldown_follows_and_how_it_is_logged() {
+    let mut s = supervisor(
+        vec![task("a", "./a")],
+        Mode::Forever,
+        State::default(),
+        Resume::default(),
+    );
+    let mut now = Duration::ZERO;
+    let fx = one_run(
+        &mut s,
+        &mut now,
+        Duration::from_secs(1),
+        1,
+        &Output::default(),
+    );
+    let e = ended(&fx);
+    let mut r = RunEnded {
+        f: e.f.clone(),
+        scheduled_ms: e.scheduled_ms,
+        start_ms: e.start_ms,
+        stop_ms: e.stop_ms,
+        duration: e.duration,
+        streak: e.streak,
+        alert: None,
+    };
+    assert_eq!(r.log_level(), log::Level::Warn);
+    assert!(r.cooldown_ahead(), "10 minutes");
+    r.f.cooldown = Some(Duration::from_millis(99));
+    assert!(!r.cooldown_ahead());
+    r.f.cooldown = Some(RunEnded::IDLE_AHEAD);
+    assert!(r.cooldown_ahead());
+    r.f.cooldown = None;
+    assert!(!r.cooldown_ahead());
+    r.f.outcome = Outcome::Success;
+    assert_eq!(r.log_level(), log::Level::Info);
+    assert_eq!(s.keep_runs("a"), (100, 24 * HOUR));
+    assert_eq!(
+        s.keep_runs("gone"),
+        (
+            config::builtin::KEEP_RUNS_MAX,
+            config::builtin::KEEP_RUNS_FOR
+        )
+    );
+}
+
+/// The output is written a second after it first grew, not again until it grows again,
+/// and from scratch for the next run.
+#[test]
+fn the_output_is_written_a_second_after_it_grew_and_only_if_it_did() {
+    let mut o = OutputFlush::default();
+    assert_eq!(o.due(), None);
+    o.grew(Duration::from_millis(100));
+    o.grew(Duration::from_millis(900));
+    assert_eq!(o.due(), Some(Duration::from_millis(1100)));
+    assert!(o.take(10));
+    assert_eq!(o.due(), None);
+    // Due again (it grew), but the bytes are those written: nothing to write.
+    o.grew(Duration::from_secs(2));
+    assert!(!o.take(10));
+    o.grew(Duration::from_secs(3));
+    assert!(o.take(20));
+    o.grew(Duration::from_secs(4));
+    o.stop();
+    assert_eq!(o.due(), None);
+    o.start();
+    o.grew(Duration::from_secs(5));
+    assert!(o.take(20), "a new run: nothing of it written yet");
+}
+
+/// The state saved is the chain's position for ever, and the base state's with `--once`.
+#[test]
+fn the_state_to_save_follows_the_mode() {
+    let names = vec!["a".to_string()];
+    let x = Extras::default();
+    for mode in [Mode::Forever, Mode::Once] {
+        let s = supervisor(
+            vec![task("a", "./a")],
+            mode,
+            State::default(),
+            Resume::default(),
+        );
+        let got = serde_json::to_string(&s.state(at(HOUR), &names, None, None, &x)).expect("json");
+        let want = match mode {
+            Mode::Forever => serde_json::to_string(&s.state_view(at(HOUR), &names, None, None, &x)),
+            Mode::Once => serde_json::to_string(&s.once_state(None, None, &x)),
+        }
+        .expect("json");
+        assert_eq!(got, want, "{mode:?}");
+    }
 }

@@ -1,81 +1,33 @@
-//! What the driver does when a run ends (clean up, record it, queue its alert, log it)
-//! and the chain's state it saves to CHAIN.state.
+//! What the driver does when a run ends (clean up after it, record it, queue its alert,
+//! log it), how it queues an alert mail, and the chain's state it saves to CHAIN.state.
 
 use super::*;
 use crate::core::supervisor::Extras;
 
 impl Driver {
     /// A run ended (the supervisor decided its failures and alert): clean up after it,
-    /// record it, send its alert, log it.
+    /// record it with its alert, send the alert, log it.
     pub(super) fn finished(&mut self, now: Now, mut r: RunEnded) {
-        let alert = r.alert.take();
-        let f = &r.f;
-        let left = self
-            .with_ignored(|run, ignore| run.as_ref().map_or(Vec::new(), |r| r.leftovers(ignore)));
-        if let Some(run) = self.run.take() {
-            if !left.is_empty() {
-                log::warn!(
-                    "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
-                    self.chain_name,
-                    f.task,
-                    f.run_id,
-                    left
-                );
-                self.ignore.extend(left);
-            }
-            self.guardian.unwatch(run.pid);
-            self.spare_pipes = run.into_pipes();
+        let left = self.running.ended();
+        if !left.is_empty() {
+            log::warn!(
+                "{}: {} run {}: processes {:?} survived SIGKILL; giving up on them",
+                self.chain_name,
+                r.f.task,
+                r.f.run_id,
+                left
+            );
         }
         // The slot is held until the run's group is empty; the next task takes its own.
-        self.slot = None;
-        self.kill_sent = false;
-        let (keep_max, keep_for) = self.sup.task(&f.task).map_or(
-            (
-                config::builtin::KEEP_RUNS_MAX,
-                config::builtin::KEEP_RUNS_FOR,
-            ),
-            |t| (t.keep_runs_max, t.keep_runs_for),
-        );
-        let (exit_code, signal) = match &f.outcome {
-            Outcome::Success => (Some(0), None),
-            Outcome::Failed(c) => (Some(*c), None),
-            Outcome::Signal(s) => (None, Some(*s)),
-            _ => (None, None),
-        };
-        let end = RunEnd {
-            chain: self.chain_name.clone(),
-            task: f.task.clone(),
-            run_id: f.run_id,
-            scheduled_ms: r.scheduled_ms,
-            start_ms: r.start_ms,
-            stop_ms: r.stop_ms,
-            outcome: f.outcome.label(),
-            exit_code,
-            signal,
-            error: match &f.outcome {
-                Outcome::SpawnError(m) => Some(m.clone()),
-                _ => None,
-            },
-            output: self.tail.bytes(),
-            output_bytes: self.tail.total(),
-            output_cut: self.tail.cut(),
-            streak: r.streak,
-            keep_runs_max: keep_max,
-            keep_after_ms: r.stop_ms.saturating_sub(keep_for.as_millis() as u64),
-        };
-        self.output_flush_at = None;
-        self.store.push(Op::End(Box::new(end)));
-        if f.cooldown.is_some_and(|c| c >= Duration::from_millis(100)) {
-            self.cooldown_ahead = true;
-        }
-        if let Some(a) = alert {
+        self.slot.release();
+        self.output_flush.stop();
+        self.store
+            .run_ended(&r, &self.tail, self.sup.keep_runs(&r.f.task));
+        self.cooldown_ahead |= r.cooldown_ahead();
+        if let Some(a) = r.alert.take() {
             self.send_alert(now, a);
         }
-        let level = if f.outcome.is_failure() {
-            log::Level::Warn
-        } else {
-            log::Level::Info
-        };
+        let level = r.log_level();
         if log::log_enabled!(level) {
             let last = if r.f.outcome.is_failure() {
                 self.tail.last_line()
@@ -90,13 +42,38 @@ impl Driver {
         self.state_dirty = true;
     }
 
+    /// Queue the mail of `due` in the outbox and wake the mailer. Whenever it is sent (at
+    /// a run's end, between runs, by a relaunched instance), it shows the streak's last
+    /// failed run and the real time of the next attempt.
+    pub(super) fn send_alert(&mut self, now: Now, due: AlertDue) {
+        let failed = match due.seen() {
+            Some(v) => v,
+            None => {
+                let id = due.last_failed.as_ref().map(|r| r.run_id);
+                let read = store::failed_run(&self.run_root, &self.chain_name, &due.task, id);
+                let name = store::path(&self.run_root).display().to_string();
+                let (view, effects) = self.sup.failed_from_store(&due, read, &name);
+                for e in effects {
+                    match e {
+                        Effect::SaveState => self.state_dirty = true,
+                        Effect::Log(level, msg) => log::log!(level, "{msg}"),
+                        other => debug_assert!(false, "not a stored run's: {other:?}"),
+                    }
+                }
+                view
+            }
+        };
+        let a = self.sup.alert_mail(now, &due, failed, &time::local_hhmm);
+        self.mailer.queue(&a);
+    }
+
     /// Write CHAIN.state: the position, the run in progress (if any), the counters
     /// and the failure and alert state.
     pub(super) fn save_state(&mut self, now: Now) {
         let current = self
             .sup
             .current()
-            .filter(|_| self.run.is_some())
+            .filter(|_| self.running.run().is_some())
             .map(|c| (c.task.clone(), c.run_id, c.start_ms));
         self.save_state_with(
             now,
@@ -109,44 +86,17 @@ impl Driver {
         self.state_dirty = false;
         // The group whose slot the running task holds (for `status`): the slot itself, not
         // the config (a reload may have changed the task's group since).
-        let running_group = running.and(self.slot.as_ref()).map(|s| s.group.as_str());
+        let running_group = running.and(self.slot.held_group());
+        let (guardian_pid, guardian_start) = self.running.guardian();
         let extras = Extras {
-            since_ms: self.waiting_since_ms,
-            guardian_pid: Some(self.guardian.pid()),
-            guardian_start: self.guardian_start,
+            since_ms: self.slot.waiting_since_ms(),
+            guardian_pid: Some(guardian_pid),
+            guardian_start,
             boot_id: self.boot_id.as_deref(),
         };
-        let saved = if self.sup.mode() == Mode::Once {
-            // --once records its runs but leaves the chain's position as it was.
-            let st = self.sup.once_state(running, running_group, &extras);
-            self.state_file.save(&st)
-        } else {
-            let view = self
-                .sup
-                .state_view(now, &self.names, running, running_group, &extras);
-            self.state_file.save(&view)
-        };
-        match saved {
-            Ok(()) => {
-                if self.state_error_logged {
-                    log::info!(
-                        "{}: state saved again to {}",
-                        self.chain_name,
-                        self.state_file.path().display()
-                    );
-                    self.state_error_logged = false;
-                }
-            }
-            Err(e) => {
-                if !self.state_error_logged {
-                    log::error!(
-                        "{}: failed to save state to {}: {e} (the chain keeps its schedule; retrying at every run)",
-                        self.chain_name,
-                        self.state_file.path().display()
-                    );
-                    self.state_error_logged = true;
-                }
-            }
-        }
+        let st = self
+            .sup
+            .state(now, &self.names, running, running_group, &extras);
+        self.state_file.save_reported(&self.chain_name, &st);
     }
 }
