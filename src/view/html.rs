@@ -407,16 +407,14 @@ fn chart(r: &Recent) -> Markup {
         .max()
         .unwrap_or(0)
         .max(1);
+    let step = if n > 1 { W / (n - 1) as f64 } else { 0.0 };
+    let xy = |i: usize, y: u64| (i as f64 * step, H - (y as f64 / max as f64) * (H - 10.0));
     let points = |v: &[u64]| -> String {
-        let step = if n > 1 { W / (n - 1) as f64 } else { 0.0 };
         v.iter()
             .enumerate()
             .map(|(i, &y)| {
-                format!(
-                    "{:.1},{:.1}",
-                    i as f64 * step,
-                    H - (y as f64 / max as f64) * (H - 10.0)
-                )
+                let (x, y) = xy(i, y);
+                format!("{x:.1},{y:.1}")
             })
             .collect::<Vec<_>>()
             .join(" ")
@@ -431,6 +429,10 @@ fn chart(r: &Recent) -> Markup {
                     line x1="0" y1=(H) x2=(W) y2=(H) stroke="currentColor" stroke-width="1" {}
                     polyline.durations points=(points(&r.durations_ms)) fill="none" stroke="#1f6feb" stroke-width="2" {}
                     polyline.latencies points=(points(&r.latencies_ms)) fill="none" stroke="#b35900" stroke-width="1.5" stroke-dasharray="4 3" {}
+                    @for (i, d) in r.durations_ms.iter().enumerate() {
+                        @let (x, y) = xy(i, *d);
+                        circle cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="2.5" fill="#1f6feb" {}
+                    }
                 }
                 figcaption {
                     span.key.durations { "── duration" } " " span.key.latencies { "- - start latency" } " · top of the chart: " (dur(max))

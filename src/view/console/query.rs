@@ -128,3 +128,104 @@ pub(crate) fn newest_of_chain(c: &Conn, chain: &str, n: usize) -> Result<Vec<Run
     all.truncate(n);
     Ok(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Instance, RunStart, Store};
+    use crate::time::Mono;
+
+    /// A store with runs 1 to `n` of (c, t) and of (c, u), all open.
+    fn store(dir: &Path, n: u64) -> Conn {
+        let mut s = Store::new(
+            dir,
+            Instance {
+                host: "h".into(),
+                pid: 1,
+                version: "v".into(),
+                config_digest: "d".into(),
+                started_ms: 0,
+            },
+        );
+        for id in 1..=n {
+            for task in ["t", "u"] {
+                s.push(
+                    Mono::ZERO,
+                    crate::store::Op::Start(RunStart {
+                        chain: "c".into(),
+                        task: task.into(),
+                        run_id: id,
+                        scheduled_ms: id * 10,
+                        start_ms: id * 10 + u64::from(task == "u"),
+                        task_pid: None,
+                    }),
+                );
+            }
+        }
+        s.flush(Mono::ZERO);
+        open(dir).expect("open").expect("a store")
+    }
+
+    #[test]
+    fn pages_follow_the_run_ids_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = store(dir.path(), 12);
+        let ids = |before, limit| -> Vec<u64> {
+            runs_before(&c, "c", "t", before, Filter::All, limit)
+                .expect("read")
+                .iter()
+                .map(|r| r.run_id)
+                .collect()
+        };
+        assert_eq!(ids(None, 5), vec![12, 11, 10, 9, 8]);
+        assert_eq!(ids(Some(8), 5), vec![7, 6, 5, 4, 3]);
+        assert_eq!(ids(Some(3), 5), vec![2, 1]);
+        assert!(ids(Some(1), 5).is_empty());
+        let open = runs_before(&c, "c", "t", None, Filter::Outcome("running"), 3).expect("read");
+        assert_eq!(open.len(), 3);
+        assert!(runs_before(&c, "c", "t", None, Filter::Outcome("ok"), 3)
+            .expect("read")
+            .is_empty());
+        let newest: Vec<(String, u64)> = newest_of_chain(&c, "c", 3)
+            .expect("read")
+            .into_iter()
+            .map(|r| (r.task, r.run_id))
+            .collect();
+        assert_eq!(
+            newest,
+            vec![("u".into(), 12), ("t".into(), 12), ("u".into(), 11)]
+        );
+    }
+
+    /// The plan of a page: the series by its (chain, task) key, its runs by the
+    /// (series, run_id) index from `before` down; no scan of `runs`, no sort, at any depth.
+    #[test]
+    fn a_page_is_an_index_search_never_a_scan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = store(dir.path(), 3);
+        for cond in ["", " AND r.outcome IS NULL", " AND r.outcome = ?5"] {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT {RUN_COLUMNS} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
+                 WHERE s.chain = ?1 AND s.task = ?2 AND r.run_id < ?3{cond} ORDER BY r.run_id DESC LIMIT ?4"
+            );
+            let mut stmt = c.0.prepare(&sql).expect("prepare");
+            let n = stmt.parameter_count();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter((0..n).map(|_| 1)), |r| {
+                    r.get::<_, String>(3)
+                })
+                .expect("plan")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows");
+            let text = plan.join("\n");
+            assert!(
+                text.contains("USING INDEX runs_series_run (series=? AND run_id<?)"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("SCAN") && !text.contains("TEMP B-TREE"),
+                "{text}"
+            );
+        }
+    }
+}
