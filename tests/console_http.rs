@@ -544,3 +544,90 @@ fn hostile_output_is_text_in_pages_and_api() {
     assert!(raw.body.windows(3).any(|w| w == b"\xff\xfe "));
     assert_eq!(raw.header("X-Content-Type-Options"), Some("nosniff"));
 }
+
+/// The Host may name the address the connection arrived on, when `serve` listens on every
+/// address (0.0.0.0): in a network namespace of the test's own (`unshare --net`, as root),
+/// with 192.0.2.10 (TEST-NET-1) on its loopback device, a thread of the test joins it and
+/// asks for the pages at that address. Before tiny_http told the console the connection's
+/// local address, only loopback names and --allow-host were accepted there.
+#[test]
+fn the_host_may_name_the_address_the_connection_arrived_on() {
+    require_root("unshare --net: a network namespace with an address of the test's own");
+    let env = TestEnv::new(LIVE);
+    env.run(&["--once", "quick"]).assert_code(0);
+    std::fs::write(env.path("secret"), "s3cret-value\n").unwrap();
+    let mut cmd = env.command_for("unshare");
+    cmd.args([
+        "--net",
+        "--",
+        "sh",
+        "-c",
+        r#"ip link set lo up && ip addr add 192.0.2.10/24 dev lo && exec "$@""#,
+        "sh",
+    ])
+    .arg(bin())
+    .arg("-c")
+    .arg(&env.config)
+    .arg("--run-root")
+    .arg(&env.run_root)
+    .args(["serve", "--listen", "0.0.0.0:9464", "--token-file"])
+    .arg(env.path("secret"));
+    let mut serve = env.spawn_command(cmd);
+    let pid = serve.pid;
+    wait_until("serve says it serves, or exits", || {
+        serve.try_status().is_some() || serve.stderr().contains("console: serving")
+    });
+    assert!(
+        serve.try_status().is_none(),
+        "serve exited:\n{}",
+        serve.stderr()
+    );
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open serve's netns");
+    let statuses = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns with a descriptor we own; it moves only this thread.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let addr: SocketAddr = "192.0.2.10:9464".parse().unwrap();
+        wait_until("serve answers at 192.0.2.10:9464", || {
+            request(addr, "GET", "/metrics", &[], b"").is_ok()
+        });
+        let basic = "Basic dXNlcjpzM2NyZXQtdmFsdWU=";
+        [
+            "192.0.2.10:9464",
+            "127.0.0.1:9464",
+            "localhost:9464",
+            "192.0.2.11:9464",
+            "192.0.2.10:9465",
+            "192.0.2.10",
+            "evil.example:9464",
+        ]
+        .map(|host| {
+            let r = request(
+                addr,
+                "GET",
+                "/api/v1/chains",
+                &[("Host", host), ("Authorization", basic)],
+                b"",
+            )
+            .unwrap();
+            (host, r.status)
+        })
+    })
+    .join()
+    .expect("the asking thread panicked");
+    assert_eq!(
+        statuses,
+        [
+            ("192.0.2.10:9464", 200),
+            ("127.0.0.1:9464", 200),
+            ("localhost:9464", 200),
+            ("192.0.2.11:9464", 421),
+            ("192.0.2.10:9465", 421),
+            ("192.0.2.10", 421),
+            ("evil.example:9464", 421),
+        ]
+    );
+    serve.signal(libc::SIGTERM);
+    serve.assert_exit(0);
+}
