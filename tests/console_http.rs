@@ -163,6 +163,21 @@ fn pages_and_api_of_a_running_chain() {
     assert!(r.json()["error"].is_string());
     let r = get(addr, "/chain/slow_quick/task/slow?before=abc");
     assert_eq!(r.status, 400);
+    // A page is GET (or HEAD) only.
+    let host = host_of(addr);
+    let r = request(
+        addr,
+        "POST",
+        "/chain/slow_quick",
+        &[("Host", &host)],
+        b"x=1",
+    )
+    .unwrap();
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD")));
+    let r = request(addr, "HEAD", "/", &[("Host", &host)], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    r.assert_security_headers("HEAD /");
 }
 
 /// History is paged by run id (`before`): the pages, put end to end, are `history --json`.

@@ -124,10 +124,21 @@ pub(crate) fn serve(run_root: PathBuf, opts: Options) -> Result<u8> {
     )
 }
 
-/// The secret in `path`: its content less trailing white space; not empty.
+/// The secret in `path`: its content less trailing white space; not empty. A file that
+/// others may read is used, with a warning.
 fn read_secret(path: &Path) -> Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
     let raw = std::fs::read(path)
         .map_err(|e| Error::Config(format!("--token-file {}: {e}", path.display())))?;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "console: --token-file {} may be read by others (mode {:o}): chmod 600 it",
+                path.display(),
+                m.permissions().mode() & 0o777
+            );
+        }
+    }
     let end = raw
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -259,7 +270,7 @@ impl Console {
                     not_allowed("POST")
                 };
             }
-            _ if !get => return not_allowed("GET"),
+            _ if !get => return not_allowed("GET, HEAD"),
             [""] => pages::index(&self.run_root)
                 .map(|v| Some(answer(200, HTML, html::index(&self.ctx(), &v)))),
             ["chain", chain] => self.named(&[chain], |ctx| {
@@ -415,6 +426,8 @@ impl Console {
                 ),
             );
         }
+        let peer = req.remote_addr().map_or("?".into(), |a| a.to_string());
+        log::warn!("console: a login from {peer} with a wrong secret");
         answer(401, HTML, html::login(&self.ctx(), true))
     }
 
