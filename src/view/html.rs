@@ -407,8 +407,19 @@ fn chart(r: &Recent) -> Markup {
         .max()
         .unwrap_or(0)
         .max(1);
-    let step = if n > 1 { W / (n - 1) as f64 } else { 0.0 };
-    let xy = |i: usize, y: u64| (i as f64 * step, H - (y as f64 / max as f64) * (H - 10.0));
+    // A margin of M around the plot, so that the points at its edges show whole.
+    const M: f64 = 6.0;
+    let step = if n > 1 {
+        (W - 2.0 * M) / (n - 1) as f64
+    } else {
+        0.0
+    };
+    let xy = |i: usize, y: u64| {
+        (
+            M + i as f64 * step,
+            H - M - (y as f64 / max as f64) * (H - 2.0 * M),
+        )
+    };
     let points = |v: &[u64]| -> String {
         v.iter()
             .enumerate()

@@ -61,6 +61,7 @@
       .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
       .then(function (o) {
         if (pre.getAttribute("data-src") !== src || pre.getAttribute("data-offset") !== from) return false;
+        if (o.output_skipped) pre.appendChild(document.createTextNode("\n[… output no longer kept …]\n"));
         if (o.output) pre.appendChild(document.createTextNode(o.output));
         pre.setAttribute("data-offset", String(o.output_to));
         if (!o.running) {
