@@ -71,7 +71,7 @@ pub(crate) struct IndexView {
 pub(crate) struct ChainPage {
     pub(crate) chain: ChainView,
     pub(crate) recent: BTreeMap<String, Recent>,
-    /// The run going on now and its output so far.
+    /// The run going on now and its output so far; when none is, the last run.
     pub(crate) tail: Option<OutputView>,
     pub(crate) host: String,
 }
@@ -188,8 +188,15 @@ pub(crate) fn chain(run_root: &Path, chain: &str) -> Result<Option<ChainPage>> {
         .filter(|((ch, _), _)| ch == chain)
         .map(|((_, t), r)| (t, r))
         .collect();
-    let tail = match (&c.now.state, &c.now.task, c.now.run_id) {
-        (NowState::Running, Some(t), Some(id)) => output(run_root, chain, t, id, None)?,
+    // The running task's output; else the last run's, whichever task ran last.
+    let last = c
+        .tasks
+        .iter()
+        .filter_map(|t| t.last.as_ref().map(|l| (l.stop, l.run_id, &t.task)))
+        .max();
+    let tail = match (&c.now.state, &c.now.task, c.now.run_id, last) {
+        (NowState::Running, Some(t), Some(id), _) => output(run_root, chain, t, id, None)?,
+        (_, _, _, Some((_, id, t))) => output(run_root, chain, t, id, None)?,
         _ => None,
     };
     Ok(Some(ChainPage {

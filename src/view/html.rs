@@ -261,13 +261,17 @@ pub(crate) fn chain(ctx: &Ctx, v: &ChainPage) -> String {
                 }
             }
         }
-        h2 { "Output of the running task" }
         div #tail-box data-live {
             @if let Some(o) = &v.tail {
-                p { a href=(run_url(&o.run.chain, &o.run.task, o.run.run_id)) { (o.run.task) " run " (o.run.run_id) } }
+                h2 { @if o.running { "Output of the running task" } @else { "Output of the last run" } }
+                p {
+                    a href=(run_url(&o.run.chain, &o.run.task, o.run.run_id)) { (o.run.task) " run " (o.run.run_id) }
+                    " " (outcome_badge(&o.run.outcome))
+                }
                 (live_output(o))
             } @else {
-                p { "No task is running." }
+                h2 { "Output" }
+                p { "No task has run yet." }
             }
         }
     };
