@@ -396,7 +396,14 @@ fn without_allow_actions_the_console_is_read_only() {
         t.contains("read-only") && !t.contains("name=\"token\""),
         "{t}"
     );
-    assert!(get(addr, "/chain/q").text().contains("read-only"));
+    let page = get(addr, "/chain/q").text();
+    assert!(page.contains("read-only"), "{page}");
+    // No task runs: the last run's output is shown, not live.
+    assert!(
+        page.contains("Output of the last run") && page.contains("href=\"/run/q/quick/1\""),
+        "{page}"
+    );
+    assert!(!page.contains("data-src"), "{page}");
     for a in ["kick", "stop"] {
         let r = request(
             addr,
