@@ -134,17 +134,26 @@ fn recent_windows(run_root: &Path) -> Result<BTreeMap<(String, String), Recent>>
 pub(crate) fn index(run_root: &Path) -> Result<IndexView> {
     let status = status::build(run_root)?;
     let conn = query::open(run_root).map_err(Error::Internal)?;
-    let mut strips = Vec::new();
+    // Every chain's newest runs, settled at once (one reading of the lock holders).
+    let mut rows = Vec::new();
+    let mut ends = Vec::new();
     for c in &status.chains {
-        let mut rows = match &conn {
-            Some(conn) => {
-                query::newest_of_chain(conn, &c.chain, STRIP).map_err(internal(run_root))?
-            }
-            None => Vec::new(),
-        };
-        settle(run_root, &mut rows);
-        strips.push(rows.into_iter().map(RunView::from).collect());
+        if let Some(conn) = &conn {
+            rows.extend(query::newest_of_chain(conn, &c.chain, STRIP).map_err(internal(run_root))?);
+        }
+        ends.push(rows.len());
     }
+    settle(run_root, &mut rows);
+    let mut rows = rows.into_iter().map(RunView::from);
+    let mut start = 0;
+    let strips = ends
+        .into_iter()
+        .map(|end| {
+            let strip = rows.by_ref().take(end - start).collect();
+            start = end;
+            strip
+        })
+        .collect();
     let mut alerts_by_chain: BTreeMap<String, u64> = BTreeMap::new();
     if let Some(r) = store::open_read(run_root).map_err(Error::Internal)? {
         if r.schema_version() >= 2 {
