@@ -5,6 +5,7 @@
 //   after that byte offset, fetched from the JSON API, and inserted as text (a text node,
 //   never HTML): task output is hostile data.
 // - <time data-until> counts down.
+// - A running run's output is shown from its end, and followed while it is scrolled there.
 "use strict";
 (function () {
   var PERIOD = 2000;
@@ -61,8 +62,10 @@
       .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
       .then(function (o) {
         if (pre.getAttribute("data-src") !== src || pre.getAttribute("data-offset") !== from) return false;
+        var following = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
         if (o.output_skipped) pre.appendChild(document.createTextNode("\n[… output no longer kept …]\n"));
         if (o.output) pre.appendChild(document.createTextNode(o.output));
+        if (following) pre.scrollTop = pre.scrollHeight;
         pre.setAttribute("data-offset", String(o.output_to));
         if (!o.running) {
           pre.removeAttribute("data-src");
@@ -95,6 +98,8 @@
   document.addEventListener("DOMContentLoaded", function () {
     pauseButton();
     countdowns();
+    // A running run's output is followed from its end (scrolled back up, it stays there).
+    document.querySelectorAll("pre[data-src]").forEach(function (p) { p.scrollTop = p.scrollHeight; });
     setInterval(tick, PERIOD);
     setInterval(countdowns, 1000);
   });
