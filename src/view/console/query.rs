@@ -112,21 +112,54 @@ pub(crate) fn runs_before(
     read().map_err(|e| e.to_string())
 }
 
-/// The newest `n` runs of `chain`, all tasks together, newest (by start) first: each
-/// task's newest `n` along the index, merged.
+/// The newest `n` runs of `chain`, all tasks together, newest (by start, then run id)
+/// first. As `store::history` does for a task in many chains: the tasks are visited newest
+/// first (by the start of their newest run, from `series`), each task's runs are read along
+/// the index only while they can still be among the newest `n`, and the walk stops at the
+/// first task whose newest run is older than all `n` kept (a series' run ids and starts
+/// grow together). A chain whose tasks take turns reads about `n` + its task count runs.
 pub(crate) fn newest_of_chain(c: &Conn, chain: &str, n: usize) -> Result<Vec<RunRow>, String> {
-    let tasks = || -> rusqlite::Result<Vec<String>> {
-        c.0.prepare_cached("SELECT task FROM series WHERE chain = ?1")?
-            .query_map(params![chain], |r| r.get(0))?
-            .collect()
+    let read = || -> rusqlite::Result<Vec<RunRow>> {
+        let mut heads: Vec<(u64, String)> =
+            c.0.prepare_cached(
+                "SELECT MAX(COALESCE(running_since_ms, 0), COALESCE(last_start_ms, 0)), task
+                 FROM series WHERE chain = ?1",
+            )?
+            .query_map(params![chain], |r| {
+                Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        heads.sort_by(|a, b| b.cmp(a));
+        let mut stmt = c.0.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
+             WHERE s.chain = ?1 AND s.task = ?2 ORDER BY r.run_id DESC LIMIT ?3"
+        ))?;
+        // Newest first; at most n.
+        let mut kept: Vec<RunRow> = Vec::with_capacity(n + 1);
+        let full = |kept: &[RunRow], key: (u64, u64)| {
+            kept.len() >= n && kept.last().is_some_and(|l| key < (l.start_ms, l.run_id))
+        };
+        for (head, task) in heads {
+            // With the greatest run id: a run of this task that started at `head` ties
+            // with the oldest kept and must be read.
+            if full(&kept, (head, u64::MAX)) {
+                break;
+            }
+            let mut rows = stmt.query(params![chain, task, n as i64])?;
+            while let Some(r) = rows.next()? {
+                let row = run_row(r)?;
+                if full(&kept, (row.start_ms, row.run_id)) {
+                    break;
+                }
+                let at =
+                    kept.partition_point(|k| (k.start_ms, k.run_id) > (row.start_ms, row.run_id));
+                kept.insert(at, row);
+                kept.truncate(n);
+            }
+        }
+        Ok(kept)
     };
-    let mut all = Vec::new();
-    for task in tasks().map_err(|e| e.to_string())? {
-        all.extend(runs_before(c, chain, &task, None, Filter::All, n)?);
-    }
-    all.sort_by_key(|r| std::cmp::Reverse((r.start_ms, r.run_id)));
-    all.truncate(n);
-    Ok(all)
+    read().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
