@@ -17,7 +17,7 @@ pub use crate::config::RESERVED_NAMES;
 /// `history --limit` when not given.
 pub(crate) const DEFAULT_HISTORY_LIMIT: u64 = 20;
 
-/// `exporter --listen` when not given.
+/// `exporter --listen` and `serve --listen` when not given.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 const USAGE: &str = "run-chain [OPTIONS] TASK...
@@ -149,6 +149,21 @@ pub enum Command {
         /// The address and port to listen on
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         listen: String,
+    },
+    /// The web console, its JSON API and the metrics over HTTP
+    Serve {
+        /// The address and port to listen on (beyond loopback, --token-file is required)
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+        listen: String,
+        /// Allow the actions (kick, stop) from the console; without it, it is read-only
+        #[arg(long = "allow-actions")]
+        allow_actions: bool,
+        /// A file holding the secret the pages and the API ask for (HTTP Basic, or the login form)
+        #[arg(long = "token-file", value_name = "F")]
+        token_file: Option<PathBuf>,
+        /// A host name the Host header may give besides loopback and the address listened on (repeatable)
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_host: Vec<String>,
     },
     /// Send one test alert through the configured transport
     #[command(name = "mail-test")]

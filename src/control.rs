@@ -1,8 +1,10 @@
 //! The actions on a running chain: `stop` (SIGTERM, or SIGQUIT for `--now`, and wait for
 //! it to exit) and `kick` (SIGUSR1: start the next task now). Signals go through a pidfd to
-//! the verified lock holder only. Below both `app` and `serve`, which call it.
+//! the verified lock holder only. Below both `app` and `serve`, which call it: the
+//! commands with a `Common` ([`stop`], [`kick`]: they print what they did), the console with
+//! RUN_ROOT ([`ask_stop`], [`kick_chain`]: they return it).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::cli::Common;
@@ -14,14 +16,13 @@ use crate::store::state_file;
 use crate::sys;
 
 /// Open the chain's pidfile for a command that only looks, and find its verified holder.
-fn holder_of(common: &Common, chain: &str) -> Result<Option<(i32, std::os::fd::OwnedFd)>> {
+fn holder_of(root: &Path, chain: &str) -> Result<Option<(i32, OwnedFd)>> {
     config::check_name(chain).map_err(|m| Error::Usage(format!("chain {chain:?}: {m}")))?;
-    let root = looked_run_root(common)?;
-    let Some(pf) = PidFile::open_existing(&root, chain)? else {
+    let Some(pf) = PidFile::open_existing(root, chain)? else {
         return Err(Error::Usage(unknown_chain(
             chain,
-            &root,
-            &chains_and_tasks(&root),
+            root,
+            &chains_and_tasks(root),
         )));
     };
     Ok(pf.holder_pidfd())
@@ -75,34 +76,63 @@ fn unknown_chain(chain: &str, root: &Path, known: &[(String, Vec<String>)]) -> S
     msg
 }
 
-pub(crate) fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
-    let Some((pid, pidfd)) = holder_of(common, chain)? else {
-        say!("chain {chain} is not running");
-        return Ok(exit::OK);
+/// A stop asked of a chain's instance: its PID and pidfd (readable once it has exited),
+/// and the launch that was waiting to take over from it, asked to give up first.
+pub(crate) struct StopAsked {
+    pub(crate) pid: i32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) waiting: Option<(i32, OwnedFd)>,
+}
+
+/// Ask `chain`'s instance in `root` to stop (SIGTERM; SIGQUIT with `now`), without waiting
+/// for it. None: the chain is not running.
+pub(crate) fn ask_stop(root: &Path, chain: &str, now: bool) -> Result<Option<StopAsked>> {
+    let Some((pid, pidfd)) = holder_of(root, chain)? else {
+        return Ok(None);
     };
     // A launch waiting for this instance to hand over (an upgrade under way) would take the
     // lock as soon as it exits, and the chain would go on: it is asked to give up first (a
     // waiting launch stops at once on SIGTERM).
     let mut waiting = None;
-    if let Ok(root) = looked_run_root(common) {
-        if let Some((w, wfd)) = next::waiting_launch(&root, chain, pid) {
-            if sys::pidfd_signal(&wfd, libc::SIGTERM).is_ok() {
-                eprintln!(
-                    "run-chain: asked the launch of chain {chain} waiting to take over (PID {w}) to give up"
-                );
-                waiting = Some(wfd);
-            }
+    if let Some((w, wfd)) = next::waiting_launch(root, chain, pid) {
+        if sys::pidfd_signal(&wfd, libc::SIGTERM).is_ok() {
+            waiting = Some((w, wfd));
         }
     }
     let sig = if now { libc::SIGQUIT } else { libc::SIGTERM };
     sys::pidfd_signal(&pidfd, sig).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    Ok(Some(StopAsked {
+        pid,
+        pidfd,
+        waiting,
+    }))
+}
+
+/// The name is checked before RUN_ROOT is looked for, as it always was.
+fn checked_root(common: &Common, chain: &str) -> Result<std::path::PathBuf> {
+    config::check_name(chain).map_err(|m| Error::Usage(format!("chain {chain:?}: {m}")))?;
+    looked_run_root(common)
+}
+
+pub(crate) fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
+    let root = checked_root(common, chain)?;
+    let Some(asked) = ask_stop(&root, chain, now)? else {
+        say!("chain {chain} is not running");
+        return Ok(exit::OK);
+    };
+    let pid = asked.pid;
+    if let Some((w, _)) = &asked.waiting {
+        eprintln!(
+            "run-chain: asked the launch of chain {chain} waiting to take over (PID {w}) to give up"
+        );
+    }
     eprintln!(
         "run-chain: asked chain {chain} (PID {pid}) to stop{}; waiting for it to exit",
         if now { " now" } else { "" }
     );
     // Until the holder has exited, and the waiting launch too (it may have taken the lock
     // in the meantime: then it stops on the SIGTERM it has, after its running task's grace).
-    for fd in std::iter::once(&pidfd).chain(waiting.as_ref()) {
+    for fd in std::iter::once(&asked.pidfd).chain(asked.waiting.as_ref().map(|(_, fd)| fd)) {
         let mut fds = [sys::pollfd(fd.as_raw_fd(), libc::POLLIN)];
         loop {
             sys::ppoll(&mut fds, None).map_err(|e| Error::os("wait in ppoll", e))?;
@@ -115,14 +145,23 @@ pub(crate) fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-pub(crate) fn kick(common: &Common, chain: &str) -> Result<u8> {
-    let Some((pid, pidfd)) = holder_of(common, chain)? else {
-        say!("chain {chain} is not running; nothing to kick");
-        return Ok(exit::OK);
+/// Kick `chain` in `root` (SIGUSR1: its cooldown ends now). The PID kicked, or None: the
+/// chain is not running.
+pub(crate) fn kick_chain(root: &Path, chain: &str) -> Result<Option<i32>> {
+    let Some((pid, pidfd)) = holder_of(root, chain)? else {
+        return Ok(None);
     };
     sys::pidfd_signal(&pidfd, libc::SIGUSR1)
         .map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
-    say!("kicked chain {chain} (PID {pid})");
+    Ok(Some(pid))
+}
+
+pub(crate) fn kick(common: &Common, chain: &str) -> Result<u8> {
+    let root = checked_root(common, chain)?;
+    match kick_chain(&root, chain)? {
+        Some(pid) => say!("kicked chain {chain} (PID {pid})"),
+        None => say!("chain {chain} is not running; nothing to kick"),
+    }
     Ok(exit::OK)
 }
 

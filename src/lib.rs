@@ -6,7 +6,7 @@
 //! checks that no import goes the other way round a cycle, and that `core` stays pure):
 //!
 //! - [`app`]: the commands: resolve the config and RUN_ROOT once, run a command.
-//! - `serve`: the HTTP server (`exporter`).
+//! - `serve`: the HTTP servers (`exporter`, and `serve`: the web console and its API).
 //! - `control`: the actions on a running chain (stop, kick), below `app` and `serve`.
 //! - `view`: what the readers show (`status`, `history`, `log`, the metrics).
 //! - [`run`]: the driver loop and the OS around a run: processes, spawn, the guardian,

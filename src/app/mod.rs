@@ -1,7 +1,7 @@
 //! From a parsed command line to a result: resolve the config, the chain and RUN_ROOT
 //! once (flag, then environment, then file, then default), then run a command: `check`
 //! (`check`), running a chain (`run`), `mail-test` (`mail_test`); `stop` and `kick`
-//! are `crate::control`'s, the readers `crate::view`'s, `exporter` `crate::serve`'s.
+//! are `crate::control`'s, the readers `crate::view`'s, `exporter` and `serve` `crate::serve`'s.
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -102,8 +102,22 @@ pub fn main(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Some(Command::Exporter { listen }) => {
-            crate::serve::serve(looked_run_root(&cli.common)?, &listen)
+            crate::serve::exporter::serve(looked_run_root(&cli.common)?, &listen)
         }
+        Some(Command::Serve {
+            listen,
+            allow_actions,
+            token_file,
+            allow_host,
+        }) => crate::serve::console::serve(
+            looked_run_root(&cli.common)?,
+            crate::serve::console::Options {
+                listen,
+                allow_actions,
+                token_file,
+                allow_hosts: allow_host,
+            },
+        ),
         Some(Command::MailTest) => mail_test(&cli.common),
     }
 }

@@ -1,5 +1,7 @@
-//! The HTTP server: `run-chain exporter`, the metrics at `/metrics`.
+//! The HTTP servers: `run-chain exporter` (the metrics at `/metrics`, nothing else) and
+//! `run-chain serve` (the web console, its JSON API, and the same `/metrics`), over one
+//! small blocking server ([`http`]).
 
+pub(crate) mod console;
 pub(crate) mod exporter;
-
-pub(crate) use exporter::serve;
+pub(crate) mod http;

@@ -18,6 +18,9 @@ pub struct ClientConnection {
     // address of the client
     remote_addr: IoResult<Option<SocketAddr>>,
 
+    // run-chain: the local address the connection arrived on (PATCHED.md, 3)
+    local_addr: Option<SocketAddr>,
+
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
     source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
@@ -53,6 +56,7 @@ impl ClientConnection {
         mut read_socket: RefinedTcpStream,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
+        let local_addr = read_socket.local_addr().ok().flatten();
         let secure = read_socket.secure();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
@@ -62,6 +66,7 @@ impl ClientConnection {
             source,
             sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
             remote_addr,
+            local_addr,
             next_header_source: first_header,
             no_more_requests: false,
             secure,
@@ -163,6 +168,8 @@ impl ClientConnection {
                 }
             }
         })?;
+        let mut request = request;
+        request.set_local_addr(self.local_addr);
 
         // return the request
         Ok(request)

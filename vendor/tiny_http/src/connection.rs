@@ -87,6 +87,15 @@ impl Connection {
         }
     }
 
+    /// run-chain: the local address the connection arrived on (see PATCHED.md, 3).
+    pub(crate) fn local_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        match self {
+            Self::Tcp(s) => s.local_addr().map(Some),
+            #[cfg(unix)]
+            Self::Unix(_) => Ok(None),
+        }
+    }
+
     pub(crate) fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.shutdown(how),

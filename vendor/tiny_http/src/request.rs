@@ -56,6 +56,9 @@ pub struct Request {
 
     remote_addr: Option<SocketAddr>,
 
+    // run-chain: the local address the connection arrived on (PATCHED.md, 3)
+    local_addr: Option<SocketAddr>,
+
     // true if HTTPS, false if HTTP
     secure: bool,
 
@@ -230,6 +233,7 @@ where
         data_reader: Some(reader),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
+        local_addr: None,
         secure,
         method,
         path,
@@ -291,6 +295,17 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
+    }
+
+    /// run-chain: the local address the connection arrived on (`None` for UNIX sockets,
+    /// TLS, and requests not made by a `Server`).
+    #[inline]
+    pub fn local_addr(&self) -> Option<&SocketAddr> {
+        self.local_addr.as_ref()
+    }
+
+    pub(crate) fn set_local_addr(&mut self, addr: Option<SocketAddr>) {
+        self.local_addr = addr;
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.

@@ -47,6 +47,14 @@ impl Stream {
         }
     }
 
+    fn local_addr(&self) -> IoResult<Option<SocketAddr>> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.local_addr(),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(None),
+        }
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
@@ -122,6 +130,10 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    pub(crate) fn local_addr(&self) -> IoResult<Option<SocketAddr>> {
+        self.stream.local_addr()
     }
 }
 
