@@ -20,3 +20,31 @@ fn the_modules_import_each_other_in_one_direction_and_core_stays_pure() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Only `store/` names SQLite's crate: every other module reads and writes through the
+/// store's seam, so that another store (PostgreSQL) is one more file in `store/`.
+#[test]
+fn only_the_store_names_rusqlite() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut offenders = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                if path != src.join("store") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                if text.contains("rusqlite") {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "rusqlite named outside src/store/: {offenders:?}"
+    );
+}

@@ -62,6 +62,7 @@ mod killed;
 #[cfg(test)]
 mod memory;
 pub(crate) mod outbox;
+pub(crate) mod pages;
 mod reader;
 pub(crate) mod recorder;
 mod schema;

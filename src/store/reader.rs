@@ -16,7 +16,7 @@ use crate::core::supervisor::{StoredRead, StoredRun};
 /// alert mails read, as plain rows ([`RunRow`], [`SeriesRow`], ...). Only `store/`
 /// knows it is an SQLite connection.
 pub(crate) struct Reader {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// The schema version the store was found at (`PRAGMA user_version`, at least 1).
     version: i64,
 }
@@ -176,11 +176,11 @@ pub(crate) struct SeriesRow {
     pub(crate) streak_failures: u64,
 }
 
-const RUN_COLUMNS: &str = "s.chain, s.task, r.run_id, i.host, r.scheduled_ms, r.start_ms, r.stop_ms, r.outcome,
+pub(super) const RUN_COLUMNS: &str = "s.chain, s.task, r.run_id, i.host, r.scheduled_ms, r.start_ms, r.stop_ms, r.outcome,
     r.exit_code, r.signal, r.duration_ms, r.latency_ms, r.output_bytes, r.output_cut, r.error, i.pid, i.version,
     i.config_digest";
 
-fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+pub(super) fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
         chain: r.get(0)?,
         task: r.get(1)?,

@@ -17,9 +17,8 @@ use super::status::{self, ChainView, NowState, StatusView};
 use crate::error::{Error, Result};
 use crate::store;
 
-pub(crate) mod query;
-
-pub(crate) use query::Filter;
+use crate::store::pages;
+pub(crate) use crate::store::pages::Filter;
 
 /// How many outcomes the strip of `/` shows per chain.
 pub(crate) const STRIP: usize = 20;
@@ -133,13 +132,13 @@ fn recent_windows(run_root: &Path) -> Result<BTreeMap<(String, String), Recent>>
 /// `/`.
 pub(crate) fn index(run_root: &Path) -> Result<IndexView> {
     let status = status::build(run_root)?;
-    let conn = query::open(run_root).map_err(Error::Internal)?;
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
     // Every chain's newest runs, settled at once (one reading of the lock holders).
     let mut rows = Vec::new();
     let mut ends = Vec::new();
     for c in &status.chains {
         if let Some(conn) = &conn {
-            rows.extend(query::newest_of_chain(conn, &c.chain, STRIP).map_err(internal(run_root))?);
+            rows.extend(pages::newest_of_chain(conn, &c.chain, STRIP).map_err(internal(run_root))?);
         }
         ends.push(rows.len());
     }
@@ -256,12 +255,12 @@ pub(crate) fn runs(
     outcome: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<RunView>, Option<u64>)> {
-    let Some(conn) = query::open(run_root).map_err(Error::Internal)? else {
+    let Some(conn) = store::open_read(run_root).map_err(Error::Internal)? else {
         return Ok((Vec::new(), None));
     };
     let filter = outcome.map_or(Filter::All, Filter::Outcome);
     // One more than shown: whether an older page exists, without counting.
-    let mut rows = query::runs_before(&conn, chain, task, before, filter, limit + 1)
+    let mut rows = pages::runs_before(&conn, chain, task, before, filter, limit + 1)
         .map_err(internal(run_root))?;
     let more = rows.len() > limit;
     rows.truncate(limit);

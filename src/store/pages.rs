@@ -1,72 +1,15 @@
-//! The console's own reads of the record store: a task's runs paged by run id, and the
-//! newest outcomes of a chain. Both walk the `runs_series_run` index (series, run_id) from
-//! a run id downwards, `LIMIT`ed: never `OFFSET`, never a `COUNT(*)` over the runs.
-//!
-//! They live here, not in `store::reader`, only because `store/` was being changed in
-//! parallel when the console was written; they belong beside `store::history` (the one
-//! place that names rusqlite) and should move there.
+//! The console's reads of the record store: a task's runs paged by run id, and the newest
+//! outcomes of a chain. Both walk the `runs_series_run` index (series, run_id) from a run
+//! id downwards, `LIMIT`ed: never `OFFSET`, never a `COUNT(*)` over the runs.
 
+use rusqlite::params;
+
+#[cfg(test)]
+use super::open_read;
+use super::reader::{run_row, Reader, RUN_COLUMNS};
+use super::RunRow;
+#[cfg(test)]
 use std::path::Path;
-use std::time::Duration;
-
-use rusqlite::{params, Connection, OpenFlags};
-
-use crate::store::{self, RunRow};
-
-/// A connection for reading, as `store::open_read` makes one (None: no store yet).
-pub(crate) struct Conn(Connection);
-
-pub(crate) fn open(run_root: &Path) -> Result<Option<Conn>, String> {
-    let p = store::path(run_root);
-    if !p.exists() {
-        return Ok(None);
-    }
-    let c = Connection::open_with_flags(
-        &p,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
-    c.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
-    // As store::open_read: a reader neither checkpoints nor removes the WAL on close.
-    c.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .map_err(|e| format!("cannot use {}: {e}", p.display()))?;
-    let version: i64 = c
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    Ok((version > 0).then_some(Conn(c)))
-}
-
-const RUN_COLUMNS: &str = "s.chain, s.task, r.run_id, i.host, r.scheduled_ms, r.start_ms, r.stop_ms, r.outcome,
-    r.exit_code, r.signal, r.duration_ms, r.latency_ms, r.output_bytes, r.output_cut, r.error, i.pid, i.version,
-    i.config_digest";
-
-fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
-    let u = |v: i64| v.max(0) as u64;
-    Ok(RunRow {
-        chain: r.get(0)?,
-        task: r.get(1)?,
-        run_id: u(r.get(2)?),
-        host: r.get(3)?,
-        scheduled_ms: r.get::<_, Option<i64>>(4)?.map(u),
-        start_ms: u(r.get(5)?),
-        stop_ms: r.get::<_, Option<i64>>(6)?.map(u),
-        outcome: r.get(7)?,
-        exit_code: r.get(8)?,
-        signal: r.get(9)?,
-        duration_ms: r.get::<_, Option<i64>>(10)?.map(u),
-        latency_ms: r.get::<_, Option<i64>>(11)?.map(u),
-        output_bytes: u(r.get(12)?),
-        output_cut: r.get(13)?,
-        error: r.get(14)?,
-        instance_pid: u(r.get(15)?) as u32,
-        version: r.get(16)?,
-        config_digest: r.get(17)?,
-    })
-}
 
 /// Which runs a page of history shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +22,7 @@ pub(crate) enum Filter<'a> {
 /// Up to `limit` runs of `task` in `chain` with a run id below `before` (all, when None),
 /// newest first, by run id.
 pub(crate) fn runs_before(
-    c: &Conn,
+    reader: &Reader,
     chain: &str,
     task: &str,
     before: Option<u64>,
@@ -97,7 +40,7 @@ pub(crate) fn runs_before(
          WHERE s.chain = ?1 AND s.task = ?2 AND r.run_id < ?3{cond} ORDER BY r.run_id DESC LIMIT ?4"
     );
     let read = || -> rusqlite::Result<Vec<RunRow>> {
-        let mut stmt = c.0.prepare_cached(&sql)?;
+        let mut stmt = reader.conn.prepare_cached(&sql)?;
         let limit = limit as i64;
         let rows = match outcome {
             Some(o) => stmt
@@ -118,10 +61,15 @@ pub(crate) fn runs_before(
 /// the index only while they can still be among the newest `n`, and the walk stops at the
 /// first task whose newest run is older than all `n` kept (a series' run ids and starts
 /// grow together). A chain whose tasks take turns reads about `n` + its task count runs.
-pub(crate) fn newest_of_chain(c: &Conn, chain: &str, n: usize) -> Result<Vec<RunRow>, String> {
+pub(crate) fn newest_of_chain(
+    reader: &Reader,
+    chain: &str,
+    n: usize,
+) -> Result<Vec<RunRow>, String> {
     let read = || -> rusqlite::Result<Vec<RunRow>> {
-        let mut heads: Vec<(u64, String)> =
-            c.0.prepare_cached(
+        let mut heads: Vec<(u64, String)> = reader
+            .conn
+            .prepare_cached(
                 "SELECT MAX(COALESCE(running_since_ms, 0), COALESCE(last_start_ms, 0)), task
                  FROM series WHERE chain = ?1",
             )?
@@ -130,7 +78,7 @@ pub(crate) fn newest_of_chain(c: &Conn, chain: &str, n: usize) -> Result<Vec<Run
             })?
             .collect::<rusqlite::Result<_>>()?;
         heads.sort_by(|a, b| b.cmp(a));
-        let mut stmt = c.0.prepare_cached(&format!(
+        let mut stmt = reader.conn.prepare_cached(&format!(
             "SELECT {RUN_COLUMNS} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
              WHERE s.chain = ?1 AND s.task = ?2 ORDER BY r.run_id DESC LIMIT ?3"
         ))?;
@@ -169,7 +117,7 @@ mod tests {
     use crate::time::Mono;
 
     /// A store with runs 1 to `n` of (c, t) and of (c, u), all open.
-    fn store(dir: &Path, n: u64) -> Conn {
+    fn store(dir: &Path, n: u64) -> Reader {
         let mut s = Store::new(
             dir,
             Instance {
@@ -196,7 +144,7 @@ mod tests {
             }
         }
         s.flush(Mono::ZERO);
-        open(dir).expect("open").expect("a store")
+        open_read(dir).expect("open").expect("a store")
     }
 
     #[test]
@@ -241,7 +189,7 @@ mod tests {
                 "EXPLAIN QUERY PLAN SELECT {RUN_COLUMNS} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
                  WHERE s.chain = ?1 AND s.task = ?2 AND r.run_id < ?3{cond} ORDER BY r.run_id DESC LIMIT ?4"
             );
-            let mut stmt = c.0.prepare(&sql).expect("prepare");
+            let mut stmt = c.conn.prepare(&sql).expect("prepare");
             let n = stmt.parameter_count();
             let plan: Vec<String> = stmt
                 .query_map(rusqlite::params_from_iter((0..n).map(|_| 1)), |r| {
