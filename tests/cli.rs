@@ -239,7 +239,7 @@ fn the_names_of_coming_commands_are_refused_as_task_names() {
     }
     // Without such a task, `run-chain serve` is a command this version does not have: 64.
     let env = TestEnv::new(TWO_TASKS);
-    for name in ["serve", "run-now", "store"] {
+    for name in ["serve", "store"] {
         let done = env.run(&["--once", name]);
         done.assert_code(64);
         assert!(

@@ -39,7 +39,7 @@ pub const RESERVED_NAMES: &[&str] = &[
 
 /// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
 /// launched as `run-chain serve` would otherwise start the web console after an upgrade.
-pub(crate) const COMING_COMMANDS: &[&str] = &["serve", "run-now", "store"];
+pub(crate) const COMING_COMMANDS: &[&str] = &["serve", "store"];
 
 // ---------------------------------------------------------------------------------
 // Validated shapes.

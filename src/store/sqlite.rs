@@ -440,6 +440,8 @@ mod tests {
             output: Vec::new(),
             output_bytes: 0,
             output_cut: false,
+            trigger: "schedule",
+            requested_by: None,
             streak: None,
             keep_runs_max: 1_000_000,
             keep_after_ms,
@@ -619,6 +621,8 @@ mod tests {
             scheduled_ms: start_ms,
             start_ms,
             task_pid: Some(1234),
+            trigger: "schedule",
+            requested_by: None,
         })
     }
 

@@ -94,10 +94,13 @@ fn clone_effect(e: &Effect) -> Effect {
             duration: r.duration,
             streak: r.streak,
             alert: r.alert.clone(),
+            trigger: r.trigger,
+            requested_by: r.requested_by.clone(),
         })),
         Effect::Alert(a) => Effect::Alert(a.clone()),
         Effect::SaveState => Effect::SaveState,
         Effect::Log(l, m) => Effect::Log(*l, m.clone()),
+        Effect::RunNow(a, q) => Effect::RunNow(a.clone(), q.clone()),
         Effect::Exit(r) => Effect::Exit(*r),
     }
 }
@@ -809,6 +812,8 @@ fn a_runs_end_says_whether_a_cooldown_follows_and_how_it_is_logged() {
         duration: e.duration,
         streak: e.streak,
         alert: None,
+        trigger: e.trigger,
+        requested_by: None,
     };
     assert_eq!(r.log_level(), log::Level::Warn);
     assert!(r.cooldown_ahead(), "10 minutes");
