@@ -102,7 +102,8 @@ fn run_now_while_a_task_runs_is_queued_then_runs_right_after_it() {
     done.assert_code(0);
     assert_eq!(done.stdout, "1\n", "{}", done.stderr);
     assert!(done.stderr.contains("queued"), "{}", done.stderr);
-    let c = env.history("c", &[]);
+    // Recorded as the chain's store writes go (not at once).
+    let c = env.wait_history("c", &[], "c queued", |r| !r.is_empty());
     assert_eq!(c.len(), 1, "{c:#?}");
     assert_eq!(c[0]["outcome"], "queued", "{c:#?}");
     assert_eq!(c[0]["trigger"], "manual", "{c:#?}");
@@ -191,6 +192,14 @@ fn a_pending_request_survives_an_upgrade_and_runs_once() {
     wait_until("the old instance is asked to hand over", || {
         old.stderr().contains("SIGTERM")
     });
+    // While the old instance hands over, it refuses, and says who takes over.
+    let r = env.sub(&["run-now", "abc", "b"]);
+    r.assert_code(75);
+    assert!(
+        r.stderr.contains("is stopping") && r.stderr.contains("is taking over"),
+        "{}",
+        r.stderr
+    );
     std::fs::write(env.path("go-a"), "").unwrap();
     old.assert_exit(0);
     env.wait_running(&mut new, "abc");

@@ -202,7 +202,8 @@ fn history_json_keeps_its_keys_and_their_order() {
     "signal": 15,
     "start": <start>,
     "stop": <stop>,
-    "task": "killed"
+    "task": "killed",
+    "trigger": "schedule"
   }
 ]
 "#;

@@ -572,6 +572,8 @@ fn a_second_run_now_while_one_is_pending_is_refused() {
         refused(Refusal::Pending("c".into(), 1))
     );
     assert_eq!(c.run_ids().get("b"), None);
+    // The running task is refused as running, the clearer reason.
+    assert_eq!(run_now(&mut c, s(1), 0).0, refused(Refusal::Running));
 }
 
 #[test]
