@@ -164,6 +164,13 @@ pub(crate) fn run_now(
         }
     }
     let Some((pid, _pidfd)) = holder else {
+        // Between the old instance's exit and the new one's lock (a hand-over), nobody
+        // holds the chain: say so rather than that it is down.
+        if let Some((w, _)) = next::waiting_launch(&root, chain, 0) {
+            return Err(Error::Busy(format!(
+                "chain {chain} is being taken over by a new launch (PID {w}): ask again once it runs"
+            )));
+        }
         return Err(Error::Busy(format!(
             "chain {chain} is not running: nothing to run {task} (start it, then ask again)"
         )));
