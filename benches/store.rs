@@ -236,6 +236,7 @@ fn fill(s: &Settings) -> Result<Filled, BoxError> {
             chain: "bench-setup".into(),
             stop_ms: now,
             running: None,
+            queued: None,
         },
     );
     if st.pending() != 0 {

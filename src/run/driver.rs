@@ -195,7 +195,14 @@ impl Driver {
         // that guardian: `app::wait_for_the_old_run`); what is still open had its end
         // recorded by nobody, and is closed with this time (see `store::Op::CloseOpen`).
         let now = Now::read();
-        self.store.close_open(now.wall_ms(), self.sup.base_state());
+        // A `queued` run (run-now) is kept only for the request this instance carries on.
+        let queued = self
+            .sup
+            .chain()
+            .pending()
+            .map(|p| (self.sup.tasks()[p.index].name.clone(), p.run_id));
+        self.store
+            .close_open(now.wall_ms(), self.sup.base_state(), queued);
         // So that `status` shows what this instance does from its first moment.
         if self.sup.mode() == Mode::Forever {
             self.save_state(now);

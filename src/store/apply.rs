@@ -298,7 +298,18 @@ pub(super) fn apply(
             chain,
             stop_ms,
             running,
+            queued,
         } => {
+            let (keep_task, keep_id) = match queued {
+                Some((t, id)) => (Some(t.as_str()), Some(*id as i64)),
+                None => (None, None),
+            };
+            tx.prepare_cached(
+                "DELETE FROM runs WHERE outcome = 'queued'
+                 AND series IN (SELECT id FROM series WHERE chain = ?1)
+                 AND NOT (series IN (SELECT id FROM series WHERE chain = ?1 AND task IS ?2) AND run_id IS ?3)",
+            )?
+            .execute(params![chain, keep_task, keep_id])?;
             let mut stmt = tx.prepare_cached(
                 "SELECT r.id, r.series, r.start_ms FROM runs r JOIN series s ON s.id = r.series
                  WHERE s.chain = ?1 AND r.outcome IS NULL",

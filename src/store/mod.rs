@@ -210,6 +210,10 @@ pub enum Op {
         chain: String,
         stop_ms: u64,
         running: Option<(String, u64, u64)>,
+        /// The run-now request this instance carries on (task, run id): its `queued` row
+        /// stays; any other `queued` row of the chain is a request that was dropped (its
+        /// task left the chain) and is removed.
+        queued: Option<(String, u64)>,
     },
     /// The guardian's record of the run it ended after run-chain's death (see
     /// `guardian`), in a batch of its own: the run is closed as `interrupted` with the

@@ -146,7 +146,7 @@ impl Recorder {
     /// Runs of this chain left open by an instance that died are closed now, at
     /// `stop_ms`, with the run in progress that the state it left names (see
     /// [`Op::CloseOpen`]).
-    pub(crate) fn close_open(&mut self, stop_ms: u64, left: &State) {
+    pub(crate) fn close_open(&mut self, stop_ms: u64, left: &State, queued: Option<(String, u64)>) {
         let running = match (
             &left.running_task,
             left.running_run_id,
@@ -160,6 +160,7 @@ impl Recorder {
             chain,
             stop_ms,
             running,
+            queued,
         });
     }
 
