@@ -236,6 +236,7 @@ fn fill(s: &Settings) -> Result<Filled, BoxError> {
             chain: "bench-setup".into(),
             stop_ms: now,
             running: None,
+            queued: None,
         },
     );
     if st.pending() != 0 {
@@ -567,6 +568,8 @@ fn record(s: &Settings, f: &Filled) -> Result<Recorded, BoxError> {
             scheduled_ms: scheduled,
             start_ms: scheduled + 1,
             task_pid: Some(40_000 + (i % 20_000) as i32),
+            trigger: "schedule",
+            requested_by: None,
         });
         let a = Instant::now();
         st.push(mono0.elapsed(), start_op);
@@ -587,6 +590,8 @@ fn record(s: &Settings, f: &Filled) -> Result<Recorded, BoxError> {
             output: output(&mut rng, run_id),
             output_bytes: OUTPUT_BYTES as u64,
             output_cut: false,
+            trigger: "schedule",
+            requested_by: None,
             streak: failed.then_some((stop, 1)),
             keep_runs_max: KEEP_RUNS_MAX,
             keep_after_ms: stop.saturating_sub(keep_for),

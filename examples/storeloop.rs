@@ -297,6 +297,8 @@ fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i3
                 scheduled_ms: t0,
                 start_ms: t0,
                 task_pid: None,
+                trigger: "schedule",
+                requested_by: None,
             }),
         );
         store.push(
@@ -315,6 +317,8 @@ fn with_own_store(root: &Path, pace: Pace, run: Box<dyn Fn() -> (bool, Option<i3
                 output: output.clone(),
                 output_bytes: output.len() as u64,
                 output_cut: false,
+                trigger: "schedule",
+                requested_by: None,
                 streak: None,
                 keep_runs_max: 100_000,
                 keep_after_ms: t1.saturating_sub(keep_for_ms),

@@ -142,6 +142,19 @@ pub enum Command {
         #[arg(value_name = "CHAIN")]
         chain: String,
     },
+    /// Run a task of a running chain out of turn: at once in a cooldown, else right after
+    /// the running task; then the chain goes back to its order. Prints the run id reserved
+    /// (exit 0); exit 75 if refused (the task is running, or a request is already pending),
+    /// 64 for an unknown chain or task
+    #[command(name = "run-now")]
+    RunNow {
+        /// The chain (see `run-chain status`)
+        #[arg(value_name = "CHAIN")]
+        chain: String,
+        /// The task of that chain to run
+        #[arg(value_name = "TASK")]
+        task: String,
+    },
     /// Print Prometheus text exposition for all chains, once
     Metrics,
     /// Serve the metrics over HTTP at /metrics

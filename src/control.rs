@@ -165,6 +165,127 @@ pub(crate) fn kick(common: &Common, chain: &str) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// How long `run-now` waits for the chain's answer (a chain answers within one turn of
+/// its loop; a store or disk stall can hold that turn up).
+pub(crate) const RUN_NOW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a run-now request got: the run id reserved, and whether it starts at once (else
+/// after the run in progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunNowAccepted {
+    pub(crate) run_id: u64,
+    pub(crate) at_once: bool,
+}
+
+/// `run-now CHAIN TASK`, asked by `by` ("alice on pts/3", a web peer's address): the
+/// request goes to the chain's lock holder over its control channel
+/// ([`crate::run::ctl`]), which answers. Errors: an unknown chain or task is
+/// [`Error::Usage`] (64), naming what exists; a refusal (TASK running, a request already
+/// pending, the chain stopping or down) is [`Error::Busy`] (75); a chain that does not
+/// answer within [`RUN_NOW_DEADLINE`] is [`Error::Internal`].
+pub(crate) fn run_now(
+    common: &Common,
+    chain: &str,
+    task: &str,
+    by: &str,
+) -> Result<RunNowAccepted> {
+    run_now_in(&looked_run_root(common)?, chain, task, by)
+}
+
+/// [`run_now`] in the RUN_ROOT `root` (the console's).
+pub(crate) fn run_now_in(root: &Path, chain: &str, task: &str, by: &str) -> Result<RunNowAccepted> {
+    use crate::run::ctl::{self, Answer, Asked, Request};
+    let holder = holder_of(root, chain)?;
+    let root = root.to_path_buf();
+    // The chain's tasks as its CHAIN.state names them: a task it does not have is a
+    // usage error here already (the chain checks again).
+    if let Some((_, tasks)) = chains_and_tasks(&root)
+        .into_iter()
+        .find(|(c, _)| c == chain)
+    {
+        if !tasks.is_empty() && !tasks.iter().any(|t| t == task) {
+            return Err(Error::Usage(unknown_task(chain, task, &tasks)));
+        }
+    }
+    let Some((pid, _pidfd)) = holder else {
+        // Between the old instance's exit and the new one's lock (a hand-over), nobody
+        // holds the chain: say so rather than that it is down.
+        if let Some((w, _)) = next::waiting_launch(&root, chain, 0) {
+            return Err(Error::Busy(format!(
+                "chain {chain} is being taken over by a new launch (PID {w}): ask again once it runs"
+            )));
+        }
+        return Err(Error::Busy(format!(
+            "chain {chain} is not running: nothing to run {task} (start it, then ask again)"
+        )));
+    };
+    let req = Request {
+        task: task.to_string(),
+        by: by.to_string(),
+    };
+    let start = std::time::Instant::now();
+    let answer = loop {
+        let left = RUN_NOW_DEADLINE.saturating_sub(start.elapsed());
+        match ctl::ask(&root, chain, &req, left) {
+            Asked::Answer(a) => break a,
+            // The holder has not set up its channel yet (it has just started): again,
+            // shortly, while it holds the lock and the deadline allows.
+            Asked::NotListening(e) => {
+                let still = holder_of(&root, chain)?.is_some_and(|(p, _)| p == pid);
+                if !still || left.is_zero() {
+                    return Err(Error::Internal(format!(
+                        "chain {chain} (PID {pid}) does not listen on {}: {e}",
+                        ctl::socket_path(&root, chain).display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20).min(left));
+            }
+            Asked::Closed => {
+                return Err(Error::Busy(format!(
+                    "chain {chain} (PID {pid}) closed the channel without an answer (did it exit?); the request was not taken"
+                )))
+            }
+            Asked::TimedOut => {
+                return Err(Error::Internal(format!(
+                    "chain {chain} (PID {pid}) did not answer within {}s on {}",
+                    RUN_NOW_DEADLINE.as_secs(),
+                    ctl::socket_path(&root, chain).display()
+                )))
+            }
+            Asked::Failed(e) => {
+                return Err(Error::Internal(format!(
+                    "failed to ask chain {chain} (PID {pid}) on {}: {e}",
+                    ctl::socket_path(&root, chain).display()
+                )))
+            }
+        }
+    };
+    match answer {
+        Answer::Accepted { run_id, at_once } => Ok(RunNowAccepted { run_id, at_once }),
+        Answer::Refused(code, msg) => Err(match code.as_str() {
+            "unknown-task" => Error::Usage(format!("chain {chain}: task {task:?}: {msg}")),
+            "running" => Error::Busy(format!(
+                "refused: task {task} of chain {chain} is running now; run-now starts a task that is not running (see `run-chain status`)"
+            )),
+            "stopping" => {
+                let next = next::waiting_launch(&root, chain, pid)
+                    .map(|(w, _)| format!("; a newer launch (PID {w}) is taking over: ask it once it runs"))
+                    .unwrap_or_default();
+                Error::Busy(format!("refused: chain {chain} (PID {pid}) is stopping{next}"))
+            }
+            _ => Error::Busy(format!("refused: {task} in chain {chain}: {msg}")),
+        }),
+    }
+}
+
+/// What `run-now` says of a task that the chain does not have.
+fn unknown_task(chain: &str, task: &str, tasks: &[String]) -> String {
+    format!(
+        "chain {chain} has no task named {task:?}; its tasks: {}",
+        tasks.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -608,6 +608,12 @@ fn loose_modes(run_root: &Path) -> Vec<String> {
             0o644
         } else if ft.is_file() {
             0o600
+        } else if std::os::unix::fs::FileTypeExt::is_socket(&ft)
+            && rel.ends_with(".ctl")
+            && !rel.contains('/')
+        {
+            // A chain's control channel (run-now), while it runs.
+            0o600
         } else {
             bad.push(format!("{rel}: not a file or a folder ({ft:?})"));
             continue;
@@ -673,6 +679,7 @@ group = "g"
         "fail_grouped.pid",
         "fail_grouped.state",
         "fail_grouped.next",
+        "fail_grouped.ctl",
         "grouped.pid",
         "runs.db",
         "groups",

@@ -202,7 +202,8 @@ fn history_json_keeps_its_keys_and_their_order() {
     "signal": 15,
     "start": <start>,
     "stop": <stop>,
-    "task": "killed"
+    "task": "killed",
+    "trigger": "schedule"
   }
 ]
 "#;
@@ -270,7 +271,7 @@ fn the_status_table_renders_the_json() {
 #[test]
 fn the_history_table_renders_the_json() {
     let env = env_with_a_chain_run_once();
-    let header = "CHAIN                        RUN  START (UTC)           DURATION  OUTCOME                        LATENCY";
+    let header = "CHAIN                        RUN  START (UTC)           DURATION  OUTCOME                        LATENCY  TRIGGER";
     for (task, shown) in [
         ("hello", "ok"),
         ("fails", "failed (exit 3)"),
@@ -281,7 +282,7 @@ fn the_history_table_renders_the_json() {
         out.assert_code(0);
         let r = &runs[0];
         let want = format!(
-            "{header}\n{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}\n",
+            "{header}\n{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}  schedule\n",
             "c",
             1,
             short_time(&r["start"]),

@@ -14,6 +14,7 @@ use std::io::Write;
 mod check;
 mod mail_test;
 mod run;
+mod run_now;
 
 use check::check;
 use mail_test::mail_test;
@@ -119,6 +120,7 @@ pub fn main(cli: Cli) -> Result<u8> {
             },
         ),
         Some(Command::MailTest) => mail_test(&cli.common),
+        Some(Command::RunNow { chain, task }) => run_now::run_now(&cli.common, &chain, &task),
     }
 }
 

@@ -160,7 +160,12 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         config.digest,
         if mode == Mode::Once { ", once" } else { "" }
     );
-    let chain = Chain::new(chain_view, mode, resume);
+    // A run-now request the previous instance accepted runs first (not in `--once`).
+    let (pending, dropped) = resume::pending(&base_state, &chain_view);
+    if let Some(w) = dropped {
+        log::warn!("{chain_name}: {w}");
+    }
+    let chain = Chain::new(chain_view, mode, resume).with_pending(pending);
     let driver = Driver::new(
         chain_name,
         args.tasks.clone(),

@@ -25,6 +25,16 @@
 //! | Running  | LeaderExited                 | TERM group (leftovers) -> Reaping                      |
 //! | Reaping  | Tick at kill                 | KILL group                                             |
 //! | Reaping  | GroupEmpty / Tick at give-up | Finished -> Idle (cooldown) or Exit                    |
+//!
+//! A run-now request ([`Control::RunNow`], `run-chain run-now CHAIN TASK`) is answered at
+//! once ([`Action::RunNow`]): refused while TASK runs (or is being started, or waits for
+//! a group slot), while another request is pending, while the chain stops, and in
+//! `--once`; else accepted with the run id it reserves. In a cooldown TASK starts at once;
+//! otherwise the request is pending and TASK starts right after the run in progress (its
+//! own group wait still applies). The order then goes on: the task that was due next
+//! runs at its due time or after TASK's cooldown, whichever is later; if TASK was that
+//! task, the chain moves on as after a scheduled run. A pending request outlives a stop
+//! ([`Chain::pending`], kept in CHAIN.state), so the next instance runs it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,6 +73,85 @@ pub(crate) enum Control {
     Kick,
     /// A new config was loaded (SIGHUP): new timings for the same task names.
     Reconfigure(Vec<ChainTask>),
+    /// Run task `index` out of turn (`run-now`); `by` says who asked.
+    RunNow { index: usize, by: String },
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trigger {
+    /// Its turn came in the chain's order.
+    #[default]
+    Schedule,
+    /// A kick ended the cooldown before it.
+    Kick,
+    /// A `run-now` request.
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Kick => "kick",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// A run-now request accepted and not started yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) index: usize,
+    pub(crate) run_id: u64,
+    pub(crate) by: String,
+}
+
+/// Why a run-now request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// TASK is running (or being started, or waiting for a group slot).
+    Running,
+    /// Another request is pending: (its task, its run id).
+    Pending(String, u64),
+    /// The chain is stopping.
+    Stopping,
+    /// A `--once` chain runs its tasks once, in order.
+    Once,
+    /// The chain has no task so named: its tasks.
+    UnknownTask(Vec<String>),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Running => write!(f, "it is running now"),
+            Refusal::Pending(t, id) => {
+                write!(f, "a run-now request is already pending ({t} run {id})")
+            }
+            Refusal::Stopping => write!(f, "the chain is stopping"),
+            Refusal::Once => write!(f, "the chain runs --once"),
+            Refusal::UnknownTask(tasks) => {
+                write!(
+                    f,
+                    "no such task in the chain; its tasks: {}",
+                    tasks.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// The answer to a run-now request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RunNowAnswer {
+    /// Accepted: the run id reserved; `at_once`: it starts now (else after the run in
+    /// progress).
+    Accepted {
+        run_id: u64,
+        at_once: bool,
+    },
+    Refused(Refusal),
 }
 
 /// What happened.
@@ -125,6 +214,8 @@ pub(crate) enum Action {
     Finished(Finished),
     /// Exit the process (for this reason; see [`ExitReason::code`]).
     Exit(ExitReason),
+    /// The answer to a [`Control::RunNow`] (always the first action of that event).
+    RunNow(RunNowAnswer),
 }
 
 /// Why the chain ends.
@@ -164,6 +255,8 @@ struct Run {
     why: Option<Why>,
     kill_at: Option<Mono>,
     killed: bool,
+    /// A run out of turn: where the order goes on after it (task index, its due time).
+    back: Option<(usize, Mono)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +319,14 @@ pub(crate) struct Chain {
     exit_position: (usize, Option<Mono>),
     /// The cooldown's run when the chain exited (see [`Chain::cooled`]).
     exit_cooled: Option<(usize, Mono, bool)>,
+    /// A run-now request waiting for the run in progress to end.
+    pending: Option<Pending>,
+    /// Why the run being started (or running) was started, and who asked if manual.
+    trigger: (Trigger, Option<String>),
+    /// The cooldown in progress was ended by a kick.
+    kicked: bool,
+    /// Where the order goes on after the run-now run being started (see [`Run::back`]).
+    back: Option<(usize, Mono)>,
 }
 
 impl Chain {
@@ -252,7 +353,35 @@ impl Chain {
             once_failed: false,
             exit_position: (index, Some(due)),
             exit_cooled: None,
+            pending: None,
+            trigger: (Trigger::Schedule, None),
+            kicked: false,
+            back: None,
         }
+    }
+
+    /// Resume with a run-now request that an earlier instance accepted (from CHAIN.state):
+    /// it runs first. Ignored for `--once` or a task index out of range.
+    pub(crate) fn with_pending(mut self, p: Option<Pending>) -> Chain {
+        if let Some(p) = p.filter(|p| p.index < self.tasks.len() && self.mode == Mode::Forever) {
+            let id = self
+                .run_ids
+                .entry(self.tasks[p.index].name.clone())
+                .or_insert(0);
+            *id = (*id).max(p.run_id);
+            self.pending = Some(p);
+        }
+        self
+    }
+
+    /// The run-now request accepted and not started yet (for CHAIN.state).
+    pub(crate) fn pending(&self) -> Option<&Pending> {
+        self.pending.as_ref()
+    }
+
+    /// Why the run being started or running was started, and who asked (manual runs).
+    pub(crate) fn trigger(&self) -> (Trigger, Option<&str>) {
+        (self.trigger.0, self.trigger.1.as_deref())
     }
 
     /// The run whose cooldown the chain is in (task index, end, success), if known; at
@@ -369,6 +498,7 @@ impl Chain {
                         why: None,
                         kill_at: None,
                         killed: false,
+                        back: self.back.take(),
                     };
                     if self.stopping {
                         // A stop arrived while the run was being started.
@@ -430,6 +560,7 @@ impl Chain {
                         why: None,
                         kill_at: None,
                         killed: false,
+                        back: self.back.take(),
                     };
                     self.finish(now, run, Outcome::SpawnError(msg), now, &mut out);
                 }
@@ -507,10 +638,12 @@ impl Chain {
                 if let Phase::Idle { due, .. } = &mut self.phase {
                     if *due > now {
                         *due = now;
+                        self.kicked = true;
                     }
                     self.tick(now, out);
                 }
             }
+            Control::RunNow { index, by } => self.run_now(now, index, by, out),
             Control::Reconfigure(tasks) => {
                 let same_names = tasks.len() == self.tasks.len()
                     && tasks.iter().zip(&self.tasks).all(|(a, b)| a.name == b.name);
@@ -537,7 +670,94 @@ impl Chain {
         }
     }
 
+    fn run_now(&mut self, now: Mono, index: usize, by: String, out: &mut Vec<Action>) {
+        let busy = match &self.phase {
+            Phase::Starting { index: i, .. } | Phase::Waiting { index: i, .. } => Some(*i),
+            Phase::Running(r) | Phase::Reaping { run: r, .. } => Some(r.index),
+            Phase::Idle { .. } | Phase::Done => None,
+        };
+        let refusal = if self.mode == Mode::Once {
+            Some(Refusal::Once)
+        } else if self.stopping || self.done() {
+            Some(Refusal::Stopping)
+        } else if busy == Some(index) {
+            Some(Refusal::Running)
+        } else if let Some(p) = &self.pending {
+            Some(Refusal::Pending(self.tasks[p.index].name.clone(), p.run_id))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            out.push(Action::RunNow(RunNowAnswer::Refused(r)));
+            return;
+        }
+        let id = self
+            .run_ids
+            .entry(self.tasks[index].name.clone())
+            .or_insert(0);
+        *id += 1;
+        let run_id = *id;
+        let at_once = busy.is_none();
+        out.push(Action::RunNow(RunNowAnswer::Accepted { run_id, at_once }));
+        self.pending = Some(Pending { index, run_id, by });
+        if at_once {
+            self.start_pending(now, out);
+        }
+    }
+
+    /// In a cooldown with a request pending: start it now, and remember where the order
+    /// goes on after it.
+    fn start_pending(&mut self, now: Mono, out: &mut Vec<Action>) {
+        let Phase::Idle {
+            index: next, due, ..
+        } = self.phase
+        else {
+            return;
+        };
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        // TASK due next: it takes its turn now, and the chain moves on as after a
+        // scheduled run.
+        self.back = (next != p.index).then_some((next, due));
+        self.trigger = (Trigger::Manual, Some(p.by));
+        self.kicked = false;
+        self.phase = Phase::Starting {
+            index: p.index,
+            run_id: p.run_id,
+            scheduled: now,
+        };
+        out.push(Action::Spawn {
+            index: p.index,
+            task: self.tasks[p.index].name.clone(),
+            run_id: p.run_id,
+        });
+    }
+
     fn exit(&mut self, out: &mut Vec<Action>) {
+        // A run-now run still waiting for its group slot is a request again, for the
+        // next instance, and the order's position is the one it will go back to.
+        if let Phase::Waiting {
+            index,
+            run_id,
+            scheduled,
+            ..
+        } = self.phase
+        {
+            if self.trigger.0 == Trigger::Manual {
+                let (next, due) = self.back.take().unwrap_or((index, scheduled));
+                self.pending = Some(Pending {
+                    index,
+                    run_id,
+                    by: self.trigger.1.take().unwrap_or_default(),
+                });
+                self.phase = Phase::Idle {
+                    index: next,
+                    due,
+                    cooled: None,
+                };
+            }
+        }
         if !self.done() {
             self.exit_position = self.position();
             self.exit_cooled = self.cooled();
@@ -558,7 +778,19 @@ impl Chain {
                     self.exit(out);
                     return;
                 }
+                if self.pending.is_some() {
+                    self.start_pending(now, out);
+                    return;
+                }
                 if *due <= now {
+                    self.trigger = (
+                        if std::mem::take(&mut self.kicked) {
+                            Trigger::Kick
+                        } else {
+                            Trigger::Schedule
+                        },
+                        None,
+                    );
                     let index = *index;
                     let scheduled = *due;
                     let name = self.tasks[index].name.clone();
@@ -660,7 +892,14 @@ impl Chain {
             ended,
             cooldown,
         }));
-        if interrupted {
+        if let (true, Some((next, due_then))) = (interrupted, run.back) {
+            // A run out of turn that was stopped is not run again: the order goes on.
+            self.phase = Phase::Idle {
+                index: next,
+                due: due_then.max(now),
+                cooled: None,
+            };
+        } else if interrupted {
             // Run it again first: at once here, or by the instance that takes over.
             self.phase = Phase::Idle {
                 index: run.index,
@@ -670,6 +909,15 @@ impl Chain {
         } else if self.mode == Mode::Once && last {
             self.exit(out);
             return;
+        } else if let Some((next, due_then)) = run.back {
+            // A run out of turn: the order goes on with the task that was due next, at
+            // its due time or after this run's cooldown, whichever is later.
+            let after = ended + cooldown.unwrap_or(Duration::ZERO);
+            self.phase = Phase::Idle {
+                index: next,
+                due: after.max(due_then).max(now),
+                cooled: (after >= due_then).then_some((run.index, ended, ok)),
+            };
         } else {
             let next = (run.index + 1) % self.tasks.len();
             // The cooldown counts from the end of the run, but the next task never
@@ -681,6 +929,7 @@ impl Chain {
                 cooled: Some((run.index, ended, ok)),
             };
         }
+        self.kicked = false;
         if self.stopping {
             self.exit(out);
         } else if !spawn_error {

@@ -67,6 +67,46 @@ pub struct State {
     /// a changed cooldown to the cooldown carried over, as it does to one of its own.
     #[serde(default)]
     pub cooled: Option<Cooled>,
+    /// A `run-now` request accepted and not started yet (absent in older states): the
+    /// next instance runs it first, with the run id reserved for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_now: Option<RunNowRequest>,
+}
+
+/// See [`State::run_now`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunNowRequest {
+    pub task: String,
+    pub run_id: u64,
+    pub requested_by: String,
+}
+
+/// The pending run-now request of `state`, for a chain of `tasks` (None if its task is
+/// no longer in the chain: the request is dropped with a warning).
+pub(crate) fn pending(
+    state: &State,
+    tasks: &[ChainTask],
+) -> (Option<crate::core::chain::Pending>, Option<String>) {
+    let Some(r) = &state.run_now else {
+        return (None, None);
+    };
+    match tasks.iter().position(|t| t.name == r.task) {
+        Some(index) => (
+            Some(crate::core::chain::Pending {
+                index,
+                run_id: r.run_id,
+                by: r.requested_by.clone(),
+            }),
+            None,
+        ),
+        None => (
+            None,
+            Some(format!(
+                "the run-now request for {} (run {}, asked by {}) is dropped: the task is no longer in the chain",
+                r.task, r.run_id, r.requested_by
+            )),
+        ),
+    }
 }
 
 /// See [`State::cooled`].
@@ -108,6 +148,8 @@ pub struct StateView<'a> {
     pub(crate) guardian_start: Option<u64>,
     pub(crate) guardian_boot: Option<&'a str>,
     pub(crate) cooled: Option<CooledView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) run_now: Option<RunNowRequest>,
 }
 
 impl State {
@@ -137,6 +179,7 @@ impl State {
                 ended_mono_ns: c.ended_mono_ns,
                 ok: c.ok,
             }),
+            run_now: self.run_now.clone(),
         }
     }
 }
@@ -411,5 +454,40 @@ mod tests {
             serde_json::to_string(&st.view()).expect("view"),
             serde_json::to_string(&st).expect("state")
         );
+    }
+
+    #[test]
+    fn a_pending_run_now_is_saved_and_an_older_state_without_it_loads() {
+        let mut st = saved("b", 3, 3);
+        st.run_now = Some(RunNowRequest {
+            task: "c".into(),
+            run_id: 4,
+            requested_by: "alice on pts/3".into(),
+        });
+        let json = serde_json::to_string(&st.view()).expect("view");
+        assert_eq!(json, serde_json::to_string(&st).expect("state"));
+        let back: State = serde_json::from_str(&json).expect("load");
+        assert_eq!(back, st);
+        let (p, w) = pending(&back, &tasks(&["a", "b", "c"]));
+        assert_eq!(
+            p,
+            Some(crate::core::chain::Pending {
+                index: 2,
+                run_id: 4,
+                by: "alice on pts/3".into()
+            })
+        );
+        assert_eq!(w, None);
+        // The task left the chain: dropped, with a warning.
+        let (p, w) = pending(&back, &tasks(&["a", "b"]));
+        assert_eq!(p, None);
+        assert!(w.is_some_and(|w| w.contains("run 4")));
+        // A state written before run-now (no such field) loads, with none pending; and
+        // one with none pending writes no field.
+        st.run_now = None;
+        let json = serde_json::to_string(&st).expect("state");
+        assert!(!json.contains("run_now"), "{json}");
+        let back: State = serde_json::from_str(&json).expect("load");
+        assert_eq!(pending(&back, &tasks(&["a"])), (None, None));
     }
 }

@@ -16,6 +16,7 @@ use crate::core::alert::{self, AlertState, Decision, FailedRun};
 use crate::core::alert_mail::{self, AlertMail};
 pub(crate) use crate::core::chain::ExitReason;
 use crate::core::chain::{self, Action, Chain, ChainTask, Control, Finished, GroupSignal, Mode};
+pub(crate) use crate::core::chain::{Refusal, RunNowAnswer, Trigger};
 use crate::core::outcome::Outcome;
 use crate::core::resume::{self, State, TaskFailures};
 use crate::core::signature;
@@ -48,6 +49,11 @@ pub(crate) enum Event {
     Reconfigure,
     /// [`Supervisor::alert_deadline`] has passed.
     AlertTick,
+    /// A `run-now` request for `task`, asked by `by`.
+    RunNow {
+        task: String,
+        by: String,
+    },
 }
 
 /// The output of the run that ends, as far as the supervisor needs it (the driver's
@@ -86,6 +92,9 @@ pub(crate) enum Effect {
     Log(log::Level, String),
     /// Exit the process.
     Exit(ExitReason),
+    /// Answer the run-now request (the first effect of [`Event::RunNow`]); when accepted,
+    /// write its `queued` record: (task, who asked).
+    RunNow(RunNowAnswer, Option<(String, String)>),
 }
 
 /// A run's end, with the wall times of its record.
@@ -100,6 +109,9 @@ pub(crate) struct RunEnded {
     pub(crate) streak: Option<(u64, u64)>,
     /// The alert this run causes.
     pub(crate) alert: Option<AlertDue>,
+    /// Why it was started, and who asked (a manual run).
+    pub(crate) trigger: Trigger,
+    pub(crate) requested_by: Option<String>,
 }
 
 impl RunEnded {
@@ -234,6 +246,9 @@ pub(crate) struct Current {
     pub(crate) run_id: u64,
     pub(crate) scheduled_ms: u64,
     pub(crate) start_ms: u64,
+    /// Why it was started, and who asked (a manual run).
+    pub(crate) trigger: Trigger,
+    pub(crate) requested_by: Option<String>,
 }
 
 /// The run in progress as CHAIN.state names it: (task, run id, since).
@@ -340,8 +355,59 @@ impl Supervisor {
             }
             Event::Reconfigure => self.reconfigure(now, output, &mut out),
             Event::AlertTick => self.alert_ticks(now, &mut out),
+            Event::RunNow { task, by } => self.run_now(now, task, by, output, &mut out),
         }
         out
+    }
+
+    fn run_now(
+        &mut self,
+        now: Now,
+        task: String,
+        by: String,
+        output: &dyn RunOutput,
+        out: &mut Vec<Effect>,
+    ) {
+        let name = self.chain_name.clone();
+        let Some(index) = self.tasks.iter().position(|t| t.name == task) else {
+            let tasks = self.tasks.iter().map(|t| t.name.clone()).collect();
+            out.push(Effect::RunNow(
+                RunNowAnswer::Refused(Refusal::UnknownTask(tasks)),
+                None,
+            ));
+            return;
+        };
+        let level = log::Level::Info;
+        let start = out.len();
+        let ev = chain::Event::Control(Control::RunNow {
+            index,
+            by: by.clone(),
+        });
+        self.chain_event(now, ev, output, out);
+        // The chain's answer is the first of its actions.
+        if let Some(Effect::RunNow(answer, queued)) = out.get_mut(start) {
+            let msg = match answer {
+                RunNowAnswer::Accepted { run_id, at_once } => {
+                    *queued = Some((task.clone(), by.clone()));
+                    format!(
+                        "{name}: run-now {task} (asked by {by}): accepted as run {run_id}, {}",
+                        if *at_once {
+                            "starting now"
+                        } else {
+                            "after the run in progress"
+                        }
+                    )
+                }
+                RunNowAnswer::Refused(r) => {
+                    format!("{name}: run-now {task} (asked by {by}): refused: {r}")
+                }
+            };
+            let accepted = queued.is_some();
+            out.insert(start + 1, Effect::Log(level, msg));
+            if accepted {
+                out.push(Effect::SaveState);
+            }
+        }
     }
 
     /// Take back the vector [`Supervisor::on`] returned, for the next event.
@@ -383,6 +449,7 @@ impl Supervisor {
                 Action::Signal(s) => out.push(Effect::Signal(s)),
                 Action::Finished(f) => self.finished(now, f, output, out),
                 Action::Exit(r) => out.push(Effect::Exit(r)),
+                Action::RunNow(a) => out.push(Effect::RunNow(a, None)),
             }
         }
     }
@@ -432,11 +499,14 @@ impl Supervisor {
     pub(crate) fn begin_run(&mut self, now: Now, index: usize, run_id: u64) -> (&Current, &Task) {
         let scheduled = self.chain.scheduled().unwrap_or(now.mono);
         let task = &self.tasks[index];
+        let (trigger, by) = self.chain.trigger();
         let cur = self.current.insert(Current {
             task: task.name.clone(),
             run_id,
             scheduled_ms: now.wall_of(scheduled),
             start_ms: now.wall_of(now.mono),
+            trigger,
+            requested_by: by.map(str::to_string),
         });
         (cur, task)
     }
@@ -448,9 +518,20 @@ impl Supervisor {
         let fails = self.failures.entry(f.task.clone()).or_default();
         fails.record(&f.outcome, stop_ms);
         let streak = fails.streak();
-        let (scheduled_ms, start_ms) = match self.current.take() {
-            Some(c) if c.task == f.task && c.run_id == f.run_id => (c.scheduled_ms, c.start_ms),
-            _ => (now.wall_of(f.scheduled), now.wall_of(f.started)),
+        let (scheduled_ms, start_ms, trigger, requested_by) = match self.current.take() {
+            Some(c) if c.task == f.task && c.run_id == f.run_id => {
+                (c.scheduled_ms, c.start_ms, c.trigger, c.requested_by)
+            }
+            _ => {
+                // A start that failed: no run was begun; the chain knows why it was tried.
+                let (t, by) = self.chain.trigger();
+                (
+                    now.wall_of(f.scheduled),
+                    now.wall_of(f.started),
+                    t,
+                    by.map(str::to_string),
+                )
+            }
         };
         if f.outcome != Outcome::Interrupted {
             self.durations
@@ -515,6 +596,8 @@ impl Supervisor {
             duration,
             streak,
             alert,
+            trigger,
+            requested_by,
         })));
         out.push(Effect::SaveState);
     }
@@ -819,6 +902,11 @@ impl Supervisor {
                 ended_mono_ns: ended.as_nanos() as u64,
                 ok,
             }),
+            run_now: chain.pending().map(|p| resume::RunNowRequest {
+                task: names.get(p.index).cloned().unwrap_or_default(),
+                run_id: p.run_id,
+                requested_by: p.by.clone(),
+            }),
         }
     }
 
@@ -919,6 +1007,7 @@ impl Supervisor {
             guardian_start: x.guardian_start,
             guardian_boot: x.boot_id.map(str::to_string),
             cooled: b.cooled.clone(),
+            run_now: b.run_now.clone(),
         }
     }
 }

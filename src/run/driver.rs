@@ -56,6 +56,16 @@ pub(crate) struct Driver {
     /// The decisions: the chain, its failures and alerts.
     sup: Supervisor,
     signals: Signals,
+    /// The control channel (`run-now`), if it could be set up. Declared before
+    /// `ownership`, so dropped first: its file is removed while the lock is still held
+    /// (a next holder could have bound its own at the same path after).
+    ctl: Option<crate::run::ctl::Listener>,
+    /// The client whose request is being fed, and the answer for it (sent once the
+    /// feed has saved CHAIN.state).
+    ctl_client: Option<(
+        std::os::unix::net::UnixStream,
+        Option<crate::run::ctl::Answer>,
+    )>,
     /// Held for the life of the process: the chain's lock (dropped with the driver; its
     /// deadline, if any, is one of the loop's).
     ownership: Ownership,
@@ -82,6 +92,7 @@ pub(crate) struct Driver {
 pub(crate) use crate::core::supervisor::chain_tasks;
 
 mod record;
+mod run_now;
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
@@ -123,6 +134,17 @@ impl Driver {
             email_or_default(&config),
         );
         let running = Running::new(guardian, mailer.children().clone());
+        // Only the lock holder gets here: its channel replaces a stale one.
+        let ctl = match crate::run::ctl::Listener::bind(&run_root, &chain_name) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!(
+                    "{chain_name}: failed to listen on {}: {e}; run-now is not available",
+                    crate::run::ctl::socket_path(&run_root, &chain_name).display()
+                );
+                None
+            }
+        };
         Driver {
             chain_name,
             names,
@@ -144,6 +166,8 @@ impl Driver {
             output_flush: OutputFlush::default(),
             slot: slots::Gate::default(),
             mailer,
+            ctl,
+            ctl_client: None,
         }
     }
 
@@ -171,7 +195,14 @@ impl Driver {
         // that guardian: `app::wait_for_the_old_run`); what is still open had its end
         // recorded by nobody, and is closed with this time (see `store::Op::CloseOpen`).
         let now = Now::read();
-        self.store.close_open(now.wall_ms(), self.sup.base_state());
+        // A `queued` run (run-now) is kept only for the request this instance carries on.
+        let queued = self
+            .sup
+            .chain()
+            .pending()
+            .map(|p| (self.sup.tasks()[p.index].name.clone(), p.run_id));
+        self.store
+            .close_open(now.wall_ms(), self.sup.base_state(), queued);
         // So that `status` shows what this instance does from its first moment.
         if self.sup.mode() == Mode::Forever {
             self.save_state(now);
@@ -256,6 +287,10 @@ impl Driver {
                 fds.push(sys::pollfd(fd, libc::POLLIN));
             }
             let signal_fds = fds.len();
+            let ctl_at = self.ctl.as_ref().map(|l| {
+                fds.push(sys::pollfd(l.fd(), libc::POLLIN));
+                fds.len() - 1
+            });
             let watch_at = self.slot.watch_fd().map(|fd| {
                 fds.push(sys::pollfd(fd, libc::POLLIN));
                 fds.len() - 1
@@ -305,6 +340,11 @@ impl Driver {
                 && self.slot.try_again(&self.chain_name)
             {
                 if let Some(exit) = self.feed(now, Event::Chain(chain::Event::SlotFree)) {
+                    return Ok(self.finish(exit));
+                }
+            }
+            if ctl_at.is_some_and(|i| fds[i].revents != 0) {
+                if let Some(exit) = self.on_control(now) {
                     return Ok(self.finish(exit));
                 }
             }
@@ -460,6 +500,7 @@ impl Driver {
                     }
                     Effect::SaveState => self.state_dirty = true,
                     Effect::Log(level, msg) => log::log!(level, "{msg}"),
+                    Effect::RunNow(answer, queued) => self.answer_run_now(now, answer, queued),
                     Effect::Exit(reason) => {
                         exit = Some(reason);
                         break;

@@ -3,6 +3,7 @@
 //! starting it ([`spawn`], `process`), its output, the concurrency
 //! slots, and the guardian that ends a run when run-chain dies.
 
+pub(crate) mod ctl;
 pub(crate) mod driver;
 pub(crate) mod guardian;
 pub(crate) mod output;

@@ -66,8 +66,9 @@ pub(super) fn apply_end(
         // error): write the row whole.
         tx.prepare_cached(
             "INSERT OR REPLACE INTO runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms, outcome,
-             exit_code, signal, duration_ms, latency_ms, output, output_bytes, output_cut, error, task_pid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             exit_code, signal, duration_ms, latency_ms, output, output_bytes, output_cut, error, task_pid,
+             \"trigger\", requested_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?
         .execute(params![
             sid,
@@ -85,7 +86,9 @@ pub(super) fn apply_end(
             e.output_bytes as i64,
             e.output_cut,
             e.error,
-            merged_pid.flatten()
+            merged_pid.flatten(),
+            e.trigger,
+            e.requested_by
         ])?;
     }
     let column = match e.outcome {
@@ -112,7 +115,8 @@ pub(super) fn apply_end(
          last_start_ms = ?8, last_stop_ms = ?9, last_duration_ms = ?3,
          last_success_ms = CASE WHEN ?10 THEN ?9 ELSE last_success_ms END,
          running_run_id = NULL, running_since_ms = NULL,
-         streak_start_ms = ?11, streak_failures = ?12
+         streak_start_ms = ?11, streak_failures = ?12,
+         runs_kick = runs_kick + (?14 = 'kick'), runs_manual = runs_manual + (?14 = 'manual')
          WHERE id = ?1"
     ))?
     .execute(params![
@@ -128,7 +132,8 @@ pub(super) fn apply_end(
         success,
         e.streak.map(|s| s.0 as i64),
         e.streak.map_or(0, |s| s.1 as i64),
-        &recent
+        &recent,
+        e.trigger
     ])?;
     known.recent.insert(sid, recent);
     // Prune, a bounded number of rows per run so that a lowered limit never
@@ -219,11 +224,11 @@ pub(super) fn apply(
     known: &mut Known,
 ) -> rusqlite::Result<()> {
     match op {
-        Op::Start(s) => {
+        Op::Queued(s) => {
             let sid = series_id(tx, cache, &s.chain, &s.task)?;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO runs (series, run_id, instance, scheduled_ms, start_ms, task_pid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO runs (series, run_id, instance, scheduled_ms, start_ms, outcome, \"trigger\", requested_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
             )?
             .execute(params![
                 sid,
@@ -231,7 +236,26 @@ pub(super) fn apply(
                 instance,
                 s.scheduled_ms as i64,
                 s.start_ms as i64,
-                s.task_pid
+                s.trigger,
+                s.requested_by
+            ])?;
+        }
+        Op::Start(s) => {
+            let sid = series_id(tx, cache, &s.chain, &s.task)?;
+            // Replaces a `queued` row of the same run.
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO runs (series, run_id, instance, scheduled_ms, start_ms, task_pid, \"trigger\", requested_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                sid,
+                s.run_id as i64,
+                instance,
+                s.scheduled_ms as i64,
+                s.start_ms as i64,
+                s.task_pid,
+                s.trigger,
+                s.requested_by
             ])?;
             tx.prepare_cached(
                 "UPDATE series SET running_run_id = ?2, running_since_ms = ?3 WHERE id = ?1",
@@ -274,7 +298,18 @@ pub(super) fn apply(
             chain,
             stop_ms,
             running,
+            queued,
         } => {
+            let (keep_task, keep_id) = match queued {
+                Some((t, id)) => (Some(t.as_str()), Some(*id as i64)),
+                None => (None, None),
+            };
+            tx.prepare_cached(
+                "DELETE FROM runs WHERE outcome = 'queued'
+                 AND series IN (SELECT id FROM series WHERE chain = ?1)
+                 AND NOT (series IN (SELECT id FROM series WHERE chain = ?1 AND task IS ?2) AND run_id IS ?3)",
+            )?
+            .execute(params![chain, keep_task, keep_id])?;
             let mut stmt = tx.prepare_cached(
                 "SELECT r.id, r.series, r.start_ms FROM runs r JOIN series s ON s.id = r.series
                  WHERE s.chain = ?1 AND r.outcome IS NULL",

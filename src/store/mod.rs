@@ -74,7 +74,7 @@ mod writer;
 pub(crate) use killed::{close_killed, Killed};
 pub(crate) use reader::{
     alert_counts, chains_of_task, chains_with_run, failed_run, history, last_run_ids, open_read,
-    output, series, series_with_recent, ReadError, Reader, RunRow, SeriesRow,
+    output, series, series_with_recent, trigger_counts, ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
 pub use writer::{Store, Writer};
@@ -149,6 +149,10 @@ pub struct RunStart {
     pub scheduled_ms: u64,
     pub start_ms: u64,
     pub task_pid: Option<i32>,
+    /// schedule, kick or manual.
+    pub trigger: &'static str,
+    /// Who asked for a manual run ("alice on pts/3", the web peer's address).
+    pub requested_by: Option<String>,
 }
 
 /// A run has ended.
@@ -168,6 +172,9 @@ pub struct RunEnd {
     pub output: Vec<u8>,
     pub output_bytes: u64,
     pub output_cut: bool,
+    /// See [`RunStart::trigger`] and [`RunStart::requested_by`].
+    pub trigger: &'static str,
+    pub requested_by: Option<String>,
     /// The streak after this run: (start, failures), None after a success.
     pub streak: Option<(u64, u64)>,
     /// Prune: keep at most this many runs of the series...
@@ -180,6 +187,9 @@ pub struct RunEnd {
 #[derive(Debug, Clone)]
 pub enum Op {
     Start(RunStart),
+    /// A run-now request was accepted: its run shows as `queued` (outcome) until its
+    /// start replaces the row (`start_ms`: when it was accepted; no PID).
+    Queued(RunStart),
     Output {
         chain: String,
         task: String,
@@ -201,6 +211,10 @@ pub enum Op {
         chain: String,
         stop_ms: u64,
         running: Option<(String, u64, u64)>,
+        /// The run-now request this instance carries on (task, run id): its `queued` row
+        /// stays; any other `queued` row of the chain is a request that was dropped (its
+        /// task left the chain) and is removed.
+        queued: Option<(String, u64)>,
     },
     /// The guardian's record of the run it ended after run-chain's death (see
     /// `guardian`), in a batch of its own: the run is closed as `interrupted` with the

@@ -6,7 +6,7 @@ use rusqlite::params;
 
 #[cfg(test)]
 use super::open_read;
-use super::reader::{run_row, Reader, RUN_COLUMNS};
+use super::reader::{run_row, trigger_columns, Reader, RUN_COLUMNS};
 use super::RunRow;
 #[cfg(test)]
 use std::path::Path;
@@ -36,8 +36,9 @@ pub(crate) fn runs_before(
         Filter::Outcome(o) => (" AND r.outcome = ?5", Some(o)),
     };
     let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
-         WHERE s.chain = ?1 AND s.task = ?2 AND r.run_id < ?3{cond} ORDER BY r.run_id DESC LIMIT ?4"
+        "SELECT {RUN_COLUMNS}, {} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
+         WHERE s.chain = ?1 AND s.task = ?2 AND r.run_id < ?3{cond} ORDER BY r.run_id DESC LIMIT ?4",
+        trigger_columns(reader.version)
     );
     let read = || -> rusqlite::Result<Vec<RunRow>> {
         let mut stmt = reader.conn.prepare_cached(&sql)?;
@@ -79,8 +80,9 @@ pub(crate) fn newest_of_chain(
             .collect::<rusqlite::Result<_>>()?;
         heads.sort_by(|a, b| b.cmp(a));
         let mut stmt = reader.conn.prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
-             WHERE s.chain = ?1 AND s.task = ?2 ORDER BY r.run_id DESC LIMIT ?3"
+            "SELECT {RUN_COLUMNS}, {} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
+             WHERE s.chain = ?1 AND s.task = ?2 ORDER BY r.run_id DESC LIMIT ?3",
+            trigger_columns(reader.version)
         ))?;
         // Newest first; at most n.
         let mut kept: Vec<RunRow> = Vec::with_capacity(n + 1);
@@ -139,6 +141,8 @@ mod tests {
                         scheduled_ms: id * 10,
                         start_ms: id * 10 + u64::from(task == "u"),
                         task_pid: None,
+                        trigger: "schedule",
+                        requested_by: None,
                     }),
                 );
             }

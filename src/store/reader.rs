@@ -18,7 +18,7 @@ use crate::core::supervisor::{StoredRead, StoredRun};
 pub(crate) struct Reader {
     pub(super) conn: Connection,
     /// The schema version the store was found at (`PRAGMA user_version`, at least 1).
-    version: i64,
+    pub(super) version: i64,
 }
 
 impl Reader {
@@ -146,6 +146,10 @@ pub(crate) struct RunRow {
     pub(crate) instance_pid: u32,
     pub(crate) version: String,
     pub(crate) config_digest: String,
+    /// schedule, kick or manual (schedule for runs recorded before schema 4).
+    pub(crate) trigger: String,
+    /// Who asked for a manual run.
+    pub(crate) requested_by: Option<String>,
 }
 
 /// The aggregates of one chain and task.
@@ -180,6 +184,16 @@ pub(super) const RUN_COLUMNS: &str = "s.chain, s.task, r.run_id, i.host, r.sched
     r.exit_code, r.signal, r.duration_ms, r.latency_ms, r.output_bytes, r.output_cut, r.error, i.pid, i.version,
     i.config_digest";
 
+/// The run's trigger and who asked, after [`RUN_COLUMNS`]: a store of schema 3 or older
+/// (not migrated yet: no chain has written to it since the upgrade) has neither.
+pub(super) fn trigger_columns(version: i64) -> &'static str {
+    if version >= 4 {
+        "r.\"trigger\", r.requested_by"
+    } else {
+        "'schedule', NULL"
+    }
+}
+
 pub(super) fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
         chain: r.get(0)?,
@@ -200,6 +214,8 @@ pub(super) fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
         instance_pid: r.get::<_, i64>(15)? as u32,
         version: r.get(16)?,
         config_digest: r.get(17)?,
+        trigger: r.get(18)?,
+        requested_by: r.get(19)?,
     })
 }
 
@@ -253,8 +269,9 @@ pub(crate) fn history(
         kept.len() >= limit && kept.peek().is_some_and(|Reverse((min, _))| key < min)
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
-         WHERE r.series = ?1 ORDER BY r.run_id DESC LIMIT ?2"
+        "SELECT {RUN_COLUMNS}, {} FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
+         WHERE r.series = ?1 ORDER BY r.run_id DESC LIMIT ?2",
+        trigger_columns(reader.version)
     ))?;
     for (rank, sid, head) in heads {
         let Some(head) = head else { break };
@@ -295,15 +312,20 @@ pub(crate) fn output(
     let conn = &reader.conn;
     let mut best: Option<(RunRow, Vec<u8>)> = None;
     for sid in series_of(conn, task, chain)? {
+        // The latest run is one that has started: a `queued` run (run-now) has no output
+        // yet, and is shown only when asked for by its id.
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS}, r.output FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
-             WHERE r.series = ?1 AND (?2 IS NULL OR r.run_id = ?2) ORDER BY r.run_id DESC LIMIT 1"
+            "SELECT {RUN_COLUMNS}, {}, r.output FROM runs r JOIN series s ON s.id = r.series JOIN instances i ON i.id = r.instance
+             WHERE r.series = ?1 AND (?2 IS NULL OR r.run_id = ?2)
+             AND (?2 IS NOT NULL OR r.outcome IS NULL OR r.outcome <> 'queued')
+             ORDER BY r.run_id DESC LIMIT 1",
+            trigger_columns(reader.version)
         ))?;
         let found = stmt
             .query_row(params![sid, run_id.map(|r| r as i64)], |r| {
                 Ok((
                     run_row(r)?,
-                    r.get::<_, Option<Vec<u8>>>(18)?.unwrap_or_default(),
+                    r.get::<_, Option<Vec<u8>>>(20)?.unwrap_or_default(),
                 ))
             })
             .optional()?;
@@ -435,6 +457,29 @@ pub(crate) fn series_with_recent(reader: &Reader) -> Result<Vec<(SeriesRow, Rece
             let blob = r.get_ref(23)?;
             let recent = unpack_recent(blob.as_blob_or_null()?.unwrap_or_default());
             Ok((series_row(r)?, recent))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Kicked and manual runs, per (chain, task): (kick, manual). None before schema 4.
+pub(crate) fn trigger_counts(
+    reader: &Reader,
+) -> Result<Vec<(String, String, u64, u64)>, ReadError> {
+    if reader.version < 4 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = reader
+        .conn
+        .prepare_cached("SELECT chain, task, runs_kick, runs_manual FROM series")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, i64>(2)?.max(0) as u64,
+                r.get::<_, i64>(3)?.max(0) as u64,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)

@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 
 use crate::core::outcome::Outcome;
 use crate::core::resume::State;
-use crate::core::supervisor::{Current, RunEnded, RunOutput};
+use crate::core::supervisor::{Current, RunEnded, RunOutput, Trigger};
 use crate::store::{Op, RunEnd, RunStart, Store};
 use crate::time::Mono;
 
@@ -146,7 +146,7 @@ impl Recorder {
     /// Runs of this chain left open by an instance that died are closed now, at
     /// `stop_ms`, with the run in progress that the state it left names (see
     /// [`Op::CloseOpen`]).
-    pub(crate) fn close_open(&mut self, stop_ms: u64, left: &State) {
+    pub(crate) fn close_open(&mut self, stop_ms: u64, left: &State, queued: Option<(String, u64)>) {
         let running = match (
             &left.running_task,
             left.running_run_id,
@@ -160,6 +160,7 @@ impl Recorder {
             chain,
             stop_ms,
             running,
+            queued,
         });
     }
 
@@ -172,6 +173,23 @@ impl Recorder {
             scheduled_ms: cur.scheduled_ms,
             start_ms: cur.start_ms,
             task_pid: Some(task_pid),
+            trigger: cur.trigger.as_str(),
+            requested_by: cur.requested_by.clone(),
+        }));
+    }
+
+    /// A run-now request was accepted at `at_ms`: its run `run_id` of `task` shows as
+    /// `queued` until it starts.
+    pub(crate) fn queued(&mut self, task: &str, run_id: u64, at_ms: u64, requested_by: &str) {
+        self.push(Op::Queued(RunStart {
+            chain: self.chain.clone(),
+            task: task.to_string(),
+            run_id,
+            scheduled_ms: at_ms,
+            start_ms: at_ms,
+            task_pid: None,
+            trigger: Trigger::Manual.as_str(),
+            requested_by: Some(requested_by.to_string()),
         }));
     }
 
@@ -444,6 +462,8 @@ fn run_end(
         output: out.bytes(),
         output_bytes: out.total(),
         output_cut: out.cut(),
+        trigger: r.trigger.as_str(),
+        requested_by: r.requested_by.clone(),
         streak: r.streak,
         keep_runs_max,
         keep_after_ms: r.stop_ms.saturating_sub(keep_for.as_millis() as u64),
@@ -560,6 +580,8 @@ mod tests {
             run_id: 7,
             scheduled_ms: 1_000,
             start_ms: 1_005,
+            trigger: crate::core::chain::Trigger::Schedule,
+            requested_by: None,
         };
         rec.begin_batch();
         rec.run_started(&cur, 4321);
@@ -579,6 +601,8 @@ mod tests {
             stop_ms: 2_005,
             duration: Duration::from_secs(1),
             streak: Some((1_005, 1)),
+            trigger: crate::core::chain::Trigger::Schedule,
+            requested_by: None,
             alert: Some(AlertDue {
                 task: "t".into(),
                 decision: Decision {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// How long a write waits for another process's transaction (chains of one RUN_ROOT
 /// share the file; theirs are short). Past it the records are queued, not waited for.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
@@ -81,6 +81,14 @@ const MIGRATIONS: &[&str] = &[
     // 3: the durations and latencies of the newest runs, kept with the aggregates, so
     // that a scrape reads one row per task.
     "ALTER TABLE series ADD COLUMN recent BLOB;",
+    // 4: why each run was started (schedule, kick, manual: `run-now`) and who asked for a
+    // manual one; runs recorded before count as scheduled. A run-now run accepted and
+    // not yet started is a row with outcome `queued`. The series count kicked and manual
+    // runs (the scheduled ones are the rest), for metrics that pruning never lowers.
+    "ALTER TABLE runs ADD COLUMN \"trigger\" TEXT NOT NULL DEFAULT 'schedule';
+    ALTER TABLE runs ADD COLUMN requested_by TEXT;
+    ALTER TABLE series ADD COLUMN runs_kick INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE series ADD COLUMN runs_manual INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(super) fn is_corrupt(e: &rusqlite::Error) -> bool {
@@ -239,4 +247,60 @@ pub(super) fn set_aside_if_corrupt(path: &Path) -> std::io::Result<Option<PathBu
         }
     }
     Ok(Some(aside))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written by the previous version (schema 3) migrates: its runs count as
+    /// scheduled, with nobody who asked, and new runs can say why they were started.
+    #[test]
+    fn a_version_3_store_migrates_to_triggers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("runs.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+                conn.execute_batch(sql).expect("migrate to 3");
+                conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                    .expect("version");
+            }
+            conn.execute_batch(
+                "INSERT INTO series (id, chain, task) VALUES (1, 'c', 't');
+                 INSERT INTO runs (series, run_id, instance, start_ms, outcome) VALUES (1, 1, 1, 5, 'ok');",
+            )
+            .expect("a run of version 3");
+        }
+        let conn = open_rw(&path).expect("open and migrate");
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, SCHEMA_VERSION);
+        let (trigger, by): (String, Option<String>) = conn
+            .query_row(
+                "SELECT \"trigger\", requested_by FROM runs WHERE run_id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the old run");
+        assert_eq!((trigger.as_str(), by), ("schedule", None));
+        conn.execute(
+            "INSERT INTO runs (series, run_id, instance, start_ms, outcome, \"trigger\", requested_by)
+             VALUES (1, 2, 1, 6, 'queued', 'manual', 'alice on pts/3')",
+            [],
+        )
+        .expect("a manual run");
+        drop(conn);
+        // Opening again changes nothing.
+        let conn = open_rw(&path).expect("open again");
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM runs WHERE \"trigger\" = 'manual'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(n, 1);
+    }
 }

@@ -440,6 +440,8 @@ mod tests {
             output: Vec::new(),
             output_bytes: 0,
             output_cut: false,
+            trigger: "schedule",
+            requested_by: None,
             streak: None,
             keep_runs_max: 1_000_000,
             keep_after_ms,
@@ -619,6 +621,8 @@ mod tests {
             scheduled_ms: start_ms,
             start_ms,
             task_pid: Some(1234),
+            trigger: "schedule",
+            requested_by: None,
         })
     }
 
@@ -663,6 +667,65 @@ mod tests {
         }
     }
 
+    /// A `queued` run (run-now) is not a run left open: the next launch keeps the one it
+    /// carries on, removes any other (a request dropped with its task), and the run's
+    /// start replaces the row, keeping its trigger and who asked.
+    #[test]
+    fn queued_runs_are_kept_for_the_request_carried_on_and_replaced_by_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::new(dir.path(), instance());
+        let queued = |run_id| {
+            Op::Queued(RunStart {
+                chain: "c".into(),
+                task: "t".into(),
+                run_id,
+                scheduled_ms: 1_000,
+                start_ms: 1_000,
+                task_pid: None,
+                trigger: "manual",
+                requested_by: Some("alice on pts/3".into()),
+            })
+        };
+        store.push(Mono::ZERO, queued(5));
+        store.push(Mono::ZERO, queued(6));
+        store.push(
+            Mono::ZERO,
+            Op::CloseOpen {
+                chain: "c".into(),
+                stop_ms: 20_000,
+                running: None,
+                queued: Some(("t".into(), 6)),
+            },
+        );
+        assert_eq!(store.pending(), 0);
+        let rows = |root: &Path| -> Vec<(i64, Option<String>, String, Option<String>)> {
+            let reader = open_read(root).expect("open").expect("a store");
+            let conn = reader.conn();
+            let mut st = conn
+                .prepare(
+                    "SELECT run_id, outcome, \"trigger\", requested_by FROM runs ORDER BY run_id",
+                )
+                .expect("select");
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .expect("rows")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        };
+        let by = Some("alice on pts/3".to_string());
+        assert_eq!(
+            rows(dir.path()),
+            vec![(6, Some("queued".into()), "manual".into(), by.clone())]
+        );
+        let mut st = start(6, 30_000);
+        if let Op::Start(s) = &mut st {
+            s.trigger = "manual";
+            s.requested_by = by.clone();
+        }
+        store.push(Mono::ZERO, st);
+        assert_eq!(store.pending(), 0);
+        assert_eq!(rows(dir.path()), vec![(6, None, "manual".into(), by)]);
+    }
+
     /// The guardian closes the open run with its time and error, once; the next launch's
     /// CloseOpen keeps that record and closes only what is still open, with its own time
     /// and END_NOT_KNOWN.
@@ -702,6 +765,7 @@ mod tests {
                 chain: "c".into(),
                 stop_ms: 20_000,
                 running: Some(("t".into(), 2, 6_000)),
+                queued: None,
             },
         );
         assert_eq!(store.pending(), 0);

@@ -312,6 +312,8 @@ mod tests {
             scheduled_ms: run_id * 1000,
             start_ms: run_id * 1000,
             task_pid: None,
+            trigger: "schedule",
+            requested_by: None,
         })
     }
 
@@ -330,6 +332,7 @@ mod tests {
     fn key(op: &Op) -> (&'static str, u64) {
         match op {
             Op::Start(s) => ("start", s.run_id),
+            Op::Queued(s) => ("queued", s.run_id),
             Op::Output { run_id, .. } => ("output", *run_id),
             Op::End(e) => ("end", e.run_id),
             Op::CloseOpen { .. } => ("close-open", 0),
@@ -517,6 +520,8 @@ mod tests {
             output: Vec::new(),
             output_bytes: 0,
             output_cut: false,
+            trigger: "schedule",
+            requested_by: None,
             streak: Some((run_id * 1000, 1)),
             keep_runs_max: 1000,
             keep_after_ms: 0,

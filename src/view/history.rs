@@ -60,25 +60,34 @@ fn outcome_text(r: &RunView) -> String {
     }
 }
 
+/// Why a run was started, for the table: "schedule", "kick", "manual (alice on pts/3)".
+fn trigger_text(r: &RunView) -> String {
+    match &r.requested_by {
+        Some(by) => format!("{} ({by})", r.trigger),
+        None => r.trigger.clone(),
+    }
+}
+
 /// `history`: the runs as a table, a header line first (even with no run).
 pub(crate) fn text(runs: &[RunView]) -> String {
     let mut w = String::new();
     let _ = writeln!(
         w,
-        "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
+        "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}  TRIGGER",
         "CHAIN", "RUN", "START (UTC)", "DURATION", "OUTCOME", "LATENCY"
     );
     let opt_dur = |d: Option<Secs>| d.map_or("-".into(), |d| dur(d.0));
     for r in runs {
         let _ = writeln!(
             w,
-            "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}",
+            "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}  {}",
             r.chain,
             r.run_id,
             short_time(r.start),
             opt_dur(r.duration_seconds),
             outcome_text(r),
-            opt_dur(r.latency_seconds)
+            opt_dur(r.latency_seconds),
+            trigger_text(r)
         );
     }
     w
@@ -101,7 +110,16 @@ mod tests {
 
     #[test]
     fn the_table_of_runs() {
+        let mut manual = run(Some("queued"), None, None);
+        manual.trigger = "manual".into();
+        manual.requested_by = Some("alice on pts/3".into());
+        manual.latency_seconds = None;
+        manual.duration_seconds = None;
+        let mut kicked = run(Some("ok"), Some(0), None);
+        kicked.trigger = "kick".into();
         let runs = [
+            manual,
+            kicked,
             run(None, None, None),
             run(Some("ok"), Some(0), None),
             run(Some("failed"), Some(3), None),
@@ -110,13 +128,15 @@ mod tests {
             run(Some("spawn-error"), None, None),
         ];
         let want = "\
-CHAIN                        RUN  START (UTC)           DURATION  OUTCOME                        LATENCY
-nightly                       12  2025-11-25 02:58:01          -  running                              -
-nightly                       12  2025-11-25 02:58:01     3m 12s  ok                               250ms
-nightly                       12  2025-11-25 02:58:01     3m 12s  failed (exit 3)                  250ms
-nightly                       12  2025-11-25 02:58:01     3m 12s  signal (SIGTERM)                 250ms
-nightly                       12  2025-11-25 02:58:01     3m 12s  timeout (exit 143)               250ms
-nightly                       12  2025-11-25 02:58:01     3m 12s  spawn-error                      250ms
+CHAIN                        RUN  START (UTC)           DURATION  OUTCOME                        LATENCY  TRIGGER
+nightly                       12  2025-11-25 02:58:01          -  queued                               -  manual (alice on pts/3)
+nightly                       12  2025-11-25 02:58:01     3m 12s  ok                               250ms  kick
+nightly                       12  2025-11-25 02:58:01          -  running                              -  schedule
+nightly                       12  2025-11-25 02:58:01     3m 12s  ok                               250ms  schedule
+nightly                       12  2025-11-25 02:58:01     3m 12s  failed (exit 3)                  250ms  schedule
+nightly                       12  2025-11-25 02:58:01     3m 12s  signal (SIGTERM)                 250ms  schedule
+nightly                       12  2025-11-25 02:58:01     3m 12s  timeout (exit 143)               250ms  schedule
+nightly                       12  2025-11-25 02:58:01     3m 12s  spawn-error                      250ms  schedule
 ";
         assert_eq!(text(&runs), want);
         assert_eq!(
@@ -134,5 +154,13 @@ nightly                       12  2025-11-25 02:58:01     3m 12s  spawn-error   
             "{j}"
         );
         assert!(j.ends_with("\n  }\n]\n"), "{j}");
+        assert!(j.contains("\"trigger\": \"schedule\""), "{j}");
+        assert!(!j.contains("requested_by"), "only for manual runs: {j}");
+        let mut m = run(Some("ok"), Some(0), None);
+        m.trigger = "manual".into();
+        m.requested_by = Some("alice on pts/3".into());
+        let j = json(&[m]);
+        assert!(j.contains("\"requested_by\": \"alice on pts/3\""), "{j}");
+        assert!(j.contains("\"trigger\": \"manual\""), "{j}");
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Snapshot {
     pub(crate) recent: HashMap<(String, String), store::Recent>,
     /// (chain, task, kind) -> count
     pub(crate) alerts: Vec<(String, String, String, u64)>,
+    /// (chain, task) -> (kicked runs, manual runs); the rest of its runs are scheduled.
+    pub(crate) triggers: HashMap<(String, String), (u64, u64)>,
 }
 
 /// Read the snapshot of `run_root`.
@@ -62,6 +64,9 @@ pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
     }
     if version >= 2 {
         snap.alerts = store::alert_counts(&conn).map_err(err)?;
+    }
+    for (c, t, kick, manual) in store::trigger_counts(&conn).map_err(err)? {
+        snap.triggers.insert((c, t), (kick, manual));
     }
     for s in &snap.series {
         snap.chains.entry(s.chain.clone()).or_insert(false);
@@ -201,6 +206,34 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
             (",result=\"interrupted\"", s.interrupted),
         ] {
             put_sample(out, "run_chain_runs_total", l, result);
+            put_u64(out, n);
+            out.push('\n');
+        }
+    }
+
+    // A family of its own: a `trigger` label on run_chain_runs_total would split its
+    // series, and break the queries and alerts written against them.
+    head(
+        out,
+        "run_chain_runs_by_trigger_total",
+        "counter",
+        "Runs by why they were started (schedule, kick, manual: run-now).",
+    );
+    for (s, l) in snap.series.iter().zip(&ls) {
+        let (kick, manual) = snap
+            .triggers
+            .get(&(s.chain.clone(), s.task.clone()))
+            .copied()
+            .unwrap_or_default();
+        for (trigger, n) in [
+            (
+                ",trigger=\"schedule\"",
+                s.runs.saturating_sub(kick + manual),
+            ),
+            (",trigger=\"kick\"", kick),
+            (",trigger=\"manual\"", manual),
+        ] {
+            put_sample(out, "run_chain_runs_by_trigger_total", l, trigger);
             put_u64(out, n);
             out.push('\n');
         }
@@ -466,7 +499,14 @@ mod tests {
             .insert(("c".into(), "t\"x".into()), (vec![500, 1000], vec![1, 2]));
         snap.alerts
             .push(("c".into(), "t\"x".into(), "downtime".into(), 2));
+        snap.triggers.insert(("c".into(), "t\"x".into()), (0, 1));
         let text = render(&snap, Some(0.001));
+        for (trigger, n) in [("schedule", 2), ("kick", 0), ("manual", 1)] {
+            let line = format!(
+                "run_chain_runs_by_trigger_total{{chain=\"c\",task=\"t\\\"x\",trigger=\"{trigger}\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
         assert!(text.contains("run_chain_up{chain=\"c\"} 1"));
         assert!(text.contains("run_chain_runs_total{chain=\"c\",task=\"t\\\"x\",result=\"ok\"} 2"));
         assert!(

@@ -29,16 +29,21 @@ pub(crate) struct RunView {
     pub(crate) instance: InstanceView,
     pub(crate) latency_seconds: Option<Secs>,
     /// `ok`, `failed`, `timeout`, `signal`, `spawn-error`, `interrupted`, or `running`
-    /// for a run with no outcome yet.
+    /// for a run with no outcome yet, `queued` for a run-now run not started yet.
     pub(crate) outcome: String,
     pub(crate) output_bytes: u64,
     pub(crate) output_cut: bool,
+    /// Who asked for a manual run (`run-now`): only for those.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) requested_by: Option<String>,
     pub(crate) run_id: u64,
     pub(crate) scheduled: Option<Wall>,
     pub(crate) signal: Option<i32>,
     pub(crate) start: Wall,
     pub(crate) stop: Option<Wall>,
     pub(crate) task: String,
+    /// Why the run was started: `schedule`, `kick` or `manual`.
+    pub(crate) trigger: String,
 }
 
 /// The instance of run-chain that recorded a run.
@@ -69,12 +74,14 @@ impl From<RunRow> for RunView {
             outcome: r.outcome.unwrap_or_else(|| RUNNING.to_string()),
             output_bytes: r.output_bytes,
             output_cut: r.output_cut,
+            requested_by: r.requested_by,
             run_id: r.run_id,
             scheduled: r.scheduled_ms.map(Wall),
             signal: r.signal,
             start: Wall(r.start_ms),
             stop: r.stop_ms.map(Wall),
             task: r.task,
+            trigger: r.trigger,
         }
     }
 }
@@ -231,6 +238,8 @@ pub(crate) mod tests {
             instance_pid: pid,
             version: "v".into(),
             config_digest: "d".into(),
+            trigger: "schedule".into(),
+            requested_by: None,
         }
     }
 
@@ -303,7 +312,8 @@ pub(crate) mod tests {
   "signal": null,
   "start": "1970-01-01T00:00:01.000Z",
   "stop": null,
-  "task": "t"
+  "task": "t",
+  "trigger": "schedule"
 }"#;
         assert_eq!(serde_json::to_string_pretty(&v).unwrap_or_default(), want);
         let mut r = row("c", 8, 42, "h", Some("signal"));

@@ -393,3 +393,273 @@ fn timeout_and_stop_together_count_as_timeout() {
     assert_eq!(finished_of(&a).map(|f| f.outcome), Some(Outcome::Timeout));
     assert_eq!(a.last(), Some(&Action::Exit(ExitReason::Done)));
 }
+
+// ---- run-now (issue 19) ----
+
+fn run_now(c: &mut Chain, now: Mono, index: usize) -> (RunNowAnswer, Vec<Action>) {
+    let mut a = c.on_event(
+        now,
+        Event::Control(Control::RunNow {
+            index,
+            by: "alice on pts/3".into(),
+        }),
+    );
+    match a.remove(0) {
+        Action::RunNow(answer) => (answer, a),
+        other => panic!("the answer comes first, got {other:?}"),
+    }
+}
+
+fn refused(r: Refusal) -> RunNowAnswer {
+    RunNowAnswer::Refused(r)
+}
+
+#[test]
+fn run_now_in_a_cooldown_starts_at_once_then_the_order_goes_on() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
+    // a fails: b is due at 31.
+    let _ = complete(&mut c, s(1), Exit::Code(1));
+    assert_eq!(c.position(), (1, Some(s(31))));
+    let (ans, a) = run_now(&mut c, s(2), 2);
+    assert_eq!(
+        ans,
+        RunNowAnswer::Accepted {
+            run_id: 1,
+            at_once: true
+        }
+    );
+    assert_eq!(spawn_of(&a), Some(("c".into(), 1)));
+    assert_eq!(c.trigger(), (Trigger::Manual, Some("alice on pts/3")));
+    assert_eq!(c.pending(), None);
+    let _ = c.on_event(s(2), Event::Spawned);
+    // c's cooldown ends at 13, before b's due time: b keeps its due time.
+    let a = complete(&mut c, s(3), Exit::Code(0));
+    assert_eq!(finished_of(&a).map(|f| f.task), Some("c".into()));
+    assert_eq!(spawn_of(&a), None);
+    assert_eq!(c.position(), (1, Some(s(31))));
+    let a = c.on_event(s(31), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
+}
+
+#[test]
+fn after_a_run_now_the_task_due_next_waits_for_its_cooldown_if_later() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    // b due at 11; c run now at 2, ends at 5: its cooldown ends at 15, later.
+    let (_, a) = run_now(&mut c, s(2), 2);
+    assert_eq!(spawn_of(&a), Some(("c".into(), 1)));
+    let _ = c.on_event(s(2), Event::Spawned);
+    let _ = complete(&mut c, s(5), Exit::Code(0));
+    assert_eq!(c.position(), (1, Some(s(15))));
+    assert!(spawn_of(&c.on_event(s(11), Event::Tick)).is_none());
+    assert_eq!(
+        spawn_of(&c.on_event(s(15), Event::Tick)),
+        Some(("b".into(), 1))
+    );
+}
+
+#[test]
+fn run_now_while_a_task_runs_starts_right_after_it() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let (ans, a) = run_now(&mut c, ms(500), 2);
+    assert_eq!(
+        ans,
+        RunNowAnswer::Accepted {
+            run_id: 1,
+            at_once: false
+        }
+    );
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(c.pending().map(|p| (p.index, p.run_id)), Some((2, 1)));
+    let a = complete(&mut c, s(1), Exit::Code(0));
+    assert_eq!(finished_of(&a).map(|f| f.task), Some("a".into()));
+    assert_eq!(spawn_of(&a), Some(("c".into(), 1)));
+    assert_eq!(c.trigger(), (Trigger::Manual, Some("alice on pts/3")));
+    let _ = c.on_event(s(1), Event::Spawned);
+    // b was due at 11; c's cooldown ends at 12.
+    let _ = complete(&mut c, s(2), Exit::Code(0));
+    assert_eq!(c.position(), (1, Some(s(12))));
+}
+
+#[test]
+fn run_now_while_waiting_for_a_group_slot_runs_after_the_waiting_task() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    assert!(c.on_event(s(0), Event::SlotBusy).is_empty());
+    let (ans, a) = run_now(&mut c, s(1), 2);
+    assert_eq!(
+        ans,
+        RunNowAnswer::Accepted {
+            run_id: 1,
+            at_once: false
+        }
+    );
+    assert!(a.is_empty());
+    // The waiting task is as good as running: a run-now of it is refused.
+    let mut d = c.clone();
+    d.pending = None;
+    assert_eq!(run_now(&mut d, s(1), 0).0, refused(Refusal::Running));
+    let a = c.on_event(s(2), Event::SlotFree);
+    assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+    let _ = c.on_event(s(2), Event::Spawned);
+    let a = complete(&mut c, s(3), Exit::Code(0));
+    assert_eq!(spawn_of(&a), Some(("c".into(), 1)));
+    // c's own group wait applies, then it runs.
+    let _ = c.on_event(s(3), Event::SlotBusy);
+    assert_eq!(
+        spawn_of(&c.on_event(s(4), Event::SlotFree)),
+        Some(("c".into(), 1))
+    );
+    let _ = c.on_event(s(4), Event::Spawned);
+    let _ = complete(&mut c, s(5), Exit::Code(0));
+    // b was due at 13; c's cooldown ends at 15.
+    assert_eq!(c.position(), (1, Some(s(15))));
+}
+
+#[test]
+fn run_now_of_the_task_due_next_moves_the_chain_on_as_a_scheduled_run() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    let (_, a) = run_now(&mut c, s(2), 1);
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    assert_eq!(c.trigger().0, Trigger::Manual);
+    let _ = c.on_event(s(2), Event::Spawned);
+    let _ = complete(&mut c, s(3), Exit::Code(0));
+    assert_eq!(c.position(), (2, Some(s(13))));
+}
+
+#[test]
+fn run_now_of_the_running_task_is_refused() {
+    let mut c = chain(&["a", "b"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    assert_eq!(run_now(&mut c, s(0), 0).0, refused(Refusal::Running));
+    let _ = c.on_event(s(0), Event::Spawned);
+    assert_eq!(
+        run_now(&mut c, s(1), 0),
+        (refused(Refusal::Running), vec![])
+    );
+    // Also while its leftovers are reaped.
+    let _ = c.on_event(s(1), Event::LeaderExited(Exit::Code(0)));
+    assert_eq!(run_now(&mut c, s(1), 0).0, refused(Refusal::Running));
+    assert_eq!(c.pending(), None);
+    // No run id was used up.
+    let _ = c.on_event(s(1), Event::GroupEmpty);
+    assert_eq!(c.run_ids().get("a"), Some(&1));
+}
+
+#[test]
+fn a_second_run_now_while_one_is_pending_is_refused() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = run_now(&mut c, s(1), 2);
+    assert_eq!(
+        run_now(&mut c, s(1), 1).0,
+        refused(Refusal::Pending("c".into(), 1))
+    );
+    assert_eq!(
+        run_now(&mut c, s(1), 2).0,
+        refused(Refusal::Pending("c".into(), 1))
+    );
+    assert_eq!(c.run_ids().get("b"), None);
+    // The running task is refused as running, the clearer reason.
+    assert_eq!(run_now(&mut c, s(1), 0).0, refused(Refusal::Running));
+}
+
+#[test]
+fn a_kick_while_a_request_is_pending_changes_nothing_and_a_kicked_run_says_so() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = run_now(&mut c, s(1), 2);
+    assert!(c.on_event(s(1), Event::Control(Control::Kick)).is_empty());
+    let a = complete(&mut c, s(2), Exit::Code(0));
+    assert_eq!(spawn_of(&a), Some(("c".into(), 1)));
+    let _ = c.on_event(s(2), Event::Spawned);
+    let _ = complete(&mut c, s(3), Exit::Code(0));
+    // In c's cooldown, a kick starts b at once, as a kicked run.
+    let a = c.on_event(s(4), Event::Control(Control::Kick));
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    assert_eq!(c.trigger(), (Trigger::Kick, None));
+    let _ = c.on_event(s(4), Event::Spawned);
+    let _ = complete(&mut c, s(5), Exit::Code(0));
+    let a = c.on_event(s(15), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("c".into(), 2)));
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
+}
+
+#[test]
+fn sigterm_with_a_request_pending_keeps_it_for_the_next_instance() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = run_now(&mut c, s(1), 2);
+    assert!(c.on_event(s(1), Event::Control(Control::Stop)).is_empty());
+    let a = complete(&mut c, s(2), Exit::Code(0));
+    assert_eq!(spawn_of(&a), None);
+    assert!(a.contains(&Action::Exit(ExitReason::Done)));
+    let p = c.pending().cloned();
+    assert_eq!(p.as_ref().map(|p| (p.index, p.run_id)), Some((2, 1)));
+    assert_eq!(c.position(), (1, Some(s(12))));
+    // A run-now to a stopping chain is refused.
+    assert_eq!(run_now(&mut c, s(2), 1).0, refused(Refusal::Stopping));
+    // The next instance runs it first, with its reserved id, then goes back to b.
+    let resume = Resume {
+        index: 1,
+        due: Some(s(12)),
+        run_ids: c.run_ids().clone(),
+        cooled: None,
+    };
+    let mut n = Chain::new(chain_tasks(&["a", "b", "c"]), Mode::Forever, resume).with_pending(p);
+    let a = n.on_event(s(3), Event::Start);
+    assert_eq!(spawn_of(&a), Some(("c".into(), 1)));
+    assert_eq!(n.trigger(), (Trigger::Manual, Some("alice on pts/3")));
+    let _ = n.on_event(s(3), Event::Spawned);
+    let _ = complete(&mut n, s(4), Exit::Code(0));
+    assert_eq!(n.position(), (1, Some(s(14))));
+}
+
+#[test]
+fn a_run_now_run_waiting_for_its_slot_at_a_stop_is_kept_as_a_request() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    let _ = run_now(&mut c, s(2), 2);
+    let _ = c.on_event(s(2), Event::SlotBusy);
+    let a = c.on_event(s(3), Event::Control(Control::Stop));
+    assert_eq!(a, vec![Action::Exit(ExitReason::Done)]);
+    assert_eq!(c.pending().map(|p| (p.index, p.run_id)), Some((2, 1)));
+    assert_eq!(c.position(), (1, Some(s(11))));
+}
+
+#[test]
+fn an_interrupted_run_now_run_is_not_run_again() {
+    let mut c = chain(&["a", "b", "c"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    let _ = run_now(&mut c, s(2), 2);
+    let _ = c.on_event(s(2), Event::Spawned);
+    let a = c.on_event(s(3), Event::Control(Control::StopNow));
+    assert_eq!(a, vec![Action::Signal(GroupSignal::Term)]);
+    let _ = complete(&mut c, s(4), Exit::Signal(15));
+    assert_eq!(c.position(), (1, Some(s(11))));
+}
+
+#[test]
+fn run_now_is_refused_in_once_mode() {
+    let mut c = chain(&["a", "b"], Mode::Once);
+    let _ = c.on_event(s(0), Event::Start);
+    assert_eq!(run_now(&mut c, s(0), 1).0, refused(Refusal::Once));
+}

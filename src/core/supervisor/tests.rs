@@ -94,10 +94,13 @@ fn clone_effect(e: &Effect) -> Effect {
             duration: r.duration,
             streak: r.streak,
             alert: r.alert.clone(),
+            trigger: r.trigger,
+            requested_by: r.requested_by.clone(),
         })),
         Effect::Alert(a) => Effect::Alert(a.clone()),
         Effect::SaveState => Effect::SaveState,
         Effect::Log(l, m) => Effect::Log(*l, m.clone()),
+        Effect::RunNow(a, q) => Effect::RunNow(a.clone(), q.clone()),
         Effect::Exit(r) => Effect::Exit(*r),
     }
 }
@@ -809,6 +812,8 @@ fn a_runs_end_says_whether_a_cooldown_follows_and_how_it_is_logged() {
         duration: e.duration,
         streak: e.streak,
         alert: None,
+        trigger: e.trigger,
+        requested_by: None,
     };
     assert_eq!(r.log_level(), log::Level::Warn);
     assert!(r.cooldown_ahead(), "10 minutes");
@@ -874,4 +879,98 @@ fn the_state_to_save_follows_the_mode() {
         .expect("json");
         assert_eq!(got, want, "{mode:?}");
     }
+}
+
+/// run-now through the supervisor: an unknown task is refused with the chain's tasks; an
+/// accepted request is answered first, logged, saved in the state (with who asked), and
+/// its run records why it ran.
+#[test]
+fn run_now_is_answered_saved_and_its_run_says_manual() {
+    let tasks = vec![task("a", "true"), task("b", "true"), task("c", "true")];
+    let mut s = supervisor(tasks, Mode::Forever, State::default(), Resume::default());
+    let out = Output::default();
+    let _ = feed(&mut s, at(MIN), chain_ev(chain::Event::Start), &out);
+    let _ = feed(&mut s, at(MIN), chain_ev(chain::Event::Spawned), &out);
+    let ask = |task: &str| Event::RunNow {
+        task: task.into(),
+        by: "alice on pts/3".into(),
+    };
+    let fx = feed(&mut s, at(MIN), ask("zz"), &out);
+    assert_eq!(
+        fx,
+        vec![Effect::RunNow(
+            RunNowAnswer::Refused(Refusal::UnknownTask(vec![
+                "a".into(),
+                "b".into(),
+                "c".into()
+            ])),
+            None
+        )]
+    );
+    let fx = feed(&mut s, at(MIN), ask("c"), &out);
+    assert_eq!(
+        fx[0],
+        Effect::RunNow(
+            RunNowAnswer::Accepted {
+                run_id: 1,
+                at_once: false
+            },
+            Some(("c".into(), "alice on pts/3".into()))
+        )
+    );
+    assert!(
+        matches!(&fx[1], Effect::Log(_, m) if m.contains("accepted as run 1") && m.contains("alice on pts/3")),
+        "{fx:?}"
+    );
+    assert!(fx.contains(&Effect::SaveState));
+    let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let state = serde_json::to_value(s.state_view(at(MIN), &names, None, None, &Extras::default()))
+        .expect("state");
+    assert_eq!(
+        state["run_now"],
+        serde_json::json!({"task": "c", "run_id": 1, "requested_by": "alice on pts/3"})
+    );
+    // a ends: c starts, as a manual run, and its end says so.
+    let _ = feed(
+        &mut s,
+        at(2 * MIN),
+        chain_ev(chain::Event::LeaderExited(Exit::Code(0))),
+        &out,
+    );
+    let fx = feed(
+        &mut s,
+        at(2 * MIN),
+        chain_ev(chain::Event::GroupEmpty),
+        &out,
+    );
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Spawn { task, run_id: 1, .. } if task == "c")),
+        "{fx:?}"
+    );
+    let (cur, _) = s.begin_run(at(2 * MIN), 2, 1);
+    assert_eq!(cur.trigger, Trigger::Manual);
+    assert_eq!(cur.requested_by.as_deref(), Some("alice on pts/3"));
+    let _ = feed(&mut s, at(2 * MIN), chain_ev(chain::Event::Spawned), &out);
+    let _ = feed(
+        &mut s,
+        at(3 * MIN),
+        chain_ev(chain::Event::LeaderExited(Exit::Code(0))),
+        &out,
+    );
+    let fx = feed(
+        &mut s,
+        at(3 * MIN),
+        chain_ev(chain::Event::GroupEmpty),
+        &out,
+    );
+    let r = ended(&fx);
+    assert_eq!(
+        (r.trigger, r.requested_by.as_deref()),
+        (Trigger::Manual, Some("alice on pts/3"))
+    );
+    let state =
+        serde_json::to_value(s.state_view(at(3 * MIN), &names, None, None, &Extras::default()))
+            .expect("state");
+    assert!(state.get("run_now").is_none(), "{state}");
 }
