@@ -90,7 +90,7 @@ fn outcome_icon(outcome: &str) -> &'static str {
         "spawn-error" => "⛔",
         "interrupted" => "⚠",
         RUNNING => "▶",
-        QUEUED => "⏳",
+        QUEUED => "…",
         _ => "?",
     }
 }
