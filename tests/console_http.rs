@@ -853,4 +853,20 @@ fn run_now_on_the_web_lands_on_the_queued_run_and_says_why_when_refused() {
     assert!(index.contains("b run 1: ok (manual (by web "), "{index}");
     assert_eq!(env.lines("out"), ["a 1", "b 1"]);
     env.assert_running(&mut chain, "ab");
+
+    // An unknown chain: 404. A chain that is down: 409, saying so.
+    let r = request(
+        addr,
+        "POST",
+        "/chain/zz/task/b/run",
+        &[("Host", host.as_str()), ("Origin", origin.as_str())],
+        good.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    env.sub(&["stop", "ab"]).assert_code(0);
+    chain.assert_exit(0);
+    let r = post("b", &same, &good);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("not running"), "{}", r.text());
 }
