@@ -9,6 +9,12 @@ Usage: console_browser.py SCENARIO BASE_URL SHOTS_DIR [ARGS...]
                             a hostile run's page, and LIVE_CHAIN's live tail (its task prints
                             once GO_FILE exists): no script runs, no element is injected
   kick    CHAIN             the kick button, its confirmation page, back on the chain's page
+  runnow  CHAIN TASK JS GO_FILE
+                            the Run now button of TASK on /chain/C, its confirmation page, and
+                            the run's page it lands on; with JS (JS=1) the run is queued behind
+                            a task that holds until GO_FILE exists, and the page turns into the
+                            finished run with no reload; with JS off (JS=0) it is reloaded until
+                            the run has ended
   nojs    CHAIN TASK ID     every page with JavaScript off: all is there
   pages   CHAIN TASK ID     a screenshot of each page
 
@@ -192,6 +198,58 @@ def kick(base, shots, chain):
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def outcome_shown(d):
+    """The outcome the run page shows (the class o-OUTCOME of its badge)."""
+    return d.execute_script(
+        "var b = document.querySelector('#fields .outcome'); if (!b) return null;"
+        " var c = Array.from(b.classList).find(c => c.startsWith('o-')); return c ? c.slice(2) : null;"
+    )
+
+
+def runnow(base, shots, chain, task, js, go_file):
+    js = js == "1"
+    d, profile = browser(js=js)
+    try:
+        d.get(f"{base}/chain/{chain}")
+        d.find_element(By.CSS_SELECTOR, f"a[href='/chain/{chain}/task/{task}/run/confirm']").click()
+        wait(d, "the confirmation page", lambda d: d.current_url == f"{base}/chain/{chain}/task/{task}/run/confirm")
+        check(f"Run {task} of chain {chain} now?" in d.find_element(By.TAG_NAME, "h1").text, "not the run-now confirmation")
+        shot(d, shots, "confirm-run-now" + ("" if js else "-nojs"))
+        d.find_element(By.CSS_SELECTOR, "form.confirm button[type=submit]").click()
+        prefix = f"{base}/run/{chain}/{task}/"
+        wait(d, "on the run's page", lambda d: d.current_url.startswith(prefix) and d.current_url[len(prefix):].isdigit())
+        run_id = int(d.current_url[len(prefix):])
+        first = outcome_shown(d)
+        check(first in ("queued", "running", "ok"), f"the run's page shows {first!r}")
+        text = d.find_element(By.ID, "fields").text
+        check("manual" in text and "web 127.0.0.1:" in text, f"the trigger or who asked is not shown: {text!r}")
+        if js:
+            check(first == "queued", f"the run is not queued behind the held task: {first!r}")
+            check("Queued" in text, f"the page does not say queued: {text!r}")
+            shot(d, shots, "run-queued")
+            d.execute_script("window.__marker = 'no reload';")
+            open(go_file, "w").close()
+            wait(d, "the page shows the run done", lambda d: outcome_shown(d) == "ok")
+            wait(d, "the page shows its output", lambda d: f"{task} says hello" in (output_text(d) or ""))
+            check(d.execute_script("return window.__marker;") == "no reload", "the run's page was reloaded")
+            shot(d, shots, "run-now-done")
+        else:
+            check(not d.find_elements(By.ID, "pause"), "the script ran: JavaScript is not off")
+
+            def done(d):
+                if outcome_shown(d) == "ok":
+                    return True
+                d.refresh()
+                return False
+
+            wait(d, "the reloaded page shows the run done", done)
+            check(f"{task} says hello" in (output_text(d) or ""), f"no output: {output_text(d)!r}")
+        print(json.dumps({"run_id": run_id, "first": first}))
+    finally:
+        d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 def nojs(base, shots, chain, task, run_id):
     d, profile = browser(js=False)
     try:
@@ -241,7 +299,7 @@ def main():
         print(__doc__, file=sys.stderr)
         return 64
     scenario, base, shots, args = sys.argv[1], sys.argv[2].rstrip("/"), sys.argv[3], sys.argv[4:]
-    fn = {"live": live, "hostile": hostile, "kick": kick, "nojs": nojs, "pages": pages}.get(scenario)
+    fn = {"live": live, "hostile": hostile, "kick": kick, "runnow": runnow, "nojs": nojs, "pages": pages}.get(scenario)
     if fn is None:
         print(f"no scenario {scenario!r}", file=sys.stderr)
         return 64

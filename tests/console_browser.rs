@@ -152,3 +152,61 @@ fn a_kick_from_the_page_ends_the_cooldown() {
         .stderr()
         .contains("console: kick of chain q asked by 127.0.0.1:"));
 }
+
+/// Run now from the chain's page (issue 19): the button, its confirmation form, and the
+/// run's page it lands on. With JS: the run is queued behind a task that holds the chain;
+/// once that ends, the page turns into the finished run and its output, with no reload.
+/// With JS off: the same path works by the form alone, and the page, reloaded, shows the
+/// run done.
+#[test]
+fn run_now_from_the_page_lands_on_the_run_which_completes_with_and_without_js() {
+    require_browser();
+    let env = TestEnv::new(
+        r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1h"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"; while [ ! -e "$T/go" ]; do sleep 0.02; done; echo "a says hello"'
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID" >> "$T/out"; echo "b says hello"'
+"#,
+    );
+    let mut chain = env.spawn(&["--name", "ab", "a", "b"]);
+    env.wait_running(&mut chain, "ab");
+    env.wait_chain_status("ab", "a runs", |c| c["now"]["task"] == "a");
+    let (serve, addr) = start_serve(&env, "127.0.0.1", &["--allow-actions"]);
+    let base = format!("http://{addr}");
+    let go = env.path("go").display().to_string();
+    // b, asked while a holds the chain: queued, then run once a ends.
+    let found = browse(&env, "runnow", &base, &["ab", "b", "1", &go]);
+    assert_eq!(found["first"], "queued", "{found}");
+    let id = found["run_id"].as_u64().unwrap_or(0);
+    let run = get(addr, &format!("/api/v1/runs/ab/b/{id}")).json();
+    assert_eq!(run["run"]["trigger"], "manual", "{run:#}");
+    assert!(serve
+        .stderr()
+        .contains("console: run-now of b in chain ab asked by 127.0.0.1:"));
+    // a, asked in b's cooldown with JS off: runs at once.
+    env.wait_chain_status("ab", "ab cools down", |c| c["now"]["state"] == "cooldown");
+    let found = browse(&env, "runnow", &base, &["ab", "a", "0", &go]);
+    let id = found["run_id"].as_u64().unwrap_or(0);
+    let run = get(addr, &format!("/api/v1/runs/ab/a/{id}")).json();
+    assert_eq!(run["run"]["trigger"], "manual", "{run:#}");
+    assert_eq!(run["output"], "a says hello\n", "{run:#}");
+    assert_eq!(env.lines("out"), ["a 1", "b 1", "a 2"]);
+    for shot in [
+        "confirm-run-now",
+        "run-queued",
+        "run-now-done",
+        "confirm-run-now-nojs",
+    ] {
+        let p = shots_dir().join(format!("{shot}.png"));
+        assert!(
+            p.metadata().is_ok_and(|m| m.len() > 1000),
+            "{} missing",
+            p.display()
+        );
+    }
+    env.assert_running(&mut chain, "ab");
+}

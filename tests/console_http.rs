@@ -404,16 +404,24 @@ fn without_allow_actions_the_console_is_read_only() {
         "{page}"
     );
     assert!(!page.contains("data-src"), "{page}");
-    for a in ["kick", "stop"] {
+    // No "Run now" either, and its confirmation has no form.
+    assert!(!page.contains("/run/confirm"), "{page}");
+    assert!(!get(addr, "/chain/q/task/quick")
+        .text()
+        .contains("/run/confirm"));
+    let confirm = get(addr, "/chain/q/task/quick/run/confirm");
+    assert_eq!(confirm.status, 403);
+    assert!(!confirm.text().contains("name=\"token\""));
+    for path in ["/chain/q/kick", "/chain/q/stop", "/chain/q/task/quick/run"] {
         let r = request(
             addr,
             "POST",
-            &format!("/chain/q/{a}"),
+            path,
             &[("Host", &host), ("Origin", &format!("http://{host}"))],
             b"token=0123456789abcdef0123456789abcdef",
         )
         .unwrap();
-        assert_eq!(r.status, 403, "{a}");
+        assert_eq!(r.status, 403, "{path}");
         assert!(r.text().contains("read-only"));
     }
     env.assert_running(&mut chain, "q");
@@ -652,4 +660,213 @@ fn the_host_may_name_the_address_the_connection_arrived_on() {
     );
     serve.signal(libc::SIGTERM);
     serve.assert_exit(0);
+}
+
+/// `a` holds while `$T/hold-a` exists and `$T/go-a` does not (a task running while the test
+/// acts); `b` is quick. An hour's cooldown: nothing runs by the schedule meanwhile.
+const RUN_NOW: &str = r#"
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "1h"
+[tasks.a]
+command = 'echo "a $RUN_CHAIN_RUN_ID" >> "$T/out"; if [ -e "$T/hold-a" ]; then while [ ! -e "$T/go-a" ]; do sleep 0.02; done; fi'
+[tasks.b]
+command = 'echo "b $RUN_CHAIN_RUN_ID" >> "$T/out"; echo "b says hello"'
+"#;
+
+/// Run-now on the web (issue 19): the confirmation page and its button, the checks every
+/// action has (GET 405, token, Origin, Sec-Fetch-Site), the 409 of a running task and of a
+/// pending request, 404 of an unknown task; accepted, a 303 to the run's page, which shows
+/// the run `queued` while the running task holds the chain, then the run done; the run says
+/// it is manual and who asked (the peer), in the pages and the API.
+#[test]
+fn run_now_on_the_web_lands_on_the_queued_run_and_says_why_when_refused() {
+    let env = TestEnv::new(RUN_NOW);
+    std::fs::write(env.dir.path().join("hold-a"), "").unwrap();
+    let mut chain = env.spawn(&["--name", "ab", "a", "b"]);
+    env.wait_running(&mut chain, "ab");
+    let a_id = wait_running_task(&env, "ab", "a");
+    let (serve, addr) = start_serve(&env, "127.0.0.1", &["--allow-actions"]);
+    let host = host_of(addr);
+    let origin = format!("http://{host}");
+
+    // A "Run now" per task on the chain's page and on the task's.
+    let page = get(addr, "/chain/ab").text();
+    for t in ["a", "b"] {
+        assert!(
+            page.contains(&format!("href=\"/chain/ab/task/{t}/run/confirm\"")),
+            "{page}"
+        );
+    }
+    let page = get(addr, "/chain/ab/task/b").text();
+    assert!(
+        page.contains("href=\"/chain/ab/task/b/run/confirm\""),
+        "{page}"
+    );
+    let confirm = get(addr, "/chain/ab/task/b/run/confirm");
+    assert_eq!(confirm.status, 200);
+    confirm.assert_security_headers("run-now confirm");
+    let c = confirm.text();
+    assert!(
+        c.contains("<form class=\"confirm\" method=\"post\" action=\"/chain/ab/task/b/run\">"),
+        "{c}"
+    );
+    assert_eq!(get(addr, "/chain/ab/task/zz/run/confirm").status, 404);
+    let token = action_token_at(addr, "/chain/ab/task/b/run/confirm");
+
+    let r = get(addr, "/chain/ab/task/b/run");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("POST"));
+    r.assert_security_headers("405");
+
+    let post = |task: &str, headers: &[(&str, &str)], body: &str| {
+        let mut all = vec![
+            ("Host", host.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        all.extend_from_slice(headers);
+        request(
+            addr,
+            "POST",
+            &format!("/chain/ab/task/{task}/run"),
+            &all,
+            body.as_bytes(),
+        )
+        .unwrap()
+    };
+    let good = format!("token={token}");
+    for (headers, body, what) in [
+        (vec![], "", "no token"),
+        (
+            vec![],
+            "token=0123456789abcdef0123456789abcdef",
+            "a wrong token",
+        ),
+        (
+            vec![("Origin", "http://evil.example")],
+            good.as_str(),
+            "a cross-site Origin",
+        ),
+        (vec![("Origin", "null")], good.as_str(), "Origin: null"),
+        (
+            vec![("Sec-Fetch-Site", "cross-site")],
+            good.as_str(),
+            "Sec-Fetch-Site: cross-site",
+        ),
+    ] {
+        let r = post("b", &headers, body);
+        assert_eq!(r.status, 403, "{what}: {}", r.text());
+        r.assert_security_headers(what);
+    }
+    let same = [
+        ("Origin", origin.as_str()),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+
+    // The running task: 409, saying why, with the way back.
+    let r = post("a", &same, &good);
+    assert_eq!(r.status, 409, "{}", r.text());
+    r.assert_security_headers("409");
+    let t = r.text();
+    assert!(t.contains("is running now"), "{t}");
+    assert!(t.contains("href=\"/chain/ab/task/a\""), "{t}");
+    // An unknown task: 404.
+    let r = post("zz", &same, &good);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("no task named"), "{}", r.text());
+    assert_eq!(env.lines("out"), ["a 1"], "a refused run-now ran a task");
+
+    // Accepted: 303 to the run's page, queued while a holds the chain.
+    let r = post("b", &same, &good);
+    assert_eq!(r.status, 303, "{}", r.text());
+    let to = r.header("Location").unwrap_or_default().to_string();
+    let id: u64 = to
+        .strip_prefix("/run/ab/b/")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("303 to {to:?}"));
+    let api = get(addr, &format!("/api/v1/runs/ab/b/{id}"));
+    assert_eq!(api.status, 200, "{}", api.text());
+    let run = api.json();
+    assert_eq!(run["run"]["outcome"], "queued", "{run:#}");
+    assert_eq!(run["run"]["trigger"], "manual", "{run:#}");
+    let by = run["run"]["requested_by"].as_str().unwrap_or_default();
+    assert!(by.starts_with("web 127.0.0.1:"), "{run:#}");
+    let page = get(addr, &to);
+    assert_eq!(page.status, 200);
+    let t = page.text();
+    assert!(t.contains("o-queued") && t.contains("Queued:"), "{t}");
+    assert!(t.contains("manual") && t.contains(by), "{t}");
+    // The page refreshes into the running run: its output is live while it is queued.
+    assert!(
+        t.contains("<div id=\"output-box\" data-live"),
+        "the queued run's output is not refreshed: {t}"
+    );
+    // A second request while this one is pending: 409.
+    let r = post("b", &same, &good);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("pending"), "{}", r.text());
+    wait_until("the run-now is logged with its source", || {
+        serve
+            .stderr()
+            .contains("console: run-now of b in chain ab asked by 127.0.0.1:")
+    });
+
+    // a ends; b runs, out of its turn, and is done.
+    std::fs::write(env.dir.path().join("go-a"), "").unwrap();
+    wait_until("b's run-now run is done", || {
+        get(addr, &format!("/api/v1/runs/ab/b/{id}")).json()["run"]["outcome"] == "ok"
+    });
+    let run = get(addr, &format!("/api/v1/runs/ab/b/{id}")).json();
+    assert_eq!(run["output"], "b says hello\n", "{run:#}");
+    assert_eq!(run["run"]["trigger"], "manual", "{run:#}");
+    assert_eq!(run["run"]["requested_by"].as_str(), Some(by), "{run:#}");
+    let page = get(addr, &to).text();
+    assert!(
+        page.contains("b says hello") && page.contains("o-ok"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<div id=\"output-box\" data-live"),
+        "a finished run's output is not refreshed: {page}"
+    );
+    // The history, in the API and on the task's page, says why each run ran.
+    let runs = get(addr, "/api/v1/chains/ab/tasks/b/runs").json();
+    assert_eq!(runs[0]["run_id"], id, "{runs:#}");
+    assert_eq!(runs[0]["trigger"], "manual", "{runs:#}");
+    assert_eq!(runs[0]["requested_by"].as_str(), Some(by), "{runs:#}");
+    let runs = get(addr, "/api/v1/chains/ab/tasks/a/runs").json();
+    assert_eq!(runs[0]["run_id"], a_id, "{runs:#}");
+    assert_eq!(runs[0]["trigger"], "schedule", "{runs:#}");
+    assert!(runs[0].get("requested_by").is_none(), "{runs:#}");
+    let page = get(addr, "/chain/ab/task/b").text();
+    assert!(
+        page.contains("<th>Trigger</th>")
+            && page.contains(&format!("<td class=\"trigger\">manual (by {by})</td>")),
+        "{page}"
+    );
+    let page = get(addr, "/chain/ab/task/a").text();
+    assert!(
+        page.contains("<td class=\"trigger\">schedule</td>"),
+        "{page}"
+    );
+    let index = get(addr, "/").text();
+    assert!(index.contains("b run 1: ok (manual (by web "), "{index}");
+    assert_eq!(env.lines("out"), ["a 1", "b 1"]);
+    env.assert_running(&mut chain, "ab");
+
+    // An unknown chain: 404. A chain that is down: 409, saying so.
+    let r = request(
+        addr,
+        "POST",
+        "/chain/zz/task/b/run",
+        &[("Host", host.as_str()), ("Origin", origin.as_str())],
+        good.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    env.sub(&["stop", "ab"]).assert_code(0);
+    chain.assert_exit(0);
+    let r = post("b", &same, &good);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("not running"), "{}", r.text());
 }

@@ -14,7 +14,8 @@
 //!    refused with 403 unless `--allow-actions`, unless it comes from the console's own
 //!    origin (`guard::same_origin`) and unless it carries this start's token (a hidden field
 //!    of the confirmation form); then done through `control` and answered 303 to the chain's
-//!    page, and logged with the peer's address.
+//!    page (a run-now: to its run's page; refused by the chain: 409), and logged with the
+//!    peer's address.
 //!
 //! Every answer but `/metrics` carries the same security headers ([`SECURITY_HEADERS`]).
 
@@ -270,6 +271,13 @@ impl Console {
                     not_allowed("POST")
                 };
             }
+            ["chain", chain, "task", task, "run"] => {
+                return if method == "POST" {
+                    self.run_now(req, chain, task, host.as_deref())
+                } else {
+                    not_allowed("POST")
+                };
+            }
             _ if !get => return not_allowed("GET, HEAD"),
             [""] => pages::index(&self.run_root)
                 .map(|v| Some(answer(200, HTML, html::index(&self.ctx(), &v)))),
@@ -292,6 +300,17 @@ impl Console {
                     )))
                 })
             }
+            ["chain", chain, "task", task, "run", "confirm"] => self.named(&[chain, task], |ctx| {
+                if !pages::has_task(&self.run_root, chain, task)? {
+                    return Ok(None);
+                }
+                let status = if self.actions { 200 } else { 403 };
+                Ok(Some(answer(
+                    status,
+                    HTML,
+                    html::confirm(ctx, chain, Action::RunNow(task), &self.token),
+                )))
+            }),
             ["chain", chain, "task", task] => self.named(&[chain, task], |ctx| {
                 let before = query_u64(query, "before")?;
                 let outcome = guard::form_value(query, "outcome").filter(|o| !o.is_empty());
@@ -431,6 +450,85 @@ impl Console {
         answer(401, HTML, html::login(&self.ctx(), true))
     }
 
+    /// The checks every action passes, in order: actions on, the console's own origin, this
+    /// start's token. The form posted, or the answer that refuses the action (403, logged
+    /// with the peer's address under `what`).
+    fn action_form(
+        &self,
+        req: &mut tiny_http::Request,
+        what: &str,
+        host: Option<&str>,
+    ) -> std::result::Result<String, Answer> {
+        let peer = req.remote_addr().map_or("?".into(), |a| a.to_string());
+        let refuse = |why: &str| {
+            log::warn!("console: {what} from {peer} refused: {why}");
+            answer(403, TEXT, format!("forbidden: {why}\n"))
+        };
+        if !self.actions {
+            return Err(refuse("read-only: actions are off (serve --allow-actions)"));
+        }
+        if let Err(why) =
+            guard::same_origin(header(req, "Sec-Fetch-Site"), header(req, "Origin"), host)
+        {
+            return Err(refuse(why));
+        }
+        let form = Self::form(req).unwrap_or_default();
+        let token = guard::form_value(&form, "token").unwrap_or_default();
+        if !guard::same_secret(token.as_bytes(), self.token.as_bytes()) {
+            return Err(refuse("the form's token is missing or not this server's"));
+        }
+        Ok(form)
+    }
+
+    /// `POST /chain/C/task/T/run`: run-now, asked by the peer ("web ADDR"). Accepted: 303
+    /// to the run's page (`queued` until it starts); refused by the chain (the task runs,
+    /// a request is pending, the chain is stopping or down): 409 with the chain's reason;
+    /// an unknown chain or task: 404; no answer from the chain: 503.
+    fn run_now(
+        &self,
+        req: &mut tiny_http::Request,
+        chain: &str,
+        task: &str,
+        host: Option<&str>,
+    ) -> Answer {
+        let peer = req.remote_addr().map_or("?".into(), |a| a.to_string());
+        let what = format!("run-now of {task:?} in chain {chain:?}");
+        if let Err(refused) = self.action_form(req, &what, host) {
+            return refused;
+        }
+        if check_name(chain).is_err() || check_name(task).is_err() {
+            return self.page_error(404, "Not found", "There is no such chain or task here.");
+        }
+        let by = format!("web {peer}");
+        match crate::control::run_now_in(&self.run_root, chain, task, &by) {
+            Ok(a) => {
+                log::info!(
+                    "console: run-now of {task} in chain {chain} asked by {peer}: run {} ({})",
+                    a.run_id,
+                    if a.at_once { "now" } else { "queued" }
+                );
+                see_other(&html::run_url(chain, task, a.run_id))
+            }
+            Err(Error::Usage(m)) => {
+                log::info!("console: run-now of {task} in chain {chain} asked by {peer}: {m}");
+                self.page_error(404, "Not found", &m)
+            }
+            Err(Error::Busy(m)) => {
+                log::info!("console: run-now of {task} in chain {chain} asked by {peer}: {m}");
+                answer(409, HTML, html::refused(&self.ctx(), chain, task, &m))
+            }
+            Err(e) => {
+                log::error!("console: run-now of {task} in chain {chain} asked by {peer}: {e}");
+                let status = if matches!(e, Error::Internal(_)) {
+                    503
+                } else {
+                    500
+                };
+                self.page_error(status, "No answer", &e.to_string())
+            }
+        }
+    }
+
     /// `POST /chain/C/kick` or `/chain/C/stop`.
     fn act(
         &self,
@@ -440,23 +538,10 @@ impl Console {
         host: Option<&str>,
     ) -> Answer {
         let peer = req.remote_addr().map_or("?".into(), |a| a.to_string());
-        let refuse = |why: &str| {
-            log::warn!("console: {action} of chain {chain:?} from {peer} refused: {why}");
-            answer(403, TEXT, format!("forbidden: {why}\n"))
+        let form = match self.action_form(req, &format!("{action} of chain {chain:?}"), host) {
+            Ok(f) => f,
+            Err(refused) => return refused,
         };
-        if !self.actions {
-            return refuse("read-only: actions are off (serve --allow-actions)");
-        }
-        if let Err(why) =
-            guard::same_origin(header(req, "Sec-Fetch-Site"), header(req, "Origin"), host)
-        {
-            return refuse(why);
-        }
-        let form = Self::form(req).unwrap_or_default();
-        let token = guard::form_value(&form, "token").unwrap_or_default();
-        if !guard::same_secret(token.as_bytes(), self.token.as_bytes()) {
-            return refuse("the form's token is missing or not this server's");
-        }
         if check_name(chain).is_err() {
             return self.page_error(404, "Not found", "There is no such chain here.");
         }

@@ -14,7 +14,7 @@
 use maud::{html, Markup, DOCTYPE};
 
 use super::console::{ChainPage, IndexView, OutputView, Recent, TaskPage};
-use super::runs::{RunView, RUNNING};
+use super::runs::{RunView, QUEUED, RUNNING};
 use super::status::{ChainView, NowState, NowView, TaskView};
 use super::units::{dur, short_time, time_ago, Wall};
 use crate::time::rfc3339;
@@ -73,6 +73,9 @@ pub(crate) fn task_url(chain: &str, task: &str) -> String {
 pub(crate) fn run_url(chain: &str, task: &str, id: u64) -> String {
     format!("/run/{chain}/{task}/{id}")
 }
+pub(crate) fn run_now_confirm_url(chain: &str, task: &str) -> String {
+    format!("/chain/{chain}/task/{task}/run/confirm")
+}
 pub(crate) fn run_api_url(chain: &str, task: &str, id: u64) -> String {
     format!("/api/v1/runs/{chain}/{task}/{id}")
 }
@@ -87,6 +90,7 @@ fn outcome_icon(outcome: &str) -> &'static str {
         "spawn-error" => "⛔",
         "interrupted" => "⚠",
         RUNNING => "▶",
+        QUEUED => "…",
         _ => "?",
     }
 }
@@ -198,7 +202,7 @@ fn strip(runs: &[RunView]) -> Markup {
         span.strip {
             @for r in runs.iter().rev() {
                 a class={"o-" (r.outcome)} href=(run_url(&r.chain, &r.task, r.run_id))
-                    title=(format!("{} run {}: {}", r.task, r.run_id, r.outcome)) {
+                    title=(format!("{} run {}: {} ({})", r.task, r.run_id, r.outcome, trigger_text(r))) {
                     (outcome_icon(&r.outcome))
                 }
             }
@@ -239,7 +243,7 @@ pub(crate) fn chain(ctx: &Ctx, v: &ChainPage) -> String {
         h2 { "Tasks" }
         div #tasks data-live {
             table.tasks {
-                thead { tr { th { "Task" } th { "Last" } th { "p50" } th { "p95" } th { "Success" } th { "Runs" } th { "Streak" } } }
+                thead { tr { th { "Task" } th { "Last" } th { "p50" } th { "p95" } th { "Success" } th { "Runs" } th { "Streak" } @if ctx.actions { th { "Action" } } } }
                 tbody {
                     @for t in &c.tasks {
                         @let r = v.recent.get(&t.task);
@@ -256,6 +260,9 @@ pub(crate) fn chain(ctx: &Ctx, v: &ChainPage) -> String {
                             td { (success_rate(t)) }
                             td { (t.runs) }
                             td { (streak_text(t)) }
+                            @if ctx.actions {
+                                td { (run_now_button(&c.chain, &t.task)) }
+                            }
                         }
                     }
                 }
@@ -311,6 +318,7 @@ pub(crate) const OUTCOMES: &[&str] = &[
     "spawn-error",
     "interrupted",
     RUNNING,
+    QUEUED,
 ];
 
 /// `/chain/C/task/T`.
@@ -323,6 +331,9 @@ pub(crate) fn task(ctx: &Ctx, v: &TaskPage) -> String {
         .map_or(String::new(), |o| format!("&outcome={o}"));
     let body = html! {
         h1 { a href=(chain_url(c)) { (c) } " / " (t.task) }
+        @if ctx.actions {
+            p.actions { (run_now_button(c, &t.task)) }
+        }
         div #counters data-live {
             dl.counters {
                 dt { "Runs" } dd { (t.runs) }
@@ -371,13 +382,14 @@ fn runs_table(ctx: &Ctx, runs: &[RunView]) -> Markup {
             p { "No runs." }
         } @else {
             table.runs {
-                thead { tr { th { "Run" } th { "Start" } th { "Outcome" } th { "Exit" } th { "Duration" } th { "Latency" } } }
+                thead { tr { th { "Run" } th { "Start" } th { "Outcome" } th { "Trigger" } th { "Exit" } th { "Duration" } th { "Latency" } } }
                 tbody {
                     @for r in runs {
                         tr {
                             td { a href=(run_url(&r.chain, &r.task, r.run_id)) { (r.run_id) } }
                             td { (short_time(r.start)) " (" (time_ago(ctx.now, r.start)) ")" }
                             td { (outcome_badge(&r.outcome)) }
+                            td.trigger { (trigger_text(r)) }
                             td { (exit_text(r)) }
                             td { (opt_dur(r.duration_seconds.map(|d| d.0))) }
                             td { (opt_dur(r.latency_seconds.map(|d| d.0))) }
@@ -386,6 +398,21 @@ fn runs_table(ctx: &Ctx, runs: &[RunView]) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// Why a run ran: "schedule", "kick", or "manual (by WHO)".
+fn trigger_text(r: &RunView) -> String {
+    match &r.requested_by {
+        Some(by) => format!("{} (by {by})", r.trigger),
+        None => r.trigger.clone(),
+    }
+}
+
+/// The "Run now" link of a task, to its confirmation page (actions on only).
+fn run_now_button(chain: &str, task: &str) -> Markup {
+    html! {
+        a.button.run-now href=(run_now_confirm_url(chain, task)) { "Run now" }
     }
 }
 
@@ -468,18 +495,28 @@ fn chart(r: &Recent) -> Markup {
     }
 }
 
-/// `/run/C/T/ID`.
+/// `/run/C/T/ID`. A queued run (run-now, not started yet) says so; its page, as a
+/// running run's, refreshes (`data-live` on the output too, until the run has ended, so
+/// that a queued run's page turns into the running run's).
 pub(crate) fn run(ctx: &Ctx, o: &OutputView) -> String {
     let r = &o.run;
+    let queued = r.outcome == QUEUED;
     let body = html! {
         h1 { a href=(chain_url(&r.chain)) { (r.chain) } " / " a href=(task_url(&r.chain, &r.task)) { (r.task) } " / run " (r.run_id) }
         div #fields data-live {
+            @if queued {
+                p.queued { "Queued: the chain runs it as soon as it can (at once in a cooldown, else right after the running task). This page shows it when it starts." }
+            }
             dl.fields {
                 dt { "Outcome" } dd { (outcome_badge(&r.outcome)) }
+                dt { "Trigger" } dd.trigger { (r.trigger) }
+                @if let Some(by) = &r.requested_by {
+                    dt { "Requested by" } dd.requested-by { (by) }
+                }
                 dt { "Exit code" } dd { @if let Some(c) = r.exit_code { (c) } @else { "-" } }
                 dt { "Signal" } dd { @if let Some(s) = r.signal { (crate::core::outcome::signal_name(s)) } @else { "-" } }
                 dt { "Scheduled" } dd { @if let Some(s) = r.scheduled { (short_time(s)) } @else { "-" } }
-                dt { "Start" } dd { (short_time(r.start)) " (" (when(ctx, r.start)) ")" }
+                dt { @if queued { "Requested" } @else { "Start" } } dd { (short_time(r.start)) " (" (when(ctx, r.start)) ")" }
                 dt { "Stop" } dd { @if let Some(s) = r.stop { (short_time(s)) } @else { "-" } }
                 dt { "Duration" } dd { (opt_dur(r.duration_seconds.map(|d| d.0))) }
                 dt { "Start latency" } dd { (opt_dur(r.latency_seconds.map(|d| d.0))) }
@@ -494,7 +531,7 @@ pub(crate) fn run(ctx: &Ctx, o: &OutputView) -> String {
             }
         }
         h2 { "Output" }
-        div #output-box {
+        div #output-box data-live=[(queued || o.running).then_some("")] {
             (live_output(o))
         }
     };
@@ -507,21 +544,34 @@ pub(crate) fn run(ctx: &Ctx, o: &OutputView) -> String {
 
 /// The action a confirmation page asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
+pub(crate) enum Action<'a> {
     Kick,
     Stop,
+    /// Run this task now.
+    RunNow(&'a str),
 }
 
-impl Action {
+impl Action<'_> {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Action::Kick => "kick",
             Action::Stop => "stop",
+            Action::RunNow(_) => "run-now",
+        }
+    }
+
+    /// Where the confirmation form posts.
+    fn url(self, chain: &str) -> String {
+        match self {
+            Action::Kick => format!("/chain/{chain}/kick"),
+            Action::Stop => format!("/chain/{chain}/stop"),
+            Action::RunNow(task) => format!("/chain/{chain}/task/{task}/run"),
         }
     }
 }
 
-/// `/chain/C/ACTION/confirm`: a form that POSTs the action with the server's token.
+/// `/chain/C/ACTION/confirm` (`/chain/C/task/T/run/confirm`): a form that POSTs the
+/// action with the server's token.
 pub(crate) fn confirm(ctx: &Ctx, chain: &str, action: Action, token: &str) -> String {
     let body = html! {
         @match action {
@@ -533,22 +583,42 @@ pub(crate) fn confirm(ctx: &Ctx, chain: &str, action: Action, token: &str) -> St
                 h1 { "Stop chain " (chain) "?" }
                 p { "The chain stops after its running task has ended (or at once, if you tick the box). It does not start again by itself." }
             }
+            Action::RunNow(task) => {
+                h1 { "Run " (task) " of chain " (chain) " now?" }
+                p { "The chain runs " b { (task) } " out of turn: at once in a cooldown, or right after the running task ends. Then it goes back to its order. You land on the run's page, which shows it queued until it starts." }
+            }
         }
         @if ctx.actions {
-            form.confirm method="post" action=(format!("/chain/{chain}/{}", action.name())) {
+            form.confirm method="post" action=(action.url(chain)) {
                 input type="hidden" name="token" value=(token);
                 @if action == Action::Stop {
                     p { label { input type="checkbox" name="now" value="1"; " stop the running task now" } }
                 }
-                button type="submit" { @if action == Action::Kick { "Kick" } @else { "Stop" } }
+                button type="submit" #confirm-submit {
+                    @match action { Action::Kick => "Kick", Action::Stop => "Stop", Action::RunNow(_) => "Run now" }
+                }
                 " "
-                a href=(chain_url(chain)) { "Cancel" }
+                a href=(match action { Action::RunNow(t) => task_url(chain, t), _ => chain_url(chain) }) { "Cancel" }
             }
         } @else {
             p.readonly { "read-only: actions are off (serve --allow-actions)" }
         }
     };
     page(ctx, &format!("{} {chain}", action.name()), body)
+}
+
+/// A run-now the chain refused (409): why, in the chain's words, and the way back.
+pub(crate) fn refused(ctx: &Ctx, chain: &str, task: &str, why: &str) -> String {
+    let body = html! {
+        h1 { "Not run: " (task) " of chain " (chain) }
+        p.error.refused { (why) }
+        p {
+            a href=(task_url(chain, task)) { "Back to " (task) }
+            " · "
+            a href=(chain_url(chain)) { "Back to chain " (chain) }
+        }
+    };
+    page(ctx, &format!("run-now of {task} refused"), body)
 }
 
 /// The login form (off loopback, when no secret came with the request).
@@ -629,6 +699,49 @@ mod tests {
         assert!(
             on.contains("<input type=\"hidden\" name=\"token\" value=\"tok123\">"),
             "{on}"
+        );
+    }
+
+    #[test]
+    fn a_run_now_confirmation_posts_to_the_task_and_a_refusal_says_why() {
+        let mut c = ctx();
+        c.actions = true;
+        let on = confirm(&c, "nightly", Action::RunNow("dump"), "tok123");
+        assert!(
+            on.contains(
+                "<form class=\"confirm\" method=\"post\" action=\"/chain/nightly/task/dump/run\">"
+            ),
+            "{on}"
+        );
+        assert!(
+            on.contains("href=\"/chain/nightly/task/dump\">Cancel</a>"),
+            "{on}"
+        );
+        let page = refused(&c, "nightly", "dump", "refused: <b>busy</b>");
+        assert!(page.contains("refused: &lt;b&gt;busy&lt;/b&gt;"), "{page}");
+        assert!(page.contains("href=\"/chain/nightly/task/dump\""), "{page}");
+    }
+
+    #[test]
+    fn a_queued_run_says_so_and_who_asked_and_stays_live() {
+        let mut r = row("c", 4, 1, "h", Some(QUEUED));
+        r.trigger = "manual".into();
+        r.requested_by = Some("web 127.0.0.1:5<".into());
+        let page = run(&ctx(), &slice_output(RunView::from(r), b"", None));
+        assert!(page.contains("Queued:"), "{page}");
+        assert!(
+            page.contains("<dd class=\"requested-by\">web 127.0.0.1:5&lt;</dd>"),
+            "{page}"
+        );
+        assert!(page.contains("<div id=\"output-box\" data-live"), "{page}");
+        let done = run(
+            &ctx(),
+            &slice_output(RunView::from(row("c", 4, 1, "h", Some("ok"))), b"", None),
+        );
+        assert!(!done.contains("Queued:") && !done.contains("<div id=\"output-box\" data-live"));
+        assert!(
+            done.contains("<dd class=\"trigger\">schedule</dd>"),
+            "{done}"
         );
     }
 }

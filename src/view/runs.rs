@@ -57,6 +57,9 @@ pub(crate) struct InstanceView {
 /// The outcome a run without one shows.
 pub(crate) const RUNNING: &str = "running";
 
+/// The outcome of a run-now run reserved and not started yet (the store writes it).
+pub(crate) const QUEUED: &str = "queued";
+
 impl From<RunRow> for RunView {
     fn from(r: RunRow) -> Self {
         RunView {

@@ -167,3 +167,13 @@ pub fn action_token(addr: SocketAddr, chain: &str, action: &str) -> String {
     let rest = &page[at + "name=\"token\" value=\"".len()..];
     rest[..rest.find('"').unwrap()].to_string()
 }
+
+/// The token of the confirmation form at `path`.
+pub fn action_token_at(addr: SocketAddr, path: &str) -> String {
+    let page = get(addr, path).text();
+    let at = page
+        .find("name=\"token\" value=\"")
+        .unwrap_or_else(|| panic!("no token on the confirmation page {path}: {page}"));
+    let rest = &page[at + "name=\"token\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
