@@ -134,10 +134,18 @@ fn written_by_another_instance(st: &resume::State, holder: i32) -> bool {
     let (Some(g), Some(start)) = (st.guardian_pid, st.guardian_start) else {
         return false;
     };
-    if g <= 1 || crate::sys::start_time(g) != Some(start) {
+    if g <= 1 {
         return false;
     }
-    crate::sys::parent_of(g).is_some_and(|p| p != holder)
+    // One read of the guardian's /proc/PID/stat for both fields (status does this for
+    // every chain that is up).
+    let Some(stat) = crate::sys::proc_stat(g) else {
+        return false;
+    };
+    if stat.start_time != Some(start) {
+        return false;
+    }
+    stat.ppid.is_some_and(|p| p != holder)
 }
 
 /// The status of every chain in `run_root` (none when it does not exist yet).
