@@ -796,6 +796,16 @@ fn run_now_on_the_web_lands_on_the_queued_run_and_says_why_when_refused() {
     let t = page.text();
     assert!(t.contains("o-queued") && t.contains("Queued:"), "{t}");
     assert!(t.contains("manual") && t.contains(by), "{t}");
+    // `/` and the chain's page show the request under what the chain does now, linked.
+    for path in ["/", "/chain/ab"] {
+        let t = get(addr, path).text();
+        assert!(
+            t.contains(&format!(
+                "queued: <a href=\"{to}\">b (run {id})</a>, asked by {by}"
+            )),
+            "{path}: {t}"
+        );
+    }
     // The page refreshes into the running run: its output is live while it is queued.
     assert!(
         t.contains("<div id=\"output-box\" data-live"),

@@ -107,6 +107,20 @@ fn run_now_while_a_task_runs_is_queued_then_runs_right_after_it() {
     assert_eq!(c.len(), 1, "{c:#?}");
     assert_eq!(c[0]["outcome"], "queued", "{c:#?}");
     assert_eq!(c[0]["trigger"], "manual", "{c:#?}");
+    // `status` shows the request under the chain (CHAIN.state holds it before the answer).
+    let st = env.status_json();
+    let q = &st["chains"][0]["queued"];
+    assert_eq!(
+        (&q["task"], &q["run_id"]),
+        (&"c".into(), &1.into()),
+        "{st:#}"
+    );
+    let text = env.sub(&["status"]);
+    assert!(
+        text.stdout.contains("  queued: c (run 1), asked by "),
+        "{}",
+        text.stdout
+    );
     // The running task: refused, clearly.
     let r = env.sub(&["run-now", "abc", "a"]);
     r.assert_code(75);

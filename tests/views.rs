@@ -163,6 +163,7 @@ fn status_json_keeps_its_keys_and_their_order() {
         "until": null
       }},
       "pid": null,
+      "queued": null,
       "tasks": [
 {tasks}
       ],

@@ -118,6 +118,17 @@ fn when(ctx: &Ctx, at: Wall) -> Markup {
 
 /// What a chain does now, in words: "running nightly (run 12) for 3m, p50 2m", "cooling
 /// down; nightly in 4m" (a countdown), "nightly waiting for group db for 4.0s", "down".
+/// A pending run-now under what the chain does now: "then TASK (run N), queued by X",
+/// linked to the run's page (which shows it queued).
+fn queued(c: &ChainView) -> Markup {
+    html! {
+        @if let Some(q) = &c.queued {
+            br;
+            span.queued { "queued: " a href=(run_url(&c.chain, &q.task, q.run_id)) { (q.task) " (run " (q.run_id) ")" } ", asked by " (q.requested_by) }
+        }
+    }
+}
+
 fn doing(ctx: &Ctx, n: &NowView, p50: Option<u64>) -> Markup {
     let task = n.task.as_deref().unwrap_or("?");
     let for_ = n
@@ -180,7 +191,7 @@ pub(crate) fn index(ctx: &Ctx, v: &IndexView) -> String {
                             tr data-chain=(c.chain) {
                                 td { a href=(chain_url(&c.chain)) { (c.chain) } }
                                 td { (up_badge(c)) }
-                                td.now { (doing(ctx, &c.now, p50)) }
+                                td.now { (doing(ctx, &c.now, p50)) (queued(c)) }
                                 td { (strip(v.strips.get(i).map_or(&[][..], Vec::as_slice))) }
                                 td { @if streak > 0 { (streak) " failed" } @else { "-" } }
                                 td { (v.alerts.get(i).copied().unwrap_or(0)) }
@@ -237,7 +248,7 @@ pub(crate) fn chain(ctx: &Ctx, v: &ChainPage) -> String {
         h1 { "Chain " (c.chain) }
         div #state data-live {
             p { (up_badge(c)) @if let Some(p) = c.pid { " pid " (p) " on " (v.host) } }
-            p.now { (doing(ctx, &c.now, p50)) }
+            p.now { (doing(ctx, &c.now, p50)) (queued(c)) }
         }
         (actions(ctx, &c.chain))
         h2 { "Tasks" }

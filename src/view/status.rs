@@ -44,8 +44,19 @@ pub(crate) struct ChainView {
     pub(crate) now: NowView,
     /// The lock holder's PID, while the chain is up.
     pub(crate) pid: Option<i32>,
+    /// A `run-now` request accepted and not started yet (kept in CHAIN.state: a chain
+    /// that is down runs it first when it next starts).
+    pub(crate) queued: Option<QueuedView>,
     pub(crate) tasks: Vec<TaskView>,
     pub(crate) up: bool,
+}
+
+/// A pending `run-now`: the task, the run id reserved for it, who asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct QueuedView {
+    pub(crate) requested_by: String,
+    pub(crate) run_id: u64,
+    pub(crate) task: String,
 }
 
 /// What a chain does now. Which fields are set depends on `state`:
@@ -235,6 +246,11 @@ fn chain_view(
         chain: chain.to_string(),
         now,
         pid: holder,
+        queued: st.run_now.as_ref().map(|r| QueuedView {
+            requested_by: r.requested_by.clone(),
+            run_id: r.run_id,
+            task: r.task.clone(),
+        }),
         tasks,
         up: holder.is_some(),
     }
@@ -292,6 +308,13 @@ pub(crate) fn text(v: &StatusView, now: Wall) -> String {
     for c in &v.chains {
         let pid = c.pid.map_or(String::new(), |p| format!(" pid {p}"));
         let _ = writeln!(w, "{}:{pid} {}", c.chain, doing(&c.now, now));
+        if let Some(q) = &c.queued {
+            let _ = writeln!(
+                w,
+                "  queued: {} (run {}), asked by {} with run-now",
+                q.task, q.run_id, q.requested_by
+            );
+        }
         let _ = writeln!(
             w,
             "  {:<24} {:>7} {:>7}  {:<28} {:<20} STREAK",

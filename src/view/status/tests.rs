@@ -213,6 +213,7 @@ fn the_json_of_a_status() {
         "until": null
       },
       "pid": 4242,
+      "queued": null,
       "tasks": [
         {
           "failures": 0,
@@ -272,6 +273,7 @@ fn the_json_of_a_status() {
         "until": null
       },
       "pid": null,
+      "queued": null,
       "tasks": [],
       "up": false"#
         ),
@@ -281,4 +283,42 @@ fn the_json_of_a_status() {
         json(&view(vec![])),
         "{\n  \"chains\": [],\n  \"run_root\": \"/abs/rr\"\n}\n"
     );
+}
+
+/// A run-now request waiting in CHAIN.state shows under the chain, in the JSON and the text,
+/// whether the chain is up (it runs next) or down (it runs first when the chain starts).
+#[test]
+fn a_pending_run_now_shows_as_queued() {
+    let mut st = state(&["fetch", "load"]);
+    st.due_wall_ms = Some(NOW + 60_000);
+    st.run_now = Some(crate::core::resume::RunNowRequest {
+        task: "load".into(),
+        run_id: 7,
+        requested_by: "alice on pts/3".into(),
+    });
+    let up = chain_view("nightly", Some(4242), &st, false, &[]);
+    let q = up.queued.clone().expect("queued");
+    assert_eq!((q.task.as_str(), q.run_id), ("load", 7));
+    let t = text(&view(vec![up.clone()]), Wall(NOW));
+    assert!(
+        t.contains("nightly: pid 4242 cooling down; fetch in 1m\n  queued: load (run 7), asked by alice on pts/3 with run-now\n"),
+        "{t}"
+    );
+    let j = json(&view(vec![up]));
+    assert!(
+        j.contains(
+            r#""queued": {
+        "requested_by": "alice on pts/3",
+        "run_id": 7,
+        "task": "load"
+      },"#
+        ),
+        "{j}"
+    );
+    let down = chain_view("nightly", None, &st, false, &[]);
+    assert!(down.queued.is_some());
+    st.run_now = None;
+    assert!(chain_view("nightly", Some(1), &st, false, &[])
+        .queued
+        .is_none());
 }
