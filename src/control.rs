@@ -1,6 +1,9 @@
-//! The actions on a running chain: `stop` (SIGTERM, or SIGQUIT for `--now`, and wait for
-//! it to exit) and `kick` (SIGUSR1: start the next task now). Signals go through a pidfd to
-//! the verified lock holder only. Below both `app` and `serve`, which call it: the
+//! The actions on a running chain: `stop` (as SIGTERM, or SIGQUIT for `--now`, and wait
+//! for it to exit) and `kick` (as SIGUSR1: start the next task now). Both go with who
+//! asked over the chain's control channel ([`crate::run::ctl`]), so that the chain logs it
+//! (and a kicked run records it); when the channel is absent or does not answer (an older
+//! instance, one just starting), as the signal, through a pidfd to the verified lock
+//! holder only. Below both `app` and `serve`, which call it: the
 //! commands with a `Common` ([`stop`], [`kick`]: they print what they did), the console with
 //! RUN_ROOT ([`ask_stop`], [`kick_chain`]: they return it).
 
@@ -84,9 +87,29 @@ pub(crate) struct StopAsked {
     pub(crate) waiting: Option<(i32, OwnedFd)>,
 }
 
+/// How long `kick` and `stop` wait for the chain's answer on its control channel before
+/// they signal it instead (an older instance, or one that is busy).
+pub(crate) const ASK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ask the lock holder `pid` over its control channel ([`crate::run::ctl`]), so that it
+/// knows who asked; false if nobody listens there, it refuses (an older instance does not
+/// know the request) or it does not answer within [`ASK_DEADLINE`]: the caller signals it.
+fn ask_holder(root: &Path, chain: &str, pid: i32, req: &crate::run::ctl::Request) -> bool {
+    use crate::run::ctl::{self, Answer, Asked};
+    match ctl::ask(root, chain, req, ASK_DEADLINE) {
+        Asked::Answer(Answer::Taken) => true,
+        other => {
+            log::debug!("chain {chain} (PID {pid}): control channel: {other:?}; signalling it");
+            false
+        }
+    }
+}
+
 /// Ask `chain`'s instance in `root` to stop (SIGTERM; SIGQUIT with `now`), without waiting
-/// for it. None: the chain is not running.
-pub(crate) fn ask_stop(root: &Path, chain: &str, now: bool) -> Result<Option<StopAsked>> {
+/// for it; `by` says who asks. The request goes over the chain's control channel (the
+/// chain logs who asked), or as the signal when that does not answer. None: the chain is
+/// not running.
+pub(crate) fn ask_stop(root: &Path, chain: &str, now: bool, by: &str) -> Result<Option<StopAsked>> {
     let Some((pid, pidfd)) = holder_of(root, chain)? else {
         return Ok(None);
     };
@@ -99,8 +122,14 @@ pub(crate) fn ask_stop(root: &Path, chain: &str, now: bool) -> Result<Option<Sto
             waiting = Some((w, wfd));
         }
     }
-    let sig = if now { libc::SIGQUIT } else { libc::SIGTERM };
-    sys::pidfd_signal(&pidfd, sig).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    let req = crate::run::ctl::Request::Stop {
+        now,
+        by: by.to_string(),
+    };
+    if !ask_holder(root, chain, pid, &req) {
+        let sig = if now { libc::SIGQUIT } else { libc::SIGTERM };
+        sys::pidfd_signal(&pidfd, sig).map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    }
     Ok(Some(StopAsked {
         pid,
         pidfd,
@@ -114,9 +143,9 @@ fn checked_root(common: &Common, chain: &str) -> Result<std::path::PathBuf> {
     looked_run_root(common)
 }
 
-pub(crate) fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
+pub(crate) fn stop(common: &Common, chain: &str, now: bool, by: &str) -> Result<u8> {
     let root = checked_root(common, chain)?;
-    let Some(asked) = ask_stop(&root, chain, now)? else {
+    let Some(asked) = ask_stop(&root, chain, now, by)? else {
         say!("chain {chain} is not running");
         return Ok(exit::OK);
     };
@@ -145,20 +174,24 @@ pub(crate) fn stop(common: &Common, chain: &str, now: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// Kick `chain` in `root` (SIGUSR1: its cooldown ends now). The PID kicked, or None: the
-/// chain is not running.
-pub(crate) fn kick_chain(root: &Path, chain: &str) -> Result<Option<i32>> {
+/// Kick `chain` in `root` (its cooldown ends now), asked by `by`: over the chain's
+/// control channel (the run it starts records `by`), or as SIGUSR1 when that does not
+/// answer. The PID kicked, or None: the chain is not running.
+pub(crate) fn kick_chain(root: &Path, chain: &str, by: &str) -> Result<Option<i32>> {
     let Some((pid, pidfd)) = holder_of(root, chain)? else {
         return Ok(None);
     };
-    sys::pidfd_signal(&pidfd, libc::SIGUSR1)
-        .map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    let req = crate::run::ctl::Request::Kick { by: by.to_string() };
+    if !ask_holder(root, chain, pid, &req) {
+        sys::pidfd_signal(&pidfd, libc::SIGUSR1)
+            .map_err(|e| Error::os(format!("signal PID {pid}"), e))?;
+    }
     Ok(Some(pid))
 }
 
-pub(crate) fn kick(common: &Common, chain: &str) -> Result<u8> {
+pub(crate) fn kick(common: &Common, chain: &str, by: &str) -> Result<u8> {
     let root = checked_root(common, chain)?;
-    match kick_chain(&root, chain)? {
+    match kick_chain(&root, chain, by)? {
         Some(pid) => say!("kicked chain {chain} (PID {pid})"),
         None => say!("chain {chain} is not running; nothing to kick"),
     }
@@ -219,7 +252,7 @@ pub(crate) fn run_now_in(root: &Path, chain: &str, task: &str, by: &str) -> Resu
             "chain {chain} is not running: nothing to run {task} (start it, then ask again)"
         )));
     };
-    let req = Request {
+    let req = Request::RunNow {
         task: task.to_string(),
         by: by.to_string(),
     };
@@ -262,6 +295,9 @@ pub(crate) fn run_now_in(root: &Path, chain: &str, task: &str, by: &str) -> Resu
     };
     match answer {
         Answer::Accepted { run_id, at_once } => Ok(RunNowAccepted { run_id, at_once }),
+        Answer::Taken => Err(Error::Internal(format!(
+            "chain {chain} (PID {pid}) answered the run-now request without a run id"
+        ))),
         Answer::Refused(code, msg) => Err(match code.as_str() {
             "unknown-task" => Error::Usage(format!("chain {chain}: task {task:?}: {msg}")),
             "running" => Error::Busy(format!(

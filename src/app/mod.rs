@@ -38,8 +38,8 @@ pub fn main(cli: Cli) -> Result<u8> {
     match cli.command {
         None => run(&cli.common, &cli.run),
         Some(Command::Check) => check(&cli.common),
-        Some(Command::Stop { chain, now }) => stop(&cli.common, &chain, now),
-        Some(Command::Kick { chain }) => kick(&cli.common, &chain),
+        Some(Command::Stop { chain, now }) => stop(&cli.common, &chain, now, &run_now::who_asks()),
+        Some(Command::Kick { chain }) => kick(&cli.common, &chain, &run_now::who_asks()),
         Some(Command::Status { json }) => {
             let v = view::status::build(&looked_run_root(&cli.common)?)?;
             Ok(print(&if json {

@@ -22,8 +22,8 @@ pub(super) fn run_now(common: &Common, chain: &str, task: &str) -> Result<u8> {
 }
 
 /// "alice on pts/3": the user (by the real uid) and the controlling terminal of stdin,
-/// stdout or stderr; "alice (no tty)" without one.
-fn who_asks() -> String {
+/// stdout or stderr; "alice (no tty)" without one. (`kick` and `stop` say so too.)
+pub(super) fn who_asks() -> String {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))

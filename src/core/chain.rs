@@ -69,8 +69,10 @@ pub(crate) enum Control {
     Stop,
     /// Stop the running task at once (second SIGINT, SIGQUIT, `stop --now`).
     StopNow,
-    /// End the current cooldown (SIGUSR1, `kick`).
-    Kick,
+    /// End the current cooldown (SIGUSR1, `kick`); who asked, when known (`kick` over the
+    /// control channel): the run the kick starts records it. A kick that ends no
+    /// cooldown does nothing, and its source goes with it.
+    Kick(Option<String>),
     /// A new config was loaded (SIGHUP): new timings for the same task names.
     Reconfigure(Vec<ChainTask>),
     /// Run task `index` out of turn (`run-now`); `by` says who asked.
@@ -323,8 +325,8 @@ pub(crate) struct Chain {
     pending: Option<Pending>,
     /// Why the run being started (or running) was started, and who asked if manual.
     trigger: (Trigger, Option<String>),
-    /// The cooldown in progress was ended by a kick.
-    kicked: bool,
+    /// The cooldown in progress was ended by a kick (and who asked, if known).
+    kicked: Option<Option<String>>,
     /// Where the order goes on after the run-now run being started (see [`Run::back`]).
     back: Option<(usize, Mono)>,
 }
@@ -355,7 +357,7 @@ impl Chain {
             exit_cooled: None,
             pending: None,
             trigger: (Trigger::Schedule, None),
-            kicked: false,
+            kicked: None,
             back: None,
         }
     }
@@ -634,11 +636,11 @@ impl Chain {
                     Phase::Starting { .. } | Phase::Reaping { .. } | Phase::Done => {}
                 }
             }
-            Control::Kick => {
+            Control::Kick(by) => {
                 if let Phase::Idle { due, .. } = &mut self.phase {
                     if *due > now {
                         *due = now;
-                        self.kicked = true;
+                        self.kicked = Some(by);
                     }
                     self.tick(now, out);
                 }
@@ -721,7 +723,7 @@ impl Chain {
         // scheduled run.
         self.back = (next != p.index).then_some((next, due));
         self.trigger = (Trigger::Manual, Some(p.by));
-        self.kicked = false;
+        self.kicked = None;
         self.phase = Phase::Starting {
             index: p.index,
             run_id: p.run_id,
@@ -783,14 +785,10 @@ impl Chain {
                     return;
                 }
                 if *due <= now {
-                    self.trigger = (
-                        if std::mem::take(&mut self.kicked) {
-                            Trigger::Kick
-                        } else {
-                            Trigger::Schedule
-                        },
-                        None,
-                    );
+                    self.trigger = match self.kicked.take() {
+                        Some(by) => (Trigger::Kick, by),
+                        None => (Trigger::Schedule, None),
+                    };
                     let index = *index;
                     let scheduled = *due;
                     let name = self.tasks[index].name.clone();
@@ -929,7 +927,7 @@ impl Chain {
                 cooled: Some((run.index, ended, ok)),
             };
         }
-        self.kicked = false;
+        self.kicked = None;
         if self.stopping {
             self.exit(out);
         } else if !spawn_error {

@@ -54,6 +54,16 @@ pub(crate) enum Event {
         task: String,
         by: String,
     },
+    /// `kick`, asked by `by` over the control channel (a SIGUSR1 is [`Signal::Usr1`]).
+    Kick {
+        by: String,
+    },
+    /// `stop` (`now`: `stop --now`), asked by `by` over the control channel: as SIGTERM
+    /// (SIGQUIT), and the log names who asked.
+    Stop {
+        now: bool,
+        by: String,
+    },
 }
 
 /// The output of the run that ends, as far as the supervisor needs it (the driver's
@@ -356,6 +366,36 @@ impl Supervisor {
             Event::Reconfigure => self.reconfigure(now, output, &mut out),
             Event::AlertTick => self.alert_ticks(now, &mut out),
             Event::RunNow { task, by } => self.run_now(now, task, by, output, &mut out),
+            Event::Kick { by } => {
+                let name = &self.chain_name;
+                out.push(Effect::Log(
+                    log::Level::Info,
+                    if self.chain.in_cooldown() {
+                        format!("{name}: kicked by {by}: ending the cooldown")
+                    } else {
+                        format!("{name}: kicked by {by}: not in a cooldown; nothing to end")
+                    },
+                ));
+                let ev = chain::Event::Control(Control::Kick(Some(by)));
+                self.chain_event(now, ev, output, &mut out);
+            }
+            Event::Stop { now: at_once, by } => {
+                let name = &self.chain_name;
+                out.push(Effect::Log(
+                    log::Level::Info,
+                    if at_once {
+                        format!("{name}: stop --now asked by {by}: stopping the running task now")
+                    } else {
+                        format!("{name}: stop asked by {by}: stopping")
+                    },
+                ));
+                let c = if at_once {
+                    Control::StopNow
+                } else {
+                    Control::Stop
+                };
+                self.chain_event(now, chain::Event::Control(c), output, &mut out);
+            }
         }
         out
     }
@@ -488,7 +528,7 @@ impl Supervisor {
                 } else {
                     format!("{name}: SIGUSR1: not in a cooldown; nothing to end")
                 }));
-                Control::Kick
+                Control::Kick(None)
             }
         };
         self.chain_event(now, chain::Event::Control(control), output, out);

@@ -1,5 +1,6 @@
 //! The control channel of a running chain: a Unix stream socket in RUN_ROOT, for
-//! `run-now` (the request goes to the chain, the chain answers).
+//! `run-now`, `kick` and `stop` (the request goes to the chain with who asked, the chain
+//! answers).
 //!
 //! Why a socket: the request carries data (the task, who asked) and needs an answer (the
 //! run id reserved, or why not), which a signal cannot carry; a FIFO has no per-client
@@ -16,8 +17,10 @@
 //! chain name is up to 100 bytes, so a long one is shortened to its first 48 bytes, `~`
 //! and a 64-bit hash of the whole name ([`socket_name`]).
 //!
-//! The protocol is one line each way: `run-now TASK BY` (tab-separated) and `accepted
-//! RUN_ID now|after` or `refused CODE MESSAGE`. The chain reads the request with a short
+//! The protocol is one line each way: `run-now TASK BY`, `kick BY`, `stop BY` or
+//! `stop-now BY` (tab-separated), and `accepted RUN_ID now|after` (run-now), `accepted`
+//! (kick, stop) or `refused CODE MESSAGE`. (An older chain refuses `kick` and `stop` as
+//! `bad-request`: the client then signals it, as before.) The chain reads the request with a short
 //! receive timeout (a same-user client that connects and says nothing holds the loop for
 //! at most [`READ_TIMEOUT`]) and answers only after CHAIN.state holds the request (so an
 //! accepted request survives the chain's death and an upgrade).
@@ -121,7 +124,9 @@ impl Listener {
         match parse_request(&line) {
             Some(r) => Some((conn, r)),
             None => {
-                let _ = conn.write_all(b"refused bad-request expected: run-now TASK BY\n");
+                let _ = conn.write_all(
+                    b"refused bad-request expected: run-now TASK BY, kick BY or stop BY\n",
+                );
                 None
             }
         }
@@ -170,11 +175,15 @@ fn read_line(conn: &mut UnixStream) -> Option<String> {
     String::from_utf8(buf[..end].to_vec()).ok()
 }
 
-/// A request to the chain.
+/// A request to the chain, with who asked (`by`: "alice on pts/3", "web PEER").
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Request {
-    pub(crate) task: String,
-    pub(crate) by: String,
+pub(crate) enum Request {
+    /// `run-now TASK`.
+    RunNow { task: String, by: String },
+    /// `kick`: end the cooldown.
+    Kick { by: String },
+    /// `stop` (`now`: `stop --now`).
+    Stop { now: bool, by: String },
 }
 
 fn clean(s: &str) -> String {
@@ -184,22 +193,41 @@ fn clean(s: &str) -> String {
 }
 
 pub(crate) fn request_line(r: &Request) -> String {
-    format!("run-now\t{}\t{}\n", clean(&r.task), clean(&r.by))
+    match r {
+        Request::RunNow { task, by } => format!("run-now\t{}\t{}\n", clean(task), clean(by)),
+        Request::Kick { by } => format!("kick\t{}\n", clean(by)),
+        Request::Stop { now, by } => format!(
+            "{}\t{}\n",
+            if *now { "stop-now" } else { "stop" },
+            clean(by)
+        ),
+    }
 }
 
 pub(crate) fn parse_request(line: &str) -> Option<Request> {
     let mut it = line.splitn(3, '\t');
-    if it.next()? != "run-now" {
-        return None;
+    match it.next()? {
+        "run-now" => {
+            let task = it.next()?.to_string();
+            let by = it.next()?.to_string();
+            (!task.is_empty()).then_some(Request::RunNow { task, by })
+        }
+        "kick" => Some(Request::Kick {
+            by: it.next()?.to_string(),
+        }),
+        verb @ ("stop" | "stop-now") => Some(Request::Stop {
+            now: verb == "stop-now",
+            by: it.next()?.to_string(),
+        }),
+        _ => None,
     }
-    let task = it.next()?.to_string();
-    let by = it.next()?.to_string();
-    (!task.is_empty()).then_some(Request { task, by })
 }
 
 /// The chain's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Answer {
+    /// A kick or a stop taken (`accepted`).
+    Taken,
     Accepted {
         run_id: u64,
         at_once: bool,
@@ -210,6 +238,7 @@ pub(crate) enum Answer {
 
 pub(crate) fn answer_line(a: &Answer) -> String {
     match a {
+        Answer::Taken => "accepted\n".to_string(),
         Answer::Accepted { run_id, at_once } => format!(
             "accepted {run_id} {}\n",
             if *at_once { "now" } else { "after" }
@@ -222,7 +251,10 @@ pub(crate) fn parse_answer(line: &str) -> Option<Answer> {
     let mut it = line.splitn(3, ' ');
     match it.next()? {
         "accepted" => {
-            let run_id = it.next()?.parse().ok()?;
+            let Some(id) = it.next() else {
+                return Some(Answer::Taken);
+            };
+            let run_id = id.parse().ok()?;
             let at_once = match it.next()? {
                 "now" => true,
                 "after" => false,
@@ -329,13 +361,35 @@ mod tests {
 
     #[test]
     fn requests_and_answers_read_back() {
-        let r = Request {
-            task: "t".into(),
-            by: "alice on pts/3".into(),
-        };
-        let line = request_line(&r);
-        assert_eq!(parse_request(line.trim_end()), Some(r));
+        for r in [
+            Request::RunNow {
+                task: "t".into(),
+                by: "alice on pts/3".into(),
+            },
+            Request::Kick {
+                by: "web 127.0.0.1:5000".into(),
+            },
+            Request::Stop {
+                now: false,
+                by: "bob (no tty)".into(),
+            },
+            Request::Stop {
+                now: true,
+                by: "bob\ton\npts/1".into(),
+            },
+        ] {
+            let line = request_line(&r);
+            let back = parse_request(line.trim_end()).expect("parsed");
+            match (&r, &back) {
+                (Request::Stop { now, .. }, Request::Stop { now: n, by }) => {
+                    assert_eq!(now, n);
+                    assert!(!by.contains(['\t', '\n']), "{by:?}");
+                }
+                _ => assert_eq!(back, r),
+            }
+        }
         for a in [
+            Answer::Taken,
             Answer::Accepted {
                 run_id: 7,
                 at_once: true,
@@ -348,7 +402,7 @@ mod tests {
         ] {
             assert_eq!(parse_answer(answer_line(&a).trim_end()), Some(a));
         }
-        assert_eq!(parse_request("stop\tt\tx"), None);
+        assert_eq!(parse_request("halt\tx"), None);
     }
 
     /// A RUN_ROOT far longer than sun_path allows: bind and connect still work.
@@ -372,7 +426,7 @@ mod tests {
             ask(
                 &root2,
                 "c",
-                &Request {
+                &Request::RunNow {
                     task: "t".into(),
                     by: "me".into(),
                 },
@@ -383,7 +437,10 @@ mod tests {
         let mut fds = [crate::sys::pollfd(l.fd(), libc::POLLIN)];
         crate::sys::ppoll(&mut fds, Some(Duration::from_secs(10))).expect("ppoll");
         let (mut conn, req) = l.accept().expect("a request");
-        assert_eq!(req.task, "t");
+        assert!(
+            matches!(req, Request::RunNow { ref task, .. } if task == "t"),
+            "{req:?}"
+        );
         conn.write_all(
             answer_line(&Answer::Accepted {
                 run_id: 3,
@@ -401,7 +458,7 @@ mod tests {
         match ask(
             &root,
             "c",
-            &Request {
+            &Request::RunNow {
                 task: "t".into(),
                 by: "me".into(),
             },

@@ -546,10 +546,12 @@ impl Console {
             return self.page_error(404, "Not found", "There is no such chain here.");
         }
         let done = match action {
-            "kick" => crate::control::kick_chain(&self.run_root, chain).map(|p| p.map(|_| ())),
+            "kick" => crate::control::kick_chain(&self.run_root, chain, &format!("web {peer}"))
+                .map(|p| p.map(|_| ())),
             _ => {
                 let now = guard::form_value(&form, "now").is_some_and(|v| v == "1");
-                crate::control::ask_stop(&self.run_root, chain, now).map(|a| a.map(|_| ()))
+                crate::control::ask_stop(&self.run_root, chain, now, &format!("web {peer}"))
+                    .map(|a| a.map(|_| ()))
             }
         };
         match done {

@@ -60,7 +60,8 @@ fn outcome_text(r: &RunView) -> String {
     }
 }
 
-/// Why a run was started, for the table: "schedule", "kick", "manual (alice on pts/3)".
+/// Why a run was started, for the table: "schedule", "kick", "manual (alice on pts/3)",
+/// "kick (web 127.0.0.1:53422)" (a kick that came with its source).
 fn trigger_text(r: &RunView) -> String {
     match &r.requested_by {
         Some(by) => format!("{} ({by})", r.trigger),
@@ -117,8 +118,11 @@ mod tests {
         manual.duration_seconds = None;
         let mut kicked = run(Some("ok"), Some(0), None);
         kicked.trigger = "kick".into();
+        let mut kicked_by = kicked.clone();
+        kicked_by.requested_by = Some("web 127.0.0.1:53422".into());
         let runs = [
             manual,
+            kicked_by,
             kicked,
             run(None, None, None),
             run(Some("ok"), Some(0), None),
@@ -130,6 +134,7 @@ mod tests {
         let want = "\
 CHAIN                        RUN  START (UTC)           DURATION  OUTCOME                        LATENCY  TRIGGER
 nightly                       12  2025-11-25 02:58:01          -  queued                               -  manual (alice on pts/3)
+nightly                       12  2025-11-25 02:58:01     3m 12s  ok                               250ms  kick (web 127.0.0.1:53422)
 nightly                       12  2025-11-25 02:58:01     3m 12s  ok                               250ms  kick
 nightly                       12  2025-11-25 02:58:01          -  running                              -  schedule
 nightly                       12  2025-11-25 02:58:01     3m 12s  ok                               250ms  schedule
@@ -155,12 +160,20 @@ nightly                       12  2025-11-25 02:58:01     3m 12s  spawn-error   
         );
         assert!(j.ends_with("\n  }\n]\n"), "{j}");
         assert!(j.contains("\"trigger\": \"schedule\""), "{j}");
-        assert!(!j.contains("requested_by"), "only for manual runs: {j}");
+        assert!(
+            !j.contains("requested_by"),
+            "only for runs that know who asked: {j}"
+        );
         let mut m = run(Some("ok"), Some(0), None);
         m.trigger = "manual".into();
         m.requested_by = Some("alice on pts/3".into());
         let j = json(&[m]);
         assert!(j.contains("\"requested_by\": \"alice on pts/3\""), "{j}");
         assert!(j.contains("\"trigger\": \"manual\""), "{j}");
+        let mut k = run(Some("ok"), Some(0), None);
+        k.trigger = "kick".into();
+        k.requested_by = Some("bob (no tty)".into());
+        let j = json(&[k]);
+        assert!(j.contains("\"requested_by\": \"bob (no tty)\""), "{j}");
     }
 }

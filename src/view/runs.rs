@@ -33,7 +33,8 @@ pub(crate) struct RunView {
     pub(crate) outcome: String,
     pub(crate) output_bytes: u64,
     pub(crate) output_cut: bool,
-    /// Who asked for a manual run (`run-now`): only for those.
+    /// Who asked for a manual run (`run-now`) or a kicked one (`kick` from the CLI or the
+    /// console): only for those (a kick by `kill -USR1` has no source).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) requested_by: Option<String>,
     pub(crate) run_id: u64,

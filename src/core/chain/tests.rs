@@ -229,11 +229,13 @@ fn kick_ends_cooldown() {
     let _ = c.on_event(s(0), Event::Start);
     let _ = c.on_event(s(0), Event::Spawned);
     let _ = complete(&mut c, s(1), Exit::Code(0));
-    let a = c.on_event(s(2), Event::Control(Control::Kick));
+    let a = c.on_event(s(2), Event::Control(Control::Kick(None)));
     assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
     // A kick while running does nothing.
     let _ = c.on_event(s(2), Event::Spawned);
-    assert!(c.on_event(s(2), Event::Control(Control::Kick)).is_empty());
+    assert!(c
+        .on_event(s(2), Event::Control(Control::Kick(None)))
+        .is_empty());
 }
 
 #[test]
@@ -357,7 +359,9 @@ fn waits_for_a_group_slot_and_stops_while_waiting() {
     assert_eq!(c.waiting(), Some((0, s(0))));
     assert_eq!(c.next_deadline(), None);
     // A kick does nothing while waiting; a free slot spawns the same run.
-    assert!(c.on_event(s(1), Event::Control(Control::Kick)).is_empty());
+    assert!(c
+        .on_event(s(1), Event::Control(Control::Kick(None)))
+        .is_empty());
     let a = c.on_event(s(2), Event::SlotFree);
     assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
     let _ = c.on_event(s(2), Event::Spawned);
@@ -582,13 +586,15 @@ fn a_kick_while_a_request_is_pending_changes_nothing_and_a_kicked_run_says_so() 
     let _ = c.on_event(s(0), Event::Start);
     let _ = c.on_event(s(0), Event::Spawned);
     let _ = run_now(&mut c, s(1), 2);
-    assert!(c.on_event(s(1), Event::Control(Control::Kick)).is_empty());
+    assert!(c
+        .on_event(s(1), Event::Control(Control::Kick(None)))
+        .is_empty());
     let a = complete(&mut c, s(2), Exit::Code(0));
     assert_eq!(spawn_of(&a), Some(("c".into(), 1)));
     let _ = c.on_event(s(2), Event::Spawned);
     let _ = complete(&mut c, s(3), Exit::Code(0));
     // In c's cooldown, a kick starts b at once, as a kicked run.
-    let a = c.on_event(s(4), Event::Control(Control::Kick));
+    let a = c.on_event(s(4), Event::Control(Control::Kick(None)));
     assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
     assert_eq!(c.trigger(), (Trigger::Kick, None));
     let _ = c.on_event(s(4), Event::Spawned);
@@ -662,4 +668,30 @@ fn run_now_is_refused_in_once_mode() {
     let mut c = chain(&["a", "b"], Mode::Once);
     let _ = c.on_event(s(0), Event::Start);
     assert_eq!(run_now(&mut c, s(0), 1).0, refused(Refusal::Once));
+}
+
+#[test]
+fn a_kick_with_its_source_gives_it_to_the_run_it_starts_and_only_to_that_run() {
+    let mut c = chain(&["a", "b"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    // A kick while a task runs does nothing, and its source is not kept for later.
+    let by = || Control::Kick(Some("alice on pts/3".into()));
+    assert!(c.on_event(s(0), Event::Control(by())).is_empty());
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    let a = c.on_event(s(11), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
+    let _ = c.on_event(s(11), Event::Spawned);
+    let _ = complete(&mut c, s(12), Exit::Code(0));
+    // In the cooldown: the kick starts the next run, which records who asked.
+    let a = c.on_event(s(13), Event::Control(by()));
+    assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
+    assert_eq!(c.trigger(), (Trigger::Kick, Some("alice on pts/3")));
+    let _ = c.on_event(s(13), Event::Spawned);
+    let _ = complete(&mut c, s(14), Exit::Code(0));
+    // The run after it is scheduled again, with no source.
+    let a = c.on_event(s(24), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("b".into(), 2)));
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
 }

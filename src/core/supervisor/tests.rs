@@ -974,3 +974,76 @@ fn run_now_is_answered_saved_and_its_run_says_manual() {
             .expect("state");
     assert!(state.get("run_now").is_none(), "{state}");
 }
+
+/// `kick` and `stop` over the control channel: logged with who asked; the kicked run
+/// records it; a stop is a SIGTERM's stop, a stop --now a SIGQUIT's.
+#[test]
+fn a_kick_and_a_stop_with_their_source_are_logged_and_the_kicked_run_records_it() {
+    let mut s = supervisor(
+        vec![task("job", "./job")],
+        Mode::Forever,
+        State::default(),
+        Resume {
+            due: Some(HOUR),
+            ..Resume::default()
+        },
+    );
+    let out = Output::default();
+    let _ = feed(&mut s, at(MIN), chain_ev(chain::Event::Start), &out);
+    let by = "alice on pts/3".to_string();
+    let fx = feed(&mut s, at(2 * MIN), Event::Kick { by: by.clone() }, &out);
+    assert_eq!(
+        fx[0],
+        Effect::Log(
+            log::Level::Info,
+            "c: kicked by alice on pts/3: ending the cooldown".into()
+        )
+    );
+    assert!(matches!(fx[1], Effect::Spawn { .. }));
+    let (cur, _) = s.begin_run(at(2 * MIN), 0, 1);
+    assert_eq!(
+        (cur.trigger, cur.requested_by.as_deref()),
+        (Trigger::Kick, Some("alice on pts/3"))
+    );
+    let _ = feed(&mut s, at(2 * MIN), chain_ev(chain::Event::Spawned), &out);
+    let fx = feed(&mut s, at(3 * MIN), Event::Kick { by: by.clone() }, &out);
+    assert_eq!(
+        fx,
+        vec![Effect::Log(
+            log::Level::Info,
+            "c: kicked by alice on pts/3: not in a cooldown; nothing to end".into()
+        )]
+    );
+    let fx = feed(
+        &mut s,
+        at(3 * MIN),
+        Event::Stop {
+            now: false,
+            by: by.clone(),
+        },
+        &out,
+    );
+    assert_eq!(
+        fx,
+        vec![Effect::Log(
+            log::Level::Info,
+            "c: stop asked by alice on pts/3: stopping".into()
+        )]
+    );
+    // The task has its stop_grace, as on SIGTERM; then --now cuts it.
+    assert_eq!(
+        s.chain().next_deadline(),
+        Some(3 * MIN + Duration::from_secs(5))
+    );
+    let fx = feed(&mut s, at(3 * MIN), Event::Stop { now: true, by }, &out);
+    assert_eq!(
+        fx,
+        vec![
+            Effect::Log(
+                log::Level::Info,
+                "c: stop --now asked by alice on pts/3: stopping the running task now".into()
+            ),
+            Effect::Signal(GroupSignal::Term),
+        ]
+    );
+}

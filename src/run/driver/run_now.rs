@@ -1,4 +1,5 @@
-//! The driver's side of `run-now`: a request read from the control channel
+//! The driver's side of `run-now` (and of `kick` and `stop` asked over the control
+//! channel, fed as such so that the log and the run name who asked): a request read from the control channel
 //! ([`crate::run::ctl`]) is fed to the supervisor, which decides; the answer goes back to
 //! the client once CHAIN.state holds the request (the end of the feed), and a request
 //! that waits for the run in progress is recorded as `queued`.
@@ -7,20 +8,22 @@ use std::io::Write;
 
 use super::*;
 use crate::core::supervisor::{Refusal, RunNowAnswer};
-use crate::run::ctl::Answer;
+use crate::run::ctl::{Answer, Request};
 
 impl Driver {
     /// The control channel is readable: take one client's request, feed it, answer.
     pub(super) fn on_control(&mut self, now: Now) -> Option<ExitReason> {
         let (conn, req) = self.ctl.as_ref()?.accept()?;
-        self.ctl_client = Some((conn, None));
-        let exit = self.feed(
-            now,
-            Event::RunNow {
-                task: req.task,
-                by: req.by,
-            },
-        );
+        let (ev, answer) = match req {
+            Request::RunNow { task, by } => (Event::RunNow { task, by }, None),
+            // A kick or a stop is always taken (what it does is the chain's to decide, as
+            // for the signal): the answer is ready; the chain may exit in this feed, and
+            // the answer goes before it does.
+            Request::Kick { by } => (Event::Kick { by }, Some(Answer::Taken)),
+            Request::Stop { now, by } => (Event::Stop { now, by }, Some(Answer::Taken)),
+        };
+        self.ctl_client = Some((conn, answer));
+        let exit = self.feed(now, ev);
         // The feed has saved CHAIN.state: the answer can go.
         if let Some((mut conn, answer)) = self.ctl_client.take() {
             let answer = answer.unwrap_or_else(|| {
