@@ -214,3 +214,39 @@ fn without_the_control_socket_kick_and_stop_fall_back_to_the_signals() {
     assert!(log.contains("ab: SIGTERM: stopping"), "{log}");
     assert!(!log.contains("stop asked by"), "{log}");
 }
+
+/// A control socket that refuses `kick` and `stop` (as an older instance does: `bad-request`)
+/// or never answers (a chain held up): `kick` and `stop` signal the chain instead, as before.
+/// The socket here is the test's own, put in the chain's place.
+#[test]
+fn a_socket_that_refuses_or_does_not_answer_falls_back_to_the_signals() {
+    use std::io::{Read, Write};
+    let env = TestEnv::new(CONFIG);
+    let mut chain = chain_in_cooldown(&env);
+    let path = ctl_of(&env, "ab");
+    std::fs::remove_file(&path).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let peer = std::thread::spawn(move || {
+        // The first client gets no answer (its connection is held until the second one
+        // comes), the second an older instance's refusal.
+        let (silent, _) = listener.accept().unwrap();
+        let (mut old, _) = listener.accept().unwrap();
+        let mut line = [0u8; 256];
+        let _ = old.read(&mut line);
+        let _ = old.write_all(b"refused bad-request expected: run-now TASK BY\n");
+        drop(silent);
+    });
+    let k = env.sub(&["kick", "ab"]);
+    k.assert_code(0);
+    env.wait_lines_while(&mut chain, "out", 2);
+    let b = ended_run(&env, "b", 1);
+    assert_eq!(b["trigger"], "kick", "{b:#}");
+    assert!(b.get("requested_by").is_none(), "{b:#}");
+    let s = env.sub(&["stop", "ab"]);
+    s.assert_code(0);
+    chain.assert_exit(0);
+    peer.join().unwrap();
+    let log = chain.stderr();
+    assert!(log.contains("ab: SIGUSR1: ending the cooldown"), "{log}");
+    assert!(log.contains("ab: SIGTERM: stopping"), "{log}");
+}
