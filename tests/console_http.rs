@@ -880,3 +880,55 @@ fn run_now_on_the_web_lands_on_the_queued_run_and_says_why_when_refused() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("not running"), "{}", r.text());
 }
+
+/// A chain that holds its lock but does not answer (frozen with SIGSTOP): the web Run now waits
+/// for the control channel's deadline (10 s) and answers 503, saying that the chain did not
+/// answer; the console itself stays responsive meanwhile.
+#[test]
+fn run_now_on_the_web_of_a_chain_that_does_not_answer_is_503() {
+    let env = TestEnv::new(RUN_NOW);
+    let mut chain = env.spawn(&["--name", "ab", "a", "b"]);
+    env.wait_running(&mut chain, "ab");
+    // a has run; the chain is in its hour's cooldown, listening on its control socket.
+    env.wait_chain_status("ab", "ab in its cooldown", |c| {
+        c["now"]["state"] == "cooldown" && c["now"]["task"] == "b"
+    });
+    let (serve, addr) = start_serve(&env, "127.0.0.1", &["--allow-actions"]);
+    let host = host_of(addr);
+    let origin = format!("http://{host}");
+    let token = action_token_at(addr, "/chain/ab/task/b/run/confirm");
+    send_signal(chain.pid, libc::SIGSTOP);
+    let t0 = std::time::Instant::now();
+    let r = request(
+        addr,
+        "POST",
+        "/chain/ab/task/b/run",
+        &[
+            ("Host", host.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", origin.as_str()),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        format!("token={token}").as_bytes(),
+    );
+    let waited = t0.elapsed();
+    // Another page while the chain is frozen: served (the console does not hang on the chain).
+    let page = get(addr, "/chain/ab");
+    send_signal(chain.pid, libc::SIGCONT);
+    let r = r.unwrap_or_else(|e| panic!("the run-now request failed: {e}"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("did not answer within 10s"),
+        "{}",
+        r.text()
+    );
+    r.assert_security_headers("503");
+    assert!(
+        waited >= std::time::Duration::from_secs(9),
+        "answered after {waited:?}"
+    );
+    assert_eq!(page.status, 200);
+    drop(serve);
+    chain.signal(libc::SIGTERM);
+    chain.assert_exit(0);
+}
