@@ -213,12 +213,17 @@ def runnow(base, shots, chain, task, js, go_file):
         d.get(f"{base}/chain/{chain}")
         d.find_element(By.CSS_SELECTOR, f"a[href='/chain/{chain}/task/{task}/run/confirm']").click()
         wait(d, "the confirmation page", lambda d: d.current_url == f"{base}/chain/{chain}/task/{task}/run/confirm")
-        check(f"Run {task} of chain {chain} now?" in d.find_element(By.TAG_NAME, "h1").text, "not the run-now confirmation")
+        wait(d, "the run-now confirmation's heading",
+             lambda d: f"Run {task} of chain {chain} now?" in d.execute_script(
+                 "var h = document.querySelector('h1'); return h ? h.textContent : '';"))
         shot(d, shots, "confirm-run-now" + ("" if js else "-nojs"))
         d.find_element(By.CSS_SELECTOR, "form.confirm button[type=submit]").click()
         prefix = f"{base}/run/{chain}/{task}/"
         wait(d, "on the run's page", lambda d: d.current_url.startswith(prefix) and d.current_url[len(prefix):].isdigit())
         run_id = int(d.current_url[len(prefix):])
+        # The URL is the run page's as soon as the navigation commits, before its document has
+        # loaded: wait for the outcome badge itself.
+        wait(d, "the run's outcome on its page", lambda d: outcome_shown(d) is not None)
         first = outcome_shown(d)
         check(first in ("queued", "running", "ok"), f"the run's page shows {first!r}")
         text = d.find_element(By.ID, "fields").text
