@@ -31,6 +31,11 @@ use crate::view::console as pages;
 use crate::view::html::{self, Action, Ctx};
 use crate::view::units::Wall;
 
+/// How long a Run now waits for the chain to record the run it reserved before it sends the
+/// browser to the run's page (the chain's store writer commits within milliseconds; a busy
+/// store may take longer: the page then says "not found" until a reload).
+const RECORDED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 mod guard;
 
 /// What `serve` was asked to do.
@@ -507,6 +512,17 @@ impl Console {
                     a.run_id,
                     if a.at_once { "now" } else { "queued" }
                 );
+                // The chain answers before its store writer has committed the run's row
+                // (queued, or started): wait for it (a few ms), so that the page the browser
+                // lands on shows the run rather than "not found". Past the bound, go anyway.
+                let recorded = || {
+                    pages::raw_output(&self.run_root, chain, task, a.run_id)
+                        .is_ok_and(|r| r.is_some())
+                };
+                let until = std::time::Instant::now() + RECORDED_WAIT;
+                while !recorded() && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 see_other(&html::run_url(chain, task, a.run_id))
             }
             Err(Error::Usage(m)) => {
