@@ -26,6 +26,8 @@
 
 pub(crate) mod handover;
 pub(crate) mod holders;
+#[allow(dead_code)] // used by the DB thread and Ownership::Fleet (next commits)
+pub(crate) mod lease;
 pub(crate) mod ownership;
 pub mod pidfile;
 
