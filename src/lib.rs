@@ -50,4 +50,5 @@ pub mod signals;
 pub mod store;
 pub mod sys;
 pub mod time;
+pub(crate) mod tls;
 pub(crate) mod view;

@@ -34,10 +34,101 @@ pub(crate) fn check(common: &Common) -> Result<u8> {
         "the default: var/run beside the config"
     };
     use std::io::Write as _;
+    for w in warnings(&config) {
+        eprintln!("run-chain: warning: {w}");
+    }
     let _ = std::io::stdout()
         .lock()
         .write_all(check_text(&config, &root, from).as_bytes());
+    if let Some(store) = &config.store {
+        let report = probe_store(&config.file, store)?;
+        let _ = std::io::stdout().lock().write_all(report.as_bytes());
+    }
     Ok(exit::OK)
+}
+
+/// What `check` warns about without refusing the config: in a fleet, a task whose
+/// `kill_grace` does not fit between the fence's TERM (0.6 × lease) and KILL
+/// (0.8 × lease) would be killed by the fence before its grace ends.
+fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(store) = &config.store {
+        let max = store.max_kill_grace();
+        for t in config.tasks.values() {
+            if t.timing.kill_grace > max {
+                out.push(format!(
+                    "{}: tasks.{}.kill_grace = {} exceeds 0.2 × store.lease ({}): an owner that loses the database sends SIGTERM at 0.6 × lease and SIGKILL at 0.8 × lease, so this task gets {} of grace, not {}",
+                    config.file.display(),
+                    t.name,
+                    config::fmt_duration(t.timing.kill_grace),
+                    config::fmt_duration(max),
+                    config::fmt_duration(max),
+                    config::fmt_duration(t.timing.kill_grace),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Connect to the fleet's database and say what is there, changing nothing: the server's
+/// version, TLS or not, the schema's version. A config the server refuses (password,
+/// TLS verification, cleartext/MD5 authentication, a database that is not run-chain's)
+/// is an error (78); a database that cannot be reached now is not a config error: a
+/// warning, and `check` still succeeds (a launch waits as standby until it can reach it).
+fn probe_store(file: &Path, store: &config::FleetConfig) -> Result<String> {
+    use crate::store::pg::conn::{Conn, ConnError};
+    use crate::store::pg::schema;
+    let timeout = store.lease.min(Duration::from_secs(5));
+    let refused = |m: String| Error::config_key(file, "store", m);
+    let conn = match Conn::connect(store, timeout) {
+        Ok(c) => c,
+        Err(ConnError::Refused(m)) => return Err(refused(m)),
+        Err(ConnError::Unreachable(m)) => {
+            eprintln!("run-chain: warning: cannot reach the database now: {m}");
+            return Ok(format!(
+                "# store: cannot reach {} now (a launch waits as standby until it can)\n",
+                store.display_url
+            ));
+        }
+    };
+    let server = conn
+        .run(
+            timeout,
+            conn.client()
+                .query_typed("SELECT current_setting('server_version')", &[]),
+        )
+        .ok()
+        .and_then(|rows| rows.first().and_then(|r| r.try_get::<_, String>(0).ok()))
+        .unwrap_or_else(|| "unknown version".into());
+    let tls = if conn.is_tls() {
+        "TLS, certificate and host name verified"
+    } else {
+        "no TLS, SCRAM-SHA-256 only"
+    };
+    let schema = match schema::version(&conn) {
+        Ok(None) => "not created yet (created at the first launch)".to_string(),
+        Ok(Some(v)) if v == schema::VERSION => format!("version {v} (current)"),
+        Ok(Some(v)) if v < schema::VERSION => {
+            format!("version {v} (migrated to {} at the next launch)", schema::VERSION)
+        }
+        Ok(Some(v)) => {
+            return Err(refused(format!(
+                "{}: the run_chain schema is at version {v}, newer than this run-chain ({}) knows: upgrade run-chain on this host",
+                store.display_url,
+                schema::VERSION
+            )))
+        }
+        Err(ConnError::Refused(m)) => return Err(refused(m)),
+        Err(ConnError::Unreachable(m)) => {
+            eprintln!("run-chain: warning: cannot read the database now: {m}");
+            "unknown (the database stopped answering)".to_string()
+        }
+    };
+    Ok(format!(
+        "# store: connected to {} (PostgreSQL {server}, {tls})\n# store: schema {schema}\n",
+        store.display_url
+    ))
 }
 
 /// A key as TOML writes it: bare where it can be, else quoted.
@@ -155,10 +246,61 @@ fn check_text(config: &Config, root: &Path, root_from: &str) -> String {
         sections.push((Some(format!("tasks.{}", toml_key(&t.name))), rows));
     }
     for (name, g) in &config.groups {
-        sections.push((
-            Some(format!("groups.{}", toml_key(name))),
-            vec![row("max_running", g.max_running.to_string())],
+        let mut rows = vec![row("max_running", g.max_running.to_string())];
+        if config.store.is_some() {
+            let note = match g.scope {
+                config::Scope::Host => "  # kernel locks: chains of this host",
+                config::Scope::Fleet => {
+                    "  # slot rows in the fleet store (not enforced yet: a later stage)"
+                }
+            };
+            rows.push(row(
+                "scope",
+                format!("{}{note}", toml_str(g.scope.as_str())),
+            ));
+        }
+        sections.push((Some(format!("groups.{}", toml_key(name))), rows));
+    }
+    if let Some(st) = &config.store {
+        let mut rows = vec![row(
+            "url",
+            format!("{}  # shown without any secret", toml_str(&st.url.to_url())),
+        )];
+        if let Some(f) = &st.password_file {
+            rows.push(row("password_file", path(f)));
+        }
+        if let Some(v) = &st.password_env {
+            rows.push(row(
+                "password_env",
+                format!("{}  # removed from every task's environment", toml_str(v)),
+            ));
+        }
+        let tls_note = match (st.tls, st.tls_explicit) {
+            (_, true) => "",
+            (config::FleetTls::None, false) => {
+                "  # the default on loopback or a Unix socket (SCRAM-SHA-256 only)"
+            }
+            (_, false) => "  # the default: certificate chain and host name verified",
+        };
+        rows.push(row(
+            "tls",
+            format!("{}{tls_note}", toml_str(st.tls.as_str())),
         ));
+        if let Some(f) = &st.ca_file {
+            rows.push(row("ca_file", path(f)));
+        }
+        rows.push(row("lease", dur(st.lease)));
+        rows.push(row(
+            &format!(
+                "# renewed every {} (lease/5); an owner that cannot renew stops its task: SIGTERM at {}, SIGKILL at {} after its last renewal",
+                config::fmt_duration(st.renew_period()),
+                config::fmt_duration(st.fence_term()),
+                config::fmt_duration(st.fence_kill()),
+            ),
+            String::new(),
+        ));
+        rows.push(row("host", toml_str(&st.host)));
+        sections.push((Some("store".into()), rows));
     }
     if let Some(e) = &config.email {
         let strs = |v: &[String]| {

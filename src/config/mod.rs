@@ -15,8 +15,10 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 mod raw;
+mod store;
 
 use raw::{RawConfig, RawDefaults, RawEmail, RawTask, SizeValue};
+pub use store::{FleetConfig, FleetTls, PgHost, PgUrl, Scope, Secret};
 
 /// Names that a task may not take, because the command line gives them a meaning of
 /// their own: the subcommands of this version, and those of a coming one
@@ -149,6 +151,9 @@ pub struct Email {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Group {
     pub max_running: u32,
+    /// Where the group's limit holds: this host (kernel locks) or the fleet (slot rows;
+    /// only with `[store]`; its behaviour comes in a later stage).
+    pub scope: Scope,
 }
 
 /// A whole config file, validated.
@@ -161,6 +166,8 @@ pub struct Config {
     pub tasks: BTreeMap<String, Task>,
     pub groups: BTreeMap<String, Group>,
     pub email: Option<Email>,
+    /// `[store]`: the fleet's PostgreSQL store (None: SQLite in RUN_ROOT).
+    pub store: Option<FleetConfig>,
     /// A digest of the file's text, to tie a run to a deploy.
     pub digest: String,
 }
@@ -536,7 +543,29 @@ impl Config {
                         ),
                     )
                 })?;
-            groups.insert(name.clone(), Group { max_running: max });
+            let scope = match g.scope.as_deref() {
+                None | Some("host") => Scope::Host,
+                Some("fleet") if raw.store.is_some() => Scope::Fleet,
+                Some("fleet") => {
+                    return Err(ctx.err(
+                        &format!("groups.{name}.scope"),
+                        "expected \"host\": scope = \"fleet\" needs a [store] section (the fleet's database)",
+                    ))
+                }
+                Some(other) => {
+                    return Err(ctx.err(
+                        &format!("groups.{name}.scope"),
+                        format!("expected \"host\" or \"fleet\", got {other:?}"),
+                    ))
+                }
+            };
+            groups.insert(
+                name.clone(),
+                Group {
+                    max_running: max,
+                    scope,
+                },
+            );
         }
 
         let mut tasks = BTreeMap::new();
@@ -679,12 +708,18 @@ impl Config {
             Some(e) => Some(Self::email(&ctx, e, &resolve)?),
         };
 
+        let store = match &raw.store {
+            None => None,
+            Some(s) => Some(store::store(&ctx, s, &resolve, &|v| std::env::var_os(v))?),
+        };
+
         Ok(Config {
             file: file.to_path_buf(),
             run_root,
             tasks,
             groups,
             email,
+            store,
             digest: digest(text.as_bytes()),
         })
     }

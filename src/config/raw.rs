@@ -12,6 +12,7 @@ pub(super) struct RawConfig {
     pub(super) run_root: Option<String>,
     pub(super) defaults: Option<RawDefaults>,
     pub(super) email: Option<RawEmail>,
+    pub(super) store: Option<RawStore>,
     #[serde(default)]
     pub(super) tasks: BTreeMap<String, RawTask>,
     #[serde(default)]
@@ -82,6 +83,22 @@ pub(super) struct RawTask {
 pub(super) struct RawGroup {
     #[serde(deserialize_with = "whole_number_required")]
     pub(super) max_running: i64,
+    /// "host" (the default) or "fleet" (needs `[store]`).
+    pub(super) scope: Option<String>,
+}
+
+/// `[store]`: the fleet's PostgreSQL store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) url: String,
+    pub(super) password_file: Option<String>,
+    pub(super) password_env: Option<String>,
+    pub(super) tls: Option<String>,
+    pub(super) ca_file: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub(super) lease: Option<String>,
+    pub(super) host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -63,6 +63,7 @@ mod killed;
 mod memory;
 pub(crate) mod outbox;
 pub(crate) mod pages;
+pub(crate) mod pg;
 mod reader;
 pub(crate) mod recorder;
 mod schema;

@@ -1,0 +1,293 @@
+//! The `run_chain` schema in the fleet's database: created and migrated by run-chain,
+//! versioned like the SQLite store (`run_chain.meta.version`, one row).
+//!
+//! Whose database it is comes first: a database with a `run_chain` schema that has no
+//! `run_chain.meta`, or whose meta row is not ours (`app <> 'run-chain'`, or a table of
+//! another shape), is refused ([`ConnError::Refused`], exit 78 at launch) before anything
+//! is locked, created or changed in it. A database without a `run_chain` schema is ours to
+//! make one in.
+//!
+//! [`ensure`] runs at every launch, from many processes at once:
+//! - the current version is read without a lock (the usual case: nothing to do);
+//! - creation is one transaction (schema, meta with its row, then the migrations).
+//!   Two first launches race on `CREATE SCHEMA`: the loser blocks until the winner
+//!   commits, then fails with a unique violation (23505); it rolls back and reads again,
+//!   finding the winner's schema;
+//! - a migration is one transaction that takes `LOCK TABLE run_chain.meta IN ACCESS
+//!   EXCLUSIVE MODE`, reads the version again under the lock, applies what is missing and
+//!   bumps the version: concurrent launches apply it once.
+//!
+//! Only unnamed statements (`simple_query`, `batch_execute`, `query_typed`): PgBouncer's
+//! transaction pooling must work.
+
+use std::time::Duration;
+
+use super::conn::{Conn, ConnError, DbError};
+
+/// The version this run-chain creates and migrates to.
+pub(crate) const VERSION: u32 = 1;
+
+/// Our mark in `run_chain.meta.app`.
+const APP: &str = "run-chain";
+
+/// How long one statement may take here (client side).
+const STATEMENT_WAIT: Duration = Duration::from_secs(30);
+
+/// The schema and its meta table, with our row at version 0 (the migrations follow).
+const CREATE: &str = "CREATE SCHEMA run_chain;
+CREATE TABLE run_chain.meta (
+  one bool PRIMARY KEY DEFAULT true CHECK (one),
+  app text NOT NULL,
+  version int NOT NULL
+);
+INSERT INTO run_chain.meta (app, version) VALUES ('run-chain', 0);";
+
+/// Migration N (to version N) at index N-1. Each runs inside the transaction that bumps
+/// the version.
+const MIGRATIONS: &[&str] = &[
+    // 1: ownership of chains (the lease) and who waits for them.
+    "CREATE TABLE run_chain.instances (
+  id bigserial PRIMARY KEY,
+  holder text NOT NULL UNIQUE,
+  host text NOT NULL,
+  pid int NOT NULL,
+  version text NOT NULL,
+  config_digest text NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE run_chain.leases (
+  chain text PRIMARY KEY,
+  holder text,
+  host text,
+  instance bigint,
+  epoch bigint NOT NULL DEFAULT 0,
+  acquired_at timestamptz,
+  renewed_at timestamptz,
+  expires_at timestamptz NOT NULL DEFAULT '-infinity',
+  stop_fleet_at timestamptz
+);
+CREATE TABLE run_chain.standbys (
+  chain text,
+  holder text,
+  host text,
+  seen_at timestamptz NOT NULL,
+  PRIMARY KEY (chain, holder)
+);",
+];
+
+/// What the database holds, read without a lock.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// No `run_chain` schema: ours to create.
+    Nothing,
+    /// Our schema at this version.
+    Ours(u32),
+}
+
+fn foreign(conn_url: &str, why: &str) -> ConnError {
+    ConnError::Refused(format!(
+        "{conn_url}: not run-chain's database ({why}); nothing was changed in it: point [store] url at a database of its own (CREATE DATABASE runchain OWNER runchain)"
+    ))
+}
+
+/// A statement's failure as a connection outcome: what a user must fix (permissions,
+/// a foreign shape) is Refused; a lost connection, a timeout, an overloaded or restarting
+/// server is Unreachable.
+fn db_error(shown: &str, what: &str, e: DbError) -> ConnError {
+    match e {
+        DbError::Sql { code, message } => {
+            let transient = ["08", "53", "57", "40", "58"]
+                .iter()
+                .any(|c| code.starts_with(c));
+            let hint = if code == "42501" {
+                " (the role needs CREATE on the database for the first launch, and to own the run_chain schema after)"
+            } else {
+                ""
+            };
+            let text = format!("{shown}: {what}: {message} (SQLSTATE {code}){hint}");
+            if transient {
+                ConnError::Unreachable(text)
+            } else {
+                ConnError::Refused(text)
+            }
+        }
+        other => ConnError::Unreachable(format!("{shown}: {what}: {other}")),
+    }
+}
+
+/// Read what the database holds (within the current transaction, if any).
+fn inspect(conn: &Conn, shown: &str) -> Result<Found, ConnError> {
+    let rows = conn
+        .run(
+            STATEMENT_WAIT,
+            conn.client().query_typed(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'run_chain'),
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                WHERE n.nspname = 'run_chain' AND c.relname = 'meta' AND c.relkind = 'r')",
+                &[],
+            ),
+        )
+        .map_err(|e| db_error(shown, "reading the catalog", e))?;
+    let row = rows.first().ok_or_else(|| {
+        ConnError::Unreachable(format!("{shown}: the catalog query returned no row"))
+    })?;
+    let schema: bool = row
+        .try_get(0)
+        .map_err(|e| db_error(shown, "reading the catalog", e.into()))?;
+    let meta: bool = row
+        .try_get(1)
+        .map_err(|e| db_error(shown, "reading the catalog", e.into()))?;
+    if !schema {
+        return Ok(Found::Nothing);
+    }
+    if !meta {
+        return Err(foreign(
+            shown,
+            "it has a schema run_chain without the table run_chain.meta",
+        ));
+    }
+    // A table of another shape answers with an error (no such column, another type):
+    // also not ours.
+    let rows = match conn.run(
+        STATEMENT_WAIT,
+        conn.client()
+            .query_typed("SELECT app::text, version::int8 FROM run_chain.meta", &[]),
+    ) {
+        Ok(r) => r,
+        Err(DbError::Sql { code, .. }) if code.starts_with("42") => {
+            return Err(foreign(
+                shown,
+                "its table run_chain.meta is not run-chain's",
+            ))
+        }
+        Err(e) => return Err(db_error(shown, "reading run_chain.meta", e)),
+    };
+    if rows.len() != 1 {
+        return Err(foreign(
+            shown,
+            &format!(
+                "run_chain.meta has {} rows, run-chain's has one",
+                rows.len()
+            ),
+        ));
+    }
+    let app: Option<String> = rows[0].try_get(0).ok().flatten();
+    let version: Option<i64> = rows[0].try_get(1).ok().flatten();
+    match (app.as_deref(), version) {
+        (Some(APP), Some(v)) if v >= 0 => Ok(Found::Ours(u32::try_from(v).unwrap_or(u32::MAX))),
+        (Some(APP), _) => Err(foreign(shown, "run_chain.meta has no valid version")),
+        (Some(other), _) => Err(foreign(
+            shown,
+            &format!("run_chain.meta belongs to {other:?}"),
+        )),
+        (None, _) => Err(foreign(shown, "run_chain.meta names no application")),
+    }
+}
+
+fn newer(shown: &str, v: u32) -> ConnError {
+    ConnError::Refused(format!(
+        "{shown}: the run_chain schema is at version {v}, newer than this run-chain ({VERSION}) knows: upgrade run-chain on this host"
+    ))
+}
+
+/// The schema's version, read only (for `check`): None when it is not created yet.
+/// Refuses a database that is not run-chain's.
+pub(crate) fn version(conn: &Conn) -> Result<Option<u32>, ConnError> {
+    let shown = conn.shown();
+    match inspect(conn, shown)? {
+        Found::Nothing => Ok(None),
+        Found::Ours(v) => Ok(Some(v)),
+    }
+}
+
+fn simple(conn: &Conn, shown: &str, what: &str, sql: &str) -> Result<(), DbError> {
+    conn.run(STATEMENT_WAIT, conn.client().batch_execute(sql))
+        .map_err(|e| {
+            log::debug!("{shown}: {what}: {e}");
+            e
+        })
+}
+
+/// Create or migrate the schema to [`VERSION`] (see the module's doc): the version now.
+/// Nothing of a foreign database is touched.
+#[allow(dead_code)] // called by the lease's launch (another branch of this stage)
+pub(crate) fn ensure(conn: &Conn) -> Result<u32, ConnError> {
+    let shown = conn.shown();
+    for _ in 0..5 {
+        match inspect(conn, shown)? {
+            Found::Ours(v) if v == VERSION => return Ok(v),
+            Found::Ours(v) if v > VERSION => return Err(newer(shown, v)),
+            found => match apply(conn, shown, &found) {
+                Ok(v) if v > VERSION => return Err(newer(shown, v)),
+                Ok(v) => return Ok(v),
+                // Another launch created or migrated it first: read again.
+                Err(DbError::Sql { code, .. })
+                    if code == "23505" || code == "42P06" || code == "40001" || code == "40P01" =>
+                {
+                    continue
+                }
+                Err(e) => return Err(db_error(shown, "creating the run_chain schema", e)),
+            },
+        }
+    }
+    Err(ConnError::Unreachable(format!(
+        "{shown}: the run_chain schema kept changing under this launch: try again"
+    )))
+}
+
+/// One transaction: create (if `found` is Nothing) then migrate to VERSION.
+fn apply(conn: &Conn, shown: &str, found: &Found) -> Result<u32, DbError> {
+    simple(conn, shown, "BEGIN", "BEGIN")?;
+    let r = (|| {
+        if *found == Found::Nothing {
+            simple(conn, shown, "creating the schema", CREATE)?;
+        }
+        simple(
+            conn,
+            shown,
+            "locking run_chain.meta",
+            "LOCK TABLE run_chain.meta IN ACCESS EXCLUSIVE MODE",
+        )?;
+        let rows = conn.run(
+            STATEMENT_WAIT,
+            conn.client().query_typed(
+                "SELECT version::int8 FROM run_chain.meta WHERE app = 'run-chain'",
+                &[],
+            ),
+        )?;
+        let now: i64 = match rows.first() {
+            Some(r) => r.try_get(0)?,
+            None => {
+                return Err(DbError::Other(
+                    "run_chain.meta lost its row during the migration".into(),
+                ))
+            }
+        };
+        let now = u32::try_from(now).unwrap_or(u32::MAX);
+        if now >= VERSION {
+            return Ok(now);
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(now as usize) {
+            let to = i + 1;
+            simple(conn, shown, &format!("migration {to}"), m)?;
+        }
+        simple(
+            conn,
+            shown,
+            "bumping the version",
+            &format!("UPDATE run_chain.meta SET version = {VERSION}"),
+        )?;
+        Ok(VERSION)
+    })();
+    match r {
+        Ok(v) => {
+            simple(conn, shown, "COMMIT", "COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = simple(conn, shown, "ROLLBACK", "ROLLBACK");
+            Err(e)
+        }
+    }
+}
