@@ -464,6 +464,37 @@ pub(crate) fn path_identity(path: &std::path::Path) -> Option<(u64, u64, bool)> 
     Some((dev, st.stx_ino, is_file))
 }
 
+/// A new `eventfd(2)` (close-on-exec, non-blocking, counter 0): one thread signals
+/// another that waits in `ppoll` (the fleet's DB thread wakes the chain's loop).
+pub(crate) fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd with integer arguments; a descriptor it returns is ours alone.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add 1 to an eventfd's counter (it becomes readable).
+pub(crate) fn eventfd_signal(fd: RawFd) {
+    let _ = write(fd, &1u64.to_ne_bytes());
+}
+
+/// Read (and so reset) an eventfd's counter: true if it was set.
+pub(crate) fn eventfd_drain(fd: RawFd) -> bool {
+    let mut b = [0u8; 8];
+    matches!(read(fd, &mut b), Ok(8))
+}
+
+/// CLOCK_BOOTTIME now: like CLOCK_MONOTONIC, but counting while the machine is
+/// suspended, as other hosts' clocks (and the database's) do. The fleet lease's clock.
+pub(crate) fn boot_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(Duration::ZERO, |ts| {
+        Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

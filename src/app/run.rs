@@ -17,7 +17,9 @@ use crate::store::state_file;
 use crate::sys;
 use crate::time;
 
+use crate::lock::fleet::{self, Fleet};
 use crate::lock::handover::{wait_for_the_old_run, TAKEOVER_MARGIN};
+use crate::lock::pidfile::next;
 use crate::lock::Ownership;
 
 pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
@@ -91,19 +93,30 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     let guardian = Guardian::spawn(Some(recording))?;
     let signals = Signals::install()?;
     let mode = if args.once { Mode::Once } else { Mode::Forever };
+    let no_takeover = mode == Mode::Once || args.no_kill_concurrent;
+    // The fleet: connect and check the store before the local hand-over, so that a launch
+    // the database refuses (wrong password, foreign database: 78) never disturbs the
+    // running instance. An unreachable database is no error: the launch waits as standby.
+    let fleet = match &config.store {
+        Some(cfg) => {
+            let f = Fleet::start(cfg, &chain_name)?;
+            if !f.first_verdict(&signals)? {
+                log::info!("{chain_name}: stopped while connecting to the fleet's database");
+                log::info!("{chain_name}: exiting with status {}", exit::OK);
+                return Ok(exit::OK);
+            }
+            Some(f)
+        }
+        None => None,
+    };
     let takeover_limit = tasks
         .iter()
         .map(|t| t.timing.stop_grace + t.timing.kill_grace)
         .max()
         .unwrap_or_default()
         + TAKEOVER_MARGIN;
-    let Some(ownership) = Ownership::acquire(
-        &root,
-        &chain_name,
-        mode == Mode::Once || args.no_kill_concurrent,
-        takeover_limit,
-        &signals,
-    )?
+    let Some(ownership) =
+        Ownership::acquire(&root, &chain_name, no_takeover, takeover_limit, &signals)?
     else {
         log::warn!(
             "{chain_name}: stopped while waiting for the running instance to hand over; if it was already asked to hand over, it stops too: launch the chain again to start it"
@@ -111,78 +124,168 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         log::info!("{chain_name}: exiting with status {}", exit::OK);
         return Ok(exit::OK);
     };
-    crate::run::process::become_subreaper();
-
-    let state_path = state_file::path(&root, &chain_name);
-    let base_state = match state_file::load(&state_path) {
-        Ok(s) => s,
-        Err(msg) => {
-            log::warn!("{chain_name}: {msg}");
-            resume::State::default()
+    let mut ownership = match fleet {
+        Some(f) => {
+            // This host's previous instance (whose pidfile lock we now hold: it has
+            // exited) recorded the lease it held: take over exactly that, else acquire.
+            f.go(fleet::record::read(&root, &chain_name), no_takeover);
+            ownership.with_fleet(f)
         }
+        None => ownership,
     };
-    if !wait_for_the_old_run(&chain_name, &base_state, &signals)? {
-        log::warn!("{chain_name}: stopped while waiting for the previous run's processes to end");
-        log::info!("{chain_name}: exiting with status {}", exit::OK);
-        return Ok(exit::OK);
-    }
-    // A SIGHUP that came while the launch waited: the config is read again now, before
-    // the first run, as a running chain would on SIGHUP.
+    crate::run::process::become_subreaper();
     let root_from_config = run_root_override(common).is_none();
-    let (config, tasks, reloaded) = if signals.take_hup_before_running() {
-        reload_before_running(
-            &chain_name,
-            &args.tasks,
-            &root,
-            root_from_config,
-            config,
-            tasks,
+    let mut parts = (signals, guardian);
+    let mut config = config;
+    let mut tasks = tasks;
+    let mut first = true;
+    loop {
+        let (signals, guardian) = parts;
+        if let Some(f) = ownership.fleet_mut() {
+            let (root_, chain_) = (&root, &chain_name);
+            match f.wait_owner(&signals, |v| show_standby(root_, chain_, v))? {
+                Some(epoch) => {
+                    if let Some((holder, e)) = f.record() {
+                        if let Err(err) = fleet::record::write(&root, &chain_name, &holder, e) {
+                            log::warn!(
+                                "{chain_name}: failed to write {}: {err}; a relaunch here acquires the lease anew",
+                                fleet::record::path(&root, &chain_name).display()
+                            );
+                        }
+                    }
+                    let line = format!("owner {} {epoch}", f.host());
+                    let _ = fleet::standing::write(&root, &chain_name, &line);
+                }
+                None => {
+                    log::info!("{chain_name}: stopped while waiting as standby");
+                    f.release(f.lease() / 5 + std::time::Duration::from_secs(1));
+                    let _ = std::fs::remove_file(fleet::standing::path(&root, &chain_name));
+                    log::info!("{chain_name}: exiting with status {}", exit::OK);
+                    return Ok(exit::OK);
+                }
+            }
+        }
+        let state_path = state_file::path(&root, &chain_name);
+        let base_state = match state_file::load(&state_path) {
+            Ok(s) => s,
+            Err(msg) => {
+                log::warn!("{chain_name}: {msg}");
+                resume::State::default()
+            }
+        };
+        if first && !wait_for_the_old_run(&chain_name, &base_state, &signals)? {
+            log::warn!(
+                "{chain_name}: stopped while waiting for the previous run's processes to end"
+            );
+            end_fleet(&mut ownership, &root, &chain_name);
+            log::info!("{chain_name}: exiting with status {}", exit::OK);
+            return Ok(exit::OK);
+        }
+        // A SIGHUP that came while the launch waited: the config is read again now, before
+        // the first run, as a running chain would on SIGHUP.
+        let reloaded;
+        (config, tasks, reloaded) = if signals.take_hup_before_running() {
+            reload_before_running(
+                &chain_name,
+                &args.tasks,
+                &root,
+                root_from_config,
+                config,
+                tasks,
+            )
+        } else {
+            (config, tasks, false)
+        };
+        let chain_view = driver::chain_tasks(&tasks);
+        let clocks = resume::Clocks {
+            mono: time::mono_now(),
+            wall_ms: time::wall_ms(),
+            boot_id: sys::boot_id(),
+        };
+        let (mut resume, warning) = resume::resume(&base_state, &chain_view, &clocks);
+        if let Some(w) = warning {
+            log::warn!("{chain_name}: {w}");
+        }
+        seed_run_ids(&root, &chain_name, &chain_view, &mut resume);
+        log::info!(
+            "{chain_name}: running as pid {} (run-chain {}, config {} digest {}){}",
+            std::process::id(),
+            env!("CARGO_PKG_VERSION"),
+            config.file.display(),
+            config.digest,
+            if mode == Mode::Once { ", once" } else { "" }
+        );
+        // A run-now request the previous instance accepted runs first (not in `--once`).
+        let (pending, dropped) = resume::pending(&base_state, &chain_view);
+        if let Some(w) = dropped {
+            log::warn!("{chain_name}: {w}");
+        }
+        let chain = Chain::new(chain_view, mode, resume).with_pending(pending);
+        let driver = Driver::new(
+            chain_name.clone(),
+            args.tasks.clone(),
+            config.clone(),
+            tasks.clone(),
+            root.clone(),
+            mode,
+            chain,
+            signals,
+            guardian,
+            ownership,
+            base_state,
         )
+        .with_root_from_config(root_from_config)
+        // As a running chain on SIGHUP: a changed cooldown applies to the one carried over.
+        .with_reconfigure_at_start(reloaded);
+        let ended = driver.run()?;
+        ownership = ended.ownership;
+        first = false;
+        if let Some(f) = ownership.fleet_mut() {
+            f.stop_running();
+        }
+        if ended.lost {
+            parts = (ended.signals, ended.guardian);
+            continue;
+        }
+        end_fleet(&mut ownership, &root, &chain_name);
+        return Ok(ended.code);
+    }
+}
+
+/// The chain ends on this host: keep the lease for a newer launch of the chain here (it
+/// takes it over: `CHAIN.next`), else release it (the task group is gone by now), so that
+/// a standby elsewhere runs the chain at once.
+fn end_fleet(ownership: &mut Ownership, root: &Path, chain: &str) {
+    let Some(f) = ownership.fleet_mut() else {
+        return;
+    };
+    let _ = std::fs::remove_file(fleet::standing::path(root, chain));
+    if let Some(pid) = next::newer_than_me(root, chain) {
+        log::info!("{chain}: fleet: keeping the lease for the newer launch (PID {pid})");
+        f.keep();
     } else {
-        (config, tasks, false)
-    };
-    let chain_view = driver::chain_tasks(&tasks);
-    let clocks = resume::Clocks {
-        mono: time::mono_now(),
-        wall_ms: time::wall_ms(),
-        boot_id: sys::boot_id(),
-    };
-    let (mut resume, warning) = resume::resume(&base_state, &chain_view, &clocks);
-    if let Some(w) = warning {
-        log::warn!("{chain_name}: {w}");
+        f.release(f.lease() / 5 + std::time::Duration::from_secs(1));
     }
-    seed_run_ids(&root, &chain_name, &chain_view, &mut resume);
-    log::info!(
-        "{chain_name}: running as pid {} (run-chain {}, config {} digest {}){}",
-        std::process::id(),
-        env!("CARGO_PKG_VERSION"),
-        config.file.display(),
-        config.digest,
-        if mode == Mode::Once { ", once" } else { "" }
-    );
-    // A run-now request the previous instance accepted runs first (not in `--once`).
-    let (pending, dropped) = resume::pending(&base_state, &chain_view);
-    if let Some(w) = dropped {
-        log::warn!("{chain_name}: {w}");
+}
+
+/// Where the standby stands, for `status` (`RUN_ROOT/CHAIN.fleet`).
+fn show_standby(root: &Path, chain: &str, view: &fleet::View) {
+    let line = match view {
+        fleet::View::Standby {
+            held_by: Some((h, e)),
+            ..
+        } => format!("standby {h} {e}"),
+        fleet::View::Standby {
+            error: Some(err), ..
+        } => format!("standby - 0 database unreachable: {err}"),
+        _ => "standby - 0".to_string(),
+    };
+    if let Err(e) = fleet::standing::write(root, chain, &line) {
+        log::warn!(
+            "{chain}: failed to write {}: {e}",
+            fleet::standing::path(root, chain).display()
+        );
     }
-    let chain = Chain::new(chain_view, mode, resume).with_pending(pending);
-    let driver = Driver::new(
-        chain_name,
-        args.tasks.clone(),
-        config,
-        tasks,
-        root,
-        mode,
-        chain,
-        signals,
-        guardian,
-        ownership,
-        base_state,
-    )
-    .with_root_from_config(root_from_config)
-    // As a running chain on SIGHUP: a changed cooldown applies to the one carried over.
-    .with_reconfigure_at_start(reloaded);
-    driver.run()
 }
 
 /// The config read again for a SIGHUP received while the launch waited to run (see

@@ -26,9 +26,6 @@
 
 use std::time::Duration;
 
-/// The shortest lease `check` accepts: at 1 s a renew is due every 200 ms.
-pub(crate) const MIN_LEASE: Duration = Duration::from_secs(1);
-
 /// A standby's acquire tries come this long apart, plus up to as much again (jitter).
 pub(crate) const ACQUIRE_EVERY: Duration = Duration::from_millis(500);
 
@@ -150,10 +147,6 @@ impl Lease {
             lease,
             state: State::Standby { next_try: now },
         }
-    }
-
-    pub(crate) fn lease(&self) -> Duration {
-        self.lease
     }
 
     pub(crate) fn state(&self) -> &State {

@@ -24,9 +24,9 @@
 //!   died during a run, so no task starts while the old run's processes live.
 //! - `holders`: the lock holders of many chains at once, for the readers.
 
+pub(crate) mod fleet;
 pub(crate) mod handover;
 pub(crate) mod holders;
-#[allow(dead_code)] // used by the DB thread and Ownership::Fleet (next commits)
 pub(crate) mod lease;
 pub(crate) mod ownership;
 pub mod pidfile;

@@ -87,6 +87,21 @@ pub(crate) struct Driver {
     slot: slots::Gate,
     /// Alert mails: the store's outbox and the thread that delivers it.
     mailer: Mailer,
+    /// The fleet's lease was lost: the chain is stopping, and goes back to standby.
+    lost: bool,
+    /// A stop was asked for (a signal, `stop`): the process exits, lost or not.
+    stop_asked: bool,
+}
+
+/// How the loop ended, with what `app::run` needs to go back to standby after a lost
+/// lease (the ownership, the signals, the guardian).
+pub(crate) struct Ended {
+    pub(crate) code: u8,
+    /// The lease was lost (and no stop was asked): wait as a standby, run again.
+    pub(crate) lost: bool,
+    pub(crate) ownership: Ownership,
+    pub(crate) signals: Signals,
+    pub(crate) guardian: Guardian,
 }
 
 pub(crate) use crate::core::supervisor::chain_tasks;
@@ -168,6 +183,8 @@ impl Driver {
             mailer,
             ctl,
             ctl_client: None,
+            lost: false,
+            stop_asked: false,
         }
     }
 
@@ -183,8 +200,27 @@ impl Driver {
         self
     }
 
-    /// Run until the chain exits; returns the exit status.
-    pub(crate) fn run(mut self) -> Result<u8> {
+    /// Run until the chain exits; returns the exit status and what the next period of
+    /// ownership needs (see [`Ended`]).
+    pub(crate) fn run(mut self) -> Result<Ended> {
+        let code = self.run_loop()?;
+        let lost = self.lost && !self.stop_asked && self.sup.mode() == Mode::Forever;
+        let Driver {
+            ownership,
+            signals,
+            running,
+            ..
+        } = self;
+        Ok(Ended {
+            code,
+            lost,
+            ownership,
+            signals,
+            guardian: running.into_guardian(),
+        })
+    }
+
+    fn run_loop(&mut self) -> Result<u8> {
         // The loop sleeps in ppoll until the next deadline; the kernel may let such a
         // timer fire up to the thread's "timer slack" late (50 µs by default). The loop
         // wakes once per cooldown, so it asks for 1 µs: due times are kept to the clock.
@@ -226,7 +262,13 @@ impl Driver {
                 }
                 continue;
             }
-            let deadline = self.sup.chain().next_deadline();
+            let mut deadline = self.sup.chain().next_deadline();
+            // The fleet's start gate: between runs, the next one waits while the lease is
+            // not fresh (a renew failed, or the fence is near); the lease's eventfd wakes
+            // the loop when that changes.
+            if deadline.is_some() && self.sup.chain().in_cooldown() && !self.ownership.may_start() {
+                deadline = None;
+            }
             if let Some(d) = deadline {
                 if d <= now.mono {
                     if let Some(exit) = self.feed(now, Event::Chain(chain::Event::Tick)) {
@@ -265,9 +307,9 @@ impl Driver {
             // None for the local lock: nothing to renew.
             let lock_at = self.ownership.deadline();
             if lock_at.is_some_and(|t| t <= now.mono) {
-                // Exhaustive: a lease's `Lost` is to be fed as a graceful stop here.
-                match self.ownership.on_deadline(now.mono) {
-                    LockEvent::Held => {}
+                let ev = self.ownership.on_deadline(now.mono);
+                if let Some(exit) = self.on_lock_event(now, ev) {
+                    return Ok(self.finish(exit));
                 }
                 continue;
             }
@@ -292,6 +334,10 @@ impl Driver {
                 fds.len() - 1
             });
             let watch_at = self.slot.watch_fd().map(|fd| {
+                fds.push(sys::pollfd(fd, libc::POLLIN));
+                fds.len() - 1
+            });
+            let lock_fd_at = self.ownership.fd().map(|fd| {
                 fds.push(sys::pollfd(fd, libc::POLLIN));
                 fds.len() - 1
             });
@@ -343,6 +389,12 @@ impl Driver {
                     return Ok(self.finish(exit));
                 }
             }
+            if lock_fd_at.is_some_and(|i| fds[i].revents != 0) {
+                let ev = self.ownership.on_ready(now.mono);
+                if let Some(exit) = self.on_lock_event(now, ev) {
+                    return Ok(self.finish(exit));
+                }
+            }
             if ctl_at.is_some_and(|i| fds[i].revents != 0) {
                 if let Some(exit) = self.on_control(now) {
                     return Ok(self.finish(exit));
@@ -355,6 +407,40 @@ impl Driver {
                         return Ok(self.finish(exit));
                     }
                 }
+            }
+        }
+    }
+
+    /// What the ownership said: a lost lease stops the chain now (nothing new starts, the
+    /// running task's group gets SIGTERM, and SIGKILL at `kill_grace` or at the fence's
+    /// [`LockEvent::Kill`], whichever comes first).
+    fn on_lock_event(&mut self, now: Now, ev: LockEvent) -> Option<ExitReason> {
+        match ev {
+            LockEvent::Held => None,
+            LockEvent::Lost { reason } => {
+                if self.lost {
+                    return None;
+                }
+                self.lost = true;
+                log::warn!(
+                    "{}: fleet: {reason}: stopping the chain (the running task now), then waiting as standby",
+                    self.chain_name
+                );
+                self.feed(
+                    now,
+                    Event::Chain(chain::Event::Control(chain::Control::StopNow)),
+                )
+            }
+            LockEvent::Kill => {
+                if self.running.run().is_some() {
+                    log::warn!(
+                        "{}: fleet: 0.8 × lease without a renew: SIGKILL to the running task's group",
+                        self.chain_name
+                    );
+                    self.running
+                        .signal(&self.chain_name, chain::GroupSignal::Kill);
+                }
+                None
             }
         }
     }
@@ -446,6 +532,12 @@ impl Driver {
     /// store's records of the feed (a run's end, the next run's start) go to the writer
     /// thread as one transaction at the end, after the spawn.
     fn feed(&mut self, now: Now, first: Event) -> Option<ExitReason> {
+        if matches!(
+            first,
+            Event::Signal(Signal::Term | Signal::Int | Signal::Quit) | Event::Stop { .. }
+        ) {
+            self.stop_asked = true;
+        }
         self.store.begin_batch();
         let exit = self.feed_events(now, first);
         if self.state_dirty {

@@ -37,6 +37,12 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// The guardian, for the next period of ownership (a fleet chain that lost its lease
+    /// and runs again once it re-acquires it).
+    pub(crate) fn into_guardian(self) -> Guardian {
+        self.guardian
+    }
+
     /// Nothing running; `guardian` and the mailer's `children` are never a run's.
     pub(crate) fn new(guardian: Guardian, children: Children) -> Running {
         Running {

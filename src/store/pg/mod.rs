@@ -8,4 +8,5 @@
 
 pub(crate) mod conn;
 pub(crate) mod guard;
+pub(crate) mod lease;
 pub(crate) mod schema;

@@ -1,0 +1,288 @@
+//! The lease statements (issue 20; design notes §3): one row per chain in
+//! `run_chain.leases`, on the database's clock, with `epoch` as the fencing token. Each
+//! function is one unnamed statement (`query_typed*` / `execute_typed`: PgBouncer's
+//! transaction pooling), run on the chain's DB thread through [`Conn::run`] with the
+//! caller's client-side timeout. No advisory lock, no session `SET`.
+//!
+//! - [`ensure_row`]: the chain's row, once per launch (`ON CONFLICT DO NOTHING`).
+//! - [`acquire`]: only a free or expired row, with `epoch + 1`; returns the predecessor
+//!   (read under `FOR UPDATE` in the same statement: PostgreSQL 15 has no `OLD` in
+//!   `RETURNING`). Two acquirers racing: the second waits for the first's row lock and
+//!   then reads the row the first wrote, which is unexpired: 0 rows.
+//! - [`renew`]: scoped to the row's (holder, epoch) *and* unexpired; never an upsert
+//!   (River #197: a renew that matched whatever the row said). 0 rows: lost.
+//! - [`release`]: `holder = NULL, expires_at = now()`, only if still (holder, epoch).
+//! - [`takeover`]: the relaunch on the same host, after the local hand-over: exactly the
+//!   (holder, epoch) the predecessor recorded, in one statement, `epoch + 1`; whoever
+//!   still is that (holder, epoch) is the predecessor, so no other host can slip in.
+//! - [`standby`]: the standby's row in `run_chain.standbys` (upsert: the row is the
+//!   standby's own, keyed by its holder id); [`leave_standbys`] removes it.
+//! - [`read`]: who holds the lease now (holder, host, epoch, seconds left).
+
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+
+use super::conn::{Conn, DbError};
+
+const ENSURE_ROW: &str =
+    "INSERT INTO run_chain.leases (chain) VALUES ($1) ON CONFLICT (chain) DO NOTHING";
+
+const ACQUIRE: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
+     epoch = l.epoch + 1, acquired_at = now(), renewed_at = now(), \
+     expires_at = now() + make_interval(secs => $4) \
+     FROM (SELECT chain, holder AS o_holder, host AS o_host, epoch AS o_epoch, \
+           expires_at AS o_expires FROM run_chain.leases WHERE chain = $1 FOR UPDATE) o \
+     WHERE l.chain = o.chain AND (o.o_holder IS NULL OR o.o_expires <= now()) \
+     RETURNING l.epoch, o.o_holder, o.o_host, o.o_epoch";
+
+const RENEW: &str = "UPDATE run_chain.leases \
+     SET expires_at = now() + make_interval(secs => $4), renewed_at = now() \
+     WHERE chain = $1 AND holder = $2 AND epoch = $3 AND expires_at > now() \
+     RETURNING epoch";
+
+const RELEASE: &str = "UPDATE run_chain.leases SET holder = NULL, host = NULL, expires_at = now() \
+     WHERE chain = $1 AND holder = $2 AND epoch = $3";
+
+const TAKEOVER: &str = "UPDATE run_chain.leases SET holder = $2, host = $3, epoch = epoch + 1, \
+     acquired_at = now(), renewed_at = now(), expires_at = now() + make_interval(secs => $4) \
+     WHERE chain = $1 AND holder = $5 AND epoch = $6 \
+     RETURNING epoch";
+
+const STANDBY: &str = "INSERT INTO run_chain.standbys (chain, holder, host, seen_at) \
+     VALUES ($1, $2, $3, now()) \
+     ON CONFLICT (chain, holder) DO UPDATE SET host = EXCLUDED.host, seen_at = now()";
+
+const LEAVE_STANDBYS: &str = "DELETE FROM run_chain.standbys WHERE chain = $1 AND holder = $2";
+
+const READ: &str = "SELECT holder, host, epoch, \
+     CASE WHEN expires_at > now() \
+          THEN extract(epoch FROM (expires_at - now()))::float8 ELSE 0 END \
+     FROM run_chain.leases WHERE chain = $1";
+
+/// Who the acquirer follows (the row before its acquire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Predecessor {
+    pub(crate) holder: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) epoch: i64,
+}
+
+/// The lease row as read by [`read`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Holder {
+    pub(crate) holder: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) epoch: i64,
+    /// Seconds until it expires on the database's clock (0: expired or free).
+    pub(crate) left: f64,
+}
+
+impl Holder {
+    /// Whether some instance holds it now.
+    pub(crate) fn held(&self) -> bool {
+        self.holder.is_some() && self.left > 0.0
+    }
+}
+
+/// Who is to hold the lease: the instance's id, its host, the lease's length.
+#[derive(Debug, Clone)]
+pub(crate) struct Me<'a> {
+    pub(crate) chain: &'a str,
+    pub(crate) holder: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) lease: Duration,
+}
+
+impl Me<'_> {
+    fn secs(&self) -> f64 {
+        self.lease.as_secs_f64()
+    }
+}
+
+/// The chain's row (once per launch).
+pub(crate) fn ensure_row(conn: &Conn, chain: &str, timeout: Duration) -> Result<(), DbError> {
+    conn.run(
+        timeout,
+        conn.client()
+            .execute_typed(ENSURE_ROW, &[(&chain, Type::TEXT)]),
+    )
+    .map(|_| ())
+}
+
+/// Acquire a free or expired lease: Some((new epoch, predecessor)), or None (held).
+pub(crate) fn acquire(
+    conn: &Conn,
+    me: &Me<'_>,
+    timeout: Duration,
+) -> Result<Option<(i64, Predecessor)>, DbError> {
+    let secs = me.secs();
+    let row = conn.run(
+        timeout,
+        conn.client().query_typed_opt(
+            ACQUIRE,
+            &[
+                (&me.chain, Type::TEXT),
+                (&me.holder, Type::TEXT),
+                (&me.host, Type::TEXT),
+                (&secs, Type::FLOAT8),
+            ],
+        ),
+    )?;
+    row.map(|r| {
+        Ok::<_, tokio_postgres::Error>((
+            r.try_get::<_, i64>(0)?,
+            Predecessor {
+                holder: r.try_get(1)?,
+                host: r.try_get(2)?,
+                epoch: r.try_get(3)?,
+            },
+        ))
+    })
+    .transpose()
+    .map_err(DbError::from)
+}
+
+/// Renew (holder, epoch) while unexpired: true if renewed, false if the row is no longer
+/// ours or expired (lost: never renewed again).
+pub(crate) fn renew(
+    conn: &Conn,
+    me: &Me<'_>,
+    epoch: i64,
+    timeout: Duration,
+) -> Result<bool, DbError> {
+    let secs = me.secs();
+    let row = conn.run(
+        timeout,
+        conn.client().query_typed_opt(
+            RENEW,
+            &[
+                (&me.chain, Type::TEXT),
+                (&me.holder, Type::TEXT),
+                (&epoch, Type::INT8),
+                (&secs, Type::FLOAT8),
+            ],
+        ),
+    )?;
+    Ok(row.is_some())
+}
+
+/// Give the lease up (if still ours): true if it was.
+pub(crate) fn release(
+    conn: &Conn,
+    me: &Me<'_>,
+    epoch: i64,
+    timeout: Duration,
+) -> Result<bool, DbError> {
+    let n = conn.run(
+        timeout,
+        conn.client().execute_typed(
+            RELEASE,
+            &[
+                (&me.chain, Type::TEXT),
+                (&me.holder, Type::TEXT),
+                (&epoch, Type::INT8),
+            ],
+        ),
+    )?;
+    Ok(n == 1)
+}
+
+/// Take over exactly (`old_holder`, `old_epoch`) (the relaunch on the same host): the new
+/// epoch, or None if the row is no longer that.
+pub(crate) fn takeover(
+    conn: &Conn,
+    me: &Me<'_>,
+    old_holder: &str,
+    old_epoch: i64,
+    timeout: Duration,
+) -> Result<Option<i64>, DbError> {
+    let secs = me.secs();
+    let row = conn.run(
+        timeout,
+        conn.client().query_typed_opt(
+            TAKEOVER,
+            &[
+                (&me.chain, Type::TEXT),
+                (&me.holder, Type::TEXT),
+                (&me.host, Type::TEXT),
+                (&secs, Type::FLOAT8),
+                (&old_holder, Type::TEXT),
+                (&old_epoch, Type::INT8),
+            ],
+        ),
+    )?;
+    row.map(|r| r.try_get::<_, i64>(0))
+        .transpose()
+        .map_err(DbError::from)
+}
+
+/// Say this instance waits as a standby (seen now).
+pub(crate) fn standby(conn: &Conn, me: &Me<'_>, timeout: Duration) -> Result<(), DbError> {
+    conn.run(
+        timeout,
+        conn.client().execute_typed(
+            STANDBY,
+            &[
+                (&me.chain, Type::TEXT),
+                (&me.holder, Type::TEXT),
+                (&me.host, Type::TEXT),
+            ],
+        ),
+    )
+    .map(|_| ())
+}
+
+/// This instance waits no more (it owns the chain, or exits).
+pub(crate) fn leave_standbys(conn: &Conn, me: &Me<'_>, timeout: Duration) -> Result<(), DbError> {
+    conn.run(
+        timeout,
+        conn.client().execute_typed(
+            LEAVE_STANDBYS,
+            &[(&me.chain, Type::TEXT), (&me.holder, Type::TEXT)],
+        ),
+    )
+    .map(|_| ())
+}
+
+/// The chain's lease row (None: no row yet).
+pub(crate) fn read(conn: &Conn, chain: &str, timeout: Duration) -> Result<Option<Holder>, DbError> {
+    let row = conn.run(
+        timeout,
+        conn.client().query_typed_opt(READ, &[(&chain, Type::TEXT)]),
+    )?;
+    row.map(|r| {
+        Ok::<_, tokio_postgres::Error>(Holder {
+            holder: r.try_get(0)?,
+            host: r.try_get(1)?,
+            epoch: r.try_get(2)?,
+            left: r.try_get(3)?,
+        })
+    })
+    .transpose()
+    .map_err(DbError::from)
+}
+
+/// `n` random bytes from the OS's generator (ring's `SystemRandom`, through rustls'
+/// provider: ring is not a direct dependency). None if the OS gives no randomness.
+pub(crate) fn random<const N: usize>() -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut b)
+        .ok()?;
+    Some(b)
+}
+
+/// A new holder id: 32 hex characters of 16 random bytes. None if the OS gives no
+/// randomness.
+pub(crate) fn new_holder_id() -> Option<String> {
+    Some(random::<16>()?.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// A jitter in 0..1 (0.5 if the OS gives no randomness).
+pub(crate) fn jitter() -> f64 {
+    random::<2>().map_or(0.5, |b| {
+        f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+    })
+}
