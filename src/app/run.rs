@@ -153,8 +153,14 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
                             );
                         }
                     }
-                    let line = format!("owner {} {epoch}", f.host());
-                    let _ = fleet::standing::write(&root, &chain_name, &line);
+                    let st = fleet::standing::Standing {
+                        owner: true,
+                        pid: std::process::id() as i32,
+                        host: Some(f.host().to_string()),
+                        epoch: Some(epoch),
+                        error: None,
+                    };
+                    let _ = fleet::standing::write(&root, &chain_name, &st);
                 }
                 None => {
                     log::info!("{chain_name}: stopped while waiting as standby");
@@ -270,17 +276,18 @@ fn end_fleet(ownership: &mut Ownership, root: &Path, chain: &str) {
 
 /// Where the standby stands, for `status` (`RUN_ROOT/CHAIN.fleet`).
 fn show_standby(root: &Path, chain: &str, view: &fleet::View) {
-    let line = match view {
-        fleet::View::Standby {
-            held_by: Some((h, e)),
-            ..
-        } => format!("standby {h} {e}"),
-        fleet::View::Standby {
-            error: Some(err), ..
-        } => format!("standby - 0 database unreachable: {err}"),
-        _ => "standby - 0".to_string(),
+    let (held_by, error) = match view {
+        fleet::View::Standby { held_by, error } => (held_by.clone(), error.clone()),
+        _ => (None, None),
     };
-    if let Err(e) = fleet::standing::write(root, chain, &line) {
+    let st = fleet::standing::Standing {
+        owner: false,
+        pid: std::process::id() as i32,
+        host: held_by.as_ref().map(|(h, _)| h.clone()),
+        epoch: held_by.map(|(_, e)| e),
+        error: error.map(|e| format!("database unreachable: {e}")),
+    };
+    if let Err(e) = fleet::standing::write(root, chain, &st) {
         log::warn!(
             "{chain}: failed to write {}: {e}",
             fleet::standing::path(root, chain).display()

@@ -446,16 +446,72 @@ pub(crate) mod record {
 }
 
 /// `RUN_ROOT/CHAIN.fleet`: where this host's instance stands, for `status` (one line:
-/// `standby HOST EPOCH` / `standby - 0 REASON` / `owner HOST EPOCH`).
+/// `ROLE PID HOST EPOCH [ERROR]`, ROLE `owner` or `standby`, HOST the lease holder's host
+/// (`-` if none), EPOCH its epoch (0 if none)). Written by the instance (write + rename),
+/// removed when it exits; `status` trusts it only while PID holds the chain's lock.
 pub(crate) mod standing {
     use std::path::{Path, PathBuf};
+
+    /// What the file says.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Standing {
+        pub(crate) owner: bool,
+        pub(crate) pid: i32,
+        pub(crate) host: Option<String>,
+        pub(crate) epoch: Option<i64>,
+        pub(crate) error: Option<String>,
+    }
 
     pub(crate) fn path(root: &Path, chain: &str) -> PathBuf {
         root.join(format!("{chain}.fleet"))
     }
 
+    /// The line for `st`.
+    pub(crate) fn line(st: &Standing) -> String {
+        let mut l = format!(
+            "{} {} {} {}",
+            if st.owner { "owner" } else { "standby" },
+            st.pid,
+            st.host.as_deref().unwrap_or("-"),
+            st.epoch.unwrap_or(0)
+        );
+        if let Some(e) = &st.error {
+            l.push(' ');
+            l.push_str(&e.replace('\n', " "));
+        }
+        l
+    }
+
+    /// Parse a line written by [`line`].
+    pub(crate) fn parse(text: &str) -> Option<Standing> {
+        let text = text.trim_end_matches('\n');
+        let mut it = text.splitn(5, ' ');
+        let owner = match it.next()? {
+            "owner" => true,
+            "standby" => false,
+            _ => return None,
+        };
+        let pid = it.next()?.parse().ok()?;
+        let host = Some(it.next()?).filter(|h| *h != "-").map(str::to_string);
+        let epoch = Some(it.next()?.parse::<i64>().ok()?).filter(|e| *e > 0);
+        let error = it.next().map(str::to_string);
+        Some(Standing {
+            owner,
+            pid,
+            host,
+            epoch,
+            error,
+        })
+    }
+
+    /// What `holder` (the chain's lock holder now) wrote, if it wrote it.
+    pub(crate) fn read(root: &Path, chain: &str, holder: i32) -> Option<Standing> {
+        let st = parse(&std::fs::read_to_string(path(root, chain)).ok()?)?;
+        (st.pid == holder).then_some(st)
+    }
+
     /// Replace it (write + rename); errors are logged by the caller.
-    pub(crate) fn write(root: &Path, chain: &str, line: &str) -> std::io::Result<()> {
+    pub(crate) fn write(root: &Path, chain: &str, st: &Standing) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let p = path(root, chain);
@@ -467,12 +523,48 @@ pub(crate) mod standing {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
-            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+            .and_then(|mut f| f.write_all(format!("{}\n", line(st)).as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &p));
         if res.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         res
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lines_read_back() {
+            for st in [
+                Standing {
+                    owner: false,
+                    pid: 12,
+                    host: Some("h1".into()),
+                    epoch: Some(7),
+                    error: None,
+                },
+                Standing {
+                    owner: true,
+                    pid: 13,
+                    host: Some("h2".into()),
+                    epoch: Some(8),
+                    error: None,
+                },
+                Standing {
+                    owner: false,
+                    pid: 14,
+                    host: None,
+                    epoch: None,
+                    error: Some("database unreachable: connection refused (os error 111)".into()),
+                },
+            ] {
+                assert_eq!(parse(&format!("{}\n", line(&st))), Some(st));
+            }
+            assert_eq!(parse("nonsense 1 h 1"), None);
+            assert_eq!(parse(""), None);
+        }
     }
 }
 

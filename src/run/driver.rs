@@ -452,7 +452,14 @@ impl Driver {
         }
         // What is left goes to the store now (the writer thread makes one last try).
         self.store.finish();
-        log::info!("{}: exiting with status {code}", self.chain_name);
+        if self.lost && !self.stop_asked && self.sup.mode() == Mode::Forever {
+            log::info!(
+                "{}: fleet: chain stopped after the lease was lost; waiting as standby",
+                self.chain_name
+            );
+        } else {
+            log::info!("{}: exiting with status {code}", self.chain_name);
+        }
         code
     }
 

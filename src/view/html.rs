@@ -157,6 +157,7 @@ fn doing(ctx: &Ctx, n: &NowView, p50: Option<u64>) -> Markup {
             }
             NowState::Starting => { "starting" }
             NowState::Down => { "down" }
+            NowState::Standby => { "standby" }
         }
     }
 }

@@ -22,6 +22,7 @@ use super::runs::store_error;
 use super::units::{ago, dur, short_time, time_ago, Secs, Wall};
 use crate::core::resume;
 use crate::error::{Error, Result};
+use crate::lock::fleet::standing;
 use crate::lock::holders::{chains, holders};
 use crate::store::state_file;
 use crate::store::{self, SeriesRow};
@@ -41,6 +42,8 @@ pub(crate) struct StatusView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct ChainView {
     pub(crate) chain: String,
+    /// With a `[store]` (the fleet): this host's instance's role and who holds the lease.
+    pub(crate) fleet: Option<FleetView>,
     pub(crate) now: NowView,
     /// The lock holder's PID, while the chain is up.
     pub(crate) pid: Option<i32>,
@@ -49,6 +52,16 @@ pub(crate) struct ChainView {
     pub(crate) queued: Option<QueuedView>,
     pub(crate) tasks: Vec<TaskView>,
     pub(crate) up: bool,
+}
+
+/// A fleet chain's instance on this host: `owner` or `standby`, and the lease's holder
+/// (host, epoch); `error`: why a standby cannot use the database, if it cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct FleetView {
+    pub(crate) epoch: Option<i64>,
+    pub(crate) error: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) role: String,
 }
 
 /// A pending `run-now`: the task, the run id reserved for it, who asked.
@@ -84,6 +97,8 @@ pub(crate) enum NowState {
     Waiting,
     /// Between two runs.
     Cooldown,
+    /// A fleet chain whose instance here waits: another host holds the lease.
+    Standby,
 }
 
 impl NowView {
@@ -183,7 +198,19 @@ pub(crate) fn build(run_root: &Path) -> Result<StatusView> {
             let st = state_file::load(&state_file::path(run_root, chain)).unwrap_or_default();
             let another = holder.is_some_and(|pid| written_by_another_instance(&st, pid));
             let rows = by_chain.get(chain.as_str()).map_or(&[][..], Vec::as_slice);
-            chain_view(chain, holder, &st, another, rows)
+            let mut v = chain_view(chain, holder, &st, another, rows);
+            if let Some(f) = holder.and_then(|pid| standing::read(run_root, chain, pid)) {
+                if !f.owner {
+                    v.now = NowView::only(NowState::Standby);
+                }
+                v.fleet = Some(FleetView {
+                    epoch: f.epoch,
+                    error: f.error,
+                    host: f.host,
+                    role: if f.owner { "owner" } else { "standby" }.to_string(),
+                });
+            }
+            v
         })
         .collect();
     let root = std::path::absolute(run_root).unwrap_or_else(|_| run_root.to_path_buf());
@@ -244,6 +271,7 @@ fn chain_view(
         .collect();
     ChainView {
         chain: chain.to_string(),
+        fleet: None,
         now,
         pid: holder,
         queued: st.run_now.as_ref().map(|r| QueuedView {
@@ -308,6 +336,9 @@ pub(crate) fn text(v: &StatusView, now: Wall) -> String {
     for c in &v.chains {
         let pid = c.pid.map_or(String::new(), |p| format!(" pid {p}"));
         let _ = writeln!(w, "{}:{pid} {}", c.chain, doing(&c.now, now));
+        if let Some(f) = &c.fleet {
+            let _ = writeln!(w, "  fleet: {}", fleet_text(f));
+        }
         if let Some(q) = &c.queued {
             let _ = writeln!(
                 w,
@@ -362,6 +393,22 @@ fn doing(n: &NowView, now: Wall) -> String {
             _ => format!("{task} due now"),
         },
         NowState::Down => "down".to_string(),
+        NowState::Standby => "standby".to_string(),
+    }
+}
+
+/// A fleet chain's line: "standby; the chain runs on host h1 (epoch 7)", "owner (epoch
+/// 8)", "standby; database unreachable: ...".
+fn fleet_text(f: &FleetView) -> String {
+    let holder = match (&f.host, f.epoch) {
+        (Some(h), Some(e)) => format!("host {h} (epoch {e})"),
+        _ => "no host".to_string(),
+    };
+    match (f.role.as_str(), &f.error) {
+        ("owner", _) => format!("owner, as {holder}"),
+        (_, Some(e)) => format!("standby; {e}"),
+        _ if f.host.is_some() => format!("standby; the chain runs on {holder}"),
+        _ => "standby; the lease is free or expiring".to_string(),
     }
 }
 
