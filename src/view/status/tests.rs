@@ -204,6 +204,7 @@ fn the_json_of_a_status() {
   "chains": [
     {
       "chain": "nightly",
+      "fleet": null,
       "now": {
         "group": "db",
         "run_id": 12,
