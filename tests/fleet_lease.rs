@@ -1,0 +1,350 @@
+//! The fleet's lease (issue 20, stage 1) against a real PostgreSQL: "hosts" are run-chain
+//! instances with their own RUN_ROOT and `host = "h1"`, `"h2"`, ... sharing one database, with
+//! `lease = "2s"`. Every task stamps the ledger (tests/support/ledger.rs), which judges overlap
+//! independently of run-chain's own records.
+//!
+//! Cases: only the owner runs and the standby shows as such (status, the lease row); a SIGTERM
+//! releases the lease and the standby runs within 1.5 s; a foreign UPDATE of the row makes the
+//! owner lose the lease at its next renew, stop its task and go back to standby, never renewing
+//! a row that is not its own (River #197); `--once` / `--no-kill-concurrent` exit 75 naming the
+//! holder, and `--once` releases at its end; a relaunch on the owner's host takes over the
+//! lease there (epoch + 1) with no run elsewhere. The kill -9, SIGTERM and bad-input end-to-end
+//! cases are in tests/fleet.rs.
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Runner, TestEnv};
+use serde_json::Value;
+use support::ledger::{self, Ledger};
+use support::pg::Pg;
+
+const LEASE: &str = "2s";
+
+/// One "host": a TestEnv whose config names the shared database, the host and the task.
+struct Host {
+    env: TestEnv,
+}
+
+fn host(name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Host {
+    let env = TestEnv::new("");
+    let pw = Pg::shared().write_runchain_password(&env.path("pw"));
+    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
+    env.write_config(&format!(
+        r#"
+[store]
+url = "{url}"
+password_file = "{pw}"
+lease = "{LEASE}"
+host = "{name}"
+
+[defaults]
+success_cooldown = "100ms"
+fail_cooldown = "100ms"
+stop_grace = "0s"
+kill_grace = "300ms"
+
+[tasks.work]
+command = "{script}"
+env = {{ RC_HOST = "{name}" }}
+"#,
+        pw = pw.display(),
+        script = script.display(),
+    ));
+    Host { env }
+}
+
+impl Host {
+    fn spawn(&self, extra: &[&str]) -> Runner {
+        let mut args = vec!["work"];
+        args.extend_from_slice(extra);
+        self.env.spawn(&args)
+    }
+
+    fn status_json(&self) -> Value {
+        let out = self.env.sub(&["status", "--json"]);
+        out.assert_code(0);
+        serde_json::from_str(&out.stdout).expect("status --json")
+    }
+}
+
+/// The lease row: (holder, host, epoch).
+fn lease_row(pg: &Pg, db: &str) -> (String, String, i64) {
+    let out = pg.psql(
+        db,
+        "SELECT coalesce(holder, ''), coalesce(host, ''), epoch FROM run_chain.leases WHERE chain = 'work'",
+    );
+    let mut it = out.split('|');
+    let holder = it.next().unwrap_or_default().to_string();
+    let host = it.next().unwrap_or_default().to_string();
+    let epoch = it.next().and_then(|e| e.parse().ok()).unwrap_or(-1);
+    (holder, host, epoch)
+}
+
+fn runs_of(ledger_path: &Path, host: &str) -> usize {
+    Ledger::read(ledger_path).of_host(host).count()
+}
+
+fn ledger_file(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(name);
+    (dir, p)
+}
+
+fn text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// The epoch in the last `fleet: owner (epoch E` line of `stderr`.
+fn owner_epoch(stderr: &str) -> Option<i64> {
+    let i = stderr.rfind("fleet: owner (epoch ")?;
+    let rest = &stderr[i + "fleet: owner (epoch ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn only_the_owner_runs_the_standby_shows_as_standby_and_runs_within_1_5_s_of_a_release() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("lease_release");
+    let (_ld, lp) = ledger_file("ledger");
+    // Runs of 0.5 s (10 ticks of 50 ms), 100 ms apart.
+    let h1 = host("h1", &url, &lp, 10);
+    let h2 = host("h2", &url, &lp, 10);
+    let mut r1 = h1.spawn(&[]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 owns the lease", || {
+        text(&e1).contains("fleet: owner (epoch ")
+    });
+    let mut r2 = h2.spawn(&[]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits as standby", || {
+        text(&e2).contains("fleet: standby: the chain runs on host h1 (epoch ")
+    });
+    let epoch = owner_epoch(&r1.stderr()).expect("owner epoch");
+    // The row says so.
+    let (holder, row_host, row_epoch) = lease_row(pg, &db);
+    assert_eq!(row_host, "h1");
+    assert_eq!(row_epoch, epoch);
+    assert!(
+        holder.len() == 32 && holder.bytes().all(|b| b.is_ascii_hexdigit()),
+        "holder {holder:?}"
+    );
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT host FROM run_chain.standbys WHERE chain = 'work'"
+        ),
+        "h2"
+    );
+    // status on h2: standby, naming the holder's host and epoch.
+    wait_until("h2's status shows standby", || {
+        let doc = h2.status_json();
+        let c = &doc["chains"][0];
+        c["now"]["state"] == "standby"
+            && c["fleet"]["role"] == "standby"
+            && c["fleet"]["host"] == "h1"
+            && c["fleet"]["epoch"] == epoch
+            && c["up"] == true
+    });
+    let text = h2.env.sub(&["status"]);
+    assert!(
+        text.stdout.contains(&format!(
+            "work: pid {} standby\n  fleet: standby; the chain runs on host h1 (epoch {epoch})",
+            r2.pid
+        )),
+        "{}",
+        text.stdout
+    );
+    let doc = h1.status_json();
+    assert_eq!(doc["chains"][0]["fleet"]["role"], "owner", "{doc:#}");
+    // Only the owner runs.
+    r1.wait_for("h1 ran 3 runs", || runs_of(&lp, "h1") >= 3);
+    assert_eq!(runs_of(&lp, "h2"), 0, "a standby ran a task");
+
+    // SIGTERM: h1 stops its run, releases, exits 0; h2 runs within 1.5 s of the release.
+    r1.signal(libc::SIGTERM);
+    r1.assert_exit(0);
+    let released = ledger::mono_ns();
+    assert!(
+        r1.stderr()
+            .contains(&format!("fleet: released the lease (epoch {epoch})")),
+        "{}",
+        r1.stderr()
+    );
+    r2.wait_for("h2 runs the chain", || {
+        Ledger::read(&lp).first_start_after(Some("h2"), 0).is_some()
+    });
+    let first = Ledger::read(&lp)
+        .first_start_after(Some("h2"), 0)
+        .map(|r| r.start)
+        .expect("a run of h2");
+    let handover = first.saturating_sub(released) as f64 / 1e9;
+    println!("release -> first run on the standby: {handover:.3} s");
+    assert!(
+        first < released + 1_500_000_000,
+        "h2 ran {handover:.3} s after the release (> 1.5 s)"
+    );
+    assert!(r2
+        .stderr()
+        .contains(&format!("fleet: owner (epoch {}, host h2)", epoch + 1)));
+    let (_, row_host, row_epoch) = lease_row(pg, &db);
+    assert_eq!((row_host.as_str(), row_epoch), ("h2", epoch + 1));
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM run_chain.standbys"),
+        "0",
+        "the new owner left the standbys"
+    );
+    r2.signal(libc::SIGTERM);
+    r2.assert_exit(0);
+    Ledger::read(&lp).assert_no_overlap();
+    assert_eq!(lease_row(pg, &db).0, "", "released at the end");
+}
+
+#[test]
+fn a_foreign_update_of_the_row_makes_the_owner_stop_its_task_and_go_back_to_standby() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("lease_lost");
+    let (_ld, lp) = ledger_file("ledger");
+    // Runs of 10 s: the loss comes in the middle of one.
+    let h1 = host("h1", &url, &lp, 200);
+    let mut r1 = h1.spawn(&[]);
+    r1.wait_for("h1 runs a task", || runs_of(&lp, "h1") >= 1);
+    let epoch = owner_epoch(&r1.stderr()).expect("owner epoch");
+    // Someone else's row now: another holder, expiring in 4 s.
+    let foreign_expiry = pg.psql(
+        &db,
+        "UPDATE run_chain.leases SET holder = 'ffffffffffffffffffffffffffffffff', \
+         expires_at = now() + interval '4 seconds' WHERE chain = 'work' RETURNING expires_at",
+    );
+    let changed = Instant::now();
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 sees the loss", || {
+        text(&e1).contains(&format!(
+            "fleet: lost the lease (epoch {epoch}): the database refused the renew"
+        ))
+    });
+    let seen = changed.elapsed();
+    println!("foreign update -> loss seen: {:.3} s", seen.as_secs_f64());
+    // At its next renew (every lease / 5 = 400 ms), with room for a loaded machine.
+    assert!(seen < Duration::from_millis(1500), "{seen:?}");
+    // The running task got SIGTERM (its trap stamped E) well before the foreign expiry.
+    r1.wait_for("the run is ended", || {
+        Ledger::read(&lp).open_runs().is_empty()
+    });
+    r1.wait_for("h1 says it waits as standby", || {
+        text(&e1).contains("fleet: chain stopped after the lease was lost; waiting as standby")
+    });
+    // Never renewed a row that is not its own: the foreign expiry is untouched after
+    // several renew periods (River #197).
+    std::thread::sleep(Duration::from_millis(1200));
+    let now_expiry = pg.psql(
+        &db,
+        "SELECT expires_at FROM run_chain.leases WHERE chain = 'work'",
+    );
+    assert_eq!(now_expiry, foreign_expiry, "the foreign row was renewed");
+    assert!(r1.try_status().is_none(), "h1 exited: {}", r1.stderr());
+    // Back to standby, it acquires again once the foreign lease expires, with a new epoch,
+    // and runs the chain again.
+    let before = runs_of(&lp, "h1");
+    r1.wait_for("h1 re-acquires and runs", || {
+        text(&e1).contains(&format!("fleet: owner (epoch {}, host h1)", epoch + 1))
+            && runs_of(&lp, "h1") > before
+    });
+    let (holder, row_host, row_epoch) = lease_row(pg, &db);
+    assert_ne!(holder, "ffffffffffffffffffffffffffffffff");
+    assert_eq!((row_host.as_str(), row_epoch), ("h1", epoch + 1));
+    r1.signal(libc::SIGTERM);
+    r1.assert_exit(0);
+    let ledger = Ledger::read(&lp);
+    assert!(ledger.open_runs().is_empty(), "a run left open");
+}
+
+#[test]
+fn once_and_no_kill_concurrent_exit_75_naming_the_holder_and_once_releases_at_its_end() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("lease_once");
+    let (_ld, lp) = ledger_file("ledger");
+    let h1 = host("h1", &url, &lp, 4);
+    let h3 = host("h3", &url, &lp, 2);
+    // Alone: --once runs, then releases the lease.
+    h3.env.run(&["work", "--once"]).assert_code(0);
+    assert_eq!(runs_of(&lp, "h3"), 1);
+    let (holder, row_host, row_epoch) = lease_row(pg, &db);
+    assert_eq!((holder.as_str(), row_host.as_str()), ("", ""), "released");
+    assert_eq!(row_epoch, 1);
+    // h1 owns the chain: --once and --no-kill-concurrent elsewhere exit 75 naming it.
+    let mut r1 = h1.spawn(&[]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 owns the lease", || {
+        text(&e1).contains("fleet: owner (epoch 2, host h1)")
+    });
+    for flag in ["--once", "--no-kill-concurrent"] {
+        let out = h3.env.run(&["work", flag]);
+        out.assert_code(75);
+        assert!(
+            out.stderr
+                .contains("chain work runs on host h1 (epoch 2); not taking over"),
+            "{flag}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(runs_of(&lp, "h3"), 1, "a refused launch ran a task");
+    assert_eq!(lease_row(pg, &db).1, "h1");
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM run_chain.standbys"),
+        "0",
+        "a one-try launch does not stay in the standbys"
+    );
+    r1.signal(libc::SIGTERM);
+    r1.assert_exit(0);
+}
+
+#[test]
+fn a_relaunch_on_the_owners_host_takes_over_the_lease_there_with_no_run_elsewhere() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("lease_relaunch");
+    let (_ld, lp) = ledger_file("ledger");
+    // Runs of 0.3 s, 100 ms apart: the relaunch comes during a run or a cooldown.
+    let h1 = host("h1", &url, &lp, 6);
+    let h2 = host("h2", &url, &lp, 6);
+    let mut old = h1.spawn(&[]);
+    old.wait_for("h1 runs", || runs_of(&lp, "h1") >= 1);
+    let epoch = owner_epoch(&old.stderr()).expect("owner epoch");
+    let mut r2 = h2.spawn(&[]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits as standby", || {
+        text(&e2).contains("fleet: standby: the chain runs on host h1")
+    });
+    let mut new = h1.spawn(&[]);
+    old.assert_exit(0);
+    assert!(
+        old.stderr()
+            .contains("fleet: keeping the lease for the newer launch (PID"),
+        "{}",
+        old.stderr()
+    );
+    let en = new.stderr.clone();
+    new.wait_for("the new instance took the lease over", || {
+        text(&en).contains(&format!(
+            "fleet: owner (epoch {}, host h1): took over epoch {epoch} from this host's previous instance",
+            epoch + 1
+        ))
+    });
+    let (_, row_host, row_epoch) = lease_row(pg, &db);
+    assert_eq!((row_host.as_str(), row_epoch), ("h1", epoch + 1));
+    let before = runs_of(&lp, "h1");
+    new.wait_for("the new instance runs", || runs_of(&lp, "h1") >= before + 2);
+    assert_eq!(runs_of(&lp, "h2"), 0, "the standby ran during the relaunch");
+    assert!(r2.try_status().is_none());
+    Ledger::read(&lp).assert_no_overlap();
+    r2.signal(libc::SIGTERM);
+    r2.assert_exit(0);
+    new.signal(libc::SIGTERM);
+    new.assert_exit(0);
+}
