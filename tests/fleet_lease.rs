@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{wait_until, Runner, TestEnv};
 use serde_json::Value;
 use support::ledger::{self, Ledger};
-use support::pg::Pg;
+use support::pg::{Mode, Pg};
 
 const LEASE: &str = "2s";
 
@@ -30,8 +30,12 @@ struct Host {
 }
 
 fn host(name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Host {
+    host_on(Pg::shared(), name, url, ledger_path, ticks)
+}
+
+fn host_on(pg: &Pg, name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Host {
     let env = TestEnv::new("");
-    let pw = Pg::shared().write_runchain_password(&env.path("pw"));
+    let pw = pg.write_runchain_password(&env.path("pw"));
     let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
     env.write_config(&format!(
         r#"
@@ -347,4 +351,62 @@ fn a_relaunch_on_the_owners_host_takes_over_the_lease_there_with_no_run_elsewher
     r2.assert_exit(0);
     new.signal(libc::SIGTERM);
     new.assert_exit(0);
+}
+
+#[test]
+fn an_owner_that_cannot_renew_stops_its_task_by_the_fence_and_runs_again_when_the_database_returns()
+{
+    let pg = Pg::new();
+    let (_db, url) = pg.fresh_database("lease_fence");
+    let (_ld, lp) = ledger_file("ledger");
+    // Runs of 20 s: the outage comes in the middle of one.
+    let h1 = host_on(&pg, "h1", &url, &lp, 400);
+    let mut r1 = h1.spawn(&[]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 runs a task", || runs_of(&lp, "h1") >= 1);
+    assert_eq!(owner_epoch(&r1.stderr()), Some(1));
+    pg.stop_mode(Mode::Fast);
+    let stopped = ledger::mono_ns();
+    r1.wait_for("the renew fails", || {
+        text(&e1).contains("fleet: renew of the lease (epoch 1) failed")
+    });
+    // The fence: the task's group gets SIGTERM at 0.6 × lease (1.2 s) after the start of the
+    // last renew that succeeded (before the outage), so its trap stamps its end before
+    // 0.8 × lease (1.6 s) after the outage began.
+    r1.wait_for("the run is ended", || {
+        Ledger::read(&lp).open_runs().is_empty()
+    });
+    let end = Ledger::read(&lp).last().map(|r| r.end).expect("a run");
+    let fenced = end.saturating_sub(stopped) as f64 / 1e9;
+    println!("database stopped -> task ended by the fence: {fenced:.3} s");
+    assert!(
+        fenced < 1.6,
+        "the task ended {fenced:.3} s after the outage began"
+    );
+    assert!(
+        text(&e1).contains("no renew of the lease (epoch 1) succeeded for 0.6 × lease"),
+        "{}",
+        text(&e1)
+    );
+    r1.wait_for("the lease is given up as expired", || {
+        text(&e1).contains("fleet: lost the lease (epoch 1): no renew succeeded for a whole lease")
+    });
+    assert!(r1.try_status().is_none(), "h1 exited: {}", r1.stderr());
+    pg.start();
+    let restarted = ledger::mono_ns();
+    assert_eq!(
+        Ledger::read(&lp)
+            .first_start_after(None, stopped)
+            .map(|r| r.start),
+        None,
+        "a run started while the database was down"
+    );
+    r1.wait_for("h1 re-acquires and runs again", || {
+        text(&e1).contains("fleet: owner (epoch 2, host h1)")
+            && Ledger::read(&lp)
+                .first_start_after(None, restarted)
+                .is_some()
+    });
+    r1.signal(libc::SIGTERM);
+    r1.assert_exit(0);
 }
