@@ -83,10 +83,10 @@ impl PgUrl {
     /// The URL again, without any secret (it never held one): `postgresql://user@host:port/db`,
     /// a Unix socket's directory as `?host=`. Read back, it is the same URL.
     pub fn to_url(&self) -> String {
-        fn enc(s: &str) -> String {
+        fn enc_with(s: &str, keep: &[u8]) -> String {
             let mut out = String::new();
             for b in s.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
                     out.push(char::from(b));
                 } else {
                     out.push_str(&format!("%{b:02X}"));
@@ -94,6 +94,7 @@ impl PgUrl {
             }
             out
         }
+        let enc = |s: &str| enc_with(s, b"");
         match &self.host {
             PgHost::Tcp(h) if h.contains(':') => format!(
                 "postgresql://{}@[{h}]:{}/{}",
@@ -113,7 +114,7 @@ impl PgUrl {
                 enc(&self.user),
                 self.port,
                 enc(&self.dbname),
-                enc(&d.display().to_string())
+                enc_with(&d.display().to_string(), b"/")
             ),
         }
     }
@@ -254,6 +255,7 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
         None => (after, ""),
     };
     let mut socket_dir: Option<String> = None;
+    let mut query_port: Option<u16> = None;
     if let Some(q) = query {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -268,6 +270,14 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
                     }
                     socket_dir = Some(v);
                 }
+                "port" => {
+                    let p = v
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| *n != 0)
+                        .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
+                    query_port = Some(p);
+                }
                 "sslmode" | "sslrootcert" => {
                     return Err(bad(&format!(
                         "{k} is not read: use the keys `tls` and `ca_file` of [store]"
@@ -275,7 +285,7 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
                 }
                 other => {
                     return Err(bad(&format!(
-                        "the parameter {:?} is not supported (only host=/socket/dir)",
+                        "the parameter {:?} is not supported (only host=/socket/dir and port=N)",
                         pct_decode(other).unwrap_or_default()
                     )))
                 }
@@ -307,7 +317,8 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
         }
     };
     let port = match port {
-        None => DEFAULT_PORT,
+        None => query_port.unwrap_or(DEFAULT_PORT),
+        Some(_) if query_port.is_some() => return Err(bad("two ports")),
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -536,6 +547,12 @@ mod tests {
             u.socket_path().unwrap(),
             PathBuf::from("/run/postgresql/.s.PGSQL.5432")
         );
+        let u = parse_url("postgresql://a@/d?host=/tmp/s&port=5999").unwrap();
+        assert_eq!(
+            (u.host.clone(), u.port),
+            (PgHost::Unix("/tmp/s".into()), 5999)
+        );
+        assert_eq!(u.to_url(), "postgresql://a@:5999/d?host=/tmp/s");
         let u = parse_url("postgresql://a@%2Ftmp%2Fs:5999/d").unwrap();
         assert_eq!(u.host, PgHost::Unix("/tmp/s".into()));
         assert_eq!(u.display(), "a@/tmp/s:5999/d");
@@ -586,6 +603,8 @@ mod tests {
             "postgresql://a@h/d?host=relative",
             "postgresql://a@[::1/d",
             "postgresql://a@h/d/e",
+            "postgresql://a@h:5432/d?port=5433",
+            "postgresql://a@h/d?port=0",
         ] {
             assert!(
                 matches!(parse_url(u), Err(UrlError::Malformed(_))),
