@@ -321,13 +321,15 @@ fn a_database_that_is_not_run_chains_is_refused_and_left_alone() {
     let pg = Pg::shared();
     let cases = [
         // A run_chain schema of someone else's, without meta.
-        "CREATE SCHEMA run_chain AUTHORIZATION runchain; CREATE TABLE run_chain.jobs (id int); INSERT INTO run_chain.jobs VALUES (1);",
+        ("SET ROLE runchain; CREATE SCHEMA run_chain; CREATE TABLE run_chain.jobs (id int); INSERT INTO run_chain.jobs VALUES (1);", "not run-chain's database"),
         // A meta row of another application.
-        "CREATE SCHEMA run_chain AUTHORIZATION runchain; CREATE TABLE run_chain.meta (one bool PRIMARY KEY DEFAULT true, app text NOT NULL, version int NOT NULL); INSERT INTO run_chain.meta (app, version) VALUES ('other-app', 1);",
+        ("SET ROLE runchain; CREATE SCHEMA run_chain; CREATE TABLE run_chain.meta (one bool PRIMARY KEY DEFAULT true, app text NOT NULL, version int NOT NULL); INSERT INTO run_chain.meta (app, version) VALUES ('other-app', 1);", "not run-chain's database"),
         // A meta table of another shape.
-        "CREATE SCHEMA run_chain AUTHORIZATION runchain; CREATE TABLE run_chain.meta (k text, v text); INSERT INTO run_chain.meta VALUES ('x', 'y');",
+        ("SET ROLE runchain; CREATE SCHEMA run_chain; CREATE TABLE run_chain.meta (k text, v text); INSERT INTO run_chain.meta VALUES ('x', 'y');", "not run-chain's database"),
+        // A run_chain schema the role may not read: the server's refusal, as it is.
+        ("CREATE SCHEMA run_chain; CREATE TABLE run_chain.meta (one bool PRIMARY KEY DEFAULT true, app text NOT NULL, version int NOT NULL); INSERT INTO run_chain.meta (app, version) VALUES ('run-chain', 1);", "permission denied"),
     ];
-    for setup in cases {
+    for (setup, needle) in cases {
         let (db, url) = pg.fresh_database("foreign");
         pg.psql(&db, setup);
         let before = dump(pg, &db);
@@ -335,11 +337,7 @@ fn a_database_that_is_not_run_chains_is_refused_and_left_alone() {
         env.write_config(&config(&store_with_password(env.root(), pg, &url, "")));
         let done = check(&env);
         done.assert_code(78);
-        assert!(
-            done.stderr.contains("not run-chain's database"),
-            "{setup}: {}",
-            done.stderr
-        );
+        assert!(done.stderr.contains(needle), "{setup}: {}", done.stderr);
         assert_eq!(dump(pg, &db), before, "{setup}: the database changed");
     }
 }
@@ -446,4 +444,96 @@ fn password_env_is_removed_from_the_tasks_environment() {
         "the store's password reached the task:\n{task_env}"
     );
     assert_no_secret(&done, &[pg.password()]);
+}
+
+/// A peer that answers SSLRequest with 'N' (a server with ssl off), then, if the client
+/// goes on in plaintext, asks for a cleartext password: what it received after that.
+fn no_tls_peer() -> (u16, std::thread::JoinHandle<(Vec<u8>, Vec<u8>)>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut req = [0u8; 8];
+        s.read_exact(&mut req).expect("SSLRequest");
+        s.write_all(b"N").expect("N");
+        // The startup message (or EOF: the client gave up).
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return (req.to_vec(), Vec::new());
+        }
+        let mut rest = vec![0u8; (i32::from_be_bytes(len) as usize).saturating_sub(4)];
+        s.read_exact(&mut rest).expect("startup");
+        // AuthenticationCleartextPassword.
+        s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).expect("R 3");
+        let mut after = Vec::new();
+        let _ = s.read_to_end(&mut after);
+        (req.to_vec(), after)
+    });
+    (port, t)
+}
+
+/// A server without TLS: `required` refuses it (78) after the SSLRequest; `opportunistic`
+/// goes on in plaintext, where the cleartext request is refused and no password is sent.
+#[test]
+fn a_server_without_tls() {
+    let ssl_request = [0u8, 0, 0, 8, 4, 210, 22, 47].to_vec();
+    for (tls, message) in [
+        ("required", "does not offer TLS"),
+        ("opportunistic", "clear text"),
+    ] {
+        let (port, peer) = no_tls_peer();
+        let env = TestEnv::new("");
+        let pw = Pg::write_password_file(&env.path("pw"), "peer-must-not-see-this");
+        env.write_config(&config(&format!(
+            "url = \"postgresql://runchain@127.0.0.1:{port}/db\"\npassword_file = \"{}\"\ntls = \"{tls}\"",
+            pw.display()
+        )));
+        let done = check(&env);
+        done.assert_code(78);
+        assert!(done.stderr.contains(message), "{tls}: {}", done.stderr);
+        let (req, after) = peer.join().expect("peer");
+        assert_eq!(req, ssl_request, "{tls}");
+        assert!(after.is_empty(), "{tls}: the client sent {after:?}");
+    }
+}
+
+/// `check` reads the schema's version (made here by hand as run-chain would): current,
+/// older (migrated at the next launch), newer (78: this run-chain is too old); nothing changes.
+#[test]
+fn check_reports_the_schema_version() {
+    let pg = Pg::shared();
+    for (version, code, needle) in [
+        (1, 0, "# store: schema version 1 (current)"),
+        (
+            0,
+            0,
+            "# store: schema version 0 (migrated to 1 at the next launch)",
+        ),
+        (99, 78, "version 99, newer than this run-chain (1)"),
+    ] {
+        let (db, url) = pg.fresh_database("version");
+        pg.psql(
+            &db,
+            &format!(
+                "SET ROLE runchain; CREATE SCHEMA run_chain; \
+                 CREATE TABLE run_chain.meta (one bool PRIMARY KEY DEFAULT true CHECK (one), app text NOT NULL, version int NOT NULL); \
+                 INSERT INTO run_chain.meta (app, version) VALUES ('run-chain', {version});"
+            ),
+        );
+        let before = dump(pg, &db);
+        let env = TestEnv::new("");
+        env.write_config(&config(&store_with_password(env.root(), pg, &url, "")));
+        let done = check(&env);
+        done.assert_code(code);
+        assert!(
+            done.stdout.contains(needle) || done.stderr.contains(needle),
+            "stdout:\n{}\nstderr:\n{}",
+            done.stdout,
+            done.stderr
+        );
+        assert_eq!(dump(pg, &db), before, "check changed the database");
+    }
 }

@@ -155,7 +155,9 @@ fn inspect(conn: &Conn, shown: &str) -> Result<Found, ConnError> {
             .query_typed("SELECT app::text, version::int8 FROM run_chain.meta", &[]),
     ) {
         Ok(r) => r,
-        Err(DbError::Sql { code, .. }) if code.starts_with("42") => {
+        // 42703 no such column, 42804/42846 another type: not our table. (42501, no
+        // permission, is the role's matter: reported as it is.)
+        Err(DbError::Sql { code, .. }) if ["42703", "42804", "42846"].contains(&code.as_str()) => {
             return Err(foreign(
                 shown,
                 "its table run_chain.meta is not run-chain's",
