@@ -448,7 +448,10 @@ fn password_env_is_removed_from_the_tasks_environment() {
 
 /// A peer that answers SSLRequest with 'N' (a server with ssl off), then, if the client
 /// goes on in plaintext, asks for a cleartext password: what it received after that.
-fn no_tls_peer() -> (u16, std::thread::JoinHandle<(Vec<u8>, Vec<u8>)>) {
+/// What the peer received: the SSLRequest, and what came after its cleartext request.
+type Received = (Vec<u8>, Vec<u8>);
+
+fn no_tls_peer() -> (u16, std::thread::JoinHandle<Received>) {
     use std::io::{Read, Write};
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
