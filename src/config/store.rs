@@ -392,6 +392,15 @@ fn read_password_file(path: &Path) -> std::result::Result<Secret, String> {
     Ok(Secret::new(pw.to_string()))
 }
 
+/// This host's name, as `sys::hostname` says it (config may not use `sys`: that would be
+/// an import cycle through `core`).
+fn hostname() -> String {
+    match nix::unistd::gethostname() {
+        Ok(name) => name.to_string_lossy().into_owned(),
+        Err(_) => "localhost".to_string(),
+    }
+}
+
 /// Validate `[store]`. `resolve` anchors relative paths at the config's folder; `getenv`
 /// reads `password_env` (the process's environment, or a test's).
 pub(super) fn store(
@@ -488,7 +497,7 @@ pub(super) fn store(
         }
     };
     let host = match &s.host {
-        None => crate::sys::hostname(),
+        None => hostname(),
         Some(h) => {
             if h.is_empty()
                 || h.len() > 255
@@ -665,7 +674,8 @@ mod tests {
             (TlsMode::Required, false)
         );
         assert_eq!(remote.lease, DEFAULT_LEASE);
-        assert_eq!(remote.host, crate::sys::hostname());
+        assert!(!remote.host.is_empty());
+        assert_eq!(remote.host, hostname());
         assert_eq!(remote.password, None);
         for local in [
             "postgresql://a@127.0.0.1/x",
