@@ -828,3 +828,64 @@ fn a_run_root_that_is_a_file_is_refused() {
     assert_eq!(fs::read_to_string(&env.run_root).unwrap(), "not a folder\n");
     assert_eq!(env.read("out"), "");
 }
+
+/// `[store]` (the fleet's database) and a group's `scope`: each mistake is a config error (78)
+/// naming the file and the key, before any connection, for a launch and for `check`; a
+/// password given in the URL is never repeated.
+#[test]
+fn store_section_errors_exit_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_pw = dir.path().join("open-pw");
+    fs::write(&open_pw, "pw-in-open-file\n").unwrap();
+    fs::set_permissions(&open_pw, fs::Permissions::from_mode(0o644)).unwrap();
+    let task =
+        "[tasks.a]\ncommand = 'echo a >> \"$T/out\"'\ngroup = \"g\"\n[groups.g]\nmax_running = 1\n";
+    let url = "url = \"postgresql://runchain@127.0.0.1:9/db\"";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "url = \"postgresql://runchain:hunter2secret@127.0.0.1:9/db\"".into(),
+            "store.url",
+        ),
+        ("url = \"mysql://runchain@h/db\"".into(), "store.url"),
+        (
+            format!("{url}\npassword_file = \"/x\"\npassword_env = \"P\""),
+            "store: expected either `password_file` or `password_env`",
+        ),
+        (
+            format!("{url}\npassword_file = \"{}\"", open_pw.display()),
+            "store.password_file",
+        ),
+        (
+            format!(
+                "{url}\npassword_file = \"{}\"",
+                dir.path().join("missing").display()
+            ),
+            "store.password_file",
+        ),
+        (
+            format!("{url}\npassword_env = \"RUN_CHAIN_TEST_SURELY_UNSET_PW\""),
+            "store.password_env",
+        ),
+        (format!("{url}\ntls = \"sometimes\""), "store.tls"),
+        (format!("{url}\nlease = \"500ms\""), "store.lease"),
+        (format!("{url}\nhost = \"two words\""), "store.host"),
+        (format!("{url}\nsslmode = \"require\""), "sslmode"),
+    ];
+    for (store, needle) in cases {
+        let config = format!("{task}[store]\n{store}\n");
+        assert_bad_config(&config, &["a"], &[needle]);
+        let env = TestEnv::new(&config);
+        let done = env.sub(&["check"]);
+        done.assert_code(78);
+        assert!(done.stderr.contains(needle), "{store}: {}", done.stderr);
+        for secret in ["hunter2secret", "pw-in-open-file"] {
+            assert!(!done.stderr.contains(secret) && !done.stdout.contains(secret));
+        }
+    }
+    // scope: "fleet" needs [store]; anything but host/fleet is refused.
+    let scoped = |scope: &str| format!("{task}scope = \"{scope}\"\n");
+    assert_bad_config(&scoped("fleet"), &["a"], &["groups.g.scope", "[store]"]);
+    assert_bad_config(&scoped("planet"), &["a"], &["groups.g.scope"]);
+    let env = TestEnv::new(&scoped("host"));
+    env.sub(&["check"]).assert_code(0);
+}

@@ -395,6 +395,33 @@ max_running = 2
         }
     }
 
+    /// With `[store]`: the section reads back as the same store (the URL without secret,
+    /// TLS's default written out), the groups' scope too; a kill_grace over 0.2 × lease
+    /// is warned about.
+    #[test]
+    fn store_section_reads_back() {
+        let file = Path::new("/etc/rc/tasks.toml");
+        for store in [
+            "url = \"postgresql://run%20chain@db.example.com:5433/rc\"\nca_file = \"ca.pem\"\nlease = \"12s\"\nhost = \"web-3\"\npassword_env = \"PATH\"",
+            "url = \"postgresql://runchain@/rc?host=/run/postgresql\"",
+            "url = \"postgresql://runchain@[::1]/rc\"\ntls = \"opportunistic\"",
+        ] {
+            let text = format!("{CONFIG}scope = \"fleet\"\n[store]\n{store}\n");
+            let c = Config::parse(&text, file).expect("valid");
+            let out = check_text(&c, Path::new("/var/run/rc"), "from the config");
+            let back = Config::parse(&out, file).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+            let (mut a, b) = (c.store.clone().unwrap(), back.store.clone().unwrap());
+            a.tls_explicit = true;
+            assert_eq!(a, b, "{out}");
+            assert_eq!(back.groups, c.groups, "{out}");
+            let w = warnings(&c);
+            assert_eq!(w.len(), 2, "{w:?}");
+            assert!(w[0].contains("tasks.a.kill_grace = 5s exceeds 0.2 × store.lease"), "{w:?}");
+        }
+        let c = Config::parse(CONFIG, file).expect("valid");
+        assert!(warnings(&c).is_empty());
+    }
+
     /// Every `key = value` line has its `=` in the same column.
     #[test]
     fn check_text_is_aligned() {

@@ -83,10 +83,10 @@ impl PgUrl {
     /// The URL again, without any secret (it never held one): `postgresql://user@host:port/db`,
     /// a Unix socket's directory as `?host=`. Read back, it is the same URL.
     pub fn to_url(&self) -> String {
-        fn enc(s: &str) -> String {
+        fn enc_with(s: &str, keep: &[u8]) -> String {
             let mut out = String::new();
             for b in s.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
                     out.push(char::from(b));
                 } else {
                     out.push_str(&format!("%{b:02X}"));
@@ -94,6 +94,7 @@ impl PgUrl {
             }
             out
         }
+        let enc = |s: &str| enc_with(s, b"");
         match &self.host {
             PgHost::Tcp(h) if h.contains(':') => format!(
                 "postgresql://{}@[{h}]:{}/{}",
@@ -113,7 +114,7 @@ impl PgUrl {
                 enc(&self.user),
                 self.port,
                 enc(&self.dbname),
-                enc(&d.display().to_string())
+                enc_with(&d.display().to_string(), b"/")
             ),
         }
     }
@@ -254,6 +255,7 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
         None => (after, ""),
     };
     let mut socket_dir: Option<String> = None;
+    let mut query_port: Option<u16> = None;
     if let Some(q) = query {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -268,6 +270,14 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
                     }
                     socket_dir = Some(v);
                 }
+                "port" => {
+                    let p = v
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| *n != 0)
+                        .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
+                    query_port = Some(p);
+                }
                 "sslmode" | "sslrootcert" => {
                     return Err(bad(&format!(
                         "{k} is not read: use the keys `tls` and `ca_file` of [store]"
@@ -275,7 +285,7 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
                 }
                 other => {
                     return Err(bad(&format!(
-                        "the parameter {:?} is not supported (only host=/socket/dir)",
+                        "the parameter {:?} is not supported (only host=/socket/dir and port=N)",
                         pct_decode(other).unwrap_or_default()
                     )))
                 }
@@ -307,7 +317,8 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgUrl, UrlError> {
         }
     };
     let port = match port {
-        None => DEFAULT_PORT,
+        None => query_port.unwrap_or(DEFAULT_PORT),
+        Some(_) if query_port.is_some() => return Err(bad("two ports")),
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -379,6 +390,15 @@ fn read_password_file(path: &Path) -> std::result::Result<Secret, String> {
         ));
     }
     Ok(Secret::new(pw.to_string()))
+}
+
+/// This host's name, as `sys::hostname` says it (config may not use `sys`: that would be
+/// an import cycle through `core`).
+fn hostname() -> String {
+    match nix::unistd::gethostname() {
+        Ok(name) => name.to_string_lossy().into_owned(),
+        Err(_) => "localhost".to_string(),
+    }
 }
 
 /// Validate `[store]`. `resolve` anchors relative paths at the config's folder; `getenv`
@@ -477,7 +497,7 @@ pub(super) fn store(
         }
     };
     let host = match &s.host {
-        None => crate::sys::hostname(),
+        None => hostname(),
         Some(h) => {
             if h.is_empty()
                 || h.len() > 255
@@ -536,6 +556,12 @@ mod tests {
             u.socket_path().unwrap(),
             PathBuf::from("/run/postgresql/.s.PGSQL.5432")
         );
+        let u = parse_url("postgresql://a@/d?host=/tmp/s&port=5999").unwrap();
+        assert_eq!(
+            (u.host.clone(), u.port),
+            (PgHost::Unix("/tmp/s".into()), 5999)
+        );
+        assert_eq!(u.to_url(), "postgresql://a@:5999/d?host=/tmp/s");
         let u = parse_url("postgresql://a@%2Ftmp%2Fs:5999/d").unwrap();
         assert_eq!(u.host, PgHost::Unix("/tmp/s".into()));
         assert_eq!(u.display(), "a@/tmp/s:5999/d");
@@ -586,6 +612,8 @@ mod tests {
             "postgresql://a@h/d?host=relative",
             "postgresql://a@[::1/d",
             "postgresql://a@h/d/e",
+            "postgresql://a@h:5432/d?port=5433",
+            "postgresql://a@h/d?port=0",
         ] {
             assert!(
                 matches!(parse_url(u), Err(UrlError::Malformed(_))),
@@ -593,6 +621,208 @@ mod tests {
                 parse_url(u)
             );
         }
+    }
+
+    use crate::config::Config;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn parse(text: &str) -> std::result::Result<Config, String> {
+        Config::parse(text, Path::new("/etc/rc/tasks.toml")).map_err(|e| e.to_string())
+    }
+
+    fn with_store(store: &str) -> String {
+        format!("[tasks.a]\ncommand = \"true\"\n[store]\n{store}\n")
+    }
+
+    #[test]
+    fn every_key_and_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&with_store(&format!(
+            "url = \"postgresql://runchain@db.example.com:5433/rc\"\npassword_file = \"{}\"\ntls = \"opportunistic\"\nca_file = \"ca.pem\"\nlease = \"20s\"\nhost = \"web-3\"",
+            pw.display()
+        )))
+        .unwrap();
+        let s = c.store.unwrap();
+        assert_eq!(s.display_url, "runchain@db.example.com:5433/rc");
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(s.password_file.as_deref(), Some(pw.as_path()));
+        assert_eq!(s.tls, TlsMode::Opportunistic);
+        assert!(s.tls_explicit);
+        assert_eq!(s.ca_file, Some(PathBuf::from("/etc/rc/ca.pem")));
+        assert_eq!(s.lease, Duration::from_secs(20));
+        assert_eq!(s.host, "web-3");
+        assert_eq!(s.renew_period(), Duration::from_secs(4));
+        assert_eq!(s.fence_term(), Duration::from_secs(12));
+        assert_eq!(s.fence_kill(), Duration::from_secs(16));
+        assert_eq!(s.max_kill_grace(), Duration::from_secs(4));
+        // Debug of the whole config shows no password.
+        assert!(!format!("{s:?}").contains("s3cret"));
+
+        // Defaults: TLS by place, 10 s lease, the hostname.
+        let d = |url: &str| {
+            parse(&with_store(&format!("url = \"{url}\"")))
+                .unwrap()
+                .store
+                .unwrap()
+        };
+        let remote = d("postgresql://a@db.example.com/x");
+        assert_eq!(
+            (remote.tls, remote.tls_explicit),
+            (TlsMode::Required, false)
+        );
+        assert_eq!(remote.lease, DEFAULT_LEASE);
+        assert!(!remote.host.is_empty());
+        assert_eq!(remote.host, hostname());
+        assert_eq!(remote.password, None);
+        for local in [
+            "postgresql://a@127.0.0.1/x",
+            "postgresql://a@127.8.9.10/x",
+            "postgresql://a@localhost/x",
+            "postgresql://a@[::1]/x",
+            "postgresql://a@/x?host=/run/postgresql",
+        ] {
+            assert_eq!(d(local).tls, TlsMode::None, "{local}");
+        }
+        assert_eq!(d("postgresql://a@10.1.2.3/x").tls, TlsMode::Required);
+    }
+
+    #[test]
+    fn store_errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("url = \"postgresql://a:hunter2@h/x\"", "store.url"),
+            ("url = \"postgresql://a@h/x?password=hunter2\"", "store.url"),
+            ("url = \"http://h/x\"", "store.url"),
+            (
+                "url = \"postgresql://a@h/x\"\npassword_file = \"/p\"\npassword_env = \"P\"",
+                "store",
+            ),
+            (
+                "url = \"postgresql://a@h/x\"\npassword_file = \"/nonexistent/pw\"",
+                "store.password_file",
+            ),
+            (
+                "url = \"postgresql://a@h/x\"\npassword_env = \"RUN_CHAIN_UNIT_SURELY_UNSET\"",
+                "store.password_env",
+            ),
+            (
+                "url = \"postgresql://a@h/x\"\npassword_env = \"A=B\"",
+                "store.password_env",
+            ),
+            ("url = \"postgresql://a@h/x\"\ntls = \"maybe\"", "store.tls"),
+            (
+                "url = \"postgresql://a@/x?host=/s\"\ntls = \"required\"",
+                "store.tls",
+            ),
+            (
+                "url = \"postgresql://a@h/x\"\nlease = \"999ms\"",
+                "store.lease",
+            ),
+            ("url = \"postgresql://a@h/x\"\nlease = \"0\"", "store.lease"),
+            (
+                "url = \"postgresql://a@h/x\"\nlease = \"soon\"",
+                "store.lease",
+            ),
+            ("url = \"postgresql://a@h/x\"\nhost = \"\"", "store.host"),
+            ("url = \"postgresql://a@h/x\"\nhost = \"a b\"", "store.host"),
+            (
+                "url = \"postgresql://a@h/x\"\nca_file = \"\"",
+                "store.ca_file",
+            ),
+        ];
+        for (store, key) in cases {
+            let e = parse(&with_store(store)).expect_err(store);
+            assert!(e.contains(&format!("tasks.toml: {key}: ")), "{store}: {e}");
+            assert!(!e.contains("hunter2"), "{store}: {e}");
+        }
+        // Unknown keys and a missing url: serde's messages name them.
+        let e = parse(&with_store("url = \"postgresql://a@h/x\"\nsslmode = \"x\"")).unwrap_err();
+        assert!(e.contains("sslmode"), "{e}");
+        let e = parse(&with_store("lease = \"10s\"")).unwrap_err();
+        assert!(e.contains("url"), "{e}");
+        // A lease of exactly 1 s is the shortest accepted.
+        assert!(parse(&with_store("url = \"postgresql://a@h/x\"\nlease = \"1s\"")).is_ok());
+    }
+
+    #[test]
+    fn password_files_must_be_private_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let text = with_store(&format!(
+            "url = \"postgresql://a@h/x\"\npassword_file = \"{}\"",
+            pw.display()
+        ));
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+            // Owned by root (the tests may run as root): group read is allowed then, as libpq does.
+            let root_group_read = mode == 0o640 && unsafe { libc::geteuid() } == 0;
+            let r = parse(&text);
+            if root_group_read {
+                assert!(r.is_ok(), "{mode:o}: {r:?}");
+                continue;
+            }
+            let e = r.expect_err("too open");
+            assert!(
+                e.contains("store.password_file") && e.contains("chmod 600"),
+                "{mode:o}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(parse(&text).is_ok());
+        std::fs::write(&pw, "\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(parse(&text).unwrap_err().contains("is empty"));
+        let text = with_store(&format!(
+            "url = \"postgresql://a@h/x\"\npassword_file = \"{}\"",
+            dir.path().display()
+        ));
+        assert!(parse(&text).unwrap_err().contains("not a regular file"));
+    }
+
+    #[test]
+    fn password_env_is_read_through_getenv() {
+        let raw: crate::config::raw::RawConfig = toml::from_str(&with_store(
+            "url = \"postgresql://a@h/x\"\npassword_env = \"PGPW\"",
+        ))
+        .unwrap();
+        let ctx = Ctx {
+            file: Path::new("/etc/rc/tasks.toml"),
+        };
+        let resolve = |p: &str| PathBuf::from(p);
+        let raw = raw.store.unwrap();
+        let s = store(&ctx, &raw, &resolve, &|v| {
+            (v == "PGPW").then(|| "pw!".into())
+        })
+        .unwrap();
+        assert_eq!(s.password.unwrap().expose(), "pw!");
+        assert_eq!(s.password_env.as_deref(), Some("PGPW"));
+        let e = store(&ctx, &raw, &resolve, &|_| Some("".into())).unwrap_err();
+        assert!(e.to_string().contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn scope() {
+        let g = "[tasks.a]\ncommand = \"true\"\ngroup = \"db\"\n[groups.db]\nmax_running = 1\n";
+        let c = parse(g).unwrap();
+        assert_eq!(c.groups["db"].scope, Scope::Host);
+        let c = parse(&format!("{g}scope = \"host\"\n")).unwrap();
+        assert_eq!(c.groups["db"].scope, Scope::Host);
+        let e = parse(&format!("{g}scope = \"fleet\"\n")).unwrap_err();
+        assert!(
+            e.contains("groups.db.scope") && e.contains("[store]"),
+            "{e}"
+        );
+        let e = parse(&format!("{g}scope = \"world\"\n")).unwrap_err();
+        assert!(e.contains("groups.db.scope"), "{e}");
+        let c = parse(&format!(
+            "{g}scope = \"fleet\"\n[store]\nurl = \"postgresql://a@h/x\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.groups["db"].scope, Scope::Fleet);
     }
 
     #[test]

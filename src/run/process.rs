@@ -143,15 +143,16 @@ fn cstr(what: &str, s: impl Into<Vec<u8>>) -> Result<CString, String> {
 fn candidates(
     program: &str,
     task_env: &BTreeMap<String, String>,
-    remove: Option<&str>,
+    remove: &[&str],
 ) -> Result<Vec<CString>, String> {
     if program.contains('/') {
         return Ok(vec![cstr("the program", program)?]);
     }
     let ours = std::env::var_os("PATH");
+    let path_removed = remove.contains(&"PATH");
     let path: Vec<u8> = match task_env.get("PATH") {
-        Some(p) if remove != Some("PATH") => p.as_bytes().to_vec(),
-        _ if remove == Some("PATH") => b"/bin:/usr/bin".to_vec(),
+        Some(p) if !path_removed => p.as_bytes().to_vec(),
+        _ if path_removed => b"/bin:/usr/bin".to_vec(),
         _ => ours.map_or_else(|| b"/bin:/usr/bin".to_vec(), |p| p.into_vec()),
     };
     let mut out = Vec::new();
@@ -184,9 +185,10 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// Prepare `task` of `chain`; `remove`: a variable to leave out of its environment
-    /// (the SMTP password's). The error is a message for the run record (spawn-error).
-    pub(crate) fn new(task: &Task, chain: &str, remove: Option<&str>) -> Result<Prepared, String> {
+    /// Prepare `task` of `chain`; `remove`: variables to leave out of its environment
+    /// (the SMTP password's, the fleet store's). The error is a message for the run record
+    /// (spawn-error).
+    pub(crate) fn new(task: &Task, chain: &str, remove: &[&str]) -> Result<Prepared, String> {
         let (program, argv): (&str, Vec<CString>) = match &task.program {
             Program::Shell(c) => (
                 "/bin/sh",
@@ -208,7 +210,7 @@ impl Prepared {
         // The environment: ours, then the task's env, then the run's identity; the
         // password's variable is removed from all of them.
         let set = |k: &[u8]| {
-            remove.is_some_and(|r| r.as_bytes() == k)
+            remove.iter().any(|r| r.as_bytes() == k)
                 || k == b"RUN_CHAIN_NAME"
                 || k == b"RUN_CHAIN_TASK"
                 || k == b"RUN_CHAIN_RUN_ID"
@@ -221,7 +223,7 @@ impl Prepared {
             .collect();
         let mut own = Vec::with_capacity(task.env.len() + 2);
         for (k, v) in &task.env {
-            if remove != Some(k.as_str()) {
+            if !remove.contains(&k.as_str()) {
                 own.push(cstr("env", format!("{k}={v}"))?);
             }
         }

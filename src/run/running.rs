@@ -89,19 +89,28 @@ impl Running {
     }
 
     /// Make what starting task `index` of `tasks` (of `chain`, configured by `config`)
-    /// needs, if it is not made yet. The variable that holds the SMTP password, if any, is
-    /// kept from the task's environment.
+    /// needs, if it is not made yet. The variables that hold the SMTP password and the
+    /// fleet store's, if any, are kept from the task's environment.
     pub(crate) fn prepare(&mut self, tasks: &[Task], index: usize, chain: &str, config: &Config) {
-        let remove = config
-            .email
-            .as_ref()
-            .and_then(|e| e.password_env.as_deref());
+        let remove: Vec<&str> = [
+            config
+                .email
+                .as_ref()
+                .and_then(|e| e.password_env.as_deref()),
+            config
+                .store
+                .as_ref()
+                .and_then(|s| s.password_env.as_deref()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if self.prepared.len() != tasks.len() {
             self.prepared.clear();
             self.prepared.resize_with(tasks.len(), || None);
         }
         self.prepared[index]
-            .get_or_insert_with(|| process::Prepared::new(&tasks[index], chain, remove));
+            .get_or_insert_with(|| process::Prepared::new(&tasks[index], chain, &remove));
     }
 
     /// Start task `index` (prepared: [`Running::prepare`]) as the run `cur`, watched by

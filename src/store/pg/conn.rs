@@ -407,3 +407,63 @@ async fn open(
         })?;
     Ok((Stream::Tls(Box::new(tls)), true))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pss_anon_kib() -> u64 {
+        let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with("Pss_Anon:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The anonymous memory an idle connection holds (by hand, one variant per process:
+    /// `RUN_CHAIN_TEST_PG_CONFIG=path/to/tasks.toml` with a `[store]` whose password is in a
+    /// file; `cargo test --lib conn::tests -- --ignored --nocapture --test-threads=1`).
+    /// Figures: printed.
+    #[test]
+    #[ignore = "a measurement against a server: RUN_CHAIN_TEST_PG_CONFIG"]
+    fn idle_connection_memory() {
+        let path = std::env::var("RUN_CHAIN_TEST_PG_CONFIG").expect("RUN_CHAIN_TEST_PG_CONFIG");
+        let cfg = crate::config::Config::load(std::path::Path::new(&path))
+            .expect("config")
+            .store
+            .expect("[store]");
+        let before = pss_anon_kib();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let conn = Conn::connect(&cfg, Duration::from_secs(5)).expect("connect");
+                for i in 0..200i64 {
+                    let r = conn
+                        .run(
+                            Duration::from_secs(5),
+                            conn.client().query_typed_one(
+                                "SELECT $1::int8 + 1",
+                                &[(&i, tokio_postgres::types::Type::INT8)],
+                            ),
+                        )
+                        .expect("query");
+                    assert_eq!(r.get::<_, i64>(0), i + 1);
+                }
+                tx.send(conn.is_tls()).expect("send");
+                let _ = done_rx.recv();
+                drop(conn);
+            })
+            .expect("thread");
+        let tls = rx.recv().expect("connected");
+        let idle = pss_anon_kib();
+        println!(
+            "Pss_Anon: before {before} KiB, idle connection (tls: {tls}) {idle} KiB: +{} KiB",
+            idle.saturating_sub(before)
+        );
+        let _ = done_tx.send(());
+        t.join().expect("join");
+    }
+}

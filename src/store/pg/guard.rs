@@ -376,6 +376,64 @@ mod tests {
         }
     }
 
+    /// tokio-postgres itself over the guard, against a peer that asks for a cleartext or
+    /// MD5 password one byte at a time: with the guard active the client writes its startup
+    /// message and nothing more (no PasswordMessage 'p'); inactive (the control), it answers
+    /// with the password.
+    #[test]
+    fn tokio_postgres_over_the_guard_sends_no_password() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for (code, active) in [(3, true), (5, true), (3, false), (5, false)] {
+            let (client, mut server) = tokio::io::duplex(64);
+            let written = rt.block_on(async move {
+                let peer = async move {
+                    // The startup message: length, then that many bytes less 4.
+                    let mut len = [0u8; 4];
+                    server.read_exact(&mut len).await.expect("startup length");
+                    let mut rest = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+                    server.read_exact(&mut rest).await.expect("startup");
+                    for b in auth(code, if code == 5 { b"salt" } else { b"" }) {
+                        if server.write_all(&[b]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // What comes next: EOF (the client gave up), or its answer.
+                    let mut after = vec![0u8; 256];
+                    let n = server.read(&mut after).await.unwrap_or(0);
+                    after.truncate(n);
+                    after
+                };
+                let client = async move {
+                    let mut cfg = tokio_postgres::Config::new();
+                    cfg.user("u").dbname("d").password("hunter2");
+                    let r = cfg
+                        .connect_raw(AuthGuard::new(client, active), tokio_postgres::NoTls)
+                        .await;
+                    // Dropping the connection closes our half: the peer's read ends.
+                    r.map(|_| ()).map_err(|e| e.to_string())
+                };
+                let peer = tokio::spawn(peer);
+                let r = client.await;
+                (peer.await.expect("peer"), r)
+            });
+            let (after, r) = written;
+            assert!(r.is_err(), "code {code} active {active}: {r:?}");
+            if active {
+                assert!(after.is_empty(), "code {code}: the client wrote {after:?}");
+            } else {
+                assert_eq!(
+                    after.first(),
+                    Some(&b'p'),
+                    "code {code}: control: {after:?}"
+                );
+            }
+        }
+    }
+
     /// One byte per read.
     fn tokio_test_reader(bytes: Vec<u8>) -> OneByte {
         OneByte { bytes, pos: 0 }
