@@ -174,6 +174,22 @@ pub(crate) fn stop(common: &Common, chain: &str, now: bool, by: &str) -> Result<
     Ok(exit::OK)
 }
 
+/// A fleet chain whose instance here (`pid`) is a standby runs on another host: a kick or
+/// a run-now here is refused (75), naming the host that runs it (SPEC, "Beyond one host").
+fn refuse_on_standby(root: &Path, chain: &str, pid: i32) -> Result<()> {
+    match crate::lock::fleet::standing::read(root, chain, pid) {
+        Some(st) if !st.owner => Err(Error::Busy(match (st.host, st.epoch) {
+            (Some(h), Some(e)) => format!(
+                "chain {chain} runs on host {h} (epoch {e}); this host's instance (PID {pid}) is a standby"
+            ),
+            _ => format!(
+                "chain {chain} runs on no host now; this host's instance (PID {pid}) is a standby"
+            ),
+        })),
+        _ => Ok(()),
+    }
+}
+
 /// Kick `chain` in `root` (its cooldown ends now), asked by `by`: over the chain's
 /// control channel (the run it starts records `by`), or as SIGUSR1 when that does not
 /// answer. The PID kicked, or None: the chain is not running.
@@ -181,6 +197,7 @@ pub(crate) fn kick_chain(root: &Path, chain: &str, by: &str) -> Result<Option<i3
     let Some((pid, pidfd)) = holder_of(root, chain)? else {
         return Ok(None);
     };
+    refuse_on_standby(root, chain, pid)?;
     let req = crate::run::ctl::Request::Kick { by: by.to_string() };
     if !ask_holder(root, chain, pid, &req) {
         sys::pidfd_signal(&pidfd, libc::SIGUSR1)
@@ -252,6 +269,7 @@ pub(crate) fn run_now_in(root: &Path, chain: &str, task: &str, by: &str) -> Resu
             "chain {chain} is not running: nothing to run {task} (start it, then ask again)"
         )));
     };
+    refuse_on_standby(&root, chain, pid)?;
     let req = Request::RunNow {
         task: task.to_string(),
         by: by.to_string(),

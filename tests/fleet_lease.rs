@@ -167,6 +167,19 @@ fn only_the_owner_runs_the_standby_shows_as_standby_and_runs_within_1_5_s_of_a_r
     );
     let doc = h1.status_json();
     assert_eq!(doc["chains"][0]["fleet"]["role"], "owner", "{doc:#}");
+    // kick and run-now on the standby's host: 75, naming the host that runs the chain.
+    for args in [&["kick", "work"][..], &["run-now", "work", "work"][..]] {
+        let out = h2.env.sub(args);
+        out.assert_code(75);
+        assert!(
+            out.stderr.contains(&format!(
+                "chain work runs on host h1 (epoch {epoch}); this host's instance (PID {}) is a standby",
+                r2.pid
+            )),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
     // Only the owner runs.
     r1.wait_for("h1 ran 3 runs", || runs_of(&lp, "h1") >= 3);
     assert_eq!(runs_of(&lp, "h2"), 0, "a standby ran a task");
