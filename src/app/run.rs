@@ -164,7 +164,9 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
                 }
                 None => {
                     log::info!("{chain_name}: stopped while waiting as standby");
-                    f.release(f.lease() / 5 + std::time::Duration::from_secs(1));
+                    // Nothing to release: the DB thread only leaves the standbys (if it
+                    // is not in the middle of a connect that could take half a lease).
+                    f.release(std::time::Duration::from_millis(500));
                     let _ = std::fs::remove_file(fleet::standing::path(&root, &chain_name));
                     log::info!("{chain_name}: exiting with status {}", exit::OK);
                     return Ok(exit::OK);

@@ -43,6 +43,9 @@ pub(crate) struct StatusView {
 pub(crate) struct ChainView {
     pub(crate) chain: String,
     /// With a `[store]` (the fleet): this host's instance's role and who holds the lease.
+    /// Left out of the JSON without one, so that the shape without `[store]` is the one
+    /// it has always been (tests/views.rs pins it).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fleet: Option<FleetView>,
     pub(crate) now: NowView,
     /// The lock holder's PID, while the chain is up.

@@ -204,7 +204,6 @@ fn the_json_of_a_status() {
   "chains": [
     {
       "chain": "nightly",
-      "fleet": null,
       "now": {
         "group": "db",
         "run_id": 12,
