@@ -490,6 +490,14 @@ impl Driver {
             Sig::Term => Event::Signal(Signal::Term),
             Sig::Int => Event::Signal(Signal::Int),
             Sig::Quit => Event::Signal(Signal::Quit),
+            // The fleet's start gate: no kick while the lease is not fresh.
+            Sig::Usr1 if !self.ownership.may_start() => {
+                log::info!(
+                    "{}: SIGUSR1: ignored: the fleet lease is not fresh (a renew failed or the lease was lost); nothing starts now",
+                    self.chain_name
+                );
+                return None;
+            }
             Sig::Usr1 => Event::Signal(Signal::Usr1),
             Sig::Hup => Event::Reloaded {
                 tasks: self.reload()?,

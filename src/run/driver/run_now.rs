@@ -13,7 +13,23 @@ use crate::run::ctl::{Answer, Request};
 impl Driver {
     /// The control channel is readable: take one client's request, feed it, answer.
     pub(super) fn on_control(&mut self, now: Now) -> Option<ExitReason> {
-        let (conn, req) = self.ctl.as_ref()?.accept()?;
+        let (mut conn, req) = self.ctl.as_ref()?.accept()?;
+        // The fleet's start gate: while the lease is not fresh (a renew failed, or the
+        // fence is near) nothing new starts, out of turn neither.
+        if matches!(req, Request::RunNow { .. } | Request::Kick { .. })
+            && !self.ownership.may_start()
+        {
+            let a = Answer::Refused(
+                "fleet".into(),
+                "the fleet lease is not fresh (a renew failed or the lease was lost): nothing starts now; ask again shortly".into(),
+            );
+            log::info!(
+                "{}: fleet: a control request refused: the lease is not fresh",
+                self.chain_name
+            );
+            let _ = conn.write_all(crate::run::ctl::answer_line(&a).as_bytes());
+            return None;
+        }
         let (ev, answer) = match req {
             Request::RunNow { task, by } => (Event::RunNow { task, by }, None),
             // A kick or a stop is always taken (what it does is the chain's to decide, as
