@@ -34,6 +34,18 @@ fn host(name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Host {
 }
 
 fn host_on(pg: &Pg, name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Host {
+    host_with(pg, name, url, ledger_path, ticks, LEASE, "100ms")
+}
+
+fn host_with(
+    pg: &Pg,
+    name: &str,
+    url: &str,
+    ledger_path: &Path,
+    ticks: u32,
+    lease: &str,
+    cooldown: &str,
+) -> Host {
     let env = TestEnv::new("");
     let pw = pg.write_runchain_password(&env.path("pw"));
     let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
@@ -42,12 +54,12 @@ fn host_on(pg: &Pg, name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Ho
 [store]
 url = "{url}"
 password_file = "{pw}"
-lease = "{LEASE}"
+lease = "{lease}"
 host = "{name}"
 
 [defaults]
-success_cooldown = "100ms"
-fail_cooldown = "100ms"
+success_cooldown = "{cooldown}"
+fail_cooldown = "{cooldown}"
 stop_grace = "0s"
 kill_grace = "300ms"
 
@@ -420,6 +432,42 @@ fn an_owner_that_cannot_renew_stops_its_task_by_the_fence_and_runs_again_when_th
                 .first_start_after(None, restarted)
                 .is_some()
     });
+    r1.signal(libc::SIGTERM);
+    r1.assert_exit(0);
+}
+
+#[test]
+fn after_a_failed_renew_nothing_starts_not_even_a_run_now_or_a_kick() {
+    let pg = Pg::new();
+    let (_db, url) = pg.fresh_database("lease_gate");
+    let (_ld, lp) = ledger_file("ledger");
+    // A 10 s lease (renew every 2 s, fence at 6 s) and a long cooldown after a short run.
+    let h1 = host_with(&pg, "h1", &url, &lp, 1, "10s", "1h");
+    let mut r1 = h1.spawn(&[]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 ran once and cools down", || {
+        Ledger::read(&lp).runs.len() == 1 && Ledger::read(&lp).open_runs().is_empty()
+    });
+    pg.stop_mode(Mode::Fast);
+    r1.wait_for("the renew fails", || {
+        text(&e1).contains("fleet: renew of the lease (epoch 1) failed")
+    });
+    let out = h1.env.sub(&["run-now", "work", "work"]);
+    out.assert_code(75);
+    assert!(
+        out.stderr.contains("the fleet lease is not fresh"),
+        "{}",
+        out.stderr
+    );
+    r1.signal(libc::SIGUSR1);
+    r1.wait_for("the kick is ignored", || {
+        text(&e1).contains("SIGUSR1: ignored: the fleet lease is not fresh")
+    });
+    assert!(
+        !text(&e1).contains("no renew of the lease (epoch 1) succeeded for 0.6"),
+        "the fence came before the checks: the machine is too slow for this test"
+    );
+    assert_eq!(Ledger::read(&lp).runs.len(), 1, "a run started");
     r1.signal(libc::SIGTERM);
     r1.assert_exit(0);
 }
