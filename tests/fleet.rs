@@ -571,6 +571,21 @@ fn case10_a_database_that_is_not_run_chains_is_78_and_left_as_it_was() {
         "other-app 1"
     );
     assert_undisturbed(&f, &mut owner, "foreign database");
+    // Other content without a run_chain schema is not foreign: run-chain makes its schema
+    // beside it and leaves the rest alone.
+    let (c, c_url) = f.pg.fresh_database("foreign_public");
+    f.pg.psql(
+        &c,
+        "CREATE TABLE public.x (i int); INSERT INTO public.x VALUES (7); \
+         ALTER TABLE public.x OWNER TO runchain",
+    );
+    let store = format!("url = \"{c_url}\"\npassword_file = \"{}\"", f.pw.display());
+    let config = f.config_with("h3", "h3-public.toml", &store);
+    let mut h3 = f.launch_with("h3", &config, &[]);
+    f.wait_run(&mut h3, "h3", 0);
+    assert_eq!(schemas(f.pg, &c), "public,run_chain");
+    assert_eq!(f.pg.psql(&c, "SELECT i FROM public.x"), "7");
+    assert_eq!(lease_row(f.pg, &c).map(|r| r.host).as_deref(), Some("h3"));
 }
 
 #[test]
