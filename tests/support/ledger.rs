@@ -220,12 +220,12 @@ impl Ledger {
         out
     }
 
-    /// Panics, listing every overlapping pair and the whole ledger, if runs of two different
-    /// hosts overlap.
-    pub fn assert_no_overlap(&self) {
+    /// None when no two runs of different hosts overlap; else a report listing every
+    /// overlapping pair and then every run.
+    pub fn overlap_report(&self) -> Option<String> {
         let o = self.overlaps();
         if o.is_empty() {
-            return;
+            return None;
         }
         let mut msg = format!(
             "{} overlapping pair(s) of runs on different hosts:\n",
@@ -238,7 +238,14 @@ impl Ledger {
         for r in &self.runs {
             msg += &format!("  {r}\n");
         }
-        panic!("{msg}");
+        Some(msg)
+    }
+
+    /// Panics with `overlap_report()` if runs of two different hosts overlap.
+    pub fn assert_no_overlap(&self) {
+        if let Some(msg) = self.overlap_report() {
+            panic!("{msg}");
+        }
     }
 
     /// The first run (of `host`, or of any host when None) that started after `mono`.
