@@ -396,6 +396,13 @@ fn without_allow_actions_the_console_is_read_only() {
         t.contains("read-only") && !t.contains("name=\"token\""),
         "{t}"
     );
+    // The task printed its line before its run's end is committed by the chain's store
+    // writer (a thread of its own): wait for the record, not for the line.
+    wait_until("the first run is recorded", || {
+        get(addr, "/chain/q")
+            .text()
+            .contains("Output of the last run")
+    });
     let page = get(addr, "/chain/q").text();
     assert!(page.contains("read-only"), "{page}");
     // No task runs: the last run's output is shown, not live.
