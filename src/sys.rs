@@ -495,6 +495,68 @@ pub(crate) fn boot_now() -> Duration {
     })
 }
 
+/// CLOCK_BOOTTIME now, in ns: one system call, no allocation (the spawn child and the
+/// guardian read it).
+pub(crate) fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// A new timerfd on CLOCK_BOOTTIME (close-on-exec, non-blocking, disarmed): the fleet's
+/// fence deadlines, which must count while the machine is suspended (a `ppoll` timeout
+/// counts on CLOCK_MONOTONIC, which stops then). nix's `TimerFd` would do, but it owns
+/// its descriptor and arms through an `Expiration` enum; the callers keep plain
+/// descriptors in `libc::pollfd`s and deadlines as numbers.
+pub(crate) fn timerfd_boot() -> std::io::Result<OwnedFd> {
+    // SAFETY: timerfd_create with integer arguments; a descriptor it returns is ours alone.
+    let fd = unsafe {
+        libc::timerfd_create(libc::CLOCK_BOOTTIME, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arm a timerfd to fire once at `at` on its clock (absolute; a time already past fires
+/// at once), or disarm it (None). Either way what it had counted is cleared, so it is no
+/// longer readable until it fires again.
+pub(crate) fn timerfd_at(fd: RawFd, at: Option<Duration>) -> std::io::Result<()> {
+    let value = match at {
+        // 0 disarms: the earliest time that still arms is 1 ns.
+        Some(d) => libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos().max(u32::from(d.as_secs() == 0)) as libc::c_long,
+        },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+    };
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: value,
+    };
+    // SAFETY: spec is a valid itimerspec; the old value is not asked for.
+    let r =
+        unsafe { libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,5 +603,33 @@ mod tests {
         );
         assert_eq!(start_time(me), st.start_time);
         assert_eq!(proc_stat(-1), None);
+    }
+
+    #[test]
+    fn a_boot_timerfd_fires_at_its_absolute_time_and_is_cleared_by_rearming() {
+        let fd = timerfd_boot().expect("timerfd");
+        let raw = fd.as_raw_fd();
+        let mut b = [0u8; 8];
+        assert!(read(raw, &mut b).is_err(), "disarmed: nothing to read");
+        // A time already past fires at once.
+        timerfd_at(
+            raw,
+            Some(Duration::from_nanos(boot_ns().saturating_sub(1_000))),
+        )
+        .expect("arm");
+        let mut fds = [pollfd(raw, libc::POLLIN)];
+        ppoll(&mut fds, Some(Duration::from_secs(30))).expect("ppoll");
+        assert_ne!(fds[0].revents, 0, "fired");
+        // Re-arming in the future clears what it counted.
+        timerfd_at(
+            raw,
+            Some(Duration::from_nanos(boot_ns()) + Duration::from_secs(3600)),
+        )
+        .expect("arm");
+        assert!(read(raw, &mut b).is_err(), "cleared by re-arming");
+        timerfd_at(raw, None).expect("disarm");
+        assert!(read(raw, &mut b).is_err(), "disarmed");
+        let a = boot_ns();
+        assert!(a > 0 && boot_ns() >= a);
     }
 }
