@@ -373,6 +373,9 @@ fn a_killed_owners_task_is_gone_by_the_fence_kill_deadline_whatever_its_kill_gra
         .expect("the run");
     assert!(!killed.ended, "the task was to ignore TERM: {killed}");
     f.ledger().assert_no_overlap();
-    h2.signal(libc::SIGTERM);
+    // h2's task ignores TERM too and a graceful stop would wait its 30 s of kill grace: kill
+    // h2 as well, and its guardian ends the task by the fence in the same way.
+    h2.signal(libc::SIGKILL);
     h2.wait_exit();
+    common::wait_until("h2's task is gone", || gone(next.pid));
 }
