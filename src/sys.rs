@@ -5,6 +5,7 @@
 //! children), and `waitid` with `WNOWAIT`.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::core::outcome::Exit;
@@ -555,6 +556,70 @@ pub(crate) fn timerfd_at(fd: RawFd, at: Option<Duration>) -> std::io::Result<()>
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The fleet fence's deadlines (CLOCK_BOOTTIME ns; 0: not a fleet owner) where the guardian
+/// reads them (its shared page), registered by `run::guardian` at its fork; null before.
+/// Here, below both `run` and `lock`, so that the DB thread (`lock::fleet`) writes them
+/// without `lock` importing `run`.
+static FENCE_TERM: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static FENCE_KILL: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The write end of the guardian's pipe (-1: none, or closed).
+static FENCE_WAKE: AtomicI32 = AtomicI32::new(-1);
+
+/// The guardian's page holds the fence's deadlines at `term` and `kill` (mapped for the
+/// life of the process); a byte on `wake` wakes it.
+pub(crate) fn fence_register(term: &'static AtomicU64, kill: &'static AtomicU64, wake: RawFd) {
+    FENCE_KILL.store(
+        kill as *const AtomicU64 as *mut AtomicU64,
+        Ordering::Release,
+    );
+    FENCE_TERM.store(
+        term as *const AtomicU64 as *mut AtomicU64,
+        Ordering::Release,
+    );
+    FENCE_WAKE.store(wake, Ordering::Relaxed);
+}
+
+/// The guardian's pipe is closing: no more wake bytes.
+pub(crate) fn fence_unregister_wake() {
+    FENCE_WAKE.store(-1, Ordering::Relaxed);
+}
+
+/// The fence's TERM deadline, for the spawn child (None: no guardian).
+pub(crate) fn fence_term() -> Option<&'static AtomicU64> {
+    // SAFETY: null, or the guardian's page, mapped for the life of the process.
+    unsafe { FENCE_TERM.load(Ordering::Acquire).as_ref() }
+}
+
+/// The fleet's DB thread, after each renew that succeeded (and the acquire): the running
+/// task's group gets SIGTERM at `term` and SIGKILL at `kill` (CLOCK_BOOTTIME) unless a
+/// later renew moves them, whatever happens to run-chain (`run::guardian`). No system
+/// call, unless the guardian may have passed the deadline stored before (then a byte on
+/// its pipe wakes it to arm the new one).
+pub(crate) fn set_fence(term: Duration, kill: Duration) {
+    // SAFETY: null, or the guardian's page, mapped for the life of the process.
+    let (Some(t), Some(k)) = (
+        unsafe { FENCE_TERM.load(Ordering::Acquire).as_ref() },
+        unsafe { FENCE_KILL.load(Ordering::Acquire).as_ref() },
+    ) else {
+        return;
+    };
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let (term_ns, kill_ns) = (ns(term), ns(kill).max(ns(term)));
+    let old = t.load(Ordering::Relaxed);
+    if old == term_ns {
+        return;
+    }
+    // KILL first: a reader that sees the new TERM deadline sees this one too.
+    k.store(kill_ns, Ordering::Relaxed);
+    t.store(term_ns, Ordering::Release);
+    if old == 0 || old <= boot_ns() {
+        let fd = FENCE_WAKE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let _ = write(fd, &[1]);
+        }
+    }
 }
 
 #[cfg(test)]

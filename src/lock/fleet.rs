@@ -29,7 +29,6 @@ use std::time::Duration;
 use crate::config::FleetConfig;
 use crate::error::{Error, Result};
 use crate::lock::lease::{Due, Fence, Lease, Lost, State, Term};
-use crate::run::guardian;
 use crate::signals::{Sig, Signals};
 use crate::store::pg::conn::{Conn, ConnError};
 use crate::store::pg::lease as sql;
@@ -734,7 +733,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                             }
                         }
                         if let Some(t) = lease.term() {
-                            guardian::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
+                            sys::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
                             cell.publish(View::Owner(t));
                         }
                     }
@@ -813,7 +812,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                     }
                 }
                 if let Some(t) = lease.term() {
-                    guardian::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
+                    sys::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
                     cell.publish(View::Owner(t));
                 }
             }

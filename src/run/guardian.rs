@@ -42,14 +42,15 @@
 //! running task by `t0 + 0.8 × lease` (`t0`: the start of its last renew that succeeded),
 //! even when run-chain cannot do it: frozen (SIGSTOP, a stalled disk) or stuck. So after
 //! each renew that succeeded the DB thread stores the fence's two deadlines in the page
-//! ([`set_fence`]: `t0 + 0.6 × lease` for SIGTERM, `t0 + 0.8 × lease` for SIGKILL, on
+//! (`sys::set_fence`, where the page is registered at the fork, so that `lock` need not
+//! import `run`: `t0 + 0.6 × lease` for SIGTERM, `t0 + 0.8 × lease` for SIGKILL, on
 //! CLOCK_BOOTTIME, which counts through a suspend as the database's clock does; 0: not a
 //! fleet owner). The guardian waits in `ppoll` on its pipe and on its own timerfd
 //! (CLOCK_BOOTTIME, absolute), armed at the TERM deadline plus a twentieth of the lease
 //! (a quarter of the TERM-KILL span: the loop, when it is alive, sends the TERM itself at
 //! the deadline, and the task should not get two), and at the KILL deadline exactly.
 //! When it fires it reads the page again: a renew since then moved the deadlines (it
-//! arms the new one: one wake per renew or two, no system call on run-chain's side);
+//! arms the new one: about one wake every two renews, no system call on run-chain's side);
 //! still past with a group running: SIGTERM (and SIGCONT) to the group, then SIGKILL at
 //! the KILL deadline, whether run-chain is alive or not. Only a deadline stored after
 //! the guardian may have passed the old one (the first acquire, a renew after failed
@@ -71,7 +72,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{fence, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -109,40 +110,6 @@ struct Shared {
     fence_term_ns: AtomicU64,
     /// SIGKILL past this.
     fence_kill_ns: AtomicU64,
-}
-
-/// The page of this process's guardian, for [`set_fence`] (null: none forked).
-static PAGE: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
-/// The write end of its pipe (-1: none, or closed).
-static WAKE: AtomicI32 = AtomicI32::new(-1);
-
-/// The fleet's DB thread, after each renew that succeeded (and the acquire): the
-/// running task's group gets SIGTERM at `term` and SIGKILL at `kill` (CLOCK_BOOTTIME)
-/// unless a later renew moves them, whatever happens to run-chain. No system call,
-/// unless the guardian may have passed the deadline stored before (then a byte on the
-/// pipe wakes it to arm the new one).
-pub(crate) fn set_fence(term: Duration, kill: Duration) {
-    let page = PAGE.load(Ordering::Acquire);
-    if page.is_null() {
-        return;
-    }
-    // SAFETY: PAGE holds only the guardian's page, mapped for the life of the process.
-    let s = unsafe { &*page };
-    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
-    let (term_ns, kill_ns) = (ns(term), ns(kill).max(ns(term)));
-    let old = s.fence_term_ns.load(Ordering::Relaxed);
-    if old == term_ns {
-        return;
-    }
-    // KILL first: a reader that sees the new TERM deadline sees this one too.
-    s.fence_kill_ns.store(kill_ns, Ordering::Relaxed);
-    s.fence_term_ns.store(term_ns, Ordering::Release);
-    if old == 0 || old <= sys::boot_ns() {
-        let fd = WAKE.load(Ordering::Relaxed);
-        if fd >= 0 {
-            let _ = sys::write(fd, &[1]);
-        }
-    }
 }
 
 /// What the guardian's fence did to which group, under which TERM deadline.
@@ -336,9 +303,8 @@ impl Guardian {
             guardian_main(rx, shared, recording);
         }
         drop(rx);
-        PAGE.store(shared as *const Shared as *mut Shared, Ordering::Release);
-        WAKE.store(tx.as_raw_fd(), Ordering::Relaxed);
-        crate::run::spawn::set_fence(&shared.fence_term_ns);
+        // Where the DB thread writes the deadlines and the spawn child reads them.
+        sys::fence_register(&shared.fence_term_ns, &shared.fence_kill_ns, tx.as_raw_fd());
         Ok(Guardian {
             pid,
             _tx: File::from(tx),
@@ -386,7 +352,7 @@ impl Guardian {
 impl Drop for Guardian {
     fn drop(&mut self) {
         // The pipe closes with `_tx`: nobody may write its number any more.
-        WAKE.store(-1, Ordering::Relaxed);
+        sys::fence_unregister_wake();
     }
 }
 

@@ -48,7 +48,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// The step of the child's set-up that failed.
@@ -61,18 +61,6 @@ pub(crate) enum Step {
     Exec,
     /// Not started: the fleet lease's fence deadline had passed just before the exec.
     Fenced,
-}
-
-/// The guardian's fence deadline (CLOCK_BOOTTIME ns, 0: none), read by every spawn child
-/// before it execs; null until the guardian is forked.
-static FENCE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Where the fence's TERM deadline lives (the guardian's page, mapped for ever).
-pub(crate) fn set_fence(term_ns: &'static AtomicU64) {
-    FENCE.store(
-        term_ns as *const AtomicU64 as *mut AtomicU64,
-        Ordering::Release,
-    );
 }
 
 #[derive(Debug)]
@@ -257,9 +245,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 /// Start the process; its PID (it leads its own process group). In a fleet owner, not
 /// past the fence's TERM deadline ([`Step::Fenced`]).
 pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
-    // SAFETY: FENCE is null or the guardian's page, mapped for the life of the process.
-    let fence = unsafe { FENCE.load(Ordering::Acquire).as_ref() };
-    spawn_fenced(spec, fence)
+    spawn_fenced(spec, crate::sys::fence_term())
 }
 
 /// [`spawn`], with the fence's deadline given.
