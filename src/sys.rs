@@ -5,6 +5,7 @@
 //! children), and `waitid` with `WNOWAIT`.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::core::outcome::Exit;
@@ -495,6 +496,132 @@ pub(crate) fn boot_now() -> Duration {
     })
 }
 
+/// CLOCK_BOOTTIME now, in ns: one system call, no allocation (the spawn child and the
+/// guardian read it).
+pub(crate) fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// A new timerfd on CLOCK_BOOTTIME (close-on-exec, non-blocking, disarmed): the fleet's
+/// fence deadlines, which must count while the machine is suspended (a `ppoll` timeout
+/// counts on CLOCK_MONOTONIC, which stops then). nix's `TimerFd` would do, but it owns
+/// its descriptor and arms through an `Expiration` enum; the callers keep plain
+/// descriptors in `libc::pollfd`s and deadlines as numbers.
+pub(crate) fn timerfd_boot() -> std::io::Result<OwnedFd> {
+    // SAFETY: timerfd_create with integer arguments; a descriptor it returns is ours alone.
+    let fd = unsafe {
+        libc::timerfd_create(libc::CLOCK_BOOTTIME, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arm a timerfd to fire once at `at` on its clock (absolute; a time already past fires
+/// at once), or disarm it (None). Either way what it had counted is cleared, so it is no
+/// longer readable until it fires again.
+pub(crate) fn timerfd_at(fd: RawFd, at: Option<Duration>) -> std::io::Result<()> {
+    let value = match at {
+        // 0 disarms: the earliest time that still arms is 1 ns.
+        Some(d) => libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos().max(u32::from(d.as_secs() == 0)) as libc::c_long,
+        },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+    };
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: value,
+    };
+    // SAFETY: spec is a valid itimerspec; the old value is not asked for.
+    let r =
+        unsafe { libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The fleet fence's deadlines (CLOCK_BOOTTIME ns; 0: not a fleet owner) where the guardian
+/// reads them (its shared page), registered by `run::guardian` at its fork; null before.
+/// Here, below both `run` and `lock`, so that the DB thread (`lock::fleet`) writes them
+/// without `lock` importing `run`.
+static FENCE_TERM: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static FENCE_KILL: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The write end of the guardian's pipe (-1: none, or closed).
+static FENCE_WAKE: AtomicI32 = AtomicI32::new(-1);
+
+/// The guardian's page holds the fence's deadlines at `term` and `kill` (mapped for the
+/// life of the process); a byte on `wake` wakes it.
+pub(crate) fn fence_register(term: &'static AtomicU64, kill: &'static AtomicU64, wake: RawFd) {
+    FENCE_KILL.store(
+        kill as *const AtomicU64 as *mut AtomicU64,
+        Ordering::Release,
+    );
+    FENCE_TERM.store(
+        term as *const AtomicU64 as *mut AtomicU64,
+        Ordering::Release,
+    );
+    FENCE_WAKE.store(wake, Ordering::Relaxed);
+}
+
+/// The guardian's pipe is closing: no more wake bytes.
+pub(crate) fn fence_unregister_wake() {
+    FENCE_WAKE.store(-1, Ordering::Relaxed);
+}
+
+/// The fence's TERM deadline, for the spawn child (None: no guardian).
+pub(crate) fn fence_term() -> Option<&'static AtomicU64> {
+    // SAFETY: null, or the guardian's page, mapped for the life of the process.
+    unsafe { FENCE_TERM.load(Ordering::Acquire).as_ref() }
+}
+
+/// The fleet's DB thread, after each renew that succeeded (and the acquire): the running
+/// task's group gets SIGTERM at `term` and SIGKILL at `kill` (CLOCK_BOOTTIME) unless a
+/// later renew moves them, whatever happens to run-chain (`run::guardian`). No system
+/// call, unless the guardian may have passed the deadline stored before (then a byte on
+/// its pipe wakes it to arm the new one).
+pub(crate) fn set_fence(term: Duration, kill: Duration) {
+    // SAFETY: null, or the guardian's page, mapped for the life of the process.
+    let (Some(t), Some(k)) = (
+        unsafe { FENCE_TERM.load(Ordering::Acquire).as_ref() },
+        unsafe { FENCE_KILL.load(Ordering::Acquire).as_ref() },
+    ) else {
+        return;
+    };
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let (term_ns, kill_ns) = (ns(term), ns(kill).max(ns(term)));
+    let old = t.load(Ordering::Relaxed);
+    if old == term_ns {
+        return;
+    }
+    // KILL first: a reader that sees the new TERM deadline sees this one too.
+    k.store(kill_ns, Ordering::Relaxed);
+    t.store(term_ns, Ordering::Release);
+    if old == 0 || old <= boot_ns() {
+        let fd = FENCE_WAKE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let _ = write(fd, &[1]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,5 +668,33 @@ mod tests {
         );
         assert_eq!(start_time(me), st.start_time);
         assert_eq!(proc_stat(-1), None);
+    }
+
+    #[test]
+    fn a_boot_timerfd_fires_at_its_absolute_time_and_is_cleared_by_rearming() {
+        let fd = timerfd_boot().expect("timerfd");
+        let raw = fd.as_raw_fd();
+        let mut b = [0u8; 8];
+        assert!(read(raw, &mut b).is_err(), "disarmed: nothing to read");
+        // A time already past fires at once.
+        timerfd_at(
+            raw,
+            Some(Duration::from_nanos(boot_ns().saturating_sub(1_000))),
+        )
+        .expect("arm");
+        let mut fds = [pollfd(raw, libc::POLLIN)];
+        ppoll(&mut fds, Some(Duration::from_secs(30))).expect("ppoll");
+        assert_ne!(fds[0].revents, 0, "fired");
+        // Re-arming in the future clears what it counted.
+        timerfd_at(
+            raw,
+            Some(Duration::from_nanos(boot_ns()) + Duration::from_secs(3600)),
+        )
+        .expect("arm");
+        assert!(read(raw, &mut b).is_err(), "cleared by re-arming");
+        timerfd_at(raw, None).expect("disarm");
+        assert!(read(raw, &mut b).is_err(), "disarmed");
+        let a = boot_ns();
+        assert!(a > 0 && boot_ns() >= a);
     }
 }

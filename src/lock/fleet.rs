@@ -137,8 +137,8 @@ pub(crate) struct Fleet {
     lost_told: bool,
     /// What the fence asked so far.
     fenced: Fence,
-    /// When the loop must look again (the fence's next step), on its clock.
-    deadline: Option<Mono>,
+    /// Fires (CLOCK_BOOTTIME, absolute) when the loop must look again: the fence's next step.
+    fence_timer: OwnedFd,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -172,6 +172,7 @@ impl Fleet {
             )
         })?;
         let efd = sys::eventfd().map_err(|e| Error::os("create an eventfd", e))?;
+        let fence_timer = sys::timerfd_boot().map_err(|e| Error::os("create a timerfd", e))?;
         let cell = Arc::new(Cell {
             shared: Mutex::new(Shared {
                 view: View::Starting,
@@ -202,7 +203,7 @@ impl Fleet {
             term: None,
             lost_told: false,
             fenced: Fence::None,
-            deadline: None,
+            fence_timer,
         })
     }
 
@@ -280,7 +281,6 @@ impl Fleet {
                     self.term = Some(*t);
                     self.lost_told = false;
                     self.fenced = Fence::None;
-                    self.deadline = None;
                     self.refresh_deadline(time::mono_now());
                     return Ok(Some(t.epoch));
                 }
@@ -301,6 +301,7 @@ impl Fleet {
     /// the epoch it runs under, lost, or past the fence's KILL.
     pub(crate) fn check(&mut self, now: Mono) -> Check {
         let Some(epoch) = self.running else {
+            let _ = sys::timerfd_at(self.fence_timer.as_raw_fd(), None);
             return Check::Held;
         };
         let boot = sys::boot_now();
@@ -344,20 +345,31 @@ impl Fleet {
         answer
     }
 
-    /// The fence's next step on the loop's clock.
-    fn refresh_deadline(&mut self, now: Mono) {
-        let boot = sys::boot_now();
+    /// Arm the fence's timer at its next step, on CLOCK_BOOTTIME (a `ppoll` timeout counts
+    /// on CLOCK_MONOTONIC, which stops while the machine is suspended); re-arming also
+    /// clears it, so the loop is not woken again for a step it has seen.
+    fn refresh_deadline(&mut self, _now: Mono) {
         let at = self.term.and_then(|t| match self.fenced {
             Fence::None if !self.lost_told => Some(t.term_at(self.lease)),
             Fence::None | Fence::Term => Some(t.kill_at(self.lease)),
             Fence::Kill => None,
         });
-        self.deadline = at.map(|b| now + b.saturating_sub(boot));
+        if let Err(e) = sys::timerfd_at(self.fence_timer.as_raw_fd(), at) {
+            log::warn!(
+                "{}: fleet: failed to arm the fence's timer: {e}",
+                self.chain
+            );
+        }
     }
 
-    /// When the loop must call [`Fleet::check`] even if the eventfd says nothing.
+    /// None: the fence's steps come through [`Fleet::fence_fd`], not a deadline.
     pub(crate) fn deadline(&self) -> Option<Mono> {
-        self.deadline
+        None
+    }
+
+    /// The fence's timerfd, in the loop's `ppoll` set: readable, call [`Fleet::check`].
+    pub(crate) fn fence_fd(&self) -> RawFd {
+        self.fence_timer.as_raw_fd()
     }
 
     /// Whether a run may start now: the owner of the epoch the chain runs under, its
@@ -376,7 +388,7 @@ impl Fleet {
     pub(crate) fn stop_running(&mut self) {
         self.running = None;
         self.term = None;
-        self.deadline = None;
+        let _ = sys::timerfd_at(self.fence_timer.as_raw_fd(), None);
     }
 
     /// The holder id and the epoch, while owner (for `RUN_ROOT/CHAIN.lease`).
@@ -721,6 +733,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                             }
                         }
                         if let Some(t) = lease.term() {
+                            sys::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
                             cell.publish(View::Owner(t));
                         }
                     }
@@ -799,6 +812,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                     }
                 }
                 if let Some(t) = lease.term() {
+                    sys::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
                     cell.publish(View::Owner(t));
                 }
             }

@@ -341,6 +341,11 @@ impl Driver {
                 fds.push(sys::pollfd(fd, libc::POLLIN));
                 fds.len() - 1
             });
+            // The fleet's fence: a timerfd on CLOCK_BOOTTIME (counts through a suspend).
+            let fence_at = self.ownership.fleet_mut().map(|f| {
+                fds.push(sys::pollfd(f.fence_fd(), libc::POLLIN));
+                fds.len() - 1
+            });
             let mut src_idx = Vec::new();
             if let Some(run) = self.running.run() {
                 for (i, s) in run.sources.iter().enumerate() {
@@ -391,6 +396,11 @@ impl Driver {
             }
             if lock_fd_at.is_some_and(|i| fds[i].revents != 0) {
                 let ev = self.ownership.on_ready(now.mono);
+                if let Some(exit) = self.on_lock_event(now, ev) {
+                    return Ok(self.finish(exit));
+                }
+            } else if fence_at.is_some_and(|i| fds[i].revents != 0) {
+                let ev = self.ownership.on_deadline(now.mono);
                 if let Some(exit) = self.on_lock_event(now, ev) {
                     return Ok(self.finish(exit));
                 }

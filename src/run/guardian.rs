@@ -38,6 +38,32 @@
 //! the guardian could not (the guardian killed too, a power cut, a store that stayed
 //! locked), with its own time and an error saying the end is not known.
 //!
+//! **The fleet's fence** (issue 20). An owner of a fleet lease must have ended its
+//! running task by `t0 + 0.8 × lease` (`t0`: the start of its last renew that succeeded),
+//! even when run-chain cannot do it: frozen (SIGSTOP, a stalled disk) or stuck. So after
+//! each renew that succeeded the DB thread stores the fence's two deadlines in the page
+//! (`sys::set_fence`, where the page is registered at the fork, so that `lock` need not
+//! import `run`: `t0 + 0.6 × lease` for SIGTERM, `t0 + 0.8 × lease` for SIGKILL, on
+//! CLOCK_BOOTTIME, which counts through a suspend as the database's clock does; 0: not a
+//! fleet owner). The guardian waits in `ppoll` on its pipe and on its own timerfd
+//! (CLOCK_BOOTTIME, absolute), armed at the TERM deadline plus a twentieth of the lease
+//! (a quarter of the TERM-KILL span: the loop, when it is alive, sends the TERM itself at
+//! the deadline, and the task should not get two), and at the KILL deadline exactly.
+//! When it fires it reads the page again: a renew since then moved the deadlines (it
+//! arms the new one: about one wake every two renews, no system call on run-chain's side);
+//! still past with a group running: SIGTERM (and SIGCONT) to the group, then SIGKILL at
+//! the KILL deadline, whether run-chain is alive or not. Only a deadline stored after
+//! the guardian may have passed the old one (the first acquire, a renew after failed
+//! ones) costs run-chain a system call: a byte on the pipe wakes the guardian (the pipe
+//! was never written before; end-of-file still means death). At run-chain's death, a
+//! fleet owner's task gets its kill grace only up to the KILL deadline. And the spawn
+//! child reads the TERM deadline just before `execve` and does not exec past it
+//! (`spawn`): a run-chain frozen between its start gate and the clone cannot start a
+//! task late. Limits: a freeze of the whole machine (a VM paused) freezes the guardian
+//! too, and the task may run for a few ms after the resume before the overdue timer is
+//! served; and the margin between KILL and expiry (0.2 × lease) is the budget for the
+//! difference between this host's clock rate and the database's.
+//!
 //! The run's identity in the page is written before the run's group exists (the page's
 //! group is reset to 0 first, and the child writes it only after run-chain's fork), with
 //! a sequence number that is odd while it is being written, so that the guardian never
@@ -79,6 +105,72 @@ struct Shared {
     /// The task's name: its length (0: none, or too long to keep), then its bytes.
     task_len: AtomicU32,
     task: [AtomicU8; TASK_MAX],
+    /// The fleet's fence, CLOCK_BOOTTIME ns: SIGTERM to the group past this (0: not a
+    /// fleet owner). Written after `fence_kill_ns`.
+    fence_term_ns: AtomicU64,
+    /// SIGKILL past this.
+    fence_kill_ns: AtomicU64,
+}
+
+/// What the guardian's fence did to which group, under which TERM deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fenced {
+    pg: i32,
+    term_ns: u64,
+    /// The last signal sent (0: none).
+    sig: i32,
+}
+
+/// What the guardian's fence does now: a signal to send to the group, and when to look
+/// again (CLOCK_BOOTTIME ns; None: only when woken). Pure: given the page and `now`.
+fn fence_step(
+    now: u64,
+    term: u64,
+    kill: u64,
+    pg: i32,
+    done: &mut Fenced,
+) -> (Option<i32>, Option<u64>) {
+    if term == 0 {
+        return (None, None);
+    }
+    // The loop, when alive, sends the TERM at `term`: the guardian comes a little after.
+    let act = term.saturating_add(kill.saturating_sub(term) / 4);
+    if now < act {
+        return (None, Some(act));
+    }
+    if pg <= 1 {
+        // Nothing runs, and nothing starts past `term` (the spawn gate): sleep until a
+        // renew wakes us.
+        return (None, None);
+    }
+    if done.pg != pg || done.term_ns != term {
+        *done = Fenced {
+            pg,
+            term_ns: term,
+            sig: 0,
+        };
+    }
+    if now < kill {
+        let send = (done.sig == 0).then_some(libc::SIGTERM);
+        if send.is_some() {
+            done.sig = libc::SIGTERM;
+        }
+        (send, Some(kill))
+    } else {
+        let send = (done.sig != libc::SIGKILL).then_some(libc::SIGKILL);
+        done.sig = libc::SIGKILL;
+        (send, None)
+    }
+}
+
+/// The kill grace at run-chain's death: a fleet owner's task gets it only up to the
+/// fence's KILL deadline (`kill_ns`, 0: not a fleet owner).
+fn grace_at_death(grace_ms: u64, kill_ns: u64, now_ns: u64) -> u64 {
+    if kill_ns == 0 {
+        grace_ms
+    } else {
+        grace_ms.min(kill_ns.saturating_sub(now_ns) / 1_000_000)
+    }
 }
 
 /// Which run is in progress, as run-chain writes it into the page.
@@ -211,6 +303,8 @@ impl Guardian {
             guardian_main(rx, shared, recording);
         }
         drop(rx);
+        // Where the DB thread writes the deadlines and the spawn child reads them.
+        sys::fence_register(&shared.fence_term_ns, &shared.fence_kill_ns, tx.as_raw_fd());
         Ok(Guardian {
             pid,
             _tx: File::from(tx),
@@ -252,6 +346,13 @@ impl Guardian {
             .shared
             .pgid
             .compare_exchange(pgid, 0, Ordering::Release, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Guardian {
+    fn drop(&mut self) {
+        // The pipe closes with `_tx`: nobody may write its number any more.
+        sys::fence_unregister_wake();
     }
 }
 
@@ -393,18 +494,16 @@ fn guardian_main(rx: OwnedFd, shared: &'static Shared, recording: Option<Recordi
     }
     // Hold nothing run-chain inherited either (a pipe kept open would keep a reader waiting).
     sys::close_from(3, rx.as_raw_fd());
-    let mut chunk = [0u8; 64];
-    // Nothing is ever written: wait for end-of-file (or an error), which is run-chain's end.
-    while let Ok(n) = sys::read(rx.as_raw_fd(), &mut chunk) {
-        if n == 0 {
-            break;
-        }
-    }
+    wait_for_death(&rx, shared);
     // run-chain is gone: end what it left running, and record it.
     let pg = shared.pgid.load(Ordering::Acquire);
     if pg > 1 {
         let run = shared.read_identity();
-        let grace = shared.grace_ms.load(Ordering::Relaxed);
+        let grace = grace_at_death(
+            shared.grace_ms.load(Ordering::Relaxed),
+            shared.fence_kill_ns.load(Ordering::Acquire),
+            sys::boot_ns(),
+        );
         let (how, stop_ms) = end_group(pg, grace);
         if let (Some(rec), Some(run)) = (recording, run) {
             record(&rec, &run, how, stop_ms);
@@ -412,6 +511,67 @@ fn guardian_main(rx: OwnedFd, shared: &'static Shared, recording: Option<Recordi
     }
     // SAFETY: leave without running any of the parent's atexit handlers.
     unsafe { libc::_exit(0) }
+}
+
+/// Wait for end-of-file on the pipe (or an error), which is run-chain's end; meanwhile
+/// keep the fleet's fence (see the module's text). A byte on the pipe only wakes us.
+fn wait_for_death(rx: &OwnedFd, shared: &Shared) {
+    let rx = rx.as_raw_fd();
+    let timer = sys::timerfd_boot().ok();
+    let tfd = timer.as_ref().map_or(-1, |t| t.as_raw_fd());
+    let mut done = Fenced::default();
+    let mut armed: Option<u64> = None;
+    let mut chunk = [0u8; 64];
+    loop {
+        if tfd >= 0 {
+            let term = shared.fence_term_ns.load(Ordering::Acquire);
+            let kill = shared.fence_kill_ns.load(Ordering::Relaxed);
+            let pg = shared.pgid.load(Ordering::Acquire);
+            let (send, at) = fence_step(sys::boot_ns(), term, kill, pg, &mut done);
+            if let Some(sig) = send {
+                let what = if sig == libc::SIGKILL {
+                    "SIGKILL (0.8 × lease)"
+                } else {
+                    "SIGTERM (0.6 × lease)"
+                };
+                eprintln!(
+                    "run-chain-guard: no renew of the fleet lease in time (run-chain frozen or stuck): {what} to process group {pg}"
+                );
+                sys::kill(-pg, sig);
+                sys::kill(-pg, libc::SIGCONT);
+            }
+            if at != armed && sys::timerfd_at(tfd, at.map(Duration::from_nanos)).is_ok() {
+                armed = at;
+            }
+        }
+        let mut fds = [
+            sys::pollfd(rx, libc::POLLIN),
+            sys::pollfd(tfd, libc::POLLIN),
+        ];
+        if sys::ppoll(&mut fds, None).is_err() {
+            // Cannot wait on both: wait for the pipe alone.
+            while let Ok(n) = sys::read(rx, &mut chunk) {
+                if n == 0 {
+                    break;
+                }
+            }
+            return;
+        }
+        if fds[1].revents != 0 {
+            let mut b = [0u8; 8];
+            let _ = sys::read(tfd, &mut b);
+            // One-shot: it is disarmed now.
+            armed = None;
+        }
+        if fds[0].revents != 0 {
+            match sys::read(rx, &mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// Close the run in the store as `interrupted`, with the guardian's time and reason.
@@ -505,6 +665,68 @@ mod tests {
             l.contains("300ms") && l.contains("stop is when SIGKILL was sent"),
             "{l}"
         );
+    }
+
+    #[test]
+    fn the_guardian_fence_terms_after_the_loop_then_kills_at_the_deadline() {
+        let s = 1_000_000_000u64; // 1 s in ns; lease 2 s, t0 = 10 s
+        let (term, kill) = (10 * s + 1_200_000_000, 10 * s + 1_600_000_000);
+        let act = term + 100_000_000; // a twentieth of the lease after TERM
+        let mut done = Fenced::default();
+        // Not a fleet owner: nothing, ever.
+        assert_eq!(fence_step(u64::MAX, 0, 0, 42, &mut done), (None, None));
+        // Before: sleep until the TERM deadline (plus the loop's head start).
+        assert_eq!(
+            fence_step(11 * s, term, kill, 42, &mut done),
+            (None, Some(act))
+        );
+        assert_eq!(
+            fence_step(act - 1, term, kill, 42, &mut done),
+            (None, Some(act))
+        );
+        // Past it, nothing runs: nothing to do, sleep until woken.
+        assert_eq!(fence_step(act, term, kill, 0, &mut done), (None, None));
+        // A group runs: TERM once, then look again at KILL.
+        assert_eq!(
+            fence_step(act, term, kill, 42, &mut done),
+            (Some(libc::SIGTERM), Some(kill))
+        );
+        assert_eq!(
+            fence_step(act + 5, term, kill, 42, &mut done),
+            (None, Some(kill))
+        );
+        // KILL at the deadline, once.
+        assert_eq!(
+            fence_step(kill, term, kill, 42, &mut done),
+            (Some(libc::SIGKILL), None)
+        );
+        assert_eq!(
+            fence_step(kill + 5, term, kill, 42, &mut done),
+            (None, None)
+        );
+        // A renew moved the deadlines: the new ones count, for the next group too.
+        let (t2, k2) = (term + s, kill + s);
+        assert_eq!(
+            fence_step(kill + 5, t2, k2, 43, &mut done),
+            (None, Some(t2 + 100_000_000))
+        );
+        assert_eq!(
+            fence_step(k2, t2, k2, 43, &mut done),
+            (Some(libc::SIGKILL), None)
+        );
+    }
+
+    #[test]
+    fn at_death_a_fleet_owners_task_gets_its_grace_only_up_to_the_kill_deadline() {
+        let ms = 1_000_000u64;
+        // Not a fleet owner: the kill grace as configured.
+        assert_eq!(grace_at_death(30_000, 0, 5_000 * ms), 30_000);
+        // 1.2 s left until KILL: 1.2 s, not 30.
+        assert_eq!(grace_at_death(30_000, 6_200 * ms, 5_000 * ms), 1_200);
+        // A shorter grace stays.
+        assert_eq!(grace_at_death(300, 6_200 * ms, 5_000 * ms), 300);
+        // Past the deadline: none.
+        assert_eq!(grace_at_death(30_000, 4_000 * ms, 5_000 * ms), 0);
     }
 
     /// A group whose processes are all zombies (not reaped yet) has ended.

@@ -289,6 +289,9 @@ pub(crate) fn spawn(
             Step::Cwd => format!("cannot change into cwd {}: {err}", task.cwd_shown),
             Step::Exec => format!("cannot run {program}: {err}"),
             Step::Setup => format!("cannot start {program}: {err}"),
+            Step::Fenced => format!(
+                "not started: the fleet lease's fence deadline (0.6 × lease without a renew) had passed when {program} was to be run (run-chain was frozen or stalled)"
+            ),
         }
     })?;
     let sources = vec![Source::nonblocking(out_r, 0), Source::nonblocking(err_r, 1)];

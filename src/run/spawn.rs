@@ -18,7 +18,10 @@
 //! back to their default action while every signal is still blocked; it makes itself
 //! the leader of a new process group and writes its PID to the guardian's page; stdin,
 //! stdout and stderr are put in place; it changes into the working directory; it sets
-//! the nice value; it unblocks every signal; it execs, trying each candidate path in
+//! the nice value; it unblocks every signal; in a fleet owner, it reads the fence's TERM
+//! deadline from the guardian's page and the boot clock, and goes no further if the
+//! deadline has passed (a run-chain frozen or stalled between its start gate and the
+//! clone must not start a task the lease no longer covers: `guardian`); it execs, trying each candidate path in
 //! turn as `execvp` does (a file the kernel cannot exec, a script without `#!`, is run
 //! by /bin/sh). Which step failed, and the errno, come back through the shared memory,
 //! and the child exits.
@@ -45,7 +48,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// The step of the child's set-up that failed.
@@ -56,6 +59,8 @@ pub(crate) enum Step {
     Cwd,
     Nice,
     Exec,
+    /// Not started: the fleet lease's fence deadline had passed just before the exec.
+    Fenced,
 }
 
 #[derive(Debug)]
@@ -93,6 +98,8 @@ struct Child {
     handled: *const c_int,
     n_handled: usize,
     announce: *const AtomicI32,
+    /// The fence's TERM deadline (null: none).
+    fence: *const AtomicU64,
     /// For a script without `#!`: ["/bin/sh", the candidate, argv[1..]], slot 1 filled
     /// by the child (as execvp does on ENOEXEC).
     sh_argv: *mut *const c_char,
@@ -158,6 +165,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 Step::Cwd => 2,
                 Step::Nice => 3,
                 Step::Exec => 4,
+                Step::Fenced => 5,
             };
             libc::_exit(127)
         };
@@ -190,6 +198,20 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // The fence, last: past its deadline the lease may be another host's soon.
+        if !c.fence.is_null() {
+            let term = (*c.fence).load(Ordering::Acquire);
+            let mut ts: libc::timespec = std::mem::zeroed();
+            if term != 0 && libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) == 0 {
+                let now = (ts.tv_sec as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(ts.tv_nsec as u64);
+                if now >= term {
+                    *libc::__errno_location() = libc::ETIME;
+                    fail(c, Step::Fenced);
+                }
+            }
+        }
         // As execvp: EACCES on one candidate is remembered and the search goes on;
         // a candidate that does not exist is skipped; any other error ends it.
         let mut eacces = false;
@@ -220,8 +242,14 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
-/// Start the process; its PID (it leads its own process group).
+/// Start the process; its PID (it leads its own process group). In a fleet owner, not
+/// past the fence's TERM deadline ([`Step::Fenced`]).
 pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
+    spawn_fenced(spec, crate::sys::fence_term())
+}
+
+/// [`spawn`], with the fence's deadline given.
+fn spawn_fenced(spec: &Spec, fence: Option<&AtomicU64>) -> Result<i32, SpawnError> {
     let setup = |err| SpawnError {
         step: Step::Setup,
         err,
@@ -252,6 +280,7 @@ pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
         announce: spec
             .announce
             .map_or(std::ptr::null(), |a| a as *const AtomicI32),
+        fence: fence.map_or(std::ptr::null(), |f| f as *const AtomicU64),
         sh_argv: sh_argv.as_mut_ptr(),
         step: 0,
         errno: 0,
@@ -312,6 +341,7 @@ pub fn spawn(spec: &Spec) -> Result<i32, SpawnError> {
             2 => Step::Cwd,
             3 => Step::Nice,
             4 => Step::Exec,
+            5 => Step::Fenced,
             _ => Step::Setup,
         };
         return Err(SpawnError {
@@ -446,5 +476,62 @@ mod alloc_guard {
             // And the next spawn of this thread is fine again.
             reap(start_true().expect("a plain spawn succeeds"));
         }
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Start `sh -c 'echo ran >> MARK'` under a fence deadline.
+    fn start(fence: &AtomicU64, mark: &std::path::Path) -> Result<i32, SpawnError> {
+        let sh = CString::new("/bin/sh").expect("no NUL");
+        let argv = [
+            sh.clone(),
+            CString::new("-c").expect("no NUL"),
+            CString::new(format!("echo ran >> '{}'", mark.display())).expect("no NUL"),
+        ];
+        let cwd = CString::new("/").expect("no NUL");
+        let null = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let raw = null.as_raw_fd();
+        let spec = Spec {
+            candidates: std::slice::from_ref(&sh),
+            argv: &argv,
+            envp: &[],
+            cwd: &cwd,
+            nice: None,
+            stdio: [raw; 3],
+            announce: None,
+        };
+        spawn_fenced(&spec, Some(fence))
+    }
+
+    fn exit_code(pid: i32) -> i32 {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn the_child_does_not_exec_past_the_fence_deadline() {
+        let dir = std::env::temp_dir().join(format!("rc-spawn-fence-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mark = dir.join("mark");
+        let _ = std::fs::remove_file(&mark);
+        // A deadline already past (1 ns after boot): the spawn error, and no exec.
+        let past = AtomicU64::new(1);
+        let err = start(&past, &mark).expect_err("fenced");
+        assert_eq!(err.step, Step::Fenced);
+        assert_eq!(err.err.raw_os_error(), Some(libc::ETIME));
+        // 0: no fence (not a fleet owner); a deadline to come: both start.
+        for ns in [0, crate::sys::boot_ns() + 3_600_000_000_000] {
+            let pid = start(&AtomicU64::new(ns), &mark).expect("started");
+            assert_eq!(exit_code(pid), 0);
+        }
+        let ran = std::fs::read_to_string(&mark).expect("mark");
+        assert_eq!(ran, "ran\nran\n", "the fenced spawn ran nothing");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

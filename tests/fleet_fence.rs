@@ -1,0 +1,381 @@
+//! The fleet's fence (issue 20) when run-chain cannot keep it itself: an owner frozen with
+//! SIGSTOP (its guardian ends the task by the lease's fence deadlines), and an owner killed
+//! with kill -9 whose task ignores SIGTERM and has a kill grace longer than the lease (its
+//! guardian's grace at run-chain's death is capped at the fence's KILL deadline). Real
+//! run-chain processes as "hosts" (own RUN_ROOT and `[store] host`), a real PostgreSQL
+//! (tests/support/pg.rs), a ledger of task starts, ticks and ends (tests/support/ledger.rs).
+//! Lease 2 s: renew every 0.4 s, TERM at 1.2 s after the start of the last renew that
+//! succeeded, KILL at 1.6 s, expiry at 2.0 s.
+//!
+//! The spawn gate (the spawn child does not exec past the TERM deadline) is tested at unit
+//! level in src/run/spawn.rs (`fence_tests`): the window between the loop's start gate and the
+//! clone cannot be hit from outside.
+//!
+//! Judged by the ledger and the lease row, not by log wording. Figures are printed; the slack in
+//! the assertions is for a loaded 2-core machine.
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Runner, TestEnv};
+use support::ledger::{self, Interval, Ledger};
+use support::pg::Pg;
+
+const CHAIN: &str = "work";
+const LEASE_S: f64 = 2.0;
+/// Slack for a loaded machine in the timing assertions (the figures are printed).
+const SLACK_S: f64 = 0.35;
+
+fn secs(ns: i128) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// A database clock reading (seconds since the epoch) as CLOCK_MONOTONIC ns (same machine:
+/// the database's clock is the wall clock).
+fn db_time_to_mono(db_secs: f64) -> i128 {
+    ledger::mono_ns() as i128 + ((db_secs - common::epoch_now()) * 1e9) as i128
+}
+
+/// (host, epoch, expires_at in seconds since the epoch) of the chain's lease row.
+fn lease_row(pg: &Pg, db: &str) -> Option<(String, i64, f64)> {
+    let out = pg
+        .try_psql(
+            db,
+            &format!(
+                "SELECT coalesce(host, ''), epoch, coalesce(extract(epoch FROM expires_at), 0) \
+                 FROM run_chain.leases WHERE chain = '{CHAIN}'"
+            ),
+        )
+        .ok()?;
+    let f: Vec<&str> = out.lines().next()?.split('|').collect();
+    if f.len() != 3 {
+        return None;
+    }
+    Some((f[0].to_owned(), f[1].parse().ok()?, f[2].parse().ok()?))
+}
+
+/// `sh` task scripts that stamp the ledger: `S`, a tick every 50 ms for ever; `ignore_term`:
+/// the whole group ignores SIGTERM (only SIGKILL ends it, no `E`), else a TERM trap stamps `E`.
+fn write_script(path: &Path, ledger_path: &Path, ignore_term: bool) -> PathBuf {
+    if !ignore_term {
+        return ledger::write_task_script(path, ledger_path, 1_000_000, "0.05");
+    }
+    let text = format!(
+        "#!/bin/sh\n\
+         trap '' TERM\n\
+         st() {{ '{stamp}' '{ledger}' \"$1\"; }}\n\
+         st S\n\
+         while :; do\n\
+         \x20 sleep 0.05 & wait $!\n\
+         \x20 st T\n\
+         done\n",
+        stamp = ledger::stamp_bin().display(),
+        ledger = ledger_path.display(),
+    );
+    std::fs::write(path, text).expect("write the task script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.to_path_buf()
+}
+
+struct Fleet {
+    env: TestEnv,
+    pg: &'static Pg,
+    db: String,
+    url: String,
+    pw: PathBuf,
+    ledger: PathBuf,
+    script: PathBuf,
+    kill_grace: &'static str,
+}
+
+impl Fleet {
+    fn new(prefix: &str, ignore_term: bool, kill_grace: &'static str) -> Fleet {
+        let pg = Pg::shared();
+        let (db, url) = pg.fresh_database(prefix);
+        let env = TestEnv::new("");
+        let pw = pg.write_runchain_password(&env.path("store-password"));
+        let ledger = env.path("ledger");
+        let script = write_script(&env.path("task.sh"), &ledger, ignore_term);
+        Fleet {
+            env,
+            pg,
+            db,
+            url,
+            pw,
+            ledger,
+            script,
+            kill_grace,
+        }
+    }
+
+    fn launch(&self, host: &str) -> Runner {
+        let config = self.env.path(&format!("{host}.toml"));
+        common::write_atomic(
+            &config,
+            &format!(
+                r#"[defaults]
+success_cooldown = "100ms"
+fail_cooldown = "100ms"
+stop_grace = "0s"
+kill_grace = "{grace}"
+
+[store]
+url = "{url}"
+password_file = "{pw}"
+lease = "2s"
+host = "{host}"
+
+[tasks.{CHAIN}]
+argv = ["{script}"]
+env = {{ RC_HOST = "{host}" }}
+"#,
+                grace = self.kill_grace,
+                url = self.url,
+                pw = self.pw.display(),
+                script = self.script.display(),
+            ),
+        );
+        let mut cmd = self.env.bare_command();
+        cmd.arg("-c")
+            .arg(&config)
+            .arg("--run-root")
+            .arg(self.env.path(&format!("run-{host}")))
+            .arg(CHAIN);
+        self.env.spawn_command(cmd)
+    }
+
+    fn ledger(&self) -> Ledger {
+        Ledger::read(&self.ledger)
+    }
+
+    fn lease_row(&self) -> (String, i64, f64) {
+        lease_row(self.pg, &self.db).expect("the lease row")
+    }
+
+    /// HOST's first run started after `after` (mono ns) with a tick.
+    fn wait_run(&self, runner: &mut Runner, host: &str, after: u64) -> Interval {
+        let mut found = None;
+        runner.wait_for(&format!("{host} runs {CHAIN}"), || {
+            found = self
+                .ledger()
+                .of_host(host)
+                .filter(|r| r.start > after && r.ticks >= 1)
+                .min_by_key(|r| r.start)
+                .cloned();
+            found.is_some()
+        });
+        found.expect("found")
+    }
+
+    /// HOST's instance tries to acquire as a standby (its fresh row in run_chain.standbys).
+    fn wait_standby(&self, runner: &mut Runner, host: &str) {
+        let sql = format!(
+            "SELECT count(*) FROM run_chain.standbys s WHERE s.chain = '{CHAIN}' \
+             AND s.host = '{host}' AND s.seen_at > now() - interval '2 s' \
+             AND s.holder IS DISTINCT FROM \
+             (SELECT holder FROM run_chain.leases WHERE chain = '{CHAIN}')"
+        );
+        runner.wait_for(&format!("{host} is a standby of {CHAIN}"), || {
+            self.pg
+                .try_psql(&self.db, &sql)
+                .map(|n| n != "0")
+                .unwrap_or(false)
+        });
+    }
+}
+
+/// Whether process `pid` is gone or a zombie (its code no longer runs).
+fn gone(pid: i32) -> bool {
+    !matches!(common::proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+// -------------------------------------------------------------------------------------------
+// (a) The owner frozen with SIGSTOP for 10 × the lease while its task runs.
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_over_after_expiry() {
+    let f = Fleet::new("fence_stop", false, "100ms");
+    let mut h1 = f.launch("h1");
+    let run = f.wait_run(&mut h1, "h1", 0);
+    let mut h2 = f.launch("h2");
+    f.wait_standby(&mut h2, "h2");
+    let (host, epoch, _) = f.lease_row();
+    assert_eq!(host, "h1");
+
+    // Freeze the owner (run-chain itself, not its task or its guardian).
+    let t_stop = ledger::mono_ns();
+    h1.signal(libc::SIGSTOP);
+    common::wait_until("h1 is stopped", || common::proc_state(h1.pid) == Some('T'));
+    // A frozen owner renews no more: the row holds the last renew that succeeded (a renew in
+    // flight at the SIGSTOP may have committed without h1 knowing: its fence then counts
+    // from an earlier renew, which is only sooner).
+    let (_, e, expires_at) = f.lease_row();
+    assert_eq!(e, epoch);
+    let expiry = db_time_to_mono(expires_at);
+    let last_renew = expiry - (LEASE_S * 1e9) as i128;
+
+    // Its guardian ends the task (the TERM trap stamps E) before the lease can pass on.
+    common::wait_until_for(
+        Duration::from_secs_f64(10.0 * LEASE_S),
+        "the frozen owner's task ends",
+        || {
+            f.ledger()
+                .of_host("h1")
+                .any(|r| r.pid == run.pid && r.ended)
+        },
+    );
+    let ended = f
+        .ledger()
+        .of_host("h1")
+        .find(|r| r.pid == run.pid)
+        .cloned()
+        .expect("the run");
+    let after_renew = secs(ended.end as i128 - last_renew);
+    let after_stop = secs(ended.end as i128 - t_stop as i128);
+    eprintln!(
+        "SIGSTOP of the owner: its task ended (TERM trap) {after_renew:.3} s after the start of \
+         its last renew ({:.3} s after the SIGSTOP; TERM due at {:.2} s, KILL {:.2} s, expiry {:.2} s)",
+        after_stop,
+        0.6 * LEASE_S,
+        0.8 * LEASE_S,
+        LEASE_S
+    );
+    assert!(
+        after_renew <= 0.65 * LEASE_S + SLACK_S,
+        "the task ended {after_renew:.3} s after the last renew (fence TERM at {} s)",
+        0.6 * LEASE_S
+    );
+    assert!(
+        (ended.end as i128) < expiry,
+        "the task ended {:.3} s after the lease expired",
+        secs(ended.end as i128 - expiry)
+    );
+    // The group is gone (the guardian also KILLs at 0.8 × lease what TERM left).
+    common::wait_until("the task's shell is gone", || gone(run.pid));
+
+    // The standby takes over, only after the expiry.
+    let next = f.wait_run(&mut h2, "h2", t_stop);
+    eprintln!(
+        "h2 started {:.3} s after the frozen owner's lease expired",
+        secs(next.start as i128 - expiry)
+    );
+    assert!(
+        next.start as i128 >= expiry,
+        "h2 started {:.3} s before the expiry",
+        secs(expiry - next.start as i128)
+    );
+    let (host, e2, _) = f.lease_row();
+    assert_eq!((host.as_str(), e2), ("h2", epoch + 1));
+
+    // 10 × the lease frozen, in all.
+    let thaw_at = t_stop + (10.0 * LEASE_S * 1e9) as u64;
+    common::wait_until_for(
+        Duration::from_secs(60),
+        "10 × lease since the SIGSTOP",
+        || ledger::mono_ns() >= thaw_at,
+    );
+    assert_eq!(
+        common::proc_state(h1.pid),
+        Some('T'),
+        "h1 ran while it should have been stopped"
+    );
+    let t_cont = ledger::mono_ns();
+    h1.signal(libc::SIGCONT);
+    // Back: its renew is refused (the row is h2's epoch now), it goes back to standby, and it
+    // starts nothing.
+    let e1 = h1.stderr.clone();
+    h1.wait_for("h1 goes back to standby", || {
+        std::fs::read_to_string(&e1)
+            .unwrap_or_default()
+            .contains("chain stopped after the lease was lost; waiting as standby")
+    });
+    f.wait_standby(&mut h1, "h1");
+    let (host, e3, _) = f.lease_row();
+    assert_eq!(
+        (host.as_str(), e3),
+        ("h2", epoch + 1),
+        "the thawed owner touched the lease"
+    );
+    let ledger = f.ledger();
+    assert!(
+        ledger.of_host("h1").all(|r| r.start < t_cont),
+        "the thawed owner started a task: {:?}",
+        ledger.runs
+    );
+    ledger.assert_no_overlap();
+    h1.signal(libc::SIGTERM);
+    h2.signal(libc::SIGTERM);
+    h1.wait_exit();
+    h2.wait_exit();
+}
+
+// -------------------------------------------------------------------------------------------
+// (b) kill -9 of the owner, kill_grace 30 s, a task that ignores SIGTERM.
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn a_killed_owners_task_is_gone_by_the_fence_kill_deadline_whatever_its_kill_grace() {
+    let f = Fleet::new("fence_k9", true, "30s");
+    let mut h1 = f.launch("h1");
+    let run = f.wait_run(&mut h1, "h1", 0);
+    let mut h2 = f.launch("h2");
+    f.wait_standby(&mut h2, "h2");
+    let (host, epoch, _) = f.lease_row();
+    assert_eq!(host, "h1");
+
+    let t_kill = ledger::mono_ns();
+    h1.signal(libc::SIGKILL);
+    h1.wait_exit();
+    let (_, e, expires_at) = f.lease_row();
+    assert_eq!(e, epoch, "taken over too early");
+    let expiry = db_time_to_mono(expires_at);
+    let last_renew = expiry - (LEASE_S * 1e9) as i128;
+
+    // Its guardian: SIGTERM (ignored), then SIGKILL at the fence's KILL deadline, not 30 s on.
+    common::wait_until_for(
+        Duration::from_secs(60),
+        "the killed owner's task is gone",
+        || gone(run.pid),
+    );
+    let t_gone = ledger::mono_ns() as i128;
+    let after_renew = secs(t_gone - last_renew);
+    eprintln!(
+        "kill -9 of the owner (kill_grace 30 s, task ignoring TERM): task gone {after_renew:.3} s \
+         after the start of its last renew ({:.3} s after the kill; KILL due at {:.2} s, expiry {:.2} s)",
+        secs(t_gone - t_kill as i128),
+        0.8 * LEASE_S,
+        LEASE_S
+    );
+    assert!(
+        after_renew <= 0.8 * LEASE_S + SLACK_S,
+        "the task was gone only {after_renew:.3} s after the last renew"
+    );
+    let next = f.wait_run(&mut h2, "h2", t_kill);
+    eprintln!(
+        "h2 started {:.3} s after the dead owner's lease expired, {:.3} s after the task was gone",
+        secs(next.start as i128 - expiry),
+        secs(next.start as i128 - t_gone)
+    );
+    assert!(
+        (next.start as i128) > t_gone,
+        "h2 started while the dead owner's task ran"
+    );
+    let killed = f
+        .ledger()
+        .of_host("h1")
+        .find(|r| r.pid == run.pid)
+        .cloned()
+        .expect("the run");
+    assert!(!killed.ended, "the task was to ignore TERM: {killed}");
+    f.ledger().assert_no_overlap();
+    // h2's task ignores TERM too and a graceful stop would wait its 30 s of kill grace: kill
+    // h2 as well, and its guardian ends the task by the fence in the same way.
+    h2.signal(libc::SIGKILL);
+    h2.wait_exit();
+    common::wait_until("h2's task is gone", || gone(next.pid));
+}
