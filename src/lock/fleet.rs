@@ -1145,6 +1145,7 @@ impl Writes {
         let n = ops.len();
         let fenced_before = self.w.fenced();
         let started = time::mono_now();
+        let statements = self.w.store_mut().statements;
         self.with_conn(conn, cfg, stmt, |w| {
             let now = time::mono_now();
             w.begin_batch();
@@ -1156,6 +1157,11 @@ impl Writes {
             }
             w.end_batch(now);
         });
+        log::debug!(
+            "{}: fleet: batch of {n} records: {} statements",
+            self.chain,
+            self.w.store_mut().statements - statements
+        );
         if let Some(ticket) = gate {
             let ok = self.w.pending() == 0 && self.w.fenced() == fenced_before;
             if !ok {
