@@ -123,7 +123,7 @@ command = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo line$i; sleep 0
         &db,
         "SELECT r.host, r.epoch, l.epoch, position('line15' in convert_from(r.output, 'UTF8')) > 0,
                 (SELECT count(*) FROM run_chain.output_chunks WHERE run = r.id), r.exit_code,
-                s.runs, s.ok, i.host
+                s.runs, s.ok, i.host, i.config_digest <> ''
          FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series
          JOIN run_chain.leases l ON l.chain = s.chain JOIN run_chain.instances i ON i.id = r.instance
          WHERE r.run_id = 1",
@@ -136,6 +136,7 @@ command = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo line$i; sleep 0
     assert_eq!(f[5], "0", "{row}");
     assert!(f[6].parse::<i64>().unwrap_or(0) >= 1, "{row}");
     assert_eq!(f[8], "h1", "{row}");
+    assert_eq!(f[9], "t", "the instance row has the config's digest: {row}");
     // The resume state is in chain_state, on the database's clock.
     wait_until_for(LONG, "chain_state", || {
         n(

@@ -81,7 +81,11 @@ impl Pg {
 
     /// The config's digest, for this process's `instances` row (before its first batch).
     pub(crate) fn set_digest(&mut self, digest: String) {
-        self.me.config_digest = digest;
+        if self.me.config_digest != digest {
+            self.me.config_digest = digest;
+            // Written with the next batch (the row may have been made before it was known).
+            self.instance = None;
+        }
     }
 
     /// The connection to use for the next batches.
@@ -153,7 +157,8 @@ impl Pg {
         let rows = self.rows(
             "INSERT INTO run_chain.instances (holder, host, pid, version, config_digest)
              VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (holder) DO UPDATE SET host = EXCLUDED.host RETURNING id",
+             ON CONFLICT (holder) DO UPDATE SET host = EXCLUDED.host,
+               config_digest = EXCLUDED.config_digest RETURNING id",
             &[
                 (&holder, Type::TEXT),
                 (&host, Type::TEXT),
