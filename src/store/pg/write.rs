@@ -409,8 +409,10 @@ impl Pg {
         let (rid, sched, start) = (s.run_id as i64, s.scheduled_ms as i64, s.start_ms as i64);
         let pid: Option<i64> = s.task_pid.map(i64::from);
         // Replaces a `queued` row of the same run; a second start of the run (its PID,
-        // after the spawn) only adds the PID; a closed run is never reopened.
-        self.exec(
+        // after the spawn) only adds the PID; a closed run is never reopened: a run id
+        // already recorded as ended is refused (the batch fails, the start gate holds the
+        // run), never silently written over.
+        let changed = self.exec(
             "INSERT INTO run_chain.runs (series, run_id, instance, scheduled_ms, start_ms, task_pid,
                \"trigger\", requested_by, host, epoch)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -433,6 +435,12 @@ impl Pg {
                 (&epoch, Type::INT8),
             ],
         )?;
+        if changed == 0 {
+            return Err(DbError::Other(format!(
+                "run {} of {} is recorded as ended already: its id is not given again",
+                s.run_id, s.task
+            )));
+        }
         if s.task_pid.is_none() {
             self.exec(
                 "UPDATE run_chain.series SET running_run_id = $2, running_since_ms = $3 WHERE id = $1",
