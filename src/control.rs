@@ -31,6 +31,15 @@ fn holder_of(root: &Path, chain: &str) -> Result<Option<(i32, OwnedFd)>> {
     Ok(pf.holder_pidfd())
 }
 
+/// The verified holder of the chain's lock in `root`, if the chain runs here (no error
+/// when it never ran here).
+pub(crate) fn local_holder(root: &Path, chain: &str) -> Option<(i32, OwnedFd)> {
+    PidFile::open_existing(root, chain)
+        .ok()
+        .flatten()
+        .and_then(|pf| pf.holder_pidfd())
+}
+
 /// The chains of RUN_ROOT (a `CHAIN.pid` each, never removed), each with its tasks as its
 /// `CHAIN.state` knows them: its task list, and the tasks it has run (a `--once` launch
 /// writes no list). None if the state cannot be read; no chain if RUN_ROOT cannot be read.

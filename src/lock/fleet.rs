@@ -59,6 +59,8 @@ struct Shared {
     view: View,
     /// The last lease lost: (epoch, why).
     lost: Option<(i64, String)>,
+    /// A `stop --fleet` newer than this launch was seen: the instance exits 0.
+    stop_fleet: bool,
 }
 
 /// The view and the eventfd that says it changed.
@@ -91,6 +93,21 @@ impl Cell {
         s.view = view;
         drop(s);
         if wake {
+            sys::eventfd_signal(self.efd.as_raw_fd());
+        }
+    }
+
+    fn stop_fleet(&self) -> bool {
+        self.shared.lock().is_ok_and(|s| s.stop_fleet)
+    }
+
+    /// A `stop --fleet` newer than this launch: tell the loop (once).
+    fn set_stop_fleet(&self) {
+        let Ok(mut s) = self.shared.lock() else {
+            return;
+        };
+        if !std::mem::replace(&mut s.stop_fleet, true) {
+            drop(s);
             sys::eventfd_signal(self.efd.as_raw_fd());
         }
     }
@@ -135,6 +152,8 @@ pub(crate) struct Fleet {
     term: Option<Term>,
     /// The chain was told it lost the lease.
     lost_told: bool,
+    /// The chain was told of a `stop --fleet`.
+    stop_told: bool,
     /// What the fence asked so far.
     fenced: Fence,
     /// When the loop must look again (the fence's next step), on its clock.
@@ -157,6 +176,9 @@ pub(crate) enum Check {
     Held,
     /// Stop the chain (nothing new starts, the running task is stopped now).
     Lost(String),
+    /// `stop --fleet` (newer than this launch): stop the chain gracefully, as `stop`
+    /// does; the process then releases the lease and exits 0.
+    StopFleet,
     /// Past `t0 + 0.8 × lease`: SIGKILL the running task's group now.
     Kill,
 }
@@ -176,6 +198,7 @@ impl Fleet {
             shared: Mutex::new(Shared {
                 view: View::Starting,
                 lost: None,
+                stop_fleet: false,
             }),
             efd,
         });
@@ -201,9 +224,15 @@ impl Fleet {
             running: None,
             term: None,
             lost_told: false,
+            stop_told: false,
             fenced: Fence::None,
             deadline: None,
         })
+    }
+
+    /// A `stop --fleet` newer than this launch was seen (the process exits 0).
+    pub(crate) fn stop_fleet_seen(&self) -> bool {
+        self.cell.stop_fleet()
     }
 
     pub(crate) fn lease(&self) -> Duration {
@@ -273,6 +302,9 @@ impl Fleet {
     ) -> Result<Option<i64>> {
         let mut shown: Option<View> = None;
         loop {
+            if self.cell.stop_fleet() {
+                return Ok(None);
+            }
             let view = self.cell.view();
             match &view {
                 View::Owner(t) if !t.failing => {
@@ -303,6 +335,10 @@ impl Fleet {
         let Some(epoch) = self.running else {
             return Check::Held;
         };
+        if !self.stop_told && self.cell.stop_fleet() {
+            self.stop_told = true;
+            return Check::StopFleet;
+        }
         let boot = sys::boot_now();
         let view = self.cell.view();
         let mine = match &view {
@@ -582,8 +618,13 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
     };
     let mut conn: Option<Conn> = None;
     let mut last_error: Option<String> = None;
+    // This launch's time on the database's clock: a `stop --fleet` at or after it stops
+    // this instance; one before it is an older order (design §3). Taken at the first
+    // connect (if the database is unreachable at launch: at the first that succeeds).
+    let mut launch: Option<std::time::SystemTime> = None;
     match connect(&setup.cfg, connect_timeout) {
         Ok(c) => {
+            launch = sql::db_now(&c, stmt.max(Duration::from_secs(1))).ok();
             conn = Some(c);
             cell.publish(View::Standby {
                 held_by: None,
@@ -658,6 +699,14 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Due::Acquire(t) if t <= now => {
                 let result = (|| -> std::result::Result<Option<View>, String> {
                     let c = ensure_conn(&mut conn, &setup.cfg, connect_timeout)?;
+                    let launch_at = match launch {
+                        Some(t) => t,
+                        None => {
+                            let t = sql::db_now(c, stmt).map_err(|e| e.to_string())?;
+                            launch = Some(t);
+                            t
+                        }
+                    };
                     if !row_ready {
                         sql::ensure_row(c, chain, stmt).map_err(|e| e.to_string())?;
                         row_ready = true;
@@ -678,7 +727,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         );
                     }
                     if let Some((epoch, pred)) =
-                        sql::acquire(c, &me, stmt).map_err(|e| e.to_string())?
+                        sql::acquire(c, &me, launch_at, stmt).map_err(|e| e.to_string())?
                     {
                         let after = match (&pred.host, &pred.holder) {
                             (Some(h), Some(_)) => {
@@ -696,8 +745,15 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         lease.acquired(epoch, now);
                         return Ok(None);
                     }
-                    let held = sql::read(c, chain, stmt).map_err(|e| e.to_string())?;
+                    let held =
+                        sql::read_for(c, chain, launch_at, stmt).map_err(|e| e.to_string())?;
+                    if held.as_ref().is_some_and(|(_, stop)| *stop) {
+                        // (Busy, inside this closure only: a `stop --fleet` newer
+                        // than this launch; handled below.)
+                        return Ok(Some(View::Busy(String::new())));
+                    }
                     let held_by = held
+                        .map(|(h, _)| h)
                         .filter(|h| h.held())
                         .map(|h| (h.host.unwrap_or_else(|| "?".into()), h.epoch));
                     if !once {
@@ -752,6 +808,22 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         lease.acquire_refused(now, sql::jitter());
                         cell.publish(View::Standby { held_by, error });
                     }
+                    Ok(Some(View::Busy(_))) => {
+                        // A `stop --fleet` newer than this launch: leave the standbys
+                        // and tell the loop; the thread then waits for the release.
+                        if in_standbys {
+                            if let Some(c) = &conn {
+                                if sql::leave_standbys(c, &me, stmt).is_ok() {
+                                    in_standbys = false;
+                                }
+                            }
+                        }
+                        if !cell.stop_fleet() {
+                            log::info!("{chain}: fleet: stop --fleet: stopping (standby)");
+                        }
+                        cell.set_stop_fleet();
+                        lease.acquire_refused(now, sql::jitter());
+                    }
                     Ok(Some(_)) => {}
                     Err(m) => {
                         drop_if_broken(&mut conn);
@@ -775,17 +847,27 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             }
             Due::Renew(t) if t <= now => {
                 let epoch = lease.term().map_or(0, |t| t.epoch);
+                // An owner has a launch time (it acquired with it).
+                let launch_at = launch.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
                 let result =
                     ensure_conn(&mut conn, &setup.cfg, stmt.max(Duration::from_millis(200)))
-                        .and_then(|c| sql::renew(c, &me, epoch, stmt).map_err(|e| e.to_string()));
+                        .and_then(|c| {
+                            sql::renew(c, &me, epoch, launch_at, stmt).map_err(|e| e.to_string())
+                        });
                 match result {
-                    Ok(true) => {
+                    Ok(sql::Renewed::Yes { stop }) => {
                         if lease.term().is_some_and(|t| t.failing) {
                             log::info!("{chain}: fleet: renewed the lease (epoch {epoch}) again");
                         }
                         lease.renewed(now);
+                        if stop && !cell.stop_fleet() {
+                            log::info!(
+                                "{chain}: fleet: stop --fleet: stopping (owner, epoch {epoch})"
+                            );
+                            cell.set_stop_fleet();
+                        }
                     }
-                    Ok(false) => {
+                    Ok(sql::Renewed::Lost) => {
                         lease.renew_rejected();
                     }
                     Err(m) => {

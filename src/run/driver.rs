@@ -431,6 +431,13 @@ impl Driver {
                     Event::Chain(chain::Event::Control(chain::Control::StopNow)),
                 )
             }
+            LockEvent::StopFleet => self.feed(
+                now,
+                Event::Stop {
+                    now: false,
+                    by: "stop --fleet".into(),
+                },
+            ),
             LockEvent::Kill => {
                 if self.running.run().is_some() {
                     log::warn!(

