@@ -186,3 +186,75 @@ fn stop_fleet_ends_the_owner_and_the_standby_within_2_s_and_a_later_launch_runs(
     r3.signal(libc::SIGTERM);
     r3.assert_exit(0);
 }
+
+#[test]
+fn stop_kick_and_run_now_on_a_host_that_does_not_own_the_chain_exit_75_naming_the_owner() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("steer_non_owner");
+    let (_ld, lp) = ledger_file("ledger");
+    let h1 = host("h1", &url, &lp, 4, "");
+    let h2 = host("h2", &url, &lp, 4, "");
+    let mut r1 = h1.spawn(&["work"]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 owns the lease", || {
+        text(&e1).contains("fleet: owner (epoch ")
+    });
+    let epoch = owner_epoch(&r1.stderr()).expect("owner epoch");
+    let commands: [&[&str]; 3] = [
+        &["stop", "work"],
+        &["kick", "work"],
+        &["run-now", "work", "work"],
+    ];
+    // No instance of the chain on h2: the lease row says who runs it.
+    for args in commands {
+        let out = h2.env.sub(args);
+        out.assert_code(75);
+        assert!(
+            out.stderr.contains(&format!(
+                "chain work runs on host h1 (epoch {epoch}); this host (h2) runs no instance of it"
+            )),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // A standby on h2: the same, and the standby is not stopped by `stop`.
+    let mut r2 = h2.spawn(&["work"]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits as standby", || {
+        text(&e2).contains("fleet: standby: the chain runs on host h1 (epoch ")
+    });
+    for args in commands {
+        let out = h2.env.sub(args);
+        out.assert_code(75);
+        assert!(
+            out.stderr.contains(&format!(
+                "chain work runs on host h1 (epoch {epoch}); this host's instance (PID {}) is a standby",
+                r2.pid
+            )),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(r2.try_status(), None, "the standby was stopped");
+    // On the owner's host they act as before.
+    h1.env.sub(&["kick", "work"]).assert_code(0);
+    let out = h1.env.sub(&["stop", "work"]);
+    out.assert_code(0);
+    r1.assert_exit(0);
+    // h2's standby takes over; now h1 (no instance) is refused, naming h2.
+    r2.wait_for("h2 owns the lease", || {
+        text(&e2).contains("fleet: owner (epoch ")
+    });
+    let epoch2 = owner_epoch(&r2.stderr()).expect("h2's epoch");
+    let out = h1.env.sub(&["kick", "work"]);
+    out.assert_code(75);
+    assert!(
+        out.stderr.contains(&format!(
+            "chain work runs on host h2 (epoch {epoch2}); this host (h1) runs no instance of it"
+        )),
+        "{}",
+        out.stderr
+    );
+    r2.signal(libc::SIGTERM);
+    r2.assert_exit(0);
+}

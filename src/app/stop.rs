@@ -23,24 +23,11 @@ use crate::cli::Common;
 use crate::config::{self, Config};
 use crate::error::{exit, Error, Result};
 use crate::root::{config_path, looked_run_root};
-use crate::store::pg::conn::{Conn, ConnError};
+use crate::store::pg::conn::Conn;
 use crate::store::pg::lease as sql;
 use crate::sys;
 
-/// How long the command waits for the database: to connect, and per statement.
-pub(crate) const DB_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The fleet store of the config, connected: for the commands that ask it (`stop`,
-/// `kick`, `run-now` on a host that does not own the chain; `stop --fleet`).
-pub(crate) fn connect(cfg: &config::FleetConfig) -> Result<Conn> {
-    Conn::connect(cfg, DB_TIMEOUT).map_err(|e| match e {
-        ConnError::Refused(m) => Error::Config(format!("[store]: {m}")),
-        ConnError::Unreachable(m) => Error::Busy(format!(
-            "the fleet's database is unreachable ({}): {m}",
-            cfg.display_url
-        )),
-    })
-}
+use crate::control::{fleet_connect as connect, DB_TIMEOUT};
 
 pub(super) fn stop_fleet(common: &Common, chain: &str) -> Result<u8> {
     config::check_name(chain).map_err(|m| Error::Usage(format!("chain {chain:?}: {m}")))?;
