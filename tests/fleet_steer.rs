@@ -4,7 +4,10 @@
 //!
 //! Cases: `stop --fleet` ends the owner and the standby (both exit 0) within about 2 s, and
 //! a later launch runs; `stop`, `kick` and `run-now` on a host that does not own the chain
-//! (no instance there, or a standby) exit 75 naming the owner's host and epoch.
+//! (no instance there, or a standby) exit 75 naming the owner's host and epoch; a group
+//! with `scope = "fleet"` and `max_running = 1` shared by two chains on two hosts never runs
+//! two of their runs at once, and a SIGKILLed holder's slot frees itself at its lease's
+//! expiry.
 
 mod common;
 mod support;
@@ -55,6 +58,42 @@ impl Host {
     fn spawn(&self, chain: &[&str]) -> Runner {
         self.env.spawn(chain)
     }
+}
+
+/// A "host" running chain `task` (one task of that name) in the fleet-wide group `g`
+/// (`max_running = 1`).
+fn slot_host(name: &str, url: &str, ledger_path: &Path, task: &str, ticks: u32) -> Host {
+    let pg = Pg::shared();
+    let env = TestEnv::new("");
+    let pw = pg.write_runchain_password(&env.path("pw"));
+    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
+    env.write_config(&format!(
+        r#"
+[store]
+url = "{url}"
+password_file = "{pw}"
+lease = "2s"
+host = "{name}"
+
+[defaults]
+success_cooldown = "50ms"
+fail_cooldown = "50ms"
+stop_grace = "0s"
+kill_grace = "300ms"
+
+[groups.g]
+max_running = 1
+scope = "fleet"
+
+[tasks.{task}]
+command = "{script}"
+env = {{ RC_HOST = "{name}" }}
+group = "g"
+"#,
+        pw = pw.display(),
+        script = script.display(),
+    ));
+    Host { env }
 }
 
 fn ledger_file(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -257,4 +296,94 @@ fn stop_kick_and_run_now_on_a_host_that_does_not_own_the_chain_exit_75_naming_th
     );
     r2.signal(libc::SIGTERM);
     r2.assert_exit(0);
+}
+
+#[test]
+fn a_fleet_group_with_max_running_1_never_runs_two_chains_on_two_hosts_at_once() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("steer_slots");
+    let (_ld, lp) = ledger_file("ledger");
+    // Runs of 0.3 s (6 ticks of 50 ms), 50 ms apart: alone, each chain would run ~85% of
+    // the time, so two of them overlap at once without the fleet-wide slot.
+    let h1 = slot_host("h1", &url, &lp, "a", 6);
+    let h2 = slot_host("h2", &url, &lp, "b", 6);
+    let mut r1 = h1.spawn(&["a"]);
+    let mut r2 = h2.spawn(&["b"]);
+    let start = Instant::now();
+    r1.wait_for("both chains ran 4 runs", || {
+        runs_of(&lp, "h1") >= 4 && runs_of(&lp, "h2") >= 4
+    });
+    println!(
+        "fleet slots: 4 runs of each chain took {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    r1.signal(libc::SIGTERM);
+    r2.signal(libc::SIGTERM);
+    r1.assert_exit(0);
+    r2.assert_exit(0);
+    Ledger::read(&lp).assert_no_overlap();
+    let both = format!("{}{}", r1.stderr(), r2.stderr());
+    assert!(
+        both.contains("every slot of group g is busy (max_running 1, fleet-wide); waiting"),
+        "{both}"
+    );
+    // Both let their slot go: no row is held by a live lease now.
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM run_chain.slots s JOIN run_chain.leases l ON l.chain = s.chain \
+             AND l.holder = s.holder AND l.epoch = s.epoch AND l.expires_at > now()"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn a_killed_holders_fleet_slot_frees_itself_at_its_lease_expiry() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("steer_slot_kill");
+    let (_ld, lp) = ledger_file("ledger");
+    // h1's run is long (10 s); h2's waits for the slot.
+    let h1 = slot_host("h1", &url, &lp, "a", 200);
+    let h2 = slot_host("h2", &url, &lp, "b", 4);
+    let mut r1 = h1.spawn(&["a"]);
+    r1.wait_for("h1 runs", || runs_of(&lp, "h1") >= 1);
+    let mut r2 = h2.spawn(&["b"]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits for the slot", || {
+        text(&e2).contains("every slot of group g is busy")
+    });
+    assert_eq!(runs_of(&lp, "h2"), 0, "h2 ran while h1 held the slot");
+    // SIGKILL h1's run-chain: its guardian ends the task; its slot stays in the row until
+    // the chain's lease expires (2 s), then h2 takes it.
+    let killed = ledger::mono_ns();
+    common::send_signal(r1.pid, libc::SIGKILL);
+    r2.wait_for("h2 runs", || runs_of(&lp, "h2") >= 1);
+    let ledger = Ledger::read(&lp);
+    let first = ledger
+        .first_start_after(Some("h2"), killed)
+        .expect("h2's run")
+        .start;
+    let after = Duration::from_nanos(first - killed);
+    println!(
+        "fleet slots: h2 started {:.3} s after h1 was SIGKILLed (lease 2 s)",
+        after.as_secs_f64()
+    );
+    assert!(
+        after >= Duration::from_millis(1200),
+        "h2 started {after:?} after the kill: before h1's lease could expire"
+    );
+    assert!(
+        after < Duration::from_secs(8),
+        "h2 started {after:?} after the kill"
+    );
+    assert!(
+        text(&e2).contains("fleet: took slot 0 of group g"),
+        "{}",
+        r2.stderr()
+    );
+    ledger.assert_no_overlap();
+    r2.signal(libc::SIGTERM);
+    r2.assert_exit(0);
+    let _ = r1.wait_exit();
 }

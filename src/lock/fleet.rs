@@ -61,6 +61,8 @@ struct Shared {
     lost: Option<(i64, String)>,
     /// A `stop --fleet` newer than this launch was seen: the instance exits 0.
     stop_fleet: bool,
+    /// The fleet slot taken for the loop (`scope = "fleet"`): (group, slot, epoch).
+    slot: Option<(String, i32, i64)>,
 }
 
 /// The view and the eventfd that says it changed.
@@ -112,6 +114,14 @@ impl Cell {
         }
     }
 
+    /// A fleet slot was taken for the loop: tell it.
+    fn set_slot(&self, group: &str, slot: i32, epoch: i64) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.slot = Some((group.to_string(), slot, epoch));
+        }
+        sys::eventfd_signal(self.efd.as_raw_fd());
+    }
+
     fn set_lost(&self, epoch: i64, why: String) {
         if let Ok(mut s) = self.shared.lock() {
             s.lost = Some((epoch, why));
@@ -129,6 +139,62 @@ enum Cmd {
     },
     /// Release the lease if owned, leave the standbys, answer, end.
     Release(mpsc::Sender<bool>),
+    /// Take a slot of a fleet-scoped group (`max` slots), retrying every ~1 s (jittered)
+    /// while none is free; the answer comes through the shared cell and the eventfd.
+    SlotTake { group: String, max: u32 },
+    /// The loop no longer waits for a slot.
+    SlotCancel,
+    /// Free a slot taken (retried while the database fails).
+    SlotFree {
+        group: String,
+        slot: i32,
+        epoch: i64,
+    },
+}
+
+/// The loop's handle on the fleet slots (`run/slots.rs`'s fleet gate): requests go to
+/// the DB thread, answers come back through the shared cell (the eventfd wakes the loop).
+pub(crate) struct SlotHandle {
+    cell: Arc<Cell>,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl SlotHandle {
+    /// Ask for a slot of `group` (the DB thread keeps trying until it gets one or is
+    /// told to stop).
+    pub(crate) fn request(&self, group: &str, max: u32) {
+        let _ = self.tx.send(Cmd::SlotTake {
+            group: group.to_string(),
+            max,
+        });
+    }
+
+    /// The slot taken for `group`, if it came: (slot, epoch); taken from the cell.
+    pub(crate) fn answer(&self, group: &str) -> Option<(i32, i64)> {
+        let mut s = self.cell.shared.lock().ok()?;
+        match s.slot.take() {
+            Some((g, slot, epoch)) if g == group => Some((slot, epoch)),
+            Some((g, slot, epoch)) => {
+                // Another group's (a reload changed the task's group): give it back.
+                drop(s);
+                self.free(&g, slot, epoch);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        let _ = self.tx.send(Cmd::SlotCancel);
+    }
+
+    pub(crate) fn free(&self, group: &str, slot: i32, epoch: i64) {
+        let _ = self.tx.send(Cmd::SlotFree {
+            group: group.to_string(),
+            slot,
+            epoch,
+        });
+    }
 }
 
 /// What the DB thread is given.
@@ -199,6 +265,7 @@ impl Fleet {
                 view: View::Starting,
                 lost: None,
                 stop_fleet: false,
+                slot: None,
             }),
             efd,
         });
@@ -227,6 +294,14 @@ impl Fleet {
             stop_told: false,
             fenced: Fence::None,
             deadline: None,
+        })
+    }
+
+    /// A handle for the fleet slots (None once the DB thread is ended).
+    pub(crate) fn slots(&self) -> Option<SlotHandle> {
+        Some(SlotHandle {
+            cell: Arc::clone(&self.cell),
+            tx: self.tx.clone()?,
         })
     }
 
@@ -653,19 +728,26 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             let _ = reply.send(false);
             return;
         }
-        Err(_) => return,
+        // No slot is asked for before the go (nothing runs before it).
+        Ok(Cmd::SlotTake { .. } | Cmd::SlotCancel | Cmd::SlotFree { .. }) | Err(_) => return,
     };
     let once_until = sys::boot_now() + lease_len;
     let mut lease = Lease::new(lease_len, sys::boot_now());
     let mut row_ready = false;
     let mut shown_holder: Option<(String, i64)> = None;
     let mut in_standbys = false;
+    // Fleet slots: the one the loop waits for (group, max, next try, busy logged), the
+    // ones to free, the groups whose rows are made.
+    let mut want: Option<(String, u32, Duration, bool)> = None;
+    let mut frees: Vec<(String, i32, i64)> = Vec::new();
+    let mut ensured: Vec<String> = Vec::new();
     loop {
         let now = sys::boot_now();
         let at = match lease.due(now) {
             Due::Acquire(t) | Due::Renew(t) => t,
             Due::Lost => now,
         };
+        let at = want.as_ref().map_or(at, |w| at.min(w.2));
         match rx.recv_timeout(at.saturating_sub(now)) {
             Ok(Cmd::Release(reply)) => {
                 let mut released = false;
@@ -691,6 +773,9 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 let _ = reply.send(released);
                 return;
             }
+            Ok(Cmd::SlotTake { group, max }) => want = Some((group, max, sys::boot_now(), false)),
+            Ok(Cmd::SlotCancel) => want = None,
+            Ok(Cmd::SlotFree { group, slot, epoch }) => frees.push((group, slot, epoch)),
             Ok(Cmd::Go { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
@@ -886,6 +971,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             }
             Due::Lost => {
                 lease.expire(now);
+                want = None;
                 if let State::Lost { reason, epoch } = lease.state().clone() {
                     let why = reason.to_string();
                     log::warn!("{chain}: fleet: lost the lease (epoch {epoch}): {why}");
@@ -902,6 +988,110 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 }
             }
             _ => {}
+        }
+        slot_work(
+            cell,
+            &mut conn,
+            &setup.cfg,
+            &me,
+            lease.term(),
+            &mut want,
+            &mut frees,
+            &mut ensured,
+        );
+    }
+}
+
+/// The DB thread's fleet-slot work, after the lease's (a renew comes first): free what
+/// the loop gave back, then try to take the slot it waits for, if due (design notes §3).
+#[allow(clippy::too_many_arguments)]
+fn slot_work(
+    cell: &Cell,
+    conn: &mut Option<Conn>,
+    cfg: &FleetConfig,
+    me: &sql::Me<'_>,
+    term: Option<Term>,
+    want: &mut Option<(String, u32, Duration, bool)>,
+    frees: &mut Vec<(String, i32, i64)>,
+    ensured: &mut Vec<String>,
+) {
+    use crate::store::pg::slots::{self, Taker};
+    let stmt = cfg.lease / 5;
+    let chain = me.chain;
+    if !frees.is_empty() {
+        if let Some(c) = conn.as_ref() {
+            frees.retain(|(g, s, e)| {
+                let who = Taker {
+                    chain,
+                    holder: me.holder,
+                    epoch: *e,
+                };
+                match slots::free(c, who, g, *s, stmt) {
+                    Ok(()) => false,
+                    Err(err) => {
+                        log::warn!("{chain}: fleet: failed to free slot {s} of group {g}: {err}; trying again (it frees itself at the lease's expiry)");
+                        true
+                    }
+                }
+            });
+        }
+    }
+    let now = sys::boot_now();
+    let Some((group, max, next, logged)) = want.as_mut() else {
+        return;
+    };
+    if *next > now {
+        return;
+    }
+    let retry =
+        now + Duration::from_millis(750) + Duration::from_millis(500).mul_f64(sql::jitter());
+    let Some(t) = term.filter(|t| !t.failing) else {
+        // Not the owner, or a renew failed: nothing starts; look again later.
+        *next = retry;
+        return;
+    };
+    let who = Taker {
+        chain,
+        holder: me.holder,
+        epoch: t.epoch,
+    };
+    let got = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200))).and_then(|c| {
+        if !ensured.contains(group) {
+            slots::ensure(c, group, *max, stmt).map_err(|e| e.to_string())?;
+            ensured.push(group.clone());
+        }
+        let got = slots::take(c, who, group, *max, stmt).map_err(|e| e.to_string())?;
+        // First come, first served: the place in the queue is kept while waiting.
+        match got {
+            Some(_) if *logged => {
+                slots::unwait(c, me.holder, group, stmt).map_err(|e| e.to_string())?;
+            }
+            Some(_) => {}
+            None => slots::wait(c, who, group, stmt).map_err(|e| e.to_string())?,
+        }
+        Ok(got)
+    });
+    match got {
+        Ok(Some(slot)) => {
+            if *logged {
+                log::info!("{chain}: fleet: took slot {slot} of group {group}");
+            }
+            cell.set_slot(group, slot, t.epoch);
+            *want = None;
+        }
+        Ok(None) => {
+            if !*logged {
+                log::info!(
+                    "{chain}: fleet: every slot of group {group} is busy (max_running {max}, fleet-wide); waiting"
+                );
+                *logged = true;
+            }
+            *next = retry;
+        }
+        Err(m) => {
+            drop_if_broken(conn);
+            log::warn!("{chain}: fleet: failed to take a slot of group {group}: {m}; trying again");
+            *next = retry;
         }
     }
 }

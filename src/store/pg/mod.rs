@@ -10,3 +10,4 @@ pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod lease;
 pub(crate) mod schema;
+pub(crate) mod slots;
