@@ -354,6 +354,11 @@ fn a_killed_holders_fleet_slot_frees_itself_at_its_lease_expiry() {
         text(&e2).contains("every slot of group g is busy")
     });
     assert_eq!(runs_of(&lp, "h2"), 0, "h2 ran while h1 held the slot");
+    // `status` on h2 shows the wait.
+    common::wait_until("h2's status shows the wait for group g", || {
+        let out = h2.env.sub(&["status"]);
+        out.stdout.contains("b waiting for group g for ")
+    });
     // SIGKILL h1's run-chain: its guardian ends the task; its slot stays in the row until
     // the chain's lease expires (2 s), then h2 takes it.
     let killed = ledger::mono_ns();
