@@ -1,7 +1,7 @@
 //! Fleet-wide concurrency-group slots (`[groups.G] scope = "fleet"`, issue 20; design
 //! notes §3): at most `max_running` runs of group G at once across every host of the
 //! fleet. A slot is a row `run_chain.slots (grp, slot)` held by (chain, holder, epoch);
-//! the statements run on the chain's DB thread ([`crate::lock::fleet`]), one unnamed
+//! the statements run on the chain's DB thread (`lock/fleet.rs`), one unnamed
 //! statement each (PgBouncer's transaction pooling).
 //!
 //! - [`ensure`]: the group's rows 0..max-1 (`ON CONFLICT DO NOTHING`), once per group
