@@ -135,6 +135,10 @@ pub enum Command {
         /// Stop the running task at once instead of letting it finish
         #[arg(long)]
         now: bool,
+        /// (fleet) Stop every instance of the chain on every host, owner and standbys;
+        /// returns when they have gone. A later launch runs again
+        #[arg(long, conflicts_with = "now")]
+        fleet: bool,
     },
     /// End the current cooldown of a chain: its next task starts at once
     Kick {

@@ -31,6 +31,15 @@ fn holder_of(root: &Path, chain: &str) -> Result<Option<(i32, OwnedFd)>> {
     Ok(pf.holder_pidfd())
 }
 
+/// The verified holder of the chain's lock in `root`, if the chain runs here (no error
+/// when it never ran here).
+pub(crate) fn local_holder(root: &Path, chain: &str) -> Option<(i32, OwnedFd)> {
+    PidFile::open_existing(root, chain)
+        .ok()
+        .flatten()
+        .and_then(|pf| pf.holder_pidfd())
+}
+
 /// The chains of RUN_ROOT (a `CHAIN.pid` each, never removed), each with its tasks as its
 /// `CHAIN.state` knows them: its task list, and the tasks it has run (a `--once` launch
 /// writes no list). None if the state cannot be read; no chain if RUN_ROOT cannot be read.
@@ -113,6 +122,8 @@ pub(crate) fn ask_stop(root: &Path, chain: &str, now: bool, by: &str) -> Result<
     let Some((pid, pidfd)) = holder_of(root, chain)? else {
         return Ok(None);
     };
+    // A standby here: the chain runs on another host (the console's stop too).
+    refuse_on_standby(root, chain, pid)?;
     // A launch waiting for this instance to hand over (an upgrade under way) would take the
     // lock as soon as it exits, and the chain would go on: it is asked to give up first (a
     // waiting launch stops at once on SIGTERM).
@@ -145,6 +156,7 @@ fn checked_root(common: &Common, chain: &str) -> Result<std::path::PathBuf> {
 
 pub(crate) fn stop(common: &Common, chain: &str, now: bool, by: &str) -> Result<u8> {
     let root = checked_root(common, chain)?;
+    refuse_non_owner(common, &root, chain)?;
     let Some(asked) = ask_stop(&root, chain, now, by)? else {
         say!("chain {chain} is not running");
         return Ok(exit::OK);
@@ -172,6 +184,78 @@ pub(crate) fn stop(common: &Common, chain: &str, now: bool, by: &str) -> Result<
     }
     say!("chain {chain} (PID {pid}) stopped");
     Ok(exit::OK)
+}
+
+/// How long the commands wait for the fleet's database: to connect, and per statement.
+pub(crate) const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The fleet store of the config, connected from the command's own thread: for the
+/// commands that ask it (`stop`, `kick`, `run-now` on a host that does not own the chain;
+/// `stop --fleet`). A refusal (password, TLS, a foreign database) is 78; an unreachable
+/// database 75, saying so.
+pub(crate) fn fleet_connect(cfg: &config::FleetConfig) -> Result<crate::store::pg::conn::Conn> {
+    use crate::store::pg::conn::{Conn, ConnError};
+    Conn::connect(cfg, DB_TIMEOUT).map_err(|e| match e {
+        ConnError::Refused(m) => Error::Config(format!("[store]: {m}")),
+        ConnError::Unreachable(m) => Error::Busy(format!(
+            "the fleet's database is unreachable ({}): {m}",
+            cfg.display_url
+        )),
+    })
+}
+
+/// `stop`, `kick`, `run-now` with a fleet config (`[store]`): on a host that does not own
+/// the chain (its instance here, `local`, is a standby, or there is none here and another
+/// host holds the lease) they are refused, 75, naming the owner's host and epoch (SPEC,
+/// "Beyond one host"). The lease row is read from the command's own thread; when this
+/// host's instance says it owns the chain, the database is not asked. Without `[store]`
+/// (or with a config that cannot be read: a command that only looks must still work),
+/// nothing is checked.
+fn refuse_non_owner(common: &Common, root: &Path, chain: &str) -> Result<()> {
+    let path = crate::root::config_path(common);
+    let Some(cfg) = config::Config::load(&path).ok().and_then(|c| c.store) else {
+        return Ok(());
+    };
+    let local = local_holder(root, chain).map(|(pid, _)| pid);
+    let standing = local.and_then(|pid| crate::lock::fleet::standing::read(root, chain, pid));
+    if standing.as_ref().is_some_and(|st| st.owner) {
+        return Ok(());
+    }
+    let here = match local {
+        Some(pid) if standing.is_some() => format!("this host's instance (PID {pid}) is a standby"),
+        Some(pid) => format!("this host's instance (PID {pid}) does not own it"),
+        None => format!("this host ({}) runs no instance of it", cfg.host),
+    };
+    let read = fleet_connect(&cfg).and_then(|c| {
+        crate::store::pg::lease::read(&c, chain, DB_TIMEOUT).map_err(|e| {
+            Error::Busy(format!(
+                "failed to read the lease of chain {chain} in the fleet's database ({}): {e}",
+                cfg.display_url
+            ))
+        })
+    });
+    match read {
+        Ok(Some(h)) if h.held() && h.host.as_deref() != Some(cfg.host.as_str()) => {
+            Err(Error::Busy(format!(
+                "chain {chain} runs on host {} (epoch {}); {here}",
+                h.host.as_deref().unwrap_or("?"),
+                h.epoch
+            )))
+        }
+        Ok(_) => match local {
+            // The row says nobody else owns it: this host's standby is about to own it,
+            // or the lease is free; the standby file decides (below).
+            Some(pid) => refuse_on_standby(root, chain, pid),
+            None => Ok(()),
+        },
+        // The database cannot tell: a standby here still knows it is not the owner.
+        Err(e) => match local {
+            Some(pid) if standing.is_some() => refuse_on_standby(root, chain, pid),
+            _ => Err(Error::Busy(format!(
+                "cannot tell whether another host runs chain {chain}: {e}"
+            ))),
+        },
+    }
 }
 
 /// A fleet chain whose instance here (`pid`) is a standby runs on another host: a kick or
@@ -208,6 +292,7 @@ pub(crate) fn kick_chain(root: &Path, chain: &str, by: &str) -> Result<Option<i3
 
 pub(crate) fn kick(common: &Common, chain: &str, by: &str) -> Result<u8> {
     let root = checked_root(common, chain)?;
+    refuse_non_owner(common, &root, chain)?;
     match kick_chain(&root, chain, by)? {
         Some(pid) => say!("kicked chain {chain} (PID {pid})"),
         None => say!("chain {chain} is not running; nothing to kick"),
@@ -239,7 +324,9 @@ pub(crate) fn run_now(
     task: &str,
     by: &str,
 ) -> Result<RunNowAccepted> {
-    run_now_in(&looked_run_root(common)?, chain, task, by)
+    let root = checked_root(common, chain)?;
+    refuse_non_owner(common, &root, chain)?;
+    run_now_in(&root, chain, task, by)
 }
 
 /// [`run_now`] in the RUN_ROOT `root` (the console's).

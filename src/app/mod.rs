@@ -15,6 +15,7 @@ mod check;
 mod mail_test;
 mod run;
 mod run_now;
+mod stop;
 
 use check::check;
 use mail_test::mail_test;
@@ -38,7 +39,12 @@ pub fn main(cli: Cli) -> Result<u8> {
     match cli.command {
         None => run(&cli.common, &cli.run),
         Some(Command::Check) => check(&cli.common),
-        Some(Command::Stop { chain, now }) => stop(&cli.common, &chain, now, &run_now::who_asks()),
+        Some(Command::Stop {
+            chain, fleet: true, ..
+        }) => stop::stop_fleet(&cli.common, &chain),
+        Some(Command::Stop { chain, now, .. }) => {
+            stop(&cli.common, &chain, now, &run_now::who_asks())
+        }
         Some(Command::Kick { chain }) => kick(&cli.common, &chain, &run_now::who_asks()),
         Some(Command::Status { json }) => {
             let v = view::status::build(&looked_run_root(&cli.common)?)?;

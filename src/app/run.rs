@@ -163,7 +163,11 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
                     let _ = fleet::standing::write(&root, &chain_name, &st);
                 }
                 None => {
-                    log::info!("{chain_name}: stopped while waiting as standby");
+                    if f.stop_fleet_seen() {
+                        log::info!("{chain_name}: stop --fleet: stopped while waiting as standby");
+                    } else {
+                        log::info!("{chain_name}: stopped while waiting as standby");
+                    }
                     // Nothing to release: the DB thread only leaves the standbys (if it
                     // is not in the middle of a connect that could take half a lease).
                     f.release(std::time::Duration::from_millis(500));

@@ -68,6 +68,10 @@ struct Shared {
     /// The start gate: the last gated batch done, and whether it committed (its ticket).
     gate_done: u64,
     gate_ok: u64,
+    /// A `stop --fleet` newer than this launch was seen: the instance exits 0.
+    stop_fleet: bool,
+    /// The fleet slot taken for the loop (`scope = "fleet"`): (group, slot, epoch).
+    slot: Option<(String, i32, i64)>,
 }
 
 /// What a new owner resumes from (stage 2): the chain's state as its last owner wrote
@@ -165,6 +169,29 @@ impl Cell {
         sys::eventfd_signal(self.efd.as_raw_fd());
     }
 
+    fn stop_fleet(&self) -> bool {
+        self.shared.lock().is_ok_and(|s| s.stop_fleet)
+    }
+
+    /// A `stop --fleet` newer than this launch: tell the loop (once).
+    fn set_stop_fleet(&self) {
+        let Ok(mut s) = self.shared.lock() else {
+            return;
+        };
+        if !std::mem::replace(&mut s.stop_fleet, true) {
+            drop(s);
+            sys::eventfd_signal(self.efd.as_raw_fd());
+        }
+    }
+
+    /// A fleet slot was taken for the loop: tell it.
+    fn set_slot(&self, group: &str, slot: i32, epoch: i64) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.slot = Some((group.to_string(), slot, epoch));
+        }
+        sys::eventfd_signal(self.efd.as_raw_fd());
+    }
+
     fn set_resume(&self, epoch: i64, r: FleetResume) {
         if let Ok(mut s) = self.shared.lock() {
             s.resume = Some((epoch, r));
@@ -198,6 +225,62 @@ enum Cmd {
     Digest(String),
     /// Answer once everything before it is applied or dropped.
     Sync(mpsc::Sender<()>),
+    /// Take a slot of a fleet-scoped group (`max` slots), retrying every ~1 s (jittered)
+    /// while none is free; the answer comes through the shared cell and the eventfd.
+    SlotTake { group: String, max: u32 },
+    /// The loop no longer waits for a slot.
+    SlotCancel,
+    /// Free a slot taken (retried while the database fails).
+    SlotFree {
+        group: String,
+        slot: i32,
+        epoch: i64,
+    },
+}
+
+/// The loop's handle on the fleet slots (`run/slots.rs`'s fleet gate): requests go to
+/// the DB thread, answers come back through the shared cell (the eventfd wakes the loop).
+pub(crate) struct SlotHandle {
+    cell: Arc<Cell>,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl SlotHandle {
+    /// Ask for a slot of `group` (the DB thread keeps trying until it gets one or is
+    /// told to stop).
+    pub(crate) fn request(&self, group: &str, max: u32) {
+        let _ = self.tx.send(Cmd::SlotTake {
+            group: group.to_string(),
+            max,
+        });
+    }
+
+    /// The slot taken for `group`, if it came: (slot, epoch); taken from the cell.
+    pub(crate) fn answer(&self, group: &str) -> Option<(i32, i64)> {
+        let mut s = self.cell.shared.lock().ok()?;
+        match s.slot.take() {
+            Some((g, slot, epoch)) if g == group => Some((slot, epoch)),
+            Some((g, slot, epoch)) => {
+                // Another group's (a reload changed the task's group): give it back.
+                drop(s);
+                self.free(&g, slot, epoch);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        let _ = self.tx.send(Cmd::SlotCancel);
+    }
+
+    pub(crate) fn free(&self, group: &str, slot: i32, epoch: i64) {
+        let _ = self.tx.send(Cmd::SlotFree {
+            group: group.to_string(),
+            slot,
+            epoch,
+        });
+    }
 }
 
 /// What the DB thread is given.
@@ -221,6 +304,8 @@ pub(crate) struct Fleet {
     term: Option<Term>,
     /// The chain was told it lost the lease.
     lost_told: bool,
+    /// The chain was told of a `stop --fleet`.
+    stop_told: bool,
     /// What the fence asked so far.
     fenced: Fence,
     /// Fires (CLOCK_BOOTTIME, absolute) when the loop must look again: the fence's next step.
@@ -276,6 +361,9 @@ pub(crate) enum Check {
     Held,
     /// Stop the chain (nothing new starts, the running task is stopped now).
     Lost(String),
+    /// `stop --fleet` (newer than this launch): stop the chain gracefully, as `stop`
+    /// does; the process then releases the lease and exits 0.
+    StopFleet,
     /// Past `t0 + 0.8 × lease`: SIGKILL the running task's group now.
     Kill,
 }
@@ -299,6 +387,8 @@ impl Fleet {
                 resume: None,
                 gate_done: 0,
                 gate_ok: 0,
+                stop_fleet: false,
+                slot: None,
             }),
             efd,
         });
@@ -324,10 +414,24 @@ impl Fleet {
             running: None,
             term: None,
             lost_told: false,
+            stop_told: false,
             fenced: Fence::None,
             fence_timer,
             tickets: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// A handle for the fleet slots (None once the DB thread is ended).
+    pub(crate) fn slots(&self) -> Option<SlotHandle> {
+        Some(SlotHandle {
+            cell: Arc::clone(&self.cell),
+            tx: self.tx.clone()?,
+        })
+    }
+
+    /// A `stop --fleet` newer than this launch was seen (the process exits 0).
+    pub(crate) fn stop_fleet_seen(&self) -> bool {
+        self.cell.stop_fleet()
     }
 
     pub(crate) fn lease(&self) -> Duration {
@@ -468,6 +572,9 @@ impl Fleet {
     ) -> Result<Option<i64>> {
         let mut shown: Option<View> = None;
         loop {
+            if self.cell.stop_fleet() {
+                return Ok(None);
+            }
             let view = self.cell.view();
             match &view {
                 View::Owner(t) if !t.failing => {
@@ -498,6 +605,10 @@ impl Fleet {
             let _ = sys::timerfd_at(self.fence_timer.as_raw_fd(), None);
             return Check::Held;
         };
+        if !self.stop_told && self.cell.stop_fleet() {
+            self.stop_told = true;
+            return Check::StopFleet;
+        }
         let boot = sys::boot_now();
         let view = self.cell.view();
         let mine = match &view {
@@ -788,8 +899,13 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
     };
     let mut conn: Option<Conn> = None;
     let mut last_error: Option<String> = None;
+    // This launch's time on the database's clock: a `stop --fleet` at or after it stops
+    // this instance; one before it is an older order (design §3). Taken at the first
+    // connect (if the database is unreachable at launch: at the first that succeeds).
+    let mut launch: Option<std::time::SystemTime> = None;
     match connect(&setup.cfg, connect_timeout) {
         Ok(c) => {
+            launch = sql::db_now(&c, stmt.max(Duration::from_secs(1))).ok();
             conn = Some(c);
             cell.publish(View::Standby {
                 held_by: None,
@@ -818,11 +934,19 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             let _ = reply.send(false);
             return;
         }
+        // No slot is asked for before the go (nothing runs before it).
         Ok(Cmd::Sync(reply)) => {
             let _ = reply.send(());
             return;
         }
-        Ok(Cmd::Write { .. } | Cmd::Digest(_)) | Err(_) => return,
+        Ok(
+            Cmd::Write { .. }
+            | Cmd::Digest(_)
+            | Cmd::SlotTake { .. }
+            | Cmd::SlotCancel
+            | Cmd::SlotFree { .. },
+        )
+        | Err(_) => return,
     };
     let mut writes = Writes {
         w: Writer::with(
@@ -849,12 +973,18 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
     let mut row_ready = false;
     let mut shown_holder: Option<(String, i64)> = None;
     let mut in_standbys = false;
+    // Fleet slots: the one the loop waits for (group, max, next try, busy logged), the
+    // ones to free, the groups whose rows are made.
+    let mut want: Option<(String, u32, Duration, bool)> = None;
+    let mut frees: Vec<(String, i32, i64)> = Vec::new();
+    let mut ensured: Vec<String> = Vec::new();
     loop {
         let now = sys::boot_now();
         let at = match lease.due(now) {
             Due::Acquire(t) | Due::Renew(t) => t,
             Due::Lost => now,
         };
+        let at = want.as_ref().map_or(at, |w| at.min(w.2));
         let mut wait = at.saturating_sub(now);
         if let Some(r) = writes.w.retry_at() {
             wait = wait.min(r.saturating_sub(time::mono_now()));
@@ -896,6 +1026,9 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 let _ = reply.send(released);
                 return;
             }
+            Ok(Cmd::SlotTake { group, max }) => want = Some((group, max, sys::boot_now(), false)),
+            Ok(Cmd::SlotCancel) => want = None,
+            Ok(Cmd::SlotFree { group, slot, epoch }) => frees.push((group, slot, epoch)),
             Ok(Cmd::Go { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 writes.retry(&mut conn, &setup.cfg, stmt);
@@ -907,6 +1040,14 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Due::Acquire(t) if t <= now => {
                 let result = (|| -> std::result::Result<Option<View>, String> {
                     let c = ensure_conn(&mut conn, &setup.cfg, connect_timeout)?;
+                    let launch_at = match launch {
+                        Some(t) => t,
+                        None => {
+                            let t = sql::db_now(c, stmt).map_err(|e| e.to_string())?;
+                            launch = Some(t);
+                            t
+                        }
+                    };
                     if !row_ready {
                         sql::ensure_row(c, chain, stmt).map_err(|e| e.to_string())?;
                         row_ready = true;
@@ -929,7 +1070,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         );
                     }
                     if let Some((epoch, pred)) =
-                        sql::acquire(c, &me, stmt).map_err(|e| e.to_string())?
+                        sql::acquire(c, &me, launch_at, stmt).map_err(|e| e.to_string())?
                     {
                         let after = match (&pred.host, &pred.holder) {
                             (Some(h), Some(_)) => {
@@ -949,8 +1090,15 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         pred_seen = Some(pred);
                         return Ok(None);
                     }
-                    let held = sql::read(c, chain, stmt).map_err(|e| e.to_string())?;
+                    let held =
+                        sql::read_for(c, chain, launch_at, stmt).map_err(|e| e.to_string())?;
+                    if held.as_ref().is_some_and(|(_, stop)| *stop) {
+                        // (Busy, inside this closure only: a `stop --fleet` newer
+                        // than this launch; handled below.)
+                        return Ok(Some(View::Busy(String::new())));
+                    }
                     let held_by = held
+                        .map(|(h, _)| h)
                         .filter(|h| h.held())
                         .map(|h| (h.host.unwrap_or_else(|| "?".into()), h.epoch));
                     if !once {
@@ -1017,6 +1165,22 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         lease.acquire_refused(now, sql::jitter());
                         cell.publish(View::Standby { held_by, error });
                     }
+                    Ok(Some(View::Busy(_))) => {
+                        // A `stop --fleet` newer than this launch: leave the standbys
+                        // and tell the loop; the thread then waits for the release.
+                        if in_standbys {
+                            if let Some(c) = &conn {
+                                if sql::leave_standbys(c, &me, stmt).is_ok() {
+                                    in_standbys = false;
+                                }
+                            }
+                        }
+                        if !cell.stop_fleet() {
+                            log::info!("{chain}: fleet: stop --fleet: stopping (standby)");
+                        }
+                        cell.set_stop_fleet();
+                        lease.acquire_refused(now, sql::jitter());
+                    }
                     Ok(Some(_)) => {}
                     Err(m) => {
                         drop_if_broken(&mut conn);
@@ -1040,17 +1204,27 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             }
             Due::Renew(t) if t <= now => {
                 let epoch = lease.term().map_or(0, |t| t.epoch);
+                // An owner has a launch time (it acquired with it).
+                let launch_at = launch.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
                 let result =
                     ensure_conn(&mut conn, &setup.cfg, stmt.max(Duration::from_millis(200)))
-                        .and_then(|c| sql::renew(c, &me, epoch, stmt).map_err(|e| e.to_string()));
+                        .and_then(|c| {
+                            sql::renew(c, &me, epoch, launch_at, stmt).map_err(|e| e.to_string())
+                        });
                 match result {
-                    Ok(true) => {
+                    Ok(sql::Renewed::Yes { stop }) => {
                         if lease.term().is_some_and(|t| t.failing) {
                             log::info!("{chain}: fleet: renewed the lease (epoch {epoch}) again");
                         }
                         lease.renewed(now);
+                        if stop && !cell.stop_fleet() {
+                            log::info!(
+                                "{chain}: fleet: stop --fleet: stopping (owner, epoch {epoch})"
+                            );
+                            cell.set_stop_fleet();
+                        }
                     }
-                    Ok(false) => {
+                    Ok(sql::Renewed::Lost) => {
                         lease.renew_rejected();
                     }
                     Err(m) => {
@@ -1070,6 +1244,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             }
             Due::Lost => {
                 lease.expire(now);
+                want = None;
                 if let State::Lost { reason, epoch } = lease.state().clone() {
                     let why = reason.to_string();
                     log::warn!("{chain}: fleet: lost the lease (epoch {epoch}): {why}");
@@ -1094,6 +1269,16 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         {
             writes.retry(&mut conn, &setup.cfg, stmt);
         }
+        slot_work(
+            cell,
+            &mut conn,
+            &setup.cfg,
+            &me,
+            lease.term(),
+            &mut want,
+            &mut frees,
+            &mut ensured,
+        );
     }
 }
 
@@ -1251,6 +1436,100 @@ impl Writes {
                 }
                 Err(_) => *conn = None,
             }
+        }
+    }
+}
+
+/// The DB thread's fleet-slot work, after the lease's (a renew comes first): free what
+/// the loop gave back, then try to take the slot it waits for, if due (design notes §3).
+#[allow(clippy::too_many_arguments)]
+fn slot_work(
+    cell: &Cell,
+    conn: &mut Option<Conn>,
+    cfg: &FleetConfig,
+    me: &sql::Me<'_>,
+    term: Option<Term>,
+    want: &mut Option<(String, u32, Duration, bool)>,
+    frees: &mut Vec<(String, i32, i64)>,
+    ensured: &mut Vec<String>,
+) {
+    use crate::store::pg::slots::{self, Taker};
+    let stmt = cfg.lease / 5;
+    let chain = me.chain;
+    if !frees.is_empty() {
+        if let Some(c) = conn.as_ref() {
+            frees.retain(|(g, s, e)| {
+                let who = Taker {
+                    chain,
+                    holder: me.holder,
+                    epoch: *e,
+                };
+                match slots::free(c, who, g, *s, stmt) {
+                    Ok(()) => false,
+                    Err(err) => {
+                        log::warn!("{chain}: fleet: failed to free slot {s} of group {g}: {err}; trying again (it frees itself at the lease's expiry)");
+                        true
+                    }
+                }
+            });
+        }
+    }
+    let now = sys::boot_now();
+    let Some((group, max, next, logged)) = want.as_mut() else {
+        return;
+    };
+    if *next > now {
+        return;
+    }
+    let retry =
+        now + Duration::from_millis(750) + Duration::from_millis(500).mul_f64(sql::jitter());
+    let Some(t) = term.filter(|t| !t.failing) else {
+        // Not the owner, or a renew failed: nothing starts; look again later.
+        *next = retry;
+        return;
+    };
+    let who = Taker {
+        chain,
+        holder: me.holder,
+        epoch: t.epoch,
+    };
+    let got = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200))).and_then(|c| {
+        if !ensured.contains(group) {
+            slots::ensure(c, group, *max, stmt).map_err(|e| e.to_string())?;
+            ensured.push(group.clone());
+        }
+        let got = slots::take(c, who, group, *max, stmt).map_err(|e| e.to_string())?;
+        // First come, first served: the place in the queue is kept while waiting.
+        match got {
+            Some(_) if *logged => {
+                slots::unwait(c, me.holder, group, stmt).map_err(|e| e.to_string())?;
+            }
+            Some(_) => {}
+            None => slots::wait(c, who, group, stmt).map_err(|e| e.to_string())?,
+        }
+        Ok(got)
+    });
+    match got {
+        Ok(Some(slot)) => {
+            if *logged {
+                log::info!("{chain}: fleet: took slot {slot} of group {group}");
+            }
+            cell.set_slot(group, slot, t.epoch);
+            *want = None;
+        }
+        Ok(None) => {
+            if !*logged {
+                log::info!(
+                    "{chain}: fleet: every slot of group {group} is busy (max_running {max}, fleet-wide); waiting"
+                );
+                *logged = true;
+            }
+            *next = retry;
+        }
+        Err(m) => {
+            drop_if_broken(conn);
+            log::warn!("{chain}: fleet: failed to take a slot of group {group}: {m}; trying again");
+            *next = retry;
         }
     }
 }

@@ -61,6 +61,8 @@ pub(crate) enum LockEvent {
     Lost { reason: String },
     /// The fence's last step: SIGKILL the running task's group now.
     Kill,
+    /// `stop --fleet`: stop gracefully (as `stop`), release, exit 0.
+    StopFleet,
 }
 
 impl From<Check> for LockEvent {
@@ -69,6 +71,7 @@ impl From<Check> for LockEvent {
             Check::Held => LockEvent::Held,
             Check::Lost(reason) => LockEvent::Lost { reason },
             Check::Kill => LockEvent::Kill,
+            Check::StopFleet => LockEvent::StopFleet,
         }
     }
 }

@@ -124,6 +124,8 @@ impl Driver {
         mut ownership: Ownership,
         base_state: State,
     ) -> Driver {
+        // Fleet-wide group slots go through the lease's DB thread.
+        let gate = slots::Gate::new(ownership.fleet_mut().and_then(|f| f.slots()));
         let instance = store::Instance::this_process(&config.digest);
         let local = Store::owned_by(&run_root, instance, ownership.token());
         // In the fleet the records go to the DB thread (fenced by the lease), none to SQLite.
@@ -181,7 +183,7 @@ impl Driver {
             cooldown_ahead: false,
             store,
             output_flush: OutputFlush::default(),
-            slot: slots::Gate::default(),
+            slot: gate,
             mailer,
             ctl,
             ctl_client: None,
@@ -401,6 +403,12 @@ impl Driver {
                 if let Some(exit) = self.on_lock_event(now, ev) {
                     return Ok(self.finish(exit));
                 }
+                // The fleet slot waited for may have come (same eventfd).
+                if self.slot.fleet_ready() {
+                    if let Some(exit) = self.feed(now, Event::Chain(chain::Event::SlotFree)) {
+                        return Ok(self.finish(exit));
+                    }
+                }
             } else if fence_at.is_some_and(|i| fds[i].revents != 0) {
                 let ev = self.ownership.on_deadline(now.mono);
                 if let Some(exit) = self.on_lock_event(now, ev) {
@@ -443,6 +451,13 @@ impl Driver {
                     Event::Chain(chain::Event::Control(chain::Control::StopNow)),
                 )
             }
+            LockEvent::StopFleet => self.feed(
+                now,
+                Event::Stop {
+                    now: false,
+                    by: "stop --fleet".into(),
+                },
+            ),
             LockEvent::Kill => {
                 if self.running.run().is_some() {
                     log::warn!(
@@ -593,12 +608,20 @@ impl Driver {
                         // A task of a concurrency group takes a slot first, or waits for one.
                         let t = &self.sup.tasks()[index];
                         if let Some(group) = &t.group {
-                            let max = self.config.groups.get(group).map_or(1, |g| g.max_running);
+                            let (max, fleet) =
+                                self.config.groups.get(group).map_or((1, false), |g| {
+                                    (g.max_running, g.scope == crate::config::Scope::Fleet)
+                                });
                             let (chain, root) = (&self.chain_name, &self.run_root);
-                            if !self
-                                .slot
-                                .take(chain, &t.name, root, group, max, now.wall_ms())
-                            {
+                            if !self.slot.take_scoped(
+                                chain,
+                                &t.name,
+                                root,
+                                group,
+                                max,
+                                fleet,
+                                now.wall_ms(),
+                            ) {
                                 events.push_back(Event::Chain(chain::Event::SlotBusy));
                                 continue;
                             }

@@ -7,6 +7,14 @@
 //! chain that finds every slot busy waits, asleep, for `IN_CLOSE` on the folder
 //! through inotify (a holder that finishes or dies closes its descriptor) and tries
 //! again: no polling timer, no helper thread.
+//!
+//! A group with `scope = "fleet"` (issue 20) counts across every host of the fleet
+//! instead: its slots are rows in the fleet's database (`store/pg/slots.rs`), taken by the
+//! chain's DB thread in a statement fenced by the chain's lease, asked for through
+//! [`SlotHandle`] and answered through the lease's eventfd (already in the loop's
+//! `ppoll`). None free: the DB thread tries again every ~1 s (jittered) and the chain
+//! waits as for a host slot (`status` shows the wait). A slot is freed at the run's end,
+//! and a dead owner's frees itself when its lease expires.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -14,6 +22,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+use crate::lock::fleet::SlotHandle;
 
 /// A held slot: its file's `flock(2)` lock (std's `File::try_lock`). Dropping it closes
 /// the descriptor, which frees the slot and wakes the waiters (`IN_CLOSE`).
@@ -129,9 +139,91 @@ pub(crate) struct Gate {
     held: Option<Slot>,
     /// While waiting: the group's slot files and the watch on them, and since when (ms).
     waiting: Option<(Slots, Watch, u64)>,
+    /// The fleet's slots (with `[store]`): requests to the DB thread.
+    fleet: Option<SlotHandle>,
+    /// A fleet slot held: (group, slot, epoch).
+    fleet_held: Option<(String, i32, i64)>,
+    /// Waiting for a fleet slot: (group, since when, wall ms).
+    fleet_waiting: Option<(String, u64)>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.release();
+        if let (Some(h), Some(_)) = (&self.fleet, self.fleet_waiting.take()) {
+            h.cancel();
+        }
+    }
 }
 
 impl Gate {
+    /// A gate that can also take fleet slots (`scope = "fleet"`) through `fleet`.
+    pub(crate) fn new(fleet: Option<SlotHandle>) -> Gate {
+        Gate {
+            held: None,
+            waiting: None,
+            fleet,
+            fleet_held: None,
+            fleet_waiting: None,
+        }
+    }
+
+    /// [`Gate::take`] for a group of either scope (`fleet`: `scope = "fleet"`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn take_scoped(
+        &mut self,
+        chain: &str,
+        task: &str,
+        run_root: &Path,
+        group: &str,
+        max: u32,
+        fleet: bool,
+        now_ms: u64,
+    ) -> bool {
+        if !fleet {
+            return self.take(chain, task, run_root, group, max, now_ms);
+        }
+        if self.fleet_held.as_ref().is_some_and(|(g, ..)| g == group) {
+            return true;
+        }
+        // Another group's slot (host or fleet) goes.
+        self.held = None;
+        if let (Some(h), Some((g, slot, epoch))) = (&self.fleet, self.fleet_held.take()) {
+            h.free(&g, slot, epoch);
+        }
+        let Some(h) = &self.fleet else {
+            // `scope = "fleet"` is refused without [store]: not reached.
+            log::error!("{chain}: group {group} is fleet-wide, but there is no fleet store; running {task} without a slot");
+            return true;
+        };
+        if let Some((slot, epoch)) = h.answer(group) {
+            self.fleet_held = Some((group.to_string(), slot, epoch));
+            self.fleet_waiting = None;
+            return true;
+        }
+        if self.fleet_waiting.as_ref().map(|(g, _)| g.as_str()) != Some(group) {
+            h.request(group, max);
+            self.fleet_waiting = Some((group.to_string(), now_ms));
+        }
+        false
+    }
+
+    /// The lease's eventfd woke the loop: true if the fleet slot waited for has come
+    /// (the chain tries its start again, and [`Gate::take_scoped`] finds it held).
+    pub(crate) fn fleet_ready(&mut self) -> bool {
+        let (Some(h), Some((g, _))) = (&self.fleet, &self.fleet_waiting) else {
+            return false;
+        };
+        match h.answer(g) {
+            Some((slot, epoch)) => {
+                self.fleet_held = Some((g.clone(), slot, epoch));
+                self.fleet_waiting = None;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Before `chain`'s `task` of `group` (at most `max` running) starts: take a slot of
     /// the group, unless one is held already, or start waiting for one (false; at
     /// `now_ms`, wall). A slot that cannot be set up or taken is logged, and the task runs
@@ -206,16 +298,25 @@ impl Gate {
     /// The run's group is empty: its slot goes (the next task takes its own).
     pub(crate) fn release(&mut self) {
         self.held = None;
+        if let (Some(h), Some((g, slot, epoch))) = (&self.fleet, self.fleet_held.take()) {
+            h.free(&g, slot, epoch);
+        }
     }
 
     /// The group whose slot is held.
     pub(crate) fn held_group(&self) -> Option<&str> {
-        self.held.as_ref().map(|s| s.group.as_str())
+        self.held
+            .as_ref()
+            .map(|s| s.group.as_str())
+            .or(self.fleet_held.as_ref().map(|(g, ..)| g.as_str()))
     }
 
     /// Since when (wall ms) the chain waits for a slot, if it does.
     pub(crate) fn waiting_since_ms(&self) -> Option<u64> {
-        self.waiting.as_ref().map(|(_, _, since)| *since)
+        self.waiting
+            .as_ref()
+            .map(|(_, _, since)| *since)
+            .or(self.fleet_waiting.as_ref().map(|(_, since)| *since))
     }
 }
 

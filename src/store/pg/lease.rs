@@ -18,8 +18,15 @@
 //! - [`standby`]: the standby's row in `run_chain.standbys` (upsert: the row is the
 //!   standby's own, keyed by its holder id); [`leave_standbys`] removes it.
 //! - [`read`]: who holds the lease now (holder, host, epoch, seconds left).
+//! - `stop --fleet` (issue 20): [`stop_fleet`] sets `stop_fleet_at = now()` (an upsert:
+//!   the chain may have no row yet); every instance launched before that moment (its
+//!   launch time, [`db_now`]: the database's `now()` at its first connect) stops: the owner sees
+//!   it in its [`renew`]'s answer, a standby in [`acquire`] (which never gives the lease
+//!   to such an instance) and [`read_for`]. A later launch is newer than the flag, so the
+//!   flag needs no clearing: the next launch runs. [`read`] and [`standbys`] are what the
+//!   command waits on (the lease held, the standbys seen lately).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio_postgres::types::Type;
 
@@ -35,6 +42,7 @@ const ACQUIRE: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
      FROM (SELECT chain, holder AS o_holder, host AS o_host, epoch AS o_epoch, \
            expires_at AS o_expires FROM run_chain.leases WHERE chain = $1 FOR UPDATE) o \
      WHERE l.chain = o.chain AND (o.o_holder IS NULL OR o.o_expires <= now()) \
+     AND (l.stop_fleet_at IS NULL OR l.stop_fleet_at < $5) \
      RETURNING l.epoch, o.o_holder, o.o_host, o.o_epoch, \
        CASE WHEN isfinite(o.o_expires) \
             THEN (extract(epoch FROM o.o_expires) * 1000)::int8 END";
@@ -42,7 +50,7 @@ const ACQUIRE: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
 const RENEW: &str = "UPDATE run_chain.leases \
      SET expires_at = now() + make_interval(secs => $4), renewed_at = now() \
      WHERE chain = $1 AND holder = $2 AND epoch = $3 AND expires_at > now() \
-     RETURNING epoch";
+     RETURNING epoch, coalesce(stop_fleet_at >= $5, false)";
 
 const RELEASE: &str = "UPDATE run_chain.leases SET holder = NULL, host = NULL, expires_at = now() \
      WHERE chain = $1 AND holder = $2 AND epoch = $3";
@@ -62,6 +70,22 @@ const READ: &str = "SELECT holder, host, epoch, \
      CASE WHEN expires_at > now() \
           THEN extract(epoch FROM (expires_at - now()))::float8 ELSE 0 END \
      FROM run_chain.leases WHERE chain = $1";
+
+/// [`READ`] plus whether a `stop --fleet` came at or after `$2` (the reader's launch).
+const READ_FOR: &str = "SELECT holder, host, epoch, \
+     CASE WHEN expires_at > now() \
+          THEN extract(epoch FROM (expires_at - now()))::float8 ELSE 0 END, \
+     coalesce(stop_fleet_at >= $2, false) \
+     FROM run_chain.leases WHERE chain = $1";
+
+const NOW: &str = "SELECT now()";
+
+const STOP_FLEET: &str = "INSERT INTO run_chain.leases (chain, stop_fleet_at) VALUES ($1, now()) \
+     ON CONFLICT (chain) DO UPDATE SET stop_fleet_at = now() \
+     RETURNING extract(epoch FROM stop_fleet_at)::float8";
+
+const STANDBYS: &str = "SELECT holder, host FROM run_chain.standbys \
+     WHERE chain = $1 AND seen_at > now() - make_interval(secs => $2) ORDER BY host, holder";
 
 /// Who the acquirer follows (the row before its acquire).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +144,7 @@ pub(crate) fn ensure_row(conn: &Conn, chain: &str, timeout: Duration) -> Result<
 pub(crate) fn acquire(
     conn: &Conn,
     me: &Me<'_>,
+    launch: SystemTime,
     timeout: Duration,
 ) -> Result<Option<(i64, Predecessor)>, DbError> {
     let secs = me.secs();
@@ -132,6 +157,7 @@ pub(crate) fn acquire(
                 (&me.holder, Type::TEXT),
                 (&me.host, Type::TEXT),
                 (&secs, Type::FLOAT8),
+                (&launch, Type::TIMESTAMPTZ),
             ],
         ),
     )?;
@@ -150,14 +176,23 @@ pub(crate) fn acquire(
     .map_err(DbError::from)
 }
 
-/// Renew (holder, epoch) while unexpired: true if renewed, false if the row is no longer
-/// ours or expired (lost: never renewed again).
+/// What a renew got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewed {
+    /// Renewed; `stop`: a `stop --fleet` came at or after this instance's launch.
+    Yes { stop: bool },
+    /// The row is no longer ours or expired (lost: never renewed again).
+    Lost,
+}
+
+/// Renew (holder, epoch) while unexpired.
 pub(crate) fn renew(
     conn: &Conn,
     me: &Me<'_>,
     epoch: i64,
+    launch: SystemTime,
     timeout: Duration,
-) -> Result<bool, DbError> {
+) -> Result<Renewed, DbError> {
     let secs = me.secs();
     let row = conn.run(
         timeout,
@@ -168,10 +203,16 @@ pub(crate) fn renew(
                 (&me.holder, Type::TEXT),
                 (&epoch, Type::INT8),
                 (&secs, Type::FLOAT8),
+                (&launch, Type::TIMESTAMPTZ),
             ],
         ),
     )?;
-    Ok(row.is_some())
+    match row {
+        None => Ok(Renewed::Lost),
+        Some(r) => Ok(Renewed::Yes {
+            stop: r.try_get::<_, bool>(1).map_err(DbError::from)?,
+        }),
+    }
 }
 
 /// Give the lease up (if still ours): true if it was.
@@ -268,6 +309,72 @@ pub(crate) fn read(conn: &Conn, chain: &str, timeout: Duration) -> Result<Option
     })
     .transpose()
     .map_err(DbError::from)
+}
+
+/// [`read`] for an instance launched at `launch`: the row, and whether a `stop --fleet`
+/// came at or after that.
+pub(crate) fn read_for(
+    conn: &Conn,
+    chain: &str,
+    launch: SystemTime,
+    timeout: Duration,
+) -> Result<Option<(Holder, bool)>, DbError> {
+    let row = conn.run(
+        timeout,
+        conn.client().query_typed_opt(
+            READ_FOR,
+            &[(&chain, Type::TEXT), (&launch, Type::TIMESTAMPTZ)],
+        ),
+    )?;
+    row.map(|r| {
+        Ok::<_, tokio_postgres::Error>((
+            Holder {
+                holder: r.try_get(0)?,
+                host: r.try_get(1)?,
+                epoch: r.try_get(2)?,
+                left: r.try_get(3)?,
+            },
+            r.try_get(4)?,
+        ))
+    })
+    .transpose()
+    .map_err(DbError::from)
+}
+
+/// The database's clock now (an instance's launch time, for `stop --fleet`).
+pub(crate) fn db_now(conn: &Conn, timeout: Duration) -> Result<SystemTime, DbError> {
+    let row = conn.run(timeout, conn.client().query_typed_one(NOW, &[]))?;
+    row.try_get(0).map_err(DbError::from)
+}
+
+/// `stop --fleet CHAIN`: every instance of the chain launched before now (the database's
+/// clock) stops. Returns the flag's time (seconds since the epoch, on the database's clock).
+pub(crate) fn stop_fleet(conn: &Conn, chain: &str, timeout: Duration) -> Result<f64, DbError> {
+    let row = conn.run(
+        timeout,
+        conn.client()
+            .query_typed_one(STOP_FLEET, &[(&chain, Type::TEXT)]),
+    )?;
+    row.try_get(0).map_err(DbError::from)
+}
+
+/// The standbys of `chain` seen within `recent`: (holder, host).
+pub(crate) fn standbys(
+    conn: &Conn,
+    chain: &str,
+    recent: Duration,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>, DbError> {
+    let secs = recent.as_secs_f64();
+    let rows = conn.run(
+        timeout,
+        conn.client()
+            .query_typed(STANDBYS, &[(&chain, Type::TEXT), (&secs, Type::FLOAT8)]),
+    )?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(DbError::from)
 }
 
 /// `n` random bytes from the OS's generator (ring's `SystemRandom`, through rustls'

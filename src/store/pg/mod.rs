@@ -11,4 +11,5 @@ pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod lease;
 pub(crate) mod schema;
+pub(crate) mod slots;
 pub(crate) mod write;

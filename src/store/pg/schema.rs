@@ -25,7 +25,7 @@ use std::time::Duration;
 use super::conn::{Conn, ConnError, DbError};
 
 /// The version this run-chain creates and migrates to.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 
 /// Our mark in `run_chain.meta.app`.
 const APP: &str = "run-chain";
@@ -168,6 +168,30 @@ BEGIN
   END IF;
 END
 $fence$;",
+    // 3: fleet-wide concurrency-group slots (`scope = "fleet"`, store/pg/slots.rs): one
+    // row per (group, slot number), made as needed; a slot is held by (chain, holder,
+    // epoch) and free when its holder is NULL or no longer holds that chain's lease
+    // unexpired (a dead owner's slot frees itself at its lease's expiry); and who waits
+    // for one, since when (first come, first served: a chain that frees a slot and wants
+    // it again at once does not starve the others, which retry only every second).
+    "CREATE TABLE run_chain.slots (
+  grp text NOT NULL,
+  slot int NOT NULL,
+  chain text,
+  holder text,
+  epoch bigint,
+  since timestamptz,
+  PRIMARY KEY (grp, slot)
+);
+CREATE TABLE run_chain.slot_waits (
+  grp text NOT NULL,
+  holder text NOT NULL,
+  chain text NOT NULL,
+  epoch bigint NOT NULL,
+  since timestamptz NOT NULL,
+  seen_at timestamptz NOT NULL,
+  PRIMARY KEY (grp, holder)
+);",
 ];
 
 /// What the database holds, read without a lock.
