@@ -104,6 +104,10 @@ pub(crate) struct OutputView {
     pub(crate) running: bool,
 }
 
+/// With a `[store]`: the fleet's config (the pages then show every chain of the fleet,
+/// with its owner).
+pub(crate) type Fleet<'a> = Option<&'a crate::config::FleetConfig>;
+
 fn internal(run_root: &Path) -> impl Fn(String) -> Error + '_ {
     move |e| store_error(run_root, e)
 }
@@ -130,8 +134,8 @@ fn recent_windows(run_root: &Path) -> Result<BTreeMap<(String, String), Recent>>
 }
 
 /// `/`.
-pub(crate) fn index(run_root: &Path) -> Result<IndexView> {
-    let status = status::build(run_root)?;
+pub(crate) fn index(run_root: &Path, fleet: Fleet<'_>) -> Result<IndexView> {
+    let status = status::build_fleet(run_root, fleet)?;
     let conn = store::open_read(run_root).map_err(Error::Internal)?;
     // Every chain's newest runs, settled at once (one reading of the lock holders).
     let mut rows = Vec::new();
@@ -176,19 +180,19 @@ pub(crate) fn index(run_root: &Path) -> Result<IndexView> {
 }
 
 /// The chain named `chain` in `status`, or None (a 404).
-fn find_chain(run_root: &Path, chain: &str) -> Result<Option<ChainView>> {
-    let v = status::build(run_root)?;
+fn find_chain(run_root: &Path, chain: &str, fleet: Fleet<'_>) -> Result<Option<ChainView>> {
+    let v = status::build_fleet(run_root, fleet)?;
     Ok(v.chains.into_iter().find(|c| c.chain == chain))
 }
 
 /// Whether RUN_ROOT has `chain` and `chain` has `task`.
-pub(crate) fn has_task(run_root: &Path, chain: &str, task: &str) -> Result<bool> {
-    Ok(find_chain(run_root, chain)?.is_some_and(|c| c.tasks.iter().any(|t| t.task == task)))
+pub(crate) fn has_task(run_root: &Path, chain: &str, task: &str, fleet: Fleet<'_>) -> Result<bool> {
+    Ok(find_chain(run_root, chain, fleet)?.is_some_and(|c| c.tasks.iter().any(|t| t.task == task)))
 }
 
 /// `/chain/C`; None when RUN_ROOT has no such chain.
-pub(crate) fn chain(run_root: &Path, chain: &str) -> Result<Option<ChainPage>> {
-    let Some(c) = find_chain(run_root, chain)? else {
+pub(crate) fn chain(run_root: &Path, chain: &str, fleet: Fleet<'_>) -> Result<Option<ChainPage>> {
+    let Some(c) = find_chain(run_root, chain, fleet)? else {
         return Ok(None);
     };
     let recent = recent_windows(run_root)?
@@ -223,8 +227,9 @@ pub(crate) fn task(
     task: &str,
     before: Option<u64>,
     outcome: Option<&str>,
+    fleet: Fleet<'_>,
 ) -> Result<Option<TaskPage>> {
-    let Some(c) = find_chain(run_root, chain)? else {
+    let Some(c) = find_chain(run_root, chain, fleet)? else {
         return Ok(None);
     };
     let Some(t) = c.tasks.iter().find(|t| t.task == task).cloned() else {

@@ -13,6 +13,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::core::alert::Kind;
+use crate::store::pg::reader::FleetRows;
 use crate::store::{self, SeriesRow};
 
 /// The quantiles, with their label as `{}` writes the number.
@@ -36,6 +37,67 @@ pub(crate) struct Snapshot {
     pub(crate) alerts: Vec<(String, String, String, u64)>,
     /// (chain, task) -> (kicked runs, manual runs); the rest of its runs are scheduled.
     pub(crate) triggers: HashMap<(String, String), (u64, u64)>,
+    /// With a `[store]`: the fleet's leases, as this scrape exports them.
+    pub(crate) fleet: Option<FleetSnap>,
+}
+
+/// The fleet's part of a scrape: the lease rows of the chains it exports.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FleetSnap {
+    pub(crate) rows: FleetRows,
+}
+
+/// Which chains a fleet host's scrape exports: `host`'s (None: the whole fleet, for
+/// `serve --fleet`). A host exports the chains it owns (their runs, owner, counters) and
+/// those it is a standby of (their `run_chain_up`, standby and lease gauges, no runs), so
+/// that Prometheus scraping every host counts each run once.
+pub(crate) fn scope_to_host(snap: &mut Snapshot, rows: FleetRows, host: Option<&str>) {
+    let Some(host) = host else {
+        snap.fleet = Some(FleetSnap { rows });
+        return;
+    };
+    let owned: std::collections::BTreeSet<String> = rows
+        .chains
+        .values()
+        .filter(|r| r.owner() == Some(host))
+        .map(|r| r.chain.clone())
+        .collect();
+    let all: std::collections::BTreeSet<String> = rows.chains.keys().cloned().collect();
+    let mut rows = rows;
+    rows.chains
+        .retain(|c, r| owned.contains(c) || r.standbys.iter().any(|s| s.host == host));
+    for r in rows.chains.values_mut() {
+        r.standbys.retain(|s| s.host == host);
+    }
+    snap.series.retain(|s| owned.contains(&s.chain));
+    snap.recent.retain(|(c, _), _| owned.contains(c));
+    snap.alerts.retain(|(c, ..)| owned.contains(c));
+    snap.triggers.retain(|(c, _), _| owned.contains(c));
+    // A chain of the fleet that this host neither owns nor waits for is another host's
+    // to show, even if its RUN_ROOT here names it.
+    snap.chains
+        .retain(|c, _| !all.contains(c) || rows.chains.contains_key(c));
+    snap.fleet = Some(FleetSnap { rows });
+}
+
+/// A fleet host's scrape: its `[store]`, and whether it exports the whole fleet
+/// (`serve --fleet`) or this host's part ([`scope_to_host`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Fleet {
+    pub(crate) cfg: crate::config::FleetConfig,
+    pub(crate) whole: bool,
+}
+
+/// Read the snapshot of `run_root`, and with `fleet` the fleet's leases (connecting from
+/// this thread, with a short timeout), scoped as [`scope_to_host`] says.
+pub(crate) fn collect_fleet(run_root: &Path, fleet: Option<&Fleet>) -> Result<Snapshot, String> {
+    let mut snap = collect(run_root)?;
+    if let Some(f) = fleet {
+        let rows = store::pg::reader::read(&f.cfg)
+            .map_err(|e| format!("cannot read the fleet's store: {e}"))?;
+        scope_to_host(&mut snap, rows, (!f.whole).then_some(f.cfg.host.as_str()));
+    }
+    Ok(snap)
 }
 
 /// Read the snapshot of `run_root`.
@@ -405,6 +467,10 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
         out.push('\n');
     }
 
+    if let Some(f) = &snap.fleet {
+        render_fleet(out, &f.rows);
+    }
+
     if let Some(sec) = scrape_seconds {
         head(
             out,
@@ -415,6 +481,102 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
         let _ = writeln!(out, "run_chain_scrape_duration_seconds {sec}");
     }
     std::mem::take(out)
+}
+
+/// The fleet's families: who owns each chain, its standbys, its lease's epoch and expiry,
+/// its failovers and fenced writes (where the schema counts them).
+fn render_fleet(out: &mut String, rows: &FleetRows) {
+    head(
+        out,
+        "run_chain_owner",
+        "gauge",
+        "The host that holds the chain's lease now (1 per chain with an unexpired lease).",
+    );
+    for r in rows.chains.values() {
+        if let Some(h) = r.owner() {
+            let _ = writeln!(
+                out,
+                "run_chain_owner{{chain=\"{}\",host=\"{}\"}} 1",
+                esc(&r.chain),
+                esc(h)
+            );
+        }
+    }
+    head(
+        out,
+        "run_chain_standby",
+        "gauge",
+        "Instances waiting for the chain's lease, by host (seen within the last lease).",
+    );
+    for r in rows.chains.values() {
+        let mut hosts: Vec<&str> = r.standbys.iter().map(|s| s.host.as_str()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for h in hosts {
+            let _ = writeln!(
+                out,
+                "run_chain_standby{{chain=\"{}\",host=\"{}\"}} 1",
+                esc(&r.chain),
+                esc(h)
+            );
+        }
+    }
+    head(
+        out,
+        "run_chain_lease_epoch",
+        "gauge",
+        "The epoch (fencing token) of the chain's lease: it grows at each change of holder.",
+    );
+    for r in rows.chains.values() {
+        let _ = writeln!(
+            out,
+            "run_chain_lease_epoch{{chain=\"{}\"}} {}",
+            esc(&r.chain),
+            r.epoch
+        );
+    }
+    head(
+        out,
+        "run_chain_lease_expiry_timestamp_seconds",
+        "gauge",
+        "When the chain's lease expires unless renewed (the database's clock).",
+    );
+    for r in rows.chains.values() {
+        if let Some(ms) = r.owner().and(r.expires_ms) {
+            let _ = write!(
+                out,
+                "run_chain_lease_expiry_timestamp_seconds{{chain=\"{}\"}} ",
+                esc(&r.chain)
+            );
+            put_secs(out, ms);
+            out.push('\n');
+        }
+    }
+    for (name, help, get) in [
+        (
+            "run_chain_failovers_total",
+            "Times the chain's lease passed to another holder after its holder let it expire.",
+            (|r: &crate::store::pg::reader::LeaseRow| r.failovers) as fn(&_) -> Option<u64>,
+        ),
+        (
+            "run_chain_fenced_writes_total",
+            "Write batches of a former owner that the fence refused.",
+            |r: &crate::store::pg::reader::LeaseRow| r.fenced_writes,
+        ),
+    ] {
+        if rows.chains.values().all(|r| get(r).is_none()) {
+            continue;
+        }
+        head(out, name, "counter", help);
+        for r in rows.chains.values() {
+            let _ = writeln!(
+                out,
+                "{name}{{chain=\"{}\"}} {}",
+                esc(&r.chain),
+                get(r).unwrap_or(0)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

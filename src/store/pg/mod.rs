@@ -9,4 +9,5 @@
 pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod lease;
+pub(crate) mod reader;
 pub(crate) mod schema;
