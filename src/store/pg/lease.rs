@@ -30,11 +30,14 @@ const ENSURE_ROW: &str =
 
 const ACQUIRE: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
      epoch = l.epoch + 1, acquired_at = now(), renewed_at = now(), \
+     failovers = l.failovers + (o.o_holder IS NOT NULL)::int, \
      expires_at = now() + make_interval(secs => $4) \
      FROM (SELECT chain, holder AS o_holder, host AS o_host, epoch AS o_epoch, \
            expires_at AS o_expires FROM run_chain.leases WHERE chain = $1 FOR UPDATE) o \
      WHERE l.chain = o.chain AND (o.o_holder IS NULL OR o.o_expires <= now()) \
-     RETURNING l.epoch, o.o_holder, o.o_host, o.o_epoch";
+     RETURNING l.epoch, o.o_holder, o.o_host, o.o_epoch, \
+       CASE WHEN isfinite(o.o_expires) \
+            THEN (extract(epoch FROM o.o_expires) * 1000)::int8 END";
 
 const RENEW: &str = "UPDATE run_chain.leases \
      SET expires_at = now() + make_interval(secs => $4), renewed_at = now() \
@@ -66,6 +69,9 @@ pub(crate) struct Predecessor {
     pub(crate) holder: Option<String>,
     pub(crate) host: Option<String>,
     pub(crate) epoch: i64,
+    /// When its lease expired, wall-clock ms on the database's clock (the end of the
+    /// runs it left open); None for a row never held ('-infinity').
+    pub(crate) expires_ms: Option<i64>,
 }
 
 /// The lease row as read by [`read`].
@@ -136,6 +142,7 @@ pub(crate) fn acquire(
                 holder: r.try_get(1)?,
                 host: r.try_get(2)?,
                 epoch: r.try_get(3)?,
+                expires_ms: r.try_get(4)?,
             },
         ))
     })

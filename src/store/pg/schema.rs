@@ -25,7 +25,7 @@ use std::time::Duration;
 use super::conn::{Conn, ConnError, DbError};
 
 /// The version this run-chain creates and migrates to.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// Our mark in `run_chain.meta.app`.
 const APP: &str = "run-chain";
@@ -73,6 +73,101 @@ CREATE TABLE run_chain.standbys (
   seen_at timestamptz NOT NULL,
   PRIMARY KEY (chain, holder)
 );",
+    // 2: the records (stage 2 of issue 20): series, runs and alerts as SQLite's schema 4
+    // (store/schema.rs; the same column names, so that readers map rows 1:1: times are
+    // wall-clock milliseconds `*_ms`), plus on runs the writer's host and lease epoch;
+    // the chain's resume state (what CHAIN.state holds on one host) with its due time on
+    // the database's clock; a running task's output in chunks by offset; the fence every
+    // owner's write batch calls first; and two counters on the lease.
+    "CREATE TABLE run_chain.series (
+  id bigserial PRIMARY KEY,
+  chain text NOT NULL,
+  task text NOT NULL,
+  runs bigint NOT NULL DEFAULT 0,
+  ok bigint NOT NULL DEFAULT 0,
+  failed bigint NOT NULL DEFAULT 0,
+  timeout bigint NOT NULL DEFAULT 0,
+  signal bigint NOT NULL DEFAULT 0,
+  spawn_error bigint NOT NULL DEFAULT 0,
+  interrupted bigint NOT NULL DEFAULT 0,
+  duration_sum_ms bigint NOT NULL DEFAULT 0,
+  latency_sum_ms bigint NOT NULL DEFAULT 0,
+  last_run_id bigint,
+  last_outcome text,
+  last_exit_code bigint,
+  last_scheduled_ms bigint,
+  last_start_ms bigint,
+  last_stop_ms bigint,
+  last_duration_ms bigint,
+  last_success_ms bigint,
+  running_run_id bigint,
+  running_since_ms bigint,
+  streak_start_ms bigint,
+  streak_failures bigint NOT NULL DEFAULT 0,
+  recent bytea,
+  runs_kick bigint NOT NULL DEFAULT 0,
+  runs_manual bigint NOT NULL DEFAULT 0,
+  UNIQUE (chain, task)
+);
+CREATE TABLE run_chain.runs (
+  id bigserial PRIMARY KEY,
+  series bigint NOT NULL REFERENCES run_chain.series (id) ON DELETE CASCADE,
+  run_id bigint NOT NULL,
+  instance bigint NOT NULL,
+  scheduled_ms bigint,
+  start_ms bigint NOT NULL,
+  stop_ms bigint,
+  outcome text,
+  exit_code bigint,
+  signal bigint,
+  duration_ms bigint,
+  latency_ms bigint,
+  task_pid bigint,
+  output bytea,
+  output_bytes bigint NOT NULL DEFAULT 0,
+  output_cut bool NOT NULL DEFAULT false,
+  error text,
+  \"trigger\" text NOT NULL DEFAULT 'schedule',
+  requested_by text,
+  host text,
+  epoch bigint,
+  UNIQUE (series, run_id)
+);
+CREATE INDEX runs_open ON run_chain.runs (series) WHERE stop_ms IS NULL;
+CREATE TABLE run_chain.alerts (
+  series bigint NOT NULL REFERENCES run_chain.series (id) ON DELETE CASCADE,
+  kind text NOT NULL,
+  count bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (series, kind)
+);
+CREATE TABLE run_chain.chain_state (
+  chain text PRIMARY KEY,
+  state jsonb NOT NULL,
+  due_at timestamptz,
+  epoch bigint NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE run_chain.output_chunks (
+  run bigint NOT NULL REFERENCES run_chain.runs (id) ON DELETE CASCADE,
+  off bigint NOT NULL,
+  data bytea NOT NULL,
+  PRIMARY KEY (run, off)
+);
+ALTER TABLE run_chain.leases
+  ADD COLUMN failovers bigint NOT NULL DEFAULT 0,
+  ADD COLUMN fenced_writes bigint NOT NULL DEFAULT 0;
+CREATE FUNCTION run_chain.fence(p_chain text, p_holder text, p_epoch bigint) RETURNS void
+LANGUAGE plpgsql AS $fence$
+BEGIN
+  PERFORM 1 FROM run_chain.leases
+   WHERE chain = p_chain AND holder = p_holder AND epoch = p_epoch AND expires_at > now()
+   FOR SHARE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'run-chain: fenced: chain % is not held by % at epoch %', p_chain, p_holder, p_epoch
+      USING ERRCODE = 'RCF01';
+  END IF;
+END
+$fence$;",
 ];
 
 /// What the database holds, read without a lock.
@@ -358,7 +453,10 @@ mod tests {
             )
             .expect("count");
         let tables: i64 = rows[0].get(0);
-        assert_eq!(tables, 4, "meta, instances, leases, standbys");
+        assert_eq!(
+            tables, 9,
+            "meta, instances, leases, standbys, series, runs, alerts, chain_state, output_chunks"
+        );
         exec(&conn, "UPDATE run_chain.meta SET app = 'other'");
         assert!(
             matches!(ensure(&conn), Err(ConnError::Refused(m)) if m.contains("not run-chain's"))
