@@ -45,6 +45,9 @@ pub(crate) struct Snapshot {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FleetSnap {
     pub(crate) rows: FleetRows,
+    /// The host whose part this is (None: the whole fleet): the chains' own families
+    /// (owner, epoch, expiry, counters) are exported by their owner only.
+    pub(crate) host: Option<String>,
 }
 
 /// Which chains a fleet host's scrape exports: `host`'s (None: the whole fleet, for
@@ -53,7 +56,7 @@ pub(crate) struct FleetSnap {
 /// that Prometheus scraping every host counts each run once.
 pub(crate) fn scope_to_host(snap: &mut Snapshot, rows: FleetRows, host: Option<&str>) {
     let Some(host) = host else {
-        snap.fleet = Some(FleetSnap { rows });
+        snap.fleet = Some(FleetSnap { rows, host: None });
         return;
     };
     let owned: std::collections::BTreeSet<String> = rows
@@ -77,7 +80,10 @@ pub(crate) fn scope_to_host(snap: &mut Snapshot, rows: FleetRows, host: Option<&
     // to show, even if its RUN_ROOT here names it.
     snap.chains
         .retain(|c, _| !all.contains(c) || rows.chains.contains_key(c));
-    snap.fleet = Some(FleetSnap { rows });
+    snap.fleet = Some(FleetSnap {
+        rows,
+        host: Some(host.to_string()),
+    });
 }
 
 /// A fleet host's scrape: its `[store]`, and whether it exports the whole fleet
@@ -468,7 +474,7 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
     }
 
     if let Some(f) = &snap.fleet {
-        render_fleet(out, &f.rows);
+        render_fleet(out, &f.rows, f.host.as_deref());
     }
 
     if let Some(sec) = scrape_seconds {
@@ -485,14 +491,16 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
 
 /// The fleet's families: who owns each chain, its standbys, its lease's epoch and expiry,
 /// its failovers and fenced writes (where the schema counts them).
-fn render_fleet(out: &mut String, rows: &FleetRows) {
+fn render_fleet(out: &mut String, rows: &FleetRows, host: Option<&str>) {
+    // A host exports its own chains' families; the whole fleet every chain's.
+    let own = |r: &&crate::store::pg::reader::LeaseRow| host.is_none() || r.owner() == host;
     head(
         out,
         "run_chain_owner",
         "gauge",
         "The host that holds the chain's lease now (1 per chain with an unexpired lease).",
     );
-    for r in rows.chains.values() {
+    for r in rows.chains.values().filter(own) {
         if let Some(h) = r.owner() {
             let _ = writeln!(
                 out,
@@ -527,7 +535,7 @@ fn render_fleet(out: &mut String, rows: &FleetRows) {
         "gauge",
         "The epoch (fencing token) of the chain's lease: it grows at each change of holder.",
     );
-    for r in rows.chains.values() {
+    for r in rows.chains.values().filter(own) {
         let _ = writeln!(
             out,
             "run_chain_lease_epoch{{chain=\"{}\"}} {}",
@@ -541,7 +549,7 @@ fn render_fleet(out: &mut String, rows: &FleetRows) {
         "gauge",
         "When the chain's lease expires unless renewed (the database's clock).",
     );
-    for r in rows.chains.values() {
+    for r in rows.chains.values().filter(own) {
         if let Some(ms) = r.owner().and(r.expires_ms) {
             let _ = write!(
                 out,
@@ -568,7 +576,7 @@ fn render_fleet(out: &mut String, rows: &FleetRows) {
             continue;
         }
         head(out, name, "counter", help);
-        for r in rows.chains.values() {
+        for r in rows.chains.values().filter(own) {
             let _ = writeln!(
                 out,
                 "{name}{{chain=\"{}\"}} {}",
