@@ -174,12 +174,22 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
             }
         }
         let state_path = state_file::path(&root, &chain_name);
-        let base_state = match state_file::load(&state_path) {
-            Ok(s) => s,
-            Err(msg) => {
-                log::warn!("{chain_name}: {msg}");
-                resume::State::default()
-            }
+        // In the fleet, where to resume is in the fleet's store (never CHAIN.state): read
+        // by the DB thread when it acquired the lease.
+        let fleet_resume = ownership.fleet_mut().and_then(|f| f.take_resume());
+        let base_state = match &fleet_resume {
+            Some(r) => r.to_state(&resume::Clocks {
+                mono: time::mono_now(),
+                wall_ms: time::wall_ms(),
+                boot_id: sys::boot_id(),
+            }),
+            None => match state_file::load(&state_path) {
+                Ok(s) => s,
+                Err(msg) => {
+                    log::warn!("{chain_name}: {msg}");
+                    resume::State::default()
+                }
+            },
         };
         if first && !wait_for_the_old_run(&chain_name, &base_state, &signals)? {
             log::warn!(
@@ -214,7 +224,9 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         if let Some(w) = warning {
             log::warn!("{chain_name}: {w}");
         }
-        seed_run_ids(&root, &chain_name, &chain_view, &mut resume);
+        if fleet_resume.is_none() {
+            seed_run_ids(&root, &chain_name, &chain_view, &mut resume);
+        }
         log::info!(
             "{chain_name}: running as pid {} (run-chain {}, config {} digest {}){}",
             std::process::id(),

@@ -32,6 +32,10 @@ use crate::lock::lease::{Due, Fence, Lease, Lost, State, Term};
 use crate::signals::{Sig, Signals};
 use crate::store::pg::conn::{Conn, ConnError};
 use crate::store::pg::lease as sql;
+use crate::store::pg::write::{Identity, Pg};
+use crate::store::recorder::Remote;
+use crate::store::seam::Owner;
+use crate::store::{Op, Writer};
 use crate::sys;
 use crate::time::{self, Mono};
 
@@ -59,6 +63,61 @@ struct Shared {
     view: View,
     /// The last lease lost: (epoch, why).
     lost: Option<(i64, String)>,
+    /// What the fleet's store says to resume from, read at the acquire of this epoch.
+    resume: Option<(i64, FleetResume)>,
+    /// The start gate: the last gated batch done, and whether it committed (its ticket).
+    gate_done: u64,
+    gate_ok: u64,
+}
+
+/// What a new owner resumes from (stage 2): the chain's state as its last owner wrote
+/// it, the due time's distance from now on the database's clock, the last run id of
+/// each task in the runs, and whether that owner was on this host.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FleetResume {
+    pub(crate) state: Option<String>,
+    pub(crate) due_in_ms: Option<i64>,
+    pub(crate) run_ids: Vec<(String, u64)>,
+    pub(crate) same_host: bool,
+    /// When it was read (this host's monotonic clock).
+    pub(crate) read_at: Option<Mono>,
+}
+
+impl FleetResume {
+    /// The state to resume from, its due time moved onto this host's clocks.
+    pub(crate) fn to_state(&self, now: &crate::core::resume::Clocks) -> crate::core::resume::State {
+        let mut st: crate::core::resume::State = self
+            .state
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        let elapsed = self
+            .read_at
+            .map_or(0, |t| now.mono.saturating_sub(t).as_millis() as i64);
+        match self.due_in_ms {
+            Some(left) => {
+                let left = (left - elapsed).max(0) as u64;
+                st.due_wall_ms = Some(now.wall_ms + left);
+                st.due_mono_ns = Some((now.mono + Duration::from_millis(left)).as_nanos() as u64);
+                st.boot_id = now.boot_id.clone();
+            }
+            None => {
+                st.due_wall_ms = None;
+                st.due_mono_ns = None;
+            }
+        }
+        if !self.same_host {
+            // Another host's guardian cannot be waited for here.
+            st.guardian_pid = None;
+            st.guardian_start = None;
+            st.guardian_boot = None;
+        }
+        for (task, id) in &self.run_ids {
+            let e = st.run_ids.entry(task.clone()).or_insert(0);
+            *e = (*e).max(*id);
+        }
+        st
+    }
 }
 
 /// The view and the eventfd that says it changed.
@@ -95,6 +154,23 @@ impl Cell {
         }
     }
 
+    /// The start gate's batch `ticket` is done (`ok`: committed); wake the waiting loop.
+    fn gate(&self, ticket: u64, ok: bool) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.gate_done = s.gate_done.max(ticket);
+            if ok {
+                s.gate_ok = s.gate_ok.max(ticket);
+            }
+        }
+        sys::eventfd_signal(self.efd.as_raw_fd());
+    }
+
+    fn set_resume(&self, epoch: i64, r: FleetResume) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.resume = Some((epoch, r));
+        }
+    }
+
     fn set_lost(&self, epoch: i64, why: String) {
         if let Ok(mut s) = self.shared.lock() {
             s.lost = Some((epoch, why));
@@ -112,6 +188,16 @@ enum Cmd {
     },
     /// Release the lease if owned, leave the standbys, answer, end.
     Release(mpsc::Sender<bool>),
+    /// A batch of records, as `epoch`'s owner; `gate`: its ticket (the loop waits for it).
+    Write {
+        ops: Vec<Op>,
+        epoch: i64,
+        gate: Option<u64>,
+    },
+    /// The config's digest (for this process's `instances` row).
+    Digest(String),
+    /// Answer once everything before it is applied or dropped.
+    Sync(mpsc::Sender<()>),
 }
 
 /// What the DB thread is given.
@@ -139,6 +225,39 @@ pub(crate) struct Fleet {
     fenced: Fence,
     /// When the loop must look again (the fence's next step), on its clock.
     deadline: Option<Mono>,
+    /// The start gate's last ticket given.
+    tickets: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The recorder's side of the DB thread (see [`Remote`]).
+struct FleetRemote {
+    tx: mpsc::Sender<Cmd>,
+    epoch: i64,
+    lease: Duration,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Remote for FleetRemote {
+    fn send(&mut self, ops: Vec<Op>, gate: bool) -> Option<u64> {
+        let ticket = gate.then(|| self.next.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1);
+        let sent = self.tx.send(Cmd::Write {
+            ops,
+            epoch: self.epoch,
+            gate: ticket,
+        });
+        if sent.is_err() {
+            log::error!("fleet: the DB thread is gone: records dropped");
+        }
+        ticket
+    }
+
+    fn sync(&mut self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Cmd::Sync(tx)).is_ok() {
+            // Bounded: after a lease the records are fenced off anyway.
+            let _ = rx.recv_timeout(self.lease);
+        }
+    }
 }
 
 impl std::fmt::Debug for Fleet {
@@ -176,6 +295,9 @@ impl Fleet {
             shared: Mutex::new(Shared {
                 view: View::Starting,
                 lost: None,
+                resume: None,
+                gate_done: 0,
+                gate_ok: 0,
             }),
             efd,
         });
@@ -203,11 +325,83 @@ impl Fleet {
             lost_told: false,
             fenced: Fence::None,
             deadline: None,
+            tickets: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
     }
 
     pub(crate) fn lease(&self) -> Duration {
         self.lease
+    }
+
+    /// The recorder's way to the DB thread while the chain runs under the epoch it
+    /// runs under now (`digest`: the config's).
+    pub(crate) fn remote(&self, digest: &str) -> Option<Box<dyn Remote>> {
+        let tx = self.tx.clone()?;
+        let epoch = self.running?;
+        let _ = tx.send(Cmd::Digest(digest.to_string()));
+        Some(Box::new(FleetRemote {
+            tx,
+            epoch,
+            lease: self.lease,
+            next: Arc::clone(&self.tickets),
+        }))
+    }
+
+    /// What the fleet's store says to resume from, read when this epoch was acquired.
+    pub(crate) fn take_resume(&self) -> Option<FleetResume> {
+        let epoch = self.running?;
+        let mut s = self.cell.shared.lock().ok()?;
+        match s.resume.take() {
+            Some((e, r)) if e == epoch => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The start gate: wait until the batch of `ticket` is committed (Ok) or dropped,
+    /// fenced or failed (Err: the run must not start), at most until the fence's TERM
+    /// deadline; then the lease must still allow a start.
+    pub(crate) fn wait_commit(&mut self, ticket: u64) -> std::result::Result<(), String> {
+        loop {
+            // The fence's TERM deadline of the epoch the chain runs under (it moves with
+            // each renew).
+            let limit = match (self.running, self.cell.view()) {
+                (Some(e), View::Owner(t)) if t.epoch == e => t.term_at(self.lease),
+                _ => return Err("the lease is no longer this instance's".into()),
+            };
+            let (done, ok) = match self.cell.shared.lock() {
+                Ok(s) => (s.gate_done, s.gate_ok),
+                Err(_) => return Err("the DB thread is gone".into()),
+            };
+            if done >= ticket {
+                if ok < ticket {
+                    return Err(
+                        "its start record was not committed (fenced, or the database failed)"
+                            .into(),
+                    );
+                }
+                break;
+            }
+            let now = sys::boot_now();
+            if now >= limit {
+                return Err(
+                    "its start record was not committed before the fence's deadline".into(),
+                );
+            }
+            let mut fds = [sys::pollfd(self.fd(), libc::POLLIN)];
+            if let Err(e) = sys::ppoll(&mut fds, Some(limit.saturating_sub(now))) {
+                return Err(format!("ppoll: {e}"));
+            }
+            if fds[0].revents != 0 {
+                sys::eventfd_drain(self.fd());
+            }
+        }
+        // A wake drained here may have been a change of the view: the loop looks again.
+        sys::eventfd_signal(self.fd());
+        if self.may_start() {
+            Ok(())
+        } else {
+            Err("the lease does not allow a start now".into())
+        }
     }
 
     pub(crate) fn host(&self) -> &str {
@@ -612,8 +806,31 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             let _ = reply.send(false);
             return;
         }
-        Err(_) => return,
+        Ok(Cmd::Sync(reply)) => {
+            let _ = reply.send(());
+            return;
+        }
+        Ok(Cmd::Write { .. } | Cmd::Digest(_)) | Err(_) => return,
     };
+    let mut writes = Writes {
+        w: Writer::with(
+            Pg::new(
+                Identity {
+                    host: setup.cfg.host.clone(),
+                    pid: std::process::id(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    config_digest: String::new(),
+                },
+                stmt,
+                setup.cfg.display_url.clone(),
+            ),
+            Owner::Local,
+        ),
+        chain: chain.to_string(),
+        holder: setup.holder.clone(),
+    };
+    let mut pred_seen: Option<sql::Predecessor> = None;
+    let mut took_over = false;
     let once_until = sys::boot_now() + lease_len;
     let mut lease = Lease::new(lease_len, sys::boot_now());
     let mut row_ready = false;
@@ -625,8 +842,21 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Due::Acquire(t) | Due::Renew(t) => t,
             Due::Lost => now,
         };
-        match rx.recv_timeout(at.saturating_sub(now)) {
+        let mut wait = at.saturating_sub(now);
+        if let Some(r) = writes.w.retry_at() {
+            wait = wait.min(r.saturating_sub(time::mono_now()));
+        }
+        let mut write_cmd = None;
+        match rx.recv_timeout(wait) {
+            Ok(Cmd::Write { ops, epoch, gate }) => write_cmd = Some((ops, epoch, gate)),
+            Ok(Cmd::Digest(d)) => writes.w.store_mut().set_digest(d),
+            Ok(Cmd::Sync(reply)) => {
+                writes.retry(&mut conn, &setup.cfg, stmt);
+                let _ = reply.send(());
+            }
             Ok(Cmd::Release(reply)) => {
+                // What is queued goes first, under the lease it was written under.
+                writes.retry(&mut conn, &setup.cfg, stmt);
                 let mut released = false;
                 if let (Some(c), Some(t)) = (&conn, lease.term()) {
                     match sql::release(c, &me, t.epoch, stmt) {
@@ -651,7 +881,10 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 return;
             }
             Ok(Cmd::Go { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                writes.retry(&mut conn, &setup.cfg, stmt);
+                return;
+            }
         }
         let now = sys::boot_now();
         match lease.due(now) {
@@ -671,6 +904,8 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                                 me.host
                             );
                             lease.acquired(epoch, now);
+                            took_over = true;
+                            pred_seen = None;
                             return Ok(None);
                         }
                         log::info!(
@@ -694,6 +929,8 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                             me.host
                         );
                         lease.acquired(epoch, now);
+                        took_over = false;
+                        pred_seen = Some(pred);
                         return Ok(None);
                     }
                     let held = sql::read(c, chain, stmt).map_err(|e| e.to_string())?;
@@ -721,6 +958,17 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                             }
                         }
                         if let Some(t) = lease.term() {
+                            // Stage 2: close what the previous owner left open, read
+                            // where to resume, then let the loop run.
+                            let r = writes.after_acquire(
+                                &mut conn,
+                                &setup.cfg,
+                                stmt,
+                                t.epoch,
+                                pred_seen.take(),
+                                took_over,
+                            );
+                            cell.set_resume(t.epoch, r);
                             cell.publish(View::Owner(t));
                         }
                     }
@@ -820,6 +1068,157 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 }
             }
             _ => {}
+        }
+        // The records, after the lease's own statement (the renew goes first).
+        if let Some((ops, epoch, gate)) = write_cmd {
+            writes.apply(&mut conn, &setup.cfg, stmt, ops, epoch, gate, cell);
+        }
+    }
+}
+
+/// The write side on the DB thread: the queue and its back-off over the fenced [`Pg`],
+/// lent the thread's connection for each batch.
+struct Writes {
+    w: Writer<Pg>,
+    chain: String,
+    holder: String,
+}
+
+impl Writes {
+    fn owner(&self, epoch: i64) -> Owner {
+        Owner::Lease {
+            chain: self.chain.clone(),
+            holder: self.holder.clone(),
+            epoch,
+        }
+    }
+
+    /// Flush with the thread's connection (made again if there is none).
+    fn with_conn(
+        &mut self,
+        conn: &mut Option<Conn>,
+        cfg: &FleetConfig,
+        stmt: Duration,
+        f: impl FnOnce(&mut Writer<Pg>),
+    ) {
+        let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+        self.w.store_mut().lend(conn.take());
+        f(&mut self.w);
+        *conn = self.w.store_mut().take_conn();
+    }
+
+    /// Try what is queued again (at its back-off, a sync, a release, the end).
+    fn retry(&mut self, conn: &mut Option<Conn>, cfg: &FleetConfig, stmt: Duration) {
+        if self.w.pending() == 0 {
+            return;
+        }
+        self.with_conn(conn, cfg, stmt, |w| w.flush(time::mono_now()));
+    }
+
+    /// One batch of the recorder as `epoch`'s owner; a gated one is tried now whatever
+    /// the back-off, and forgotten if it does not commit (its run does not start).
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        conn: &mut Option<Conn>,
+        cfg: &FleetConfig,
+        stmt: Duration,
+        ops: Vec<Op>,
+        epoch: i64,
+        gate: Option<u64>,
+        cell: &Cell,
+    ) {
+        let owner = self.owner(epoch);
+        self.w.set_owner(owner);
+        let n = ops.len();
+        let fenced_before = self.w.fenced();
+        let started = time::mono_now();
+        self.with_conn(conn, cfg, stmt, |w| {
+            let now = time::mono_now();
+            w.begin_batch();
+            for op in ops {
+                w.push(now, op);
+            }
+            if gate.is_some() {
+                w.flush(now);
+            }
+            w.end_batch(now);
+        });
+        if let Some(ticket) = gate {
+            let ok = self.w.pending() == 0 && self.w.fenced() == fenced_before;
+            if !ok {
+                self.w.forget_last(n);
+            }
+            log::debug!(
+                "{}: fleet: gated batch {ticket} ({n} records) {} in {} µs",
+                self.chain,
+                if ok { "committed" } else { "NOT committed" },
+                time::mono_now().saturating_sub(started).as_micros()
+            );
+            cell.gate(ticket, ok);
+        }
+    }
+
+    /// At an acquire of `epoch`: close the runs an expired predecessor left open (ended
+    /// at its lease's expiry, the error naming it), in this owner's first batch; then read
+    /// where to resume from.
+    fn after_acquire(
+        &mut self,
+        conn: &mut Option<Conn>,
+        cfg: &FleetConfig,
+        stmt: Duration,
+        epoch: i64,
+        pred: Option<sql::Predecessor>,
+        took_over: bool,
+    ) -> FleetResume {
+        let owner = self.owner(epoch);
+        self.w.set_owner(owner);
+        let mut same_host = took_over;
+        if let Some(p) = &pred {
+            same_host = p.host.as_deref() == Some(cfg.host.as_str());
+            if let (Some(_), Some(stop)) = (&p.holder, p.expires_ms) {
+                let host = p.host.clone().unwrap_or_else(|| "?".into());
+                let op = Op::Interrupted {
+                    chain: self.chain.clone(),
+                    stop_ms: u64::try_from(stop).unwrap_or(0),
+                    error: format!(
+                        "the chain's owner, host {host} (epoch {}), died or lost its lease during the run; stop is when its lease expired",
+                        p.epoch
+                    ),
+                };
+                self.with_conn(conn, cfg, stmt, |w| w.push(time::mono_now(), op));
+            }
+        }
+        let chain = self.chain.clone();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+            let read = match conn.as_ref() {
+                Some(c) => crate::store::pg::write::read_resume(c, &chain, stmt),
+                None => Err("not connected".into()),
+            };
+            match read {
+                Ok((state, due_in_ms, run_ids)) => {
+                    return FleetResume {
+                        state,
+                        due_in_ms,
+                        run_ids,
+                        same_host,
+                        read_at: Some(time::mono_now()),
+                    }
+                }
+                Err(e) if tries >= 3 => {
+                    log::error!(
+                        "{chain}: fleet: cannot read where to resume from ({e}); starting from the chain's beginning, run ids from 1 where none is known"
+                    );
+                    return FleetResume {
+                        same_host,
+                        ..FleetResume::default()
+                    };
+                }
+                Err(_) => *conn = None,
+            }
         }
     }
 }

@@ -121,14 +121,16 @@ impl Driver {
         chain: Chain,
         signals: Signals,
         guardian: Guardian,
-        ownership: Ownership,
+        mut ownership: Ownership,
         base_state: State,
     ) -> Driver {
         let instance = store::Instance::this_process(&config.digest);
-        let store = Recorder::start(
-            &chain_name,
-            Store::owned_by(&run_root, instance, ownership.token()),
-        );
+        let local = Store::owned_by(&run_root, instance, ownership.token());
+        // In the fleet the records go to the DB thread (fenced by the lease), none to SQLite.
+        let store = match ownership.fleet_mut().and_then(|f| f.remote(&config.digest)) {
+            Some(remote) => Recorder::remote(&chain_name, local, remote),
+            None => Recorder::start(&chain_name, local),
+        };
         let max_per_hour = email_or_default(&config).max_alerts_per_hour;
         let host = sys::hostname();
         let sup = Supervisor::new(
@@ -630,6 +632,30 @@ impl Driver {
         let (cur, task) = self.sup.begin_run(now, index, run_id);
         self.tail.reset(task.keep_output);
         self.output_flush.start();
+        // The fleet's start gate: the run's start record (with what this feed recorded
+        // before it) is committed, fenced, before the task is spawned; else it does not
+        // start.
+        if let Some(ticket) = self.store.start_gated(cur) {
+            let asked = time::mono_now();
+            let gate = match self.ownership.fleet_mut() {
+                Some(f) => f.wait_commit(ticket),
+                None => Err("no lease".into()),
+            };
+            log::debug!(
+                "{}: fleet: {} run {run_id}: start record gate {} µs",
+                self.chain_name,
+                task.name,
+                time::mono_now().saturating_sub(asked).as_micros()
+            );
+            if let Err(why) = gate {
+                log::warn!(
+                    "{}: fleet: {} run {run_id} not started: {why}",
+                    self.chain_name,
+                    task.name
+                );
+                return Event::Chain(chain::Event::SpawnFailed(format!("not started: {why}")));
+            }
+        }
         // The start latency at the resolution of the clock (for the debug log only).
         let spawn_at = time::mono_now();
         match self.running.spawn(index, cur, task.timing.kill_grace) {

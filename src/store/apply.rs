@@ -286,6 +286,8 @@ pub(super) fn apply(
         // Applied by the SQLite store itself, with the dead instance's identity (see
         // `killed::apply_killed`).
         Op::Killed(_) => debug_assert!(false, "Op::Killed goes to apply_killed"),
+        // The fleet's store only (see their doc).
+        Op::State { .. } | Op::Interrupted { .. } => {}
         Op::Alert { chain, task, kind } => {
             let sid = series_id(tx, cache, chain, task)?;
             tx.prepare_cached(

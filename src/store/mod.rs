@@ -233,6 +233,24 @@ pub enum Op {
         task: String,
         kind: &'static str,
     },
+    /// The chain's resume state (the JSON that CHAIN.state holds on one host) and when
+    /// its next task is due (Unix ms on this host's clock), for the fleet's store only
+    /// (`run_chain.chain_state`, the due time kept on the database's clock): the next
+    /// owner resumes from it. Only the newest of a queue matters. SQLite ignores it
+    /// (CHAIN.state is the file beside it).
+    State {
+        chain: String,
+        json: String,
+        due_wall_ms: Option<u64>,
+    },
+    /// The fleet's store only: runs of `chain` still open when this owner acquired the
+    /// lease are `interrupted`, ended at `stop_ms` (the previous owner's lease expiry) with
+    /// `error` naming that owner (its host and epoch). SQLite ignores it.
+    Interrupted {
+        chain: String,
+        stop_ms: u64,
+        error: String,
+    },
 }
 
 /// The `error` of a run closed by the next launch because nobody recorded its end.

@@ -46,6 +46,17 @@ pub(crate) const HOLD: std::time::Duration = std::time::Duration::from_millis(2)
 /// How long a run's start may wait for the run's end (see the module's text).
 pub(crate) const START_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// The fleet's DB thread, as the recorder sees it (built by `lock::fleet`, which may use
+/// the store; the store may not use the lock): batches handed over in order, each
+/// applied in one fenced transaction.
+pub(crate) trait Remote: Send {
+    /// Hand `ops` over as one batch. With `gate`, the caller waits for its commit: its
+    /// ticket (see `lock::fleet::Fleet::wait_commit`).
+    fn send(&mut self, ops: Vec<Op>, gate: bool) -> Option<u64>;
+    /// Wait (up to a bound of its own) until what was handed over is applied or dropped.
+    fn sync(&mut self);
+}
+
 enum Msg {
     /// Write these, in one transaction.
     Ops(Vec<Op>),
@@ -75,6 +86,8 @@ pub(crate) struct Recorder {
     finished: bool,
     /// The store's [`Store::copying`]: a checkpoint runs with no record waiting.
     copying: Arc<AtomicBool>,
+    /// Fleet mode: every batch goes to the fleet's DB thread, none to SQLite.
+    remote: Option<Box<dyn Remote>>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -140,6 +153,71 @@ impl Recorder {
             sent_at: None,
             finished: false,
             copying,
+            remote: None,
+        }
+    }
+
+    /// The recorder of a chain in the fleet: batches go to `remote` (the DB thread), in
+    /// order, as they come (nothing is held: a start's record is waited for anyway).
+    /// `store` is not opened nor written (it is kept for the type only).
+    pub(crate) fn remote(chain: &str, store: Store, remote: Box<dyn Remote>) -> Recorder {
+        let copying = store.copying();
+        Recorder {
+            chain: chain.to_string(),
+            store: Arc::new(Mutex::new(store)),
+            tx: None,
+            thread: None,
+            queued: Arc::new(AtomicUsize::new(0)),
+            batch: Vec::new(),
+            batching: false,
+            held: Vec::new(),
+            held_due: None,
+            sent_at: None,
+            finished: false,
+            copying,
+            remote: Some(remote),
+        }
+    }
+
+    /// Whether the records go to the fleet's store.
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The fleet's start gate: hand over what is batched and held with the start record
+    /// of `cur` (no PID yet), as one batch whose commit the caller waits for: its ticket.
+    /// None without a remote.
+    pub(crate) fn start_gated(&mut self, cur: &Current) -> Option<u64> {
+        let remote = self.remote.as_mut()?;
+        let mut all = std::mem::take(&mut self.held);
+        all.append(&mut self.batch);
+        self.held_due = None;
+        all.push(Op::Start(RunStart {
+            chain: self.chain.clone(),
+            task: cur.task.clone(),
+            run_id: cur.run_id,
+            scheduled_ms: cur.scheduled_ms,
+            start_ms: cur.start_ms,
+            task_pid: None,
+            trigger: cur.trigger.as_str(),
+            requested_by: cur.requested_by.clone(),
+        }));
+        remote.send(all, true)
+    }
+
+    /// The chain's resume state, for the fleet's store (nothing without a remote: SQLite
+    /// has CHAIN.state beside it).
+    pub(crate) fn state(&mut self, json: Option<String>, due_wall_ms: Option<u64>) {
+        if self.remote.is_none() {
+            return;
+        }
+        if let Some(json) = json {
+            let chain = self.chain.clone();
+            self.push(Op::State {
+                chain,
+                json,
+                due_wall_ms,
+            });
         }
     }
 
@@ -244,6 +322,10 @@ impl Recorder {
     pub(crate) fn end_batch(&mut self, now: Mono, idle: bool) {
         self.batching = false;
         let ops = std::mem::take(&mut self.batch);
+        if self.remote.is_some() {
+            self.send_ops(now, ops, false);
+            return;
+        }
         if idle {
             self.send_ops(now, ops, true);
             return;
@@ -307,6 +389,10 @@ impl Recorder {
         self.held_due = None;
         self.sent_at = Some(now);
         if all.is_empty() {
+            return;
+        }
+        if let Some(remote) = self.remote.as_mut() {
+            remote.send(all, false);
             return;
         }
         if in_line && self.tx.is_some() && self.queued.load(Ordering::Acquire) == 0 {
@@ -377,6 +463,10 @@ impl Recorder {
         let ops = std::mem::take(&mut self.batch);
         if !ops.is_empty() || !self.held.is_empty() {
             self.send_ops(time::mono_now(), ops, true);
+        }
+        if let Some(remote) = self.remote.as_mut() {
+            remote.sync();
+            return;
         }
         if self.tx.is_some() && self.queued.load(Ordering::Acquire) == 0 {
             let guard = match self.store.try_lock() {

@@ -1,7 +1,8 @@
 //! The write side of the seam: what a store implementation offers the write queue
 //! ([`super::writer::Writer`]), which is written once over it. The SQLite store
 //! (`sqlite::Sqlite`) is the one in use; an in-memory one (`memory`) drives
-//! the queue's unit tests; a shared (PostgreSQL) one is to be one more file beside them.
+//! the queue's unit tests; the fleet's PostgreSQL one (`pg::write::Pg`) is written by the
+//! chain's DB thread (`lock::fleet`), every batch fenced by the lease.
 
 use super::Op;
 
@@ -13,6 +14,14 @@ use super::Op;
 pub enum Owner {
     /// The chain's lock file (SQLite in RUN_ROOT).
     Local,
+    /// The fleet's lease on `chain` as (`holder`, `epoch`): every batch is applied only
+    /// while the lease row still says so and is unexpired (`run_chain.fence`), else it is
+    /// [`WriteError::Fenced`].
+    Lease {
+        chain: String,
+        holder: String,
+        epoch: i64,
+    },
 }
 
 /// Why a batch was not applied. Nothing of it was (one transaction).

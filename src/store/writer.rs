@@ -189,6 +189,11 @@ impl<W: StoreWrite> Writer<W> {
                     if c == chain && t == task && r == run_id)
             });
         }
+        if let Op::State { chain, .. } = &op {
+            // Only the newest state of a chain matters.
+            self.queue
+                .retain(|o| !matches!(o, Op::State { chain: c, .. } if c == chain));
+        }
         self.queue.push_back(op);
         if self.batching {
             return;
@@ -210,6 +215,47 @@ impl<W: StoreWrite> Writer<W> {
     /// Ops waiting to be written.
     pub fn pending(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The store written to (the fleet's DB thread lends it its connection).
+    pub(crate) fn store_mut(&mut self) -> &mut W {
+        &mut self.store
+    }
+
+    /// Records dropped so far because the store fenced them off.
+    pub(crate) fn fenced(&self) -> u64 {
+        self.fenced
+    }
+
+    /// Forget the newest `n` ops queued (a batch whose commit was waited for and did not
+    /// come: the fleet's start gate; the run does not start, so its records must not be
+    /// written later).
+    pub(crate) fn forget_last(&mut self, n: usize) {
+        let keep = self.queue.len().saturating_sub(n);
+        self.queue.truncate(keep);
+    }
+
+    /// Write as `owner` from now on (the fleet: a new epoch). What is queued under the
+    /// previous owner can only be fenced off: it is counted and dropped.
+    pub(crate) fn set_owner(&mut self, owner: Owner) {
+        if self.owner == owner {
+            return;
+        }
+        if !self.queue.is_empty() && self.owner != Owner::Local {
+            let n = self.queue.len();
+            self.fenced += n as u64;
+            log::error!(
+                "store {}: {n} records of the previous lease dropped ({} in all)",
+                self.store.describe(),
+                self.fenced
+            );
+        }
+        self.queue.clear();
+        self.failing = None;
+        self.failing_since = None;
+        self.retry_at = None;
+        self.backoff = RETRY_FIRST;
+        self.owner = owner;
     }
 
     /// Write everything queued, in one transaction. On failure keep it all queued (but
@@ -338,6 +384,8 @@ mod tests {
             Op::CloseOpen { .. } => ("close-open", 0),
             Op::Alert { .. } => ("alert", 0),
             Op::Killed(k) => ("killed", k.run_id),
+            Op::State { .. } => ("state", 0),
+            Op::Interrupted { .. } => ("interrupted", 0),
         }
     }
 

@@ -98,5 +98,13 @@ impl Driver {
             .sup
             .state(now, &self.names, running, running_group, &extras);
         self.state_file.save_reported(&self.chain_name, &st);
+        // The fleet: the same state, in the fleet's store (the next owner resumes from it).
+        if self.store.is_remote() {
+            let due = match &st {
+                crate::core::supervisor::StateToSave::Forever(v) => v.due_wall_ms,
+                crate::core::supervisor::StateToSave::Once(s) => s.due_wall_ms,
+            };
+            self.store.state(serde_json::to_string(&st).ok(), due);
+        }
     }
 }

@@ -5,9 +5,11 @@
 //! - `guard`: SCRAM only unless the server is authenticated by verified TLS;
 //! - `schema`: the `run_chain` schema, created and migrated by run-chain, and the
 //!   refusal to touch a database that is not run-chain's.
+//! - `write`: the fenced write side (`Pg: StoreWrite`), driven by the DB thread;
 
 pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod lease;
 pub(crate) mod reader;
 pub(crate) mod schema;
+pub(crate) mod write;
