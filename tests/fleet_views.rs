@@ -343,6 +343,39 @@ fn every_host_sees_both_chains_owners_standbys_and_metrics_count_each_run_once()
     assert_eq!(runs_of(&s2, "a"), 0.0, "{m2}");
     assert!(!m3.contains("run_chain_runs_total{"), "{m3}");
     assert!(!m3.contains("run_chain_owner{"), "{m3}");
+    assert!(
+        runs_of(&s1, "a") >= 2.0 && runs_of(&s2, "b") >= 2.0,
+        "{m1}\n{m2}"
+    );
+
+    // history and log on h2 (and h3) read the fleet's store: runs of a made on h1, with
+    // the host that ran them.
+    for env in [&h2, &h3] {
+        let out = env.sub(&["history", "a", "--json"]);
+        out.assert_code(0);
+        let runs: Value = serde_json::from_str(&out.stdout).expect("history --json");
+        let runs = runs.as_array().expect("an array");
+        assert!(runs.len() >= 2, "{runs:#?}");
+        assert!(
+            runs.iter().all(|r| r["host"] == "h1" && r["chain"] == "a"),
+            "{runs:#?}"
+        );
+        let done = runs
+            .iter()
+            .find(|r| r["outcome"] == "ok")
+            .expect("a finished run");
+        let id = done["run_id"].as_u64().expect("run id").to_string();
+        let log = env.sub(&["log", "a", &id]);
+        log.assert_code(0);
+        assert_eq!(log.stdout, "a\n", "log a {id}: {}", log.stderr);
+        let table = env.sub(&["history", "a"]);
+        table.assert_code(0);
+        assert!(table.stdout.contains("h1"), "{}", table.stdout);
+    }
+    // status on h3 counts a's runs from the fleet's store.
+    let doc = status_json(&h3);
+    let a = chain(&doc, "a");
+    assert!(a["tasks"][0]["runs"].as_u64().unwrap_or(0) >= 2, "{a:#}");
 
     // serve --fleet (on h3, which runs nothing): every chain's owner; its runs as recorded.
     let (_serve, addr) = start_serve(&h3, "127.0.0.1", &["--fleet"]);
@@ -367,6 +400,11 @@ fn every_host_sees_both_chains_owners_standbys_and_metrics_count_each_run_once()
     assert_eq!(
         value(&sf, "run_chain_standby", "chain=b,host=h1"),
         Some(1.0),
+        "{mf}"
+    );
+    // The whole fleet's runs, from the fleet's store: at least what each owner exported.
+    assert!(
+        runs_of(&sf, "a") >= runs_of(&s1, "a") && runs_of(&sf, "b") >= runs_of(&s2, "b"),
         "{mf}"
     );
     // Each run once across the hosts' scrapes (h1 + h2 + h3): every chain's runs on its owner only.

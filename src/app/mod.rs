@@ -70,11 +70,12 @@ pub fn main(cli: Cli) -> Result<u8> {
                 chain.as_deref(),
                 limit,
                 known,
+                fleet_config(&cli.common).as_ref(),
             )?;
             Ok(print(&if json {
                 view::history::json(&runs)
             } else {
-                view::history::text(&runs)
+                view::history::text(&runs, fleet_config(&cli.common).is_some())
             }))
         }
         Some(Command::Log {
@@ -87,6 +88,7 @@ pub fn main(cli: Cli) -> Result<u8> {
                 &task,
                 run_id,
                 chain.as_deref(),
+                fleet_config(&cli.common).as_ref(),
             )?;
             if let Some(notice) = v.notice() {
                 eprintln!("run-chain: {notice}");

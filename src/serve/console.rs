@@ -347,15 +347,19 @@ impl Console {
                 let Ok(id) = id.parse::<u64>() else {
                     return Ok(None);
                 };
-                Ok(pages::output(&self.run_root, chain, task, id, None)?
-                    .map(|o| answer(200, HTML, html::run(ctx, &o))))
+                Ok(
+                    pages::output(&self.run_root, chain, task, id, None, self.fleet_cfg())?
+                        .map(|o| answer(200, HTML, html::run(ctx, &o))),
+                )
             }),
             ["run", chain, task, id, "output.txt"] => self.named(&[chain, task], |_| {
                 let Ok(id) = id.parse::<u64>() else {
                     return Ok(None);
                 };
-                Ok(pages::raw_output(&self.run_root, chain, task, id)?
-                    .map(|(_, raw)| answer(200, TEXT, raw)))
+                Ok(
+                    pages::raw_output(&self.run_root, chain, task, id, self.fleet_cfg())?
+                        .map(|(_, raw)| answer(200, TEXT, raw)),
+                )
             }),
             ["api", "v1", "chains"] => {
                 crate::view::status::build_fleet(&self.run_root, self.fleet_cfg())
@@ -371,7 +375,15 @@ impl Console {
                     if !pages::has_task(&self.run_root, chain, task, self.fleet_cfg())? {
                         return Ok(None);
                     }
-                    let (runs, _) = pages::runs(&self.run_root, chain, task, before, None, limit)?;
+                    let (runs, _) = pages::runs(
+                        &self.run_root,
+                        chain,
+                        task,
+                        before,
+                        None,
+                        limit,
+                        self.fleet_cfg(),
+                    )?;
                     Ok(Some(answer(200, JSON, crate::view::history::json(&runs))))
                 })
             }
@@ -381,11 +393,13 @@ impl Console {
                 };
                 let from = query_u64(query, "from")?;
                 Ok(
-                    pages::output(&self.run_root, chain, task, id, from)?.map(|o| {
-                        let mut s = serde_json::to_string_pretty(&o).unwrap_or_default();
-                        s.push('\n');
-                        answer(200, JSON, s)
-                    }),
+                    pages::output(&self.run_root, chain, task, id, from, self.fleet_cfg())?.map(
+                        |o| {
+                            let mut s = serde_json::to_string_pretty(&o).unwrap_or_default();
+                            s.push('\n');
+                            answer(200, JSON, s)
+                        },
+                    ),
                 )
             }),
             _ => Ok(None),
@@ -532,7 +546,7 @@ impl Console {
                 // (queued, or started): wait for it (a few ms), so that the page the browser
                 // lands on shows the run rather than "not found". Past the bound, go anyway.
                 let recorded = || {
-                    pages::raw_output(&self.run_root, chain, task, a.run_id)
+                    pages::raw_output(&self.run_root, chain, task, a.run_id, self.fleet_cfg())
                         .is_ok_and(|r| r.is_some())
                 };
                 let until = std::time::Instant::now() + RECORDED_WAIT;

@@ -97,17 +97,29 @@ pub(crate) struct Fleet {
 /// Read the snapshot of `run_root`, and with `fleet` the fleet's leases (connecting from
 /// this thread, with a short timeout), scoped as [`scope_to_host`] says.
 pub(crate) fn collect_fleet(run_root: &Path, fleet: Option<&Fleet>) -> Result<Snapshot, String> {
-    let mut snap = collect(run_root)?;
-    if let Some(f) = fleet {
-        let rows = store::pg::reader::read(&f.cfg)
-            .map_err(|e| format!("cannot read the fleet's store: {e}"))?;
-        scope_to_host(&mut snap, rows, (!f.whole).then_some(f.cfg.host.as_str()));
-    }
+    let Some(f) = fleet else {
+        return collect(run_root);
+    };
+    // The records from the fleet's store when it keeps them (else from RUN_ROOT), and the
+    // leases through the same connection.
+    let conn = crate::view::runs::open_reader(run_root, Some(&f.cfg)).map_err(|e| e.to_string())?;
+    let rows = match conn.as_ref().and_then(|c| c.fleet(f.cfg.lease)) {
+        Some(rows) => rows.map_err(|e| format!("cannot read the fleet's store: {e}"))?,
+        None => store::pg::reader::read(&f.cfg)
+            .map_err(|e| format!("cannot read the fleet's store: {e}"))?,
+    };
+    let mut snap = collect_with(run_root, conn)?;
+    scope_to_host(&mut snap, rows, (!f.whole).then_some(f.cfg.host.as_str()));
     Ok(snap)
 }
 
 /// Read the snapshot of `run_root`.
 pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
+    collect_with(run_root, store::open_read(run_root)?)
+}
+
+/// The snapshot of `run_root`'s chains, with the records of `conn`.
+fn collect_with(run_root: &Path, conn: Option<store::Reader>) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
     if let Ok(names) = crate::lock::holders::chains(run_root) {
         let up = crate::lock::holders::holders(run_root, &names);
@@ -115,7 +127,7 @@ pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
             snap.chains.insert(c, holder.is_some());
         }
     }
-    let Some(conn) = store::open_read(run_root)? else {
+    let Some(conn) = conn else {
         return Ok(snap);
     };
     let err =

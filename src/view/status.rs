@@ -200,13 +200,18 @@ fn written_by_another_instance(st: &resume::State, holder: i32) -> bool {
 
 /// The status of every chain in `run_root` (none when it does not exist yet).
 pub(crate) fn build(run_root: &Path) -> Result<StatusView> {
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    build_with(run_root, conn.as_ref())
+}
+
+/// The status of every chain in `run_root`, with the aggregates `conn` has.
+fn build_with(run_root: &Path, conn: Option<&store::Reader>) -> Result<StatusView> {
     let names = if run_root.exists() {
         chains(run_root)?
     } else {
         Vec::new()
     };
-    let conn = store::open_read(run_root).map_err(Error::Internal)?;
-    let series = match &conn {
+    let series = match conn {
         Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
         None => Vec::new(),
     };
@@ -254,10 +259,23 @@ pub(crate) fn build_fleet(
     run_root: &Path,
     fleet: Option<&crate::config::FleetConfig>,
 ) -> Result<StatusView> {
-    let mut v = build(run_root)?;
-    if let Some(cfg) = fleet {
-        merge_fleet(&mut v, &fleet_rows(cfg)?);
-    }
+    let Some(cfg) = fleet else {
+        return build(run_root);
+    };
+    let conn = super::runs::open_reader(run_root, Some(cfg))?;
+    let mut v = build_with(run_root, conn.as_ref())?;
+    // One connection for the records and the leases, when the fleet's store keeps both.
+    let rows = match conn.as_ref().and_then(|c| c.fleet(cfg.lease)) {
+        Some(rows) => {
+            rows.map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}")))?
+        }
+        None => fleet_rows(cfg)?,
+    };
+    let series = match &conn {
+        Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
+        None => Vec::new(),
+    };
+    merge_fleet(&mut v, &rows, &series);
     Ok(v)
 }
 
@@ -265,11 +283,7 @@ pub(crate) fn build_fleet(
 /// timeout. A database that refuses us (password, not run-chain's) is a config error (78);
 /// one that does not answer is an internal error (70), as a store that cannot be read.
 pub(crate) fn fleet_rows(cfg: &crate::config::FleetConfig) -> Result<FleetRows> {
-    use crate::store::pg::conn::ConnError;
-    crate::store::pg::reader::read(cfg).map_err(|e| match e {
-        ConnError::Refused(m) => Error::Config(format!("[store]: {m}")),
-        ConnError::Unreachable(m) => Error::Internal(format!("cannot read the fleet's store: {m}")),
-    })
+    crate::store::pg::reader::read(cfg).map_err(super::runs::fleet_error)
 }
 
 /// Add the fleet to a RUN_ROOT's status (pure): every chain of the fleet's store, each
@@ -277,7 +291,7 @@ pub(crate) fn fleet_rows(cfg: &crate::config::FleetConfig) -> Result<FleetRows> 
 /// RUN_ROOT keeps its local facts (pid, up, what its instance here does); one with no
 /// instance up here shows what the fleet's store says it does (its state, while a host
 /// holds its lease; else `down`). Chains stay in name order.
-pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows) {
+pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows, series: &[SeriesRow]) {
     for c in &mut v.chains {
         let Some(r) = rows.chains.get(&c.chain) else {
             continue;
@@ -304,7 +318,8 @@ pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows) {
         }
         let st = remote_state(r);
         let empty = resume::State::default();
-        let mut c = chain_view(name, None, st.as_ref().unwrap_or(&empty), false, &[]);
+        let mine: Vec<&SeriesRow> = series.iter().filter(|s| &s.chain == name).collect();
+        let mut c = chain_view(name, None, st.as_ref().unwrap_or(&empty), false, &mine);
         c.now = remote_now(r, st.as_ref());
         let mut f = FleetView {
             epoch: None,
