@@ -454,6 +454,19 @@ fn status_of_200_chains_over_3_hosts_timed() {
     let h1 = host(pg, "h1", &url);
     // One run makes the schema.
     h1.run(&["--once", "a"]).assert_code(0);
+    // The fixed cost (connect with SCRAM, the schema check, the reads) with one chain.
+    let mut few = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        h1.sub(&["status", "--json"]).assert_code(0);
+        few.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    few.sort_by(f64::total_cmp);
+    println!(
+        "status --json of 1 chain (fleet), debug build, 10 runs: p50 {:.1} ms, max {:.1} ms",
+        few[few.len() / 2],
+        few[few.len() - 1]
+    );
     pg.psql(
         &db,
         "INSERT INTO run_chain.leases (chain, holder, host, epoch, acquired_at, renewed_at, expires_at)
