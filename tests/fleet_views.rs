@@ -494,3 +494,31 @@ fn status_of_200_chains_over_3_hosts_timed() {
         p(1.0)
     );
 }
+
+#[test]
+fn an_unreachable_or_refusing_store_is_a_clear_error_naming_the_url_without_its_secret() {
+    let pg = Pg::shared();
+    // Nothing listens on port 1: 70 (the store cannot be read), naming the redacted URL.
+    let env = host(pg, "h1", "postgresql://runchain@127.0.0.1:1/nothing");
+    for args in [&["status"][..], &["metrics"][..], &["history", "a"][..]] {
+        let out = env.sub(args);
+        out.assert_code(70);
+        assert!(
+            out.stderr.contains("cannot read the fleet's store")
+                && out.stderr.contains("runchain@127.0.0.1:1/nothing"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // A wrong password: 78, as at a launch; the password is not shown.
+    let (_db, url) = pg.fresh_database("views_refused");
+    let env = host(pg, "h1", &url);
+    std::fs::write(env.path("pw"), "wrong-secret\n").expect("write pw");
+    let out = env.sub(&["status"]);
+    out.assert_code(78);
+    assert!(
+        out.stderr.contains("[store]") && !out.stderr.contains("wrong-secret"),
+        "{}",
+        out.stderr
+    );
+}
