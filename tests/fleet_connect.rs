@@ -509,13 +509,13 @@ fn a_server_without_tls() {
 fn check_reports_the_schema_version() {
     let pg = Pg::shared();
     for (version, code, needle) in [
-        (1, 0, "# store: schema version 1 (current)"),
+        (2, 0, "# store: schema version 2 (current)"),
         (
+            1,
             0,
-            0,
-            "# store: schema version 0 (migrated to 1 at the next launch)",
+            "# store: schema version 1 (migrated to 2 at the next launch)",
         ),
-        (99, 78, "version 99, newer than this run-chain (1)"),
+        (99, 78, "version 99, newer than this run-chain (2)"),
     ] {
         let (db, url) = pg.fresh_database("version");
         pg.psql(

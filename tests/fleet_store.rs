@@ -166,8 +166,11 @@ command = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo line$i; sleep 0
         "start gate (loop waits for the start record's commit), µs: {gates:?} (median {})",
         gates[gates.len() / 2]
     );
-    let batches: Vec<&str> = log.lines().filter(|l| l.contains("gated batch")).collect();
-    eprintln!("gated batches: {batches:#?}");
+    let batches: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("gated batch") || l.contains(" statements"))
+        .collect();
+    eprintln!("batches: {batches:#?}");
 }
 
 /// A kill -9 of the owner mid-run: the next owner closes that run as interrupted at the old

@@ -829,6 +829,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         chain: chain.to_string(),
         holder: setup.holder.clone(),
     };
+    writes.w.set_cap(BATCH_CAP);
     let mut pred_seen: Option<sql::Predecessor> = None;
     let mut took_over = false;
     let once_until = sys::boot_now() + lease_len;
@@ -845,6 +846,9 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         let mut wait = at.saturating_sub(now);
         if let Some(r) = writes.w.retry_at() {
             wait = wait.min(r.saturating_sub(time::mono_now()));
+        }
+        if writes.w.more_now() {
+            wait = Duration::ZERO;
         }
         let mut write_cmd = None;
         match rx.recv_timeout(wait) {
@@ -1072,9 +1076,17 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         // The records, after the lease's own statement (the renew goes first).
         if let Some((ops, epoch, gate)) = write_cmd {
             writes.apply(&mut conn, &setup.cfg, stmt, ops, epoch, gate, cell);
+        } else if writes.w.more_now() || writes.w.retry_at().is_some_and(|r| r <= time::mono_now())
+        {
+            writes.retry(&mut conn, &setup.cfg, stmt);
         }
     }
 }
+
+/// At most this many records per transaction: a batch of a few statements per record,
+/// each a round trip, must leave the renew its turn (a backlog after an outage goes in
+/// several transactions, the renew between them).
+const BATCH_CAP: usize = 64;
 
 /// The write side on the DB thread: the queue and its back-off over the fenced [`Pg`],
 /// lent the thread's connection for each batch.
@@ -1133,6 +1145,7 @@ impl Writes {
         let n = ops.len();
         let fenced_before = self.w.fenced();
         let started = time::mono_now();
+        let statements = self.w.store_mut().statements;
         self.with_conn(conn, cfg, stmt, |w| {
             let now = time::mono_now();
             w.begin_batch();
@@ -1144,6 +1157,11 @@ impl Writes {
             }
             w.end_batch(now);
         });
+        log::debug!(
+            "{}: fleet: batch of {n} records: {} statements",
+            self.chain,
+            self.w.store_mut().statements - statements
+        );
         if let Some(ticket) = gate {
             let ok = self.w.pending() == 0 && self.w.fenced() == fenced_before;
             if !ok {

@@ -43,6 +43,9 @@ pub struct Writer<W> {
     fenced: u64,
     /// Inside [`Writer::begin_batch`]: queue only; the batch ends with one transaction.
     batching: bool,
+    /// At most this many ops per transaction (the fleet: a transaction must not hold the
+    /// DB thread, and so the lease's renew, for long); the rest waits for the next flush.
+    cap: usize,
 }
 
 impl Store {
@@ -142,6 +145,7 @@ impl<W: StoreWrite> Writer<W> {
             dropped: 0,
             fenced: 0,
             batching: false,
+            cap: usize::MAX,
         }
     }
 
@@ -325,13 +329,24 @@ impl<W: StoreWrite> Writer<W> {
         }
     }
 
-    /// Write everything queued, in one batch: how many were written.
+    /// Write everything queued (up to the cap), in one batch: how many were written.
     fn try_flush(&mut self) -> Result<usize, WriteError> {
-        let n = self.queue.len();
+        let n = self.queue.len().min(self.cap);
         self.store
-            .apply(self.queue.make_contiguous(), &self.owner)?;
-        self.queue.clear();
+            .apply(&self.queue.make_contiguous()[..n], &self.owner)?;
+        self.queue.drain(..n);
         Ok(n)
+    }
+
+    /// At most `cap` ops per transaction (see `cap`).
+    pub(crate) fn set_cap(&mut self, cap: usize) {
+        self.cap = cap.max(1);
+    }
+
+    /// Ops are queued, and not because the store is failing: flush again now (the cap
+    /// left them).
+    pub(crate) fn more_now(&self) -> bool {
+        !self.queue.is_empty() && self.retry_at.is_none()
     }
 }
 
