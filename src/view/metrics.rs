@@ -603,6 +603,115 @@ fn render_fleet(out: &mut String, rows: &FleetRows, host: Option<&str>) {
 mod tests {
     use super::*;
 
+    fn lease(chain: &str, owner: &str, standbys: &[&str]) -> crate::store::pg::reader::LeaseRow {
+        crate::store::pg::reader::LeaseRow {
+            chain: chain.into(),
+            host: Some(owner.into()),
+            epoch: 3,
+            expires_ms: Some(1_764_039_481_500),
+            held: true,
+            failovers: Some(1),
+            fenced_writes: Some(0),
+            standbys: standbys
+                .iter()
+                .map(|h| crate::store::pg::reader::StandbyRow {
+                    host: h.to_string(),
+                    seen_ms: 1,
+                })
+                .collect(),
+            state: None,
+        }
+    }
+
+    fn fleet_snapshot() -> (Snapshot, FleetRows) {
+        let mut snap = Snapshot::default();
+        for c in ["a", "b", "c"] {
+            snap.series.push(SeriesRow {
+                chain: c.into(),
+                task: "t".into(),
+                runs: 1,
+                ok: 1,
+                ..SeriesRow::default()
+            });
+            snap.chains.insert(c.into(), c != "c");
+        }
+        let mut rows = FleetRows::default();
+        // a: h1 owns it, h2 waits; b: h2 owns it, h1 waits; c: h2 owns it, nobody waits.
+        rows.chains.insert("a".into(), lease("a", "h1", &["h2"]));
+        rows.chains.insert("b".into(), lease("b", "h2", &["h1"]));
+        rows.chains.insert("c".into(), lease("c", "h2", &[]));
+        (snap, rows)
+    }
+
+    #[test]
+    fn a_host_exports_its_own_chains_and_the_standby_gauge_of_those_it_waits_for() {
+        let (mut snap, rows) = fleet_snapshot();
+        scope_to_host(&mut snap, rows, Some("h1"));
+        let t = render(&snap, None);
+        assert!(
+            t.contains("run_chain_owner{chain=\"a\",host=\"h1\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_standby{chain=\"b\",host=\"h1\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_runs_total{chain=\"a\",task=\"t\",result=\"ok\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_failovers_total{chain=\"a\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_lease_expiry_timestamp_seconds{chain=\"a\"} 1764039481.5\n"),
+            "{t}"
+        );
+        // Another host's chains: no runs, no owner, epoch or counters; c not at all.
+        assert!(!t.contains("chain=\"c\""), "{t}");
+        for family in [
+            "run_chain_runs_total",
+            "run_chain_owner",
+            "run_chain_lease_epoch",
+            "run_chain_failovers_total",
+        ] {
+            assert!(
+                !t.contains(&format!("{family}{{chain=\"b\"")),
+                "{family}: {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_whole_fleet_exports_every_chain() {
+        let (mut snap, rows) = fleet_snapshot();
+        scope_to_host(&mut snap, rows, None);
+        let t = render(&snap, None);
+        for (c, h) in [("a", "h1"), ("b", "h2"), ("c", "h2")] {
+            assert!(
+                t.contains(&format!(
+                    "run_chain_owner{{chain=\"{c}\",host=\"{h}\"}} 1\n"
+                )),
+                "{t}"
+            );
+            assert!(
+                t.contains(&format!(
+                    "run_chain_runs_total{{chain=\"{c}\",task=\"t\",result=\"ok\"}} 1\n"
+                )),
+                "{t}"
+            );
+        }
+        assert!(
+            t.contains("run_chain_standby{chain=\"a\",host=\"h2\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_standby{chain=\"b\",host=\"h1\"} 1\n"),
+            "{t}"
+        );
+    }
+
     #[test]
     fn quantile_labels_read_as_the_numbers() {
         for (q, label) in QUANTILES {
