@@ -181,6 +181,9 @@ pub enum Command {
         /// A host name the Host header may give besides loopback and the address listened on (repeatable)
         #[arg(long = "allow-host", value_name = "NAME")]
         allow_host: Vec<String>,
+        /// With a [store]: export every chain of the fleet at /metrics, not only this host's
+        #[arg(long)]
+        fleet: bool,
     },
     /// Send one test alert through the configured transport
     #[command(name = "mail-test")]

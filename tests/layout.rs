@@ -48,3 +48,32 @@ fn only_the_store_names_rusqlite() {
         "rusqlite named outside src/store/: {offenders:?}"
     );
 }
+
+/// Only `store/pg/` names tokio-postgres (`tokio_postgres`): the lease, the readers and the
+/// commands reach the fleet's database through `store::pg`'s functions, so that its rules
+/// (unnamed statements only, for PgBouncer) are kept in one folder.
+#[test]
+fn only_the_fleet_store_names_tokio_postgres() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut offenders = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                if path != src.join("store").join("pg") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                if text.contains("tokio_postgres") || text.contains("tokio-postgres") {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "tokio_postgres named outside src/store/pg/: {offenders:?}"
+    );
+}

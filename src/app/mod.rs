@@ -47,7 +47,10 @@ pub fn main(cli: Cli) -> Result<u8> {
         }
         Some(Command::Kick { chain }) => kick(&cli.common, &chain, &run_now::who_asks()),
         Some(Command::Status { json }) => {
-            let v = view::status::build(&looked_run_root(&cli.common)?)?;
+            let v = view::status::build_fleet(
+                &looked_run_root(&cli.common)?,
+                fleet_config(&cli.common).as_ref(),
+            )?;
             Ok(print(&if json {
                 view::status::json(&v)
             } else {
@@ -73,11 +76,12 @@ pub fn main(cli: Cli) -> Result<u8> {
                 chain.as_deref(),
                 limit,
                 known,
+                fleet_config(&cli.common).as_ref(),
             )?;
             Ok(print(&if json {
                 view::history::json(&runs)
             } else {
-                view::history::text(&runs)
+                view::history::text(&runs, fleet_config(&cli.common).is_some())
             }))
         }
         Some(Command::Log {
@@ -90,6 +94,7 @@ pub fn main(cli: Cli) -> Result<u8> {
                 &task,
                 run_id,
                 chain.as_deref(),
+                fleet_config(&cli.common).as_ref(),
             )?;
             if let Some(notice) = v.notice() {
                 eprintln!("run-chain: {notice}");
@@ -102,32 +107,54 @@ pub fn main(cli: Cli) -> Result<u8> {
         Some(Command::Metrics) => {
             let root = looked_run_root(&cli.common)?;
             let t0 = std::time::Instant::now();
-            let snap = crate::view::metrics::collect(&root).map_err(Error::Internal)?;
+            let fleet = fleet_config(&cli.common)
+                .map(|cfg| crate::view::metrics::Fleet { cfg, whole: false });
+            let snap = crate::view::metrics::collect_fleet(&root, fleet.as_ref())
+                .map_err(Error::Internal)?;
             let text = crate::view::metrics::render(&snap, Some(t0.elapsed().as_secs_f64()));
             use std::io::Write;
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             Ok(exit::OK)
         }
         Some(Command::Exporter { listen }) => {
-            crate::serve::exporter::serve(looked_run_root(&cli.common)?, &listen)
+            let fleet = fleet_config(&cli.common)
+                .map(|cfg| crate::view::metrics::Fleet { cfg, whole: false });
+            crate::serve::exporter::serve(looked_run_root(&cli.common)?, &listen, fleet)
         }
         Some(Command::Serve {
             listen,
             allow_actions,
             token_file,
             allow_host,
-        }) => crate::serve::console::serve(
-            looked_run_root(&cli.common)?,
-            crate::serve::console::Options {
-                listen,
-                allow_actions,
-                token_file,
-                allow_hosts: allow_host,
-            },
-        ),
+            fleet,
+        }) => {
+            let store = fleet_config(&cli.common);
+            if fleet && store.is_none() {
+                return Err(Error::Usage(
+                    "--fleet: the config has no [store] (the fleet's PostgreSQL store)".into(),
+                ));
+            }
+            crate::serve::console::serve(
+                looked_run_root(&cli.common)?,
+                crate::serve::console::Options {
+                    listen,
+                    allow_actions,
+                    token_file,
+                    allow_hosts: allow_host,
+                    fleet: store.map(|cfg| crate::view::metrics::Fleet { cfg, whole: fleet }),
+                },
+            )
+        }
         Some(Command::MailTest) => mail_test(&cli.common),
         Some(Command::RunNow { chain, task }) => run_now::run_now(&cli.common, &chain, &task),
     }
+}
+
+/// The config's `[store]`, if the config loads and has one: the readers then show the
+/// fleet. A config that does not load leaves them reading RUN_ROOT alone, as they always
+/// have (they never needed a config).
+pub(crate) fn fleet_config(common: &crate::cli::Common) -> Option<crate::config::FleetConfig> {
+    Config::load(&config_path(common)).ok()?.store
 }
 
 /// Write a reader's text to stdout (a closed stdout is not an error of the command).

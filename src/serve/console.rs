@@ -45,6 +45,8 @@ pub(crate) struct Options {
     pub(crate) allow_actions: bool,
     pub(crate) token_file: Option<PathBuf>,
     pub(crate) allow_hosts: Vec<String>,
+    /// With a `[store]`: the fleet (`whole`: `serve --fleet`, every chain's metrics).
+    pub(crate) fleet: Option<crate::view::metrics::Fleet>,
 }
 
 /// Headers on every answer of the console: no inline script may run, no other site may
@@ -72,6 +74,7 @@ const MAX_LIMIT: usize = 1000;
 
 struct Console {
     run_root: PathBuf,
+    fleet: Option<crate::view::metrics::Fleet>,
     port: u16,
     allow_hosts: Vec<String>,
     actions: bool,
@@ -98,6 +101,7 @@ pub(crate) fn serve(run_root: PathBuf, opts: Options) -> Result<u8> {
     };
     let console = Arc::new(Console {
         run_root,
+        fleet: opts.fleet,
         port: addr.port(),
         allow_hosts: opts.allow_hosts,
         actions: opts.allow_actions,
@@ -213,6 +217,11 @@ fn not_allowed(allow: &str) -> Answer {
 }
 
 impl Console {
+    /// The fleet's config, when the console shows a fleet.
+    fn fleet_cfg(&self) -> Option<&crate::config::FleetConfig> {
+        self.fleet.as_ref().map(|f| &f.cfg)
+    }
+
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
             now: Wall(crate::time::wall_ms()),
@@ -229,7 +238,7 @@ impl Console {
         let url = req.url().to_string();
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         if exporter::is_metrics(&url) {
-            return exporter::metrics(&self.run_root);
+            return exporter::metrics(&self.run_root, self.fleet.as_ref());
         }
         let host = header(req, "Host").map(str::to_string);
         if !guard::host_allowed(
@@ -284,10 +293,10 @@ impl Console {
                 };
             }
             _ if !get => return not_allowed("GET, HEAD"),
-            [""] => pages::index(&self.run_root)
+            [""] => pages::index(&self.run_root, self.fleet_cfg())
                 .map(|v| Some(answer(200, HTML, html::index(&self.ctx(), &v)))),
             ["chain", chain] => self.named(&[chain], |ctx| {
-                Ok(pages::chain(&self.run_root, chain)?
+                Ok(pages::chain(&self.run_root, chain, self.fleet_cfg())?
                     .map(|v| answer(200, HTML, html::chain(ctx, &v))))
             }),
             ["chain", chain, action @ ("kick" | "stop"), "confirm"] => {
@@ -306,7 +315,7 @@ impl Console {
                 })
             }
             ["chain", chain, "task", task, "run", "confirm"] => self.named(&[chain, task], |ctx| {
-                if !pages::has_task(&self.run_root, chain, task)? {
+                if !pages::has_task(&self.run_root, chain, task, self.fleet_cfg())? {
                     return Ok(None);
                 }
                 let status = if self.actions { 200 } else { 403 };
@@ -324,27 +333,38 @@ impl Console {
                         return Err(Error::Usage(format!("no outcome {o:?}")));
                     }
                 }
-                Ok(
-                    pages::task(&self.run_root, chain, task, before, outcome.as_deref())?
-                        .map(|v| answer(200, HTML, html::task(ctx, &v))),
-                )
+                Ok(pages::task(
+                    &self.run_root,
+                    chain,
+                    task,
+                    before,
+                    outcome.as_deref(),
+                    self.fleet_cfg(),
+                )?
+                .map(|v| answer(200, HTML, html::task(ctx, &v))))
             }),
             ["run", chain, task, id] => self.named(&[chain, task], |ctx| {
                 let Ok(id) = id.parse::<u64>() else {
                     return Ok(None);
                 };
-                Ok(pages::output(&self.run_root, chain, task, id, None)?
-                    .map(|o| answer(200, HTML, html::run(ctx, &o))))
+                Ok(
+                    pages::output(&self.run_root, chain, task, id, None, self.fleet_cfg())?
+                        .map(|o| answer(200, HTML, html::run(ctx, &o))),
+                )
             }),
             ["run", chain, task, id, "output.txt"] => self.named(&[chain, task], |_| {
                 let Ok(id) = id.parse::<u64>() else {
                     return Ok(None);
                 };
-                Ok(pages::raw_output(&self.run_root, chain, task, id)?
-                    .map(|(_, raw)| answer(200, TEXT, raw)))
+                Ok(
+                    pages::raw_output(&self.run_root, chain, task, id, self.fleet_cfg())?
+                        .map(|(_, raw)| answer(200, TEXT, raw)),
+                )
             }),
-            ["api", "v1", "chains"] => crate::view::status::build(&self.run_root)
-                .map(|v| Some(answer(200, JSON, crate::view::status::json(&v)))),
+            ["api", "v1", "chains"] => {
+                crate::view::status::build_fleet(&self.run_root, self.fleet_cfg())
+                    .map(|v| Some(answer(200, JSON, crate::view::status::json(&v))))
+            }
             ["api", "v1", "chains", chain, "tasks", task, "runs"] => {
                 self.named(&[chain, task], |_| {
                     let before = query_u64(query, "before")?;
@@ -352,10 +372,18 @@ impl Console {
                         .map_or(crate::cli::DEFAULT_HISTORY_LIMIT as usize, |l| {
                             (l as usize).clamp(1, MAX_LIMIT)
                         });
-                    if !pages::has_task(&self.run_root, chain, task)? {
+                    if !pages::has_task(&self.run_root, chain, task, self.fleet_cfg())? {
                         return Ok(None);
                     }
-                    let (runs, _) = pages::runs(&self.run_root, chain, task, before, None, limit)?;
+                    let (runs, _) = pages::runs(
+                        &self.run_root,
+                        chain,
+                        task,
+                        before,
+                        None,
+                        limit,
+                        self.fleet_cfg(),
+                    )?;
                     Ok(Some(answer(200, JSON, crate::view::history::json(&runs))))
                 })
             }
@@ -365,11 +393,13 @@ impl Console {
                 };
                 let from = query_u64(query, "from")?;
                 Ok(
-                    pages::output(&self.run_root, chain, task, id, from)?.map(|o| {
-                        let mut s = serde_json::to_string_pretty(&o).unwrap_or_default();
-                        s.push('\n');
-                        answer(200, JSON, s)
-                    }),
+                    pages::output(&self.run_root, chain, task, id, from, self.fleet_cfg())?.map(
+                        |o| {
+                            let mut s = serde_json::to_string_pretty(&o).unwrap_or_default();
+                            s.push('\n');
+                            answer(200, JSON, s)
+                        },
+                    ),
                 )
             }),
             _ => Ok(None),
@@ -516,7 +546,7 @@ impl Console {
                 // (queued, or started): wait for it (a few ms), so that the page the browser
                 // lands on shows the run rather than "not found". Past the bound, go anyway.
                 let recorded = || {
-                    pages::raw_output(&self.run_root, chain, task, a.run_id)
+                    pages::raw_output(&self.run_root, chain, task, a.run_id, self.fleet_cfg())
                         .is_ok_and(|r| r.is_some())
                 };
                 let until = std::time::Instant::now() + RECORDED_WAIT;

@@ -9,14 +9,16 @@ use std::time::Instant;
 
 use super::http::{self, Answer};
 use crate::error::Result;
+use crate::view::metrics::Fleet;
 
-/// Serve the metrics at `listen` until SIGTERM/SIGINT.
-pub(crate) fn serve(run_root: PathBuf, listen: &str) -> Result<u8> {
+/// Serve the metrics at `listen` until SIGTERM/SIGINT (with `fleet`: this host's part
+/// of the fleet, see [`crate::view::metrics::scope_to_host`]).
+pub(crate) fn serve(run_root: PathBuf, listen: &str, fleet: Option<Fleet>) -> Result<u8> {
     let addr = http::parse_listen(listen)?;
     let root = run_root.clone();
     let handler = Arc::new(move |req: &mut tiny_http::Request| {
         if is_metrics(req.url()) {
-            metrics(&root)
+            metrics(&root, fleet.as_ref())
         } else {
             tiny_http::Response::from_string("not found; metrics are at /metrics\n")
                 .with_status_code(404)
@@ -36,9 +38,9 @@ pub(crate) fn is_metrics(url: &str) -> bool {
 }
 
 /// The answer to a scrape: a fresh snapshot, or a 500 that says what failed.
-pub(crate) fn metrics(run_root: &Path) -> Answer {
+pub(crate) fn metrics(run_root: &Path, fleet: Option<&Fleet>) -> Answer {
     let t0 = Instant::now();
-    match crate::view::metrics::collect(run_root) {
+    match crate::view::metrics::collect_fleet(run_root, fleet) {
         Ok(snap) => {
             let body = crate::view::metrics::render(&snap, Some(t0.elapsed().as_secs_f64()));
             let ct = tiny_http::Header::from_bytes(

@@ -6,6 +6,7 @@ use rusqlite::params;
 
 #[cfg(test)]
 use super::open_read;
+use super::pg::reader as pg;
 use super::reader::{run_row, trigger_columns, Reader, RUN_COLUMNS};
 use super::RunRow;
 #[cfg(test)]
@@ -30,6 +31,16 @@ pub(crate) fn runs_before(
     limit: usize,
 ) -> Result<Vec<RunRow>, String> {
     let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let reader = match reader {
+        Reader::Sqlite(l) => l,
+        Reader::Pg(p) => {
+            let outcome = match filter {
+                Filter::All => None,
+                Filter::Outcome(o) => Some(o),
+            };
+            return pg::runs_before(p, chain, task, before, outcome, limit);
+        }
+    };
     let (cond, outcome) = match filter {
         Filter::All => ("", None),
         Filter::Outcome("running") => (" AND r.outcome IS NULL", None),
@@ -67,6 +78,10 @@ pub(crate) fn newest_of_chain(
     chain: &str,
     n: usize,
 ) -> Result<Vec<RunRow>, String> {
+    let reader = match reader {
+        Reader::Sqlite(l) => l,
+        Reader::Pg(p) => return pg::newest_of_chain(p, chain, n),
+    };
     let read = || -> rusqlite::Result<Vec<RunRow>> {
         let mut heads: Vec<(u64, String)> = reader
             .conn
@@ -193,7 +208,7 @@ mod tests {
                 "EXPLAIN QUERY PLAN SELECT {RUN_COLUMNS} FROM series s JOIN runs r ON r.series = s.id JOIN instances i ON i.id = r.instance
                  WHERE s.chain = ?1 AND s.task = ?2 AND r.run_id < ?3{cond} ORDER BY r.run_id DESC LIMIT ?4"
             );
-            let mut stmt = c.conn.prepare(&sql).expect("prepare");
+            let mut stmt = c.conn().prepare(&sql).expect("prepare");
             let n = stmt.parameter_count();
             let plan: Vec<String> = stmt
                 .query_map(rusqlite::params_from_iter((0..n).map(|_| 1)), |r| {

@@ -8,44 +8,74 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::pg::reader::{self as pg, PgReader};
 use super::schema::*;
 use super::*;
 use crate::core::supervisor::{StoredRead, StoredRun};
 
 /// The read side of the store: what `status`, `history`, `log`, the metrics and the
-/// alert mails read, as plain rows ([`RunRow`], [`SeriesRow`], ...). Only `store/`
-/// knows it is an SQLite connection.
-pub(crate) struct Reader {
+/// alert mails read, as plain rows ([`RunRow`], [`SeriesRow`], ...), from RUN_ROOT's
+/// SQLite file or from the fleet's PostgreSQL store (`store/pg/reader.rs` holds its SQL).
+/// Only `store/` knows which.
+pub(crate) enum Reader {
+    Sqlite(Lite),
+    Pg(PgReader),
+}
+
+/// An SQLite store open for reading.
+pub(crate) struct Lite {
     pub(super) conn: Connection,
     /// The schema version the store was found at (`PRAGMA user_version`, at least 1).
     pub(super) version: i64,
 }
 
 impl Reader {
-    /// The schema version of the store (1 to [`SCHEMA_VERSION`]): which tables and
-    /// columns it has (the recent-runs window since 3, the alert counts since 2).
+    /// The schema version of the store, in SQLite's numbering (1 to [`SCHEMA_VERSION`]):
+    /// which tables and columns it has (the recent-runs window since 3, the alert counts
+    /// since 2). The fleet's store has all of them.
     pub(crate) fn schema_version(&self) -> i64 {
-        self.version
+        match self {
+            Reader::Sqlite(l) => l.version,
+            Reader::Pg(_) => SCHEMA_VERSION,
+        }
     }
 
-    /// How long a read waits for a writer's lock before it fails (5 s when opened).
+    /// How long a read waits for a writer's lock before it fails (5 s when opened; the
+    /// fleet's store has its own timeout per statement).
     pub(crate) fn busy_timeout(&self, wait: Duration) -> Result<(), ReadError> {
-        Ok(self.conn.busy_timeout(wait)?)
+        match self {
+            Reader::Sqlite(l) => Ok(l.conn.busy_timeout(wait)?),
+            Reader::Pg(_) => Ok(()),
+        }
     }
 
     /// The connection, for the store's own tests.
     #[cfg(test)]
     pub(super) fn conn(&self) -> &Connection {
-        &self.conn
+        match self {
+            Reader::Sqlite(l) => &l.conn,
+            Reader::Pg(_) => panic!("not an SQLite reader"),
+        }
     }
 }
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
-            .field("version", &self.version)
+            .field("version", &self.schema_version())
+            .field("pg", &matches!(self, Reader::Pg(_)))
             .finish()
     }
+}
+
+/// The SQLite side of `reader`, or return what the fleet's store answers (`$pg`).
+macro_rules! lite_or {
+    ($reader:expr, $p:ident => $pg:expr) => {
+        match $reader {
+            Reader::Sqlite(l) => l,
+            Reader::Pg($p) => return $pg.map_err(ReadError::from),
+        }
+    };
 }
 
 /// A read that failed (the store's own message, e.g. "database is locked").
@@ -55,6 +85,12 @@ pub(crate) struct ReadError(String);
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl From<String> for ReadError {
+    fn from(e: String) -> ReadError {
+        ReadError(e)
     }
 }
 
@@ -98,7 +134,29 @@ pub(crate) fn open_read(run_root: &Path) -> Result<Option<Reader>, String> {
             p.display()
         ));
     }
-    Ok(Some(Reader { conn, version }))
+    Ok(Some(Reader::Sqlite(Lite { conn, version })))
+}
+
+/// Open the fleet's store (`[store]`) for reading its records: None while its schema
+/// keeps no records (version 1: the leases only; the records are then in each host's
+/// RUN_ROOT). Connects from the caller's thread, with a short timeout.
+pub(crate) fn open_fleet_read(
+    cfg: &crate::config::FleetConfig,
+) -> Result<Option<Reader>, super::pg::conn::ConnError> {
+    Ok(pg::open(cfg)?.map(Reader::Pg))
+}
+
+impl Reader {
+    /// The fleet's leases, through this reader's connection (None: an SQLite reader).
+    pub(crate) fn fleet(
+        &self,
+        lease: Duration,
+    ) -> Option<Result<super::pg::reader::FleetRows, String>> {
+        match self {
+            Reader::Pg(p) => Some(p.fleet(lease)),
+            Reader::Sqlite(_) => None,
+        }
+    }
 }
 
 /// The highest run id the store knows for each task of `chain` (its series' last and
@@ -106,7 +164,7 @@ pub(crate) fn open_read(run_root: &Path) -> Result<Option<Reader>, String> {
 /// counters from these, so that a run id is never given twice (an id given again would
 /// replace the stored run that had it).
 pub(crate) fn last_run_ids(run_root: &Path, chain: &str) -> Result<BTreeMap<String, u64>, String> {
-    let Some(reader) = open_read(run_root)? else {
+    let Some(Reader::Sqlite(reader)) = open_read(run_root)? else {
         return Ok(BTreeMap::new());
     };
     let conn = &reader.conn;
@@ -244,6 +302,7 @@ pub(crate) fn history(
     chain: Option<&str>,
     limit: usize,
 ) -> Result<Vec<RunRow>, ReadError> {
+    let reader = lite_or!(reader, p => pg::history(p, task, chain, limit));
     let conn = &reader.conn;
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
@@ -309,6 +368,7 @@ pub(crate) fn output(
     chain: Option<&str>,
     run_id: Option<u64>,
 ) -> Result<Option<(RunRow, Vec<u8>)>, ReadError> {
+    let reader = lite_or!(reader, p => pg::output(p, task, chain, run_id));
     let conn = &reader.conn;
     let mut best: Option<(RunRow, Vec<u8>)> = None;
     for sid in series_of(conn, task, chain)? {
@@ -435,6 +495,7 @@ pub(crate) fn failed_run(
 
 /// Every series (chain and task) with its aggregates.
 pub(crate) fn series(reader: &Reader) -> Result<Vec<SeriesRow>, ReadError> {
+    let reader = lite_or!(reader, p => pg::series(p).map(|v| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>()));
     let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SERIES_COLUMNS} FROM series ORDER BY chain, task"
@@ -448,6 +509,7 @@ pub(crate) fn series(reader: &Reader) -> Result<Vec<SeriesRow>, ReadError> {
 /// Every series with its aggregates and its recent-runs window, in one pass over the
 /// `series` table (schema version 3 or later).
 pub(crate) fn series_with_recent(reader: &Reader) -> Result<Vec<(SeriesRow, Recent)>, ReadError> {
+    let reader = lite_or!(reader, p => pg::series(p));
     let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SERIES_COLUMNS}, recent FROM series ORDER BY chain, task"
@@ -466,6 +528,7 @@ pub(crate) fn series_with_recent(reader: &Reader) -> Result<Vec<(SeriesRow, Rece
 pub(crate) fn trigger_counts(
     reader: &Reader,
 ) -> Result<Vec<(String, String, u64, u64)>, ReadError> {
+    let reader = lite_or!(reader, p => pg::trigger_counts(p));
     if reader.version < 4 {
         return Ok(Vec::new());
     }
@@ -489,6 +552,7 @@ pub(crate) fn trigger_counts(
 pub(crate) fn alert_counts(
     reader: &Reader,
 ) -> Result<Vec<(String, String, String, u64)>, ReadError> {
+    let reader = lite_or!(reader, p => pg::alert_counts(p));
     let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain, s.task, a.kind, a.count FROM alerts a JOIN series s ON s.id = a.series",
@@ -503,6 +567,7 @@ pub(crate) fn alert_counts(
 
 /// The chains in which `task` has recorded runs.
 pub(crate) fn chains_of_task(reader: &Reader, task: &str) -> Result<Vec<String>, ReadError> {
+    let reader = lite_or!(reader, p => pg::chains_of_task(p, task));
     let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain FROM series s WHERE s.task = ?1 AND s.runs > 0 ORDER BY s.chain",
@@ -519,6 +584,7 @@ pub(crate) fn chains_with_run(
     task: &str,
     run_id: u64,
 ) -> Result<Vec<String>, ReadError> {
+    let reader = lite_or!(reader, p => pg::chains_with_run(p, task, run_id));
     let conn = &reader.conn;
     let mut stmt = conn.prepare_cached(
         "SELECT s.chain FROM series s JOIN runs r ON r.series = s.id

@@ -104,14 +104,18 @@ pub(crate) struct OutputView {
     pub(crate) running: bool,
 }
 
+/// With a `[store]`: the fleet's config (the pages then show every chain of the fleet,
+/// with its owner).
+pub(crate) type Fleet<'a> = Option<&'a crate::config::FleetConfig>;
+
 fn internal(run_root: &Path) -> impl Fn(String) -> Error + '_ {
     move |e| store_error(run_root, e)
 }
 
 /// The recent windows of every series, when the store has them (schema 3).
-fn recent_windows(run_root: &Path) -> Result<BTreeMap<(String, String), Recent>> {
+fn recent_windows(run_root: &Path, fleet: Fleet<'_>) -> Result<BTreeMap<(String, String), Recent>> {
     let mut out = BTreeMap::new();
-    let Some(r) = store::open_read(run_root).map_err(Error::Internal)? else {
+    let Some(r) = super::runs::open_reader(run_root, fleet)? else {
         return Ok(out);
     };
     if r.schema_version() < 3 {
@@ -130,9 +134,9 @@ fn recent_windows(run_root: &Path) -> Result<BTreeMap<(String, String), Recent>>
 }
 
 /// `/`.
-pub(crate) fn index(run_root: &Path) -> Result<IndexView> {
-    let status = status::build(run_root)?;
-    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+pub(crate) fn index(run_root: &Path, fleet: Fleet<'_>) -> Result<IndexView> {
+    let status = status::build_fleet(run_root, fleet)?;
+    let conn = super::runs::open_reader(run_root, fleet)?;
     // Every chain's newest runs, settled at once (one reading of the lock holders).
     let mut rows = Vec::new();
     let mut ends = Vec::new();
@@ -154,7 +158,7 @@ pub(crate) fn index(run_root: &Path) -> Result<IndexView> {
         })
         .collect();
     let mut alerts_by_chain: BTreeMap<String, u64> = BTreeMap::new();
-    if let Some(r) = store::open_read(run_root).map_err(Error::Internal)? {
+    if let Some(r) = super::runs::open_reader(run_root, fleet)? {
         if r.schema_version() >= 2 {
             for (c, _, _, n) in store::alert_counts(&r).map_err(|e| store_error(run_root, e))? {
                 *alerts_by_chain.entry(c).or_default() += n;
@@ -169,29 +173,29 @@ pub(crate) fn index(run_root: &Path) -> Result<IndexView> {
     Ok(IndexView {
         strips,
         alerts,
-        recent: recent_windows(run_root)?,
+        recent: recent_windows(run_root, fleet)?,
         status,
         host: crate::sys::hostname(),
     })
 }
 
 /// The chain named `chain` in `status`, or None (a 404).
-fn find_chain(run_root: &Path, chain: &str) -> Result<Option<ChainView>> {
-    let v = status::build(run_root)?;
+fn find_chain(run_root: &Path, chain: &str, fleet: Fleet<'_>) -> Result<Option<ChainView>> {
+    let v = status::build_fleet(run_root, fleet)?;
     Ok(v.chains.into_iter().find(|c| c.chain == chain))
 }
 
 /// Whether RUN_ROOT has `chain` and `chain` has `task`.
-pub(crate) fn has_task(run_root: &Path, chain: &str, task: &str) -> Result<bool> {
-    Ok(find_chain(run_root, chain)?.is_some_and(|c| c.tasks.iter().any(|t| t.task == task)))
+pub(crate) fn has_task(run_root: &Path, chain: &str, task: &str, fleet: Fleet<'_>) -> Result<bool> {
+    Ok(find_chain(run_root, chain, fleet)?.is_some_and(|c| c.tasks.iter().any(|t| t.task == task)))
 }
 
 /// `/chain/C`; None when RUN_ROOT has no such chain.
-pub(crate) fn chain(run_root: &Path, chain: &str) -> Result<Option<ChainPage>> {
-    let Some(c) = find_chain(run_root, chain)? else {
+pub(crate) fn chain(run_root: &Path, chain: &str, fleet: Fleet<'_>) -> Result<Option<ChainPage>> {
+    let Some(c) = find_chain(run_root, chain, fleet)? else {
         return Ok(None);
     };
-    let recent = recent_windows(run_root)?
+    let recent = recent_windows(run_root, fleet)?
         .into_iter()
         .filter(|((ch, _), _)| ch == chain)
         .map(|((_, t), r)| (t, r))
@@ -203,8 +207,8 @@ pub(crate) fn chain(run_root: &Path, chain: &str) -> Result<Option<ChainPage>> {
         .filter_map(|t| t.last.as_ref().map(|l| (l.stop, l.run_id, &t.task)))
         .max();
     let tail = match (&c.now.state, &c.now.task, c.now.run_id, last) {
-        (NowState::Running, Some(t), Some(id), _) => output(run_root, chain, t, id, None)?,
-        (_, _, _, Some((_, id, t))) => output(run_root, chain, t, id, None)?,
+        (NowState::Running, Some(t), Some(id), _) => output(run_root, chain, t, id, None, fleet)?,
+        (_, _, _, Some((_, id, t))) => output(run_root, chain, t, id, None, fleet)?,
         _ => None,
     };
     Ok(Some(ChainPage {
@@ -223,15 +227,16 @@ pub(crate) fn task(
     task: &str,
     before: Option<u64>,
     outcome: Option<&str>,
+    fleet: Fleet<'_>,
 ) -> Result<Option<TaskPage>> {
-    let Some(c) = find_chain(run_root, chain)? else {
+    let Some(c) = find_chain(run_root, chain, fleet)? else {
         return Ok(None);
     };
     let Some(t) = c.tasks.iter().find(|t| t.task == task).cloned() else {
         return Ok(None);
     };
-    let (runs, older) = runs(run_root, chain, task, before, outcome, PAGE)?;
-    let recent = recent_windows(run_root)?
+    let (runs, older) = runs(run_root, chain, task, before, outcome, PAGE, fleet)?;
+    let recent = recent_windows(run_root, fleet)?
         .remove(&(chain.to_string(), task.to_string()))
         .unwrap_or_default();
     Ok(Some(TaskPage {
@@ -254,8 +259,9 @@ pub(crate) fn runs(
     before: Option<u64>,
     outcome: Option<&str>,
     limit: usize,
+    fleet: Fleet<'_>,
 ) -> Result<(Vec<RunView>, Option<u64>)> {
-    let Some(conn) = store::open_read(run_root).map_err(Error::Internal)? else {
+    let Some(conn) = super::runs::open_reader(run_root, fleet)? else {
         return Ok((Vec::new(), None));
     };
     let filter = outcome.map_or(Filter::All, Filter::Outcome);
@@ -281,8 +287,9 @@ pub(crate) fn output(
     task: &str,
     run_id: u64,
     from: Option<u64>,
+    fleet: Fleet<'_>,
 ) -> Result<Option<OutputView>> {
-    let Some((row, raw)) = raw_output(run_root, chain, task, run_id)? else {
+    let Some((row, raw)) = raw_output(run_root, chain, task, run_id, fleet)? else {
         return Ok(None);
     };
     let mut rows = vec![row];
@@ -300,8 +307,9 @@ pub(crate) fn raw_output(
     chain: &str,
     task: &str,
     run_id: u64,
+    fleet: Fleet<'_>,
 ) -> Result<Option<(store::RunRow, Vec<u8>)>> {
-    let Some(r) = store::open_read(run_root).map_err(Error::Internal)? else {
+    let Some(r) = super::runs::open_reader(run_root, fleet)? else {
         return Ok(None);
     };
     store::output(&r, task, Some(chain), Some(run_id)).map_err(|e| store_error(run_root, e))

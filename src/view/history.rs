@@ -6,10 +6,10 @@ use std::fmt::Write;
 use std::path::Path;
 
 use super::runs::{
-    not_in_chain, other_chains, settle, store_error, unknown_task, RunView, RUNNING,
+    not_in_chain, open_reader, other_chains, settle, store_error, unknown_task, RunView, RUNNING,
 };
 use super::units::{dur, short_time, Secs};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store;
 
 /// The runs of `task` (in `chain`, if given), newest first, at most `limit`; open runs of
@@ -22,8 +22,9 @@ pub(crate) fn build(
     chain: Option<&str>,
     limit: usize,
     known_in_config: Option<bool>,
+    fleet: Option<&crate::config::FleetConfig>,
 ) -> Result<Vec<RunView>> {
-    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    let conn = open_reader(run_root, fleet)?;
     let mut rows = match &conn {
         Some(c) => store::history(c, task, chain, limit).map_err(|e| store_error(run_root, e))?,
         None => Vec::new(),
@@ -69,20 +70,35 @@ fn trigger_text(r: &RunView) -> String {
     }
 }
 
-/// `history`: the runs as a table, a header line first (even with no run).
-pub(crate) fn text(runs: &[RunView]) -> String {
+/// `history`: the runs as a table, a header line first (even with no run); with `host`
+/// (a fleet: runs are made on several hosts), a HOST column after the chain.
+pub(crate) fn text(runs: &[RunView], host: bool) -> String {
     let mut w = String::new();
+    let host_col = |h: &str| {
+        if host {
+            format!("{h:<16} ")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         w,
-        "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}  TRIGGER",
-        "CHAIN", "RUN", "START (UTC)", "DURATION", "OUTCOME", "LATENCY"
+        "{:<24} {}{:>7}  {:<19}  {:>9}  {:<28} {:>9}  TRIGGER",
+        "CHAIN",
+        host_col("HOST"),
+        "RUN",
+        "START (UTC)",
+        "DURATION",
+        "OUTCOME",
+        "LATENCY"
     );
     let opt_dur = |d: Option<Secs>| d.map_or("-".into(), |d| dur(d.0));
     for r in runs {
         let _ = writeln!(
             w,
-            "{:<24} {:>7}  {:<19}  {:>9}  {:<28} {:>9}  {}",
+            "{:<24} {}{:>7}  {:<19}  {:>9}  {:<28} {:>9}  {}",
             r.chain,
+            host_col(&r.host),
             r.run_id,
             short_time(r.start),
             opt_dur(r.duration_seconds),
@@ -107,6 +123,19 @@ mod tests {
         r.latency_ms = outcome.map(|_| 250);
         r.duration_ms = outcome.map(|_| 192_500);
         RunView::from(r)
+    }
+
+    #[test]
+    fn a_fleets_table_names_the_host_of_each_run() {
+        let t = text(&[run(Some("ok"), Some(0), None)], true);
+        let mut lines = t.lines();
+        assert!(
+            lines.next().is_some_and(
+                |h| h.starts_with(&format!("{:<24} {:<16} {:>7}", "CHAIN", "HOST", "RUN"))
+            ),
+            "{t}"
+        );
+        assert!(lines.next().is_some_and(|l| l.starts_with(&format!("{:<24} {:<16} {:>7}", "nightly", "h", 12))), "{t}");
     }
 
     #[test]
@@ -143,9 +172,9 @@ nightly                       12  2025-11-25 02:58:01     3m 12s  signal (SIGTER
 nightly                       12  2025-11-25 02:58:01     3m 12s  timeout (exit 143)               250ms  schedule
 nightly                       12  2025-11-25 02:58:01     3m 12s  spawn-error                      250ms  schedule
 ";
-        assert_eq!(text(&runs), want);
+        assert_eq!(text(&runs, false), want);
         assert_eq!(
-            text(&[]),
+            text(&[], false),
             want.lines().next().unwrap_or_default().to_string() + "\n"
         );
     }

@@ -158,6 +158,7 @@ fn doing(ctx: &Ctx, n: &NowView, p50: Option<u64>) -> Markup {
             NowState::Starting => { "starting" }
             NowState::Down => { "down" }
             NowState::Standby => { "standby" }
+            NowState::Elsewhere => { "runs on another host" }
         }
     }
 }
@@ -197,7 +198,7 @@ pub(crate) fn index(ctx: &Ctx, v: &IndexView) -> String {
                                 td { @if streak > 0 { (streak) " failed" } @else { "-" } }
                                 td { (v.alerts.get(i).copied().unwrap_or(0)) }
                                 td { @if let Some(p) = c.pid { (p) } @else { "-" } }
-                                td { @if c.up { (v.host) } @else { "-" } }
+                                td { @if let Some(h) = c.fleet.as_ref().and_then(|f| f.host.as_ref()) { (h) } @else if c.up { (v.host) } @else { "-" } }
                             }
                         }
                     }
@@ -222,9 +223,33 @@ fn strip(runs: &[RunView]) -> Markup {
     }
 }
 
-fn actions(ctx: &Ctx, chain: &str) -> Markup {
+/// Whether the actions may be offered for `c` here: on, and the chain not another
+/// host's (a fleet chain is acted on from its owner's console).
+fn acts(ctx: &Ctx, c: &ChainView) -> bool {
+    ctx.actions && c.fleet.as_ref().is_none_or(|f| f.role == "owner")
+}
+
+/// A fleet chain's owner, lease and standbys, in words.
+fn fleet_line(ctx: &Ctx, c: &ChainView) -> Markup {
     html! {
-        @if ctx.actions {
+        @if let Some(f) = &c.fleet {
+            p.fleet { "fleet: " (crate::view::status::fleet_text(f, ctx.now)) }
+        }
+    }
+}
+
+fn actions(ctx: &Ctx, c: &ChainView) -> Markup {
+    let chain = &c.chain;
+    let elsewhere = c.fleet.as_ref().filter(|f| f.role != "owner");
+    html! {
+        @if let Some(f) = elsewhere {
+            p.actions.readonly {
+                @match &f.host {
+                    Some(h) => { "owner: host " (h) "; actions are on its console" }
+                    None => { "no host owns this chain now; no actions here" }
+                }
+            }
+        } @else if ctx.actions {
             p.actions {
                 a.button href=(format!("/chain/{chain}/kick/confirm")) { "Kick (end the cooldown)" }
                 " "
@@ -251,11 +276,12 @@ pub(crate) fn chain(ctx: &Ctx, v: &ChainPage) -> String {
             p { (up_badge(c)) @if let Some(p) = c.pid { " pid " (p) " on " (v.host) } }
             p.now { (doing(ctx, &c.now, p50)) (queued(c)) }
         }
-        (actions(ctx, &c.chain))
+        (fleet_line(ctx, c))
+        (actions(ctx, c))
         h2 { "Tasks" }
         div #tasks data-live {
             table.tasks {
-                thead { tr { th { "Task" } th { "Last" } th { "p50" } th { "p95" } th { "Success" } th { "Runs" } th { "Streak" } @if ctx.actions { th { "Action" } } } }
+                thead { tr { th { "Task" } th { "Last" } th { "p50" } th { "p95" } th { "Success" } th { "Runs" } th { "Streak" } @if acts(ctx, c) { th { "Action" } } } }
                 tbody {
                     @for t in &c.tasks {
                         @let r = v.recent.get(&t.task);
@@ -272,7 +298,7 @@ pub(crate) fn chain(ctx: &Ctx, v: &ChainPage) -> String {
                             td { (success_rate(t)) }
                             td { (t.runs) }
                             td { (streak_text(t)) }
-                            @if ctx.actions {
+                            @if acts(ctx, c) {
                                 td { (run_now_button(&c.chain, &t.task)) }
                             }
                         }
@@ -343,7 +369,8 @@ pub(crate) fn task(ctx: &Ctx, v: &TaskPage) -> String {
         .map_or(String::new(), |o| format!("&outcome={o}"));
     let body = html! {
         h1 { a href=(chain_url(c)) { (c) } " / " (t.task) }
-        @if ctx.actions {
+        (fleet_line(ctx, &v.chain))
+        @if acts(ctx, &v.chain) {
             p.actions { (run_now_button(c, &t.task)) }
         }
         div #counters data-live {

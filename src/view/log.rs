@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::runs::{not_in_chain, other_chains, store_error, RunView};
+use super::runs::{not_in_chain, open_reader, other_chains, store_error, RunView};
 use crate::error::{Error, Result};
 use crate::store;
 
@@ -23,8 +23,9 @@ pub(crate) fn build(
     task: &str,
     run_id: Option<u64>,
     chain: Option<&str>,
+    fleet: Option<&crate::config::FleetConfig>,
 ) -> Result<LogView> {
-    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    let conn = open_reader(run_root, fleet)?;
     let found = match &conn {
         Some(c) => store::output(c, task, chain, run_id).map_err(|e| store_error(run_root, e))?,
         None => None,

@@ -13,6 +13,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::core::alert::Kind;
+use crate::store::pg::reader::FleetRows;
 use crate::store::{self, SeriesRow};
 
 /// The quantiles, with their label as `{}` writes the number.
@@ -36,10 +37,89 @@ pub(crate) struct Snapshot {
     pub(crate) alerts: Vec<(String, String, String, u64)>,
     /// (chain, task) -> (kicked runs, manual runs); the rest of its runs are scheduled.
     pub(crate) triggers: HashMap<(String, String), (u64, u64)>,
+    /// With a `[store]`: the fleet's leases, as this scrape exports them.
+    pub(crate) fleet: Option<FleetSnap>,
+}
+
+/// The fleet's part of a scrape: the lease rows of the chains it exports.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FleetSnap {
+    pub(crate) rows: FleetRows,
+    /// The host whose part this is (None: the whole fleet): the chains' own families
+    /// (owner, epoch, expiry, counters) are exported by their owner only.
+    pub(crate) host: Option<String>,
+}
+
+/// Which chains a fleet host's scrape exports: `host`'s (None: the whole fleet, for
+/// `serve --fleet`). A host exports the chains it owns (their runs, owner, counters) and
+/// those it is a standby of (their `run_chain_up`, standby and lease gauges, no runs), so
+/// that Prometheus scraping every host counts each run once.
+pub(crate) fn scope_to_host(snap: &mut Snapshot, rows: FleetRows, host: Option<&str>) {
+    let Some(host) = host else {
+        snap.fleet = Some(FleetSnap { rows, host: None });
+        return;
+    };
+    let owned: std::collections::BTreeSet<String> = rows
+        .chains
+        .values()
+        .filter(|r| r.owner() == Some(host))
+        .map(|r| r.chain.clone())
+        .collect();
+    let all: std::collections::BTreeSet<String> = rows.chains.keys().cloned().collect();
+    let mut rows = rows;
+    rows.chains
+        .retain(|c, r| owned.contains(c) || r.standbys.iter().any(|s| s.host == host));
+    for r in rows.chains.values_mut() {
+        r.standbys.retain(|s| s.host == host);
+    }
+    snap.series.retain(|s| owned.contains(&s.chain));
+    snap.recent.retain(|(c, _), _| owned.contains(c));
+    snap.alerts.retain(|(c, ..)| owned.contains(c));
+    snap.triggers.retain(|(c, _), _| owned.contains(c));
+    // A chain of the fleet that this host neither owns nor waits for is another host's
+    // to show, even if its RUN_ROOT here names it.
+    snap.chains
+        .retain(|c, _| !all.contains(c) || rows.chains.contains_key(c));
+    snap.fleet = Some(FleetSnap {
+        rows,
+        host: Some(host.to_string()),
+    });
+}
+
+/// A fleet host's scrape: its `[store]`, and whether it exports the whole fleet
+/// (`serve --fleet`) or this host's part ([`scope_to_host`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Fleet {
+    pub(crate) cfg: crate::config::FleetConfig,
+    pub(crate) whole: bool,
+}
+
+/// Read the snapshot of `run_root`, and with `fleet` the fleet's leases (connecting from
+/// this thread, with a short timeout), scoped as [`scope_to_host`] says.
+pub(crate) fn collect_fleet(run_root: &Path, fleet: Option<&Fleet>) -> Result<Snapshot, String> {
+    let Some(f) = fleet else {
+        return collect(run_root);
+    };
+    // The records from the fleet's store when it keeps them (else from RUN_ROOT), and the
+    // leases through the same connection.
+    let conn = crate::view::runs::open_reader(run_root, Some(&f.cfg)).map_err(|e| e.to_string())?;
+    let rows = match conn.as_ref().and_then(|c| c.fleet(f.cfg.lease)) {
+        Some(rows) => rows.map_err(|e| format!("cannot read the fleet's store: {e}"))?,
+        None => store::pg::reader::read(&f.cfg)
+            .map_err(|e| format!("cannot read the fleet's store: {e}"))?,
+    };
+    let mut snap = collect_with(run_root, conn)?;
+    scope_to_host(&mut snap, rows, (!f.whole).then_some(f.cfg.host.as_str()));
+    Ok(snap)
 }
 
 /// Read the snapshot of `run_root`.
 pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
+    collect_with(run_root, store::open_read(run_root)?)
+}
+
+/// The snapshot of `run_root`'s chains, with the records of `conn`.
+fn collect_with(run_root: &Path, conn: Option<store::Reader>) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
     if let Ok(names) = crate::lock::holders::chains(run_root) {
         let up = crate::lock::holders::holders(run_root, &names);
@@ -47,7 +127,7 @@ pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
             snap.chains.insert(c, holder.is_some());
         }
     }
-    let Some(conn) = store::open_read(run_root)? else {
+    let Some(conn) = conn else {
         return Ok(snap);
     };
     let err =
@@ -405,6 +485,10 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
         out.push('\n');
     }
 
+    if let Some(f) = &snap.fleet {
+        render_fleet(out, &f.rows, f.host.as_deref());
+    }
+
     if let Some(sec) = scrape_seconds {
         head(
             out,
@@ -417,9 +501,216 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
     std::mem::take(out)
 }
 
+/// The fleet's families: who owns each chain, its standbys, its lease's epoch and expiry,
+/// its failovers and fenced writes (where the schema counts them).
+fn render_fleet(out: &mut String, rows: &FleetRows, host: Option<&str>) {
+    // A host exports its own chains' families; the whole fleet every chain's.
+    let own = |r: &&crate::store::pg::reader::LeaseRow| host.is_none() || r.owner() == host;
+    head(
+        out,
+        "run_chain_owner",
+        "gauge",
+        "The host that holds the chain's lease now (1 per chain with an unexpired lease).",
+    );
+    for r in rows.chains.values().filter(own) {
+        if let Some(h) = r.owner() {
+            let _ = writeln!(
+                out,
+                "run_chain_owner{{chain=\"{}\",host=\"{}\"}} 1",
+                esc(&r.chain),
+                esc(h)
+            );
+        }
+    }
+    head(
+        out,
+        "run_chain_standby",
+        "gauge",
+        "Instances waiting for the chain's lease, by host (seen within the last lease).",
+    );
+    for r in rows.chains.values() {
+        let mut hosts: Vec<&str> = r.standbys.iter().map(|s| s.host.as_str()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for h in hosts {
+            let _ = writeln!(
+                out,
+                "run_chain_standby{{chain=\"{}\",host=\"{}\"}} 1",
+                esc(&r.chain),
+                esc(h)
+            );
+        }
+    }
+    head(
+        out,
+        "run_chain_lease_epoch",
+        "gauge",
+        "The epoch (fencing token) of the chain's lease: it grows at each change of holder.",
+    );
+    for r in rows.chains.values().filter(own) {
+        let _ = writeln!(
+            out,
+            "run_chain_lease_epoch{{chain=\"{}\"}} {}",
+            esc(&r.chain),
+            r.epoch
+        );
+    }
+    head(
+        out,
+        "run_chain_lease_expiry_timestamp_seconds",
+        "gauge",
+        "When the chain's lease expires unless renewed (the database's clock).",
+    );
+    for r in rows.chains.values().filter(own) {
+        if let Some(ms) = r.owner().and(r.expires_ms) {
+            let _ = write!(
+                out,
+                "run_chain_lease_expiry_timestamp_seconds{{chain=\"{}\"}} ",
+                esc(&r.chain)
+            );
+            put_secs(out, ms);
+            out.push('\n');
+        }
+    }
+    for (name, help, get) in [
+        (
+            "run_chain_failovers_total",
+            "Times the chain's lease passed to another holder after its holder let it expire.",
+            (|r: &crate::store::pg::reader::LeaseRow| r.failovers) as fn(&_) -> Option<u64>,
+        ),
+        (
+            "run_chain_fenced_writes_total",
+            "Write batches of a former owner that the fence refused.",
+            |r: &crate::store::pg::reader::LeaseRow| r.fenced_writes,
+        ),
+    ] {
+        if rows.chains.values().all(|r| get(r).is_none()) {
+            continue;
+        }
+        head(out, name, "counter", help);
+        for r in rows.chains.values().filter(own) {
+            let _ = writeln!(
+                out,
+                "{name}{{chain=\"{}\"}} {}",
+                esc(&r.chain),
+                get(r).unwrap_or(0)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease(chain: &str, owner: &str, standbys: &[&str]) -> crate::store::pg::reader::LeaseRow {
+        crate::store::pg::reader::LeaseRow {
+            chain: chain.into(),
+            host: Some(owner.into()),
+            epoch: 3,
+            expires_ms: Some(1_764_039_481_500),
+            held: true,
+            failovers: Some(1),
+            fenced_writes: Some(0),
+            standbys: standbys
+                .iter()
+                .map(|h| crate::store::pg::reader::StandbyRow {
+                    host: h.to_string(),
+                    seen_ms: 1,
+                })
+                .collect(),
+            state: None,
+        }
+    }
+
+    fn fleet_snapshot() -> (Snapshot, FleetRows) {
+        let mut snap = Snapshot::default();
+        for c in ["a", "b", "c"] {
+            snap.series.push(SeriesRow {
+                chain: c.into(),
+                task: "t".into(),
+                runs: 1,
+                ok: 1,
+                ..SeriesRow::default()
+            });
+            snap.chains.insert(c.into(), c != "c");
+        }
+        let mut rows = FleetRows::default();
+        // a: h1 owns it, h2 waits; b: h2 owns it, h1 waits; c: h2 owns it, nobody waits.
+        rows.chains.insert("a".into(), lease("a", "h1", &["h2"]));
+        rows.chains.insert("b".into(), lease("b", "h2", &["h1"]));
+        rows.chains.insert("c".into(), lease("c", "h2", &[]));
+        (snap, rows)
+    }
+
+    #[test]
+    fn a_host_exports_its_own_chains_and_the_standby_gauge_of_those_it_waits_for() {
+        let (mut snap, rows) = fleet_snapshot();
+        scope_to_host(&mut snap, rows, Some("h1"));
+        let t = render(&snap, None);
+        assert!(
+            t.contains("run_chain_owner{chain=\"a\",host=\"h1\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_standby{chain=\"b\",host=\"h1\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_runs_total{chain=\"a\",task=\"t\",result=\"ok\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_failovers_total{chain=\"a\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_lease_expiry_timestamp_seconds{chain=\"a\"} 1764039481.5\n"),
+            "{t}"
+        );
+        // Another host's chains: no runs, no owner, epoch or counters; c not at all.
+        assert!(!t.contains("chain=\"c\""), "{t}");
+        for family in [
+            "run_chain_runs_total",
+            "run_chain_owner",
+            "run_chain_lease_epoch",
+            "run_chain_failovers_total",
+        ] {
+            assert!(
+                !t.contains(&format!("{family}{{chain=\"b\"")),
+                "{family}: {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_whole_fleet_exports_every_chain() {
+        let (mut snap, rows) = fleet_snapshot();
+        scope_to_host(&mut snap, rows, None);
+        let t = render(&snap, None);
+        for (c, h) in [("a", "h1"), ("b", "h2"), ("c", "h2")] {
+            assert!(
+                t.contains(&format!(
+                    "run_chain_owner{{chain=\"{c}\",host=\"{h}\"}} 1\n"
+                )),
+                "{t}"
+            );
+            assert!(
+                t.contains(&format!(
+                    "run_chain_runs_total{{chain=\"{c}\",task=\"t\",result=\"ok\"}} 1\n"
+                )),
+                "{t}"
+            );
+        }
+        assert!(
+            t.contains("run_chain_standby{chain=\"a\",host=\"h2\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("run_chain_standby{chain=\"b\",host=\"h1\"} 1\n"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn quantile_labels_read_as_the_numbers() {

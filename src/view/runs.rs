@@ -146,6 +146,32 @@ pub(crate) fn settle(run_root: &Path, rows: &mut [RunRow]) {
     });
 }
 
+/// The store the readers read: with a `[store]` whose schema keeps the records, the
+/// fleet's (connected from this thread, with a short timeout); else RUN_ROOT's SQLite file
+/// (None: no store yet).
+pub(crate) fn open_reader(
+    run_root: &Path,
+    fleet: Option<&crate::config::FleetConfig>,
+) -> Result<Option<store::Reader>> {
+    if let Some(cfg) = fleet {
+        if let Some(r) = store::open_fleet_read(cfg).map_err(fleet_error)? {
+            return Ok(Some(r));
+        }
+    }
+    store::open_read(run_root).map_err(Error::Internal)
+}
+
+/// The fleet's store could not be read: a database that refuses us (password, not
+/// run-chain's) is a config error (78); one that does not answer an internal error (70),
+/// as a store that cannot be read. The message names the URL without its secret.
+pub(crate) fn fleet_error(e: crate::store::pg::conn::ConnError) -> Error {
+    use crate::store::pg::conn::ConnError;
+    match e {
+        ConnError::Refused(m) => Error::Config(format!("[store]: {m}")),
+        ConnError::Unreachable(m) => Error::Internal(format!("cannot read the fleet's store: {m}")),
+    }
+}
+
 pub(crate) fn store_error(run_root: &Path, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!(
         "failed to read the store {}: {e}",

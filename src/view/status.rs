@@ -24,6 +24,7 @@ use crate::core::resume;
 use crate::error::{Error, Result};
 use crate::lock::fleet::standing;
 use crate::lock::holders::{chains, holders};
+use crate::store::pg::reader::{FleetRows, LeaseRow};
 use crate::store::state_file;
 use crate::store::{self, SeriesRow};
 
@@ -59,12 +60,29 @@ pub(crate) struct ChainView {
 
 /// A fleet chain's instance on this host: `owner` or `standby`, and the lease's holder
 /// (host, epoch); `error`: why a standby cannot use the database, if it cannot.
+///
+/// Read from the fleet's store (`status` with `[store]`): `expires` (the lease's expiry,
+/// the database's clock), `failovers` and `fenced_writes` (the lease's counters, null
+/// where the schema has none), `standbys` (instances seen within the last lease), and
+/// `role` `none` for a chain with no instance on this host; `host` and `epoch` are then
+/// the lease row's (null when no host holds an unexpired lease).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct FleetView {
     pub(crate) epoch: Option<i64>,
     pub(crate) error: Option<String>,
+    pub(crate) expires: Option<Wall>,
+    pub(crate) failovers: Option<u64>,
+    pub(crate) fenced_writes: Option<u64>,
     pub(crate) host: Option<String>,
     pub(crate) role: String,
+    pub(crate) standbys: Vec<StandbyView>,
+}
+
+/// A standby instance of a fleet chain: its host and when it was last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct StandbyView {
+    pub(crate) host: String,
+    pub(crate) seen: Wall,
 }
 
 /// A pending `run-now`: the task, the run id reserved for it, who asked.
@@ -102,6 +120,9 @@ pub(crate) enum NowState {
     Cooldown,
     /// A fleet chain whose instance here waits: another host holds the lease.
     Standby,
+    /// A fleet chain that runs on another host, which does not tell what it does now
+    /// (its state is not in the fleet's store).
+    Elsewhere,
 }
 
 impl NowView {
@@ -179,13 +200,18 @@ fn written_by_another_instance(st: &resume::State, holder: i32) -> bool {
 
 /// The status of every chain in `run_root` (none when it does not exist yet).
 pub(crate) fn build(run_root: &Path) -> Result<StatusView> {
+    let conn = store::open_read(run_root).map_err(Error::Internal)?;
+    build_with(run_root, conn.as_ref())
+}
+
+/// The status of every chain in `run_root`, with the aggregates `conn` has.
+fn build_with(run_root: &Path, conn: Option<&store::Reader>) -> Result<StatusView> {
     let names = if run_root.exists() {
         chains(run_root)?
     } else {
         Vec::new()
     };
-    let conn = store::open_read(run_root).map_err(Error::Internal)?;
-    let series = match &conn {
+    let series = match conn {
         Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
         None => Vec::new(),
     };
@@ -209,8 +235,12 @@ pub(crate) fn build(run_root: &Path) -> Result<StatusView> {
                 v.fleet = Some(FleetView {
                     epoch: f.epoch,
                     error: f.error,
+                    expires: None,
+                    failovers: None,
+                    fenced_writes: None,
                     host: f.host,
                     role: if f.owner { "owner" } else { "standby" }.to_string(),
+                    standbys: Vec::new(),
                 });
             }
             v
@@ -222,6 +252,133 @@ pub(crate) fn build(run_root: &Path) -> Result<StatusView> {
         run_root: root.display().to_string(),
         run_root_given: run_root.display().to_string(),
     })
+}
+
+/// The status of `run_root`, and with a `[store]` every chain of the fleet ([`merge_fleet`]).
+pub(crate) fn build_fleet(
+    run_root: &Path,
+    fleet: Option<&crate::config::FleetConfig>,
+) -> Result<StatusView> {
+    let Some(cfg) = fleet else {
+        return build(run_root);
+    };
+    let conn = super::runs::open_reader(run_root, Some(cfg))?;
+    let mut v = build_with(run_root, conn.as_ref())?;
+    // One connection for the records and the leases, when the fleet's store keeps both.
+    let rows = match conn.as_ref().and_then(|c| c.fleet(cfg.lease)) {
+        Some(rows) => {
+            rows.map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}")))?
+        }
+        None => fleet_rows(cfg)?,
+    };
+    let series = match &conn {
+        Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
+        None => Vec::new(),
+    };
+    merge_fleet(&mut v, &rows, &series);
+    Ok(v)
+}
+
+/// Read the fleet's leases from its store, from this (the command's) thread, with a short
+/// timeout. A database that refuses us (password, not run-chain's) is a config error (78);
+/// one that does not answer is an internal error (70), as a store that cannot be read.
+pub(crate) fn fleet_rows(cfg: &crate::config::FleetConfig) -> Result<FleetRows> {
+    crate::store::pg::reader::read(cfg).map_err(super::runs::fleet_error)
+}
+
+/// Add the fleet to a RUN_ROOT's status (pure): every chain of the fleet's store, each
+/// with its lease (host, epoch, expiry), its counters and its standbys. A chain of this
+/// RUN_ROOT keeps its local facts (pid, up, what its instance here does); one with no
+/// instance up here shows what the fleet's store says it does (its state, while a host
+/// holds its lease; else `down`). Chains stay in name order.
+pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows, series: &[SeriesRow]) {
+    for c in &mut v.chains {
+        let Some(r) = rows.chains.get(&c.chain) else {
+            continue;
+        };
+        let f = c.fleet.get_or_insert_with(|| FleetView {
+            epoch: None,
+            error: None,
+            expires: None,
+            failovers: None,
+            fenced_writes: None,
+            host: None,
+            role: "none".to_string(),
+            standbys: Vec::new(),
+        });
+        fill_fleet(f, r);
+        if !c.up {
+            let st = remote_state(r);
+            c.now = remote_now(r, st.as_ref());
+        }
+    }
+    for (name, r) in &rows.chains {
+        if v.chains.iter().any(|c| &c.chain == name) {
+            continue;
+        }
+        let st = remote_state(r);
+        let empty = resume::State::default();
+        let mine: Vec<&SeriesRow> = series.iter().filter(|s| &s.chain == name).collect();
+        let mut c = chain_view(name, None, st.as_ref().unwrap_or(&empty), false, &mine);
+        c.now = remote_now(r, st.as_ref());
+        let mut f = FleetView {
+            epoch: None,
+            error: None,
+            expires: None,
+            failovers: None,
+            fenced_writes: None,
+            host: None,
+            role: "none".to_string(),
+            standbys: Vec::new(),
+        };
+        fill_fleet(&mut f, r);
+        c.fleet = Some(f);
+        v.chains.push(c);
+    }
+    v.chains.sort_by(|a, b| a.chain.cmp(&b.chain));
+}
+
+/// The lease row's facts in a chain's fleet view.
+fn fill_fleet(f: &mut FleetView, r: &LeaseRow) {
+    f.host = r.owner().map(str::to_string);
+    f.epoch = r.owner().map(|_| r.epoch);
+    f.expires = r.owner().and(r.expires_ms).map(Wall);
+    f.failovers = r.failovers;
+    f.fenced_writes = r.fenced_writes;
+    f.standbys = r
+        .standbys
+        .iter()
+        .map(|s| StandbyView {
+            host: s.host.clone(),
+            seen: Wall(s.seen_ms),
+        })
+        .collect();
+}
+
+/// The chain's state as the fleet's store keeps it, if it does and it reads.
+fn remote_state(r: &LeaseRow) -> Option<resume::State> {
+    r.state
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<resume::State>(s).ok())
+}
+
+/// What a chain with no instance up here does, by the fleet's store: down while no host
+/// holds its lease; else what its state says, or `elsewhere` without a state.
+fn remote_now(r: &LeaseRow, st: Option<&resume::State>) -> NowView {
+    if r.owner().is_none() {
+        return NowView::only(NowState::Down);
+    }
+    match st {
+        Some(st) => {
+            let v = chain_view("", Some(0), st, false, &[]).now;
+            if v.state == NowState::Starting {
+                NowView::only(NowState::Elsewhere)
+            } else {
+                v
+            }
+        }
+        None => NowView::only(NowState::Elsewhere),
+    }
 }
 
 /// One chain's view, from its lock holder, its `CHAIN.state` (`another_writer`: written by
@@ -340,7 +497,7 @@ pub(crate) fn text(v: &StatusView, now: Wall) -> String {
         let pid = c.pid.map_or(String::new(), |p| format!(" pid {p}"));
         let _ = writeln!(w, "{}:{pid} {}", c.chain, doing(&c.now, now));
         if let Some(f) = &c.fleet {
-            let _ = writeln!(w, "  fleet: {}", fleet_text(f));
+            let _ = writeln!(w, "  fleet: {}", fleet_text(f, now));
         }
         if let Some(q) = &c.queued {
             let _ = writeln!(
@@ -397,22 +554,45 @@ fn doing(n: &NowView, now: Wall) -> String {
         },
         NowState::Down => "down".to_string(),
         NowState::Standby => "standby".to_string(),
+        NowState::Elsewhere => "runs on another host".to_string(),
     }
 }
 
 /// A fleet chain's line: "standby; the chain runs on host h1 (epoch 7)", "owner (epoch
 /// 8)", "standby; database unreachable: ...".
-fn fleet_text(f: &FleetView) -> String {
+pub(crate) fn fleet_text(f: &FleetView, now: Wall) -> String {
     let holder = match (&f.host, f.epoch) {
         (Some(h), Some(e)) => format!("host {h} (epoch {e})"),
         _ => "no host".to_string(),
     };
-    match (f.role.as_str(), &f.error) {
+    let mut t = match (f.role.as_str(), &f.error) {
         ("owner", _) => format!("owner, as {holder}"),
+        ("none", _) if f.host.is_some() => format!("runs on {holder}; no instance here"),
+        ("none", _) => "no host holds the lease; no instance here".to_string(),
         (_, Some(e)) => format!("standby; {e}"),
         _ if f.host.is_some() => format!("standby; the chain runs on {holder}"),
         _ => "standby; the lease is free or expiring".to_string(),
+    };
+    if let Some(x) = f.expires {
+        if x > now {
+            let _ = write!(t, "; lease expires in {}", dur(x.0 - now.0));
+        } else {
+            t.push_str("; lease expired");
+        }
     }
+    if !f.standbys.is_empty() {
+        let hosts: Vec<&str> = f.standbys.iter().map(|s| s.host.as_str()).collect();
+        let _ = write!(t, "; standbys: {}", hosts.join(", "));
+    }
+    for (n, what) in [
+        (f.failovers, "failovers"),
+        (f.fenced_writes, "fenced writes"),
+    ] {
+        if let Some(n) = n.filter(|n| *n > 0) {
+            let _ = write!(t, "; {n} {what}");
+        }
+    }
+    t
 }
 
 /// A task's last run: "ok 3m ago", "failed (3) 2h ago", "signal (SIGTERM) just now".

@@ -322,3 +322,115 @@ fn a_pending_run_now_shows_as_queued() {
         .queued
         .is_none());
 }
+
+fn lease(chain: &str, host: Option<&str>, held: bool, standbys: &[&str]) -> LeaseRow {
+    LeaseRow {
+        chain: chain.into(),
+        host: host.map(str::to_string),
+        epoch: 7,
+        expires_ms: Some(NOW + 1_500),
+        held,
+        failovers: Some(2),
+        fenced_writes: Some(0),
+        standbys: standbys
+            .iter()
+            .map(|h| crate::store::pg::reader::StandbyRow {
+                host: h.to_string(),
+                seen_ms: NOW - 300,
+            })
+            .collect(),
+        state: None,
+    }
+}
+
+#[test]
+fn the_fleet_is_merged_into_a_run_roots_status() {
+    // This host runs `local` as a standby (h1 owns it); `remote` runs on h2 only, its state
+    // in the fleet's store; `free` is held by nobody.
+    let mut local = busy_chain();
+    local.chain = "local".into();
+    local.fleet = Some(FleetView {
+        epoch: Some(6),
+        error: None,
+        expires: None,
+        failovers: None,
+        fenced_writes: None,
+        host: Some("old".into()),
+        role: "standby".into(),
+        standbys: Vec::new(),
+    });
+    let mut v = view(vec![local]);
+    let mut rows = FleetRows::default();
+    rows.chains
+        .insert("local".into(), lease("local", Some("h1"), true, &["h3"]));
+    let mut remote = lease("remote", Some("h2"), true, &[]);
+    let mut st = state(&["fetch"]);
+    st.running_task = Some("fetch".into());
+    st.running_run_id = Some(4);
+    st.running_since_ms = Some(NOW - 1_000);
+    remote.state = serde_json::to_string(&st).ok();
+    rows.chains.insert("remote".into(), remote);
+    rows.chains
+        .insert("free".into(), lease("free", Some("h9"), false, &[]));
+    let mut s = series("fetch");
+    s.chain = "remote".into();
+    s.runs = 3;
+    merge_fleet(&mut v, &rows, &[s]);
+
+    let names: Vec<&str> = v.chains.iter().map(|c| c.chain.as_str()).collect();
+    assert_eq!(names, ["free", "local", "remote"]);
+    let f = v.chains[1].fleet.as_ref().expect("fleet");
+    // The lease row's facts replace the instance's; its role stays.
+    assert_eq!(
+        (f.host.as_deref(), f.epoch, f.role.as_str()),
+        (Some("h1"), Some(7), "standby")
+    );
+    assert_eq!(f.expires, Some(Wall(NOW + 1_500)));
+    assert_eq!(f.failovers, Some(2));
+    assert_eq!(
+        f.standbys,
+        [StandbyView {
+            host: "h3".into(),
+            seen: Wall(NOW - 300)
+        }]
+    );
+    assert!(v.chains[1].up, "local facts kept");
+
+    let r = &v.chains[2];
+    assert_eq!((r.up, r.pid), (false, None));
+    assert_eq!(r.now.state, NowState::Running);
+    assert_eq!(r.now.run_id, Some(4));
+    assert_eq!(r.tasks[0].runs, 3);
+    assert_eq!(r.fleet.as_ref().map(|f| f.role.as_str()), Some("none"));
+
+    // An expired lease: nobody owns it, the chain is down.
+    let free = &v.chains[0];
+    assert_eq!(free.now.state, NowState::Down);
+    let f = free.fleet.as_ref().expect("fleet");
+    assert_eq!((f.host.as_deref(), f.epoch, f.expires), (None, None, None));
+
+    let t = text(&v, Wall(NOW));
+    assert!(
+        t.contains("remote: running fetch (run 4) for 1.0s\n  fleet: runs on host h2 (epoch 7); no instance here; lease expires in 1.5s; 2 failovers\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("  fleet: standby; the chain runs on host h1 (epoch 7); lease expires in 1.5s; standbys: h3; 2 failovers\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("free: down\n  fleet: no host holds the lease; no instance here; 2 failovers\n"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_remote_chain_without_a_state_runs_elsewhere() {
+    let mut v = view(Vec::new());
+    let mut rows = FleetRows::default();
+    rows.chains
+        .insert("x".into(), lease("x", Some("h2"), true, &[]));
+    merge_fleet(&mut v, &rows, &[]);
+    assert_eq!(v.chains[0].now.state, NowState::Elsewhere);
+    assert!(json(&v).contains("\"state\": \"elsewhere\""));
+}

@@ -1,0 +1,463 @@
+//! The fleet's read side: who owns which chain (the lease rows), who waits for it (the
+//! standbys seen within the last lease), what each chain does now (`chain_state`, when
+//! the schema has it), for `status`, the metrics and the console of any host.
+//!
+//! Readers are commands (`status`, `metrics`, `serve`): each connects from its own thread
+//! with [`Conn::connect`] and a short timeout, reads, and drops the connection. Only
+//! unnamed statements (`query_typed`): PgBouncer's transaction pooling must work.
+//!
+//! Columns a later schema adds (the lease's `failovers` and `fenced_writes` counters) are
+//! read through `to_jsonb(row)`, so that one reader works over every schema version: a
+//! counter the schema does not have yet reads as None (and is not exported).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+
+use super::conn::{Conn, ConnError, DbError};
+use crate::config::FleetConfig;
+
+/// How long a reader waits for the database to answer a connect or a statement.
+pub(crate) const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// A standby instance of a chain, seen within the last lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StandbyRow {
+    pub(crate) host: String,
+    /// When it last tried to acquire (wall ms, the database's clock).
+    pub(crate) seen_ms: u64,
+}
+
+/// One chain of the fleet: its lease row and its standbys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaseRow {
+    pub(crate) chain: String,
+    /// The host named by the row (None: released or never held).
+    pub(crate) host: Option<String>,
+    pub(crate) epoch: i64,
+    /// When the lease expires (wall ms, the database's clock; None: never held).
+    pub(crate) expires_ms: Option<u64>,
+    /// Whether a holder's lease is unexpired now (on the database's clock).
+    pub(crate) held: bool,
+    /// Lease changes to another holder after an expiry (None: the schema has no counter).
+    pub(crate) failovers: Option<u64>,
+    /// Write batches refused by the fence (None: the schema has no counter).
+    pub(crate) fenced_writes: Option<u64>,
+    pub(crate) standbys: Vec<StandbyRow>,
+    /// The chain's carried-over state (`chain_state.state`, as JSON text), if kept there.
+    pub(crate) state: Option<String>,
+}
+
+impl LeaseRow {
+    /// The host that owns the chain now: the row's host while its lease is unexpired.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.host.as_deref().filter(|_| self.held)
+    }
+}
+
+/// What the fleet's store says, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FleetRows {
+    /// By chain name.
+    pub(crate) chains: BTreeMap<String, LeaseRow>,
+    /// The database's clock when read (wall ms).
+    pub(crate) now_ms: u64,
+}
+
+const LEASES: &str = "SELECT l.chain, l.host, l.epoch,
+    CASE WHEN isfinite(l.expires_at) THEN (extract(epoch FROM l.expires_at) * 1000)::int8 END,
+    l.holder IS NOT NULL AND l.expires_at > now(),
+    (to_jsonb(l) ->> 'failovers')::int8,
+    (to_jsonb(l) ->> 'fenced_writes')::int8,
+    (extract(epoch FROM now()) * 1000)::int8
+  FROM run_chain.leases l ORDER BY l.chain";
+
+const STANDBYS: &str = "SELECT s.chain, s.host, (extract(epoch FROM s.seen_at) * 1000)::int8
+  FROM run_chain.standbys s
+  WHERE s.seen_at > now() - make_interval(secs => $1)
+  ORDER BY s.chain, s.host, s.seen_at";
+
+/// `chain_state` exists from schema version 2 on; `to_regclass` says whether it is there.
+const STATES: &str = "SELECT to_regclass('run_chain.chain_state') IS NOT NULL";
+const STATE_ROWS: &str = "SELECT chain, state::text FROM run_chain.chain_state";
+
+/// Connect, read the fleet ([`fleet`]) and disconnect, or say why not: `Refused` (what
+/// the user must fix: password, foreign database) or `Unreachable`, each naming the
+/// redacted URL. A database without run-chain's schema has no chains yet.
+pub(crate) fn read(cfg: &FleetConfig) -> Result<FleetRows, ConnError> {
+    let conn = Conn::connect(cfg, READ_WAIT)?;
+    if super::schema::version(&conn)?.is_none() {
+        return Ok(FleetRows::default());
+    }
+    fleet(&conn, cfg.lease).map_err(|e| {
+        ConnError::Unreachable(format!("{}: reading the fleet's leases: {e}", conn.shown()))
+    })
+}
+
+/// Read every lease, its standbys seen within `lease`, and each chain's state if kept.
+pub(crate) fn fleet(conn: &Conn, lease: Duration) -> Result<FleetRows, DbError> {
+    let c = conn.client();
+    let rows = conn.run(READ_WAIT, c.query_typed(LEASES, &[]))?;
+    let mut out = FleetRows::default();
+    let u = |v: i64| v.max(0) as u64;
+    for r in rows {
+        let chain: String = r.try_get(0)?;
+        out.now_ms = u(r.try_get(7)?);
+        out.chains.insert(
+            chain.clone(),
+            LeaseRow {
+                chain,
+                host: r.try_get(1)?,
+                epoch: r.try_get(2)?,
+                expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
+                held: r.try_get(4)?,
+                failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
+                fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
+                standbys: Vec::new(),
+                state: None,
+            },
+        );
+    }
+    let secs = lease.as_secs_f64();
+    for r in conn.run(READ_WAIT, c.query_typed(STANDBYS, &[(&secs, Type::FLOAT8)]))? {
+        let chain: String = r.try_get(0)?;
+        let host: Option<String> = r.try_get(1)?;
+        let seen: Option<i64> = r.try_get(2)?;
+        if let Some(row) = out.chains.get_mut(&chain) {
+            row.standbys.push(StandbyRow {
+                host: host.unwrap_or_default(),
+                seen_ms: seen.map_or(0, u),
+            });
+        }
+    }
+    let has_states = conn
+        .run(READ_WAIT, c.query_typed(STATES, &[]))?
+        .first()
+        .map(|r| r.try_get::<_, bool>(0))
+        .transpose()?
+        .unwrap_or(false);
+    if has_states {
+        for r in conn.run(READ_WAIT, c.query_typed(STATE_ROWS, &[]))? {
+            let chain: String = r.try_get(0)?;
+            if let Some(row) = out.chains.get_mut(&chain) {
+                row.state = r.try_get(1)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// The records (schema version 2): what `Reader::Pg` answers for history, log, status,
+// the metrics and the console. Same rows as SQLite's (`RunRow`, `SeriesRow`); numbers are
+// cast to int8 in the SQL, so the Rust side reads one type whatever the column's.
+// ---------------------------------------------------------------------------------------
+
+use crate::store::{unpack_recent, Recent, RunRow, SeriesRow};
+
+/// The fleet's store open for reading its records.
+pub(crate) struct PgReader {
+    conn: Conn,
+}
+
+/// Open the fleet's store for reading its records: None when its schema has no records
+/// yet (version 1: leases only). Errors as [`read`]'s.
+pub(crate) fn open(cfg: &FleetConfig) -> Result<Option<PgReader>, ConnError> {
+    let conn = Conn::connect(cfg, READ_WAIT)?;
+    Ok(match super::schema::version(&conn)? {
+        Some(v) if v >= 2 => Some(PgReader { conn }),
+        _ => None,
+    })
+}
+
+impl PgReader {
+    /// The fleet's leases through this reader's connection ([`fleet`]).
+    pub(crate) fn fleet(&self, lease: Duration) -> Result<FleetRows, String> {
+        fleet(&self.conn, lease).map_err(|e| format!("{}: {e}", self.conn.shown()))
+    }
+
+    fn rows(
+        &self,
+        sql: &str,
+        params: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<tokio_postgres::Row>, String> {
+        self.conn
+            .run(READ_WAIT, self.conn.client().query_typed(sql, params))
+            .map_err(|e| format!("{}: {e}", self.conn.shown()))
+    }
+}
+
+const PG_RUN_COLUMNS: &str = "s.chain, s.task, r.run_id::int8, COALESCE(r.host, i.host, ''),
+    r.scheduled_ms::int8, r.start_ms::int8, r.stop_ms::int8, r.outcome, r.exit_code::int8, r.signal::int8,
+    r.duration_ms::int8, r.latency_ms::int8, r.output_bytes::int8, r.output_cut, r.error,
+    COALESCE(i.pid, 0)::int8, COALESCE(i.version, ''), COALESCE(i.config_digest, ''),
+    r.\"trigger\", r.requested_by";
+
+const PG_RUNS_FROM: &str = "FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series
+    LEFT JOIN run_chain.instances i ON i.id = r.instance";
+
+fn u(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn run_row(r: &tokio_postgres::Row) -> Result<RunRow, tokio_postgres::Error> {
+    let uo = |v: Option<i64>| v.map(u);
+    Ok(RunRow {
+        chain: r.try_get(0)?,
+        task: r.try_get(1)?,
+        run_id: u(r.try_get(2)?),
+        host: r.try_get(3)?,
+        scheduled_ms: uo(r.try_get(4)?),
+        start_ms: u(r.try_get(5)?),
+        stop_ms: uo(r.try_get(6)?),
+        outcome: r.try_get(7)?,
+        exit_code: r.try_get::<_, Option<i64>>(8)?.map(|v| v as i32),
+        signal: r.try_get::<_, Option<i64>>(9)?.map(|v| v as i32),
+        duration_ms: uo(r.try_get(10)?),
+        latency_ms: uo(r.try_get(11)?),
+        output_bytes: u(r.try_get(12)?),
+        output_cut: r.try_get(13)?,
+        error: r.try_get(14)?,
+        instance_pid: r.try_get::<_, i64>(15)?.max(0) as u32,
+        version: r.try_get(16)?,
+        config_digest: r.try_get(17)?,
+        trigger: r.try_get(18)?,
+        requested_by: r.try_get(19)?,
+    })
+}
+
+fn run_rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<RunRow>, String> {
+    rows.iter()
+        .map(run_row)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// The newest `limit` runs of `task` (in `chain`, or every chain), newest first: by
+/// start, then run id, then chain name.
+pub(crate) fn history(
+    p: &PgReader,
+    task: &str,
+    chain: Option<&str>,
+    limit: usize,
+) -> Result<Vec<RunRow>, String> {
+    let sql = format!(
+        "SELECT {PG_RUN_COLUMNS} {PG_RUNS_FROM}
+         WHERE s.task = $1 AND ($2::text IS NULL OR s.chain = $2)
+         ORDER BY r.start_ms DESC, r.run_id DESC, s.chain LIMIT $3"
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    run_rows(p.rows(
+        &sql,
+        &[
+            (&task, Type::TEXT),
+            (&chain, Type::TEXT),
+            (&limit, Type::INT8),
+        ],
+    )?)
+}
+
+/// The kept output of a run (`run_id`, or the newest started run of `task`): the final
+/// tail of a finished run, or the chunks kept so far of a running one.
+pub(crate) fn output(
+    p: &PgReader,
+    task: &str,
+    chain: Option<&str>,
+    run_id: Option<u64>,
+) -> Result<Option<(RunRow, Vec<u8>)>, String> {
+    let sql = format!(
+        "SELECT {PG_RUN_COLUMNS}, r.output, r.id {PG_RUNS_FROM}
+         WHERE s.task = $1 AND ($2::text IS NULL OR s.chain = $2) AND ($3::int8 IS NULL OR r.run_id = $3)
+           AND ($3::int8 IS NOT NULL OR r.outcome IS NULL OR r.outcome <> 'queued')
+         ORDER BY r.start_ms DESC, r.run_id DESC LIMIT 1"
+    );
+    let id = run_id.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let rows = p.rows(
+        &sql,
+        &[(&task, Type::TEXT), (&chain, Type::TEXT), (&id, Type::INT8)],
+    )?;
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    let mut row = run_row(r).map_err(|e| e.to_string())?;
+    let kept: Option<Vec<u8>> = r.try_get(20).map_err(|e| e.to_string())?;
+    let out = match kept {
+        Some(b) => b,
+        None => {
+            let pk: i64 = r.try_get(21).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let mut end = 0u64;
+            for c in p.rows(
+                "SELECT off::int8, data FROM run_chain.output_chunks WHERE run = $1 ORDER BY off",
+                &[(&pk, Type::INT8)],
+            )? {
+                let off: i64 = c.try_get(0).map_err(|e| e.to_string())?;
+                let data: Vec<u8> = c.try_get(1).map_err(|e| e.to_string())?;
+                if out.is_empty() && off > 0 {
+                    row.output_cut = true;
+                }
+                end = u(off) + data.len() as u64;
+                out.extend_from_slice(&data);
+            }
+            row.output_bytes = row.output_bytes.max(end);
+            out
+        }
+    };
+    Ok(Some((row, out)))
+}
+
+/// Every series with its aggregates and its recent-runs window.
+pub(crate) fn series(p: &PgReader) -> Result<Vec<(SeriesRow, Recent)>, String> {
+    let rows = p.rows(
+        "SELECT chain, task, runs::int8, ok::int8, failed::int8, timeout::int8, signal::int8,
+                spawn_error::int8, interrupted::int8, duration_sum_ms::int8, latency_sum_ms::int8,
+                last_run_id::int8, last_outcome, last_exit_code::int8, last_scheduled_ms::int8,
+                last_start_ms::int8, last_stop_ms::int8, last_duration_ms::int8, last_success_ms::int8,
+                running_run_id::int8, running_since_ms::int8, streak_start_ms::int8,
+                streak_failures::int8, recent
+         FROM run_chain.series ORDER BY chain, task",
+        &[],
+    )?;
+    let one = |r: &tokio_postgres::Row| -> Result<(SeriesRow, Recent), tokio_postgres::Error> {
+        let uo = |v: Option<i64>| v.map(u);
+        let s = SeriesRow {
+            chain: r.try_get(0)?,
+            task: r.try_get(1)?,
+            runs: u(r.try_get(2)?),
+            ok: u(r.try_get(3)?),
+            failed: u(r.try_get(4)?),
+            timeout: u(r.try_get(5)?),
+            signal: u(r.try_get(6)?),
+            spawn_error: u(r.try_get(7)?),
+            interrupted: u(r.try_get(8)?),
+            duration_sum_ms: u(r.try_get(9)?),
+            latency_sum_ms: u(r.try_get(10)?),
+            last_run_id: uo(r.try_get(11)?),
+            last_outcome: r.try_get(12)?,
+            last_exit_code: r.try_get::<_, Option<i64>>(13)?.map(|v| v as i32),
+            last_scheduled_ms: uo(r.try_get(14)?),
+            last_start_ms: uo(r.try_get(15)?),
+            last_stop_ms: uo(r.try_get(16)?),
+            last_duration_ms: uo(r.try_get(17)?),
+            last_success_ms: uo(r.try_get(18)?),
+            running_run_id: uo(r.try_get(19)?),
+            running_since_ms: uo(r.try_get(20)?),
+            streak_start_ms: uo(r.try_get(21)?),
+            streak_failures: u(r.try_get(22)?),
+        };
+        let blob: Option<Vec<u8>> = r.try_get(23)?;
+        Ok((s, unpack_recent(blob.as_deref().unwrap_or_default())))
+    };
+    rows.iter()
+        .map(one)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// Kicked and manual runs, per (chain, task).
+pub(crate) fn trigger_counts(p: &PgReader) -> Result<Vec<(String, String, u64, u64)>, String> {
+    p.rows(
+        "SELECT chain, task, runs_kick::int8, runs_manual::int8 FROM run_chain.series",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get(0)?,
+            r.try_get(1)?,
+            u(r.try_get(2)?),
+            u(r.try_get(3)?),
+        ))
+    })
+    .collect::<Result<_, tokio_postgres::Error>>()
+    .map_err(|e| e.to_string())
+}
+
+/// Alerts decided, per (chain, task, kind).
+pub(crate) fn alert_counts(p: &PgReader) -> Result<Vec<(String, String, String, u64)>, String> {
+    p.rows(
+        "SELECT s.chain, s.task, a.kind, a.count::int8 FROM run_chain.alerts a
+         JOIN run_chain.series s ON s.id = a.series",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get(0)?,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            u(r.try_get(3)?),
+        ))
+    })
+    .collect::<Result<_, tokio_postgres::Error>>()
+    .map_err(|e| e.to_string())
+}
+
+fn names(rows: Vec<tokio_postgres::Row>) -> Result<Vec<String>, String> {
+    rows.iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(|e: tokio_postgres::Error| e.to_string())
+}
+
+/// The chains in which `task` has recorded runs.
+pub(crate) fn chains_of_task(p: &PgReader, task: &str) -> Result<Vec<String>, String> {
+    names(p.rows(
+        "SELECT chain FROM run_chain.series WHERE task = $1 AND runs > 0 ORDER BY chain",
+        &[(&task, Type::TEXT)],
+    )?)
+}
+
+/// The chains in which `task` has a run `run_id`.
+pub(crate) fn chains_with_run(
+    p: &PgReader,
+    task: &str,
+    run_id: u64,
+) -> Result<Vec<String>, String> {
+    let id = i64::try_from(run_id).unwrap_or(i64::MAX);
+    names(p.rows(
+        "SELECT s.chain FROM run_chain.series s JOIN run_chain.runs r ON r.series = s.id
+         WHERE s.task = $1 AND r.run_id = $2 ORDER BY s.chain",
+        &[(&task, Type::TEXT), (&id, Type::INT8)],
+    )?)
+}
+
+/// Up to `limit` runs of `task` in `chain` with a run id below `before`, with `outcome`
+/// (`running`: none yet; None: any), newest first by run id.
+pub(crate) fn runs_before(
+    p: &PgReader,
+    chain: &str,
+    task: &str,
+    before: i64,
+    outcome: Option<&str>,
+    limit: usize,
+) -> Result<Vec<RunRow>, String> {
+    let sql = format!(
+        "SELECT {PG_RUN_COLUMNS} {PG_RUNS_FROM}
+         WHERE s.chain = $1 AND s.task = $2 AND r.run_id < $3
+           AND ($4::text IS NULL OR ($4 = 'running' AND r.outcome IS NULL) OR r.outcome = $4)
+         ORDER BY r.run_id DESC LIMIT $5"
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    run_rows(p.rows(
+        &sql,
+        &[
+            (&chain, Type::TEXT),
+            (&task, Type::TEXT),
+            (&before, Type::INT8),
+            (&outcome, Type::TEXT),
+            (&limit, Type::INT8),
+        ],
+    )?)
+}
+
+/// The newest `n` runs of `chain`, all tasks together, newest (by start, then run id) first.
+pub(crate) fn newest_of_chain(p: &PgReader, chain: &str, n: usize) -> Result<Vec<RunRow>, String> {
+    let sql = format!(
+        "SELECT {PG_RUN_COLUMNS} {PG_RUNS_FROM} WHERE s.chain = $1
+         ORDER BY r.start_ms DESC, r.run_id DESC LIMIT $2"
+    );
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    run_rows(p.rows(&sql, &[(&chain, Type::TEXT), (&n, Type::INT8)])?)
+}

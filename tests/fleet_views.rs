@@ -1,0 +1,524 @@
+//! Seeing the fleet (issue 20, the read side) against a real PostgreSQL: "hosts" are
+//! RUN_ROOTs with `host = "h1"`, `"h2"`, `"h3"` sharing one database, `lease = "2s"`.
+//! Chain `a` is owned by h1 with h2 its standby, chain `b` the other way round; h3 runs
+//! nothing.
+//!
+//! Cases: `status` (text and --json) on every host shows both chains with their owner,
+//! epoch, lease expiry and standbys, and the host's own process facts; a host's metrics
+//! export the chains it owns (runs, owner) and those it is a standby of (standby gauge),
+//! `serve --fleet` every chain; each run is counted once across the hosts; promtool is
+//! clean on all; the console of a host that does not own a chain shows its owner and no
+//! action buttons (the owner's does); `status` of 200 chains over 3 hosts, timed.
+
+mod common;
+mod console_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::{bin, wait_until, Runner, TestEnv};
+use console_support::{get, start_serve};
+use serde_json::Value;
+use support::pg::Pg;
+
+const LEASE: &str = "2s";
+
+fn host(pg: &Pg, name: &str, url: &str) -> TestEnv {
+    let env = TestEnv::new("");
+    let pw = pg.write_runchain_password(&env.path("pw"));
+    env.write_config(&format!(
+        r#"
+[store]
+url = "{url}"
+password_file = "{pw}"
+lease = "{LEASE}"
+host = "{name}"
+
+[defaults]
+success_cooldown = "300ms"
+fail_cooldown = "300ms"
+stop_grace = "0s"
+kill_grace = "200ms"
+
+[tasks.a]
+command = "echo a"
+[tasks.b]
+command = "echo b"
+"#,
+        pw = pw.display(),
+    ));
+    env
+}
+
+fn status_json(env: &TestEnv) -> Value {
+    let out = env.sub(&["status", "--json"]);
+    out.assert_code(0);
+    serde_json::from_str(&out.stdout).expect("status --json")
+}
+
+fn chain<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["chains"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["chain"] == name))
+        .unwrap_or_else(|| panic!("no chain {name} in {doc:#}"))
+}
+
+fn text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn wait_stderr(r: &mut Runner, what: &str, needle: &str) {
+    let e = r.stderr.clone();
+    r.wait_for(what, || text(&e).contains(needle));
+}
+
+/// The epoch of chain `chain`'s lease row.
+fn epoch(pg: &Pg, db: &str, chain: &str) -> i64 {
+    pg.psql(
+        db,
+        &format!("SELECT epoch FROM run_chain.leases WHERE chain = '{chain}'"),
+    )
+    .trim()
+    .parse()
+    .expect("epoch")
+}
+
+/// The samples of an exposition: (name, labels as `k=v,...` sorted) -> value.
+fn samples(text: &str) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (head, value) = line.rsplit_once(' ').expect("sample");
+        let (name, labels) = match head.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (head, ""),
+        };
+        let mut ls: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+        ls.sort_unstable();
+        let labels = ls.join(",").replace('"', "");
+        out.insert(
+            (name.to_string(), labels),
+            value.parse().unwrap_or(f64::NAN),
+        );
+    }
+    out
+}
+
+fn value(s: &BTreeMap<(String, String), f64>, name: &str, labels: &str) -> Option<f64> {
+    s.get(&(name.to_string(), labels.to_string())).copied()
+}
+
+/// Where promtool is (as tests/metrics.rs finds it): `$RUN_CHAIN_PROMTOOL`, else the copy
+/// scripts/test unpacks in TARGET/peers/prometheus, else PATH.
+fn promtool() -> PathBuf {
+    if let Some(p) = std::env::var_os("RUN_CHAIN_PROMTOOL") {
+        return PathBuf::from(p);
+    }
+    let unpacked = Path::new(bin())
+        .ancestors()
+        .skip(2)
+        .take(2)
+        .map(|d| d.join("peers/prometheus/usr/bin/promtool"));
+    let in_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("promtool"));
+    unpacked
+        .chain(in_path)
+        .find(|p| p.is_file())
+        .expect("promtool not found: run scripts/test (it unpacks Debian's prometheus)")
+}
+
+/// `promtool check metrics` exits 0 and says nothing (a lint warning is a failure).
+fn assert_promtool_clean(what: &str, text: &str) {
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = text.to_owned();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().expect("promtool");
+    w.join().expect("writer");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.is_empty(),
+        "{what}: promtool said {said}\non:\n{text}"
+    );
+}
+
+fn metrics(env: &TestEnv) -> String {
+    let out = env.sub(&["metrics"]);
+    out.assert_code(0);
+    out.stdout
+}
+
+#[test]
+fn every_host_sees_both_chains_owners_standbys_and_metrics_count_each_run_once() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views");
+    let h1 = host(pg, "h1", &url);
+    let h2 = host(pg, "h2", &url);
+    let h3 = host(pg, "h3", &url);
+    let mut a1 = h1.spawn(&["a"]);
+    wait_stderr(&mut a1, "h1 owns a", "a: fleet: owner (epoch ");
+    let mut b2 = h2.spawn(&["b"]);
+    wait_stderr(&mut b2, "h2 owns b", "b: fleet: owner (epoch ");
+    let mut a2 = h2.spawn(&["a"]);
+    wait_stderr(
+        &mut a2,
+        "h2 waits for a",
+        "a: fleet: standby: the chain runs on host h1",
+    );
+    let mut b1 = h1.spawn(&["b"]);
+    wait_stderr(
+        &mut b1,
+        "h1 waits for b",
+        "b: fleet: standby: the chain runs on host h2",
+    );
+    let ea = epoch(pg, &db, "a");
+    let eb = epoch(pg, &db, "b");
+
+    // status --json on every host: both chains, owner, epoch, expiry, standbys.
+    for (env, me) in [(&h1, "h1"), (&h2, "h2"), (&h3, "h3")] {
+        wait_until(&format!("{me}'s status shows both standbys"), || {
+            let doc = status_json(env);
+            chain(&doc, "a")["fleet"]["standbys"][0]["host"] == "h2"
+                && chain(&doc, "b")["fleet"]["standbys"][0]["host"] == "h1"
+        });
+        let doc = status_json(env);
+        for (c, owner, e, standby) in [("a", "h1", ea, "h2"), ("b", "h2", eb, "h1")] {
+            let v = chain(&doc, c);
+            let f = &v["fleet"];
+            assert_eq!(f["host"], owner, "{me} {c}: {v:#}");
+            assert_eq!(f["epoch"], e, "{me} {c}: {v:#}");
+            assert!(f["expires"].is_string(), "{me} {c}: {v:#}");
+            assert_eq!(f["failovers"], 0, "{me} {c}: {v:#}");
+            assert_eq!(f["fenced_writes"], 0, "{me} {c}: {v:#}");
+            let standbys: Vec<&str> = f["standbys"]
+                .as_array()
+                .expect("standbys")
+                .iter()
+                .filter_map(|s| s["host"].as_str())
+                .collect();
+            assert_eq!(standbys, [standby], "{me} {c}: {v:#}");
+            let role = if me == owner {
+                "owner"
+            } else if me == standby {
+                "standby"
+            } else {
+                "none"
+            };
+            assert_eq!(f["role"], role, "{me} {c}: {v:#}");
+            // This host's process facts: a pid and up only where an instance runs here.
+            assert_eq!(v["up"], me != "h3", "{me} {c}: {v:#}");
+            assert_eq!(v["pid"].is_number(), me != "h3", "{me} {c}: {v:#}");
+            if me == "h3" {
+                assert!(
+                    ["elsewhere", "running", "cooldown"]
+                        .contains(&v["now"]["state"].as_str().unwrap_or("")),
+                    "{v:#}"
+                );
+            }
+            let keys: Vec<&String> = f.as_object().expect("fleet").keys().collect();
+            assert_eq!(
+                keys,
+                [
+                    "epoch",
+                    "error",
+                    "expires",
+                    "failovers",
+                    "fenced_writes",
+                    "host",
+                    "role",
+                    "standbys"
+                ],
+                "the fleet object's keys and their order"
+            );
+        }
+    }
+    // The text.
+    let out = h2.sub(&["status"]);
+    out.assert_code(0);
+    let t = &out.stdout;
+    assert!(
+        t.contains(&format!(
+            "  fleet: owner, as host h2 (epoch {eb}); lease expires in "
+        )) && t.contains("; standbys: h1\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "  fleet: standby; the chain runs on host h1 (epoch {ea}); lease expires in "
+        )) && t.contains("; standbys: h2\n"),
+        "{t}"
+    );
+    let t = h3.sub(&["status"]).stdout;
+    assert!(
+        t.contains(&format!("a: runs on another host\n  fleet: runs on host h1 (epoch {ea}); no instance here; lease expires in "))
+            || t.contains(&format!("  fleet: runs on host h1 (epoch {ea}); no instance here")),
+        "{t}"
+    );
+
+    // Metrics: a host exports what it owns (runs, owner) and what it waits for (standby).
+    wait_until("h1 and h2 each ran their chain twice", || {
+        let s1 = samples(&metrics(&h1));
+        let s2 = samples(&metrics(&h2));
+        value(&s1, "run_chain_runs_total", "chain=a,result=ok,task=a").unwrap_or(0.0) >= 2.0
+            && value(&s2, "run_chain_runs_total", "chain=b,result=ok,task=b").unwrap_or(0.0) >= 2.0
+    });
+    let m1 = metrics(&h1);
+    let m2 = metrics(&h2);
+    let m3 = metrics(&h3);
+    for (what, m) in [("h1", &m1), ("h2", &m2), ("h3", &m3)] {
+        assert_promtool_clean(what, m);
+    }
+    let (s1, s2, s3) = (samples(&m1), samples(&m2), samples(&m3));
+    assert_eq!(
+        value(&s1, "run_chain_owner", "chain=a,host=h1"),
+        Some(1.0),
+        "{m1}"
+    );
+    assert_eq!(
+        value(&s1, "run_chain_owner", "chain=b,host=h2"),
+        None,
+        "{m1}"
+    );
+    assert_eq!(
+        value(&s1, "run_chain_standby", "chain=b,host=h1"),
+        Some(1.0),
+        "{m1}"
+    );
+    assert_eq!(
+        value(&s2, "run_chain_owner", "chain=b,host=h2"),
+        Some(1.0),
+        "{m2}"
+    );
+    assert_eq!(
+        value(&s2, "run_chain_standby", "chain=a,host=h2"),
+        Some(1.0),
+        "{m2}"
+    );
+    assert_eq!(
+        value(&s1, "run_chain_lease_epoch", "chain=a"),
+        Some(ea as f64),
+        "{m1}"
+    );
+    assert_eq!(
+        value(&s1, "run_chain_failovers_total", "chain=a"),
+        Some(0.0),
+        "{m1}"
+    );
+    assert_eq!(
+        value(&s1, "run_chain_fenced_writes_total", "chain=a"),
+        Some(0.0),
+        "{m1}"
+    );
+    // Runs only where the chain is owned: no run of b on h1, none of a on h2, nothing on h3.
+    let runs_of = |s: &BTreeMap<(String, String), f64>, c: &str| -> f64 {
+        s.iter()
+            .filter(|((n, l), _)| {
+                n == "run_chain_runs_total" && l.starts_with(&format!("chain={c},"))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(runs_of(&s1, "b"), 0.0, "{m1}");
+    assert_eq!(runs_of(&s2, "a"), 0.0, "{m2}");
+    assert!(!m3.contains("run_chain_runs_total{"), "{m3}");
+    assert!(!m3.contains("run_chain_owner{"), "{m3}");
+    assert!(
+        runs_of(&s1, "a") >= 2.0 && runs_of(&s2, "b") >= 2.0,
+        "{m1}\n{m2}"
+    );
+
+    // history and log on h2 (and h3) read the fleet's store: runs of a made on h1, with
+    // the host that ran them.
+    for env in [&h2, &h3] {
+        let out = env.sub(&["history", "a", "--json"]);
+        out.assert_code(0);
+        let runs: Value = serde_json::from_str(&out.stdout).expect("history --json");
+        let runs = runs.as_array().expect("an array");
+        assert!(runs.len() >= 2, "{runs:#?}");
+        assert!(
+            runs.iter().all(|r| r["host"] == "h1" && r["chain"] == "a"),
+            "{runs:#?}"
+        );
+        let done = runs
+            .iter()
+            .find(|r| r["outcome"] == "ok")
+            .expect("a finished run");
+        let id = done["run_id"].as_u64().expect("run id").to_string();
+        let log = env.sub(&["log", "a", &id]);
+        log.assert_code(0);
+        assert_eq!(log.stdout, "a\n", "log a {id}: {}", log.stderr);
+        let table = env.sub(&["history", "a"]);
+        table.assert_code(0);
+        assert!(table.stdout.contains("h1"), "{}", table.stdout);
+    }
+    // status on h3 counts a's runs from the fleet's store.
+    let doc = status_json(&h3);
+    let a = chain(&doc, "a");
+    assert!(a["tasks"][0]["runs"].as_u64().unwrap_or(0) >= 2, "{a:#}");
+
+    // serve --fleet (on h3, which runs nothing): every chain's owner; its runs as recorded.
+    let (_serve, addr) = start_serve(&h3, "127.0.0.1", &["--fleet"]);
+    let mf = get(addr, "/metrics").text();
+    assert_promtool_clean("serve --fleet", &mf);
+    let sf = samples(&mf);
+    assert_eq!(
+        value(&sf, "run_chain_owner", "chain=a,host=h1"),
+        Some(1.0),
+        "{mf}"
+    );
+    assert_eq!(
+        value(&sf, "run_chain_owner", "chain=b,host=h2"),
+        Some(1.0),
+        "{mf}"
+    );
+    assert_eq!(
+        value(&sf, "run_chain_standby", "chain=a,host=h2"),
+        Some(1.0),
+        "{mf}"
+    );
+    assert_eq!(
+        value(&sf, "run_chain_standby", "chain=b,host=h1"),
+        Some(1.0),
+        "{mf}"
+    );
+    // The whole fleet's runs, from the fleet's store: at least what each owner exported.
+    assert!(
+        runs_of(&sf, "a") >= runs_of(&s1, "a") && runs_of(&sf, "b") >= runs_of(&s2, "b"),
+        "{mf}"
+    );
+    // Each run once across the hosts' scrapes (h1 + h2 + h3): every chain's runs on its owner only.
+    for c in ["a", "b"] {
+        let hosts = [runs_of(&s1, c), runs_of(&s2, c), runs_of(&s3, c)];
+        assert_eq!(
+            hosts.iter().filter(|n| **n > 0.0).count(),
+            1,
+            "chain {c}'s runs exported by one host only: {hosts:?}"
+        );
+    }
+
+    // The console on h1 (actions on): chain a has its buttons, chain b (h2's) shows its
+    // owner and none.
+    let (_serve1, addr1) = start_serve(&h1, "127.0.0.1", &["--allow-actions"]);
+    let page_b = get(addr1, "/chain/b");
+    assert_eq!(page_b.status, 200, "{}", page_b.text());
+    let pb = page_b.text();
+    assert!(pb.contains("owner: host h2"), "{pb}");
+    assert!(
+        pb.contains(&format!("runs on host h2 (epoch {eb})")),
+        "{pb}"
+    );
+    assert!(!pb.contains("/chain/b/kick/confirm"), "{pb}");
+    assert!(!pb.contains("/chain/b/stop/confirm"), "{pb}");
+    assert!(!pb.contains("/run/confirm"), "{pb}");
+    let pa = get(addr1, "/chain/a").text();
+    assert!(pa.contains("/chain/a/kick/confirm"), "{pa}");
+    assert!(pa.contains("owner, as host h1"), "{pa}");
+    let index = get(addr1, "/").text();
+    assert!(index.contains("data-chain=\"b\""), "{index}");
+    let api = get(addr1, "/api/v1/chains").json();
+    assert_eq!(chain(&api, "b")["fleet"]["host"], "h2", "{api:#}");
+
+    for r in [&mut a1, &mut b1, &mut a2, &mut b2] {
+        r.signal(libc::SIGTERM);
+    }
+    for r in [&mut a1, &mut b1, &mut a2, &mut b2] {
+        r.assert_exit(0);
+    }
+}
+
+#[test]
+fn status_of_200_chains_over_3_hosts_timed() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views_many");
+    let h1 = host(pg, "h1", &url);
+    // One run makes the schema.
+    h1.run(&["--once", "a"]).assert_code(0);
+    // The fixed cost (connect with SCRAM, the schema check, the reads) with one chain.
+    let mut few = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        h1.sub(&["status", "--json"]).assert_code(0);
+        few.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    few.sort_by(f64::total_cmp);
+    println!(
+        "status --json of 1 chain (fleet), debug build, 10 runs: p50 {:.1} ms, max {:.1} ms",
+        few[few.len() / 2],
+        few[few.len() - 1]
+    );
+    pg.psql(
+        &db,
+        "INSERT INTO run_chain.leases (chain, holder, host, epoch, acquired_at, renewed_at, expires_at)
+           SELECT 'c' || i, md5(i::text), 'h' || (1 + i % 3), 1, now(), now(), now() + interval '1 hour'
+           FROM generate_series(1, 200) i;
+         INSERT INTO run_chain.standbys (chain, holder, host, seen_at)
+           SELECT 'c' || i, md5(i::text || 's' || k), 'h' || (1 + (i + k) % 3), now() + interval '1 hour'
+           FROM generate_series(1, 200) i, generate_series(1, 2) k",
+    );
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let out = h1.sub(&["status", "--json"]);
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        out.assert_code(0);
+        let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!(doc["chains"].as_array().map(Vec::len), Some(201));
+    }
+    times.sort_by(f64::total_cmp);
+    let p = |q: f64| times[((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+    println!(
+        "status --json of 201 chains (200 leases over 3 hosts, 2 standbys each), debug build, 20 runs: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        p(0.5),
+        p(0.95),
+        p(1.0)
+    );
+}
+
+#[test]
+fn an_unreachable_or_refusing_store_is_a_clear_error_naming_the_url_without_its_secret() {
+    let pg = Pg::shared();
+    // Nothing listens on port 1: 70 (the store cannot be read), naming the redacted URL.
+    let env = host(pg, "h1", "postgresql://runchain@127.0.0.1:1/nothing");
+    for args in [&["status"][..], &["metrics"][..], &["history", "a"][..]] {
+        let out = env.sub(args);
+        out.assert_code(70);
+        assert!(
+            out.stderr.contains("cannot read the fleet's store")
+                && out.stderr.contains("runchain@127.0.0.1:1/nothing"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // A wrong password: 78, as at a launch; the password is not shown.
+    let (_db, url) = pg.fresh_database("views_refused");
+    let env = host(pg, "h1", &url);
+    std::fs::write(env.path("pw"), "wrong-secret\n").expect("write pw");
+    let out = env.sub(&["status"]);
+    out.assert_code(78);
+    assert!(
+        out.stderr.contains("[store]") && !out.stderr.contains("wrong-secret"),
+        "{}",
+        out.stderr
+    );
+}
