@@ -133,6 +133,11 @@ impl<'a> Fleet<'a> {
     }
 
     fn config_text(&self, host: &str, store: &str) -> String {
+        self.config_text_as(host, host, store)
+    }
+
+    /// A config whose `[store] host` is HOST and whose task stamps the ledger as LEDGER_HOST.
+    fn config_text_as(&self, host: &str, ledger_host: &str, store: &str) -> String {
         format!(
             r#"[defaults]
 success_cooldown = "{cd}"
@@ -147,7 +152,7 @@ host = "{host}"
 
 [tasks.{CHAIN}]
 argv = ["{script}"]
-env = {{ RC_HOST = "{host}" }}
+env = {{ RC_HOST = "{ledger_host}" }}
 "#,
             cd = self.shape.cooldown,
             lease = self.shape.lease,
@@ -454,10 +459,12 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
 /// is printed (it should: the fence acts only after 0.6 × lease without a renew).
 #[test]
 fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
+    // Runs of 30 ticks (~1.5 s): a restart falls inside a run, and new runs must follow.
     let shape = Shape {
         lease: "4s",
         lease_s: 4.0,
-        ..LONG_RUNS
+        ticks: 30,
+        cooldown: "100ms",
     };
     let own = Pg::new();
     let (db, url) = own.fresh_database("restart_short");
@@ -468,7 +475,9 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
     f.wait_standby(&mut h2, "h2");
     for mode in [Mode::Fast, Mode::Immediate] {
         let before = f.lease_row().expect("the lease row");
-        let running = f.ledger().last().cloned().expect("a run");
+        // Restart inside a run, after its first tick.
+        let t_pre = ledger::mono_ns();
+        let running = f.wait_run(&mut h1, "h1", t_pre);
         let t0 = ledger::mono_ns();
         own.restart(mode);
         let t1 = ledger::mono_ns();
@@ -479,6 +488,22 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
             t1,
             DEADLINE,
         );
+        // New runs start after it (the start gate opens again once a renew succeeds).
+        let mut fresh = None;
+        h1.wait_for(
+            &format!("a new run starts after the {mode:?} restart"),
+            || {
+                fresh = f
+                    .ledger()
+                    .runs
+                    .iter()
+                    .filter(|r| r.start > t1 && r.ticks >= 1)
+                    .min_by_key(|r| r.start)
+                    .cloned();
+                fresh.is_some()
+            },
+        );
+        let fresh = fresh.expect("fresh");
         let mut row = None;
         common::wait_until(
             &format!("the lease is renewed after the {mode:?} restart"),
@@ -495,11 +520,13 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
             .runs
             .iter()
             .find(|r| r.pid == running.pid && r.host == running.host)
-            .map(|r| !r.ended && r.end > t1)
+            // Ran to its end (all its ticks) or is still ticking after the restart.
+            .map(|r| r.ticks == shape.ticks as usize || (!r.ended && r.end > t1))
             .unwrap_or(false);
         eprintln!(
             "{mode:?} restart: outage {outage:.3} s (lease {}): the running task on {} {}; \
-             lease {} epoch {} -> {} epoch {}; ticking on {}",
+             lease {} epoch {} -> {} epoch {}; ticking on {}; next run on {} {:.3} s after \
+             the restart",
             shape.lease,
             running.host,
             if survived { "went on" } else { "was stopped" },
@@ -507,7 +534,9 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
             before.epoch,
             row.host,
             row.epoch,
-            ticking.host
+            ticking.host,
+            fresh.host,
+            secs(fresh.start - t1)
         );
         l.assert_no_overlap();
         assert_sequential(&l);
@@ -528,7 +557,7 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
         assert!(h1.try_status().is_none(), "h1 exited:\n{}", h1.stderr());
         assert!(h2.try_status().is_none(), "h2 exited:\n{}", h2.stderr());
     }
-    eprintln!("h1's log:\n{}", tail(&h1.stderr(), 10));
+    eprintln!("h1's log:\n{}", tail(&h1.stderr(), 30));
 }
 
 /// A long outage: the server stopped (fast, then immediate) for 3 × the lease, then started.
@@ -684,6 +713,8 @@ fn case06_relaunch_of_the_owner_under_load_no_takeover_no_gap_no_double_run() {
             after.epoch
         );
         figures.push(gap);
+        // Let the new instance work a little (a second run) before the next relaunch.
+        f.wait_run(&mut new, "h1", next.start);
         assert_eq!(after.host, "h1", "round {round}: {after:?}");
         assert_eq!(
             after.epoch,
@@ -966,4 +997,174 @@ fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
     assert_eq!(after.host, "h2");
     assert_eq!(after.epoch, before.epoch + 1);
     f.ledger().assert_no_overlap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a careful user would try too.
+// ---------------------------------------------------------------------------------------------
+
+/// Two instances configured with the same `host` name (a copied config), with RUN_ROOTs of
+/// their own: the second is a standby like any other host (the relaunch takeover is for the
+/// same RUN_ROOT only), and takes over only after the first's lease expires.
+#[test]
+fn two_instances_sharing_one_host_name_do_not_run_together() {
+    let shape = LONG_RUNS;
+    let f = Fleet::shared("samehost", shape);
+    let store = f.store_lines_for(&f.url, "");
+    let ca = f.env.path("a.toml");
+    common::write_atomic(&ca, &f.config_text_as("h1", "a", &store));
+    let cb = f.env.path("b.toml");
+    common::write_atomic(&cb, &f.config_text_as("h1", "b", &store));
+    let mut a = f.launch_with("a", &ca, &[]);
+    f.wait_run(&mut a, "a", 0);
+    let before = f.lease_row().expect("the lease row");
+    let mut b = f.launch_with("b", &cb, &[]);
+    f.wait_standby(&mut b, "h1");
+    hold(
+        Duration::from_secs_f64(2.0 * shape.lease_s),
+        &mut [&mut a, &mut b],
+        "two instances as h1",
+    );
+    let row = f.lease_row().expect("the lease row");
+    assert_eq!(
+        (row.holder.as_str(), row.epoch),
+        (before.holder.as_str(), before.epoch),
+        "the second instance named h1 moved the lease"
+    );
+    assert_eq!(f.ledger().of_host("b").count(), 0, "b ran beside a");
+    let t_kill = ledger::mono_ns();
+    a.signal(libc::SIGKILL);
+    a.wait_exit();
+    let next = f.wait_run(&mut b, "b", t_kill);
+    let after = f.lease_row().expect("the lease row");
+    eprintln!(
+        "same host name: b took over {:.3} s after a's kill -9 (acquired {:+.3} s after a's \
+         lease expired)",
+        secs(next.start - t_kill),
+        after.acquired_at - before.expires_at.max(row.expires_at)
+    );
+    assert_eq!(after.epoch, before.epoch + 1);
+    assert!(
+        secs(next.start - t_kill) >= 0.5 * shape.lease_s,
+        "b took over {:.3} s after a's kill -9: before a's lease could expire",
+        secs(next.start - t_kill)
+    );
+    let l = f.ledger();
+    assert_sequential(&l);
+}
+
+/// Three hosts launched at the same moment: exactly one runs, the others are standbys.
+#[test]
+fn three_hosts_launched_at_once_one_owner_two_standbys() {
+    let shape = LONG_RUNS;
+    let f = Fleet::shared("race", shape);
+    let configs: Vec<PathBuf> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| f.host_config(h))
+        .collect();
+    let mut runners: Vec<Runner> = ["h1", "h2", "h3"]
+        .iter()
+        .zip(&configs)
+        .map(|(h, c)| f.launch_with(h, c, &[]))
+        .collect();
+    let mut row = None;
+    common::wait_until("one host owns the chain", || {
+        row = f.lease_row().filter(|r| !r.host.is_empty() && r.live);
+        row.is_some()
+    });
+    let row = row.expect("row");
+    let owner = row.host.clone();
+    let i = ["h1", "h2", "h3"]
+        .iter()
+        .position(|h| *h == owner)
+        .expect("a known host");
+    f.wait_run(&mut runners[i], &owner, 0);
+    for (j, h) in ["h1", "h2", "h3"].iter().enumerate() {
+        if j != i {
+            f.wait_standby(&mut runners[j], h);
+        }
+    }
+    let mut refs: Vec<&mut Runner> = runners.iter_mut().collect();
+    hold(
+        Duration::from_secs_f64(2.0 * shape.lease_s),
+        &mut refs,
+        "three hosts",
+    );
+    let l = f.ledger();
+    assert_eq!(l.runs.len(), 1, "runs: {:?}", l.runs);
+    assert_eq!(l.runs[0].host, owner);
+    let now = f.lease_row().expect("the lease row");
+    assert_eq!((now.host, now.epoch), (owner.clone(), row.epoch));
+    eprintln!("three at once: {owner} owns (epoch {})", row.epoch);
+}
+
+/// The database's role loses its UPDATE on run_chain.leases under a running owner: the renew
+/// fails, so the owner stops its task within the fence (0.6 × lease) and no host can run the
+/// chain; nobody exits; when the grant comes back the chain runs again. No overlap.
+#[test]
+fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
+    let shape = LONG_RUNS;
+    let f = Fleet::shared("revoke", shape);
+    let mut h1 = f.launch("h1");
+    let first = f.wait_run(&mut h1, "h1", 0);
+    let mut h2 = f.launch("h2");
+    f.wait_standby(&mut h2, "h2");
+    let before = f.lease_row().expect("the lease row");
+    let t_revoke = ledger::mono_ns();
+    f.pg.psql(
+        &f.db,
+        "REVOKE UPDATE, INSERT, DELETE ON run_chain.leases FROM runchain",
+    );
+    let mut stopped = None;
+    h1.wait_for("h1's task is stopped", || {
+        stopped = f
+            .ledger()
+            .runs
+            .iter()
+            .find(|r| r.pid == first.pid && r.ended)
+            .cloned();
+        stopped.is_some()
+    });
+    let stopped = stopped.expect("stopped");
+    eprintln!(
+        "revoke: h1's task ended {:+.3} s after the REVOKE",
+        signed_secs(stopped.end, t_revoke)
+    );
+    assert!(
+        signed_secs(stopped.end, t_revoke) <= 0.8 * shape.lease_s + SLACK_S,
+        "h1's task ran {:.3} s after the REVOKE",
+        signed_secs(stopped.end, t_revoke)
+    );
+    hold(
+        Duration::from_secs_f64(2.0 * shape.lease_s),
+        &mut [&mut h1, &mut h2],
+        "without the permission",
+    );
+    let l = f.ledger();
+    let started: Vec<&Interval> = l.runs.iter().filter(|r| r.start > t_revoke).collect();
+    assert!(
+        started.is_empty(),
+        "a task started without the permission to hold the lease: {started:?}"
+    );
+    let t_grant = ledger::mono_ns();
+    f.pg.psql(
+        &f.db,
+        "GRANT UPDATE, INSERT, DELETE ON run_chain.leases TO runchain",
+    );
+    let next = f.wait_tick_after("the chain runs again after the GRANT", t_grant, DEADLINE);
+    let after = f.lease_row().expect("the lease row");
+    eprintln!(
+        "grant: the chain ran again on {} {:.3} s after the GRANT; epoch {} -> {}",
+        next.host,
+        signed_secs(next.start, t_grant),
+        before.epoch,
+        after.epoch
+    );
+    let l = f.ledger();
+    l.assert_no_overlap();
+    assert_sequential(&l);
+    assert!(h1.try_status().is_none(), "h1 exited:\n{}", h1.stderr());
+    assert!(h2.try_status().is_none(), "h2 exited:\n{}", h2.stderr());
+    eprintln!("h1's log:\n{}", tail(&h1.stderr(), 12));
+    eprintln!("h2's log:\n{}", tail(&h2.stderr(), 8));
 }
