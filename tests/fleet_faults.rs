@@ -340,6 +340,14 @@ fn assert_sequential(l: &Ledger) -> Vec<f64> {
     gaps
 }
 
+/// The tests with a network namespace run one at a time: `Netns::new()` picks its subnet
+/// under a lock it releases before the address is set, so two made at once in one binary
+/// may pick the same one (tests/support/netns.rs; reported in faults-status.md).
+fn netns_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -353,6 +361,7 @@ fn tail(text: &str, n: usize) -> String {
 fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_back_as_standby() {
     let shape = LONG_RUNS;
     let f = Fleet::shared("cut", shape);
+    let _turn = netns_turn();
     let ns = Netns::new();
     // h1 inside the namespace reaches the server at the host side's address (not loopback: no
     // TLS, the test CA names localhost and 127.0.0.1 only); h2 on the host, over 127.0.0.1.
@@ -1278,12 +1287,20 @@ fn sigterm_of_the_owner_while_the_database_is_down_exits_and_the_standby_takes_o
     f.ledger().assert_no_overlap();
 }
 
-/// A short cut of the owner, 0.25 × lease (0.5 s at lease 2 s), starting right after a
-/// renew: one renew times out (its client timeout is lease / 5) and the next, on a new
-/// connection, succeeds once the cut heals, well before the fence's 0.6 × lease. The task
-/// goes on, the lease stays the owner's (same epoch), nothing else runs.
+/// A cut of the owner between two renews (0.1 × lease = 0.2 s, starting right after an
+/// observed renew, so no renew is sent while it lasts): nothing changes. The task goes on,
+/// the lease stays the owner's (same epoch), nothing else runs.
 #[test]
-fn a_cut_shorter_than_the_fence_leaves_the_owner_running() {
+fn a_cut_between_two_renews_leaves_the_owner_running() {
+    short_cuts("betweencut", 0.0, 0.1);
+}
+
+/// A cut of 0.25 × lease (0.5 s) right after a renew: it swallows the next renew, which times
+/// out; the retry must land before the fence (0.6 × lease). Alone on the machine it passes
+/// (4 of 4); with the other tests of this file running beside it, 3 of 4 cuts stopped the task.
+#[test]
+#[ignore = "bug: one timed-out renew can fire the fence (faults-status.md, bug 1)"]
+fn a_cut_of_a_quarter_lease_right_after_a_renew_leaves_the_owner_running() {
     short_cuts("shortcut", 0.0, 0.25);
 }
 
@@ -1302,6 +1319,7 @@ fn a_blip_that_swallows_one_renew_leaves_the_owner_running() {
 fn short_cuts(prefix: &str, delay: f64, frac: f64) {
     let shape = LONG_RUNS;
     let f = Fleet::shared(prefix, shape);
+    let _turn = netns_turn();
     let ns = Netns::new();
     let ns_url = f.pg.url("runchain", &ns.host_addr(), &f.db);
     let h1_config = f.config_with(
