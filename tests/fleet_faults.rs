@@ -217,6 +217,18 @@ env = {{ RC_HOST = "{ledger_host}" }}
         self.launch_with(host, &config, &[])
     }
 
+    /// `run-chain status --json` for the instance of ROOT (config CONFIG): the chain's object.
+    fn status_json(&self, root: &str, config: &Path) -> serde_json::Value {
+        let mut cmd = self.env.bare_command();
+        cmd.env("RUN_CHAIN_CONFIG", config)
+            .env("RUN_ROOT", self.run_root(root))
+            .args(["status", "--json"]);
+        let out = self.env.finish_command(cmd);
+        out.assert_code(0);
+        let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+        doc["chains"][0].clone()
+    }
+
     fn ledger(&self) -> Ledger {
         Ledger::read(&self.ledger)
     }
@@ -437,6 +449,12 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
             .contains("fleet: standby: the chain runs on host h2")
     });
     eprintln!("heal: h1 a standby again {back:.3} s after the heal");
+    let mut st = serde_json::Value::Null;
+    h1.wait_for("h1's status says standby", || {
+        st = f.status_json("h1", &h1_config);
+        st["fleet"]["role"] == "standby" && st["fleet"]["host"] == "h2"
+    });
+    assert_eq!(st["now"]["state"], "standby", "{st:#}");
     let row = f.lease_row().expect("the lease row");
     assert_eq!(
         (row.host.as_str(), row.epoch),
@@ -1415,4 +1433,51 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
         outcomes.len(),
         tail(&h1.stderr(), 30)
     );
+}
+
+/// A standby cut from the database for 5 × the lease: the owner is not disturbed (same epoch,
+/// same run), the standby neither exits nor runs anything, and after the heal it is a standby
+/// again.
+#[test]
+fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
+    let shape = LONG_RUNS;
+    let f = Fleet::shared("standbycut", shape);
+    let _turn = netns_turn();
+    let ns = Netns::new();
+    let ns_url = f.pg.url("runchain", &ns.host_addr(), &f.db);
+    let h2_config = f.config_with(
+        "h2",
+        "h2-ns.toml",
+        &f.store_lines_for(&ns_url, "tls = \"none\""),
+    );
+    let mut h1 = f.launch("h1");
+    let first = f.wait_run(&mut h1, "h1", 0);
+    let mut h2 = f.launch_in(&ns, "h2", &h2_config);
+    f.wait_standby(&mut h2, "h2");
+    let before = f.lease_row().expect("the lease row");
+    ns.cut();
+    hold(
+        Duration::from_secs_f64(5.0 * shape.lease_s),
+        &mut [&mut h1, &mut h2],
+        "standby cut",
+    );
+    let t_heal = ledger::mono_ns();
+    ns.heal();
+    f.wait_standby(&mut h2, "h2");
+    eprintln!(
+        "standby cut for {} s: a standby again {:.3} s after the heal",
+        5.0 * shape.lease_s,
+        secs(ledger::mono_ns() - t_heal)
+    );
+    let row = f.lease_row().expect("the lease row");
+    assert_eq!(
+        (row.holder.as_str(), row.epoch),
+        (before.holder.as_str(), before.epoch),
+        "the lease moved"
+    );
+    let l = f.ledger();
+    assert_eq!(l.runs.len(), 1, "runs: {:?}", l.runs);
+    assert!(l.runs[0].pid == first.pid && !l.runs[0].ended);
+    let st = f.status_json("h2", &h2_config);
+    assert_eq!(st["fleet"]["role"], "standby", "{st:#}");
 }
