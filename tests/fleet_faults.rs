@@ -1481,3 +1481,137 @@ fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
     let st = f.status_json("h2", &h2_config);
     assert_eq!(st["fleet"]["role"], "standby", "{st:#}");
 }
+
+/// A relaunch of the owner while the database is down: the old instance hands over and exits
+/// (in bounded time), the new one waits for the database, and once it is back the chain runs
+/// again on one host. No overlap.
+#[test]
+fn a_relaunch_of_the_owner_while_the_database_is_down_resumes_once_it_is_back() {
+    let shape = LONG_RUNS;
+    let own = Pg::new();
+    let (db, url) = own.fresh_database("relaunchdown");
+    let f = Fleet::on(&own, db, url, shape);
+    let config = f.host_config("h1");
+    let mut old = f.launch_with("h1", &config, &[]);
+    let first = f.wait_run(&mut old, "h1", 0);
+    let mut h2 = f.launch("h2");
+    f.wait_standby(&mut h2, "h2");
+    let before = f.lease_row().expect("the lease row");
+    own.stop_mode(Mode::Immediate);
+    let t_relaunch = ledger::mono_ns();
+    let mut new = f.launch_with("h1", &config, &[]);
+    let (status, t_exit) = wait_exit_mono(&mut old);
+    let stopped = f
+        .ledger()
+        .runs
+        .iter()
+        .find(|r| r.pid == first.pid)
+        .cloned()
+        .expect("the old run");
+    eprintln!(
+        "relaunch with the database down: the old instance exited {status:?} {:.3} s after the \
+         relaunch; its task ended {:+.3} s after it",
+        secs(t_exit - t_relaunch),
+        signed_secs(stopped.end, t_relaunch)
+    );
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the old instance: {status:?}; stderr:\n{}",
+        old.stderr()
+    );
+    assert!(stopped.ended, "the old task was not stopped: {stopped}");
+    hold(
+        Duration::from_secs_f64(shape.lease_s),
+        &mut [&mut new, &mut h2],
+        "the database down after the relaunch",
+    );
+    let l = f.ledger();
+    assert_eq!(
+        l.runs.iter().filter(|r| r.start > t_relaunch).count(),
+        0,
+        "a task ran with the database down: {:?}",
+        l.runs
+    );
+    let t_up = ledger::mono_ns();
+    own.start();
+    let next = f.wait_tick_after("the chain runs again", t_up, DEADLINE);
+    let after = f.lease_row().expect("the lease row");
+    eprintln!(
+        "database back: the chain ran on {} {:.3} s later; epoch {} -> {} ({})",
+        next.host,
+        signed_secs(next.start, t_up),
+        before.epoch,
+        after.epoch,
+        after.host
+    );
+    assert!(after.epoch > before.epoch);
+    assert_eq!(after.host, next.host);
+    let l = f.ledger();
+    l.assert_no_overlap();
+    assert_sequential(&l);
+    assert!(
+        new.try_status().is_none(),
+        "the new h1 exited:\n{}",
+        new.stderr()
+    );
+    assert!(h2.try_status().is_none(), "h2 exited:\n{}", h2.stderr());
+    eprintln!("new h1's log:\n{}", tail(&new.stderr(), 8));
+}
+
+/// Through PgBouncer (transaction mode), PostgreSQL restarted fast under a running owner
+/// (lease 4 s): the chain goes on, the lease stays the owner's, no overlap.
+#[test]
+fn case08_through_pgbouncer_a_postgres_restart_is_ridden_out() {
+    let shape = Shape {
+        lease: "4s",
+        lease_s: 4.0,
+        ticks: 30,
+        cooldown: "100ms",
+    };
+    let own = Pg::new();
+    let bouncer = PgBouncer::new(&own);
+    let (db, _) = own.fresh_database("bouncerrestart");
+    let url = bouncer.url(&db);
+    let mut f = Fleet::on(&own, db, url, shape);
+    f.store_extra = "tls = \"none\"".into();
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", 0);
+    let mut h2 = f.launch("h2");
+    f.wait_standby(&mut h2, "h2");
+    let before = f.lease_row().expect("the lease row");
+    let t0 = ledger::mono_ns();
+    own.restart(Mode::Fast);
+    let t1 = ledger::mono_ns();
+    let mut fresh = None;
+    h1.wait_for("a new run after the restart", || {
+        fresh = f
+            .ledger()
+            .runs
+            .iter()
+            .filter(|r| r.start > t1 && r.ticks >= 1)
+            .min_by_key(|r| r.start)
+            .cloned();
+        fresh.is_some()
+    });
+    let fresh = fresh.expect("fresh");
+    let after = f.lease_row().expect("the lease row");
+    eprintln!(
+        "pgbouncer, fast restart: outage {:.3} s; next run on {} {:.3} s after; epoch {} -> {}",
+        secs(t1 - t0),
+        fresh.host,
+        secs(fresh.start - t1),
+        before.epoch,
+        after.epoch
+    );
+    let l = f.ledger();
+    l.assert_no_overlap();
+    assert_sequential(&l);
+    assert_eq!(
+        (after.host.as_str(), after.epoch),
+        ("h1", before.epoch),
+        "a short restart behind the bouncer moved the lease; h1:\n{}",
+        tail(&h1.stderr(), 10)
+    );
+    assert!(h2.try_status().is_none(), "h2 exited:\n{}", h2.stderr());
+}
