@@ -699,6 +699,11 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         return Ok(None);
                     }
                     let held = sql::read(c, chain, stmt).map_err(|e| e.to_string())?;
+                    if held.is_none() {
+                        // The chain's row is gone (a database restored, or one that lost
+                        // its last commits in a crash): made again at the next try.
+                        row_ready = false;
+                    }
                     let held_by = held
                         .filter(|h| h.held())
                         .map(|h| (h.host.unwrap_or_else(|| "?".into()), h.epoch));
