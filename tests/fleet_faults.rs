@@ -1327,7 +1327,6 @@ fn a_cut_of_a_quarter_lease_right_after_a_renew_leaves_the_owner_running() {
 /// retry comes lease/10..lease/5 later on a new connection, and the fence is 0.6 × lease after
 /// the last good renew. The owner should ride out a blip this short.
 #[test]
-#[ignore = "bug: one timed-out renew can fire the fence (faults-status.md, bug 1)"]
 fn a_blip_that_swallows_one_renew_leaves_the_owner_running() {
     short_cuts("blip", 0.35, 0.15);
 }

@@ -6,9 +6,11 @@
 //! the go (the local hand-over is done first), then runs the [`Lease`] policy: acquire
 //! (or take over exactly the (holder, epoch) the predecessor on this host recorded) as a
 //! standby every 0.5..1.0 s, renew every `lease / 5` as the owner, each statement with a
-//! client-side timeout of `lease / 5`; a statement that fails drops the connection and
-//! the next due action connects again (so the back-off is the policy's: 0.5..1.0 s as a
-//! standby, `lease / 10 .. lease / 5` as the owner).
+//! client-side timeout of `lease / 5` (a renew try: `lease / 10`, a reconnect included,
+//! and an owner's reconnect skips the schema check); a statement that fails drops the
+//! connection and the next due action connects again (so the back-off is the policy's:
+//! 0.5..1.0 s as a standby; as the owner, at once, then every `lease / 20 .. 3 × lease /
+//! 40`).
 //!
 //! It publishes what the loop needs in a shared [`View`] and wakes the loop through an
 //! eventfd (in the loop's `ppoll` set) when the view changes in a way the loop must act
@@ -1092,6 +1094,11 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                     }
                     let held =
                         sql::read_for(c, chain, launch_at, stmt).map_err(|e| e.to_string())?;
+                    if held.is_none() {
+                        // The chain's row is gone (a database restored, or one that lost
+                        // its last commits in a crash): made again at the next try.
+                        row_ready = false;
+                    }
                     if held.as_ref().is_some_and(|(_, stop)| *stop) {
                         // (Busy, inside this closure only: a `stop --fleet` newer
                         // than this launch; handled below.)
@@ -1206,11 +1213,13 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 let epoch = lease.term().map_or(0, |t| t.epoch);
                 // An owner has a launch time (it acquired with it).
                 let launch_at = launch.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-                let result =
-                    ensure_conn(&mut conn, &setup.cfg, stmt.max(Duration::from_millis(200)))
-                        .and_then(|c| {
-                            sql::renew(c, &me, epoch, launch_at, stmt).map_err(|e| e.to_string())
-                        });
+                // One try, a reconnect included, within the policy's lease/10.
+                let budget = lease.try_timeout(now);
+                let until = now + budget;
+                let result = owner_conn(&mut conn, &setup.cfg, budget).and_then(|c| {
+                    let left = until.saturating_sub(sys::boot_now());
+                    sql::renew(c, &me, epoch, launch_at, left).map_err(|e| e.to_string())
+                });
                 match result {
                     Ok(sql::Renewed::Yes { stop }) => {
                         if lease.term().is_some_and(|t| t.failing) {
@@ -1233,6 +1242,8 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                             log::warn!(
                                 "{chain}: fleet: renew of the lease (epoch {epoch}) failed: {m}; starting nothing new until a renew succeeds"
                             );
+                        } else {
+                            log::debug!("{chain}: fleet: renew (epoch {epoch}) tried again: {m}");
                         }
                         lease.renew_failed(sys::boot_now(), sql::jitter());
                     }
@@ -1551,6 +1562,26 @@ fn ensure_conn<'a>(
     }
     if conn.is_none() {
         *conn = Some(connect(cfg, timeout).map_err(|e| e.to_string())?);
+    }
+    conn.as_ref().ok_or_else(|| "no connection".to_string())
+}
+
+/// The owner's connection for a renew try: the open one, or a new one made within
+/// `timeout` (the try's, lease/10). Without the schema check of [`connect`]: it was made
+/// at the launch (or the first connect that succeeded), and the renew itself is the check
+/// here (it matches only this instance's random holder id and epoch, in the database it
+/// acquired in); its two round trips on a new backend would eat the time left for more
+/// tries before the fence.
+fn owner_conn<'a>(
+    conn: &'a mut Option<Conn>,
+    cfg: &FleetConfig,
+    timeout: Duration,
+) -> std::result::Result<&'a Conn, String> {
+    if conn.as_ref().is_some_and(Conn::is_closed) {
+        *conn = None;
+    }
+    if conn.is_none() {
+        *conn = Some(Conn::connect(cfg, timeout).map_err(|e| e.to_string())?);
     }
     conn.as_ref().ok_or_else(|| "no connection".to_string())
 }

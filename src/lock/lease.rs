@@ -13,10 +13,14 @@
 //! - The renew statement is scoped to (holder, epoch) and only matches an unexpired row
 //!   (River #197: a renew that always matched). A renew the database refused (0 rows) is
 //!   [`Lost`]: the lease is never renewed again, only re-acquired, with a new epoch.
-//! - After a renew that *failed* (an error, a timeout: the answer is unknown) the owner
-//!   starts nothing new ([`Term::may_start`] is false) and keeps trying every
-//!   `lease / 10 .. lease / 5` (jittered). The fence counts from `t0`, the start of the
-//!   last renew that succeeded: TERM to the running task's group at `t0 + 0.6 × lease`,
+//! - Each renew try ends within [`Lease::try_timeout`] (`lease / 10`, the last one before
+//!   the fence: what is left until it) of its start, a reconnect included. After a try that *failed* (an error, a timeout: the answer is
+//!   unknown) the owner starts nothing new ([`Term::may_start`] is false) and tries again
+//!   at once (on a new connection), then every `lease / 20 .. 3 × lease / 40` after each
+//!   failed try (jittered), so that a blip that swallows one renew leaves two more tries
+//!   before the fence (tries start at `t0 + 0.2`, `0.3` and `0.45 .. 0.475 × lease`). The
+//!   fence counts from `t0`, the start of the last renew that succeeded: TERM to the
+//!   running task's group at `t0 + 0.6 × lease`,
 //!   KILL at `t0 + 0.8 × lease`, whatever `kill_grace` says; at `t0 + lease` the lease is
 //!   given up as expired (the database's `expires_at` is at least that late, being set
 //!   by a statement that ran after `t0`). So the task is gone before another host can
@@ -112,8 +116,12 @@ impl Term {
 pub(crate) enum State {
     /// Not the owner: try to acquire at `next_try`.
     Standby { next_try: Duration },
-    /// The owner: renew at `next_renew`.
-    Owner { term: Term, next_renew: Duration },
+    /// The owner: renew at `next_renew`; `fails`: the tries that failed in a row.
+    Owner {
+        term: Term,
+        next_renew: Duration,
+        fails: u32,
+    },
     /// Was the owner, and lost it: the loop is told, then the thread goes back to
     /// standby ([`Lease::back_to_standby`]).
     Lost { reason: Lost, epoch: i64 },
@@ -158,6 +166,34 @@ impl Lease {
         self.lease / 5
     }
 
+    /// How long the renew try starting `now` may take, a reconnect included: `lease /
+    /// 10`, so that several tries fit between the renew that is due (`t0 + 0.2 × lease`)
+    /// and the fence (`t0 + 0.6 × lease`); but the last retry before the fence (no other
+    /// could start before it) may use all the time left until the fence: a reconnect's
+    /// SCRAM on a loaded machine is slow, and a shorter timeout would only waste it.
+    pub(crate) fn try_timeout(&self, now: Duration) -> Duration {
+        let each = self.lease / 10;
+        match &self.state {
+            State::Owner { term, fails, .. } if *fails > 0 => {
+                let fence = term.term_at(self.lease);
+                if now + each + self.retry_gap(0.0) >= fence {
+                    fence.saturating_sub(now).max(each)
+                } else {
+                    each
+                }
+            }
+            _ => each,
+        }
+    }
+
+    /// The wait after a failed try that was not the first in a row: `lease / 20` plus
+    /// `jitter` (0..1) × `lease / 40` (the owners of many chains must not all reconnect in
+    /// step to a database that comes back).
+    pub(crate) fn retry_gap(&self, jitter: f64) -> Duration {
+        let gap = self.lease / 20;
+        gap + (gap / 2).mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
     /// The owner's term, if it owns the chain.
     pub(crate) fn term(&self) -> Option<Term> {
         match &self.state {
@@ -172,7 +208,9 @@ impl Lease {
     pub(crate) fn due(&self, now: Duration) -> Due {
         match &self.state {
             State::Standby { next_try } => Due::Acquire(*next_try),
-            State::Owner { term, next_renew } => {
+            State::Owner {
+                term, next_renew, ..
+            } => {
                 if now >= term.expires_at(self.lease) {
                     Due::Lost
                 } else {
@@ -193,6 +231,7 @@ impl Lease {
                 failing: false,
             },
             next_renew: started + self.renew_every(),
+            fails: 0,
         };
     }
 
@@ -206,11 +245,17 @@ impl Lease {
 
     /// A renew that started at `started` succeeded. Ignored unless the owner.
     pub(crate) fn renewed(&mut self, started: Duration) {
-        if let State::Owner { term, next_renew } = &mut self.state {
+        if let State::Owner {
+            term,
+            next_renew,
+            fails,
+        } = &mut self.state
+        {
             // A renew answered after the lease's own expiry is still counted from its
             // start: the database said the row was unexpired when it ran.
             term.t0 = term.t0.max(started);
             term.failing = false;
+            *fails = 0;
             *next_renew = term.t0 + self.lease / 5;
         }
     }
@@ -225,13 +270,20 @@ impl Lease {
         }
     }
 
-    /// A renew failed without an answer (error, timeout, no connection): nothing new
-    /// starts; try again after `lease / 10 .. lease / 5` (`jitter` in 0..1); past the
-    /// lease, lost.
+    /// A renew try failed without an answer (error, timeout, no connection): nothing new
+    /// starts; try again at once after the first failure in a row, else after
+    /// [`Lease::retry_gap`] (`jitter` in 0..1); past the lease, lost.
     pub(crate) fn renew_failed(&mut self, now: Duration, jitter: f64) {
         let lease = self.lease;
-        if let State::Owner { term, next_renew } = &mut self.state {
+        let gap = self.retry_gap(jitter);
+        if let State::Owner {
+            term,
+            next_renew,
+            fails,
+        } = &mut self.state
+        {
             term.failing = true;
+            *fails = fails.saturating_add(1);
             if now >= term.expires_at(lease) {
                 self.state = State::Lost {
                     reason: Lost::Expired,
@@ -239,8 +291,9 @@ impl Lease {
                 };
                 return;
             }
-            let tenth = lease / 10;
-            *next_renew = now + tenth + tenth.mul_f64(jitter.clamp(0.0, 1.0));
+            // The first retry at once: the failed try's connection is gone, and a new
+            // one may well answer (a lost packet, a restarted server).
+            *next_renew = if *fails == 1 { now } else { now + gap };
         }
     }
 
@@ -337,21 +390,28 @@ mod tests {
         l.acquired(3, ms(0));
         l.renewed(ms(400)); // t0 = 400
         assert!(l.term().expect("owner").may_start(LEASE, ms(800)));
-        // The renew at 800 fails at 1200 (a timeout of lease/5).
-        l.renew_failed(ms(1200), 0.0);
+        // The renew at 800 fails at 1000 (its try's timeout: lease/10)...
+        assert_eq!(l.try_timeout(ms(800)), ms(200));
+        l.renew_failed(ms(1000), 0.0);
         let term = l.term().expect("still the owner");
         assert!(term.failing);
-        assert!(!term.may_start(LEASE, ms(1200)));
-        assert_eq!(l.due(ms(1200)), Due::Renew(ms(1400)));
+        assert!(!term.may_start(LEASE, ms(1000)));
+        // ... and is tried again at once; that try fails too, at 1200: the next comes
+        // lease/20 later (jitter 0).
+        assert_eq!(l.due(ms(1000)), Due::Renew(ms(1000)));
+        l.renew_failed(ms(1200), 0.0);
+        assert_eq!(l.due(ms(1200)), Due::Renew(ms(1300)));
         assert_eq!(term.term_at(LEASE), ms(400 + 1200));
         assert_eq!(term.kill_at(LEASE), ms(400 + 1600));
         assert_eq!(term.fence(LEASE, ms(1599)), Fence::None);
         assert_eq!(term.fence(LEASE, ms(1600)), Fence::Term);
         assert_eq!(term.fence(LEASE, ms(1999)), Fence::Term);
         assert_eq!(term.fence(LEASE, ms(2000)), Fence::Kill);
-        // The retry is jittered between lease/10 and lease/5.
+        // Later retries are jittered between lease/20 and 3 × lease/40.
         l.renew_failed(ms(1400), 1.0);
-        assert_eq!(l.due(ms(1400)), Due::Renew(ms(1800)));
+        assert_eq!(l.due(ms(1400)), Due::Renew(ms(1550)));
+        l.renew_failed(ms(1750), 0.5);
+        assert_eq!(l.due(ms(1750)), Due::Renew(ms(1875)));
         // Past the lease (t0 + 2 s): lost, never renewed.
         assert_eq!(l.due(ms(2400)), Due::Lost);
         l.renew_failed(ms(2400), 0.0);
@@ -367,6 +427,150 @@ mod tests {
         assert_eq!(l.term(), None);
         l.back_to_standby(ms(2400), 0.0);
         assert_eq!(l.due(ms(2400)), Due::Acquire(ms(2900)));
+    }
+
+    /// What a blip of the network does to the owner, on a fake clock: the database is
+    /// out of reach in `[from, to)`. A try that starts at `x` and would be answered at
+    /// `x + took` (`took`: a reconnect and the renew; 2 ms on an open connection) succeeds unless
+    /// that span meets the blip; one that meets it fails at its timeout (pessimistic: a
+    /// statement sent into the blip is never answered, a SYN lost in it is resent only
+    /// after 1 s). Returns the tries' starts before the fence, and whether the fence
+    /// fired (TERM: no renew succeeded by `t0 + 0.6 × lease`).
+    fn blip(
+        lease: Duration,
+        from: Duration,
+        to: Duration,
+        took: Duration,
+        jitter: f64,
+    ) -> (Vec<Duration>, bool) {
+        let mut l = Lease::new(lease, ms(0));
+        l.acquired(1, ms(0));
+        let mut tries = Vec::new();
+        let mut now = ms(0);
+        loop {
+            let term = l.term().expect("the owner");
+            if now >= to + lease {
+                return (tries, false);
+            }
+            let at = match l.due(now) {
+                Due::Renew(at) => at.max(now),
+                other => panic!("at {now:?}: {other:?}"),
+            };
+            if at >= term.term_at(lease) {
+                return (tries, true);
+            }
+            now = at;
+            let timeout = l.try_timeout(now);
+            // After a failure the try reconnects; else the connection is open.
+            let took = if term.failing { took } else { ms(2) };
+            let ok = took <= timeout && (now + took <= from || now >= to);
+            if ok {
+                // The fence looks at the answer, not the start.
+                if now + took >= term.term_at(lease) {
+                    return (tries, true);
+                }
+                if term.failing {
+                    tries.push(now);
+                }
+                l.renewed(now);
+                now += took;
+            } else {
+                tries.push(now);
+                now += timeout;
+                l.renew_failed(now, jitter);
+            }
+        }
+    }
+
+    #[test]
+    fn a_blip_just_before_a_due_renew_leaves_two_more_tries_before_the_fence() {
+        // The faults engineer's case (bug 1): lease 2 s, a blip of 0.15 × lease starting
+        // 0.35 s after a good renew, i.e. just before the next is due (at 0.4 s). Before:
+        // the renew timed out at 0.8 s, the retry came 0.2..0.4 s later on a new
+        // connection, and the fence at 1.2 s fired in about half the draws.
+        for jitter in [0.0, 0.5, 1.0] {
+            // The renew at 0.4 s renews t0 = 0.4 s; the blip takes the next one.
+            let (tries, fenced) = blip(LEASE, ms(750), ms(1050), ms(60), jitter);
+            assert!(!fenced, "jitter {jitter}: {tries:?}");
+            // 0.8: times out at 1.0; 1.0 (at once, a new connection): the SYN is lost,
+            // times out at 1.2; then 1.3..1.35, after the blip: renewed. The fence is at
+            // 0.4 + 1.2 = 1.6 s.
+            let gap = ms(100) + ms(50).mul_f64(jitter);
+            assert_eq!(
+                tries,
+                vec![ms(800), ms(1000), ms(1200) + gap],
+                "jitter {jitter}"
+            );
+            // The last try before the fence may take what is left until it: a reconnect
+            // slowed down to 0.24 s (SCRAM on a loaded machine) still makes it.
+            let (tries, fenced) = blip(LEASE, ms(750), ms(1050), ms(240), jitter);
+            assert!(!fenced, "jitter {jitter}: {tries:?}");
+        }
+    }
+
+    #[test]
+    fn each_try_ends_within_a_tenth_of_the_lease_but_the_last_before_the_fence() {
+        let mut l = Lease::new(LEASE, ms(0));
+        assert_eq!(l.try_timeout(ms(0)), ms(200));
+        l.acquired(1, ms(0));
+        assert_eq!(l.try_timeout(ms(400)), ms(200));
+        l.renew_failed(ms(600), 0.0);
+        assert_eq!(l.try_timeout(ms(600)), ms(200));
+        l.renew_failed(ms(800), 0.0);
+        // At 900 no try could start after this one before the fence (1200): up to it.
+        assert_eq!(l.try_timeout(ms(900)), ms(300));
+        assert_eq!(l.try_timeout(ms(849)), ms(200));
+        // Past the fence (the task is stopped; the lease is kept if a renew succeeds
+        // before it expires): lease/10 again.
+        assert_eq!(l.try_timeout(ms(1150)), ms(200));
+        assert_eq!(l.try_timeout(ms(1300)), ms(200));
+        l.renewed(ms(1300));
+        assert_eq!(l.try_timeout(ms(1700)), ms(200));
+    }
+
+    #[test]
+    fn three_tries_fit_before_the_fence_and_a_blip_of_a_fifth_of_the_lease_never_fires_it() {
+        // A blip that starts when a renew is due (the worst moment: that renew and the
+        // next two tries meet it): tries at 0.2, 0.3 and 0.45..0.475 × lease after t0,
+        // each ending within lease/10; the fence is at 0.6.
+        for lease_ms in [1000u64, 2000, 4000, 10_000, 60_000] {
+            let lease = ms(lease_ms);
+            let p = lease / 5;
+            for jitter in [0.0, 0.5, 1.0] {
+                // Long enough to swallow every try before the fence: the tries are the
+                // ones that fit.
+                let (tries, fenced) = blip(lease, p, lease, ms(1), jitter);
+                assert!(fenced);
+                let gap = lease / 20 + (lease / 40).mul_f64(jitter);
+                assert_eq!(
+                    tries,
+                    vec![p, p + lease / 10, p + lease / 5 + gap],
+                    "lease {lease:?} jitter {jitter}"
+                );
+                // A blip of up to 0.2 × lease, starting anywhere in a renew period, with a
+                // reconnect taking 0.025 × lease (50 ms at 2 s), never fires the fence.
+                let took = lease / 40;
+                let len = lease / 5;
+                let step = (p / 50).max(ms(1));
+                let mut from = ms(0);
+                while from < 2 * p {
+                    let (tries, fenced) = blip(lease, from, from + len, took, jitter);
+                    assert!(
+                        !fenced,
+                        "lease {lease:?} jitter {jitter}: a blip at {from:?}: {tries:?}"
+                    );
+                    from += step;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_blip_longer_than_the_margin_fires_the_fence() {
+        // The limit: a blip of 0.3 × lease from the due renew swallows all three tries.
+        let (tries, fenced) = blip(LEASE, ms(400), ms(1000), ms(50), 0.0);
+        assert!(fenced, "{tries:?}");
+        assert_eq!(tries, vec![ms(400), ms(600), ms(900)]);
     }
 
     #[test]
