@@ -105,6 +105,9 @@ impl Netns {
             "this test needs root (network namespaces, veth pairs, nftables); it runs as uid \
              {euid}: run the suite as root"
         );
+        // Until the address is up: two tests of one binary must not pick the same N.
+        static NEW: Mutex<()> = Mutex::new(());
+        let _g = NEW.lock().unwrap_or_else(|e| e.into_inner());
         remove_leftovers();
         let pid = std::process::id();
         let n = free_subnet();
