@@ -966,6 +966,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         ),
         chain: chain.to_string(),
         holder: setup.holder.clone(),
+        may_connect: true,
     };
     writes.w.set_cap(BATCH_CAP);
     let mut pred_seen: Option<sql::Predecessor> = None;
@@ -1274,6 +1275,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             _ => {}
         }
         // The records, after the lease's own statement (the renew goes first).
+        writes.may_connect = !lease.term().is_some_and(|t| t.failing);
         if let Some((ops, epoch, gate)) = write_cmd {
             writes.apply(&mut conn, &setup.cfg, stmt, ops, epoch, gate, cell);
         } else if writes.w.more_now() || writes.w.retry_at().is_some_and(|r| r <= time::mono_now())
@@ -1304,6 +1306,10 @@ struct Writes {
     w: Writer<Pg>,
     chain: String,
     holder: String,
+    /// False while a renew has failed and none succeeded since: the records then do not
+    /// connect (a reconnect with its schema check could use up the renew's retries before
+    /// the fence); they wait in the queue, and a gated batch is refused at once.
+    may_connect: bool,
 }
 
 impl Writes {
@@ -1323,7 +1329,9 @@ impl Writes {
         stmt: Duration,
         f: impl FnOnce(&mut Writer<Pg>),
     ) {
-        let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+        if self.may_connect {
+            let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+        }
         self.w.store_mut().lend(conn.take());
         f(&mut self.w);
         *conn = self.w.store_mut().take_conn();
