@@ -189,6 +189,7 @@ pub enum Command {
     #[command(name = "mail-test")]
     MailTest,
     /// (fleet) The fleet's store: `store import PATH`
+    #[command(subcommand_required = true, arg_required_else_help = false)]
     Store {
         #[command(subcommand)]
         action: StoreCommand,
