@@ -304,3 +304,46 @@ fn no_store_and_bad_paths_are_usage_errors() {
         "0"
     );
 }
+
+/// A run not ended in the source (its run-chain was killed with -9 during the run) is
+/// imported closed, `interrupted`, not as a run still going in the fleet.
+#[test]
+fn a_run_not_ended_in_the_source_is_imported_interrupted() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("import_open");
+    let src = local();
+    let mut r = src.spawn(&["slow"]);
+    let path = src.run_root.join("runs.db");
+    wait_until_for(
+        Duration::from_secs(30),
+        "run 1 of slow recorded open",
+        || {
+            path.exists()
+                && sqlite(
+                    &path,
+                    "SELECT count(*) FROM runs WHERE task_pid IS NOT NULL AND stop_ms IS NULL",
+                ) == "1"
+        },
+    );
+    let task: i32 = sqlite(&path, "SELECT task_pid FROM runs")
+        .parse()
+        .expect("task pid");
+    r.signal(libc::SIGKILL);
+    r.wait_exit();
+    // The task's group (the guardian stops it; make sure).
+    unsafe {
+        libc::kill(-task, libc::SIGKILL);
+    }
+    let h2 = fleet(pg, "h2", &url);
+    let done = h2.run(&["store", "import", &path.display().to_string()]);
+    done.assert_code(0);
+    assert_eq!(
+        q(
+            pg,
+            &db,
+            "SELECT outcome || ':' || (stop_ms = start_ms) || ':' || (error LIKE 'not ended in the host''s store%')
+             FROM run_chain.runs"
+        ),
+        "interrupted:true:true"
+    );
+}

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS run_chain.import_series (
 );
 COMMIT;";
 
+/// What a run not ended in the source store is imported as.
+pub(crate) const OPEN_OUTCOME: &str = "interrupted";
+pub(crate) const OPEN_ERROR: &str = "not ended in the host's store when it was imported (its chain was running there, or died); stop is its start";
+
 /// A run whose id was taken in the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Renumbered {
@@ -306,6 +310,20 @@ fn insert_run(
     r: &SrcRun,
     timeout: Duration,
 ) -> Result<(), DbError> {
+    // A run not ended in the source (its chain was running, or died there and was not
+    // launched again) is not running in the fleet: it comes closed, `interrupted`.
+    let open = r.stop_ms.is_none();
+    let stop_ms = r.stop_ms.or(Some(r.start_ms));
+    let outcome = if open {
+        Some(OPEN_OUTCOME.to_string())
+    } else {
+        r.outcome.clone()
+    };
+    let error = if open {
+        Some(OPEN_ERROR.to_string())
+    } else {
+        r.error.clone()
+    };
     conn.run(
         timeout,
         conn.client().execute_typed(
@@ -319,8 +337,8 @@ fn insert_run(
                 (&inst, Type::INT8),
                 (&r.scheduled_ms, Type::INT8),
                 (&r.start_ms, Type::INT8),
-                (&r.stop_ms, Type::INT8),
-                (&r.outcome, Type::TEXT),
+                (&stop_ms, Type::INT8),
+                (&outcome, Type::TEXT),
                 (&r.exit_code, Type::INT8),
                 (&r.signal, Type::INT8),
                 (&r.duration_ms, Type::INT8),
@@ -329,7 +347,7 @@ fn insert_run(
                 (&r.output, Type::BYTEA),
                 (&r.output_bytes, Type::INT8),
                 (&r.output_cut, Type::BOOL),
-                (&r.error, Type::TEXT),
+                (&error, Type::TEXT),
                 (&r.trigger, Type::TEXT),
                 (&r.requested_by, Type::TEXT),
                 (&r.host, Type::TEXT),
