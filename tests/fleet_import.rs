@@ -347,3 +347,65 @@ fn a_run_not_ended_in_the_source_is_imported_interrupted() {
         "interrupted:true:true"
     );
 }
+
+/// A chain whose last owner died holding the lease (kill -9) is left alone (75, saying to
+/// launch it first): its successor closes the dead owner's open runs, which it could not
+/// do after an import took and released the lease. After a `--once` it is imported.
+#[test]
+fn a_chain_whose_owner_died_holding_the_lease_is_left_alone() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("import_dead");
+    let src = local();
+    src.run(&["--once", "a"]).assert_code(0);
+    let h2 = fleet(pg, "h2", &url);
+    let mut owner = h2.spawn(&["--name", "a", "slow"]);
+    wait_until_for(Duration::from_secs(30), "slow running in chain a", || {
+        pg.try_psql(
+            &db,
+            "SELECT count(*) FROM run_chain.runs WHERE stop_ms IS NULL AND task_pid IS NOT NULL",
+        )
+        .is_ok_and(|s| s.trim() == "1")
+    });
+    let task: i32 = q(pg, &db, "SELECT task_pid FROM run_chain.runs")
+        .parse()
+        .expect("task pid");
+    owner.signal(libc::SIGKILL);
+    owner.wait_exit();
+    unsafe {
+        libc::kill(-task, libc::SIGKILL);
+    }
+    wait_until_for(Duration::from_secs(30), "the lease expired", || {
+        pg.try_psql(
+            &db,
+            "SELECT count(*) FROM run_chain.leases WHERE chain = 'a' AND holder IS NOT NULL AND expires_at <= now()",
+        )
+        .is_ok_and(|s| s.trim() == "1")
+    });
+    let p = src.run_root.join("runs.db").display().to_string();
+    let done = h2.run(&["store", "import", &p]);
+    done.assert_code(75);
+    assert!(
+        done.stderr.contains("ended without releasing its lease"),
+        "{}",
+        done.stderr
+    );
+    assert_eq!(q(pg, &db, "SELECT count(*) FROM run_chain.imports"), "0");
+    // The next owner closes the dead one's run; then the import goes through.
+    h2.run(&["--once", "--name", "a", "a"]).assert_code(0);
+    assert_eq!(
+        q(
+            pg,
+            &db,
+            "SELECT outcome FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series WHERE s.task = 'slow'"
+        ),
+        "interrupted"
+    );
+    let done = h2.run(&["store", "import", &p]);
+    done.assert_code(0);
+    assert!(
+        done.stdout
+            .contains("1 runs imported, 0 skipped (imported before), 1 renumbered"),
+        "{}",
+        done.stdout
+    );
+}

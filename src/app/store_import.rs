@@ -7,7 +7,9 @@
 //! or a database that is not run-chain's; 75 when a chain of PATH is owned right now by an
 //! instance of the fleet (its lease is held: the import takes each chain's lease like
 //! `--once`, so that no owner gives run ids meanwhile; the other chains are imported, and
-//! importing again after the owner stopped completes it); 0 otherwise.
+//! importing again after the owner stopped completes it), and also when its last owner
+//! died holding the lease (its open runs are for its successor to close: launch the chain
+//! first); 0 otherwise.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,13 +62,27 @@ pub(super) fn store_import(common: &Common, path: &Path) -> Result<u8> {
             lease: cfg.lease,
         };
         lease::ensure_row(&conn, chain, DB_TIMEOUT).map_err(db)?;
+        // An owner that died holding the lease leaves runs open that its successor closes
+        // (`interrupted`, from the predecessor the acquire returns): the import does not
+        // take that part, so it leaves such a chain alone.
+        if let Some(h) = lease::read(&conn, chain, DB_TIMEOUT)
+            .map_err(db)?
+            .filter(|h| h.holder.is_some() && !h.held())
+        {
+            held.push(format!(
+                "{chain} (its last owner, host {}, epoch {}, ended without releasing its lease: launch the chain once, e.g. with --once, so that its runs are closed)",
+                h.host.unwrap_or_else(|| "?".into()),
+                h.epoch
+            ));
+            continue;
+        }
         let launch = lease::db_now(&conn, DB_TIMEOUT).map_err(db)?;
         let Some((epoch, _)) = lease::acquire(&conn, &me, launch, DB_TIMEOUT).map_err(db)? else {
             let who = lease::read(&conn, chain, DB_TIMEOUT).map_err(db)?;
             let (host, epoch) = who
                 .map(|h| (h.host.unwrap_or_else(|| "?".into()), h.epoch))
                 .unwrap_or_else(|| ("?".into(), 0));
-            held.push(format!("{chain} (owned by host {host}, epoch {epoch})"));
+            held.push(format!("{chain} (owned by host {host}, epoch {epoch}: stop it, e.g. with `run-chain stop --fleet {chain}`)"));
             continue;
         };
         let mut result = Ok(());
@@ -111,7 +127,7 @@ pub(super) fn store_import(common: &Common, path: &Path) -> Result<u8> {
     );
     if !held.is_empty() {
         return Err(Error::Busy(format!(
-            "store import: not imported, the chain is running in the fleet: {}; stop it (`run-chain stop --fleet CHAIN`) and import again (what was imported stays, nothing twice)",
+            "store import: not imported: {}; then import again (what was imported stays, nothing is imported twice)",
             held.join(", ")
         )));
     }
