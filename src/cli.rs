@@ -188,6 +188,24 @@ pub enum Command {
     /// Send one test alert through the configured transport
     #[command(name = "mail-test")]
     MailTest,
+    /// (fleet) The fleet's store: `store import PATH`
+    #[command(subcommand_required = true, arg_required_else_help = false)]
+    Store {
+        #[command(subcommand)]
+        action: StoreCommand,
+    },
+}
+
+/// `run-chain store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a host's SQLite history (RUN_ROOT/runs.db) into the fleet's store ([store]):
+    /// idempotent; a run id taken in the fleet is renumbered (the mapping is printed)
+    Import {
+        /// The host's store, RUN_ROOT/runs.db
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 #[cfg(test)]

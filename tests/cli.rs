@@ -223,7 +223,7 @@ fn the_names_of_coming_commands_are_refused_as_task_names() {
             &["--once", "a", name],
             &["--once", "a"],
         ] {
-            if args.contains(&"run-now") || args.contains(&"serve") {
+            if args.contains(&"run-now") || args.contains(&"serve") || args.contains(&"store") {
                 // A command now, which no task list may name: a usage error, as for `kick`.
                 env.run(args).assert_code(64);
                 assert_eq!(env.read("out"), "", "{args:?}: a task ran");
@@ -248,14 +248,7 @@ fn the_names_of_coming_commands_are_refused_as_task_names() {
     let env = TestEnv::new(TWO_TASKS);
     env.run(&["--once", "serve"]).assert_code(64);
     env.run(&["--once", "run-now"]).assert_code(64);
-    let name = "store";
-    let done = env.run(&["--once", name]);
-    done.assert_code(64);
-    assert!(
-        done.stderr.contains("not a command") && done.stderr.contains(name),
-        "{name}: {}",
-        done.stderr
-    );
+    env.run(&["--once", "store"]).assert_code(64);
     assert_eq!(env.read("out"), "");
     assert!(!env.run_root.exists());
 }

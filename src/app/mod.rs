@@ -16,6 +16,7 @@ mod mail_test;
 mod run;
 mod run_now;
 mod stop;
+mod store_import;
 
 use check::check;
 use mail_test::mail_test;
@@ -147,6 +148,9 @@ pub fn main(cli: Cli) -> Result<u8> {
         }
         Some(Command::MailTest) => mail_test(&cli.common),
         Some(Command::RunNow { chain, task }) => run_now::run_now(&cli.common, &chain, &task),
+        Some(Command::Store {
+            action: crate::cli::StoreCommand::Import { path },
+        }) => store_import::store_import(&cli.common, &path),
     }
 }
 

@@ -41,7 +41,7 @@ pub const RESERVED_NAMES: &[&str] = &[
 
 /// Subcommands of a coming version (SPEC.md's command line), reserved already: a chain
 /// launched as `run-chain store` would otherwise run that command after an upgrade.
-pub(crate) const COMING_COMMANDS: &[&str] = &["store"];
+pub(crate) const COMING_COMMANDS: &[&str] = &[];
 
 // ---------------------------------------------------------------------------------
 // Validated shapes.

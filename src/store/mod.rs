@@ -58,6 +58,7 @@
 use std::path::{Path, PathBuf};
 
 mod apply;
+pub(crate) mod import_read;
 mod killed;
 #[cfg(test)]
 mod memory;

@@ -9,6 +9,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod guard;
+pub(crate) mod import;
 pub(crate) mod lease;
 pub(crate) mod reader;
 pub(crate) mod schema;
