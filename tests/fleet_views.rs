@@ -522,3 +522,68 @@ fn an_unreachable_or_refusing_store_is_a_clear_error_naming_the_url_without_its_
         out.stderr
     );
 }
+
+/// `[store]` with a database that does not answer: `status` still shows this host's own
+/// chains (RUN_ROOT's records and processes, as without `[store]`), with a warning naming
+/// the redacted URL and the error, and exits 70 (the fleet could not be read).
+#[test]
+fn status_with_the_database_unreachable_shows_this_hosts_chains_with_a_warning() {
+    let pg = Pg::shared();
+    let env = host(pg, "h1", "postgresql://runchain@127.0.0.1:1/nothing");
+    let with_store = std::fs::read_to_string(&env.config).expect("the config");
+    // A run recorded in RUN_ROOT (no [store] then), and the [store] back.
+    let local = with_store
+        .split("[defaults]")
+        .nth(1)
+        .map(|rest| format!("[defaults]{rest}"))
+        .expect("the config has [defaults]");
+    env.write_config(&local);
+    env.run(&["--once", "a"]).assert_code(0);
+    env.write_config(&with_store);
+    // Chain b up on this host (it cannot reach the fleet: it waits).
+    let mut b = env.spawn(&["b"]);
+    wait_until("status shows chain b up", || {
+        let out = env.sub(&["status", "--json"]);
+        serde_json::from_str::<Value>(&out.stdout)
+            .ok()
+            .and_then(|d| {
+                d["chains"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["chain"] == "b")
+                    .map(|c| c["up"] == true)
+            })
+            .unwrap_or(false)
+    });
+    let out = env.sub(&["status", "--json"]);
+    out.assert_code(70);
+    let doc: Value = serde_json::from_str(&out.stdout).expect("status --json");
+    let a = chain(&doc, "a");
+    assert_eq!(a["up"], false, "{a:#}");
+    assert_eq!(a["tasks"][0]["runs"], 1, "{a:#}");
+    assert_eq!(a["tasks"][0]["ok"], 1, "{a:#}");
+    assert_eq!(chain(&doc, "b")["up"], true, "{doc:#}");
+    assert!(
+        out.stderr
+            .contains("run-chain: warning: cannot read the fleet's store")
+            && out.stderr.contains("runchain@127.0.0.1:1/nothing")
+            && out.stderr.contains("showing this host's chains only"),
+        "{}",
+        out.stderr
+    );
+    let out = env.sub(&["status"]);
+    out.assert_code(70);
+    assert!(
+        out.stdout.contains("a: ") && out.stdout.contains("b: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("warning: cannot read the fleet's store"),
+        "{}",
+        out.stderr
+    );
+    b.signal(libc::SIGTERM);
+    b.assert_exit(0);
+}

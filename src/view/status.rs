@@ -279,6 +279,23 @@ pub(crate) fn build_fleet(
     Ok(v)
 }
 
+/// The status for the `status` command: [`build_fleet`], or, when the fleet's store cannot
+/// be read (unreachable, or refusing us), this host's own chains as without `[store]`
+/// (RUN_ROOT's pidfiles, locks, CHAIN.state and SQLite records, each chain's instance's
+/// own fleet facts) with the error, for a warning and the exit status it earns.
+pub(crate) fn build_or_local(
+    run_root: &Path,
+    fleet: Option<&crate::config::FleetConfig>,
+) -> Result<(StatusView, Option<Error>)> {
+    match build_fleet(run_root, fleet) {
+        Ok(v) => Ok((v, None)),
+        Err(e @ (Error::Internal(_) | Error::Config(_))) if fleet.is_some() => {
+            Ok((build(run_root)?, Some(e)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Read the fleet's leases from its store, from this (the command's) thread, with a short
 /// timeout. A database that refuses us (password, not run-chain's) is a config error (78);
 /// one that does not answer is an internal error (70), as a store that cannot be read.
