@@ -587,3 +587,100 @@ fn status_with_the_database_unreachable_shows_this_hosts_chains_with_a_warning()
     b.signal(libc::SIGTERM);
     b.assert_exit(0);
 }
+
+/// The rows of `run_chain.runs` read so far in `db` (sequential + through an index).
+fn runs_tuples_read(pg: &Pg, db: &str) -> i64 {
+    pg.psql(
+        db,
+        "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables
+         WHERE schemaname = 'run_chain' AND relname = 'runs'",
+    )
+    .trim()
+    .parse()
+    .expect("tuples read")
+}
+
+/// Run `args` on `env` and return how many rows of runs it read (from the statistics the
+/// command's backend reports when it ends) and how long it took (ms).
+fn rows_read_by(pg: &Pg, db: &str, env: &TestEnv, args: &[&str]) -> (i64, f64) {
+    let before = runs_tuples_read(pg, db);
+    let t0 = Instant::now();
+    let out = env.sub(args);
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    out.assert_code(0);
+    let mut read = 0;
+    wait_until("the command's backend reported its reads", || {
+        read = runs_tuples_read(pg, db) - before;
+        read > 0
+    });
+    (read, ms)
+}
+
+/// `history`, `log` and the console's strip over a task with 100,000 runs in PostgreSQL
+/// read along the (series, run_id) index: a few rows, not the whole history.
+#[test]
+fn history_log_and_the_console_strip_walk_the_index_over_100000_runs() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views_long");
+    let h1 = host(pg, "h1", &url);
+    h1.run(&["--once", "a"]).assert_code(0);
+    pg.psql(
+        &db,
+        "INSERT INTO run_chain.runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms,
+                                     outcome, exit_code, duration_ms, latency_ms, host)
+           SELECT s.id, 1 + g, 0, t, t, t + 5, 'ok', 0, 5, 0, 'h1'
+           FROM run_chain.series s, generate_series(1, 100000) g,
+                LATERAL (SELECT (extract(epoch FROM now()) * 1000)::int8 + g * 1000 AS t) x
+           WHERE s.chain = 'a' AND s.task = 'a';
+         ANALYZE run_chain.runs",
+    );
+    let mut figures = Vec::new();
+    for args in [
+        &["history", "a", "--limit", "20", "--json"][..],
+        &["log", "a"][..],
+    ] {
+        let mut times = Vec::new();
+        let mut reads = Vec::new();
+        for _ in 0..5 {
+            let (read, ms) = rows_read_by(pg, &db, &h1, args);
+            reads.push(read);
+            times.push(ms);
+        }
+        times.sort_by(f64::total_cmp);
+        let most = reads.iter().copied().max().unwrap_or(0);
+        figures.push(format!(
+            "{args:?} over 100001 runs, debug build, 5 runs: median {:.1} ms, max {:.1} ms; rows of runs read: at most {most}",
+            times[2], times[4]
+        ));
+        assert!(
+            most <= 1000,
+            "{args:?} read {most} rows of runs: {figures:?}"
+        );
+    }
+    for f in &figures {
+        println!("{f}");
+    }
+    let out = h1.sub(&["history", "a", "--limit", "3", "--json"]);
+    let runs: Value = serde_json::from_str(&out.stdout).expect("history --json");
+    let ids: Vec<u64> = runs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["run_id"].as_u64())
+        .collect();
+    assert_eq!(ids, [100001, 100000, 99999]);
+    // The console's index page (its strip of each chain's newest runs).
+    let (_serve, addr) = start_serve(&h1, "127.0.0.1", &[]);
+    let before = runs_tuples_read(pg, &db);
+    let page = get(addr, "/");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("100001"), "{}", page.text());
+    drop(_serve);
+    let mut read = 0;
+    wait_until("the console's backend reported its reads", || {
+        read = runs_tuples_read(pg, &db) - before;
+        read > 0
+    });
+    println!("the console's index page over 100001 runs: rows of runs read: {read}");
+    assert!(read <= 1000, "the console's index read {read} rows of runs");
+}
