@@ -684,3 +684,60 @@ fn history_log_and_the_console_strip_walk_the_index_over_100000_runs() {
     println!("the console's index page over 100001 runs: rows of runs read: {read}");
     assert!(read <= 1000, "the console's index read {read} rows of runs");
 }
+
+/// How many connections of run-chain's user to `db` the server has authorized so far
+/// (log_connections is on: a line per connection, written before it is served).
+fn connections(pg: &Pg, db: &str) -> usize {
+    let needle = format!("connection authorized: user=runchain database={db}");
+    pg.log_text()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// One connection per command and per console request, reused by all of its reads;
+/// `status` timed (debug build).
+#[test]
+fn one_connection_per_command_and_per_console_request() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views_conns");
+    let h1 = host(pg, "h1", &url);
+    h1.run(&["--once", "a"]).assert_code(0);
+    h1.run(&["--once", "b"]).assert_code(0);
+    let mut a = h1.spawn(&["a"]);
+    wait_stderr(&mut a, "h1 owns a", "a: fleet: owner (epoch ");
+    let mut made = Vec::new();
+    for args in [
+        &["status"][..],
+        &["status", "--json"][..],
+        &["history", "a"][..],
+        &["log", "b"][..],
+        &["metrics"][..],
+    ] {
+        let before = connections(pg, &db);
+        h1.sub(args).assert_code(0);
+        made.push((format!("{args:?}"), connections(pg, &db) - before));
+    }
+    let (_serve, addr) = start_serve(&h1, "127.0.0.1", &[]);
+    for page in ["/", "/chain/a", "/chain/a/task/a", "/api/v1/chains"] {
+        let before = connections(pg, &db);
+        let got = get(addr, page);
+        assert_eq!(got.status, 200, "{page}: {}", got.text());
+        made.push((page.to_string(), connections(pg, &db) - before));
+    }
+    println!("connections made: {made:?}");
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        h1.sub(&["status"]).assert_code(0);
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "status (2 chains, fleet), debug build, 10 runs: median {:.1} ms, max {:.1} ms",
+        times[5], times[9]
+    );
+    assert!(made.iter().all(|(_, n)| *n == 1), "{made:?}");
+    a.signal(libc::SIGTERM);
+    a.assert_exit(0);
+}

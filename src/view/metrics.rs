@@ -108,18 +108,18 @@ pub(crate) fn collect_fleet(run_root: &Path, fleet: Option<&Fleet>) -> Result<Sn
         None => store::pg::reader::read(&f.cfg)
             .map_err(|e| format!("cannot read the fleet's store: {e}"))?,
     };
-    let mut snap = collect_with(run_root, conn)?;
+    let mut snap = collect_with(run_root, conn.as_deref())?;
     scope_to_host(&mut snap, rows, (!f.whole).then_some(f.cfg.host.as_str()));
     Ok(snap)
 }
 
 /// Read the snapshot of `run_root`.
 pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
-    collect_with(run_root, store::open_read(run_root)?)
+    collect_with(run_root, store::open_read(run_root)?.as_ref())
 }
 
 /// The snapshot of `run_root`'s chains, with the records of `conn`.
-fn collect_with(run_root: &Path, conn: Option<store::Reader>) -> Result<Snapshot, String> {
+fn collect_with(run_root: &Path, conn: Option<&store::Reader>) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
     if let Ok(names) = crate::lock::holders::chains(run_root) {
         let up = crate::lock::holders::holders(run_root, &names);
@@ -134,18 +134,18 @@ fn collect_with(run_root: &Path, conn: Option<store::Reader>) -> Result<Snapshot
         |e: store::ReadError| format!("failed to read {}: {e}", store::path(run_root).display());
     let version = conn.schema_version();
     if version >= 3 {
-        for (s, recent) in store::series_with_recent(&conn).map_err(err)? {
+        for (s, recent) in store::series_with_recent(conn).map_err(err)? {
             snap.recent
                 .insert((s.chain.clone(), s.task.clone()), recent);
             snap.series.push(s);
         }
     } else {
-        snap.series = store::series(&conn).map_err(err)?;
+        snap.series = store::series(conn).map_err(err)?;
     }
     if version >= 2 {
-        snap.alerts = store::alert_counts(&conn).map_err(err)?;
+        snap.alerts = store::alert_counts(conn).map_err(err)?;
     }
-    for (c, t, kick, manual) in store::trigger_counts(&conn).map_err(err)? {
+    for (c, t, kick, manual) in store::trigger_counts(conn).map_err(err)? {
         snap.triggers.insert((c, t), (kick, manual));
     }
     for s in &snap.series {
