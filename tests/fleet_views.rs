@@ -402,6 +402,14 @@ fn every_host_sees_both_chains_owners_standbys_and_metrics_count_each_run_once()
         Some(1.0),
         "{mf}"
     );
+    // Up where a host holds the lease (h3 runs nothing itself).
+    for c in ["a", "b"] {
+        assert_eq!(
+            value(&sf, "run_chain_up", &format!("chain={c}")),
+            Some(1.0),
+            "{mf}"
+        );
+    }
     // The whole fleet's runs, from the fleet's store: at least what each owner exported.
     assert!(
         runs_of(&sf, "a") >= runs_of(&s1, "a") && runs_of(&sf, "b") >= runs_of(&s2, "b"),

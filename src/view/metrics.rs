@@ -56,6 +56,11 @@ pub(crate) struct FleetSnap {
 /// that Prometheus scraping every host counts each run once.
 pub(crate) fn scope_to_host(snap: &mut Snapshot, rows: FleetRows, host: Option<&str>) {
     let Some(host) = host else {
+        // The whole fleet: a chain is up where a host holds its lease unexpired (its
+        // owner's process is up, as far as the fleet knows), or where it runs here.
+        for r in rows.chains.values() {
+            *snap.chains.entry(r.chain.clone()).or_insert(false) |= r.held;
+        }
         snap.fleet = Some(FleetSnap { rows, host: None });
         return;
     };
@@ -259,7 +264,7 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
         out,
         "run_chain_up",
         "gauge",
-        "Whether the chain's process runs (holds its lock).",
+        "Whether the chain's process runs (holds its lock; serve --fleet: a host holds its lease).",
     );
     for (c, up) in &snap.chains {
         let _ = writeln!(
@@ -641,6 +646,24 @@ mod tests {
         rows.chains.insert("b".into(), lease("b", "h2", &["h1"]));
         rows.chains.insert("c".into(), lease("c", "h2", &[]));
         (snap, rows)
+    }
+
+    #[test]
+    fn the_whole_fleet_counts_a_chain_up_where_a_host_holds_its_lease() {
+        let (mut snap, mut rows) = fleet_snapshot();
+        // Nothing runs here; d's lease has expired.
+        snap.chains.clear();
+        let mut d = lease("d", "h1", &[]);
+        d.held = false;
+        rows.chains.insert("d".into(), d);
+        scope_to_host(&mut snap, rows, None);
+        let t = render(&snap, None);
+        for (c, up) in [("a", 1), ("b", 1), ("c", 1), ("d", 0)] {
+            assert!(
+                t.contains(&format!("run_chain_up{{chain=\"{c}\"}} {up}\n")),
+                "{c}: {t}"
+            );
+        }
     }
 
     #[test]
