@@ -749,3 +749,64 @@ fn one_connection_per_command_and_per_console_request() {
     a.signal(libc::SIGTERM);
     a.assert_exit(0);
 }
+
+/// The fleet's thread logs a server's NOTICE/WARNING at debug, naming the database (not
+/// raw at info, without the chain's name), and a permission error (SQLSTATE 42501) as the
+/// database refusing, not as the database unreachable.
+#[test]
+fn a_server_warning_is_not_logged_raw_and_a_permission_error_is_a_refusal() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views_words");
+    let h1 = host(pg, "h1", &url);
+    let h2 = host(pg, "h2", &url);
+    let mut cmd = h1.sub_command(&["a"]);
+    cmd.env("RUST_LOG", "debug");
+    let mut a1 = h1.spawn_command(cmd);
+    wait_stderr(&mut a1, "h1 owns a", "a: fleet: owner (epoch ");
+    let mut a2 = h2.spawn(&["a"]);
+    wait_stderr(
+        &mut a2,
+        "h2 waits for a",
+        "a: fleet: standby: the chain runs on host h1",
+    );
+    // Every renewal of h1's lease draws a WARNING from the server.
+    pg.psql(
+        &db,
+        "CREATE FUNCTION public.probe() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE WARNING 'readfix-probe'; RETURN NEW; END $$;
+         CREATE TRIGGER probe BEFORE UPDATE ON run_chain.leases
+           FOR EACH ROW EXECUTE FUNCTION public.probe()",
+    );
+    wait_stderr(&mut a1, "h1 hears the server's warning", "readfix-probe");
+    let said = text(&a1.stderr);
+    let lines: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("readfix-probe"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" debug: ")
+                && l.contains("the database says WARNING: readfix-probe")),
+        "{lines:#?}"
+    );
+    // h2 may no longer write its standby row: refused, not unreachable.
+    pg.psql(
+        &db,
+        "REVOKE ALL ON run_chain.standbys FROM PUBLIC, runchain",
+    );
+    wait_stderr(&mut a2, "h2 is refused", "42501");
+    let said = text(&a2.stderr);
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("42501")).collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("the database refused: ") && !l.contains("unreachable")),
+        "{lines:#?}"
+    );
+    for r in [&mut a2, &mut a1] {
+        r.signal(libc::SIGTERM);
+    }
+    a2.assert_exit(0);
+    a1.assert_exit(0);
+}
