@@ -402,6 +402,14 @@ fn every_host_sees_both_chains_owners_standbys_and_metrics_count_each_run_once()
         Some(1.0),
         "{mf}"
     );
+    // Up where a host holds the lease (h3 runs nothing itself).
+    for c in ["a", "b"] {
+        assert_eq!(
+            value(&sf, "run_chain_up", &format!("chain={c}")),
+            Some(1.0),
+            "{mf}"
+        );
+    }
     // The whole fleet's runs, from the fleet's store: at least what each owner exported.
     assert!(
         runs_of(&sf, "a") >= runs_of(&s1, "a") && runs_of(&sf, "b") >= runs_of(&s2, "b"),
@@ -521,4 +529,284 @@ fn an_unreachable_or_refusing_store_is_a_clear_error_naming_the_url_without_its_
         "{}",
         out.stderr
     );
+}
+
+/// `[store]` with a database that does not answer: `status` still shows this host's own
+/// chains (RUN_ROOT's records and processes, as without `[store]`), with a warning naming
+/// the redacted URL and the error, and exits 70 (the fleet could not be read).
+#[test]
+fn status_with_the_database_unreachable_shows_this_hosts_chains_with_a_warning() {
+    let pg = Pg::shared();
+    let env = host(pg, "h1", "postgresql://runchain@127.0.0.1:1/nothing");
+    let with_store = std::fs::read_to_string(&env.config).expect("the config");
+    // A run recorded in RUN_ROOT (no [store] then), and the [store] back.
+    let local = with_store
+        .split("[defaults]")
+        .nth(1)
+        .map(|rest| format!("[defaults]{rest}"))
+        .expect("the config has [defaults]");
+    env.write_config(&local);
+    env.run(&["--once", "a"]).assert_code(0);
+    env.write_config(&with_store);
+    // Chain b up on this host (it cannot reach the fleet: it waits).
+    let mut b = env.spawn(&["b"]);
+    wait_until("status shows chain b up", || {
+        let out = env.sub(&["status", "--json"]);
+        serde_json::from_str::<Value>(&out.stdout)
+            .ok()
+            .and_then(|d| {
+                d["chains"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["chain"] == "b")
+                    .map(|c| c["up"] == true)
+            })
+            .unwrap_or(false)
+    });
+    let out = env.sub(&["status", "--json"]);
+    out.assert_code(70);
+    let doc: Value = serde_json::from_str(&out.stdout).expect("status --json");
+    let a = chain(&doc, "a");
+    assert_eq!(a["up"], false, "{a:#}");
+    assert_eq!(a["tasks"][0]["runs"], 1, "{a:#}");
+    assert_eq!(a["tasks"][0]["ok"], 1, "{a:#}");
+    assert_eq!(chain(&doc, "b")["up"], true, "{doc:#}");
+    assert!(
+        out.stderr
+            .contains("run-chain: warning: cannot read the fleet's store")
+            && out.stderr.contains("runchain@127.0.0.1:1/nothing")
+            && out.stderr.contains("showing this host's chains only"),
+        "{}",
+        out.stderr
+    );
+    let out = env.sub(&["status"]);
+    out.assert_code(70);
+    assert!(
+        out.stdout.contains("a: ") && out.stdout.contains("b: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("warning: cannot read the fleet's store"),
+        "{}",
+        out.stderr
+    );
+    b.signal(libc::SIGTERM);
+    b.assert_exit(0);
+}
+
+/// The rows of `run_chain.runs` read so far in `db` (sequential + through an index).
+fn runs_tuples_read(pg: &Pg, db: &str) -> i64 {
+    pg.psql(
+        db,
+        "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables
+         WHERE schemaname = 'run_chain' AND relname = 'runs'",
+    )
+    .trim()
+    .parse()
+    .expect("tuples read")
+}
+
+/// Run `args` on `env` and return how many rows of runs it read (from the statistics the
+/// command's backend reports when it ends) and how long it took (ms).
+fn rows_read_by(pg: &Pg, db: &str, env: &TestEnv, args: &[&str]) -> (i64, f64) {
+    let before = runs_tuples_read(pg, db);
+    let t0 = Instant::now();
+    let out = env.sub(args);
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    out.assert_code(0);
+    let mut read = 0;
+    wait_until("the command's backend reported its reads", || {
+        read = runs_tuples_read(pg, db) - before;
+        read > 0
+    });
+    (read, ms)
+}
+
+/// `history`, `log` and the console's strip over a task with 100,000 runs in PostgreSQL
+/// read along the (series, run_id) index: a few rows, not the whole history.
+#[test]
+fn history_log_and_the_console_strip_walk_the_index_over_100000_runs() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views_long");
+    let h1 = host(pg, "h1", &url);
+    h1.run(&["--once", "a"]).assert_code(0);
+    pg.psql(
+        &db,
+        "INSERT INTO run_chain.runs (series, run_id, instance, scheduled_ms, start_ms, stop_ms,
+                                     outcome, exit_code, duration_ms, latency_ms, host)
+           SELECT s.id, 1 + g, 0, t, t, t + 5, 'ok', 0, 5, 0, 'h1'
+           FROM run_chain.series s, generate_series(1, 100000) g,
+                LATERAL (SELECT (extract(epoch FROM now()) * 1000)::int8 + g * 1000 AS t) x
+           WHERE s.chain = 'a' AND s.task = 'a';
+         ANALYZE run_chain.runs",
+    );
+    let mut figures = Vec::new();
+    for args in [
+        &["history", "a", "--limit", "20", "--json"][..],
+        &["log", "a"][..],
+    ] {
+        let mut times = Vec::new();
+        let mut reads = Vec::new();
+        for _ in 0..5 {
+            let (read, ms) = rows_read_by(pg, &db, &h1, args);
+            reads.push(read);
+            times.push(ms);
+        }
+        times.sort_by(f64::total_cmp);
+        let most = reads.iter().copied().max().unwrap_or(0);
+        figures.push(format!(
+            "{args:?} over 100001 runs, debug build, 5 runs: median {:.1} ms, max {:.1} ms; rows of runs read: at most {most}",
+            times[2], times[4]
+        ));
+        assert!(
+            most <= 1000,
+            "{args:?} read {most} rows of runs: {figures:?}"
+        );
+    }
+    for f in &figures {
+        println!("{f}");
+    }
+    let out = h1.sub(&["history", "a", "--limit", "3", "--json"]);
+    let runs: Value = serde_json::from_str(&out.stdout).expect("history --json");
+    let ids: Vec<u64> = runs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["run_id"].as_u64())
+        .collect();
+    assert_eq!(ids, [100001, 100000, 99999]);
+    // The console's index page (its strip of each chain's newest runs).
+    let (_serve, addr) = start_serve(&h1, "127.0.0.1", &[]);
+    let before = runs_tuples_read(pg, &db);
+    let page = get(addr, "/");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("100001"), "{}", page.text());
+    drop(_serve);
+    let mut read = 0;
+    wait_until("the console's backend reported its reads", || {
+        read = runs_tuples_read(pg, &db) - before;
+        read > 0
+    });
+    println!("the console's index page over 100001 runs: rows of runs read: {read}");
+    assert!(read <= 1000, "the console's index read {read} rows of runs");
+}
+
+/// How many connections of run-chain's user to `db` the server has authorized so far
+/// (log_connections is on: a line per connection, written before it is served).
+fn connections(pg: &Pg, db: &str) -> usize {
+    let needle = format!("connection authorized: user=runchain database={db}");
+    pg.log_text()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// One connection per command and per console request, reused by all of its reads;
+/// `status` timed (debug build).
+#[test]
+fn one_connection_per_command_and_per_console_request() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views_conns");
+    let h1 = host(pg, "h1", &url);
+    h1.run(&["--once", "a"]).assert_code(0);
+    h1.run(&["--once", "b"]).assert_code(0);
+    let mut a = h1.spawn(&["a"]);
+    wait_stderr(&mut a, "h1 owns a", "a: fleet: owner (epoch ");
+    let mut made = Vec::new();
+    for args in [
+        &["status"][..],
+        &["status", "--json"][..],
+        &["history", "a"][..],
+        &["log", "b"][..],
+        &["metrics"][..],
+    ] {
+        let before = connections(pg, &db);
+        h1.sub(args).assert_code(0);
+        made.push((format!("{args:?}"), connections(pg, &db) - before));
+    }
+    let (_serve, addr) = start_serve(&h1, "127.0.0.1", &[]);
+    for page in ["/", "/chain/a", "/chain/a/task/a", "/api/v1/chains"] {
+        let before = connections(pg, &db);
+        let got = get(addr, page);
+        assert_eq!(got.status, 200, "{page}: {}", got.text());
+        made.push((page.to_string(), connections(pg, &db) - before));
+    }
+    println!("connections made: {made:?}");
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        h1.sub(&["status"]).assert_code(0);
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "status (2 chains, fleet), debug build, 10 runs: median {:.1} ms, max {:.1} ms",
+        times[5], times[9]
+    );
+    assert!(made.iter().all(|(_, n)| *n == 1), "{made:?}");
+    a.signal(libc::SIGTERM);
+    a.assert_exit(0);
+}
+
+/// The fleet's thread logs a server's NOTICE/WARNING at debug, naming the database (not
+/// raw at info, without the chain's name), and a permission error (SQLSTATE 42501) as the
+/// database refusing, not as the database unreachable.
+#[test]
+fn a_server_warning_is_not_logged_raw_and_a_permission_error_is_a_refusal() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("views_words");
+    let h1 = host(pg, "h1", &url);
+    let h2 = host(pg, "h2", &url);
+    let mut cmd = h1.sub_command(&["a"]);
+    cmd.env("RUST_LOG", "debug");
+    let mut a1 = h1.spawn_command(cmd);
+    wait_stderr(&mut a1, "h1 owns a", "a: fleet: owner (epoch ");
+    let mut a2 = h2.spawn(&["a"]);
+    wait_stderr(
+        &mut a2,
+        "h2 waits for a",
+        "a: fleet: standby: the chain runs on host h1",
+    );
+    // Every renewal of h1's lease draws a WARNING from the server.
+    pg.psql(
+        &db,
+        "CREATE FUNCTION public.probe() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE WARNING 'readfix-probe'; RETURN NEW; END $$;
+         CREATE TRIGGER probe BEFORE UPDATE ON run_chain.leases
+           FOR EACH ROW EXECUTE FUNCTION public.probe()",
+    );
+    wait_stderr(&mut a1, "h1 hears the server's warning", "readfix-probe");
+    let said = text(&a1.stderr);
+    let lines: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("readfix-probe"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" debug: ")
+                && l.contains("the database says WARNING: readfix-probe")),
+        "{lines:#?}"
+    );
+    // h2 may no longer write its standby row: refused, not unreachable.
+    pg.psql(
+        &db,
+        "REVOKE ALL ON run_chain.standbys FROM PUBLIC, runchain",
+    );
+    wait_stderr(&mut a2, "h2 is refused", "42501");
+    let said = text(&a2.stderr);
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("42501")).collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("the database refused: ") && !l.contains("unreachable")),
+        "{lines:#?}"
+    );
+    for r in [&mut a2, &mut a1] {
+        r.signal(libc::SIGTERM);
+    }
+    a2.assert_exit(0);
+    a1.assert_exit(0);
 }

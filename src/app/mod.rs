@@ -48,15 +48,21 @@ pub fn main(cli: Cli) -> Result<u8> {
         }
         Some(Command::Kick { chain }) => kick(&cli.common, &chain, &run_now::who_asks()),
         Some(Command::Status { json }) => {
-            let v = view::status::build_fleet(
+            let (v, fleet_error) = view::status::build_or_local(
                 &looked_run_root(&cli.common)?,
                 fleet_config(&cli.common).as_ref(),
             )?;
-            Ok(print(&if json {
+            // The fleet's store cannot be read: this host's chains (as without [store]),
+            // a warning, and the exit status the error earns (70 unreachable, 78 refused).
+            if let Some(e) = &fleet_error {
+                eprintln!("run-chain: warning: {e}; showing this host's chains only");
+            }
+            let code = print(&if json {
                 view::status::json(&v)
             } else {
                 view::status::text(&v, Wall(crate::time::wall_ms()))
-            }))
+            });
+            Ok(fleet_error.map_or(code, |e| e.exit_code()))
         }
         Some(Command::History {
             task,

@@ -1193,7 +1193,10 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                     Err(m) => {
                         drop_if_broken(&mut conn);
                         if last_error.as_deref() != Some(m.as_str()) {
-                            log::warn!("{chain}: fleet: standby: database unreachable: {m}");
+                            log::warn!(
+                                "{chain}: fleet: standby: {}",
+                                crate::store::pg::conn::trouble(&m)
+                            );
                             last_error = Some(m.clone());
                         }
                         if once && sys::boot_now() >= once_until {

@@ -114,7 +114,9 @@ pub(crate) fn serve(run_root: PathBuf, opts: Options) -> Result<u8> {
     http::serve(
         addr,
         "console",
-        Arc::new(move |req: &mut tiny_http::Request| c.answer(req)),
+        Arc::new(move |req: &mut tiny_http::Request| {
+            crate::view::runs::one_reader(|| c.answer(req))
+        }),
         || {
             log::info!(
                 "console: serving {} at http://{addr}/ ({}{})",

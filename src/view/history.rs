@@ -33,7 +33,7 @@ pub(crate) fn build(
     if let (true, Some(chain)) = (rows.is_empty(), chain) {
         // A task of the config that has not run anywhere yet: an empty history, as without
         // --chain. Runs elsewhere only: the chain is likely mistyped, so say where they are.
-        let elsewhere = other_chains(run_root, conn.as_ref(), task, chain, None)?;
+        let elsewhere = other_chains(run_root, conn.as_deref(), task, chain, None)?;
         if known_in_config != Some(true) || !elsewhere.is_empty() {
             return Err(not_in_chain(task, chain, None, &elsewhere));
         }

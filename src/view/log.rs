@@ -41,7 +41,7 @@ pub(crate) fn build(
     }
     let Some((row, output)) = found else {
         if let Some(chain) = chain {
-            let elsewhere = other_chains(run_root, conn.as_ref(), task, chain, run_id)?;
+            let elsewhere = other_chains(run_root, conn.as_deref(), task, chain, run_id)?;
             return Err(not_in_chain(task, chain, run_id, &elsewhere));
         }
         return Err(Error::Usage(match run_id {

@@ -56,6 +56,11 @@ pub(crate) struct FleetSnap {
 /// that Prometheus scraping every host counts each run once.
 pub(crate) fn scope_to_host(snap: &mut Snapshot, rows: FleetRows, host: Option<&str>) {
     let Some(host) = host else {
+        // The whole fleet: a chain is up where a host holds its lease unexpired (its
+        // owner's process is up, as far as the fleet knows), or where it runs here.
+        for r in rows.chains.values() {
+            *snap.chains.entry(r.chain.clone()).or_insert(false) |= r.held;
+        }
         snap.fleet = Some(FleetSnap { rows, host: None });
         return;
     };
@@ -108,18 +113,18 @@ pub(crate) fn collect_fleet(run_root: &Path, fleet: Option<&Fleet>) -> Result<Sn
         None => store::pg::reader::read(&f.cfg)
             .map_err(|e| format!("cannot read the fleet's store: {e}"))?,
     };
-    let mut snap = collect_with(run_root, conn)?;
+    let mut snap = collect_with(run_root, conn.as_deref())?;
     scope_to_host(&mut snap, rows, (!f.whole).then_some(f.cfg.host.as_str()));
     Ok(snap)
 }
 
 /// Read the snapshot of `run_root`.
 pub(crate) fn collect(run_root: &Path) -> Result<Snapshot, String> {
-    collect_with(run_root, store::open_read(run_root)?)
+    collect_with(run_root, store::open_read(run_root)?.as_ref())
 }
 
 /// The snapshot of `run_root`'s chains, with the records of `conn`.
-fn collect_with(run_root: &Path, conn: Option<store::Reader>) -> Result<Snapshot, String> {
+fn collect_with(run_root: &Path, conn: Option<&store::Reader>) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
     if let Ok(names) = crate::lock::holders::chains(run_root) {
         let up = crate::lock::holders::holders(run_root, &names);
@@ -134,18 +139,18 @@ fn collect_with(run_root: &Path, conn: Option<store::Reader>) -> Result<Snapshot
         |e: store::ReadError| format!("failed to read {}: {e}", store::path(run_root).display());
     let version = conn.schema_version();
     if version >= 3 {
-        for (s, recent) in store::series_with_recent(&conn).map_err(err)? {
+        for (s, recent) in store::series_with_recent(conn).map_err(err)? {
             snap.recent
                 .insert((s.chain.clone(), s.task.clone()), recent);
             snap.series.push(s);
         }
     } else {
-        snap.series = store::series(&conn).map_err(err)?;
+        snap.series = store::series(conn).map_err(err)?;
     }
     if version >= 2 {
-        snap.alerts = store::alert_counts(&conn).map_err(err)?;
+        snap.alerts = store::alert_counts(conn).map_err(err)?;
     }
-    for (c, t, kick, manual) in store::trigger_counts(&conn).map_err(err)? {
+    for (c, t, kick, manual) in store::trigger_counts(conn).map_err(err)? {
         snap.triggers.insert((c, t), (kick, manual));
     }
     for s in &snap.series {
@@ -259,7 +264,7 @@ pub(crate) fn render(snap: &Snapshot, scrape_seconds: Option<f64>) -> String {
         out,
         "run_chain_up",
         "gauge",
-        "Whether the chain's process runs (holds its lock).",
+        "Whether the chain's process runs (holds its lock; serve --fleet: a host holds its lease).",
     );
     for (c, up) in &snap.chains {
         let _ = writeln!(
@@ -641,6 +646,24 @@ mod tests {
         rows.chains.insert("b".into(), lease("b", "h2", &["h1"]));
         rows.chains.insert("c".into(), lease("c", "h2", &[]));
         (snap, rows)
+    }
+
+    #[test]
+    fn the_whole_fleet_counts_a_chain_up_where_a_host_holds_its_lease() {
+        let (mut snap, mut rows) = fleet_snapshot();
+        // Nothing runs here; d's lease has expired.
+        snap.chains.clear();
+        let mut d = lease("d", "h1", &[]);
+        d.held = false;
+        rows.chains.insert("d".into(), d);
+        scope_to_host(&mut snap, rows, None);
+        let t = render(&snap, None);
+        for (c, up) in [("a", 1), ("b", 1), ("c", 1), ("d", 0)] {
+            assert!(
+                t.contains(&format!("run_chain_up{{chain=\"{c}\"}} {up}\n")),
+                "{c}: {t}"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! lock: one left open by an instance that died reads `interrupted` with no stop until its
 //! guardian or the next launch records its end (see [`settle_open_runs`]).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::Serialize;
 
@@ -146,10 +148,55 @@ pub(crate) fn settle(run_root: &Path, rows: &mut [RunRow]) {
     });
 }
 
+/// A reader opened once and shared by every read of one command or console request.
+type Shared = Option<Rc<store::Reader>>;
+
+thread_local! {
+    /// Inside [`one_reader`]: the reader opened by its first [`open_reader`], if any yet.
+    static SHARED: RefCell<Option<Option<Shared>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` (one command, one console request) with one reader: the first [`open_reader`]
+/// within it opens the store (one connection to the fleet's store), the others reuse it;
+/// it is closed when `f` returns. Not nested: an inner call shares the outer's reader.
+pub(crate) fn one_reader<T>(f: impl FnOnce() -> T) -> T {
+    let outer = SHARED.with(|s| s.borrow().is_some());
+    if outer {
+        return f();
+    }
+    /// Closes the shared reader when the scope ends, even by a panic (a console
+    /// request's panic must not leave its reader to the thread's next request).
+    struct Close;
+    impl Drop for Close {
+        fn drop(&mut self) {
+            SHARED.with(|s| *s.borrow_mut() = None);
+        }
+    }
+    SHARED.with(|s| *s.borrow_mut() = Some(None));
+    let _close = Close;
+    f()
+}
+
 /// The store the readers read: with a `[store]` whose schema keeps the records, the
 /// fleet's (connected from this thread, with a short timeout); else RUN_ROOT's SQLite file
-/// (None: no store yet).
+/// (None: no store yet). Inside [`one_reader`], opened once and shared.
 pub(crate) fn open_reader(
+    run_root: &Path,
+    fleet: Option<&crate::config::FleetConfig>,
+) -> Result<Shared> {
+    if let Some(Some(r)) = SHARED.with(|s| s.borrow().clone()) {
+        return Ok(r);
+    }
+    let r = open_reader_now(run_root, fleet)?.map(Rc::new);
+    SHARED.with(|s| {
+        if let Some(slot) = s.borrow_mut().as_mut() {
+            *slot = Some(r.clone());
+        }
+    });
+    Ok(r)
+}
+
+fn open_reader_now(
     run_root: &Path,
     fleet: Option<&crate::config::FleetConfig>,
 ) -> Result<Option<store::Reader>> {

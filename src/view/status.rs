@@ -201,22 +201,27 @@ fn written_by_another_instance(st: &resume::State, holder: i32) -> bool {
 /// The status of every chain in `run_root` (none when it does not exist yet).
 pub(crate) fn build(run_root: &Path) -> Result<StatusView> {
     let conn = store::open_read(run_root).map_err(Error::Internal)?;
-    build_with(run_root, conn.as_ref())
+    let series = read_series(run_root, conn.as_ref())?;
+    build_with(run_root, &series)
 }
 
-/// The status of every chain in `run_root`, with the aggregates `conn` has.
-fn build_with(run_root: &Path, conn: Option<&store::Reader>) -> Result<StatusView> {
+/// The aggregates `conn` has (none without a store).
+fn read_series(run_root: &Path, conn: Option<&store::Reader>) -> Result<Vec<SeriesRow>> {
+    match conn {
+        Some(c) => store::series(c).map_err(|e| store_error(run_root, e)),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The status of every chain in `run_root`, with the aggregates `series`.
+fn build_with(run_root: &Path, series: &[SeriesRow]) -> Result<StatusView> {
     let names = if run_root.exists() {
         chains(run_root)?
     } else {
         Vec::new()
     };
-    let series = match conn {
-        Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
-        None => Vec::new(),
-    };
     let mut by_chain: BTreeMap<&str, Vec<&SeriesRow>> = BTreeMap::new();
-    for s in &series {
+    for s in series {
         by_chain.entry(s.chain.as_str()).or_default().push(s);
     }
     let up = holders(run_root, &names);
@@ -263,20 +268,34 @@ pub(crate) fn build_fleet(
         return build(run_root);
     };
     let conn = super::runs::open_reader(run_root, Some(cfg))?;
-    let mut v = build_with(run_root, conn.as_ref())?;
+    let series = read_series(run_root, conn.as_deref())?;
+    let mut v = build_with(run_root, &series)?;
     // One connection for the records and the leases, when the fleet's store keeps both.
-    let rows = match conn.as_ref().and_then(|c| c.fleet(cfg.lease)) {
+    let rows = match conn.as_deref().and_then(|c| c.fleet(cfg.lease)) {
         Some(rows) => {
             rows.map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}")))?
         }
         None => fleet_rows(cfg)?,
     };
-    let series = match &conn {
-        Some(c) => store::series(c).map_err(|e| store_error(run_root, e))?,
-        None => Vec::new(),
-    };
     merge_fleet(&mut v, &rows, &series);
     Ok(v)
+}
+
+/// The status for the `status` command: [`build_fleet`], or, when the fleet's store cannot
+/// be read (unreachable, or refusing us), this host's own chains as without `[store]`
+/// (RUN_ROOT's pidfiles, locks, CHAIN.state and SQLite records, each chain's instance's
+/// own fleet facts) with the error, for a warning and the exit status it earns.
+pub(crate) fn build_or_local(
+    run_root: &Path,
+    fleet: Option<&crate::config::FleetConfig>,
+) -> Result<(StatusView, Option<Error>)> {
+    match build_fleet(run_root, fleet) {
+        Ok(v) => Ok((v, None)),
+        Err(e @ (Error::Internal(_) | Error::Config(_))) if fleet.is_some() => {
+            Ok((build(run_root)?, Some(e)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Read the fleet's leases from its store, from this (the command's) thread, with a short

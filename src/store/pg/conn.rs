@@ -94,6 +94,16 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
+/// How the fleet's thread words a failed statement `m` ([`DbError`]'s text): a permission
+/// error (SQLSTATE 42501) is the database refusing us, not the database unreachable.
+pub(crate) fn trouble(m: &str) -> String {
+    if m.contains("(SQLSTATE 42501)") {
+        format!("the database refused: {m}")
+    } else {
+        format!("database unreachable: {m}")
+    }
+}
+
 /// An error with its sources, on one line.
 fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -218,9 +228,26 @@ impl Conn {
                     )))
                 }
             };
+        let said = shown.clone();
+        let mut connection = connection;
         rt.spawn(async move {
             // Ends when the client is dropped or the server goes: `is_closed` then says so.
-            let _ = connection.await;
+            // The server's NOTICE/WARNING messages (tokio-postgres would log them raw, at
+            // info, without the chain's name): at debug, naming the database. What they
+            // announce (a shutdown, a dropped connection) the fleet's thread logs itself.
+            while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match m {
+                    Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                        log::debug!(
+                            "{said}: the database says {}: {}",
+                            n.severity(),
+                            n.message()
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
         });
         Ok(Conn {
             client,
@@ -411,6 +438,22 @@ async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_permission_error_is_worded_as_a_refusal() {
+        let denied = DbError::Sql {
+            code: "42501".into(),
+            message: "permission denied for table standbys".into(),
+        };
+        assert_eq!(
+            trouble(&denied.to_string()),
+            "the database refused: permission denied for table standbys (SQLSTATE 42501)"
+        );
+        assert_eq!(
+            trouble(&DbError::Timeout.to_string()),
+            "database unreachable: no answer from the database in time"
+        );
+    }
 
     fn pss_anon_kib() -> u64 {
         let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();

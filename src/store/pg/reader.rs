@@ -197,6 +197,20 @@ const PG_RUN_COLUMNS: &str = "s.chain, s.task, r.run_id::int8, COALESCE(r.host, 
 const PG_RUNS_FROM: &str = "FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series
     LEFT JOIN run_chain.instances i ON i.id = r.instance";
 
+/// The newest `$LIMIT` runs of each series `s` chosen by the WHERE that follows, read
+/// along the UNIQUE (series, run_id) index, newest run id first (as the SQLite reader
+/// does): the cost is that of (series x limit) rows, whatever the history's length. Run
+/// ids and start times grow together in a series, so the newest by start of the union
+/// are among them. `{limit}` is the statement's parameter holding the limit.
+fn newest_per_series(limit: &str) -> String {
+    format!(
+        "FROM run_chain.series s
+    CROSS JOIN LATERAL (SELECT * FROM run_chain.runs r0 WHERE r0.series = s.id
+                        ORDER BY r0.run_id DESC LIMIT {limit}) r
+    LEFT JOIN run_chain.instances i ON i.id = r.instance"
+    )
+}
+
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -243,9 +257,10 @@ pub(crate) fn history(
     limit: usize,
 ) -> Result<Vec<RunRow>, String> {
     let sql = format!(
-        "SELECT {PG_RUN_COLUMNS} {PG_RUNS_FROM}
+        "SELECT {PG_RUN_COLUMNS} {}
          WHERE s.task = $1 AND ($2::text IS NULL OR s.chain = $2)
-         ORDER BY r.start_ms DESC, r.run_id DESC, s.chain LIMIT $3"
+         ORDER BY r.start_ms DESC, r.run_id DESC, s.chain LIMIT $3",
+        newest_per_series("$3")
     );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     run_rows(p.rows(
@@ -267,9 +282,13 @@ pub(crate) fn output(
     run_id: Option<u64>,
 ) -> Result<Option<(RunRow, Vec<u8>)>, String> {
     let sql = format!(
-        "SELECT {PG_RUN_COLUMNS}, r.output, r.id {PG_RUNS_FROM}
-         WHERE s.task = $1 AND ($2::text IS NULL OR s.chain = $2) AND ($3::int8 IS NULL OR r.run_id = $3)
-           AND ($3::int8 IS NOT NULL OR r.outcome IS NULL OR r.outcome <> 'queued')
+        "SELECT {PG_RUN_COLUMNS}, r.output, r.id FROM run_chain.series s
+         CROSS JOIN LATERAL (SELECT * FROM run_chain.runs r0 WHERE r0.series = s.id
+             AND ($3::int8 IS NULL OR r0.run_id = $3)
+             AND ($3::int8 IS NOT NULL OR r0.outcome IS NULL OR r0.outcome <> 'queued')
+             ORDER BY r0.run_id DESC LIMIT 1) r
+         LEFT JOIN run_chain.instances i ON i.id = r.instance
+         WHERE s.task = $1 AND ($2::text IS NULL OR s.chain = $2)
          ORDER BY r.start_ms DESC, r.run_id DESC LIMIT 1"
     );
     let id = run_id.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
@@ -455,8 +474,9 @@ pub(crate) fn runs_before(
 /// The newest `n` runs of `chain`, all tasks together, newest (by start, then run id) first.
 pub(crate) fn newest_of_chain(p: &PgReader, chain: &str, n: usize) -> Result<Vec<RunRow>, String> {
     let sql = format!(
-        "SELECT {PG_RUN_COLUMNS} {PG_RUNS_FROM} WHERE s.chain = $1
-         ORDER BY r.start_ms DESC, r.run_id DESC LIMIT $2"
+        "SELECT {PG_RUN_COLUMNS} {} WHERE s.chain = $1
+         ORDER BY r.start_ms DESC, r.run_id DESC LIMIT $2",
+        newest_per_series("$2")
     );
     let n = i64::try_from(n).unwrap_or(i64::MAX);
     run_rows(p.rows(&sql, &[(&chain, Type::TEXT), (&n, Type::INT8)])?)
