@@ -64,7 +64,10 @@ impl Driver {
             }
         };
         let a = self.sup.alert_mail(now, &due, failed, &time::local_hhmm);
-        self.mailer.queue(&a);
+        // The fleet's outbox: the mail goes in the store's batch of the run's end.
+        for op in self.mailer.queue(&a) {
+            self.store.push(op);
+        }
     }
 
     /// Write CHAIN.state: the position, the run in progress (if any), the counters
