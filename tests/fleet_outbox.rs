@@ -130,6 +130,11 @@ impl Drop for ReservedPort {
 
 /// One "host": its own RUN_ROOT, the shared database, an SMTP server on `port`.
 fn host(pg: &Pg, name: &str, url: &str, port: u16) -> TestEnv {
+    host_with(pg, name, url, port, "")
+}
+
+/// [`host`] with more `[defaults]` keys.
+fn host_with(pg: &Pg, name: &str, url: &str, port: u16, defaults: &str) -> TestEnv {
     let env = TestEnv::new("");
     let pw = pg.write_runchain_password(&env.path("pw"));
     env.write_config(&format!(
@@ -150,9 +155,10 @@ success_cooldown = "1h"
 fail_cooldown = "1h"
 stop_grace = "0s"
 kill_grace = "200ms"
+{defaults}
 
 [tasks.broken]
-command = "echo 'error: the disk is full' >&2; exit 3"
+command = "printf 'context-%s\\n' marker; echo 'error: the disk is full' >&2; exit 3"
 "#,
         pw = pw.display(),
     ));
@@ -282,4 +288,68 @@ fn an_alert_decided_before_a_kill_9_is_delivered_once_by_the_new_owner() {
         .filter(|m| m["message_id"].as_str() == Some(message_id.as_str()))
         .count();
     assert_eq!(again, 1, "still one message {message_id}: {msgs:?}");
+}
+
+/// A downtime alert decided by the new owner between runs (it never saw the streak's failed
+/// run, which the dead owner ran) quotes that run from the fleet's store: its output and
+/// outcome, not "not found" in the new owner's empty RUN_ROOT.
+#[test]
+fn a_new_owners_downtime_alert_quotes_the_failed_run_from_the_fleet_store() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("outbox_quote");
+    let env = TestEnv::new("");
+    let peer_port = {
+        let mut r = ReservedPort::new();
+        r.release()
+    };
+    let peer = Peer::start(&env, peer_port);
+    let defaults = r#"non_recoverable_downtime = "12s""#;
+    let h1 = host_with(pg, "h1", &url, peer_port, defaults);
+    let h2 = host_with(pg, "h2", &url, peer_port, defaults);
+    let mut r1 = h1.spawn(&["broken"]);
+    let e1 = r1.stderr.clone();
+    wait_until_for(LONG, "h1 owns the lease", || {
+        text(&e1).contains("fleet: owner (epoch ")
+    });
+    let mut r2 = h2.spawn(&["broken"]);
+    let e2 = r2.stderr.clone();
+    wait_until_for(LONG, "h2 is a standby", || text(&e2).contains("standby"));
+    wait_until_for(LONG, "h1's first-failure alert arrived", || {
+        !peer.messages().is_empty()
+    });
+    send_signal(r1.pid, libc::SIGKILL);
+    r1.wait_exit();
+    wait_until_for(LONG, "h2 owns the lease", || {
+        text(&e2).contains("fleet: owner (epoch ")
+    });
+    // fail_cooldown is 1h: h2 runs nothing; the downtime window ends while it waits.
+    wait_until_for(LONG, "the downtime alert arrived", || {
+        peer.messages().iter().any(|m| m["alert"] == "downtime")
+    });
+    let msgs = peer.messages();
+    let down = msgs
+        .iter()
+        .find(|m| m["alert"] == "downtime")
+        .expect("downtime mail");
+    let body = down["body"].as_str().unwrap_or_default();
+    eprintln!("the downtime mail's body:\n{body}");
+    // Its output (not only the last line, which the resume state carries) comes from the
+    // fleet's store.
+    assert!(
+        body.contains("context-marker")
+            && body.contains("error: the disk is full")
+            && !body.contains("not in the record store"),
+        "the downtime mail quotes h1's failed run from the fleet's store:\n{body}"
+    );
+    assert_eq!(
+        n(
+            pg,
+            &db,
+            "SELECT count(*) FROM run_chain.runs WHERE host = 'h2'"
+        ),
+        0,
+        "h2 ran nothing (the quoted run is h1's)"
+    );
+    send_signal(r2.pid, libc::SIGTERM);
+    r2.wait_exit();
 }
