@@ -1059,10 +1059,13 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Ok(Cmd::SlotCancel) => want = None,
             Ok(Cmd::SlotFree { group, slot, epoch }) => frees.push((group, slot, epoch)),
             Ok(Cmd::Outbox((req, reply))) => {
-                let answer = ensure_conn(&mut conn, &setup.cfg, connect_timeout).and_then(|c| {
-                    crate::store::pg::outbox::serve(c, chain, &setup.holder, &req, stmt)
-                        .map_err(|e| e.to_string())
-                });
+                // Only over the open connection: the mailer's requests never make this
+                // thread wait for a connect (the lease's tries make it again).
+                let answer = match conn.as_ref().filter(|c| !c.is_closed()) {
+                    Some(c) => crate::store::pg::outbox::serve(c, chain, &setup.holder, &req, stmt)
+                        .map_err(|e| e.to_string()),
+                    None => Err("no connection to the database".to_string()),
+                };
                 if answer.is_err() {
                     drop_if_broken(&mut conn);
                 }

@@ -197,6 +197,8 @@ pub(crate) struct Handle {
     /// The claim's length: the SMTP timeout + [`CLAIM_MARGIN`].
     claim: Duration,
     describe: String,
+    /// The last failure logged (logged again only when it changes: the mailer polls).
+    failing: Option<String>,
 }
 
 impl Handle {
@@ -211,26 +213,31 @@ impl Handle {
             wait,
             claim,
             describe,
+            failing: None,
         }
     }
 
-    fn ask(&self, req: Req) -> Option<Answer> {
+    fn ask(&mut self, req: Req) -> Option<Answer> {
         let (tx, rx) = mpsc::channel();
-        let what = format!("{req:?}");
         if !(self.tx)((req, tx)) {
-            return None;
+            return None; // the DB thread is gone: the process is ending
         }
-        match rx.recv_timeout(self.wait) {
-            Ok(Ok(a)) => Some(a),
-            Ok(Err(e)) => {
-                log::warn!("fleet outbox: {what} failed: {e}");
-                None
+        let failed = match rx.recv_timeout(self.wait) {
+            Ok(Ok(a)) => {
+                if self.failing.take().is_some() {
+                    log::info!("fleet outbox: the database answers again");
+                }
+                return Some(a);
             }
-            Err(_) => {
-                log::warn!("fleet outbox: {what}: no answer from the DB thread in time");
-                None
-            }
+            Ok(Err(e)) => e,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => "no answer from the DB thread in time".into(),
+        };
+        if self.failing.as_deref() != Some(failed.as_str()) {
+            log::warn!("fleet outbox: {failed}; alerts wait in the outbox");
+            self.failing = Some(failed);
         }
+        None
     }
 }
 
