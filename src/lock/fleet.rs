@@ -956,7 +956,15 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         }
     }
     // The go: the local hand-over is done.
-    let (mut takeover, once) = match rx.recv() {
+    let (mut takeover, once) = match loop {
+        // The mailer's outbox is not served before the go (it asks again later).
+        match rx.recv() {
+            Ok(Cmd::Outbox((_, reply))) => {
+                let _ = reply.send(Err("the fleet's lease is not taken yet".to_string()));
+            }
+            other => break other,
+        }
+    } {
         Ok(Cmd::Go { takeover, once }) => (takeover, once),
         Ok(Cmd::Release(reply)) => {
             let _ = reply.send(false);
