@@ -509,13 +509,13 @@ fn a_server_without_tls() {
 fn check_reports_the_schema_version() {
     let pg = Pg::shared();
     for (version, code, needle) in [
-        (3, 0, "# store: schema version 3 (current)"),
+        (4, 0, "# store: schema version 4 (current)"),
         (
-            2,
+            3,
             0,
-            "# store: schema version 2 (migrated to 3 at the next launch)",
+            "# store: schema version 3 (migrated to 4 at the next launch)",
         ),
-        (99, 78, "version 99, newer than this run-chain (3)"),
+        (99, 78, "version 99, newer than this run-chain (4)"),
     ] {
         let (db, url) = pg.fresh_database("version");
         pg.psql(

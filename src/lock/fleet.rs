@@ -238,6 +238,8 @@ enum Cmd {
         slot: i32,
         epoch: i64,
     },
+    /// A request of the mailer thread on the fleet's outbox (answered on its channel).
+    Outbox(crate::store::pg::outbox::Ask),
 }
 
 /// The loop's handle on the fleet slots (`run/slots.rs`'s fleet gate): requests go to
@@ -452,6 +454,30 @@ impl Fleet {
             lease: self.lease,
             next: Arc::clone(&self.tickets),
         }))
+    }
+
+    /// The mailer thread's way to the fleet's outbox (store/pg/outbox.rs), through the
+    /// DB thread: (the loop's side that puts, the mailer's side that delivers).
+    pub(crate) fn outboxes(
+        &self,
+    ) -> Option<(
+        Box<dyn crate::store::outbox::Outbox>,
+        Box<dyn crate::store::outbox::Outbox>,
+    )> {
+        use crate::store::pg::outbox::{Handle, Put, CLAIM_MARGIN};
+        let tx = Mutex::new(self.tx.clone()?);
+        let send = move |ask| {
+            tx.lock()
+                .map(|t| t.send(Cmd::Outbox(ask)).is_ok())
+                .unwrap_or(false)
+        };
+        let mailer = Handle::new(
+            Box::new(send),
+            (self.lease * 2).max(Duration::from_secs(5)),
+            crate::mail::transport::SMTP_TIMEOUT + CLAIM_MARGIN,
+            "the fleet's outbox (run_chain.outbox)".to_string(),
+        );
+        Some((Box::new(Put::new(&self.chain)), Box::new(mailer)))
     }
 
     /// What the fleet's store says to resume from, read when this epoch was acquired.
@@ -930,7 +956,15 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         }
     }
     // The go: the local hand-over is done.
-    let (mut takeover, once) = match rx.recv() {
+    let (mut takeover, once) = match loop {
+        // The mailer's outbox is not served before the go (it asks again later).
+        match rx.recv() {
+            Ok(Cmd::Outbox((_, reply))) => {
+                let _ = reply.send(Err("the fleet's lease is not taken yet".to_string()));
+            }
+            other => break other,
+        }
+    } {
         Ok(Cmd::Go { takeover, once }) => (takeover, once),
         Ok(Cmd::Release(reply)) => {
             let _ = reply.send(false);
@@ -946,7 +980,8 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             | Cmd::Digest(_)
             | Cmd::SlotTake { .. }
             | Cmd::SlotCancel
-            | Cmd::SlotFree { .. },
+            | Cmd::SlotFree { .. }
+            | Cmd::Outbox(_),
         )
         | Err(_) => return,
     };
@@ -1032,6 +1067,19 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Ok(Cmd::SlotTake { group, max }) => want = Some((group, max, sys::boot_now(), false)),
             Ok(Cmd::SlotCancel) => want = None,
             Ok(Cmd::SlotFree { group, slot, epoch }) => frees.push((group, slot, epoch)),
+            Ok(Cmd::Outbox((req, reply))) => {
+                // Only over the open connection: the mailer's requests never make this
+                // thread wait for a connect (the lease's tries make it again).
+                let answer = match conn.as_ref().filter(|c| !c.is_closed()) {
+                    Some(c) => crate::store::pg::outbox::serve(c, chain, &setup.holder, &req, stmt)
+                        .map_err(|e| e.to_string()),
+                    None => Err("no connection to the database".to_string()),
+                };
+                if answer.is_err() {
+                    drop_if_broken(&mut conn);
+                }
+                let _ = reply.send(answer);
+            }
             Ok(Cmd::Go { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 writes.retry(&mut conn, &setup.cfg, stmt);

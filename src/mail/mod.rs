@@ -14,6 +14,12 @@
 //! in the outbox for the next instance. A crash between the server's acceptance and the
 //! file's removal sends the mail again, with the same Message-ID.
 //!
+//! In the fleet (`[store]`), the outbox is the fleet's store's (`store/pg/outbox.rs`):
+//! the mail is a row of `run_chain.outbox` committed in the same fenced transaction as
+//! the run's end that decided it, and the owner's mailer claims, deletes, releases or
+//! sets aside rows through the chain's one DB thread; a new owner delivers what its
+//! predecessor left unsent. Nothing goes to `RUN_ROOT/outbox/` then.
+//!
 //! Transports: SMTP (lettre; STARTTLS when offered or required, implicit TLS for
 //! `smtps://`, a private CA, AUTH with the password from a file or a variable),
 //! `sendmail` (spawned by us, so that its PID can be kept out of the run's leftovers),

@@ -68,12 +68,14 @@ impl Mailer {
     }
 
     /// Build the mail of alert `a`, put it in the outbox, log where, and wake the mailer;
-    /// or log why it could not be.
-    pub(crate) fn queue(&mut self, a: &AlertMail) {
-        let put = super::build(&self.email, a, &super::message_id(a)).and_then(|bytes| {
+    /// or log why it could not be. Returns the records the store must commit with the
+    /// run's end (the fleet's outbox: the mail itself), to push in the same batch.
+    pub(crate) fn queue(&mut self, a: &AlertMail) -> Vec<crate::store::Op> {
+        let id = super::message_id(a);
+        let put = super::build(&self.email, a, &id).and_then(|bytes| {
             let outbox = &mut self.outbox;
             outbox
-                .put(a, &bytes)
+                .put(a, &id, &bytes)
                 .map_err(|e| format!("cannot store it in {}: {e}", outbox.describe()))
         });
         let (chain, task, kind) = (&a.chain, &a.task, &a.kind);
@@ -84,6 +86,7 @@ impl Mailer {
             }
             Err(e) => log::error!("{chain}: {task}: failed to queue a {kind} alert: {e}"),
         }
+        self.outbox.take_ops()
     }
 
     /// The config was reloaded: mails are built and sent with `email` from now on.
@@ -124,6 +127,13 @@ fn mailer_loop(
             }
             // Claim it: another instance may be sending it right now.
             let Some(bytes) = outbox.claim(name) else {
+                // Another instance holds it (the fleet: a dead owner's claim runs to its
+                // deadline): try again later, keeping the order.
+                if let Some(after) = outbox.retry_claim() {
+                    let back = retry.get(name).map_or(BACKOFF_FIRST, |(_, b)| *b);
+                    retry.insert(name.clone(), (Instant::now() + after, back));
+                    break;
+                }
                 continue;
             };
             match deliver(&email, &run_root, Path::new(name), &bytes, &children) {
@@ -152,9 +162,12 @@ fn mailer_loop(
                 }
             }
         }
+        // The fleet's outbox is also looked at every so often: a mail's row is committed
+        // by the DB thread after the wake, and another instance's claim may lapse.
         let wait = retry
             .values()
             .map(|(at, _)| at.saturating_duration_since(Instant::now()))
+            .chain(outbox.retry_claim())
             .min();
         let msg = match wait {
             Some(w) => rx.recv_timeout(w),

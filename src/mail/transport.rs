@@ -123,7 +123,7 @@ fn password(email: &Email) -> Result<Option<String>, SendError> {
 /// How long a delivery may wait for the SMTP server, in all: connecting, the greeting and
 /// every answer after it share this one budget, so that a server that goes silent costs
 /// one timeout, not one per step (nor a second one for the QUIT after it).
-const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long we wait for the answer to our QUIT (after a delivery, or a refusal).
 const QUIT_WAIT: Duration = Duration::from_secs(5);

@@ -146,12 +146,12 @@ impl Driver {
         );
         let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
         // The mailer delivers at once what an earlier instance left in the outbox.
-        let mailer = Mailer::start(
-            store::open_outbox(&run_root),
-            store::open_outbox(&run_root),
-            run_root.clone(),
-            email_or_default(&config),
-        );
+        // In the fleet the outbox is the fleet's store's (nothing in RUN_ROOT/outbox/).
+        let (ours, theirs) = match ownership.fleet_mut().and_then(|f| f.outboxes()) {
+            Some(pair) if store.is_remote() => pair,
+            _ => (store::open_outbox(&run_root), store::open_outbox(&run_root)),
+        };
+        let mailer = Mailer::start(ours, theirs, run_root.clone(), email_or_default(&config));
         let running = Running::new(guardian, mailer.children().clone());
         // Only the lock holder gets here: its channel replaces a stale one.
         let ctl = match crate::run::ctl::Listener::bind(&run_root, &chain_name) {

@@ -287,7 +287,7 @@ pub(super) fn apply(
         // `killed::apply_killed`).
         Op::Killed(_) => debug_assert!(false, "Op::Killed goes to apply_killed"),
         // The fleet's store only (see their doc).
-        Op::State { .. } | Op::Interrupted { .. } => {}
+        Op::State { .. } | Op::Interrupted { .. } | Op::Mail { .. } => {}
         Op::Alert { chain, task, kind } => {
             let sid = series_id(tx, cache, chain, task)?;
             tx.prepare_cached(

@@ -253,6 +253,14 @@ pub enum Op {
         stop_ms: u64,
         error: String,
     },
+    /// The fleet's store only: an alert mail (complete, with its Message-ID) put in the
+    /// outbox (`run_chain.outbox`) in the batch of the run's end that decided it, so that
+    /// both are committed together. SQLite ignores it (its outbox is files).
+    Mail {
+        chain: String,
+        message_id: String,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The `error` of a run closed by the next launch because nobody recorded its end.

@@ -35,9 +35,9 @@
 //! mailer's fsync can lose an alert that was never sent: a window as long as what the
 //! mailer is busy with (a delivery: at most the SMTP timeout) plus the sync.
 //!
-//! A shared (PostgreSQL) store is to be one more implementation beside [`Files`]: rows
-//! put in the transaction of the run's end that caused them, claimed by a row lock or a
-//! claim column, made durable by their commit.
+//! The fleet's (PostgreSQL) store is the other implementation (`store/pg/outbox.rs`):
+//! rows put in the transaction of the run's end that caused them ([`Outbox::take_ops`]),
+//! claimed by a row lock and a claim column, made durable by their commit.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -52,7 +52,19 @@ use crate::core::alert_mail::AlertMail;
 pub(crate) trait Outbox: Send {
     /// Store `mail`, the complete message of alert `a`: on the chain's loop, so cheap (not
     /// yet durable: see [`Outbox::make_durable`]). Returns where it is, for the log.
-    fn put(&mut self, a: &AlertMail, mail: &[u8]) -> std::io::Result<String>;
+    fn put(&mut self, a: &AlertMail, message_id: &str, mail: &[u8]) -> std::io::Result<String>;
+
+    /// The records a `put` made for the store's batch of the run's end (the fleet's
+    /// outbox: the mail is committed with the run that decided it). None for files.
+    fn take_ops(&mut self) -> Vec<crate::store::Op> {
+        Vec::new()
+    }
+
+    /// How soon to try again a mail whose claim failed because another instance holds
+    /// it (None: not before something new wakes the mailer).
+    fn retry_claim(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// The mails waiting, by name, in the order they are to be sent.
     fn waiting(&mut self) -> Vec<String>;
@@ -117,7 +129,7 @@ fn make_dir(dir: &Path) -> std::io::Result<()> {
 impl Outbox for Files {
     /// Written atomically, mode 0600, without an fsync, as
     /// `AT_MS-CHAIN-TASK-KIND-PID.eml`.
-    fn put(&mut self, a: &AlertMail, mail: &[u8]) -> std::io::Result<String> {
+    fn put(&mut self, a: &AlertMail, _message_id: &str, mail: &[u8]) -> std::io::Result<String> {
         make_dir(&self.dir)?;
         let name = format!(
             "{:013}-{}-{}-{}-{}.eml",

@@ -437,16 +437,23 @@ fn series_row(r: &rusqlite::Row) -> rusqlite::Result<SeriesRow> {
 /// last 20) with its output, and the chain's last durations (for the mail's next
 /// attempt). Seldom called, so the store is opened for it and closed after; the loop
 /// waits for it, so a busy store is given up on soon (the mail says so). Durations
-/// read before a failure are kept.
+/// read before a failure are kept. `fleet`: the records are in the fleet's store (a
+/// connection made for it with its short timeout: the run may be another host's).
 pub(crate) fn failed_run(
     run_root: &Path,
+    fleet: Option<&crate::config::FleetConfig>,
     chain: &str,
     task: &str,
     run_id: Option<u64>,
 ) -> StoredRead {
     let mut durations = Vec::new();
     let failed = (|| {
-        let Some(reader) = open_read(run_root)? else {
+        // The fleet: the records are in the fleet's store (the run may be another host's).
+        let opened = match fleet {
+            Some(cfg) => open_fleet_read(cfg).map_err(|e| e.to_string())?,
+            None => open_read(run_root)?,
+        };
+        let Some(reader) = opened else {
             return Ok(None);
         };
         let _ = reader.busy_timeout(Duration::from_millis(500));

@@ -401,6 +401,7 @@ mod tests {
             Op::Killed(k) => ("killed", k.run_id),
             Op::State { .. } => ("state", 0),
             Op::Interrupted { .. } => ("interrupted", 0),
+            Op::Mail { .. } => ("mail", 0),
         }
     }
 

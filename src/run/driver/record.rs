@@ -50,8 +50,18 @@ impl Driver {
             Some(v) => v,
             None => {
                 let id = due.last_failed.as_ref().map(|r| r.run_id);
-                let read = store::failed_run(&self.run_root, &self.chain_name, &due.task, id);
-                let name = store::path(&self.run_root).display().to_string();
+                // The fleet: read from the fleet's store (the run may be another host's).
+                let fleet = self
+                    .config
+                    .store
+                    .as_ref()
+                    .filter(|_| self.store.is_remote());
+                let read =
+                    store::failed_run(&self.run_root, fleet, &self.chain_name, &due.task, id);
+                let name = match fleet {
+                    Some(cfg) => cfg.display_url.clone(),
+                    None => store::path(&self.run_root).display().to_string(),
+                };
                 let (view, effects) = self.sup.failed_from_store(&due, read, &name);
                 for e in effects {
                     match e {
@@ -64,7 +74,10 @@ impl Driver {
             }
         };
         let a = self.sup.alert_mail(now, &due, failed, &time::local_hhmm);
-        self.mailer.queue(&a);
+        // The fleet's outbox: the mail goes in the store's batch of the run's end.
+        for op in self.mailer.queue(&a) {
+            self.store.push(op);
+        }
     }
 
     /// Write CHAIN.state: the position, the run in progress (if any), the counters

@@ -11,6 +11,7 @@ pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod import;
 pub(crate) mod lease;
+pub(crate) mod outbox;
 pub(crate) mod reader;
 pub(crate) mod schema;
 pub(crate) mod slots;

@@ -25,7 +25,7 @@ use std::time::Duration;
 use super::conn::{Conn, ConnError, DbError};
 
 /// The version this run-chain creates and migrates to.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 
 /// Our mark in `run_chain.meta.app`.
 const APP: &str = "run-chain";
@@ -192,6 +192,24 @@ CREATE TABLE run_chain.slot_waits (
   seen_at timestamptz NOT NULL,
   PRIMARY KEY (grp, holder)
 );",
+    // 4: the outbox of alert mails (store/pg/outbox.rs): a row is put in the transaction
+    // of the run's end that decided it, claimed by the owner's mailer (`claimed_by`,
+    // `claim_until`: SMTP timeout + margin), deleted once sent, set aside on a permanent
+    // failure. The Message-ID is fixed when the alert is decided (it is in `bytes`).
+    "CREATE TABLE run_chain.outbox (
+  id bigserial PRIMARY KEY,
+  chain text NOT NULL,
+  message_id text NOT NULL UNIQUE,
+  bytes bytea NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  next_try_at timestamptz NOT NULL DEFAULT now(),
+  attempts int NOT NULL DEFAULT 0,
+  claimed_by text,
+  claim_until timestamptz,
+  set_aside_at timestamptz,
+  error text
+);
+CREATE INDEX outbox_chain ON run_chain.outbox (chain, id);",
 ];
 
 /// What the database holds, read without a lock.

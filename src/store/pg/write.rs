@@ -374,6 +374,20 @@ impl Pg {
             }
             // The guardian writes the local store only (it has no connection).
             Op::Killed(_) => {}
+            Op::Mail {
+                chain,
+                message_id,
+                bytes,
+            } => {
+                self.exec(
+                    super::outbox::PUT,
+                    &[
+                        (chain, Type::TEXT),
+                        (message_id, Type::TEXT),
+                        (bytes, Type::BYTEA),
+                    ],
+                )?;
+            }
         }
         Ok(())
     }
