@@ -208,8 +208,7 @@ CREATE TABLE run_chain.slot_waits (
   claim_until timestamptz,
   set_aside_at timestamptz,
   error text
-);
-CREATE INDEX outbox_chain ON run_chain.outbox (chain, id);",
+);",
 ];
 
 /// What the database holds, read without a lock.
