@@ -352,7 +352,6 @@ impl Pg {
              listen_addresses = '0.0.0.0'\n\
              unix_socket_directories = '{sock}'\n\
              fsync = off\n\
-             synchronous_commit = off\n\
              full_page_writes = off\n\
              max_connections = 300\n\
              shared_buffers = 16MB\n\
