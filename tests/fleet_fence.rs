@@ -326,10 +326,23 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
         warned >= 1,
         "no fenced warning of epoch {epoch} in h1's log:\n{log}"
     );
-    // Nothing of the old epoch landed after the takeover: its runs end by the old lease's
-    // expiry (the new owner closed the open one as interrupted at that expiry), and the
-    // chain's state is the new owner's.
-    let expiry_ms = (expires_at * 1000.0).ceil() as i64;
+    // Nothing of the old epoch landed after the takeover: its runs stop by the new owner's
+    // acquire (the new owner closed the open one as interrupted at the old lease's expiry),
+    // and the chain's state is the new owner's. (The bound is the acquire, not the expiry
+    // read at the SIGSTOP: a renew in flight then may have moved the expiry a little.)
+    let acquired_ms: i64 =
+        f.pg.try_psql(
+            &f.db,
+            &format!(
+                "SELECT floor(extract(epoch FROM acquired_at) * 1000)::int8 \
+                 FROM run_chain.leases WHERE chain = '{CHAIN}' AND epoch = {}",
+                epoch + 1
+            ),
+        )
+        .expect("the new owner's acquire")
+        .trim()
+        .parse()
+        .expect("acquired_at in ms");
     let rows =
         f.pg.try_psql(
             &f.db,
@@ -340,7 +353,10 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
             ),
         )
         .expect("the old epoch's runs");
-    eprintln!("runs of epoch {epoch} (run_id|stop_ms|outcome), old expiry {expiry_ms} ms:\n{rows}");
+    eprintln!(
+        "runs of epoch {epoch} (run_id|stop_ms|outcome); old expiry {:.0} ms, new owner's acquire {acquired_ms} ms:\n{rows}",
+        expires_at * 1000.0
+    );
     assert!(
         !rows.trim().is_empty(),
         "no run of epoch {epoch} in the store"
@@ -349,9 +365,9 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
         let f: Vec<&str> = row.split('|').collect();
         let stop: i64 = f.get(1).and_then(|s| s.parse().ok()).unwrap_or(-1);
         assert!(
-            (0..=expiry_ms).contains(&stop),
-            "a run of the old epoch {epoch} stops at {stop} ms, after the old lease's expiry \
-             {expiry_ms} ms (or is open): {row}"
+            (0..=acquired_ms).contains(&stop),
+            "a run of the old epoch {epoch} stops at {stop} ms, after the new owner's acquire \
+             at {acquired_ms} ms (or is open): {row}"
         );
     }
     let interrupted = rows.lines().filter(|r| r.ends_with("|interrupted")).count();
