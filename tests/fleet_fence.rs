@@ -301,6 +301,91 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
         ("h2", epoch + 1),
         "the thawed owner touched the lease"
     );
+    // Its late writes (the end of the run its guardian ended while it was frozen) are refused
+    // by the fence and counted in the lease row, and logged.
+    let fenced_sql = format!("SELECT fenced_writes FROM run_chain.leases WHERE chain = '{CHAIN}'");
+    let mut fenced = 0;
+    h1.wait_for("h1's late writes are fenced and counted", || {
+        fenced =
+            f.pg.try_psql(&f.db, &fenced_sql)
+                .ok()
+                .and_then(|n| n.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+        fenced >= 1
+            && std::fs::read_to_string(&e1)
+                .unwrap_or_default()
+                .contains(&format!("{CHAIN}: fleet: a write batch ("))
+    });
+    let log = std::fs::read_to_string(&e1).unwrap_or_default();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("was fenced off") && l.contains(&format!("(epoch {epoch})")))
+        .count();
+    eprintln!("the thawed owner: {fenced} write batch(es) fenced (lease row), {warned} warned");
+    assert!(
+        warned >= 1,
+        "no fenced warning of epoch {epoch} in h1's log:\n{log}"
+    );
+    // Nothing of the old epoch landed after the takeover: its runs stop by the new owner's
+    // acquire (the new owner closed the open one as interrupted at the old lease's expiry),
+    // and the chain's state is the new owner's. (The bound is the acquire, not the expiry
+    // read at the SIGSTOP: a renew in flight then may have moved the expiry a little.)
+    let acquired_ms: i64 =
+        f.pg.try_psql(
+            &f.db,
+            &format!(
+                "SELECT floor(extract(epoch FROM acquired_at) * 1000)::int8 \
+                 FROM run_chain.leases WHERE chain = '{CHAIN}' AND epoch = {}",
+                epoch + 1
+            ),
+        )
+        .expect("the new owner's acquire")
+        .trim()
+        .parse()
+        .expect("acquired_at in ms");
+    let rows =
+        f.pg.try_psql(
+            &f.db,
+            &format!(
+                "SELECT r.run_id, coalesce(r.stop_ms, -1), coalesce(r.outcome, '') \
+                 FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series \
+                 WHERE s.chain = '{CHAIN}' AND r.epoch = {epoch} ORDER BY r.run_id"
+            ),
+        )
+        .expect("the old epoch's runs");
+    eprintln!(
+        "runs of epoch {epoch} (run_id|stop_ms|outcome); old expiry {:.0} ms, new owner's acquire {acquired_ms} ms:\n{rows}",
+        expires_at * 1000.0
+    );
+    assert!(
+        !rows.trim().is_empty(),
+        "no run of epoch {epoch} in the store"
+    );
+    for row in rows.lines() {
+        let f: Vec<&str> = row.split('|').collect();
+        let stop: i64 = f.get(1).and_then(|s| s.parse().ok()).unwrap_or(-1);
+        assert!(
+            (0..=acquired_ms).contains(&stop),
+            "a run of the old epoch {epoch} stops at {stop} ms, after the new owner's acquire \
+             at {acquired_ms} ms (or is open): {row}"
+        );
+    }
+    let interrupted = rows.lines().filter(|r| r.ends_with("|interrupted")).count();
+    assert_eq!(
+        interrupted, 1,
+        "the frozen owner's run was not closed by the new owner as interrupted: {rows}"
+    );
+    let state_epoch =
+        f.pg.try_psql(
+            &f.db,
+            &format!("SELECT epoch FROM run_chain.chain_state WHERE chain = '{CHAIN}'"),
+        )
+        .expect("the chain's state row");
+    assert_eq!(
+        state_epoch.trim(),
+        (epoch + 1).to_string(),
+        "the chain's state was written by another epoch than the new owner's"
+    );
     let ledger = f.ledger();
     assert!(
         ledger.of_host("h1").all(|r| r.start < t_cont),
