@@ -9,311 +9,25 @@
 //! 2-core machine): tight figures belong to benchmarks.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Runner, TestEnv, DEADLINE};
+use common::{Runner, DEADLINE};
+use fleet::{db_time_to_mono, secs, signed_secs, wait_exit_mono, Fleet, Shape, LONG_RUNS};
 use support::ledger::{self, Interval, Ledger};
 use support::netns::Netns;
 use support::pg::{Mode, Pg, PgBouncer};
 
-const CHAIN: &str = "work";
 /// The standby's acquire tries are 0.5-1.0 s apart: after a release it starts within that
 /// plus a round trip and a spawn (the issue's 1.5 s).
 const HANDOVER_S: f64 = 1.5;
 /// Slack for a loaded 2-core machine shared by several builds.
 const SLACK_S: f64 = 2.5;
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-fn signed_secs(a: u64, b: u64) -> f64 {
-    (a as i128 - b as i128) as f64 / 1e9
-}
-
-/// The lease row of the chain, as the database has it.
-#[derive(Debug, Clone, PartialEq)]
-struct LeaseRow {
-    holder: String,
-    host: String,
-    epoch: i64,
-    /// expires_at > now() on the database's clock.
-    live: bool,
-    expires_at: f64,
-    acquired_at: f64,
-}
-
-fn lease_row(pg: &Pg, db: &str) -> Option<LeaseRow> {
-    let out = pg
-        .try_psql(
-            db,
-            &format!(
-                "SELECT coalesce(holder, ''), coalesce(host, ''), epoch, expires_at > now(), \
-                 coalesce(extract(epoch FROM expires_at), 0), \
-                 coalesce(extract(epoch FROM acquired_at), 0) \
-                 FROM run_chain.leases WHERE chain = '{CHAIN}'"
-            ),
-        )
-        .ok()?;
-    let line = out.lines().next()?;
-    let f: Vec<&str> = line.split('|').collect();
-    if f.len() != 6 {
-        return None;
-    }
-    Some(LeaseRow {
-        holder: f[0].to_owned(),
-        host: f[1].to_owned(),
-        epoch: f[2].parse().ok()?,
-        live: f[3] == "t",
-        expires_at: f[4].parse().unwrap_or(0.0),
-        acquired_at: f[5].parse().unwrap_or(0.0),
-    })
-}
-
-/// The shape of a fleet test's chain.
-#[derive(Clone, Copy)]
-struct Shape {
-    lease: &'static str,
-    lease_s: f64,
-    /// Ticks of 50 ms per run.
-    ticks: u32,
-    cooldown: &'static str,
-}
-
-/// Long runs (the owner is always inside one), lease 2 s.
-const LONG_RUNS: Shape = Shape {
-    lease: "2s",
-    lease_s: 2.0,
-    ticks: 20000,
-    cooldown: "100ms",
-};
-
-/// One fleet test: a temp dir (configs, RUN_ROOTs, ledger, task script), a database, the
-/// URL the hosts use, runchain's password file.
-struct Fleet<'a> {
-    env: TestEnv,
-    pg: &'a Pg,
-    db: String,
-    url: String,
-    /// Extra `[store]` lines (e.g. `tls = "none"`).
-    store_extra: String,
-    pw: PathBuf,
-    ledger: PathBuf,
-    script: PathBuf,
-    shape: Shape,
-}
-
-impl<'a> Fleet<'a> {
-    fn on(pg: &'a Pg, db: String, url: String, shape: Shape) -> Fleet<'a> {
-        let env = TestEnv::new("");
-        let pw = pg.write_runchain_password(&env.path("store-password"));
-        let ledger = env.path("ledger");
-        let script = ledger::write_task_script(&env.path("task.sh"), &ledger, shape.ticks, "0.05");
-        Fleet {
-            env,
-            pg,
-            db,
-            url,
-            store_extra: String::new(),
-            pw,
-            ledger,
-            script,
-            shape,
-        }
-    }
-
-    fn shared(prefix: &str, shape: Shape) -> Fleet<'static> {
-        let pg = Pg::shared();
-        let (db, url) = pg.fresh_database(prefix);
-        Fleet::on(pg, db, url, shape)
-    }
-
-    fn config_text(&self, host: &str, store: &str) -> String {
-        self.config_text_as(host, host, store)
-    }
-
-    /// A config whose `[store] host` is HOST and whose task stamps the ledger as LEDGER_HOST.
-    fn config_text_as(&self, host: &str, ledger_host: &str, store: &str) -> String {
-        format!(
-            r#"[defaults]
-success_cooldown = "{cd}"
-fail_cooldown = "{cd}"
-stop_grace = "0s"
-kill_grace = "100ms"
-
-[store]
-{store}
-lease = "{lease}"
-host = "{host}"
-
-[tasks.{CHAIN}]
-argv = ["{script}"]
-env = {{ RC_HOST = "{ledger_host}" }}
-"#,
-            cd = self.shape.cooldown,
-            lease = self.shape.lease,
-            script = self.script.display(),
-        )
-    }
-
-    fn store_lines_for(&self, url: &str, extra: &str) -> String {
-        format!(
-            "url = \"{url}\"\npassword_file = \"{}\"\n{extra}",
-            self.pw.display()
-        )
-    }
-
-    /// Writes DIR/HOST.toml (this fleet's URL) and returns its path.
-    fn host_config(&self, host: &str) -> PathBuf {
-        let store = self.store_lines_for(&self.url, &self.store_extra);
-        self.config_with(host, &format!("{host}.toml"), &store)
-    }
-
-    fn config_with(&self, host: &str, file: &str, store: &str) -> PathBuf {
-        let path = self.env.path(file);
-        common::write_atomic(&path, &self.config_text(host, store));
-        path
-    }
-
-    fn run_root(&self, host: &str) -> PathBuf {
-        self.env.path(&format!("run-{host}"))
-    }
-
-    /// `run-chain -c CONFIG --run-root DIR/run-ROOT ARGS... work` (not spawned).
-    fn command(&self, root: &str, config: &Path, args: &[&str]) -> Command {
-        let mut cmd = self.env.bare_command();
-        cmd.arg("-c")
-            .arg(config)
-            .arg("--run-root")
-            .arg(self.run_root(root))
-            .args(args)
-            .arg(CHAIN);
-        cmd
-    }
-
-    fn launch_with(&self, root: &str, config: &Path, args: &[&str]) -> Runner {
-        self.env.spawn_command(self.command(root, config, args))
-    }
-
-    /// Like `launch_with`, inside a network namespace (`ip netns exec` execs run-chain: the
-    /// runner's pid is run-chain's).
-    fn launch_in(&self, ns: &Netns, host: &str, config: &Path) -> Runner {
-        let mut cmd = self.env.command_for("ip");
-        cmd.args(["netns", "exec", &ns.name, common::bin()])
-            .arg("-c")
-            .arg(config)
-            .arg("--run-root")
-            .arg(self.run_root(host))
-            .arg(CHAIN);
-        self.env.spawn_command(cmd)
-    }
-
-    fn launch(&self, host: &str) -> Runner {
-        let config = self.host_config(host);
-        self.launch_with(host, &config, &[])
-    }
-
-    /// `run-chain status --json` for the instance of ROOT (config CONFIG): the chain's object.
-    fn status_json(&self, root: &str, config: &Path) -> serde_json::Value {
-        let mut cmd = self.env.bare_command();
-        cmd.env("RUN_CHAIN_CONFIG", config)
-            .env("RUN_ROOT", self.run_root(root))
-            .args(["status", "--json"]);
-        let out = self.env.finish_command(cmd);
-        out.assert_code(0);
-        let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
-        doc["chains"][0].clone()
-    }
-
-    fn ledger(&self) -> Ledger {
-        Ledger::read(&self.ledger)
-    }
-
-    fn lease_row(&self) -> Option<LeaseRow> {
-        lease_row(self.pg, &self.db)
-    }
-
-    /// Waits until HOST has a run started after `after` (mono ns) with at least one tick;
-    /// fails at once if `runner` exits.
-    fn wait_run(&self, runner: &mut Runner, host: &str, after: u64) -> Interval {
-        let mut found = None;
-        runner.wait_for(&format!("{host} runs {CHAIN}"), || {
-            found = self
-                .ledger()
-                .of_host(host)
-                .filter(|r| r.start > after && r.ticks >= 1)
-                .min_by_key(|r| r.start)
-                .cloned();
-            found.is_some()
-        });
-        found.expect("found")
-    }
-
-    /// Waits until HOST's instance is a standby trying to acquire the lease: its row in
-    /// run_chain.standbys (upserted at each acquire try) is fresh, and it is not the holder.
-    fn wait_standby(&self, runner: &mut Runner, host: &str) {
-        let sql = self.standby_sql(host);
-        runner.wait_for(&format!("{host} is a standby of {CHAIN}"), || {
-            self.pg
-                .try_psql(&self.db, &sql)
-                .map(|n| n != "0")
-                .unwrap_or(false)
-        });
-    }
-
-    fn standby_sql(&self, host: &str) -> String {
-        format!(
-            "SELECT count(*) FROM run_chain.standbys s WHERE s.chain = '{CHAIN}' \
-             AND s.host = '{host}' AND s.seen_at > now() - interval '2 s' \
-             AND s.holder IS DISTINCT FROM \
-             (SELECT holder FROM run_chain.leases WHERE chain = '{CHAIN}')"
-        )
-    }
-
-    /// Waits (deadline) until the ledger shows a tick of any run after `after`.
-    fn wait_tick_after(&self, what: &str, after: u64, timeout: Duration) -> Interval {
-        let mut found = None;
-        common::wait_until_for(timeout, what, || {
-            found = self
-                .ledger()
-                .runs
-                .iter()
-                .filter(|r| r.end > after && r.ticks >= 1)
-                .max_by_key(|r| r.end)
-                .cloned();
-            found.is_some()
-        });
-        found.expect("found")
-    }
-}
-
-/// Reaps `runner`, returning the CLOCK_MONOTONIC time its exit was seen (polled every 5 ms).
-fn wait_exit_mono(runner: &mut Runner) -> (std::process::ExitStatus, u64) {
-    let t = Instant::now();
-    loop {
-        if let Some(st) = runner.try_status() {
-            return (st, ledger::mono_ns());
-        }
-        assert!(
-            t.elapsed() < DEADLINE,
-            "run-chain {} did not exit; stderr:\n{}",
-            runner.pid,
-            runner.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A database clock reading turned into CLOCK_MONOTONIC ns (same machine: the DB clock is the
-/// wall clock of the test).
-fn db_time_to_mono(db_secs: f64) -> i128 {
-    let wall = common::epoch_now();
-    ledger::mono_ns() as i128 + ((db_secs - wall) * 1e9) as i128
-}
 
 /// Keeps watching for `dur` (the scenario's hold time, not a synchronisation): every
 /// runner stays alive.
@@ -372,7 +86,7 @@ fn tail(text: &str, n: usize) -> String {
 #[test]
 fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_back_as_standby() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("cut", shape);
+    let f = Fleet::new("cut", shape);
     let _turn = netns_turn();
     let ns = Netns::new();
     // h1 inside the namespace reaches the server at the host side's address (not loopback: no
@@ -383,7 +97,7 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
         "h1-ns.toml",
         &f.store_lines_for(&ns_url, "tls = \"none\""),
     );
-    let mut h1 = f.launch_in(&ns, "h1", &h1_config);
+    let mut h1 = f.launch_in(&ns, "h1", &h1_config, &[]);
     let first = f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
@@ -492,6 +206,7 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
         lease_s: 4.0,
         ticks: 30,
         cooldown: "100ms",
+        kill_grace: "100ms",
     };
     let own = Pg::new();
     let (db, url) = own.fresh_database("restart_short");
@@ -713,7 +428,7 @@ fn case06_relaunch_of_the_owner_under_load_no_takeover_no_gap_no_double_run() {
         ..LONG_RUNS
     };
     let cooldown_s = 0.1;
-    let f = Fleet::shared("relaunch", shape);
+    let f = Fleet::new("relaunch", shape);
     let config = f.host_config("h1");
     let mut old = f.launch("h1");
     f.wait_run(&mut old, "h1", 0);
@@ -842,7 +557,7 @@ const LOST_WORDS: [&str; 3] = ["lost the lease", "renew of the lease", "0.8 × l
 fn case07_a_hosts_wall_clock_moved_60_s_either_way_changes_nothing() {
     let shape = LONG_RUNS;
     let preload = faketime_preload();
-    let f = Fleet::shared("wallclock", shape);
+    let f = Fleet::new("wallclock", shape);
     let c1 = f.env.path("clock-h1");
     let c2 = f.env.path("clock-h2");
     common::write_atomic(&c1, "+0\n");
@@ -1049,7 +764,7 @@ fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
 #[test]
 fn two_instances_sharing_one_host_name_do_not_run_together() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("samehost", shape);
+    let f = Fleet::new("samehost", shape);
     let store = f.store_lines_for(&f.url, "");
     let ca = f.env.path("a.toml");
     common::write_atomic(&ca, &f.config_text_as("h1", "a", &store));
@@ -1097,7 +812,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
 #[test]
 fn three_hosts_launched_at_once_one_owner_two_standbys() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("race", shape);
+    let f = Fleet::new("race", shape);
     let configs: Vec<PathBuf> = ["h1", "h2", "h3"]
         .iter()
         .map(|h| f.host_config(h))
@@ -1144,7 +859,7 @@ fn three_hosts_launched_at_once_one_owner_two_standbys() {
 #[test]
 fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("revoke", shape);
+    let f = Fleet::new("revoke", shape);
     let mut h1 = f.launch("h1");
     let first = f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
@@ -1216,7 +931,7 @@ fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
 #[test]
 fn kill_9_of_the_owner_and_an_immediate_relaunch_on_its_host_never_runs_two_tasks() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("crashrelaunch", shape);
+    let f = Fleet::new("crashrelaunch", shape);
     let config = f.host_config("h1");
     let mut h1 = f.launch_with("h1", &config, &[]);
     f.wait_run(&mut h1, "h1", 0);
@@ -1347,7 +1062,7 @@ fn a_blip_that_swallows_one_renew_leaves_the_owner_running() {
 /// must go on each time.
 fn short_cuts(prefix: &str, delay: f64, frac: f64) {
     let shape = LONG_RUNS;
-    let f = Fleet::shared(prefix, shape);
+    let f = Fleet::new(prefix, shape);
     let _turn = netns_turn();
     let ns = Netns::new();
     let ns_url = f.pg.url("runchain", &ns.host_addr(), &f.db);
@@ -1356,7 +1071,7 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
         "h1-ns.toml",
         &f.store_lines_for(&ns_url, "tls = \"none\""),
     );
-    let mut h1 = f.launch_in(&ns, "h1", &h1_config);
+    let mut h1 = f.launch_in(&ns, "h1", &h1_config, &[]);
     f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
@@ -1452,7 +1167,7 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
 #[test]
 fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("standbycut", shape);
+    let f = Fleet::new("standbycut", shape);
     let _turn = netns_turn();
     let ns = Netns::new();
     let ns_url = f.pg.url("runchain", &ns.host_addr(), &f.db);
@@ -1463,7 +1178,7 @@ fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
     );
     let mut h1 = f.launch("h1");
     let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch_in(&ns, "h2", &h2_config);
+    let mut h2 = f.launch_in(&ns, "h2", &h2_config, &[]);
     f.wait_standby(&mut h2, "h2");
     let before = f.lease_row().expect("the lease row");
     ns.cut();
@@ -1579,6 +1294,7 @@ fn case08_through_pgbouncer_a_postgres_restart_is_ridden_out() {
         lease_s: 4.0,
         ticks: 30,
         cooldown: "100ms",
+        kill_grace: "100ms",
     };
     let own = Pg::new();
     let bouncer = PgBouncer::new(&own);
