@@ -16,6 +16,8 @@
 //! - `password_env` is removed from the tasks' environment.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::net::TcpListener;
@@ -33,10 +35,7 @@ fn config(store: &str) -> String {
 /// `url`, `password_file` (runchain's password, written into the test's dir) and `extra`.
 fn store_with_password(env_dir: &Path, pg: &Pg, url: &str, extra: &str) -> String {
     let pw = pg.write_runchain_password(&env_dir.join("pg-password"));
-    format!(
-        "url = \"{url}\"\npassword_file = \"{}\"\n{extra}",
-        pw.display()
-    )
+    fleet::store_lines(url, &pw, extra)
 }
 
 /// `check` with the store's config, RUST_LOG=trace so that any log line would show a secret.
@@ -245,10 +244,7 @@ fn cleartext_and_md5_are_refused_without_verified_tls() {
         let before = auth_lines(pg, user);
         // tls = "none", and no tls key (the default on loopback: none).
         for tls in ["tls = \"none\"", ""] {
-            env.write_config(&config(&format!(
-                "url = \"{url}\"\npassword_file = \"{}\"\n{tls}",
-                pw.display()
-            )));
+            env.write_config(&config(&fleet::store_lines(&url, &pw, tls)));
             let done = check(&env);
             done.assert_code(78);
             assert!(
@@ -292,10 +288,7 @@ fn wrong_password_exits_78() {
     let (_db, url) = pg.fresh_database("wrongpw");
     let env = TestEnv::new("");
     let pw = Pg::write_password_file(&env.path("pw"), "not-the-password-4711");
-    env.write_config(&config(&format!(
-        "url = \"{url}\"\npassword_file = \"{}\"",
-        pw.display()
-    )));
+    env.write_config(&config(&fleet::store_lines(&url, &pw, "")));
     let done = check(&env);
     done.assert_code(78);
     assert!(
@@ -490,9 +483,10 @@ fn a_server_without_tls() {
         let (port, peer) = no_tls_peer();
         let env = TestEnv::new("");
         let pw = Pg::write_password_file(&env.path("pw"), "peer-must-not-see-this");
-        env.write_config(&config(&format!(
-            "url = \"postgresql://runchain@127.0.0.1:{port}/db\"\npassword_file = \"{}\"\ntls = \"{tls}\"",
-            pw.display()
+        env.write_config(&config(&fleet::store_lines(
+            &format!("postgresql://runchain@127.0.0.1:{port}/db"),
+            &pw,
+            &format!("tls = \"{tls}\""),
         )));
         let done = check(&env);
         done.assert_code(78);

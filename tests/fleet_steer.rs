@@ -10,47 +10,44 @@
 //! expiry.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Runner, TestEnv};
+use fleet::{ledger_file, owner_epoch, runs_of, text};
 use support::ledger::{self, Ledger};
 use support::pg::Pg;
 
-/// One "host": a TestEnv whose config names the shared database, the host and the task.
+/// One "host": a TestEnv (tests/support/fleet.rs) running chain `work`, then `extra`.
 struct Host {
     env: TestEnv,
 }
 
 fn host(name: &str, url: &str, ledger_path: &Path, ticks: u32, extra: &str) -> Host {
-    let pg = Pg::shared();
     let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "2s"
-host = "{name}"
-
+    let task = fleet::ledger_task(&env, "work", name, ledger_path, ticks);
+    fleet::write_host_config(
+        &env,
+        Pg::shared(),
+        name,
+        url,
+        "2s",
+        &format!(
+            r#"
 [defaults]
 success_cooldown = "100ms"
 fail_cooldown = "100ms"
 stop_grace = "0s"
 kill_grace = "300ms"
 
-[tasks.work]
-command = "{script}"
-env = {{ RC_HOST = "{name}" }}
-{extra}
-"#,
-        pw = pw.display(),
-        script = script.display(),
-    ));
+{task}{extra}
+"#
+        ),
+    );
     Host { env }
 }
 
@@ -63,18 +60,16 @@ impl Host {
 /// A "host" running chain `task` (one task of that name) in the fleet-wide group `g`
 /// (`max_running = 1`).
 fn slot_host(name: &str, url: &str, ledger_path: &Path, task: &str, ticks: u32) -> Host {
-    let pg = Pg::shared();
     let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "2s"
-host = "{name}"
-
+    let task = fleet::ledger_task(&env, task, name, ledger_path, ticks);
+    fleet::write_host_config(
+        &env,
+        Pg::shared(),
+        name,
+        url,
+        "2s",
+        &format!(
+            r#"
 [defaults]
 success_cooldown = "50ms"
 fail_cooldown = "50ms"
@@ -85,39 +80,11 @@ kill_grace = "300ms"
 max_running = 1
 scope = "fleet"
 
-[tasks.{task}]
-command = "{script}"
-env = {{ RC_HOST = "{name}" }}
-group = "g"
-"#,
-        pw = pw.display(),
-        script = script.display(),
-    ));
+{task}group = "g"
+"#
+        ),
+    );
     Host { env }
-}
-
-fn ledger_file(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join(name);
-    (dir, p)
-}
-
-fn text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn runs_of(ledger_path: &Path, host: &str) -> usize {
-    Ledger::read(ledger_path).of_host(host).count()
-}
-
-/// The epoch in the last `fleet: owner (epoch E` line of `stderr`.
-fn owner_epoch(stderr: &str) -> Option<i64> {
-    let i = stderr.rfind("fleet: owner (epoch ")?;
-    let rest = &stderr[i + "fleet: owner (epoch ".len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// h1 owns `work`, h2 waits as its standby.

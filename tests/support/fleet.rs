@@ -163,6 +163,11 @@ pub fn lease_row(pg: &Pg, db: &str) -> Option<LeaseRow> {
     })
 }
 
+/// [`CHAIN`]'s lease row in `db`, which must be there.
+pub fn lease(pg: &Pg, db: &str) -> LeaseRow {
+    lease_row(pg, db).expect("the lease row")
+}
+
 /// SQL counting HOST's fresh standby row for [`CHAIN`] (upserted at each acquire try, every
 /// 0.5-1.0 s) while HOST is not the lease's holder: 1 when HOST waits as a standby.
 pub fn standby_sql(host: &str) -> String {
@@ -187,21 +192,50 @@ pub fn store_lines(url: &str, pw: &Path, extra: &str) -> String {
     )
 }
 
-/// One "host": a fresh [`TestEnv`] (its own RUN_ROOT) whose config is
+/// One "host": a fresh [`TestEnv`] (its own RUN_ROOT) with [`write_host_config`]'s config.
+pub fn host_env(pg: &Pg, name: &str, url: &str, lease: &str, rest: &str) -> TestEnv {
+    let env = TestEnv::new("");
+    write_host_config(&env, pg, name, url, lease, rest);
+    env
+}
+
+/// Writes `env`'s config:
 /// ```text
 /// [store]
 /// url = URL, password_file = DIR/pw (runchain's password), lease = LEASE, host = NAME
 /// REST
 /// ```
 /// `rest` is the test's `[defaults]`, `[tasks.*]`, `[groups.*]`, `[email]`... text.
-pub fn host_env(pg: &Pg, name: &str, url: &str, lease: &str, rest: &str) -> TestEnv {
-    let env = TestEnv::new("");
+pub fn write_host_config(env: &TestEnv, pg: &Pg, name: &str, url: &str, lease: &str, rest: &str) {
     let pw = pg.write_runchain_password(&env.path("pw"));
     env.write_config(&format!(
         "\n[store]\n{}lease = \"{lease}\"\nhost = \"{name}\"\n{rest}",
         store_lines(url, &pw, "")
     ));
-    env
+}
+
+/// `run-chain status --json` of `env` (exit 0), parsed.
+pub fn status_json(env: &TestEnv) -> serde_json::Value {
+    let out = env.sub(&["status", "--json"]);
+    out.assert_code(0);
+    serde_json::from_str(&out.stdout).expect("status --json")
+}
+
+/// A `[tasks.TASK]` table whose command is a ledger script (DIR/task.sh of `env`,
+/// [`ledger::write_task_script`]: `ticks` ticks of 50 ms, TERM trap) stamping `ledger_path`
+/// as host HOST (`RC_HOST`). More keys of the table may follow it.
+pub fn ledger_task(
+    env: &TestEnv,
+    task: &str,
+    host: &str,
+    ledger_path: &Path,
+    ticks: u32,
+) -> String {
+    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
+    format!(
+        "[tasks.{task}]\ncommand = \"{}\"\nenv = {{ RC_HOST = \"{host}\" }}\n",
+        script.display()
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
