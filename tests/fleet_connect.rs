@@ -502,14 +502,28 @@ fn a_server_without_tls() {
 #[test]
 fn check_reports_the_schema_version() {
     let pg = Pg::shared();
+    // The current version as a first launch leaves it (not a number written here: a new
+    // schema version must not break this test).
+    let current = current_schema_version(pg);
     for (version, code, needle) in [
-        (4, 0, "# store: schema version 4 (current)"),
         (
-            3,
+            current,
             0,
-            "# store: schema version 3 (migrated to 4 at the next launch)",
+            format!("# store: schema version {current} (current)"),
         ),
-        (99, 78, "version 99, newer than this run-chain (4)"),
+        (
+            current - 1,
+            0,
+            format!(
+                "# store: schema version {} (migrated to {current} at the next launch)",
+                current - 1
+            ),
+        ),
+        (
+            99,
+            78,
+            format!("version 99, newer than this run-chain ({current})"),
+        ),
     ] {
         let (db, url) = pg.fresh_database("version");
         pg.psql(
@@ -526,11 +540,141 @@ fn check_reports_the_schema_version() {
         let done = check(&env);
         done.assert_code(code);
         assert!(
-            done.stdout.contains(needle) || done.stderr.contains(needle),
+            done.stdout.contains(&needle) || done.stderr.contains(&needle),
             "stdout:\n{}\nstderr:\n{}",
             done.stdout,
             done.stderr
         );
         assert_eq!(dump(pg, &db), before, "check changed the database");
     }
+}
+
+/// The schema version this run-chain creates: what a first launch (`--once` of a one-task
+/// chain) leaves in `run_chain.meta` of a fresh database.
+fn current_schema_version(pg: &Pg) -> i64 {
+    let (db, url) = pg.fresh_database("curversion");
+    let env = TestEnv::new("");
+    env.write_config(&config(&store_with_password(
+        env.root(),
+        pg,
+        &url,
+        "lease = \"10s\"",
+    )));
+    env.run(&["--once", "a"]).assert_code(0);
+    pg.psql(&db, "SELECT version FROM run_chain.meta")
+        .parse()
+        .expect("the schema version")
+}
+
+/// 16 first launches create the schema at once, through the real binary: each is held at
+/// its `CREATE SCHEMA` (a session of the test holds an uncommitted `CREATE SCHEMA run_chain`
+/// until all 16 wait on its lock), then released together: one creates it, the 15 others fail
+/// with a unique violation and read again (without the retry in store/pg/schema.rs they exit
+/// 78). All 16 run their chain and exit 0; the schema is at the version `check` calls current,
+/// made once (one meta row), and a 17th launch changes nothing.
+#[test]
+fn sixteen_concurrent_first_launches_create_the_schema_once_and_all_run() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    const N: usize = 16;
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("schema16");
+    let env = TestEnv::new("");
+    // Lease 60 s: `--once` gives up after one lease without the lease; the hold below is
+    // far shorter, so only a failure of the schema's creation can make a launch fail.
+    let mut text = format!(
+        "[store]\n{}\n",
+        store_with_password(env.root(), pg, &url, "lease = \"60s\"")
+    );
+    for i in 0..N {
+        text.push_str(&format!("[tasks.c{i:02}]\ncommand = \"true\"\n"));
+    }
+    env.write_config(&text);
+
+    // The gate: an uncommitted CREATE SCHEMA run_chain (psql reads its script from a pipe
+    // that stays open, so the transaction stays open until the ROLLBACK is written).
+    let mut gate = pg
+        .psql_command(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut gate_in = gate.stdin.take().expect("psql stdin");
+    gate_in
+        .write_all(b"BEGIN;\nCREATE SCHEMA run_chain;\n")
+        .expect("write to psql");
+    gate_in.flush().expect("flush psql");
+    let waiting = |state_sql: &str| -> i64 {
+        pg.try_psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND {state_sql}"
+            ),
+        )
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1)
+    };
+    wait_until("the gate's CREATE SCHEMA is done, uncommitted", || {
+        waiting("state = 'idle in transaction'") == 1
+    });
+
+    let mut launches: Vec<Runner> = (0..N)
+        .map(|i| env.spawn(&["--once", &format!("c{i:02}")]))
+        .collect();
+    wait_until_for(
+        Duration::from_secs(60),
+        "all 16 launches wait at their CREATE SCHEMA",
+        || {
+            for r in launches.iter_mut() {
+                if let Some(st) = r.try_status() {
+                    panic!(
+                        "a launch exited ({st:?}) before the gate opened; stderr:\n{}",
+                        r.stderr()
+                    );
+                }
+            }
+            waiting("wait_event_type = 'Lock'") == N as i64
+        },
+    );
+    gate_in.write_all(b"ROLLBACK;\n").expect("write to psql");
+    drop(gate_in);
+    let st = gate.wait().expect("psql");
+    assert!(st.success(), "the gate's psql: {st:?}");
+
+    for (i, r) in launches.iter_mut().enumerate() {
+        let st = r.wait_exit();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "launch {i} of {N}: stderr:\n{}",
+            r.stderr()
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT count(*) || ' ' || min(app) FROM run_chain.meta"
+        ),
+        "1 run-chain"
+    );
+    let version = pg.psql(&db, "SELECT version FROM run_chain.meta");
+    let done = check(&env);
+    done.assert_code(0);
+    assert!(
+        done.stdout
+            .contains(&format!("# store: schema version {version} (current)")),
+        "version {version} in run_chain.meta; check says:\n{}",
+        done.stdout
+    );
+    // Each chain ran once under its own lease.
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM run_chain.leases"),
+        N.to_string()
+    );
+    let before = dump(pg, &db);
+    env.run(&["--once", "c00"]).assert_code(0);
+    let after = dump(pg, &db);
+    assert_eq!(after, before, "a later launch changed the schema");
 }
