@@ -36,10 +36,7 @@ const SLACK_S: f64 = 2.5;
 #[test]
 fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease() {
     let f = Fleet::new("k9", LONG_RUNS);
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (h1, _, h2) = f.owner_and_standby();
     assert!(
         f.ledger().of_host("h2").next().is_none(),
         "the standby h2 ran a task while h1 owned the chain:\n{:?}",
@@ -49,7 +46,7 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
     let mut standby = ("h2", h2);
     let mut figures = Vec::new();
     for round in 1..=5 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, owner.0, "round {round}: {before:?}");
         assert!(before.live, "round {round}: {before:?}");
         // The owner is inside a run (ticking) when it dies.
@@ -68,7 +65,7 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
         owner.1.signal(libc::SIGKILL);
         owner.1.wait_exit();
         // The dead owner can renew no more: this is (at the latest) when its lease expires.
-        let dead = f.lease_row().expect("the lease row");
+        let dead = f.lease();
         assert_eq!(
             dead.holder, before.holder,
             "round {round}: taken over too early: {dead:?}"
@@ -94,7 +91,7 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
         );
         figures.push(takeover);
 
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         assert_eq!(after.host, standby.0, "round {round}: {after:?}");
         assert_eq!(
             after.epoch,
@@ -143,11 +140,8 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
 #[test]
 fn case02_sigterm_of_the_owner_releases_the_lease_and_the_standby_starts_at_once() {
     let f = Fleet::new("term", LONG_RUNS);
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let (mut h1, first, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     assert_eq!(before.host, "h1");
 
     let t_term = ledger::mono_ns();
@@ -161,7 +155,7 @@ fn case02_sigterm_of_the_owner_releases_the_lease_and_the_standby_starts_at_once
     );
     // Released: the row no longer names h1 as a live holder (else the standby would have to
     // wait for the expiry, up to a whole lease).
-    let released = f.lease_row().expect("the lease row");
+    let released = f.lease();
     assert!(
         released.holder.is_empty() || released.host == "h2" || !released.live,
         "h1 exited without releasing its lease: {released:?}"
@@ -193,7 +187,7 @@ fn case02_sigterm_of_the_owner_releases_the_lease_and_the_standby_starts_at_once
         from_exit <= HANDOVER_S + SLACK_S,
         "h2 started {from_exit:.3} s after h1 exited (want <= {HANDOVER_S} s, + {SLACK_S} s slack)"
     );
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     assert_eq!(after.host, "h2", "{after:?}");
     assert_eq!(after.epoch, before.epoch + 1, "{before:?} -> {after:?}");
     f.ledger().assert_no_overlap();
@@ -230,7 +224,7 @@ struct Running {
 fn running_owner(f: &Fleet) -> Running {
     let mut runner = f.launch("h1");
     f.wait_run(&mut runner, "h1", 0);
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     let pid = runner.pid;
     Running { runner, row, pid }
 }
@@ -252,7 +246,7 @@ fn assert_undisturbed(f: &Fleet, r: &mut Running, what: &str) {
             .any(|run| run.end > t && !run.ended);
         ticked
     });
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.holder.as_str(), row.epoch, row.host.as_str()),
         (r.row.holder.as_str(), r.row.epoch, "h1"),
@@ -472,7 +466,7 @@ fn case10_an_unreachable_database_at_launch_waits_as_standby_and_once_exits_75()
     // The database comes back: the waiting instance acquires and runs.
     pg.start();
     let run = f.wait_run(&mut h1, "h1", 0);
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(row.host, "h1");
     assert!(run.start > 0);
 }
@@ -524,7 +518,7 @@ fn case10_a_silent_database_at_launch_once_exits_75_and_a_standby_waits_until_it
         "after heal: the chain started {:.3} s later",
         secs(run.start.saturating_sub(healed))
     );
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(row.host, "h1");
     assert!(row.live);
 }

@@ -101,7 +101,7 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
     let first = f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     assert_eq!(before.host, "h1", "{before:?}");
 
     let t_cut = ledger::mono_ns();
@@ -113,7 +113,7 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
         .find(|r| r.pid == first.pid)
         .cloned()
         .expect("h1's run");
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "cut: h1's task ended {:+.3} s after the cut ({}); h2 started {:.3} s after the cut, \
          {:.3} s after h1's task ended; lease {before:?} -> {after:?} (acquired {:+.3} s after \
@@ -169,7 +169,7 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
         st["fleet"]["role"] == "standby" && st["fleet"]["host"] == "h2"
     });
     assert_eq!(st["now"]["state"], "standby", "{st:#}");
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.host.as_str(), row.epoch),
         ("h2", after.epoch),
@@ -211,12 +211,9 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
     let own = Pg::new();
     let (db, url) = own.fresh_database("restart_short");
     let f = Fleet::on(&own, db, url, shape);
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, _, mut h2) = f.owner_and_standby();
     for mode in [Mode::Fast, Mode::Immediate] {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         // Restart inside a run, after its first tick.
         let t_pre = ledger::mono_ns();
         let running = f.wait_run(&mut h1, "h1", t_pre);
@@ -312,12 +309,9 @@ fn case04_postgres_down_longer_than_the_lease_stops_the_task_and_the_chain_resum
     let own = Pg::new();
     let (db, url) = own.fresh_database("restart_long");
     let f = Fleet::on(&own, db, url, shape);
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, _, mut h2) = f.owner_and_standby();
     for mode in [Mode::Fast, Mode::Immediate] {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         let running = f.ledger().last().cloned().expect("a run");
         assert!(!running.ended, "{mode:?}: no run in progress: {running}");
         let t0 = ledger::mono_ns();
@@ -369,7 +363,7 @@ fn case04_postgres_down_longer_than_the_lease_stops_the_task_and_the_chain_resum
             });
             found.expect("found")
         };
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         eprintln!(
             "{mode:?} stop for {:.3} s (lease {}): the running task on {} ended {:+.3} s after \
              the stop began ({}); the chain resumed on {} {:.3} s after the server was up; \
@@ -436,7 +430,7 @@ fn case06_relaunch_of_the_owner_under_load_no_takeover_no_gap_no_double_run() {
     f.wait_standby(&mut h2, "h2");
     let mut figures = Vec::new();
     for round in 1..=5 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, "h1", "round {round}: {before:?}");
         // Relaunch while runs come and go.
         let t = ledger::mono_ns();
@@ -449,7 +443,7 @@ fn case06_relaunch_of_the_owner_under_load_no_takeover_no_gap_no_double_run() {
             old.stderr()
         );
         let next = f.wait_run(&mut new, "h1", t_old_exit);
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         let l = f.ledger();
         let prev_end = l
             .runs
@@ -566,7 +560,7 @@ fn case07_a_hosts_wall_clock_moved_60_s_either_way_changes_nothing() {
     let first = f.wait_run(&mut h1, "h1", 0);
     let mut h2 = launch_faked(&f, "h2", &preload, &c2);
     f.wait_standby(&mut h2, "h2");
-    let start = f.lease_row().expect("the lease row");
+    let start = f.lease();
     assert_eq!(start.host, "h1");
     // The owner's clock, then the standby's, then both, each way.
     let steps: [(&str, &str, &str); 5] = [
@@ -587,7 +581,7 @@ fn case07_a_hosts_wall_clock_moved_60_s_either_way_changes_nothing() {
             &mut [&mut h1, &mut h2],
             what,
         );
-        let row = f.lease_row().expect("the lease row");
+        let row = f.lease();
         assert_eq!(
             (row.holder.as_str(), row.host.as_str(), row.epoch),
             (start.holder.as_str(), "h1", start.epoch),
@@ -643,20 +637,17 @@ fn case08_through_pgbouncer_kill_9_of_the_owner_the_standby_takes_over_after_the
     let shape = LONG_RUNS;
     let bouncer = PgBouncer::new(Pg::shared());
     let f = bouncer_fleet("bk9", &bouncer);
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (h1, _, h2) = f.owner_and_standby();
     let mut owner = ("h1", h1);
     let mut standby = ("h2", h2);
     let mut figures = Vec::new();
     for round in 1..=3 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, owner.0, "round {round}: {before:?}");
         let t_kill = ledger::mono_ns();
         owner.1.signal(libc::SIGKILL);
         owner.1.wait_exit();
-        let dead = f.lease_row().expect("the lease row");
+        let dead = f.lease();
         assert_eq!(dead.holder, before.holder, "round {round}: {dead:?}");
         let next = f.wait_run(&mut standby.1, standby.0, t_kill);
         let takeover = secs(next.start - t_kill);
@@ -667,7 +658,7 @@ fn case08_through_pgbouncer_kill_9_of_the_owner_the_standby_takes_over_after_the
             owner.0, standby.0
         );
         figures.push(takeover);
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         assert_eq!(after.host, standby.0, "round {round}: {after:?}");
         assert_eq!(after.epoch, before.epoch + 1, "round {round}");
         assert!(
@@ -708,11 +699,8 @@ fn case08_through_pgbouncer_kill_9_of_the_owner_the_standby_takes_over_after_the
 fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
     let bouncer = PgBouncer::new(Pg::shared());
     let f = bouncer_fleet("bterm", &bouncer);
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let (mut h1, first, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     assert_eq!(before.host, "h1");
     let t_term = ledger::mono_ns();
     h1.signal(libc::SIGTERM);
@@ -723,7 +711,7 @@ fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
         "h1 exited {status:?}; stderr:\n{}",
         h1.stderr()
     );
-    let released = f.lease_row().expect("the lease row");
+    let released = f.lease();
     assert!(
         released.holder.is_empty() || released.host == "h2" || !released.live,
         "h1 exited without releasing its lease: {released:?}"
@@ -748,7 +736,7 @@ fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
         from_exit <= HANDOVER_S + SLACK_S,
         "h2 started {from_exit:.3} s after h1 exited"
     );
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     assert_eq!(after.host, "h2");
     assert_eq!(after.epoch, before.epoch + 1);
     f.ledger().assert_no_overlap();
@@ -772,7 +760,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
     common::write_atomic(&cb, &f.config_text_as("h1", "b", &store));
     let mut a = f.launch_with("a", &ca, &[]);
     f.wait_run(&mut a, "a", 0);
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     let mut b = f.launch_with("b", &cb, &[]);
     f.wait_standby(&mut b, "h1");
     hold(
@@ -780,7 +768,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
         &mut [&mut a, &mut b],
         "two instances as h1",
     );
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.holder.as_str(), row.epoch),
         (before.holder.as_str(), before.epoch),
@@ -791,7 +779,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
     a.signal(libc::SIGKILL);
     a.wait_exit();
     let next = f.wait_run(&mut b, "b", t_kill);
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "same host name: b took over {:.3} s after a's kill -9 (acquired {:+.3} s after a's \
          lease expired)",
@@ -848,7 +836,7 @@ fn three_hosts_launched_at_once_one_owner_two_standbys() {
     let l = f.ledger();
     assert_eq!(l.runs.len(), 1, "runs: {:?}", l.runs);
     assert_eq!(l.runs[0].host, owner);
-    let now = f.lease_row().expect("the lease row");
+    let now = f.lease();
     assert_eq!((now.host, now.epoch), (owner.clone(), row.epoch));
     eprintln!("three at once: {owner} owns (epoch {})", row.epoch);
 }
@@ -860,11 +848,8 @@ fn three_hosts_launched_at_once_one_owner_two_standbys() {
 fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
     let shape = LONG_RUNS;
     let f = Fleet::new("revoke", shape);
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let (mut h1, first, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     let t_revoke = ledger::mono_ns();
     f.pg.psql(
         &f.db,
@@ -907,7 +892,7 @@ fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
         "GRANT UPDATE, INSERT, DELETE ON run_chain.leases TO runchain",
     );
     let next = f.wait_tick_after("the chain runs again after the GRANT", t_grant, DEADLINE);
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "grant: the chain ran again on {} {:.3} s after the GRANT; epoch {} -> {}",
         next.host,
@@ -938,7 +923,7 @@ fn kill_9_of_the_owner_and_an_immediate_relaunch_on_its_host_never_runs_two_task
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
     for round in 1..=3 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, "h1", "round {round}: {before:?}");
         let current = f.ledger().last().cloned().expect("a run");
         let t_kill = ledger::mono_ns();
@@ -946,7 +931,7 @@ fn kill_9_of_the_owner_and_an_immediate_relaunch_on_its_host_never_runs_two_task
         h1.wait_exit();
         let mut new = f.launch_with("h1", &config, &[]);
         let next = f.wait_run(&mut new, "h1", t_kill);
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         let l = f.ledger();
         let old = l
             .runs
@@ -990,10 +975,7 @@ fn sigterm_of_the_owner_while_the_database_is_down_exits_and_the_standby_takes_o
     let own = Pg::new();
     let (db, url) = own.fresh_database("termdown");
     let f = Fleet::on(&own, db, url, shape);
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, first, mut h2) = f.owner_and_standby();
     own.stop_mode(Mode::Immediate);
     let t_term = ledger::mono_ns();
     h1.signal(libc::SIGTERM);
@@ -1075,12 +1057,12 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
     f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     let mut outcomes = Vec::new();
     for round in 1..=4 {
         let running = f.ledger().last().cloned().expect("a run");
         // Right after a renew: expires_at moves.
-        let seen = f.lease_row().expect("the lease row");
+        let seen = f.lease();
         let mut renewed = None;
         h1.wait_for("a renew", || {
             renewed = f
@@ -1105,7 +1087,7 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
         let t_heal0 = ledger::mono_ns();
         ns.heal();
         let t_heal = ledger::mono_ns();
-        let at_heal = f.lease_row().expect("the lease row");
+        let at_heal = f.lease();
         let mut row = None;
         h1.wait_for("h1 renews after the heal", || {
             row = f
@@ -1180,7 +1162,7 @@ fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
     let first = f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch_in(&ns, "h2", &h2_config, &[]);
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     ns.cut();
     hold(
         Duration::from_secs_f64(5.0 * shape.lease_s),
@@ -1195,7 +1177,7 @@ fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
         5.0 * shape.lease_s,
         secs(ledger::mono_ns() - t_heal)
     );
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.holder.as_str(), row.epoch),
         (before.holder.as_str(), before.epoch),
@@ -1222,7 +1204,7 @@ fn a_relaunch_of_the_owner_while_the_database_is_down_resumes_once_it_is_back() 
     let first = f.wait_run(&mut old, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     own.stop_mode(Mode::Immediate);
     let t_relaunch = ledger::mono_ns();
     let mut new = f.launch_with("h1", &config, &[]);
@@ -1262,7 +1244,7 @@ fn a_relaunch_of_the_owner_while_the_database_is_down_resumes_once_it_is_back() 
     let t_up = ledger::mono_ns();
     own.start();
     let next = f.wait_tick_after("the chain runs again", t_up, DEADLINE);
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "database back: the chain ran on {} {:.3} s later; epoch {} -> {} ({})",
         next.host,
@@ -1302,11 +1284,8 @@ fn case08_through_pgbouncer_a_postgres_restart_is_ridden_out() {
     let url = bouncer.url(&db);
     let mut f = Fleet::on(&own, db, url, shape);
     f.store_extra = "tls = \"none\"".into();
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let (mut h1, _, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     let t0 = ledger::mono_ns();
     own.restart(Mode::Fast);
     let t1 = ledger::mono_ns();
@@ -1322,7 +1301,7 @@ fn case08_through_pgbouncer_a_postgres_restart_is_ridden_out() {
         fresh.is_some()
     });
     let fresh = fresh.expect("fresh");
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "pgbouncer, fast restart: outage {:.3} s; next run on {} {:.3} s after; epoch {} -> {}",
         secs(t1 - t0),

@@ -84,10 +84,7 @@ fn gone(pid: i32) -> bool {
 #[test]
 fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_over_after_expiry() {
     let f = fence_fleet("fence_stop", false, "100ms");
-    let mut h1 = f.launch("h1");
-    let run = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, run, mut h2) = f.owner_and_standby();
     let LeaseRow { host, epoch, .. } = f.lease();
     assert_eq!(host, "h1");
 
@@ -298,10 +295,7 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
 #[test]
 fn a_killed_owners_task_is_gone_by_the_fence_kill_deadline_whatever_its_kill_grace() {
     let f = fence_fleet("fence_k9", true, "30s");
-    let mut h1 = f.launch("h1");
-    let run = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, run, mut h2) = f.owner_and_standby();
     let LeaseRow { host, epoch, .. } = f.lease();
     assert_eq!(host, "h1");
 

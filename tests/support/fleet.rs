@@ -462,6 +462,16 @@ env = {{ RC_HOST = "{ledger_host}" }}
         });
     }
 
+    /// The usual start of a scenario: h1 launched and owning the chain (a run of it ticked),
+    /// then h2 launched and waiting as its standby. Returns (h1, h1's first run, h2).
+    pub fn owner_and_standby(&self) -> (Runner, Interval, Runner) {
+        let mut h1 = self.launch("h1");
+        let first = self.wait_run(&mut h1, "h1", 0);
+        let mut h2 = self.launch("h2");
+        self.wait_standby(&mut h2, "h2");
+        (h1, first, h2)
+    }
+
     /// [`standby_sql`].
     pub fn standby_sql(&self, host: &str) -> String {
         standby_sql(host)
