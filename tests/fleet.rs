@@ -16,7 +16,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::Runner;
-use fleet::{db_time_to_mono, lease_row, secs, wait_exit_mono, Fleet, LeaseRow, LONG_RUNS};
+use fleet::{db_time_to_mono, hold, lease_row, secs, wait_exit_mono, Fleet, LeaseRow, LONG_RUNS};
 use support::ledger;
 use support::netns::Netns;
 use support::pg::Pg;
@@ -435,16 +435,11 @@ fn case10_an_unreachable_database_at_launch_waits_as_standby_and_once_exits_75()
     pg.stop();
     let mut h1 = f.launch("h1");
     // It keeps trying: alive, and no task, for three leases.
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs_f64(3.0 * LEASE_S) {
-        assert!(
-            h1.try_status().is_none(),
-            "with the database down, run-chain exited ({:?}) instead of waiting; stderr:\n{}",
-            h1.try_status(),
-            h1.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hold(
+        Duration::from_secs_f64(3.0 * LEASE_S),
+        &mut [&mut h1],
+        "with the database down, it should keep waiting",
+    );
     assert!(f.ledger().runs.is_empty(), "a task ran without the lease");
     // `--once` gives up after about one lease: 75.
     let config = f.host_config("h2");
@@ -500,16 +495,11 @@ fn case10_a_silent_database_at_launch_once_exits_75_and_a_standby_waits_until_it
         "--once gave up after {took:.3} s (lease {LEASE_S} s)"
     );
     let mut h1 = f.launch_in(&ns, "h1", &config, &[]);
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs_f64(3.0 * LEASE_S) {
-        assert!(
-            h1.try_status().is_none(),
-            "with the database silent, run-chain exited ({:?}) instead of waiting; stderr:\n{}",
-            h1.try_status(),
-            h1.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hold(
+        Duration::from_secs_f64(3.0 * LEASE_S),
+        &mut [&mut h1],
+        "with the database silent, it should keep waiting",
+    );
     assert!(f.ledger().runs.is_empty(), "a task ran without the lease");
     let healed = ledger::mono_ns();
     ns.heal();

@@ -15,10 +15,10 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Runner, DEADLINE};
-use fleet::{db_time_to_mono, secs, signed_secs, wait_exit_mono, Fleet, Shape, LONG_RUNS};
+use fleet::{db_time_to_mono, hold, secs, signed_secs, wait_exit_mono, Fleet, Shape, LONG_RUNS};
 use support::ledger::{self, Interval, Ledger};
 use support::netns::Netns;
 use support::pg::{Mode, Pg, PgBouncer};
@@ -28,24 +28,6 @@ use support::pg::{Mode, Pg, PgBouncer};
 const HANDOVER_S: f64 = 1.5;
 /// Slack for a loaded 2-core machine shared by several builds.
 const SLACK_S: f64 = 2.5;
-
-/// Keeps watching for `dur` (the scenario's hold time, not a synchronisation): every
-/// runner stays alive.
-fn hold(dur: Duration, runners: &mut [&mut Runner], what: &str) {
-    let t = Instant::now();
-    while t.elapsed() < dur {
-        for r in runners.iter_mut() {
-            if let Some(st) = r.try_status() {
-                panic!(
-                    "{what}: run-chain {} exited ({st:?}); stderr:\n{}",
-                    r.pid,
-                    r.stderr()
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Runs of one chain must never overlap, whatever the host or the instance: consecutive runs
 /// (by start) do not intersect. Returns the gaps between them (s).

@@ -117,6 +117,24 @@ pub fn wait_exit_mono(runner: &mut Runner) -> (std::process::ExitStatus, u64) {
     }
 }
 
+/// An observation window, not a synchronisation: keeps watching for `dur` that every runner
+/// stays alive (checked every 50 ms), failing at once with `what` if one exits.
+pub fn hold(dur: Duration, runners: &mut [&mut Runner], what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < dur {
+        for r in runners.iter_mut() {
+            if let Some(st) = r.try_status() {
+                panic!(
+                    "{what}: run-chain {} exited ({st:?}); stderr:\n{}",
+                    r.pid,
+                    r.stderr()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The lease row
 // ---------------------------------------------------------------------------------------------
