@@ -52,23 +52,8 @@ fn host_with(
 ) -> Host {
     let env = TestEnv::new("");
     let task = fleet::ledger_task(&env, "work", name, ledger_path, ticks);
-    fleet::write_host_config(
-        &env,
-        pg,
-        name,
-        url,
-        lease,
-        &format!(
-            r#"
-[defaults]
-success_cooldown = "{cooldown}"
-fail_cooldown = "{cooldown}"
-stop_grace = "0s"
-kill_grace = "300ms"
-
-{task}"#
-        ),
-    );
+    let rest = format!("{}\n{task}", fleet::defaults(cooldown, "300ms"));
+    fleet::write_host_config(&env, pg, name, url, lease, &rest);
     Host { env }
 }
 

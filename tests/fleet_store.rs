@@ -24,23 +24,8 @@ use support::pg::{Mode, Pg};
 /// One "host": a TestEnv (tests/support/fleet.rs) whose config names the database, the host
 /// and the tasks.
 fn host(pg: &Pg, name: &str, url: &str, lease: &str, tasks: &str) -> TestEnv {
-    fleet::host_env(
-        pg,
-        name,
-        url,
-        lease,
-        &format!(
-            r#"
-[defaults]
-success_cooldown = "100ms"
-fail_cooldown = "100ms"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-{tasks}
-"#
-        ),
-    )
+    let rest = format!("{}\n{tasks}\n", fleet::defaults("100ms", "200ms"));
+    fleet::host_env(pg, name, url, lease, &rest)
 }
 
 fn q(pg: &Pg, db: &str, sql: &str) -> String {

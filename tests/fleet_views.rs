@@ -32,24 +32,9 @@ const LEASE: &str = "2s";
 
 /// One "host" (tests/support/fleet.rs): chains `a` and `b`, cooldowns 300 ms.
 fn host(pg: &Pg, name: &str, url: &str) -> TestEnv {
-    fleet::host_env(
-        pg,
-        name,
-        url,
-        LEASE,
-        r#"
-[defaults]
-success_cooldown = "300ms"
-fail_cooldown = "300ms"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-[tasks.a]
-command = "echo a"
-[tasks.b]
-command = "echo b"
-"#,
-    )
+    let tasks = "\n[tasks.a]\ncommand = \"echo a\"\n[tasks.b]\ncommand = \"echo b\"\n";
+    let rest = format!("{}{tasks}", fleet::defaults("300ms", "200ms"));
+    fleet::host_env(pg, name, url, LEASE, &rest)
 }
 
 fn chain<'a>(doc: &'a Value, name: &str) -> &'a Value {

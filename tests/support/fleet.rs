@@ -232,6 +232,15 @@ pub fn write_host_config(env: &TestEnv, pg: &Pg, name: &str, url: &str, lease: &
     ));
 }
 
+/// A `[defaults]` table: both cooldowns COOLDOWN, `stop_grace = "0s"`, KILL_GRACE (keep it
+/// under 0.2 × lease, or `check` warns).
+pub fn defaults(cooldown: &str, kill_grace: &str) -> String {
+    format!(
+        "\n[defaults]\nsuccess_cooldown = \"{cooldown}\"\nfail_cooldown = \"{cooldown}\"\n\
+         stop_grace = \"0s\"\nkill_grace = \"{kill_grace}\"\n"
+    )
+}
+
 /// `run-chain status --json` of `env` (exit 0), parsed.
 pub fn status_json(env: &TestEnv) -> serde_json::Value {
     let out = env.sub(&["status", "--json"]);
