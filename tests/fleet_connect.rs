@@ -38,6 +38,13 @@ fn store_with_password(env_dir: &Path, pg: &Pg, url: &str, extra: &str) -> Strin
     fleet::store_lines(url, &pw, extra)
 }
 
+/// A TestEnv whose config is [`config`] with [`store_with_password`]'s `[store]`.
+fn store_env(pg: &Pg, url: &str, extra: &str) -> TestEnv {
+    let env = TestEnv::new("");
+    env.write_config(&config(&store_with_password(env.root(), pg, url, extra)));
+    env
+}
+
 /// `check` with the store's config, RUST_LOG=trace so that any log line would show a secret.
 fn check(env: &TestEnv) -> Finished {
     let mut cmd = env.sub_command(&["check"]);
@@ -87,13 +94,7 @@ fn dump(pg: &Pg, db: &str) -> String {
 fn plaintext_scram_on_loopback_and_unix_socket() {
     let pg = Pg::shared();
     let (db, url) = pg.fresh_database("plain");
-    let env = TestEnv::new("");
-    env.write_config(&config(&store_with_password(
-        env.root(),
-        pg,
-        &url,
-        "lease = \"10s\"",
-    )));
+    let env = store_env(pg, &url, "lease = \"10s\"");
     let done = check(&env);
     done.assert_code(0);
     assert!(
@@ -204,8 +205,7 @@ fn tls_that_cannot_be_verified_is_refused_without_fallback() {
         ),
     ];
     for (url, extra, why) in cases {
-        let env = TestEnv::new("");
-        env.write_config(&config(&store_with_password(env.root(), pg, &url, &extra)));
+        let env = store_env(pg, &url, &extra);
         let done = check(&env);
         done.assert_code(78);
         assert!(
@@ -326,8 +326,7 @@ fn a_database_that_is_not_run_chains_is_refused_and_left_alone() {
         let (db, url) = pg.fresh_database("foreign");
         pg.psql(&db, setup);
         let before = dump(pg, &db);
-        let env = TestEnv::new("");
-        env.write_config(&config(&store_with_password(env.root(), pg, &url, "")));
+        let env = store_env(pg, &url, "");
         let done = check(&env);
         done.assert_code(78);
         assert!(done.stderr.contains(needle), "{setup}: {}", done.stderr);
@@ -535,8 +534,7 @@ fn check_reports_the_schema_version() {
             ),
         );
         let before = dump(pg, &db);
-        let env = TestEnv::new("");
-        env.write_config(&config(&store_with_password(env.root(), pg, &url, "")));
+        let env = store_env(pg, &url, "");
         let done = check(&env);
         done.assert_code(code);
         assert!(
@@ -553,13 +551,7 @@ fn check_reports_the_schema_version() {
 /// chain) leaves in `run_chain.meta` of a fresh database.
 fn current_schema_version(pg: &Pg) -> i64 {
     let (db, url) = pg.fresh_database("curversion");
-    let env = TestEnv::new("");
-    env.write_config(&config(&store_with_password(
-        env.root(),
-        pg,
-        &url,
-        "lease = \"10s\"",
-    )));
+    let env = store_env(pg, &url, "lease = \"10s\"");
     env.run(&["--once", "a"]).assert_code(0);
     pg.psql(&db, "SELECT version FROM run_chain.meta")
         .parse()
