@@ -7,19 +7,20 @@
 //! expires_at), not by log wording.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Runner, TestEnv, DEADLINE};
-use support::ledger::{self, Interval, Ledger};
+use common::Runner;
+use fleet::{db_time_to_mono, hold, lease_row, secs, wait_exit_mono, Fleet, LeaseRow, LONG_RUNS};
+use support::ledger;
 use support::netns::Netns;
 use support::pg::Pg;
 
-const CHAIN: &str = "work";
 const LEASE_S: f64 = 2.0;
 /// The standby's acquire tries are 0.5-1.0 s apart: after a release it starts within that
 /// plus a round trip and a spawn (the issue's 1.5 s).
@@ -28,240 +29,14 @@ const HANDOVER_S: f64 = 1.5;
 /// tight ones belong to the benchmark.
 const SLACK_S: f64 = 2.5;
 
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-/// The lease row of the chain, as the database has it.
-#[derive(Debug, Clone, PartialEq)]
-struct LeaseRow {
-    holder: String,
-    host: String,
-    epoch: i64,
-    /// expires_at > now() on the database's clock.
-    live: bool,
-    /// expires_at and acquired_at, seconds since the epoch (DB clock).
-    expires_at: f64,
-    acquired_at: f64,
-}
-
-/// One fleet test: a temp dir (configs, RUN_ROOTs, ledger, task script), a fresh database on
-/// the binary's shared server, runchain's password file.
-struct Fleet<'a> {
-    env: TestEnv,
-    pg: &'a Pg,
-    db: String,
-    url: String,
-    pw: PathBuf,
-    ledger: PathBuf,
-    script: PathBuf,
-}
-
-impl<'a> Fleet<'a> {
-    fn new(prefix: &str) -> Fleet<'static> {
-        let pg = Pg::shared();
-        let (db, url) = pg.fresh_database(prefix);
-        Fleet::on(pg, db, url)
-    }
-
-    fn on(pg: &'a Pg, db: String, url: String) -> Fleet<'a> {
-        let env = TestEnv::new("");
-        let pw = pg.write_runchain_password(&env.path("store-password"));
-        let ledger = env.path("ledger");
-        // A run lasts 20000 ticks of 50 ms: the owner is always inside a run.
-        let script = ledger::write_task_script(&env.path("task.sh"), &ledger, 20000, "0.05");
-        Fleet {
-            env,
-            pg,
-            db,
-            url,
-            pw,
-            ledger,
-            script,
-        }
-    }
-
-    fn config_text(&self, host: &str, store: &str) -> String {
-        format!(
-            r#"[defaults]
-success_cooldown = "100ms"
-fail_cooldown = "100ms"
-stop_grace = "0s"
-kill_grace = "100ms"
-
-[store]
-{store}
-lease = "2s"
-host = "{host}"
-
-[tasks.{CHAIN}]
-argv = ["{script}"]
-env = {{ RC_HOST = "{host}" }}
-"#,
-            script = self.script.display(),
-        )
-    }
-
-    /// The ordinary store lines: this fleet's URL and password file.
-    fn store_lines(&self) -> String {
-        format!(
-            "url = \"{}\"\npassword_file = \"{}\"",
-            self.url,
-            self.pw.display()
-        )
-    }
-
-    /// Writes DIR/HOST.toml (the fleet's store) and returns its path.
-    fn host_config(&self, host: &str) -> PathBuf {
-        self.config_with(host, &format!("{host}.toml"), &self.store_lines())
-    }
-
-    fn config_with(&self, host: &str, file: &str, store: &str) -> PathBuf {
-        let path = self.env.path(file);
-        common::write_atomic(&path, &self.config_text(host, store));
-        path
-    }
-
-    fn run_root(&self, host: &str) -> PathBuf {
-        self.env.path(&format!("run-{host}"))
-    }
-
-    /// `run-chain -c CONFIG --run-root DIR/run-HOST ARGS... work`, in the background.
-    fn launch_with(&self, host: &str, config: &PathBuf, args: &[&str]) -> Runner {
-        let mut cmd = self.env.bare_command();
-        cmd.arg("-c")
-            .arg(config)
-            .arg("--run-root")
-            .arg(self.run_root(host))
-            .args(args)
-            .arg(CHAIN);
-        self.env.spawn_command(cmd)
-    }
-
-    /// Like `launch_with`, inside a network namespace (`ip netns exec` execs run-chain: the
-    /// runner's pid is run-chain's).
-    fn launch_in(&self, ns: &Netns, host: &str, config: &PathBuf, args: &[&str]) -> Runner {
-        let mut cmd = self.env.command_for("ip");
-        cmd.args(["netns", "exec", &ns.name, common::bin()])
-            .arg("-c")
-            .arg(config)
-            .arg("--run-root")
-            .arg(self.run_root(host))
-            .args(args)
-            .arg(CHAIN);
-        self.env.spawn_command(cmd)
-    }
-
-    fn launch(&self, host: &str) -> Runner {
-        let config = self.host_config(host);
-        self.launch_with(host, &config, &[])
-    }
-
-    fn ledger(&self) -> Ledger {
-        Ledger::read(&self.ledger)
-    }
-
-    fn lease_row(&self) -> Option<LeaseRow> {
-        lease_row(self.pg, &self.db)
-    }
-
-    /// Waits until HOST has a run started after `after` (mono ns) with at least one tick;
-    /// fails at once if `runner` exits.
-    fn wait_run(&self, runner: &mut Runner, host: &str, after: u64) -> Interval {
-        let mut found = None;
-        runner.wait_for(&format!("{host} runs {CHAIN}"), || {
-            found = self
-                .ledger()
-                .of_host(host)
-                .filter(|r| r.start > after && r.ticks >= 1)
-                .min_by_key(|r| r.start)
-                .cloned();
-            found.is_some()
-        });
-        found.expect("found")
-    }
-
-    /// Waits until HOST's instance is a standby trying to acquire the lease: its row in
-    /// run_chain.standbys (upserted at each acquire try, every 0.5-1.0 s) is fresh, and it is
-    /// not the lease's holder.
-    fn wait_standby(&self, runner: &mut Runner, host: &str) {
-        let sql = format!(
-            "SELECT count(*) FROM run_chain.standbys s WHERE s.chain = '{CHAIN}' \
-             AND s.host = '{host}' AND s.seen_at > now() - interval '2 s' \
-             AND s.holder IS DISTINCT FROM \
-             (SELECT holder FROM run_chain.leases WHERE chain = '{CHAIN}')"
-        );
-        runner.wait_for(&format!("{host} is a standby of {CHAIN}"), || {
-            self.pg
-                .try_psql(&self.db, &sql)
-                .map(|n| n != "0")
-                .unwrap_or(false)
-        });
-    }
-}
-
-fn lease_row(pg: &Pg, db: &str) -> Option<LeaseRow> {
-    let out = pg
-        .try_psql(
-            db,
-            &format!(
-                "SELECT coalesce(holder, ''), coalesce(host, ''), epoch, expires_at > now(), \
-                 coalesce(extract(epoch FROM expires_at), 0), \
-                 coalesce(extract(epoch FROM acquired_at), 0) \
-                 FROM run_chain.leases WHERE chain = '{CHAIN}'"
-            ),
-        )
-        .ok()?;
-    let line = out.lines().next()?;
-    let f: Vec<&str> = line.split('|').collect();
-    if f.len() != 6 {
-        return None;
-    }
-    Some(LeaseRow {
-        holder: f[0].to_owned(),
-        host: f[1].to_owned(),
-        epoch: f[2].parse().ok()?,
-        live: f[3] == "t",
-        expires_at: f[4].parse().unwrap_or(0.0),
-        acquired_at: f[5].parse().unwrap_or(0.0),
-    })
-}
-
-/// Reaps `runner`, returning the CLOCK_MONOTONIC time its exit was seen (polled every 5 ms).
-fn wait_exit_mono(runner: &mut Runner) -> (std::process::ExitStatus, u64) {
-    let t = Instant::now();
-    loop {
-        if let Some(st) = runner.try_status() {
-            return (st, ledger::mono_ns());
-        }
-        assert!(
-            t.elapsed() < DEADLINE,
-            "run-chain {} did not exit; stderr:\n{}",
-            runner.pid,
-            runner.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A database clock reading turned into CLOCK_MONOTONIC ns (same machine: the DB clock is the
-/// wall clock).
-fn db_time_to_mono(db_secs: f64) -> i128 {
-    let wall = common::epoch_now();
-    ledger::mono_ns() as i128 + ((db_secs - wall) * 1e9) as i128
-}
-
 // ---------------------------------------------------------------------------------------------
 // Case 1: kill -9 of the owner, five times, alternating hosts.
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease() {
-    let f = Fleet::new("k9");
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let f = Fleet::new("k9", LONG_RUNS);
+    let (h1, _, h2) = f.owner_and_standby();
     assert!(
         f.ledger().of_host("h2").next().is_none(),
         "the standby h2 ran a task while h1 owned the chain:\n{:?}",
@@ -271,7 +46,7 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
     let mut standby = ("h2", h2);
     let mut figures = Vec::new();
     for round in 1..=5 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, owner.0, "round {round}: {before:?}");
         assert!(before.live, "round {round}: {before:?}");
         // The owner is inside a run (ticking) when it dies.
@@ -290,7 +65,7 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
         owner.1.signal(libc::SIGKILL);
         owner.1.wait_exit();
         // The dead owner can renew no more: this is (at the latest) when its lease expires.
-        let dead = f.lease_row().expect("the lease row");
+        let dead = f.lease();
         assert_eq!(
             dead.holder, before.holder,
             "round {round}: taken over too early: {dead:?}"
@@ -316,7 +91,7 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
         );
         figures.push(takeover);
 
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         assert_eq!(after.host, standby.0, "round {round}: {after:?}");
         assert_eq!(
             after.epoch,
@@ -364,12 +139,9 @@ fn case01_kill_9_of_the_owner_five_times_the_standby_takes_over_after_the_lease(
 
 #[test]
 fn case02_sigterm_of_the_owner_releases_the_lease_and_the_standby_starts_at_once() {
-    let f = Fleet::new("term");
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let f = Fleet::new("term", LONG_RUNS);
+    let (mut h1, first, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     assert_eq!(before.host, "h1");
 
     let t_term = ledger::mono_ns();
@@ -383,7 +155,7 @@ fn case02_sigterm_of_the_owner_releases_the_lease_and_the_standby_starts_at_once
     );
     // Released: the row no longer names h1 as a live holder (else the standby would have to
     // wait for the expiry, up to a whole lease).
-    let released = f.lease_row().expect("the lease row");
+    let released = f.lease();
     assert!(
         released.holder.is_empty() || released.host == "h2" || !released.live,
         "h1 exited without releasing its lease: {released:?}"
@@ -415,7 +187,7 @@ fn case02_sigterm_of_the_owner_releases_the_lease_and_the_standby_starts_at_once
         from_exit <= HANDOVER_S + SLACK_S,
         "h2 started {from_exit:.3} s after h1 exited (want <= {HANDOVER_S} s, + {SLACK_S} s slack)"
     );
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     assert_eq!(after.host, "h2", "{after:?}");
     assert_eq!(after.epoch, before.epoch + 1, "{before:?} -> {after:?}");
     f.ledger().assert_no_overlap();
@@ -452,7 +224,7 @@ struct Running {
 fn running_owner(f: &Fleet) -> Running {
     let mut runner = f.launch("h1");
     f.wait_run(&mut runner, "h1", 0);
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     let pid = runner.pid;
     Running { runner, row, pid }
 }
@@ -474,7 +246,7 @@ fn assert_undisturbed(f: &Fleet, r: &mut Running, what: &str) {
             .any(|run| run.end > t && !run.ended);
         ticked
     });
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.holder.as_str(), row.epoch, row.host.as_str()),
         (r.row.holder.as_str(), r.row.epoch, "h1"),
@@ -519,14 +291,11 @@ fn assert_refused(f: &Fleet, file: &str, store: &str, words: &[&str]) -> String 
 
 #[test]
 fn case10_a_wrong_password_is_78_and_creates_nothing() {
-    let f = Fleet::new("wrongpw");
+    let f = Fleet::new("wrongpw", LONG_RUNS);
     let mut owner = running_owner(&f);
     let (other, other_url) = f.pg.fresh_database("wrongpw_other");
     let pw = Pg::write_password_file(&f.env.path("wrong-password"), "not-the-password");
-    let store = format!(
-        "url = \"{other_url}\"\npassword_file = \"{}\"",
-        pw.display()
-    );
+    let store = fleet::store_lines(&other_url, &pw, "");
     assert_refused(&f, "wrong-pw.toml", &store, &["password"]);
     assert_eq!(
         schemas(f.pg, &other),
@@ -534,14 +303,14 @@ fn case10_a_wrong_password_is_78_and_creates_nothing() {
         "a schema appeared in {other}"
     );
     // The same wrong password against the running owner's database.
-    let store = format!("url = \"{}\"\npassword_file = \"{}\"", f.url, pw.display());
+    let store = fleet::store_lines(&f.url, &pw, "");
     assert_refused(&f, "wrong-pw-same-db.toml", &store, &["password"]);
     assert_undisturbed(&f, &mut owner, "wrong password");
 }
 
 #[test]
 fn case10_a_database_that_is_not_run_chains_is_78_and_left_as_it_was() {
-    let f = Fleet::new("foreign");
+    let f = Fleet::new("foreign", LONG_RUNS);
     let mut owner = running_owner(&f);
     // A schema run_chain without run_chain.meta.
     let (a, a_url) = f.pg.fresh_database("foreign_nometa");
@@ -561,7 +330,7 @@ fn case10_a_database_that_is_not_run_chains_is_78_and_left_as_it_was() {
     );
     for (db, url, tables) in [(&a, &a_url, "x"), (&b, &b_url, "meta,meta_pkey")] {
         assert_eq!(run_chain_tables(f.pg, db), tables);
-        let store = format!("url = \"{url}\"\npassword_file = \"{}\"", f.pw.display());
+        let store = f.store_lines_for(url, "");
         assert_refused(&f, &format!("{db}.toml"), &store, &["not run-chain"]);
         assert_eq!(run_chain_tables(f.pg, db), tables, "{db} was changed");
         assert_eq!(schemas(f.pg, db), "public,run_chain", "{db} was changed");
@@ -579,7 +348,7 @@ fn case10_a_database_that_is_not_run_chains_is_78_and_left_as_it_was() {
         "CREATE TABLE public.x (i int); INSERT INTO public.x VALUES (7); \
          ALTER TABLE public.x OWNER TO runchain",
     );
-    let store = format!("url = \"{c_url}\"\npassword_file = \"{}\"", f.pw.display());
+    let store = f.store_lines_for(&c_url, "");
     let config = f.config_with("h3", "h3-public.toml", &store);
     let mut h3 = f.launch_with("h3", &config, &[]);
     f.wait_run(&mut h3, "h3", 0);
@@ -590,7 +359,7 @@ fn case10_a_database_that_is_not_run_chains_is_78_and_left_as_it_was() {
 
 #[test]
 fn case10_a_password_in_the_url_is_78_without_contacting_the_database() {
-    let f = Fleet::new("pwurl");
+    let f = Fleet::new("pwurl", LONG_RUNS);
     let mut owner = running_owner(&f);
     // A listener of our own stands for the database: nothing may connect to it.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -623,17 +392,18 @@ fn case10_cleartext_and_md5_authentication_without_tls_are_refused_before_any_pa
     let own = Pg::new();
     let pg = &own;
     let (db, _) = pg.fresh_database("weakauth");
-    let f = Fleet::on(pg, db.clone(), pg.url("runchain", "127.0.0.1", &db));
+    let f = Fleet::on(
+        pg,
+        db.clone(),
+        pg.url("runchain", "127.0.0.1", &db),
+        LONG_RUNS,
+    );
     for (user, password) in [
         ("clear_user", pg.clear_password().to_owned()),
         ("md5_user", pg.md5_password().to_owned()),
     ] {
         let pw = Pg::write_password_file(&f.env.path(&format!("{user}.pw")), &password);
-        let store = format!(
-            "url = \"{}\"\npassword_file = \"{}\"\ntls = \"none\"",
-            pg.url(user, "127.0.0.1", &db),
-            pw.display()
-        );
+        let store = fleet::store_lines(&pg.url(user, "127.0.0.1", &db), &pw, "tls = \"none\"");
         let log_before = pg.log_text().len();
         let stderr = assert_refused(&f, &format!("{user}.toml"), &store, &[]);
         let log = pg.log_text()[log_before..].to_owned();
@@ -661,20 +431,15 @@ fn case10_an_unreachable_database_at_launch_waits_as_standby_and_once_exits_75()
     let own = Pg::new();
     let pg = &own;
     let (db, url) = pg.fresh_database("unreach");
-    let f = Fleet::on(pg, db, url);
+    let f = Fleet::on(pg, db, url, LONG_RUNS);
     pg.stop();
     let mut h1 = f.launch("h1");
     // It keeps trying: alive, and no task, for three leases.
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs_f64(3.0 * LEASE_S) {
-        assert!(
-            h1.try_status().is_none(),
-            "with the database down, run-chain exited ({:?}) instead of waiting; stderr:\n{}",
-            h1.try_status(),
-            h1.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hold(
+        Duration::from_secs_f64(3.0 * LEASE_S),
+        &mut [&mut h1],
+        "with the database down, it should keep waiting",
+    );
     assert!(f.ledger().runs.is_empty(), "a task ran without the lease");
     // `--once` gives up after about one lease: 75.
     let config = f.host_config("h2");
@@ -696,7 +461,7 @@ fn case10_an_unreachable_database_at_launch_waits_as_standby_and_once_exits_75()
     // The database comes back: the waiting instance acquires and runs.
     pg.start();
     let run = f.wait_run(&mut h1, "h1", 0);
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(row.host, "h1");
     assert!(run.start > 0);
 }
@@ -706,15 +471,12 @@ fn case10_an_unreachable_database_at_launch_waits_as_standby_and_once_exits_75()
 /// runs the chain once the network heals.
 #[test]
 fn case10_a_silent_database_at_launch_once_exits_75_and_a_standby_waits_until_it_heals() {
-    let f = Fleet::new("silent");
+    let f = Fleet::new("silent", LONG_RUNS);
     let ns = Netns::new();
     // The host side's address: not loopback, so TLS would default to required (the test
     // CA's certificate names localhost and 127.0.0.1 only): SCRAM without TLS here.
     let url = f.pg.url("runchain", &ns.host_addr(), &f.db);
-    let store = format!(
-        "url = \"{url}\"\npassword_file = \"{}\"\ntls = \"none\"",
-        f.pw.display()
-    );
+    let store = f.store_lines_for(&url, "tls = \"none\"");
     let config = f.config_with("h1", "h1-ns.toml", &store);
     ns.cut();
     let t = Instant::now();
@@ -733,16 +495,11 @@ fn case10_a_silent_database_at_launch_once_exits_75_and_a_standby_waits_until_it
         "--once gave up after {took:.3} s (lease {LEASE_S} s)"
     );
     let mut h1 = f.launch_in(&ns, "h1", &config, &[]);
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs_f64(3.0 * LEASE_S) {
-        assert!(
-            h1.try_status().is_none(),
-            "with the database silent, run-chain exited ({:?}) instead of waiting; stderr:\n{}",
-            h1.try_status(),
-            h1.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hold(
+        Duration::from_secs_f64(3.0 * LEASE_S),
+        &mut [&mut h1],
+        "with the database silent, it should keep waiting",
+    );
     assert!(f.ledger().runs.is_empty(), "a task ran without the lease");
     let healed = ledger::mono_ns();
     ns.heal();
@@ -751,7 +508,7 @@ fn case10_a_silent_database_at_launch_once_exits_75_and_a_standby_waits_until_it
         "after heal: the chain started {:.3} s later",
         secs(run.start.saturating_sub(healed))
     );
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(row.host, "h1");
     assert!(row.live);
 }

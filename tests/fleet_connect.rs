@@ -16,6 +16,8 @@
 //! - `password_env` is removed from the tasks' environment.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::net::TcpListener;
@@ -33,10 +35,14 @@ fn config(store: &str) -> String {
 /// `url`, `password_file` (runchain's password, written into the test's dir) and `extra`.
 fn store_with_password(env_dir: &Path, pg: &Pg, url: &str, extra: &str) -> String {
     let pw = pg.write_runchain_password(&env_dir.join("pg-password"));
-    format!(
-        "url = \"{url}\"\npassword_file = \"{}\"\n{extra}",
-        pw.display()
-    )
+    fleet::store_lines(url, &pw, extra)
+}
+
+/// A TestEnv whose config is [`config`] with [`store_with_password`]'s `[store]`.
+fn store_env(pg: &Pg, url: &str, extra: &str) -> TestEnv {
+    let env = TestEnv::new("");
+    env.write_config(&config(&store_with_password(env.root(), pg, url, extra)));
+    env
 }
 
 /// `check` with the store's config, RUST_LOG=trace so that any log line would show a secret.
@@ -88,13 +94,7 @@ fn dump(pg: &Pg, db: &str) -> String {
 fn plaintext_scram_on_loopback_and_unix_socket() {
     let pg = Pg::shared();
     let (db, url) = pg.fresh_database("plain");
-    let env = TestEnv::new("");
-    env.write_config(&config(&store_with_password(
-        env.root(),
-        pg,
-        &url,
-        "lease = \"10s\"",
-    )));
+    let env = store_env(pg, &url, "lease = \"10s\"");
     let done = check(&env);
     done.assert_code(0);
     assert!(
@@ -205,8 +205,7 @@ fn tls_that_cannot_be_verified_is_refused_without_fallback() {
         ),
     ];
     for (url, extra, why) in cases {
-        let env = TestEnv::new("");
-        env.write_config(&config(&store_with_password(env.root(), pg, &url, &extra)));
+        let env = store_env(pg, &url, &extra);
         let done = check(&env);
         done.assert_code(78);
         assert!(
@@ -245,10 +244,7 @@ fn cleartext_and_md5_are_refused_without_verified_tls() {
         let before = auth_lines(pg, user);
         // tls = "none", and no tls key (the default on loopback: none).
         for tls in ["tls = \"none\"", ""] {
-            env.write_config(&config(&format!(
-                "url = \"{url}\"\npassword_file = \"{}\"\n{tls}",
-                pw.display()
-            )));
+            env.write_config(&config(&fleet::store_lines(&url, &pw, tls)));
             let done = check(&env);
             done.assert_code(78);
             assert!(
@@ -292,10 +288,7 @@ fn wrong_password_exits_78() {
     let (_db, url) = pg.fresh_database("wrongpw");
     let env = TestEnv::new("");
     let pw = Pg::write_password_file(&env.path("pw"), "not-the-password-4711");
-    env.write_config(&config(&format!(
-        "url = \"{url}\"\npassword_file = \"{}\"",
-        pw.display()
-    )));
+    env.write_config(&config(&fleet::store_lines(&url, &pw, "")));
     let done = check(&env);
     done.assert_code(78);
     assert!(
@@ -333,8 +326,7 @@ fn a_database_that_is_not_run_chains_is_refused_and_left_alone() {
         let (db, url) = pg.fresh_database("foreign");
         pg.psql(&db, setup);
         let before = dump(pg, &db);
-        let env = TestEnv::new("");
-        env.write_config(&config(&store_with_password(env.root(), pg, &url, "")));
+        let env = store_env(pg, &url, "");
         let done = check(&env);
         done.assert_code(78);
         assert!(done.stderr.contains(needle), "{setup}: {}", done.stderr);
@@ -490,9 +482,10 @@ fn a_server_without_tls() {
         let (port, peer) = no_tls_peer();
         let env = TestEnv::new("");
         let pw = Pg::write_password_file(&env.path("pw"), "peer-must-not-see-this");
-        env.write_config(&config(&format!(
-            "url = \"postgresql://runchain@127.0.0.1:{port}/db\"\npassword_file = \"{}\"\ntls = \"{tls}\"",
-            pw.display()
+        env.write_config(&config(&fleet::store_lines(
+            &format!("postgresql://runchain@127.0.0.1:{port}/db"),
+            &pw,
+            &format!("tls = \"{tls}\""),
         )));
         let done = check(&env);
         done.assert_code(78);
@@ -508,14 +501,28 @@ fn a_server_without_tls() {
 #[test]
 fn check_reports_the_schema_version() {
     let pg = Pg::shared();
+    // The current version as a first launch leaves it (not a number written here: a new
+    // schema version must not break this test).
+    let current = current_schema_version(pg);
     for (version, code, needle) in [
-        (4, 0, "# store: schema version 4 (current)"),
         (
-            3,
+            current,
             0,
-            "# store: schema version 3 (migrated to 4 at the next launch)",
+            format!("# store: schema version {current} (current)"),
         ),
-        (99, 78, "version 99, newer than this run-chain (4)"),
+        (
+            current - 1,
+            0,
+            format!(
+                "# store: schema version {} (migrated to {current} at the next launch)",
+                current - 1
+            ),
+        ),
+        (
+            99,
+            78,
+            format!("version 99, newer than this run-chain ({current})"),
+        ),
     ] {
         let (db, url) = pg.fresh_database("version");
         pg.psql(
@@ -527,16 +534,139 @@ fn check_reports_the_schema_version() {
             ),
         );
         let before = dump(pg, &db);
-        let env = TestEnv::new("");
-        env.write_config(&config(&store_with_password(env.root(), pg, &url, "")));
+        let env = store_env(pg, &url, "");
         let done = check(&env);
         done.assert_code(code);
         assert!(
-            done.stdout.contains(needle) || done.stderr.contains(needle),
+            done.stdout.contains(&needle) || done.stderr.contains(&needle),
             "stdout:\n{}\nstderr:\n{}",
             done.stdout,
             done.stderr
         );
         assert_eq!(dump(pg, &db), before, "check changed the database");
     }
+}
+
+/// The schema version this run-chain creates: what a first launch (`--once` of a one-task
+/// chain) leaves in `run_chain.meta` of a fresh database.
+fn current_schema_version(pg: &Pg) -> i64 {
+    let (db, url) = pg.fresh_database("curversion");
+    let env = store_env(pg, &url, "lease = \"10s\"");
+    env.run(&["--once", "a"]).assert_code(0);
+    pg.psql(&db, "SELECT version FROM run_chain.meta")
+        .parse()
+        .expect("the schema version")
+}
+
+/// 16 first launches create the schema at once, through the real binary: each is held at
+/// its `CREATE SCHEMA` (a session of the test holds an uncommitted `CREATE SCHEMA run_chain`
+/// until all 16 wait on its lock), then released together: one creates it, the 15 others fail
+/// with a unique violation and read again (without the retry in store/pg/schema.rs they exit
+/// 78). All 16 run their chain and exit 0; the schema is at the version `check` calls current,
+/// made once (one meta row), and a 17th launch changes nothing.
+#[test]
+fn sixteen_concurrent_first_launches_create_the_schema_once_and_all_run() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    const N: usize = 16;
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("schema16");
+    let env = TestEnv::new("");
+    // Lease 60 s: `--once` gives up after one lease without the lease; the hold below is
+    // far shorter, so only a failure of the schema's creation can make a launch fail.
+    let mut text = format!(
+        "[store]\n{}\n",
+        store_with_password(env.root(), pg, &url, "lease = \"60s\"")
+    );
+    for i in 0..N {
+        text.push_str(&format!("[tasks.c{i:02}]\ncommand = \"true\"\n"));
+    }
+    env.write_config(&text);
+
+    // The gate: an uncommitted CREATE SCHEMA run_chain (psql reads its script from a pipe
+    // that stays open, so the transaction stays open until the ROLLBACK is written).
+    let mut gate = pg
+        .psql_command(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut gate_in = gate.stdin.take().expect("psql stdin");
+    gate_in
+        .write_all(b"BEGIN;\nCREATE SCHEMA run_chain;\n")
+        .expect("write to psql");
+    gate_in.flush().expect("flush psql");
+    let waiting = |state_sql: &str| -> i64 {
+        pg.try_psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND {state_sql}"
+            ),
+        )
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1)
+    };
+    wait_until("the gate's CREATE SCHEMA is done, uncommitted", || {
+        waiting("state = 'idle in transaction'") == 1
+    });
+
+    let mut launches: Vec<Runner> = (0..N)
+        .map(|i| env.spawn(&["--once", &format!("c{i:02}")]))
+        .collect();
+    wait_until_for(
+        Duration::from_secs(60),
+        "all 16 launches wait at their CREATE SCHEMA",
+        || {
+            for r in launches.iter_mut() {
+                if let Some(st) = r.try_status() {
+                    panic!(
+                        "a launch exited ({st:?}) before the gate opened; stderr:\n{}",
+                        r.stderr()
+                    );
+                }
+            }
+            waiting("wait_event_type = 'Lock'") == N as i64
+        },
+    );
+    gate_in.write_all(b"ROLLBACK;\n").expect("write to psql");
+    drop(gate_in);
+    let st = gate.wait().expect("psql");
+    assert!(st.success(), "the gate's psql: {st:?}");
+
+    for (i, r) in launches.iter_mut().enumerate() {
+        let st = r.wait_exit();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "launch {i} of {N}: stderr:\n{}",
+            r.stderr()
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT count(*) || ' ' || min(app) FROM run_chain.meta"
+        ),
+        "1 run-chain"
+    );
+    let version = pg.psql(&db, "SELECT version FROM run_chain.meta");
+    let done = check(&env);
+    done.assert_code(0);
+    assert!(
+        done.stdout
+            .contains(&format!("# store: schema version {version} (current)")),
+        "version {version} in run_chain.meta; check says:\n{}",
+        done.stdout
+    );
+    // Each chain ran once under its own lease.
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM run_chain.leases"),
+        N.to_string()
+    );
+    let before = dump(pg, &db);
+    env.run(&["--once", "c00"]).assert_code(0);
+    let after = dump(pg, &db);
+    assert_eq!(after, before, "a later launch changed the schema");
 }

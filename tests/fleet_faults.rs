@@ -9,329 +9,25 @@
 //! 2-core machine): tight figures belong to benchmarks.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Runner, TestEnv, DEADLINE};
+use common::{Runner, DEADLINE};
+use fleet::{db_time_to_mono, hold, secs, signed_secs, wait_exit_mono, Fleet, Shape, LONG_RUNS};
 use support::ledger::{self, Interval, Ledger};
 use support::netns::Netns;
 use support::pg::{Mode, Pg, PgBouncer};
 
-const CHAIN: &str = "work";
 /// The standby's acquire tries are 0.5-1.0 s apart: after a release it starts within that
 /// plus a round trip and a spawn (the issue's 1.5 s).
 const HANDOVER_S: f64 = 1.5;
 /// Slack for a loaded 2-core machine shared by several builds.
 const SLACK_S: f64 = 2.5;
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-fn signed_secs(a: u64, b: u64) -> f64 {
-    (a as i128 - b as i128) as f64 / 1e9
-}
-
-/// The lease row of the chain, as the database has it.
-#[derive(Debug, Clone, PartialEq)]
-struct LeaseRow {
-    holder: String,
-    host: String,
-    epoch: i64,
-    /// expires_at > now() on the database's clock.
-    live: bool,
-    expires_at: f64,
-    acquired_at: f64,
-}
-
-fn lease_row(pg: &Pg, db: &str) -> Option<LeaseRow> {
-    let out = pg
-        .try_psql(
-            db,
-            &format!(
-                "SELECT coalesce(holder, ''), coalesce(host, ''), epoch, expires_at > now(), \
-                 coalesce(extract(epoch FROM expires_at), 0), \
-                 coalesce(extract(epoch FROM acquired_at), 0) \
-                 FROM run_chain.leases WHERE chain = '{CHAIN}'"
-            ),
-        )
-        .ok()?;
-    let line = out.lines().next()?;
-    let f: Vec<&str> = line.split('|').collect();
-    if f.len() != 6 {
-        return None;
-    }
-    Some(LeaseRow {
-        holder: f[0].to_owned(),
-        host: f[1].to_owned(),
-        epoch: f[2].parse().ok()?,
-        live: f[3] == "t",
-        expires_at: f[4].parse().unwrap_or(0.0),
-        acquired_at: f[5].parse().unwrap_or(0.0),
-    })
-}
-
-/// The shape of a fleet test's chain.
-#[derive(Clone, Copy)]
-struct Shape {
-    lease: &'static str,
-    lease_s: f64,
-    /// Ticks of 50 ms per run.
-    ticks: u32,
-    cooldown: &'static str,
-}
-
-/// Long runs (the owner is always inside one), lease 2 s.
-const LONG_RUNS: Shape = Shape {
-    lease: "2s",
-    lease_s: 2.0,
-    ticks: 20000,
-    cooldown: "100ms",
-};
-
-/// One fleet test: a temp dir (configs, RUN_ROOTs, ledger, task script), a database, the
-/// URL the hosts use, runchain's password file.
-struct Fleet<'a> {
-    env: TestEnv,
-    pg: &'a Pg,
-    db: String,
-    url: String,
-    /// Extra `[store]` lines (e.g. `tls = "none"`).
-    store_extra: String,
-    pw: PathBuf,
-    ledger: PathBuf,
-    script: PathBuf,
-    shape: Shape,
-}
-
-impl<'a> Fleet<'a> {
-    fn on(pg: &'a Pg, db: String, url: String, shape: Shape) -> Fleet<'a> {
-        let env = TestEnv::new("");
-        let pw = pg.write_runchain_password(&env.path("store-password"));
-        let ledger = env.path("ledger");
-        let script = ledger::write_task_script(&env.path("task.sh"), &ledger, shape.ticks, "0.05");
-        Fleet {
-            env,
-            pg,
-            db,
-            url,
-            store_extra: String::new(),
-            pw,
-            ledger,
-            script,
-            shape,
-        }
-    }
-
-    fn shared(prefix: &str, shape: Shape) -> Fleet<'static> {
-        let pg = Pg::shared();
-        let (db, url) = pg.fresh_database(prefix);
-        Fleet::on(pg, db, url, shape)
-    }
-
-    fn config_text(&self, host: &str, store: &str) -> String {
-        self.config_text_as(host, host, store)
-    }
-
-    /// A config whose `[store] host` is HOST and whose task stamps the ledger as LEDGER_HOST.
-    fn config_text_as(&self, host: &str, ledger_host: &str, store: &str) -> String {
-        format!(
-            r#"[defaults]
-success_cooldown = "{cd}"
-fail_cooldown = "{cd}"
-stop_grace = "0s"
-kill_grace = "100ms"
-
-[store]
-{store}
-lease = "{lease}"
-host = "{host}"
-
-[tasks.{CHAIN}]
-argv = ["{script}"]
-env = {{ RC_HOST = "{ledger_host}" }}
-"#,
-            cd = self.shape.cooldown,
-            lease = self.shape.lease,
-            script = self.script.display(),
-        )
-    }
-
-    fn store_lines_for(&self, url: &str, extra: &str) -> String {
-        format!(
-            "url = \"{url}\"\npassword_file = \"{}\"\n{extra}",
-            self.pw.display()
-        )
-    }
-
-    /// Writes DIR/HOST.toml (this fleet's URL) and returns its path.
-    fn host_config(&self, host: &str) -> PathBuf {
-        let store = self.store_lines_for(&self.url, &self.store_extra);
-        self.config_with(host, &format!("{host}.toml"), &store)
-    }
-
-    fn config_with(&self, host: &str, file: &str, store: &str) -> PathBuf {
-        let path = self.env.path(file);
-        common::write_atomic(&path, &self.config_text(host, store));
-        path
-    }
-
-    fn run_root(&self, host: &str) -> PathBuf {
-        self.env.path(&format!("run-{host}"))
-    }
-
-    /// `run-chain -c CONFIG --run-root DIR/run-ROOT ARGS... work` (not spawned).
-    fn command(&self, root: &str, config: &Path, args: &[&str]) -> Command {
-        let mut cmd = self.env.bare_command();
-        cmd.arg("-c")
-            .arg(config)
-            .arg("--run-root")
-            .arg(self.run_root(root))
-            .args(args)
-            .arg(CHAIN);
-        cmd
-    }
-
-    fn launch_with(&self, root: &str, config: &Path, args: &[&str]) -> Runner {
-        self.env.spawn_command(self.command(root, config, args))
-    }
-
-    /// Like `launch_with`, inside a network namespace (`ip netns exec` execs run-chain: the
-    /// runner's pid is run-chain's).
-    fn launch_in(&self, ns: &Netns, host: &str, config: &Path) -> Runner {
-        let mut cmd = self.env.command_for("ip");
-        cmd.args(["netns", "exec", &ns.name, common::bin()])
-            .arg("-c")
-            .arg(config)
-            .arg("--run-root")
-            .arg(self.run_root(host))
-            .arg(CHAIN);
-        self.env.spawn_command(cmd)
-    }
-
-    fn launch(&self, host: &str) -> Runner {
-        let config = self.host_config(host);
-        self.launch_with(host, &config, &[])
-    }
-
-    /// `run-chain status --json` for the instance of ROOT (config CONFIG): the chain's object.
-    fn status_json(&self, root: &str, config: &Path) -> serde_json::Value {
-        let mut cmd = self.env.bare_command();
-        cmd.env("RUN_CHAIN_CONFIG", config)
-            .env("RUN_ROOT", self.run_root(root))
-            .args(["status", "--json"]);
-        let out = self.env.finish_command(cmd);
-        out.assert_code(0);
-        let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
-        doc["chains"][0].clone()
-    }
-
-    fn ledger(&self) -> Ledger {
-        Ledger::read(&self.ledger)
-    }
-
-    fn lease_row(&self) -> Option<LeaseRow> {
-        lease_row(self.pg, &self.db)
-    }
-
-    /// Waits until HOST has a run started after `after` (mono ns) with at least one tick;
-    /// fails at once if `runner` exits.
-    fn wait_run(&self, runner: &mut Runner, host: &str, after: u64) -> Interval {
-        let mut found = None;
-        runner.wait_for(&format!("{host} runs {CHAIN}"), || {
-            found = self
-                .ledger()
-                .of_host(host)
-                .filter(|r| r.start > after && r.ticks >= 1)
-                .min_by_key(|r| r.start)
-                .cloned();
-            found.is_some()
-        });
-        found.expect("found")
-    }
-
-    /// Waits until HOST's instance is a standby trying to acquire the lease: its row in
-    /// run_chain.standbys (upserted at each acquire try) is fresh, and it is not the holder.
-    fn wait_standby(&self, runner: &mut Runner, host: &str) {
-        let sql = self.standby_sql(host);
-        runner.wait_for(&format!("{host} is a standby of {CHAIN}"), || {
-            self.pg
-                .try_psql(&self.db, &sql)
-                .map(|n| n != "0")
-                .unwrap_or(false)
-        });
-    }
-
-    fn standby_sql(&self, host: &str) -> String {
-        format!(
-            "SELECT count(*) FROM run_chain.standbys s WHERE s.chain = '{CHAIN}' \
-             AND s.host = '{host}' AND s.seen_at > now() - interval '2 s' \
-             AND s.holder IS DISTINCT FROM \
-             (SELECT holder FROM run_chain.leases WHERE chain = '{CHAIN}')"
-        )
-    }
-
-    /// Waits (deadline) until the ledger shows a tick of any run after `after`.
-    fn wait_tick_after(&self, what: &str, after: u64, timeout: Duration) -> Interval {
-        let mut found = None;
-        common::wait_until_for(timeout, what, || {
-            found = self
-                .ledger()
-                .runs
-                .iter()
-                .filter(|r| r.end > after && r.ticks >= 1)
-                .max_by_key(|r| r.end)
-                .cloned();
-            found.is_some()
-        });
-        found.expect("found")
-    }
-}
-
-/// Reaps `runner`, returning the CLOCK_MONOTONIC time its exit was seen (polled every 5 ms).
-fn wait_exit_mono(runner: &mut Runner) -> (std::process::ExitStatus, u64) {
-    let t = Instant::now();
-    loop {
-        if let Some(st) = runner.try_status() {
-            return (st, ledger::mono_ns());
-        }
-        assert!(
-            t.elapsed() < DEADLINE,
-            "run-chain {} did not exit; stderr:\n{}",
-            runner.pid,
-            runner.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A database clock reading turned into CLOCK_MONOTONIC ns (same machine: the DB clock is the
-/// wall clock of the test).
-fn db_time_to_mono(db_secs: f64) -> i128 {
-    let wall = common::epoch_now();
-    ledger::mono_ns() as i128 + ((db_secs - wall) * 1e9) as i128
-}
-
-/// Keeps watching for `dur` (the scenario's hold time, not a synchronisation): every
-/// runner stays alive.
-fn hold(dur: Duration, runners: &mut [&mut Runner], what: &str) {
-    let t = Instant::now();
-    while t.elapsed() < dur {
-        for r in runners.iter_mut() {
-            if let Some(st) = r.try_status() {
-                panic!(
-                    "{what}: run-chain {} exited ({st:?}); stderr:\n{}",
-                    r.pid,
-                    r.stderr()
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Runs of one chain must never overlap, whatever the host or the instance: consecutive runs
 /// (by start) do not intersect. Returns the gaps between them (s).
@@ -372,7 +68,7 @@ fn tail(text: &str, n: usize) -> String {
 #[test]
 fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_back_as_standby() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("cut", shape);
+    let f = Fleet::new("cut", shape);
     let _turn = netns_turn();
     let ns = Netns::new();
     // h1 inside the namespace reaches the server at the host side's address (not loopback: no
@@ -383,11 +79,11 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
         "h1-ns.toml",
         &f.store_lines_for(&ns_url, "tls = \"none\""),
     );
-    let mut h1 = f.launch_in(&ns, "h1", &h1_config);
+    let mut h1 = f.launch_in(&ns, "h1", &h1_config, &[]);
     let first = f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     assert_eq!(before.host, "h1", "{before:?}");
 
     let t_cut = ledger::mono_ns();
@@ -399,7 +95,7 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
         .find(|r| r.pid == first.pid)
         .cloned()
         .expect("h1's run");
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "cut: h1's task ended {:+.3} s after the cut ({}); h2 started {:.3} s after the cut, \
          {:.3} s after h1's task ended; lease {before:?} -> {after:?} (acquired {:+.3} s after \
@@ -455,7 +151,7 @@ fn case03_owner_cut_from_the_database_stops_before_the_other_starts_and_comes_ba
         st["fleet"]["role"] == "standby" && st["fleet"]["host"] == "h2"
     });
     assert_eq!(st["now"]["state"], "standby", "{st:#}");
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.host.as_str(), row.epoch),
         ("h2", after.epoch),
@@ -492,16 +188,14 @@ fn case04_postgres_restarted_fast_and_immediate_shorter_than_the_lease() {
         lease_s: 4.0,
         ticks: 30,
         cooldown: "100ms",
+        kill_grace: "100ms",
     };
     let own = Pg::new();
     let (db, url) = own.fresh_database("restart_short");
     let f = Fleet::on(&own, db, url, shape);
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, _, mut h2) = f.owner_and_standby();
     for mode in [Mode::Fast, Mode::Immediate] {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         // Restart inside a run, after its first tick.
         let t_pre = ledger::mono_ns();
         let running = f.wait_run(&mut h1, "h1", t_pre);
@@ -597,12 +291,9 @@ fn case04_postgres_down_longer_than_the_lease_stops_the_task_and_the_chain_resum
     let own = Pg::new();
     let (db, url) = own.fresh_database("restart_long");
     let f = Fleet::on(&own, db, url, shape);
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, _, mut h2) = f.owner_and_standby();
     for mode in [Mode::Fast, Mode::Immediate] {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         let running = f.ledger().last().cloned().expect("a run");
         assert!(!running.ended, "{mode:?}: no run in progress: {running}");
         let t0 = ledger::mono_ns();
@@ -654,7 +345,7 @@ fn case04_postgres_down_longer_than_the_lease_stops_the_task_and_the_chain_resum
             });
             found.expect("found")
         };
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         eprintln!(
             "{mode:?} stop for {:.3} s (lease {}): the running task on {} ended {:+.3} s after \
              the stop began ({}); the chain resumed on {} {:.3} s after the server was up; \
@@ -713,7 +404,7 @@ fn case06_relaunch_of_the_owner_under_load_no_takeover_no_gap_no_double_run() {
         ..LONG_RUNS
     };
     let cooldown_s = 0.1;
-    let f = Fleet::shared("relaunch", shape);
+    let f = Fleet::new("relaunch", shape);
     let config = f.host_config("h1");
     let mut old = f.launch("h1");
     f.wait_run(&mut old, "h1", 0);
@@ -721,7 +412,7 @@ fn case06_relaunch_of_the_owner_under_load_no_takeover_no_gap_no_double_run() {
     f.wait_standby(&mut h2, "h2");
     let mut figures = Vec::new();
     for round in 1..=5 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, "h1", "round {round}: {before:?}");
         // Relaunch while runs come and go.
         let t = ledger::mono_ns();
@@ -734,7 +425,7 @@ fn case06_relaunch_of_the_owner_under_load_no_takeover_no_gap_no_double_run() {
             old.stderr()
         );
         let next = f.wait_run(&mut new, "h1", t_old_exit);
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         let l = f.ledger();
         let prev_end = l
             .runs
@@ -842,7 +533,7 @@ const LOST_WORDS: [&str; 3] = ["lost the lease", "renew of the lease", "0.8 × l
 fn case07_a_hosts_wall_clock_moved_60_s_either_way_changes_nothing() {
     let shape = LONG_RUNS;
     let preload = faketime_preload();
-    let f = Fleet::shared("wallclock", shape);
+    let f = Fleet::new("wallclock", shape);
     let c1 = f.env.path("clock-h1");
     let c2 = f.env.path("clock-h2");
     common::write_atomic(&c1, "+0\n");
@@ -851,7 +542,7 @@ fn case07_a_hosts_wall_clock_moved_60_s_either_way_changes_nothing() {
     let first = f.wait_run(&mut h1, "h1", 0);
     let mut h2 = launch_faked(&f, "h2", &preload, &c2);
     f.wait_standby(&mut h2, "h2");
-    let start = f.lease_row().expect("the lease row");
+    let start = f.lease();
     assert_eq!(start.host, "h1");
     // The owner's clock, then the standby's, then both, each way.
     let steps: [(&str, &str, &str); 5] = [
@@ -872,7 +563,7 @@ fn case07_a_hosts_wall_clock_moved_60_s_either_way_changes_nothing() {
             &mut [&mut h1, &mut h2],
             what,
         );
-        let row = f.lease_row().expect("the lease row");
+        let row = f.lease();
         assert_eq!(
             (row.holder.as_str(), row.host.as_str(), row.epoch),
             (start.holder.as_str(), "h1", start.epoch),
@@ -928,20 +619,17 @@ fn case08_through_pgbouncer_kill_9_of_the_owner_the_standby_takes_over_after_the
     let shape = LONG_RUNS;
     let bouncer = PgBouncer::new(Pg::shared());
     let f = bouncer_fleet("bk9", &bouncer);
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (h1, _, h2) = f.owner_and_standby();
     let mut owner = ("h1", h1);
     let mut standby = ("h2", h2);
     let mut figures = Vec::new();
     for round in 1..=3 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, owner.0, "round {round}: {before:?}");
         let t_kill = ledger::mono_ns();
         owner.1.signal(libc::SIGKILL);
         owner.1.wait_exit();
-        let dead = f.lease_row().expect("the lease row");
+        let dead = f.lease();
         assert_eq!(dead.holder, before.holder, "round {round}: {dead:?}");
         let next = f.wait_run(&mut standby.1, standby.0, t_kill);
         let takeover = secs(next.start - t_kill);
@@ -952,7 +640,7 @@ fn case08_through_pgbouncer_kill_9_of_the_owner_the_standby_takes_over_after_the
             owner.0, standby.0
         );
         figures.push(takeover);
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         assert_eq!(after.host, standby.0, "round {round}: {after:?}");
         assert_eq!(after.epoch, before.epoch + 1, "round {round}");
         assert!(
@@ -993,11 +681,8 @@ fn case08_through_pgbouncer_kill_9_of_the_owner_the_standby_takes_over_after_the
 fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
     let bouncer = PgBouncer::new(Pg::shared());
     let f = bouncer_fleet("bterm", &bouncer);
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let (mut h1, first, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     assert_eq!(before.host, "h1");
     let t_term = ledger::mono_ns();
     h1.signal(libc::SIGTERM);
@@ -1008,7 +693,7 @@ fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
         "h1 exited {status:?}; stderr:\n{}",
         h1.stderr()
     );
-    let released = f.lease_row().expect("the lease row");
+    let released = f.lease();
     assert!(
         released.holder.is_empty() || released.host == "h2" || !released.live,
         "h1 exited without releasing its lease: {released:?}"
@@ -1033,7 +718,7 @@ fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
         from_exit <= HANDOVER_S + SLACK_S,
         "h2 started {from_exit:.3} s after h1 exited"
     );
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     assert_eq!(after.host, "h2");
     assert_eq!(after.epoch, before.epoch + 1);
     f.ledger().assert_no_overlap();
@@ -1049,7 +734,7 @@ fn case08_through_pgbouncer_sigterm_of_the_owner_hands_over_at_once() {
 #[test]
 fn two_instances_sharing_one_host_name_do_not_run_together() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("samehost", shape);
+    let f = Fleet::new("samehost", shape);
     let store = f.store_lines_for(&f.url, "");
     let ca = f.env.path("a.toml");
     common::write_atomic(&ca, &f.config_text_as("h1", "a", &store));
@@ -1057,7 +742,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
     common::write_atomic(&cb, &f.config_text_as("h1", "b", &store));
     let mut a = f.launch_with("a", &ca, &[]);
     f.wait_run(&mut a, "a", 0);
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     let mut b = f.launch_with("b", &cb, &[]);
     f.wait_standby(&mut b, "h1");
     hold(
@@ -1065,7 +750,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
         &mut [&mut a, &mut b],
         "two instances as h1",
     );
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.holder.as_str(), row.epoch),
         (before.holder.as_str(), before.epoch),
@@ -1076,7 +761,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
     a.signal(libc::SIGKILL);
     a.wait_exit();
     let next = f.wait_run(&mut b, "b", t_kill);
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "same host name: b took over {:.3} s after a's kill -9 (acquired {:+.3} s after a's \
          lease expired)",
@@ -1097,7 +782,7 @@ fn two_instances_sharing_one_host_name_do_not_run_together() {
 #[test]
 fn three_hosts_launched_at_once_one_owner_two_standbys() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("race", shape);
+    let f = Fleet::new("race", shape);
     let configs: Vec<PathBuf> = ["h1", "h2", "h3"]
         .iter()
         .map(|h| f.host_config(h))
@@ -1133,7 +818,7 @@ fn three_hosts_launched_at_once_one_owner_two_standbys() {
     let l = f.ledger();
     assert_eq!(l.runs.len(), 1, "runs: {:?}", l.runs);
     assert_eq!(l.runs[0].host, owner);
-    let now = f.lease_row().expect("the lease row");
+    let now = f.lease();
     assert_eq!((now.host, now.epoch), (owner.clone(), row.epoch));
     eprintln!("three at once: {owner} owns (epoch {})", row.epoch);
 }
@@ -1144,12 +829,9 @@ fn three_hosts_launched_at_once_one_owner_two_standbys() {
 #[test]
 fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("revoke", shape);
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let f = Fleet::new("revoke", shape);
+    let (mut h1, first, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     let t_revoke = ledger::mono_ns();
     f.pg.psql(
         &f.db,
@@ -1192,7 +874,7 @@ fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
         "GRANT UPDATE, INSERT, DELETE ON run_chain.leases TO runchain",
     );
     let next = f.wait_tick_after("the chain runs again after the GRANT", t_grant, DEADLINE);
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "grant: the chain ran again on {} {:.3} s after the GRANT; epoch {} -> {}",
         next.host,
@@ -1216,14 +898,14 @@ fn the_role_losing_its_permission_stops_the_chain_until_it_is_granted_again() {
 #[test]
 fn kill_9_of_the_owner_and_an_immediate_relaunch_on_its_host_never_runs_two_tasks() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("crashrelaunch", shape);
+    let f = Fleet::new("crashrelaunch", shape);
     let config = f.host_config("h1");
     let mut h1 = f.launch_with("h1", &config, &[]);
     f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
     for round in 1..=3 {
-        let before = f.lease_row().expect("the lease row");
+        let before = f.lease();
         assert_eq!(before.host, "h1", "round {round}: {before:?}");
         let current = f.ledger().last().cloned().expect("a run");
         let t_kill = ledger::mono_ns();
@@ -1231,7 +913,7 @@ fn kill_9_of_the_owner_and_an_immediate_relaunch_on_its_host_never_runs_two_task
         h1.wait_exit();
         let mut new = f.launch_with("h1", &config, &[]);
         let next = f.wait_run(&mut new, "h1", t_kill);
-        let after = f.lease_row().expect("the lease row");
+        let after = f.lease();
         let l = f.ledger();
         let old = l
             .runs
@@ -1275,10 +957,7 @@ fn sigterm_of_the_owner_while_the_database_is_down_exits_and_the_standby_takes_o
     let own = Pg::new();
     let (db, url) = own.fresh_database("termdown");
     let f = Fleet::on(&own, db, url, shape);
-    let mut h1 = f.launch("h1");
-    let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
+    let (mut h1, first, mut h2) = f.owner_and_standby();
     own.stop_mode(Mode::Immediate);
     let t_term = ledger::mono_ns();
     h1.signal(libc::SIGTERM);
@@ -1347,7 +1026,7 @@ fn a_blip_that_swallows_one_renew_leaves_the_owner_running() {
 /// must go on each time.
 fn short_cuts(prefix: &str, delay: f64, frac: f64) {
     let shape = LONG_RUNS;
-    let f = Fleet::shared(prefix, shape);
+    let f = Fleet::new(prefix, shape);
     let _turn = netns_turn();
     let ns = Netns::new();
     let ns_url = f.pg.url("runchain", &ns.host_addr(), &f.db);
@@ -1356,16 +1035,16 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
         "h1-ns.toml",
         &f.store_lines_for(&ns_url, "tls = \"none\""),
     );
-    let mut h1 = f.launch_in(&ns, "h1", &h1_config);
+    let mut h1 = f.launch_in(&ns, "h1", &h1_config, &[]);
     f.wait_run(&mut h1, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     let mut outcomes = Vec::new();
     for round in 1..=4 {
         let running = f.ledger().last().cloned().expect("a run");
         // Right after a renew: expires_at moves.
-        let seen = f.lease_row().expect("the lease row");
+        let seen = f.lease();
         let mut renewed = None;
         h1.wait_for("a renew", || {
             renewed = f
@@ -1390,7 +1069,7 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
         let t_heal0 = ledger::mono_ns();
         ns.heal();
         let t_heal = ledger::mono_ns();
-        let at_heal = f.lease_row().expect("the lease row");
+        let at_heal = f.lease();
         let mut row = None;
         h1.wait_for("h1 renews after the heal", || {
             row = f
@@ -1452,7 +1131,7 @@ fn short_cuts(prefix: &str, delay: f64, frac: f64) {
 #[test]
 fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
     let shape = LONG_RUNS;
-    let f = Fleet::shared("standbycut", shape);
+    let f = Fleet::new("standbycut", shape);
     let _turn = netns_turn();
     let ns = Netns::new();
     let ns_url = f.pg.url("runchain", &ns.host_addr(), &f.db);
@@ -1463,9 +1142,9 @@ fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
     );
     let mut h1 = f.launch("h1");
     let first = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch_in(&ns, "h2", &h2_config);
+    let mut h2 = f.launch_in(&ns, "h2", &h2_config, &[]);
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     ns.cut();
     hold(
         Duration::from_secs_f64(5.0 * shape.lease_s),
@@ -1480,7 +1159,7 @@ fn a_standby_cut_from_the_database_disturbs_nothing_and_comes_back() {
         5.0 * shape.lease_s,
         secs(ledger::mono_ns() - t_heal)
     );
-    let row = f.lease_row().expect("the lease row");
+    let row = f.lease();
     assert_eq!(
         (row.holder.as_str(), row.epoch),
         (before.holder.as_str(), before.epoch),
@@ -1507,7 +1186,7 @@ fn a_relaunch_of_the_owner_while_the_database_is_down_resumes_once_it_is_back() 
     let first = f.wait_run(&mut old, "h1", 0);
     let mut h2 = f.launch("h2");
     f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let before = f.lease();
     own.stop_mode(Mode::Immediate);
     let t_relaunch = ledger::mono_ns();
     let mut new = f.launch_with("h1", &config, &[]);
@@ -1547,7 +1226,7 @@ fn a_relaunch_of_the_owner_while_the_database_is_down_resumes_once_it_is_back() 
     let t_up = ledger::mono_ns();
     own.start();
     let next = f.wait_tick_after("the chain runs again", t_up, DEADLINE);
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "database back: the chain ran on {} {:.3} s later; epoch {} -> {} ({})",
         next.host,
@@ -1579,6 +1258,7 @@ fn case08_through_pgbouncer_a_postgres_restart_is_ridden_out() {
         lease_s: 4.0,
         ticks: 30,
         cooldown: "100ms",
+        kill_grace: "100ms",
     };
     let own = Pg::new();
     let bouncer = PgBouncer::new(&own);
@@ -1586,11 +1266,8 @@ fn case08_through_pgbouncer_a_postgres_restart_is_ridden_out() {
     let url = bouncer.url(&db);
     let mut f = Fleet::on(&own, db, url, shape);
     f.store_extra = "tls = \"none\"".into();
-    let mut h1 = f.launch("h1");
-    f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let before = f.lease_row().expect("the lease row");
+    let (mut h1, _, mut h2) = f.owner_and_standby();
+    let before = f.lease();
     let t0 = ledger::mono_ns();
     own.restart(Mode::Fast);
     let t1 = ledger::mono_ns();
@@ -1606,7 +1283,7 @@ fn case08_through_pgbouncer_a_postgres_restart_is_ridden_out() {
         fresh.is_some()
     });
     let fresh = fresh.expect("fresh");
-    let after = f.lease_row().expect("the lease row");
+    let after = f.lease();
     eprintln!(
         "pgbouncer, fast restart: outage {:.3} s; next run on {} {:.3} s after; epoch {} -> {}",
         secs(t1 - t0),

@@ -15,46 +15,22 @@
 //! the assertions is for a loaded 2-core machine.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Runner, TestEnv};
-use support::ledger::{self, Interval, Ledger};
-use support::pg::Pg;
+use fleet::{db_time_to_mono, Fleet, LeaseRow, Shape, CHAIN, LONG_RUNS};
+use support::ledger;
 
-const CHAIN: &str = "work";
 const LEASE_S: f64 = 2.0;
 /// Slack for a loaded machine in the timing assertions (the figures are printed).
 const SLACK_S: f64 = 0.35;
 
 fn secs(ns: i128) -> f64 {
     ns as f64 / 1e9
-}
-
-/// A database clock reading (seconds since the epoch) as CLOCK_MONOTONIC ns (same machine:
-/// the database's clock is the wall clock).
-fn db_time_to_mono(db_secs: f64) -> i128 {
-    ledger::mono_ns() as i128 + ((db_secs - common::epoch_now()) * 1e9) as i128
-}
-
-/// (host, epoch, expires_at in seconds since the epoch) of the chain's lease row.
-fn lease_row(pg: &Pg, db: &str) -> Option<(String, i64, f64)> {
-    let out = pg
-        .try_psql(
-            db,
-            &format!(
-                "SELECT coalesce(host, ''), epoch, coalesce(extract(epoch FROM expires_at), 0) \
-                 FROM run_chain.leases WHERE chain = '{CHAIN}'"
-            ),
-        )
-        .ok()?;
-    let f: Vec<&str> = out.lines().next()?.split('|').collect();
-    if f.len() != 3 {
-        return None;
-    }
-    Some((f[0].to_owned(), f[1].parse().ok()?, f[2].parse().ok()?))
 }
 
 /// `sh` task scripts that stamp the ledger: `S`, a tick every 50 ms for ever; `ignore_term`:
@@ -81,111 +57,19 @@ fn write_script(path: &Path, ledger_path: &Path, ignore_term: bool) -> PathBuf {
     path.to_path_buf()
 }
 
-struct Fleet {
-    env: TestEnv,
-    pg: &'static Pg,
-    db: String,
-    url: String,
-    pw: PathBuf,
-    ledger: PathBuf,
-    script: PathBuf,
-    kill_grace: &'static str,
-}
-
-impl Fleet {
-    fn new(prefix: &str, ignore_term: bool, kill_grace: &'static str) -> Fleet {
-        let pg = Pg::shared();
-        let (db, url) = pg.fresh_database(prefix);
-        let env = TestEnv::new("");
-        let pw = pg.write_runchain_password(&env.path("store-password"));
-        let ledger = env.path("ledger");
-        let script = write_script(&env.path("task.sh"), &ledger, ignore_term);
-        Fleet {
-            env,
-            pg,
-            db,
-            url,
-            pw,
-            ledger,
-            script,
+/// A fleet whose chain runs for ever (a tick every 50 ms), lease 2 s, cooldowns 100 ms,
+/// `kill_grace` as given; `ignore_term`: see [`write_script`].
+fn fence_fleet(prefix: &str, ignore_term: bool, kill_grace: &'static str) -> Fleet<'static> {
+    let f = Fleet::new(
+        prefix,
+        Shape {
+            ticks: 1_000_000,
             kill_grace,
-        }
-    }
-
-    fn launch(&self, host: &str) -> Runner {
-        let config = self.env.path(&format!("{host}.toml"));
-        common::write_atomic(
-            &config,
-            &format!(
-                r#"[defaults]
-success_cooldown = "100ms"
-fail_cooldown = "100ms"
-stop_grace = "0s"
-kill_grace = "{grace}"
-
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "2s"
-host = "{host}"
-
-[tasks.{CHAIN}]
-argv = ["{script}"]
-env = {{ RC_HOST = "{host}" }}
-"#,
-                grace = self.kill_grace,
-                url = self.url,
-                pw = self.pw.display(),
-                script = self.script.display(),
-            ),
-        );
-        let mut cmd = self.env.bare_command();
-        cmd.arg("-c")
-            .arg(&config)
-            .arg("--run-root")
-            .arg(self.env.path(&format!("run-{host}")))
-            .arg(CHAIN);
-        self.env.spawn_command(cmd)
-    }
-
-    fn ledger(&self) -> Ledger {
-        Ledger::read(&self.ledger)
-    }
-
-    fn lease_row(&self) -> (String, i64, f64) {
-        lease_row(self.pg, &self.db).expect("the lease row")
-    }
-
-    /// HOST's first run started after `after` (mono ns) with a tick.
-    fn wait_run(&self, runner: &mut Runner, host: &str, after: u64) -> Interval {
-        let mut found = None;
-        runner.wait_for(&format!("{host} runs {CHAIN}"), || {
-            found = self
-                .ledger()
-                .of_host(host)
-                .filter(|r| r.start > after && r.ticks >= 1)
-                .min_by_key(|r| r.start)
-                .cloned();
-            found.is_some()
-        });
-        found.expect("found")
-    }
-
-    /// HOST's instance tries to acquire as a standby (its fresh row in run_chain.standbys).
-    fn wait_standby(&self, runner: &mut Runner, host: &str) {
-        let sql = format!(
-            "SELECT count(*) FROM run_chain.standbys s WHERE s.chain = '{CHAIN}' \
-             AND s.host = '{host}' AND s.seen_at > now() - interval '2 s' \
-             AND s.holder IS DISTINCT FROM \
-             (SELECT holder FROM run_chain.leases WHERE chain = '{CHAIN}')"
-        );
-        runner.wait_for(&format!("{host} is a standby of {CHAIN}"), || {
-            self.pg
-                .try_psql(&self.db, &sql)
-                .map(|n| n != "0")
-                .unwrap_or(false)
-        });
-    }
+            ..LONG_RUNS
+        },
+    );
+    write_script(&f.script, &f.ledger, ignore_term);
+    f
 }
 
 /// Whether process `pid` is gone or a zombie (its code no longer runs).
@@ -199,12 +83,9 @@ fn gone(pid: i32) -> bool {
 
 #[test]
 fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_over_after_expiry() {
-    let f = Fleet::new("fence_stop", false, "100ms");
-    let mut h1 = f.launch("h1");
-    let run = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let (host, epoch, _) = f.lease_row();
+    let f = fence_fleet("fence_stop", false, "100ms");
+    let (mut h1, run, mut h2) = f.owner_and_standby();
+    let LeaseRow { host, epoch, .. } = f.lease();
     assert_eq!(host, "h1");
 
     // Freeze the owner (run-chain itself, not its task or its guardian).
@@ -214,7 +95,11 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
     // A frozen owner renews no more: the row holds the last renew that succeeded (a renew in
     // flight at the SIGSTOP may have committed without h1 knowing: its fence then counts
     // from an earlier renew, which is only sooner).
-    let (_, e, expires_at) = f.lease_row();
+    let LeaseRow {
+        epoch: e,
+        expires_at,
+        ..
+    } = f.lease();
     assert_eq!(e, epoch);
     let expiry = db_time_to_mono(expires_at);
     let last_renew = expiry - (LEASE_S * 1e9) as i128;
@@ -269,7 +154,9 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
         "h2 started {:.3} s before the expiry",
         secs(expiry - next.start as i128)
     );
-    let (host, e2, _) = f.lease_row();
+    let LeaseRow {
+        host, epoch: e2, ..
+    } = f.lease();
     assert_eq!((host.as_str(), e2), ("h2", epoch + 1));
 
     // 10 × the lease frozen, in all.
@@ -295,7 +182,9 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
             .contains("chain stopped after the lease was lost; waiting as standby")
     });
     f.wait_standby(&mut h1, "h1");
-    let (host, e3, _) = f.lease_row();
+    let LeaseRow {
+        host, epoch: e3, ..
+    } = f.lease();
     assert_eq!(
         (host.as_str(), e3),
         ("h2", epoch + 1),
@@ -405,18 +294,19 @@ fn a_frozen_owners_guardian_ends_its_task_by_the_fence_and_the_standby_takes_ove
 
 #[test]
 fn a_killed_owners_task_is_gone_by_the_fence_kill_deadline_whatever_its_kill_grace() {
-    let f = Fleet::new("fence_k9", true, "30s");
-    let mut h1 = f.launch("h1");
-    let run = f.wait_run(&mut h1, "h1", 0);
-    let mut h2 = f.launch("h2");
-    f.wait_standby(&mut h2, "h2");
-    let (host, epoch, _) = f.lease_row();
+    let f = fence_fleet("fence_k9", true, "30s");
+    let (mut h1, run, mut h2) = f.owner_and_standby();
+    let LeaseRow { host, epoch, .. } = f.lease();
     assert_eq!(host, "h1");
 
     let t_kill = ledger::mono_ns();
     h1.signal(libc::SIGKILL);
     h1.wait_exit();
-    let (_, e, expires_at) = f.lease_row();
+    let LeaseRow {
+        epoch: e,
+        expires_at,
+        ..
+    } = f.lease();
     assert_eq!(e, epoch, "taken over too early");
     let expiry = db_time_to_mono(expires_at);
     let last_renew = expiry - (LEASE_S * 1e9) as i128;

@@ -9,6 +9,8 @@
 //! missing file and a file that is not a run-chain store: 64, nothing written.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::process::Command;
@@ -39,15 +41,9 @@ fn local() -> TestEnv {
     TestEnv::new(TASKS)
 }
 
-/// A fleet host `name` on database `url`.
+/// A fleet host `name` on database `url` (tests/support/fleet.rs's `host_env`), lease 3 s.
 fn fleet(pg: &Pg, name: &str, url: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
-        "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\nlease = \"3s\"\nhost = \"{name}\"\n{TASKS}",
-        pw.display()
-    ));
-    env
+    fleet::host_env(pg, name, url, "3s", TASKS)
 }
 
 fn q(pg: &Pg, db: &str, sql: &str) -> String {

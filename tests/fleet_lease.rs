@@ -12,19 +12,22 @@
 //! cases are in tests/fleet.rs.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, Runner, TestEnv};
+use fleet::{lease, ledger_file, owner_epoch, runs_of, text, LeaseRow};
 use serde_json::Value;
 use support::ledger::{self, Ledger};
 use support::pg::{Mode, Pg};
 
 const LEASE: &str = "2s";
 
-/// One "host": a TestEnv whose config names the shared database, the host and the task.
+/// One "host": a TestEnv (tests/support/fleet.rs) running chain `work`.
 struct Host {
     env: TestEnv,
 }
@@ -37,6 +40,7 @@ fn host_on(pg: &Pg, name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Ho
     host_with(pg, name, url, ledger_path, ticks, LEASE, "100ms")
 }
 
+/// A host whose task stamps `ledger_path` as NAME, `ticks` ticks of 50 ms per run.
 fn host_with(
     pg: &Pg,
     name: &str,
@@ -47,29 +51,9 @@ fn host_with(
     cooldown: &str,
 ) -> Host {
     let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "{lease}"
-host = "{name}"
-
-[defaults]
-success_cooldown = "{cooldown}"
-fail_cooldown = "{cooldown}"
-stop_grace = "0s"
-kill_grace = "300ms"
-
-[tasks.work]
-command = "{script}"
-env = {{ RC_HOST = "{name}" }}
-"#,
-        pw = pw.display(),
-        script = script.display(),
-    ));
+    let task = fleet::ledger_task(&env, "work", name, ledger_path, ticks);
+    let rest = format!("{}\n{task}", fleet::defaults(cooldown, "300ms"));
+    fleet::write_host_config(&env, pg, name, url, lease, &rest);
     Host { env }
 }
 
@@ -81,47 +65,8 @@ impl Host {
     }
 
     fn status_json(&self) -> Value {
-        let out = self.env.sub(&["status", "--json"]);
-        out.assert_code(0);
-        serde_json::from_str(&out.stdout).expect("status --json")
+        fleet::status_json(&self.env)
     }
-}
-
-/// The lease row: (holder, host, epoch).
-fn lease_row(pg: &Pg, db: &str) -> (String, String, i64) {
-    let out = pg.psql(
-        db,
-        "SELECT coalesce(holder, ''), coalesce(host, ''), epoch FROM run_chain.leases WHERE chain = 'work'",
-    );
-    let mut it = out.split('|');
-    let holder = it.next().unwrap_or_default().to_string();
-    let host = it.next().unwrap_or_default().to_string();
-    let epoch = it.next().and_then(|e| e.parse().ok()).unwrap_or(-1);
-    (holder, host, epoch)
-}
-
-fn runs_of(ledger_path: &Path, host: &str) -> usize {
-    Ledger::read(ledger_path).of_host(host).count()
-}
-
-fn ledger_file(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join(name);
-    (dir, p)
-}
-
-fn text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// The epoch in the last `fleet: owner (epoch E` line of `stderr`.
-fn owner_epoch(stderr: &str) -> Option<i64> {
-    let i = stderr.rfind("fleet: owner (epoch ")?;
-    let rest = &stderr[i + "fleet: owner (epoch ".len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[test]
@@ -144,7 +89,12 @@ fn only_the_owner_runs_the_standby_shows_as_standby_and_runs_within_1_5_s_of_a_r
     });
     let epoch = owner_epoch(&r1.stderr()).expect("owner epoch");
     // The row says so.
-    let (holder, row_host, row_epoch) = lease_row(pg, &db);
+    let LeaseRow {
+        holder,
+        host: row_host,
+        epoch: row_epoch,
+        ..
+    } = lease(pg, &db);
     assert_eq!(row_host, "h1");
     assert_eq!(row_epoch, epoch);
     assert!(
@@ -222,7 +172,11 @@ fn only_the_owner_runs_the_standby_shows_as_standby_and_runs_within_1_5_s_of_a_r
     assert!(r2
         .stderr()
         .contains(&format!("fleet: owner (epoch {}, host h2)", epoch + 1)));
-    let (_, row_host, row_epoch) = lease_row(pg, &db);
+    let LeaseRow {
+        host: row_host,
+        epoch: row_epoch,
+        ..
+    } = lease(pg, &db);
     assert_eq!((row_host.as_str(), row_epoch), ("h2", epoch + 1));
     assert_eq!(
         pg.psql(&db, "SELECT count(*) FROM run_chain.standbys"),
@@ -232,7 +186,7 @@ fn only_the_owner_runs_the_standby_shows_as_standby_and_runs_within_1_5_s_of_a_r
     r2.signal(libc::SIGTERM);
     r2.assert_exit(0);
     Ledger::read(&lp).assert_no_overlap();
-    assert_eq!(lease_row(pg, &db).0, "", "released at the end");
+    assert_eq!(lease(pg, &db).holder, "", "released at the end");
 }
 
 #[test]
@@ -285,7 +239,12 @@ fn a_foreign_update_of_the_row_makes_the_owner_stop_its_task_and_go_back_to_stan
         text(&e1).contains(&format!("fleet: owner (epoch {}, host h1)", epoch + 1))
             && runs_of(&lp, "h1") > before
     });
-    let (holder, row_host, row_epoch) = lease_row(pg, &db);
+    let LeaseRow {
+        holder,
+        host: row_host,
+        epoch: row_epoch,
+        ..
+    } = lease(pg, &db);
     assert_ne!(holder, "ffffffffffffffffffffffffffffffff");
     assert_eq!((row_host.as_str(), row_epoch), ("h1", epoch + 1));
     r1.signal(libc::SIGTERM);
@@ -304,7 +263,12 @@ fn once_and_no_kill_concurrent_exit_75_naming_the_holder_and_once_releases_at_it
     // Alone: --once runs, then releases the lease.
     h3.env.run(&["work", "--once"]).assert_code(0);
     assert_eq!(runs_of(&lp, "h3"), 1);
-    let (holder, row_host, row_epoch) = lease_row(pg, &db);
+    let LeaseRow {
+        holder,
+        host: row_host,
+        epoch: row_epoch,
+        ..
+    } = lease(pg, &db);
     assert_eq!((holder.as_str(), row_host.as_str()), ("", ""), "released");
     assert_eq!(row_epoch, 1);
     // h1 owns the chain: --once and --no-kill-concurrent elsewhere exit 75 naming it.
@@ -324,7 +288,7 @@ fn once_and_no_kill_concurrent_exit_75_naming_the_holder_and_once_releases_at_it
         );
     }
     assert_eq!(runs_of(&lp, "h3"), 1, "a refused launch ran a task");
-    assert_eq!(lease_row(pg, &db).1, "h1");
+    assert_eq!(lease(pg, &db).host, "h1");
     assert_eq!(
         pg.psql(&db, "SELECT count(*) FROM run_chain.standbys"),
         "0",
@@ -365,7 +329,11 @@ fn a_relaunch_on_the_owners_host_takes_over_the_lease_there_with_no_run_elsewher
             epoch + 1
         ))
     });
-    let (_, row_host, row_epoch) = lease_row(pg, &db);
+    let LeaseRow {
+        host: row_host,
+        epoch: row_epoch,
+        ..
+    } = lease(pg, &db);
     assert_eq!((row_host.as_str(), row_epoch), ("h1", epoch + 1));
     let before = runs_of(&lp, "h1");
     new.wait_for("the new instance runs", || runs_of(&lp, "h1") >= before + 2);

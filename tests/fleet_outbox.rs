@@ -9,6 +9,8 @@
 //! the row is gone after delivery, and nothing is written to RUN_ROOT/outbox/ in fleet mode.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::fs;
@@ -18,6 +20,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::{send_signal, wait_until_for, TestEnv, DEADLINE};
+use fleet::{sql_int as n, text};
 use serde_json::Value;
 use support::pg::Pg;
 
@@ -133,18 +136,15 @@ fn host(pg: &Pg, name: &str, url: &str, port: u16) -> TestEnv {
     host_with(pg, name, url, port, "")
 }
 
-/// [`host`] with more `[defaults]` keys.
+/// [`host`] with more `[defaults]` keys (tests/support/fleet.rs's `host_env`).
 fn host_with(pg: &Pg, name: &str, url: &str, port: u16, defaults: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "2s"
-host = "{name}"
-
+    fleet::host_env(
+        pg,
+        name,
+        url,
+        "2s",
+        &format!(
+            r#"
 [email]
 to = ["admin@example.com"]
 from = "run-chain@example.com"
@@ -159,22 +159,9 @@ kill_grace = "200ms"
 
 [tasks.broken]
 command = "printf 'context-%s\\n' marker; echo 'error: the disk is full' >&2; exit 3"
-"#,
-        pw = pw.display(),
-    ));
-    env
-}
-
-fn text(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_default()
-}
-
-/// A number from `sql`; -1 while it cannot be read (no schema or table yet, a NULL).
-fn n(pg: &Pg, db: &str, sql: &str) -> i64 {
-    pg.try_psql(db, sql)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(-1)
+"#
+        ),
+    )
 }
 
 /// The files in RUN_ROOT/outbox/ (and below), if any.

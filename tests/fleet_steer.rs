@@ -10,48 +10,25 @@
 //! expiry.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Runner, TestEnv};
+use fleet::{ledger_file, owner_epoch, runs_of, text};
 use support::ledger::{self, Ledger};
 use support::pg::Pg;
 
-/// One "host": a TestEnv whose config names the shared database, the host and the task.
+/// One "host": a TestEnv (tests/support/fleet.rs) running chain `work`.
 struct Host {
     env: TestEnv,
 }
 
-fn host(name: &str, url: &str, ledger_path: &Path, ticks: u32, extra: &str) -> Host {
-    let pg = Pg::shared();
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "2s"
-host = "{name}"
-
-[defaults]
-success_cooldown = "100ms"
-fail_cooldown = "100ms"
-stop_grace = "0s"
-kill_grace = "300ms"
-
-[tasks.work]
-command = "{script}"
-env = {{ RC_HOST = "{name}" }}
-{extra}
-"#,
-        pw = pw.display(),
-        script = script.display(),
-    ));
-    Host { env }
+fn host(name: &str, url: &str, ledger_path: &Path, ticks: u32) -> Host {
+    host_of(name, url, ledger_path, "work", ticks, "100ms", "", "")
 }
 
 impl Host {
@@ -63,61 +40,40 @@ impl Host {
 /// A "host" running chain `task` (one task of that name) in the fleet-wide group `g`
 /// (`max_running = 1`).
 fn slot_host(name: &str, url: &str, ledger_path: &Path, task: &str, ticks: u32) -> Host {
-    let pg = Pg::shared();
+    let group = "[groups.g]\nmax_running = 1\nscope = \"fleet\"\n";
+    host_of(
+        name,
+        url,
+        ledger_path,
+        task,
+        ticks,
+        "50ms",
+        group,
+        "group = \"g\"",
+    )
+}
+
+/// A host (lease 2 s, kill_grace 300 ms) whose one task TASK stamps the ledger as NAME;
+/// `groups`: `[groups.*]` tables; `task_extra`: more keys of `[tasks.TASK]`.
+#[allow(clippy::too_many_arguments)]
+fn host_of(
+    name: &str,
+    url: &str,
+    ledger_path: &Path,
+    task: &str,
+    ticks: u32,
+    cooldown: &str,
+    groups: &str,
+    task_extra: &str,
+) -> Host {
     let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    let script = ledger::write_task_script(&env.path("task.sh"), ledger_path, ticks, "0.05");
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "2s"
-host = "{name}"
-
-[defaults]
-success_cooldown = "50ms"
-fail_cooldown = "50ms"
-stop_grace = "0s"
-kill_grace = "300ms"
-
-[groups.g]
-max_running = 1
-scope = "fleet"
-
-[tasks.{task}]
-command = "{script}"
-env = {{ RC_HOST = "{name}" }}
-group = "g"
-"#,
-        pw = pw.display(),
-        script = script.display(),
-    ));
+    let task = fleet::ledger_task(&env, task, name, ledger_path, ticks);
+    let rest = format!(
+        "{}\n{groups}\n{task}{task_extra}\n",
+        fleet::defaults(cooldown, "300ms")
+    );
+    fleet::write_host_config(&env, Pg::shared(), name, url, "2s", &rest);
     Host { env }
-}
-
-fn ledger_file(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join(name);
-    (dir, p)
-}
-
-fn text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn runs_of(ledger_path: &Path, host: &str) -> usize {
-    Ledger::read(ledger_path).of_host(host).count()
-}
-
-/// The epoch in the last `fleet: owner (epoch E` line of `stderr`.
-fn owner_epoch(stderr: &str) -> Option<i64> {
-    let i = stderr.rfind("fleet: owner (epoch ")?;
-    let rest = &stderr[i + "fleet: owner (epoch ".len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// h1 owns `work`, h2 waits as its standby.
@@ -159,13 +115,13 @@ fn stop_fleet_ends_the_owner_and_the_standby_within_2_s_and_a_later_launch_runs(
     let (db, url) = pg.fresh_database("steer_stop_fleet");
     let (_ld, lp) = ledger_file("ledger");
     // Runs of 0.5 s (10 ticks of 50 ms), 100 ms apart.
-    let h1 = host("h1", &url, &lp, 10, "");
-    let h2 = host("h2", &url, &lp, 10, "");
+    let h1 = host("h1", &url, &lp, 10);
+    let h2 = host("h2", &url, &lp, 10);
     let (mut r1, mut r2, _epoch) = owner_and_standby(&h1, &h2);
     r1.wait_for("h1 ran a run", || runs_of(&lp, "h1") >= 1);
 
     // From a third "host" that runs no instance: the command needs only the store.
-    let h3 = host("h3", &url, &lp, 10, "");
+    let h3 = host("h3", &url, &lp, 10);
     let t0 = Instant::now();
     let out = h3.env.sub(&["stop", "--fleet", "work"]);
     let took = t0.elapsed();
@@ -231,8 +187,8 @@ fn stop_kick_and_run_now_on_a_host_that_does_not_own_the_chain_exit_75_naming_th
     let pg = Pg::shared();
     let (_db, url) = pg.fresh_database("steer_non_owner");
     let (_ld, lp) = ledger_file("ledger");
-    let h1 = host("h1", &url, &lp, 4, "");
-    let h2 = host("h2", &url, &lp, 4, "");
+    let h1 = host("h1", &url, &lp, 4);
+    let h2 = host("h2", &url, &lp, 4);
     let mut r1 = h1.spawn(&["work"]);
     let e1 = r1.stderr.clone();
     r1.wait_for("h1 owns the lease", || {

@@ -11,53 +11,25 @@
 //! not be committed (the start gate), also when the database is stopped between runs.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{send_signal, wait_until_for, Runner, TestEnv};
+use fleet::{sql_int as n, text};
 use support::pg::{Mode, Pg};
 
-/// One "host": a TestEnv whose config names the database, the host and the tasks.
+/// One "host": a TestEnv (tests/support/fleet.rs) whose config names the database, the host
+/// and the tasks.
 fn host(pg: &Pg, name: &str, url: &str, lease: &str, tasks: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "{lease}"
-host = "{name}"
-
-[defaults]
-success_cooldown = "100ms"
-fail_cooldown = "100ms"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-{tasks}
-"#,
-        pw = pw.display(),
-    ));
-    env
-}
-
-fn text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
+    let rest = format!("{}\n{tasks}\n", fleet::defaults("100ms", "200ms"));
+    fleet::host_env(pg, name, url, lease, &rest)
 }
 
 fn q(pg: &Pg, db: &str, sql: &str) -> String {
     pg.psql(db, sql)
-}
-
-/// A number from `sql`; -1 while it cannot be read (the schema not created yet, a NULL).
-fn n(pg: &Pg, db: &str, sql: &str) -> i64 {
-    pg.try_psql(db, sql)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(-1)
 }
 
 const LONG: Duration = Duration::from_secs(30);

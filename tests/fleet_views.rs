@@ -12,6 +12,8 @@
 
 mod common;
 mod console_support;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::collections::BTreeMap;
@@ -20,44 +22,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{bin, wait_until, Runner, TestEnv};
+use common::{bin, wait_until, TestEnv};
 use console_support::{get, start_serve};
+use fleet::{status_json, text, wait_stderr};
 use serde_json::Value;
 use support::pg::Pg;
 
 const LEASE: &str = "2s";
 
+/// One "host" (tests/support/fleet.rs): chains `a` and `b`, cooldowns 300 ms.
 fn host(pg: &Pg, name: &str, url: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "{LEASE}"
-host = "{name}"
-
-[defaults]
-success_cooldown = "300ms"
-fail_cooldown = "300ms"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-[tasks.a]
-command = "echo a"
-[tasks.b]
-command = "echo b"
-"#,
-        pw = pw.display(),
-    ));
-    env
-}
-
-fn status_json(env: &TestEnv) -> Value {
-    let out = env.sub(&["status", "--json"]);
-    out.assert_code(0);
-    serde_json::from_str(&out.stdout).expect("status --json")
+    let tasks = "\n[tasks.a]\ncommand = \"echo a\"\n[tasks.b]\ncommand = \"echo b\"\n";
+    let rest = format!("{}{tasks}", fleet::defaults("300ms", "200ms"));
+    fleet::host_env(pg, name, url, LEASE, &rest)
 }
 
 fn chain<'a>(doc: &'a Value, name: &str) -> &'a Value {
@@ -65,15 +42,6 @@ fn chain<'a>(doc: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["chain"] == name))
         .unwrap_or_else(|| panic!("no chain {name} in {doc:#}"))
-}
-
-fn text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn wait_stderr(r: &mut Runner, what: &str, needle: &str) {
-    let e = r.stderr.clone();
-    r.wait_for(what, || text(&e).contains(needle));
 }
 
 /// The epoch of chain `chain`'s lease row.
