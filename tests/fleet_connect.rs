@@ -509,13 +509,13 @@ fn a_server_without_tls() {
 fn check_reports_the_schema_version() {
     let pg = Pg::shared();
     for (version, code, needle) in [
-        (4, 0, "# store: schema version 4 (current)"),
+        (5, 0, "# store: schema version 5 (current)"),
         (
-            3,
+            4,
             0,
-            "# store: schema version 3 (migrated to 4 at the next launch)",
+            "# store: schema version 4 (migrated to 5 at the next launch)",
         ),
-        (99, 78, "version 99, newer than this run-chain (4)"),
+        (99, 78, "version 99, newer than this run-chain (5)"),
     ] {
         let (db, url) = pg.fresh_database("version");
         pg.psql(
