@@ -420,8 +420,11 @@ impl Outbox for Handle {
         }
     }
 
+    /// Handed over without waiting for the answer: the DB thread keeps it when it gets
+    /// to it (no database call), even if it is busy now.
     fn set_waker(&mut self, wake: Waker) {
-        self.ask(Req::Waker(wake));
+        let (tx, _answer) = mpsc::channel();
+        (self.tx)((Req::Waker(wake), tx));
     }
 
     fn sent(&mut self, name: &str) {
