@@ -355,3 +355,53 @@ fn alerts_leave_at_the_commit_of_the_runs_end_and_name_the_fleet_host() {
         assert!(subject.contains(fleet_host), "subject: {subject}");
     }
 }
+
+/// A new alert is the moment to try the waiting ones again (as with files on one host): the
+/// first alert is refused (451: its row's next try 5 s on), the next run fails 2 s later
+/// with a new alert, and both leave then, the first one first, before the first one's
+/// stored next try.
+#[test]
+fn a_new_alert_makes_the_waiting_ones_due_now() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("outbox2_new");
+    let port = free_port();
+    let scratch = TestEnv::new("");
+    let counter = scratch.path("count");
+    let cmd = format!(
+        r"n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $n -gt 2 ] && exit 0; set -- alpha beta; shift $((n-1)); echo error: case $1 >&2; exit 3",
+        c = counter.display()
+    );
+    let h1 = host(pg, "h1", &url, port, "1500ms", &cmd);
+    let peer = Peer::start(&h1, port, &["--data-reply", "451 4.3.0 try again later"]);
+    let mut r1 = h1.spawn(&["broken"]);
+    wait_until_for(LONG, "both alerts arrived", || {
+        peer.events("message").len() >= 2
+    });
+    send_signal(r1.pid, libc::SIGTERM);
+    r1.wait_exit();
+    let refused = peer.events("rejected");
+    let msgs = peer.events("message");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let refused_at = refused[0]["t"].as_f64().expect("t");
+    let first = &msgs[0];
+    let second = &msgs[1];
+    eprintln!(
+        "refused at 0; {} +{:.2} s, {} +{:.2} s",
+        first["alert"],
+        first["t"].as_f64().unwrap_or(0.0) - refused_at,
+        second["alert"],
+        second["t"].as_f64().unwrap_or(0.0) - refused_at
+    );
+    assert_eq!(
+        first["message_id"], refused[0]["message_id"],
+        "the refused one goes first"
+    );
+    assert_eq!(first["alert"], "first-failure");
+    assert_eq!(second["alert"], "new-failure");
+    let first_at = first["t"].as_f64().expect("t");
+    assert!(
+        first_at - refused_at < 4.5,
+        "the refused alert left {:.2} s after the refusal: not before its back-off (5 s), although a new alert came 1.5 s after",
+        first_at - refused_at
+    );
+}
