@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Email;
@@ -56,11 +56,9 @@ impl Mailer {
         let (tx, rx) = std::sync::mpsc::channel();
         let children = Children::default();
         let (config, kids) = (email.clone(), children.clone());
-        let waker_tx = Mutex::new(tx.clone());
+        let waker_tx = tx.clone();
         let waker: Waker = Arc::new(move || {
-            if let Ok(t) = waker_tx.lock() {
-                let _ = t.send(ToMailer::Wake);
-            }
+            let _ = waker_tx.send(ToMailer::Wake);
         });
         let spawned = std::thread::Builder::new()
             .name("mailer".into())
