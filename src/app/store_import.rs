@@ -44,7 +44,6 @@ pub(super) fn store_import(common: &Common, path: &Path) -> Result<u8> {
             cfg.display_url
         ))
     };
-    import::ensure_tables(&conn, DB_TIMEOUT).map_err(db)?;
     let mut by_chain: BTreeMap<&str, Vec<&SrcSeries>> = BTreeMap::new();
     for s in &series {
         by_chain.entry(s.chain.as_str()).or_default().push(s);

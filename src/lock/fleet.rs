@@ -1016,6 +1016,10 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
     let mut want: Option<(String, u32, Duration, bool)> = None;
     let mut frees: Vec<(String, i32, i64)> = Vec::new();
     let mut ensured: Vec<String> = Vec::new();
+    // The mailer's waker (store/pg/outbox.rs), and whether a batch with a mail was given
+    // since the last wake: woken once the queue is written (or dropped).
+    let mut mail_waker: Option<crate::store::outbox::Waker> = None;
+    let mut mail_due = false;
     loop {
         let now = sys::boot_now();
         let at = match lease.due(now) {
@@ -1067,6 +1071,10 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Ok(Cmd::SlotTake { group, max }) => want = Some((group, max, sys::boot_now(), false)),
             Ok(Cmd::SlotCancel) => want = None,
             Ok(Cmd::SlotFree { group, slot, epoch }) => frees.push((group, slot, epoch)),
+            Ok(Cmd::Outbox((crate::store::pg::outbox::Req::Waker(w), reply))) => {
+                mail_waker = Some(w);
+                let _ = reply.send(Ok(crate::store::pg::outbox::Answer::Done));
+            }
             Ok(Cmd::Outbox((req, reply))) => {
                 // Only over the open connection: the mailer's requests never make this
                 // thread wait for a connect (the lease's tries make it again).
@@ -1328,10 +1336,17 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         // The records, after the lease's own statement (the renew goes first).
         writes.may_connect = !lease.term().is_some_and(|t| t.failing);
         if let Some((ops, epoch, gate)) = write_cmd {
+            mail_due |= ops.iter().any(|o| matches!(o, Op::Mail { .. }));
             writes.apply(&mut conn, &setup.cfg, stmt, ops, epoch, gate, cell);
         } else if writes.w.more_now() || writes.w.retry_at().is_some_and(|r| r <= time::mono_now())
         {
             writes.retry(&mut conn, &setup.cfg, stmt);
+        }
+        if mail_due && writes.w.pending() == 0 {
+            mail_due = false;
+            if let Some(wake) = &mail_waker {
+                wake();
+            }
         }
         slot_work(
             cell,

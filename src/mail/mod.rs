@@ -18,7 +18,9 @@
 //! the mail is a row of `run_chain.outbox` committed in the same fenced transaction as
 //! the run's end that decided it, and the owner's mailer claims, deletes, releases or
 //! sets aside rows through the chain's one DB thread; a new owner delivers what its
-//! predecessor left unsent. Nothing goes to `RUN_ROOT/outbox/` then.
+//! predecessor left unsent, after the back-off kept in the row (`next_try_at`). The DB
+//! thread wakes the mailer once the run's end that holds a mail is committed. Nothing goes
+//! to `RUN_ROOT/outbox/` then.
 //!
 //! Transports: SMTP (lettre; STARTTLS when offered or required, implicit TLS for
 //! `smtps://`, a private CA, AUTH with the password from a file or a variable),

@@ -13,11 +13,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Email;
 use crate::core::alert_mail::AlertMail;
-use crate::store::outbox::Outbox;
+use crate::store::outbox::{Outbox, Waker};
 
 use super::transport::{deliver, Children, SendError};
 
@@ -36,6 +37,9 @@ enum ToMailer {
     Wake,
     /// The config was reloaded.
     Config(Email),
+    /// The chain's side is gone ([`Mailer`] dropped): end the thread (the outbox's waker
+    /// may still hold a sender, so the channel alone would not say so).
+    Stop,
 }
 
 impl Mailer {
@@ -52,9 +56,17 @@ impl Mailer {
         let (tx, rx) = std::sync::mpsc::channel();
         let children = Children::default();
         let (config, kids) = (email.clone(), children.clone());
+        let waker_tx = tx.clone();
+        let waker: Waker = Arc::new(move || {
+            let _ = waker_tx.send(ToMailer::Wake);
+        });
         let spawned = std::thread::Builder::new()
             .name("mailer".into())
-            .spawn(move || mailer_loop(theirs, run_root, config, kids, rx));
+            .spawn(move || {
+                let mut theirs = theirs;
+                theirs.set_waker(waker);
+                mailer_loop(theirs, run_root, config, kids, rx)
+            });
         if let Err(e) = spawned {
             log::error!("failed to start the mailer thread: {e}; alerts stay in the outbox");
         }
@@ -79,14 +91,20 @@ impl Mailer {
                 .map_err(|e| format!("cannot store it in {}: {e}", outbox.describe()))
         });
         let (chain, task, kind) = (&a.chain, &a.task, &a.kind);
+        let ops = self.outbox.take_ops();
         match put {
             Ok(at) => {
                 log::info!("{chain}: {task}: {kind} alert queued ({at})");
-                let _ = self.tx.send(ToMailer::Wake);
+                // A mail that goes to the store with the run's end (the fleet's outbox)
+                // is there only once that commits: the outbox's waker wakes the mailer
+                // then (see `Outbox::set_waker`).
+                if ops.is_empty() {
+                    let _ = self.tx.send(ToMailer::Wake);
+                }
             }
             Err(e) => log::error!("{chain}: {task}: failed to queue a {kind} alert: {e}"),
         }
-        self.outbox.take_ops()
+        ops
     }
 
     /// The config was reloaded: mails are built and sent with `email` from now on.
@@ -101,8 +119,23 @@ impl Mailer {
     }
 }
 
+impl Drop for Mailer {
+    fn drop(&mut self) {
+        let _ = self.tx.send(ToMailer::Stop);
+    }
+}
+
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// The back-off after a temporary failure of a mail tried `earlier` times before (by any
+/// instance, as far as the outbox knows) and `last` (this mailer's previous back-off for
+/// it, if any): 5 s, doubling at each failure, at most 10 min.
+fn backoff(earlier: u32, last: Option<Duration>) -> Duration {
+    let by_count = BACKOFF_FIRST.saturating_mul(1u32 << earlier.min(16));
+    let by_last = last.map_or(Duration::ZERO, |b| b.saturating_mul(2));
+    by_count.max(by_last).min(BACKOFF_MAX)
+}
 
 fn mailer_loop(
     mut outbox: Box<dyn Outbox>,
@@ -128,8 +161,9 @@ fn mailer_loop(
             // Claim it: another instance may be sending it right now.
             let Some(bytes) = outbox.claim(name) else {
                 // Another instance holds it (the fleet: a dead owner's claim runs to its
-                // deadline): try again later, keeping the order.
-                if let Some(after) = outbox.retry_claim() {
+                // deadline), or its stored next try is not due: try again later, keeping
+                // the order.
+                if let Some(after) = outbox.retry_claim(name) {
                     let back = retry.get(name).map_or(BACKOFF_FIRST, |(_, b)| *b);
                     retry.insert(name.clone(), (Instant::now() + after, back));
                     break;
@@ -148,10 +182,9 @@ fn mailer_loop(
                     log::error!("alert {name} could not be delivered: {m}; moved to {aside}");
                 }
                 Err(SendError::Transient(m)) => {
-                    outbox.release(name);
-                    let back = retry
-                        .get(name)
-                        .map_or(BACKOFF_FIRST, |(_, b)| (*b * 2).min(BACKOFF_MAX));
+                    let back =
+                        backoff(outbox.earlier_tries(name), retry.get(name).map(|(_, b)| *b));
+                    outbox.retry_later(name, back, &m);
                     log::warn!(
                         "alert {name} not delivered yet: {m}; retrying in {}",
                         crate::time::fmt_dur(back)
@@ -162,12 +195,12 @@ fn mailer_loop(
                 }
             }
         }
-        // The fleet's outbox is also looked at every so often: a mail's row is committed
-        // by the DB thread after the wake, and another instance's claim may lapse.
+        // The fleet's outbox is also looked at every so often (a slow poll: its new rows
+        // wake the mailer at their commit).
         let wait = retry
             .values()
             .map(|(at, _)| at.saturating_duration_since(Instant::now()))
-            .chain(outbox.retry_claim())
+            .chain(outbox.poll_after())
             .min();
         let msg = match wait {
             Some(w) => rx.recv_timeout(w),
@@ -187,7 +220,27 @@ fn mailer_loop(
                 email = c;
                 retry.clear();
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Ok(ToMailer::Stop) | Err(RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_from_what_the_outbox_or_this_mailer_knows() {
+        let s = Duration::from_secs;
+        // Files (no count): this mailer's own doubling, as before.
+        assert_eq!(backoff(0, None), s(5));
+        assert_eq!(backoff(0, Some(s(5))), s(10));
+        assert_eq!(backoff(0, Some(s(320))), s(600));
+        // The fleet: a new owner's first failure of a row tried twice before.
+        assert_eq!(backoff(2, None), s(20));
+        assert_eq!(backoff(2, Some(s(5))), s(20));
+        assert_eq!(backoff(1, Some(s(40))), s(80));
+        assert_eq!(backoff(40, None), s(600));
+        assert_eq!(backoff(u32::MAX, Some(Duration::MAX)), s(600));
     }
 }

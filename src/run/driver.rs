@@ -134,7 +134,10 @@ impl Driver {
             None => Recorder::start(&chain_name, local),
         };
         let max_per_hour = email_or_default(&config).max_alerts_per_hour;
-        let host = sys::hostname();
+        // The host alerts name: in the fleet, `[store] host` (the fleet's name for it).
+        let host = ownership
+            .fleet_mut()
+            .map_or_else(sys::hostname, |f| f.host().to_string());
         let sup = Supervisor::new(
             chain_name.clone(),
             host,

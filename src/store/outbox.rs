@@ -48,6 +48,9 @@ use std::path::{Path, PathBuf};
 
 use crate::core::alert_mail::AlertMail;
 
+/// Wakes the mailer thread (see [`Outbox::set_waker`]).
+pub(crate) type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// Where alert mails wait to be sent (see the module's text).
 pub(crate) trait Outbox: Send {
     /// Store `mail`, the complete message of alert `a`: on the chain's loop, so cheap (not
@@ -60,11 +63,37 @@ pub(crate) trait Outbox: Send {
         Vec::new()
     }
 
-    /// How soon to try again a mail whose claim failed because another instance holds
-    /// it (None: not before something new wakes the mailer).
-    fn retry_claim(&self) -> Option<std::time::Duration> {
+    /// How soon to try again mail `name`, whose claim failed because another instance
+    /// holds it or its next try is not due yet (None: not before something new wakes the
+    /// mailer).
+    fn retry_claim(&self, _name: &str) -> Option<std::time::Duration> {
         None
     }
+
+    /// How soon to look at the outbox again although nothing woke the mailer (None:
+    /// never; the fleet's: a slow poll, sooner after a failed request).
+    fn poll_after(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// How many times the claimed mail `name` was tried before this claim, by any
+    /// instance (the fleet's rows count their tries; files do not: 0).
+    fn earlier_tries(&self, _name: &str) -> u32 {
+        0
+    }
+
+    /// The claimed mail `name` failed for now (`error`): let the claim go, to be tried
+    /// again `after` from now. Files keep the back-off in the mailer's memory only (a new
+    /// instance tries at once); the fleet's rows keep it (`next_try_at`, on the
+    /// database's clock), so that a new owner waits for it too.
+    fn retry_later(&mut self, name: &str, _after: std::time::Duration, _error: &str) {
+        self.release(name);
+    }
+
+    /// `wake` wakes the mailer: given by the mailer thread when it starts, for an outbox
+    /// whose mails become visible later than the chain puts them (the fleet's: at the
+    /// commit of the run's end, on the DB thread).
+    fn set_waker(&mut self, _wake: Waker) {}
 
     /// The mails waiting, by name, in the order they are to be sent.
     fn waiting(&mut self) -> Vec<String>;

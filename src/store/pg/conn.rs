@@ -5,8 +5,12 @@
 //! chain's DB thread, never the driver's loop).
 //!
 //! Everything below tokio-postgres is ours, so that it is what the lease needs:
-//! - the name is resolved with `std::net::ToSocketAddrs` on the calling thread (tokio's
-//!   `lookup_host` would start a blocking-pool thread at every connect);
+//! - the name is resolved with `std::net::ToSocketAddrs` (getaddrinfo) on a short-lived
+//!   helper thread, waited for within the connect's timeout ([`resolve`]): getaddrinfo
+//!   cannot be interrupted, and a resolver that does not answer must not hold the DB
+//!   thread past the lease (a thread left behind ends when the resolver answers; at most
+//!   [`MAX_LOOKUPS`] at once). An IP address needs no lookup (no thread). (tokio's
+//!   `lookup_host` would need tokio's blocking pool, which this runtime does not have);
 //! - the socket is made with socket2: close-on-exec, TCP keepalives (idle lease/5,
 //!   interval lease/10, 3 probes) and `TCP_USER_TIMEOUT` lease/2, so that a dead network is
 //!   seen by the kernel within the lease even when no statement is waiting;
@@ -167,6 +171,165 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// At most this many name lookups left running (past their connect's timeout) at once;
+/// another connect then fails at once instead of starting one more thread.
+pub(crate) const MAX_LOOKUPS: usize = 4;
+
+/// The lookups running now (see [`MAX_LOOKUPS`]).
+static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The addresses of `host` (a name or an IP address) at `port`, within `timeout`; the
+/// error names the host.
+fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let name = host.to_string();
+    lookup_within(timeout, &LOOKUPS, move || {
+        (name.as_str(), port).to_socket_addrs().map(|a| a.collect())
+    })
+    .map_err(|e| match e {
+        Lookup::Failed(e) => format!("cannot resolve {host}: {e}"),
+        Lookup::TimedOut => format!(
+            "cannot resolve {host}: no answer from the resolver within {}",
+            crate::config::fmt_duration(timeout)
+        ),
+        Lookup::Busy => format!(
+            "cannot resolve {host}: {MAX_LOOKUPS} earlier lookups have not been answered yet"
+        ),
+        Lookup::NoThread(e) => format!("cannot resolve {host}: cannot start a thread: {e}"),
+    })
+}
+
+/// Why [`lookup_within`] gave no addresses.
+#[derive(Debug)]
+enum Lookup {
+    Failed(io::Error),
+    /// No answer within the time (the lookup goes on, on its thread).
+    TimedOut,
+    /// [`MAX_LOOKUPS`] are running already.
+    Busy,
+    NoThread(io::Error),
+}
+
+/// Run `lookup` on a thread of its own and wait for it at most `timeout`; `running`
+/// counts the lookups not finished (a thread left behind counts until it finishes).
+fn lookup_within(
+    timeout: Duration,
+    running: &'static std::sync::atomic::AtomicUsize,
+    lookup: impl FnOnce() -> io::Result<Vec<SocketAddr>> + Send + 'static,
+) -> Result<Vec<SocketAddr>, Lookup> {
+    use std::sync::atomic::Ordering;
+    if running.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+        running.fetch_sub(1, Ordering::AcqRel);
+        return Err(Lookup::Busy);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("run-chain-dns".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let r = lookup();
+            running.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        running.fetch_sub(1, Ordering::AcqRel);
+        return Err(Lookup::NoThread(e));
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => Err(Lookup::Failed(e)),
+        Err(_) => Err(Lookup::TimedOut),
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    //! The lookup's deadline, with lookups that answer when the test says (no resolver).
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    /// A lookup that answers `r` once `go` is sent to (or dropped).
+    fn held(
+        go: mpsc::Receiver<()>,
+        r: io::Result<Vec<SocketAddr>>,
+    ) -> impl FnOnce() -> io::Result<Vec<SocketAddr>> + Send + 'static {
+        move || {
+            let _ = go.recv();
+            r
+        }
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], 5432))
+    }
+
+    fn settle(n: &AtomicUsize, want: usize) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while n.load(Ordering::Acquire) != want && Instant::now() < until {
+            std::thread::yield_now();
+        }
+        assert_eq!(n.load(Ordering::Acquire), want);
+    }
+
+    #[test]
+    fn an_answer_in_time_is_returned_and_a_late_one_times_out() {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let (go, rx) = mpsc::channel();
+        go.send(()).expect("send");
+        assert_eq!(
+            lookup_within(Duration::from_secs(10), &N, held(rx, Ok(vec![addr()]))).ok(),
+            Some(vec![addr()])
+        );
+        settle(&N, 0);
+        let (go, rx) = mpsc::channel::<()>();
+        let started = Instant::now();
+        let r = lookup_within(Duration::from_millis(100), &N, held(rx, Ok(vec![addr()])));
+        assert!(matches!(r, Err(Lookup::TimedOut)), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The thread left behind counts until its lookup answers.
+        assert_eq!(N.load(Ordering::Acquire), 1);
+        drop(go);
+        settle(&N, 0);
+        let (go, rx) = mpsc::channel();
+        go.send(()).expect("send");
+        let r = lookup_within(
+            Duration::from_secs(10),
+            &N,
+            held(rx, Err(io::Error::other("no such host"))),
+        );
+        assert!(matches!(r, Err(Lookup::Failed(_))), "{r:?}");
+    }
+
+    #[test]
+    fn no_more_than_max_lookups_are_left_running() {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let mut gos = Vec::new();
+        for _ in 0..MAX_LOOKUPS {
+            let (go, rx) = mpsc::channel::<()>();
+            gos.push(go);
+            let r = lookup_within(Duration::from_millis(1), &N, held(rx, Ok(vec![])));
+            assert!(matches!(r, Err(Lookup::TimedOut)), "{r:?}");
+        }
+        let (_go, rx) = mpsc::channel::<()>();
+        let started = Instant::now();
+        let r = lookup_within(Duration::from_secs(10), &N, held(rx, Ok(vec![])));
+        assert!(matches!(r, Err(Lookup::Busy)), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(gos);
+        settle(&N, 0);
+    }
+
+    #[test]
+    fn an_ip_address_is_not_looked_up() {
+        assert_eq!(resolve("192.0.2.1", 5432, Duration::ZERO), Ok(vec![addr()]));
+        let e = resolve("::1", 5432, Duration::ZERO).map(|a| a.len());
+        assert_eq!(e, Ok(1));
+    }
+}
+
 /// An open connection (see the module's doc).
 pub(crate) struct Conn {
     // Dropped first: the client, then the runtime (which drops the connection task).
@@ -179,8 +342,8 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connect as `cfg` says, all of it within `timeout` (name resolution excepted: it
-    /// blocks this thread, outside the runtime).
+    /// Connect as `cfg` says, all of it within `timeout` (the name's resolution
+    /// included).
     pub(crate) fn connect(cfg: &FleetConfig, timeout: Duration) -> Result<Conn, ConnError> {
         let started = Instant::now();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -191,12 +354,8 @@ impl Conn {
         let shown = &cfg.display_url;
         let addrs = match &cfg.url.host {
             PgHost::Tcp(h) => Some(
-                (h.as_str(), cfg.url.port)
-                    .to_socket_addrs()
-                    .map_err(|e| {
-                        ConnError::Unreachable(format!("cannot resolve {h} ({shown}): {e}"))
-                    })?
-                    .collect::<Vec<_>>(),
+                resolve(h, cfg.url.port, timeout)
+                    .map_err(|e| ConnError::Unreachable(format!("{shown}: {e}")))?,
             ),
             PgHost::Unix(_) => None,
         };

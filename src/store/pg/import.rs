@@ -1,12 +1,11 @@
 //! `run-chain store import PATH` (issue 20): a host's SQLite history copied into the
 //! fleet's store, idempotent.
 //!
-//! Two tables of its own (not in a schema version yet: created here, `IF NOT EXISTS`, in
-//! a transaction that holds `run_chain.meta` like a migration, so two imports cannot race
-//! on the DDL): `imports` maps each imported run's key (source host, chain, task, source
-//! run id) to its run id in the fleet; `import_series` holds one row per imported
-//! (source host, chain, task), inserted in the same transaction as the aggregates it adds,
-//! so that they are added once.
+//! Two tables of its own (schema version 5, `store/pg/schema.rs`; the command migrates
+//! the database first, as a launch does): `imports` maps each imported run's key (source
+//! host, chain, task, source run id) to its run id in the fleet; `import_series` holds one
+//! row per imported (source host, chain, task), inserted in the same transaction as the
+//! aggregates it adds, so that they are added once.
 //!
 //! Per series one transaction, fenced by the chain's lease that the command holds
 //! (`run_chain.fence`): no owner can give run ids meanwhile. A run whose key is in
@@ -22,27 +21,6 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::conn::{Conn, DbError};
 use crate::store::import_read::{SrcRun, SrcSeries, COUNTERS, LASTS};
-
-/// The import's tables (to fold into a schema version later).
-pub(crate) const TABLES: &str = "BEGIN;
-LOCK TABLE run_chain.meta IN ACCESS EXCLUSIVE MODE;
-CREATE TABLE IF NOT EXISTS run_chain.imports (
-  source_host text NOT NULL,
-  chain text NOT NULL,
-  task text NOT NULL,
-  source_run_id bigint NOT NULL,
-  run_id bigint NOT NULL,
-  imported_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (source_host, chain, task, source_run_id)
-);
-CREATE TABLE IF NOT EXISTS run_chain.import_series (
-  source_host text NOT NULL,
-  chain text NOT NULL,
-  task text NOT NULL,
-  imported_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (source_host, chain, task)
-);
-COMMIT;";
 
 /// What a run not ended in the source store is imported as.
 pub(crate) const OPEN_OUTCOME: &str = "interrupted";
@@ -66,15 +44,6 @@ pub(crate) struct Done {
     pub(crate) renumbered: Vec<Renumbered>,
     /// Whether its aggregates were added (first import of this series).
     pub(crate) aggregates: bool,
-}
-
-/// Create the import's tables if missing.
-pub(crate) fn ensure_tables(conn: &Conn, timeout: Duration) -> Result<(), DbError> {
-    let r = conn.run(timeout, conn.client().batch_execute(TABLES));
-    if r.is_err() {
-        let _ = conn.run(timeout, conn.client().batch_execute("ROLLBACK"));
-    }
-    r
 }
 
 /// Import one series in one transaction, fenced by (chain, holder, epoch).
