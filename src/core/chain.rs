@@ -173,10 +173,13 @@ pub(crate) enum Event {
     /// The fleet refused the start (its start record was not committed under the lease):
     /// the task did not run, so this is no run of it and no failure. The chain goes back
     /// to that task, due at `retry_at` at the earliest (the lease's loss, if it is one,
-    /// stops the chain meanwhile); the run id is spent (never given again), except a
-    /// run-now request's, which is pending again with its id (its caller was told it).
+    /// stops the chain meanwhile). `spent`: the start record may still be committed
+    /// (given up while in flight), so its run id is never given again; else the id is
+    /// free again (nothing names it). A run-now request is pending again with its id
+    /// (its caller was told it).
     StartRefused {
         retry_at: Mono,
+        spent: bool,
     },
     /// The task's concurrency group has no free slot: wait (the driver watches the slots).
     SlotBusy,
@@ -578,11 +581,20 @@ impl Chain {
                     self.finish(now, run, Outcome::SpawnError(msg), now, &mut out);
                 }
             }
-            Event::StartRefused { retry_at } => {
+            Event::StartRefused { retry_at, spent } => {
                 if let Phase::Starting {
-                    index, scheduled, ..
+                    index,
+                    run_id,
+                    scheduled,
                 } = self.phase
                 {
+                    if !spent && self.trigger.0 != Trigger::Manual {
+                        if let Some(id) = self.run_ids.get_mut(&self.tasks[index].name) {
+                            if *id == run_id {
+                                *id -= 1;
+                            }
+                        }
+                    }
                     self.start_refused(now, index, scheduled, retry_at, &mut out);
                 }
             }

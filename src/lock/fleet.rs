@@ -1586,8 +1586,9 @@ fn read_failed_runs(
     };
     let started = time::mono_now();
     let (c, read) = crate::store::fleet_failed_runs(c, chain, &wanted, stmt);
-    *conn = Some(c);
-    drop_if_broken(conn);
+    // A read that failed may have left the connection mid-statement: the next due action
+    // makes a new one.
+    *conn = read.iter().all(|(_, r)| r.failed.is_ok()).then_some(c);
     log::debug!(
         "{chain}: fleet: read {} failed run(s) for the alert mails in {} µs",
         read.len(),

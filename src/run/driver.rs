@@ -782,8 +782,9 @@ impl Driver {
             .ownership
             .fleet_mut()
             .map_or(std::time::Duration::from_secs(1), |f| f.lease() / 5);
+        let spent = matches!(why, crate::lock::fleet::GateRefusal::Unsettled(_));
         self.store.begin_batch();
-        if let crate::lock::fleet::GateRefusal::Unsettled(_) = why {
+        if spent {
             // Its batch may still commit: the start record it holds is closed after it (a
             // run that did not run, not a failure). Fenced like any write: if the lease
             // is lost, the next owner closes it as the dead owner's.
@@ -800,6 +801,7 @@ impl Driver {
             now,
             Event::Chain(chain::Event::StartRefused {
                 retry_at: now.mono + retry,
+                spent,
             }),
         );
         if exit.is_some() {

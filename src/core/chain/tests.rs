@@ -701,14 +701,20 @@ fn a_refused_start_is_no_run_and_the_task_is_tried_again_at_retry_at() {
     let mut c = chain(&["a", "b"], Mode::Forever);
     let a = c.on_event(s(0), Event::Start);
     assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
-    let a = c.on_event(ms(300), Event::StartRefused { retry_at: s(2) });
+    let a = c.on_event(
+        ms(300),
+        Event::StartRefused {
+            retry_at: s(2),
+            spent: true,
+        },
+    );
     assert!(a.is_empty(), "no run's end, no start, no exit: {a:?}");
     assert!(c.in_cooldown());
     // Same task, due at retry_at (not a fail cooldown): nothing before it.
     assert_eq!(c.position(), (0, Some(s(2))));
     assert_eq!(c.next_deadline(), Some(s(2)));
     assert!(c.on_event(ms(1999), Event::Tick).is_empty());
-    // The id was spent (it may be in the store already): the next start takes the next.
+    // The id was spent (its start record may be in the store): the next start takes the next.
     let a = c.on_event(s(2), Event::Tick);
     assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
     assert_eq!(c.trigger(), (Trigger::Schedule, None));
@@ -719,7 +725,13 @@ fn a_refused_start_keeps_a_later_due_time_and_never_goes_back_in_time() {
     let mut c = chain(&["a"], Mode::Forever);
     let _ = c.on_event(s(0), Event::Start);
     // retry_at before now counts from now.
-    let _ = c.on_event(s(5), Event::StartRefused { retry_at: s(1) });
+    let _ = c.on_event(
+        s(5),
+        Event::StartRefused {
+            retry_at: s(1),
+            spent: false,
+        },
+    );
     assert_eq!(c.next_deadline(), Some(s(5)));
 }
 
@@ -729,7 +741,13 @@ fn a_stop_while_the_start_waits_for_the_fleet_ends_the_chain_at_the_refusal() {
     let _ = c.on_event(s(0), Event::Start);
     // The stop takes effect once the start is settled.
     assert!(c.on_event(ms(10), Event::Control(Control::Stop)).is_empty());
-    let a = c.on_event(ms(20), Event::StartRefused { retry_at: s(1) });
+    let a = c.on_event(
+        ms(20),
+        Event::StartRefused {
+            retry_at: s(1),
+            spent: false,
+        },
+    );
     assert_eq!(a, vec![Action::Exit(ExitReason::Done)], "no run's end");
     // The next instance starts with the task that did not run.
     assert_eq!(c.position().0, 0);
@@ -750,7 +768,13 @@ fn a_refused_run_now_start_is_a_request_again_with_its_id() {
         }),
     );
     assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
-    let a = c.on_event(s(2), Event::StartRefused { retry_at: s(3) });
+    let a = c.on_event(
+        s(2),
+        Event::StartRefused {
+            retry_at: s(3),
+            spent: false,
+        },
+    );
     assert!(a.is_empty(), "{a:?}");
     assert_eq!(
         c.pending().map(|p| (p.index, p.run_id, p.by.as_str())),
@@ -769,8 +793,31 @@ fn a_refused_kicked_start_is_still_the_kicks_run_when_it_starts() {
     let _ = complete(&mut c, s(1), Exit::Code(0));
     let a = c.on_event(s(2), Event::Control(Control::Kick(Some("bob".into()))));
     assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
-    let _ = c.on_event(s(2), Event::StartRefused { retry_at: s(3) });
+    let _ = c.on_event(
+        s(2),
+        Event::StartRefused {
+            retry_at: s(3),
+            spent: false,
+        },
+    );
     let a = c.on_event(s(3), Event::Tick);
-    assert_eq!(spawn_of(&a), Some(("a".into(), 3)));
+    assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
     assert_eq!(c.trigger(), (Trigger::Kick, Some("bob")));
+}
+
+#[test]
+fn a_refused_start_whose_record_is_not_stored_gives_its_id_back() {
+    let mut c = chain(&["a"], Mode::Forever);
+    let a = c.on_event(s(0), Event::Start);
+    assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+    let _ = c.on_event(
+        s(0),
+        Event::StartRefused {
+            retry_at: s(1),
+            spent: false,
+        },
+    );
+    assert_eq!(c.run_ids().get("a"), Some(&0));
+    let a = c.on_event(s(1), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("a".into(), 1)), "no gap in the ids");
 }
