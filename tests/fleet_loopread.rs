@@ -476,3 +476,85 @@ fn a_sigterm_while_the_start_waits_for_its_commit_is_handled_at_once() {
     );
     assert!(peer.messages().is_empty(), "{:?}", peer.messages());
 }
+
+/// The lease is taken from the owner between runs (the row given to another holder, as a
+/// partition would let happen) and a kick starts run 2 before the owner's next renew: the
+/// start record is fenced, the start refused. No run of the task (the owner's log shows no
+/// `spawn-error` run), the owner goes the way of a lost lease (back to standby); when the
+/// other holder's lease ends, it owns the chain again and run 2 runs under that id.
+#[test]
+fn a_start_fenced_because_the_lease_was_taken_is_no_run_and_the_owner_goes_standby() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("loopread_fenced");
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env);
+    let marker = env.path("ran");
+    let rest =
+        marker_task(&marker).replace("success_cooldown = \"2s\"", "success_cooldown = \"1h\"");
+    // lease 30 s: renews every 6 s, so the kick's start comes before the next one.
+    let h1 = host(pg, "h1", &url, "30s", &peer, &rest);
+    let mut r1 = h1.spawn(&["t"]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("run 1 is in the store", || {
+        n(
+            pg,
+            &db,
+            "SELECT count(*) FROM run_chain.runs WHERE outcome = 'ok'",
+        ) == 1
+    });
+    pg.psql(
+        &db,
+        "UPDATE run_chain.leases SET holder = 'thief', host = 'thief', epoch = epoch + 1,
+         expires_at = now() + interval '1 hour' WHERE chain = 't'",
+    );
+    send_signal(r1.pid, libc::SIGUSR1);
+    r1.wait_for("the start of run 2 is refused", || {
+        text(&e1).contains("not started:")
+    });
+    r1.wait_for("h1 goes back to standby", || {
+        text(&e1).contains("waiting as standby")
+    });
+    assert_eq!(lines(&marker), 1, "run 2 did not run");
+    let log = text(&e1);
+    assert!(
+        !log.contains("spawn-error") && !log.contains("could not start"),
+        "a refused start is no run of the task; h1's log:\n{log}"
+    );
+    assert!(
+        n(
+            pg,
+            &db,
+            "SELECT fenced_writes FROM run_chain.leases WHERE chain = 't'"
+        ) >= 1,
+        "the start record was fenced"
+    );
+    // The other holder's lease ends: h1 owns the chain again (resumed from the fleet's
+    // store: run 1's cooldown of 1 h) and, kicked, runs run 2.
+    pg.psql(
+        &db,
+        "UPDATE run_chain.leases SET expires_at = now() WHERE chain = 't'",
+    );
+    r1.wait_for("h1 runs the chain again", || {
+        text(&e1).matches(" running as pid ").count() == 2
+    });
+    send_signal(r1.pid, libc::SIGUSR1);
+    r1.wait_for("run 2 ran", || {
+        n(
+            pg,
+            &db,
+            "SELECT count(*) FROM run_chain.runs WHERE outcome = 'ok'",
+        ) == 2
+    });
+    assert_eq!(
+        history(&h1, "t"),
+        vec![(1, "ok".to_string()), (2, "ok".to_string())],
+        "h1's log:\n{}",
+        text(&e1)
+    );
+    assert!(peer.messages().is_empty(), "{:?}", peer.messages());
+    send_signal(r1.pid, libc::SIGTERM);
+    r1.assert_exit(0);
+    for l in text(&e1).lines().filter(|l| l.contains("fleet")) {
+        println!("{l}");
+    }
+}
