@@ -558,3 +558,61 @@ fn a_start_fenced_because_the_lease_was_taken_is_no_run_and_the_owner_goes_stand
         println!("{l}");
     }
 }
+
+/// A SIGHUP while run 2's start waits for its record's commit is handled at once (the config
+/// reloaded), and the run starts as soon as the record is committed.
+#[test]
+fn a_sighup_while_the_start_waits_for_its_commit_is_handled_at_once_and_the_run_starts() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("loopread_hup");
+    let env = TestEnv::new("");
+    let peer = Peer::start(&env);
+    let marker = env.path("ran");
+    let h1 = host(pg, "h1", &url, "30s", &peer, &marker_task(&marker));
+    let mut r1 = h1.spawn(&["t"]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("run 1 is in the store", || {
+        n(
+            pg,
+            &db,
+            "SELECT count(*) FROM run_chain.runs WHERE outcome = 'ok'",
+        ) == 1
+    });
+    let mut lock = RunsLock::take(pg, &db);
+    assert_eq!(
+        lines(&marker),
+        1,
+        "the lock came after run 2's start (a loaded machine?); cannot test"
+    );
+    r1.wait_for("run 2's start record waits for the lock", || {
+        a_write_waits_for_the_lock(pg, &db)
+    });
+    let sent = Instant::now();
+    send_signal(r1.pid, libc::SIGHUP);
+    let handled = poll_until(Duration::from_secs(3), || {
+        text(&e1).contains("SIGHUP: reloaded")
+    });
+    let after = sent.elapsed();
+    lock.release();
+    assert!(
+        handled,
+        "SIGHUP not handled within 3 s while the start waited for its commit ({after:?}); h1's log:\n{}",
+        text(&e1)
+    );
+    r1.wait_for("run 2 ran", || {
+        n(
+            pg,
+            &db,
+            "SELECT count(*) FROM run_chain.runs WHERE stop_ms IS NOT NULL",
+        ) >= 2
+    });
+    assert_eq!(
+        history(&h1, "t"),
+        vec![(1, "ok".to_string()), (2, "ok".to_string())],
+        "h1's log:\n{}",
+        text(&e1)
+    );
+    assert_eq!(lines(&marker), 2);
+    send_signal(r1.pid, libc::SIGTERM);
+    r1.assert_exit(0);
+}

@@ -697,9 +697,6 @@ impl Driver {
     /// record to the start gate: None, the loop starts it when that record is committed
     /// ([`Driver::poll_gate`]).
     fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Option<Event> {
-        let tasks = self.sup.tasks();
-        self.running
-            .prepare(tasks, index, &self.chain_name, &self.config);
         let (cur, task) = self.sup.begin_run(now, index, run_id);
         self.tail.reset(task.keep_output);
         self.output_flush.start();
@@ -814,6 +811,9 @@ impl Driver {
 
     /// Spawn the run that [`Driver::spawn`] began.
     fn launch(&mut self, index: usize, run_id: u64) -> chain::Event {
+        // (In the fleet, after the start gate: a SIGHUP meanwhile made it be made again.)
+        self.running
+            .prepare(self.sup.tasks(), index, &self.chain_name, &self.config);
         let scheduled = self.sup.chain().scheduled();
         let Some(cur) = self.sup.current() else {
             return chain::Event::SpawnFailed("the run was not begun".into());
