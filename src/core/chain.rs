@@ -19,8 +19,8 @@
 //! | Starting | SpawnFailed                  | Finished(spawn-error) -> Idle (fail cooldown; no start |
 //! |          |                              | before the next Tick, even when due at once)           |
 //! | Starting | StartRefused (the fleet)     | -> Idle, same task, due at `retry_at` at the earliest; |
-//! |          |                              | no run (a run-now run is a request again); a stop ends |
-//! |          |                              | the chain now                                          |
+//! |          |                              | no run, the id spent (a run-now run is a request       |
+//! |          |                              | again); a stop ends the chain now                      |
 //! | Running  | Tick at timeout              | TERM group, kill at +kill_grace (outcome: timeout)     |
 //! | Running  | Stop                         | stop at +stop_grace                                    |
 //! | Running  | Tick at stop / StopNow       | TERM group, kill at +kill_grace (outcome: interrupted) |
@@ -173,13 +173,14 @@ pub(crate) enum Event {
     /// The fleet refused the start (its start record was not committed under the lease):
     /// the task did not run, so this is no run of it and no failure. The chain goes back
     /// to that task, due at `retry_at` at the earliest (the lease's loss, if it is one,
-    /// stops the chain meanwhile). `spent`: the start record may still be committed
-    /// (given up while in flight), so its run id is never given again; else the id is
-    /// free again (nothing names it). A run-now request is pending again with its id
-    /// (its caller was told it).
+    /// stops the chain meanwhile). The run id is spent, never given again (as any id once
+    /// in the saved state; and a closed run's id is refused by the store). A run-now
+    /// request is pending again with its id (its caller was told it), unless `stored`:
+    /// the start record may have been committed after all (given up in flight), and the
+    /// run, closed by the driver, is the request's answer.
     StartRefused {
         retry_at: Mono,
-        spent: bool,
+        stored: bool,
     },
     /// The task's concurrency group has no free slot: wait (the driver watches the slots).
     SlotBusy,
@@ -581,21 +582,12 @@ impl Chain {
                     self.finish(now, run, Outcome::SpawnError(msg), now, &mut out);
                 }
             }
-            Event::StartRefused { retry_at, spent } => {
+            Event::StartRefused { retry_at, stored } => {
                 if let Phase::Starting {
-                    index,
-                    run_id,
-                    scheduled,
+                    index, scheduled, ..
                 } = self.phase
                 {
-                    if !spent && self.trigger.0 != Trigger::Manual {
-                        if let Some(id) = self.run_ids.get_mut(&self.tasks[index].name) {
-                            if *id == run_id {
-                                *id -= 1;
-                            }
-                        }
-                    }
-                    self.start_refused(now, index, scheduled, retry_at, &mut out);
+                    self.start_refused(now, index, scheduled, retry_at, stored, &mut out);
                 }
             }
             Event::LeaderExited(exit) => {
@@ -774,17 +766,18 @@ impl Chain {
         index: usize,
         scheduled: Mono,
         retry_at: Mono,
+        stored: bool,
         out: &mut Vec<Action>,
     ) {
         let retry_at = retry_at.max(now);
         if self.trigger.0 == Trigger::Manual {
-            // A run-now run: the request is pending again (with the id its caller has);
-            // the order goes on where it was.
+            // A run-now run: the request is pending again (with the id its caller has),
+            // unless its run may be stored; the order goes on where it was.
             let Phase::Starting { run_id, .. } = self.phase else {
                 return;
             };
             let (next, due) = self.back.take().unwrap_or((index, scheduled));
-            self.pending = Some(Pending {
+            self.pending = (!stored).then(|| Pending {
                 index,
                 run_id,
                 by: self.trigger.1.take().unwrap_or_default(),

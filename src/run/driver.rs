@@ -779,9 +779,9 @@ impl Driver {
             .ownership
             .fleet_mut()
             .map_or(std::time::Duration::from_secs(1), |f| f.lease() / 5);
-        let spent = matches!(why, crate::lock::fleet::GateRefusal::Unsettled(_));
+        let stored = matches!(why, crate::lock::fleet::GateRefusal::Unsettled(_));
         self.store.begin_batch();
-        if spent {
+        if stored {
             // Its batch may still commit: the start record it holds is closed after it (a
             // run that did not run, not a failure). Fenced like any write: if the lease
             // is lost, the next owner closes it as the dead owner's.
@@ -798,7 +798,7 @@ impl Driver {
             now,
             Event::Chain(chain::Event::StartRefused {
                 retry_at: now.mono + retry,
-                spent,
+                stored,
             }),
         );
         if exit.is_some() {

@@ -705,7 +705,7 @@ fn a_refused_start_is_no_run_and_the_task_is_tried_again_at_retry_at() {
         ms(300),
         Event::StartRefused {
             retry_at: s(2),
-            spent: true,
+            stored: true,
         },
     );
     assert!(a.is_empty(), "no run's end, no start, no exit: {a:?}");
@@ -729,7 +729,7 @@ fn a_refused_start_keeps_a_later_due_time_and_never_goes_back_in_time() {
         s(5),
         Event::StartRefused {
             retry_at: s(1),
-            spent: false,
+            stored: false,
         },
     );
     assert_eq!(c.next_deadline(), Some(s(5)));
@@ -745,7 +745,7 @@ fn a_stop_while_the_start_waits_for_the_fleet_ends_the_chain_at_the_refusal() {
         ms(20),
         Event::StartRefused {
             retry_at: s(1),
-            spent: false,
+            stored: false,
         },
     );
     assert_eq!(a, vec![Action::Exit(ExitReason::Done)], "no run's end");
@@ -772,7 +772,7 @@ fn a_refused_run_now_start_is_a_request_again_with_its_id() {
         s(2),
         Event::StartRefused {
             retry_at: s(3),
-            spent: false,
+            stored: false,
         },
     );
     assert!(a.is_empty(), "{a:?}");
@@ -797,27 +797,43 @@ fn a_refused_kicked_start_is_still_the_kicks_run_when_it_starts() {
         s(2),
         Event::StartRefused {
             retry_at: s(3),
-            spent: false,
+            stored: false,
         },
     );
     let a = c.on_event(s(3), Event::Tick);
-    assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
+    assert_eq!(spawn_of(&a), Some(("a".into(), 3)), "the id is spent");
     assert_eq!(c.trigger(), (Trigger::Kick, Some("bob")));
 }
 
 #[test]
-fn a_refused_start_whose_record_is_not_stored_gives_its_id_back() {
-    let mut c = chain(&["a"], Mode::Forever);
-    let a = c.on_event(s(0), Event::Start);
-    assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+fn a_refused_run_now_start_whose_record_may_be_stored_is_not_a_request_again() {
+    let mut c = chain(&["a", "b"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    let a = c.on_event(
+        s(2),
+        Event::Control(Control::RunNow {
+            index: 1,
+            by: "ann".into(),
+        }),
+    );
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
     let _ = c.on_event(
-        s(0),
+        s(2),
         Event::StartRefused {
-            retry_at: s(1),
-            spent: false,
+            retry_at: s(3),
+            stored: true,
         },
     );
-    assert_eq!(c.run_ids().get("a"), Some(&0));
-    let a = c.on_event(s(1), Event::Tick);
-    assert_eq!(spawn_of(&a), Some(("a".into(), 1)), "no gap in the ids");
+    assert_eq!(
+        c.pending(),
+        None,
+        "its run, if stored, is closed: its answer"
+    );
+    // b was next in the order: it runs at retry_at, scheduled, as run 2.
+    assert_eq!(c.position(), (1, Some(s(3))));
+    let a = c.on_event(s(3), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("b".into(), 2)));
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
 }

@@ -1073,7 +1073,7 @@ fn a_refused_start_is_no_run_no_failure_and_no_alert() {
     // The fleet refused the start: no run's end, no alert, only the state to save.
     let refused = chain::Event::StartRefused {
         retry_at: now + Duration::from_secs(1),
-        spent: false,
+        stored: false,
     };
     let fx = feed(&mut s, at(now), chain_ev(refused), &out);
     assert!(
@@ -1083,7 +1083,7 @@ fn a_refused_start_is_no_run_no_failure_and_no_alert() {
     assert!(s.current().is_none(), "no run in progress");
     assert_eq!(s.alerts["job"].failures, 1, "no failure counted");
     assert_eq!(s.failures["job"].streak().map(|(_, n)| n), Some(1));
-    // One second later the task is tried again, as run 2.
+    // One second later the task is tried again, as run 3 (an id is never given twice).
     let fx = feed(
         &mut s,
         at(now + Duration::from_secs(1)),
@@ -1091,7 +1091,7 @@ fn a_refused_start_is_no_run_no_failure_and_no_alert() {
         &out,
     );
     assert!(
-        matches!(fx.first(), Some(Effect::Spawn { run_id: 2, .. })),
+        matches!(fx.first(), Some(Effect::Spawn { run_id: 3, .. })),
         "{fx:?}"
     );
 }
