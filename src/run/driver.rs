@@ -780,11 +780,10 @@ impl Driver {
             .fleet_mut()
             .map_or(std::time::Duration::from_secs(1), |f| f.lease() / 5);
         let stored = matches!(why, crate::lock::fleet::GateRefusal::Unsettled(_));
-        self.store.begin_batch();
         if stored {
             // Its batch may still commit: the start record it holds is closed after it (a
-            // run that did not run, not a failure). Fenced like any write: if the lease
-            // is lost, the next owner closes it as the dead owner's.
+            // run that did not run, not a failure), handed over now. Fenced like any
+            // write: if the lease is lost, the next owner closes it as the dead owner's.
             self.store.push(store::Op::Interrupted {
                 chain: self.chain_name.clone(),
                 stop_ms: now.wall_ms(),
@@ -793,7 +792,6 @@ impl Driver {
                 ),
             });
         }
-        self.store.end_batch(now.mono, false);
         let exit = self.feed(
             now,
             Event::Chain(chain::Event::StartRefused {
