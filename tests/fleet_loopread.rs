@@ -317,12 +317,13 @@ command = "printf 'context-%s\n' marker; echo 'error: the disk is full' >&2; exi
     r2.assert_exit(0);
 }
 
-/// A task that appends a line to `marker` and succeeds, every 2 s; failures wait 1 h.
+/// A task that appends a line to `marker` and succeeds, every 4 s (time for the test to take
+/// its lock between two runs); failures wait 1 h.
 fn marker_task(marker: &Path) -> String {
     format!(
         r#"
 [defaults]
-success_cooldown = "2s"
+success_cooldown = "4s"
 fail_cooldown = "1h"
 stop_grace = "0s"
 kill_grace = "200ms"
@@ -492,7 +493,7 @@ fn a_start_fenced_because_the_lease_was_taken_is_no_run_and_the_owner_goes_stand
     let peer = Peer::start(&env);
     let marker = env.path("ran");
     let rest =
-        marker_task(&marker).replace("success_cooldown = \"2s\"", "success_cooldown = \"1h\"");
+        marker_task(&marker).replace("success_cooldown = \"4s\"", "success_cooldown = \"1h\"");
     // lease 30 s: renews every 6 s, so the kick's start comes before the next one.
     let h1 = host(pg, "h1", &url, "30s", &peer, &rest);
     let mut r1 = h1.spawn(&["t"]);
