@@ -133,15 +133,16 @@ impl FleetResume {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum GateRefusal {
     /// The start record's batch is done and not committed: nothing of it is stored.
-    Done(String),
-    /// Given up while the batch was in flight: it may still commit later.
-    Unsettled(String),
+    NotStored(String),
+    /// Its start record is committed (the lease no longer allows a start), or it was given
+    /// up while in flight and may still commit.
+    MaybeStored(String),
 }
 
 impl std::fmt::Display for GateRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GateRefusal::Done(m) | GateRefusal::Unsettled(m) => f.write_str(m),
+            GateRefusal::NotStored(m) | GateRefusal::MaybeStored(m) => f.write_str(m),
         }
     }
 }
@@ -539,23 +540,27 @@ impl Fleet {
     /// it through the eventfd, the fence's deadline through the fence's timer): None while
     /// the batch of `ticket` is in flight; Some(Ok) once it is committed and the lease
     /// still allows a start; Some(Err(why)) if the run must not start: the batch was
-    /// dropped, fenced or failed ([`GateRefusal::Done`]: nothing of it is in the store), or
-    /// the lease is no longer this instance's or its fence's TERM deadline passed while
-    /// the batch was in flight ([`GateRefusal::Unsettled`]: it may still commit).
+    /// dropped, fenced or failed ([`GateRefusal::NotStored`]), or it committed but the lease
+    /// no longer allows a start, or the lease is no longer this instance's or its fence's
+    /// TERM deadline passed while the batch was in flight ([`GateRefusal::MaybeStored`]).
     pub(crate) fn gate_state(&self, ticket: u64) -> Option<std::result::Result<(), GateRefusal>> {
         let (done, ok) = match self.cell.shared.lock() {
             Ok(s) => (s.gate_done, s.gate_ok),
-            Err(_) => return Some(Err(GateRefusal::Unsettled("the DB thread is gone".into()))),
+            Err(_) => {
+                return Some(Err(GateRefusal::MaybeStored(
+                    "the DB thread is gone".into(),
+                )))
+            }
         };
         if done >= ticket {
             return Some(if ok < ticket {
-                Err(GateRefusal::Done(
+                Err(GateRefusal::NotStored(
                     "its start record was not committed (fenced, or the database failed)".into(),
                 ))
             } else if self.may_start() {
                 Ok(())
             } else {
-                Err(GateRefusal::Done(
+                Err(GateRefusal::MaybeStored(
                     "the lease does not allow a start now".into(),
                 ))
             });
@@ -565,11 +570,11 @@ impl Fleet {
         match (self.running, self.cell.view()) {
             (Some(e), View::Owner(t)) if t.epoch == e => (sys::boot_now() >= t.term_at(self.lease))
                 .then(|| {
-                    Err(GateRefusal::Unsettled(
+                    Err(GateRefusal::MaybeStored(
                         "its start record was not committed before the fence's deadline".into(),
                     ))
                 }),
-            _ => Some(Err(GateRefusal::Unsettled(
+            _ => Some(Err(GateRefusal::MaybeStored(
                 "the lease is no longer this instance's".into(),
             ))),
         }

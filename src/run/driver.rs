@@ -722,7 +722,7 @@ impl Driver {
         let g = self.gate?;
         let state = if self.stop_asked || self.lost {
             // Not worth waiting for: nothing starts now.
-            Some(Err(crate::lock::fleet::GateRefusal::Unsettled(
+            Some(Err(crate::lock::fleet::GateRefusal::MaybeStored(
                 if self.lost {
                     "the lease was lost"
                 } else {
@@ -733,7 +733,7 @@ impl Driver {
         } else {
             match self.ownership.fleet_mut() {
                 Some(f) => f.gate_state(g.ticket),
-                None => Some(Err(crate::lock::fleet::GateRefusal::Unsettled(
+                None => Some(Err(crate::lock::fleet::GateRefusal::MaybeStored(
                     "no lease".into(),
                 ))),
             }
@@ -779,16 +779,16 @@ impl Driver {
             .ownership
             .fleet_mut()
             .map_or(std::time::Duration::from_secs(1), |f| f.lease() / 5);
-        let stored = matches!(why, crate::lock::fleet::GateRefusal::Unsettled(_));
+        let stored = matches!(why, crate::lock::fleet::GateRefusal::MaybeStored(_));
         if stored {
-            // Its batch may still commit: the start record it holds is closed after it (a
-            // run that did not run, not a failure), handed over now. Fenced like any
+            // Its start record is (or may yet be) committed: it is closed after it (a run
+            // that did not run, not a failure), handed over now. Fenced like any
             // write: if the lease is lost, the next owner closes it as the dead owner's.
             self.store.push(store::Op::Interrupted {
                 chain: self.chain_name.clone(),
                 stop_ms: now.wall_ms(),
                 error: format!(
-                    "not started: {why}; the task did not run (its start record committed late)"
+                    "not started: {why}; the task did not run (its start record was stored all the same)"
                 ),
             });
         }
