@@ -215,6 +215,16 @@ impl AlertState {
         }
     }
 
+    /// Which failed run a later mail of this task's streak quotes, when the instance
+    /// sending it did not see that run (a new owner in the fleet reads it ahead, off the
+    /// loop): None without a streak (the next failure is seen by whoever runs it);
+    /// Some(Some(id)): the run the state names; Some(None): the task's newest failed run
+    /// (a state that names none).
+    pub(crate) fn quoted_run(&self) -> Option<Option<u64>> {
+        self.streak_start_ms?;
+        Some(self.last_failed.as_ref().map(|r| r.run_id))
+    }
+
     /// The next time [`AlertState::on_tick`] may alert (a downtime multiple), if any.
     pub(crate) fn next_deadline(&self, p: Policy) -> Option<u64> {
         let start = self.streak_start_ms?;
@@ -453,5 +463,29 @@ mod tests {
         );
         let back: AlertState = serde_json::from_str(&old).expect("de");
         assert_eq!(back.last_failed, None);
+    }
+
+    #[test]
+    fn the_run_a_later_mail_quotes_is_the_streaks_last_failed_one() {
+        let p = Policy {
+            window_ms: 60_000,
+            max_per_hour: 10,
+        };
+        let mut st = AlertState::default();
+        assert_eq!(st.quoted_run(), None, "no streak, nothing to quote");
+        let _ = st.on_run(1_000, Some("exit 3"), p);
+        assert_eq!(st.quoted_run(), Some(None), "a streak, no run named");
+        st.last_failed = Some(FailedRun {
+            run_id: 7,
+            outcome: "failed (exit code 3)".into(),
+            brief: "exit 3".into(),
+            start_ms: 900,
+            duration_ms: 100,
+            last_line: "boom".into(),
+            output_bytes: 5,
+        });
+        assert_eq!(st.quoted_run(), Some(Some(7)));
+        let _ = st.on_run(2_000, None, p);
+        assert_eq!(st.quoted_run(), None, "recovered: the streak is over");
     }
 }

@@ -18,6 +18,9 @@
 //! | Starting | Spawned                      | -> Running                                             |
 //! | Starting | SpawnFailed                  | Finished(spawn-error) -> Idle (fail cooldown; no start |
 //! |          |                              | before the next Tick, even when due at once)           |
+//! | Starting | StartRefused (the fleet)     | -> Idle, same task, due at `retry_at` at the earliest; |
+//! |          |                              | no run, the id spent (a run-now run is a request       |
+//! |          |                              | again); a stop ends the chain now                      |
 //! | Running  | Tick at timeout              | TERM group, kill at +kill_grace (outcome: timeout)     |
 //! | Running  | Stop                         | stop at +stop_grace                                    |
 //! | Running  | Tick at stop / StopNow       | TERM group, kill at +kill_grace (outcome: interrupted) |
@@ -167,6 +170,18 @@ pub(crate) enum Event {
     Spawned,
     /// The run asked for by `Action::Spawn` could not be started.
     SpawnFailed(String),
+    /// The fleet refused the start (its start record was not committed under the lease):
+    /// the task did not run, so this is no run of it and no failure. The chain goes back
+    /// to that task, due at `retry_at` at the earliest (the lease's loss, if it is one,
+    /// stops the chain meanwhile). The run id is spent, never given again (as any id once
+    /// in the saved state; and a closed run's id is refused by the store). A run-now
+    /// request is pending again with its id (its caller was told it), unless `stored`:
+    /// the start record may have been committed after all (given up in flight), and the
+    /// run, closed by the driver, is the request's answer.
+    StartRefused {
+        retry_at: Mono,
+        stored: bool,
+    },
     /// The task's concurrency group has no free slot: wait (the driver watches the slots).
     SlotBusy,
     /// A slot of the group may have come free: try again.
@@ -567,6 +582,14 @@ impl Chain {
                     self.finish(now, run, Outcome::SpawnError(msg), now, &mut out);
                 }
             }
+            Event::StartRefused { retry_at, stored } => {
+                if let Phase::Starting {
+                    index, scheduled, ..
+                } = self.phase
+                {
+                    self.start_refused(now, index, scheduled, retry_at, stored, &mut out);
+                }
+            }
             Event::LeaderExited(exit) => {
                 if let Phase::Running(run) = &self.phase {
                     let run = run.clone();
@@ -734,6 +757,51 @@ impl Chain {
             task: self.tasks[p.index].name.clone(),
             run_id: p.run_id,
         });
+    }
+
+    /// See [`Event::StartRefused`].
+    fn start_refused(
+        &mut self,
+        now: Mono,
+        index: usize,
+        scheduled: Mono,
+        retry_at: Mono,
+        stored: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let retry_at = retry_at.max(now);
+        if self.trigger.0 == Trigger::Manual {
+            // A run-now run: the request is pending again (with the id its caller has),
+            // unless its run may be stored; the order goes on where it was.
+            let Phase::Starting { run_id, .. } = self.phase else {
+                return;
+            };
+            let (next, due) = self.back.take().unwrap_or((index, scheduled));
+            self.pending = (!stored).then(|| Pending {
+                index,
+                run_id,
+                by: self.trigger.1.take().unwrap_or_default(),
+            });
+            self.phase = Phase::Idle {
+                index: next,
+                due: due.max(retry_at),
+                cooled: None,
+            };
+        } else {
+            if self.trigger.0 == Trigger::Kick {
+                // Still the kick's run when it starts.
+                self.kicked = Some(self.trigger.1.take());
+            }
+            self.phase = Phase::Idle {
+                index,
+                due: scheduled.max(retry_at),
+                cooled: None,
+            };
+        }
+        self.trigger = (Trigger::Schedule, None);
+        if self.stopping {
+            self.exit(out);
+        }
     }
 
     fn exit(&mut self, out: &mut Vec<Action>) {

@@ -475,6 +475,12 @@ impl Supervisor {
         if matches!(ev, chain::Event::LeaderExited(_)) && self.chain.reaping() {
             return;
         }
+        if matches!(ev, chain::Event::StartRefused { .. }) {
+            // No run was begun (see the chain's event): nothing of it is kept, and the
+            // state no longer names it.
+            self.current = None;
+            out.push(Effect::SaveState);
+        }
         for a in self.chain.on_event(now.mono, ev) {
             match a {
                 Action::Spawn {

@@ -67,6 +67,9 @@ struct Shared {
     lost: Option<(i64, String)>,
     /// What the fleet's store says to resume from, read at the acquire of this epoch.
     resume: Option<(i64, FleetResume)>,
+    /// The failed runs the alert state quotes, read at the acquire of this epoch (by
+    /// task): the loop's alert mails never read the database themselves.
+    failed_runs: Option<(i64, FailedRuns)>,
     /// The start gate: the last gated batch done, and whether it committed (its ticket).
     gate_done: u64,
     gate_ok: u64,
@@ -125,6 +128,28 @@ impl FleetResume {
         st
     }
 }
+
+/// Why a run's start was refused at the start gate ([`Fleet::gate_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GateRefusal {
+    /// The start record's batch is done and not committed: nothing of it is stored.
+    NotStored(String),
+    /// Its start record is committed (the lease no longer allows a start), or it was given
+    /// up while in flight and may still commit.
+    MaybeStored(String),
+}
+
+impl std::fmt::Display for GateRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GateRefusal::NotStored(m) | GateRefusal::MaybeStored(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Failed runs read ahead for the alert mails, by task (see [`Fleet::take_failed_runs`]).
+pub(crate) type FailedRuns =
+    std::collections::BTreeMap<String, crate::core::supervisor::StoredRead>;
 
 /// The view and the eventfd that says it changed.
 struct Cell {
@@ -194,9 +219,10 @@ impl Cell {
         sys::eventfd_signal(self.efd.as_raw_fd());
     }
 
-    fn set_resume(&self, epoch: i64, r: FleetResume) {
+    fn set_resume(&self, epoch: i64, r: FleetResume, failed: FailedRuns) {
         if let Ok(mut s) = self.shared.lock() {
             s.resume = Some((epoch, r));
+            s.failed_runs = Some((epoch, failed));
         }
     }
 
@@ -389,6 +415,7 @@ impl Fleet {
                 view: View::Starting,
                 lost: None,
                 resume: None,
+                failed_runs: None,
                 gate_done: 0,
                 gate_ok: 0,
                 stop_fleet: false,
@@ -490,50 +517,66 @@ impl Fleet {
         }
     }
 
-    /// The start gate: wait until the batch of `ticket` is committed (Ok) or dropped,
-    /// fenced or failed (Err: the run must not start), at most until the fence's TERM
-    /// deadline; then the lease must still allow a start.
-    pub(crate) fn wait_commit(&mut self, ticket: u64) -> std::result::Result<(), String> {
-        loop {
-            // The fence's TERM deadline of the epoch the chain runs under (it moves with
-            // each renew).
-            let limit = match (self.running, self.cell.view()) {
-                (Some(e), View::Owner(t)) if t.epoch == e => t.term_at(self.lease),
-                _ => return Err("the lease is no longer this instance's".into()),
-            };
-            let (done, ok) = match self.cell.shared.lock() {
-                Ok(s) => (s.gate_done, s.gate_ok),
-                Err(_) => return Err("the DB thread is gone".into()),
-            };
-            if done >= ticket {
-                if ok < ticket {
-                    return Err(
-                        "its start record was not committed (fenced, or the database failed)"
-                            .into(),
-                    );
-                }
-                break;
-            }
-            let now = sys::boot_now();
-            if now >= limit {
-                return Err(
-                    "its start record was not committed before the fence's deadline".into(),
-                );
-            }
-            let mut fds = [sys::pollfd(self.fd(), libc::POLLIN)];
-            if let Err(e) = sys::ppoll(&mut fds, Some(limit.saturating_sub(now))) {
-                return Err(format!("ppoll: {e}"));
-            }
-            if fds[0].revents != 0 {
-                sys::eventfd_drain(self.fd());
-            }
+    /// The failed runs the alert state of this epoch's resume quotes, read from the
+    /// fleet's store when the lease was acquired (by the DB thread, never the loop): a new
+    /// owner's mail of a streak it did not see still shows that run's output.
+    pub(crate) fn take_failed_runs(&self) -> FailedRuns {
+        let Some(epoch) = self.running else {
+            return FailedRuns::new();
+        };
+        match self
+            .cell
+            .shared
+            .lock()
+            .ok()
+            .and_then(|mut s| s.failed_runs.take())
+        {
+            Some((e, f)) if e == epoch => f,
+            _ => FailedRuns::new(),
         }
-        // A wake drained here may have been a change of the view: the loop looks again.
-        sys::eventfd_signal(self.fd());
-        if self.may_start() {
-            Ok(())
-        } else {
-            Err("the lease does not allow a start now".into())
+    }
+
+    /// The start gate, looked at by the loop (which never waits for it: the answer wakes
+    /// it through the eventfd, the fence's deadline through the fence's timer): None while
+    /// the batch of `ticket` is in flight; Some(Ok) once it is committed and the lease
+    /// still allows a start; Some(Err(why)) if the run must not start: the batch was
+    /// dropped, fenced or failed ([`GateRefusal::NotStored`]), or it committed but the lease
+    /// no longer allows a start, or the lease is no longer this instance's or its fence's
+    /// TERM deadline passed while the batch was in flight ([`GateRefusal::MaybeStored`]).
+    pub(crate) fn gate_state(&self, ticket: u64) -> Option<std::result::Result<(), GateRefusal>> {
+        let (done, ok) = match self.cell.shared.lock() {
+            Ok(s) => (s.gate_done, s.gate_ok),
+            Err(_) => {
+                return Some(Err(GateRefusal::MaybeStored(
+                    "the DB thread is gone".into(),
+                )))
+            }
+        };
+        if done >= ticket {
+            return Some(if ok < ticket {
+                Err(GateRefusal::NotStored(
+                    "its start record was not committed (fenced, or the database failed)".into(),
+                ))
+            } else if self.may_start() {
+                Ok(())
+            } else {
+                Err(GateRefusal::MaybeStored(
+                    "the lease does not allow a start now".into(),
+                ))
+            });
+        }
+        // The fence's TERM deadline of the epoch the chain runs under (it moves with each
+        // renew).
+        match (self.running, self.cell.view()) {
+            (Some(e), View::Owner(t)) if t.epoch == e => (sys::boot_now() >= t.term_at(self.lease))
+                .then(|| {
+                    Err(GateRefusal::MaybeStored(
+                        "its start record was not committed before the fence's deadline".into(),
+                    ))
+                }),
+            _ => Some(Err(GateRefusal::MaybeStored(
+                "the lease is no longer this instance's".into(),
+            ))),
         }
     }
 
@@ -1197,7 +1240,8 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                                 pred_seen.take(),
                                 took_over,
                             );
-                            cell.set_resume(t.epoch, r);
+                            let failed = read_failed_runs(&mut conn, chain, &r, stmt);
+                            cell.set_resume(t.epoch, r, failed);
                             cell.publish(View::Owner(t));
                         }
                     }
@@ -1523,6 +1567,54 @@ impl Writes {
             }
         }
     }
+}
+
+/// At an acquire, after the resume: the failed runs the resumed alert state quotes (see
+/// [`Fleet::take_failed_runs`]), over the thread's connection, one try (a task whose run
+/// cannot be read gets the error, and its mail says so).
+fn read_failed_runs(
+    conn: &mut Option<Conn>,
+    chain: &str,
+    r: &FleetResume,
+    stmt: Duration,
+) -> FailedRuns {
+    let state: crate::core::resume::State = r
+        .state
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    let wanted: Vec<(String, Option<u64>)> = state
+        .alerts
+        .iter()
+        .filter_map(|(task, st)| Some((task.clone(), st.quoted_run()?)))
+        .collect();
+    if wanted.is_empty() {
+        return FailedRuns::new();
+    }
+    let Some(c) = conn.take() else {
+        let why = "no connection to the fleet's store when the lease was acquired".to_string();
+        return wanted
+            .into_iter()
+            .map(|(task, _)| {
+                let read = crate::core::supervisor::StoredRead {
+                    durations: Vec::new(),
+                    failed: Err(why.clone()),
+                };
+                (task, read)
+            })
+            .collect();
+    };
+    let started = time::mono_now();
+    let (c, read) = crate::store::fleet_failed_runs(c, chain, &wanted, stmt);
+    // A read that failed may have left the connection mid-statement: the next due action
+    // makes a new one.
+    *conn = read.iter().all(|(_, r)| r.failed.is_ok()).then_some(c);
+    log::debug!(
+        "{chain}: fleet: read {} failed run(s) for the alert mails in {} µs",
+        read.len(),
+        time::mono_now().saturating_sub(started).as_micros()
+    );
+    read.into_iter().collect()
 }
 
 /// The DB thread's fleet-slot work, after the lease's (a renew comes first): free what

@@ -13,7 +13,12 @@
 //! records by the store's [`Recorder`] (domain values in, records out), an alert mail by
 //! [`Mailer`] (built, put in the store's outbox, delivered by its thread), CHAIN.state by
 //! its [`state_file::Writer`]; a failed run an alert shows is read by the store's reader
-//! and made into the mail's view by the supervisor.
+//! (in the fleet: by the DB thread, ahead, when it acquired the lease: no database call
+//! runs on this loop) and made into the mail's view by the supervisor.
+//!
+//! In the fleet a run starts only once its start record is committed under the lease
+//! (the start gate): the loop does not wait for that commit, it keeps handling signals
+//! and the lease meanwhile ([`Driver::poll_gate`]); a refused start is no run of the task.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -91,6 +96,21 @@ pub(crate) struct Driver {
     lost: bool,
     /// A stop was asked for (a signal, `stop`): the process exits, lost or not.
     stop_asked: bool,
+    /// The fleet's start gate in flight: the run being started waits for its start
+    /// record's commit while the loop goes on (signals, the lease, run-now).
+    gate: Option<Gate>,
+    /// Failed runs the fleet's DB thread read when this instance took the chain (by
+    /// task), for the alert mails that quote a run this instance did not see.
+    preloaded: std::collections::BTreeMap<String, crate::core::supervisor::StoredRead>,
+}
+
+/// A run waiting at the fleet's start gate.
+#[derive(Debug, Clone, Copy)]
+struct Gate {
+    ticket: u64,
+    index: usize,
+    run_id: u64,
+    asked: time::Mono,
 }
 
 /// How the loop ended, with what `app::run` needs to go back to standby after a lost
@@ -148,6 +168,11 @@ impl Driver {
             base_state,
         );
         let state_file = state_file::Writer::new(state_file::path(&run_root, &chain_name));
+        // What the DB thread read for the alert mails when it acquired the lease.
+        let preloaded = ownership
+            .fleet_mut()
+            .map(|f| f.take_failed_runs())
+            .unwrap_or_default();
         // The mailer delivers at once what an earlier instance left in the outbox.
         // In the fleet the outbox is the fleet's store's (nothing in RUN_ROOT/outbox/).
         let (ours, theirs) = match ownership.fleet_mut().and_then(|f| f.outboxes()) {
@@ -192,6 +217,8 @@ impl Driver {
             ctl_client: None,
             lost: false,
             stop_asked: false,
+            gate: None,
+            preloaded,
         }
     }
 
@@ -262,6 +289,11 @@ impl Driver {
         let mut ticks_in_a_row = 0u32;
         loop {
             let now = Now::read();
+            if self.gate.is_some() {
+                if let Some(exit) = self.poll_gate(now) {
+                    return Ok(self.finish(exit));
+                }
+            }
             if self.sup.chain().reaping() && self.running.sweep() {
                 self.drain_sources();
                 if let Some(exit) = self.feed(now, Event::Chain(chain::Event::GroupEmpty)) {
@@ -635,7 +667,11 @@ impl Driver {
                         // gives its id to another run. (With the state written in place,
                         // this costs a few microseconds.)
                         self.save_state_with(now, Some((&task, run_id, now.wall_ms())));
-                        events.push_back(self.spawn(now, index, run_id));
+                        // None: the fleet's start gate; the loop starts it (or not) when
+                        // the start record's batch is settled.
+                        if let Some(ev) = self.spawn(now, index, run_id) {
+                            events.push_back(ev);
+                        }
                     }
                     Effect::Signal(sig) => self.running.signal(&self.chain_name, sig),
                     Effect::RunEnded(r) => self.finished(now, *r),
@@ -660,40 +696,133 @@ impl Driver {
         None
     }
 
-    fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Event {
-        let scheduled = self.sup.chain().scheduled().unwrap_or(now.mono);
-        let tasks = self.sup.tasks();
-        self.running
-            .prepare(tasks, index, &self.chain_name, &self.config);
+    /// Begin run `run_id` of task `index` and start it, or (the fleet) hand its start
+    /// record to the start gate: None, the loop starts it when that record is committed
+    /// ([`Driver::poll_gate`]).
+    fn spawn(&mut self, now: Now, index: usize, run_id: u64) -> Option<Event> {
         let (cur, task) = self.sup.begin_run(now, index, run_id);
         self.tail.reset(task.keep_output);
         self.output_flush.start();
         // The fleet's start gate: the run's start record (with what this feed recorded
         // before it) is committed, fenced, before the task is spawned; else it does not
-        // start.
+        // start. The loop does not wait for it: it goes on handling signals and the lease.
         if let Some(ticket) = self.store.start_gated(cur) {
-            let asked = time::mono_now();
-            let gate = match self.ownership.fleet_mut() {
-                Some(f) => f.wait_commit(ticket),
-                None => Err("no lease".into()),
-            };
-            log::debug!(
-                "{}: fleet: {} run {run_id}: start record gate {} µs",
-                self.chain_name,
-                task.name,
-                time::mono_now().saturating_sub(asked).as_micros()
-            );
-            if let Err(why) = gate {
-                log::warn!(
-                    "{}: fleet: {} run {run_id} not started: {why}",
-                    self.chain_name,
-                    task.name
-                );
-                return Event::Chain(chain::Event::SpawnFailed(format!("not started: {why}")));
-            }
+            self.gate = Some(Gate {
+                ticket,
+                index,
+                run_id,
+                asked: time::mono_now(),
+            });
+            return None;
         }
+        Some(Event::Chain(self.launch(index, run_id)))
+    }
+
+    /// The run waiting at the start gate, if its batch is settled (or the chain stops, or
+    /// the lease is lost): start it, or give it up as no run of the task. An exit if the
+    /// chain ends.
+    fn poll_gate(&mut self, now: Now) -> Option<ExitReason> {
+        let g = self.gate?;
+        let state = if self.stop_asked || self.lost {
+            // Not worth waiting for: nothing starts now.
+            Some(Err(crate::lock::fleet::GateRefusal::MaybeStored(
+                if self.lost {
+                    "the lease was lost"
+                } else {
+                    "the chain is stopping"
+                }
+                .into(),
+            )))
+        } else {
+            match self.ownership.fleet_mut() {
+                Some(f) => f.gate_state(g.ticket),
+                None => Some(Err(crate::lock::fleet::GateRefusal::MaybeStored(
+                    "no lease".into(),
+                ))),
+            }
+        };
+        let state = state?;
+        self.gate = None;
+        let task = self.sup.tasks()[g.index].name.clone();
+        log::debug!(
+            "{}: fleet: {task} run {}: start record gate {} µs",
+            self.chain_name,
+            g.run_id,
+            time::mono_now().saturating_sub(g.asked).as_micros()
+        );
+        match state {
+            Ok(()) => {
+                let ev = self.launch(g.index, g.run_id);
+                self.feed(now, Event::Chain(ev))
+            }
+            Err(why) => self.start_refused(now, g, &task, why),
+        }
+    }
+
+    /// The fleet refused the start of run `g` (its start record is not committed under
+    /// the lease): the task did not run, so this is no run of it (no record, no failure,
+    /// no alert). The chain goes back to the task (see [`chain::Event::StartRefused`]),
+    /// tried again after one renew period at the earliest; a lost lease stops it meanwhile
+    /// as any loss of the lease does.
+    fn start_refused(
+        &mut self,
+        now: Now,
+        g: Gate,
+        task: &str,
+        why: crate::lock::fleet::GateRefusal,
+    ) -> Option<ExitReason> {
+        log::warn!(
+            "{}: fleet: {task} run {} not started: {why}; the task did not run (no run is recorded)",
+            self.chain_name,
+            g.run_id
+        );
+        self.slot.release();
+        self.output_flush.stop();
+        let retry = self
+            .ownership
+            .fleet_mut()
+            .map_or(std::time::Duration::from_secs(1), |f| f.lease() / 5);
+        let stored = matches!(why, crate::lock::fleet::GateRefusal::MaybeStored(_));
+        if stored {
+            // Its start record is (or may yet be) committed: it is closed after it (a run
+            // that did not run, not a failure), handed over now. Fenced like any
+            // write: if the lease is lost, the next owner closes it as the dead owner's.
+            self.store.push(store::Op::Interrupted {
+                chain: self.chain_name.clone(),
+                stop_ms: now.wall_ms(),
+                error: format!(
+                    "not started: {why}; the task did not run (its start record was stored all the same)"
+                ),
+            });
+        }
+        let exit = self.feed(
+            now,
+            Event::Chain(chain::Event::StartRefused {
+                retry_at: now.mono + retry,
+                stored,
+            }),
+        );
+        if exit.is_some() {
+            return exit;
+        }
+        // A refusal that is a lost lease: the loop learns it now, not at the next wake.
+        let ev = self.ownership.on_deadline(now.mono);
+        self.on_lock_event(now, ev)
+    }
+
+    /// Spawn the run that [`Driver::spawn`] began.
+    fn launch(&mut self, index: usize, run_id: u64) -> chain::Event {
+        // (In the fleet, after the start gate: a SIGHUP meanwhile made it be made again.)
+        self.running
+            .prepare(self.sup.tasks(), index, &self.chain_name, &self.config);
+        let scheduled = self.sup.chain().scheduled();
+        let Some(cur) = self.sup.current() else {
+            return chain::Event::SpawnFailed("the run was not begun".into());
+        };
+        let task = &self.sup.tasks()[index];
         // The start latency at the resolution of the clock (for the debug log only).
         let spawn_at = time::mono_now();
+        let scheduled = scheduled.unwrap_or(spawn_at);
         match self.running.spawn(index, cur, task.timing.kill_grace) {
             Ok(pid) => {
                 // The start latency at the resolution of the clock (the store keeps ms).
@@ -710,7 +839,7 @@ impl Driver {
                     task.program.short()
                 );
                 self.store.run_started(cur, pid);
-                Event::Chain(chain::Event::Spawned)
+                chain::Event::Spawned
             }
             Err(msg) => {
                 log::info!(
@@ -718,7 +847,7 @@ impl Driver {
                     self.chain_name,
                     task.name
                 );
-                Event::Chain(chain::Event::SpawnFailed(msg))
+                chain::Event::SpawnFailed(msg)
             }
         }
     }

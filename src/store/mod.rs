@@ -75,9 +75,9 @@ mod writer;
 
 pub(crate) use killed::{close_killed, Killed};
 pub(crate) use reader::{
-    alert_counts, chains_of_task, chains_with_run, failed_run, history, last_run_ids,
-    open_fleet_read, open_read, output, series, series_with_recent, trigger_counts, ReadError,
-    Reader, RunRow, SeriesRow,
+    alert_counts, chains_of_task, chains_with_run, failed_run, fleet_failed_runs, history,
+    last_run_ids, open_fleet_read, open_read, output, series, series_with_recent, trigger_counts,
+    ReadError, Reader, RunRow, SeriesRow,
 };
 pub use schema::SCHEMA_VERSION;
 pub use writer::{Store, Writer};

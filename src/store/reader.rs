@@ -435,25 +435,20 @@ fn series_row(r: &rusqlite::Row) -> rusqlite::Result<SeriesRow> {
 /// For an alert mail of `chain`'s `task` in an instance that did not see the streak's
 /// last failed run: that run (`run_id`; None: the task's newest failed run among its
 /// last 20) with its output, and the chain's last durations (for the mail's next
-/// attempt). Seldom called, so the store is opened for it and closed after; the loop
-/// waits for it, so a busy store is given up on soon (the mail says so). Durations
-/// read before a failure are kept. `fleet`: the records are in the fleet's store (a
-/// connection made for it with its short timeout: the run may be another host's).
+/// attempt), from RUN_ROOT's SQLite store. Seldom called, so the store is opened for it
+/// and closed after; the loop waits for it, so a busy store is given up on soon (the
+/// mail says so). Durations read before a failure are kept. The fleet's store is never
+/// read here (the loop makes no database call): its chain's DB thread reads the same
+/// when it acquires the lease ([`fleet_failed_runs`]).
 pub(crate) fn failed_run(
     run_root: &Path,
-    fleet: Option<&crate::config::FleetConfig>,
     chain: &str,
     task: &str,
     run_id: Option<u64>,
 ) -> StoredRead {
     let mut durations = Vec::new();
     let failed = (|| {
-        // The fleet: the records are in the fleet's store (the run may be another host's).
-        let opened = match fleet {
-            Some(cfg) => open_fleet_read(cfg).map_err(|e| e.to_string())?,
-            None => open_read(run_root)?,
-        };
-        let Some(reader) = opened else {
+        let Some(reader) = open_read(run_root)? else {
             return Ok(None);
         };
         let _ = reader.busy_timeout(Duration::from_millis(500));
@@ -465,39 +460,90 @@ pub(crate) fn failed_run(
                     .filter_map(|s| Some((s.task, s.last_duration_ms?))),
             );
         }
-        let failed_outcome = |r: &RunRow| {
-            crate::core::alert_mail::failed_outcome(
-                r.outcome.as_deref(),
-                r.exit_code,
-                r.signal,
-                r.error.as_deref(),
-            )
-        };
-        let id = match run_id {
-            Some(id) => id,
-            None => {
-                let runs = history(&reader, task, Some(chain), 20).map_err(|e| e.to_string())?;
-                match runs.into_iter().find(|r| failed_outcome(r).is_some()) {
-                    Some(r) => r.run_id,
-                    None => return Ok(None),
-                }
-            }
-        };
-        let Some((row, output)) =
-            output(&reader, task, Some(chain), Some(id)).map_err(|e| e.to_string())?
-        else {
-            return Ok(None);
-        };
-        Ok(failed_outcome(&row).map(|outcome| StoredRun {
-            run_id: row.run_id,
-            outcome,
-            start_ms: row.start_ms,
-            duration_ms: row.duration_ms.unwrap_or(0),
-            output,
-            output_bytes: row.output_bytes,
-        }))
+        failed_run_in(&reader, chain, task, run_id)
     })();
     StoredRead { durations, failed }
+}
+
+/// The failed run of [`failed_run`], read through `reader`.
+fn failed_run_in(
+    reader: &Reader,
+    chain: &str,
+    task: &str,
+    run_id: Option<u64>,
+) -> Result<Option<StoredRun>, String> {
+    let failed_outcome = |r: &RunRow| {
+        crate::core::alert_mail::failed_outcome(
+            r.outcome.as_deref(),
+            r.exit_code,
+            r.signal,
+            r.error.as_deref(),
+        )
+    };
+    let id = match run_id {
+        Some(id) => id,
+        None => {
+            let runs = history(reader, task, Some(chain), 20).map_err(|e| e.to_string())?;
+            match runs.into_iter().find(|r| failed_outcome(r).is_some()) {
+                Some(r) => r.run_id,
+                None => return Ok(None),
+            }
+        }
+    };
+    let Some((row, output)) =
+        output(reader, task, Some(chain), Some(id)).map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    Ok(failed_outcome(&row).map(|outcome| StoredRun {
+        run_id: row.run_id,
+        outcome,
+        start_ms: row.start_ms,
+        duration_ms: row.duration_ms.unwrap_or(0),
+        output,
+        output_bytes: row.output_bytes,
+    }))
+}
+
+/// On the chain's DB thread, over its connection (given back with the answer), each
+/// statement within `wait`: for each (task, run id) of `wanted`, what [`failed_run`]
+/// reads, from the fleet's store (the run may be another host's), for the alert mails
+/// of a new owner. The first statement that fails ends the reads: that task and the
+/// ones after it get its error (their mails say the run could not be read).
+pub(crate) fn fleet_failed_runs(
+    conn: super::pg::conn::Conn,
+    chain: &str,
+    wanted: &[(String, Option<u64>)],
+    wait: Duration,
+) -> (super::pg::conn::Conn, Vec<(String, StoredRead)>) {
+    let p = PgReader::over(conn, wait);
+    let mut error = None;
+    let durations = pg::durations(&p, chain).unwrap_or_else(|e| {
+        error = Some(e);
+        Vec::new()
+    });
+    let reader = Reader::Pg(p);
+    let mut out = Vec::new();
+    for (task, id) in wanted {
+        let failed = match &error {
+            Some(e) => Err(e.clone()),
+            None => failed_run_in(&reader, chain, task, *id),
+        };
+        if let Err(e) = &failed {
+            error.get_or_insert_with(|| e.clone());
+        }
+        out.push((
+            task.clone(),
+            StoredRead {
+                durations: durations.clone(),
+                failed,
+            },
+        ));
+    }
+    let Reader::Pg(p) = reader else {
+        unreachable!("made as a PG reader above")
+    };
+    (p.into_conn(), out)
 }
 
 /// Every series (chain and task) with its aggregates.

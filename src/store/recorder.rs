@@ -51,7 +51,7 @@ pub(crate) const START_HOLD: std::time::Duration = std::time::Duration::from_mil
 /// applied in one fenced transaction.
 pub(crate) trait Remote: Send {
     /// Hand `ops` over as one batch. With `gate`, the caller waits for its commit: its
-    /// ticket (see `lock::fleet::Fleet::wait_commit`).
+    /// ticket (see `lock::fleet::Fleet::gate_state`).
     fn send(&mut self, ops: Vec<Op>, gate: bool) -> Option<u64>;
     /// Wait (up to a bound of its own) until what was handed over is applied or dropped.
     fn sync(&mut self);

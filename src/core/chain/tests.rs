@@ -695,3 +695,145 @@ fn a_kick_with_its_source_gives_it_to_the_run_it_starts_and_only_to_that_run() {
     assert_eq!(spawn_of(&a), Some(("b".into(), 2)));
     assert_eq!(c.trigger(), (Trigger::Schedule, None));
 }
+
+#[test]
+fn a_refused_start_is_no_run_and_the_task_is_tried_again_at_retry_at() {
+    let mut c = chain(&["a", "b"], Mode::Forever);
+    let a = c.on_event(s(0), Event::Start);
+    assert_eq!(spawn_of(&a), Some(("a".into(), 1)));
+    let a = c.on_event(
+        ms(300),
+        Event::StartRefused {
+            retry_at: s(2),
+            stored: true,
+        },
+    );
+    assert!(a.is_empty(), "no run's end, no start, no exit: {a:?}");
+    assert!(c.in_cooldown());
+    // Same task, due at retry_at (not a fail cooldown): nothing before it.
+    assert_eq!(c.position(), (0, Some(s(2))));
+    assert_eq!(c.next_deadline(), Some(s(2)));
+    assert!(c.on_event(ms(1999), Event::Tick).is_empty());
+    // The id was spent (its start record may be in the store): the next start takes the next.
+    let a = c.on_event(s(2), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
+}
+
+#[test]
+fn a_refused_start_keeps_a_later_due_time_and_never_goes_back_in_time() {
+    let mut c = chain(&["a"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    // retry_at before now counts from now.
+    let _ = c.on_event(
+        s(5),
+        Event::StartRefused {
+            retry_at: s(1),
+            stored: false,
+        },
+    );
+    assert_eq!(c.next_deadline(), Some(s(5)));
+}
+
+#[test]
+fn a_stop_while_the_start_waits_for_the_fleet_ends_the_chain_at_the_refusal() {
+    let mut c = chain(&["a", "b"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    // The stop takes effect once the start is settled.
+    assert!(c.on_event(ms(10), Event::Control(Control::Stop)).is_empty());
+    let a = c.on_event(
+        ms(20),
+        Event::StartRefused {
+            retry_at: s(1),
+            stored: false,
+        },
+    );
+    assert_eq!(a, vec![Action::Exit(ExitReason::Done)], "no run's end");
+    // The next instance starts with the task that did not run.
+    assert_eq!(c.position().0, 0);
+}
+
+#[test]
+fn a_refused_run_now_start_is_a_request_again_with_its_id() {
+    let mut c = chain(&["a", "b"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    // In a's cooldown (b due at 11 s), run-now b is accepted and starts at once.
+    let a = c.on_event(
+        s(2),
+        Event::Control(Control::RunNow {
+            index: 1,
+            by: "ann".into(),
+        }),
+    );
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    let a = c.on_event(
+        s(2),
+        Event::StartRefused {
+            retry_at: s(3),
+            stored: false,
+        },
+    );
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(
+        c.pending().map(|p| (p.index, p.run_id, p.by.as_str())),
+        Some((1, 1, "ann"))
+    );
+    let a = c.on_event(s(3), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)), "the same id: {a:?}");
+    assert_eq!(c.trigger(), (Trigger::Manual, Some("ann")));
+}
+
+#[test]
+fn a_refused_kicked_start_is_still_the_kicks_run_when_it_starts() {
+    let mut c = chain(&["a"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    let a = c.on_event(s(2), Event::Control(Control::Kick(Some("bob".into()))));
+    assert_eq!(spawn_of(&a), Some(("a".into(), 2)));
+    let _ = c.on_event(
+        s(2),
+        Event::StartRefused {
+            retry_at: s(3),
+            stored: false,
+        },
+    );
+    let a = c.on_event(s(3), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("a".into(), 3)), "the id is spent");
+    assert_eq!(c.trigger(), (Trigger::Kick, Some("bob")));
+}
+
+#[test]
+fn a_refused_run_now_start_whose_record_may_be_stored_is_not_a_request_again() {
+    let mut c = chain(&["a", "b"], Mode::Forever);
+    let _ = c.on_event(s(0), Event::Start);
+    let _ = c.on_event(s(0), Event::Spawned);
+    let _ = complete(&mut c, s(1), Exit::Code(0));
+    let a = c.on_event(
+        s(2),
+        Event::Control(Control::RunNow {
+            index: 1,
+            by: "ann".into(),
+        }),
+    );
+    assert_eq!(spawn_of(&a), Some(("b".into(), 1)));
+    let _ = c.on_event(
+        s(2),
+        Event::StartRefused {
+            retry_at: s(3),
+            stored: true,
+        },
+    );
+    assert_eq!(
+        c.pending(),
+        None,
+        "its run, if stored, is closed: its answer"
+    );
+    // b was next in the order: it runs at retry_at, scheduled, as run 2.
+    assert_eq!(c.position(), (1, Some(s(3))));
+    let a = c.on_event(s(3), Event::Tick);
+    assert_eq!(spawn_of(&a), Some(("b".into(), 2)));
+    assert_eq!(c.trigger(), (Trigger::Schedule, None));
+}

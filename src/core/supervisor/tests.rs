@@ -1047,3 +1047,51 @@ fn a_kick_and_a_stop_with_their_source_are_logged_and_the_kicked_run_records_it(
         ]
     );
 }
+
+#[test]
+fn a_refused_start_is_no_run_no_failure_and_no_alert() {
+    let mut s = supervisor(
+        vec![task("job", "false")],
+        Mode::Forever,
+        State::default(),
+        Resume::default(),
+    );
+    let out = Output {
+        line: Some("boom".into()),
+        bytes: b"boom\n".to_vec(),
+    };
+    let mut now = Duration::ZERO;
+    let fx = one_run(&mut s, &mut now, Duration::from_secs(1), 1, &out);
+    assert!(ended(&fx).alert.is_some(), "the first failure is mailed");
+    now += 10 * MIN;
+    let fx = feed(&mut s, at(now), chain_ev(chain::Event::Tick), &out);
+    let Some(Effect::Spawn { index, run_id, .. }) = fx.first() else {
+        panic!("no spawn: {fx:?}");
+    };
+    assert_eq!(*run_id, 2);
+    let _ = s.begin_run(at(now), *index, *run_id);
+    // The fleet refused the start: no run's end, no alert, only the state to save.
+    let refused = chain::Event::StartRefused {
+        retry_at: now + Duration::from_secs(1),
+        stored: false,
+    };
+    let fx = feed(&mut s, at(now), chain_ev(refused), &out);
+    assert!(
+        fx.iter().all(|e| matches!(e, Effect::SaveState)) && !fx.is_empty(),
+        "{fx:?}"
+    );
+    assert!(s.current().is_none(), "no run in progress");
+    assert_eq!(s.alerts["job"].failures, 1, "no failure counted");
+    assert_eq!(s.failures["job"].streak().map(|(_, n)| n), Some(1));
+    // One second later the task is tried again, as run 3 (an id is never given twice).
+    let fx = feed(
+        &mut s,
+        at(now + Duration::from_secs(1)),
+        chain_ev(chain::Event::Tick),
+        &out,
+    );
+    assert!(
+        matches!(fx.first(), Some(Effect::Spawn { run_id: 3, .. })),
+        "{fx:?}"
+    );
+}

@@ -50,17 +50,19 @@ impl Driver {
             Some(v) => v,
             None => {
                 let id = due.last_failed.as_ref().map(|r| r.run_id);
-                // The fleet: read from the fleet's store (the run may be another host's).
-                let fleet = self
-                    .config
-                    .store
-                    .as_ref()
-                    .filter(|_| self.store.is_remote());
-                let read =
-                    store::failed_run(&self.run_root, fleet, &self.chain_name, &due.task, id);
-                let name = match fleet {
-                    Some(cfg) => cfg.display_url.clone(),
-                    None => store::path(&self.run_root).display().to_string(),
+                let (read, name) = if self.store.is_remote() {
+                    // The fleet: no database call on the loop. The run (maybe another
+                    // host's) was read by the DB thread when this instance acquired the
+                    // lease.
+                    let name = self
+                        .config
+                        .store
+                        .as_ref()
+                        .map_or_else(String::new, |c| c.display_url.clone());
+                    (preloaded_read(&self.preloaded, &due.task, id), name)
+                } else {
+                    let read = store::failed_run(&self.run_root, &self.chain_name, &due.task, id);
+                    (read, store::path(&self.run_root).display().to_string())
                 };
                 let (view, effects) = self.sup.failed_from_store(&due, read, &name);
                 for e in effects {
@@ -119,5 +121,27 @@ impl Driver {
             };
             self.store.state(serde_json::to_string(&st).ok(), due);
         }
+    }
+}
+
+/// What the DB thread read ahead of `task`'s failed run `id` (None: its newest) for a
+/// mail: that run if it is the one asked for, else why it cannot be shown.
+fn preloaded_read(
+    preloaded: &std::collections::BTreeMap<String, crate::core::supervisor::StoredRead>,
+    task: &str,
+    id: Option<u64>,
+) -> crate::core::supervisor::StoredRead {
+    let missing = |why: &str| crate::core::supervisor::StoredRead {
+        durations: Vec::new(),
+        failed: Err(why.to_string()),
+    };
+    match preloaded.get(task) {
+        Some(r) => match &r.failed {
+            Ok(Some(run)) if id.is_some_and(|id| id != run.run_id) => {
+                missing("the run read when this instance took the chain over is another one")
+            }
+            _ => r.clone(),
+        },
+        None => missing("it was not read when this instance took the chain over"),
     }
 }

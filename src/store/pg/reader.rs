@@ -159,6 +159,8 @@ use crate::store::{unpack_recent, Recent, RunRow, SeriesRow};
 /// The fleet's store open for reading its records.
 pub(crate) struct PgReader {
     conn: Conn,
+    /// Each statement's client-side timeout.
+    wait: Duration,
 }
 
 /// Open the fleet's store for reading its records: None when its schema has no records
@@ -166,12 +168,25 @@ pub(crate) struct PgReader {
 pub(crate) fn open(cfg: &FleetConfig) -> Result<Option<PgReader>, ConnError> {
     let conn = Conn::connect(cfg, READ_WAIT)?;
     Ok(match super::schema::version(&conn)? {
-        Some(v) if v >= 2 => Some(PgReader { conn }),
+        Some(v) if v >= 2 => Some(PgReader {
+            conn,
+            wait: READ_WAIT,
+        }),
         _ => None,
     })
 }
 
 impl PgReader {
+    /// A reader over a connection made by its owner (the chain's DB thread), each
+    /// statement within `wait`; [`PgReader::into_conn`] gives the connection back.
+    pub(crate) fn over(conn: Conn, wait: Duration) -> PgReader {
+        PgReader { conn, wait }
+    }
+
+    pub(crate) fn into_conn(self) -> Conn {
+        self.conn
+    }
+
     /// The fleet's leases through this reader's connection ([`fleet`]).
     pub(crate) fn fleet(&self, lease: Duration) -> Result<FleetRows, String> {
         fleet(&self.conn, lease).map_err(|e| format!("{}: {e}", self.conn.shown()))
@@ -183,7 +198,7 @@ impl PgReader {
         params: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type)],
     ) -> Result<Vec<tokio_postgres::Row>, String> {
         self.conn
-            .run(READ_WAIT, self.conn.client().query_typed(sql, params))
+            .run(self.wait, self.conn.client().query_typed(sql, params))
             .map_err(|e| format!("{}: {e}", self.conn.shown()))
     }
 }
@@ -324,6 +339,21 @@ pub(crate) fn output(
         }
     };
     Ok(Some((row, out)))
+}
+
+/// The last run's duration of each task of `chain` (task, ms).
+pub(crate) fn durations(p: &PgReader, chain: &str) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    for r in p.rows(
+        "SELECT task, last_duration_ms::int8 FROM run_chain.series
+         WHERE chain = $1 AND last_duration_ms IS NOT NULL",
+        &[(&chain, Type::TEXT)],
+    )? {
+        let task: String = r.try_get(0).map_err(|e| e.to_string())?;
+        let ms: i64 = r.try_get(1).map_err(|e| e.to_string())?;
+        out.push((task, u(ms)));
+    }
+    Ok(out)
 }
 
 /// Every series with its aggregates and its recent-runs window.
