@@ -25,7 +25,7 @@ use std::time::Duration;
 use super::conn::{Conn, ConnError, DbError};
 
 /// The version this run-chain creates and migrates to.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 
 /// Our mark in `run_chain.meta.app`.
 const APP: &str = "run-chain";
@@ -208,6 +208,27 @@ CREATE TABLE run_chain.slot_waits (
   claim_until timestamptz,
   set_aside_at timestamptz,
   error text
+);",
+    // 5: `store import` (store/pg/import.rs): `imports` maps each imported run's key
+    // (source host, chain, task, source run id) to its run id in the fleet, so that an
+    // import again skips it; `import_series` has one row per imported (source host, chain,
+    // task), inserted with the aggregates it adds (added once). `IF NOT EXISTS`: the
+    // `store import` of version 4 made these two tables itself, of this same shape.
+    "CREATE TABLE IF NOT EXISTS run_chain.imports (
+  source_host text NOT NULL,
+  chain text NOT NULL,
+  task text NOT NULL,
+  source_run_id bigint NOT NULL,
+  run_id bigint NOT NULL,
+  imported_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (source_host, chain, task, source_run_id)
+);
+CREATE TABLE IF NOT EXISTS run_chain.import_series (
+  source_host text NOT NULL,
+  chain text NOT NULL,
+  task text NOT NULL,
+  imported_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (source_host, chain, task)
 );",
 ];
 
