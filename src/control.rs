@@ -248,6 +248,11 @@ fn refuse_non_owner(common: &Common, root: &Path, chain: &str) -> Result<()> {
             Some(pid) => refuse_on_standby(root, chain, pid),
             None => Ok(()),
         },
+        // A database that refuses this config (password, TLS, not run-chain's) is a
+        // config error, 78, as for a launch, `status` or `stop --fleet`.
+        Err(Error::Config(m)) => Err(Error::Config(format!(
+            "cannot tell whether another host runs chain {chain}: {m}"
+        ))),
         // The database cannot tell: a standby here still knows it is not the owner.
         Err(e) => match local {
             Some(pid) if standing.is_some() => refuse_on_standby(root, chain, pid),

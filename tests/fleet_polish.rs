@@ -1,0 +1,84 @@
+//! Rough edges of the fleet mode that a new user met (session 12, `polish`), each against
+//! the real binary and the suite's PostgreSQL (tests/support/pg.rs): "hosts" are
+//! RUN_ROOTs with their own config (`host = "h1"`, ...) sharing one database.
+//!
+//! Cases: `kick`/`stop`/`run-now` with a wrong password exit 78 (a refusal is a config
+//! error), as `status` does with a password in the URL; `check` warns once for the tasks on
+//! the built-in kill_grace; `--once` says what it does when the database cannot be reached;
+//! no `runs.db` appears in a fleet host's RUN_ROOT; the console shows a chain running on
+//! another host as running there, and the fleet's host name; messages; `status` of a host
+//! that does not own a chain shows the fleet's figures; `stop` on a standby's host names
+//! the standby's PID.
+
+mod common;
+mod console_support;
+mod support;
+
+use common::TestEnv;
+use support::pg::Pg;
+
+/// A "host": a TestEnv whose config names the database (`url`), the host, the password
+/// file's content (`password`: None for none at all) and `extra` TOML (tasks, defaults).
+fn host(name: &str, url: &str, password: Option<&str>, extra: &str) -> TestEnv {
+    let env = TestEnv::new("");
+    let pw = match password {
+        Some(p) => format!(
+            "password_file = \"{}\"",
+            Pg::write_password_file(&env.path("pw"), p).display()
+        ),
+        None => String::new(),
+    };
+    env.write_config(&format!(
+        r#"
+[store]
+url = "{url}"
+{pw}
+lease = "2s"
+host = "{name}"
+{extra}
+"#
+    ));
+    env
+}
+
+/// The tasks of most cases: `work` (a short echo), quick cooldowns, a kill_grace that
+/// fits the lease.
+const WORK: &str = r#"
+[defaults]
+success_cooldown = "200ms"
+fail_cooldown = "200ms"
+stop_grace = "0s"
+kill_grace = "200ms"
+
+[tasks.work]
+command = "echo work"
+"#;
+
+/// Case 1: `kick`, `stop` and `run-now` on a host that runs no instance of the chain, with a
+/// password the database refuses: 78 (a config error, as a launch or `status` gives), not
+/// 75 ("try again later").
+#[test]
+fn kick_stop_run_now_with_a_wrong_password_exit_78() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("polish_wrong_pw");
+    let h = host("h1", &url, Some("not-the-password"), WORK);
+    for args in [
+        &["kick", "work"][..],
+        &["stop", "work"][..],
+        &["run-now", "work", "work"][..],
+    ] {
+        let out = h.sub(args);
+        assert_eq!(
+            out.code(),
+            Some(78),
+            "{args:?}: stdout {} stderr {}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("password authentication failed"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
