@@ -82,3 +82,31 @@ fn kick_stop_run_now_with_a_wrong_password_exit_78() {
         );
     }
 }
+
+/// Case 2: `status` with a password inside the `[store]` URL: the config does not load, so
+/// the fleet was not read; it shows this host's chains, says so, and exits 78 (as `check`
+/// and a launch do), not 0 as if the picture were whole.
+#[test]
+fn status_with_a_password_in_the_url_exits_78() {
+    let pg = Pg::shared();
+    let (db, _url) = pg.fresh_database("polish_url_pw");
+    let url = pg.url("runchain:hunter2", "127.0.0.1", &db);
+    let h = host("h1", &url, None, WORK);
+    let out = h.sub(&["status"]);
+    assert_eq!(
+        out.code(),
+        Some(78),
+        "stdout {} stderr {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("the fleet's store was not read")
+            && out.stderr.contains("showing this host's chains only"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    let out = h.sub(&["status", "--json"]);
+    assert_eq!(out.code(), Some(78), "{}", out.stderr);
+}
