@@ -110,3 +110,57 @@ fn status_with_a_password_in_the_url_exits_78() {
     let out = h.sub(&["status", "--json"]);
     assert_eq!(out.code(), Some(78), "{}", out.stderr);
 }
+
+/// Case 4: `check` with the README's `[store]` (default lease 10 s) and tasks on the
+/// built-in kill_grace (5 s > 0.2 × 10 s): one line for those tasks together, and one per
+/// task whose kill_grace was set (in the task or in `[defaults]`) too long.
+#[test]
+fn check_warns_once_for_the_tasks_on_the_default_kill_grace() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("polish_check_grace");
+    let env = TestEnv::new("");
+    let pw = pg.write_runchain_password(&env.path("pw"));
+    let tasks = "[tasks.a]\ncommand = \"true\"\n[tasks.b]\ncommand = \"true\"\n[tasks.c]\ncommand = \"true\"\n\
+                 [tasks.d]\ncommand = \"true\"\nkill_grace = \"3s\"\n[tasks.e]\ncommand = \"true\"\nkill_grace = \"1s\"\n";
+    env.write_config(&format!(
+        "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n{tasks}",
+        pw.display()
+    ));
+    let out = env.sub(&["check"]);
+    out.assert_code(0);
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "3 tasks use the default kill_grace 5s, more than 0.2 × store.lease = 2s: when the fence stops a task it gets 2s"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("tasks.d.kill_grace = 3s exceeds 0.2 × store.lease (2s)"),
+        "{}",
+        out.stderr
+    );
+    // Set in [defaults]: a line per task (it was chosen, each task is named).
+    env.write_config(&format!(
+        "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n[defaults]\nkill_grace = \"4s\"\n{tasks}",
+        pw.display()
+    ));
+    let out = env.sub(&["check"]);
+    out.assert_code(0);
+    for t in ["a", "b", "c"] {
+        assert!(
+            out.stderr
+                .contains(&format!("tasks.{t}.kill_grace = 4s exceeds")),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(!out.stderr.contains("default kill_grace"), "{}", out.stderr);
+}
