@@ -164,3 +164,34 @@ fn check_warns_once_for_the_tasks_on_the_default_kill_grace() {
     }
     assert!(!out.stderr.contains("default kill_grace"), "{}", out.stderr);
 }
+
+/// Case 5: `--once` (and `--no-kill-concurrent`) with the database unreachable says what it
+/// does (gives up after one lease), not that it waits as a standby; a plain launch still
+/// waits as standby and says so.
+#[test]
+fn once_with_the_database_unreachable_says_it_gives_up() {
+    let port = support::pg::free_port();
+    let url = format!("postgresql://runchain@127.0.0.1:{port}/nowhere");
+    let h = host("h1", &url, Some("pw"), WORK);
+    for flag in ["--once", "--no-kill-concurrent"] {
+        let out = h.run(&[flag, "work"]);
+        assert_eq!(out.code(), Some(75), "{flag}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("give up unless it answers within one lease (2s)")
+                && !out.stderr.contains("waiting as standby"),
+            "{flag}: {}",
+            out.stderr
+        );
+    }
+    let mut r = h.spawn(&["work"]);
+    let e = r.stderr.clone();
+    r.wait_for("a plain launch waits as standby", || {
+        std::fs::read_to_string(&e)
+            .unwrap_or_default()
+            .contains("cannot reach the database")
+            && std::fs::read_to_string(&e)
+                .unwrap_or_default()
+                .contains("waiting as standby and trying again")
+    });
+}

@@ -945,9 +945,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             return;
         }
         Err(ConnError::Unreachable(m)) => {
-            log::warn!(
-                "{chain}: fleet: database unreachable ({m}); waiting as standby and trying again"
-            );
+            // Logged at the go, which says whether this launch waits (`once`: it does not).
             last_error = Some(m.clone());
             cell.publish(View::Standby {
                 held_by: None,
@@ -965,7 +963,17 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             other => break other,
         }
     } {
-        Ok(Cmd::Go { takeover, once }) => (takeover, once),
+        Ok(Cmd::Go { takeover, once }) => {
+            if let Some(m) = &last_error {
+                let then = if once {
+                    format!("--once and --no-kill-concurrent give up unless it answers within one lease ({})", crate::config::fmt_duration(lease_len))
+                } else {
+                    "waiting as standby and trying again".to_string()
+                };
+                log::warn!("{chain}: fleet: cannot reach the database ({m}); {then}");
+            }
+            (takeover, once)
+        }
         Ok(Cmd::Release(reply)) => {
             let _ = reply.send(false);
             return;
