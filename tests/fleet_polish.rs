@@ -195,3 +195,93 @@ fn once_with_the_database_unreachable_says_it_gives_up() {
                 .contains("waiting as standby and trying again")
     });
 }
+
+/// Case 9: no command of a fleet host opens SQLite in its RUN_ROOT: after a run, `status`,
+/// `history`, `log`, `metrics`, `check`, `kick`, `stop`, `run-now`, `store import` and the
+/// console, RUN_ROOT holds no `runs.db`.
+#[test]
+fn no_runs_db_appears_in_a_fleet_hosts_run_root() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("polish_no_sqlite");
+    let h = host("h1", &url, Some(pg.password()), WORK);
+    let runs_db = h.run_root.join("runs.db");
+    let check = |what: &str| {
+        assert!(
+            !runs_db.exists(),
+            "{what} left {} in a fleet host's RUN_ROOT",
+            runs_db.display()
+        );
+    };
+    h.run(&["--once", "work"]).assert_code(0);
+    check("a --once launch");
+    for args in [
+        &["status"][..],
+        &["status", "--json"][..],
+        &["history", "work"][..],
+        &["log", "work"][..],
+        &["metrics"][..],
+        &["check"][..],
+        &["kick", "work"][..],
+        &["stop", "work"][..],
+        &["run-now", "work", "work"][..],
+        &["store", "import", "/nonexistent/runs.db"][..],
+    ] {
+        let _ = h.sub(args);
+        check(&format!("{args:?}"));
+    }
+    let (serve, addr) = console_support::start_serve(&h, "127.0.0.1", &[]);
+    for path in [
+        "/",
+        "/chain/work",
+        "/chain/work/task/work",
+        "/metrics",
+        "/api/v1/status",
+    ] {
+        let _ = console_support::get(addr, path);
+        check(&format!("serve: GET {path}"));
+    }
+    drop(serve);
+    // A running chain: its run and the readers while it runs.
+    let mut r = h.spawn(&["work"]);
+    let e = r.stderr.clone();
+    r.wait_for("h1 owns work", || {
+        std::fs::read_to_string(&e)
+            .unwrap_or_default()
+            .contains("fleet: owner (epoch ")
+    });
+    for args in [
+        &["status"][..],
+        &["history", "work"][..],
+        &["kick", "work"][..],
+    ] {
+        let _ = h.sub(args);
+        check(&format!("{args:?} with the chain running"));
+    }
+    drop(r);
+    // An owner SIGKILLed in a run: its guardian ends the run's group; the run is closed by
+    // the fleet's next owner, not written to SQLite here.
+    let slow = host(
+        "h1",
+        &url,
+        Some(pg.password()),
+        "[defaults]\nkill_grace = \"200ms\"\n[tasks.slow]\ncommand = \"echo started; exec sleep 30\"\n",
+    );
+    let slow_db = slow.run_root.join("runs.db");
+    let mut r = slow.spawn(&["slow"]);
+    let out = r.stdout.clone();
+    r.wait_for("slow runs", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("started")
+    });
+    r.signal(libc::SIGKILL);
+    r.wait_exit();
+    common::wait_until("the guardian and the task are gone", || {
+        slow.marked_processes().is_empty()
+    });
+    assert!(
+        !slow_db.exists(),
+        "the guardian of a SIGKILLed fleet owner left {}",
+        slow_db.display()
+    );
+}

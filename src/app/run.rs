@@ -90,7 +90,9 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
             started_ms: time::wall_ms(),
         },
     };
-    let guardian = Guardian::spawn(Some(recording))?;
+    // In a fleet the run it ended is closed by the chain's next owner in the fleet's store
+    // (as `interrupted`): nothing is written to SQLite in RUN_ROOT.
+    let guardian = Guardian::spawn(config.store.is_none().then_some(recording))?;
     let signals = Signals::install()?;
     let mode = if args.once { Mode::Once } else { Mode::Forever };
     let no_takeover = mode == Mode::Once || args.no_kill_concurrent;
