@@ -285,3 +285,54 @@ fn no_runs_db_appears_in_a_fleet_hosts_run_root() {
         slow_db.display()
     );
 }
+
+/// Case 3: the console of a host that does not own a chain (a standby there, or no
+/// instance) shows it running on its owner ("▲ on h1"), not "▼ down"; its header names
+/// this host by its fleet name (`[store] host`), not the machine's hostname.
+#[test]
+fn the_console_shows_a_chain_running_on_another_host_and_the_fleet_host_name() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("polish_console");
+    let long = "[defaults]\nsuccess_cooldown = \"1h\"\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n";
+    let h1 = host("h1", &url, Some(pg.password()), long);
+    let h2 = host("h2", &url, Some(pg.password()), long);
+    let h3 = host("h3", &url, Some(pg.password()), long);
+    let mut r1 = h1.spawn(&["work"]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 owns work", || {
+        std::fs::read_to_string(&e1)
+            .unwrap_or_default()
+            .contains("fleet: owner (epoch ")
+    });
+    let mut r2 = h2.spawn(&["work"]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits as standby", || {
+        std::fs::read_to_string(&e2)
+            .unwrap_or_default()
+            .contains("fleet: standby: the chain runs on host h1")
+    });
+    for (env, name) in [(&h2, "h2"), (&h3, "h3")] {
+        let (_serve, addr) = console_support::start_serve(env, "127.0.0.1", &[]);
+        for path in ["/", "/chain/work"] {
+            let resp = console_support::get(addr, path);
+            let body = String::from_utf8_lossy(&resp.body).into_owned();
+            assert_eq!(resp.status, 200, "{name} {path}: {body}");
+            assert!(
+                body.contains("▲</span> on h1") && !body.contains("▼"),
+                "{name} {path}: the chain runs on h1:\n{body}"
+            );
+            assert!(
+                body.contains(&format!("<span class=\"host\">{name}</span>")),
+                "{name} {path}: the header names the fleet host:\n{body}"
+            );
+        }
+    }
+    // The owner's own console: up, under its own name.
+    let (_serve, addr) = console_support::start_serve(&h1, "127.0.0.1", &[]);
+    let body =
+        String::from_utf8_lossy(&console_support::get(addr, "/chain/work").body).into_owned();
+    assert!(
+        body.contains("▲</span> up") && body.contains("<span class=\"host\">h1</span>"),
+        "{body}"
+    );
+}
