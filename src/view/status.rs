@@ -268,15 +268,15 @@ pub(crate) fn build_fleet(
         return build(run_root);
     };
     let conn = super::runs::open_reader(run_root, Some(cfg))?;
-    let series = read_series(run_root, conn.as_deref())?;
-    let mut v = build_with(run_root, &series)?;
-    // One connection for the records and the leases, when the fleet's store keeps both.
-    let rows = match conn.as_deref().and_then(|c| c.fleet(cfg.lease)) {
-        Some(rows) => {
-            rows.map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}")))?
-        }
-        None => fleet_rows(cfg)?,
+    // One connection and one round trip for the records and the leases, when the fleet's
+    // store keeps both; else the records of RUN_ROOT and the leases read apart.
+    let (series, rows) = match conn.as_deref() {
+        Some(store::Reader::Pg(p)) => p
+            .status(cfg.lease)
+            .map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}")))?,
+        other => (read_series(run_root, other)?, fleet_rows(cfg)?),
     };
+    let mut v = build_with(run_root, &series)?;
     merge_fleet(&mut v, &rows, &series);
     Ok(v)
 }
