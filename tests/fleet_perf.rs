@@ -190,3 +190,36 @@ fn the_recent_window_holds_the_last_100_runs_as_push_recent_packs_them() {
     }
     assert_eq!(recent.trim(), want);
 }
+
+/// `status` reads the fleet's store in one flight with its version check; a database that
+/// has no schema yet, or a foreign `run_chain.meta`, is still sorted out as before: no
+/// schema is no fleet chains (exit 0), a foreign one is the database refusing us (this
+/// host's chains, a warning, exit 78); a schema with records lists the fleet's chains.
+#[test]
+fn status_reads_the_fleet_in_one_flight_and_still_sorts_out_an_empty_or_foreign_database() {
+    let pg = Pg::shared();
+    let (db, url) = pg.fresh_database("perf_status_empty");
+    let env = host(pg, &url, "true");
+    let out = env.sub(&["status", "--json"]);
+    out.assert_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+    assert_eq!(doc["chains"].as_array().map(Vec::len), Some(0), "{doc:#}");
+
+    // A chain recorded in the fleet's store, then stopped: listed, down, with its task.
+    let r = env.run(&["--once", "t"]);
+    r.assert_code(0);
+    let out = env.sub(&["status", "--json"]);
+    out.assert_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+    let chains = doc["chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 1, "{doc:#}");
+    assert_eq!(chains[0]["chain"], "t", "{doc:#}");
+    assert_eq!(chains[0]["tasks"][0]["runs"], 1, "{doc:#}");
+    assert_eq!(chains[0]["fleet"]["role"], "none", "{doc:#}");
+
+    // The same database made foreign: its run_chain.meta names another application.
+    pg.psql(&db, "UPDATE run_chain.meta SET app = 'not-run-chain'");
+    let out = env.sub(&["status", "--json"]);
+    out.assert_code(78);
+    assert!(out.stderr.contains("not-run-chain"), "{}", out.stderr);
+}

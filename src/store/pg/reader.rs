@@ -87,7 +87,7 @@ const STATE_ROWS: &str = "SELECT chain, state::text FROM run_chain.chain_state";
 /// redacted URL. A database without run-chain's schema has no chains yet.
 pub(crate) fn read(cfg: &FleetConfig) -> Result<FleetRows, ConnError> {
     let conn = Conn::connect(cfg, READ_WAIT)?;
-    let rows = match super::schema::version(&conn)? {
+    let rows = match version(&conn)? {
         None => return Ok(FleetRows::default()),
         Some(v) if v >= 2 => fleet_v2(&conn, cfg.lease),
         Some(_) => fleet(&conn, cfg.lease),
@@ -230,11 +230,91 @@ pub(crate) struct PgReader {
 /// yet (version 1: leases only). Errors as [`read`]'s.
 pub(crate) fn open(cfg: &FleetConfig) -> Result<Option<PgReader>, ConnError> {
     let conn = Conn::connect(cfg, READ_WAIT)?;
-    Ok(match super::schema::version(&conn)? {
+    Ok(match version(&conn)? {
         Some(v) if v >= 2 => Some(PgReader { conn }),
         _ => None,
     })
 }
+
+/// What `status` reads of the fleet's store, for a command of its own (no shared reader):
+/// connect, then in one flight the version check ([`QUICK_VERSION`]), the series and the
+/// fleet ([`PgReader::status`]'s two statements); None when the schema keeps no records
+/// (version 1, or none yet: RUN_ROOT keeps them). Anything unusual in the flight (no
+/// schema yet, a foreign one) is sorted out as [`open`] does, and then read apart.
+pub(crate) fn status_read(
+    cfg: &FleetConfig,
+) -> Result<Option<(Vec<SeriesRow>, FleetRows)>, ConnError> {
+    let conn = Conn::connect(cfg, READ_WAIT)?;
+    let c = conn.client();
+    let secs = cfg.lease.as_secs_f64();
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&secs, Type::FLOAT8)];
+    let futs: Vec<Answer<'_>> = vec![
+        Box::pin(c.query_typed(QUICK_VERSION, &[])),
+        Box::pin(c.query_typed(STATUS_SERIES, &[])),
+        Box::pin(c.query_typed(FLEET_V2, &params)),
+    ];
+    let answers = conn
+        .run(READ_WAIT, async { Ok(super::write::in_order(futs).await) })
+        .map_err(|e| ConnError::Unreachable(format!("{}: {e}", conn.shown())))?;
+    if let [Ok(v), Ok(series), Ok(leases)] = answers.as_slice() {
+        if one_version(v).is_some_and(|v| v >= 2) {
+            let shown = conn.shown();
+            let series = series
+                .iter()
+                .map(status_series_row)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConnError::Unreachable(format!("{shown}: {e}")))?;
+            let fleet = fleet_rows_v2(leases)
+                .map_err(|e| ConnError::Unreachable(format!("{shown}: {e}")))?;
+            return Ok(Some((series, fleet)));
+        }
+    }
+    match super::schema::version(&conn)? {
+        Some(v) if v >= 2 => PgReader { conn }
+            .status(cfg.lease)
+            .map(Some)
+            .map_err(ConnError::Unreachable),
+        _ => Ok(None),
+    }
+}
+
+/// The schema's version: [`quick_version`], else [`super::schema::version`].
+fn version(conn: &Conn) -> Result<Option<u32>, ConnError> {
+    match quick_version(conn) {
+        Some(v) => Ok(Some(v)),
+        None => super::schema::version(conn),
+    }
+}
+
+/// The schema's version in one statement, when the database is plainly run-chain's (its
+/// `run_chain.meta` has one row, run-chain's, with a version); None for anything else
+/// (no schema yet, a foreign table, an error), which [`super::schema::version`] then
+/// sorts out with its exact words (two statements).
+fn quick_version(conn: &Conn) -> Option<u32> {
+    let rows = conn
+        .run(READ_WAIT, conn.client().query_typed(QUICK_VERSION, &[]))
+        .ok()?;
+    one_version(&rows)
+}
+
+/// run-chain's row of `run_chain.meta`: its version (`schema::APP`'s name, spelt here).
+const QUICK_VERSION: &str =
+    "SELECT version::int8 FROM run_chain.meta WHERE app::text = 'run-chain'";
+
+fn one_version(rows: &[tokio_postgres::Row]) -> Option<u32> {
+    match rows {
+        [one] => u32::try_from(one.try_get::<_, Option<i64>>(0).ok()??).ok(),
+        _ => None,
+    }
+}
+
+/// A statement's answer, boxed, for [`super::write::in_order`].
+type Answer<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>
+            + 'a,
+    >,
+>;
 
 impl PgReader {
     /// The fleet's leases through this reader's connection ([`fleet_v2`]: a reader's
@@ -251,13 +331,6 @@ impl PgReader {
         let secs = lease.as_secs_f64();
         let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] =
             [(&secs, Type::FLOAT8)];
-        type Answer<'a> = std::pin::Pin<
-            Box<
-                dyn std::future::Future<
-                        Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
-                    > + 'a,
-            >,
-        >;
         let futs: Vec<Answer<'_>> = vec![
             Box::pin(c.query_typed(STATUS_SERIES, &[])),
             Box::pin(c.query_typed(FLEET_V2, &params)),
