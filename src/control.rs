@@ -193,10 +193,17 @@ pub(crate) const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// commands that ask it (`stop`, `kick`, `run-now` on a host that does not own the chain;
 /// `stop --fleet`). A refusal (password, TLS, a foreign database) is 78; an unreachable
 /// database 75, saying so.
-pub(crate) fn fleet_connect(cfg: &config::FleetConfig) -> Result<crate::store::pg::conn::Conn> {
+pub(crate) fn fleet_connect(
+    cfg: &config::FleetConfig,
+    file: &Path,
+) -> Result<crate::store::pg::conn::Conn> {
     use crate::store::pg::conn::{Conn, ConnError};
     Conn::connect(cfg, DB_TIMEOUT).map_err(|e| match e {
-        ConnError::Refused(m) => Error::Config(format!("[store]: {m}")),
+        ConnError::Refused(m) => cfg.refused(file, &m),
+        // The message names the URL itself, mostly: once is enough.
+        ConnError::Unreachable(m) if m.contains(&cfg.display_url) => {
+            Error::Busy(format!("the fleet's database is unreachable: {m}"))
+        }
         ConnError::Unreachable(m) => Error::Busy(format!(
             "the fleet's database is unreachable ({}): {m}",
             cfg.display_url
@@ -226,7 +233,7 @@ fn refuse_non_owner(common: &Common, root: &Path, chain: &str) -> Result<()> {
         Some(pid) => format!("this host's instance (PID {pid}) does not own it"),
         None => format!("this host ({}) runs no instance of it", cfg.host),
     };
-    let read = fleet_connect(&cfg).and_then(|c| {
+    let read = fleet_connect(&cfg, &path).and_then(|c| {
         crate::store::pg::lease::read(&c, chain, DB_TIMEOUT).map_err(|e| {
             Error::Busy(format!(
                 "failed to read the lease of chain {chain} in the fleet's database ({}): {e}",

@@ -336,3 +336,106 @@ fn the_console_shows_a_chain_running_on_another_host_and_the_fleet_host_name() {
         "{body}"
     );
 }
+
+/// Case 6: messages. A launch the database refuses names the config file and where the
+/// password came from; no password at all says how to give one; a certificate of an
+/// unknown CA says to set `ca_file`; an unreachable database is named once; `store
+/// import` of a store whose every chain is skipped says so (not "host none"); a
+/// failover count of one is singular (in case 8).
+#[test]
+fn messages_name_the_file_and_what_to_fix() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("polish_messages");
+    let file = |env: &TestEnv| env.config.display().to_string();
+
+    let wrong = host("h1", &url, Some("not-the-password"), WORK);
+    let out = wrong.run(&["work"]);
+    assert_eq!(out.code(), Some(78), "{}", out.stderr);
+    let pw = wrong.path("pw").display().to_string();
+    assert!(
+        out.stderr.contains(&format!("{}: store: ", file(&wrong)))
+            && out.stderr.contains("password authentication failed")
+            && out.stderr.contains(&format!("password_file {pw}")),
+        "{}",
+        out.stderr
+    );
+
+    let none = host("h1", &url, None, WORK);
+    let out = none.run(&["work"]);
+    assert_eq!(out.code(), Some(78), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "no password: set password_file or password_env in [store] of {}",
+            file(&none)
+        )) && !out.stderr.contains("invalid configuration"),
+        "{}",
+        out.stderr
+    );
+
+    let tls = host(
+        "h1",
+        &url,
+        Some(pg.password()),
+        &format!("tls = \"required\"\n{WORK}"),
+    );
+    for args in [&["work"][..], &["check"][..]] {
+        let out = if args == ["check"] {
+            tls.sub(args)
+        } else {
+            tls.run(args)
+        };
+        assert_eq!(out.code(), Some(78), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("UnknownIssuer") && out.stderr.contains("set ca_file in [store]"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+
+    let port = support::pg::free_port();
+    let away = host(
+        "h1",
+        &format!("postgresql://runchain@127.0.0.1:{port}/nowhere"),
+        Some("pw"),
+        WORK,
+    );
+    let shown = format!("runchain@127.0.0.1:{port}/nowhere");
+    for args in [&["kick", "work"][..], &["stop", "--fleet", "work"][..]] {
+        let out = away.sub(args);
+        assert_eq!(out.code(), Some(75), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.matches(&shown).count(),
+            1,
+            "{args:?}: the URL once: {}",
+            out.stderr
+        );
+    }
+
+    // A host's SQLite store whose one chain runs in the fleet now: skipped.
+    let single =
+        TestEnv::new("[defaults]\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n");
+    single.run(&["--once", "work"]).assert_code(0);
+    let owner = host(
+        "h1",
+        &url,
+        Some(pg.password()),
+        "[defaults]\nsuccess_cooldown = \"1h\"\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n",
+    );
+    let mut r = owner.spawn(&["work"]);
+    let e = r.stderr.clone();
+    r.wait_for("h1 owns work", || {
+        std::fs::read_to_string(&e)
+            .unwrap_or_default()
+            .contains("fleet: owner (epoch ")
+    });
+    let src = single.run_root.join("runs.db").display().to_string();
+    let out = owner.sub(&["store", "import", &src]);
+    assert_eq!(out.code(), Some(75), "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("nothing imported: every chain of it was skipped")
+            && !out.stdout.contains("host none"),
+        "{}",
+        out.stdout
+    );
+}

@@ -99,7 +99,7 @@ fn probe_store(file: &Path, store: &config::FleetConfig) -> Result<String> {
     use crate::store::pg::conn::{Conn, ConnError};
     use crate::store::pg::schema;
     let timeout = store.lease.min(Duration::from_secs(5));
-    let refused = |m: String| Error::config_key(file, "store", m);
+    let refused = |m: String| store.refused(file, &m);
     let conn = match Conn::connect(store, timeout) {
         Ok(c) => c,
         Err(ConnError::Refused(m)) => return Err(refused(m)),

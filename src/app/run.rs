@@ -102,7 +102,12 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     let fleet = match &config.store {
         Some(cfg) => {
             let f = Fleet::start(cfg, &chain_name)?;
-            if !f.first_verdict(&signals)? {
+            // A refusal, named with the config file and what to fix.
+            let verdict = f.first_verdict(&signals).map_err(|e| match e {
+                Error::Config(m) => cfg.refused(&config.file, m.trim_start_matches("[store]: ")),
+                e => e,
+            });
+            if !verdict? {
                 log::info!("{chain_name}: stopped while connecting to the fleet's database");
                 log::info!("{chain_name}: exiting with status {}", exit::OK);
                 return Ok(exit::OK);

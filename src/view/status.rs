@@ -733,12 +733,9 @@ pub(crate) fn fleet_text(f: &FleetView, now: Wall) -> String {
         let hosts: Vec<&str> = f.standbys.iter().map(|s| s.host.as_str()).collect();
         let _ = write!(t, "; standbys: {}", hosts.join(", "));
     }
-    for (n, what) in [
-        (f.failovers, "failovers"),
-        (f.fenced_writes, "fenced writes"),
-    ] {
+    for (n, what) in [(f.failovers, "failover"), (f.fenced_writes, "fenced write")] {
         if let Some(n) = n.filter(|n| *n > 0) {
-            let _ = write!(t, "; {n} {what}");
+            let _ = write!(t, "; {n} {what}{}", if n == 1 { "" } else { "s" });
         }
     }
     t
