@@ -439,3 +439,84 @@ fn messages_name_the_file_and_what_to_fix() {
         out.stdout
     );
 }
+
+/// Case 8: `status` on a host that does not own a chain shows the fleet's figures, not its
+/// own stale CHAIN.state: h1 runs `work`, is SIGKILLed, h2 takes over and runs it; h1's
+/// `status --json` has h2's last success (and its text says "1 failover", singular).
+#[test]
+fn status_of_a_former_owner_shows_the_fleets_figures() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("polish_stale");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = dir.path().join("ran");
+    let cfg = |cooldown: &str, name: &str| {
+        format!(
+            "[defaults]\nsuccess_cooldown = \"{cooldown}\"\nfail_cooldown = \"{cooldown}\"\nkill_grace = \"200ms\"\n\
+             [tasks.work]\ncommand = \"echo {name} >> {}\"\n",
+            ran.display()
+        )
+    };
+    let h1 = host("h1", &url, Some(pg.password()), &cfg("300ms", "h1"));
+    // h2 runs once after its takeover, then cools down for an hour: its figures stay put.
+    let h2 = host("h2", &url, Some(pg.password()), &cfg("1h", "h2"));
+    let mut r1 = h1.spawn(&["work"]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 owns work and ran it twice", || {
+        std::fs::read_to_string(&e1)
+            .unwrap_or_default()
+            .contains("fleet: owner (epoch ")
+            && std::fs::read_to_string(&ran)
+                .unwrap_or_default()
+                .matches("h1")
+                .count()
+                >= 2
+    });
+    let mut r2 = h2.spawn(&["work"]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits as standby", || {
+        std::fs::read_to_string(&e2)
+            .unwrap_or_default()
+            .contains("fleet: standby: the chain runs on host h1")
+    });
+    r1.signal(libc::SIGKILL);
+    r1.wait_exit();
+    let status = |env: &TestEnv| -> serde_json::Value {
+        let out = env.sub(&["status", "--json"]);
+        out.assert_code(0);
+        serde_json::from_str(&out.stdout).expect("status --json")
+    };
+    let work = |doc: &serde_json::Value| -> serde_json::Value {
+        doc["chains"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["chain"] == "work"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no chain work in {doc:#}"))
+    };
+    // h2 has run it (and recorded its end: it is in its hour's cooldown).
+    let mut h2_view = serde_json::Value::Null;
+    common::wait_until("h2 ran work after its takeover", || {
+        let ran_h2 = std::fs::read_to_string(&ran)
+            .unwrap_or_default()
+            .contains("h2");
+        h2_view = work(&status(&h2));
+        ran_h2
+            && h2_view["now"]["state"] == "cooldown"
+            && h2_view["tasks"][0]["last_success"].is_string()
+    });
+    let h1_view = work(&status(&h1));
+    assert_eq!(h1_view["fleet"]["host"], "h2", "{h1_view:#}");
+    assert_eq!(
+        h1_view["tasks"][0]["last_success"], h2_view["tasks"][0]["last_success"],
+        "h1 shows the fleet's last success (h2's run), not its own:\nh1 {h1_view:#}\nh2 {h2_view:#}"
+    );
+    assert_eq!(
+        h1_view["tasks"], h2_view["tasks"],
+        "h1 {h1_view:#}\nh2 {h2_view:#}"
+    );
+    let text = h1.sub(&["status"]);
+    assert!(
+        text.stdout.contains("; 1 failover") && !text.stdout.contains("1 failovers"),
+        "{}",
+        text.stdout
+    );
+}

@@ -437,7 +437,8 @@ pub(crate) fn fleet_rows(cfg: &crate::config::FleetConfig) -> Result<FleetRows> 
 
 /// Add the fleet to a RUN_ROOT's status (pure): every chain of the fleet's store, each
 /// with its lease (host, epoch, expiry), its counters and its standbys. A chain of this
-/// RUN_ROOT keeps its local facts (pid, up, what its instance here does); one with no
+/// RUN_ROOT keeps its local facts (pid, up, what its instance here does; its tasks' figures
+/// only if this host owns it, else the fleet store's); one with no
 /// instance up here shows what the fleet's store says it does (its state, while a host
 /// holds its lease; else `down`). Chains stay in name order.
 pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows, series: &[SeriesRow]) {
@@ -456,6 +457,15 @@ pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows, series: &[Series
             standbys: Vec::new(),
         });
         fill_fleet(f, r);
+        if f.role != "owner" {
+            // This host does not own the chain: its CHAIN.state is stale (a former owner's,
+            // or a standby's); the fleet's store has the chain's state for everything.
+            let st = remote_state(r).unwrap_or_default();
+            let mine: Vec<&SeriesRow> = series.iter().filter(|s| s.chain == c.chain).collect();
+            let fleet_view = chain_view(&c.chain, None, &st, false, &mine);
+            c.tasks = fleet_view.tasks;
+            c.queued = fleet_view.queued;
+        }
         if !c.up {
             let st = remote_state(r);
             c.now = remote_now(r, st.as_ref());
