@@ -156,8 +156,10 @@ fn checked_root(common: &Common, chain: &str) -> Result<std::path::PathBuf> {
 
 pub(crate) fn stop(common: &Common, chain: &str, now: bool, by: &str) -> Result<u8> {
     let root = checked_root(common, chain)?;
-    refuse_non_owner(common, &root, chain)?;
-    let Some(asked) = ask_stop(&root, chain, now, by)? else {
+    let asked = refuse_non_owner(common, &root, chain)
+        .and_then(|()| ask_stop(&root, chain, now, by))
+        .map_err(|e| standby_hint(&root, chain, e))?;
+    let Some(asked) = asked else {
         say!("chain {chain} is not running");
         return Ok(exit::OK);
     };
@@ -267,6 +269,21 @@ fn refuse_non_owner(common: &Common, root: &Path, chain: &str) -> Result<()> {
                 "cannot tell whether another host runs chain {chain}: {e}"
             ))),
         },
+    }
+}
+
+/// `stop` refused (75) on a host where the chain's instance is a standby: how to stop
+/// that standby (`stop` acts on the owner only, SPEC "Beyond one host").
+fn standby_hint(root: &Path, chain: &str, e: Error) -> Error {
+    let Error::Busy(m) = e else { return e };
+    let standby = local_holder(root, chain).map(|(pid, _)| pid).filter(|pid| {
+        crate::lock::fleet::standing::read(root, chain, *pid).is_some_and(|st| !st.owner)
+    });
+    match standby {
+        Some(pid) => Error::Busy(format!(
+            "{m}; `stop` acts on the owner only: to stop this host's standby, `kill {pid}` (SIGTERM: it exits 0); to stop the chain on every host, `run-chain stop --fleet {chain}`"
+        )),
+        None => Error::Busy(m),
     }
 }
 

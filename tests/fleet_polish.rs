@@ -520,3 +520,42 @@ fn status_of_a_former_owner_shows_the_fleets_figures() {
         text.stdout
     );
 }
+
+/// Case 7: `stop CHAIN` on a host where only a standby of the chain runs: 75 naming the
+/// owner (SPEC), and how to stop that standby (its PID) or the chain everywhere; the
+/// standby is left running.
+#[test]
+fn stop_on_a_standbys_host_names_the_standbys_pid() {
+    let pg = Pg::shared();
+    let (_db, url) = pg.fresh_database("polish_stop_standby");
+    let long = "[defaults]\nsuccess_cooldown = \"1h\"\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n";
+    let h1 = host("h1", &url, Some(pg.password()), long);
+    let h2 = host("h2", &url, Some(pg.password()), long);
+    let mut r1 = h1.spawn(&["work"]);
+    let e1 = r1.stderr.clone();
+    r1.wait_for("h1 owns work", || {
+        std::fs::read_to_string(&e1)
+            .unwrap_or_default()
+            .contains("fleet: owner (epoch ")
+    });
+    let mut r2 = h2.spawn(&["work"]);
+    let e2 = r2.stderr.clone();
+    r2.wait_for("h2 waits as standby", || {
+        std::fs::read_to_string(&e2)
+            .unwrap_or_default()
+            .contains("fleet: standby: the chain runs on host h1")
+    });
+    let out = h2.sub(&["stop", "work"]);
+    assert_eq!(out.code(), Some(75), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("chain work runs on host h1 (epoch ")
+            && out.stderr.contains(&format!("`kill {}`", r2.pid))
+            && out.stderr.contains("run-chain stop --fleet work"),
+        "{}",
+        out.stderr
+    );
+    assert!(r2.try_status().is_none(), "the standby is left running");
+    // As the hint says: SIGTERM stops this host's standby, exit 0.
+    r2.signal(libc::SIGTERM);
+    r2.assert_exit(0);
+}
