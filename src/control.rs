@@ -156,8 +156,10 @@ fn checked_root(common: &Common, chain: &str) -> Result<std::path::PathBuf> {
 
 pub(crate) fn stop(common: &Common, chain: &str, now: bool, by: &str) -> Result<u8> {
     let root = checked_root(common, chain)?;
-    refuse_non_owner(common, &root, chain)?;
-    let Some(asked) = ask_stop(&root, chain, now, by)? else {
+    let asked = refuse_non_owner(common, &root, chain)
+        .and_then(|()| ask_stop(&root, chain, now, by))
+        .map_err(|e| standby_hint(&root, chain, e))?;
+    let Some(asked) = asked else {
         say!("chain {chain} is not running");
         return Ok(exit::OK);
     };
@@ -193,10 +195,17 @@ pub(crate) const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// commands that ask it (`stop`, `kick`, `run-now` on a host that does not own the chain;
 /// `stop --fleet`). A refusal (password, TLS, a foreign database) is 78; an unreachable
 /// database 75, saying so.
-pub(crate) fn fleet_connect(cfg: &config::FleetConfig) -> Result<crate::store::pg::conn::Conn> {
+pub(crate) fn fleet_connect(
+    cfg: &config::FleetConfig,
+    file: &Path,
+) -> Result<crate::store::pg::conn::Conn> {
     use crate::store::pg::conn::{Conn, ConnError};
     Conn::connect(cfg, DB_TIMEOUT).map_err(|e| match e {
-        ConnError::Refused(m) => Error::Config(format!("[store]: {m}")),
+        ConnError::Refused(m) => cfg.refused(file, &m),
+        // The message names the URL itself, mostly: once is enough.
+        ConnError::Unreachable(m) if m.contains(&cfg.display_url) => {
+            Error::Busy(format!("the fleet's database is unreachable: {m}"))
+        }
         ConnError::Unreachable(m) => Error::Busy(format!(
             "the fleet's database is unreachable ({}): {m}",
             cfg.display_url
@@ -226,7 +235,7 @@ fn refuse_non_owner(common: &Common, root: &Path, chain: &str) -> Result<()> {
         Some(pid) => format!("this host's instance (PID {pid}) does not own it"),
         None => format!("this host ({}) runs no instance of it", cfg.host),
     };
-    let read = fleet_connect(&cfg).and_then(|c| {
+    let read = fleet_connect(&cfg, &path).and_then(|c| {
         crate::store::pg::lease::read(&c, chain, DB_TIMEOUT).map_err(|e| {
             Error::Busy(format!(
                 "failed to read the lease of chain {chain} in the fleet's database ({}): {e}",
@@ -248,6 +257,11 @@ fn refuse_non_owner(common: &Common, root: &Path, chain: &str) -> Result<()> {
             Some(pid) => refuse_on_standby(root, chain, pid),
             None => Ok(()),
         },
+        // A database that refuses this config (password, TLS, not run-chain's) is a
+        // config error, 78, as for a launch, `status` or `stop --fleet`.
+        Err(Error::Config(m)) => Err(Error::Config(format!(
+            "cannot tell whether another host runs chain {chain}: {m}"
+        ))),
         // The database cannot tell: a standby here still knows it is not the owner.
         Err(e) => match local {
             Some(pid) if standing.is_some() => refuse_on_standby(root, chain, pid),
@@ -255,6 +269,21 @@ fn refuse_non_owner(common: &Common, root: &Path, chain: &str) -> Result<()> {
                 "cannot tell whether another host runs chain {chain}: {e}"
             ))),
         },
+    }
+}
+
+/// `stop` refused (75) on a host where the chain's instance is a standby: how to stop
+/// that standby (`stop` acts on the owner only, SPEC "Beyond one host").
+fn standby_hint(root: &Path, chain: &str, e: Error) -> Error {
+    let Error::Busy(m) = e else { return e };
+    let standby = local_holder(root, chain).map(|(pid, _)| pid).filter(|pid| {
+        crate::lock::fleet::standing::read(root, chain, *pid).is_some_and(|st| !st.owner)
+    });
+    match standby {
+        Some(pid) => Error::Busy(format!(
+            "{m}; `stop` acts on the owner only: to stop this host's standby, `kill {pid}` (SIGTERM: it exits 0); to stop the chain on every host, `run-chain stop --fleet {chain}`"
+        )),
+        None => Error::Busy(m),
     }
 }
 

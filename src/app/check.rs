@@ -54,7 +54,26 @@ fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(store) = &config.store {
         let max = store.max_kill_grace();
-        for t in config.tasks.values() {
+        // The tasks on the built-in default: one line for them all (the README's [store]
+        // alone makes every task exceed the default lease's 2 s).
+        let defaulted = |t: &config::Task| config.default_kill_grace.contains(&t.name);
+        let on_default = config
+            .tasks
+            .values()
+            .filter(|t| defaulted(t) && t.timing.kill_grace > max)
+            .count();
+        if on_default > 0 {
+            out.push(format!(
+                "{}: {on_default} task{} the default kill_grace {}, more than 0.2 × store.lease = {}: when the fence stops {} it gets {} (set kill_grace in [defaults], or lengthen the lease)",
+                config.file.display(),
+                if on_default == 1 { " uses" } else { "s use" },
+                config::fmt_duration(config::builtin::KILL_GRACE),
+                config::fmt_duration(max),
+                if on_default == 1 { "it" } else { "a task" },
+                config::fmt_duration(max),
+            ));
+        }
+        for t in config.tasks.values().filter(|t| !defaulted(t)) {
             if t.timing.kill_grace > max {
                 out.push(format!(
                     "{}: tasks.{}.kill_grace = {} exceeds 0.2 × store.lease ({}): an owner that loses the database sends SIGTERM at 0.6 × lease and SIGKILL at 0.8 × lease, so this task gets {} of grace, not {}",
@@ -80,7 +99,7 @@ fn probe_store(file: &Path, store: &config::FleetConfig) -> Result<String> {
     use crate::store::pg::conn::{Conn, ConnError};
     use crate::store::pg::schema;
     let timeout = store.lease.min(Duration::from_secs(5));
-    let refused = |m: String| Error::config_key(file, "store", m);
+    let refused = |m: String| store.refused(file, &m);
     let conn = match Conn::connect(store, timeout) {
         Ok(c) => c,
         Err(ConnError::Refused(m)) => return Err(refused(m)),
@@ -414,10 +433,20 @@ max_running = 2
             a.tls_explicit = true;
             assert_eq!(a, b, "{out}");
             assert_eq!(back.groups, c.groups, "{out}");
+            // Both tasks on the built-in kill_grace: one line for the two.
             let w = warnings(&c);
-            assert_eq!(w.len(), 2, "{w:?}");
-            assert!(w[0].contains("tasks.a.kill_grace = 5s exceeds 0.2 × store.lease"), "{w:?}");
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].contains("2 tasks use the default kill_grace 5s, more than 0.2 × store.lease"), "{w:?}");
         }
+        // Set in [defaults]: a line per task, naming it.
+        let text = format!("{CONFIG}[store]\nurl = \"postgresql://u@h/d\"\n")
+            .replace("[defaults]\n", "[defaults]\nkill_grace = \"3s\"\n");
+        let w = warnings(&Config::parse(&text, file).expect("valid"));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("tasks.a.kill_grace = 3s exceeds 0.2 × store.lease"),
+            "{w:?}"
+        );
         let c = Config::parse(CONFIG, file).expect("valid");
         assert!(warnings(&c).is_empty());
     }

@@ -48,10 +48,11 @@ pub fn main(cli: Cli) -> Result<u8> {
         }
         Some(Command::Kick { chain }) => kick(&cli.common, &chain, &run_now::who_asks()),
         Some(Command::Status { json }) => {
-            let (v, fleet_error) = view::status::build_or_local(
-                &looked_run_root(&cli.common)?,
-                fleet_config(&cli.common).as_ref(),
-            )?;
+            let root = looked_run_root(&cli.common)?;
+            let (store, unread) = fleet_config_or_why(&cli.common);
+            let (v, fleet_error) = view::status::build_or_local(&root, store.as_ref())?;
+            // A config that has a [store] but does not load: the fleet was not read either.
+            let fleet_error = fleet_error.or(unread);
             // The fleet's store cannot be read: this host's chains (as without [store]),
             // a warning, and the exit status the error earns (70 unreachable, 78 refused).
             if let Some(e) = &fleet_error {
@@ -165,6 +166,42 @@ pub fn main(cli: Cli) -> Result<u8> {
 /// have (they never needed a config).
 pub(crate) fn fleet_config(common: &crate::cli::Common) -> Option<crate::config::FleetConfig> {
     Config::load(&config_path(common)).ok()?.store
+}
+
+/// [`fleet_config`] for `status`, which must not pass a fleet it did not read for the
+/// whole picture: when the config does not load but has a `[store]` section (a password in
+/// the URL, any other error of the file), also why the fleet was not read (78). A config
+/// without `[store]` that does not load leaves `status` as it always was (RUN_ROOT alone).
+fn fleet_config_or_why(
+    common: &crate::cli::Common,
+) -> (Option<crate::config::FleetConfig>, Option<Error>) {
+    let path = config_path(common);
+    match Config::load(&path) {
+        Ok(c) => (c.store, None),
+        Err(e) if has_store_section(&path) => (
+            None,
+            Some(Error::Config(format!(
+                "the fleet's store was not read: {} has a [store] section but does not load ({e})",
+                path.display()
+            ))),
+        ),
+        Err(_) => (None, None),
+    }
+}
+
+/// Whether the config file at `path` has a `[store]` section (read as TOML, or line by
+/// line when it is not valid TOML).
+fn has_store_section(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    match text.parse::<toml::Table>() {
+        Ok(t) => t.contains_key("store"),
+        Err(_) => text.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("[store]") || l.starts_with("store.") || l.starts_with("store =")
+        }),
+    }
 }
 
 /// Write a reader's text to stdout (a closed stdout is not an error of the command).

@@ -90,7 +90,9 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
             started_ms: time::wall_ms(),
         },
     };
-    let guardian = Guardian::spawn(Some(recording))?;
+    // In a fleet the run it ended is closed by the chain's next owner in the fleet's store
+    // (as `interrupted`): nothing is written to SQLite in RUN_ROOT.
+    let guardian = Guardian::spawn(config.store.is_none().then_some(recording))?;
     let signals = Signals::install()?;
     let mode = if args.once { Mode::Once } else { Mode::Forever };
     let no_takeover = mode == Mode::Once || args.no_kill_concurrent;
@@ -100,7 +102,12 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
     let fleet = match &config.store {
         Some(cfg) => {
             let f = Fleet::start(cfg, &chain_name)?;
-            if !f.first_verdict(&signals)? {
+            // A refusal, named with the config file and what to fix.
+            let verdict = f.first_verdict(&signals).map_err(|e| match e {
+                Error::Config(m) => cfg.refused(&config.file, m.trim_start_matches("[store]: ")),
+                e => e,
+            });
+            if !verdict? {
                 log::info!("{chain_name}: stopped while connecting to the fleet's database");
                 log::info!("{chain_name}: exiting with status {}", exit::OK);
                 return Ok(exit::OK);

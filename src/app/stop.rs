@@ -56,7 +56,7 @@ pub(super) fn stop_fleet(common: &Common, chain: &str) -> Result<u8> {
             cfg.display_url
         ))
     };
-    let mut conn = connect(&cfg)?;
+    let mut conn = connect(&cfg, &path)?;
     // This host's instance, if any: waited for on its pidfd too.
     let local = crate::control::local_holder(&root, chain);
     let flag_at = sql::stop_fleet(&conn, chain, DB_TIMEOUT).map_err(db)?;

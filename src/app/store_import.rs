@@ -33,9 +33,9 @@ pub(super) fn store_import(common: &Common, path: &Path) -> Result<u8> {
     };
     let series =
         import_read::read_store(path).map_err(|m| Error::Usage(format!("store import: {m}")))?;
-    let conn = fleet_connect(&cfg)?;
+    let conn = fleet_connect(&cfg, &file)?;
     schema::ensure(&conn).map_err(|e| match e {
-        ConnError::Refused(m) => Error::Config(format!("[store]: {m}")),
+        ConnError::Refused(m) => cfg.refused(&file, &m),
         ConnError::Unreachable(m) => Error::Busy(format!("store import: {m}")),
     })?;
     let db = |e: crate::store::pg::conn::DbError| {
@@ -119,11 +119,20 @@ pub(super) fn store_import(common: &Common, path: &Path) -> Result<u8> {
         let _ = lease::release(&conn, &me, epoch, DB_TIMEOUT);
         result?;
     }
-    println!(
-        "store import: {} (host {}): {imported} runs imported, {skipped} skipped (imported before), {renumbered} renumbered; aggregates of {aggregates} series added",
-        path.display(),
-        if hosts.is_empty() { "none".to_string() } else { hosts.join(", ") },
-    );
+    if !hosts.is_empty() {
+        println!(
+            "store import: {} (host {}): {imported} runs imported, {skipped} skipped (imported before), {renumbered} renumbered; aggregates of {aggregates} series added",
+            path.display(),
+            hosts.join(", "),
+        );
+    } else if held.is_empty() {
+        println!("store import: {}: no runs to import", path.display());
+    } else {
+        println!(
+            "store import: {}: nothing imported: every chain of it was skipped (below)",
+            path.display()
+        );
+    }
     if !held.is_empty() {
         return Err(Error::Busy(format!(
             "store import: not imported: {}; then import again (what was imported stays, nothing is imported twice)",

@@ -170,6 +170,9 @@ pub struct Config {
     pub store: Option<FleetConfig>,
     /// A digest of the file's text, to tie a run to a deploy.
     pub digest: String,
+    /// The tasks whose `kill_grace` is the built-in default (set neither in the task nor
+    /// in `[defaults]`): `check` warns about them together.
+    pub default_kill_grace: Vec<String>,
 }
 
 /// Built-in defaults, used where neither `[defaults]` nor the task sets a key.
@@ -569,6 +572,7 @@ impl Config {
         }
 
         let mut tasks = BTreeMap::new();
+        let mut default_kill_grace = Vec::new();
         for (name, t) in &raw.tasks {
             let key = format!("tasks.{name}");
             check_task_name(name).map_err(|m| ctx.err(&key, m))?;
@@ -654,6 +658,9 @@ impl Config {
                 }
             }
             let own = Layer::read(&ctx, &key, &t.defaults_part())?;
+            if own.kill_grace.or(defaults.kill_grace).is_none() {
+                default_kill_grace.push(name.clone());
+            }
             let timing = Timing {
                 success_cooldown: own
                     .success_cooldown
@@ -721,6 +728,7 @@ impl Config {
             email,
             store,
             digest: digest(text.as_bytes()),
+            default_kill_grace,
         })
     }
 

@@ -183,6 +183,36 @@ pub struct FleetConfig {
 }
 
 impl FleetConfig {
+    /// A refusal of the database (`m`, from connecting with this config, which came from
+    /// `file`) as the user must fix it: the file and section named, and what to do where
+    /// the server's words do not say it (no password configured, the password's source,
+    /// a certificate of an unknown CA). Exit 78.
+    pub(crate) fn refused(&self, file: &Path, m: &str) -> crate::error::Error {
+        let f = file.display();
+        let m = if m.contains("password missing") {
+            format!(
+                "{}: the server asks for a password: no password: set password_file or password_env in [store] of {f}",
+                self.display_url
+            )
+        } else if m.contains("password authentication failed") {
+            let from = match (&self.password_file, &self.password_env) {
+                (Some(p), _) => format!("the password read from password_file {}", p.display()),
+                (None, Some(v)) => {
+                    format!("the password read from the variable {v} (password_env)")
+                }
+                (None, None) => "no password configured".to_string(),
+            };
+            format!("{m} ({from})")
+        } else if m.contains("UnknownIssuer") {
+            format!(
+                "{m}: the server's certificate is signed by a CA this host does not trust: set ca_file in [store] to that CA's certificate"
+            )
+        } else {
+            m.to_string()
+        };
+        crate::error::Error::Config(format!("{f}: store: {m}"))
+    }
+
     /// How often the owner renews its lease.
     pub fn renew_period(&self) -> Duration {
         self.lease / 5

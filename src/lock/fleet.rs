@@ -988,9 +988,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             return;
         }
         Err(ConnError::Unreachable(m)) => {
-            log::warn!(
-                "{chain}: fleet: database unreachable ({m}); waiting as standby and trying again"
-            );
+            // Logged at the go, which says whether this launch waits (`once`: it does not).
             last_error = Some(m.clone());
             cell.publish(View::Standby {
                 held_by: None,
@@ -1008,7 +1006,17 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             other => break other,
         }
     } {
-        Ok(Cmd::Go { takeover, once }) => (takeover, once),
+        Ok(Cmd::Go { takeover, once }) => {
+            if let Some(m) = &last_error {
+                let then = if once {
+                    format!("--once and --no-kill-concurrent give up unless it answers within one lease ({})", crate::config::fmt_duration(lease_len))
+                } else {
+                    "waiting as standby and trying again".to_string()
+                };
+                log::warn!("{chain}: fleet: cannot reach the database ({m}); {then}");
+            }
+            (takeover, once)
+        }
         Ok(Cmd::Release(reply)) => {
             let _ = reply.send(false);
             return;
@@ -1473,7 +1481,7 @@ impl Writes {
         let n = ops.len();
         let fenced_before = self.w.fenced();
         let started = time::mono_now();
-        let statements = self.w.store_mut().statements;
+        let (statements, rounds) = (self.w.store_mut().statements, self.w.store_mut().rounds);
         self.with_conn(conn, cfg, stmt, |w| {
             let now = time::mono_now();
             w.begin_batch();
@@ -1486,9 +1494,10 @@ impl Writes {
             w.end_batch(now);
         });
         log::debug!(
-            "{}: fleet: batch of {n} records: {} statements",
+            "{}: fleet: batch of {n} records: {} statements in {} round trips",
             self.chain,
-            self.w.store_mut().statements - statements
+            self.w.store_mut().statements - statements,
+            self.w.store_mut().rounds - rounds
         );
         if let Some(ticket) = gate {
             let ok = self.w.pending() == 0 && self.w.fenced() == fenced_before;

@@ -99,6 +99,7 @@ pub(crate) fn serve(run_root: PathBuf, opts: Options) -> Result<u8> {
             )))
         }
     };
+    let host = crate::view::console::this_host(opts.fleet.as_ref().map(|f| &f.cfg));
     let console = Arc::new(Console {
         run_root,
         fleet: opts.fleet,
@@ -108,7 +109,7 @@ pub(crate) fn serve(run_root: PathBuf, opts: Options) -> Result<u8> {
         secret,
         token: random_hex(16)?,
         session: random_hex(32)?,
-        host: crate::sys::hostname(),
+        host,
     });
     let c = Arc::clone(&console);
     http::serve(

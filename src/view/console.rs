@@ -108,6 +108,12 @@ pub(crate) struct OutputView {
 /// with its owner).
 pub(crate) type Fleet<'a> = Option<&'a crate::config::FleetConfig>;
 
+/// This host's name as the pages show it: the fleet's `[store] host` in a fleet (as
+/// `status` and the owner lines name hosts), else the machine's hostname.
+pub(crate) fn this_host(fleet: Fleet<'_>) -> String {
+    fleet.map_or_else(crate::sys::hostname, |f| f.host.clone())
+}
+
 fn internal(run_root: &Path) -> impl Fn(String) -> Error + '_ {
     move |e| store_error(run_root, e)
 }
@@ -175,7 +181,7 @@ pub(crate) fn index(run_root: &Path, fleet: Fleet<'_>) -> Result<IndexView> {
         alerts,
         recent: recent_windows(run_root, fleet)?,
         status,
-        host: crate::sys::hostname(),
+        host: this_host(fleet),
     })
 }
 
@@ -215,7 +221,7 @@ pub(crate) fn chain(run_root: &Path, chain: &str, fleet: Fleet<'_>) -> Result<Op
         chain: c,
         recent,
         tail,
-        host: crate::sys::hostname(),
+        host: this_host(fleet),
     }))
 }
 

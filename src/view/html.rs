@@ -102,8 +102,17 @@ fn outcome_badge(outcome: &str) -> Markup {
 }
 
 fn up_badge(c: &ChainView) -> Markup {
+    // A fleet chain that another host owns runs there (as the `fleet:` line says), whether
+    // this host has a standby of it or no instance.
+    let elsewhere = c
+        .fleet
+        .as_ref()
+        .filter(|f| f.role != "owner")
+        .and_then(|f| f.host.as_deref());
     html! {
-        @if c.up {
+        @if let Some(h) = elsewhere {
+            span.state.up title="runs on another host of the fleet" { span.icon aria-hidden="true" { "▲" } " on " (h) }
+        } @else if c.up {
             span.state.up { span.icon aria-hidden="true" { "▲" } " up" }
         } @else {
             span.state.down { span.icon aria-hidden="true" { "▼" } " down" }

@@ -213,27 +213,104 @@ fn read_series(run_root: &Path, conn: Option<&store::Reader>) -> Result<Vec<Seri
     }
 }
 
-/// The status of every chain in `run_root`, with the aggregates `series`.
-fn build_with(run_root: &Path, series: &[SeriesRow]) -> Result<StatusView> {
+/// What this host knows of one chain of its RUN_ROOT: its lock holder, its `CHAIN.state`
+/// (and whether another instance than the holder wrote it), its instance's fleet facts.
+struct Local {
+    chain: String,
+    holder: Option<i32>,
+    st: resume::State,
+    another: bool,
+    standing: Option<standing::Standing>,
+}
+
+/// Chains of RUN_ROOT per thread when its chains are read in parallel ([`local_facts`]).
+const LOCAL_PER_THREAD: usize = 32;
+
+/// Read RUN_ROOT's chains (pidfiles, locks, states, fleet files): no store. Many chains
+/// are read in parallel (up to the CPUs there are, 4 at most): the reads are system calls
+/// on /proc and small files, one chain independent of another.
+fn local_facts(run_root: &Path) -> Result<Vec<Local>> {
     let names = if run_root.exists() {
         chains(run_root)?
     } else {
         Vec::new()
     };
-    let mut by_chain: BTreeMap<&str, Vec<&SeriesRow>> = BTreeMap::new();
-    for s in series {
-        by_chain.entry(s.chain.as_str()).or_default().push(s);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(4)
+        .min(names.len() / LOCAL_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return Ok(facts_of(run_root, &names));
     }
-    let up = holders(run_root, &names);
-    let chains = names
+    let per = names.len().div_ceil(threads);
+    Ok(std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(per)
+            .map(|part| {
+                let h = std::thread::Builder::new()
+                    .name("status-local".into())
+                    .spawn_scoped(s, move || facts_of(run_root, part));
+                (part, h)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(part, h)| {
+                // A part whose thread could not be made (or failed) is read here.
+                h.ok()
+                    .and_then(|h| h.join().ok())
+                    .unwrap_or_else(|| facts_of(run_root, part))
+            })
+            .collect()
+    }))
+}
+
+/// [`local_facts`] of the chains `names` (in this order).
+fn facts_of(run_root: &Path, names: &[String]) -> Vec<Local> {
+    let up = holders(run_root, names);
+    names
         .iter()
         .zip(up)
         .map(|(chain, holder)| {
             let st = state_file::load(&state_file::path(run_root, chain)).unwrap_or_default();
             let another = holder.is_some_and(|pid| written_by_another_instance(&st, pid));
+            let standing = holder.and_then(|pid| standing::read(run_root, chain, pid));
+            Local {
+                chain: chain.clone(),
+                holder,
+                st,
+                another,
+                standing,
+            }
+        })
+        .collect()
+}
+
+/// The status of every chain in `run_root`, with the aggregates `series`.
+fn build_with(run_root: &Path, series: &[SeriesRow]) -> Result<StatusView> {
+    Ok(assemble(run_root, local_facts(run_root)?, series))
+}
+
+/// The status of RUN_ROOT's chains `local`, with the aggregates `series` (pure).
+fn assemble(run_root: &Path, local: Vec<Local>, series: &[SeriesRow]) -> StatusView {
+    let mut by_chain: BTreeMap<&str, Vec<&SeriesRow>> = BTreeMap::new();
+    for s in series {
+        by_chain.entry(s.chain.as_str()).or_default().push(s);
+    }
+    let chains = local
+        .into_iter()
+        .map(|l| {
+            let Local {
+                chain,
+                holder,
+                st,
+                another,
+                standing,
+            } = l;
             let rows = by_chain.get(chain.as_str()).map_or(&[][..], Vec::as_slice);
-            let mut v = chain_view(chain, holder, &st, another, rows);
-            if let Some(f) = holder.and_then(|pid| standing::read(run_root, chain, pid)) {
+            let mut v = chain_view(&chain, holder, &st, another, rows);
+            if let Some(f) = standing {
                 if !f.owner {
                     v.now = NowView::only(NowState::Standby);
                 }
@@ -252,11 +329,11 @@ fn build_with(run_root: &Path, series: &[SeriesRow]) -> Result<StatusView> {
         })
         .collect();
     let root = std::path::absolute(run_root).unwrap_or_else(|_| run_root.to_path_buf());
-    Ok(StatusView {
+    StatusView {
         chains,
         run_root: root.display().to_string(),
         run_root_given: run_root.display().to_string(),
-    })
+    }
 }
 
 /// The status of `run_root`, and with a `[store]` every chain of the fleet ([`merge_fleet`]).
@@ -267,18 +344,71 @@ pub(crate) fn build_fleet(
     let Some(cfg) = fleet else {
         return build(run_root);
     };
-    let conn = super::runs::open_reader(run_root, Some(cfg))?;
-    let series = read_series(run_root, conn.as_deref())?;
-    let mut v = build_with(run_root, &series)?;
-    // One connection for the records and the leases, when the fleet's store keeps both.
-    let rows = match conn.as_deref().and_then(|c| c.fleet(cfg.lease)) {
-        Some(rows) => {
-            rows.map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}")))?
-        }
-        None => fleet_rows(cfg)?,
-    };
+    if super::runs::reader_shared() {
+        // A console request: its one reader (and connection), shared with its other reads.
+        let conn = super::runs::open_reader(run_root, Some(cfg))?;
+        let (series, rows) = store_reads(run_root, cfg, conn.as_deref())?;
+        let mut v = build_with(run_root, &series)?;
+        merge_fleet(&mut v, &rows, &series);
+        return Ok(v);
+    }
+    // The fleet's store is read on a thread of its own while this one reads RUN_ROOT: the
+    // connect (TCP, SCRAM, a server process to start) and the query mostly wait for the
+    // server, the local reads (pidfiles, /proc, states) mostly work; the call costs the
+    // longer of the two, not their sum.
+    let (remote, local) = std::thread::scope(|s| {
+        let remote = std::thread::Builder::new()
+            .name("status-store".into())
+            .spawn_scoped(s, || own_store_reads(run_root, cfg));
+        let local = local_facts(run_root);
+        let remote = match remote {
+            Ok(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the fleet's store reader failed".into()))),
+            // No thread: read here.
+            Err(_) => own_store_reads(run_root, cfg),
+        };
+        (remote, local)
+    });
+    let (series, rows) = remote?;
+    let mut v = assemble(run_root, local?, &series);
     merge_fleet(&mut v, &rows, &series);
     Ok(v)
+}
+
+/// [`store_reads`] on a connection of its own, with the version check in the same flight
+/// as the reads (one round trip after the connect).
+fn own_store_reads(
+    run_root: &Path,
+    cfg: &crate::config::FleetConfig,
+) -> Result<(Vec<SeriesRow>, FleetRows)> {
+    match crate::store::pg::reader::status_read(cfg).map_err(super::runs::fleet_error)? {
+        Some(read) => Ok(read),
+        // The schema keeps no records: RUN_ROOT's SQLite has them.
+        None => store_reads(
+            run_root,
+            cfg,
+            store::open_read(run_root)
+                .map_err(Error::Internal)?
+                .as_ref(),
+        ),
+    }
+}
+
+/// The aggregates and the fleet's leases: with a PostgreSQL reader (the fleet's store
+/// keeps the records) both in one round trip; else RUN_ROOT's records (`conn`, SQLite)
+/// and the leases read apart.
+fn store_reads(
+    run_root: &Path,
+    cfg: &crate::config::FleetConfig,
+    conn: Option<&store::Reader>,
+) -> Result<(Vec<SeriesRow>, FleetRows)> {
+    match conn {
+        Some(store::Reader::Pg(p)) => p
+            .status(cfg.lease)
+            .map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}"))),
+        other => Ok((read_series(run_root, other)?, fleet_rows(cfg)?)),
+    }
 }
 
 /// The status for the `status` command: [`build_fleet`], or, when the fleet's store cannot
@@ -307,7 +437,8 @@ pub(crate) fn fleet_rows(cfg: &crate::config::FleetConfig) -> Result<FleetRows> 
 
 /// Add the fleet to a RUN_ROOT's status (pure): every chain of the fleet's store, each
 /// with its lease (host, epoch, expiry), its counters and its standbys. A chain of this
-/// RUN_ROOT keeps its local facts (pid, up, what its instance here does); one with no
+/// RUN_ROOT keeps its local facts (pid, up, what its instance here does; its tasks' figures
+/// only if this host owns it, else the fleet store's); one with no
 /// instance up here shows what the fleet's store says it does (its state, while a host
 /// holds its lease; else `down`). Chains stay in name order.
 pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows, series: &[SeriesRow]) {
@@ -326,6 +457,15 @@ pub(crate) fn merge_fleet(v: &mut StatusView, rows: &FleetRows, series: &[Series
             standbys: Vec::new(),
         });
         fill_fleet(f, r);
+        if f.role != "owner" {
+            // This host does not own the chain: its CHAIN.state is stale (a former owner's,
+            // or a standby's); the fleet's store has the chain's state for everything.
+            let st = remote_state(r).unwrap_or_default();
+            let mine: Vec<&SeriesRow> = series.iter().filter(|s| s.chain == c.chain).collect();
+            let fleet_view = chain_view(&c.chain, None, &st, false, &mine);
+            c.tasks = fleet_view.tasks;
+            c.queued = fleet_view.queued;
+        }
         if !c.up {
             let st = remote_state(r);
             c.now = remote_now(r, st.as_ref());
@@ -603,12 +743,9 @@ pub(crate) fn fleet_text(f: &FleetView, now: Wall) -> String {
         let hosts: Vec<&str> = f.standbys.iter().map(|s| s.host.as_str()).collect();
         let _ = write!(t, "; standbys: {}", hosts.join(", "));
     }
-    for (n, what) in [
-        (f.failovers, "failovers"),
-        (f.fenced_writes, "fenced writes"),
-    ] {
+    for (n, what) in [(f.failovers, "failover"), (f.fenced_writes, "fenced write")] {
         if let Some(n) = n.filter(|n| *n > 0) {
-            let _ = write!(t, "; {n} {what}");
+            let _ = write!(t, "; {n} {what}{}", if n == 1 { "" } else { "s" });
         }
     }
     t
