@@ -1414,7 +1414,7 @@ impl Writes {
         let n = ops.len();
         let fenced_before = self.w.fenced();
         let started = time::mono_now();
-        let statements = self.w.store_mut().statements;
+        let (statements, rounds) = (self.w.store_mut().statements, self.w.store_mut().rounds);
         self.with_conn(conn, cfg, stmt, |w| {
             let now = time::mono_now();
             w.begin_batch();
@@ -1427,9 +1427,10 @@ impl Writes {
             w.end_batch(now);
         });
         log::debug!(
-            "{}: fleet: batch of {n} records: {} statements",
+            "{}: fleet: batch of {n} records: {} statements in {} round trips",
             self.chain,
-            self.w.store_mut().statements - statements
+            self.w.store_mut().statements - statements,
+            self.w.store_mut().rounds - rounds
         );
         if let Some(ticket) = gate {
             let ok = self.w.pending() == 0 && self.w.fenced() == fenced_before;

@@ -156,6 +156,11 @@ thread_local! {
     static SHARED: RefCell<Option<Option<Shared>>> = const { RefCell::new(None) };
 }
 
+/// Whether this thread is inside [`one_reader`] (its reads share one reader).
+pub(crate) fn reader_shared() -> bool {
+    SHARED.with(|s| s.borrow().is_some())
+}
+
 /// Run `f` (one command, one console request) with one reader: the first [`open_reader`]
 /// within it opens the store (one connection to the fleet's store), the others reuse it;
 /// it is closed when `f` returns. Not nested: an inner call shares the outer's reader.

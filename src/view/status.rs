@@ -213,27 +213,66 @@ fn read_series(run_root: &Path, conn: Option<&store::Reader>) -> Result<Vec<Seri
     }
 }
 
-/// The status of every chain in `run_root`, with the aggregates `series`.
-fn build_with(run_root: &Path, series: &[SeriesRow]) -> Result<StatusView> {
+/// What this host knows of one chain of its RUN_ROOT: its lock holder, its `CHAIN.state`
+/// (and whether another instance than the holder wrote it), its instance's fleet facts.
+struct Local {
+    chain: String,
+    holder: Option<i32>,
+    st: resume::State,
+    another: bool,
+    standing: Option<standing::Standing>,
+}
+
+/// Read RUN_ROOT's chains (pidfiles, locks, states, fleet files): no store.
+fn local_facts(run_root: &Path) -> Result<Vec<Local>> {
     let names = if run_root.exists() {
         chains(run_root)?
     } else {
         Vec::new()
     };
+    let up = holders(run_root, &names);
+    Ok(names
+        .into_iter()
+        .zip(up)
+        .map(|(chain, holder)| {
+            let st = state_file::load(&state_file::path(run_root, &chain)).unwrap_or_default();
+            let another = holder.is_some_and(|pid| written_by_another_instance(&st, pid));
+            let standing = holder.and_then(|pid| standing::read(run_root, &chain, pid));
+            Local {
+                chain,
+                holder,
+                st,
+                another,
+                standing,
+            }
+        })
+        .collect())
+}
+
+/// The status of every chain in `run_root`, with the aggregates `series`.
+fn build_with(run_root: &Path, series: &[SeriesRow]) -> Result<StatusView> {
+    Ok(assemble(run_root, local_facts(run_root)?, series))
+}
+
+/// The status of RUN_ROOT's chains `local`, with the aggregates `series` (pure).
+fn assemble(run_root: &Path, local: Vec<Local>, series: &[SeriesRow]) -> StatusView {
     let mut by_chain: BTreeMap<&str, Vec<&SeriesRow>> = BTreeMap::new();
     for s in series {
         by_chain.entry(s.chain.as_str()).or_default().push(s);
     }
-    let up = holders(run_root, &names);
-    let chains = names
-        .iter()
-        .zip(up)
-        .map(|(chain, holder)| {
-            let st = state_file::load(&state_file::path(run_root, chain)).unwrap_or_default();
-            let another = holder.is_some_and(|pid| written_by_another_instance(&st, pid));
+    let chains = local
+        .into_iter()
+        .map(|l| {
+            let Local {
+                chain,
+                holder,
+                st,
+                another,
+                standing,
+            } = l;
             let rows = by_chain.get(chain.as_str()).map_or(&[][..], Vec::as_slice);
-            let mut v = chain_view(chain, holder, &st, another, rows);
-            if let Some(f) = holder.and_then(|pid| standing::read(run_root, chain, pid)) {
+            let mut v = chain_view(&chain, holder, &st, another, rows);
+            if let Some(f) = standing {
                 if !f.owner {
                     v.now = NowView::only(NowState::Standby);
                 }
@@ -252,11 +291,11 @@ fn build_with(run_root: &Path, series: &[SeriesRow]) -> Result<StatusView> {
         })
         .collect();
     let root = std::path::absolute(run_root).unwrap_or_else(|_| run_root.to_path_buf());
-    Ok(StatusView {
+    StatusView {
         chains,
         run_root: root.display().to_string(),
         run_root_given: run_root.display().to_string(),
-    })
+    }
 }
 
 /// The status of `run_root`, and with a `[store]` every chain of the fleet ([`merge_fleet`]).
@@ -267,18 +306,71 @@ pub(crate) fn build_fleet(
     let Some(cfg) = fleet else {
         return build(run_root);
     };
-    let conn = super::runs::open_reader(run_root, Some(cfg))?;
-    let series = read_series(run_root, conn.as_deref())?;
-    let mut v = build_with(run_root, &series)?;
-    // One connection for the records and the leases, when the fleet's store keeps both.
-    let rows = match conn.as_deref().and_then(|c| c.fleet(cfg.lease)) {
-        Some(rows) => {
-            rows.map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}")))?
-        }
-        None => fleet_rows(cfg)?,
-    };
+    if super::runs::reader_shared() {
+        // A console request: its one reader (and connection), shared with its other reads.
+        let conn = super::runs::open_reader(run_root, Some(cfg))?;
+        let (series, rows) = store_reads(run_root, cfg, conn.as_deref())?;
+        let mut v = build_with(run_root, &series)?;
+        merge_fleet(&mut v, &rows, &series);
+        return Ok(v);
+    }
+    // The fleet's store is read on a thread of its own while this one reads RUN_ROOT: the
+    // connect (TCP, SCRAM, a server process to start) and the query mostly wait for the
+    // server, the local reads (pidfiles, /proc, states) mostly work; the call costs the
+    // longer of the two, not their sum.
+    let (remote, local) = std::thread::scope(|s| {
+        let remote = std::thread::Builder::new()
+            .name("status-store".into())
+            .spawn_scoped(s, || own_store_reads(run_root, cfg));
+        let local = local_facts(run_root);
+        let remote = match remote {
+            Ok(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the fleet's store reader failed".into()))),
+            // No thread: read here.
+            Err(_) => own_store_reads(run_root, cfg),
+        };
+        (remote, local)
+    });
+    let (series, rows) = remote?;
+    let mut v = assemble(run_root, local?, &series);
     merge_fleet(&mut v, &rows, &series);
     Ok(v)
+}
+
+/// [`store_reads`] on a connection of its own, with the version check in the same flight
+/// as the reads (one round trip after the connect).
+fn own_store_reads(
+    run_root: &Path,
+    cfg: &crate::config::FleetConfig,
+) -> Result<(Vec<SeriesRow>, FleetRows)> {
+    match crate::store::pg::reader::status_read(cfg).map_err(super::runs::fleet_error)? {
+        Some(read) => Ok(read),
+        // The schema keeps no records: RUN_ROOT's SQLite has them.
+        None => store_reads(
+            run_root,
+            cfg,
+            store::open_read(run_root)
+                .map_err(Error::Internal)?
+                .as_ref(),
+        ),
+    }
+}
+
+/// The aggregates and the fleet's leases: with a PostgreSQL reader (the fleet's store
+/// keeps the records) both in one round trip; else RUN_ROOT's records (`conn`, SQLite)
+/// and the leases read apart.
+fn store_reads(
+    run_root: &Path,
+    cfg: &crate::config::FleetConfig,
+    conn: Option<&store::Reader>,
+) -> Result<(Vec<SeriesRow>, FleetRows)> {
+    match conn {
+        Some(store::Reader::Pg(p)) => p
+            .status(cfg.lease)
+            .map_err(|e| Error::Internal(format!("cannot read the fleet's store: {e}"))),
+        other => Ok((read_series(run_root, other)?, fleet_rows(cfg)?)),
+    }
 }
 
 /// The status for the `status` command: [`build_fleet`], or, when the fleet's store cannot

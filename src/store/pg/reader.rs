@@ -87,10 +87,12 @@ const STATE_ROWS: &str = "SELECT chain, state::text FROM run_chain.chain_state";
 /// redacted URL. A database without run-chain's schema has no chains yet.
 pub(crate) fn read(cfg: &FleetConfig) -> Result<FleetRows, ConnError> {
     let conn = Conn::connect(cfg, READ_WAIT)?;
-    if super::schema::version(&conn)?.is_none() {
-        return Ok(FleetRows::default());
-    }
-    fleet(&conn, cfg.lease).map_err(|e| {
+    let rows = match version(&conn)? {
+        None => return Ok(FleetRows::default()),
+        Some(v) if v >= 2 => fleet_v2(&conn, cfg.lease),
+        Some(_) => fleet(&conn, cfg.lease),
+    };
+    rows.map_err(|e| {
         ConnError::Unreachable(format!("{}: reading the fleet's leases: {e}", conn.shown()))
     })
 }
@@ -148,6 +150,69 @@ pub(crate) fn fleet(conn: &Conn, lease: Duration) -> Result<FleetRows, DbError> 
     Ok(out)
 }
 
+/// Every lease with its standbys seen within `$1` seconds and its chain's state, in one
+/// statement (schema version 2 on: `chain_state` and the lease's counters are there).
+const FLEET_V2: &str = "SELECT l.chain, l.host, l.epoch,
+    CASE WHEN isfinite(l.expires_at) THEN (extract(epoch FROM l.expires_at) * 1000)::int8 END,
+    l.holder IS NOT NULL AND l.expires_at > now(),
+    l.failovers::int8, l.fenced_writes::int8,
+    (extract(epoch FROM now()) * 1000)::int8,
+    sb.hosts, sb.seen, cs.state::text
+  FROM run_chain.leases l
+  LEFT JOIN run_chain.chain_state cs ON cs.chain = l.chain
+  LEFT JOIN LATERAL (
+    SELECT array_agg(coalesce(s.host, '') ORDER BY s.host, s.seen_at) AS hosts,
+           array_agg(coalesce((extract(epoch FROM s.seen_at) * 1000)::int8, 0)
+                     ORDER BY s.host, s.seen_at) AS seen
+    FROM run_chain.standbys s
+    WHERE s.chain = l.chain AND s.seen_at > now() - make_interval(secs => $1)) sb ON true
+  ORDER BY l.chain";
+
+/// [`fleet`] in one statement ([`FLEET_V2`]), for a schema of version 2 or later.
+pub(crate) fn fleet_v2(conn: &Conn, lease: Duration) -> Result<FleetRows, DbError> {
+    let secs = lease.as_secs_f64();
+    let rows = conn.run(
+        READ_WAIT,
+        conn.client()
+            .query_typed(FLEET_V2, &[(&secs, Type::FLOAT8)]),
+    )?;
+    fleet_rows_v2(&rows)
+}
+
+fn fleet_rows_v2(rows: &[tokio_postgres::Row]) -> Result<FleetRows, DbError> {
+    let mut out = FleetRows::default();
+    let u = |v: i64| v.max(0) as u64;
+    for r in rows {
+        let chain: String = r.try_get(0)?;
+        out.now_ms = u(r.try_get(7)?);
+        let hosts: Vec<String> = r.try_get::<_, Option<Vec<String>>>(8)?.unwrap_or_default();
+        let seen: Vec<i64> = r.try_get::<_, Option<Vec<i64>>>(9)?.unwrap_or_default();
+        let standbys = hosts
+            .into_iter()
+            .zip(seen)
+            .map(|(host, seen)| StandbyRow {
+                host,
+                seen_ms: u(seen),
+            })
+            .collect();
+        out.chains.insert(
+            chain.clone(),
+            LeaseRow {
+                chain,
+                host: r.try_get(1)?,
+                epoch: r.try_get(2)?,
+                expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
+                held: r.try_get(4)?,
+                failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
+                fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
+                standbys,
+                state: r.try_get(10)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------
 // The records (schema version 2): what `Reader::Pg` answers for history, log, status,
 // the metrics and the console. Same rows as SQLite's (`RunRow`, `SeriesRow`); numbers are
@@ -165,16 +230,131 @@ pub(crate) struct PgReader {
 /// yet (version 1: leases only). Errors as [`read`]'s.
 pub(crate) fn open(cfg: &FleetConfig) -> Result<Option<PgReader>, ConnError> {
     let conn = Conn::connect(cfg, READ_WAIT)?;
-    Ok(match super::schema::version(&conn)? {
+    Ok(match version(&conn)? {
         Some(v) if v >= 2 => Some(PgReader { conn }),
         _ => None,
     })
 }
 
+/// What `status` reads of the fleet's store, for a command of its own (no shared reader):
+/// connect, then in one flight the version check ([`QUICK_VERSION`]), the series and the
+/// fleet ([`PgReader::status`]'s two statements); None when the schema keeps no records
+/// (version 1, or none yet: RUN_ROOT keeps them). Anything unusual in the flight (no
+/// schema yet, a foreign one) is sorted out as [`open`] does, and then read apart.
+pub(crate) fn status_read(
+    cfg: &FleetConfig,
+) -> Result<Option<(Vec<SeriesRow>, FleetRows)>, ConnError> {
+    let conn = Conn::connect(cfg, READ_WAIT)?;
+    let c = conn.client();
+    let secs = cfg.lease.as_secs_f64();
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&secs, Type::FLOAT8)];
+    let futs: Vec<Answer<'_>> = vec![
+        Box::pin(c.query_typed(QUICK_VERSION, &[])),
+        Box::pin(c.query_typed(STATUS_SERIES, &[])),
+        Box::pin(c.query_typed(FLEET_V2, &params)),
+    ];
+    let answers = conn
+        .run(READ_WAIT, async { Ok(super::write::in_order(futs).await) })
+        .map_err(|e| ConnError::Unreachable(format!("{}: {e}", conn.shown())))?;
+    if let [Ok(v), Ok(series), Ok(leases)] = answers.as_slice() {
+        if one_version(v).is_some_and(|v| v >= 2) {
+            let shown = conn.shown();
+            let series = series
+                .iter()
+                .map(status_series_row)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConnError::Unreachable(format!("{shown}: {e}")))?;
+            let fleet = fleet_rows_v2(leases)
+                .map_err(|e| ConnError::Unreachable(format!("{shown}: {e}")))?;
+            return Ok(Some((series, fleet)));
+        }
+    }
+    match super::schema::version(&conn)? {
+        Some(v) if v >= 2 => PgReader { conn }
+            .status(cfg.lease)
+            .map(Some)
+            .map_err(ConnError::Unreachable),
+        _ => Ok(None),
+    }
+}
+
+/// The schema's version: [`quick_version`], else [`super::schema::version`].
+fn version(conn: &Conn) -> Result<Option<u32>, ConnError> {
+    match quick_version(conn) {
+        Some(v) => Ok(Some(v)),
+        None => super::schema::version(conn),
+    }
+}
+
+/// The schema's version in one statement, when the database is plainly run-chain's (its
+/// `run_chain.meta` has one row, run-chain's, with a version); None for anything else
+/// (no schema yet, a foreign table, an error), which [`super::schema::version`] then
+/// sorts out with its exact words (two statements).
+fn quick_version(conn: &Conn) -> Option<u32> {
+    let rows = conn
+        .run(READ_WAIT, conn.client().query_typed(QUICK_VERSION, &[]))
+        .ok()?;
+    one_version(&rows)
+}
+
+/// run-chain's row of `run_chain.meta`: its version (`schema::APP`'s name, spelt here).
+const QUICK_VERSION: &str =
+    "SELECT version::int8 FROM run_chain.meta WHERE app::text = 'run-chain'";
+
+fn one_version(rows: &[tokio_postgres::Row]) -> Option<u32> {
+    match rows {
+        [one] => u32::try_from(one.try_get::<_, Option<i64>>(0).ok()??).ok(),
+        _ => None,
+    }
+}
+
+/// A statement's answer, boxed, for [`super::write::in_order`].
+type Answer<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>
+            + 'a,
+    >,
+>;
+
 impl PgReader {
-    /// The fleet's leases through this reader's connection ([`fleet`]).
+    /// The fleet's leases through this reader's connection ([`fleet_v2`]: a reader's
+    /// schema keeps the records, so it is of version 2 or later).
     pub(crate) fn fleet(&self, lease: Duration) -> Result<FleetRows, String> {
-        fleet(&self.conn, lease).map_err(|e| format!("{}: {e}", self.conn.shown()))
+        fleet_v2(&self.conn, lease).map_err(|e| format!("{}: {e}", self.conn.shown()))
+    }
+
+    /// What `status` reads of the fleet's store, in one round trip: every series with
+    /// the columns `status` shows ([`STATUS_SERIES`]; no `recent` window), and the fleet
+    /// ([`FLEET_V2`]), the two statements pipelined.
+    pub(crate) fn status(&self, lease: Duration) -> Result<(Vec<SeriesRow>, FleetRows), String> {
+        let c = self.conn.client();
+        let secs = lease.as_secs_f64();
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] =
+            [(&secs, Type::FLOAT8)];
+        let futs: Vec<Answer<'_>> = vec![
+            Box::pin(c.query_typed(STATUS_SERIES, &[])),
+            Box::pin(c.query_typed(FLEET_V2, &params)),
+        ];
+        let shown = self.conn.shown();
+        let mut answers = self
+            .conn
+            .run(READ_WAIT, async { Ok(super::write::in_order(futs).await) })
+            .map_err(|e| format!("{shown}: {e}"))?
+            .into_iter();
+        let mut next = || -> Result<Vec<tokio_postgres::Row>, String> {
+            answers
+                .next()
+                .unwrap_or_else(|| Ok(Vec::new()))
+                .map_err(|e| format!("{shown}: {}", DbError::from(e)))
+        };
+        let (series, leases) = (next()?, next()?);
+        let series = series
+            .iter()
+            .map(status_series_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let fleet = fleet_rows_v2(&leases).map_err(|e| format!("{shown}: {e}"))?;
+        Ok((series, fleet))
     }
 
     fn rows(
@@ -372,6 +552,41 @@ pub(crate) fn series(p: &PgReader) -> Result<Vec<(SeriesRow, Recent)>, String> {
         .map(one)
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())
+}
+
+/// The series' columns `status` shows (its counts, last run, last success and streak),
+/// without the sums, the running run and the `recent` window it does not show.
+const STATUS_SERIES: &str = "SELECT chain, task, runs::int8, ok::int8, failed::int8, timeout::int8,
+    signal::int8, spawn_error::int8, interrupted::int8, last_run_id::int8, last_outcome,
+    last_exit_code::int8, last_start_ms::int8, last_stop_ms::int8, last_duration_ms::int8,
+    last_success_ms::int8, streak_start_ms::int8, streak_failures::int8
+  FROM run_chain.series ORDER BY chain, task";
+
+/// A row of [`STATUS_SERIES`]: the columns it does not read are left at their defaults
+/// (0 or None), which `status` does not show.
+fn status_series_row(r: &tokio_postgres::Row) -> Result<SeriesRow, tokio_postgres::Error> {
+    let uo = |v: Option<i64>| v.map(u);
+    Ok(SeriesRow {
+        chain: r.try_get(0)?,
+        task: r.try_get(1)?,
+        runs: u(r.try_get(2)?),
+        ok: u(r.try_get(3)?),
+        failed: u(r.try_get(4)?),
+        timeout: u(r.try_get(5)?),
+        signal: u(r.try_get(6)?),
+        spawn_error: u(r.try_get(7)?),
+        interrupted: u(r.try_get(8)?),
+        last_run_id: uo(r.try_get(9)?),
+        last_outcome: r.try_get(10)?,
+        last_exit_code: r.try_get::<_, Option<i64>>(11)?.map(|v| v as i32),
+        last_start_ms: uo(r.try_get(12)?),
+        last_stop_ms: uo(r.try_get(13)?),
+        last_duration_ms: uo(r.try_get(14)?),
+        last_success_ms: uo(r.try_get(15)?),
+        streak_start_ms: uo(r.try_get(16)?),
+        streak_failures: u(r.try_get(17)?),
+        ..SeriesRow::default()
+    })
 }
 
 /// Kicked and manual runs, per (chain, task).
