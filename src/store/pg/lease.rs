@@ -7,8 +7,10 @@
 //! - [`ensure_row`]: the chain's row, once per launch (`ON CONFLICT DO NOTHING`).
 //! - [`acquire`]: only a free or expired row, with `epoch + 1`; returns the predecessor
 //!   (read under `FOR UPDATE` in the same statement: PostgreSQL 15 has no `OLD` in
-//!   `RETURNING`). Two acquirers racing: the second waits for the first's row lock and
-//!   then reads the row the first wrote, which is unexpired: 0 rows.
+//!   `RETURNING`). `SKIP LOCKED`: a locked row reads as held (0 rows; the standby tries
+//!   again), so an acquire never waits on a row lock: neither on a racing acquirer's nor
+//!   on an owner's batch left open (its `FOR SHARE` from `fence()`), where a waiting
+//!   acquire would outlive its client's timeout on the server and acquire later, unseen.
 //! - [`renew`]: scoped to the row's (holder, epoch) *and* unexpired; never an upsert
 //!   (River #197: a renew that matched whatever the row said). 0 rows: lost.
 //! - [`release`]: `holder = NULL, expires_at = now()`, only if still (holder, epoch).
@@ -40,7 +42,8 @@ const ACQUIRE: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
      failovers = l.failovers + (o.o_holder IS NOT NULL)::int, \
      expires_at = now() + make_interval(secs => $4) \
      FROM (SELECT chain, holder AS o_holder, host AS o_host, epoch AS o_epoch, \
-           expires_at AS o_expires FROM run_chain.leases WHERE chain = $1 FOR UPDATE) o \
+           expires_at AS o_expires FROM run_chain.leases WHERE chain = $1 \
+           FOR UPDATE SKIP LOCKED) o \
      WHERE l.chain = o.chain AND (o.o_holder IS NULL OR o.o_expires <= now()) \
      AND (l.stop_fleet_at IS NULL OR l.stop_fleet_at < $5) \
      RETURNING l.epoch, o.o_holder, o.o_host, o.o_epoch, \

@@ -1,0 +1,201 @@
+//! The review's findings (session 12, /work/notes/review-findings.md) against a real
+//! PostgreSQL and the real binary: a lease row locked by a batch left open does not make
+//! standby acquires wait and pile up (1), a relaunch stopped while the old run's processes
+//! still run does not hand the chain to a standby (2), `--once` does not take over a dead
+//! instance's unexpired lease (5).
+
+mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleet::{text, Fleet, Shape, LONG_RUNS};
+use support::ledger;
+
+/// Backends of `db` waiting on a lock (a statement its client may have given up on).
+fn lock_waiters(f: &Fleet<'_>) -> i64 {
+    fleet::sql_int(
+        f.pg,
+        &f.db,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+}
+
+/// Finding 1: a frozen owner's batch holds FOR SHARE on the lease row (here: a test
+/// session does, in a transaction it leaves open). Once the lease expires, the standby's
+/// acquires must not wait on that lock (each would outlive its client's timeout on the
+/// server, pile up, and acquire later, unseen: the epoch jumps by their number). When the
+/// lock goes, the standby acquires once: epoch + 1.
+#[test]
+fn a_lease_row_locked_by_an_open_batch_leaves_no_acquire_waiting_and_one_takeover() {
+    let f = Fleet::new("robust_locked_row", LONG_RUNS);
+    let (mut h1, _first, mut h2) = f.owner_and_standby();
+    h1.signal(libc::SIGKILL);
+    h1.wait_exit();
+    // The frozen batch: FOR SHARE on the row, the transaction left open.
+    let mut frozen =
+        f.pg.psql_command(&f.db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+    let mut input = frozen.stdin.take().expect("psql stdin");
+    writeln!(
+        input,
+        "SET application_name = 'robust_frozen';\nBEGIN;\n\
+         SELECT 1 FROM run_chain.leases WHERE chain = 'work' FOR SHARE;"
+    )
+    .expect("write to psql");
+    input.flush().expect("flush psql");
+    common::wait_until(
+        "the test's session holds FOR SHARE on the lease row",
+        || {
+            fleet::sql_int(
+                f.pg,
+                &f.db,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'robust_frozen' \
+             AND state = 'idle in transaction'",
+            ) == 1
+        },
+    );
+    let epoch = f.lease().epoch;
+    h2.wait_for("h1's lease expires on the database's clock", || {
+        fleet::sql_int(
+            f.pg,
+            &f.db,
+            "SELECT (expires_at < now())::int FROM run_chain.leases WHERE chain = 'work'",
+        ) == 1
+    });
+    // Several standby tries (every 0.5-1 s) while the row stays locked: none may wait.
+    let mut most = 0;
+    let mut window = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_millis(3000);
+    while std::time::Instant::now() < until {
+        most = most.max(lock_waiters(&f));
+        window.push(most);
+        assert_eq!(h2.try_status(), None, "h2 exited:\n{}", h2.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        most, 0,
+        "backends waited on the locked lease row (standby acquires piling up)"
+    );
+    // The batch ends (the server ends it at its idle timeout; here the test commits).
+    writeln!(input, "COMMIT;").expect("write to psql");
+    drop(input);
+    let _ = frozen.wait();
+    let after = ledger::mono_ns();
+    f.wait_run(&mut h2, "h2", after);
+    let row = f.lease();
+    assert_eq!(row.host, "h2", "{row:?}");
+    assert_eq!(
+        row.epoch,
+        epoch + 1,
+        "the lease was acquired more than once: {row:?}\nh2:\n{}",
+        h2.stderr()
+    );
+    assert_eq!(lock_waiters(&f), 0, "backends still wait on a lock");
+    h2.signal(libc::SIGTERM);
+    h2.assert_exit(0);
+}
+
+/// Finding 5: `--once` on the host of a killed owner whose lease is unexpired exits 75
+/// naming that host; it takes nothing over.
+#[test]
+fn once_on_the_host_of_a_killed_owner_exits_75_while_its_lease_is_unexpired() {
+    let f = Fleet::new(
+        "robust_once",
+        Shape {
+            lease: "30s",
+            lease_s: 30.0,
+            ticks: 4,
+            ..LONG_RUNS
+        },
+    );
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", 0);
+    let epoch = f.lease().epoch;
+    h1.signal(libc::SIGKILL);
+    h1.wait_exit();
+    let config = f.host_config("h1");
+    let mut once = f.launch_with("h1", &config, &["--once"]);
+    let status = once.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "--once on h1 while the killed instance's lease is unexpired:\n{}",
+        once.stderr()
+    );
+    assert!(
+        once.stderr()
+            .contains(&format!("chain work runs on host h1 (epoch {epoch})")),
+        "{}",
+        once.stderr()
+    );
+    let row = f.lease();
+    assert_eq!(row.epoch, epoch, "the lease changed hands: {row:?}");
+}
+
+/// Finding 2: h1's task ignores SIGTERM, kill_grace 30 s (> the lease). h1 is killed: its
+/// guardian lets the task run up to h1's last fence KILL deadline. The relaunch on h1 takes
+/// the lease over and waits for that guardian; SIGTERM during that wait must not release
+/// the lease: h2's first run starts after h1's task's last stamp.
+#[test]
+fn a_relaunch_stopped_while_the_old_run_still_runs_does_not_hand_the_chain_over() {
+    let f = Fleet::new(
+        "robust_relaunch",
+        Shape {
+            lease: "6s",
+            lease_s: 6.0,
+            kill_grace: "30s",
+            ..LONG_RUNS
+        },
+    );
+    // The ledger script, with TERM ignored (stamps S, then T every 50 ms).
+    let stamp = ledger::stamp_bin();
+    let script = format!(
+        "#!/bin/sh\nst() {{ '{}' '{}' \"$1\"; }}\nst S\ntrap '' TERM\n\
+         while :; do sleep 0.05 & wait $!; st T; done\n",
+        stamp.display(),
+        f.ledger.display()
+    );
+    std::fs::write(&f.script, script).expect("write the script");
+    let (mut h1, first, mut h2) = f.owner_and_standby();
+    h1.signal(libc::SIGKILL);
+    h1.wait_exit();
+    let config = f.host_config("h1");
+    let mut again = f.launch_with("h1", &config, &[]);
+    let stderr = again.stderr.clone();
+    again.wait_for("the relaunch waits for the old guardian", || {
+        text(&stderr).contains("waiting for its guardian")
+    });
+    again.signal(libc::SIGTERM);
+    again.assert_exit(0);
+    // h2 runs (after the kept lease expires), and h1's task is gone by then.
+    let h2_run = f.wait_run(&mut h2, "h2", 0);
+    common::wait_until("h1's task is gone", || {
+        common::proc_state(first.pid).is_none() || common::proc_state(first.pid) == Some('Z')
+    });
+    let ledger = f.ledger();
+    let h1_last = ledger
+        .of_host("h1")
+        .map(|r| r.end)
+        .max()
+        .expect("h1's runs");
+    assert!(
+        h2_run.start > h1_last,
+        "h2 started {:.3} s before h1's task's last stamp\n{}\nrelaunch:\n{}",
+        (h1_last - h2_run.start) as f64 / 1e9,
+        ledger.overlap_report().unwrap_or_default(),
+        again.stderr()
+    );
+    ledger.assert_no_overlap();
+    h2.signal(libc::SIGTERM);
+    h2.assert_exit(0);
+}
