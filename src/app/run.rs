@@ -128,7 +128,14 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         Some(f) => {
             // This host's previous instance (whose pidfile lock we now hold: it has
             // exited) recorded the lease it held: take over exactly that, else acquire.
-            f.go(fleet::record::read(&root, &chain_name), no_takeover);
+            // Not in --once / --no-kill-concurrent: they take over nothing (75 while
+            // any instance, even a dead one of this host, holds the lease unexpired).
+            let record = if no_takeover {
+                None
+            } else {
+                fleet::record::read(&root, &chain_name)
+            };
+            f.go(record, no_takeover);
             ownership.with_fleet(f)
         }
         None => ownership,
@@ -199,7 +206,13 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
             log::warn!(
                 "{chain_name}: stopped while waiting for the previous run's processes to end"
             );
-            end_fleet(&mut ownership, &root, &chain_name);
+            // Those processes may still run: never release the lease to a standby now.
+            // Kept, it expires a lease after this acquire, after the old guardian's KILL.
+            if let Some(f) = ownership.fleet_mut() {
+                let _ = std::fs::remove_file(fleet::standing::path(&root, &chain_name));
+                log::info!("{chain_name}: fleet: keeping the lease until it expires (the previous run's processes may still run)");
+                f.keep();
+            }
             log::info!("{chain_name}: exiting with status {}", exit::OK);
             return Ok(exit::OK);
         }
