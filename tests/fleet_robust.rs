@@ -199,3 +199,95 @@ fn a_relaunch_stopped_while_the_old_run_still_runs_does_not_hand_the_chain_over(
     h2.signal(libc::SIGTERM);
     h2.assert_exit(0);
 }
+
+/// Finding 3: the new owner's resume read fails (a test session holds chain_state in
+/// ACCESS EXCLUSIVE mode over the acquire). It must start nothing from scratch: once the
+/// lock goes it resumes h1's state, whose next run is due in an hour, so it runs nothing.
+#[test]
+fn a_failed_resume_read_at_the_acquire_starts_nothing_from_scratch() {
+    let f = Fleet::new(
+        "robust_resume",
+        Shape {
+            ticks: 2,
+            cooldown: "1h",
+            ..LONG_RUNS
+        },
+    );
+    // Success cooldown 1 h, fail cooldown 100 ms: a run started from scratch that fails
+    // (its start refused) is tried again at once, and shows in the ledger.
+    let config = |host: &str| {
+        let path = f.env.path(&format!("{host}.toml"));
+        let text = f
+            .config_text(host, &f.store_lines())
+            .replace("fail_cooldown = \"1h\"", "fail_cooldown = \"100ms\"");
+        common::write_atomic(&path, &text);
+        path
+    };
+    let mut h1 = f.launch_with("h1", &config("h1"), &[]);
+    let first = f.wait_run(&mut h1, "h1", 0);
+    h1.wait_for("h1 recorded its next run an hour from now", || {
+        fleet::sql_int(
+            f.pg,
+            &f.db,
+            "SELECT count(*) FROM run_chain.chain_state \
+             WHERE chain = 'work' AND due_at > now() + interval '30 minutes'",
+        ) == 1
+    });
+    h1.signal(libc::SIGKILL);
+    h1.wait_exit();
+    let mut lock =
+        f.pg.psql_command(&f.db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+    let mut input = lock.stdin.take().expect("psql stdin");
+    writeln!(
+        input,
+        "SET application_name = 'robust_lock';\nBEGIN;\n\
+         LOCK TABLE run_chain.chain_state IN ACCESS EXCLUSIVE MODE;"
+    )
+    .expect("write to psql");
+    input.flush().expect("flush psql");
+    common::wait_until("the test's session locks chain_state", || {
+        fleet::sql_int(
+            f.pg,
+            &f.db,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'robust_lock' \
+             AND state = 'idle in transaction'",
+        ) == 1
+    });
+    let mut h2 = f.launch_with("h2", &config("h2"), &[]);
+    let stderr = h2.stderr.clone();
+    h2.wait_for("h2's resume read fails", || {
+        text(&stderr).contains("cannot read where to resume from")
+    });
+    // Well past the old code's three tries, still locked.
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        assert_eq!(h2.try_status(), None, "h2 exited:\n{}", h2.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writeln!(input, "COMMIT;").expect("write to psql");
+    drop(input);
+    let _ = lock.wait();
+    h2.wait_for("h2 owns the chain", || {
+        text(&stderr).contains("running as pid")
+    });
+    // Observe: the resumed chain's next run is an hour away.
+    let until = std::time::Instant::now() + Duration::from_millis(3000);
+    while std::time::Instant::now() < until {
+        assert_eq!(h2.try_status(), None, "h2 exited:\n{}", h2.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ledger = f.ledger();
+    assert_eq!(
+        ledger.of_host("h2").count(),
+        0,
+        "h2 ran the chain from scratch (h1's run: {first})\nh2:\n{}",
+        h2.stderr()
+    );
+    h2.signal(libc::SIGTERM);
+    h2.assert_exit(0);
+}

@@ -1016,6 +1016,9 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
     let mut want: Option<(String, u32, Duration, bool)> = None;
     let mut frees: Vec<(String, i32, i64)> = Vec::new();
     let mut ensured: Vec<String> = Vec::new();
+    // An owner whose resume read failed at the acquire: (epoch, same host, next try).
+    // Owner is published only once it is read (never a start from scratch).
+    let mut resume_due: Option<(i64, bool, Duration)> = None;
     loop {
         let now = sys::boot_now();
         let at = match lease.due(now) {
@@ -1023,6 +1026,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Due::Lost => now,
         };
         let at = want.as_ref().map_or(at, |w| at.min(w.2));
+        let at = resume_due.as_ref().map_or(at, |r| at.min(r.2));
         let mut wait = at.saturating_sub(now);
         if let Some(r) = writes.w.retry_at() {
             wait = wait.min(r.saturating_sub(time::mono_now()));
@@ -1189,8 +1193,15 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                                 pred_seen.take(),
                                 took_over,
                             );
-                            cell.set_resume(t.epoch, r);
-                            cell.publish(View::Owner(t));
+                            match r {
+                                Ok(r) => {
+                                    cell.set_resume(t.epoch, r);
+                                    cell.publish(View::Owner(t));
+                                }
+                                Err(same_host) => {
+                                    resume_due = Some((t.epoch, same_host, sys::boot_now() + stmt))
+                                }
+                            }
                         }
                     }
                     Ok(Some(View::Standby { held_by, error })) => {
@@ -1302,7 +1313,9 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 }
                 if let Some(t) = lease.term() {
                     sys::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
-                    cell.publish(View::Owner(t));
+                    if resume_due.is_none() {
+                        cell.publish(View::Owner(t));
+                    }
                 }
             }
             Due::Lost => {
@@ -1324,6 +1337,35 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 }
             }
             _ => {}
+        }
+        // A resume read still due (after the renew): Owner once it is read.
+        if let Some((epoch, same_host, at)) = resume_due {
+            match lease.term() {
+                Some(t) if t.epoch == epoch && sys::boot_now() >= at => {
+                    if t.failing {
+                        // A renew must succeed first.
+                        resume_due = Some((epoch, same_host, sys::boot_now() + stmt));
+                    } else {
+                        match writes.read_resume(&mut conn, &setup.cfg, stmt, same_host) {
+                            Ok(r) => {
+                                log::info!(
+                                    "{chain}: fleet: read where to resume from (epoch {epoch})"
+                                );
+                                resume_due = None;
+                                cell.set_resume(epoch, r);
+                                cell.publish(View::Owner(t));
+                            }
+                            Err(e) => {
+                                log::debug!("{chain}: fleet: resume read tried again: {e}");
+                                resume_due = Some((epoch, same_host, sys::boot_now() + stmt));
+                            }
+                        }
+                    }
+                }
+                Some(t) if t.epoch == epoch => {}
+                // Lost or released meanwhile: the next acquire reads it again.
+                _ => resume_due = None,
+            }
         }
         // The records, after the lease's own statement (the renew goes first).
         writes.may_connect = !lease.term().is_some_and(|t| t.failing);
@@ -1458,7 +1500,7 @@ impl Writes {
         epoch: i64,
         pred: Option<sql::Predecessor>,
         took_over: bool,
-    ) -> FleetResume {
+    ) -> std::result::Result<FleetResume, bool> {
         let owner = self.owner(epoch);
         self.w.set_owner(owner);
         let mut same_host = took_over;
@@ -1477,35 +1519,42 @@ impl Writes {
                 self.with_conn(conn, cfg, stmt, |w| w.push(time::mono_now(), op));
             }
         }
-        let chain = self.chain.clone();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
-            let read = match conn.as_ref() {
-                Some(c) => crate::store::pg::write::read_resume(c, &chain, stmt),
-                None => Err("not connected".into()),
-            };
-            match read {
-                Ok((state, due_in_ms, run_ids)) => {
-                    return FleetResume {
-                        state,
-                        due_in_ms,
-                        run_ids,
-                        same_host,
-                        read_at: Some(time::mono_now()),
-                    }
-                }
-                Err(e) if tries >= 3 => {
-                    log::error!(
-                        "{chain}: fleet: cannot read where to resume from ({e}); starting from the chain's beginning, run ids from 1 where none is known"
-                    );
-                    return FleetResume {
-                        same_host,
-                        ..FleetResume::default()
-                    };
-                }
-                Err(_) => *conn = None,
+        // One try here: the loop tries again after its renews (never a start from
+        // scratch, position, due time and run ids lost: Owner only once it is read).
+        self.read_resume(conn, cfg, stmt, same_host).map_err(|e| {
+            log::warn!(
+                "{}: fleet: cannot read where to resume from ({e}); starting nothing until it is read (trying again)",
+                self.chain
+            );
+            same_host
+        })
+    }
+
+    /// One try of the resume read (a reconnect included); the connection is dropped
+    /// when it fails.
+    fn read_resume(
+        &mut self,
+        conn: &mut Option<Conn>,
+        cfg: &FleetConfig,
+        stmt: Duration,
+        same_host: bool,
+    ) -> std::result::Result<FleetResume, String> {
+        let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+        let read = match conn.as_ref() {
+            Some(c) => crate::store::pg::write::read_resume(c, &self.chain, stmt),
+            None => Err("not connected".into()),
+        };
+        match read {
+            Ok((state, due_in_ms, run_ids)) => Ok(FleetResume {
+                state,
+                due_in_ms,
+                run_ids,
+                same_host,
+                read_at: Some(time::mono_now()),
+            }),
+            Err(e) => {
+                *conn = None;
+                Err(e)
             }
         }
     }
