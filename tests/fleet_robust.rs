@@ -291,3 +291,58 @@ fn a_failed_resume_read_at_the_acquire_starts_nothing_from_scratch() {
     h2.signal(libc::SIGTERM);
     h2.assert_exit(0);
 }
+
+/// Finding 12: the owner's connection is gone (its backend terminated) when it gets
+/// SIGTERM between runs, nothing queued: it releases over a new connection, so the standby
+/// acquires at once, not a lease later.
+#[test]
+fn an_owner_whose_connection_broke_still_releases_at_sigterm() {
+    let f = Fleet::new(
+        "robust_release",
+        Shape {
+            lease: "10s",
+            lease_s: 10.0,
+            ticks: 2,
+            cooldown: "1h",
+            ..LONG_RUNS
+        },
+    );
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", 0);
+    h1.wait_for("h1's run ended and its next is recorded", || {
+        fleet::sql_int(
+            f.pg,
+            &f.db,
+            "SELECT count(*) FROM run_chain.chain_state \
+             WHERE chain = 'work' AND due_at > now() + interval '30 minutes'",
+        ) == 1
+    });
+    let backends = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE datname = current_database() AND application_name = 'run-chain'";
+    h1.wait_for("h1 has one connection", || {
+        fleet::sql_int(f.pg, &f.db, backends) == 1
+    });
+    let h1_backend = fleet::sql_int(
+        f.pg,
+        &f.db,
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'run-chain'",
+    );
+    let mut h2 = f.launch("h2");
+    f.wait_standby(&mut h2, "h2");
+    f.pg.psql(&f.db, &format!("SELECT pg_terminate_backend({h1_backend})"));
+    h1.signal(libc::SIGTERM);
+    h1.assert_exit(0);
+    let gone = std::time::Instant::now();
+    h2.wait_for("h2 owns the lease", || {
+        f.lease_row().is_some_and(|r| r.host == "h2")
+    });
+    let after = gone.elapsed().as_secs_f64();
+    assert!(
+        after < 4.0,
+        "h2 acquired {after:.3} s after h1 exited (lease 10 s): the lease was not released\nh1:\n{}",
+        h1.stderr()
+    );
+    h2.signal(libc::SIGTERM);
+    h2.assert_exit(0);
+}

@@ -1046,8 +1046,20 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 // What is queued goes first, under the lease it was written under.
                 writes.retry(&mut conn, &setup.cfg, stmt);
                 let mut released = false;
-                if let (Some(c), Some(t)) = (&conn, lease.term()) {
-                    match sql::release(c, &me, t.epoch, stmt) {
+                if let Some(t) = lease.term() {
+                    // Over a new connection if the last statement broke it (else the
+                    // standby would wait for the whole lease); once more if it fails.
+                    let release = |conn: &mut Option<Conn>| {
+                        owner_conn(conn, &setup.cfg, stmt).and_then(|c| {
+                            sql::release(c, &me, t.epoch, stmt).map_err(|e| e.to_string())
+                        })
+                    };
+                    let mut result = release(&mut conn);
+                    if result.is_err() {
+                        drop_if_broken(&mut conn);
+                        result = release(&mut conn);
+                    }
+                    match result {
                         Ok(r) => {
                             released = r;
                             if r {
