@@ -346,3 +346,74 @@ fn an_owner_whose_connection_broke_still_releases_at_sigterm() {
     h2.signal(libc::SIGTERM);
     h2.assert_exit(0);
 }
+
+/// Finding 6 (part): the owner's connection breaks while another launch migrates the
+/// schema (a test session holds run_chain.meta in ACCESS EXCLUSIVE mode). The owner's
+/// records reconnect without the schema check (which would wait behind that lock with no
+/// renew), so the lease is kept over two leases and the chain keeps running.
+#[test]
+fn an_owner_reconnecting_for_its_records_does_not_wait_behind_a_migration() {
+    let f = Fleet::new(
+        "robust_reconnect",
+        Shape {
+            ticks: 2,
+            ..LONG_RUNS
+        },
+    );
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", 0);
+    let epoch = f.lease().epoch;
+    let mut lock =
+        f.pg.psql_command(&f.db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+    let mut input = lock.stdin.take().expect("psql stdin");
+    writeln!(
+        input,
+        "SET application_name = 'robust_migration';\nBEGIN;\n\
+         LOCK TABLE run_chain.meta IN ACCESS EXCLUSIVE MODE;"
+    )
+    .expect("write to psql");
+    input.flush().expect("flush psql");
+    common::wait_until("the test's session locks run_chain.meta", || {
+        fleet::sql_int(
+            f.pg,
+            &f.db,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'robust_migration' \
+             AND state = 'idle in transaction'",
+        ) == 1
+    });
+    f.pg.psql(
+        &f.db,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'run-chain'",
+    );
+    let cut = ledger::mono_ns();
+    let until = std::time::Instant::now() + Duration::from_secs_f64(2.0 * f.shape.lease_s);
+    while std::time::Instant::now() < until {
+        assert_eq!(h1.try_status(), None, "h1 exited:\n{}", h1.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let row = f.lease();
+    let stderr = h1.stderr();
+    writeln!(input, "COMMIT;").expect("write to psql");
+    drop(input);
+    let _ = lock.wait();
+    assert_eq!(
+        row.epoch, epoch,
+        "the lease changed: {row:?}\nh1:\n{stderr}"
+    );
+    assert!(row.live, "the lease expired: {row:?}\nh1:\n{stderr}");
+    assert!(!stderr.contains("lost the lease"), "h1:\n{stderr}");
+    assert!(
+        f.ledger()
+            .of_host("h1")
+            .any(|r| r.start > cut + 1_000_000_000),
+        "h1 ran nothing in the second after the cut\nh1:\n{stderr}"
+    );
+    h1.signal(libc::SIGTERM);
+    h1.assert_exit(0);
+}

@@ -1435,7 +1435,7 @@ impl Writes {
         f: impl FnOnce(&mut Writer<Pg>),
     ) {
         if self.may_connect {
-            let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+            let _ = owner_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
         }
         self.w.store_mut().lend(conn.take());
         f(&mut self.w);
@@ -1551,7 +1551,7 @@ impl Writes {
         stmt: Duration,
         same_host: bool,
     ) -> std::result::Result<FleetResume, String> {
-        let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+        let _ = owner_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
         let read = match conn.as_ref() {
             Some(c) => crate::store::pg::write::read_resume(c, &self.chain, stmt),
             None => Err("not connected".into()),
@@ -1625,7 +1625,7 @@ fn slot_work(
         holder: me.holder,
         epoch: t.epoch,
     };
-    let got = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200))).and_then(|c| {
+    let got = owner_conn(conn, cfg, stmt.max(Duration::from_millis(200))).and_then(|c| {
         if !ensured.contains(group) {
             slots::ensure(c, group, *max, stmt).map_err(|e| e.to_string())?;
             ensured.push(group.clone());
@@ -1692,7 +1692,8 @@ fn ensure_conn<'a>(
 /// at the launch (or the first connect that succeeded), and the renew itself is the check
 /// here (it matches only this instance's random holder id and epoch, in the database it
 /// acquired in); its two round trips on a new backend would eat the time left for more
-/// tries before the fence.
+/// tries before the fence. The owner's records, slots and resume read reconnect with it
+/// too: a schema check waits up to 30 s behind another launch's migration, with no renew.
 fn owner_conn<'a>(
     conn: &'a mut Option<Conn>,
     cfg: &FleetConfig,
