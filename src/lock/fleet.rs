@@ -1002,6 +1002,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         chain: chain.to_string(),
         holder: setup.holder.clone(),
         may_connect: true,
+        newest: 0,
     };
     writes.w.set_cap(BATCH_CAP);
     let mut pred_seen: Option<sql::Predecessor> = None;
@@ -1400,6 +1401,12 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
     }
 }
 
+/// Whether a batch written under `epoch` comes after this instance acquired `newest`, a
+/// newer epoch (it can only be fenced: dropped without touching the newer queue).
+fn stale_epoch(epoch: i64, newest: i64) -> bool {
+    epoch < newest
+}
+
 /// At most this many records per transaction: a batch of a few statements per record,
 /// each a round trip, must leave the renew its turn (a backlog after an outage goes in
 /// several transactions, the renew between them).
@@ -1415,6 +1422,10 @@ struct Writes {
     /// connect (a reconnect with its schema check could use up the renew's retries before
     /// the fence); they wait in the queue, and a gated batch is refused at once.
     may_connect: bool,
+    /// The newest epoch this instance acquired: a later batch of an older epoch can only
+    /// be fenced, and must not take the queue over (its owner change would drop the newer
+    /// epoch's queued records, e.g. the predecessor run's end at the lease expiry).
+    newest: i64,
 }
 
 impl Writes {
@@ -1463,9 +1474,20 @@ impl Writes {
         gate: Option<u64>,
         cell: &Cell,
     ) {
+        let n = ops.len();
+        if stale_epoch(epoch, self.newest) {
+            log::warn!(
+                "{}: fleet: {n} records of epoch {epoch} dropped: epoch {} holds the chain now",
+                self.chain,
+                self.newest
+            );
+            if let Some(ticket) = gate {
+                cell.gate(ticket, false);
+            }
+            return;
+        }
         let owner = self.owner(epoch);
         self.w.set_owner(owner);
-        let n = ops.len();
         let fenced_before = self.w.fenced();
         let started = time::mono_now();
         let (statements, rounds) = (self.w.store_mut().statements, self.w.store_mut().rounds);
@@ -1513,6 +1535,7 @@ impl Writes {
         pred: Option<sql::Predecessor>,
         took_over: bool,
     ) -> std::result::Result<FleetResume, bool> {
+        self.newest = self.newest.max(epoch);
         let owner = self.owner(epoch);
         self.w.set_owner(owner);
         let mut same_host = took_over;
