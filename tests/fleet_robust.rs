@@ -417,3 +417,51 @@ fn an_owner_reconnecting_for_its_records_does_not_wait_behind_a_migration() {
     h1.signal(libc::SIGTERM);
     h1.assert_exit(0);
 }
+
+/// Finding 9: the owner dies mid-run, no other host takes the chain, and its relaunch on
+/// the same host takes over after the lease expired: the open run is `interrupted` with
+/// its end at the old lease's expiry (as at an acquire), not at the relaunch's clock.
+#[test]
+fn a_takeover_of_an_expired_lease_ends_the_open_run_at_the_expiry() {
+    let f = Fleet::new("robust_expired_takeover", LONG_RUNS);
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", 0);
+    h1.signal(libc::SIGKILL);
+    h1.wait_exit();
+    let expired = "SELECT count(*) FROM run_chain.leases \
+                   WHERE chain = 'work' AND expires_at < now() - interval '500 milliseconds'";
+    common::wait_until("h1's lease expires", || {
+        fleet::sql_int(f.pg, &f.db, expired) == 1
+    });
+    let expiry_ms = fleet::sql_int(
+        f.pg,
+        &f.db,
+        "SELECT (extract(epoch FROM expires_at) * 1000)::int8 FROM run_chain.leases \
+         WHERE chain = 'work'",
+    );
+    let config = f.host_config("h1");
+    let mut again = f.launch_with("h1", &config, &[]);
+    let stderr = again.stderr.clone();
+    again.wait_for("the relaunch takes the lease over", || {
+        text(&stderr).contains("took over epoch")
+    });
+    let closed = "SELECT count(*) FROM run_chain.runs WHERE run_id = 1 AND stop_ms IS NOT NULL";
+    again.wait_for("run 1 is closed", || {
+        fleet::sql_int(f.pg, &f.db, closed) == 1
+    });
+    let stop = fleet::sql_int(
+        f.pg,
+        &f.db,
+        "SELECT stop_ms FROM run_chain.runs WHERE run_id = 1",
+    );
+    let outcome =
+        f.pg.psql(&f.db, "SELECT outcome FROM run_chain.runs WHERE run_id = 1");
+    assert_eq!(
+        (outcome.as_str(), stop),
+        ("interrupted", expiry_ms),
+        "run 1 (lease expired at {expiry_ms})\nrelaunch:\n{}",
+        again.stderr()
+    );
+    again.signal(libc::SIGTERM);
+    again.assert_exit(0);
+}

@@ -1121,7 +1121,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         row_ready = true;
                     }
                     if let Some((old, old_epoch)) = takeover.take() {
-                        if let Some(epoch) = sql::takeover(c, &me, &old, old_epoch, stmt)
+                        if let Some((epoch, expired)) = sql::takeover(c, &me, &old, old_epoch, stmt)
                             .map_err(|e| e.to_string())?
                         {
                             log::info!(
@@ -1130,7 +1130,14 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                             );
                             lease.acquired(epoch, now);
                             took_over = true;
-                            pred_seen = None;
+                            // Its lease had expired: the runs it left open end then, as
+                            // at an acquire.
+                            pred_seen = expired.map(|ms| sql::Predecessor {
+                                holder: Some(old.clone()),
+                                host: Some(me.host.to_string()),
+                                epoch: old_epoch,
+                                expires_ms: Some(ms),
+                            });
                             return Ok(None);
                         }
                         log::info!(

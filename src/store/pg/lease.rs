@@ -17,6 +17,8 @@
 //! - [`takeover`]: the relaunch on the same host, after the local hand-over: exactly the
 //!   (holder, epoch) the predecessor recorded, in one statement, `epoch + 1`; whoever
 //!   still is that (holder, epoch) is the predecessor, so no other host can slip in.
+//!   It also returns the old lease's expiry if it had expired (the runs it left open end
+//!   then, as at an acquire).
 //! - [`standby`]: the standby's row in `run_chain.standbys` (upsert: the row is the
 //!   standby's own, keyed by its holder id); [`leave_standbys`] removes it.
 //! - [`read`]: who holds the lease now (holder, host, epoch, seconds left).
@@ -58,10 +60,15 @@ const RENEW: &str = "UPDATE run_chain.leases \
 const RELEASE: &str = "UPDATE run_chain.leases SET holder = NULL, host = NULL, expires_at = now() \
      WHERE chain = $1 AND holder = $2 AND epoch = $3";
 
-const TAKEOVER: &str = "UPDATE run_chain.leases SET holder = $2, host = $3, epoch = epoch + 1, \
-     acquired_at = now(), renewed_at = now(), expires_at = now() + make_interval(secs => $4) \
-     WHERE chain = $1 AND holder = $5 AND epoch = $6 \
-     RETURNING epoch";
+const TAKEOVER: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
+     epoch = l.epoch + 1, acquired_at = now(), renewed_at = now(), \
+     expires_at = now() + make_interval(secs => $4) \
+     FROM (SELECT chain, expires_at AS o_expires FROM run_chain.leases \
+           WHERE chain = $1 AND holder = $5 AND epoch = $6 FOR UPDATE) o \
+     WHERE l.chain = o.chain AND l.holder = $5 AND l.epoch = $6 \
+     RETURNING l.epoch, \
+       CASE WHEN o.o_expires <= now() AND isfinite(o.o_expires) \
+            THEN (extract(epoch FROM o.o_expires) * 1000)::int8 END";
 
 const STANDBY: &str = "INSERT INTO run_chain.standbys (chain, holder, host, seen_at) \
      VALUES ($1, $2, $3, now()) \
@@ -240,14 +247,15 @@ pub(crate) fn release(
 }
 
 /// Take over exactly (`old_holder`, `old_epoch`) (the relaunch on the same host): the new
-/// epoch, or None if the row is no longer that.
+/// epoch and, if the old lease had expired, when (wall-clock ms on the database's clock:
+/// the end of the runs it left open); None if the row is no longer that.
 pub(crate) fn takeover(
     conn: &Conn,
     me: &Me<'_>,
     old_holder: &str,
     old_epoch: i64,
     timeout: Duration,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<(i64, Option<i64>)>, DbError> {
     let secs = me.secs();
     let row = conn.run(
         timeout,
@@ -263,7 +271,7 @@ pub(crate) fn takeover(
             ],
         ),
     )?;
-    row.map(|r| r.try_get::<_, i64>(0))
+    row.map(|r| Ok::<_, tokio_postgres::Error>((r.try_get::<_, i64>(0)?, r.try_get(1)?)))
         .transpose()
         .map_err(DbError::from)
 }
