@@ -465,3 +465,60 @@ fn a_takeover_of_an_expired_lease_ends_the_open_run_at_the_expiry() {
     again.signal(libc::SIGTERM);
     again.assert_exit(0);
 }
+
+/// Finding 10: renews blocked past the fence's TERM (a test session holds the lease row
+/// FOR UPDATE), then let through before the lease expires: the same epoch runs again. Its
+/// resume (taken at the first start) is read again from the store, never from CHAIN.state
+/// (removed here): run ids go on (run 2), none is refused as already ended.
+#[test]
+fn a_chain_that_runs_again_under_the_same_epoch_resumes_from_the_store() {
+    let f = Fleet::new(
+        "robust_same_epoch",
+        Shape {
+            lease: "5s",
+            lease_s: 5.0,
+            ..LONG_RUNS
+        },
+    );
+    let mut h1 = f.launch("h1");
+    let first = f.wait_run(&mut h1, "h1", 0);
+    let epoch = f.lease().epoch;
+    let mut lock =
+        f.pg.psql_command(&f.db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+    let mut input = lock.stdin.take().expect("psql stdin");
+    writeln!(
+        input,
+        "SET application_name = 'robust_blip';\nBEGIN;\n\
+         SELECT 1 FROM run_chain.leases WHERE chain = 'work' FOR UPDATE;"
+    )
+    .expect("write to psql");
+    input.flush().expect("flush psql");
+    let stderr = h1.stderr.clone();
+    h1.wait_for("h1 stops the chain (renews blocked)", || {
+        text(&stderr).contains("then waiting as standby")
+    });
+    h1.wait_for("h1's run 1 is gone", || {
+        common::proc_state(first.pid).is_none() || common::proc_state(first.pid) == Some('Z')
+    });
+    let state = f.run_root("h1").join("work.state");
+    h1.wait_for("the chain stopped writing CHAIN.state", || {
+        let _ = std::fs::remove_file(&state);
+        !text(&stderr).contains("run 2 started") && !state.exists()
+    });
+    writeln!(input, "COMMIT;").expect("write to psql");
+    drop(input);
+    let _ = lock.wait();
+    h1.wait_for("h1 runs the chain again", || {
+        text(&stderr).contains("work run 2 started") || text(&stderr).contains("not started")
+    });
+    let out = h1.stderr();
+    assert!(!out.contains("not started"), "h1:\n{out}");
+    assert_eq!(f.lease().epoch, epoch, "not the same epoch: h1:\n{out}");
+    h1.signal(libc::SIGTERM);
+    h1.assert_exit(0);
+}

@@ -187,7 +187,17 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         let state_path = state_file::path(&root, &chain_name);
         // In the fleet, where to resume is in the fleet's store (never CHAIN.state): read
         // by the DB thread when it acquired the lease.
-        let fleet_resume = ownership.fleet_mut().and_then(|f| f.take_resume());
+        let fleet_resume = ownership.fleet_mut().and_then(|f| {
+            f.take_resume()
+                .or_else(|| f.read_resume(f.lease() * 2 / 5 + std::time::Duration::from_secs(1)))
+        });
+        if fleet_resume.is_none() && ownership.fleet_mut().is_some() {
+            // Never CHAIN.state in the fleet: wait for the ownership and read it again.
+            log::warn!("{chain_name}: fleet: cannot read where to resume from now; trying again");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            parts = (signals, guardian);
+            continue;
+        }
         let base_state = match &fleet_resume {
             Some(r) => r.to_state(&resume::Clocks {
                 mono: time::mono_now(),

@@ -217,6 +217,9 @@ enum Cmd {
     },
     /// Release the lease if owned, leave the standbys, answer, end.
     Release(mpsc::Sender<bool>),
+    /// Read where to resume from again, as `epoch`'s owner (the chain stopped and runs
+    /// again under the same epoch: the resume read at the acquire was used already).
+    Resume(i64, mpsc::Sender<Option<FleetResume>>),
     /// A batch of records, as `epoch`'s owner; `gate`: its ticket (the loop waits for it).
     Write {
         ops: Vec<Op>,
@@ -488,6 +491,16 @@ impl Fleet {
             Some((e, r)) if e == epoch => Some(r),
             _ => None,
         }
+    }
+
+    /// Read where to resume from again (the one read at the acquire was taken): None if
+    /// it cannot be read now (the caller waits for the ownership again).
+    pub(crate) fn read_resume(&self, timeout: Duration) -> Option<FleetResume> {
+        let epoch = self.running?;
+        let tx = self.tx.as_ref()?;
+        let (rtx, rrx) = mpsc::channel();
+        tx.send(Cmd::Resume(epoch, rtx)).ok()?;
+        rrx.recv_timeout(timeout).ok().flatten()
     }
 
     /// The start gate: wait until the batch of `ticket` is committed (Ok) or dropped,
@@ -981,6 +994,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             | Cmd::SlotTake { .. }
             | Cmd::SlotCancel
             | Cmd::SlotFree { .. }
+            | Cmd::Resume(..)
             | Cmd::Outbox(_),
         )
         | Err(_) => return,
@@ -1096,6 +1110,17 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                     drop_if_broken(&mut conn);
                 }
                 let _ = reply.send(answer);
+            }
+            Ok(Cmd::Resume(epoch, reply)) => {
+                // What is queued goes first: the state read must include it.
+                writes.retry(&mut conn, &setup.cfg, stmt);
+                let r = match lease.term() {
+                    Some(t) if t.epoch == epoch && !t.failing && writes.w.pending() == 0 => {
+                        writes.read_resume(&mut conn, &setup.cfg, stmt, true).ok()
+                    }
+                    _ => None,
+                };
+                let _ = reply.send(r);
             }
             Ok(Cmd::Go { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
