@@ -166,7 +166,20 @@ fn a_relaunch_stopped_while_the_old_run_still_runs_does_not_hand_the_chain_over(
         f.ledger.display()
     );
     std::fs::write(&f.script, script).expect("write the script");
-    let (mut h1, first, mut h2) = f.owner_and_standby();
+    // h2's task ends at SIGTERM (the ordinary ledger script): only h1's ignores it.
+    let h2_script = ledger::write_task_script(&f.env.path("task-h2.sh"), &f.ledger, 20000, "0.05");
+    let h2_config = f.env.path("h2.toml");
+    common::write_atomic(
+        &h2_config,
+        &f.config_text("h2", &f.store_lines()).replace(
+            &f.script.display().to_string(),
+            &h2_script.display().to_string(),
+        ),
+    );
+    let mut h1 = f.launch("h1");
+    let first = f.wait_run(&mut h1, "h1", 0);
+    let mut h2 = f.launch_with("h2", &h2_config, &[]);
+    f.wait_standby(&mut h2, "h2");
     h1.signal(libc::SIGKILL);
     h1.wait_exit();
     let config = f.host_config("h1");
