@@ -18,12 +18,13 @@
 //! **Pipelined** (stage 5): a batch's statements do not wait for each other's answers.
 //! The batch is planned first ([`Stmt`]s that own their parameters and need no answer of
 //! another statement: ids are looked up in SQL, dependent steps are one statement with
-//! CTEs), then sent in one flight (tokio-postgres pipelines the requests of futures on one
-//! client polled together, in order: [`in_order`]), and answered in order. So a batch is
-//! one round trip: BEGIN, fence, ops and COMMIT together; two when a statement's answer
-//! must be checked before the COMMIT (a run's start: a run id already recorded as ended is
-//! refused); one more, first, while this process's `instances` row or a series' id is not
-//! known yet (once per series and process). Each query has its own Sync, so a statement
+//! CTEs, a check that must stop the COMMIT fails in SQL), then sent in one flight
+//! (tokio-postgres pipelines the requests of futures on one client polled together, in
+//! order: [`in_order`]), and answered in order. So a batch is one round trip: BEGIN,
+//! fence, ops and COMMIT together; one more, first, while this process's `instances` row
+//! or a series' id is not known yet (once per series and process). A run's start whose
+//! run id is already recorded as ended fails in SQL (SQLSTATE 22012, a division by the
+//! rows it changed) and is reported as before: the batch fails, the run does not start. Each query has its own Sync, so a statement
 //! that fails (the fence's RCF01) leaves the transaction aborted: every statement after it
 //! fails (SQLSTATE 25P02) and the pipelined COMMIT rolls back; the first error in order is
 //! the batch's, as when the statements went one by one.
@@ -109,9 +110,10 @@ struct Stmt {
 /// What a statement's answer means to the writer.
 enum Check {
     Nothing,
-    /// The statement must return a row, else the batch fails with this message (checked
-    /// before the COMMIT is sent).
-    Row(String),
+    /// The statement fails with SQLSTATE 22012 (a division by the count of rows it
+    /// changed) when it changed nothing: the batch fails with this message, and the
+    /// transaction is aborted before the COMMIT in the same flight.
+    Changed(String),
     /// If the statement returns a row, the run's output is in the store up to this byte
     /// (learnt once committed).
     Advance(RunKey, u64),
@@ -236,14 +238,15 @@ impl Pg {
     }
 
     /// Send `stmts` in one flight and wait for every answer (within the statement
-    /// timeout): their rows in order, or the first error in order.
-    fn send(&mut self, stmts: &[Stmt]) -> Result<Vec<Vec<Row>>, DbError> {
+    /// timeout): their rows in order, or the first error in order and its statement's
+    /// index (0 when the flight itself failed).
+    fn send(&mut self, stmts: &[Stmt]) -> Result<Vec<Vec<Row>>, (usize, DbError)> {
         self.statements += stmts.len() as u64;
         self.rounds += 1;
         let conn = self
             .conn
             .as_ref()
-            .ok_or_else(|| DbError::Other("no connection".into()))?;
+            .ok_or_else(|| (0, DbError::Other("no connection".into())))?;
         let c = conn.client();
         let params: Vec<Vec<(&(dyn ToSql + Sync), Type)>> = stmts
             .iter()
@@ -267,10 +270,13 @@ impl Pg {
                 }
             })
             .collect();
-        let answers = conn.run(self.stmt, async { Ok(in_order(futs).await) })?;
+        let answers = conn
+            .run(self.stmt, async { Ok(in_order(futs).await) })
+            .map_err(|e| (0, e))?;
         answers
             .into_iter()
-            .map(|a| a.map_err(DbError::from))
+            .enumerate()
+            .map(|(i, a)| a.map_err(|e| (i, DbError::from(e))))
             .collect()
     }
 
@@ -322,7 +328,7 @@ impl Pg {
                     vec![p(c.clone(), Type::TEXT), p(t.clone(), Type::TEXT)],
                 ));
             }
-            let rows = self.send(&round).map_err(|e| (e, true))?;
+            let rows = self.send(&round).map_err(|(_, e)| (e, true))?;
             let mut ids = rows[first..]
                 .iter()
                 .map(|r| -> Result<i64, DbError> { Ok(first_row(r)?.try_get(0)?) });
@@ -344,29 +350,26 @@ impl Pg {
             self.plan(op, instance, epoch, &mut round)
                 .map_err(|e| (e, true))?;
         }
-        // A statement whose answer decides whether to commit: COMMIT in a flight of its own.
-        let checked = round[first..]
-            .iter()
-            .any(|s| matches!(s.check, Check::Row(_)));
-        if !checked {
-            round.push(Stmt::simple("COMMIT"));
-        }
-        // After an error the transaction is over if the COMMIT was in the flight.
-        let rows = self.send(&round).map_err(|e| (e, checked))?;
+        round.push(Stmt::simple("COMMIT"));
+        // After an error the transaction is over: the COMMIT was in the flight (and
+        // rolled back, the transaction being aborted).
+        let rows = self.send(&round).map_err(|(i, e)| {
+            let e = match (&round[i].check, e) {
+                (Check::Changed(m), DbError::Sql { code, .. }) if code == "22012" => {
+                    DbError::Other(m.clone())
+                }
+                (_, e) => e,
+            };
+            (e, false)
+        })?;
         let mut adv = Vec::new();
         for (s, r) in round[first..].iter().zip(&rows[first..]) {
             match &s.check {
-                Check::Nothing => {}
-                Check::Row(m) if r.is_empty() => return Err((DbError::Other(m.clone()), true)),
-                Check::Row(_) => {}
+                Check::Nothing | Check::Changed(_) => {}
                 Check::Advance(k, n) if !r.is_empty() => adv.push(Advance::To(k.clone(), *n)),
                 Check::Advance(..) => {}
                 Check::Forget(k) => adv.push(Advance::Forget(k.clone())),
             }
-        }
-        if checked {
-            self.send(&[Stmt::simple("COMMIT")])
-                .map_err(|e| (e, true))?;
         }
         Ok(adv)
     }
@@ -580,8 +583,8 @@ impl Pg {
 
     /// A run's start: one statement. Replaces a `queued` row of the same run; a second
     /// start of the run (its PID, after the spawn) only adds the PID; a closed run is
-    /// never reopened: a run id already recorded as ended is refused (the batch fails
-    /// before its COMMIT, the start gate holds the run), never silently written over. The
+    /// never reopened: a run id already recorded as ended is refused (the statement fails,
+    /// so the batch does: the start gate holds the run), never silently written over. The
     /// first start marks the series running.
     fn start(
         &self,
@@ -607,7 +610,7 @@ impl Pg {
              running AS (
                UPDATE run_chain.series SET running_run_id = $2, running_since_ms = $5
                WHERE id = $1 AND $6::int8 IS NULL AND EXISTS (SELECT 1 FROM up))
-             SELECT 1 FROM up",
+             SELECT 1 / (SELECT count(*)::int FROM up)",
             vec![
                 p(sid, Type::INT8),
                 p(s.run_id as i64, Type::INT8),
@@ -621,7 +624,7 @@ impl Pg {
                 p(epoch, Type::INT8),
             ],
         )
-        .check(Check::Row(format!(
+        .check(Check::Changed(format!(
             "run {} of {} is recorded as ended already: its id is not given again",
             s.run_id, s.task
         ))))

@@ -434,3 +434,32 @@ fn a_remote_chain_without_a_state_runs_elsewhere() {
     assert_eq!(v.chains[0].now.state, NowState::Elsewhere);
     assert!(json(&v).contains("\"state\": \"elsewhere\""));
 }
+
+#[test]
+fn many_chains_are_read_in_parallel_parts_and_kept_in_name_order() {
+    use crate::lock::pidfile::PidFile;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 100 chains (parts of LOCAL_PER_THREAD): every third locked and its PID written.
+    let me = std::process::id() as i32;
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let mut pf = PidFile::open(dir.path(), &format!("c{i:03}")).expect("open");
+        if i % 3 == 0 {
+            assert!(pf.try_lock().expect("lock"));
+            pf.write_pid().expect("write");
+        }
+        held.push(pf);
+    }
+    let all = local_facts(dir.path()).expect("local facts");
+    let names: Vec<String> = (0..100).map(|i| format!("c{i:03}")).collect();
+    let one = facts_of(dir.path(), &names);
+    assert_eq!(
+        all.iter().map(|l| (&l.chain, l.holder)).collect::<Vec<_>>(),
+        one.iter().map(|l| (&l.chain, l.holder)).collect::<Vec<_>>()
+    );
+    assert_eq!(all.len(), 100);
+    for (i, l) in all.iter().enumerate() {
+        assert_eq!(l.chain, format!("c{i:03}"));
+        assert_eq!(l.holder, (i % 3 == 0).then_some(me), "{}", l.chain);
+    }
+}
