@@ -535,3 +535,43 @@ fn a_chain_that_runs_again_under_the_same_epoch_resumes_from_the_store() {
     h1.signal(libc::SIGTERM);
     h1.assert_exit(0);
 }
+
+/// Finding 14: the lease row vanishes (a restore, or a crash that lost its last commits)
+/// while the chain's records name epoch E: the row made again goes on after E.
+#[test]
+fn a_lease_row_made_again_never_gives_an_epoch_twice() {
+    let f = Fleet::new(
+        "robust_epoch_again",
+        Shape {
+            ticks: 2,
+            ..LONG_RUNS
+        },
+    );
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", 0);
+    h1.signal(libc::SIGTERM);
+    h1.assert_exit(0);
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", ledger::mono_ns());
+    let epoch = f.lease().epoch;
+    h1.signal(libc::SIGTERM);
+    h1.assert_exit(0);
+    let recorded = fleet::sql_int(
+        f.pg,
+        &f.db,
+        "SELECT max(r.epoch) FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series \
+         WHERE s.chain = 'work'",
+    );
+    assert_eq!(recorded, epoch, "the runs name the last epoch");
+    f.pg.psql(&f.db, "DELETE FROM run_chain.leases WHERE chain = 'work'");
+    let mut h1 = f.launch("h1");
+    f.wait_run(&mut h1, "h1", ledger::mono_ns());
+    let row = f.lease();
+    assert!(
+        row.epoch > epoch,
+        "the row made again gave epoch {}, not after {epoch}: {row:?}",
+        row.epoch
+    );
+    h1.signal(libc::SIGTERM);
+    h1.assert_exit(0);
+}

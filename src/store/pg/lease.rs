@@ -36,8 +36,15 @@ use tokio_postgres::types::Type;
 
 use super::conn::{Conn, DbError};
 
-const ENSURE_ROW: &str =
-    "INSERT INTO run_chain.leases (chain) VALUES ($1) ON CONFLICT (chain) DO NOTHING";
+/// A new row's epoch goes on from the highest the chain's records name (a row made again,
+/// after a restore or a crash that lost its last commits, never gives an epoch twice).
+const ENSURE_ROW: &str = "INSERT INTO run_chain.leases (chain, epoch) \
+     SELECT $1, greatest(0, \
+       (SELECT max(r.epoch) FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series \
+         WHERE s.chain = $1), \
+       (SELECT max(epoch) FROM run_chain.chain_state WHERE chain = $1), \
+       (SELECT max(epoch) FROM run_chain.slots WHERE chain = $1)) \
+     ON CONFLICT (chain) DO NOTHING";
 
 const ACQUIRE: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
      epoch = l.epoch + 1, acquired_at = now(), renewed_at = now(), \
