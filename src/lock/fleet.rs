@@ -1425,7 +1425,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             &mut conn,
             &setup.cfg,
             &me,
-            lease.term(),
+            (lease.term(), lease.next_renew()),
             &mut want,
             &mut frees,
             &mut ensured,
@@ -1635,14 +1635,25 @@ fn slot_work(
     conn: &mut Option<Conn>,
     cfg: &FleetConfig,
     me: &sql::Me<'_>,
-    term: Option<Term>,
+    (term, renew_at): (Option<Term>, Option<Duration>),
     want: &mut Option<(String, u32, Duration, bool)>,
     frees: &mut Vec<(String, i32, i64)>,
     ensured: &mut Vec<String>,
 ) {
     use crate::store::pg::slots::{self, Taker};
-    let stmt = cfg.lease / 5;
     let chain = me.chain;
+    // Within what is left until the next renew (finding 6 of the review): a slow database
+    // must not hold the renew back past the fence; the work waits until after the renew.
+    let Some(stmt) =
+        crate::lock::lease::budget(sys::boot_now(), renew_at, cfg.lease / 5, cfg.lease / 20)
+    else {
+        if let (Some((_, _, next, _)), Some(at)) = (want.as_mut(), renew_at) {
+            *next = (*next).max(at);
+        }
+        return;
+    };
+    let until = sys::boot_now() + stmt;
+    let left = || until.saturating_sub(sys::boot_now());
     if !frees.is_empty() {
         if let Some(c) = conn.as_ref() {
             frees.retain(|(g, s, e)| {
@@ -1651,7 +1662,7 @@ fn slot_work(
                     holder: me.holder,
                     epoch: *e,
                 };
-                match slots::free(c, who, g, *s, stmt) {
+                match slots::free(c, who, g, *s, left()) {
                     Ok(()) => false,
                     Err(err) => {
                         log::warn!("{chain}: fleet: failed to free slot {s} of group {g}: {err}; trying again (it frees itself at the lease's expiry)");
@@ -1680,19 +1691,19 @@ fn slot_work(
         holder: me.holder,
         epoch: t.epoch,
     };
-    let got = owner_conn(conn, cfg, stmt.max(Duration::from_millis(200))).and_then(|c| {
+    let got = owner_conn(conn, cfg, left()).and_then(|c| {
         if !ensured.contains(group) {
-            slots::ensure(c, group, *max, stmt).map_err(|e| e.to_string())?;
+            slots::ensure(c, group, *max, left()).map_err(|e| e.to_string())?;
             ensured.push(group.clone());
         }
-        let got = slots::take(c, who, group, *max, stmt).map_err(|e| e.to_string())?;
+        let got = slots::take(c, who, group, *max, left()).map_err(|e| e.to_string())?;
         // First come, first served: the place in the queue is kept while waiting.
         match got {
             Some(_) if *logged => {
-                slots::unwait(c, me.holder, group, stmt).map_err(|e| e.to_string())?;
+                slots::unwait(c, me.holder, group, left()).map_err(|e| e.to_string())?;
             }
             Some(_) => {}
-            None => slots::wait(c, who, group, stmt).map_err(|e| e.to_string())?,
+            None => slots::wait(c, who, group, left()).map_err(|e| e.to_string())?,
         }
         Ok(got)
     });
