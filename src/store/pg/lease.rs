@@ -147,8 +147,19 @@ impl Me<'_> {
     }
 }
 
-/// The chain's row (once per launch).
+const HAS_ROW: &str = "SELECT 1 FROM run_chain.leases WHERE chain = $1";
+
+/// The chain's row (once per launch). Made only when missing: the seeded insert reads
+/// the chain's records (not to be waited on at every launch).
 pub(crate) fn ensure_row(conn: &Conn, chain: &str, timeout: Duration) -> Result<(), DbError> {
+    let has = conn.run(
+        timeout,
+        conn.client()
+            .query_typed_opt(HAS_ROW, &[(&chain, Type::TEXT)]),
+    )?;
+    if has.is_some() {
+        return Ok(());
+    }
     conn.run(
         timeout,
         conn.client()
