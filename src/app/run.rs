@@ -135,7 +135,14 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         Some(f) => {
             // This host's previous instance (whose pidfile lock we now hold: it has
             // exited) recorded the lease it held: take over exactly that, else acquire.
-            f.go(fleet::record::read(&root, &chain_name), no_takeover);
+            // Not in --once / --no-kill-concurrent: they take over nothing (75 while
+            // any instance, even a dead one of this host, holds the lease unexpired).
+            let record = if no_takeover {
+                None
+            } else {
+                fleet::record::read(&root, &chain_name)
+            };
+            f.go(record, no_takeover);
             ownership.with_fleet(f)
         }
         None => ownership,
@@ -187,7 +194,17 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
         let state_path = state_file::path(&root, &chain_name);
         // In the fleet, where to resume is in the fleet's store (never CHAIN.state): read
         // by the DB thread when it acquired the lease.
-        let fleet_resume = ownership.fleet_mut().and_then(|f| f.take_resume());
+        let fleet_resume = ownership.fleet_mut().and_then(|f| {
+            f.take_resume()
+                .or_else(|| f.read_resume(f.lease() * 2 / 5 + std::time::Duration::from_secs(1)))
+        });
+        if fleet_resume.is_none() && ownership.fleet_mut().is_some() {
+            // Never CHAIN.state in the fleet: wait for the ownership and read it again.
+            log::warn!("{chain_name}: fleet: cannot read where to resume from now; trying again");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            parts = (signals, guardian);
+            continue;
+        }
         let base_state = match &fleet_resume {
             Some(r) => r.to_state(&resume::Clocks {
                 mono: time::mono_now(),
@@ -206,7 +223,13 @@ pub(crate) fn run(common: &Common, args: &RunArgs) -> Result<u8> {
             log::warn!(
                 "{chain_name}: stopped while waiting for the previous run's processes to end"
             );
-            end_fleet(&mut ownership, &root, &chain_name);
+            // Those processes may still run: never release the lease to a standby now.
+            // Kept, it expires a lease after this acquire, after the old guardian's KILL.
+            if let Some(f) = ownership.fleet_mut() {
+                let _ = std::fs::remove_file(fleet::standing::path(&root, &chain_name));
+                log::info!("{chain_name}: fleet: keeping the lease until it expires (the previous run's processes may still run)");
+                f.keep();
+            }
             log::info!("{chain_name}: exiting with status {}", exit::OK);
             return Ok(exit::OK);
         }

@@ -243,6 +243,9 @@ enum Cmd {
     },
     /// Release the lease if owned, leave the standbys, answer, end.
     Release(mpsc::Sender<bool>),
+    /// Read where to resume from again, as `epoch`'s owner (the chain stopped and runs
+    /// again under the same epoch: the resume read at the acquire was used already).
+    Resume(i64, mpsc::Sender<Option<FleetResume>>),
     /// A batch of records, as `epoch`'s owner; `gate`: its ticket (the loop waits for it).
     Write {
         ops: Vec<Op>,
@@ -534,6 +537,16 @@ impl Fleet {
             Some((e, f)) if e == epoch => f,
             _ => FailedRuns::new(),
         }
+    }
+
+    /// Read where to resume from again (the one read at the acquire was taken): None if
+    /// it cannot be read now (the caller waits for the ownership again).
+    pub(crate) fn read_resume(&self, timeout: Duration) -> Option<FleetResume> {
+        let epoch = self.running?;
+        let tx = self.tx.as_ref()?;
+        let (rtx, rrx) = mpsc::channel();
+        tx.send(Cmd::Resume(epoch, rtx)).ok()?;
+        rrx.recv_timeout(timeout).ok().flatten()
     }
 
     /// The start gate, looked at by the loop (which never waits for it: the answer wakes
@@ -1032,6 +1045,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             | Cmd::SlotTake { .. }
             | Cmd::SlotCancel
             | Cmd::SlotFree { .. }
+            | Cmd::Resume(..)
             | Cmd::Outbox(_),
         )
         | Err(_) => return,
@@ -1053,6 +1067,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
         chain: chain.to_string(),
         holder: setup.holder.clone(),
         may_connect: true,
+        newest: 0,
     };
     writes.w.set_cap(BATCH_CAP);
     let mut pred_seen: Option<sql::Predecessor> = None;
@@ -1071,6 +1086,9 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
     // since the last wake: woken once the queue is written (or dropped).
     let mut mail_waker: Option<crate::store::outbox::Waker> = None;
     let mut mail_due = false;
+    // An owner whose resume read failed at the acquire: (epoch, same host, next try).
+    // Owner is published only once it is read (never a start from scratch).
+    let mut resume_due: Option<(i64, bool, Duration)> = None;
     loop {
         let now = sys::boot_now();
         let at = match lease.due(now) {
@@ -1078,6 +1096,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             Due::Lost => now,
         };
         let at = want.as_ref().map_or(at, |w| at.min(w.2));
+        let at = resume_due.as_ref().map_or(at, |r| at.min(r.2));
         let mut wait = at.saturating_sub(now);
         if let Some(r) = writes.w.retry_at() {
             wait = wait.min(r.saturating_sub(time::mono_now()));
@@ -1097,8 +1116,20 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 // What is queued goes first, under the lease it was written under.
                 writes.retry(&mut conn, &setup.cfg, stmt);
                 let mut released = false;
-                if let (Some(c), Some(t)) = (&conn, lease.term()) {
-                    match sql::release(c, &me, t.epoch, stmt) {
+                if let Some(t) = lease.term() {
+                    // Over a new connection if the last statement broke it (else the
+                    // standby would wait for the whole lease); once more if it fails.
+                    let release = |conn: &mut Option<Conn>| {
+                        owner_conn(conn, &setup.cfg, stmt).and_then(|c| {
+                            sql::release(c, &me, t.epoch, stmt).map_err(|e| e.to_string())
+                        })
+                    };
+                    let mut result = release(&mut conn);
+                    if result.is_err() {
+                        drop_if_broken(&mut conn);
+                        result = release(&mut conn);
+                    }
+                    match result {
                         Ok(r) => {
                             released = r;
                             if r {
@@ -1139,6 +1170,17 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 }
                 let _ = reply.send(answer);
             }
+            Ok(Cmd::Resume(epoch, reply)) => {
+                // What is queued goes first: the state read must include it.
+                writes.retry(&mut conn, &setup.cfg, stmt);
+                let r = match lease.term() {
+                    Some(t) if t.epoch == epoch && !t.failing && writes.w.pending() == 0 => {
+                        writes.read_resume(&mut conn, &setup.cfg, stmt, true).ok()
+                    }
+                    _ => None,
+                };
+                let _ = reply.send(r);
+            }
             Ok(Cmd::Go { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 writes.retry(&mut conn, &setup.cfg, stmt);
@@ -1163,7 +1205,7 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                         row_ready = true;
                     }
                     if let Some((old, old_epoch)) = takeover.take() {
-                        if let Some(epoch) = sql::takeover(c, &me, &old, old_epoch, stmt)
+                        if let Some((epoch, expired)) = sql::takeover(c, &me, &old, old_epoch, stmt)
                             .map_err(|e| e.to_string())?
                         {
                             log::info!(
@@ -1172,7 +1214,14 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                             );
                             lease.acquired(epoch, now);
                             took_over = true;
-                            pred_seen = None;
+                            // Its lease had expired: the runs it left open end then, as
+                            // at an acquire.
+                            pred_seen = expired.map(|ms| sql::Predecessor {
+                                holder: Some(old.clone()),
+                                host: Some(me.host.to_string()),
+                                epoch: old_epoch,
+                                expires_ms: Some(ms),
+                            });
                             return Ok(None);
                         }
                         log::info!(
@@ -1248,9 +1297,16 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                                 pred_seen.take(),
                                 took_over,
                             );
-                            let failed = read_failed_runs(&mut conn, chain, &r, stmt);
-                            cell.set_resume(t.epoch, r, failed);
-                            cell.publish(View::Owner(t));
+                            match r {
+                                Ok(r) => {
+                                    let failed = read_failed_runs(&mut conn, chain, &r, stmt);
+                                    cell.set_resume(t.epoch, r, failed);
+                                    cell.publish(View::Owner(t));
+                                }
+                                Err(same_host) => {
+                                    resume_due = Some((t.epoch, same_host, sys::boot_now() + stmt))
+                                }
+                            }
                         }
                     }
                     Ok(Some(View::Standby { held_by, error })) => {
@@ -1362,7 +1418,9 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
                 }
                 if let Some(t) = lease.term() {
                     sys::set_fence(t.term_at(lease_len), t.kill_at(lease_len));
-                    cell.publish(View::Owner(t));
+                    if resume_due.is_none() {
+                        cell.publish(View::Owner(t));
+                    }
                 }
             }
             Due::Lost => {
@@ -1385,6 +1443,36 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             }
             _ => {}
         }
+        // A resume read still due (after the renew): Owner once it is read.
+        if let Some((epoch, same_host, at)) = resume_due {
+            match lease.term() {
+                Some(t) if t.epoch == epoch && sys::boot_now() >= at => {
+                    if t.failing {
+                        // A renew must succeed first.
+                        resume_due = Some((epoch, same_host, sys::boot_now() + stmt));
+                    } else {
+                        match writes.read_resume(&mut conn, &setup.cfg, stmt, same_host) {
+                            Ok(r) => {
+                                log::info!(
+                                    "{chain}: fleet: read where to resume from (epoch {epoch})"
+                                );
+                                resume_due = None;
+                                let failed = read_failed_runs(&mut conn, chain, &r, stmt);
+                                cell.set_resume(epoch, r, failed);
+                                cell.publish(View::Owner(t));
+                            }
+                            Err(e) => {
+                                log::debug!("{chain}: fleet: resume read tried again: {e}");
+                                resume_due = Some((epoch, same_host, sys::boot_now() + stmt));
+                            }
+                        }
+                    }
+                }
+                Some(t) if t.epoch == epoch => {}
+                // Lost or released meanwhile: the next acquire reads it again.
+                _ => resume_due = None,
+            }
+        }
         // The records, after the lease's own statement (the renew goes first).
         writes.may_connect = !lease.term().is_some_and(|t| t.failing);
         if let Some((ops, epoch, gate)) = write_cmd {
@@ -1405,12 +1493,18 @@ fn db_thread(setup: Setup, cell: &Cell, rx: &mpsc::Receiver<Cmd>) {
             &mut conn,
             &setup.cfg,
             &me,
-            lease.term(),
+            (lease.term(), lease.next_renew()),
             &mut want,
             &mut frees,
             &mut ensured,
         );
     }
+}
+
+/// Whether a batch written under `epoch` comes after this instance acquired `newest`, a
+/// newer epoch (it can only be fenced: dropped without touching the newer queue).
+fn stale_epoch(epoch: i64, newest: i64) -> bool {
+    epoch < newest
 }
 
 /// At most this many records per transaction: a batch of a few statements per record,
@@ -1428,6 +1522,10 @@ struct Writes {
     /// connect (a reconnect with its schema check could use up the renew's retries before
     /// the fence); they wait in the queue, and a gated batch is refused at once.
     may_connect: bool,
+    /// The newest epoch this instance acquired: a later batch of an older epoch can only
+    /// be fenced, and must not take the queue over (its owner change would drop the newer
+    /// epoch's queued records, e.g. the predecessor run's end at the lease expiry).
+    newest: i64,
 }
 
 impl Writes {
@@ -1448,7 +1546,7 @@ impl Writes {
         f: impl FnOnce(&mut Writer<Pg>),
     ) {
         if self.may_connect {
-            let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+            let _ = owner_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
         }
         self.w.store_mut().lend(conn.take());
         f(&mut self.w);
@@ -1476,9 +1574,20 @@ impl Writes {
         gate: Option<u64>,
         cell: &Cell,
     ) {
+        let n = ops.len();
+        if stale_epoch(epoch, self.newest) {
+            log::warn!(
+                "{}: fleet: {n} records of epoch {epoch} dropped: epoch {} holds the chain now",
+                self.chain,
+                self.newest
+            );
+            if let Some(ticket) = gate {
+                cell.gate(ticket, false);
+            }
+            return;
+        }
         let owner = self.owner(epoch);
         self.w.set_owner(owner);
-        let n = ops.len();
         let fenced_before = self.w.fenced();
         let started = time::mono_now();
         let (statements, rounds) = (self.w.store_mut().statements, self.w.store_mut().rounds);
@@ -1525,7 +1634,8 @@ impl Writes {
         epoch: i64,
         pred: Option<sql::Predecessor>,
         took_over: bool,
-    ) -> FleetResume {
+    ) -> std::result::Result<FleetResume, bool> {
+        self.newest = self.newest.max(epoch);
         let owner = self.owner(epoch);
         self.w.set_owner(owner);
         let mut same_host = took_over;
@@ -1544,35 +1654,42 @@ impl Writes {
                 self.with_conn(conn, cfg, stmt, |w| w.push(time::mono_now(), op));
             }
         }
-        let chain = self.chain.clone();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let _ = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
-            let read = match conn.as_ref() {
-                Some(c) => crate::store::pg::write::read_resume(c, &chain, stmt),
-                None => Err("not connected".into()),
-            };
-            match read {
-                Ok((state, due_in_ms, run_ids)) => {
-                    return FleetResume {
-                        state,
-                        due_in_ms,
-                        run_ids,
-                        same_host,
-                        read_at: Some(time::mono_now()),
-                    }
-                }
-                Err(e) if tries >= 3 => {
-                    log::error!(
-                        "{chain}: fleet: cannot read where to resume from ({e}); starting from the chain's beginning, run ids from 1 where none is known"
-                    );
-                    return FleetResume {
-                        same_host,
-                        ..FleetResume::default()
-                    };
-                }
-                Err(_) => *conn = None,
+        // One try here: the loop tries again after its renews (never a start from
+        // scratch, position, due time and run ids lost: Owner only once it is read).
+        self.read_resume(conn, cfg, stmt, same_host).map_err(|e| {
+            log::warn!(
+                "{}: fleet: cannot read where to resume from ({e}); starting nothing until it is read (trying again)",
+                self.chain
+            );
+            same_host
+        })
+    }
+
+    /// One try of the resume read (a reconnect included); the connection is dropped
+    /// when it fails.
+    fn read_resume(
+        &mut self,
+        conn: &mut Option<Conn>,
+        cfg: &FleetConfig,
+        stmt: Duration,
+        same_host: bool,
+    ) -> std::result::Result<FleetResume, String> {
+        let _ = owner_conn(conn, cfg, stmt.max(Duration::from_millis(200)));
+        let read = match conn.as_ref() {
+            Some(c) => crate::store::pg::write::read_resume(c, &self.chain, stmt),
+            None => Err("not connected".into()),
+        };
+        match read {
+            Ok((state, due_in_ms, run_ids)) => Ok(FleetResume {
+                state,
+                due_in_ms,
+                run_ids,
+                same_host,
+                read_at: Some(time::mono_now()),
+            }),
+            Err(e) => {
+                *conn = None;
+                Err(e)
             }
         }
     }
@@ -1634,14 +1751,25 @@ fn slot_work(
     conn: &mut Option<Conn>,
     cfg: &FleetConfig,
     me: &sql::Me<'_>,
-    term: Option<Term>,
+    (term, renew_at): (Option<Term>, Option<Duration>),
     want: &mut Option<(String, u32, Duration, bool)>,
     frees: &mut Vec<(String, i32, i64)>,
     ensured: &mut Vec<String>,
 ) {
     use crate::store::pg::slots::{self, Taker};
-    let stmt = cfg.lease / 5;
     let chain = me.chain;
+    // Within what is left until the next renew (finding 6 of the review): a slow database
+    // must not hold the renew back past the fence; the work waits until after the renew.
+    let Some(stmt) =
+        crate::lock::lease::budget(sys::boot_now(), renew_at, cfg.lease / 5, cfg.lease / 20)
+    else {
+        if let (Some((_, _, next, _)), Some(at)) = (want.as_mut(), renew_at) {
+            *next = (*next).max(at);
+        }
+        return;
+    };
+    let until = sys::boot_now() + stmt;
+    let left = || until.saturating_sub(sys::boot_now());
     if !frees.is_empty() {
         if let Some(c) = conn.as_ref() {
             frees.retain(|(g, s, e)| {
@@ -1650,7 +1778,7 @@ fn slot_work(
                     holder: me.holder,
                     epoch: *e,
                 };
-                match slots::free(c, who, g, *s, stmt) {
+                match slots::free(c, who, g, *s, left()) {
                     Ok(()) => false,
                     Err(err) => {
                         log::warn!("{chain}: fleet: failed to free slot {s} of group {g}: {err}; trying again (it frees itself at the lease's expiry)");
@@ -1679,19 +1807,19 @@ fn slot_work(
         holder: me.holder,
         epoch: t.epoch,
     };
-    let got = ensure_conn(conn, cfg, stmt.max(Duration::from_millis(200))).and_then(|c| {
+    let got = owner_conn(conn, cfg, left()).and_then(|c| {
         if !ensured.contains(group) {
-            slots::ensure(c, group, *max, stmt).map_err(|e| e.to_string())?;
+            slots::ensure(c, group, *max, left()).map_err(|e| e.to_string())?;
             ensured.push(group.clone());
         }
-        let got = slots::take(c, who, group, *max, stmt).map_err(|e| e.to_string())?;
+        let got = slots::take(c, who, group, *max, left()).map_err(|e| e.to_string())?;
         // First come, first served: the place in the queue is kept while waiting.
         match got {
             Some(_) if *logged => {
-                slots::unwait(c, me.holder, group, stmt).map_err(|e| e.to_string())?;
+                slots::unwait(c, me.holder, group, left()).map_err(|e| e.to_string())?;
             }
             Some(_) => {}
-            None => slots::wait(c, who, group, stmt).map_err(|e| e.to_string())?,
+            None => slots::wait(c, who, group, left()).map_err(|e| e.to_string())?,
         }
         Ok(got)
     });
@@ -1746,7 +1874,8 @@ fn ensure_conn<'a>(
 /// at the launch (or the first connect that succeeded), and the renew itself is the check
 /// here (it matches only this instance's random holder id and epoch, in the database it
 /// acquired in); its two round trips on a new backend would eat the time left for more
-/// tries before the fence.
+/// tries before the fence. The owner's records, slots and resume read reconnect with it
+/// too: a schema check waits up to 30 s behind another launch's migration, with no renew.
 fn owner_conn<'a>(
     conn: &'a mut Option<Conn>,
     cfg: &FleetConfig,

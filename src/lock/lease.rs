@@ -148,7 +148,34 @@ pub(crate) fn acquire_delay(jitter: f64) -> Duration {
     ACQUIRE_EVERY + ACQUIRE_EVERY.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
+/// The time the DB thread may give other work (slots) before the owner's next renew is
+/// due: the work's own timeout `own`, cut to what is left until `next_renew`; None when less
+/// than `floor` is left (the work then waits until after the renew). Not the owner (None):
+/// `own`.
+pub(crate) fn budget(
+    now: Duration,
+    next_renew: Option<Duration>,
+    own: Duration,
+    floor: Duration,
+) -> Option<Duration> {
+    match next_renew {
+        None => Some(own),
+        Some(at) => {
+            let left = at.saturating_sub(now);
+            (left >= floor).then(|| left.min(own))
+        }
+    }
+}
+
 impl Lease {
+    /// When the owner's next renew is due (None: not the owner).
+    pub(crate) fn next_renew(&self) -> Option<Duration> {
+        match &self.state {
+            State::Owner { next_renew, .. } => Some(*next_renew),
+            _ => None,
+        }
+    }
+
     /// A standby that tries at once.
     pub(crate) fn new(lease: Duration, now: Duration) -> Lease {
         Lease {
@@ -324,6 +351,26 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn other_work_gets_what_is_left_until_the_next_renew() {
+        let own = ms(400);
+        let floor = ms(100);
+        // Not the owner: its own timeout.
+        assert_eq!(budget(ms(1000), None, own, floor), Some(own));
+        // Right after a renew: all of it.
+        assert_eq!(budget(ms(1000), Some(ms(1400)), own, floor), Some(own));
+        assert_eq!(budget(ms(1000), Some(ms(2000)), own, floor), Some(own));
+        // Part of the period gone: what is left.
+        assert_eq!(budget(ms(1250), Some(ms(1400)), own, floor), Some(ms(150)));
+        // Too little left, or the renew is late: after the renew.
+        assert_eq!(budget(ms(1350), Some(ms(1400)), own, floor), None);
+        assert_eq!(budget(ms(1500), Some(ms(1400)), own, floor), None);
+        let mut l = Lease::new(LEASE, ms(1000));
+        assert_eq!(l.next_renew(), None);
+        l.acquired(1, ms(1000));
+        assert_eq!(l.next_renew(), Some(ms(1400)));
     }
 
     #[test]

@@ -7,14 +7,18 @@
 //! - [`ensure_row`]: the chain's row, once per launch (`ON CONFLICT DO NOTHING`).
 //! - [`acquire`]: only a free or expired row, with `epoch + 1`; returns the predecessor
 //!   (read under `FOR UPDATE` in the same statement: PostgreSQL 15 has no `OLD` in
-//!   `RETURNING`). Two acquirers racing: the second waits for the first's row lock and
-//!   then reads the row the first wrote, which is unexpired: 0 rows.
+//!   `RETURNING`). `SKIP LOCKED`: a locked row reads as held (0 rows; the standby tries
+//!   again), so an acquire never waits on a row lock: neither on a racing acquirer's nor
+//!   on an owner's batch left open (its `FOR SHARE` from `fence()`), where a waiting
+//!   acquire would outlive its client's timeout on the server and acquire later, unseen.
 //! - [`renew`]: scoped to the row's (holder, epoch) *and* unexpired; never an upsert
 //!   (River #197: a renew that matched whatever the row said). 0 rows: lost.
 //! - [`release`]: `holder = NULL, expires_at = now()`, only if still (holder, epoch).
 //! - [`takeover`]: the relaunch on the same host, after the local hand-over: exactly the
 //!   (holder, epoch) the predecessor recorded, in one statement, `epoch + 1`; whoever
 //!   still is that (holder, epoch) is the predecessor, so no other host can slip in.
+//!   It also returns the old lease's expiry if it had expired (the runs it left open end
+//!   then, as at an acquire).
 //! - [`standby`]: the standby's row in `run_chain.standbys` (upsert: the row is the
 //!   standby's own, keyed by its holder id); [`leave_standbys`] removes it.
 //! - [`read`]: who holds the lease now (holder, host, epoch, seconds left).
@@ -32,15 +36,23 @@ use tokio_postgres::types::Type;
 
 use super::conn::{Conn, DbError};
 
-const ENSURE_ROW: &str =
-    "INSERT INTO run_chain.leases (chain) VALUES ($1) ON CONFLICT (chain) DO NOTHING";
+/// A new row's epoch goes on from the highest the chain's records name (a row made again,
+/// after a restore or a crash that lost its last commits, never gives an epoch twice).
+const ENSURE_ROW: &str = "INSERT INTO run_chain.leases (chain, epoch) \
+     SELECT $1, greatest(0, \
+       (SELECT max(r.epoch) FROM run_chain.runs r JOIN run_chain.series s ON s.id = r.series \
+         WHERE s.chain = $1), \
+       (SELECT max(epoch) FROM run_chain.chain_state WHERE chain = $1), \
+       (SELECT max(epoch) FROM run_chain.slots WHERE chain = $1)) \
+     ON CONFLICT (chain) DO NOTHING";
 
 const ACQUIRE: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
      epoch = l.epoch + 1, acquired_at = now(), renewed_at = now(), \
      failovers = l.failovers + (o.o_holder IS NOT NULL)::int, \
      expires_at = now() + make_interval(secs => $4) \
      FROM (SELECT chain, holder AS o_holder, host AS o_host, epoch AS o_epoch, \
-           expires_at AS o_expires FROM run_chain.leases WHERE chain = $1 FOR UPDATE) o \
+           expires_at AS o_expires FROM run_chain.leases WHERE chain = $1 \
+           FOR UPDATE SKIP LOCKED) o \
      WHERE l.chain = o.chain AND (o.o_holder IS NULL OR o.o_expires <= now()) \
      AND (l.stop_fleet_at IS NULL OR l.stop_fleet_at < $5) \
      RETURNING l.epoch, o.o_holder, o.o_host, o.o_epoch, \
@@ -55,10 +67,15 @@ const RENEW: &str = "UPDATE run_chain.leases \
 const RELEASE: &str = "UPDATE run_chain.leases SET holder = NULL, host = NULL, expires_at = now() \
      WHERE chain = $1 AND holder = $2 AND epoch = $3";
 
-const TAKEOVER: &str = "UPDATE run_chain.leases SET holder = $2, host = $3, epoch = epoch + 1, \
-     acquired_at = now(), renewed_at = now(), expires_at = now() + make_interval(secs => $4) \
-     WHERE chain = $1 AND holder = $5 AND epoch = $6 \
-     RETURNING epoch";
+const TAKEOVER: &str = "UPDATE run_chain.leases l SET holder = $2, host = $3, \
+     epoch = l.epoch + 1, acquired_at = now(), renewed_at = now(), \
+     expires_at = now() + make_interval(secs => $4) \
+     FROM (SELECT chain, expires_at AS o_expires FROM run_chain.leases \
+           WHERE chain = $1 AND holder = $5 AND epoch = $6 FOR UPDATE) o \
+     WHERE l.chain = o.chain AND l.holder = $5 AND l.epoch = $6 \
+     RETURNING l.epoch, \
+       CASE WHEN o.o_expires <= now() AND isfinite(o.o_expires) \
+            THEN (extract(epoch FROM o.o_expires) * 1000)::int8 END";
 
 const STANDBY: &str = "INSERT INTO run_chain.standbys (chain, holder, host, seen_at) \
      VALUES ($1, $2, $3, now()) \
@@ -130,8 +147,19 @@ impl Me<'_> {
     }
 }
 
-/// The chain's row (once per launch).
+const HAS_ROW: &str = "SELECT 1 FROM run_chain.leases WHERE chain = $1";
+
+/// The chain's row (once per launch). Made only when missing: the seeded insert reads
+/// the chain's records (not to be waited on at every launch).
 pub(crate) fn ensure_row(conn: &Conn, chain: &str, timeout: Duration) -> Result<(), DbError> {
+    let has = conn.run(
+        timeout,
+        conn.client()
+            .query_typed_opt(HAS_ROW, &[(&chain, Type::TEXT)]),
+    )?;
+    if has.is_some() {
+        return Ok(());
+    }
     conn.run(
         timeout,
         conn.client()
@@ -237,14 +265,15 @@ pub(crate) fn release(
 }
 
 /// Take over exactly (`old_holder`, `old_epoch`) (the relaunch on the same host): the new
-/// epoch, or None if the row is no longer that.
+/// epoch and, if the old lease had expired, when (wall-clock ms on the database's clock:
+/// the end of the runs it left open); None if the row is no longer that.
 pub(crate) fn takeover(
     conn: &Conn,
     me: &Me<'_>,
     old_holder: &str,
     old_epoch: i64,
     timeout: Duration,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<(i64, Option<i64>)>, DbError> {
     let secs = me.secs();
     let row = conn.run(
         timeout,
@@ -260,7 +289,7 @@ pub(crate) fn takeover(
             ],
         ),
     )?;
-    row.map(|r| r.try_get::<_, i64>(0))
+    row.map(|r| Ok::<_, tokio_postgres::Error>((r.try_get::<_, i64>(0)?, r.try_get(1)?)))
         .transpose()
         .map_err(DbError::from)
 }

@@ -3,7 +3,10 @@
 //! the process's one connection for each batch.
 //!
 //! Every batch is one transaction, fenced first:
-//! `BEGIN; SET LOCAL statement_timeout = lease/5` (one simple query), `SELECT
+//! `BEGIN; SET LOCAL statement_timeout = lease/5; SET LOCAL
+//! idle_in_transaction_session_timeout = lease/5` (one simple query: [`begin_sql`]; the
+//! second ends a batch left open by a frozen owner or a cut network, whose `FOR SHARE`
+//! would otherwise keep the lease row locked for hours), `SELECT
 //! run_chain.fence(chain, holder, epoch)` (FOR SHARE on the lease row: an acquire or
 //! takeover of the row waits for this transaction, so a new owner reads all of its
 //! predecessor's commits), the ops, `COMMIT`. A fence that fails raises SQLSTATE RCF01:
@@ -189,6 +192,16 @@ fn recent_pair(duration_ms: i64, latency_ms: i64) -> Vec<u8> {
     v
 }
 
+/// The batch's first simple query: BEGIN, each statement bounded by `ms`, and the
+/// transaction ended by the server if it sits idle for `ms` (its owner frozen or cut off
+/// between two flights: its lock on the lease row must not outlive the lease).
+pub(crate) fn begin_sql(ms: u128) -> String {
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = {ms}; \
+         SET LOCAL idle_in_transaction_session_timeout = {ms}"
+    )
+}
+
 impl Pg {
     pub(crate) fn new(me: Identity, stmt: Duration, shown: String) -> Pg {
         Pg {
@@ -285,7 +298,7 @@ impl Pg {
     ) -> Result<Vec<Advance>, (DbError, bool)> {
         let ms = self.stmt.as_millis().max(1);
         let mut round = vec![
-            Stmt::simple(format!("BEGIN; SET LOCAL statement_timeout = {ms}")),
+            Stmt::simple(begin_sql(ms)),
             Stmt::query(
                 "SELECT run_chain.fence($1, $2, $3)",
                 vec![
@@ -926,4 +939,20 @@ pub(crate) fn read_resume(
         ids.push((task, u64::try_from(id).unwrap_or(0)));
     }
     Ok((state, due, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::begin_sql;
+
+    #[test]
+    fn a_batch_left_idle_is_ended_by_the_server_within_its_statement_bound() {
+        let sql = begin_sql(400);
+        assert!(sql.starts_with("BEGIN;"), "{sql}");
+        assert!(sql.contains("SET LOCAL statement_timeout = 400"), "{sql}");
+        assert!(
+            sql.contains("SET LOCAL idle_in_transaction_session_timeout = 400"),
+            "{sql}"
+        );
+    }
 }
