@@ -210,6 +210,22 @@ pub fn store_lines(url: &str, pw: &Path, extra: &str) -> String {
     )
 }
 
+/// The tasks of the `store import` tests (fleet_import.rs, fleet_schema5.rs): `a` (echo, exit
+/// 0) and `b` (echo, exit 3), 50 ms cooldowns; chain `a b` makes a history to import.
+pub const IMPORT_TASKS: &str = r#"
+[defaults]
+success_cooldown = "50ms"
+fail_cooldown = "50ms"
+stop_grace = "0s"
+kill_grace = "200ms"
+
+[tasks.a]
+command = "echo a-out"
+
+[tasks.b]
+command = "echo b-out; exit 3"
+"#;
+
 /// One "host": a fresh [`TestEnv`] (its own RUN_ROOT) with [`write_host_config`]'s config.
 pub fn host_env(pg: &Pg, name: &str, url: &str, lease: &str, rest: &str) -> TestEnv {
     let env = TestEnv::new("");
