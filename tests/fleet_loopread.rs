@@ -199,12 +199,7 @@ command = "printf 'context-%s\n' marker; echo 'error: the disk is full' >&2; exi
         .unwrap_or_default(),
         text(&e2)
     );
-    let msgs = peer.messages();
-    let down = msgs
-        .iter()
-        .find(|m| m["alert"] == "downtime")
-        .expect("downtime mail");
-    let body = down["body"].as_str().unwrap_or_default();
+    let body = peer.body_of("downtime");
     assert!(
         body.contains("context-marker")
             && body.contains("error: the disk is full")
@@ -328,6 +323,31 @@ fn lock_before_run_2(pg: &Pg, db: &str, r1: &mut Runner, marker: &Path) -> RunsL
     lock
 }
 
+/// Sends `sig` (named `name`) to `r1` while its start waits for its record's commit behind
+/// `lock`, polls its log up to 3 s for `needle`, then releases the lock (the database answers
+/// again) and asserts the signal was handled while the start waited. Returns when it was sent
+/// and how long after that the poll ended.
+fn signal_while_the_start_waits(
+    r1: &Runner,
+    e1: &Path,
+    mut lock: RunsLock,
+    sig: i32,
+    name: &str,
+    needle: &str,
+) -> (Instant, Duration) {
+    let sent = Instant::now();
+    send_signal(r1.pid, sig);
+    let handled = poll_until(Duration::from_secs(3), || text(e1).contains(needle));
+    let after = sent.elapsed();
+    lock.release();
+    assert!(
+        handled,
+        "{name} not handled within 3 s while the start waited for its commit ({after:?}); h1's log:\n{}",
+        text(e1)
+    );
+    (sent, after)
+}
+
 /// The start record of run 2 waits for a lock until its statement's timeout (lease / 5): the
 /// start is refused. That is no run of the task: no `spawn-error` run, no failure, no alert;
 /// once the database takes records again, the task runs (as run 3: the refused start's id
@@ -403,19 +423,15 @@ fn a_sigterm_while_the_start_waits_for_its_commit_is_handled_at_once() {
         peer,
         _env,
     } = marker_host(pg, "loopread_term", "30s", "4s");
-    let mut lock = lock_before_run_2(pg, &db, &mut r1, &marker);
-    let sent = Instant::now();
-    send_signal(r1.pid, libc::SIGTERM);
-    let handled = poll_until(Duration::from_secs(3), || {
-        text(&e1).contains("SIGTERM: stopping")
-    });
-    let after = sent.elapsed();
-    // The database answers again: the process can release its lease and exit.
-    lock.release();
-    assert!(
-        handled,
-        "SIGTERM not handled within 3 s while the start waited for its commit ({after:?}); h1's log:\n{}",
-        text(&e1)
+    let lock = lock_before_run_2(pg, &db, &mut r1, &marker);
+    // Released once handled: the process can release its lease and exit.
+    let (sent, after) = signal_while_the_start_waits(
+        &r1,
+        &e1,
+        lock,
+        libc::SIGTERM,
+        "SIGTERM",
+        "SIGTERM: stopping",
     );
     r1.assert_exit(0);
     println!(
@@ -532,19 +548,8 @@ fn a_sighup_while_the_start_waits_for_its_commit_is_handled_at_once_and_the_run_
         peer: _peer,
         _env,
     } = marker_host(pg, "loopread_hup", "30s", "4s");
-    let mut lock = lock_before_run_2(pg, &db, &mut r1, &marker);
-    let sent = Instant::now();
-    send_signal(r1.pid, libc::SIGHUP);
-    let handled = poll_until(Duration::from_secs(3), || {
-        text(&e1).contains("SIGHUP: reloaded")
-    });
-    let after = sent.elapsed();
-    lock.release();
-    assert!(
-        handled,
-        "SIGHUP not handled within 3 s while the start waited for its commit ({after:?}); h1's log:\n{}",
-        text(&e1)
-    );
+    let lock = lock_before_run_2(pg, &db, &mut r1, &marker);
+    signal_while_the_start_waits(&r1, &e1, lock, libc::SIGHUP, "SIGHUP", "SIGHUP: reloaded");
     r1.wait_for("run 2 ran", || {
         n(
             pg,

@@ -127,14 +127,7 @@ fn an_alert_decided_before_a_kill_9_is_delivered_once_by_the_new_owner() {
     let port = reserved.port;
     let h1 = host(pg, "h1", &url, port);
     let h2 = host(pg, "h2", &url, port);
-    let mut r1 = h1.spawn(&["broken"]);
-    let e1 = r1.stderr.clone();
-    wait_until_for(LONG, "h1 owns the lease", || {
-        text(&e1).contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["broken"]);
-    let e2 = r2.stderr.clone();
-    wait_until_for(LONG, "h2 is a standby", || text(&e2).contains("standby"));
+    let (mut r1, e1, mut r2, e2) = fleet::spawn_owner_then_standby(&h1, &h2, &["broken"], LONG);
     // The first failure's alert is committed in the fleet's outbox with the run's end, and
     // h1's mailer tried it once (the server is down: it stays there).
     wait_until_for(
@@ -229,14 +222,7 @@ fn a_new_owners_downtime_alert_quotes_the_failed_run_from_the_fleet_store() {
     let defaults = r#"non_recoverable_downtime = "12s""#;
     let h1 = host_with(pg, "h1", &url, peer_port, defaults);
     let h2 = host_with(pg, "h2", &url, peer_port, defaults);
-    let mut r1 = h1.spawn(&["broken"]);
-    let e1 = r1.stderr.clone();
-    wait_until_for(LONG, "h1 owns the lease", || {
-        text(&e1).contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["broken"]);
-    let e2 = r2.stderr.clone();
-    wait_until_for(LONG, "h2 is a standby", || text(&e2).contains("standby"));
+    let (mut r1, _e1, mut r2, e2) = fleet::spawn_owner_then_standby(&h1, &h2, &["broken"], LONG);
     wait_until_for(LONG, "h1's first-failure alert arrived", || {
         !peer.messages().is_empty()
     });
@@ -249,12 +235,7 @@ fn a_new_owners_downtime_alert_quotes_the_failed_run_from_the_fleet_store() {
     wait_until_for(LONG, "the downtime alert arrived", || {
         peer.messages().iter().any(|m| m["alert"] == "downtime")
     });
-    let msgs = peer.messages();
-    let down = msgs
-        .iter()
-        .find(|m| m["alert"] == "downtime")
-        .expect("downtime mail");
-    let body = down["body"].as_str().unwrap_or_default();
+    let body = peer.body_of("downtime");
     eprintln!("the downtime mail's body:\n{body}");
     // Its output (not only the last line, which the resume state carries) comes from the
     // fleet's store.

@@ -85,14 +85,7 @@ fn a_new_owner_waits_for_the_stored_back_off_then_delivers_once() {
             "451 4.3.0 try again later",
         ],
     );
-    let mut r1 = h1.spawn(&["broken"]);
-    let e1 = r1.stderr.clone();
-    wait_until_for(LONG, "h1 owns the lease", || {
-        text(&e1).contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["broken"]);
-    let e2 = r2.stderr.clone();
-    wait_until_for(LONG, "h2 is a standby", || text(&e2).contains("standby"));
+    let (mut r1, _e1, mut r2, e2) = fleet::spawn_owner_then_standby(&h1, &h2, &["broken"], LONG);
     // h1's mailer tries twice (refused: 5 s back-off after the first), and the second
     // refusal is kept in the row: two tries, no claim, the next try 10 s on.
     wait_until_for(LONG, "two refusals, recorded in the row", || {

@@ -87,6 +87,16 @@ impl Peer {
     pub fn messages(&self) -> Vec<Value> {
         self.events("message")
     }
+
+    /// The body of the first accepted mail of alert `alert` (which must have arrived).
+    pub fn body_of(&self, alert: &str) -> String {
+        let msgs = self.messages();
+        let mail = msgs
+            .iter()
+            .find(|m| m["alert"] == alert)
+            .unwrap_or_else(|| panic!("{alert} mail"));
+        mail["body"].as_str().unwrap_or_default().to_string()
+    }
 }
 
 impl Drop for Peer {
