@@ -106,20 +106,8 @@ pub(crate) fn fleet(conn: &Conn, lease: Duration) -> Result<FleetRows, DbError> 
     for r in rows {
         let chain: String = r.try_get(0)?;
         out.now_ms = u(r.try_get(7)?);
-        out.chains.insert(
-            chain.clone(),
-            LeaseRow {
-                chain,
-                host: r.try_get(1)?,
-                epoch: r.try_get(2)?,
-                expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
-                held: r.try_get(4)?,
-                failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
-                fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
-                standbys: Vec::new(),
-                state: None,
-            },
-        );
+        out.chains
+            .insert(chain.clone(), lease_row(&r, chain, Vec::new(), None)?);
     }
     let secs = lease.as_secs_f64();
     for r in conn.run(READ_WAIT, c.query_typed(STANDBYS, &[(&secs, Type::FLOAT8)]))? {
@@ -168,6 +156,27 @@ const FLEET_V2: &str = "SELECT l.chain, l.host, l.epoch,
     WHERE s.chain = l.chain AND s.seen_at > now() - make_interval(secs => $1)) sb ON true
   ORDER BY l.chain";
 
+/// A lease from columns 1-6 of [`LEASES`] and [`FLEET_V2`] (host, epoch, expiry, held,
+/// failovers, fenced writes) of chain `chain`'s row, with its standbys and state.
+fn lease_row(
+    r: &tokio_postgres::Row,
+    chain: String,
+    standbys: Vec<StandbyRow>,
+    state: Option<String>,
+) -> Result<LeaseRow, tokio_postgres::Error> {
+    Ok(LeaseRow {
+        chain,
+        host: r.try_get(1)?,
+        epoch: r.try_get(2)?,
+        expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
+        held: r.try_get(4)?,
+        failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
+        fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
+        standbys,
+        state,
+    })
+}
+
 /// [`fleet`] in one statement ([`FLEET_V2`]), for a schema of version 2 or later.
 pub(crate) fn fleet_v2(conn: &Conn, lease: Duration) -> Result<FleetRows, DbError> {
     let secs = lease.as_secs_f64();
@@ -195,20 +204,9 @@ fn fleet_rows_v2(rows: &[tokio_postgres::Row]) -> Result<FleetRows, DbError> {
                 seen_ms: u(seen),
             })
             .collect();
-        out.chains.insert(
-            chain.clone(),
-            LeaseRow {
-                chain,
-                host: r.try_get(1)?,
-                epoch: r.try_get(2)?,
-                expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
-                held: r.try_get(4)?,
-                failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
-                fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
-                standbys,
-                state: r.try_get(10)?,
-            },
-        );
+        let state = r.try_get(10)?;
+        out.chains
+            .insert(chain.clone(), lease_row(r, chain, standbys, state)?);
     }
     Ok(out)
 }
