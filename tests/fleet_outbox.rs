@@ -76,27 +76,16 @@ fn host(pg: &Pg, name: &str, url: &str, port: u16) -> TestEnv {
     host_with(pg, name, url, port, "")
 }
 
-/// [`host`] with more `[defaults]` keys (tests/support/fleet.rs's `host_env`).
+/// [`host`] with more `[defaults]` keys (tests/support/mail.rs's `broken_host`).
 fn host_with(pg: &Pg, name: &str, url: &str, port: u16, defaults: &str) -> TestEnv {
-    fleet::host_env(
+    mail::broken_host(
         pg,
         name,
         url,
-        "2s",
-        &format!(
-            r#"{email}
-[defaults]
-success_cooldown = "1h"
-fail_cooldown = "1h"
-stop_grace = "0s"
-kill_grace = "200ms"
-{defaults}
-
-[tasks.broken]
-command = "printf 'context-%s\\n' marker; echo 'error: the disk is full' >&2; exit 3"
-"#,
-            email = mail::email_table(port)
-        ),
+        port,
+        "1h",
+        defaults,
+        r"printf 'context-%s\\n' marker; echo 'error: the disk is full' >&2; exit 3",
     )
 }
 

@@ -26,27 +26,9 @@ use support::pg::{free_port, Pg};
 const LONG: Duration = Duration::from_secs(60);
 
 /// One "host" named `name`: its own RUN_ROOT, the shared database, an SMTP server on `port`,
-/// task `broken` running `command`.
+/// task `broken` running `command` (tests/support/mail.rs's `broken_host`).
 fn host(pg: &Pg, name: &str, url: &str, port: u16, fail_cooldown: &str, command: &str) -> TestEnv {
-    fleet::host_env(
-        pg,
-        name,
-        url,
-        "2s",
-        &format!(
-            r#"{email}
-[defaults]
-success_cooldown = "1h"
-fail_cooldown = "{fail_cooldown}"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-[tasks.broken]
-command = "{command}"
-"#,
-            email = mail::email_table(port)
-        ),
-    )
+    mail::broken_host(pg, name, url, port, fail_cooldown, "", command)
 }
 
 /// A number from `sql`; None while it cannot be read (no schema or table yet, a NULL).

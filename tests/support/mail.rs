@@ -1,9 +1,13 @@
 //! The fleet tests' SMTP side: a real SMTP server (`tests/smtp_peer.py`, aiosmtpd) and the
 //! `[email]` table that sends a host's alerts to it.
 //!
-//! Include it next to `common` (it names `crate::common`):
+//! Include it next to `common`, `support` and `fleet` (it names `crate::common`,
+//! `crate::support` and `crate::fleet`):
 //! ```ignore
 //! mod common;
+//! mod support;
+//! #[path = "support/fleet.rs"]
+//! mod fleet;
 //! #[path = "support/mail.rs"]
 //! mod mail;
 //! ```
@@ -17,6 +21,7 @@ use std::process::{Child, Stdio};
 use serde_json::Value;
 
 use crate::common::{TestEnv, DEADLINE};
+use crate::support::pg::Pg;
 
 pub const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_peer.py");
 
@@ -116,5 +121,40 @@ to = ["admin@example.com"]
 from = "run-chain@example.com"
 smtp = "smtp://127.0.0.1:{port}"
 "#
+    )
+}
+
+/// A fleet host `name` (tests/support/fleet.rs's `host_env`, lease 2 s) whose alerts go to
+/// 127.0.0.1:`port`: task `broken` runs `command` (the content of a TOML basic string);
+/// `[defaults]`: success cooldown 1 h, fail cooldown `fail_cooldown`, stop_grace 0 s,
+/// kill_grace 200 ms, then `more_defaults`.
+pub fn broken_host(
+    pg: &Pg,
+    name: &str,
+    url: &str,
+    port: u16,
+    fail_cooldown: &str,
+    more_defaults: &str,
+    command: &str,
+) -> TestEnv {
+    crate::fleet::host_env(
+        pg,
+        name,
+        url,
+        "2s",
+        &format!(
+            r#"{email}
+[defaults]
+success_cooldown = "1h"
+fail_cooldown = "{fail_cooldown}"
+stop_grace = "0s"
+kill_grace = "200ms"
+{more_defaults}
+
+[tasks.broken]
+command = "{command}"
+"#,
+            email = email_table(port)
+        ),
     )
 }
