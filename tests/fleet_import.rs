@@ -19,31 +19,22 @@ use std::time::Duration;
 use common::{wait_until_for, TestEnv};
 use support::pg::Pg;
 
-const TASKS: &str = r#"
-[defaults]
-success_cooldown = "50ms"
-fail_cooldown = "50ms"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-[tasks.a]
-command = "echo a-out"
-
-[tasks.b]
-command = "echo b-out; exit 3"
-
-[tasks.slow]
-command = "sleep 30"
-"#;
+/// fleet::IMPORT_TASKS and a `slow` task (a chain that stays running).
+fn tasks() -> String {
+    format!(
+        "{}\n[tasks.slow]\ncommand = \"sleep 30\"\n",
+        fleet::IMPORT_TASKS
+    )
+}
 
 /// A host without `[store]`: its records go to RUN_ROOT/runs.db.
 fn local() -> TestEnv {
-    TestEnv::new(TASKS)
+    TestEnv::new(&tasks())
 }
 
 /// A fleet host `name` on database `url` (tests/support/fleet.rs's `host_env`), lease 3 s.
 fn fleet(pg: &Pg, name: &str, url: &str) -> TestEnv {
-    fleet::host_env(pg, name, url, "3s", TASKS)
+    fleet::host_env(pg, name, url, "3s", &tasks())
 }
 
 fn q(pg: &Pg, db: &str, sql: &str) -> String {

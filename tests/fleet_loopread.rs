@@ -15,111 +15,39 @@
 //! waits for it; the lease's renews do not touch that table.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+#[path = "support/mail.rs"]
+mod mail;
 mod support;
 
-use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{poll_until, send_signal, wait_until_for, TestEnv, DEADLINE};
+use common::{poll_until, send_signal, wait_until_for, Runner, TestEnv};
+use fleet::{sql_int as n, text};
+use mail::Peer;
 use serde_json::Value;
 use support::pg::Pg;
 
-const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_peer.py");
 const LONG: Duration = Duration::from_secs(90);
-
-/// A `tests/smtp_peer.py` server (as in tests/fleet_outbox.rs). Dropping it SIGKILLs it.
-struct Peer {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-}
-
-impl Peer {
-    fn start(env: &TestEnv) -> Peer {
-        let port = support::pg::free_port();
-        let log = env.path("smtp.log");
-        let mut cmd = env.command_for("python3");
-        cmd.arg(PEER_SCRIPT)
-            .args(["--port", &port.to_string(), "--log"])
-            .arg(&log)
-            .arg("--maildir")
-            .arg(env.path("smtp.mails"))
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(env.path("smtp.stderr")).expect("peer stderr"));
-        let mut child = cmd.spawn().expect("spawn python3 tests/smtp_peer.py");
-        let stdout = child.stdout.take().expect("peer stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(DEADLINE).unwrap_or_default();
-        assert_eq!(
-            line.trim().parse::<u16>().ok(),
-            Some(port),
-            "smtp peer: {line:?}"
-        );
-        Peer { child, log, port }
-    }
-
-    /// The accepted mails so far.
-    fn messages(&self) -> Vec<Value> {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-        complete
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["event"] == "message")
-            .collect()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
 
 /// One "host": its own RUN_ROOT, the shared database, mails to `peer`.
 fn host(pg: &Pg, name: &str, url: &str, lease: &str, peer: &Peer, rest: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "{lease}"
-host = "{name}"
-
-[email]
-to = ["admin@example.com"]
-from = "run-chain@example.com"
-smtp = "smtp://127.0.0.1:{port}"
-
-{rest}
-"#,
-        pw = pw.display(),
-        port = peer.port,
-    ));
-    env
+    fleet::host_env(
+        pg,
+        name,
+        url,
+        lease,
+        &format!("{}\n{rest}\n", mail::email_table(peer.port)),
+    )
 }
 
-fn text(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_default()
-}
-
-/// A number from `sql`; -1 while it cannot be read (no schema or table yet, a NULL).
-fn n(pg: &Pg, db: &str, sql: &str) -> i64 {
-    pg.try_psql(db, sql)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(-1)
+/// A new SMTP peer (keeping its mails) on a free port.
+fn peer(env: &TestEnv) -> Peer {
+    Peer::with_maildir(env, support::pg::free_port())
 }
 
 /// How many connections of run-chain (its user and application name) to `db` the server has
@@ -222,7 +150,7 @@ fn a_new_owners_mail_quotes_the_dead_owners_run_and_its_process_holds_one_connec
     let pg = Pg::shared();
     let (db, url) = pg.fresh_database("loopread_quote");
     let env = TestEnv::new("");
-    let peer = Peer::start(&env);
+    let peer = peer(&env);
     // lease 6 s: a renew try may take 0.6 s before the DB thread makes a new connection
     // (which this test would count), enough on a loaded machine.
     let rest = r#"
@@ -271,12 +199,7 @@ command = "printf 'context-%s\n' marker; echo 'error: the disk is full' >&2; exi
         .unwrap_or_default(),
         text(&e2)
     );
-    let msgs = peer.messages();
-    let down = msgs
-        .iter()
-        .find(|m| m["alert"] == "downtime")
-        .expect("downtime mail");
-    let body = down["body"].as_str().unwrap_or_default();
+    let body = peer.body_of("downtime");
     assert!(
         body.contains("context-marker")
             && body.contains("error: the disk is full")
@@ -317,21 +240,21 @@ command = "printf 'context-%s\n' marker; echo 'error: the disk is full' >&2; exi
     r2.assert_exit(0);
 }
 
-/// A task that appends a line to `marker` and succeeds, every 4 s (time for the test to take
-/// its lock between two runs); failures wait 1 h.
-fn marker_task(marker: &Path) -> String {
+/// A task that appends a line to `marker` and succeeds, every SUCCESS_COOLDOWN (4 s: time for
+/// the test to take its lock between two runs); failures wait 1 h.
+fn marker_task(marker: &Path, success_cooldown: &str) -> String {
     format!(
         r#"
 [defaults]
-success_cooldown = "4s"
+success_cooldown = "{success_cooldown}"
 fail_cooldown = "1h"
 stop_grace = "0s"
 kill_grace = "200ms"
 
 [tasks.t]
-command = "echo ran >> '{}'"
+command = "echo ran >> '{marker}'"
 "#,
-        marker.display()
+        marker = marker.display()
     )
 }
 
@@ -339,18 +262,32 @@ fn lines(p: &Path) -> usize {
     text(p).lines().count()
 }
 
-/// The start record of run 2 waits for a lock until its statement's timeout (lease / 5): the
-/// start is refused. That is no run of the task: no `spawn-error` run, no failure, no alert;
-/// once the database takes records again, the task runs (as run 3: the refused start's id
-/// is spent, as any id once named in the saved state, and shown nowhere).
-#[test]
-fn a_start_the_database_does_not_commit_is_no_run_and_sends_no_alert() {
-    let pg = Pg::shared();
-    let (db, url) = pg.fresh_database("loopread_refused");
+/// Host h1 on a fresh database DB_NAME (lease LEASE) running [`marker_task`] as chain `t`, its
+/// mails to a new peer; spawned, and run 1 is in the store.
+struct MarkerHost {
+    r1: Runner,
+    e1: PathBuf,
+    h1: TestEnv,
+    marker: PathBuf,
+    peer: Peer,
+    /// The temp dir of the peer's log and the marker: kept until the test ends.
+    _env: TestEnv,
+    db: String,
+}
+
+fn marker_host(pg: &Pg, db_name: &str, lease: &str, success_cooldown: &str) -> MarkerHost {
+    let (db, url) = pg.fresh_database(db_name);
     let env = TestEnv::new("");
-    let peer = Peer::start(&env);
+    let peer = peer(&env);
     let marker = env.path("ran");
-    let h1 = host(pg, "h1", &url, "15s", &peer, &marker_task(&marker));
+    let h1 = host(
+        pg,
+        "h1",
+        &url,
+        lease,
+        &peer,
+        &marker_task(&marker, success_cooldown),
+    );
     let mut r1 = h1.spawn(&["t"]);
     let e1 = r1.stderr.clone();
     r1.wait_for("run 1 is in the store", || {
@@ -360,15 +297,74 @@ fn a_start_the_database_does_not_commit_is_no_run_and_sends_no_alert() {
             "SELECT count(*) FROM run_chain.runs WHERE outcome = 'ok'",
         ) == 1
     });
-    let mut lock = RunsLock::take(pg, &db);
+    MarkerHost {
+        r1,
+        e1,
+        h1,
+        marker,
+        peer,
+        _env: env,
+        db,
+    }
+}
+
+/// Takes the lock on run_chain.runs between run 1 and run 2 (the marker shows one run) and
+/// waits until run 2's start record waits for it.
+fn lock_before_run_2(pg: &Pg, db: &str, r1: &mut Runner, marker: &Path) -> RunsLock {
+    let lock = RunsLock::take(pg, db);
     assert_eq!(
-        lines(&marker),
+        lines(marker),
         1,
         "the lock came after run 2's start (a loaded machine?); cannot test"
     );
     r1.wait_for("run 2's start record waits for the lock", || {
-        a_write_waits_for_the_lock(pg, &db)
+        a_write_waits_for_the_lock(pg, db)
     });
+    lock
+}
+
+/// Sends `sig` (named `name`) to `r1` while its start waits for its record's commit behind
+/// `lock`, polls its log up to 3 s for `needle`, then releases the lock (the database answers
+/// again) and asserts the signal was handled while the start waited. Returns when it was sent
+/// and how long after that the poll ended.
+fn signal_while_the_start_waits(
+    r1: &Runner,
+    e1: &Path,
+    mut lock: RunsLock,
+    sig: i32,
+    name: &str,
+    needle: &str,
+) -> (Instant, Duration) {
+    let sent = Instant::now();
+    send_signal(r1.pid, sig);
+    let handled = poll_until(Duration::from_secs(3), || text(e1).contains(needle));
+    let after = sent.elapsed();
+    lock.release();
+    assert!(
+        handled,
+        "{name} not handled within 3 s while the start waited for its commit ({after:?}); h1's log:\n{}",
+        text(e1)
+    );
+    (sent, after)
+}
+
+/// The start record of run 2 waits for a lock until its statement's timeout (lease / 5): the
+/// start is refused. That is no run of the task: no `spawn-error` run, no failure, no alert;
+/// once the database takes records again, the task runs (as run 3: the refused start's id
+/// is spent, as any id once named in the saved state, and shown nowhere).
+#[test]
+fn a_start_the_database_does_not_commit_is_no_run_and_sends_no_alert() {
+    let pg = Pg::shared();
+    let MarkerHost {
+        db,
+        marker,
+        h1,
+        mut r1,
+        e1,
+        peer,
+        _env,
+    } = marker_host(pg, "loopread_refused", "15s", "4s");
+    let mut lock = lock_before_run_2(pg, &db, &mut r1, &marker);
     r1.wait_for("the start of run 2 is refused", || {
         text(&e1).contains("not started:")
     });
@@ -418,41 +414,24 @@ fn a_start_the_database_does_not_commit_is_no_run_and_sends_no_alert() {
 #[test]
 fn a_sigterm_while_the_start_waits_for_its_commit_is_handled_at_once() {
     let pg = Pg::shared();
-    let (db, url) = pg.fresh_database("loopread_term");
-    let env = TestEnv::new("");
-    let peer = Peer::start(&env);
-    let marker = env.path("ran");
-    let h1 = host(pg, "h1", &url, "30s", &peer, &marker_task(&marker));
-    let mut r1 = h1.spawn(&["t"]);
-    let e1 = r1.stderr.clone();
-    r1.wait_for("run 1 is in the store", || {
-        n(
-            pg,
-            &db,
-            "SELECT count(*) FROM run_chain.runs WHERE outcome = 'ok'",
-        ) == 1
-    });
-    let mut lock = RunsLock::take(pg, &db);
-    assert_eq!(
-        lines(&marker),
-        1,
-        "the lock came after run 2's start (a loaded machine?); cannot test"
-    );
-    r1.wait_for("run 2's start record waits for the lock", || {
-        a_write_waits_for_the_lock(pg, &db)
-    });
-    let sent = Instant::now();
-    send_signal(r1.pid, libc::SIGTERM);
-    let handled = poll_until(Duration::from_secs(3), || {
-        text(&e1).contains("SIGTERM: stopping")
-    });
-    let after = sent.elapsed();
-    // The database answers again: the process can release its lease and exit.
-    lock.release();
-    assert!(
-        handled,
-        "SIGTERM not handled within 3 s while the start waited for its commit ({after:?}); h1's log:\n{}",
-        text(&e1)
+    let MarkerHost {
+        db,
+        marker,
+        h1,
+        mut r1,
+        e1,
+        peer,
+        _env,
+    } = marker_host(pg, "loopread_term", "30s", "4s");
+    let lock = lock_before_run_2(pg, &db, &mut r1, &marker);
+    // Released once handled: the process can release its lease and exit.
+    let (sent, after) = signal_while_the_start_waits(
+        &r1,
+        &e1,
+        lock,
+        libc::SIGTERM,
+        "SIGTERM",
+        "SIGTERM: stopping",
     );
     r1.assert_exit(0);
     println!(
@@ -488,23 +467,16 @@ fn a_sigterm_while_the_start_waits_for_its_commit_is_handled_at_once() {
 #[test]
 fn a_start_fenced_because_the_lease_was_taken_is_no_run_and_the_owner_goes_standby() {
     let pg = Pg::shared();
-    let (db, url) = pg.fresh_database("loopread_fenced");
-    let env = TestEnv::new("");
-    let peer = Peer::start(&env);
-    let marker = env.path("ran");
-    let rest =
-        marker_task(&marker).replace("success_cooldown = \"4s\"", "success_cooldown = \"1h\"");
     // lease 30 s: renews every 6 s, so the kick's start comes before the next one.
-    let h1 = host(pg, "h1", &url, "30s", &peer, &rest);
-    let mut r1 = h1.spawn(&["t"]);
-    let e1 = r1.stderr.clone();
-    r1.wait_for("run 1 is in the store", || {
-        n(
-            pg,
-            &db,
-            "SELECT count(*) FROM run_chain.runs WHERE outcome = 'ok'",
-        ) == 1
-    });
+    let MarkerHost {
+        db,
+        marker,
+        h1,
+        mut r1,
+        e1,
+        peer,
+        _env,
+    } = marker_host(pg, "loopread_fenced", "30s", "1h");
     pg.psql(
         &db,
         "UPDATE run_chain.leases SET holder = 'thief', host = 'thief', epoch = epoch + 1,
@@ -567,41 +539,17 @@ fn a_start_fenced_because_the_lease_was_taken_is_no_run_and_the_owner_goes_stand
 #[test]
 fn a_sighup_while_the_start_waits_for_its_commit_is_handled_at_once_and_the_run_starts() {
     let pg = Pg::shared();
-    let (db, url) = pg.fresh_database("loopread_hup");
-    let env = TestEnv::new("");
-    let peer = Peer::start(&env);
-    let marker = env.path("ran");
-    let h1 = host(pg, "h1", &url, "30s", &peer, &marker_task(&marker));
-    let mut r1 = h1.spawn(&["t"]);
-    let e1 = r1.stderr.clone();
-    r1.wait_for("run 1 is in the store", || {
-        n(
-            pg,
-            &db,
-            "SELECT count(*) FROM run_chain.runs WHERE outcome = 'ok'",
-        ) == 1
-    });
-    let mut lock = RunsLock::take(pg, &db);
-    assert_eq!(
-        lines(&marker),
-        1,
-        "the lock came after run 2's start (a loaded machine?); cannot test"
-    );
-    r1.wait_for("run 2's start record waits for the lock", || {
-        a_write_waits_for_the_lock(pg, &db)
-    });
-    let sent = Instant::now();
-    send_signal(r1.pid, libc::SIGHUP);
-    let handled = poll_until(Duration::from_secs(3), || {
-        text(&e1).contains("SIGHUP: reloaded")
-    });
-    let after = sent.elapsed();
-    lock.release();
-    assert!(
-        handled,
-        "SIGHUP not handled within 3 s while the start waited for its commit ({after:?}); h1's log:\n{}",
-        text(&e1)
-    );
+    let MarkerHost {
+        db,
+        marker,
+        h1,
+        mut r1,
+        e1,
+        peer: _peer,
+        _env,
+    } = marker_host(pg, "loopread_hup", "30s", "4s");
+    let lock = lock_before_run_2(pg, &db, &mut r1, &marker);
+    signal_while_the_start_waits(&r1, &e1, lock, libc::SIGHUP, "SIGHUP", "SIGHUP: reloaded");
     r1.wait_for("run 2 ran", || {
         n(
             pg,

@@ -11,81 +11,21 @@
 mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/mail.rs"]
+mod mail;
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{send_signal, wait_until_for, TestEnv, DEADLINE};
+use common::{send_signal, wait_until_for, TestEnv};
 use fleet::{sql_int as n, text};
+use mail::Peer;
 use serde_json::Value;
 use support::pg::Pg;
 
-const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_peer.py");
 const LONG: Duration = Duration::from_secs(60);
-
-/// A `tests/smtp_peer.py` server (as in tests/alerts.rs). Dropping it SIGKILLs and reaps it.
-struct Peer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Peer {
-    fn start(env: &TestEnv, port: u16) -> Peer {
-        let log = env.path("smtp.log");
-        let stderr = env.path("smtp.stderr");
-        let mut cmd = env.command_for("python3");
-        cmd.arg(PEER_SCRIPT)
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--log")
-            .arg(&log)
-            .arg("--maildir")
-            .arg(env.path("smtp.mails"))
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&stderr).expect("peer stderr"));
-        let mut child = cmd.spawn().expect("spawn python3 tests/smtp_peer.py");
-        let stdout = child.stdout.take().expect("peer stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(DEADLINE).unwrap_or_default();
-        assert_eq!(
-            line.trim().parse::<u16>().ok(),
-            Some(port),
-            "smtp_peer.py did not listen on {port} (got {line:?}); stderr:\n{}",
-            fs::read_to_string(&stderr).unwrap_or_default()
-        );
-        Peer { child, log }
-    }
-
-    /// The accepted mails so far.
-    fn messages(&self) -> Vec<Value> {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let complete = match text.rfind('\n') {
-            Some(i) => &text[..=i],
-            None => "",
-        };
-        complete
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["event"] == "message")
-            .collect()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
 
 /// A port on 127.0.0.1 where nothing listens (connections are refused) until `release`: bound,
 /// never listening, so no other test's server takes it meanwhile (as in tests/alerts.rs).
@@ -136,31 +76,16 @@ fn host(pg: &Pg, name: &str, url: &str, port: u16) -> TestEnv {
     host_with(pg, name, url, port, "")
 }
 
-/// [`host`] with more `[defaults]` keys (tests/support/fleet.rs's `host_env`).
+/// [`host`] with more `[defaults]` keys (tests/support/mail.rs's `broken_host`).
 fn host_with(pg: &Pg, name: &str, url: &str, port: u16, defaults: &str) -> TestEnv {
-    fleet::host_env(
+    mail::broken_host(
         pg,
         name,
         url,
-        "2s",
-        &format!(
-            r#"
-[email]
-to = ["admin@example.com"]
-from = "run-chain@example.com"
-smtp = "smtp://127.0.0.1:{port}"
-
-[defaults]
-success_cooldown = "1h"
-fail_cooldown = "1h"
-stop_grace = "0s"
-kill_grace = "200ms"
-{defaults}
-
-[tasks.broken]
-command = "printf 'context-%s\\n' marker; echo 'error: the disk is full' >&2; exit 3"
-"#
-        ),
+        port,
+        "1h",
+        defaults,
+        r"printf 'context-%s\\n' marker; echo 'error: the disk is full' >&2; exit 3",
     )
 }
 
@@ -191,14 +116,7 @@ fn an_alert_decided_before_a_kill_9_is_delivered_once_by_the_new_owner() {
     let port = reserved.port;
     let h1 = host(pg, "h1", &url, port);
     let h2 = host(pg, "h2", &url, port);
-    let mut r1 = h1.spawn(&["broken"]);
-    let e1 = r1.stderr.clone();
-    wait_until_for(LONG, "h1 owns the lease", || {
-        text(&e1).contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["broken"]);
-    let e2 = r2.stderr.clone();
-    wait_until_for(LONG, "h2 is a standby", || text(&e2).contains("standby"));
+    let (mut r1, e1, mut r2, e2) = fleet::spawn_owner_then_standby(&h1, &h2, &["broken"], LONG);
     // The first failure's alert is committed in the fleet's outbox with the run's end, and
     // h1's mailer tried it once (the server is down: it stays there).
     wait_until_for(
@@ -239,7 +157,7 @@ fn an_alert_decided_before_a_kill_9_is_delivered_once_by_the_new_owner() {
 
     send_signal(r1.pid, libc::SIGKILL);
     r1.wait_exit();
-    let peer = Peer::start(&h2, reserved.release());
+    let peer = Peer::with_maildir(&h2, reserved.release());
     wait_until_for(LONG, "h2 owns the lease", || {
         text(&e2).contains("fleet: owner (epoch ")
     });
@@ -289,18 +207,11 @@ fn a_new_owners_downtime_alert_quotes_the_failed_run_from_the_fleet_store() {
         let mut r = ReservedPort::new();
         r.release()
     };
-    let peer = Peer::start(&env, peer_port);
+    let peer = Peer::with_maildir(&env, peer_port);
     let defaults = r#"non_recoverable_downtime = "12s""#;
     let h1 = host_with(pg, "h1", &url, peer_port, defaults);
     let h2 = host_with(pg, "h2", &url, peer_port, defaults);
-    let mut r1 = h1.spawn(&["broken"]);
-    let e1 = r1.stderr.clone();
-    wait_until_for(LONG, "h1 owns the lease", || {
-        text(&e1).contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["broken"]);
-    let e2 = r2.stderr.clone();
-    wait_until_for(LONG, "h2 is a standby", || text(&e2).contains("standby"));
+    let (mut r1, _e1, mut r2, e2) = fleet::spawn_owner_then_standby(&h1, &h2, &["broken"], LONG);
     wait_until_for(LONG, "h1's first-failure alert arrived", || {
         !peer.messages().is_empty()
     });
@@ -313,12 +224,7 @@ fn a_new_owners_downtime_alert_quotes_the_failed_run_from_the_fleet_store() {
     wait_until_for(LONG, "the downtime alert arrived", || {
         peer.messages().iter().any(|m| m["alert"] == "downtime")
     });
-    let msgs = peer.messages();
-    let down = msgs
-        .iter()
-        .find(|m| m["alert"] == "downtime")
-        .expect("downtime mail");
-    let body = down["body"].as_str().unwrap_or_default();
+    let body = peer.body_of("downtime");
     eprintln!("the downtime mail's body:\n{body}");
     // Its output (not only the last line, which the resume state carries) comes from the
     // fleet's store.

@@ -10,115 +10,25 @@
 //! - A fleet alert names the host by `[store] host`, not the machine's hostname.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+#[path = "support/mail.rs"]
+mod mail;
 mod support;
 
-use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{send_signal, wait_until_for, TestEnv, DEADLINE};
-use serde_json::Value;
+use common::{send_signal, wait_until_for, TestEnv};
+use fleet::text;
+use mail::Peer;
 use support::pg::{free_port, Pg};
 
-const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_peer.py");
 const LONG: Duration = Duration::from_secs(60);
 
-/// A `tests/smtp_peer.py` server (as in tests/fleet_outbox.rs). Dropping it SIGKILLs and
-/// reaps it.
-struct Peer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Peer {
-    fn start(env: &TestEnv, port: u16, extra: &[&str]) -> Peer {
-        let log = env.path("smtp.log");
-        let stderr = env.path("smtp.stderr");
-        let mut cmd = env.command_for("python3");
-        cmd.arg(PEER_SCRIPT)
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--log")
-            .arg(&log)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&stderr).expect("peer stderr"));
-        let mut child = cmd.spawn().expect("spawn python3 tests/smtp_peer.py");
-        let stdout = child.stdout.take().expect("peer stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(DEADLINE).unwrap_or_default();
-        assert_eq!(
-            line.trim().parse::<u16>().ok(),
-            Some(port),
-            "smtp_peer.py did not listen on {port} (got {line:?}); stderr:\n{}",
-            fs::read_to_string(&stderr).unwrap_or_default()
-        );
-        Peer { child, log }
-    }
-
-    /// The events of kind `event` logged so far (complete lines only).
-    fn events(&self, event: &str) -> Vec<Value> {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let complete = match text.rfind('\n') {
-            Some(i) => &text[..=i],
-            None => "",
-        };
-        complete
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["event"] == event)
-            .collect()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
 /// One "host" named `name`: its own RUN_ROOT, the shared database, an SMTP server on `port`,
-/// task `broken` running `command`.
+/// task `broken` running `command` (tests/support/mail.rs's `broken_host`).
 fn host(pg: &Pg, name: &str, url: &str, port: u16, fail_cooldown: &str, command: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "2s"
-host = "{name}"
-
-[email]
-to = ["admin@example.com"]
-from = "run-chain@example.com"
-smtp = "smtp://127.0.0.1:{port}"
-
-[defaults]
-success_cooldown = "1h"
-fail_cooldown = "{fail_cooldown}"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-[tasks.broken]
-command = "{command}"
-"#,
-        pw = pw.display(),
-    ));
-    env
-}
-
-fn text(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_default()
+    mail::broken_host(pg, name, url, port, fail_cooldown, "", command)
 }
 
 /// A number from `sql`; None while it cannot be read (no schema or table yet, a NULL).
@@ -157,14 +67,7 @@ fn a_new_owner_waits_for_the_stored_back_off_then_delivers_once() {
             "451 4.3.0 try again later",
         ],
     );
-    let mut r1 = h1.spawn(&["broken"]);
-    let e1 = r1.stderr.clone();
-    wait_until_for(LONG, "h1 owns the lease", || {
-        text(&e1).contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["broken"]);
-    let e2 = r2.stderr.clone();
-    wait_until_for(LONG, "h2 is a standby", || text(&e2).contains("standby"));
+    let (mut r1, _e1, mut r2, e2) = fleet::spawn_owner_then_standby(&h1, &h2, &["broken"], LONG);
     // h1's mailer tries twice (refused: 5 s back-off after the first), and the second
     // refusal is kept in the row: two tries, no claim, the next try 10 s on.
     wait_until_for(LONG, "two refusals, recorded in the row", || {

@@ -7,6 +7,8 @@
 //! them (little-endian u32 pairs).
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::io::{Read, Write};
@@ -20,18 +22,16 @@ use support::pg::Pg;
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// Host h1 (tests/support/fleet.rs's `host_env`) running `task` as chain `t` without cooldowns.
 fn host(pg: &Pg, url: &str, task: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
     // A long lease: its renews (every lease/5) are a small part of the round trips.
-    env.write_config(&format!(
-        r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "20s"
-host = "h1"
-
+    fleet::host_env(
+        pg,
+        "h1",
+        url,
+        "20s",
+        &format!(
+            r#"
 [defaults]
 success_cooldown = "0s"
 fail_cooldown = "0s"
@@ -41,10 +41,9 @@ keep_runs_max = 1000
 
 [tasks.t]
 command = "{task}"
-"#,
-        pw = pw.display(),
-    ));
-    env
+"#
+        ),
+    )
 }
 
 /// A TCP relay to `to` that counts the client's flights: bytes from the client after
@@ -236,16 +235,12 @@ fn status_reads_the_fleet_in_one_flight_and_still_sorts_out_an_empty_or_foreign_
 fn a_start_over_a_run_recorded_as_ended_is_refused_and_that_run_does_not_start() {
     let pg = Pg::shared();
     let (db, url) = pg.fresh_database("perf_ended");
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
+    let env = fleet::host_env(
+        pg,
+        "h1",
+        &url,
+        "20s",
         r#"
-[store]
-url = "{url}"
-password_file = "{pw}"
-lease = "20s"
-host = "h1"
-
 [defaults]
 success_cooldown = "4s"
 fail_cooldown = "4s"
@@ -255,8 +250,7 @@ kill_grace = "200ms"
 [tasks.t]
 command = "echo $RUN_CHAIN_RUN_ID >> runs"
 "#,
-        pw = pw.display(),
-    ));
+    );
     let mut r = env.spawn(&["t"]);
     wait_until_for(LONG, "run 1", || env.lines("runs") == ["1"]);
     // Run 2 recorded as ended before the chain starts it.

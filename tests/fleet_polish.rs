@@ -12,14 +12,22 @@
 
 mod common;
 mod console_support;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
-use common::TestEnv;
+use common::{Runner, TestEnv};
 use support::pg::Pg;
 
-/// A "host": a TestEnv whose config names the database (`url`), the host, the password
-/// file's content (`password`: None for none at all) and `extra` TOML (tasks, defaults).
-fn host(name: &str, url: &str, password: Option<&str>, extra: &str) -> TestEnv {
+/// A "host" on `pg` with runchain's password (tests/support/fleet.rs's `host_env`, lease 2 s)
+/// and `extra` TOML (tasks, defaults).
+fn host(pg: &Pg, name: &str, url: &str, extra: &str) -> TestEnv {
+    fleet::host_env(pg, name, url, "2s", extra)
+}
+
+/// A "host" whose password file holds `password` (None: no password file at all), lease 2 s,
+/// and `extra` TOML (tasks, defaults).
+fn host_pw(name: &str, url: &str, password: Option<&str>, extra: &str) -> TestEnv {
     let env = TestEnv::new("");
     let pw = match password {
         Some(p) => format!(
@@ -54,6 +62,23 @@ kill_grace = "200ms"
 command = "echo work"
 "#;
 
+/// The tasks of the cases with an owner and a standby: `work`, cooling down for an hour.
+const LONG_WORK: &str =
+    "[defaults]\nsuccess_cooldown = \"1h\"\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n";
+
+/// Spawns `work` on h1 until it owns the chain, then on h2 until it waits as its standby.
+fn owner_and_standby(h1: &TestEnv, h2: &TestEnv) -> (Runner, Runner) {
+    let mut r1 = h1.spawn(&["work"]);
+    fleet::wait_stderr(&mut r1, "h1 owns work", "fleet: owner (epoch ");
+    let mut r2 = h2.spawn(&["work"]);
+    fleet::wait_stderr(
+        &mut r2,
+        "h2 waits as standby",
+        "fleet: standby: the chain runs on host h1",
+    );
+    (r1, r2)
+}
+
 /// Case 1: `kick`, `stop` and `run-now` on a host that runs no instance of the chain, with a
 /// password the database refuses: 78 (a config error, as a launch or `status` gives), not
 /// 75 ("try again later").
@@ -61,7 +86,7 @@ command = "echo work"
 fn kick_stop_run_now_with_a_wrong_password_exit_78() {
     let pg = Pg::shared();
     let (_db, url) = pg.fresh_database("polish_wrong_pw");
-    let h = host("h1", &url, Some("not-the-password"), WORK);
+    let h = host_pw("h1", &url, Some("not-the-password"), WORK);
     for args in [
         &["kick", "work"][..],
         &["stop", "work"][..],
@@ -91,7 +116,7 @@ fn status_with_a_password_in_the_url_exits_78() {
     let pg = Pg::shared();
     let (db, _url) = pg.fresh_database("polish_url_pw");
     let url = pg.url("runchain:hunter2", "127.0.0.1", &db);
-    let h = host("h1", &url, None, WORK);
+    let h = host_pw("h1", &url, None, WORK);
     let out = h.sub(&["status"]);
     assert_eq!(
         out.code(),
@@ -172,7 +197,7 @@ fn check_warns_once_for_the_tasks_on_the_default_kill_grace() {
 fn once_with_the_database_unreachable_says_it_gives_up() {
     let port = support::pg::free_port();
     let url = format!("postgresql://runchain@127.0.0.1:{port}/nowhere");
-    let h = host("h1", &url, Some("pw"), WORK);
+    let h = host_pw("h1", &url, Some("pw"), WORK);
     for flag in ["--once", "--no-kill-concurrent"] {
         let out = h.run(&[flag, "work"]);
         assert_eq!(out.code(), Some(75), "{flag}: {}", out.stderr);
@@ -203,7 +228,7 @@ fn once_with_the_database_unreachable_says_it_gives_up() {
 fn no_runs_db_appears_in_a_fleet_hosts_run_root() {
     let pg = Pg::shared();
     let (_db, url) = pg.fresh_database("polish_no_sqlite");
-    let h = host("h1", &url, Some(pg.password()), WORK);
+    let h = host(pg, "h1", &url, WORK);
     let runs_db = h.run_root.join("runs.db");
     let check = |what: &str| {
         assert!(
@@ -261,9 +286,9 @@ fn no_runs_db_appears_in_a_fleet_hosts_run_root() {
     // An owner SIGKILLed in a run: its guardian ends the run's group; the run is closed by
     // the fleet's next owner, not written to SQLite here.
     let slow = host(
+        pg,
         "h1",
         &url,
-        Some(pg.password()),
         "[defaults]\nkill_grace = \"200ms\"\n[tasks.slow]\ncommand = \"echo started; exec sleep 30\"\n",
     );
     let slow_db = slow.run_root.join("runs.db");
@@ -293,24 +318,10 @@ fn no_runs_db_appears_in_a_fleet_hosts_run_root() {
 fn the_console_shows_a_chain_running_on_another_host_and_the_fleet_host_name() {
     let pg = Pg::shared();
     let (_db, url) = pg.fresh_database("polish_console");
-    let long = "[defaults]\nsuccess_cooldown = \"1h\"\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n";
-    let h1 = host("h1", &url, Some(pg.password()), long);
-    let h2 = host("h2", &url, Some(pg.password()), long);
-    let h3 = host("h3", &url, Some(pg.password()), long);
-    let mut r1 = h1.spawn(&["work"]);
-    let e1 = r1.stderr.clone();
-    r1.wait_for("h1 owns work", || {
-        std::fs::read_to_string(&e1)
-            .unwrap_or_default()
-            .contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["work"]);
-    let e2 = r2.stderr.clone();
-    r2.wait_for("h2 waits as standby", || {
-        std::fs::read_to_string(&e2)
-            .unwrap_or_default()
-            .contains("fleet: standby: the chain runs on host h1")
-    });
+    let h1 = host(pg, "h1", &url, LONG_WORK);
+    let h2 = host(pg, "h2", &url, LONG_WORK);
+    let h3 = host(pg, "h3", &url, LONG_WORK);
+    let (_r1, _r2) = owner_and_standby(&h1, &h2);
     for (env, name) in [(&h2, "h2"), (&h3, "h3")] {
         let (_serve, addr) = console_support::start_serve(env, "127.0.0.1", &[]);
         for path in ["/", "/chain/work"] {
@@ -348,7 +359,7 @@ fn messages_name_the_file_and_what_to_fix() {
     let (_db, url) = pg.fresh_database("polish_messages");
     let file = |env: &TestEnv| env.config.display().to_string();
 
-    let wrong = host("h1", &url, Some("not-the-password"), WORK);
+    let wrong = host_pw("h1", &url, Some("not-the-password"), WORK);
     let out = wrong.run(&["work"]);
     assert_eq!(out.code(), Some(78), "{}", out.stderr);
     let pw = wrong.path("pw").display().to_string();
@@ -360,7 +371,7 @@ fn messages_name_the_file_and_what_to_fix() {
         out.stderr
     );
 
-    let none = host("h1", &url, None, WORK);
+    let none = host_pw("h1", &url, None, WORK);
     let out = none.run(&["work"]);
     assert_eq!(out.code(), Some(78), "{}", out.stderr);
     assert!(
@@ -372,12 +383,7 @@ fn messages_name_the_file_and_what_to_fix() {
         out.stderr
     );
 
-    let tls = host(
-        "h1",
-        &url,
-        Some(pg.password()),
-        &format!("tls = \"required\"\n{WORK}"),
-    );
+    let tls = host(pg, "h1", &url, &format!("tls = \"required\"\n{WORK}"));
     for args in [&["work"][..], &["check"][..]] {
         let out = if args == ["check"] {
             tls.sub(args)
@@ -393,7 +399,7 @@ fn messages_name_the_file_and_what_to_fix() {
     }
 
     let port = support::pg::free_port();
-    let away = host(
+    let away = host_pw(
         "h1",
         &format!("postgresql://runchain@127.0.0.1:{port}/nowhere"),
         Some("pw"),
@@ -416,9 +422,9 @@ fn messages_name_the_file_and_what_to_fix() {
         TestEnv::new("[defaults]\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n");
     single.run(&["--once", "work"]).assert_code(0);
     let owner = host(
+        pg,
         "h1",
         &url,
-        Some(pg.password()),
         "[defaults]\nsuccess_cooldown = \"1h\"\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n",
     );
     let mut r = owner.spawn(&["work"]);
@@ -456,9 +462,9 @@ fn status_of_a_former_owner_shows_the_fleets_figures() {
             ran.display()
         )
     };
-    let h1 = host("h1", &url, Some(pg.password()), &cfg("300ms", "h1"));
+    let h1 = host(pg, "h1", &url, &cfg("300ms", "h1"));
     // h2 runs once after its takeover, then cools down for an hour: its figures stay put.
-    let h2 = host("h2", &url, Some(pg.password()), &cfg("1h", "h2"));
+    let h2 = host(pg, "h2", &url, &cfg("1h", "h2"));
     let mut r1 = h1.spawn(&["work"]);
     let e1 = r1.stderr.clone();
     r1.wait_for("h1 owns work and ran it twice", || {
@@ -528,23 +534,9 @@ fn status_of_a_former_owner_shows_the_fleets_figures() {
 fn stop_on_a_standbys_host_names_the_standbys_pid() {
     let pg = Pg::shared();
     let (_db, url) = pg.fresh_database("polish_stop_standby");
-    let long = "[defaults]\nsuccess_cooldown = \"1h\"\nkill_grace = \"200ms\"\n[tasks.work]\ncommand = \"echo work\"\n";
-    let h1 = host("h1", &url, Some(pg.password()), long);
-    let h2 = host("h2", &url, Some(pg.password()), long);
-    let mut r1 = h1.spawn(&["work"]);
-    let e1 = r1.stderr.clone();
-    r1.wait_for("h1 owns work", || {
-        std::fs::read_to_string(&e1)
-            .unwrap_or_default()
-            .contains("fleet: owner (epoch ")
-    });
-    let mut r2 = h2.spawn(&["work"]);
-    let e2 = r2.stderr.clone();
-    r2.wait_for("h2 waits as standby", || {
-        std::fs::read_to_string(&e2)
-            .unwrap_or_default()
-            .contains("fleet: standby: the chain runs on host h1")
-    });
+    let h1 = host(pg, "h1", &url, LONG_WORK);
+    let h2 = host(pg, "h2", &url, LONG_WORK);
+    let (_r1, mut r2) = owner_and_standby(&h1, &h2);
     let out = h2.sub(&["stop", "work"]);
     assert_eq!(out.code(), Some(75), "{}", out.stderr);
     assert!(

@@ -9,34 +9,17 @@
 //! tables and their rows are kept, only the version is set back to 4.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
 
 use common::TestEnv;
+use fleet::IMPORT_TASKS;
 use support::pg::Pg;
 
-const TASKS: &str = r#"
-[defaults]
-success_cooldown = "50ms"
-fail_cooldown = "50ms"
-stop_grace = "0s"
-kill_grace = "200ms"
-
-[tasks.a]
-command = "echo a-out"
-
-[tasks.b]
-command = "echo b-out; exit 3"
-"#;
-
-/// A fleet host `name` on database `url`.
+/// A fleet host `name` on database `url` (tests/support/fleet.rs's `host_env`), lease 3 s.
 fn fleet(pg: &Pg, name: &str, url: &str) -> TestEnv {
-    let env = TestEnv::new("");
-    let pw = pg.write_runchain_password(&env.path("pw"));
-    env.write_config(&format!(
-        "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\nlease = \"3s\"\nhost = \"{name}\"\n{TASKS}",
-        pw.display()
-    ));
-    env
+    fleet::host_env(pg, name, url, "3s", IMPORT_TASKS)
 }
 
 fn q(pg: &Pg, db: &str, sql: &str) -> String {
@@ -45,7 +28,7 @@ fn q(pg: &Pg, db: &str, sql: &str) -> String {
 
 /// A host's SQLite store with 6 runs of chain a_b (3 of a, 3 of b): its path.
 fn source() -> (TestEnv, String) {
-    let src = TestEnv::new(TASKS);
+    let src = TestEnv::new(IMPORT_TASKS);
     for _ in 0..3 {
         src.run(&["--once", "a", "b"]).assert_code(1);
     }
@@ -66,6 +49,19 @@ fn import_tables(pg: &Pg, db: &str) -> String {
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'run_chain' AND c.relname IN ('imports', 'import_series') AND c.relkind = 'r'",
     )
+}
+
+/// `store import P` again on `h1`: exit 0, every run skipped (imported before), nothing added.
+fn import_again_skips_all(h1: &TestEnv, p: &str) {
+    let again = h1.run(&["store", "import", p]);
+    again.assert_code(0);
+    assert!(
+        again
+            .stdout
+            .contains("0 runs imported, 6 skipped (imported before), 0 renumbered; aggregates of 0 series added"),
+        "{}",
+        again.stdout
+    );
 }
 
 #[test]
@@ -111,15 +107,7 @@ fn a_version_4_database_is_migrated_at_the_first_launch_and_import_works_on_it()
         q(pg, &db, "SELECT count(*) FROM run_chain.import_series"),
         "2"
     );
-    let again = h1.run(&["store", "import", &p]);
-    again.assert_code(0);
-    assert!(
-        again
-            .stdout
-            .contains("0 runs imported, 6 skipped (imported before), 0 renumbered; aggregates of 0 series added"),
-        "{}",
-        again.stdout
-    );
+    import_again_skips_all(&h1, &p);
     assert_eq!(
         q(
             pg,
@@ -145,15 +133,7 @@ fn a_version_4_database_whose_import_made_the_tables_is_migrated_keeping_them() 
     // As run-chain 4's import left it: its tables (with their rows) at version 4.
     pg.psql(&db, "UPDATE run_chain.meta SET version = 4");
     // The import migrates it (the tables are kept as they are) and skips what it imported.
-    let again = h1.run(&["store", "import", &p]);
-    again.assert_code(0);
-    assert!(
-        again
-            .stdout
-            .contains("0 runs imported, 6 skipped (imported before), 0 renumbered; aggregates of 0 series added"),
-        "{}",
-        again.stdout
-    );
+    import_again_skips_all(&h1, &p);
     assert_eq!(version(pg, &db), "5");
     assert_eq!(q(pg, &db, "SELECT count(*) FROM run_chain.imports"), "6");
     assert_eq!(q(pg, &db, "SELECT count(*) FROM run_chain.runs"), "6");

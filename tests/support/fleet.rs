@@ -86,6 +86,25 @@ pub fn wait_stderr(r: &mut Runner, what: &str, needle: &str) {
     r.wait_for(what, || text(&e).contains(needle));
 }
 
+/// Spawns `args` on host `h1` until it owns the lease, then on `h2` until it is a standby
+/// (each wait `timeout`, on the hosts' logs); returns both runners and their logs' paths.
+pub fn spawn_owner_then_standby(
+    h1: &TestEnv,
+    h2: &TestEnv,
+    args: &[&str],
+    timeout: Duration,
+) -> (Runner, PathBuf, Runner, PathBuf) {
+    let r1 = h1.spawn(args);
+    let e1 = r1.stderr.clone();
+    common::wait_until_for(timeout, "h1 owns the lease", || {
+        text(&e1).contains("fleet: owner (epoch ")
+    });
+    let r2 = h2.spawn(args);
+    let e2 = r2.stderr.clone();
+    common::wait_until_for(timeout, "h2 is a standby", || text(&e2).contains("standby"));
+    (r1, e1, r2, e2)
+}
+
 /// A ledger path `NAME` in a temp dir of its own (kept while the `TempDir` lives), for tests
 /// whose hosts are separate [`TestEnv`]s sharing one ledger.
 pub fn ledger_file(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -209,6 +228,22 @@ pub fn store_lines(url: &str, pw: &Path, extra: &str) -> String {
         pw.display()
     )
 }
+
+/// The tasks of the `store import` tests (fleet_import.rs, fleet_schema5.rs): `a` (echo, exit
+/// 0) and `b` (echo, exit 3), 50 ms cooldowns; chain `a b` makes a history to import.
+pub const IMPORT_TASKS: &str = r#"
+[defaults]
+success_cooldown = "50ms"
+fail_cooldown = "50ms"
+stop_grace = "0s"
+kill_grace = "200ms"
+
+[tasks.a]
+command = "echo a-out"
+
+[tasks.b]
+command = "echo b-out; exit 3"
+"#;
 
 /// One "host": a fresh [`TestEnv`] (its own RUN_ROOT) with [`write_host_config`]'s config.
 pub fn host_env(pg: &Pg, name: &str, url: &str, lease: &str, rest: &str) -> TestEnv {

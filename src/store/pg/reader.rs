@@ -106,20 +106,8 @@ pub(crate) fn fleet(conn: &Conn, lease: Duration) -> Result<FleetRows, DbError> 
     for r in rows {
         let chain: String = r.try_get(0)?;
         out.now_ms = u(r.try_get(7)?);
-        out.chains.insert(
-            chain.clone(),
-            LeaseRow {
-                chain,
-                host: r.try_get(1)?,
-                epoch: r.try_get(2)?,
-                expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
-                held: r.try_get(4)?,
-                failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
-                fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
-                standbys: Vec::new(),
-                state: None,
-            },
-        );
+        out.chains
+            .insert(chain.clone(), lease_row(&r, chain, Vec::new(), None)?);
     }
     let secs = lease.as_secs_f64();
     for r in conn.run(READ_WAIT, c.query_typed(STANDBYS, &[(&secs, Type::FLOAT8)]))? {
@@ -168,6 +156,27 @@ const FLEET_V2: &str = "SELECT l.chain, l.host, l.epoch,
     WHERE s.chain = l.chain AND s.seen_at > now() - make_interval(secs => $1)) sb ON true
   ORDER BY l.chain";
 
+/// A lease from columns 1-6 of [`LEASES`] and [`FLEET_V2`] (host, epoch, expiry, held,
+/// failovers, fenced writes) of chain `chain`'s row, with its standbys and state.
+fn lease_row(
+    r: &tokio_postgres::Row,
+    chain: String,
+    standbys: Vec<StandbyRow>,
+    state: Option<String>,
+) -> Result<LeaseRow, tokio_postgres::Error> {
+    Ok(LeaseRow {
+        chain,
+        host: r.try_get(1)?,
+        epoch: r.try_get(2)?,
+        expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
+        held: r.try_get(4)?,
+        failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
+        fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
+        standbys,
+        state,
+    })
+}
+
 /// [`fleet`] in one statement ([`FLEET_V2`]), for a schema of version 2 or later.
 pub(crate) fn fleet_v2(conn: &Conn, lease: Duration) -> Result<FleetRows, DbError> {
     let secs = lease.as_secs_f64();
@@ -195,20 +204,9 @@ fn fleet_rows_v2(rows: &[tokio_postgres::Row]) -> Result<FleetRows, DbError> {
                 seen_ms: u(seen),
             })
             .collect();
-        out.chains.insert(
-            chain.clone(),
-            LeaseRow {
-                chain,
-                host: r.try_get(1)?,
-                epoch: r.try_get(2)?,
-                expires_ms: r.try_get::<_, Option<i64>>(3)?.map(u),
-                held: r.try_get(4)?,
-                failovers: r.try_get::<_, Option<i64>>(5)?.map(u),
-                fenced_writes: r.try_get::<_, Option<i64>>(6)?.map(u),
-                standbys,
-                state: r.try_get(10)?,
-            },
-        );
+        let state = r.try_get(10)?;
+        out.chains
+            .insert(chain.clone(), lease_row(r, chain, standbys, state)?);
     }
     Ok(out)
 }
@@ -539,44 +537,38 @@ pub(crate) fn durations(p: &PgReader, chain: &str) -> Result<Vec<(String, u64)>,
     Ok(out)
 }
 
+/// The series' columns `status` shows (its counts, last run, last success and streak): the
+/// first 18 columns of [`STATUS_SERIES`] and of [`series`]'s query, read by
+/// [`status_series_row`].
+macro_rules! status_columns {
+    () => {
+        "SELECT chain, task, runs::int8, ok::int8, failed::int8, timeout::int8,
+    signal::int8, spawn_error::int8, interrupted::int8, last_run_id::int8, last_outcome,
+    last_exit_code::int8, last_start_ms::int8, last_stop_ms::int8, last_duration_ms::int8,
+    last_success_ms::int8, streak_start_ms::int8, streak_failures::int8"
+    };
+}
+
 /// Every series with its aggregates and its recent-runs window.
 pub(crate) fn series(p: &PgReader) -> Result<Vec<(SeriesRow, Recent)>, String> {
     let rows = p.rows(
-        "SELECT chain, task, runs::int8, ok::int8, failed::int8, timeout::int8, signal::int8,
-                spawn_error::int8, interrupted::int8, duration_sum_ms::int8, latency_sum_ms::int8,
-                last_run_id::int8, last_outcome, last_exit_code::int8, last_scheduled_ms::int8,
-                last_start_ms::int8, last_stop_ms::int8, last_duration_ms::int8, last_success_ms::int8,
-                running_run_id::int8, running_since_ms::int8, streak_start_ms::int8,
-                streak_failures::int8, recent
-         FROM run_chain.series ORDER BY chain, task",
+        concat!(
+            status_columns!(),
+            ", duration_sum_ms::int8, latency_sum_ms::int8, last_scheduled_ms::int8,
+                running_run_id::int8, running_since_ms::int8, recent
+         FROM run_chain.series ORDER BY chain, task"
+        ),
         &[],
     )?;
     let one = |r: &tokio_postgres::Row| -> Result<(SeriesRow, Recent), tokio_postgres::Error> {
         let uo = |v: Option<i64>| v.map(u);
         let s = SeriesRow {
-            chain: r.try_get(0)?,
-            task: r.try_get(1)?,
-            runs: u(r.try_get(2)?),
-            ok: u(r.try_get(3)?),
-            failed: u(r.try_get(4)?),
-            timeout: u(r.try_get(5)?),
-            signal: u(r.try_get(6)?),
-            spawn_error: u(r.try_get(7)?),
-            interrupted: u(r.try_get(8)?),
-            duration_sum_ms: u(r.try_get(9)?),
-            latency_sum_ms: u(r.try_get(10)?),
-            last_run_id: uo(r.try_get(11)?),
-            last_outcome: r.try_get(12)?,
-            last_exit_code: r.try_get::<_, Option<i64>>(13)?.map(|v| v as i32),
-            last_scheduled_ms: uo(r.try_get(14)?),
-            last_start_ms: uo(r.try_get(15)?),
-            last_stop_ms: uo(r.try_get(16)?),
-            last_duration_ms: uo(r.try_get(17)?),
-            last_success_ms: uo(r.try_get(18)?),
-            running_run_id: uo(r.try_get(19)?),
-            running_since_ms: uo(r.try_get(20)?),
-            streak_start_ms: uo(r.try_get(21)?),
-            streak_failures: u(r.try_get(22)?),
+            duration_sum_ms: u(r.try_get(18)?),
+            latency_sum_ms: u(r.try_get(19)?),
+            last_scheduled_ms: uo(r.try_get(20)?),
+            running_run_id: uo(r.try_get(21)?),
+            running_since_ms: uo(r.try_get(22)?),
+            ..status_series_row(r)?
         };
         let blob: Option<Vec<u8>> = r.try_get(23)?;
         Ok((s, unpack_recent(blob.as_deref().unwrap_or_default())))
@@ -587,13 +579,13 @@ pub(crate) fn series(p: &PgReader) -> Result<Vec<(SeriesRow, Recent)>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The series' columns `status` shows (its counts, last run, last success and streak),
-/// without the sums, the running run and the `recent` window it does not show.
-const STATUS_SERIES: &str = "SELECT chain, task, runs::int8, ok::int8, failed::int8, timeout::int8,
-    signal::int8, spawn_error::int8, interrupted::int8, last_run_id::int8, last_outcome,
-    last_exit_code::int8, last_start_ms::int8, last_stop_ms::int8, last_duration_ms::int8,
-    last_success_ms::int8, streak_start_ms::int8, streak_failures::int8
-  FROM run_chain.series ORDER BY chain, task";
+/// The series' columns `status` shows, without the sums, the running run and the `recent`
+/// window it does not show.
+const STATUS_SERIES: &str = concat!(
+    status_columns!(),
+    "
+  FROM run_chain.series ORDER BY chain, task"
+);
 
 /// A row of [`STATUS_SERIES`]: the columns it does not read are left at their defaults
 /// (0 or None), which `status` does not show.
