@@ -13,7 +13,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use fleet::{text, Fleet, Shape, LONG_RUNS};
+use fleet::{hold, text, Fleet, Shape, LONG_RUNS};
 use support::ledger;
 
 /// Backends of `db` waiting on a lock (a statement its client may have given up on).
@@ -277,11 +277,7 @@ fn a_failed_resume_read_at_the_acquire_starts_nothing_from_scratch() {
         text(&stderr).contains("cannot read where to resume from")
     });
     // Well past the old code's three tries, still locked.
-    let until = std::time::Instant::now() + Duration::from_millis(2500);
-    while std::time::Instant::now() < until {
-        assert_eq!(h2.try_status(), None, "h2 exited:\n{}", h2.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hold(Duration::from_millis(2500), &mut [&mut h2], "h2 exited");
     writeln!(input, "COMMIT;").expect("write to psql");
     drop(input);
     let _ = lock.wait();
@@ -289,11 +285,7 @@ fn a_failed_resume_read_at_the_acquire_starts_nothing_from_scratch() {
         text(&stderr).contains("running as pid")
     });
     // Observe: the resumed chain's next run is an hour away.
-    let until = std::time::Instant::now() + Duration::from_millis(3000);
-    while std::time::Instant::now() < until {
-        assert_eq!(h2.try_status(), None, "h2 exited:\n{}", h2.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hold(Duration::from_millis(3000), &mut [&mut h2], "h2 exited");
     let ledger = f.ledger();
     assert_eq!(
         ledger.of_host("h2").count(),
@@ -405,11 +397,11 @@ fn an_owner_reconnecting_for_its_records_does_not_wait_behind_a_migration() {
          WHERE datname = current_database() AND application_name = 'run-chain'",
     );
     let cut = ledger::mono_ns();
-    let until = std::time::Instant::now() + Duration::from_secs_f64(2.0 * f.shape.lease_s);
-    while std::time::Instant::now() < until {
-        assert_eq!(h1.try_status(), None, "h1 exited:\n{}", h1.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hold(
+        Duration::from_secs_f64(2.0 * f.shape.lease_s),
+        &mut [&mut h1],
+        "h1 exited",
+    );
     let row = f.lease();
     let stderr = h1.stderr();
     writeln!(input, "COMMIT;").expect("write to psql");
